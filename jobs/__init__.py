@@ -1,0 +1,41 @@
+"""The procrastinate app the worker runs: `jobs.app`.
+
+Both `python worker.py` and `procrastinate --app=jobs.app worker` run it with the same
+settings (`worker_defaults`). Periodic schedules are registered by clock.py only, so a
+worker never defers periodic jobs.
+
+    $ procrastinate --app=jobs.app defer cleanup_old_page_views '{}'
+"""
+
+from __future__ import annotations
+
+import procrastinate
+
+from tally import config, db
+
+settings = config.load_or_exit("worker")
+
+
+def worker_options(settings: config.Config) -> dict:
+    """How every worker of this app runs (see README "Worker settings")."""
+    return {
+        "name": settings.dyno,
+        "concurrency": settings.worker_concurrency,
+        "listen_notify": settings.listen_notify,
+        "fetch_job_polling_interval": settings.poll_interval_seconds,
+        "abort_job_polling_interval": settings.poll_interval_seconds,
+        "shutdown_graceful_timeout": settings.graceful_seconds,
+        "update_heartbeat_interval": settings.heartbeat_seconds,
+        # A worker prunes silent workers at start-up, which frees their jobs for
+        # retry_stalled_jobs: the same threshold, longer than a drain, applies.
+        "stalled_worker_timeout": settings.stalled_after_seconds,
+    }
+
+
+app = procrastinate.App(
+    connector=db.procrastinate_connector(settings),
+    worker_defaults=worker_options(settings),
+)
+
+# Register the tasks on `app`; they import it, so this comes last.
+from jobs import page_views, queue_upkeep  # noqa: E402, F401

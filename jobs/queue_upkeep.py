@@ -1,0 +1,57 @@
+"""Jobs that keep procrastinate's own tables healthy."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+from procrastinate import JobContext
+from procrastinate.exceptions import ConnectorException
+
+from jobs import app, settings
+from tally.db import QUERIES
+
+logger = logging.getLogger("jobs.queue_upkeep")
+
+PRUNE_BATCH_SIZE = 1000
+
+
+@app.task(name="retry_stalled_jobs", pass_context=True)
+async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
+    """Re-queue the jobs of workers silent for STALLED_AFTER_SECONDS; return how many."""
+    manager = context.app.job_manager
+    stalled = await manager.get_stalled_jobs(
+        seconds_since_heartbeat=settings.stalled_after_seconds
+    )
+    retried = 0
+    for job in stalled:
+        try:
+            await manager.retry_job(job)
+        except ConnectorException as error:
+            # Another retry_stalled_jobs got there first, or the job just finished.
+            logger.info("job %s was not retried: %s", job.id, error)
+            continue
+        retried += 1
+        logger.warning("re-queued stalled job %s (%s, worker %s)", job.id, job.task_name, job.worker_id)
+    pruned = await manager.prune_stalled_workers(settings.stalled_after_seconds)
+    logger.info("retry_stalled_jobs: %d job(s) re-queued, %d silent worker(s) removed", retried, len(pruned))
+    return retried
+
+
+@app.task(name="prune_finished_jobs", pass_context=True)
+async def prune_finished_jobs(context: JobContext, timestamp: int | None = None) -> int:
+    """Delete finished jobs and their events older than JOB_RETENTION_HOURS, in batches."""
+    connector = context.app.connector
+    cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+        hours=settings.job_retention_hours
+    )
+    removed_total = 0
+    while True:
+        row = await connector.execute_query_one_async(
+            QUERIES["delete_finished_jobs_batch"], cutoff=cutoff, batch_size=PRUNE_BATCH_SIZE
+        )
+        removed_total += row["removed"]
+        if row["removed"] < PRUNE_BATCH_SIZE:
+            break
+    logger.info("prune_finished_jobs removed %d job(s) finished before %s", removed_total, cutoff.isoformat(timespec="seconds"))
+    return removed_total

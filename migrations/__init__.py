@@ -1,0 +1,109 @@
+"""Apply pending schema migrations: procrastinate's own, then Tally's numbered files.
+
+Run as the release step (`python -m migrations`). Everything happens under one
+PostgreSQL advisory lock, so two releases at once apply each migration exactly once;
+each file runs in its own transaction together with its bookkeeping row, so a failed
+file leaves nothing half-applied and the next release retries it.
+
+    >>> apply_pending("postgresql:///tally")   # doctest: +SKIP
+    ['procrastinate:schema.sql', '0001_page_views.sql', ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import psycopg
+from procrastinate.schema import SchemaManager
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent
+PROCRASTINATE_MIGRATIONS_DIR = Path(SchemaManager.get_migrations_path())
+# Any fixed 64-bit number; it names "a Tally release is migrating".
+ADVISORY_LOCK_KEY = 7_245_010_001
+PROCRASTINATE_PREFIX = "procrastinate:"
+TALLY_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+
+logger = logging.getLogger("tally.migrations")
+
+
+def tally_files() -> list[Path]:
+    """Tally's migration files, in the order they apply."""
+    return sorted(p for p in MIGRATIONS_DIR.iterdir() if TALLY_FILE.match(p.name))
+
+
+def procrastinate_files() -> list[Path]:
+    """procrastinate's migration files shipped with the installed version, in order."""
+    return sorted(PROCRASTINATE_MIGRATIONS_DIR.glob("*.sql"))
+
+
+def apply_pending(conninfo: str) -> list[str]:
+    """Apply what is pending; return the names applied (empty when up to date)."""
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS tally_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM tally_migrations")}
+            applied_now += _apply_procrastinate(conn, done)
+            for path in tally_files():
+                if path.name not in done:
+                    _apply(conn, path.name, path.read_text(encoding="utf-8"))
+                    applied_now.append(path.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    return applied_now
+
+
+def _apply_procrastinate(conn: psycopg.Connection, done: set[str]) -> list[str]:
+    shipped = [PROCRASTINATE_PREFIX + p.name for p in procrastinate_files()]
+    has_schema = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
+    if not any(name.startswith(PROCRASTINATE_PREFIX) for name in done):
+        if not has_schema[0]:
+            # A fresh database: the full schema equals every shipped migration applied.
+            _apply(conn, PROCRASTINATE_PREFIX + "schema.sql", SchemaManager.get_schema(), shipped)
+            return [PROCRASTINATE_PREFIX + "schema.sql"]
+        # Installed by other means (`procrastinate schema --apply`): take it as current.
+        logger.warning("procrastinate schema found without records; recording it as current")
+        _record(conn, shipped)
+        return []
+    applied = []
+    for path in procrastinate_files():
+        name = PROCRASTINATE_PREFIX + path.name
+        if name not in done:
+            _apply(conn, name, path.read_text(encoding="utf-8"))
+            applied.append(name)
+    return applied
+
+
+def _apply(conn: psycopg.Connection, name: str, sql: str, also_record: tuple[str, ...] | list[str] = ()) -> None:
+    logger.info("applying migration %s", name)
+    with conn.transaction():
+        # SQL files from this repository or the installed procrastinate, never user input.
+        conn.execute(sql.encode())
+        _record(conn, [name, *also_record])
+
+
+def _record(conn: psycopg.Connection, names: list[str]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO tally_migrations (name) VALUES (%s) ON CONFLICT DO NOTHING",
+            [(name,) for name in names],
+        )
+
+
+def main() -> int:
+    from tally import config, logs
+
+    settings = config.load_or_exit("release")
+    logs.setup_logging(settings)
+    from tally.localdb import database_url
+
+    logs.log_start(settings, "migrations/__main__.py")
+    applied = apply_pending(database_url(settings.database_url))
+    logger.info("release done: %d migration(s) applied", len(applied))
+    return 0

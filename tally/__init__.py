@@ -1,0 +1,1 @@
+"""What web, worker and clock share: config, database, logging, the local database, queries."""

@@ -1,0 +1,185 @@
+"""Configuration, read from the environment in one place and passed down.
+
+Every variable is documented in the README. An invalid value raises `ConfigError`
+naming the variable; entry points turn that into one line on stderr and exit 2.
+
+    >>> settings = from_env({"PORT": "8123"}, process_type="web")
+    >>> settings.port, settings.dyno
+    (8123, 'web.1')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Callable, TypeVar
+
+from croniter import croniter
+
+T = TypeVar("T")
+
+# The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
+DEFAULT_WEB_THREADS = 4
+DEFAULT_WORKER_CONCURRENCY = 4
+# procrastinate stops heart-beating while a worker drains, so a worker is only
+# stalled once it has been silent for longer than a drain plus one heartbeat.
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_GRACEFUL_SECONDS = 20.0  # Heroku sends SIGKILL 30 s after SIGTERM
+DEFAULT_STALLED_AFTER_SECONDS = 60.0
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value Tally cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    process_type: str
+    dyno: str
+    database_url: str | None
+    port: int
+    retention_days: int
+    admin_token: str | None
+    web_threads: int
+    worker_concurrency: int
+    listen_notify: bool
+    poll_interval_seconds: float
+    heartbeat_seconds: float
+    graceful_seconds: float
+    stalled_after_seconds: float
+    cleanup_batch_size: int
+    job_retention_hours: int
+    cleanup_schedule: str
+    retry_stalled_schedule: str
+    prune_schedule: str
+    rollup_schedule: str
+    log_level: str
+
+
+def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
+    """Build a `Config` from `environ` (default `os.environ`) for one process type."""
+    env = os.environ if environ is None else environ
+    reader = _Reader(env)
+    config = Config(
+        process_type=process_type,
+        dyno=reader.text("DYNO", f"{process_type}.1"),
+        database_url=reader.optional_text("DATABASE_URL"),
+        port=reader.integer("PORT", 5000, low=1, high=65535),
+        retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
+        admin_token=reader.optional_text("ADMIN_TOKEN"),
+        web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=64),
+        worker_concurrency=reader.integer(
+            "WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64
+        ),
+        listen_notify=reader.boolean("LISTEN_NOTIFY", True),
+        poll_interval_seconds=reader.number("POLL_INTERVAL_SECONDS", 5.0, low=0.1, high=3600),
+        heartbeat_seconds=reader.number(
+            "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS, low=0.1, high=3600
+        ),
+        graceful_seconds=reader.number(
+            "WORKER_GRACEFUL_SECONDS", DEFAULT_GRACEFUL_SECONDS, low=0, high=3600
+        ),
+        stalled_after_seconds=reader.number(
+            "STALLED_AFTER_SECONDS", DEFAULT_STALLED_AFTER_SECONDS, low=1, high=86400
+        ),
+        cleanup_batch_size=reader.integer("CLEANUP_BATCH_SIZE", 5000, low=1, high=1_000_000),
+        job_retention_hours=reader.integer("JOB_RETENTION_HOURS", 168, low=1, high=87600),
+        cleanup_schedule=reader.cron("CLEANUP_SCHEDULE", "0 * * * *"),
+        retry_stalled_schedule=reader.cron("RETRY_STALLED_SCHEDULE", "* * * * *"),
+        prune_schedule=reader.cron("PRUNE_SCHEDULE", "30 3 * * *"),
+        rollup_schedule=reader.cron("ROLLUP_SCHEDULE", "* * * * *"),
+        log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
+        raise ConfigError(
+            "STALLED_AFTER_SECONDS must exceed WORKER_GRACEFUL_SECONDS + "
+            f"WORKER_HEARTBEAT_SECONDS ({config.graceful_seconds:g} + "
+            f"{config.heartbeat_seconds:g}), or a draining worker's job would run twice"
+        )
+    return config
+
+
+class _Reader:
+    """Parses one variable at a time and names it in every error."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as error:
+            raise ConfigError(f"{name}={raw!r} is invalid: {error}") from None
+
+    def text(self, name: str, default: str) -> str:
+        return self._parse(name, default, str)
+
+    def optional_text(self, name: str) -> str | None:
+        return self._parse(name, None, str)
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        def parse(raw: str) -> int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError("expected a whole number") from None
+            return _in_range(value, low, high)
+
+        return self._parse(name, default, parse)
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError("expected a number of seconds") from None
+            return _in_range(value, low, high)
+
+        return self._parse(name, default, parse)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def parse(raw: str) -> bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+
+        return self._parse(name, default, parse)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def parse(raw: str) -> str:
+            if raw.upper() not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}")
+            return raw.upper()
+
+        return self._parse(name, default, parse)
+
+    def cron(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not croniter.is_valid(raw):
+                raise ValueError("expected a cron expression such as '0 * * * *'")
+            return raw
+
+        return self._parse(name, default, parse)
+
+
+def _in_range(value: T, low: T, high: T) -> T:
+    if not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"expected a value from {low} to {high}")
+    return value
+
+
+def load_or_exit(process_type: str) -> Config:
+    """Read the environment for an entry point; a bad value ends the process with one line."""
+    try:
+        return from_env(process_type=process_type)
+    except ConfigError as error:
+        # Logs go to stdout only (see DESIGN); this is the one line an operator needs.
+        print(f"tally {process_type}: configuration error: {error}", flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,97 @@
+"""Database access shared by the three processes: the named queries and sized pools.
+
+Every pool is sized on purpose (psycopg_pool would open 4 connections by default);
+the README's "Connection budget" adds them up.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg_pool
+from procrastinate import PsycopgConnector
+
+from tally import localdb
+from tally.config import Config
+
+QUERIES_FILE = Path(__file__).with_name("queries.sql")
+# A web request waits at most this long for a connection, so health answers 503
+# within 2 s while the database is unreachable instead of hanging.
+WEB_POOL_WAIT_SECONDS = 1.5
+CONNECT_TIMEOUT_SECONDS = 2
+WEB_STATEMENT_TIMEOUT = "5s"
+# The clock only inserts periodic defers: one connection, no headroom needed.
+CLOCK_POOL_SIZE = 1
+
+_BLOCK_HEADER = re.compile(r"^-- ([a-z0-9_]+) --$", re.MULTILINE)
+
+
+def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
+    """Parse `-- name --` blocks into {name: sql}; the line after the name describes it."""
+    text = path.read_text(encoding="utf-8")
+    parts = _BLOCK_HEADER.split(text)
+    queries = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        lines = [line for line in body.strip().splitlines()]
+        queries[name] = "\n".join(lines[1:]).strip()  # drop the description line
+    return queries
+
+
+QUERIES = load_queries()
+
+
+def conninfo_for(config: Config) -> Callable[[], str]:
+    """Resolve the database URL when the first connection opens (the local server may start)."""
+    return lambda: localdb.database_url(config.database_url)
+
+
+def connection_kwargs(config: Config, **extra: Any) -> dict[str, Any]:
+    return {
+        "application_name": config.dyno,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        **extra,
+    }
+
+
+def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
+    """One connection per waitress thread: a request never waits for another's."""
+    return psycopg_pool.ConnectionPool(
+        conninfo_for(config),
+        min_size=config.web_threads,
+        max_size=config.web_threads,
+        timeout=WEB_POOL_WAIT_SECONDS,
+        kwargs=connection_kwargs(config, options=f"-c statement_timeout={WEB_STATEMENT_TIMEOUT}"),
+        check=psycopg_pool.ConnectionPool.check_connection,
+        name=f"{config.dyno}-web",
+        open=False,
+    )
+
+
+def worker_pool_size(config: Config) -> int:
+    """Jobs at once, plus one for fetching jobs and heart-beating (LISTEN has its own)."""
+    return config.worker_concurrency + 1
+
+
+def procrastinate_connector(config: Config) -> PsycopgConnector:
+    """The connector behind `jobs.app`; its own pool is the worker's."""
+    return PsycopgConnector(
+        conninfo=conninfo_for(config),
+        min_size=1,
+        max_size=worker_pool_size(config),
+        kwargs=connection_kwargs(config),
+        name=f"{config.dyno}-worker",
+    )
+
+
+def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
+    return psycopg_pool.AsyncConnectionPool(
+        conninfo_for(config),
+        min_size=CLOCK_POOL_SIZE,
+        max_size=CLOCK_POOL_SIZE,
+        kwargs=connection_kwargs(config),
+        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        name=f"{config.dyno}-clock",
+        open=False,
+    )

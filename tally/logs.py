@@ -1,0 +1,82 @@
+"""Logging to stdout, one event a line, each line naming the process type and dyno."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from tally.config import Config
+
+LINE_FORMAT = "%(asctime)s %(dyno)s type=%(process_type)s %(levelname)s %(name)s: %(message)s"
+# waitress warns "Task queue depth is N" for every request it queues under load:
+# keep one such line per interval, which is enough to see the backlog.
+QUEUE_WARNING_INTERVAL = 60.0
+
+
+class OneLineFormatter(logging.Formatter):
+    """Folds tracebacks and multi-line messages into a single line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "").replace("\n", " \\n ")
+
+
+class ProcessFilter(logging.Filter):
+    """Stamps every record with the process type and dyno."""
+
+    def __init__(self, process_type: str, dyno: str):
+        super().__init__()
+        self.process_type = process_type
+        self.dyno = dyno
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.process_type = self.process_type
+        record.dyno = self.dyno
+        return True
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets one record through per `interval` seconds and counts the rest."""
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.interval = interval
+        self.next_allowed = 0.0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self.next_allowed:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} similar warnings suppressed)"
+        self.suppressed = 0
+        self.next_allowed = now + self.interval
+        return True
+
+
+def setup_logging(config: Config) -> None:
+    """Send every logger to stdout in Tally's one-line format."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(OneLineFormatter(LINE_FORMAT))
+    handler.addFilter(ProcessFilter(config.process_type, config.dyno))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+    logging.getLogger("waitress.queue").addFilter(RateLimitFilter(QUEUE_WARNING_INTERVAL))
+    # psycopg_pool logs every failed reconnection attempt at WARNING; one line is enough.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+def log_start(config: Config, file: str, **details: object) -> None:
+    """Log the one start line each process writes, as the seed's `WEB PROCESS STARTED`."""
+    fields = " ".join(f"{key}={value}" for key, value in details.items())
+    logging.getLogger("tally").info(
+        "%s PROCESS STARTED file=%s processType=%s dyno=%s %s",
+        config.process_type.upper(),
+        file,
+        config.process_type,
+        config.dyno,
+        fields,
+    )

@@ -1,0 +1,174 @@
+"""Fixtures: one throwaway PostgreSQL per test session, migrated, and helpers for processes.
+
+The server is a pip-installed PostgreSQL (the same as the local default) in a fresh
+folder under /tmp (a unix socket path must stay under 107 bytes), started before tests
+are collected so that `jobs` reads its DATABASE_URL, and deleted at the end. Set
+TEST_DATABASE_URL to use an existing database instead (its tables get truncated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+_server_dir: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server_dir
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        from tally import localdb
+
+        _server_dir = Path(tempfile.mkdtemp(prefix="tally-test-", dir="/tmp"))
+        url = localdb.ensure_running(_server_dir / "pg")
+    os.environ["DATABASE_URL"] = url
+    os.environ.pop("DYNO", None)
+    from migrations import apply_pending
+
+    apply_pending(url)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server_dir is not None:
+        from tally import localdb
+
+        localdb.stop(_server_dir / "pg", mode="immediate")
+        shutil.rmtree(_server_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    return os.environ["DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def server_dir() -> Path:
+    """The throwaway server's data dir (tests that stop and start the database need it)."""
+    if _server_dir is None:
+        pytest.skip("TEST_DATABASE_URL is set: this test needs the session's own server")
+    return _server_dir / "pg"
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture(autouse=True)
+def empty_tables(database_url: str) -> None:
+    """Each test starts from empty data and job tables."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename NOT IN ('tally_migrations')"
+            )
+        ]
+        connection.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """An entry file run as a subprocess, its output collected line by line in a file.
+
+        >>> with Process(["worker.py"], env={"WORKER_CONCURRENCY": "2"}) as worker:
+        ...     worker.wait_for_line("Starting worker")
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.args = args
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="tally-proc-", suffix=".log", delete=False)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def wait_for_line(self, text: str, timeout: float = 20.0, after: int = 0) -> float:
+        """Wait until `text` shows in the output (past offset `after`); return when."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output()[after:]:
+                return time.monotonic()
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not seen from {self.args}; output:\n{self.output()[-4000:]}")
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(35)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def start_process() -> Iterator:
+    """Start entry files as subprocesses; all are stopped (SIGTERM, then SIGKILL) at the end."""
+    started: list[Process] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> Process:
+        process = Process(args, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; return that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")

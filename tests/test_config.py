@@ -1,0 +1,60 @@
+"""Configuration: defaults, and one clear line naming the variable for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from tally.config import (
+    DEFAULT_GRACEFUL_SECONDS,
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_STALLED_AFTER_SECONDS,
+    ConfigError,
+    from_env,
+)
+
+
+def test_defaults_follow_the_design():
+    config = from_env({}, process_type="web")
+    assert config.port == 5000
+    assert config.dyno == "web.1"
+    assert config.retention_days == 30
+    assert config.database_url is None
+    assert config.admin_token is None
+    assert config.listen_notify is True
+
+
+def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
+    # procrastinate stops heart-beating while a worker drains (its PR #1585).
+    assert DEFAULT_STALLED_AFTER_SECONDS > DEFAULT_GRACEFUL_SECONDS + DEFAULT_HEARTBEAT_SECONDS
+    assert DEFAULT_GRACEFUL_SECONDS < 30  # Heroku's SIGKILL comes 30 s after SIGTERM
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("RETENTION_DAYS", "0"),
+        ("RETENTION_DAYS", "1.5"),
+        ("WORKER_CONCURRENCY", "-1"),
+        ("LISTEN_NOTIFY", "maybe"),
+        ("CLEANUP_SCHEDULE", "every hour"),
+        ("LOG_LEVEL", "LOUD"),
+        ("STALLED_AFTER_SECONDS", "5"),
+    ],
+)
+def test_invalid_values_name_their_variable(name, value):
+    with pytest.raises(ConfigError) as raised:
+        from_env({name: value}, process_type="worker")
+    message = str(raised.value)
+    assert name in message
+    assert "\n" not in message
+
+
+def test_blank_values_mean_the_default():
+    assert from_env({"PORT": " ", "ADMIN_TOKEN": ""}, process_type="web").port == 5000
+
+
+def test_seconds_field_schedules_are_accepted():
+    config = from_env({"RETRY_STALLED_SCHEDULE": "* * * * * */2"}, process_type="clock")
+    assert config.retry_stalled_schedule == "* * * * * */2"

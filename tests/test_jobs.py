@@ -1,0 +1,166 @@
+"""The worker's jobs, run by a real procrastinate worker against the session's database."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import psycopg
+import pytest
+from procrastinate import JobContext
+from procrastinate.exceptions import JobAborted
+from procrastinate.job_context import AbortReason
+
+import jobs
+from jobs import page_views, queue_upkeep
+
+
+def run_queued_jobs() -> None:
+    """Run every job waiting in the queue with a real worker, then return."""
+
+    async def work() -> None:
+        async with jobs.app.open_async():
+            await jobs.app.run_worker_async(
+                wait=False, concurrency=1, install_signal_handlers=False, listen_notify=False
+            )
+
+    asyncio.run(work())
+
+
+def defer(task, **configure) -> int:
+    """Defer `task` through the app's own (sync) connector, as the web process does."""
+    with jobs.app.open():
+        return task.configure(**configure).defer()
+
+
+def job_statuses(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return list(conn.execute("SELECT task_name, status::text FROM procrastinate_jobs ORDER BY id"))
+
+
+def insert_views(conn: psycopg.Connection, count: int, age: str) -> None:
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/p' || (n %% 7), now() - %s::interval FROM generate_series(1, %s) AS n",
+        (age, count),
+    )
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(page_views, "settings", dataclasses.replace(jobs.settings, cleanup_batch_size=100))
+
+
+def test_cleanup_removes_exactly_the_expired_rows_over_several_batches(conn, small_batches, caplog):
+    insert_views(conn, 1050, "31 days")
+    insert_views(conn, 40, "30 days 1 hour")
+    insert_views(conn, 300, "29 days 23 hours")
+    insert_views(conn, 500, "1 minute")
+    kept_ids = {row[0] for row in conn.execute("SELECT id FROM page_views WHERE viewed_at > now() - '30 days'::interval")}
+
+    defer(page_views.cleanup_old_page_views)
+    with caplog.at_level(logging.DEBUG, logger="jobs.page_views"):
+        run_queued_jobs()
+
+    assert job_statuses(conn) == [("cleanup_old_page_views", "succeeded")]
+    assert {row[0] for row in conn.execute("SELECT id FROM page_views")} == kept_ids
+    batches = [r for r in caplog.records if r.getMessage().startswith("batch removed")]
+    assert len(batches) == 11  # 1,090 expired rows, 100 at a time
+    assert "cleanup removed 1090 page views" in caplog.text
+
+
+def test_cleanup_is_idempotent(conn):
+    insert_views(conn, 10, "40 days")
+    defer(page_views.cleanup_old_page_views)
+    defer(page_views.cleanup_old_page_views)
+    run_queued_jobs()
+    assert job_statuses(conn) == [("cleanup_old_page_views", "succeeded")] * 2
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_cleanup_stops_between_batches_when_asked_and_a_rerun_finishes(conn, small_batches):
+    insert_views(conn, 1000, "60 days")
+    checks = 0
+
+    def abort_after_three_batches():
+        nonlocal checks
+        checks += 1
+        return AbortReason.SHUTDOWN if checks > 3 else None
+
+    with jobs.app.open():
+        job = page_views.cleanup_old_page_views.configure().job
+        context = JobContext(
+            app=jobs.app, job=job, abort_reason=abort_after_three_batches, start_timestamp=time.time()
+        )
+        with pytest.raises(JobAborted):
+            page_views.cleanup_old_page_views(context)
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 700
+
+    defer(page_views.cleanup_old_page_views)
+    run_queued_jobs()
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_cleanup_is_retried_after_a_shutdown_abort():
+    strategy = page_views.cleanup_old_page_views.retry_strategy
+    assert strategy is not None and strategy.max_attempts >= 3
+
+
+def fetch_job_for_worker(conn: psycopg.Connection, worker_id: int) -> int:
+    return conn.execute("SELECT id FROM procrastinate_fetch_job_v2(NULL, %s)", (worker_id,)).fetchone()[0]
+
+
+def register_worker(conn: psycopg.Connection, heartbeat_age: str) -> int:
+    worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+    conn.execute(
+        "UPDATE procrastinate_workers SET last_heartbeat = now() - %s::interval WHERE id = %s",
+        (heartbeat_age, worker_id),
+    )
+    return worker_id
+
+
+def test_retry_stalled_jobs_requeues_only_jobs_of_silent_workers(conn):
+    defer(page_views.cleanup_old_page_views)
+    defer(page_views.cleanup_old_page_views, lock="other")
+    dead = register_worker(conn, "10 minutes")
+    # A worker that is draining stops heart-beating, but for less than the threshold.
+    draining = register_worker(conn, f"{jobs.settings.graceful_seconds + jobs.settings.heartbeat_seconds} seconds")
+    dead_job = fetch_job_for_worker(conn, dead)
+    draining_job = fetch_job_for_worker(conn, draining)
+
+    defer(queue_upkeep.retry_stalled_jobs)
+    run_queued_jobs()
+
+    status = dict(conn.execute("SELECT id, status::text FROM procrastinate_jobs WHERE id IN (%s, %s)", (dead_job, draining_job)))
+    assert status[draining_job] == "doing"
+    # The re-queued job was picked up again by the test's worker and finished.
+    assert status[dead_job] == "succeeded"
+    workers = {row[0] for row in conn.execute("SELECT id FROM procrastinate_workers")}
+    assert dead not in workers and draining in workers
+
+
+def test_prune_finished_jobs_removes_old_finished_jobs_and_their_events(conn):
+    for _ in range(3):
+        defer(queue_upkeep.prune_finished_jobs, lock="x")
+    run_queued_jobs()  # three finished jobs, then age two of them
+    ids = [row[0] for row in conn.execute("SELECT id FROM procrastinate_jobs ORDER BY id")]
+    conn.execute(
+        "UPDATE procrastinate_events SET at = now() - %s::interval WHERE job_id = ANY(%s)",
+        (f"{jobs.settings.job_retention_hours + 1} hours", ids[:2]),
+    )
+    defer(page_views.cleanup_old_page_views)  # waiting jobs are never pruned
+
+    defer(queue_upkeep.prune_finished_jobs)
+    run_queued_jobs()
+
+    remaining = [row[0] for row in conn.execute("SELECT id FROM procrastinate_jobs ORDER BY id")]
+    assert ids[0] not in remaining and ids[1] not in remaining and ids[2] in remaining
+    assert conn.execute("SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", (ids[:2],)).fetchone()[0] == 0
+
+
+def test_every_task_can_be_deferred_with_no_arguments(conn):
+    for name in ("cleanup_old_page_views", "retry_stalled_jobs", "prune_finished_jobs"):
+        defer(jobs.app.tasks[name])
+    run_queued_jobs()
+    assert {status for _, status in job_statuses(conn)} == {"succeeded"}

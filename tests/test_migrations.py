@@ -1,0 +1,66 @@
+"""The release step: idempotent, and safe when two run at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+
+from migrations import apply_pending, procrastinate_files, tally_files
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def fresh_database(database_url):
+    """An empty database on the session's server, dropped afterwards."""
+    name = f"fresh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def recorded(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT name FROM tally_migrations ORDER BY name")]
+
+
+def test_first_run_installs_everything_and_second_run_nothing(fresh_database):
+    applied = apply_pending(fresh_database)
+    assert applied == ["procrastinate:schema.sql", *[p.name for p in tally_files()]]
+    assert apply_pending(fresh_database) == []
+    names = recorded(fresh_database)
+    assert all(f"procrastinate:{p.name}" in names for p in procrastinate_files())
+    with psycopg.connect(fresh_database) as conn:
+        for table in ("page_views", "procrastinate_jobs", "procrastinate_periodic_defers"):
+            assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
+
+
+def test_two_releases_at_once_apply_each_migration_once(fresh_database):
+    env = {"DATABASE_URL": fresh_database, "PATH": "/usr/bin:/bin"}
+    releases = [
+        subprocess.Popen(
+            [sys.executable, "-m", "migrations"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [release.communicate(timeout=60)[0] for release in releases]
+    assert [release.returncode for release in releases] == [0, 0], outputs
+    applied_lines = [line for out in outputs for line in out.splitlines() if "applying migration" in line]
+    expected = 1 + len(tally_files())  # procrastinate's schema, then each of ours
+    assert len(applied_lines) == expected, outputs
+    assert len(recorded(fresh_database)) == len(set(recorded(fresh_database)))
+
+
+def test_newer_procrastinate_migrations_are_applied_in_between(fresh_database):
+    apply_pending(fresh_database)
+    newest = procrastinate_files()[-1].name
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        # Pretend the database predates the newest shipped migration.
+        conn.execute("DELETE FROM tally_migrations WHERE name = %s", (f"procrastinate:{newest}",))
+    assert apply_pending(fresh_database) == [f"procrastinate:{newest}"]

@@ -1,0 +1,131 @@
+"""The Procfile's entry files, started as real subprocesses against the session's database."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, VENV_BIN, free_port, wait_until
+
+# Long enough that only NOTIFY, never the fallback poll, can explain a quick pickup.
+SLOW_POLL = {"POLL_INTERVAL_SECONDS": "120"}
+
+
+def cli_defer(task: str, database_url: str) -> None:
+    """`procrastinate --app=jobs.app defer TASK '{}'`, typed in the repository root."""
+    subprocess.run(
+        [str(VENV_BIN / "procrastinate"), "--app=jobs.app", "defer", task, "{}"],
+        cwd=ROOT,
+        env={"DATABASE_URL": database_url, "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def job_status(conn: psycopg.Connection, task: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
+    )]
+
+
+@pytest.mark.parametrize(
+    ("entry", "variable", "value"),
+    [
+        (["web.py"], "PORT", "eighty"),
+        (["worker.py"], "WORKER_CONCURRENCY", "0"),
+        (["clock.py"], "CLEANUP_SCHEDULE", "hourly"),
+        (["-m", "migrations"], "RETENTION_DAYS", "-3"),
+    ],
+)
+def test_invalid_configuration_stops_the_process_with_one_line(entry, variable, value):
+    result = subprocess.run(
+        [sys.executable, *entry], cwd=ROOT, env={variable: value, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert variable in lines[0] and "Traceback" not in lines[0]
+
+
+def test_web_serves_health_and_logs_its_start_line(start_process):
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port), "DYNO": "web.7"})
+    web.wait_for_line("Serving on")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+        assert response.status == 200
+        body = json.load(response)
+    assert body["status"] == "ok" and body["dyno"] == "web.7" and body["database"] == "ok"
+    start_lines = [line for line in web.output().splitlines() if "PROCESS STARTED" in line]
+    assert len(start_lines) == 1
+    assert "file=web.py" in start_lines[0] and "processType=web" in start_lines[0]
+    assert "web.7" in start_lines[0]
+
+
+def test_a_job_deferred_with_the_cli_runs_within_a_second(start_process, conn, database_url):
+    worker = start_process(["worker.py"], SLOW_POLL)
+    worker.wait_for_line("Starting worker")
+    # Warm up: the first job may be found by the start-up fetch rather than NOTIFY.
+    cli_defer("prune_finished_jobs", database_url)
+    wait_until(lambda: job_status(conn, "prune_finished_jobs") == ["succeeded"], 150, message="warm-up job")
+
+    cli_defer("cleanup_old_page_views", database_url)
+    deferred_at = time.monotonic()
+    wait_until(lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 10, 0.005,
+               message="the CLI-deferred cleanup")
+    assert time.monotonic() - deferred_at < 1.0
+    assert "cleanup removed 0 page views" in worker.output()
+
+
+def test_clock_defers_and_the_worker_runs_it(start_process, conn):
+    worker = start_process(["worker.py"], SLOW_POLL)
+    clock = start_process(["clock.py"], {"RETRY_STALLED_SCHEDULE": "* * * * * */2"})
+    clock.wait_for_line("CLOCK PROCESS STARTED")
+    worker.wait_for_line("Starting worker")
+    wait_until(lambda: "succeeded" in job_status(conn, "retry_stalled_jobs"), 20, 0.1,
+               message="a clock-deferred retry_stalled_jobs to succeed")
+    defers = conn.execute(
+        "SELECT count(*) FROM procrastinate_periodic_defers WHERE task_name = 'retry_stalled_jobs'"
+    ).fetchone()[0]
+    assert defers >= 1
+    assert "Periodic job retry_stalled_jobs" in clock.output()
+    assert "Starting job" not in clock.output()  # the clock never runs jobs
+    assert "Periodic job" not in worker.output()  # the worker never defers periodic jobs
+
+
+def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/old', now() - '90 days'::interval FROM generate_series(1, 300000)"
+    )
+    settings = {**SLOW_POLL, "CLEANUP_BATCH_SIZE": "300", "WORKER_GRACEFUL_SECONDS": "1"}
+    worker = start_process(["worker.py"], settings)
+    worker.wait_for_line("Starting worker")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as other:
+        other.execute("SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
+                      " 'cleanup_old_page_views', NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])")
+    worker.wait_for_line("Starting job cleanup_old_page_views")
+    time.sleep(0.3)
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    drained_in = time.monotonic() - signalled
+    assert drained_in < 30
+    assert job_status(conn, "cleanup_old_page_views") == ["todo"]  # aborted, waiting for its retry
+    remaining = conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
+    assert 0 < remaining < 300000
+
+    # The retry is scheduled a few seconds ahead: the default polling finds it.
+    successor = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "5000"})
+    successor.wait_for_line("Starting worker")
+    wait_until(lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 60, 0.1,
+               message="the retried cleanup to finish")
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0

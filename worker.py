@@ -1,0 +1,63 @@
+"""worker: runs the jobs of `jobs.app`, woken by LISTEN/NOTIFY. Procfile: `worker: python worker.py`.
+
+SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then
+are aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the
+database goes away the worker starts over once it is back, without a process restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from procrastinate.worker import Worker
+
+import jobs
+from tally import logs
+
+RESTART_DELAY_SECONDS = 2.0
+
+logger = logging.getLogger("tally.worker")
+
+
+async def run_until_stopped(app, options: dict) -> None:
+    """Run workers one after another until SIGTERM/SIGINT, restarting after a lost database."""
+    stopping = asyncio.Event()
+    current: list[Worker] = []
+
+    def request_stop() -> None:
+        stopping.set()
+        for worker in current:
+            worker.stop()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop)
+    async with app.open_async():
+        while not stopping.is_set():
+            worker = Worker(app=app, **options, install_signal_handlers=False)
+            current[:] = [worker]
+            try:
+                await worker.run()
+            except Exception as error:
+                logger.error("worker stopped on an error: %r", error)
+            if not stopping.is_set():
+                logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
+                try:
+                    await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
+                except TimeoutError:
+                    pass
+    logger.info("worker drained and stopped")
+
+
+def main() -> None:
+    settings = jobs.settings
+    logs.setup_logging(settings)
+    options = jobs.worker_options(settings)
+    logs.log_start(settings, "worker.py", concurrency=settings.worker_concurrency, listen_notify=settings.listen_notify)
+    asyncio.run(run_until_stopped(jobs.app, options))
+
+
+if __name__ == "__main__":
+    main()
