@@ -20,8 +20,9 @@ migrate: setup
 	$(PY) -m migrations
 
 # The release step runs before, never under honcho: honcho stops everything when one exits.
+# The Procfile says `python`: put the venv's first on PATH.
 run: migrate
-	PORT=$(PORT) $(VENV)/bin/honcho start --port $(PORT) web worker clock
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start --port $(PORT) web worker clock
 
 test: setup
 	$(PY) -m pytest

