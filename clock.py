@@ -25,6 +25,7 @@ logger = logging.getLogger("tally.clock")
 def register_schedule(app, settings: config.Config) -> None:
     """Register the periodic jobs; only the clock does, so workers never defer them."""
     schedule = {
+        jobs.page_views.rollup_page_views: settings.rollup_schedule,
         jobs.page_views.cleanup_old_page_views: settings.cleanup_schedule,
         jobs.queue_upkeep.retry_stalled_jobs: settings.retry_stalled_schedule,
         jobs.queue_upkeep.prune_finished_jobs: settings.prune_schedule,

@@ -11,6 +11,7 @@ import sys
 
 import waitress
 
+import jobs
 from tally import config, db, logs
 from tally.webapp import build_app
 
@@ -20,12 +21,21 @@ def main() -> None:
     logs.setup_logging(settings)
     pool = db.web_pool(settings)
     pool.open(wait=False)  # serve (and answer 503 on health) even before the database is up
-    app = build_app(settings, pool)
+    app = build_app(settings, pool, jobs.app)
     logs.log_start(settings, "web.py", port=settings.port, threads=settings.web_threads)
     # Heroku stops a dyno with SIGTERM: exit cleanly instead of dying mid-write.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        waitress.serve(app, host="0.0.0.0", port=settings.port, threads=settings.web_threads, ident="tally")
+        waitress.serve(
+            app,
+            host="0.0.0.0",
+            port=settings.port,
+            threads=settings.web_threads,
+            ident="tally",
+            # Bodies past this get waitress's own 413 before they are buffered; up to it,
+            # the app answers 413 in JSON for anything over 1 MiB.
+            max_request_body_size=2 * 1024 * 1024,
+        )
     finally:
         pool.close()
 

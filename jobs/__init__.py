@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import procrastinate
 
+from jobs.middleware import record_job_errors
 from tally import config, db
 
 settings = config.load_or_exit("worker")
@@ -29,6 +30,7 @@ def worker_options(settings: config.Config) -> dict:
         # A worker prunes silent workers at start-up, which frees their jobs for
         # retry_stalled_jobs: the same threshold, longer than a drain, applies.
         "stalled_worker_timeout": settings.stalled_after_seconds,
+        "worker_middleware": [record_job_errors],
     }
 
 

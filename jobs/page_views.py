@@ -1,4 +1,4 @@
-"""Jobs over the page_views table."""
+"""Jobs over the page_views table: the rollup that keeps stats fast, and cleanup."""
 
 from __future__ import annotations
 
@@ -16,6 +16,24 @@ logger = logging.getLogger("jobs.page_views")
 # Retried on failure and after a shutdown abort; a retry resumes where it stopped
 # because each batch commits on its own.
 CLEANUP_RETRY = RetryStrategy(max_attempts=10, wait=5)
+# Rollups outlive raw views (RETENTION_DAYS) so the dashboard can show a year.
+ROLLUP_RETENTION_DAYS = 400
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@app.task(name="rollup_page_views", pass_context=True, lock="rollup_page_views")
+async def rollup_page_views(context: JobContext, timestamp: int | None = None) -> int:
+    """Fold committed views into the hourly and per-path rollups; return how many."""
+    connector = context.app.connector
+    row = await connector.execute_query_one_async(QUERIES["rollup_page_views"])
+    cutoff_day = (utc_now() - datetime.timedelta(days=ROLLUP_RETENTION_DAYS)).date()
+    old = await connector.execute_query_one_async(QUERIES["delete_old_rollups"], cutoff_day=cutoff_day)
+    logger.info("rollup folded %d page views; %d rollup rows past %d days removed",
+                row["views"], old["removed"], ROLLUP_RETENTION_DAYS)
+    return row["views"]
 
 
 @app.task(
@@ -27,9 +45,9 @@ CLEANUP_RETRY = RetryStrategy(max_attempts=10, wait=5)
 def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) -> int:
     """Delete page views older than RETENTION_DAYS in bounded batches; return how many."""
     connector = context.app.connector.get_sync_connector()
-    cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
-        days=settings.retention_days
-    )
+    # Only rolled-up views are deleted (stats must not lose them): fold first.
+    connector.execute_query_one(QUERIES["rollup_page_views"])
+    cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
     removed_total = 0
     while True:
         # Checked between batches: a draining worker stops us here, never mid-batch.

@@ -6,6 +6,8 @@
 WITH doomed AS (
     SELECT id FROM page_views
      WHERE viewed_at < %(cutoff)s
+       -- never delete a view before it is in the rollups, or stats would lose it
+       AND recorded_xid < (SELECT watermark FROM page_view_rollup_state)
      ORDER BY viewed_at
      LIMIT %(batch_size)s
 ), deleted AS (
@@ -42,3 +44,86 @@ SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(
 -- Age in seconds of the newest periodic defer any clock made.
 SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS age
   FROM procrastinate_periodic_defers
+
+-- insert_page_views --
+-- Store a batch of views in one statement: all rows or none.
+INSERT INTO page_views (path, referrer)
+SELECT path, referrer FROM unnest(%(paths)s::text[], %(referrers)s::text[]) AS batch(path, referrer)
+
+-- rollup_page_views --
+-- Fold every view below the oldest running transaction into the rollups; returns how many.
+SELECT tally_rollup_page_views() AS views
+
+-- delete_old_rollups --
+-- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
+WITH hourly AS (
+    DELETE FROM page_view_hourly WHERE hour < %(cutoff_day)s::date::timestamptz RETURNING 1
+), paths AS (
+    DELETE FROM page_view_daily_paths WHERE day < %(cutoff_day)s RETURNING 1
+)
+SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM paths) AS removed
+
+-- stats_tail --
+-- The watermark, the clock, and the views not yet rolled up, by hour and path (one snapshot with the rollups).
+SELECT state.watermark, now() AS now, tail.hour, tail.path, tail.views
+  FROM page_view_rollup_state AS state
+  LEFT JOIN LATERAL (
+      SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
+        FROM page_views
+       WHERE recorded_xid >= state.watermark
+       GROUP BY 1, 2
+  ) AS tail ON true
+
+-- stats_raw_range --
+-- Views in [start, end) counted from the raw table (the partial hour 24 hours ago).
+SELECT count(*) AS views FROM page_views WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+
+-- stats_rolled_up_hours --
+-- Rolled-up views per UTC hour since a given hour.
+SELECT hour, views FROM page_view_hourly WHERE hour >= %(since)s
+
+-- stats_rolled_up_paths --
+-- Rolled-up views per path over the days since first_day.
+SELECT path, sum(views)::bigint AS views FROM page_view_daily_paths WHERE day >= %(first_day)s GROUP BY path
+
+-- record_job_error --
+-- Keep why a job attempt failed.
+INSERT INTO tally_job_errors (job_id, attempt, error) VALUES (%(job_id)s, %(attempt)s, %(error)s)
+
+-- job_counts --
+-- Jobs by task and status.
+SELECT task_name, status::text AS status, count(*)::bigint AS jobs
+  FROM procrastinate_jobs GROUP BY 1, 2 ORDER BY 1, 2
+
+-- oldest_waiting_job --
+-- Age in seconds of the oldest job ready to run but not started.
+SELECT extract(epoch FROM now() - min(event.at))::float8 AS age
+  FROM procrastinate_jobs job
+  JOIN procrastinate_events event ON event.job_id = job.id AND event.type = 'deferred'
+ WHERE job.status = 'todo' AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
+
+-- recent_failures --
+-- The last failed jobs, newest first, with the error of their last attempt.
+SELECT job.id, job.task_name, job.attempts, job.queue_name, failed.at AS failed_at, err.error
+  FROM procrastinate_jobs job
+  JOIN LATERAL (
+      SELECT max(at) AS at FROM procrastinate_events WHERE job_id = job.id AND type = 'failed'
+  ) failed ON true
+  LEFT JOIN LATERAL (
+      SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1
+  ) err ON true
+ WHERE job.status = 'failed'
+ ORDER BY failed.at DESC NULLS LAST, job.id DESC
+ LIMIT %(limit)s
+
+-- job_by_id --
+-- One job with its lifecycle timestamps and last error.
+SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, job.queue_name AS queue,
+       job.lock, job.args, job.priority, job.scheduled_at, job.worker_id,
+       (SELECT min(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'deferred') AS deferred_at,
+       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'started') AS started_at,
+       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id
+         AND type IN ('succeeded', 'failed', 'cancelled', 'aborted')) AS finished_at,
+       (SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1) AS last_error
+  FROM procrastinate_jobs job
+ WHERE job.id = %(job_id)s

@@ -1,82 +1,195 @@
 """The web process's Bottle app: routes top to bottom, each with one docstring line.
 
-    >>> app = build_app(config.from_env({}, process_type="web"), db.web_pool(...))  # doctest: +SKIP
-    >>> waitress.serve(app, port=5000)                                             # doctest: +SKIP
+    >>> pool = db.web_pool(settings); pool.open()                  # doctest: +SKIP
+    >>> waitress.serve(build_app(settings, pool, jobs.app), port=5000)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import hmac
 import json
 import logging
+import re
+from typing import Any, Callable
 
 import bottle
+import procrastinate
 import psycopg
 import psycopg_pool
 
-from tally import config as config_module
+from tally import dashboard, queue_state
+from tally.config import Config
 from tally.db import QUERIES
+from tally.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
+from tally.stats import MAX_DAYS, StatsReader
 
 logger = logging.getLogger("tally.web")
 
 # What the database's absence looks like from a request: connect, pool wait, lost socket.
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
+DAYS_PARAMETER = re.compile(r"^[0-9]{1,3}$")
+DEFAULT_DAYS = 30
 
 
-def json_response(status: int, body: object) -> bottle.HTTPResponse:
+def json_response(status: int, body: object, **headers: str) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
         status=status,
         body=json.dumps(body, default=str),
-        headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
     )
 
 
-def json_error(status: int, sentence: str) -> bottle.HTTPResponse:
-    return json_response(status, {"error": sentence})
+def json_error(status: int, sentence: str, **headers: str) -> bottle.HTTPResponse:
+    return json_response(status, {"error": sentence}, **headers)
 
 
-def build_app(config: config_module.Config, pool: psycopg_pool.ConnectionPool) -> bottle.Bottle:
-    """Wire the routes to `pool`; the caller serves the returned WSGI app."""
+def database_unavailable(route: Callable) -> Callable:
+    """Answer 503 (not 500) when the database cannot be reached."""
+
+    @functools.wraps(route)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return route(*args, **kwargs)
+        except DATABASE_DOWN as error:
+            logger.warning("%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(503, "The database is unreachable; try again shortly.")
+
+    return wrapper
+
+
+def parse_days(query: bottle.FormsDict) -> int:
+    """The `days` query parameter: a whole number from 1 to 366, 30 when absent."""
+    values = query.getall("days")
+    if not values:
+        return DEFAULT_DAYS
+    if len(values) > 1 or not DAYS_PARAMETER.match(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
+        raise json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}.")
+    return int(values[0])
+
+
+def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App) -> bottle.Bottle:
+    """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
+    stats = StatsReader(pool, config.retention_days)
+    jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
+    deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
-    def query_one(name: str, **params: object) -> dict:
-        with pool.connection() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-            cur.execute(QUERIES[name], params)
-            return cur.fetchone()
+    def require_admin() -> None:
+        if not config.admin_token:
+            raise json_error(403, "Admin endpoints are disabled: set ADMIN_TOKEN to enable them.")
+        scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise json_error(401, "Send Authorization: Bearer <ADMIN_TOKEN>.", **{"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
+            raise json_error(403, "The admin token is not valid.")
+
+    @app.get("/")
+    @database_unavailable
+    def show_dashboard():
+        """Render the dashboard: views per day, top paths, queue state."""
+        days = parse_days(bottle.request.query)
+        window = stats.stats_for_window(days)
+        with pool.connection() as conn:
+            queue = queue_state.queue_summary(conn)
+            processes = queue_state.process_state(conn, config.stalled_after_seconds)
+        bottle.response.set_header("Cache-Control", "no-store")
+        return dashboard.render(window, queue, processes, dyno=config.dyno)
 
     @app.get("/api/health")
     def health():
         """Report database state, live workers' youngest heartbeat and the last clock tick."""
-        body = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
+        body: dict[str, Any] = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
         try:
-            query_one("database_now")
-            workers = query_one("worker_heartbeats", stalled_after=config.stalled_after_seconds)
-            clock = query_one("last_periodic_defer")
+            with pool.connection() as conn:
+                conn.execute(QUERIES["database_now"])
+                body.update(database="ok", **queue_state.process_state(conn, config.stalled_after_seconds))
         except DATABASE_DOWN as error:
             logger.warning("health: database unreachable: %s", error)
             body.update(status="unavailable", database="unreachable")
             return json_response(503, body)
-        body.update(
-            database="ok",
-            workers_alive=workers["alive"],
-            worker_heartbeat_age_seconds=_rounded(workers["youngest_heartbeat_age"]),
-            clock_last_defer_age_seconds=_rounded(clock["age"]),
-        )
         return json_response(200, body)
+
+    @app.post("/api/pageviews")
+    @database_unavailable
+    def record_page_views():
+        """Store one page view or a batch of them, all or nothing."""
+        media_type = (bottle.request.content_type or "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return json_error(415, "Send page views as Content-Type: application/json.")
+        too_large = json_error(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+        if bottle.request.content_length > MAX_BODY_BYTES:
+            return too_large
+        body = bottle.request.body.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            return too_large
+        try:
+            views = parse_page_views(body)
+        except InvalidPageViews as error:
+            return json_error(400, str(error))
+        with pool.connection() as conn:
+            conn.execute(
+                QUERIES["insert_page_views"],
+                {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
+            )
+        return json_response(201, {"stored": len(views)})
+
+    @app.get("/api/stats")
+    @database_unavailable
+    def show_stats():
+        """Views per day over ?days=N (1-366, default 30), top paths and the last 24 hours."""
+        return json_response(200, stats.stats_for_window(parse_days(bottle.request.query)))
+
+    @app.get("/api/jobs")
+    @database_unavailable
+    def show_queue():
+        """Summarise the queue: counts by status and task, oldest waiting job, last failures."""
+        with pool.connection() as conn:
+            return json_response(200, queue_state.queue_summary(conn))
+
+    @app.get("/api/jobs/<job_id:int>")
+    @database_unavailable
+    def show_job(job_id: int):
+        """Show one job: task, status, attempts, queue and timestamps."""
+        with pool.connection() as conn:
+            job = queue_state.job_detail(conn, job_id)
+        if job is None:
+            return json_error(404, f"There is no job {job_id}.")
+        return json_response(200, job)
+
+    @app.post("/api/jobs/<job_id:int>/retry")
+    @database_unavailable
+    def retry_failed_job(job_id: int):
+        """Queue a failed job again (admin)."""
+        require_admin()
+        with pool.connection() as conn:
+            job = queue_state.job_detail(conn, job_id)
+        if job is None:
+            return json_error(404, f"There is no job {job_id}.")
+        if job["status"] != "failed":
+            return json_error(409, f"Job {job_id} is {job['status']}; only failed jobs can be retried.")
+        jobs_app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.timezone.utc))
+        return json_response(202, {"job_id": job_id, "status": "todo"})
+
+    @app.post("/api/jobs/<task>")
+    @database_unavailable
+    def defer_job(task: str):
+        """Defer a job of a task by name, with no arguments (admin)."""
+        require_admin()
+        if task not in deferrable:
+            return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
+        job_id = jobs_app.tasks[task].defer()
+        return json_response(202, {"job_id": job_id, "task": task})
 
     def error_as_json(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"
-        sentence = {
-            404: "No such resource.",
-            405: "Method not allowed on this resource.",
-        }.get(error.status_code, error.body if isinstance(error.body, str) else "Request failed.")
         if error.status_code >= 500:
-            logger.error("unhandled error: %s", error.exception, exc_info=error.exception)
-            sentence = "Internal error."
-        return json.dumps({"error": sentence})
+            logger.error("unhandled error on %s %s: %r", bottle.request.method, bottle.request.path,
+                         error.exception, exc_info=error.exception)
+            return json.dumps({"error": "Internal error; it has been logged."})
+        sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
+        return json.dumps({"error": sentences.get(error.status_code, "The request was not understood.")})
 
     app.default_error_handler = error_as_json
     return app
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 3)

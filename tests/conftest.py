@@ -78,10 +78,11 @@ def empty_tables(database_url: str) -> None:
             row[0]
             for row in connection.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT IN ('tally_migrations')"
+                " AND tablename NOT IN ('tally_migrations', 'page_view_rollup_state')"
             )
         ]
         connection.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")
+        connection.execute("UPDATE page_view_rollup_state SET watermark = '0', rolled_up_at = NULL")
 
 
 def free_port() -> int:

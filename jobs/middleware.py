@@ -1,0 +1,32 @@
+"""Worker middleware: keep why a job failed, which procrastinate does not store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from procrastinate import JobContext
+
+from tally.db import QUERIES
+
+logger = logging.getLogger("jobs.middleware")
+
+MAX_ERROR_LENGTH = 2000
+
+
+async def record_job_errors(call_next, context: JobContext, worker) -> Any:
+    """Run the job; when it raises, store the error in tally_job_errors and re-raise."""
+    try:
+        return await call_next()
+    except Exception as error:
+        text = f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
+        try:
+            await context.app.connector.execute_query_async(
+                QUERIES["record_job_error"],
+                job_id=context.job.id,
+                attempt=context.job.attempts + 1,
+                error=text,
+            )
+        except Exception as storing_error:
+            logger.warning("could not record the error of job %s: %r", context.job.id, storing_error)
+        raise

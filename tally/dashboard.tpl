@@ -1,0 +1,100 @@
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{{refresh}}">
+<title>Tally: {{stats['total_views']}} views in {{stats['days']}} days</title>
+<style>
+  :root { --ink: #1d2433; --muted: #667085; --bar: #3b6fd8; --line: #e4e7ec; --bad: #c0362c; }
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink); background: #f7f8fa; }
+  main { max-width: 960px; margin: 0 auto; padding: 16px; }
+  h1 { font-size: 1.4rem; margin: 0 0 4px; }
+  h2 { font-size: 1.05rem; margin: 0 0 8px; }
+  .muted { color: var(--muted); font-size: .85rem; }
+  .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(140px, 1fr)); gap: 12px; margin: 16px 0; }
+  .card, section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
+  .card b { display: block; font-size: 1.5rem; }
+  section { margin-bottom: 16px; overflow-x: auto; }
+  svg { width: 100%; height: auto; display: block; }
+  svg rect.bar { fill: var(--bar); }
+  svg text { font-size: 11px; fill: var(--muted); }
+  table { width: 100%; border-collapse: collapse; }
+  th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
+  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+  td.path { word-break: break-all; }
+  .failed { color: var(--bad); }
+  nav a { margin-right: 10px; }
+</style>
+</head>
+<body>
+<main>
+  <h1>Tally</h1>
+  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; refreshes every {{refresh}} s.
+    <nav>Window: <a href="/?days=7">7 days</a><a href="/?days=30">30 days</a><a href="/?days=90">90 days</a><a href="/?days=366">a year</a></nav>
+  </div>
+
+  <div class="cards">
+    <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b></div>
+    <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
+    <div class="card"><span class="muted">Workers alive</span><b id="workers-alive">{{processes['workers_alive']}}</b>
+      <span class="muted">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
+    <div class="card"><span class="muted">Last clock tick</span><b id="clock-tick">{{age(processes['clock_last_defer_age_seconds'])}}</b></div>
+  </div>
+
+  <section>
+    <h2>Page views per day</h2>
+    <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Page views per day, last {{stats['days']}} days">
+      <line x1="0" y1="{{baseline}}" x2="{{width}}" y2="{{baseline}}" stroke="#e4e7ec"/>
+      % for bar in bars:
+      <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views</title></rect>
+      % if bar['label']:
+      <text x="{{bar['label_x']}}" y="{{height - 8}}" text-anchor="middle">{{bar['label']}}</text>
+      % end
+      % end
+    </svg>
+  </section>
+
+  <section>
+    <h2>Top paths</h2>
+    <table id="top-paths">
+      <tr><th>Path</th><th class="num">Views</th></tr>
+      % for row in stats['top_paths']:
+      <tr><td class="path">{{row['path']}}</td><td class="num">{{row['views']}}</td></tr>
+      % end
+      % if not stats['top_paths']:
+      <tr><td colspan="2" class="muted">No views yet: POST /api/pageviews</td></tr>
+      % end
+    </table>
+  </section>
+
+  <section>
+    <h2>Job queue</h2>
+    <table id="job-counts">
+      <tr>
+      % for status in queue['by_status']:
+        <th class="num">{{status}}</th>
+      % end
+      </tr>
+      <tr>
+      % for status, count in queue['by_status'].items():
+        <td class="num {{'failed' if status == 'failed' and count else ''}}">{{count}}</td>
+      % end
+      </tr>
+    </table>
+    <p class="muted">Oldest waiting job: {{'none waiting' if queue['oldest_waiting_age_seconds'] is None else age(queue['oldest_waiting_age_seconds']).replace(' ago', '')}}</p>
+    <h2>Recent failures</h2>
+    <table id="recent-failures">
+      <tr><th>Job</th><th>Task</th><th class="num">Attempts</th><th>Failed</th><th>Error</th></tr>
+      % for job in queue['recent_failures']:
+      <tr><td><a href="/api/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['failed_at'] or ''}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
+      % end
+      % if not queue['recent_failures']:
+      <tr><td colspan="5" class="muted">No failed jobs.</td></tr>
+      % end
+    </table>
+  </section>
+</main>
+</body>
+</html>

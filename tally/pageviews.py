@@ -1,0 +1,78 @@
+"""Validating page views posted to the web process: one sentence per problem.
+
+    >>> parse_page_views(b'{"path": "/a"}')
+    [('/a', None)]
+    >>> try:
+    ...     parse_page_views(b'[{"path": "a"}]')
+    ... except InvalidPageViews as error:
+    ...     print(error)
+    Item 0: "path" must start with "/".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+MAX_TEXT = 2048
+FIELDS = ("path", "referrer")
+# C0 and C1 control characters, DEL included; PostgreSQL text cannot hold NUL at all.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class InvalidPageViews(ValueError):
+    """The body is not a page view or a batch of them; the message says why."""
+
+
+def parse_page_views(body: bytes) -> list[tuple[str, str | None]]:
+    """Parse a JSON body (one view or a list of views) into (path, referrer) pairs."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidPageViews("The body is not valid UTF-8.") from None
+    except RecursionError:
+        raise InvalidPageViews("The body is nested too deeply.") from None
+    except ValueError as error:
+        raise InvalidPageViews(f"The body is not valid JSON ({error}).") from None
+    if isinstance(document, dict):
+        return [_parse_item(document, prefix="")]
+    if isinstance(document, list):
+        if not document:
+            raise InvalidPageViews("The batch is empty: send at least one page view.")
+        if len(document) > MAX_BATCH:
+            raise InvalidPageViews(f"A batch holds at most {MAX_BATCH} page views; this one has {len(document)}.")
+        return [_parse_item(item, prefix=f"Item {index}: ") for index, item in enumerate(document)]
+    raise InvalidPageViews('The body must be a JSON object such as {"path": "/"} or a list of them.')
+
+
+def _parse_item(item: object, prefix: str) -> tuple[str, str | None]:
+    if not isinstance(item, dict):
+        raise InvalidPageViews(f'{prefix}A page view must be a JSON object such as {{"path": "/"}}.')
+    unknown = sorted(set(item) - set(FIELDS))
+    if unknown:
+        raise InvalidPageViews(f'{prefix}Unknown field "{unknown[0]}"; a page view has "path" and "referrer".')
+    if "path" not in item:
+        raise InvalidPageViews(f'{prefix}The field "path" is missing.')
+    path = _text(item["path"], "path", prefix)
+    if not path.startswith("/"):
+        raise InvalidPageViews(f'{prefix}"path" must start with "/".')
+    referrer = item.get("referrer")
+    if referrer is not None:
+        referrer = _text(referrer, "referrer", prefix)
+    return path, referrer
+
+
+def _text(value: object, field: str, prefix: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidPageViews(f'{prefix}"{field}" must be a string.')
+    if len(value) > MAX_TEXT:
+        raise InvalidPageViews(f'{prefix}"{field}" is longer than {MAX_TEXT} characters.')
+    if CONTROL_CHARACTERS.search(value):
+        raise InvalidPageViews(f'{prefix}"{field}" contains a control character.')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPageViews(f'{prefix}"{field}" is not valid Unicode (a lone surrogate).') from None
+    return value
