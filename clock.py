@@ -8,6 +8,7 @@ PRUNE_SCHEDULE and ROLLUP_SCHEDULE (cron, optionally with a 6th seconds field).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -45,12 +46,12 @@ async def defer_forever(deferrer: PeriodicDeferrer, stopping: asyncio.Event) -> 
         except Exception as error:
             # Try these ticks again; the periodic-defers table skips any already made.
             deferrer.last_defers = before
-            logger.warning("could not defer periodic jobs, retrying in %.0f s: %r", RETRY_DELAY_SECONDS, error)
+            logger.warning(
+                "could not defer periodic jobs, retrying in %.0f s: %r", RETRY_DELAY_SECONDS, error
+            )
             pause = RETRY_DELAY_SECONDS
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), max(pause, 0.0))
-        except TimeoutError:
-            pass
 
 
 async def run(settings: config.Config) -> None:
@@ -71,8 +72,13 @@ def main() -> None:
     settings = config.load_or_exit("clock")
     logs.setup_logging(settings)
     register_schedule(jobs.app, settings)
-    logs.log_start(settings, "clock.py", cleanup=repr(settings.cleanup_schedule),
-                   retry_stalled=repr(settings.retry_stalled_schedule), prune=repr(settings.prune_schedule))
+    logs.log_start(
+        settings,
+        "clock.py",
+        cleanup=repr(settings.cleanup_schedule),
+        retry_stalled=repr(settings.retry_stalled_schedule),
+        prune=repr(settings.prune_schedule),
+    )
     asyncio.run(run(settings))
 
 

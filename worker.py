@@ -8,6 +8,7 @@ database goes away the worker starts over once it is back, without a process res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -44,10 +45,8 @@ async def run_until_stopped(app, options: dict) -> None:
                 logger.error("worker stopped on an error: %r", error)
             if not stopping.is_set():
                 logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
-                except TimeoutError:
-                    pass
     logger.info("worker drained and stopped")
 
 
@@ -55,7 +54,9 @@ def main() -> None:
     settings = jobs.settings
     logs.setup_logging(settings)
     options = jobs.worker_options(settings)
-    logs.log_start(settings, "worker.py", concurrency=settings.worker_concurrency, listen_notify=settings.listen_notify)
+    logs.log_start(
+        settings, "worker.py", concurrency=settings.worker_concurrency, listen_notify=settings.listen_notify
+    )
     asyncio.run(run_until_stopped(jobs.app, options))
 
 

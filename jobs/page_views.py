@@ -21,7 +21,7 @@ ROLLUP_RETENTION_DAYS = 400
 
 
 def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 @app.task(name="rollup_page_views", pass_context=True, lock="rollup_page_views")
@@ -31,8 +31,12 @@ async def rollup_page_views(context: JobContext, timestamp: int | None = None) -
     row = await connector.execute_query_one_async(QUERIES["rollup_page_views"])
     cutoff_day = (utc_now() - datetime.timedelta(days=ROLLUP_RETENTION_DAYS)).date()
     old = await connector.execute_query_one_async(QUERIES["delete_old_rollups"], cutoff_day=cutoff_day)
-    logger.info("rollup folded %d page views; %d rollup rows past %d days removed",
-                row["views"], old["removed"], ROLLUP_RETENTION_DAYS)
+    logger.info(
+        "rollup folded %d page views; %d rollup rows past %d days removed",
+        row["views"],
+        old["removed"],
+        ROLLUP_RETENTION_DAYS,
+    )
     return row["views"]
 
 

@@ -20,9 +20,7 @@ PRUNE_BATCH_SIZE = 1000
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Re-queue the jobs of workers silent for STALLED_AFTER_SECONDS; return how many."""
     manager = context.app.job_manager
-    stalled = await manager.get_stalled_jobs(
-        seconds_since_heartbeat=settings.stalled_after_seconds
-    )
+    stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_after_seconds)
     retried = 0
     for job in stalled:
         try:
@@ -42,9 +40,7 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) 
 async def prune_finished_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Delete finished jobs and their events older than JOB_RETENTION_HOURS, in batches."""
     connector = context.app.connector
-    cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
-        hours=settings.job_retention_hours
-    )
+    cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=settings.job_retention_hours)
     removed_total = 0
     while True:
         row = await connector.execute_query_one_async(
@@ -53,5 +49,9 @@ async def prune_finished_jobs(context: JobContext, timestamp: int | None = None)
         removed_total += row["removed"]
         if row["removed"] < PRUNE_BATCH_SIZE:
             break
-    logger.info("prune_finished_jobs removed %d job(s) finished before %s", removed_total, cutoff.isoformat(timespec="seconds"))
+    logger.info(
+        "prune_finished_jobs removed %d job(s) finished before %s",
+        removed_total,
+        cutoff.isoformat(timespec="seconds"),
+    )
     return removed_total

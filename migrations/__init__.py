@@ -80,7 +80,9 @@ def _apply_procrastinate(conn: psycopg.Connection, done: set[str]) -> list[str]:
     return applied
 
 
-def _apply(conn: psycopg.Connection, name: str, sql: str, also_record: tuple[str, ...] | list[str] = ()) -> None:
+def _apply(
+    conn: psycopg.Connection, name: str, sql: str, also_record: tuple[str, ...] | list[str] = ()
+) -> None:
     logger.info("applying migration %s", name)
     with conn.transaction():
         # SQL files from this repository or the installed procrastinate, never user input.

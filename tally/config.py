@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Callable, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from croniter import croniter
 
@@ -69,17 +69,13 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
         admin_token=reader.optional_text("ADMIN_TOKEN"),
         web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=64),
-        worker_concurrency=reader.integer(
-            "WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64
-        ),
+        worker_concurrency=reader.integer("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64),
         listen_notify=reader.boolean("LISTEN_NOTIFY", True),
         poll_interval_seconds=reader.number("POLL_INTERVAL_SECONDS", 5.0, low=0.1, high=3600),
         heartbeat_seconds=reader.number(
             "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS, low=0.1, high=3600
         ),
-        graceful_seconds=reader.number(
-            "WORKER_GRACEFUL_SECONDS", DEFAULT_GRACEFUL_SECONDS, low=0, high=3600
-        ),
+        graceful_seconds=reader.number("WORKER_GRACEFUL_SECONDS", DEFAULT_GRACEFUL_SECONDS, low=0, high=3600),
         stalled_after_seconds=reader.number(
             "STALLED_AFTER_SECONDS", DEFAULT_STALLED_AFTER_SECONDS, low=1, high=86400
         ),

@@ -24,16 +24,18 @@ def chart_bars(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
     bars = []
     for index, day in enumerate(daily):
         height = round(plot_height * day["views"] / peak, 1)
-        bars.append({
-            "x": round(index * slot + slot * 0.1, 1),
-            "y": round(CHART_TOP + plot_height - height, 1),
-            "width": round(max(slot * 0.8, 1), 1),
-            "height": height,
-            "day": day["day"],
-            "views": day["views"],
-            "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
-            "label_x": round(index * slot + slot / 2, 1),
-        })
+        bars.append(
+            {
+                "x": round(index * slot + slot * 0.1, 1),
+                "y": round(CHART_TOP + plot_height - height, 1),
+                "width": round(max(slot * 0.8, 1), 1),
+                "height": height,
+                "day": day["day"],
+                "views": day["views"],
+                "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
+                "label_x": round(index * slot + slot / 2, 1),
+            }
+        )
     return bars
 
 

@@ -7,8 +7,9 @@ the README's "Connection budget" adds them up.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg_pool
 from procrastinate import PsycopgConnector
@@ -33,7 +34,7 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     parts = _BLOCK_HEADER.split(text)
     queries = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=False):
         lines = [line for line in body.strip().splitlines()]
         queries[name] = "\n".join(lines[1:]).strip()  # drop the description line
     return queries

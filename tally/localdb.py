@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import fasteners
 

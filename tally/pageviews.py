@@ -1,12 +1,12 @@
 """Validating page views posted to the web process: one sentence per problem.
 
-    >>> parse_page_views(b'{"path": "/a"}')
-    [('/a', None)]
-    >>> try:
-    ...     parse_page_views(b'[{"path": "a"}]')
-    ... except InvalidPageViews as error:
-    ...     print(error)
-    Item 0: "path" must start with "/".
+>>> parse_page_views(b'{"path": "/a"}')
+[('/a', None)]
+>>> try:
+...     parse_page_views(b'[{"path": "a"}]')
+... except InvalidPageViews as error:
+...     print(error)
+Item 0: "path" must start with "/".
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def parse_page_views(body: bytes) -> list[tuple[str, str | None]]:
         if not document:
             raise InvalidPageViews("The batch is empty: send at least one page view.")
         if len(document) > MAX_BATCH:
-            raise InvalidPageViews(f"A batch holds at most {MAX_BATCH} page views; this one has {len(document)}.")
+            raise InvalidPageViews(
+                f"A batch holds at most {MAX_BATCH} page views; this one has {len(document)}."
+            )
         return [_parse_item(item, prefix=f"Item {index}: ") for index, item in enumerate(document)]
     raise InvalidPageViews('The body must be a JSON object such as {"path": "/"} or a list of them.')
 
@@ -52,7 +54,9 @@ def _parse_item(item: object, prefix: str) -> tuple[str, str | None]:
         raise InvalidPageViews(f'{prefix}A page view must be a JSON object such as {{"path": "/"}}.')
     unknown = sorted(set(item) - set(FIELDS))
     if unknown:
-        raise InvalidPageViews(f'{prefix}Unknown field "{unknown[0]}"; a page view has "path" and "referrer".')
+        raise InvalidPageViews(
+            f'{prefix}Unknown field "{unknown[0]}"; a page view has "path" and "referrer".'
+        )
     if "path" not in item:
         raise InvalidPageViews(f'{prefix}The field "path" is missing.')
     path = _text(item["path"], "path", prefix)

@@ -29,7 +29,7 @@ def _one(conn: psycopg.Connection, name: str, **params: Any) -> dict[str, Any] |
 
 
 def _json_time(value: datetime.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(datetime.timezone.utc).isoformat()
+    return None if value is None else value.astimezone(datetime.UTC).isoformat()
 
 
 def _seconds(value: float | None) -> float | None:

@@ -52,10 +52,10 @@ class Window:
 
     @classmethod
     def ending(cls, now: datetime.datetime, days: int) -> Window:
-        now = now.astimezone(datetime.timezone.utc)
+        now = now.astimezone(datetime.UTC)
         today = now.date()
         dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
-        start = datetime.datetime.combine(dates[0], datetime.time(), datetime.timezone.utc)
+        start = datetime.datetime.combine(dates[0], datetime.time(), datetime.UTC)
         boundary = now - DAY
         first_full_hour = boundary.replace(minute=0, second=0, microsecond=0) + HOUR
         return cls(now, dates, start, boundary, first_full_hour)
@@ -99,7 +99,7 @@ class StatsReader:
         daily: dict[datetime.date, int] = collections.Counter()
         after_boundary = 0
         for hour, views in cur.fetchall():
-            hour = hour.astimezone(datetime.timezone.utc)
+            hour = hour.astimezone(datetime.UTC)
             if hour >= window.start:
                 daily[hour.date()] += views
             if hour >= window.first_full_hour:
@@ -118,7 +118,7 @@ class StatsReader:
         paths = collections.Counter(rolled_up.paths)
         last_24h = partial_hour + rolled_up.after_boundary
         for hour, path, views in tail:
-            hour = hour.astimezone(datetime.timezone.utc)
+            hour = hour.astimezone(datetime.UTC)
             if hour >= window.start:
                 daily[hour.date()] += views
                 paths[path] += views
@@ -133,5 +133,5 @@ class StatsReader:
             "daily": days,
             "top_paths": [{"path": path, "views": views} for path, views in top if views > 0],
             "retention_days": self.retention_days,
-            "generated_at": window.now.astimezone(datetime.timezone.utc).isoformat(),
+            "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
         }

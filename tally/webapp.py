@@ -1,7 +1,7 @@
 """The web process's Bottle app: routes top to bottom, each with one docstring line.
 
-    >>> pool = db.web_pool(settings); pool.open()                  # doctest: +SKIP
-    >>> waitress.serve(build_app(settings, pool, jobs.app), port=5000)  # doctest: +SKIP
+>>> pool = db.web_pool(settings); pool.open()                  # doctest: +SKIP
+>>> waitress.serve(build_app(settings, pool, jobs.app), port=5000)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import hmac
 import json
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import bottle
 import procrastinate
@@ -53,7 +54,9 @@ def database_unavailable(route: Callable) -> Callable:
         try:
             return route(*args, **kwargs)
         except DATABASE_DOWN as error:
-            logger.warning("%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error)
+            logger.warning(
+                "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
+            )
             return json_error(503, "The database is unreachable; try again shortly.")
 
     return wrapper
@@ -69,7 +72,9 @@ def parse_days(query: bottle.FormsDict) -> int:
     return int(values[0])
 
 
-def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App) -> bottle.Bottle:
+def build_app(
+    config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App
+) -> bottle.Bottle:
     """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
     stats = StatsReader(pool, config.retention_days)
@@ -81,7 +86,9 @@ def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procr
             raise json_error(403, "Admin endpoints are disabled: set ADMIN_TOKEN to enable them.")
         scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise json_error(401, "Send Authorization: Bearer <ADMIN_TOKEN>.", **{"WWW-Authenticate": "Bearer"})
+            raise json_error(
+                401, "Send Authorization: Bearer <ADMIN_TOKEN>.", **{"WWW-Authenticate": "Bearer"}
+            )
         if not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
             raise json_error(403, "The admin token is not valid.")
 
@@ -158,6 +165,11 @@ def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procr
             return json_error(404, f"There is no job {job_id}.")
         return json_response(200, job)
 
+    @app.get("/api/jobs/<job_id>")
+    def show_job_not_a_number(job_id: str):
+        """Job ids are whole numbers: anything else names no job."""
+        return json_error(404, f"There is no job {job_id!r}: job ids are whole numbers.")
+
     @app.post("/api/jobs/<job_id:int>/retry")
     @database_unavailable
     def retry_failed_job(job_id: int):
@@ -169,7 +181,7 @@ def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procr
             return json_error(404, f"There is no job {job_id}.")
         if job["status"] != "failed":
             return json_error(409, f"Job {job_id} is {job['status']}; only failed jobs can be retried.")
-        jobs_app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.timezone.utc))
+        jobs_app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.UTC))
         return json_response(202, {"job_id": job_id, "status": "todo"})
 
     @app.post("/api/jobs/<task>")
@@ -185,8 +197,13 @@ def build_app(config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procr
     def error_as_json(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"
         if error.status_code >= 500:
-            logger.error("unhandled error on %s %s: %r", bottle.request.method, bottle.request.path,
-                         error.exception, exc_info=error.exception)
+            logger.error(
+                "unhandled error on %s %s: %r",
+                bottle.request.method,
+                bottle.request.path,
+                error.exception,
+                exc_info=error.exception,
+            )
             return json.dumps({"error": "Internal error; it has been logged."})
         sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
         return json.dumps({"error": sentences.get(error.status_code, "The request was not understood.")})

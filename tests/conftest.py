@@ -94,13 +94,14 @@ def free_port() -> int:
 class Process:
     """An entry file run as a subprocess, its output collected line by line in a file.
 
-        >>> with Process(["worker.py"], env={"WORKER_CONCURRENCY": "2"}) as worker:
-        ...     worker.wait_for_line("Starting worker")
+    >>> with Process(["worker.py"], env={"WORKER_CONCURRENCY": "2"}) as worker:
+    ...     worker.wait_for_line("Starting worker")
     """
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.args = args
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="tally-proc-", suffix=".log", delete=False)
+        # Kept open for the life of the process; closed in stop().
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="tally-proc-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
             [sys.executable, *args],

@@ -57,7 +57,10 @@ def test_cleanup_removes_exactly_the_expired_rows_over_several_batches(conn, sma
     insert_views(conn, 40, "30 days 1 hour")
     insert_views(conn, 300, "29 days 23 hours")
     insert_views(conn, 500, "1 minute")
-    kept_ids = {row[0] for row in conn.execute("SELECT id FROM page_views WHERE viewed_at > now() - '30 days'::interval")}
+    kept_ids = {
+        row[0]
+        for row in conn.execute("SELECT id FROM page_views WHERE viewed_at > now() - '30 days'::interval")
+    }
 
     defer(page_views.cleanup_old_page_views)
     with caplog.at_level(logging.DEBUG, logger="jobs.page_views"):
@@ -125,14 +128,20 @@ def test_retry_stalled_jobs_requeues_only_jobs_of_silent_workers(conn):
     defer(page_views.cleanup_old_page_views, lock="other")
     dead = register_worker(conn, "10 minutes")
     # A worker that is draining stops heart-beating, but for less than the threshold.
-    draining = register_worker(conn, f"{jobs.settings.graceful_seconds + jobs.settings.heartbeat_seconds} seconds")
+    draining = register_worker(
+        conn, f"{jobs.settings.graceful_seconds + jobs.settings.heartbeat_seconds} seconds"
+    )
     dead_job = fetch_job_for_worker(conn, dead)
     draining_job = fetch_job_for_worker(conn, draining)
 
     defer(queue_upkeep.retry_stalled_jobs)
     run_queued_jobs()
 
-    status = dict(conn.execute("SELECT id, status::text FROM procrastinate_jobs WHERE id IN (%s, %s)", (dead_job, draining_job)))
+    status = dict(
+        conn.execute(
+            "SELECT id, status::text FROM procrastinate_jobs WHERE id IN (%s, %s)", (dead_job, draining_job)
+        )
+    )
     assert status[draining_job] == "doing"
     # The re-queued job was picked up again by the test's worker and finished.
     assert status[dead_job] == "succeeded"
@@ -156,7 +165,12 @@ def test_prune_finished_jobs_removes_old_finished_jobs_and_their_events(conn):
 
     remaining = [row[0] for row in conn.execute("SELECT id FROM procrastinate_jobs ORDER BY id")]
     assert ids[0] not in remaining and ids[1] not in remaining and ids[2] in remaining
-    assert conn.execute("SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", (ids[:2],)).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", (ids[:2],)
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_every_task_can_be_deferred_with_no_arguments(conn):
@@ -164,3 +178,42 @@ def test_every_task_can_be_deferred_with_no_arguments(conn):
         defer(jobs.app.tasks[name])
     run_queued_jobs()
     assert {status for _, status in job_statuses(conn)} == {"succeeded"}
+
+
+def test_rollup_folds_committed_views_once(conn):
+    insert_views(conn, 120, "3 hours")
+    insert_views(conn, 30, "45 days")
+    defer(page_views.rollup_page_views)
+    defer(page_views.rollup_page_views)
+    run_queued_jobs()
+    assert conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0] == 150
+    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 150
+
+
+def test_cleanup_rolls_views_up_before_deleting_them(conn):
+    insert_views(conn, 25, "45 days")
+    defer(page_views.cleanup_old_page_views)
+    run_queued_jobs()
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 25
+
+
+def test_a_failing_job_leaves_its_error_for_operators(conn):
+    from jobs.middleware import record_job_errors
+
+    job_id = defer(queue_upkeep.prune_finished_jobs)
+    job = queue_upkeep.prune_finished_jobs.configure().job.evolve(id=job_id, attempts=0)
+    context = JobContext(app=jobs.app, job=job, abort_reason=lambda: None, start_timestamp=time.time())
+
+    async def failing():
+        raise RuntimeError("disk on fire")
+
+    async def run():
+        async with jobs.app.open_async():
+            await record_job_errors(failing, context, None)
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(run())
+    assert conn.execute("SELECT job_id, attempt, error FROM tally_job_errors").fetchall() == [
+        (job_id, 1, "RuntimeError: disk on fire")
+    ]

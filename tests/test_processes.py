@@ -31,9 +31,12 @@ def cli_defer(task: str, database_url: str) -> None:
 
 
 def job_status(conn: psycopg.Connection, task: str) -> list[str]:
-    return [row[0] for row in conn.execute(
-        "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
-    )]
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -47,8 +50,12 @@ def job_status(conn: psycopg.Connection, task: str) -> list[str]:
 )
 def test_invalid_configuration_stops_the_process_with_one_line(entry, variable, value):
     result = subprocess.run(
-        [sys.executable, *entry], cwd=ROOT, env={variable: value, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, *entry],
+        cwd=ROOT,
+        env={variable: value, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
@@ -79,8 +86,12 @@ def test_a_job_deferred_with_the_cli_runs_within_a_second(start_process, conn, d
 
     cli_defer("cleanup_old_page_views", database_url)
     deferred_at = time.monotonic()
-    wait_until(lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 10, 0.005,
-               message="the CLI-deferred cleanup")
+    wait_until(
+        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"],
+        10,
+        0.005,
+        message="the CLI-deferred cleanup",
+    )
     assert time.monotonic() - deferred_at < 1.0
     assert "cleanup removed 0 page views" in worker.output()
 
@@ -90,8 +101,12 @@ def test_clock_defers_and_the_worker_runs_it(start_process, conn):
     clock = start_process(["clock.py"], {"RETRY_STALLED_SCHEDULE": "* * * * * */2"})
     clock.wait_for_line("CLOCK PROCESS STARTED")
     worker.wait_for_line("Starting worker")
-    wait_until(lambda: "succeeded" in job_status(conn, "retry_stalled_jobs"), 20, 0.1,
-               message="a clock-deferred retry_stalled_jobs to succeed")
+    wait_until(
+        lambda: "succeeded" in job_status(conn, "retry_stalled_jobs"),
+        20,
+        0.1,
+        message="a clock-deferred retry_stalled_jobs to succeed",
+    )
     defers = conn.execute(
         "SELECT count(*) FROM procrastinate_periodic_defers WHERE task_name = 'retry_stalled_jobs'"
     ).fetchone()[0]
@@ -110,8 +125,10 @@ def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
     worker = start_process(["worker.py"], settings)
     worker.wait_for_line("Starting worker")
     with psycopg.connect(conn.info.dsn, autocommit=True) as other:
-        other.execute("SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
-                      " 'cleanup_old_page_views', NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])")
+        other.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
+            " 'cleanup_old_page_views', NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+        )
     worker.wait_for_line("Starting job cleanup_old_page_views")
     time.sleep(0.3)
     signalled = time.monotonic()
@@ -126,6 +143,10 @@ def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
     # The retry is scheduled a few seconds ahead: the default polling finds it.
     successor = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "5000"})
     successor.wait_for_line("Starting worker")
-    wait_until(lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 60, 0.1,
-               message="the retried cleanup to finish")
+    wait_until(
+        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"],
+        60,
+        0.1,
+        message="the retried cleanup to finish",
+    )
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0

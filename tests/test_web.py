@@ -1,0 +1,360 @@
+"""The web process through its real WSGI app (WebTest), on the session's database."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import psycopg
+import psycopg_pool
+import pytest
+import webtest
+
+import jobs
+from tally.config import from_env
+from tally.webapp import build_app
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="session")
+def pool(database_url):
+    with psycopg_pool.ConnectionPool(database_url, min_size=1, max_size=4, timeout=5) as shared:
+        yield shared
+
+
+def make_client(database_url: str, pool, **env: str) -> webtest.TestApp:
+    settings = from_env({"DATABASE_URL": database_url, **env}, process_type="web")
+    return webtest.TestApp(build_app(settings, pool, jobs.app))
+
+
+@pytest.fixture
+def client(database_url, pool) -> webtest.TestApp:
+    return make_client(database_url, pool, ADMIN_TOKEN=TOKEN)
+
+
+def stored(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
+
+
+def roll_up(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT tally_rollup_page_views()").fetchone()[0]
+
+
+# --- recording views -------------------------------------------------------------------
+
+
+def test_one_view_is_stored(client, conn):
+    response = client.post_json("/api/pageviews", {"path": "/pricing", "referrer": "https://example.com/"})
+    assert response.status_int == 201 and response.json == {"stored": 1}
+    assert conn.execute("SELECT path, referrer FROM page_views").fetchall() == [
+        ("/pricing", "https://example.com/")
+    ]
+
+
+def test_a_batch_is_stored_whole(client, conn):
+    batch = [{"path": f"/p{n}"} for n in range(1000)]
+    response = client.post_json("/api/pageviews", batch)
+    assert response.status_int == 201 and response.json == {"stored": 1000}
+    assert stored(conn) == 1000
+
+
+def test_paths_with_quotes_sql_and_unicode_are_stored_literally(client, conn):
+    paths = [
+        "/it's",
+        '/"quoted"',
+        "/'; DROP TABLE page_views; --",
+        "/日本語/ページ",
+        "/emoji/🙂",
+        "/" + "x" * 2047,
+    ]
+    client.post_json("/api/pageviews", [{"path": path} for path in paths], status=201)
+    assert sorted(row[0] for row in conn.execute("SELECT path FROM page_views")) == sorted(paths)
+
+
+GOOD = {"path": "/ok"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "says"),
+    [
+        (json.dumps(GOOD), "text/plain", 415, "application/json"),
+        (json.dumps(GOOD), "", 415, "application/json"),
+        (json.dumps(GOOD), "application/x-www-form-urlencoded", 415, "application/json"),
+        ("{", "application/json", 400, "not valid JSON"),
+        ("", "application/json", 400, "not valid JSON"),
+        ("5", "application/json", 400, "JSON object"),
+        ("null", "application/json", 400, "JSON object"),
+        ('"/a"', "application/json", 400, "JSON object"),
+        ("[]", "application/json", 400, "empty"),
+        (json.dumps([GOOD] * 1001), "application/json", 400, "at most 1000"),
+        (json.dumps([GOOD, 7]), "application/json", 400, "Item 1"),
+        (json.dumps({}), "application/json", 400, '"path" is missing'),
+        (json.dumps({"path": 5}), "application/json", 400, '"path" must be a string'),
+        (json.dumps({"path": None}), "application/json", 400, '"path" must be a string'),
+        (json.dumps({"path": "pricing"}), "application/json", 400, 'start with "/"'),
+        (json.dumps({"path": "/" + "x" * 2048}), "application/json", 400, "longer than 2048"),
+        (json.dumps({"path": "/a\u0000b"}), "application/json", 400, "control character"),
+        (json.dumps({"path": "/a\nb"}), "application/json", 400, "control character"),
+        (json.dumps({"path": "/a", "referrer": 3}), "application/json", 400, '"referrer" must be a string'),
+        (json.dumps({"path": "/a", "referrer": "r" * 2049}), "application/json", 400, "longer than 2048"),
+        (json.dumps({"path": "/a", "referer": "x"}), "application/json", 400, 'Unknown field "referer"'),
+        ('{"path": "/\\ud800"}', "application/json", 400, "not valid Unicode"),
+        (b'{"path": "/\xff"}', "application/json", 400, "UTF-8"),
+        ("[" * 100000 + "]" * 100000, "application/json", 400, "nested too deeply"),
+        (json.dumps([GOOD, GOOD, {"path": "bad"}]), "application/json", 400, "Item 2"),
+        (json.dumps([{"path": "/" + "x" * 2000}] * 600), "application/json", 413, "larger than"),
+    ],
+)
+def test_bad_input_is_refused_clearly_and_stores_nothing(client, conn, body, content_type, status, says):
+    body = body if isinstance(body, bytes) else body.encode("utf-8")
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/pageviews", body, headers=headers, status="*")
+    assert response.status_int == status
+    assert response.content_type == "application/json"
+    assert says in response.json["error"]
+    assert stored(conn) == 0
+
+
+def test_json_content_type_with_charset_is_accepted(client):
+    client.post(
+        "/api/pageviews",
+        json.dumps(GOOD),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        status=201,
+    )
+
+
+# --- stats -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("days", ["0", "367", "abc", "1.5", "-1", "", " 7", "1e2", "99999999999999999999"])
+def test_stats_refuses_bad_days(client, days):
+    response = client.get("/api/stats", {"days": days}, status=400)
+    assert "days" in response.json["error"]
+
+
+def test_stats_refuses_days_given_twice(client):
+    assert client.get("/api/stats?days=3&days=4", status=400).json["error"]
+
+
+def test_stats_default_window_is_30_zero_filled_days(client):
+    body = client.get("/api/stats").json
+    assert len(body["daily"]) == 30 and body["days"] == 30
+    assert all(day["views"] == 0 for day in body["daily"])
+    assert body["total_views"] == 0 and body["top_paths"] == [] and body["retention_days"] == 30
+    today = datetime.datetime.now(datetime.UTC).date()
+    assert body["daily"][-1]["day"] == today.isoformat()
+    assert body["daily"][0]["day"] == (today - datetime.timedelta(days=29)).isoformat()
+    assert "generated_at" in body
+
+
+def direct_stats(conn: psycopg.Connection, days: int) -> dict:
+    """The naive answer, straight from page_views."""
+    daily = dict(
+        conn.execute(
+            "SELECT (viewed_at AT TIME ZONE 'UTC')::date::text, count(*) FROM page_views"
+            " WHERE viewed_at >= (now() AT TIME ZONE 'UTC')::date - %s + 1 GROUP BY 1",
+            (days,),
+        ).fetchall()
+    )
+    last_24h = conn.execute(
+        "SELECT count(*) FROM page_views WHERE viewed_at >= now() - interval '24 hours'"
+    ).fetchone()[0]
+    top = conn.execute(
+        "SELECT path, count(*) FROM page_views WHERE viewed_at >= (now() AT TIME ZONE 'UTC')::date - %s + 1"
+        " GROUP BY path ORDER BY 2 DESC, 1 LIMIT 10",
+        (days,),
+    ).fetchall()
+    return {"daily": daily, "views_last_24h": last_24h, "top_paths": [list(row) for row in top]}
+
+
+def assert_exact(client, conn, days: int) -> dict:
+    body = client.get("/api/stats", {"days": str(days)}).json
+    expected = direct_stats(conn, days)
+    assert {d["day"]: d["views"] for d in body["daily"] if d["views"]} == expected["daily"]
+    assert body["total_views"] == sum(expected["daily"].values())
+    assert body["views_last_24h"] == expected["views_last_24h"]
+    assert [[p["path"], p["views"]] for p in body["top_paths"]] == expected["top_paths"]
+    return body
+
+
+def test_stats_match_a_direct_count_across_rollups_and_the_tail(client, conn):
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/p' || (n % 13), now() - (n % 2000) * interval '17 minutes' FROM generate_series(1, 5000) n"
+    )
+    assert_exact(client, conn, 30)
+    assert roll_up(conn) == 5000
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/q' || (n % 5), now() - (n % 100) * interval '29 minutes' FROM generate_series(1, 700) n"
+    )
+    for days in (1, 2, 7, 30, 366):
+        assert_exact(client, conn, days)
+    roll_up(conn)
+    body = assert_exact(client, conn, 30)
+    assert body["total_views"] > 0
+    hourly = conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0]
+    assert hourly == stored(conn)
+
+
+def test_a_view_committed_after_a_later_one_was_rolled_up_is_counted_once(client, conn, database_url):
+    with psycopg.connect(database_url) as slow:  # a transaction that commits late
+        slow.execute("INSERT INTO page_views (path) VALUES ('/late')")
+        client.post_json("/api/pageviews", {"path": "/early"}, status=201)  # commits first
+        roll_up(conn)
+        body = client.get("/api/stats").json
+        assert body["total_views"] == 1  # /late is not committed yet
+        slow.commit()
+    assert assert_exact(client, conn, 30)["total_views"] == 2
+    roll_up(conn)
+    assert assert_exact(client, conn, 30)["total_views"] == 2
+    roll_up(conn)
+    assert conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0] == 2
+    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 2
+
+
+def test_a_new_view_shows_in_stats_at_once(client):
+    client.post_json("/api/pageviews", {"path": "/fresh"})
+    body = client.get("/api/stats?days=1").json
+    assert body["total_views"] == 1 and body["views_last_24h"] == 1
+    assert body["top_paths"] == [{"path": "/fresh", "views": 1}]
+
+
+def test_rollups_outlive_the_raw_views(client, conn):
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/old', now() - interval '200 days')")
+    roll_up(conn)
+    conn.execute("DELETE FROM page_views")  # what cleanup does after RETENTION_DAYS
+    body = client.get("/api/stats?days=366").json
+    assert body["total_views"] == 1 and body["top_paths"] == [{"path": "/old", "views": 1}]
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def test_health_reports_database_workers_and_clock(client):
+    body = client.get("/api/health").json
+    assert body["status"] == "ok" and body["database"] == "ok" and body["dyno"] == "web.1"
+    assert {"workers_alive", "worker_heartbeat_age_seconds", "clock_last_defer_age_seconds"} <= set(body)
+
+
+def test_health_answers_503_quickly_when_the_database_is_unreachable(database_url):
+    bad_url = "postgresql://postgres@/postgres?host=/nonexistent-tally-socket-dir"
+    settings = from_env({"DATABASE_URL": bad_url}, process_type="web")
+    from tally.db import web_pool
+
+    with web_pool(settings) as unreachable:
+        client = webtest.TestApp(build_app(settings, unreachable, jobs.app))
+        started = time.monotonic()
+        response = client.get("/api/health", status=503)
+        assert time.monotonic() - started < 2.0
+        assert response.json["database"] == "unreachable"
+        assert client.get("/api/stats", status=503).json["error"]
+        assert client.post_json("/api/pageviews", GOOD, status=503).json["error"]
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_defer_a_job_by_task_name(client, conn):
+    response = client.post("/api/jobs/cleanup_old_page_views", headers=auth(), status=202)
+    job_id = response.json["job_id"]
+    assert conn.execute(
+        "SELECT task_name, status::text FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone() == ("cleanup_old_page_views", "todo")
+    job = client.get(f"/api/jobs/{job_id}").json
+    assert job["id"] == job_id and job["task"] == "cleanup_old_page_views" and job["status"] == "todo"
+    assert job["attempts"] == 0 and job["queue"] == "default" and job["deferred_at"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 403),
+        ({"Authorization": "Basic abc"}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}x"}, 403),
+    ],
+)
+def test_admin_endpoints_need_the_token(client, conn, headers, status):
+    client.post("/api/jobs/cleanup_old_page_views", headers=headers, status=status)
+    client.post("/api/jobs/1/retry", headers=headers, status=status)
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
+
+
+def test_admin_endpoints_refuse_everyone_without_admin_token(database_url, pool, conn):
+    client = make_client(database_url, pool)
+    for headers in ({}, auth(), auth("")):
+        response = client.post("/api/jobs/cleanup_old_page_views", headers=headers, status=403)
+        assert "ADMIN_TOKEN" in response.json["error"]
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
+
+
+def test_unknown_task_and_job_are_404(client):
+    assert "no task" in client.post("/api/jobs/drop_everything", headers=auth(), status=404).json["error"]
+    client.post("/api/jobs/procrastinate.builtin_tasks.remove_old_jobs", headers=auth(), status=404)
+    client.get("/api/jobs/999999", status=404)
+    assert client.get("/api/jobs/abc", status=404).json["error"]
+    client.post("/api/jobs/999999/retry", headers=auth(), status=404)
+
+
+def make_failed_job(conn: psycopg.Connection) -> int:
+    with jobs.app.open():
+        job_id = jobs.app.tasks["prune_finished_jobs"].defer()
+    worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+    conn.execute("SELECT procrastinate_fetch_job_v2(NULL, %s)", (worker_id,))
+    conn.execute("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (job_id,))
+    conn.execute(
+        "INSERT INTO tally_job_errors (job_id, attempt, error) VALUES (%s, 1, 'RuntimeError: boom')",
+        (job_id,),
+    )
+    return job_id
+
+
+def test_queue_summary_and_retrying_a_failed_job(client, conn):
+    failed = make_failed_job(conn)
+    client.post("/api/jobs/retry_stalled_jobs", headers=auth(), status=202)
+    summary = client.get("/api/jobs").json
+    assert summary["by_status"]["failed"] == 1 and summary["by_status"]["todo"] == 1
+    assert summary["by_task"]["prune_finished_jobs"] == {"failed": 1}
+    assert summary["oldest_waiting_age_seconds"] is not None
+    assert summary["recent_failures"][0]["id"] == failed
+    assert summary["recent_failures"][0]["error"] == "RuntimeError: boom"
+
+    assert client.get(f"/api/jobs/{failed}").json["last_error"] == "RuntimeError: boom"
+    client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
+    assert client.get(f"/api/jobs/{failed}").json["status"] == "todo"
+    assert (
+        "only failed jobs"
+        in client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=409).json["error"]
+    )
+
+
+def test_wrong_method_and_unknown_address_answer_json(client):
+    assert client.get("/api/pageviews", status=405).json["error"]
+    assert client.get("/nothing-here", status=404).json["error"]
+
+
+# --- dashboard ---------------------------------------------------------------------------------
+
+
+def test_dashboard_renders_chart_paths_and_queue_state(client, conn):
+    client.post_json("/api/pageviews", [{"path": "/home"}, {"path": "/home"}, {"path": "/<script>"}])
+    make_failed_job(conn)
+    page = client.get("/?days=7")
+    assert page.content_type == "text/html"
+    html = page.text
+    assert html.count('class="bar"') == 7
+    assert 'data-views="3"' in html
+    assert "/home" in html and "&lt;script&gt;" in html and "<script>" not in html
+    assert "RuntimeError: boom" in html
+    assert 'http-equiv="refresh"' in html and 'name="viewport"' in html
+    assert "http://" not in html and "https://" not in html  # no external assets
+    client.get("/?days=0", status=400)
