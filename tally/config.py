@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -177,5 +178,9 @@ def load_or_exit(process_type: str) -> Config:
         return from_env(process_type=process_type)
     except ConfigError as error:
         # Logs go to stdout only (see DESIGN); this is the one line an operator needs.
-        print(f"tally {process_type}: configuration error: {error}", flush=True)
+        # Name the program that failed: web.py also reads the jobs' settings.
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+        if program in ("", "__main__.py", "-c"):
+            program = process_type
+        print(f"tally {program}: configuration error: {error}", flush=True)
         raise SystemExit(2) from None
