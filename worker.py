@@ -22,10 +22,23 @@ RESTART_DELAY_SECONDS = 2.0
 logger = logging.getLogger("tally.worker")
 
 
+class SupervisedWorker(Worker):
+    """procrastinate's worker, with its side tasks (LISTEN, heartbeat) kept under watch.
+
+    procrastinate stops the worker when a side task fails, but its monitor returns as
+    soon as any side task ends, and the periodic deferrer ends at once in a process
+    with no schedule (ours: only the clock registers one). Then a lost LISTEN
+    connection would go unnoticed. Keeping the deferrer pending keeps the monitor on.
+    """
+
+    async def _periodic_deferrer(self) -> None:
+        await asyncio.Event().wait()
+
+
 async def run_until_stopped(app, options: dict) -> None:
     """Run workers one after another until SIGTERM/SIGINT, restarting after a lost database."""
     stopping = asyncio.Event()
-    current: list[Worker] = []
+    current: list[SupervisedWorker] = []
 
     def request_stop() -> None:
         stopping.set()
@@ -37,7 +50,7 @@ async def run_until_stopped(app, options: dict) -> None:
         loop.add_signal_handler(signum, request_stop)
     async with app.open_async():
         while not stopping.is_set():
-            worker = Worker(app=app, **options, install_signal_handlers=False)
+            worker = SupervisedWorker(app=app, **options, install_signal_handlers=False)
             current[:] = [worker]
             try:
                 await worker.run()

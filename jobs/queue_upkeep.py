@@ -6,7 +6,6 @@ import datetime
 import logging
 
 from procrastinate import JobContext
-from procrastinate.exceptions import ConnectorException
 
 from jobs import app, settings
 from tally.db import QUERIES
@@ -23,14 +22,12 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) 
     stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_after_seconds)
     retried = 0
     for job in stalled:
-        try:
-            await manager.retry_job(job)
-        except ConnectorException as error:
-            # Another retry_stalled_jobs got there first, or the job just finished.
-            logger.info("job %s was not retried: %s", job.id, error)
-            continue
-        retried += 1
-        logger.warning("re-queued stalled job %s (%s, worker %s)", job.id, job.task_name, job.worker_id)
+        row = await context.app.connector.execute_query_one_async(
+            QUERIES["retry_stalled_job"], job_id=job.id, worker_id=job.worker_id
+        )
+        if row["retried"]:
+            retried += 1
+            logger.warning("re-queued stalled job %s (%s, worker %s)", job.id, job.task_name, job.worker_id)
     pruned = await manager.prune_stalled_workers(settings.stalled_after_seconds)
     logger.info("retry_stalled_jobs: %d job(s) re-queued, %d silent worker(s) removed", retried, len(pruned))
     return retried

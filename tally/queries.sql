@@ -127,3 +127,13 @@ SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, 
        (SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1) AS last_error
   FROM procrastinate_jobs job
  WHERE job.id = %(job_id)s
+
+-- retry_stalled_job --
+-- Re-queue a stalled job only if it is still running under the worker it was found stalled with:
+-- another retry may have re-queued it, and a live worker may already have picked it up again.
+WITH still_stalled AS (
+    SELECT id FROM procrastinate_jobs
+     WHERE id = %(job_id)s AND status = 'doing' AND worker_id IS NOT DISTINCT FROM %(worker_id)s
+       FOR UPDATE
+)
+SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried FROM still_stalled

@@ -217,3 +217,21 @@ def test_a_failing_job_leaves_its_error_for_operators(conn):
     assert conn.execute("SELECT job_id, attempt, error FROM tally_job_errors").fetchall() == [
         (job_id, 1, "RuntimeError: disk on fire")
     ]
+
+
+def test_a_stalled_job_picked_up_again_is_not_requeued_by_a_late_retry(conn):
+    from tally.db import QUERIES
+
+    job_id = defer(page_views.cleanup_old_page_views)
+    dead = register_worker(conn, "10 minutes")
+    fetch_job_for_worker(conn, dead)
+    # A first retry_stalled_jobs re-queues it and a live worker takes it...
+    conn.execute("SELECT procrastinate_retry_job_v2(%s, now(), NULL, NULL, NULL)", (job_id,))
+    alive = register_worker(conn, "0 seconds")
+    assert fetch_job_for_worker(conn, alive) == job_id
+    # ...so a second one, which saw the job stalled under the dead worker, must leave it be.
+    retried = conn.execute(QUERIES["retry_stalled_job"], {"job_id": job_id, "worker_id": dead}).fetchone()[0]
+    assert retried == 0
+    assert conn.execute(
+        "SELECT status::text, worker_id FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone() == ("doing", alive)

@@ -1,0 +1,315 @@
+"""The process model under faults: drain, crash, scale-out, several clocks, a database
+restart and a soak with a killed worker. Real entry files as subprocesses, real database.
+
+These take tens of seconds each: `make test-quick` skips them, CI runs them all.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+import urllib.request
+
+import psycopg
+import pytest
+
+from tally import localdb
+from tests.conftest import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+# Short enough for a test, and still stalled > graceful + heartbeat as the config demands.
+FAST_RECOVERY = {
+    "WORKER_HEARTBEAT_SECONDS": "1",
+    "WORKER_GRACEFUL_SECONDS": "2",
+    "STALLED_AFTER_SECONDS": "4",
+    "POLL_INTERVAL_SECONDS": "1",
+}
+EVERY_TWO_SECONDS = "* * * * * */2"
+NEVER_SOON = "0 0 1 1 *"  # keeps other periodic jobs out of the way
+
+
+def statuses(conn: psycopg.Connection, task: str) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
+        )
+    ]
+
+
+def defer_by_sql(conn: psycopg.Connection, task: str, count: int = 1, lock: str | None = None) -> None:
+    """Defer jobs in one statement, as procrastinate's own defer does (NOTIFY included)."""
+    conn.execute(
+        "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('default', %s, 0, %s, NULL, '{}'::jsonb, NULL)"
+        "::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
+        (task, lock, count),
+    )
+
+
+def expired_views(conn: psycopg.Connection, count: int) -> None:
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
+        (count,),
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, float]:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status, json.load(response), time.monotonic() - started
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error), time.monotonic() - started
+
+
+def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_process, conn):
+    expired_views(conn, 2_000_000)
+    worker = start_process(["worker.py"], {"WORKER_GRACEFUL_SECONDS": "2", "CLEANUP_BATCH_SIZE": "5000"})
+    worker.wait_for_line("Starting worker")
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    worker.wait_for_line("Starting job cleanup_old_page_views")
+    time.sleep(1.0)
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    drain_seconds = time.monotonic() - signalled
+    print(f"drain: worker exited 0 in {drain_seconds:.2f} s")
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
+    assert statuses(conn, "cleanup_old_page_views") == ["todo"]
+    left = conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
+    assert 0 < left < 2_000_000
+
+    successor = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "20000"})
+    successor.wait_for_line("Starting worker")
+    wait_until(
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 120, 0.2, "the retried cleanup"
+    )
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 2_000_000
+
+
+def test_a_killed_workers_job_is_finished_by_another(start_process, conn):
+    expired_views(conn, 300_000)
+    clock = start_process(
+        ["clock.py"],
+        {
+            "RETRY_STALLED_SCHEDULE": EVERY_TWO_SECONDS,
+            "CLEANUP_SCHEDULE": NEVER_SOON,
+            "ROLLUP_SCHEDULE": NEVER_SOON,
+        },
+    )
+    victim = start_process(["worker.py"], {**FAST_RECOVERY, "CLEANUP_BATCH_SIZE": "200"})
+    victim.wait_for_line("Starting worker")
+    clock.wait_for_line("CLOCK PROCESS STARTED")
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    victim.wait_for_line("Starting job cleanup_old_page_views")
+    time.sleep(0.5)
+    victim.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    victim.wait(10)
+    assert statuses(conn, "cleanup_old_page_views") == ["doing"]  # as the kill left it
+
+    rescuer = start_process(["worker.py"], FAST_RECOVERY)
+    rescuer.wait_for_line("Starting worker")
+    wait_until(
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 180, 0.2, "the rescued cleanup"
+    )
+    print(f"crash: killed worker's job finished by another after {time.monotonic() - killed:.1f} s")
+    assert "re-queued stalled job" in rescuer.output()
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+    attempts = conn.execute(
+        "SELECT attempts FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views'"
+    )
+    assert attempts.fetchone()[0] == 2, rescuer.output()  # the killed attempt and the one that finished
+
+
+def test_three_workers_start_every_job_exactly_once(start_process, conn):
+    workers = [start_process(["worker.py"], {"WORKER_CONCURRENCY": "4"}) for _ in range(3)]
+    for worker in workers:
+        worker.wait_for_line("Starting worker")
+    defer_by_sql(conn, "retry_stalled_jobs", count=300)
+    defer_by_sql(conn, "prune_finished_jobs", count=100)
+    wait_until(
+        lambda: (
+            conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'").fetchone()[0]
+            == 400
+        ),
+        120,
+        0.2,
+        "400 jobs to succeed",
+    )
+    starts = conn.execute(
+        "SELECT job.id, count(event.id) FROM procrastinate_jobs job"
+        " LEFT JOIN procrastinate_events event ON event.job_id = job.id AND event.type = 'started'"
+        " GROUP BY job.id"
+    ).fetchall()
+    duplicates = [job_id for job_id, started in starts if started != 1]
+    print(f"scale-out: {len(starts)} jobs over 3 workers, duplicates found: {len(duplicates)}")
+    assert len(starts) == 400 and duplicates == []
+
+
+def test_several_clocks_defer_each_tick_once(start_process, conn):
+    schedule = {
+        "RETRY_STALLED_SCHEDULE": "* * * * * *",
+        "CLEANUP_SCHEDULE": NEVER_SOON,
+        "ROLLUP_SCHEDULE": NEVER_SOON,
+        "PRUNE_SCHEDULE": NEVER_SOON,
+    }
+    clocks = [start_process(["clock.py"], {**schedule, "DYNO": f"clock.{n}"}) for n in (1, 2, 3)]
+    for clock in clocks:
+        clock.wait_for_line("CLOCK PROCESS STARTED")
+    time.sleep(6)
+    for clock in clocks:
+        clock.stop()
+    ticks = conn.execute(
+        "SELECT args->>'timestamp', count(*) FROM procrastinate_jobs"
+        " WHERE task_name = 'retry_stalled_jobs' GROUP BY 1"
+    ).fetchall()
+    print(f"clocks: 3 clocks, {len(ticks)} ticks, deferred twice: {sum(1 for _, n in ticks if n > 1)}")
+    assert len(ticks) >= 4
+    assert all(count == 1 for _, count in ticks)
+
+
+def listening(conn_url: str, dyno: str) -> bool:
+    with psycopg.connect(conn_url, autocommit=True) as conn:
+        return bool(
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'LISTEN%%'",
+                (dyno,),
+            ).fetchone()[0]
+        )
+
+
+def test_everything_recovers_from_a_database_restart(start_process, database_url, server_dir):
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    worker = start_process(["worker.py"], {"POLL_INTERVAL_SECONDS": "300", "DYNO": "worker.9"})
+    clock = start_process(
+        ["clock.py"],
+        {
+            "RETRY_STALLED_SCHEDULE": EVERY_TWO_SECONDS,
+            "CLEANUP_SCHEDULE": NEVER_SOON,
+            "ROLLUP_SCHEDULE": NEVER_SOON,
+        },
+    )
+    web.wait_for_line("Serving on")
+    worker.wait_for_line("Starting worker")
+    clock.wait_for_line("CLOCK PROCESS STARTED")
+    assert http_get(port, "/api/health")[0] == 200
+    wait_until(lambda: listening(database_url, "worker.9"), 10, 0.1, "the worker to LISTEN")
+
+    localdb.stop(server_dir, mode="fast")
+    down_at = time.monotonic()
+    slowest = 0.0
+    while time.monotonic() - down_at < 4:
+        status, body, took = http_get(port, "/api/health")
+        assert status == 503 and body["database"] == "unreachable"
+        slowest = max(slowest, took)
+    assert slowest < 2.0
+
+    localdb.ensure_running(server_dir)
+    back_at = time.monotonic()
+    wait_until(lambda: http_get(port, "/api/health")[0] == 200, 15, 0.1, "health to answer 200 again")
+    health_back = time.monotonic() - back_at
+    try:
+        wait_until(lambda: listening(database_url, "worker.9"), 20, 0.1, "the worker to LISTEN again")
+    except AssertionError:
+        raise AssertionError(worker.output()[-5000:]) from None
+    listen_back = time.monotonic() - back_at
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        before = len(statuses(conn, "prune_finished_jobs"))
+        defer_by_sql(conn, "prune_finished_jobs")
+        deferred = time.monotonic()
+        wait_until(
+            lambda: statuses(conn, "prune_finished_jobs")[before:] == ["succeeded"], 10, 0.01, "NOTIFY"
+        )
+        pickup = time.monotonic() - deferred
+        restarted_at = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs job JOIN procrastinate_events event ON event.job_id = job.id"
+                    " WHERE job.task_name = 'retry_stalled_jobs' AND event.type = 'deferred' AND event.at > %s",
+                    (restarted_at,),
+                ).fetchone()[0]
+                > 0
+            ),
+            15,
+            0.2,
+            "the clock to defer again",
+        )
+    print(
+        f"database restart: health 503 in at most {slowest:.2f} s while down; 200 again after {health_back:.1f} s;"
+        f" LISTEN back after {listen_back:.1f} s; NOTIFY pickup {pickup * 1000:.0f} ms"
+    )
+    assert pickup < 1.0  # polling is 300 s: only NOTIFY explains this
+    for process in (web, worker, clock):
+        assert process.popen.poll() is None  # nobody needed a restart
+
+
+def test_no_accepted_view_is_lost_in_a_soak_with_a_killed_worker(start_process, conn):
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) SELECT '/expired', now() - interval '60 days'"
+        " FROM generate_series(1, 50000)"
+    )
+    port = free_port()
+    fast_jobs = {"ROLLUP_SCHEDULE": EVERY_TWO_SECONDS, "CLEANUP_SCHEDULE": "* * * * * */10", **FAST_RECOVERY}
+    web = start_process(["web.py"], {"PORT": str(port)})
+    workers = [start_process(["worker.py"], {**fast_jobs, "CLEANUP_BATCH_SIZE": "500"}) for _ in range(2)]
+    clock = start_process(["clock.py"], {**fast_jobs, "RETRY_STALLED_SCHEDULE": EVERY_TWO_SECONDS})
+    for process, line in [(web, "Serving on"), (clock, "CLOCK PROCESS STARTED")] + [
+        (worker, "Starting worker") for worker in workers
+    ]:
+        process.wait_for_line(line)
+
+    accepted = [0] * 4
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        sent = 0
+        while not stop.is_set():
+            batch = [{"path": f"/soak/{number}/{sent + i}"} for i in range(1 + sent % 20)]
+            conn.request("POST", "/api/pageviews", json.dumps(batch), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            if response.status == 201:
+                accepted[number] += body["stored"]
+            else:
+                refused.append(f"{response.status} {body}")
+            sent += len(batch)
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    time.sleep(30)
+    workers[0].signal(signal.SIGKILL)
+    time.sleep(30)
+    stop.set()
+    for thread in clients:
+        thread.join(15)
+
+    total = sum(accepted)
+    rolled_up = lambda: conn.execute(  # noqa: E731
+        "SELECT coalesce(sum(views), 0) FROM page_view_hourly WHERE hour > now() - interval '2 hours'"
+    ).fetchone()[0]
+    wait_until(lambda: rolled_up() == total, 30, 0.5, "the rollup to catch up")
+    status, stats, _ = http_get(port, "/api/stats?days=2", timeout=10)
+    print(
+        f"soak: {total} views accepted by 4 clients in 60 s, {len(refused)} refused, stats total {stats['total_views']}"
+    )
+    assert refused == []
+    assert stats["total_views"] == total and stats["views_last_24h"] == total
+    stored = conn.execute(
+        "SELECT count(*), count(DISTINCT path) FROM page_views WHERE path LIKE '/soak/%'"
+    ).fetchone()
+    assert stored == (total, total)  # each exactly once
+    assert conn.execute("SELECT count(*) FROM page_views WHERE path = '/expired'").fetchone()[0] == 0

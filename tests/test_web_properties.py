@@ -1,0 +1,125 @@
+"""Hostile input, generated: whatever arrives, the web app never answers 500, stores
+nothing for a refused request, stores exactly what it accepted, and no admin action
+succeeds without the right token."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import psycopg
+import pytest
+import webtest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jobs
+from tally.config import from_env
+from tally.webapp import build_app
+
+TOKEN = "correct-horse-battery-staple"
+PROPERTY_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+tricky_text = st.sampled_from(
+    [
+        "/",
+        "/a'b",
+        '/"x"',
+        "/'; DROP TABLE page_views; --",
+        "/%s%%",
+        "/\\",
+        "/日本",
+        "/🙂",
+        "/\u202e",
+        "/x" * 1100,
+    ]
+) | st.text(max_size=60).map(lambda text: "/" + text)
+view = st.fixed_dictionaries({"path": tricky_text}, optional={"referrer": st.none() | tricky_text})
+bodies = (
+    json_values.map(lambda value: json.dumps(value).encode())
+    | view.map(lambda value: json.dumps(value).encode())
+    | st.lists(view, max_size=5).map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=200)
+)
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "text/plain",
+        "",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def client(database_url):
+    import psycopg_pool
+
+    settings_ = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    with psycopg_pool.ConnectionPool(database_url, min_size=1, max_size=2) as pool:
+        yield webtest.TestApp(build_app(settings_, pool, jobs.app))
+
+
+def count(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
+
+
+@PROPERTY_SETTINGS
+@given(body=bodies, content_type=content_types)
+def test_any_body_is_stored_whole_or_refused_cleanly(client, conn, body, content_type):
+    before = count(conn)
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/pageviews", body, headers=headers, status="*")
+    assert response.status_int in (201, 400, 413, 415), response.text
+    after = count(conn)
+    if response.status_int == 201:
+        assert after - before == response.json["stored"] >= 1
+    else:
+        assert after == before
+        assert response.json["error"]
+
+
+@PROPERTY_SETTINGS
+@given(path=tricky_text, referrer=st.none() | tricky_text)
+def test_accepted_text_is_stored_literally(client, conn, path, referrer):
+    response = client.post_json("/api/pageviews", {"path": path, "referrer": referrer}, status="*")
+    if response.status_int == 201:
+        row = conn.execute("SELECT path, referrer FROM page_views ORDER BY id DESC LIMIT 1").fetchone()
+        assert row == (path, referrer)
+    else:
+        assert response.status_int == 400
+
+
+@PROPERTY_SETTINGS
+@given(query=st.text(alphabet=string.printable + "é日\x00", max_size=30))
+def test_any_stats_query_string_answers_200_or_400(client, query):
+    response = client.get("/api/stats?" + query.replace("#", ""), status="*")
+    assert response.status_int in (200, 400), response.text
+
+
+@PROPERTY_SETTINGS
+@given(
+    header=st.none() | st.text(alphabet=string.printable, max_size=60),
+    task=st.sampled_from(["cleanup_old_page_views", "retry_stalled_jobs", "nope"]),
+)
+def test_no_admin_action_succeeds_without_the_token(client, conn, header, task):
+    if header is not None and header.strip() == f"Bearer {TOKEN}":
+        return
+    headers = {} if header is None else {"Authorization": header.replace("\n", " ").replace("\r", " ")}
+    response = client.post(f"/api/jobs/{task}", headers=headers, status="*")
+    assert response.status_int in (401, 403), response.text
+    assert client.post("/api/jobs/1/retry", headers=headers, status="*").status_int in (401, 403)
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
