@@ -38,6 +38,10 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Benchmarks are not tests: they print figures beside baselines and write docs/BENCHMARKS.md.
+bench: setup
+	$(PY) -m bench
+
 stop: setup
 	$(PY) -m tally.localdb stop
 
