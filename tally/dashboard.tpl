@@ -4,6 +4,7 @@
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{{refresh}}">
+<link rel="icon" href="data:,">
 <title>Tally: {{stats['total_views']}} views in {{stats['days']}} days</title>
 <style>
   :root { --ink: #1d2433; --muted: #667085; --bar: #3b6fd8; --line: #e4e7ec; --bad: #c0362c; }
@@ -26,6 +27,9 @@
   td.path { word-break: break-all; }
   .failed { color: var(--bad); }
   nav a { margin-right: 10px; }
+  ul.counts { list-style: none; display: flex; flex-wrap: wrap; gap: 8px; padding: 0; margin: 0 0 8px; }
+  ul.counts li { border: 1px solid var(--line); border-radius: 6px; padding: 4px 10px; }
+  ul.counts b { font-variant-numeric: tabular-nums; }
 </style>
 </head>
 <body>
@@ -71,18 +75,11 @@
 
   <section>
     <h2>Job queue</h2>
-    <table id="job-counts">
-      <tr>
-      % for status in queue['by_status']:
-        <th class="num">{{status}}</th>
-      % end
-      </tr>
-      <tr>
+    <ul id="job-counts" class="counts">
       % for status, count in queue['by_status'].items():
-        <td class="num {{'failed' if status == 'failed' and count else ''}}">{{count}}</td>
+      <li class="{{'failed' if status == 'failed' and count else ''}}"><b>{{count}}</b> {{status}}</li>
       % end
-      </tr>
-    </table>
+    </ul>
     <p class="muted">Oldest waiting job: {{'none waiting' if queue['oldest_waiting_age_seconds'] is None else age(queue['oldest_waiting_age_seconds']).replace(' ago', '')}}</p>
     <h2>Recent failures</h2>
     <table id="recent-failures">

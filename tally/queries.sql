@@ -137,3 +137,9 @@ WITH still_stalled AS (
        FOR UPDATE
 )
 SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried FROM still_stalled
+
+-- page_views_total --
+-- Every view ever recorded that is still counted: the rollups plus the tail above the watermark.
+SELECT (SELECT coalesce(sum(views), 0) FROM page_view_hourly)
+     + (SELECT count(*) FROM page_views
+         WHERE recorded_xid >= (SELECT watermark FROM page_view_rollup_state)) AS views

@@ -43,7 +43,6 @@ def queue_summary(conn: psycopg.Connection) -> dict[str, Any]:
     for row in _all(conn, "job_counts"):
         by_status[row["status"]] = by_status.get(row["status"], 0) + row["jobs"]
         by_task.setdefault(row["task_name"], {})[row["status"]] = row["jobs"]
-    oldest = _one(conn, "oldest_waiting_job")
     failures = [
         {
             "id": row["id"],
@@ -58,9 +57,15 @@ def queue_summary(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "by_status": by_status,
         "by_task": by_task,
-        "oldest_waiting_age_seconds": _seconds(oldest["age"] if oldest else None),
+        "oldest_waiting_age_seconds": _seconds(oldest_waiting_age(conn)),
         "recent_failures": failures,
     }
+
+
+def oldest_waiting_age(conn: psycopg.Connection) -> float | None:
+    """Seconds the oldest job ready to run has waited, or None when none waits."""
+    oldest = _one(conn, "oldest_waiting_job")
+    return oldest["age"] if oldest else None
 
 
 def job_detail(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import psycopg
 import psycopg_pool
 
 from tally import dashboard, queue_state
+from tally.metrics import Metrics
 from tally.config import Config
 from tally.db import QUERIES
 from tally.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
@@ -78,6 +79,7 @@ def build_app(
     """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
     stats = StatsReader(pool, config.retention_days)
+    metrics = Metrics(pool, config.stalled_after_seconds)
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
@@ -140,6 +142,7 @@ def build_app(
                 QUERIES["insert_page_views"],
                 {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
             )
+        metrics.views_recorded.inc(len(views))
         return json_response(201, {"stored": len(views)})
 
     @app.get("/api/stats")
@@ -147,6 +150,11 @@ def build_app(
     def show_stats():
         """Views per day over ?days=N (1-366, default 30), top paths and the last 24 hours."""
         return json_response(200, stats.stats_for_window(parse_days(bottle.request.query)))
+
+    @app.get("/metrics")
+    def show_metrics():
+        """Expose queue, worker, clock and page-view metrics in Prometheus text format."""
+        return bottle.HTTPResponse(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
 
     @app.get("/api/jobs")
     @database_unavailable

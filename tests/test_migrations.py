@@ -64,3 +64,22 @@ def test_newer_procrastinate_migrations_are_applied_in_between(fresh_database):
         # Pretend the database predates the newest shipped migration.
         conn.execute("DELETE FROM tally_migrations WHERE name = %s", (f"procrastinate:{newest}",))
     assert apply_pending(fresh_database) == [f"procrastinate:{newest}"]
+
+
+def test_inspection_views_answer_in_psql(conn):
+    for view in (
+        "tally_job_overview",
+        "tally_recent_failures",
+        "tally_workers",
+        "tally_running_jobs",
+        "tally_periodic_ticks",
+    ):
+        conn.execute(f"SELECT * FROM {view}").fetchall()
+    conn.execute(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'prune_finished_jobs', 0, NULL, NULL,"
+        " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+    )
+    row = conn.execute(
+        "SELECT task_name, status::text, jobs, oldest_waiting IS NOT NULL FROM tally_job_overview"
+    )
+    assert row.fetchall() == [("prune_finished_jobs", "todo", 1, True)]

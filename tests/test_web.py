@@ -358,3 +358,38 @@ def test_dashboard_renders_chart_paths_and_queue_state(client, conn):
     assert 'http-equiv="refresh"' in html and 'name="viewport"' in html
     assert "http://" not in html and "https://" not in html  # no external assets
     client.get("/?days=0", status=400)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_metrics_expose_queue_workers_clock_and_views(client, conn):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post_json("/api/pageviews", [{"path": "/m"}] * 5, status=201)
+    client.post("/api/jobs/cleanup_old_page_views", headers=auth(), status=202)
+    response = client.get("/metrics")
+    assert response.content_type.startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert samples[("tally_database_up", ())] == 1
+    assert samples[("tally_jobs", (("status", "todo"), ("task", "cleanup_old_page_views")))] == 1
+    assert samples[("tally_page_views_recorded_total", ())] == 5
+    assert samples[("tally_page_views", ())] == 5
+    assert samples[("tally_oldest_waiting_job_age_seconds", ())] >= 0
+    assert ("tally_worker_heartbeat_age_seconds", ()) in samples
+    assert ("tally_clock_last_defer_age_seconds", ()) in samples
+
+
+def test_metrics_say_the_database_is_down(database_url):
+    from tally.db import web_pool
+
+    settings = from_env(
+        {"DATABASE_URL": "postgresql://postgres@/x?host=/nonexistent-tally"}, process_type="web"
+    )
+    with web_pool(settings) as unreachable:
+        response = webtest.TestApp(build_app(settings, unreachable, jobs.app)).get("/metrics")
+        assert "tally_database_up 0.0" in response.text
