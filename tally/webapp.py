@@ -21,9 +21,9 @@ import psycopg
 import psycopg_pool
 
 from tally import dashboard, queue_state
-from tally.metrics import Metrics
 from tally.config import Config
 from tally.db import QUERIES
+from tally.metrics import Metrics
 from tally.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.stats import MAX_DAYS, StatsReader
 

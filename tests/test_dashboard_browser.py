@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import urllib.request
-from pathlib import Path
 
 import psycopg
 import pytest
