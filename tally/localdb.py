@@ -59,9 +59,12 @@ def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> str:
 
 
 def running_url(data_dir: Path = DEFAULT_DATA_DIR) -> str | None:
-    """The URL of the server in `data_dir` if it is running, else None."""
-    info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
-    if info is None or not info.is_running():
+    """The URL of the server in `data_dir` if it is running and ready, else None."""
+    try:
+        info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
+    except (AssertionError, ValueError, OSError):
+        return None  # postmaster.pid is being written by a server starting right now
+    if info is None or not info.is_running() or info.status != "ready":
         return None
     return info.get_uri()
 

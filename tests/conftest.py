@@ -103,8 +103,9 @@ class Process:
         # Kept open for the life of the process; closed in stop().
         self.log = tempfile.NamedTemporaryFile("w+", prefix="tally-proc-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        command = args if args[0].startswith("/") else [sys.executable, *args]  # an entry file, or a program
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            command,
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

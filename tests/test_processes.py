@@ -150,3 +150,14 @@ def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
         message="the retried cleanup to finish",
     )
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_the_procrastinate_cli_worker_runs_jobs_too(start_process, conn, database_url):
+    worker = start_process([str(VENV_BIN / "procrastinate"), "--app=jobs.app", "--verbose", "worker"])
+    worker.wait_for_line("Starting worker")
+    cli_defer("cleanup_old_page_views", database_url)
+    wait_until(
+        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 15, 0.05, message="the job"
+    )
+    assert "cleanup removed 0 page views" in worker.output()
+    assert "Periodic job" not in worker.output()

@@ -1,0 +1,46 @@
+"""Logging: one line per event, process type and dyno on every line, waitress tamed."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from tally import logs
+from tally.config import from_env
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    logs.setup_logging(from_env({"DYNO": "web.3"}, process_type="web"))
+    yield stream
+    logging.getLogger().handlers.clear()
+    for name in ("waitress.queue",):
+        logging.getLogger(name).filters.clear()
+
+
+def test_every_line_names_type_and_dyno_and_tracebacks_stay_on_one_line(captured):
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        logging.getLogger("tally.test").exception("it failed")
+    logging.getLogger("tally.test").info("plain")
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all("web.3 type=web" in line for line in lines)
+    assert "Traceback" in lines[0] and "boom" in lines[0] and "second line" in lines[0]
+
+
+def test_start_line_names_file_and_process_type(captured):
+    logs.log_start(from_env({"DYNO": "web.3"}, process_type="web"), "web.py", port=5000)
+    assert "WEB PROCESS STARTED file=web.py processType=web dyno=web.3 port=5000" in captured.getvalue()
+
+
+def test_waitress_queue_depth_warnings_do_not_flood(captured):
+    queue_logger = logging.getLogger("waitress.queue")
+    for depth in range(500):
+        queue_logger.warning("Task queue depth is %d", depth)
+    assert captured.getvalue().count("Task queue depth") == 1
