@@ -38,29 +38,36 @@ class SupervisedWorker(Worker):
 async def run_until_stopped(app, options: dict) -> None:
     """Run workers one after another until SIGTERM/SIGINT, restarting after a lost database."""
     stopping = asyncio.Event()
-    current: list[SupervisedWorker] = []
-
-    def request_stop() -> None:
-        stopping.set()
-        for worker in current:
-            worker.stop()
-
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, request_stop)
-    async with app.open_async():
-        while not stopping.is_set():
-            worker = SupervisedWorker(app=app, **options, install_signal_handlers=False)
-            current[:] = [worker]
-            try:
-                await worker.run()
-            except Exception as error:
-                logger.error("worker stopped on an error: %r", error)
-            if not stopping.is_set():
-                logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
+        loop.add_signal_handler(signum, stopping.set)
+    while not stopping.is_set():
+        worker = SupervisedWorker(app=app, **options, install_signal_handlers=False)
+        attempt = asyncio.create_task(open_and_run(app, worker))
+        stop_requested = asyncio.create_task(stopping.wait())
+        await asyncio.wait({attempt, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        stop_requested.cancel()
+        if stopping.is_set():
+            worker.stop()  # drains running jobs; before the worker runs, nothing to drain
+            if worker.worker_id is None:
+                attempt.cancel()
+        try:
+            await attempt
+        except asyncio.CancelledError:
+            pass
+        except Exception as error:
+            logger.error("worker stopped on an error: %r", error)
+        if not stopping.is_set():
+            logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
     logger.info("worker drained and stopped")
+
+
+async def open_and_run(app, worker: SupervisedWorker) -> None:
+    # The pool is opened per run, so a worker started while the database is down waits for it.
+    async with app.open_async():
+        await worker.run()
 
 
 def main() -> None:

@@ -161,3 +161,13 @@ def test_the_procrastinate_cli_worker_runs_jobs_too(start_process, conn, databas
     )
     assert "cleanup removed 0 page views" in worker.output()
     assert "Periodic job" not in worker.output()
+
+
+def test_a_worker_waiting_for_the_database_stops_at_once_on_sigterm(start_process):
+    worker = start_process(
+        ["worker.py"], {"DATABASE_URL": "postgresql://postgres@/x?host=/nonexistent-tally"}
+    )
+    worker.wait_for_line("WORKER PROCESS STARTED")
+    time.sleep(1)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(5) == 0
