@@ -92,7 +92,9 @@ def test_a_job_deferred_with_the_cli_runs_within_a_second(start_process, conn, d
         0.005,
         message="the CLI-deferred cleanup",
     )
-    assert time.monotonic() - deferred_at < 1.0
+    picked_up_in = time.monotonic() - deferred_at
+    print(f"CLI defer -> job succeeded in {picked_up_in * 1000:.0f} ms (polling every 120 s)")
+    assert picked_up_in < 1.0
     assert "cleanup removed 0 page views" in worker.output()
 
 
