@@ -103,17 +103,9 @@ SELECT extract(epoch FROM now() - min(event.at))::float8 AS age
  WHERE job.status = 'todo' AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
 
 -- recent_failures --
--- The last failed jobs, newest first, with the error of their last attempt.
-SELECT job.id, job.task_name, job.attempts, job.queue_name, failed.at AS failed_at, err.error
-  FROM procrastinate_jobs job
-  JOIN LATERAL (
-      SELECT max(at) AS at FROM procrastinate_events WHERE job_id = job.id AND type = 'failed'
-  ) failed ON true
-  LEFT JOIN LATERAL (
-      SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1
-  ) err ON true
- WHERE job.status = 'failed'
- ORDER BY failed.at DESC NULLS LAST, job.id DESC
+-- The last failed jobs, newest first, with the error of their last attempt (see the view).
+SELECT job_id AS id, task_name, attempts, queue_name, failed_at, error
+  FROM tally_recent_failures
  LIMIT %(limit)s
 
 -- job_by_id --

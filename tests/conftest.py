@@ -166,6 +166,35 @@ def start_process() -> Iterator:
         process.stop()
 
 
+def statuses(conn: psycopg.Connection, task: str) -> list[str]:
+    """The status of every job of `task`, oldest first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
+        )
+    ]
+
+
+def defer_by_sql(conn: psycopg.Connection, task: str, count: int = 1, lock: str | None = None) -> None:
+    """Defer jobs in one statement through procrastinate's own SQL (its NOTIFY included)."""
+    conn.execute(
+        "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('default', %s, 0, %s, NULL, '{}'::jsonb, NULL)"
+        "::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
+        (task, lock, count),
+    )
+
+
+def sigterm_mid_job(worker: Process, task: str, settle: float) -> float:
+    """Wait until `worker` starts a `task` job, let it run `settle` s, SIGTERM it; return drain seconds."""
+    worker.wait_for_line(f"Starting job {task}")
+    time.sleep(settle)
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    return time.monotonic() - signalled
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
     """Poll `predicate` until it returns a truthy value; return that value."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, defer_by_sql, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = ROOT / "tests" / "artifacts"
@@ -53,10 +53,7 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
         " SELECT '/docs', now() - (n % 5) * interval '1 day' FROM generate_series(1, 40) n"
     )
     conn.execute("SELECT tally_rollup_page_views()")
-    conn.execute(
-        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'prune_finished_jobs', 0, NULL, NULL,"
-        " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
-    )
+    defer_by_sql(conn, "prune_finished_jobs")
     port = free_port()
     web = start_process(["web.py"], {"PORT": str(port)})
     web.wait_for_line("Serving on")

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tally import localdb
-from tests.conftest import free_port, wait_until
+from tests.conftest import defer_by_sql, free_port, sigterm_mid_job, statuses, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +30,6 @@ FAST_RECOVERY = {
 }
 EVERY_TWO_SECONDS = "* * * * * */2"
 NEVER_SOON = "0 0 1 1 *"  # keeps other periodic jobs out of the way
-
-
-def statuses(conn: psycopg.Connection, task: str) -> list[str]:
-    return [
-        row[0]
-        for row in conn.execute(
-            "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
-        )
-    ]
-
-
-def defer_by_sql(conn: psycopg.Connection, task: str, count: int = 1, lock: str | None = None) -> None:
-    """Defer jobs in one statement, as procrastinate's own defer does (NOTIFY included)."""
-    conn.execute(
-        "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('default', %s, 0, %s, NULL, '{}'::jsonb, NULL)"
-        "::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
-        (task, lock, count),
-    )
 
 
 def expired_views(conn: psycopg.Connection, count: int) -> None:
@@ -73,12 +55,7 @@ def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_proces
     worker = start_process(["worker.py"], {"WORKER_GRACEFUL_SECONDS": "2", "CLEANUP_BATCH_SIZE": "5000"})
     worker.wait_for_line("Starting worker")
     defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    worker.wait_for_line("Starting job cleanup_old_page_views")
-    time.sleep(1.0)
-    signalled = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
-    drain_seconds = time.monotonic() - signalled
+    drain_seconds = sigterm_mid_job(worker, "cleanup_old_page_views", settle=1.0)
     print(f"drain: worker exited 0 in {drain_seconds:.2f} s")
     assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
     assert statuses(conn, "cleanup_old_page_views") == ["todo"]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from migrations import apply_pending, procrastinate_files, tally_files
-from tests.conftest import ROOT
+from tests.conftest import ROOT, defer_by_sql
 
 
 @pytest.fixture
@@ -75,10 +75,7 @@ def test_inspection_views_answer_in_psql(conn):
         "tally_periodic_ticks",
     ):
         conn.execute(f"SELECT * FROM {view}").fetchall()
-    conn.execute(
-        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'prune_finished_jobs', 0, NULL, NULL,"
-        " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
-    )
+    defer_by_sql(conn, "prune_finished_jobs")
     row = conn.execute(
         "SELECT task_name, status::text, jobs, oldest_waiting IS NOT NULL FROM tally_job_overview"
     )

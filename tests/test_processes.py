@@ -9,10 +9,9 @@ import sys
 import time
 import urllib.request
 
-import psycopg
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, free_port, wait_until
+from tests.conftest import ROOT, VENV_BIN, defer_by_sql, free_port, sigterm_mid_job, statuses, wait_until
 
 # Long enough that only NOTIFY, never the fallback poll, can explain a quick pickup.
 SLOW_POLL = {"POLL_INTERVAL_SECONDS": "120"}
@@ -28,15 +27,6 @@ def cli_defer(task: str, database_url: str) -> None:
         capture_output=True,
         timeout=60,
     )
-
-
-def job_status(conn: psycopg.Connection, task: str) -> list[str]:
-    return [
-        row[0]
-        for row in conn.execute(
-            "SELECT status::text FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task,)
-        )
-    ]
 
 
 @pytest.mark.parametrize(
@@ -82,12 +72,12 @@ def test_a_job_deferred_with_the_cli_runs_within_a_second(start_process, conn, d
     worker.wait_for_line("Starting worker")
     # Warm up: the first job may be found by the start-up fetch rather than NOTIFY.
     cli_defer("prune_finished_jobs", database_url)
-    wait_until(lambda: job_status(conn, "prune_finished_jobs") == ["succeeded"], 150, message="warm-up job")
+    wait_until(lambda: statuses(conn, "prune_finished_jobs") == ["succeeded"], 150, message="warm-up job")
 
     cli_defer("cleanup_old_page_views", database_url)
     deferred_at = time.monotonic()
     wait_until(
-        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"],
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"],
         10,
         0.005,
         message="the CLI-deferred cleanup",
@@ -104,7 +94,7 @@ def test_clock_defers_and_the_worker_runs_it(start_process, conn):
     clock.wait_for_line("CLOCK PROCESS STARTED")
     worker.wait_for_line("Starting worker")
     wait_until(
-        lambda: "succeeded" in job_status(conn, "retry_stalled_jobs"),
+        lambda: "succeeded" in statuses(conn, "retry_stalled_jobs"),
         20,
         0.1,
         message="a clock-deferred retry_stalled_jobs to succeed",
@@ -126,19 +116,10 @@ def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
     settings = {**SLOW_POLL, "CLEANUP_BATCH_SIZE": "300", "WORKER_GRACEFUL_SECONDS": "1"}
     worker = start_process(["worker.py"], settings)
     worker.wait_for_line("Starting worker")
-    with psycopg.connect(conn.info.dsn, autocommit=True) as other:
-        other.execute(
-            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
-            " 'cleanup_old_page_views', NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
-        )
-    worker.wait_for_line("Starting job cleanup_old_page_views")
-    time.sleep(0.3)
-    signalled = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
-    drained_in = time.monotonic() - signalled
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    drained_in = sigterm_mid_job(worker, "cleanup_old_page_views", settle=0.3)
     assert drained_in < 30
-    assert job_status(conn, "cleanup_old_page_views") == ["todo"]  # aborted, waiting for its retry
+    assert statuses(conn, "cleanup_old_page_views") == ["todo"]  # aborted, waiting for its retry
     remaining = conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
     assert 0 < remaining < 300000
 
@@ -146,7 +127,7 @@ def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
     successor = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "5000"})
     successor.wait_for_line("Starting worker")
     wait_until(
-        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"],
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"],
         60,
         0.1,
         message="the retried cleanup to finish",
@@ -158,9 +139,7 @@ def test_the_procrastinate_cli_worker_runs_jobs_too(start_process, conn, databas
     worker = start_process([str(VENV_BIN / "procrastinate"), "--app=jobs.app", "--verbose", "worker"])
     worker.wait_for_line("Starting worker")
     cli_defer("cleanup_old_page_views", database_url)
-    wait_until(
-        lambda: job_status(conn, "cleanup_old_page_views") == ["succeeded"], 15, 0.05, message="the job"
-    )
+    wait_until(lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 15, 0.05, message="the job")
     assert "cleanup removed 0 page views" in worker.output()
     assert "Periodic job" not in worker.output()
 
