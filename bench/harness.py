@@ -1,16 +1,19 @@
-"""What every benchmark needs: a throwaway database, the real processes, percentiles."""
+"""What every benchmark needs: a throwaway database, the real processes, load tools, percentiles."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,41 @@ from migrations import apply_pending
 from tally import localdb
 
 ROOT = Path(__file__).resolve().parent.parent
+# pgbench and psql of the same PostgreSQL 18 that serves the throwaway database.
+PG_BIN = localdb.POSTGRES_VERSIONS[localdb.PG_VERSION]
+PROCESS_START_SECONDS = 30
+# Tally's settings (tally/config.py) and procrastinate's CLI settings: a value left in the
+# caller's environment would silently change the "defaults" a headline figure claims.
+SETTINGS_PREFIXES = ("PROCRASTINATE_",)
+SETTINGS = (
+    "DATABASE_URL",
+    "PORT",
+    "DYNO",
+    "RETENTION_DAYS",
+    "ADMIN_TOKEN",
+    "WEB_THREADS",
+    "WORKER_CONCURRENCY",
+    "LISTEN_NOTIFY",
+    "POLL_INTERVAL_SECONDS",
+    "WORKER_HEARTBEAT_SECONDS",
+    "WORKER_GRACEFUL_SECONDS",
+    "STALLED_AFTER_SECONDS",
+    "CLEANUP_BATCH_SIZE",
+    "JOB_RETENTION_HOURS",
+    "CLEANUP_SCHEDULE",
+    "RETRY_STALLED_SCHEDULE",
+    "PRUNE_SCHEDULE",
+    "ROLLUP_SCHEDULE",
+    "LOG_LEVEL",
+)
+# wrk's threads share the 2 cores with the processes under test: two are enough to
+# keep 16 connections busy, more would only take CPU from waitress and PostgreSQL.
+WRK_THREADS = 2
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr, so stdout holds only the tables."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -40,28 +78,80 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def clean_environment(env: dict[str, str]) -> dict[str, str]:
+    """The caller's environment without Tally's or procrastinate's settings, then `env`."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in SETTINGS and not name.startswith(SETTINGS_PREFIXES)
+    }
+    return {**inherited, **env}
+
+
+@dataclasses.dataclass
+class Process:
+    """A running entry file, its output kept in a log file until it stops."""
+
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], ready: str | None = None) -> Iterator[subprocess.Popen]:
-    """Run an entry file with `env`; wait for `ready` in its output; SIGTERM it at the end."""
+def process(args: list[str], env: dict[str, str], ready: str | None = None) -> Iterator[Process]:
+    """Run `python ARGS` with `env` on a clean environment; wait for `ready`; SIGTERM it at the end."""
     log = tempfile.NamedTemporaryFile("w+", prefix="tally-bench-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, *args], cwd=ROOT, env=clean_environment(env), stdout=log, stderr=subprocess.STDOUT
     )
+    running = Process(proc, Path(log.name))
     try:
-        deadline = time.monotonic() + 30
-        while ready and ready not in Path(log.name).read_text():
+        deadline = time.monotonic() + PROCESS_START_SECONDS
+        while ready and ready not in running.output():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{args} did not start:\n{Path(log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"{args} did not start:\n{running.output()[-3000:]}")
             time.sleep(0.05)
-        yield proc
+        yield running
     finally:
         proc.terminate()
         try:
-            proc.wait(35)
+            proc.wait(35)  # a worker drains for up to WORKER_GRACEFUL_SECONDS
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
         os.unlink(log.name)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """Resident set size now and at its peak (VmRSS, VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB$", status, re.M)
+    sizes = {key: int(value) for key, value in found}
+    return sizes["VmRSS"] / 1024, sizes["VmHWM"] / 1024
+
+
+def machine_ticks() -> tuple[int, int]:
+    """All CPU ticks of the machine so far, and the idle ones among them (from /proc/stat)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values), values[3] + values[4]  # idle + iowait
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """The fraction of all cores busy since `before` (a `machine_ticks()`)."""
+    total, idle = machine_ticks()
+    return 1 - (idle - before[1]) / max(total - before[0], 1)
 
 
 def time_http_get(port: int, path: str, requests: int) -> list[float]:
@@ -86,8 +176,174 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
+    return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:,.0f} ms"
 
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples)
+
+
+# -- HTTP load ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What a load run measured: throughput, latency percentiles, failures, and with what tool."""
+
+    requests_per_second: float
+    p50: float
+    p99: float
+    failures: int
+    tool: str
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def http_load(
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    expect: int = 201,
+) -> Load:
+    """POST `body` as JSON over `connections` keep-alive connections for `seconds`, as fast as answered.
+
+    wrk when installed (Debian's `wrk`); otherwise a Python client, which says so: in
+    the same 2 cores its own GIL saturates before waitress does, so its figures are floors.
+    """
+    if wrk_available():
+        return _wrk(port, path, body, connections, seconds)
+    say("wrk is not installed (apt-get install -y wrk): using the slower Python load client")
+    return _python_load(port, path, body, connections, seconds, expect)
+
+
+def _wrk(port: int, path: str, body: bytes, connections: int, seconds: float) -> Load:
+    with tempfile.TemporaryDirectory(prefix="tally-bench-wrk-") as folder:
+        body_file = Path(folder, "body.json")
+        body_file.write_bytes(body)
+        script = Path(folder, "post.lua")
+        # The body is read from a file: a 1,000-view batch is too long to quote in Lua.
+        script.write_text(
+            f'local file = io.open("{body_file}", "rb")\n'
+            "wrk.method = 'POST'\n"
+            "wrk.body = file:read('*a')\n"
+            "file:close()\n"
+            "wrk.headers['Content-Type'] = 'application/json'\n"
+        )
+        command = [
+            "wrk",
+            f"--threads={min(WRK_THREADS, connections)}",
+            f"--connections={connections}",
+            f"--duration={seconds:.0f}s",
+            "--latency",
+            f"--script={script}",
+            f"http://127.0.0.1:{port}{path}",
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latencies = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    )
+    return Load(rate, _wrk_seconds(latencies["50"]), _wrk_seconds(latencies["99"]), failures, "wrk")
+
+
+def _wrk_seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def _python_load(port: int, path: str, body: bytes, connections: int, seconds: float, expect: int) -> Load:
+    samples = paced_load(port, path, body, connections, seconds, rate=None)
+    timings = [took for took, status in samples if status == expect]
+    return Load(
+        len(samples) / seconds,
+        percentile(timings, 0.5) if timings else float("nan"),
+        percentile(timings, 0.99) if timings else float("nan"),
+        len(samples) - len(timings),
+        "python",
+    )
+
+
+def paced_load(
+    port: int, path: str, body: bytes, connections: int, seconds: float, rate: float | None
+) -> list[tuple[float, int]]:
+    """(seconds, status) per POST over `connections` threads for `seconds`.
+
+    With `rate`, the requests are paced to that many per second in all, each sent on
+    schedule (a late answer does not push back the next one beyond its own lateness):
+    latency under a steady load, not at saturation. Without it, as fast as answered.
+    """
+    samples: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    interval = connections / rate if rate else 0.0
+
+    def client(offset: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        next_at = time.monotonic() + offset
+        while True:
+            if interval:
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                next_at += interval
+            if time.monotonic() >= stop_at:
+                break
+            started = time.perf_counter()
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append((time.perf_counter() - started, response.status))
+        conn.close()
+        with lock:
+            samples.extend(mine)
+
+    # Paced clients start spread over one interval, not all at once.
+    offsets = [index * interval / connections for index in range(connections)]
+    threads = [threading.Thread(target=client, args=(offset,)) for offset in offsets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return samples
+
+
+# -- PostgreSQL tools --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pgbench:
+    transactions_per_second: float
+    latency: float  # seconds, average
+
+
+def pgbench(url: str, script: str, clients: int, seconds: float) -> Pgbench:
+    """Run one SQL `script` as a pgbench transaction from `clients` connections for `seconds`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="tally-bench-") as file:
+        file.write(script)
+        file.flush()
+        command = [
+            str(PG_BIN / "pgbench"),
+            "--no-vacuum",
+            f"--client={clients}",
+            f"--jobs={min(WRK_THREADS, clients)}",
+            f"--time={seconds:.0f}",
+            f"--file={file.name}",
+            url,
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1)) / 1000
+    return Pgbench(tps, latency)
+
+
+def postgres_version() -> str:
+    out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
