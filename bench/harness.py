@@ -271,9 +271,15 @@ def _python_load(port: int, path: str, body: bytes, connections: int, seconds: f
 
 
 def paced_load(
-    port: int, path: str, body: bytes, connections: int, seconds: float, rate: float | None
+    port: int,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    rate: float | None,
+    stop: threading.Event | None = None,
 ) -> list[tuple[float, int]]:
-    """(seconds, status) per POST over `connections` threads for `seconds`.
+    """(seconds, status) per POST over `connections` threads, for `seconds` or until `stop` is set.
 
     With `rate`, the requests are paced to that many per second in all, each sent on
     schedule (a late answer does not push back the next one beyond its own lateness):
@@ -294,7 +300,7 @@ def paced_load(
                 if pause > 0:
                     time.sleep(pause)
                 next_at += interval
-            if time.monotonic() >= stop_at:
+            if time.monotonic() >= stop_at or (stop is not None and stop.is_set()):
                 break
             started = time.perf_counter()
             conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})

@@ -133,7 +133,12 @@ def markdown(results: list[Result], about: dict[str, str], total_seconds: float)
     ]
     for result in results:
         if result.notes:
-            lines += [f"### {result.name}", "", *(f"- {note}" for note in result.notes), ""]
+            lines += [
+                f"### {result.name} ({result.seconds:.0f} s)",
+                "",
+                *(f"- {note}" for note in result.notes),
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -1,0 +1,189 @@
+"""Cleanup of 2M expired page views out of 5M: Tally's batched job against one DELETE statement.
+
+The job (cleanup_old_page_views) runs in a real `python worker.py` while `python web.py`
+takes a steady trickle of page views; the figures are its rows/s, its longest batch,
+and the ingest p99 meanwhile, against the p99 of the same trickle with no cleanup.
+The one DELETE runs first, inside a transaction that is rolled back, so the job then
+finds the same rows. The worker runs at LOG_LEVEL=DEBUG (the job logs each batch then):
+the gaps between those lines are the batch durations.
+
+$ python -m bench.cleanup
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import re
+import threading
+import time
+
+import psycopg
+
+from bench.harness import free_port, ms, paced_load, percentile, process, say, throwaway_database
+from bench.report import Result, Row, print_result, times
+from tally.config import from_env
+
+LIVE = 3_000_000
+EXPIRED = 2_000_000
+# Steady ingest while the cleanup runs: light enough to measure latency, not capacity.
+INGEST_RATE = 100  # requests/s
+INGEST_CONNECTIONS = 4
+IDLE_SECONDS = 15
+CLEANUP_TIMEOUT_SECONDS = 300
+VIEW = json.dumps({"path": "/pricing", "referrer": "https://example.com/"}).encode()
+
+DEFAULTS = from_env({}, process_type="worker")
+# Both loads arrive in time order, as views do: expired ones 31 to 60 days old, live ones
+# within the last 29 days, clear of the 30-day cutoff on either side.
+LOAD_SQL = (
+    "INSERT INTO page_views (path, referrer, viewed_at)"
+    " SELECT '/page/' || floor(500 * power(random(), 2))::int, 'https://example.com/',"
+    "        now() - %(oldest)s + (n + random()) * ((%(oldest)s - %(newest)s) / %(rows)s)"
+    " FROM generate_series(0, %(rows)s - 1) AS n"
+)
+EXPIRED_SQL = "SELECT count(*) FROM page_views WHERE viewed_at < now() - make_interval(days => %s)"
+ONE_DELETE_SQL = (
+    "DELETE FROM page_views WHERE viewed_at < now() - make_interval(days => %s)"
+    " AND recorded_xid < (SELECT watermark FROM page_view_rollup_state)"
+)
+DEFER_SQL = (
+    "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
+    " 'cleanup_old_page_views', NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+)
+JOB_SQL = """
+SELECT job.status::text, extract(epoch FROM finished.at - started.at)::float8
+  FROM procrastinate_jobs job
+  LEFT JOIN procrastinate_events started ON started.job_id = job.id AND started.type = 'started'
+  LEFT JOIN procrastinate_events finished ON finished.job_id = job.id AND finished.type = 'succeeded'
+ WHERE job.id = %s
+"""
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+GOAL_RATE = 0.5  # of the one DELETE's rows/s
+GOAL_BATCH_SECONDS = 0.250
+GOAL_P99 = 2.0  # of the idle p99
+
+
+def load(conn: psycopg.Connection) -> None:
+    days = datetime.timedelta(days=1)
+    conn.execute(LOAD_SQL, {"oldest": 60 * days, "newest": 31 * days, "rows": EXPIRED})
+    conn.execute(LOAD_SQL, {"oldest": 29 * days, "newest": 0 * days, "rows": LIVE})
+    # Only rolled-up views may be deleted: fold them in, as the minutely rollup would have.
+    conn.execute("SELECT tally_rollup_page_views()")
+    conn.execute("VACUUM ANALYZE page_views")
+
+
+def one_delete_seconds(conn: psycopg.Connection) -> tuple[float, int]:
+    """Time the single-statement DELETE of every expired view, then roll it back."""
+    with conn.transaction(force_rollback=True):
+        started = time.perf_counter()
+        deleted = conn.execute(ONE_DELETE_SQL, (DEFAULTS.retention_days,)).rowcount
+        seconds = time.perf_counter() - started
+    # Set the hint bits the rolled-back delete left to check, as before it.
+    conn.execute("VACUUM ANALYZE page_views")
+    return seconds, deleted
+
+
+def batch_seconds(log: str, job_id: int) -> list[float]:
+    """Seconds per batch: the gaps between the job's start line and its 'batch removed' lines."""
+    stamps = []
+    for line in log.splitlines():
+        if f"Starting job cleanup_old_page_views[{job_id}]" in line or "batch removed" in line:
+            found = LOG_TIME.match(line)
+            if found:
+                stamps.append(datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f"))
+    return [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(stamps)]
+
+
+def ingest_p99(port: int, seconds: float, stop: threading.Event | None = None) -> tuple[float, int]:
+    samples = paced_load(port, "/api/pageviews", VIEW, INGEST_CONNECTIONS, seconds, INGEST_RATE, stop)
+    timings = [took for took, status in samples if status == 201]
+    if len(timings) != len(samples):
+        raise RuntimeError(f"{len(samples) - len(timings)} page views refused during the cleanup benchmark")
+    return percentile(timings, 0.99), len(timings)
+
+
+def measure() -> Result:
+    result = Result("Cleanup")
+    with throwaway_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        say(f"cleanup: loading {LIVE + EXPIRED:,} views, {EXPIRED:,} expired")
+        load(conn)
+        expired = conn.execute(EXPIRED_SQL, (DEFAULTS.retention_days,)).fetchone()[0]
+        say("cleanup: one DELETE statement (rolled back)")
+        delete_seconds, deleted = one_delete_seconds(conn)
+        if deleted != expired:
+            raise RuntimeError(f"the one DELETE removed {deleted:,} of {expired:,} expired views")
+        port = free_port()
+        web_env = {"DATABASE_URL": url, "PORT": str(port)}
+        with (
+            process(["web.py"], web_env, ready="Serving on"),
+            process(
+                ["worker.py"], {"DATABASE_URL": url, "LOG_LEVEL": "DEBUG"}, ready="PROCESS STARTED"
+            ) as worker,
+        ):
+            say(f"cleanup: ingest p99 with no cleanup, {INGEST_RATE} req/s for {IDLE_SECONDS} s")
+            idle_p99, _ = ingest_p99(port, IDLE_SECONDS)
+            say("cleanup: cleanup_old_page_views in the worker, ingest meanwhile")
+            job_id = conn.execute(DEFER_SQL).fetchone()[0][0]
+            done = threading.Event()
+            during: list[tuple[float, int]] = []
+            load_thread = threading.Thread(
+                target=lambda: during.append(ingest_p99(port, CLEANUP_TIMEOUT_SECONDS, done))
+            )
+            load_thread.start()
+            deadline = time.monotonic() + CLEANUP_TIMEOUT_SECONDS
+            status, job_seconds = "todo", None
+            while time.monotonic() < deadline and status in ("todo", "doing"):
+                time.sleep(0.2)
+                status, job_seconds = conn.execute(JOB_SQL, (job_id,)).fetchone()
+            done.set()
+            load_thread.join()
+            batches = batch_seconds(worker.output(), job_id)
+        left = conn.execute(EXPIRED_SQL, (DEFAULTS.retention_days,)).fetchone()[0]
+    if status != "succeeded" or left:
+        raise RuntimeError(f"cleanup job {job_id} ended {status} with {left:,} expired views left")
+    busy_p99, busy_requests = during[0]
+    tally_rate, delete_rate = expired / job_seconds, deleted / delete_seconds
+    rate_ratio, p99_ratio = tally_rate / delete_rate, busy_p99 / idle_p99
+    longest = max(batches)
+    result.rows += [
+        Row(
+            f"cleanup of {expired / 1e6:g}M expired views of {(LIVE + EXPIRED) / 1e6:g}M: rows/s",
+            f"{tally_rate:,.0f} rows/s ({job_seconds:.1f} s, {len(batches)} batches)",
+            f"one DELETE {delete_rate:,.0f} rows/s ({delete_seconds:.1f} s)",
+            times(rate_ratio),
+            f">= {GOAL_RATE}x one DELETE",
+            rate_ratio >= GOAL_RATE,
+        ),
+        Row(
+            f"cleanup longest batch ({DEFAULTS.cleanup_batch_size:,} rows)",
+            f"{ms(longest)} (p50 {ms(percentile(batches, 0.5))})",
+            f"one DELETE: one {delete_seconds:.1f} s transaction",
+            "-",
+            f"<= {GOAL_BATCH_SECONDS * 1000:.0f} ms",
+            longest <= GOAL_BATCH_SECONDS,
+        ),
+        Row(
+            f"ingest p99 during cleanup ({INGEST_RATE} views/s steady)",
+            ms(busy_p99),
+            f"no cleanup {ms(idle_p99)}",
+            times(p99_ratio),
+            f"<= {GOAL_P99:g}x no cleanup",
+            p99_ratio <= GOAL_P99,
+        ),
+    ]
+    result.notes.append(
+        f"{LIVE:,} live and {EXPIRED:,} expired views loaded in time order and rolled up. The one DELETE"
+        " is the job's own condition in one statement, timed inside a transaction that is rolled back."
+        f" The job runs in `python worker.py` (CLEANUP_BATCH_SIZE {DEFAULTS.cleanup_batch_size:,}); its"
+        " rows/s is the expired count over the time between its 'started' and 'succeeded' events. Ingest:"
+        f" {INGEST_RATE} single-view POSTs/s over {INGEST_CONNECTIONS} connections to `python web.py`,"
+        f" {IDLE_SECONDS} s with no cleanup, then for as long as the job runs ({busy_requests:,} requests)."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    print_result(measure())

@@ -1,0 +1,114 @@
+"""Memory and database connections after warm-up: one web, one worker and one clock.
+
+The three real processes run on a database holding WARM_VIEWS page views. Warm-up
+drives every code path once and then some: every HTTP route under load, a few hundred
+jobs, and the clock's ticks (its schedules are set to every few seconds, so that each
+periodic task is deferred and run during the warm-up instead of once a minute or day).
+Then each process's resident memory (VmRSS, and its peak VmHWM) is read from /proc,
+and the connections from pg_stat_activity.
+
+$ python -m bench.footprint
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+
+from bench.harness import free_port, http_load, memory_mb, process, say, throwaway_database, time_http_get
+from bench.report import Result, Row, print_result
+
+WARM_VIEWS = 500_000
+WARM_JOBS = 500
+HTTP_SECONDS = 3
+CLOCK_SECONDS = 12  # at least two ticks of the schedules below
+# Every periodic task gets deferred during warm-up (6-field cron: seconds first).
+FAST_SCHEDULES = {
+    "ROLLUP_SCHEDULE": "*/5 * * * * *",
+    "RETRY_STALLED_SCHEDULE": "*/5 * * * * *",
+    "CLEANUP_SCHEDULE": "*/5 * * * * *",
+    "PRUNE_SCHEDULE": "*/5 * * * * *",
+}
+CONNECTIONS_SQL = (
+    "SELECT application_name, count(*) FROM pg_stat_activity"
+    " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1"
+)
+DEFER_SQL = (
+    "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('default', 'retry_stalled_jobs', 0, NULL, NULL,"
+    " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)"
+)
+GOAL_RSS_MB = 80
+GOAL_CONNECTIONS = 12
+
+
+def warm_up_web(port: int) -> None:
+    one = json.dumps({"path": "/pricing", "referrer": "https://example.com/"}).encode()
+    batch = json.dumps([{"path": f"/page/{index}"} for index in range(1000)]).encode()
+    http_load(port, "/api/pageviews", one, 16, HTTP_SECONDS)
+    http_load(port, "/api/pageviews", batch, 4, HTTP_SECONDS)
+    for path in ("/api/stats?days=30", "/api/stats?days=366", "/", "/api/jobs", "/api/health", "/api/jobs/1"):
+        time_http_get(port, path, 50)
+
+
+def measure() -> Result:
+    result = Result("Footprint")
+    with throwaway_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        say(f"footprint: {WARM_VIEWS:,} views, then web + worker + clock")
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at) SELECT '/page/' || n %% 200,"
+            " now() - (n * (interval '30 days' / %s)) FROM generate_series(1, %s) n",
+            (WARM_VIEWS, WARM_VIEWS),
+        )
+        conn.execute("VACUUM ANALYZE page_views")
+        port = free_port()
+        env = {"DATABASE_URL": url}
+        with (
+            process(["web.py"], {**env, "PORT": str(port)}, ready="Serving on") as web,
+            process(["worker.py"], env, ready="PROCESS STARTED") as worker,
+            process(["clock.py"], {**env, **FAST_SCHEDULES}, ready="PROCESS STARTED") as clock,
+        ):
+            conn.execute(DEFER_SQL, (WARM_JOBS,))
+            started = time.monotonic()
+            warm_up_web(port)
+            time.sleep(max(0.0, CLOCK_SECONDS - (time.monotonic() - started)))
+            memory = {
+                name: memory_mb(proc.pid)
+                for name, proc in (("web", web), ("worker", worker), ("clock", clock))
+            }
+            connections = dict(conn.execute(CONNECTIONS_SQL).fetchall())
+            periodic = conn.execute(
+                "SELECT count(DISTINCT task_name) FROM procrastinate_jobs"
+                " WHERE id IN (SELECT job_id FROM procrastinate_periodic_defers) AND status = 'succeeded'"
+            ).fetchone()[0]
+    for name, (rss, peak) in memory.items():
+        result.rows.append(
+            Row(
+                f"RSS after warm-up, {name}",
+                f"{rss:.0f} MB (peak {peak:.0f} MB)",
+                goal=f"<= {GOAL_RSS_MB} MB",
+                met=rss <= GOAL_RSS_MB,
+            )
+        )
+    total = sum(connections.values())
+    result.rows.append(
+        Row(
+            "connections in pg_stat_activity, web + worker + clock",
+            f"{total} ({', '.join(f'{name} {count}' for name, count in connections.items())})",
+            goal=f"<= {GOAL_CONNECTIONS}",
+            met=total <= GOAL_CONNECTIONS,
+        )
+    )
+    result.notes.append(
+        f"Warm-up on {WARM_VIEWS:,} views: {HTTP_SECONDS} s of single-view and of 1,000-view POSTs at full"
+        " load, 50 GETs of every read route, "
+        f"{WARM_JOBS} jobs, and {CLOCK_SECONDS} s of clock ticks with every schedule every 5 s"
+        f" ({periodic} periodic tasks deferred and run). Default settings otherwise"
+        " (WEB_THREADS 4, WORKER_CONCURRENCY 4)."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    print_result(measure())
