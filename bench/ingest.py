@@ -161,20 +161,25 @@ def measure() -> Result:
         f" machine busy {single_busy:.0%} under Tally's load, {ceiling_busy:.0%} under the ceiling's.",
     ]
     if single_ratio < GOAL_SINGLE:
+        web_cores = single_cpu * single.requests_per_second
+        ceiling_cores = ceiling_cpu * ceiling.requests_per_second
         result.notes.append(
-            "What bounds one view per request: each request holds one of the web's"
-            f" {DEFAULT_WEB_THREADS} connections for a pool check, BEGIN, INSERT and COMMIT, and the"
-            f" COMMIT waits for the WAL flush ({ms(bench_one.latency)} for a lone pgbench insert here);"
-            f" {DEFAULT_WEB_THREADS} connections give pgbench itself only"
-            f" {bench_pool.transactions_per_second:,.0f} inserts/s. The web's CPU per request is"
-            f" {single_cpu / max(ceiling_cpu, 1e-9):.1f}x the ceiling's, and the machine is"
-            f" {'saturated' if single_busy > 0.9 else 'not saturated'} ({single_busy:.0%} busy), so"
-            " the requests wait on round trips and commits more than on CPU."
-            " What would lift it: one round trip per view (autocommit for the single INSERT, no"
-            " pool check on every checkout), one commit for many views (a writer thread that"
-            " inserts the views of concurrent requests together), synchronous_commit=off for page"
-            " views (a crash loses under a second of views), and more web processes: one waitress"
-            " process is one GIL."
+            "What bounds one view per request: the one web process, not PostgreSQL. It used"
+            f" {web_cores:.2f} cores ({single_cpu * 1000:.2f} ms of CPU a request,"
+            f" {single_cpu / max(ceiling_cpu, 1e-9):.1f}x the ceiling's), as much as one Python process"
+            f" with one GIL gets here (the ceiling's used {ceiling_cores:.2f}), while pgbench inserts the"
+            f" same row {bench_same.transactions_per_second:,.0f}/s on {CONNECTIONS} connections and"
+            f" {bench_pool.transactions_per_second:,.0f}/s on the web's {DEFAULT_WEB_THREADS}"
+            f" ({ms(bench_one.latency)} a lone commit). Each view costs the web four round trips of"
+            " psycopg on its connection (pool check, BEGIN, INSERT, COMMIT), each taking the GIL"
+            " back from waitress's main thread, which itself spins while requests queue for the"
+            f" {DEFAULT_WEB_THREADS} threads: the ceiling with {MORE_THREADS} threads serves"
+            f" {ceiling_more.requests_per_second / ceiling.requests_per_second:.1f}x as many."
+            " What would lift it: fewer Python calls per view (autocommit for the lone INSERT and"
+            " no pool check on every checkout: one round trip, not four), one INSERT for the views"
+            " of concurrent requests (a writer thread that batches them), and more web processes"
+            " (each is one GIL): scale web dynos, not WEB_THREADS, which costs a database"
+            " connection each."
         )
     return result
 
