@@ -63,7 +63,10 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         min_size=config.web_threads,
         max_size=config.web_threads,
         timeout=WEB_POOL_WAIT_SECONDS,
-        kwargs=connection_kwargs(config, options=f"-c statement_timeout={WEB_STATEMENT_TIMEOUT}"),
+        # Autocommit: a view is one INSERT and one round trip, not BEGIN, INSERT, COMMIT.
+        kwargs=connection_kwargs(
+            config, autocommit=True, options=f"-c statement_timeout={WEB_STATEMENT_TIMEOUT}"
+        ),
         check=psycopg_pool.ConnectionPool.check_connection,
         name=f"{config.dyno}-web",
         open=False,

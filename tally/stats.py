@@ -74,17 +74,22 @@ class StatsReader:
         """Views per day for the last `days` UTC days (today included), top paths, last 24 h."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
-        with self.pool.connection() as conn, conn.cursor() as cur:
-            # The tail and the rollups must come from the same snapshot.
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cur.execute(QUERIES["stats_tail"])
-            rows = cur.fetchall()
-            watermark, now = rows[0][0], rows[0][1]
-            tail = [(hour, path, views) for _, _, hour, path, views in rows if hour is not None]
-            window = Window.ending(now, days)
-            rolled_up = self._rolled_up(cur, watermark, window)
-            cur.execute(QUERIES["stats_raw_range"], {"start": window.boundary, "end": window.first_full_hour})
-            partial_hour = cur.fetchone()[0]
+        with self.pool.connection() as conn:
+            # The tail and the rollups must come from the same snapshot. (Web connections
+            # autocommit; these settings apply only to transactions psycopg begins.)
+            conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+            with conn.transaction(), conn.cursor() as cur:
+                return self._read(cur, days)
+
+    def _read(self, cur: psycopg.Cursor, days: int) -> dict[str, Any]:
+        cur.execute(QUERIES["stats_tail"])
+        rows = cur.fetchall()
+        watermark, now = rows[0][0], rows[0][1]
+        tail = [(hour, path, views) for _, _, hour, path, views in rows if hour is not None]
+        window = Window.ending(now, days)
+        rolled_up = self._rolled_up(cur, watermark, window)
+        cur.execute(QUERIES["stats_raw_range"], {"start": window.boundary, "end": window.first_full_hour})
+        partial_hour = cur.fetchone()[0]
         return self._combine(window, rolled_up, tail, partial_hour)
 
     def _rolled_up(self, cur: psycopg.Cursor, watermark: object, window: Window) -> RolledUp:

@@ -7,12 +7,12 @@ import json
 import time
 
 import psycopg
-import psycopg_pool
 import pytest
 import webtest
 
 import jobs
 from tally.config import from_env
+from tally.db import web_pool
 from tally.webapp import build_app
 
 TOKEN = "s3cret-token"
@@ -20,7 +20,8 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="session")
 def pool(database_url):
-    with psycopg_pool.ConnectionPool(database_url, min_size=1, max_size=4, timeout=5) as shared:
+    """The web process's own pool (sized to its threads, autocommit, checked on checkout)."""
+    with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as shared:
         yield shared
 
 
@@ -243,8 +244,6 @@ def test_health_reports_database_workers_and_clock(client):
 def test_health_answers_503_quickly_when_the_database_is_unreachable(database_url):
     bad_url = "postgresql://postgres@/postgres?host=/nonexistent-tally-socket-dir"
     settings = from_env({"DATABASE_URL": bad_url}, process_type="web")
-    from tally.db import web_pool
-
     with web_pool(settings) as unreachable:
         client = webtest.TestApp(build_app(settings, unreachable, jobs.app))
         started = time.monotonic()

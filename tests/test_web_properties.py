@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import jobs
 from tally.config import from_env
+from tally.db import web_pool
 from tally.webapp import build_app
 
 TOKEN = "correct-horse-battery-staple"
@@ -66,10 +67,8 @@ content_types = st.sampled_from(
 
 @pytest.fixture(scope="module")
 def client(database_url):
-    import psycopg_pool
-
     settings_ = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
-    with psycopg_pool.ConnectionPool(database_url, min_size=1, max_size=2) as pool:
+    with web_pool(settings_) as pool:
         yield webtest.TestApp(build_app(settings_, pool, jobs.app))
 
 
