@@ -37,7 +37,7 @@ def main(names: list[str]) -> int:
         print(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(MODULES)}", file=sys.stderr)
         return 2
     if not wrk_available():
-        say("wrk is not installed (apt-get install -y wrk): HTTP throughput uses a slower Python client")
+        say("wrk is not installed (apt-get install -y wrk): HTTP throughput uses the Python load client")
     about = report.machine()  # the load average before the benchmarks add theirs
     started = time.monotonic()
     results, failed = [], []

@@ -211,12 +211,12 @@ def http_load(
 ) -> Load:
     """POST `body` as JSON over `connections` keep-alive connections for `seconds`, as fast as answered.
 
-    wrk when installed (Debian's `wrk`); otherwise a Python client, which says so: in
-    the same 2 cores its own GIL saturates before waitress does, so its figures are floors.
+    wrk when installed (Debian's `wrk`); otherwise a Python client, which says so: its
+    threads pace waitress differently, so its figures do not compare with wrk's.
     """
     if wrk_available():
         return _wrk(port, path, body, connections, seconds)
-    say("wrk is not installed (apt-get install -y wrk): using the slower Python load client")
+    say("wrk is not installed (apt-get install -y wrk): using the Python load client instead")
     return _python_load(port, path, body, connections, seconds, expect)
 
 
