@@ -28,6 +28,9 @@ DEFAULT_WORKER_CONCURRENCY = 4
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_GRACEFUL_SECONDS = 20.0  # Heroku sends SIGKILL 30 s after SIGTERM
 DEFAULT_STALLED_AFTER_SECONDS = 60.0
+# Rows per cleanup transaction: large enough to delete at a good fraction of one
+# DELETE's rate, small enough that each batch stays well under 250 ms (docs/BENCHMARKS.md).
+DEFAULT_CLEANUP_BATCH_SIZE = 10_000
 
 
 class ConfigError(ValueError):
@@ -80,7 +83,9 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         stalled_after_seconds=reader.number(
             "STALLED_AFTER_SECONDS", DEFAULT_STALLED_AFTER_SECONDS, low=1, high=86400
         ),
-        cleanup_batch_size=reader.integer("CLEANUP_BATCH_SIZE", 5000, low=1, high=1_000_000),
+        cleanup_batch_size=reader.integer(
+            "CLEANUP_BATCH_SIZE", DEFAULT_CLEANUP_BATCH_SIZE, low=1, high=1_000_000
+        ),
         job_retention_hours=reader.integer("JOB_RETENTION_HOURS", 168, low=1, high=87600),
         cleanup_schedule=reader.cron("CLEANUP_SCHEDULE", "0 * * * *"),
         retry_stalled_schedule=reader.cron("RETRY_STALLED_SCHEDULE", "* * * * *"),

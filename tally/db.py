@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import psycopg_pool
 from procrastinate import PsycopgConnector
 
@@ -78,6 +79,12 @@ def worker_pool_size(config: Config) -> int:
     return config.worker_concurrency + 1
 
 
+def _autocommit(connection: psycopg.Connection | psycopg.AsyncConnection) -> Any:
+    # One callback for both pools procrastinate may build: the async pool awaits what
+    # this returns (a coroutine), the sync pool (`app.open()`) gets None.
+    return connection.set_autocommit(True)
+
+
 def procrastinate_connector(config: Config) -> PsycopgConnector:
     """The connector behind `jobs.app`; its own pool is the worker's."""
     return PsycopgConnector(
@@ -85,6 +92,11 @@ def procrastinate_connector(config: Config) -> PsycopgConnector:
         min_size=1,
         max_size=worker_pool_size(config),
         kwargs=connection_kwargs(config),
+        # Each procrastinate query is one statement: autocommit spares a BEGIN and a
+        # COMMIT round trip per query (+15-25% jobs/s, bench/throughput.py). Set here,
+        # not in kwargs, because procrastinate opens its LISTEN connection with
+        # autocommit=True on top of these kwargs.
+        configure=_autocommit,
         name=f"{config.dyno}-worker",
     )
 

