@@ -31,6 +31,8 @@ logger = logging.getLogger("tally.web")
 
 # What the database's absence looks like from a request: connect, pool wait, lost socket.
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
+# What a database without Tally's schema looks like: the release step has not run.
+NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 DAYS_PARAMETER = re.compile(r"^[0-9]{1,3}$")
 DEFAULT_DAYS = 30
 
@@ -59,6 +61,9 @@ def database_unavailable(route: Callable) -> Callable:
                 "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
             )
             return json_error(503, "The database is unreachable; try again shortly.")
+        except NOT_MIGRATED as error:
+            logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
 
     return wrapper
 
@@ -117,6 +122,10 @@ def build_app(
         except DATABASE_DOWN as error:
             logger.warning("health: database unreachable: %s", error)
             body.update(status="unavailable", database="unreachable")
+            return json_response(503, body)
+        except NOT_MIGRATED as error:
+            logger.error("health: schema missing: %s", error)
+            body.update(status="unavailable", database="not migrated: run `python -m migrations`")
             return json_response(503, body)
         return json_response(200, body)
 

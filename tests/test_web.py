@@ -392,3 +392,26 @@ def test_metrics_say_the_database_is_down(database_url):
     with web_pool(settings) as unreachable:
         response = webtest.TestApp(build_app(settings, unreachable, jobs.app)).get("/metrics")
         assert "tally_database_up 0.0" in response.text
+
+
+def test_an_unmigrated_database_gets_503_naming_the_release_step(database_url):
+    name = "unmigrated_web_test"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
+    settings = from_env({"DATABASE_URL": url}, process_type="web")
+    try:
+        with web_pool(settings) as empty:
+            client = webtest.TestApp(build_app(settings, empty, jobs.app))
+            assert "migrations" in client.get("/api/health", status=503).json["database"]
+            for response in (
+                client.get("/api/stats", status=503),
+                client.post_json("/api/pageviews", GOOD, status=503),
+                client.get("/api/jobs", status=503),
+                client.get("/", status=503),
+            ):
+                assert "python -m migrations" in response.json["error"]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
