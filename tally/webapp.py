@@ -33,7 +33,7 @@ logger = logging.getLogger("tally.web")
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 # What a database without Tally's schema looks like: the release step has not run.
 NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
-DAYS_PARAMETER = re.compile(r"^[0-9]{1,3}$")
+DAYS_PARAMETER = re.compile(r"[0-9]{1,3}")
 DEFAULT_DAYS = 30
 
 
@@ -73,7 +73,7 @@ def parse_days(query: bottle.FormsDict) -> int:
     values = query.getall("days")
     if not values:
         return DEFAULT_DAYS
-    if len(values) > 1 or not DAYS_PARAMETER.match(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
+    if len(values) > 1 or not DAYS_PARAMETER.fullmatch(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
         raise json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}.")
     return int(values[0])
 

@@ -130,7 +130,9 @@ def test_json_content_type_with_charset_is_accepted(client):
 # --- stats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("days", ["0", "367", "abc", "1.5", "-1", "", " 7", "1e2", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "days", ["0", "367", "abc", "1.5", "-1", "", " 7", "7\n", "1e2", "99999999999999999999"]
+)
 def test_stats_refuses_bad_days(client, days):
     response = client.get("/api/stats", {"days": days}, status=400)
     assert "days" in response.json["error"]
