@@ -35,9 +35,9 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     parts = _BLOCK_HEADER.split(text)
     queries = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=False):
-        lines = [line for line in body.strip().splitlines()]
-        queries[name] = "\n".join(lines[1:]).strip()  # drop the description line
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        _description, _, sql = body.strip().partition("\n")
+        queries[name] = sql.strip()
     return queries
 
 

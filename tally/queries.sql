@@ -32,10 +32,6 @@ WITH doomed AS (
 )
 SELECT count(*) AS removed FROM deleted
 
--- database_now --
--- The database's clock, and that it answers at all.
-SELECT now() AS now
-
 -- worker_heartbeats --
 -- Workers whose heartbeat is younger than the stalled threshold, and the youngest heartbeat's age.
 SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(stalled_after)s)) AS alive,
