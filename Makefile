@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 READY := $(VENV)/.tally-ready
 PORT ?= 5000
 
-.PHONY: setup run test test-quick lint format migrate stop psql bench clean
+.PHONY: setup run test test-system-postgres test-quick lint format migrate stop psql bench clean
 
 setup: $(READY)
 
@@ -24,8 +24,25 @@ migrate: setup
 run: migrate
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start --port $(PORT) web worker clock
 
+# The suite runs twice: on the pip-installed PostgreSQL 18 (no JIT) and on the system's
+# PostgreSQL package (Debian's: `apt-get install postgresql`, JIT on), the build most
+# users run. Without the package the second run is skipped with a line saying so;
+# CI installs it (.ci/run) and sets REQUIRE_SYSTEM_POSTGRES=1, so there it cannot be skipped.
+SYSTEM_POSTGRES_BIN ?= $(lastword $(wildcard /usr/lib/postgresql/*/bin))
+
 test: setup
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-system-postgres
+
+test-system-postgres: setup
+	@if [ -x "$(SYSTEM_POSTGRES_BIN)/postgres" ]; then \
+		echo "== the suite again, on $(SYSTEM_POSTGRES_BIN)"; \
+		TEST_POSTGRES_BIN="$(SYSTEM_POSTGRES_BIN)" $(PY) -m pytest; \
+	elif [ -n "$$REQUIRE_SYSTEM_POSTGRES" ]; then \
+		echo "no system PostgreSQL in /usr/lib/postgresql (apt-get install postgresql)"; exit 1; \
+	else \
+		echo "== skipped: the suite on the system PostgreSQL (apt-get install postgresql to run it)"; \
+	fi
 
 test-quick: setup
 	$(PY) -m pytest -m "not slow"

@@ -53,8 +53,10 @@ async def rollup_page_views(context: JobContext, timestamp: int | None = None) -
 def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) -> int:
     """Delete page views older than RETENTION_DAYS in bounded batches; return how many."""
     connector = context.app.connector.get_sync_connector()
-    # Only rolled-up views are deleted (stats must not lose them): fold first.
+    # Only rolled-up views are deleted (stats must not lose them): fold first. Views of
+    # transactions still running then are left for the next cleanup.
     connector.execute_query_one(QUERIES["rollup_page_views"])
+    folded = connector.execute_query_one(QUERIES["rollup_state"])
     cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
     removed_total = 0
     while True:
@@ -67,6 +69,8 @@ def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) ->
             QUERIES["delete_expired_page_views_batch"],
             cutoff=cutoff,
             batch_size=settings.cleanup_batch_size,
+            watermark=folded["watermark"],
+            in_progress=folded["in_progress"],
         )
         removed_total += row["removed"]
         logger.debug("batch removed %d page views", row["removed"])

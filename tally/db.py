@@ -23,7 +23,13 @@ QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # within 2 s while the database is unreachable instead of hanging.
 WEB_POOL_WAIT_SECONDS = 1.5
 CONNECT_TIMEOUT_SECONDS = 2
-WEB_STATEMENT_TIMEOUT = "5s"
+# Session settings of every Tally connection. Tally's queries are short, and JIT (on in
+# most PostgreSQL builds, off in the pip-installed one) would compile some of them on
+# every call for far longer than they run (docs/ARCHITECTURE.md, "Plans and JIT").
+SESSION_SETTINGS = {"jit": "off"}
+# The web's requests have a budget, and its stats queries are always planned with the
+# values they are given (a generic plan could scan the whole table for the stats tail).
+WEB_SESSION_SETTINGS = {**SESSION_SETTINGS, "statement_timeout": "5s", "plan_cache_mode": "force_custom_plan"}
 # The clock only inserts periodic defers: one connection, no headroom needed.
 CLOCK_POOL_SIZE = 1
 
@@ -49,10 +55,13 @@ def conninfo_for(config: Config) -> Callable[[], str]:
     return lambda: localdb.database_url(config.database_url)
 
 
-def connection_kwargs(config: Config, **extra: Any) -> dict[str, Any]:
+def connection_kwargs(
+    config: Config, settings: dict[str, str] = SESSION_SETTINGS, **extra: Any
+) -> dict[str, Any]:
     return {
         "application_name": config.dyno,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "options": " ".join(f"-c {name}={value}" for name, value in settings.items()),
         **extra,
     }
 
@@ -65,9 +74,7 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         max_size=config.web_threads,
         timeout=WEB_POOL_WAIT_SECONDS,
         # Autocommit: a view is one INSERT and one round trip, not BEGIN, INSERT, COMMIT.
-        kwargs=connection_kwargs(
-            config, autocommit=True, options=f"-c statement_timeout={WEB_STATEMENT_TIMEOUT}"
-        ),
+        kwargs=connection_kwargs(config, WEB_SESSION_SETTINGS, autocommit=True),
         check=psycopg_pool.ConnectionPool.check_connection,
         name=f"{config.dyno}-web",
         open=False,

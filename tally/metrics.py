@@ -72,7 +72,20 @@ class QueueCollector(Collector):
             "Age of the last periodic defer by any clock (NaN when none yet).",
             _or_nan(processes["clock_last_defer_age_seconds"]),
         )
-        total = conn.execute(QUERIES["page_views_total"]).fetchone()[0]
+        yield _gauge(
+            "tally_rollup_age_seconds",
+            "Seconds since the last rollup folded views into the stats tables (NaN before the first).",
+            _or_nan(processes["rollup_age_seconds"]),
+        )
+        yield _gauge(
+            "tally_rollup_views_waiting",
+            "Committed page views not yet rolled up (the tail every stats request groups).",
+            processes["rollup_views_waiting"],
+        )
+        state = conn.execute(QUERIES["rollup_state"]).fetchone()
+        total = conn.execute(
+            QUERIES["page_views_total"], {"watermark": state[0], "in_progress": state[1]}
+        ).fetchone()[0]
         yield _gauge("tally_page_views", "Page views counted in stats (rollups plus the tail).", total)
 
 

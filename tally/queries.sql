@@ -2,7 +2,7 @@
 -- Parameters are %(name)s placeholders, bound by psycopg, never formatted in.
 
 -- delete_expired_page_views_batch --
--- Delete up to batch_size of the oldest page views older than the cutoff; one short transaction.
+-- Delete up to batch_size of the oldest rolled-up page views older than the cutoff; one short transaction.
 -- The ids go in as an array: `id IN (subquery)` lets the planner pick a hash join over the whole table.
 WITH deleted AS (
     DELETE FROM page_views
@@ -10,7 +10,7 @@ WITH deleted AS (
          SELECT id FROM page_views
           WHERE viewed_at < %(cutoff)s
             -- never delete a view before it is in the rollups, or stats would lose it
-            AND recorded_xid < (SELECT watermark FROM page_view_rollup_state)
+            AND recorded_xid < %(watermark)s AND NOT recorded_xid = ANY (%(in_progress)s::xid8[])
           ORDER BY viewed_at
           LIMIT %(batch_size)s))
     RETURNING 1
@@ -61,16 +61,23 @@ WITH hourly AS (
 )
 SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM paths) AS removed
 
+-- rollup_state --
+-- What the last rollup folded (see migrations/0004), when, and the database's clock.
+SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
+
 -- stats_tail --
--- The watermark, the clock, and the views not yet rolled up, by hour and path (one snapshot with the rollups).
-SELECT state.watermark, now() AS now, tail.hour, tail.path, tail.views
-  FROM page_view_rollup_state AS state
-  LEFT JOIN LATERAL (
-      SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
-        FROM page_views
-       WHERE recorded_xid >= state.watermark
-       GROUP BY 1, 2
-  ) AS tail ON true
+-- The views not yet rolled up, by hour and path. The bounds come in as values, so the planner
+-- sees how few rows lie above the watermark (an index range), whatever the table's size.
+SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
+  FROM page_views WHERE recorded_xid >= %(watermark)s GROUP BY 1, 2
+UNION ALL
+SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
+  FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[]) GROUP BY 1, 2
+
+-- views_waiting --
+-- How many committed views the next rollup will fold (the stats tail).
+SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
+     + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- stats_raw_range --
 -- Views in [start, end) counted from the raw table (the partial hour 24 hours ago).
@@ -129,7 +136,7 @@ WITH still_stalled AS (
 SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried FROM still_stalled
 
 -- page_views_total --
--- Every view ever recorded that is still counted: the rollups plus the tail above the watermark.
+-- Every view ever recorded that is still counted: the rollups plus the tail.
 SELECT (SELECT coalesce(sum(views), 0) FROM page_view_hourly)
      + (SELECT count(*) FROM page_views
-         WHERE recorded_xid >= (SELECT watermark FROM page_view_rollup_state)) AS views
+         WHERE recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AS views

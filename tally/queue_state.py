@@ -1,6 +1,6 @@
-"""What the queue looks like: job counts, failures, one job, workers and clock.
+"""What the queue looks like: job counts, failures, one job, workers, clock and rollup lag.
 
-Read by the web process for /api/jobs, /api/health and the dashboard.
+Read by the web process for /api/jobs, /api/health, /metrics and the dashboard.
 """
 
 from __future__ import annotations
@@ -79,11 +79,23 @@ def job_detail(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
 
 
 def process_state(conn: psycopg.Connection, stalled_after: float) -> dict[str, Any]:
-    """Live workers and their youngest heartbeat, and the age of the last periodic defer."""
+    """Live workers, their youngest heartbeat, the last periodic defer's age and the rollup lag."""
     workers = _one(conn, "worker_heartbeats", stalled_after=stalled_after)
     clock = _one(conn, "last_periodic_defer")
     return {
         "workers_alive": workers["alive"],
         "worker_heartbeat_age_seconds": _seconds(workers["youngest_heartbeat_age"]),
         "clock_last_defer_age_seconds": _seconds(clock["age"]),
+        **rollup_lag(conn),
     }
+
+
+def rollup_lag(conn: psycopg.Connection) -> dict[str, Any]:
+    """Seconds since the last rollup (None before the first) and the views it has yet to fold."""
+    state = _one(conn, "rollup_state")
+    # Two statements, not a join: the watermark must reach the planner as a value.
+    waiting = _one(conn, "views_waiting", watermark=state["watermark"], in_progress=state["in_progress"])
+    age = None
+    if state["rolled_up_at"] is not None:
+        age = (state["now"] - state["rolled_up_at"]).total_seconds()
+    return {"rollup_age_seconds": _seconds(age), "rollup_views_waiting": waiting["views"]}

@@ -1,9 +1,11 @@
 """Stats for a window of days, exact and fast: rollups plus the tail not yet rolled up.
 
-The rollup job moves a watermark (a transaction id) and the rollup tables together,
-so the rolled-up part of any window is a function of the watermark: it is cached per
-watermark and recomputed only after a rollup. Each request reads the watermark, the
-tail above it and, on a cache miss, the rollups, all in one REPEATABLE READ snapshot.
+The rollup job moves its state (the snapshot it folded at: a watermark and the
+transactions then in progress) and the rollup tables together, so the rolled-up part
+of any window is a function of that state: it is cached per state and recomputed only
+after a rollup. Each request reads the state, the tail it leaves out and, on a cache
+miss, the rollups, all in one REPEATABLE READ snapshot. A request that finds a long
+tail asks for a rollup (`request_rollup`), so the tail stays short under traffic.
 
     >>> reader = StatsReader(pool, retention_days=30)   # doctest: +SKIP
     >>> reader.stats_for_window(7)["total_views"]       # doctest: +SKIP
@@ -16,6 +18,7 @@ import collections
 import dataclasses
 import datetime
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -29,6 +32,9 @@ TOP_PATHS = 10
 MAX_DAYS = 366
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
+# A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
+# someone reads stats, and grouping the tail stays around a millisecond.
+ROLLUP_WHEN_TAIL_EXCEEDS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +70,18 @@ class Window:
 class StatsReader:
     """Computes `GET /api/stats` answers from a psycopg pool; safe across threads."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, retention_days: int):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        retention_days: int,
+        request_rollup: Callable[[], None] | None = None,
+    ):
         self.pool = pool
         self.retention_days = retention_days
+        self.request_rollup = request_rollup
         self._cache: collections.OrderedDict[tuple, RolledUp] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
     def stats_for_window(self, days: int) -> dict[str, Any]:
         """Views per day for the last `days` UTC days (today included), top paths, last 24 h."""
@@ -79,21 +92,35 @@ class StatsReader:
             # autocommit; these settings apply only to transactions psycopg begins.)
             conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
             with conn.transaction(), conn.cursor() as cur:
-                return self._read(cur, days)
+                state, answer, tail_views = self._read(cur, days)
+        if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
+            self.request_rollup()
+        return answer
 
-    def _read(self, cur: psycopg.Cursor, days: int) -> dict[str, Any]:
-        cur.execute(QUERIES["stats_tail"])
-        rows = cur.fetchall()
-        watermark, now = rows[0][0], rows[0][1]
-        tail = [(hour, path, views) for _, _, hour, path, views in rows if hour is not None]
+    def _read(self, cur: psycopg.Cursor, days: int) -> tuple[tuple, dict[str, Any], int]:
+        cur.execute(QUERIES["rollup_state"])
+        watermark, in_progress, _rolled_up_at, _last_folded, now = cur.fetchone()
+        # The state's values go into the next query as parameters, not as a join: the
+        # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
+        cur.execute(QUERIES["stats_tail"], {"watermark": watermark, "in_progress": in_progress})
+        tail = cur.fetchall()
+        state = (watermark, tuple(in_progress))
         window = Window.ending(now, days)
-        rolled_up = self._rolled_up(cur, watermark, window)
+        rolled_up = self._rolled_up(cur, state, window)
         cur.execute(QUERIES["stats_raw_range"], {"start": window.boundary, "end": window.first_full_hour})
         partial_hour = cur.fetchone()[0]
-        return self._combine(window, rolled_up, tail, partial_hour)
+        return state, self._combine(window, rolled_up, tail, partial_hour), sum(row[2] for row in tail)
 
-    def _rolled_up(self, cur: psycopg.Cursor, watermark: object, window: Window) -> RolledUp:
-        key = (str(watermark), window.days[0], window.first_full_hour)
+    def _first_to_ask(self, state: tuple) -> bool:
+        # One request per rollup state asks; the others know it has been asked.
+        with self._lock:
+            if self._rollup_requested_at == state:
+                return False
+            self._rollup_requested_at = state
+            return True
+
+    def _rolled_up(self, cur: psycopg.Cursor, state: tuple, window: Window) -> RolledUp:
+        key = (state, window.days[0], window.first_full_hour)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:

@@ -83,9 +83,19 @@ def build_app(
 ) -> bottle.Bottle:
     """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
-    stats = StatsReader(pool, config.retention_days)
-    metrics = Metrics(pool, config.stalled_after_seconds)
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
+
+    def request_rollup() -> None:
+        """Ask a worker to fold the stats tail now; one such job waits at a time."""
+        try:
+            jobs_app.tasks["rollup_page_views"].configure(queueing_lock="rollup_page_views").defer()
+        except procrastinate.exceptions.AlreadyEnqueued:
+            pass  # one is already waiting: it will fold these views too
+        except (procrastinate.exceptions.ConnectorException, *DATABASE_DOWN) as error:
+            logger.warning("could not ask for a rollup: %s", error)
+
+    stats = StatsReader(pool, config.retention_days, request_rollup)
+    metrics = Metrics(pool, config.stalled_after_seconds)
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
     def require_admin() -> None:

@@ -1,14 +1,17 @@
 """Fixtures: one throwaway PostgreSQL per test session, migrated, and helpers for processes.
 
-The server is a pip-installed PostgreSQL (the same as the local default) in a fresh
-folder under /tmp (a unix socket path must stay under 107 bytes), started before tests
-are collected so that `jobs` reads its DATABASE_URL, and deleted at the end. Set
+The server is the pip-installed PostgreSQL 18 (the same as the local default) or, with
+TEST_POSTGRES_BIN set to a folder of server binaries (`make test` also runs the suite
+on Debian's, /usr/lib/postgresql/15/bin, JIT on), that build. It lives in a fresh folder
+under /tmp (a unix socket path must stay under 107 bytes), is started before tests are
+collected so that `jobs` reads its DATABASE_URL, and is deleted at the end. Set
 TEST_DATABASE_URL to use an existing database instead (its tables get truncated).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -25,17 +28,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-_server_dir: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TestServer:
+    """The session's own PostgreSQL: tests that stop and start the database use it."""
+
+    data_dir: Path
+    bin_dir: Path | None  # None: the pip-installed PostgreSQL 18
+
+    def start(self) -> str:
+        from tally import localdb
+
+        return localdb.ensure_running(self.data_dir, self.bin_dir)
+
+    def stop(self, mode: str = "fast") -> None:
+        from tally import localdb
+
+        localdb.stop(self.data_dir, mode=mode, bin_dir=self.bin_dir)
+
+
+_server: TestServer | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server_dir
+    global _server
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
-        from tally import localdb
-
-        _server_dir = Path(tempfile.mkdtemp(prefix="tally-test-", dir="/tmp"))
-        url = localdb.ensure_running(_server_dir / "pg")
+        bin_dir = os.environ.get("TEST_POSTGRES_BIN")
+        folder = Path(tempfile.mkdtemp(prefix="tally-test-", dir="/tmp"))
+        _server = TestServer(folder / "pg", Path(bin_dir) if bin_dir else None)
+        url = _server.start()
     os.environ["DATABASE_URL"] = url
     os.environ.pop("DYNO", None)
     from migrations import apply_pending
@@ -43,12 +66,16 @@ def pytest_configure(config: pytest.Config) -> None:
     apply_pending(url)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _server_dir is not None:
-        from tally import localdb
+def pytest_report_header(config: pytest.Config) -> str:
+    with psycopg.connect(os.environ["DATABASE_URL"]) as connection:
+        version, jit = connection.execute("SELECT version(), current_setting('jit')").fetchone()
+    return f"database: {version.split(' on ')[0]}, jit={jit}"
 
-        localdb.stop(_server_dir / "pg", mode="immediate")
-        shutil.rmtree(_server_dir, ignore_errors=True)
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.stop(mode="immediate")
+        shutil.rmtree(_server.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +84,21 @@ def database_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def server_dir() -> Path:
-    """The throwaway server's data dir (tests that stop and start the database need it)."""
-    if _server_dir is None:
+def test_server() -> TestServer:
+    """The throwaway server (tests that stop and start the database need it)."""
+    if _server is None:
         pytest.skip("TEST_DATABASE_URL is set: this test needs the session's own server")
-    return _server_dir / "pg"
+    return _server
+
+
+@pytest.fixture(scope="session")
+def pool(database_url: str):
+    """The web process's own pool (sized to its threads, autocommit, its session settings)."""
+    from tally.config import from_env
+    from tally.db import web_pool
+
+    with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as shared:
+        yield shared
 
 
 @pytest.fixture
@@ -82,7 +119,10 @@ def empty_tables(database_url: str) -> None:
             )
         ]
         connection.execute("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE")
-        connection.execute("UPDATE page_view_rollup_state SET watermark = '0', rolled_up_at = NULL")
+        connection.execute(
+            "UPDATE page_view_rollup_state"
+            " SET watermark = '0', in_progress = '{}', rolled_up_at = NULL, last_folded = 0"
+        )
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import urllib.request
 import psycopg
 import pytest
 
-from tally import localdb
 from tests.conftest import defer_by_sql, free_port, sigterm_mid_job, statuses, wait_until
 
 pytestmark = pytest.mark.slow
@@ -163,7 +162,7 @@ def listening(conn_url: str, dyno: str) -> bool:
         )
 
 
-def test_everything_recovers_from_a_database_restart(start_process, database_url, server_dir):
+def test_everything_recovers_from_a_database_restart(start_process, database_url, test_server):
     port = free_port()
     web = start_process(["web.py"], {"PORT": str(port)})
     worker = start_process(["worker.py"], {"POLL_INTERVAL_SECONDS": "300", "DYNO": "worker.9"})
@@ -181,7 +180,7 @@ def test_everything_recovers_from_a_database_restart(start_process, database_url
     assert http_get(port, "/api/health")[0] == 200
     wait_until(lambda: listening(database_url, "worker.9"), 10, 0.1, "the worker to LISTEN")
 
-    localdb.stop(server_dir, mode="fast")
+    test_server.stop(mode="fast")
     down_at = time.monotonic()
     slowest = 0.0
     while time.monotonic() - down_at < 4:
@@ -190,7 +189,7 @@ def test_everything_recovers_from_a_database_restart(start_process, database_url
         slowest = max(slowest, took)
     assert slowest < 2.0
 
-    localdb.ensure_running(server_dir)
+    test_server.start()
     back_at = time.monotonic()
     wait_until(lambda: http_get(port, "/api/health")[0] == 200, 15, 0.1, "health to answer 200 again")
     health_back = time.monotonic() - back_at

@@ -18,13 +18,6 @@ from tally.webapp import build_app
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture(scope="session")
-def pool(database_url):
-    """The web process's own pool (sized to its threads, autocommit, checked on checkout)."""
-    with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as shared:
-        yield shared
-
-
 def make_client(database_url: str, pool, **env: str) -> webtest.TestApp:
     settings = from_env({"DATABASE_URL": database_url, **env}, process_type="web")
     return webtest.TestApp(build_app(settings, pool, jobs.app))
