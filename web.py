@@ -1,6 +1,7 @@
 """web: page views in, stats and dashboard out, on $PORT. Procfile: `web: python web.py`.
 
-Bottle on waitress; one database connection per waitress thread. It never runs jobs:
+Bottle on waitress: WEB_THREADS threads share WEB_POOL_SIZE database connections, and
+concurrent requests' views share one INSERT (tally/view_writer.py). It never runs jobs:
 it only defers them for the worker.
 """
 
@@ -9,10 +10,8 @@ from __future__ import annotations
 import signal
 import sys
 
-import waitress
-
 import jobs
-from tally import config, db, logs
+from tally import config, db, logs, serving
 from tally.webapp import build_app
 
 
@@ -22,20 +21,17 @@ def main() -> None:
     pool = db.web_pool(settings)
     pool.open(wait=False)  # serve (and answer 503 on health) even before the database is up
     app = build_app(settings, pool, jobs.app)
-    logs.log_start(settings, "web.py", port=settings.port, threads=settings.web_threads)
+    logs.log_start(
+        settings,
+        "web.py",
+        port=settings.port,
+        threads=settings.web_threads,
+        connections=settings.web_pool_size,
+    )
     # Heroku stops a dyno with SIGTERM: exit cleanly instead of dying mid-write.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        waitress.serve(
-            app,
-            host="0.0.0.0",
-            port=settings.port,
-            threads=settings.web_threads,
-            ident="tally",
-            # Bodies past this get waitress's own 413 before they are buffered; up to it,
-            # the app answers 413 in JSON for anything over 1 MiB.
-            max_request_body_size=2 * 1024 * 1024,
-        )
+        serving.serve(app, port=settings.port, threads=settings.web_threads)
     finally:
         pool.close()
 

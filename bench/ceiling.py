@@ -13,9 +13,8 @@ import signal
 import sys
 
 import bottle
-import waitress
 
-from tally import config, logs
+from tally import config, logs, serving
 
 BODY = json.dumps({"stored": 1})
 HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
@@ -39,15 +38,8 @@ def main() -> None:
     logs.setup_logging(settings)
     logs.log_start(settings, "bench/ceiling.py", port=settings.port, threads=settings.web_threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # The same waitress.serve call as web.py's.
-    waitress.serve(
-        build_app(),
-        host="0.0.0.0",
-        port=settings.port,
-        threads=settings.web_threads,
-        ident="tally",
-        max_request_body_size=2 * 1024 * 1024,
-    )
+    # Served exactly as web.py serves Tally.
+    serving.serve(build_app(), port=settings.port, threads=settings.web_threads)
 
 
 if __name__ == "__main__":

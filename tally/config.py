@@ -21,7 +21,10 @@ from croniter import croniter
 T = TypeVar("T")
 
 # The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
-DEFAULT_WEB_THREADS = 4
+# Web threads do not each hold a connection: a view waits for a shared INSERT (group
+# commit), so 16 threads keep one process busy under load on 4 connections.
+DEFAULT_WEB_THREADS = 16
+DEFAULT_WEB_POOL_SIZE = 4
 DEFAULT_WORKER_CONCURRENCY = 4
 # procrastinate stops heart-beating while a worker drains, so a worker is only
 # stalled once it has been silent for longer than a drain plus one heartbeat.
@@ -46,6 +49,7 @@ class Config:
     retention_days: int
     admin_token: str | None
     web_threads: int
+    web_pool_size: int
     worker_concurrency: int
     listen_notify: bool
     poll_interval_seconds: float
@@ -72,7 +76,8 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         port=reader.integer("PORT", 5000, low=1, high=65535),
         retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
         admin_token=reader.optional_text("ADMIN_TOKEN"),
-        web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=64),
+        web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=256),
+        web_pool_size=reader.integer("WEB_POOL_SIZE", DEFAULT_WEB_POOL_SIZE, low=1, high=64),
         worker_concurrency=reader.integer("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64),
         listen_notify=reader.boolean("LISTEN_NOTIFY", True),
         poll_interval_seconds=reader.number("POLL_INTERVAL_SECONDS", 5.0, low=0.1, high=3600),

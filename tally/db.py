@@ -29,7 +29,12 @@ CONNECT_TIMEOUT_SECONDS = 2
 SESSION_SETTINGS = {"jit": "off"}
 # The web's requests have a budget, and its stats queries are always planned with the
 # values they are given (a generic plan could scan the whole table for the stats tail).
-WEB_SESSION_SETTINGS = {**SESSION_SETTINGS, "statement_timeout": "5s", "plan_cache_mode": "force_custom_plan"}
+WEB_STATEMENT_TIMEOUT_SECONDS = 5
+WEB_SESSION_SETTINGS = {
+    **SESSION_SETTINGS,
+    "statement_timeout": f"{WEB_STATEMENT_TIMEOUT_SECONDS}s",
+    "plan_cache_mode": "force_custom_plan",
+}
 # The clock only inserts periodic defers: one connection, no headroom needed.
 CLOCK_POOL_SIZE = 1
 
@@ -67,11 +72,11 @@ def connection_kwargs(
 
 
 def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
-    """One connection per waitress thread: a request never waits for another's."""
+    """WEB_POOL_SIZE connections shared by the waitress threads (views share INSERTs)."""
     return psycopg_pool.ConnectionPool(
         conninfo_for(config),
-        min_size=config.web_threads,
-        max_size=config.web_threads,
+        min_size=config.web_pool_size,
+        max_size=config.web_pool_size,
         timeout=WEB_POOL_WAIT_SECONDS,
         # Autocommit: a view is one INSERT and one round trip, not BEGIN, INSERT, COMMIT.
         kwargs=connection_kwargs(config, WEB_SESSION_SETTINGS, autocommit=True),

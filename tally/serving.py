@@ -1,0 +1,46 @@
+"""Serving the web's WSGI app on waitress, and the one change Tally makes to waitress.
+
+waitress reads requests on its main thread and hands each one to a worker thread. Under
+load that main thread always has Python to run (parsing, polling every connection), so a
+worker thread that released the GIL for I/O (a socket send, a database round trip) waits
+for the interpreter's switch interval, 5 ms, each time it wants it back. Measured here
+with constant JSON: 4 threads answered 585 req/s at 4 connections and 198 at 64. The
+main thread giving the GIL away once after each request it queues lets the worker it
+woke run at once: 3,590 and 3,470 req/s (docs/ARCHITECTURE.md, "waitress and the GIL").
+
+    >>> serve(app, port=5000, threads=4)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+
+import waitress
+from waitress.task import ThreadedTaskDispatcher
+
+# Bodies past this get waitress's own 413 before they are buffered; up to it, the app
+# answers 413 in JSON for anything over 1 MiB.
+MAX_REQUEST_BODY_BYTES = 2 * 1024 * 1024
+
+
+class GilYieldingDispatcher(ThreadedTaskDispatcher):
+    """waitress's task queue, whose producer (the main thread) yields the GIL after each task."""
+
+    def add_task(self, task) -> None:
+        super().add_task(task)
+        time.sleep(0)  # releases the GIL: the worker just notified takes it now, not in 5 ms
+
+
+def serve(app, port: int, threads: int) -> None:
+    """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until the process stops."""
+    dispatcher = GilYieldingDispatcher()
+    dispatcher.set_thread_count(threads)
+    waitress.serve(
+        app,
+        host="0.0.0.0",
+        port=port,
+        threads=threads,
+        ident="tally",
+        max_request_body_size=MAX_REQUEST_BODY_BYTES,
+        _dispatcher=dispatcher,  # waitress's own hook for the task queue (create_server)
+    )
