@@ -110,6 +110,11 @@ class Metrics:
             "Page views this web dyno accepted (201).",
             registry=self.registry,
         )
+        self.view_inserts = Counter(
+            "tally_page_view_inserts",
+            "INSERTs this web dyno ran for page views; concurrent requests share one (group commit).",
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

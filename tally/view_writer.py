@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import psycopg
 import psycopg_pool
+from prometheus_client import Counter
 
 from tally.db import QUERIES
 
@@ -43,8 +44,9 @@ class _Request:
 class ViewWriter:
     """Inserts page views for concurrent request threads, a group per INSERT."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool):
+    def __init__(self, pool: psycopg_pool.ConnectionPool, inserts: Counter | None = None):
         self.pool = pool
+        self.inserts = inserts  # counts the INSERTs: views per INSERT shows the grouping
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._in_flight = False
@@ -106,3 +108,5 @@ class ViewWriter:
                 QUERIES["insert_page_views"],
                 {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
             )
+        if self.inserts is not None:
+            self.inserts.inc()

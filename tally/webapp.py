@@ -96,7 +96,7 @@ def build_app(
 
     stats = StatsReader(pool, config.retention_days, request_rollup)
     metrics = Metrics(pool, config.stalled_after_seconds)
-    writer = ViewWriter(pool)
+    writer = ViewWriter(pool, metrics.view_inserts)
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
     def require_admin() -> None:

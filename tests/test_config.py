@@ -21,6 +21,8 @@ def test_defaults_follow_the_design():
     assert config.database_url is None
     assert config.admin_token is None
     assert config.listen_notify is True
+    # Threads share connections (group commit): many threads, a few connections.
+    assert (config.web_threads, config.web_pool_size) == (16, 4)
 
 
 def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
@@ -37,6 +39,8 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("RETENTION_DAYS", "0"),
         ("RETENTION_DAYS", "1.5"),
         ("WORKER_CONCURRENCY", "-1"),
+        ("WEB_POOL_SIZE", "0"),
+        ("WEB_THREADS", "many"),
         ("LISTEN_NOTIFY", "maybe"),
         ("CLEANUP_SCHEDULE", "every hour"),
         ("LOG_LEVEL", "LOUD"),

@@ -1,0 +1,123 @@
+"""Group commit: every view of concurrent requests stored once, in fewer INSERTs, errors kept apart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import re
+import threading
+
+import psycopg
+import pytest
+
+from tally.config import from_env
+from tally.db import web_pool
+from tally.view_writer import ViewWriter
+from tests.conftest import free_port
+
+
+def stored_paths(conn: psycopg.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT path FROM page_views ORDER BY path")]
+
+
+def test_concurrent_writes_are_each_stored_once(pool, conn):
+    writer = ViewWriter(pool)
+    start = threading.Barrier(32)
+
+    def write(index: int) -> None:
+        start.wait()
+        for round_ in range(20):
+            writer.write([(f"/t{index:02d}/{round_:02d}", None), (f"/t{index:02d}/{round_:02d}b", "r")])
+
+    with concurrent.futures.ThreadPoolExecutor(32) as executor:
+        list(executor.map(write, range(32)))
+    expected = sorted(
+        f"/t{i:02d}/{r:02d}{suffix}" for i in range(32) for r in range(20) for suffix in ("", "b")
+    )
+    assert stored_paths(conn) == expected
+
+
+def test_a_lone_write_is_committed_when_it_returns(pool, database_url):
+    writer = ViewWriter(pool)
+    writer.write([("/now", "https://example.com/")])
+    with psycopg.connect(database_url) as other:  # another session sees it: committed
+        assert other.execute("SELECT path, referrer FROM page_views").fetchall() == [
+            ("/now", "https://example.com/")
+        ]
+
+
+def test_a_refused_request_does_not_take_the_others_down_with_it(pool, conn):
+    """A row the table refuses (validation would have caught it) fails its own request only."""
+    writer = ViewWriter(pool)
+    start = threading.Barrier(12)
+    outcomes: dict[int, str] = {}
+
+    def write(index: int) -> None:
+        start.wait()
+        path = "no-slash" if index == 5 else f"/ok{index}"
+        try:
+            writer.write([(path, None)])
+            outcomes[index] = "stored"
+        except psycopg.errors.CheckViolation:
+            outcomes[index] = "refused"
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == {index: "refused" if index == 5 else "stored" for index in range(12)}
+    assert stored_paths(conn) == sorted(f"/ok{index}" for index in range(12) if index != 5)
+
+
+def test_an_unreachable_database_fails_every_waiting_request_and_the_next_one_leads(conn):
+
+    bad = from_env(
+        {"DATABASE_URL": "postgresql://postgres@/postgres?host=/nonexistent-tally"}, process_type="web"
+    )
+    with web_pool(bad) as unreachable:
+        writer = ViewWriter(unreachable)
+        errors = []
+
+        def write() -> None:
+            try:
+                writer.write([("/x", None)])
+            except Exception as error:
+                errors.append(type(error).__name__)
+
+        threads = [threading.Thread(target=write) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(errors) == 6 and not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.slow
+def test_web_stores_every_view_of_64_connections_once_in_shared_inserts(start_process, conn):
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+
+    def client(index: int) -> list[int]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        answers = []
+        for round_ in range(25):
+            body = json.dumps({"path": f"/c{index:02d}/{round_:02d}"})
+            connection.request("POST", "/api/pageviews", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            answers.append(response.status)
+        connection.close()
+        return answers
+
+    with concurrent.futures.ThreadPoolExecutor(64) as executor:
+        statuses = [status for answers in executor.map(client, range(64)) for status in answers]
+    assert statuses == [201] * 64 * 25
+    assert stored_paths(conn) == sorted(f"/c{i:02d}/{r:02d}" for i in range(64) for r in range(25))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    metrics = connection.getresponse().read().decode()
+    inserts = float(re.search(r"^tally_page_view_inserts_total (\S+)$", metrics, re.M).group(1))
+    assert 0 < inserts < 64 * 25 / 2, "concurrent requests share INSERTs"
