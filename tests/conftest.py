@@ -68,8 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     with psycopg.connect(os.environ["DATABASE_URL"]) as connection:
-        version, jit = connection.execute("SELECT version(), current_setting('jit')").fetchone()
-    return f"database: {version.split(' on ')[0]}, jit={jit}"
+        version, jit, compiles = connection.execute(
+            "SELECT version(), current_setting('jit'), pg_jit_available()"
+        ).fetchone()
+    return f"database: {version.split(' on ')[0]}, jit={jit} ({'with' if compiles else 'no'} LLVM)"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
