@@ -1,27 +1,33 @@
-"""`python -m bench` (`make bench`): every benchmark, one table, docs/BENCHMARKS.md.
+"""`python -m bench` (`make bench`): every benchmark on every PostgreSQL build, one table, docs/BENCHMARKS.md.
 
-Each module makes its own throwaway PostgreSQL, loads its data with SQL, starts the
-real processes and measures each figure beside its baseline in the same run. A module
-that fails is reported and the others still run; the document is written only when all
-of them ran, and the exit status says whether they did (goals missed do not fail it:
-benchmarks are not tests).
+The builds are the pip-installed PostgreSQL 18 (the local default, no JIT) and Debian's
+PostgreSQL from /usr/lib/postgresql (JIT on, the build most users run); without Debian's
+package only the first is measured, and the document says so. Each module makes its own
+throwaway PostgreSQL of one build, loads its data with SQL, starts the real processes
+and measures each figure beside its baseline in the same run, then does the same on the
+next build, so the two columns of a figure are measured minutes apart. A module that
+fails is reported and the others still run; the document is written only when all of
+them ran on every build, and the exit status says whether they did (goals missed do not
+fail it: benchmarks are not tests).
 
-$ python -m bench                  # everything, about 10 minutes on 2 cores
-$ python -m bench pickup cleanup   # some modules; prints, leaves docs/BENCHMARKS.md alone
+$ python -m bench                         # everything, 25-30 minutes on 2 cores
+$ python -m bench pickup cleanup          # some modules; prints, leaves docs/BENCHMARKS.md alone
+$ BENCH_BUILDS=pip python -m bench stats  # one build only
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
 
 from bench import cleanup, footprint, ingest, pickup, report, stats, throughput
-from bench.harness import say, wrk_available
+from bench.harness import Build, builds, say, wrk_available
 
 # In the issue's order, which is the table's.
-MODULES: dict[str, Callable[[], report.Result]] = {
+MODULES: dict[str, Callable[[Build], report.Result]] = {
     "stats": stats.measure,
     "ingest": ingest.measure,
     "pickup": pickup.measure,
@@ -31,6 +37,23 @@ MODULES: dict[str, Callable[[], report.Result]] = {
 }
 
 
+def measure_on(name: str, build: Build) -> tuple[report.Result, bool]:
+    """One module on one build, timed; a failure becomes a row saying so."""
+    say(f"== {name} on {build.label}")
+    began = time.monotonic()
+    try:
+        result, ok = MODULES[name](build), True
+    except Exception as error:
+        traceback.print_exc()
+        result, ok = (
+            report.Result(name, [report.Row(f"{name}: failed", f"{type(error).__name__}: {error}")]),
+            False,
+        )
+    result.seconds = time.monotonic() - began
+    say(f"{name} on {build.label} done in {result.seconds:.0f} s")
+    return result, ok
+
+
 def main(names: list[str]) -> int:
     unknown = [name for name in names if name not in MODULES]
     if unknown:
@@ -38,28 +61,26 @@ def main(names: list[str]) -> int:
         return 2
     if not wrk_available():
         say("wrk is not installed (apt-get install -y wrk): HTTP throughput uses the Python load client")
-    about = report.machine()  # the load average before the benchmarks add theirs
+    chosen = builds()
+    labels = [build.label for build in chosen]
+    about = report.machine(chosen)  # the load average before the benchmarks add theirs
     started = time.monotonic()
-    results, failed = [], []
+    modules: list[report.Measured] = []
+    failed = []
     for name in names or list(MODULES):
-        began = time.monotonic()
-        try:
-            result = MODULES[name]()
-        except Exception as error:
-            traceback.print_exc()
-            failed.append(name)
-            result = report.Result(name, [report.Row(f"{name}: failed", f"{type(error).__name__}: {error}")])
-        result.seconds = time.monotonic() - began
-        say(f"{name} done in {result.seconds:.0f} s")
-        results.append(result)
+        measured: report.Measured = {}
+        for build in chosen:
+            measured[build.label], ok = measure_on(name, build)
+            if not ok:
+                failed.append(f"{name} on {build.label}")
+        modules.append(measured)
     total = time.monotonic() - started
-    print(report.table([row for result in results for row in result.rows]))
-    for result in results:
-        for note in result.notes:
-            print(f"- {result.name}: {note}")
+    report.print_results(modules, labels)
     print(f"\n{total / 60:.1f} min on {about['CPU']} x {about['cores']} cores")
-    if not names and not failed:
-        report.write(results, about, total)
+    if failed:
+        say(f"failed: {', '.join(failed)}")
+    elif not names and "BENCH_BUILDS" not in os.environ:
+        report.write(modules, labels, about, total)
         say(f"wrote {report.DOCUMENT.relative_to(report.ROOT)}")
     return 1 if failed else 0
 

@@ -17,8 +17,19 @@ import time
 
 import psycopg
 
-from bench.harness import free_port, http_load, memory_mb, process, say, throwaway_database, time_http_get
-from bench.report import Result, Row, print_result
+from bench.harness import (
+    Build,
+    builds,
+    free_port,
+    http_load,
+    memory_mb,
+    process,
+    say,
+    throwaway_database,
+    time_http_get,
+)
+from bench.report import Result, Row, run_alone
+from tally.config import DEFAULT_WEB_POOL_SIZE, DEFAULT_WEB_THREADS, DEFAULT_WORKER_CONCURRENCY
 
 WARM_VIEWS = 500_000
 WARM_JOBS = 500
@@ -52,9 +63,9 @@ def warm_up_web(port: int) -> None:
         time_http_get(port, path, 50)
 
 
-def measure() -> Result:
+def measure(build: Build) -> Result:
     result = Result("Footprint")
-    with throwaway_database() as url, psycopg.connect(url, autocommit=True) as conn:
+    with throwaway_database(build) as url, psycopg.connect(url, autocommit=True) as conn:
         say(f"footprint: {WARM_VIEWS:,} views, then web + worker + clock")
         conn.execute(
             "INSERT INTO page_views (path, viewed_at) SELECT '/page/' || n %% 200,"
@@ -104,11 +115,12 @@ def measure() -> Result:
         f"Warm-up on {WARM_VIEWS:,} views: {HTTP_SECONDS} s of single-view and of 1,000-view POSTs at full"
         " load, 50 GETs of every read route, "
         f"{WARM_JOBS} jobs, and {CLOCK_SECONDS} s of clock ticks with every schedule every 5 s"
-        f" ({periodic} periodic tasks deferred and run). Default settings otherwise"
-        " (WEB_THREADS 4, WORKER_CONCURRENCY 4)."
+        f" ({periodic} periodic tasks deferred and run). Default settings otherwise (WEB_THREADS"
+        f" {DEFAULT_WEB_THREADS} on WEB_POOL_SIZE {DEFAULT_WEB_POOL_SIZE} connections, WORKER_CONCURRENCY"
+        f" {DEFAULT_WORKER_CONCURRENCY}: its pool is one more, plus its LISTEN connection; the clock's is 1)."
     )
     return result
 
 
 if __name__ == "__main__":
-    print_result(measure())
+    run_alone(measure, builds())

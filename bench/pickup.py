@@ -16,8 +16,8 @@ import time
 
 import psycopg
 
-from bench.harness import ms, percentile, process, say, throwaway_database
-from bench.report import Result, Row, print_result, times
+from bench.harness import Build, builds, ms, percentile, process, say, throwaway_database
+from bench.report import Result, Row, run_alone, times
 from tally.config import from_env
 
 JOBS = 200
@@ -64,9 +64,9 @@ def pickup_latencies(url: str, env: dict[str, str]) -> list[float]:
     return latencies
 
 
-def measure() -> Result:
+def measure(build: Build) -> Result:
     result = Result("Pickup latency")
-    with throwaway_database() as url:
+    with throwaway_database(build) as url:
         say(f"pickup: {JOBS} jobs, LISTEN/NOTIFY (Tally's default)")
         notify = pickup_latencies(url, {})
         say(f"pickup: {JOBS} jobs, LISTEN_NOTIFY=false (polling)")
@@ -93,4 +93,4 @@ def measure() -> Result:
 
 
 if __name__ == "__main__":
-    print_result(measure())
+    run_alone(measure, builds())

@@ -1,7 +1,10 @@
-"""One table for every figure, beside its baseline from the same run, and docs/BENCHMARKS.md.
+"""One table for every figure on every PostgreSQL build, beside its baseline from the same run.
 
-Each benchmark module returns a `Result`: rows of the table and notes saying, with
-figures from the same run, what bounds a goal that is not met and what would lift it.
+Each benchmark module measures one build at a time and returns a `Result`: rows of the
+table and notes saying, with figures from the same run, how each figure is measured and
+what bounds a goal that is not met. The table puts the builds side by side: for each
+figure, its goal, then per build Tally's value beside its baseline and the ratio with
+the verdict. docs/BENCHMARKS.md is that table, the machine and the notes.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.harness import ROOT, postgres_version
+from bench.harness import ROOT, Build, server_facts, system_build
 
 DOCUMENT = ROOT / "docs" / "BENCHMARKS.md"
-COLUMNS = ("figure", "Tally", "baseline (same run)", "ratio", "goal", "met?")
+# One module's results, keyed by the build's label, in the order the builds ran.
+Measured = dict[str, "Result"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +39,6 @@ class Row:
     goal: str = "-"
     met: bool | None = None
 
-    def cells(self) -> tuple[str, ...]:
-        verdict = {True: "yes", False: "**no**", None: "-"}[self.met]
-        return (self.figure, self.tally, self.baseline, self.ratio, self.goal, verdict)
-
 
 @dataclasses.dataclass
 class Result:
@@ -54,10 +54,47 @@ def times(ratio: float) -> str:
     return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
 
 
-def table(rows: list[Row]) -> str:
-    """A Markdown table, padded so it also reads well in a terminal."""
-    cells = [COLUMNS, *(row.cells() for row in rows)]
-    widths = [max(len(line[index]) for line in cells) for index in range(len(COLUMNS))]
+def _value(row: Row | None) -> str:
+    if row is None:
+        return "(not measured)"
+    return row.tally if row.baseline == "-" else f"{row.tally} vs {row.baseline}"
+
+
+def _verdict(row: Row | None) -> str:
+    if row is None:
+        return "-"
+    verdict = {True: "yes", False: "**no**", None: ""}[row.met]
+    return ", ".join(part for part in (row.ratio if row.ratio != "-" else "", verdict) if part) or "-"
+
+
+def _figures(measured: Measured) -> list[str]:
+    """Every figure of one module, in the first build's order, another build's extras after."""
+    figures: list[str] = []
+    for result in measured.values():
+        figures += [row.figure for row in result.rows if row.figure not in figures]
+    return figures
+
+
+def table(modules: list[Measured], labels: list[str]) -> str:
+    """A Markdown table, one line a figure, a pair of columns a build; padded for a terminal too."""
+    heading = (
+        "figure",
+        "goal",
+        *(cell for label in labels for cell in (f"{label}: Tally vs baseline", "ratio, met?")),
+    )
+    lines = [heading]
+    for measured in modules:
+        for figure in _figures(measured):
+            rows = {
+                label: next((row for row in result.rows if row.figure == figure), None)
+                for label, result in measured.items()
+            }
+            goal = next((row.goal for row in rows.values() if row is not None and row.goal != "-"), "-")
+            cells = [
+                cell for label in labels for cell in (_value(rows.get(label)), _verdict(rows.get(label)))
+            ]
+            lines.append((figure, goal, *cells))
+    widths = [max(len(line[index]) for line in lines) for index in range(len(heading))]
 
     def line(values: tuple[str, ...]) -> str:
         return (
@@ -65,17 +102,42 @@ def table(rows: list[Row]) -> str:
         )
 
     rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(cells[0]), rule, *(line(values) for values in cells[1:])])
+    return "\n".join([line(lines[0]), rule, *(line(values) for values in lines[1:])])
 
 
-def print_result(result: Result) -> None:
-    """What a module run alone prints: its rows and notes."""
-    print(table(result.rows))
-    for note in result.notes:
-        print(f"- {note}")
+def notes(measured: Measured) -> list[str]:
+    """One module's notes: those every build shares once, the others under their build's name."""
+    shared = set.intersection(*(set(result.notes) for result in measured.values()))
+    lines: list[str] = []
+    for label, result in measured.items():
+        for note in result.notes:
+            if note not in shared:
+                lines.append(f"{label}: {note}")
+            elif note not in lines:
+                lines.append(note)
+    return lines
 
 
-def machine() -> dict[str, str]:
+def goals_met(modules: list[Measured], label: str) -> tuple[int, int]:
+    rows = [row for measured in modules if label in measured for row in measured[label].rows]
+    return sum(1 for row in rows if row.met), sum(1 for row in rows if row.met is not None)
+
+
+def print_results(modules: list[Measured], labels: list[str]) -> None:
+    """What a partial run prints: the table and the notes."""
+    print(table(modules, labels))
+    for measured in modules:
+        for note in notes(measured):
+            print(f"- {note}")
+
+
+def run_alone(measure, builds: list[Build]) -> None:
+    """`python -m bench.MODULE`: measure on every build, print the table and notes."""
+    measured = {build.label: measure(build) for build in builds}
+    print_results([measured], [build.label for build in builds])
+
+
+def machine(builds: list[Build]) -> dict[str, str]:
     """What the figures depend on: the machine, its load at the start, the software."""
     cpu = next(
         (
@@ -96,33 +158,46 @@ def machine() -> dict[str, str]:
         if wrk
         else "not installed (Python load client used)"
     )
-    return {
+    about = {
         "CPU": cpu,
         "cores": str(os.cpu_count()),
         "RAM": f"{memory_kb / 1024 / 1024:.1f} GiB",
         "kernel": f"{platform.system()} {platform.release()}",
-        "PostgreSQL": postgres_version(),
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+    for build in builds:
+        about[build.label] = server_facts(build)
+    about["JIT"] = (
+        "Tally's connections set jit=off (libpq options), as does its rollup function; the naive"
+        " baselines, pgbench (each build's own), COPY and procrastinate's stock worker run with each"
+        " build's own setting."
+    )
+    if system_build() is None:
+        about["Debian's PostgreSQL"] = (
+            "not installed (apt-get install postgresql): only the pip-installed build was measured"
+        )
+    about |= {
         "Python": sys.version.split()[0],
         "load tool": wrk_version,
-        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    return about
 
 
-def markdown(results: list[Result], about: dict[str, str], total_seconds: float) -> str:
-    rows = [row for result in results for row in result.rows]
-    met = sum(1 for row in rows if row.met)
-    goals = sum(1 for row in rows if row.met is not None)
+def markdown(modules: list[Measured], labels: list[str], about: dict[str, str], total_seconds: float) -> str:
+    tallies = {label: goals_met(modules, label) for label in labels}
+    goals = "; ".join(f"{label} {met} of {count}" for label, (met, count) in tallies.items())
     lines = [
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m bench`); do not edit by hand. Every figure stands",
-        "beside its baseline, measured in the same run on the same machine: compare ratios",
-        "across machines, not absolute figures. Benchmarks are not tests: `make test` times nothing.",
+        "beside its baseline, measured in the same run on the same machine, on each PostgreSQL",
+        "build side by side: compare ratios across machines, not absolute figures. Benchmarks",
+        "are not tests: `make test` times nothing.",
         "",
-        f"Goals met: {met} of {goals}. Run time: {total_seconds / 60:.1f} min.",
+        f"Goals met: {goals}. Run time: {total_seconds / 60:.1f} min.",
         "",
-        table(rows),
+        table(modules, labels),
         "",
         "## Machine",
         "",
@@ -131,17 +206,19 @@ def markdown(results: list[Result], about: dict[str, str], total_seconds: float)
         "## Notes: how each figure is measured, what bounds the goals not met",
         "",
     ]
-    for result in results:
-        if result.notes:
-            lines += [
-                f"### {result.name} ({result.seconds:.0f} s)",
-                "",
-                *(f"- {note}" for note in result.notes),
-                "",
-            ]
+    for measured in modules:
+        first = next(iter(measured.values()))
+        took = ", ".join(f"{label} {result.seconds:.0f} s" for label, result in measured.items())
+        lines += [f"### {first.name} ({took})", "", *(f"- {note}" for note in notes(measured)), ""]
     return "\n".join(lines)
 
 
-def write(results: list[Result], about: dict[str, str], total_seconds: float, path: Path = DOCUMENT) -> None:
+def write(
+    modules: list[Measured],
+    labels: list[str],
+    about: dict[str, str],
+    total_seconds: float,
+    path: Path = DOCUMENT,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(results, about, total_seconds), encoding="utf-8")
+    path.write_text(markdown(modules, labels, about, total_seconds), encoding="utf-8")

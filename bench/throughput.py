@@ -15,8 +15,17 @@ import time
 
 import psycopg
 
-from bench.harness import busy_since, cpu_seconds, machine_ticks, process, say, throwaway_database
-from bench.report import Result, Row, print_result, times
+from bench.harness import (
+    Build,
+    builds,
+    busy_since,
+    cpu_seconds,
+    machine_ticks,
+    process,
+    say,
+    throwaway_database,
+)
+from bench.report import Result, Row, run_alone, times
 from tally.config import DEFAULT_WORKER_CONCURRENCY
 
 TASK = "retry_stalled_jobs"
@@ -62,9 +71,9 @@ def jobs_per_second(
     return (high - low) / (finished[high] - finished[low]), cpu, busy
 
 
-def measure() -> Result:
+def measure(build: Build) -> Result:
     result = Result("Job throughput")
-    with throwaway_database() as url:
+    with throwaway_database(build) as url:
         say(f"throughput: procrastinate's stock worker, {RUN_SECONDS} s")
         stock, stock_cpu, stock_busy = jobs_per_second(url, STOCK_WORKER, ready="Launching a worker")
         say(f"throughput: python worker.py (concurrency {DEFAULT_WORKER_CONCURRENCY}), {RUN_SECONDS} s")
@@ -111,4 +120,4 @@ def measure() -> Result:
 
 
 if __name__ == "__main__":
-    print_result(measure())
+    run_alone(measure, builds())
