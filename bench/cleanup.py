@@ -21,8 +21,19 @@ import time
 
 import psycopg
 
-from bench.harness import free_port, median, ms, paced_load, percentile, process, say, throwaway_database
-from bench.report import Result, Row, print_result, times
+from bench.harness import (
+    Build,
+    builds,
+    free_port,
+    median,
+    ms,
+    paced_load,
+    percentile,
+    process,
+    say,
+    throwaway_database,
+)
+from bench.report import Result, Row, run_alone, times
 from tally.config import from_env
 from tally.db import QUERIES
 
@@ -45,9 +56,12 @@ LOAD_SQL = (
     " FROM generate_series(0, %(rows)s - 1) AS n"
 )
 EXPIRED_SQL = "SELECT count(*) FROM page_views WHERE viewed_at < now() - make_interval(days => %s)"
+# The job's own condition (tally/queries.sql, delete_expired_page_views_batch) in one
+# statement: expired, and in the rollups (below the last rollup's watermark and not among
+# the transactions then in progress), the state's values bound as parameters as the job does.
 ONE_DELETE_SQL = (
-    "DELETE FROM page_views WHERE viewed_at < now() - make_interval(days => %s)"
-    " AND recorded_xid < (SELECT watermark FROM page_view_rollup_state)"
+    "DELETE FROM page_views WHERE viewed_at < %(cutoff)s"
+    " AND recorded_xid < %(watermark)s AND NOT recorded_xid = ANY (%(in_progress)s::xid8[])"
 )
 DEFER_SQL = (
     "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0,"
@@ -77,11 +91,25 @@ def load(conn: psycopg.Connection) -> None:
     conn.execute("VACUUM ANALYZE page_views")
 
 
+def job_params(conn: psycopg.Connection) -> dict:
+    """What the job binds: the cutoff, the batch size, and the last rollup's snapshot."""
+    watermark, in_progress, *_ = conn.execute(QUERIES["rollup_state"]).fetchone()
+    cutoff_sql = "SELECT now() - make_interval(days => %s)"
+    cutoff = conn.execute(cutoff_sql, (DEFAULTS.retention_days,)).fetchone()[0]
+    return {
+        "cutoff": cutoff,
+        "batch_size": DEFAULTS.cleanup_batch_size,
+        "watermark": watermark,
+        "in_progress": in_progress,
+    }
+
+
 def one_delete_seconds(conn: psycopg.Connection) -> tuple[float, int]:
     """Time the single-statement DELETE of every expired view, then roll it back."""
+    params = job_params(conn)
     with conn.transaction(force_rollback=True):
         started = time.perf_counter()
-        deleted = conn.execute(ONE_DELETE_SQL, (DEFAULTS.retention_days,)).rowcount
+        deleted = conn.execute(ONE_DELETE_SQL, params).rowcount
         seconds = time.perf_counter() - started
     # Set the hint bits the rolled-back delete left to check, as before it.
     conn.execute("VACUUM ANALYZE page_views")
@@ -90,12 +118,7 @@ def one_delete_seconds(conn: psycopg.Connection) -> tuple[float, int]:
 
 def one_batch_seconds(conn: psycopg.Connection, sql: str) -> tuple[float, bool]:
     """Median seconds of one batch by `sql`, each rolled back, and whether its plan scans the whole table."""
-    params = {
-        "cutoff": conn.execute(
-            "SELECT now() - make_interval(days => %s)", (DEFAULTS.retention_days,)
-        ).fetchone()[0],
-        "batch_size": DEFAULTS.cleanup_batch_size,
-    }
+    params = job_params(conn)
     plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
     timings = []
     for _ in range(BATCH_TRIES):
@@ -125,9 +148,9 @@ def ingest_p99(port: int, seconds: float, stop: threading.Event | None = None) -
     return percentile(timings, 0.99), len(timings)
 
 
-def measure() -> Result:
+def measure(build: Build) -> Result:
     result = Result("Cleanup")
-    with throwaway_database() as url, psycopg.connect(url, autocommit=True) as conn:
+    with throwaway_database(build) as url, psycopg.connect(url, autocommit=True) as conn:
         say(f"cleanup: loading {LIVE + EXPIRED:,} views, {EXPIRED:,} expired")
         load(conn)
         expired = conn.execute(EXPIRED_SQL, (DEFAULTS.retention_days,)).fetchone()[0]
@@ -222,4 +245,4 @@ def measure() -> Result:
 
 
 if __name__ == "__main__":
-    print_result(measure())
+    run_alone(measure, builds())
