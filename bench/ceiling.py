@@ -1,9 +1,14 @@
 """The HTTP ceiling: a Bottle route answering constant JSON, served exactly as web.py serves Tally.
 
 The ingest benchmark's baseline: what waitress and Bottle cost on this machine with no
-database at all. Same configuration (WEB_THREADS), logging and waitress settings as web.py.
+database at all. Same configuration (WEB_THREADS), logging and waitress settings as web.py,
+served by tally.serving.serve (waitress with the dispatcher that yields the GIL).
+
+With --plain it is served by plain `waitress.serve` with the same settings and waitress's
+own dispatcher: what tally.serving's one change buys, measured beside it.
 
 $ PORT=8123 python -m bench.ceiling
+$ PORT=8123 python -m bench.ceiling --plain
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import sys
 
 import bottle
+import waitress
 
 from tally import config, logs, serving
 
@@ -33,14 +39,28 @@ def build_app() -> bottle.Bottle:
     return app
 
 
-def main() -> None:
+def serve_plain(app: bottle.Bottle, port: int, threads: int) -> None:
+    """tally.serving.serve's settings on waitress's own dispatcher (no GIL hand-off)."""
+    waitress.serve(
+        app,
+        host="0.0.0.0",
+        port=port,
+        threads=threads,
+        ident="tally",
+        max_request_body_size=serving.MAX_REQUEST_BODY_BYTES,
+    )
+
+
+def main(argv: list[str]) -> None:
     settings = config.load_or_exit("web")
     logs.setup_logging(settings)
-    logs.log_start(settings, "bench/ceiling.py", port=settings.port, threads=settings.web_threads)
+    plain = "--plain" in argv
+    program = "bench/ceiling.py --plain" if plain else "bench/ceiling.py"
+    logs.log_start(settings, program, port=settings.port, threads=settings.web_threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Served exactly as web.py serves Tally.
-    serving.serve(build_app(), port=settings.port, threads=settings.web_threads)
+    serve = serve_plain if plain else serving.serve  # the default: exactly as web.py serves Tally
+    serve(build_app(), port=settings.port, threads=settings.web_threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

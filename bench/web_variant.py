@@ -1,0 +1,61 @@
+"""web.py with one of its changes undone: the ingest benchmark's baselines for what each buys.
+
+The same entry file, settings, pool and routes, with one piece swapped:
+
+--no-group-commit   each request inserts its own views, one INSERT and commit each, in its
+                    own thread, as the web did before tally/view_writer.py
+--plain-waitress    served by plain `waitress.serve` with the same settings, without
+                    tally.serving's dispatcher that yields the GIL after queueing a task
+
+$ PORT=8123 python -m bench.web_variant --no-group-commit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import psycopg_pool
+from prometheus_client import Counter
+
+import tally.serving
+import tally.webapp
+import web
+from bench.ceiling import serve_plain
+from tally.db import QUERIES
+from tally.view_writer import View
+
+
+class OneInsertPerRequest:
+    """ViewWriter's interface: store `views` in one INSERT on a pooled connection, now."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool, inserts: Counter | None = None):
+        self.pool = pool
+        self.inserts = inserts
+
+    def write(self, views: Sequence[View]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                QUERIES["insert_page_views"],
+                {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
+            )
+        if self.inserts is not None:
+            self.inserts.inc()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.web_variant")
+    parser.add_argument("--no-group-commit", action="store_true")
+    parser.add_argument("--plain-waitress", action="store_true")
+    args = parser.parse_args(argv)
+    # web.main and build_app look these names up when they run.
+    if args.no_group_commit:
+        tally.webapp.ViewWriter = OneInsertPerRequest
+    if args.plain_waitress:
+        tally.serving.serve = serve_plain
+    web.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
