@@ -1,0 +1,135 @@
+"""A steady stream of page views in its own process, so that the client timing GETs beside it
+does not share a GIL with the client posting.
+
+It POSTs `--requests` requests of `--views` views each to /api/pageviews at `--rate`
+requests per second in all, over `--connections` keep-alive connections, each request
+sent on schedule (a late answer makes only itself late), then prints one JSON line:
+requests, views stored (answered 201), failures, and the p50 and p99 latency in seconds.
+
+$ python -m bench.pacer --port 8123 --rate 200 --requests 12000
+$ python -m bench.pacer --port 8123 --rate 50 --requests 3000 --views 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from bench.harness import ROOT, percentile
+
+
+def body(views: int) -> bytes:
+    if views == 1:
+        return json.dumps({"path": "/pricing", "referrer": "https://example.com/"}).encode()
+    return json.dumps([{"path": f"/page/{index % 50}"} for index in range(views)]).encode()
+
+
+def pace(port: int, payload: bytes, rate: float, requests: int, connections: int) -> list[tuple[float, int]]:
+    """(seconds, status) of each of `requests` POSTs, paced to `rate` a second over `connections`."""
+    interval = connections / rate
+    samples: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        next_at = start + index * interval / connections  # spread over one interval
+        for _ in range(index, requests, connections):
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            next_at += interval
+            began = time.perf_counter()
+            conn.request("POST", "/api/pageviews", body=payload, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append((time.perf_counter() - began, response.status))
+        conn.close()
+        with lock:
+            samples.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return samples
+
+
+@dataclasses.dataclass(frozen=True)
+class Paced:
+    requests: int
+    stored: int  # views answered 201
+    failures: int
+    p50: float
+    p99: float
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pacer")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True, help="requests per second, all connections")
+    parser.add_argument("--requests", type=int, required=True)
+    parser.add_argument("--views", type=int, default=1, help="views per request")
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args(argv)
+    samples = pace(args.port, body(args.views), args.rate, args.requests, args.connections)
+    ok = [took for took, status in samples if status == 201]
+    summary = Paced(
+        len(samples),
+        len(ok) * args.views,
+        len(samples) - len(ok),
+        percentile(ok, 0.5) if ok else float("nan"),
+        percentile(ok, 0.99) if ok else float("nan"),
+    )
+    print(json.dumps(dataclasses.asdict(summary)), flush=True)
+
+
+class Pacer:
+    """A running `python -m bench.pacer`: whether it still runs, and its summary once done."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def summary(self) -> Paced:
+        out, err = self.popen.communicate()
+        if self.popen.returncode != 0:
+            raise RuntimeError(f"bench.pacer failed:\n{err[-3000:]}")
+        return Paced(**json.loads(out))
+
+
+@contextlib.contextmanager
+def paced_views(
+    port: int, rate: float, requests: int, views: int = 1, connections: int = 8
+) -> Iterator[Pacer]:
+    """Post views in the background from another process; stopped if still running at the end."""
+    options = [f"--port={port}", f"--rate={rate:g}", f"--requests={requests}", f"--views={views}"]
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "bench.pacer", *options, f"--connections={connections}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield Pacer(popen)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.communicate()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
