@@ -188,8 +188,9 @@ def held_rows(held: stats_live.BehindHeld) -> list[Row]:
             held.expired_left == 0,
         ),
         Row(
-            f"a view committed {held.late_open_seconds:.0f} s late, behind the held transaction: counted",
-            "once" if once else "not once (see the notes)",
+            "a view committed a minute late, behind the held transaction: counted",
+            f"{'once' if once else 'not once'} (committed after {held.late_open_seconds:.0f} s, folded"
+            f" {held.late_folded_seconds:.0f} s later)",
             f"raw count of the window {list(totals.values())[-1][1]:,}",
             "-",
             "exactly once",
