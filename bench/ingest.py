@@ -181,7 +181,7 @@ def measure(build: Build) -> Result:
     batch = json.dumps(batch_views()).encode()
     low, mid, high = LEVELS
     with throwaway_database(build) as url:
-        say(f"ingest: the HTTP ceiling (bench/ceiling.py) at {CEILING_LEVEL} and {high} connections")
+        say(f"ingest: the HTTP ceiling (bench/ceiling.py) at {low}, {CEILING_LEVEL} and {high} connections")
         ceiling = serve_and_load(CEILING, url, one, (low, CEILING_LEVEL, high))
         say(f"ingest: python web.py, one view per request, at {', '.join(map(str, LEVELS))} connections")
         tally = serve_and_load(WEB, url, one, LEVELS)
