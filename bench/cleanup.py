@@ -237,7 +237,7 @@ def measure(build: Build) -> Result:
             f"cleanup of {expired / 1e6:g}M expired views of {(LIVE + EXPIRED) / 1e6:g}M: rows/s",
             f"{tally_rate:,.0f} rows/s ({job_seconds:.1f} s, {len(batches) + 1} batches)",
             f"one DELETE {delete_rate:,.0f} rows/s ({delete_seconds:.1f} s)",
-            times(rate_ratio),
+            times(rate_ratio, GOAL_RATE),
             f">= {GOAL_RATE}x one DELETE",
             rate_ratio >= GOAL_RATE,
         ),
@@ -253,7 +253,7 @@ def measure(build: Build) -> Result:
             f"ingest p99 during cleanup ({INGEST_RATE} views/s steady)",
             ms(busy_p99),
             f"no cleanup {ms(idle_p99)}",
-            times(p99_ratio),
+            times(p99_ratio, GOAL_P99),
             f"<= {GOAL_P99:g}x no cleanup",
             p99_ratio <= GOAL_P99,
         ),
@@ -280,8 +280,8 @@ def measure(build: Build) -> Result:
             f" one DELETE spends {ms(delete_seconds / deleted * DEFAULTS.cleanup_batch_size)} on as many."
             f" One batch alone, rolled back: {ms(job_batch.seconds)} by the job's query{scans}; EXPLAIN"
             f" ANALYZE puts {job_batch.select_share:.0%} of it in finding the ids and"
-            f" {job_batch.delete_share:.0%} in deleting them by the id array. The rest of a batch in the"
-            " job is its commit, the ingest beside it and the worker's Python. What would lift it:"
+            f" {job_batch.delete_share:.0%} in deleting them by the id array; in the job each batch also"
+            " commits, beside the ingest. What would lift it:"
             " larger batches (fewer commits) while the longest stays under the goal, and a shorter rest"
             " between batches (CLEANUP_REST_FRACTION) at some cost to ingest p99."
         )

@@ -50,8 +50,15 @@ class Result:
     seconds: float = 0.0
 
 
-def times(ratio: float) -> str:
-    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+def times(ratio: float, goal: float | None = None) -> str:
+    """A ratio as '1.23x'; with more decimals where it would print as its goal but is not it."""
+    if ratio >= 10:
+        return f"{ratio:,.0f}x"
+    decimals = 2
+    if goal is not None and ratio != goal:
+        while decimals < 6 and f"{ratio:.{decimals}f}" == f"{goal:.{decimals}f}":
+            decimals += 1
+    return f"{ratio:.{decimals}f}x"
 
 
 def _value(row: Row | None) -> str:

@@ -130,7 +130,7 @@ def at_rest_rows(measured: dict[int, AtRest]) -> list[Row]:
         rows.append(
             Row(
                 f"stats p50 at {largest / 1e6:g}M / at {smallest / 1e6:g}M",
-                times(growth),
+                times(growth, GOAL_GROWTH),
                 goal=f"<= {GOAL_GROWTH}x",
                 met=growth <= GOAL_GROWTH,
             )

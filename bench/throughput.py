@@ -88,7 +88,7 @@ def measure(build: Build) -> Result:
             "jobs/s, short jobs, one worker process",
             f"{tally:,.0f} jobs/s",
             f"stock worker {stock:,.0f} jobs/s",
-            times(ratio),
+            times(ratio, GOAL),
             f">= {GOAL}x",
             ratio >= GOAL,
         ),
