@@ -18,7 +18,7 @@ import signal
 import sys
 
 import bottle
-import waitress
+from waitress.task import ThreadedTaskDispatcher
 
 from tally import config, logs, serving
 
@@ -41,14 +41,7 @@ def build_app() -> bottle.Bottle:
 
 def serve_plain(app: bottle.Bottle, port: int, threads: int) -> None:
     """tally.serving.serve's settings on waitress's own dispatcher (no GIL hand-off)."""
-    waitress.serve(
-        app,
-        host="0.0.0.0",
-        port=port,
-        threads=threads,
-        ident="tally",
-        max_request_body_size=serving.MAX_REQUEST_BODY_BYTES,
-    )
+    serving.serve(app, port, threads, dispatcher_class=ThreadedTaskDispatcher)
 
 
 def main(argv: list[str]) -> None:

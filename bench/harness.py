@@ -359,8 +359,10 @@ def paced_load(
     seconds: float,
     rate: float | None,
     stop: threading.Event | None = None,
+    requests: int | None = None,
 ) -> list[tuple[float, int]]:
-    """(seconds, status) per POST over `connections` threads, for `seconds` or until `stop` is set.
+    """(seconds, status) per POST over `connections` threads, for `seconds`, until `stop` is set
+    or, with `requests`, until that many have been sent in all.
 
     With `rate`, the requests are paced to that many per second in all, each sent on
     schedule (a late answer does not push back the next one beyond its own lateness):
@@ -368,14 +370,17 @@ def paced_load(
     """
     samples: list[tuple[float, int]] = []
     lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
+    start = time.monotonic()
+    stop_at = start + seconds
     interval = connections / rate if rate else 0.0
 
-    def client(offset: float) -> None:
+    def client(index: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine = []
-        next_at = time.monotonic() + offset
-        while True:
+        # Paced clients start spread over one interval, not all at once.
+        next_at = start + index * interval / connections
+        quota = len(range(index, requests, connections)) if requests is not None else None
+        while quota is None or len(mine) < quota:
             if interval:
                 pause = next_at - time.monotonic()
                 if pause > 0:
@@ -392,9 +397,7 @@ def paced_load(
         with lock:
             samples.extend(mine)
 
-    # Paced clients start spread over one interval, not all at once.
-    offsets = [index * interval / connections for index in range(connections)]
-    threads = [threading.Thread(target=client, args=(offset,)) for offset in offsets]
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(connections)]
     for thread in threads:
         thread.start()
     for thread in threads:

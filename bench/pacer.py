@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import http.client
 import json
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
-from bench.harness import ROOT, percentile
+from bench.harness import ROOT, paced_load, percentile
 
 
 def body(views: int) -> bytes:
@@ -34,35 +31,9 @@ def body(views: int) -> bytes:
 
 def pace(port: int, payload: bytes, rate: float, requests: int, connections: int) -> list[tuple[float, int]]:
     """(seconds, status) of each of `requests` POSTs, paced to `rate` a second over `connections`."""
-    interval = connections / rate
-    samples: list[tuple[float, int]] = []
-    lock = threading.Lock()
-    start = time.monotonic()
-
-    def client(index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine = []
-        next_at = start + index * interval / connections  # spread over one interval
-        for _ in range(index, requests, connections):
-            pause = next_at - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            next_at += interval
-            began = time.perf_counter()
-            conn.request("POST", "/api/pageviews", body=payload, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            mine.append((time.perf_counter() - began, response.status))
-        conn.close()
-        with lock:
-            samples.extend(mine)
-
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return samples
+    return paced_load(
+        port, "/api/pageviews", payload, connections, seconds=float("inf"), rate=rate, requests=requests
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,18 +13,18 @@ $ PORT=8123 python -m bench.web_variant --no-group-commit
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
 import psycopg_pool
 from prometheus_client import Counter
+from waitress.task import ThreadedTaskDispatcher
 
 import tally.serving
 import tally.webapp
 import web
-from bench.ceiling import serve_plain
-from tally.db import QUERIES
-from tally.view_writer import View
+from tally.view_writer import View, insert_views
 
 
 class OneInsertPerRequest:
@@ -35,11 +35,7 @@ class OneInsertPerRequest:
         self.inserts = inserts
 
     def write(self, views: Sequence[View]) -> None:
-        with self.pool.connection() as conn:
-            conn.execute(
-                QUERIES["insert_page_views"],
-                {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
-            )
+        insert_views(self.pool, views)
         if self.inserts is not None:
             self.inserts.inc()
 
@@ -53,7 +49,7 @@ def main(argv: list[str]) -> None:
     if args.no_group_commit:
         tally.webapp.ViewWriter = OneInsertPerRequest
     if args.plain_waitress:
-        tally.serving.serve = serve_plain
+        tally.serving.serve = functools.partial(tally.serving.serve, dispatcher_class=ThreadedTaskDispatcher)
     web.main()
 
 

@@ -31,9 +31,14 @@ class GilYieldingDispatcher(ThreadedTaskDispatcher):
         time.sleep(0)  # releases the GIL: the worker just notified takes it now, not in 5 ms
 
 
-def serve(app, port: int, threads: int) -> None:
-    """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until the process stops."""
-    dispatcher = GilYieldingDispatcher()
+def serve(
+    app, port: int, threads: int, dispatcher_class: type[ThreadedTaskDispatcher] = GilYieldingDispatcher
+) -> None:
+    """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until the process stops.
+
+    `dispatcher_class=ThreadedTaskDispatcher` is plain waitress (the benchmark's baseline).
+    """
+    dispatcher = dispatcher_class()
     dispatcher.set_thread_count(threads)
     waitress.serve(
         app,

@@ -102,11 +102,15 @@ class ViewWriter:
                 request.error = error
 
     def _insert_together(self, group: list[_Request]) -> None:
-        views = [view for request in group for view in request.views]
-        with self.pool.connection() as conn:
-            conn.execute(
-                QUERIES["insert_page_views"],
-                {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
-            )
+        insert_views(self.pool, [view for request in group for view in request.views])
         if self.inserts is not None:
             self.inserts.inc()
+
+
+def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:
+    """Store `views` in one INSERT on a pooled (autocommit) connection: all or none."""
+    with pool.connection() as conn:
+        conn.execute(
+            QUERIES["insert_page_views"],
+            {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
+        )
