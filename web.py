@@ -1,7 +1,7 @@
 """web: page views in, stats and dashboard out, on $PORT. Procfile: `web: python web.py`.
 
 Bottle on waitress: WEB_THREADS threads share WEB_POOL_SIZE database connections, and
-concurrent requests' views share one INSERT (tally/view_writer.py). It never runs jobs:
+concurrent requests' views share one INSERT (tally/web/view_writer.py). It never runs jobs:
 it only defers them for the worker.
 """
 
@@ -11,8 +11,9 @@ import signal
 import sys
 
 import jobs
-from tally import config, db, logs, serving
-from tally.webapp import build_app
+from tally import config, db, logs
+from tally.web import serving
+from tally.web.app import build_app
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 The ingest benchmark's baseline: what waitress and Bottle cost on this machine with no
 database at all. Same configuration (WEB_THREADS), logging and waitress settings as web.py,
-served by tally.serving.serve (waitress with the dispatcher that yields the GIL).
+served by tally.web.serving.serve (waitress with the dispatcher that yields the GIL).
 
 With --plain it is served by plain `waitress.serve` with the same settings and waitress's
-own dispatcher: what tally.serving's one change buys, measured beside it.
+own dispatcher: what tally.web.serving's one change buys, measured beside it.
 
 $ PORT=8123 python -m bench.ceiling
 $ PORT=8123 python -m bench.ceiling --plain
@@ -20,7 +20,8 @@ import sys
 import bottle
 from waitress.task import ThreadedTaskDispatcher
 
-from tally import config, logs, serving
+from tally import config, logs
+from tally.web import serving
 
 BODY = json.dumps({"stored": 1})
 HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
@@ -40,7 +41,7 @@ def build_app() -> bottle.Bottle:
 
 
 def serve_plain(app: bottle.Bottle, port: int, threads: int) -> None:
-    """tally.serving.serve's settings on waitress's own dispatcher (no GIL hand-off)."""
+    """tally.web.serving.serve's settings on waitress's own dispatcher (no GIL hand-off)."""
     serving.serve(app, port, threads, dispatcher_class=ThreadedTaskDispatcher)
 
 

@@ -1,7 +1,7 @@
 """POST /api/pageviews: one view per request at 4, 16 and 64 connections, 1,000 per request against COPY.
 
 Tally is `python web.py` with its defaults (WEB_THREADS 16 on WEB_POOL_SIZE 4
-connections, group commit, tally.serving's waitress). Its baselines, all in the same run:
+connections, group commit, tally.web.serving's waitress). Its baselines, all in the same run:
 
 - the HTTP ceiling (bench/ceiling.py): constant JSON served exactly as web.py serves
   Tally, so the ratio says what storing a view costs over serving HTTP at all;
@@ -239,7 +239,7 @@ def measure(build: Build) -> Result:
         Row(
             f"  on plain waitress.serve, {low} / {mid} / {high} connections",
             " / ".join(f"{plain_web[level].rate:,.0f}" for level in LEVELS) + " req/s",
-            "tally.serving " + " / ".join(f"{tally[level].rate:,.0f}" for level in LEVELS) + " req/s",
+            "tally.web.serving " + " / ".join(f"{tally[level].rate:,.0f}" for level in LEVELS) + " req/s",
             " / ".join(gain(tally[level], plain_web[level]) for level in LEVELS) + " for the GIL hand-off",
         ),
         Row(
@@ -251,7 +251,7 @@ def measure(build: Build) -> Result:
         Row(
             f"  the ceiling on plain waitress.serve, {mid} / {high} connections",
             f"{plain[mid].rate:,.0f} / {plain[high].rate:,.0f} req/s",
-            f"tally.serving {ceiling[mid].rate:,.0f} / {ceiling[high].rate:,.0f} req/s",
+            f"tally.web.serving {ceiling[mid].rate:,.0f} / {ceiling[high].rate:,.0f} req/s",
             f"{gain(ceiling[mid], plain[mid])} / {gain(ceiling[high], plain[high])} for the GIL hand-off",
         ),
         Row(

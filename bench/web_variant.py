@@ -3,9 +3,9 @@
 The same entry file, settings, pool and routes, with one piece swapped:
 
 --no-group-commit   each request inserts its own views, one INSERT and commit each, in its
-                    own thread, as the web did before tally/view_writer.py
+                    own thread, as the web did before tally/web/view_writer.py
 --plain-waitress    served by plain `waitress.serve` with the same settings, without
-                    tally.serving's dispatcher that yields the GIL after queueing a task
+                    tally.web.serving's dispatcher that yields the GIL after queueing a task
 
 $ PORT=8123 python -m bench.web_variant --no-group-commit
 """
@@ -21,10 +21,10 @@ import psycopg_pool
 from prometheus_client import Counter
 from waitress.task import ThreadedTaskDispatcher
 
-import tally.serving
-import tally.webapp
+import tally.web.app
+import tally.web.serving
 import web
-from tally.view_writer import View, insert_views
+from tally.web.view_writer import View, insert_views
 
 
 class OneInsertPerRequest:
@@ -47,9 +47,11 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     # web.main and build_app look these names up when they run.
     if args.no_group_commit:
-        tally.webapp.ViewWriter = OneInsertPerRequest
+        tally.web.app.ViewWriter = OneInsertPerRequest
     if args.plain_waitress:
-        tally.serving.serve = functools.partial(tally.serving.serve, dispatcher_class=ThreadedTaskDispatcher)
+        tally.web.serving.serve = functools.partial(
+            tally.web.serving.serve, dispatcher_class=ThreadedTaskDispatcher
+        )
     web.main()
 
 

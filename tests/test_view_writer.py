@@ -13,7 +13,7 @@ import pytest
 
 from tally.config import from_env
 from tally.db import web_pool
-from tally.view_writer import ViewWriter
+from tally.web.view_writer import ViewWriter
 from tests.conftest import free_port
 
 

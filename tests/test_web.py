@@ -13,7 +13,7 @@ import webtest
 import jobs
 from tally.config import from_env
 from tally.db import web_pool
-from tally.webapp import build_app
+from tally.web.app import build_app
 
 TOKEN = "s3cret-token"
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import jobs
 from tally.config import from_env
 from tally.db import web_pool
-from tally.webapp import build_app
+from tally.web.app import build_app
 
 TOKEN = "correct-horse-battery-staple"
 PROPERTY_SETTINGS = settings(

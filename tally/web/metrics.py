@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tally import queue_state
 from tally.db import QUERIES
+from tally.web import queue_state
 
-logger = logging.getLogger("tally.metrics")
+logger = logging.getLogger("tally.web.metrics")
 
 
 class QueueCollector(Collector):

@@ -28,7 +28,7 @@ from prometheus_client import Counter
 
 from tally.db import QUERIES
 
-logger = logging.getLogger("tally.view_writer")
+logger = logging.getLogger("tally.web.view_writer")
 
 View = tuple[str, "str | None"]
 

@@ -20,12 +20,12 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from tally import dashboard, queue_state
 from tally.config import Config
-from tally.metrics import Metrics
-from tally.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
-from tally.stats import MAX_DAYS, StatsReader
-from tally.view_writer import ViewWriter
+from tally.web import dashboard, queue_state
+from tally.web.metrics import Metrics
+from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
+from tally.web.stats import MAX_DAYS, StatsReader
+from tally.web.view_writer import ViewWriter
 
 logger = logging.getLogger("tally.web")
 
