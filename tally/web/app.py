@@ -68,6 +68,10 @@ def database_unavailable(route: Callable) -> Callable:
     return wrapper
 
 
+def body_too_large() -> bottle.HTTPResponse:
+    return json_error(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+
+
 def parse_days(query: bottle.FormsDict) -> int:
     """The `days` query parameter: a whole number from 1 to 366, 30 when absent."""
     values = query.getall("days")
@@ -146,12 +150,12 @@ def build_app(
         media_type = (bottle.request.content_type or "").split(";")[0].strip().lower()
         if media_type != "application/json":
             return json_error(415, "Send page views as Content-Type: application/json.")
-        too_large = json_error(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+        # The declared length first, so an oversized body is never buffered.
         if bottle.request.content_length > MAX_BODY_BYTES:
-            return too_large
+            return body_too_large()
         body = bottle.request.body.read(MAX_BODY_BYTES + 1)
         if len(body) > MAX_BODY_BYTES:
-            return too_large
+            return body_too_large()
         try:
             views = parse_page_views(body)
         except InvalidPageViews as error:
