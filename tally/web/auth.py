@@ -263,7 +263,13 @@ class Auth:
             return self._page(401, "That is not the admin token.")
         response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
         session = self.sessions.dumps({"csrf": secrets.token_urlsafe(24)})
-        response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_SECONDS, **self._cookie_attributes())
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            max_age=SESSION_SECONDS,
+            expires=time.time() + SESSION_SECONDS,  # for clients that ignore Max-Age
+            **self._cookie_attributes(),
+        )
         return response
 
     def log_out(self) -> bottle.HTTPResponse:
@@ -283,7 +289,7 @@ class Auth:
         environ = bottle.request.environ
         scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
         secure = scheme.split(",")[0].strip().lower() == "https"
-        return {"path": "/", "httponly": True, "samesite": "lax", "secure": secure}
+        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": secure}
 
     def _check_same_origin(self) -> None:
         """Forms are only taken from Tally's own pages: their Origin (or Referer) names its host."""
