@@ -62,12 +62,13 @@ SESSION_SECONDS = 7 * 24 * 3600
 FAILED_LOGINS = limits.parse("10/15 minutes")  # wrong tokens per client, in a moving window
 MAX_FORM_BYTES = 4096
 READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
-# For every HTML page: no framing (the login form), no scripts, no referrer (a share link
-# carries its token in the URL).
+# For every HTML page: no framing (the login form), no scripts, and no Referer to other
+# sites (a share link carries its token in the URL). Not `no-referrer`: under it Chromium
+# sends `Origin: null` with the page's own forms, and the login's origin check refuses them.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
     " form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
@@ -312,7 +313,8 @@ class Auth:
                 body=json.dumps({"error": sentence}),
                 headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
             )
-        return self._page(status, sentence, **headers)
+        # A page's 401 is the login form itself, which says why; other refusals say theirs.
+        return self._page(status, None if status == 401 else sentence, **headers)
 
     def _page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
         body = LOGIN_TEMPLATE.render(message=message, login_enabled=bool(self.admin_token))
