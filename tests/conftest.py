@@ -127,6 +127,24 @@ def empty_tables(database_url: str) -> None:
         )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def jobs_app_released() -> Iterator[None]:
+    """After each test file, `jobs.app` lets go of the pool a `build_app` gave it.
+
+    procrastinate keeps an external pool until the process ends (`open` with one set is a
+    no-op, `close` leaves it), so the first test file that built the web app decided every
+    later test's connector: a pool sized for the web, with its 1.5 s wait, and broken for good by a
+    test that restarts the database. procrastinate has no public way to let go of it.
+    """
+    yield
+    import jobs
+
+    connector = jobs.app.connector.get_sync_connector()  # the one `jobs.app.open(pool)` sets
+    if getattr(connector, "_pool_externally_set", False):
+        connector._pool = None
+        connector._pool_externally_set = False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
