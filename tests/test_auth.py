@@ -17,7 +17,8 @@ import webtest
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
-from tally.web.auth import FAILED_LOGINS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
+from tally.web.auth import FAILED_LOGINS
+from tally.web.sessions import SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
 from tests.test_web import make_failed_job
 

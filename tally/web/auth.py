@@ -20,13 +20,8 @@ logins: after FAILED_LOGINS of them a client gets 429 with Retry-After for every
 sends until the window moves on. The client is the last X-Forwarded-For entry (what
 Heroku's router appends), else the peer address; it is kept in memory only, never logged.
 
-The session cookie is JSON signed with HMAC-SHA256 (itsdangerous; no pickle) under a key
-derived from ADMIN_TOKEN, so changing the token ends every session. It is HttpOnly,
-SameSite=Lax, Secure when the request came over HTTPS (X-Forwarded-Proto), and expires
-after SESSION_SECONDS. Lax, not Strict: the cookie opens only reads, every change needs
-the bearer token, and logout checks its Origin and a token from the session; Lax lets a
-link to the dashboard from mail or chat open it logged in, where Strict shows the login
-form to an owner who is logged in.
+Logging in (the form, the signed session cookie, why SameSite=Lax) is in
+tally/web/sessions.py; this module decides who may.
 
     >>> auth = Auth(config)                        # doctest: +SKIP
     >>> @app.get("/api/sites")                     # doctest: +SKIP
@@ -42,37 +37,21 @@ import hashlib
 import hmac
 import json
 import math
-import secrets
 import time
-import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import bottle
-import itsdangerous
 import limits
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from tally.config import Config
+from tally.web import sessions
 
-SESSION_COOKIE = "tally_session"
-SESSION_SECONDS = 7 * 24 * 3600
 FAILED_LOGINS = limits.parse("10/15 minutes")  # wrong tokens per client, in a moving window
 MAX_FORM_BYTES = 4096
 READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
-# For every HTML page: no framing (the login form), no scripts, and no Referer to other
-# sites (a share link carries its token in the URL). Not `no-referrer`: under it Chromium
-# sends `Origin: null` with the page's own forms, and the login's origin check refuses them.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:;"
-    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
-LOGIN_TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("login.tpl").read_text(encoding="utf-8"))
 
 
 class Reader(enum.Enum):
@@ -91,23 +70,15 @@ def same_token(given: str, expected: str) -> bool:
     )
 
 
-def session_serializer(admin_token: str) -> itsdangerous.URLSafeTimedSerializer:
-    """Sign and check session cookies with a key that only this ADMIN_TOKEN gives."""
-    key = hmac.new(admin_token.encode(), b"tally session cookie", hashlib.sha256).digest()
-    return itsdangerous.URLSafeTimedSerializer(
-        key, salt="tally.session", signer_kwargs={"digest_method": hashlib.sha256}
-    )
-
-
 class Auth:
-    """The guards, the session cookie and the failed-login limit of one web app."""
+    """The guards, the login and logout checks and the failed-login limit of one web app."""
 
     def __init__(self, config: Config):
         self.admin_token = config.admin_token
         self.share_token = config.share_token
         self.metrics_token = config.metrics_token
         self.public = config.public_dashboard
-        self.sessions = session_serializer(config.admin_token) if config.admin_token else None
+        self.sessions = sessions.session_serializer(config.admin_token) if config.admin_token else None
         self.failures = MovingWindowRateLimiter(MemoryStorage())
 
     # --- the guards ------------------------------------------------------------------------
@@ -135,7 +106,7 @@ class Auth:
         return {
             "owner": owner,
             "logout_token": session["csrf"] if session else None,
-            "share": bottle.request.query.get("share") if self.reader() is Reader.SHARE else None,
+            "share": bottle.request.query.getunicode("share") if self.reader() is Reader.SHARE else None,
         }
 
     def _guard(self, route: Callable, decide: Callable[[], Reader]) -> Callable:
@@ -158,7 +129,7 @@ class Auth:
             return Reader.OWNER
         if self.public:
             return Reader.PUBLIC
-        shared = bottle.request.query.get("share")
+        shared = bottle.request.query.getunicode("share")
         if shared is not None:
             self._check_failures()
             if self.share_token and same_token(shared, self.share_token):
@@ -211,17 +182,9 @@ class Auth:
         raise self._refuse(403, "The token is not valid.")
 
     def _session(self) -> dict[str, str] | None:
-        """The signed session the cookie carries, if it is genuine, unexpired and this token's."""
-        value = bottle.request.get_cookie(SESSION_COOKIE)
-        if not value or self.sessions is None:
+        if self.sessions is None:
             return None
-        try:
-            session = self.sessions.loads(value, max_age=SESSION_SECONDS)
-        except itsdangerous.BadData:  # tampered, expired, or signed under another ADMIN_TOKEN
-            return None
-        if not isinstance(session, dict) or not isinstance(session.get("csrf"), str):
-            return None
-        return session
+        return sessions.read_session(self.sessions, bottle.request.get_cookie(sessions.SESSION_COOKIE))
 
     # --- failed logins ---------------------------------------------------------------------
 
@@ -250,8 +213,9 @@ class Auth:
 
     def log_in(self) -> bottle.HTTPResponse:
         """Check the form's token; on success set the session cookie and go to the dashboard."""
-        self._check_same_origin()
-        if not self.admin_token or self.sessions is None:
+        if not sessions.sent_from_own_pages():
+            return self._page(403, "This form only works from Tally's own pages.")
+        if self.sessions is None:
             return self._page(403, "Owner login is off: set ADMIN_TOKEN and restart Tally.")
         if bottle.request.content_length > MAX_FORM_BYTES:
             return self._page(413, "That form is far larger than a token.")
@@ -259,47 +223,22 @@ class Auth:
         if not token:
             return self._page(400, "Enter the admin token.")
         self._check_failures()
-        if not same_token(token, self.admin_token):
+        if not same_token(token, self.admin_token or ""):
             self._count_failure()
             return self._page(401, "That is not the admin token.")
-        response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
-        session = self.sessions.dumps({"csrf": secrets.token_urlsafe(24)})
-        response.set_cookie(
-            SESSION_COOKIE,
-            session,
-            max_age=SESSION_SECONDS,
-            expires=time.time() + SESSION_SECONDS,  # for clients that ignore Max-Age
-            **self._cookie_attributes(),
-        )
-        return response
+        return sessions.start_session(self.sessions)
 
     def log_out(self) -> bottle.HTTPResponse:
         """Clear the session cookie; the form must come from the dashboard of this session."""
-        self._check_same_origin()
-        session = self._session()
+        if not sessions.sent_from_own_pages():
+            return self._page(403, "This form only works from Tally's own pages.")
         if bottle.request.content_length > MAX_FORM_BYTES:
             return self._page(413, "That form is far larger than a logout.")
+        session = self._session()
         sent = bottle.request.forms.getunicode("csrf") or ""
         if session is not None and not same_token(sent, session["csrf"]):
             return self._page(403, "That logout form is not from this session: reload the dashboard.")
-        response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
-        response.delete_cookie(SESSION_COOKIE, **self._cookie_attributes())
-        return response
-
-    def _cookie_attributes(self) -> dict[str, Any]:
-        environ = bottle.request.environ
-        scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
-        secure = scheme.split(",")[0].strip().lower() == "https"
-        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": secure}
-
-    def _check_same_origin(self) -> None:
-        """Forms are only taken from Tally's own pages: their Origin (or Referer) names its host."""
-        environ = bottle.request.environ
-        source = environ.get("HTTP_ORIGIN") or environ.get("HTTP_REFERER") or ""
-        own = {_authority(environ.get(name, "")) for name in ("HTTP_HOST", "HTTP_X_FORWARDED_HOST")}
-        sent_from = _authority(urllib.parse.urlsplit(source).netloc) if "//" in source else ""
-        if not sent_from or sent_from not in own:
-            raise self._page(403, "This form only works from Tally's own pages.")
+        return sessions.end_session()
 
     # --- answers ---------------------------------------------------------------------------
 
@@ -317,20 +256,4 @@ class Auth:
         return self._page(status, None if status == 401 else sentence, **headers)
 
     def _page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
-        body = LOGIN_TEMPLATE.render(message=message, login_enabled=bool(self.admin_token))
-        return bottle.HTTPResponse(
-            status=status,
-            body=body,
-            headers={"Content-Type": "text/html; charset=utf-8", **PAGE_HEADERS, **headers},
-        )
-
-
-def _authority(netloc: str) -> str:
-    """host[:port] in lower case, without the default ports, for comparing origins."""
-    try:
-        parts = urllib.parse.urlsplit("//" + netloc.split(",")[0].strip())
-        port = parts.port
-    except ValueError:
-        return ""
-    host = parts.hostname or ""
-    return host if port in (None, 80, 443) else f"{host}:{port}"
+        return sessions.login_page(status, message, self.sessions is not None, **headers)

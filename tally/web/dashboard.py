@@ -12,7 +12,7 @@ from typing import Any
 
 import bottle
 
-from tally.web.auth import PAGE_HEADERS
+from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
 REFRESH_SECONDS = 30
