@@ -51,7 +51,14 @@ SETTINGS = (
     "PRUNE_SCHEDULE",
     "ROLLUP_SCHEDULE",
     "LOG_LEVEL",
+    "SHARE_TOKEN",
+    "METRICS_TOKEN",
+    "PUBLIC_DASHBOARD",
 )
+# Stats, the dashboard and the queue are the owner's (tally/web/auth.py): every process
+# gets this admin token, and every GET sends it, as the owner's scripts would.
+OWNER_TOKEN = "bench-owner-token"
+OWNER = {"Authorization": f"Bearer {OWNER_TOKEN}"}
 # wrk's threads share the 2 cores with the processes under test: two are enough to
 # keep 16 connections busy, more would only take CPU from waitress and PostgreSQL.
 WRK_THREADS = 2
@@ -154,13 +161,13 @@ def free_port() -> int:
 
 
 def clean_environment(env: dict[str, str]) -> dict[str, str]:
-    """The caller's environment without Tally's or procrastinate's settings, then `env`."""
+    """The caller's environment without Tally's or procrastinate's settings, the owner's token, then `env`."""
     inherited = {
         name: value
         for name, value in os.environ.items()
         if name not in SETTINGS and not name.startswith(SETTINGS_PREFIXES)
     }
-    return {**inherited, **env}
+    return {**inherited, "ADMIN_TOKEN": OWNER_TOKEN, **env}
 
 
 @dataclasses.dataclass
@@ -241,7 +248,7 @@ def time_http_get(port: int, path: str, requests: int) -> list[float]:
     timings = []
     for _ in range(requests):
         started = time.perf_counter()
-        conn.request("GET", path)
+        conn.request("GET", path, headers=OWNER)
         response = conn.getresponse()
         response.read()
         timings.append(time.perf_counter() - started)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import psycopg
 
 from bench.harness import (
+    OWNER,
     ROOT,
     clean_environment,
     free_port,
@@ -114,7 +115,7 @@ class OldTail:
 
 
 def get_json(conn: http.client.HTTPConnection, path: str) -> dict:
-    conn.request("GET", path)
+    conn.request("GET", path, headers=OWNER)
     response = conn.getresponse()
     body = response.read()
     if response.status != 200:

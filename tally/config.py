@@ -63,6 +63,10 @@ class Config:
     prune_schedule: str
     rollup_schedule: str
     log_level: str
+    # Who may read what (tally/web/auth.py): share links, the scraper's token, public mode.
+    share_token: str | None = None
+    metrics_token: str | None = None
+    public_dashboard: bool = False
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -97,7 +101,12 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         prune_schedule=reader.cron("PRUNE_SCHEDULE", "30 3 * * *"),
         rollup_schedule=reader.cron("ROLLUP_SCHEDULE", "* * * * *"),
         log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        # Who may read what (tally/web/auth.py).
+        share_token=reader.optional_text("SHARE_TOKEN"),
+        metrics_token=reader.optional_text("METRICS_TOKEN"),
+        public_dashboard=reader.boolean("PUBLIC_DASHBOARD", False),
     )
+    _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
         raise ConfigError(
             "STALLED_AFTER_SECONDS must exceed WORKER_GRACEFUL_SECONDS + "
@@ -105,6 +114,17 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
             f"{config.heartbeat_seconds:g}), or a draining worker's job would run twice"
         )
     return config
+
+
+def _check_tokens_differ(config: Config) -> None:
+    """A share link or the scraper's token that equals a stronger token would hand that one out."""
+    if config.share_token and config.share_token in (config.admin_token, config.metrics_token):
+        other = "ADMIN_TOKEN" if config.share_token == config.admin_token else "METRICS_TOKEN"
+        raise ConfigError(f"SHARE_TOKEN must differ from {other}: share links are put in URLs")
+    if config.metrics_token and config.metrics_token == config.admin_token:
+        raise ConfigError(
+            "METRICS_TOKEN must differ from ADMIN_TOKEN (leave it unset to scrape with the admin token)"
+        )
 
 
 class _Reader:

@@ -93,9 +93,13 @@ def test_server() -> TestServer:
     return _server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pool(database_url: str):
-    """The web process's own pool (sized to its threads, autocommit, its session settings)."""
+    """The web process's own pool (sized to its threads, autocommit, its session settings).
+
+    One per test file: a pool that lived through test_faults' database restart holds dead
+    connections, and the next request on it may wait out WEB_POOL_WAIT_SECONDS (503).
+    """
     from tally.config import from_env
     from tally.db import web_pool
 
@@ -125,6 +129,24 @@ def empty_tables(database_url: str) -> None:
             "UPDATE page_view_rollup_state"
             " SET watermark = '0', in_progress = '{}', rolled_up_at = NULL, last_folded = 0"
         )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def jobs_app_released() -> Iterator[None]:
+    """After each test file, `jobs.app` lets go of the pool a `build_app` gave it.
+
+    procrastinate keeps an external pool until the process ends (`open` with one set is a
+    no-op, `close` leaves it), so the first test file that built the web app decided every
+    later test's connector: a pool sized for the web, with its 1.5 s wait, and broken for good by a
+    test that restarts the database. procrastinate has no public way to let go of it.
+    """
+    yield
+    import jobs
+
+    connector = jobs.app.connector.get_sync_connector()  # the one `jobs.app.open(pool)` sets
+    if getattr(connector, "_pool_externally_set", False):
+        connector._pool = None
+        connector._pool_externally_set = False
 
 
 def free_port() -> int:

@@ -45,6 +45,8 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("CLEANUP_SCHEDULE", "every hour"),
         ("LOG_LEVEL", "LOUD"),
         ("STALLED_AFTER_SECONDS", "5"),
+        ("PUBLIC_DASHBOARD", "maybe"),
+        ("PUBLIC_DASHBOARD", "public"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -62,3 +64,27 @@ def test_blank_values_mean_the_default():
 def test_seconds_field_schedules_are_accepted():
     config = from_env({"RETRY_STALLED_SCHEDULE": "* * * * * */2"}, process_type="clock")
     assert config.retry_stalled_schedule == "* * * * * */2"
+
+
+# --- who may read what (tally/web/auth.py) ---------------------------------------------------
+
+
+def test_stats_are_private_by_default():
+    config = from_env({}, process_type="web")
+    assert config.public_dashboard is False
+    assert (config.share_token, config.metrics_token) == (None, None)
+    assert from_env({"PUBLIC_DASHBOARD": "TRUE"}, process_type="web").public_dashboard is True
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ADMIN_TOKEN": "same", "SHARE_TOKEN": "same"}, "SHARE_TOKEN"),
+        ({"METRICS_TOKEN": "same", "SHARE_TOKEN": "same"}, "SHARE_TOKEN"),
+        ({"ADMIN_TOKEN": "same", "METRICS_TOKEN": "same"}, "METRICS_TOKEN"),
+    ],
+)
+def test_a_weaker_token_may_not_equal_a_stronger_one(env, named):
+    with pytest.raises(ConfigError) as raised:
+        from_env(env, process_type="web")
+    assert str(raised.value).startswith(named) and "\n" not in str(raised.value)

@@ -240,7 +240,7 @@ def test_no_accepted_view_is_lost_in_a_soak_with_a_killed_worker(start_process, 
     )
     port = free_port()
     fast_jobs = {"ROLLUP_SCHEDULE": EVERY_TWO_SECONDS, "CLEANUP_SCHEDULE": "* * * * * */10", **FAST_RECOVERY}
-    web = start_process(["web.py"], {"PORT": str(port)})
+    web = start_process(["web.py"], {"PORT": str(port), "PUBLIC_DASHBOARD": "true"})  # stats for all
     workers = [start_process(["worker.py"], {**fast_jobs, "CLEANUP_BATCH_SIZE": "500"}) for _ in range(2)]
     clock = start_process(["clock.py"], {**fast_jobs, "RETRY_STALLED_SCHEDULE": EVERY_TWO_SECONDS})
     for process, line in [(web, "Serving on"), (clock, "CLOCK PROCESS STARTED")] + [

@@ -15,14 +15,14 @@ from jobs import page_views
 from tally.db import QUERIES
 from tests.conftest import statuses
 from tests.test_jobs import defer, insert_views, run_queued_jobs
-from tests.test_web import assert_exact, make_client, roll_up
+from tests.test_web import TOKEN, assert_exact, make_client, roll_up
 
 OTHER_DATABASE = "tally_test_other_app"
 
 
 @pytest.fixture
 def client(database_url, pool):
-    return make_client(database_url, pool)
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
 
 
 @pytest.fixture(scope="session")

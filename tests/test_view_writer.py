@@ -97,7 +97,7 @@ def test_an_unreachable_database_fails_every_waiting_request_and_the_next_one_le
 @pytest.mark.slow
 def test_web_stores_every_view_of_64_connections_once_in_shared_inserts(start_process, conn):
     port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port)})
+    web = start_process(["web.py"], {"PORT": str(port), "METRICS_TOKEN": "scraper-token"})
     web.wait_for_line("Serving on")
 
     def client(index: int) -> list[int]:
@@ -117,7 +117,7 @@ def test_web_stores_every_view_of_64_connections_once_in_shared_inserts(start_pr
     assert statuses == [201] * 64 * 25
     assert stored_paths(conn) == sorted(f"/c{i:02d}/{r:02d}" for i in range(64) for r in range(25))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", "/metrics")
+    connection.request("GET", "/metrics", headers={"Authorization": "Bearer scraper-token"})
     metrics = connection.getresponse().read().decode()
     inserts = float(re.search(r"^tally_page_view_inserts_total (\S+)$", metrics, re.M).group(1))
     assert 0 < inserts < 64 * 25 / 2, "concurrent requests share INSERTs"

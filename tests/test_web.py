@@ -1,4 +1,7 @@
-"""The web process through its real WSGI app (WebTest), on the session's database."""
+"""The web process through its real WSGI app (WebTest), on the session's database.
+
+`client` is the owner (it sends the admin token on every request); who may read what
+without it is in tests/test_auth.py."""
 
 from __future__ import annotations
 
@@ -16,16 +19,18 @@ from tally.db import web_pool
 from tally.web.app import build_app
 
 TOKEN = "s3cret-token"
+OWNER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
 
 
-def make_client(database_url: str, pool, **env: str) -> webtest.TestApp:
+def make_client(database_url: str, pool, owner: bool = False, **env: str) -> webtest.TestApp:
+    """The app with `env`; `owner=True` sends the admin token on every request."""
     settings = from_env({"DATABASE_URL": database_url, **env}, process_type="web")
-    return webtest.TestApp(build_app(settings, pool, jobs.app))
+    return webtest.TestApp(build_app(settings, pool, jobs.app), extra_environ=OWNER if owner else None)
 
 
 @pytest.fixture
 def client(database_url, pool) -> webtest.TestApp:
-    return make_client(database_url, pool, ADMIN_TOKEN=TOKEN)
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
 
 
 def stored(conn: psycopg.Connection) -> int:
@@ -238,9 +243,9 @@ def test_health_reports_database_workers_and_clock(client):
 
 def test_health_answers_503_quickly_when_the_database_is_unreachable(database_url):
     bad_url = "postgresql://postgres@/postgres?host=/nonexistent-tally-socket-dir"
-    settings = from_env({"DATABASE_URL": bad_url}, process_type="web")
+    settings = from_env({"DATABASE_URL": bad_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
     with web_pool(settings) as unreachable:
-        client = webtest.TestApp(build_app(settings, unreachable, jobs.app))
+        client = webtest.TestApp(build_app(settings, unreachable, jobs.app), extra_environ=OWNER)
         started = time.monotonic()
         response = client.get("/api/health", status=503)
         assert time.monotonic() - started < 2.0
@@ -277,7 +282,8 @@ def test_defer_a_job_by_task_name(client, conn):
         ({"Authorization": f"Bearer {TOKEN}x"}, 403),
     ],
 )
-def test_admin_endpoints_need_the_token(client, conn, headers, status):
+def test_admin_endpoints_need_the_token(database_url, pool, conn, headers, status):
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN)
     client.post("/api/jobs/cleanup_old_page_views", headers=headers, status=status)
     client.post("/api/jobs/1/retry", headers=headers, status=status)
     assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
@@ -382,10 +388,12 @@ def test_metrics_say_the_database_is_down(database_url):
     from tally.db import web_pool
 
     settings = from_env(
-        {"DATABASE_URL": "postgresql://postgres@/x?host=/nonexistent-tally"}, process_type="web"
+        {"DATABASE_URL": "postgresql://postgres@/x?host=/nonexistent-tally", "ADMIN_TOKEN": TOKEN},
+        process_type="web",
     )
     with web_pool(settings) as unreachable:
-        response = webtest.TestApp(build_app(settings, unreachable, jobs.app)).get("/metrics")
+        client = webtest.TestApp(build_app(settings, unreachable, jobs.app), extra_environ=OWNER)
+        response = client.get("/metrics")
         assert "tally_database_up 0.0" in response.text
 
 
@@ -395,10 +403,10 @@ def test_an_unmigrated_database_gets_503_naming_the_release_step(database_url):
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
-    settings = from_env({"DATABASE_URL": url}, process_type="web")
+    settings = from_env({"DATABASE_URL": url, "ADMIN_TOKEN": TOKEN}, process_type="web")
     try:
         with web_pool(settings) as empty:
-            client = webtest.TestApp(build_app(settings, empty, jobs.app))
+            client = webtest.TestApp(build_app(settings, empty, jobs.app), extra_environ=OWNER)
             assert "migrations" in client.get("/api/health", status=503).json["database"]
             for response in (
                 client.get("/api/stats", status=503),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hmac
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ import psycopg_pool
 
 from tally.config import Config
 from tally.web import dashboard, queue_state
+from tally.web.auth import Auth, Reader
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.stats import MAX_DAYS, StatsReader
@@ -103,28 +103,38 @@ def build_app(
     writer = ViewWriter(pool, metrics.view_inserts)
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
-    def require_admin() -> None:
-        if not config.admin_token:
-            raise json_error(403, "Admin endpoints are disabled: set ADMIN_TOKEN to enable them.")
-        scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise json_error(
-                401, "Send Authorization: Bearer <ADMIN_TOKEN>.", **{"WWW-Authenticate": "Bearer"}
-            )
-        if not hmac.compare_digest(token.strip().encode(), config.admin_token.encode()):
-            raise json_error(403, "The admin token is not valid.")
+    auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
 
     @app.get("/")
+    @auth.owner_or_share
     @database_unavailable
     def show_dashboard():
-        """Render the dashboard: views per day, top paths, queue state."""
+        """Render the dashboard: views per day, top paths, and queue state for the owner."""
         days = parse_days(bottle.request.query)
         window = stats.stats_for_window(days)
-        with pool.connection() as conn:
-            queue = queue_state.queue_summary(conn)
-            processes = queue_state.process_state(conn, config.stalled_after_seconds)
-        bottle.response.set_header("Cache-Control", "no-store")
-        return dashboard.render(window, queue, processes, dyno=config.dyno)
+        queue = processes = None
+        if auth.reader() is Reader.OWNER:
+            with pool.connection() as conn:
+                queue = queue_state.queue_summary(conn)
+                processes = queue_state.process_state(conn, config.stalled_after_seconds)
+        for name, value in dashboard.HEADERS.items():
+            bottle.response.set_header(name, value)
+        return dashboard.render(window, queue, processes, dyno=config.dyno, **auth.page_context())
+
+    @app.get("/login")
+    def show_login():
+        """Show the owner's login form."""
+        return auth.login_page()
+
+    @app.post("/login")
+    def log_in():
+        """Check the admin token from the login form and start a session."""
+        return auth.log_in()
+
+    @app.post("/logout")
+    def log_out():
+        """End the session."""
+        return auth.log_out()
 
     @app.get("/api/health")
     def health():
@@ -165,17 +175,20 @@ def build_app(
         return json_response(201, {"stored": len(views)})
 
     @app.get("/api/stats")
+    @auth.owner_or_share
     @database_unavailable
     def show_stats():
         """Views per day over ?days=N (1-366, default 30), top paths and the last 24 hours."""
         return json_response(200, stats.stats_for_window(parse_days(bottle.request.query)))
 
     @app.get("/metrics")
+    @auth.metrics_reader
     def show_metrics():
         """Expose queue, worker, clock and page-view metrics in Prometheus text format."""
         return bottle.HTTPResponse(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
 
     @app.get("/api/jobs")
+    @auth.owner_only
     @database_unavailable
     def show_queue():
         """Summarise the queue: counts by status and task, oldest waiting job, last failures."""
@@ -183,6 +196,7 @@ def build_app(
             return json_response(200, queue_state.queue_summary(conn))
 
     @app.get("/api/jobs/<job_id:int>")
+    @auth.owner_only
     @database_unavailable
     def show_job(job_id: int):
         """Show one job: task, status, attempts, queue and timestamps."""
@@ -193,15 +207,16 @@ def build_app(
         return json_response(200, job)
 
     @app.get("/api/jobs/<job_id>")
+    @auth.owner_only
     def show_job_not_a_number(job_id: str):
         """Job ids are whole numbers: anything else names no job."""
         return json_error(404, f"There is no job {job_id!r}: job ids are whole numbers.")
 
     @app.post("/api/jobs/<job_id:int>/retry")
+    @auth.admin_token_only
     @database_unavailable
     def retry_failed_job(job_id: int):
         """Queue a failed job again (admin)."""
-        require_admin()
         with pool.connection() as conn:
             job = queue_state.job_detail(conn, job_id)
         if job is None:
@@ -212,10 +227,10 @@ def build_app(
         return json_response(202, {"job_id": job_id, "status": "todo"})
 
     @app.post("/api/jobs/<task>")
+    @auth.admin_token_only
     @database_unavailable
     def defer_job(task: str):
         """Defer a job of a task by name, with no arguments (admin)."""
-        require_admin()
         if task not in deferrable:
             return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
         job_id = jobs_app.tasks[task].defer()

@@ -1,11 +1,18 @@
-"""The dashboard page: server-rendered HTML with an inline SVG chart, no external assets."""
+"""The dashboard page: server-rendered HTML with an inline SVG chart, no external assets.
+
+The owner sees the job queue, its errors and the processes; a share link or a public
+dashboard shows the numbers only (tally/web/auth.py decides who is reading).
+"""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import bottle
+
+from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
 REFRESH_SECONDS = 30
@@ -13,6 +20,8 @@ CHART_WIDTH = 720
 CHART_HEIGHT = 220
 CHART_TOP = 10
 CHART_BOTTOM = 24  # room for the day labels
+HEADERS = PAGE_HEADERS
+WINDOWS = ((7, "7 days"), (30, "30 days"), (90, "90 days"), (366, "a year"))
 
 
 def chart_bars(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,12 +59,34 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def render(stats: dict[str, Any], queue: dict[str, Any], processes: dict[str, Any], dyno: str) -> str:
+def window_links(share: str | None) -> list[tuple[str, str]]:
+    """The window links; a share link's reader keeps the share token in each."""
+    links = []
+    for days, label in WINDOWS:
+        query = {"days": days} if share is None else {"days": days, "share": share}
+        links.append(("/?" + urllib.parse.urlencode(query), label))
+    return links
+
+
+def render(
+    stats: dict[str, Any],
+    queue: dict[str, Any] | None,
+    processes: dict[str, Any] | None,
+    dyno: str,
+    *,
+    owner: bool = True,
+    logout_token: str | None = None,
+    share: str | None = None,
+) -> str:
+    """The page; `queue` and `processes` (owner only) are None for anyone else."""
     return TEMPLATE.render(
         stats=stats,
         queue=queue,
         processes=processes,
         dyno=dyno,
+        owner=owner,
+        logout_token=logout_token,
+        windows=window_links(share),
         bars=chart_bars(stats["daily"]),
         age=age,
         refresh=REFRESH_SECONDS,

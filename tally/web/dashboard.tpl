@@ -30,23 +30,39 @@
   ul.counts { list-style: none; display: flex; flex-wrap: wrap; gap: 8px; padding: 0; margin: 0 0 8px; }
   ul.counts li { border: 1px solid var(--line); border-radius: 6px; padding: 4px 10px; }
   ul.counts b { font-variant-numeric: tabular-nums; }
+  header { display: flex; justify-content: space-between; align-items: baseline; gap: 12px; }
+  header form { margin: 0; }
+  header button { font: inherit; padding: 4px 12px; border: 1px solid var(--line); border-radius: 6px; background: #fff; cursor: pointer; }
 </style>
 </head>
 <body>
 <main>
-  <h1>Tally</h1>
+  <header>
+    <h1>Tally</h1>
+    % if logout_token:
+    <form id="logout-form" method="post" action="/logout"><input type="hidden" name="csrf" value="{{logout_token}}"><button type="submit">Log out</button></form>
+    % elif not owner:
+    <a id="login-link" href="/login">Owner log in</a>
+    % end
+  </header>
   <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; refreshes every {{refresh}} s.
-    <nav>Window: <a href="/?days=7">7 days</a><a href="/?days=30">30 days</a><a href="/?days=90">90 days</a><a href="/?days=366">a year</a></nav>
+    <nav>Window:
+      % for href, label in windows:
+      <a href="{{href}}">{{label}}</a>
+      % end
+    </nav>
   </div>
 
   <div class="cards">
     <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b></div>
     <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
+    % if processes is not None:
     <div class="card"><span class="muted">Workers alive</span><b id="workers-alive">{{processes['workers_alive']}}</b>
       <span class="muted">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
     <div class="card"><span class="muted">Last clock tick</span><b id="clock-tick">{{age(processes['clock_last_defer_age_seconds'])}}</b></div>
     <div class="card"><span class="muted">Last rollup</span><b id="rollup-age">{{age(processes['rollup_age_seconds'])}}</b>
       <span class="muted" id="rollup-waiting">{{processes['rollup_views_waiting']}} views waiting</span></div>
+    % end
   </div>
 
   <section>
@@ -75,6 +91,7 @@
     </table>
   </section>
 
+  % if queue is not None:
   <section>
     <h2>Job queue</h2>
     <ul id="job-counts" class="counts">
@@ -94,6 +111,7 @@
       % end
     </table>
   </section>
+  % end
 </main>
 </body>
 </html>

@@ -47,5 +47,9 @@ def serve(
         threads=threads,
         ident="tally",
         max_request_body_size=MAX_REQUEST_BODY_BYTES,
+        # waitress deletes every X-Forwarded-* header unless `trusted_proxy` names the peer,
+        # and Heroku's router has no fixed address: keep them, the app reads them itself
+        # (tally/web/auth.py: the last X-Forwarded-For entry, X-Forwarded-Proto).
+        clear_untrusted_proxy_headers=False,
         _dispatcher=dispatcher,  # waitress's own hook for the task queue (create_server)
     )

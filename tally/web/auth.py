@@ -1,0 +1,259 @@
+"""Who may read what: the owner, a share link, a Prometheus scraper, or everyone.
+
+The rule for every route (DESIGN.md, "HTTP API"); each guard is one decorator line under
+the route's `@app.get`/`@app.post`:
+
+    no guard               GET /api/health, GET /tally.js, POST /api/collect, POST /api/pageviews:
+                           they write views or tell nothing about them
+    @auth.owner_or_share   GET / and GET /api/stats: the owner, `?share=$SHARE_TOKEN`, or anyone
+                           when PUBLIC_DASHBOARD=true; read-only, never jobs, sites, export, metrics
+    @auth.owner_only       every other read (/api/jobs..., /api/sites, /api/export):
+                           `Authorization: Bearer $ADMIN_TOKEN` or the dashboard's session cookie
+    @auth.admin_token_only every change (POST /api/jobs/...): the bearer token only, never the
+                           cookie, so no page on another site can make a browser change anything
+    @auth.metrics_reader   GET /metrics: `Bearer $METRICS_TOKEN`, or the owner
+
+A refused request gets 401 when some credential would open it and 403 when none can (a
+wrong token; ADMIN_TOKEN unset), in JSON under /api/ and /metrics, elsewhere as the login
+page; the route never runs. Wrong tokens (bearer, share link, login form) count as failed
+logins: after FAILED_LOGINS of them a client gets 429 with Retry-After for every token it
+sends until the window moves on. The client is the last X-Forwarded-For entry (what
+Heroku's router appends), else the peer address; it is kept in memory only, never logged.
+
+Logging in (the form, the signed session cookie, why SameSite=Lax) is in
+tally/web/sessions.py; this module decides who may.
+
+    >>> auth = Auth(config)                        # doctest: +SKIP
+    >>> @app.get("/api/sites")                     # doctest: +SKIP
+    ... @auth.owner_only
+    ... def list_sites(): ...
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import hmac
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+import limits
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from tally.config import Config
+from tally.web import sessions
+
+FAILED_LOGINS = limits.parse("10/15 minutes")  # wrong tokens per client, in a moving window
+MAX_FORM_BYTES = 4096
+READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
+
+
+class Reader(enum.Enum):
+    """Who a guard let in: the owner sees everything, the others the numbers only."""
+
+    OWNER = "owner"
+    SHARE = "share link"
+    PUBLIC = "public"
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Compare in constant time; hashing first hides the expected token's length too."""
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest(),
+        hashlib.sha256(expected.encode("utf-8")).digest(),
+    )
+
+
+class Auth:
+    """The guards, the login and logout checks and the failed-login limit of one web app."""
+
+    def __init__(self, config: Config):
+        self.admin_token = config.admin_token
+        self.share_token = config.share_token
+        self.metrics_token = config.metrics_token
+        self.public = config.public_dashboard
+        self.sessions = sessions.session_serializer(config.admin_token) if config.admin_token else None
+        self.failures = MovingWindowRateLimiter(MemoryStorage())
+
+    # --- the guards ------------------------------------------------------------------------
+
+    def owner_only(self, route: Callable) -> Callable:
+        return self._guard(route, self._owner_reads)
+
+    def owner_or_share(self, route: Callable) -> Callable:
+        return self._guard(route, self._shared_reads)
+
+    def admin_token_only(self, route: Callable) -> Callable:
+        return self._guard(route, self._changes)
+
+    def metrics_reader(self, route: Callable) -> Callable:
+        return self._guard(route, self._metrics_reads)
+
+    def reader(self) -> Reader:
+        """Who the guard of the current route let in."""
+        return bottle.request.environ[READER]
+
+    def page_context(self) -> dict[str, Any]:
+        """What the dashboard needs to know about its reader: owner parts, logout, share links."""
+        owner = self.reader() is Reader.OWNER
+        session = self._session() if owner else None
+        return {
+            "owner": owner,
+            "logout_token": session["csrf"] if session else None,
+            "share": bottle.request.query.getunicode("share") if self.reader() is Reader.SHARE else None,
+        }
+
+    def _guard(self, route: Callable, decide: Callable[[], Reader]) -> Callable:
+        @functools.wraps(route)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            bottle.request.environ[READER] = decide()
+            return route(*args, **kwargs)
+
+        return guarded
+
+    def _owner_reads(self) -> Reader:
+        if not self.admin_token:
+            raise self._refuse(403, "Owner pages are off: set ADMIN_TOKEN to open them.")
+        if self._is_owner():
+            return Reader.OWNER
+        raise self._refuse(401, "Log in on the dashboard, or send Authorization: Bearer <ADMIN_TOKEN>.")
+
+    def _shared_reads(self) -> Reader:
+        if self.admin_token and self._is_owner():
+            return Reader.OWNER
+        if self.public:
+            return Reader.PUBLIC
+        shared = bottle.request.query.getunicode("share")
+        if shared is not None:
+            self._check_failures()
+            if self.share_token and same_token(shared, self.share_token):
+                return Reader.SHARE
+            self._count_failure()
+            raise self._refuse(403, "This share link is not valid.")
+        if not (self.admin_token or self.share_token):
+            raise self._refuse(
+                403, "Stats are private and nothing opens them: set ADMIN_TOKEN (or PUBLIC_DASHBOARD=true)."
+            )
+        raise self._refuse(401, "Log in, open a share link, or send Authorization: Bearer <ADMIN_TOKEN>.")
+
+    def _changes(self) -> Reader:
+        if not self.admin_token:
+            raise self._refuse(403, "Admin endpoints are disabled: set ADMIN_TOKEN to enable them.")
+        token = self._bearer()
+        if not token:
+            raise self._refuse(401, "Send Authorization: Bearer <ADMIN_TOKEN>.")
+        self._check_failures()
+        if same_token(token, self.admin_token):
+            return Reader.OWNER
+        self._count_failure()
+        raise self._refuse(403, "The admin token is not valid.")
+
+    def _metrics_reads(self) -> Reader:
+        if not (self.admin_token or self.metrics_token):
+            raise self._refuse(403, "Metrics are off: set METRICS_TOKEN (or ADMIN_TOKEN) to open them.")
+        if self._is_owner(self.metrics_token):
+            return Reader.OWNER
+        raise self._refuse(401, "Send Authorization: Bearer <METRICS_TOKEN>.")
+
+    # --- credentials -----------------------------------------------------------------------
+
+    def _bearer(self) -> str | None:
+        """The token of an `Authorization: Bearer` header; None when there is none."""
+        scheme, _, token = bottle.request.get_header("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return token.strip() or None
+
+    def _is_owner(self, other_token: str | None = None) -> bool:
+        """The admin bearer token (or `other_token`), else a live session; a wrong token is refused."""
+        token = self._bearer()
+        if token is None:
+            return self._session() is not None
+        self._check_failures()
+        if any(expected and same_token(token, expected) for expected in (self.admin_token, other_token)):
+            return True
+        self._count_failure()
+        raise self._refuse(403, "The token is not valid.")
+
+    def _session(self) -> dict[str, str] | None:
+        if self.sessions is None:
+            return None
+        return sessions.read_session(self.sessions, bottle.request.get_cookie(sessions.SESSION_COOKIE))
+
+    # --- failed logins ---------------------------------------------------------------------
+
+    def _client(self) -> str:
+        forwarded = bottle.request.environ.get("HTTP_X_FORWARDED_FOR", "")
+        return forwarded.rsplit(",", 1)[-1].strip() or bottle.request.environ.get("REMOTE_ADDR", "")
+
+    def _check_failures(self) -> None:
+        """429 for every token from a client that sent too many wrong ones, right or wrong."""
+        client = self._client()
+        if self.failures.test(FAILED_LOGINS, client):
+            return
+        reset_at = self.failures.get_window_stats(FAILED_LOGINS, client).reset_time
+        wait = max(1, math.ceil(reset_at - time.time()))
+        raise self._refuse(
+            429, f"Too many wrong tokens from here: try again in {wait} s.", **{"Retry-After": str(wait)}
+        )
+
+    def _count_failure(self) -> None:
+        self.failures.hit(FAILED_LOGINS, self._client())
+
+    # --- login and logout ------------------------------------------------------------------
+
+    def login_page(self) -> bottle.HTTPResponse:
+        return self._page(200, None)
+
+    def log_in(self) -> bottle.HTTPResponse:
+        """Check the form's token; on success set the session cookie and go to the dashboard."""
+        if not sessions.sent_from_own_pages():
+            return self._page(403, "This form only works from Tally's own pages.")
+        if self.sessions is None:
+            return self._page(403, "Owner login is off: set ADMIN_TOKEN and restart Tally.")
+        if bottle.request.content_length > MAX_FORM_BYTES:
+            return self._page(413, "That form is far larger than a token.")
+        token = (bottle.request.forms.getunicode("token") or "").strip()
+        if not token:
+            return self._page(400, "Enter the admin token.")
+        self._check_failures()
+        if not same_token(token, self.admin_token or ""):
+            self._count_failure()
+            return self._page(401, "That is not the admin token.")
+        return sessions.start_session(self.sessions)
+
+    def log_out(self) -> bottle.HTTPResponse:
+        """Clear the session cookie; the form must come from the dashboard of this session."""
+        if not sessions.sent_from_own_pages():
+            return self._page(403, "This form only works from Tally's own pages.")
+        if bottle.request.content_length > MAX_FORM_BYTES:
+            return self._page(413, "That form is far larger than a logout.")
+        session = self._session()
+        sent = bottle.request.forms.getunicode("csrf") or ""
+        if session is not None and not same_token(sent, session["csrf"]):
+            return self._page(403, "That logout form is not from this session: reload the dashboard.")
+        return sessions.end_session()
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def _refuse(self, status: int, sentence: str, **headers: str) -> bottle.HTTPResponse:
+        path = bottle.request.path
+        if path.startswith("/api/") or path == "/metrics":
+            if status == 401:
+                headers["WWW-Authenticate"] = "Bearer"
+            return bottle.HTTPResponse(
+                status=status,
+                body=json.dumps({"error": sentence}),
+                headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
+            )
+        # A page's 401 is the login form itself, which says why; other refusals say theirs.
+        return self._page(status, None if status == 401 else sentence, **headers)
+
+    def _page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
+        return sessions.login_page(status, message, self.sessions is not None, **headers)
