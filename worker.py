@@ -15,9 +15,12 @@ import signal
 from procrastinate.worker import Worker
 
 import jobs
-from tally import logs
+from tally import db, logs
 
-RESTART_DELAY_SECONDS = 2.0
+RESTART_DELAY_SECONDS = 1.0
+# How long one start waits for its first connection before it gives up and starts over:
+# a fresh pool then tries at once, so the worker is back within seconds of the database.
+OPEN_WAIT_SECONDS = 4.0
 
 logger = logging.getLogger("tally.worker")
 
@@ -65,9 +68,16 @@ async def run_until_stopped(app, options: dict) -> None:
 
 
 async def open_and_run(app, worker: SupervisedWorker) -> None:
-    # The pool is opened per run, so a worker started while the database is down waits for it.
-    async with app.open_async():
-        await worker.run()
+    # A fresh connector and pool per run: procrastinate keeps a pool it was handed (or
+    # failed to open) for good, and its own open would wait 30 s for a lost database.
+    pool = db.worker_pool(jobs.settings)
+    try:
+        with app.replace_connector(db.procrastinate_connector(jobs.settings)):
+            await pool.open(wait=True, timeout=OPEN_WAIT_SECONDS)
+            async with app.open_async(pool):
+                await worker.run()
+    finally:
+        await pool.close(timeout=1.0)
 
 
 def main() -> None:
