@@ -31,9 +31,9 @@ CONNECT_TIMEOUT_SECONDS = 2
 TCP_SETTINGS: dict[str, int] = {
     "keepalives": 1,
     "keepalives_idle": 5,
-    "keepalives_interval": 2,
+    "keepalives_interval": 1,
     "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
+    "tcp_user_timeout": 4_000,
 }
 # The web must answer within its budget (health in 2 s): a lost peer costs it at most this.
 WEB_TCP_USER_TIMEOUT_MS = 1_000
@@ -42,8 +42,10 @@ WEB_TCP_USER_TIMEOUT_MS = 1_000
 # the slot back, and the next request that needs a connection opens one at once, so
 # recovery takes seconds whatever the outage's length.
 RECONNECT_GIVE_UP_SECONDS = 3.0
-# The clock's and the worker's wait for a connection: bounded, longer than a reconnect.
-POOL_WAIT_SECONDS = 10.0
+# The clock's and the worker's wait for a connection. No longer than the give-up above:
+# psycopg_pool grows a pool only when a client starts waiting, so a client that waits
+# past a given-up reconnect would wait out its whole timeout on an empty pool.
+POOL_WAIT_SECONDS = RECONNECT_GIVE_UP_SECONDS
 # Session settings of every Tally connection. Tally's queries are short, and JIT (on in
 # most PostgreSQL builds, off in the pip-installed one) would compile some of them on
 # every call for far longer than they run (docs/ARCHITECTURE.md, "Plans and JIT").

@@ -98,6 +98,13 @@ class ViewWriter:
             self._insert(group)
         finally:
             with self._lock:
+                unreachable = _unreachable(group[0].error)
+                if unreachable is not None:
+                    # The requests that queued meanwhile would meet the same wall (a lost
+                    # network, a locked table): they fail now, not one insert later.
+                    for request in self._waiting:
+                        request.error = unreachable
+                    group, self._waiting = group + self._waiting, []
                 if self._waiting:
                     successor = self._waiting[0]
                     successor.leads = True
@@ -131,6 +138,13 @@ class ViewWriter:
         insert_views(self.pool, [view for request in group for view in request.views])
         if self.inserts is not None:
             self.inserts.inc()
+
+
+def _unreachable(error: BaseException | None) -> BaseException | None:
+    """`error` if it says the database could not serve an insert at all, else None."""
+    if isinstance(error, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg.InterfaceError):
+        return error
+    return None
 
 
 def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:
