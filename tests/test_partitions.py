@@ -85,7 +85,8 @@ def clock_deferred_since(admin: psycopg.Connection, since: float) -> bool:
     row = admin.execute(
         "SELECT count(*) FROM procrastinate_events event"
         " JOIN procrastinate_jobs job ON job.id = event.job_id"
-        " WHERE job.task_name = 'retry_stalled_jobs' AND event.type = 'deferred' AND event.at > to_timestamp(%s)",
+        " WHERE job.task_name = 'retry_stalled_jobs' AND event.type = 'deferred'"
+        " AND event.at > to_timestamp(%s)",
         (since,),
     ).fetchone()
     return row[0] > 0
@@ -173,7 +174,8 @@ def test_a_silent_partition_gets_503s_in_time_and_everything_recovers(start_proc
     print(
         f"partition of {OUTAGE_SECONDS:g} s ({dropped} sessions ended): health answered in at most"
         f" {slowest_health:.2f} s ({len(health_during)} asks), stats in {slowest_stats:.2f} s; posts:"
-        f" {len(accepted)} answered 201, {len(refused)} refused ({refused_but_stored} of them stored), slowest {slowest_post:.2f} s; after:"
+        f" {len(accepted)} answered 201, {len(refused)} refused ({refused_but_stored} of them stored),"
+        f" slowest {slowest_post:.2f} s; after:"
         f" health 200 in {health_back:.1f} s, LISTEN in {listen_back:.1f} s, a new job done in"
         f" {job_back:.1f} s, the clock deferring in {clock_back:.1f} s"
     )
