@@ -15,6 +15,7 @@ import signal
 from procrastinate.worker import Worker
 
 import jobs
+from jobs.liveness import LIVENESS_SWEEP_SECONDS, WorkerSession, requeue_jobs_of_lost_sessions
 from tally import db, logs
 
 RESTART_DELAY_SECONDS = 1.0
@@ -32,10 +33,37 @@ class SupervisedWorker(Worker):
     soon as any side task ends, and the periodic deferrer ends at once in a process
     with no schedule (ours: only the clock registers one). Then a lost LISTEN
     connection would go unnoticed. Keeping the deferrer pending keeps the monitor on.
+
+    It also holds its session lock (jobs/liveness.py) from before its first job until
+    `release_session()`, after the drain, and sweeps for the jobs of dead workers.
     """
+
+    session: WorkerSession | None = None
 
     async def _periodic_deferrer(self) -> None:
         await asyncio.Event().wait()
+
+    async def _run_loop(self) -> None:
+        if jobs.settings.worker_session_liveness:
+            self.session = await WorkerSession.hold(jobs.settings, self.worker_id)
+        await super()._run_loop()
+
+    def _start_side_tasks(self) -> list[asyncio.Task]:
+        sweep = asyncio.create_task(self._sweep_lost_sessions(), name="sweep_lost_sessions")
+        return [*super()._start_side_tasks(), sweep]
+
+    async def _sweep_lost_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
+            if self.session is not None:
+                await self.session.keep()
+            if await requeue_jobs_of_lost_sessions(self.app.connector):
+                self._new_job_event.set()  # run them here at once if there is room
+
+    async def release_session(self) -> None:
+        if self.session is not None:
+            await self.session.release()
+            self.session = None
 
 
 async def run_until_stopped(app, options: dict) -> None:
@@ -77,6 +105,7 @@ async def open_and_run(app, worker: SupervisedWorker) -> None:
             async with app.open_async(pool):
                 await worker.run()
     finally:
+        await worker.release_session()  # only now: a draining worker is alive
         await pool.close(timeout=1.0)
 
 

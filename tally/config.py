@@ -63,6 +63,9 @@ class Config:
     prune_schedule: str
     rollup_schedule: str
     log_level: str
+    # Nothing hangs (README "Timeouts"): a limit on every job attempt, liveness by session.
+    job_timeout_seconds: float = 600.0
+    worker_session_liveness: bool = True
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -97,6 +100,8 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         prune_schedule=reader.cron("PRUNE_SCHEDULE", "30 3 * * *"),
         rollup_schedule=reader.cron("ROLLUP_SCHEDULE", "* * * * *"),
         log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        job_timeout_seconds=reader.number("JOB_TIMEOUT_SECONDS", 600.0, low=0.1, high=7 * 86400),
+        worker_session_liveness=reader.boolean("WORKER_SESSION_LIVENESS", True),
     )
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
         raise ConfigError(
