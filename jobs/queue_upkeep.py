@@ -9,6 +9,7 @@ from procrastinate import JobContext
 
 from jobs import app, settings
 from jobs.liveness import requeue_jobs_of_lost_sessions
+from jobs.time_limit import time_limit
 from tally.db import QUERIES
 
 logger = logging.getLogger("jobs.queue_upkeep")
@@ -17,6 +18,7 @@ PRUNE_BATCH_SIZE = 1000
 
 
 @app.task(name="retry_stalled_jobs", pass_context=True)
+@time_limit(60)  # deferred every minute: an attempt never runs into the next one's
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Re-queue the jobs of dead workers (session ended, or silent for STALLED_AFTER_SECONDS)."""
     manager = context.app.job_manager
