@@ -156,14 +156,21 @@ def test_a_request_queued_too_long_leaves_the_queue_unstored(pool, conn, databas
     writer = ViewWriter(pool, queue_wait_seconds=0.3)
     with psycopg.connect(database_url) as locker:
         locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")
-        leader = threading.Thread(
-            target=lambda: pytest.raises(psycopg.OperationalError, writer.write, [("/a", None)])
-        )
+        leader_errors: list[BaseException] = []
+
+        def lead() -> None:
+            try:
+                writer.write([("/a", None)])
+            except psycopg.OperationalError as error:
+                leader_errors.append(error)
+
+        leader = threading.Thread(target=lead)
         leader.start()
         time.sleep(0.1)  # the leader is now waiting for the lock
         with pytest.raises(InsertQueueTimeout):
             writer.write([("/b", None)])
         leader.join()
         locker.rollback()
+    assert len(leader_errors) == 1  # the leader waited out the lock itself
     writer.write([("/c", None)])
     assert stored_paths(conn) == ["/c"]
