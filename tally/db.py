@@ -155,9 +155,22 @@ def _worker_pool_args(config: Config) -> dict[str, Any]:
     }
 
 
+class CatchingUpConnector(PsycopgConnector):
+    """procrastinate's psycopg connector, which wakes the worker each time LISTEN (re)starts.
+
+    A worker fetches once, then starts listening; a job deferred in between, or while a
+    lost LISTEN connection was being replaced, sent its NOTIFY to nobody and would wait
+    for the next poll. Once listening, one "job inserted" wake-up makes the worker look.
+    """
+
+    async def _loop_notify(self, on_notification: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
+        await on_notification(channel="", payload='{"type": "job_inserted"}')
+        await super()._loop_notify(on_notification, connection, *args, **kwargs)
+
+
 def procrastinate_connector(config: Config) -> PsycopgConnector:
     """The connector behind `jobs.app`; its own pool serves the procrastinate CLI."""
-    return PsycopgConnector(**_worker_pool_args(config))
+    return CatchingUpConnector(**_worker_pool_args(config))
 
 
 def worker_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:

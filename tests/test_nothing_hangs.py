@@ -195,3 +195,28 @@ def test_a_locked_table_costs_jobs_and_ingest_a_bounded_wait(start_process, conn
     assert errors and all("LockNotAvailable" in error for error in errors)
     assert slowest < 6.0 and {status for status, _ in answers} <= {201, 503}
     assert conn.execute("SELECT count(*) FROM page_views WHERE path LIKE '/old/%'").fetchone()[0] == 0
+
+
+def test_a_job_whose_notify_nobody_heard_starts_once_listen_is_back(start_process, conn):
+    """A job deferred while the worker was not listening (its NOTIFY lost) runs once LISTEN
+    is re-established, not at the next poll (300 s here)."""
+    worker = start_process(["worker.py"], {"POLL_INTERVAL_SECONDS": "300", "DYNO": "worker.5"})
+    worker.wait_for_line("Starting worker")
+    listen_pids = lambda: [  # noqa: E731
+        row[0]
+        for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'worker.5' AND query LIKE 'LISTEN%%'"
+        )
+    ]
+    old = wait_until(listen_pids, 10, 0.05, "the worker to LISTEN")
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # no trigger: no NOTIFY
+        conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+            " VALUES ('default', 'prune_finished_jobs', '{}')"
+        )
+    conn.execute("SELECT pg_terminate_backend(%s)", (old[0],))
+    cut = time.monotonic()
+    wait_until(lambda: statuses(conn, "prune_finished_jobs") == ["succeeded"], 15, 0.05, "the unheard job")
+    print(f"catch-up: a job deferred unheard ran {time.monotonic() - cut:.2f} s after LISTEN was cut")
+    assert listen_pids() and listen_pids() != old
