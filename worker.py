@@ -3,6 +3,8 @@
 SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then
 are aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the
 database goes away the worker starts over once it is back, without a process restart.
+Each worker holds a session lock for its life, so a killed one's jobs run again within
+seconds (jobs/liveness.py); every job attempt has a time limit (jobs/time_limit.py).
 """
 
 from __future__ import annotations
