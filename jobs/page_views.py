@@ -23,10 +23,11 @@ logger = logging.getLogger("jobs.page_views")
 class CleanupRetry(BaseRetryStrategy):
     """Retries a cleanup; a retry resumes where it stopped because each batch commits on its own.
 
-    An attempt cut by its time limit made progress: it resumes at once, up to
-    `max_timed_out` times. Any other error (a lock held past the worker's lock_timeout,
-    a lost database) is retried `max_attempts` times with a growing wait. A shutdown
-    abort is retried by procrastinate itself.
+    An attempt cut by its time limit made progress: it resumes at once, while the job
+    has had fewer than `max_timed_out` attempts. After any other error (a lock held past
+    the worker's lock_timeout, a lost database) it is retried with a growing wait (5,
+    10, 15 ... s) while it has had fewer than `max_attempts`. A shutdown abort is retried
+    by procrastinate itself.
     """
 
     max_attempts: int = 10
