@@ -56,3 +56,20 @@ def test_the_worker_its_listen_connection_and_the_clock_carry_the_same(database_
             assert libpq_parameters(conn)["keepalives_count"] == "3"
 
     asyncio.run(check())
+
+
+def test_job_timeout_and_session_liveness_come_from_the_environment():
+    import pytest
+
+    from tally.config import ConfigError
+
+    defaults = from_env({}, process_type="worker")
+    assert (defaults.job_timeout_seconds, defaults.worker_session_liveness) == (600.0, True)
+    settings = from_env(
+        {"JOB_TIMEOUT_SECONDS": "3", "WORKER_SESSION_LIVENESS": "false"}, process_type="worker"
+    )
+    assert (settings.job_timeout_seconds, settings.worker_session_liveness) == (3.0, False)
+    with pytest.raises(ConfigError, match="JOB_TIMEOUT_SECONDS"):
+        from_env({"JOB_TIMEOUT_SECONDS": "soon"}, process_type="worker")
+    with pytest.raises(ConfigError, match="WORKER_SESSION_LIVENESS"):
+        from_env({"WORKER_SESSION_LIVENESS": "maybe"}, process_type="worker")
