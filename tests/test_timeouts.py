@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 
 from tally import db
-from tally.config import from_env
+from tally.config import ConfigError, from_env
 
 
 def libpq_parameters(conn: psycopg.Connection | psycopg.AsyncConnection) -> dict[str, str]:
@@ -59,10 +60,6 @@ def test_the_worker_its_listen_connection_and_the_clock_carry_the_same(database_
 
 
 def test_job_timeout_and_session_liveness_come_from_the_environment():
-    import pytest
-
-    from tally.config import ConfigError
-
     defaults = from_env({}, process_type="worker")
     assert (defaults.job_timeout_seconds, defaults.worker_session_liveness) == (600.0, True)
     settings = from_env(
