@@ -175,3 +175,7 @@ WITH lost AS (
     RETURNING 1
 )
 SELECT count(*) AS removed FROM lost
+
+-- local_lock_timeout --
+-- Bound this transaction's waits for locks (milliseconds), whatever the session's setting.
+SELECT set_config('lock_timeout', %(milliseconds)s || 'ms', true)
