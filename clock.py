@@ -18,7 +18,7 @@ from procrastinate.periodic import PeriodicDeferrer
 import jobs
 from tally import config, db, logs
 
-RETRY_DELAY_SECONDS = 2.0
+RETRY_DELAY_SECONDS = 1.0
 
 logger = logging.getLogger("tally.clock")
 

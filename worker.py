@@ -3,6 +3,8 @@
 SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then
 are aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the
 database goes away the worker starts over once it is back, without a process restart.
+Each worker holds a session lock for its life, so a killed one's jobs run again within
+seconds (jobs/liveness.py); every job attempt has a time limit (jobs/time_limit.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import signal
 from procrastinate.worker import Worker
 
 import jobs
-from tally import logs
+from jobs.liveness import LIVENESS_SWEEP_SECONDS, WorkerSession, requeue_jobs_of_lost_sessions
+from tally import db, logs
 
-RESTART_DELAY_SECONDS = 2.0
+RESTART_DELAY_SECONDS = 1.0
+# How long one start waits for its first connection before it gives up and starts over:
+# a fresh pool then tries at once, so the worker is back within seconds of the database.
+OPEN_WAIT_SECONDS = 4.0
 
 logger = logging.getLogger("tally.worker")
 
@@ -29,10 +35,37 @@ class SupervisedWorker(Worker):
     soon as any side task ends, and the periodic deferrer ends at once in a process
     with no schedule (ours: only the clock registers one). Then a lost LISTEN
     connection would go unnoticed. Keeping the deferrer pending keeps the monitor on.
+
+    It also holds its session lock (jobs/liveness.py) from before its first job until
+    `release_session()`, after the drain, and sweeps for the jobs of dead workers.
     """
+
+    session: WorkerSession | None = None
 
     async def _periodic_deferrer(self) -> None:
         await asyncio.Event().wait()
+
+    async def _run_loop(self) -> None:
+        if jobs.settings.worker_session_liveness:
+            self.session = await WorkerSession.hold(jobs.settings, self.worker_id)
+        await super()._run_loop()
+
+    def _start_side_tasks(self) -> list[asyncio.Task]:
+        sweep = asyncio.create_task(self._sweep_lost_sessions(), name="sweep_lost_sessions")
+        return [*super()._start_side_tasks(), sweep]
+
+    async def _sweep_lost_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
+            if self.session is not None:
+                await self.session.keep()
+            if await requeue_jobs_of_lost_sessions(self.app.connector):
+                self._new_job_event.set()  # run them here at once if there is room
+
+    async def release_session(self) -> None:
+        if self.session is not None:
+            await self.session.release()
+            self.session = None
 
 
 async def run_until_stopped(app, options: dict) -> None:
@@ -65,9 +98,17 @@ async def run_until_stopped(app, options: dict) -> None:
 
 
 async def open_and_run(app, worker: SupervisedWorker) -> None:
-    # The pool is opened per run, so a worker started while the database is down waits for it.
-    async with app.open_async():
-        await worker.run()
+    # A fresh connector and pool per run: procrastinate keeps a pool it was handed (or
+    # failed to open) for good, and its own open would wait 30 s for a lost database.
+    pool = db.worker_pool(jobs.settings)
+    try:
+        with app.replace_connector(db.procrastinate_connector(jobs.settings)):
+            await pool.open(wait=True, timeout=OPEN_WAIT_SECONDS)
+            async with app.open_async(pool):
+                await worker.run()
+    finally:
+        await worker.release_session()  # only now: a draining worker is alive
+        await pool.close(timeout=1.0)
 
 
 def main() -> None:

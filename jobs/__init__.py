@@ -12,6 +12,7 @@ from __future__ import annotations
 import procrastinate
 
 from jobs.middleware import record_job_errors
+from jobs.time_limit import enforce_time_limit
 from tally import config, db
 
 settings = config.load_or_exit("worker")
@@ -30,7 +31,8 @@ def worker_options(settings: config.Config) -> dict:
         # A worker prunes silent workers at start-up, which frees their jobs for
         # retry_stalled_jobs: the same threshold, longer than a drain, applies.
         "stalled_worker_timeout": settings.stalled_after_seconds,
-        "worker_middleware": [record_job_errors],
+        # Outermost first: the error middleware records a JobTimedOut like any error.
+        "worker_middleware": [record_job_errors, enforce_time_limit(settings.job_timeout_seconds)],
     }
 
 

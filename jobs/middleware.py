@@ -19,7 +19,10 @@ async def record_job_errors(call_next, context: JobContext, worker) -> Any:
     try:
         return await call_next()
     except Exception as error:
-        text = f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
+        text = f"{type(error).__name__}: {error}".strip()
+        if error.__cause__ is not None:  # procrastinate wraps database errors: "Database error."
+            text += f" ({type(error.__cause__).__name__}: {error.__cause__})".strip()
+        text = text[:MAX_ERROR_LENGTH]
         try:
             await context.app.connector.execute_query_async(
                 QUERIES["record_job_error"],

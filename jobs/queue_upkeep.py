@@ -8,6 +8,8 @@ import logging
 from procrastinate import JobContext
 
 from jobs import app, settings
+from jobs.liveness import requeue_jobs_of_lost_sessions
+from jobs.time_limit import time_limit
 from tally.db import QUERIES
 
 logger = logging.getLogger("jobs.queue_upkeep")
@@ -16,11 +18,12 @@ PRUNE_BATCH_SIZE = 1000
 
 
 @app.task(name="retry_stalled_jobs", pass_context=True)
+@time_limit(60)  # deferred every minute: an attempt never runs into the next one's
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
-    """Re-queue the jobs of workers silent for STALLED_AFTER_SECONDS; return how many."""
+    """Re-queue the jobs of dead workers (session ended, or silent for STALLED_AFTER_SECONDS)."""
     manager = context.app.job_manager
+    retried = await requeue_jobs_of_lost_sessions(context.app.connector)
     stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_after_seconds)
-    retried = 0
     for job in stalled:
         row = await context.app.connector.execute_query_one_async(
             QUERIES["retry_stalled_job"], job_id=job.id, worker_id=job.worker_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from procrastinate.schema import SchemaManager
@@ -38,10 +39,14 @@ def procrastinate_files() -> list[Path]:
     return sorted(PROCRASTINATE_MIGRATIONS_DIR.glob("*.sql"))
 
 
-def apply_pending(conninfo: str) -> list[str]:
-    """Apply what is pending; return the names applied (empty when up to date)."""
+def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
+    """Apply what is pending; return the names applied (empty when up to date).
+
+    `connect_kwargs` are more libpq parameters (the release step passes Tally's timeouts
+    and keepalives, so a silent network fails it instead of hanging it).
+    """
     applied_now: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, **connect_kwargs) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             conn.execute(
@@ -99,13 +104,13 @@ def _record(conn: psycopg.Connection, names: list[str]) -> None:
 
 
 def main() -> int:
-    from tally import config, logs
+    from tally import config, db, logs
 
     settings = config.load_or_exit("release")
     logs.setup_logging(settings)
     from tally.localdb import database_url
 
     logs.log_start(settings, "migrations/__main__.py")
-    applied = apply_pending(database_url(settings.database_url))
+    applied = apply_pending(database_url(settings.database_url), **db.connection_kwargs(settings))
     logger.info("release done: %d migration(s) applied", len(applied))
     return 0

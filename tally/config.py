@@ -67,6 +67,9 @@ class Config:
     share_token: str | None = None
     metrics_token: str | None = None
     public_dashboard: bool = False
+    # Nothing hangs (README "Timeouts"): a limit on every job attempt, liveness by session.
+    job_timeout_seconds: float = 600.0
+    worker_session_liveness: bool = True
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -105,6 +108,8 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         share_token=reader.optional_text("SHARE_TOKEN"),
         metrics_token=reader.optional_text("METRICS_TOKEN"),
         public_dashboard=reader.boolean("PUBLIC_DASHBOARD", False),
+        job_timeout_seconds=reader.number("JOB_TIMEOUT_SECONDS", 600.0, low=0.1, high=7 * 86400),
+        worker_session_liveness=reader.boolean("WORKER_SESSION_LIVENESS", True),
     )
     _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:

@@ -23,6 +23,29 @@ QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # within 2 s while the database is unreachable instead of hanging.
 WEB_POOL_WAIT_SECONDS = 1.5
 CONNECT_TIMEOUT_SECONDS = 2
+# Every socket finds a silent peer (a partition, a failover that left no RST) within
+# seconds instead of TCP's 15 minutes (docs/ARCHITECTURE.md, "Silent networks"). Keepalive
+# probes test idle connections (the LISTEN one above all); tcp_user_timeout closes a
+# connection whose sent bytes stay unacknowledged that long. A long query is not cut by
+# it: the server's kernel acknowledges the request at once and answers probes meanwhile.
+TCP_SETTINGS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 4_000,
+}
+# The web must answer within its budget (health in 2 s): a lost peer costs it at most this.
+WEB_TCP_USER_TIMEOUT_MS = 1_000
+# A pool retries a lost connection with a growing backoff (1, 2, 4 ... s): after a long
+# outage its next try could be half a minute away. Giving up after a few seconds hands
+# the slot back, and the next request that needs a connection opens one at once, so
+# recovery takes seconds whatever the outage's length.
+RECONNECT_GIVE_UP_SECONDS = 3.0
+# The clock's and the worker's wait for a connection. No longer than the give-up above:
+# psycopg_pool grows a pool only when a client starts waiting, so a client that waits
+# past a given-up reconnect would wait out its whole timeout on an empty pool.
+POOL_WAIT_SECONDS = RECONNECT_GIVE_UP_SECONDS
 # Session settings of every Tally connection. Tally's queries are short, and JIT (on in
 # most PostgreSQL builds, off in the pip-installed one) would compile some of them on
 # every call for far longer than they run (docs/ARCHITECTURE.md, "Plans and JIT").
@@ -30,11 +53,19 @@ SESSION_SETTINGS = {"jit": "off"}
 # The web's requests have a budget, and its stats queries are always planned with the
 # values they are given (a generic plan could scan the whole table for the stats tail).
 WEB_STATEMENT_TIMEOUT_SECONDS = 5
+# A table locked by someone else (a migration, VACUUM FULL, LOCK TABLE) costs a request
+# this long, then a 503, instead of a thread for as long as the lock lasts.
+WEB_LOCK_TIMEOUT_MS = 1_500
 WEB_SESSION_SETTINGS = {
     **SESSION_SETTINGS,
     "statement_timeout": f"{WEB_STATEMENT_TIMEOUT_SECONDS}s",
+    "lock_timeout": f"{WEB_LOCK_TIMEOUT_MS}ms",
     "plan_cache_mode": "force_custom_plan",
 }
+# A job's statement waits this long for a lock, then fails; its task's retry strategy
+# runs it again later, and the worker's other jobs keep going meanwhile.
+JOB_LOCK_TIMEOUT_SECONDS = 5
+WORKER_SESSION_SETTINGS = {**SESSION_SETTINGS, "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s"}
 # The clock only inserts periodic defers: one connection, no headroom needed.
 CLOCK_POOL_SIZE = 1
 
@@ -61,11 +92,17 @@ def conninfo_for(config: Config) -> Callable[[], str]:
 
 
 def connection_kwargs(
-    config: Config, settings: dict[str, str] = SESSION_SETTINGS, **extra: Any
+    config: Config,
+    settings: dict[str, str] = SESSION_SETTINGS,
+    tcp_user_timeout_ms: int = TCP_SETTINGS["tcp_user_timeout"],
+    **extra: Any,
 ) -> dict[str, Any]:
+    """libpq parameters of every Tally connection: name, timeouts, keepalives, session settings."""
     return {
         "application_name": config.dyno,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        **TCP_SETTINGS,
+        "tcp_user_timeout": tcp_user_timeout_ms,
         "options": " ".join(f"-c {name}={value}" for name, value in settings.items()),
         **extra,
     }
@@ -78,8 +115,11 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         min_size=config.web_pool_size,
         max_size=config.web_pool_size,
         timeout=WEB_POOL_WAIT_SECONDS,
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         # Autocommit: a view is one INSERT and one round trip, not BEGIN, INSERT, COMMIT.
-        kwargs=connection_kwargs(config, WEB_SESSION_SETTINGS, autocommit=True),
+        kwargs=connection_kwargs(
+            config, WEB_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
+        ),
         check=psycopg_pool.ConnectionPool.check_connection,
         name=f"{config.dyno}-web",
         open=False,
@@ -97,20 +137,45 @@ def _autocommit(connection: psycopg.Connection | psycopg.AsyncConnection) -> Any
     return connection.set_autocommit(True)
 
 
-def procrastinate_connector(config: Config) -> PsycopgConnector:
-    """The connector behind `jobs.app`; its own pool is the worker's."""
-    return PsycopgConnector(
-        conninfo=conninfo_for(config),
-        min_size=1,
-        max_size=worker_pool_size(config),
-        kwargs=connection_kwargs(config),
+def _worker_pool_args(config: Config) -> dict[str, Any]:
+    return {
+        "conninfo": conninfo_for(config),
+        "min_size": 1,
+        "max_size": worker_pool_size(config),
+        "timeout": POOL_WAIT_SECONDS,
+        "reconnect_timeout": RECONNECT_GIVE_UP_SECONDS,
+        # procrastinate opens its LISTEN connection with these same kwargs (keepalives too).
+        "kwargs": connection_kwargs(config, WORKER_SESSION_SETTINGS),
         # Each procrastinate query is one statement: autocommit spares a BEGIN and a
         # COMMIT round trip per query (+15-25% jobs/s, bench/throughput.py). Set here,
         # not in kwargs, because procrastinate opens its LISTEN connection with
         # autocommit=True on top of these kwargs.
-        configure=_autocommit,
-        name=f"{config.dyno}-worker",
-    )
+        "configure": _autocommit,
+        "name": f"{config.dyno}-worker",
+    }
+
+
+class CatchingUpConnector(PsycopgConnector):
+    """procrastinate's psycopg connector, which wakes the worker each time LISTEN (re)starts.
+
+    A worker fetches once, then starts listening; a job deferred in between, or while a
+    lost LISTEN connection was being replaced, sent its NOTIFY to nobody and would wait
+    for the next poll. Once listening, one "job inserted" wake-up makes the worker look.
+    """
+
+    async def _loop_notify(self, on_notification: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
+        await on_notification(channel="", payload='{"type": "job_inserted"}')
+        await super()._loop_notify(on_notification, connection, *args, **kwargs)
+
+
+def procrastinate_connector(config: Config) -> PsycopgConnector:
+    """The connector behind `jobs.app`; its own pool serves the procrastinate CLI."""
+    return CatchingUpConnector(**_worker_pool_args(config))
+
+
+def worker_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
+    """The pool `python worker.py` opens itself, so its wait for the database is bounded."""
+    return psycopg_pool.AsyncConnectionPool(**_worker_pool_args(config), open=False)
 
 
 def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
@@ -118,6 +183,8 @@ def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
         conninfo_for(config),
         min_size=CLOCK_POOL_SIZE,
         max_size=CLOCK_POOL_SIZE,
+        timeout=POOL_WAIT_SECONDS,
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         kwargs=connection_kwargs(config),
         check=psycopg_pool.AsyncConnectionPool.check_connection,
         name=f"{config.dyno}-clock",

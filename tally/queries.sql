@@ -140,3 +140,42 @@ SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried
 SELECT (SELECT coalesce(sum(views), 0) FROM page_view_hourly)
      + (SELECT count(*) FROM page_views
          WHERE recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
+
+-- hold_worker_session --
+-- Take the worker's session lock and say so (one transaction: the row is never seen without the lock).
+WITH locked AS (SELECT pg_advisory_lock(7245, %(worker_id)s::int))
+INSERT INTO tally_worker_sessions (worker_id) SELECT %(worker_id)s FROM locked
+ON CONFLICT (worker_id) DO NOTHING
+
+-- jobs_of_lost_sessions --
+-- Running jobs of workers whose session lock nobody holds any more: those workers are dead.
+SELECT job.id AS job_id, job.worker_id, job.task_name
+  FROM procrastinate_jobs job
+  JOIN tally_worker_sessions session ON session.worker_id = job.worker_id
+ WHERE job.status = 'doing'
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_locks lock
+        WHERE lock.locktype = 'advisory' AND lock.granted
+          AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND lock.classid = 7245 AND lock.objid = job.worker_id::oid AND lock.objsubid = 2)
+
+-- delete_lost_session_workers --
+-- Forget the workers whose session lock nobody holds, once no job of theirs is running (a job
+-- whose worker is forgotten would lose its worker_id, and with it the way to find it stalled).
+WITH lost AS (
+    DELETE FROM procrastinate_workers worker
+     USING tally_worker_sessions session
+     WHERE session.worker_id = worker.id
+       AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job WHERE job.worker_id = worker.id AND job.status = 'doing')
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_locks lock
+            WHERE lock.locktype = 'advisory' AND lock.granted
+              AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND lock.classid = 7245 AND lock.objid = worker.id::oid AND lock.objsubid = 2)
+    RETURNING 1
+)
+SELECT count(*) AS removed FROM lost
+
+-- local_lock_timeout --
+-- Bound this transaction's waits for locks (milliseconds), whatever the session's setting.
+SELECT set_config('lock_timeout', %(milliseconds)s || 'ms', true)

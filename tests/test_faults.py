@@ -71,6 +71,7 @@ def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_proces
 
 
 def test_a_killed_workers_job_is_finished_by_another(start_process, conn):
+    """The heartbeat rule, for workers without a session lock (PgBouncer; see test_nothing_hangs)."""
     expired_views(conn, 300_000)
     clock = start_process(
         ["clock.py"],
@@ -80,7 +81,9 @@ def test_a_killed_workers_job_is_finished_by_another(start_process, conn):
             "ROLLUP_SCHEDULE": NEVER_SOON,
         },
     )
-    victim = start_process(["worker.py"], {**FAST_RECOVERY, "CLEANUP_BATCH_SIZE": "200"})
+    victim = start_process(
+        ["worker.py"], {**FAST_RECOVERY, "CLEANUP_BATCH_SIZE": "200", "WORKER_SESSION_LIVENESS": "false"}
+    )
     victim.wait_for_line("Starting worker")
     clock.wait_for_line("CLOCK PROCESS STARTED")
     defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")

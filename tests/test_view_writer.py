@@ -7,13 +7,15 @@ import http.client
 import json
 import re
 import threading
+import time
 
 import psycopg
 import pytest
 
+from tally import db
 from tally.config import from_env
 from tally.db import web_pool
-from tally.web.view_writer import ViewWriter
+from tally.web.view_writer import InsertQueueTimeout, ViewWriter
 from tests.conftest import free_port
 
 
@@ -121,3 +123,54 @@ def test_web_stores_every_view_of_64_connections_once_in_shared_inserts(start_pr
     metrics = connection.getresponse().read().decode()
     inserts = float(re.search(r"^tally_page_view_inserts_total (\S+)$", metrics, re.M).group(1))
     assert 0 < inserts < 64 * 25 / 2, "concurrent requests share INSERTs"
+
+
+def test_writes_behind_a_locked_table_fail_in_bounded_time_and_store_nothing(pool, conn, database_url):
+    """The leader waits out the web's lock_timeout; those queued behind it fail with it."""
+    writer = ViewWriter(pool)
+    start = threading.Barrier(8)
+
+    def write(index: int) -> tuple[str, float]:
+        start.wait()
+        began = time.monotonic()
+        try:
+            writer.write([(f"/locked/{index}", None)])
+            outcome = "stored"
+        except psycopg.OperationalError as error:  # LockNotAvailable
+            outcome = type(error).__name__
+        return outcome, time.monotonic() - began
+
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")
+        with concurrent.futures.ThreadPoolExecutor(8) as executor:
+            results = list(executor.map(write, range(8)))
+        locker.rollback()
+    assert {outcome for outcome, _ in results} == {"LockNotAvailable"}
+    assert max(took for _, took in results) < 2 * db.WEB_LOCK_TIMEOUT_MS / 1000  # one wait, not two
+    assert stored_paths(conn) == []
+    writer.write([("/after", None)])  # and the writer is not stuck
+    assert stored_paths(conn) == ["/after"]
+
+
+def test_a_request_queued_too_long_leaves_the_queue_unstored(pool, conn, database_url):
+    writer = ViewWriter(pool, queue_wait_seconds=0.3)
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")
+        leader_errors: list[BaseException] = []
+
+        def lead() -> None:
+            try:
+                writer.write([("/a", None)])
+            except psycopg.OperationalError as error:
+                leader_errors.append(error)
+
+        leader = threading.Thread(target=lead)
+        leader.start()
+        time.sleep(0.1)  # the leader is now waiting for the lock
+        with pytest.raises(InsertQueueTimeout):
+            writer.write([("/b", None)])
+        leader.join()
+        locker.rollback()
+    assert len(leader_errors) == 1  # the leader waited out the lock itself
+    writer.write([("/c", None)])
+    assert stored_paths(conn) == ["/c"]

@@ -24,6 +24,7 @@ from tally.web import dashboard, queue_state
 from tally.web.auth import Auth, Reader
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
+from tally.web.probe import BoundedProbe
 from tally.web.stats import MAX_DAYS, StatsReader
 from tally.web.view_writer import ViewWriter
 
@@ -35,6 +36,8 @@ DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.Int
 NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 DAYS_PARAMETER = re.compile(r"[0-9]{1,3}")
 DEFAULT_DAYS = 30
+# Health answers within this, whatever the database does (a router asks for it in 2 s).
+HEALTH_BUDGET_SECONDS = 1.8
 
 
 def json_response(status: int, body: object, **headers: str) -> bottle.HTTPResponse:
@@ -101,6 +104,12 @@ def build_app(
     stats = StatsReader(pool, config.retention_days, request_rollup)
     metrics = Metrics(pool, config.stalled_after_seconds)
     writer = ViewWriter(pool, metrics.view_inserts)
+
+    def read_process_state() -> dict[str, Any]:
+        with pool.connection() as conn:  # the state queries are the database check
+            return queue_state.process_state(conn, config.stalled_after_seconds)
+
+    probe_process_state = BoundedProbe(read_process_state, HEALTH_BUDGET_SECONDS)
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
     auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
@@ -141,8 +150,7 @@ def build_app(
         """Report database state, live workers' youngest heartbeat and the last clock tick."""
         body: dict[str, Any] = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
         try:
-            with pool.connection() as conn:  # the state queries are the database check
-                body.update(database="ok", **queue_state.process_state(conn, config.stalled_after_seconds))
+            body.update(database="ok", **probe_process_state())
         except DATABASE_DOWN as error:
             logger.warning("health: database unreachable: %s", error)
             body.update(status="unavailable", database="unreachable")

@@ -79,8 +79,8 @@ class QueueCollector(Collector):
         )
         yield _gauge(
             "tally_rollup_views_waiting",
-            "Committed page views not yet rolled up (the tail every stats request groups).",
-            processes["rollup_views_waiting"],
+            "Committed page views not yet rolled up (NaN while page_views is locked).",
+            _or_nan(processes["rollup_views_waiting"]),
         )
         state = conn.execute(QUERIES["rollup_state"]).fetchone()
         total = conn.execute(

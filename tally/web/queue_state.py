@@ -15,6 +15,7 @@ from tally.db import QUERIES
 
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 RECENT_FAILURES = 10
+VIEWS_WAITING_LOCK_TIMEOUT_MS = 300
 
 
 def _all(conn: psycopg.Connection, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -93,8 +94,16 @@ def process_state(conn: psycopg.Connection, stalled_after: float) -> dict[str, A
 def rollup_lag(conn: psycopg.Connection) -> dict[str, Any]:
     """Seconds since the last rollup (None before the first) and the views it has yet to fold."""
     state = _one(conn, "rollup_state")
-    # Two statements, not a join: the watermark must reach the planner as a value.
-    waiting = _one(conn, "views_waiting", watermark=state["watermark"], in_progress=state["in_progress"])
+    try:
+        with conn.transaction():
+            # Health must answer in 2 s even while someone holds page_views locked.
+            conn.execute(QUERIES["local_lock_timeout"], {"milliseconds": VIEWS_WAITING_LOCK_TIMEOUT_MS})
+            # Two statements, not a join: the watermark must reach the planner as a value.
+            waiting = _one(
+                conn, "views_waiting", watermark=state["watermark"], in_progress=state["in_progress"]
+            )
+    except psycopg.errors.LockNotAvailable:
+        waiting = {"views": None}  # page_views is locked (a migration, LOCK TABLE): unknown now
     age = None
     if state["rolled_up_at"] is not None:
         age = (state["now"] - state["rolled_up_at"]).total_seconds()

@@ -9,7 +9,10 @@ still means committed. No thread of its own: a hand-off between threads costs th
 (docs/ARCHITECTURE.md, "waitress and the GIL").
 
 A request waits for at most two inserts (the one in flight, then its own group's), and
-each is bounded by the pool's wait for a connection and the web's statement timeout.
+each is bounded by the pool's wait for a connection, the web's lock and statement
+timeouts and its TCP user timeout. A request still queued after QUEUE_WAIT_SECONDS (the
+insert in flight is stuck on a lost network or a locked table) leaves the queue and fails
+with `InsertQueueTimeout`, a 503: nothing of it was stored, and nothing will be.
 
     >>> writer = ViewWriter(pool)              # doctest: +SKIP
     >>> writer.write([("/", None)])            # doctest: +SKIP
@@ -31,6 +34,16 @@ from tally.db import QUERIES
 logger = logging.getLogger("tally.web.view_writer")
 
 View = tuple[str, "str | None"]
+# The longest a request waits for the insert in flight before it gives up (503); its own
+# group's insert then has the rest of the 5 s request budget.
+QUEUE_WAIT_SECONDS = 2.0
+
+
+class InsertQueueTimeout(psycopg_pool.PoolTimeout):
+    """The insert ahead of this request did not end in time; its views were not stored.
+
+    A PoolTimeout: like a wait for a connection, the database did not serve it in time.
+    """
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,8 +57,14 @@ class _Request:
 class ViewWriter:
     """Inserts page views for concurrent request threads, a group per INSERT."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, inserts: Counter | None = None):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        inserts: Counter | None = None,
+        queue_wait_seconds: float = QUEUE_WAIT_SECONDS,
+    ):
         self.pool = pool
+        self.queue_wait_seconds = queue_wait_seconds
         self.inserts = inserts  # counts the INSERTs: views per INSERT shows the grouping
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
@@ -58,8 +77,15 @@ class ViewWriter:
             self._waiting.append(request)
             request.leads = not self._in_flight
             self._in_flight = True
-        if not request.leads:
-            request.woken.wait()  # bounded: see the module's docstring
+        if not request.leads and not request.woken.wait(self.queue_wait_seconds):
+            with self._lock:
+                # Still queued (no leader took it, none handed it the lead): leave.
+                if not request.leads and request in self._waiting:
+                    self._waiting.remove(request)
+                    raise InsertQueueTimeout(
+                        f"the insert ahead did not end within {self.queue_wait_seconds:g} s"
+                    )
+            request.woken.wait()  # taken into a group: bounded by that group's insert
         if request.leads:
             self._lead()
         if request.error is not None:
@@ -72,6 +98,13 @@ class ViewWriter:
             self._insert(group)
         finally:
             with self._lock:
+                unreachable = _unreachable(group[0].error)
+                if unreachable is not None:
+                    # The requests that queued meanwhile would meet the same wall (a lost
+                    # network, a locked table): they fail now, not one insert later.
+                    for request in self._waiting:
+                        request.error = unreachable
+                    group, self._waiting = group + self._waiting, []
                 if self._waiting:
                     successor = self._waiting[0]
                     successor.leads = True
@@ -105,6 +138,13 @@ class ViewWriter:
         insert_views(self.pool, [view for request in group for view in request.views])
         if self.inserts is not None:
             self.inserts.inc()
+
+
+def _unreachable(error: BaseException | None) -> BaseException | None:
+    """`error` if it says the database could not serve an insert at all, else None."""
+    if isinstance(error, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg.InterfaceError):
+        return error
+    return None
 
 
 def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:

@@ -1,0 +1,224 @@
+"""Nothing hangs: a killed worker's job runs again within seconds, a locked table costs a
+job a bounded wait and a retry, and no job attempt outlives JOB_TIMEOUT_SECONDS.
+Real entry files as subprocesses, real database (the network side: test_partitions.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from tests.conftest import defer_by_sql, free_port, statuses, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def expired_views(conn: psycopg.Connection, count: int) -> None:
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
+        (count,),
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+
+
+def http_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def post_view(port: int, path: str) -> tuple[int, float]:
+    """(status, seconds) of one POST of a view."""
+    started = time.monotonic()
+    body = json.dumps({"path": path}).encode()
+    call = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/pageviews", body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(call, timeout=15) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    return status, time.monotonic() - started
+
+
+def started_events(conn: psycopg.Connection, task: str) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM procrastinate_events event JOIN procrastinate_jobs job ON job.id = event.job_id"
+        " WHERE job.task_name = %s AND event.type = 'started'",
+        (task,),
+    ).fetchone()[0]
+
+
+def test_a_sigkilled_workers_job_runs_again_on_another_within_15_s(start_process, conn):
+    """Default heartbeat settings (60 s of silence): only the session lock explains 15 s."""
+    expired_views(conn, 300_000)
+    victim = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "200", "DYNO": "worker.1"})
+    victim.wait_for_line("Starting worker")
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    victim.wait_for_line("Starting job cleanup_old_page_views")
+    rescuer = start_process(["worker.py"], {"DYNO": "worker.2"})
+    rescuer.wait_for_line("holds its session lock")
+    time.sleep(0.5)
+    victim.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    victim.wait(10)
+
+    rescued_at = rescuer.wait_for_line("Starting job cleanup_old_page_views", timeout=30)
+    print(f"SIGKILL: the job ran again on another worker {rescued_at - killed:.1f} s later")
+    assert rescued_at - killed < 15
+    wait_until(lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 120, 0.2, "the cleanup")
+    assert started_events(conn, "cleanup_old_page_views") == 2  # the killed attempt and one more
+    assert "session ended" in rescuer.output()
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_a_draining_workers_job_is_not_run_again(start_process, conn):
+    """A worker that drains has stopped heart-beating but holds its session: it is alive."""
+    expired_views(conn, 300_000)
+    drainer = start_process(
+        ["worker.py"], {"CLEANUP_BATCH_SIZE": "200", "WORKER_GRACEFUL_SECONDS": "8", "DYNO": "worker.1"}
+    )
+    drainer.wait_for_line("Starting worker")
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    drainer.wait_for_line("Starting job cleanup_old_page_views")
+    other = start_process(["worker.py"], {"DYNO": "worker.2"})
+    other.wait_for_line("holds its session lock")
+    drainer.signal(signal.SIGTERM)
+    time.sleep(7)  # two sweeps of the other worker while the drainer drains
+    assert drainer.wait(30) == 0
+    assert "session ended" not in other.output()
+    assert started_events(conn, "cleanup_old_page_views") <= 2  # the drained attempt, maybe its retry
+    assert "re-queued" not in other.output()
+
+
+def job_events(conn: psycopg.Connection, job_id: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT type::text FROM procrastinate_events WHERE job_id = %s ORDER BY id", (job_id,)
+    )
+    return [row[0] for row in rows]
+
+
+def test_a_cleanup_past_its_time_limit_is_cut_and_resumed_until_done(start_process, conn):
+    rows = int(os.environ.get("TALLY_TEST_TIMEOUT_ROWS", "1500000"))
+    expired_views(conn, rows)
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    worker = start_process(["worker.py"], {"JOB_TIMEOUT_SECONDS": "3", "CLEANUP_BATCH_SIZE": "1000"})
+    worker.wait_for_line("Starting worker")
+    web.wait_for_line("Serving on")
+    started = time.monotonic()
+    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    job_id = conn.execute(
+        "SELECT id FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views'"
+    ).fetchone()[0]
+    worker.wait_for_line("passed its time limit of 3 s", timeout=30)
+    wait_until(
+        lambda: "JobTimedOut" in (http_json(port, f"/api/jobs/{job_id}")["last_error"] or ""), 10, 0.1, "api"
+    )
+    wait_until(
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 300, 0.2, "the cleanup to finish"
+    )
+    took = time.monotonic() - started
+
+    attempts = conn.execute("SELECT attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)).fetchone()[0]
+    errors = [
+        row[0] for row in conn.execute("SELECT error FROM tally_job_errors WHERE job_id = %s", (job_id,))
+    ]
+    events = job_events(conn, job_id)
+    print(
+        f"time limit: {rows} rows at 1,000 a batch, 3 s an attempt:"
+        f" done in {took:.1f} s over {attempts} attempts"
+    )
+    assert attempts >= 2 and len(errors) == attempts - 1
+    assert all(error.startswith("JobTimedOut: the attempt passed its time limit of 3 s") for error in errors)
+    assert events.count("started") == attempts and events.count("deferred_for_retry") == attempts - 1
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == rows
+    assert worker.output().count("passed its time limit of 3 s: aborting it") == attempts - 1
+
+
+def test_a_task_may_declare_its_own_time_limit():
+    from procrastinate import JobContext
+    from procrastinate.jobs import Job
+
+    import jobs
+    from jobs.time_limit import limit_for
+
+    def context_of(task: str) -> JobContext:
+        job = Job(id=1, queue="default", lock=None, queueing_lock=None, task_name=task, task_kwargs={})
+        return JobContext(app=jobs.app, job=job, start_timestamp=0.0, abort_reason=lambda: None)
+
+    assert limit_for(context_of("retry_stalled_jobs"), 600.0) == 60.0  # its own @time_limit
+    assert limit_for(context_of("cleanup_old_page_views"), 600.0) == 600.0  # JOB_TIMEOUT_SECONDS
+
+
+def test_a_locked_table_costs_jobs_and_ingest_a_bounded_wait(start_process, conn, database_url):
+    lock_seconds = float(os.environ.get("TALLY_TEST_LOCK_SECONDS", "20"))
+    expired_views(conn, 20_000)
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    worker = start_process(["worker.py"], {"POLL_INTERVAL_SECONDS": "1"})
+    worker.wait_for_line("Starting worker")
+    web.wait_for_line("Serving on")
+
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")  # as psql would, for minutes
+        locked_at = time.monotonic()
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        worker.wait_for_line("Starting job cleanup_old_page_views")
+        defer_by_sql(conn, "prune_finished_jobs")
+        wait_until(lambda: statuses(conn, "prune_finished_jobs") == ["succeeded"], 10, 0.1, "another job")
+        health = http_json(port, "/api/health")  # the database is up: only a count is unknown
+        assert (health["status"], health["rollup_views_waiting"]) == ("ok", None)
+        answers = []
+        while time.monotonic() - locked_at < lock_seconds:
+            answers.append(post_view(port, f"/locked/{len(answers)}"))
+            time.sleep(0.2)
+        assert statuses(conn, "cleanup_old_page_views") != ["succeeded"]
+        locker.commit()
+    wait_until(
+        lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 60, 0.2, "the cleanup after"
+    )
+    errors = [row[0] for row in conn.execute("SELECT error FROM tally_job_errors")]
+    slowest = max(took for _, took in answers)
+    print(
+        f"lock of {lock_seconds:g} s: cleanup failed {len(errors)} time(s) on the lock and finished"
+        f" {time.monotonic() - locked_at - lock_seconds:.1f} s after it; {len(answers)} posts, slowest"
+        f" {slowest:.2f} s, statuses {sorted({status for status, _ in answers})}"
+    )
+    assert errors and all("LockNotAvailable" in error for error in errors)
+    assert slowest < 6.0 and {status for status, _ in answers} <= {201, 503}
+    assert conn.execute("SELECT count(*) FROM page_views WHERE path LIKE '/old/%'").fetchone()[0] == 0
+
+
+def test_a_job_whose_notify_nobody_heard_starts_once_listen_is_back(start_process, conn):
+    """A job deferred while the worker was not listening (its NOTIFY lost) runs once LISTEN
+    is re-established, not at the next poll (300 s here)."""
+    worker = start_process(["worker.py"], {"POLL_INTERVAL_SECONDS": "300", "DYNO": "worker.5"})
+    worker.wait_for_line("Starting worker")
+    listen_pids = lambda: [  # noqa: E731
+        row[0]
+        for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'worker.5' AND query LIKE 'LISTEN%%'"
+        )
+    ]
+    old = wait_until(listen_pids, 10, 0.05, "the worker to LISTEN")
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # no trigger: no NOTIFY
+        conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+            " VALUES ('default', 'prune_finished_jobs', '{}')"
+        )
+    conn.execute("SELECT pg_terminate_backend(%s)", (old[0],))
+    cut = time.monotonic()
+    wait_until(lambda: statuses(conn, "prune_finished_jobs") == ["succeeded"], 15, 0.05, "the unheard job")
+    print(f"catch-up: a job deferred unheard ran {time.monotonic() - cut:.2f} s after LISTEN was cut")
+    assert listen_pids() and listen_pids() != old
