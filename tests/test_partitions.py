@@ -24,6 +24,9 @@ import pytest
 from tests import netns
 from tests.conftest import defer_by_sql, free_port, statuses, wait_until
 
+# The routes asked below are the owner's (tally/web/auth.py): the web gets a token, requests send it.
+ADMIN_TOKEN = "owner-token-for-tests"
+OWNER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OUTAGE_SECONDS = float(os.environ.get("TALLY_TEST_PARTITION_SECONDS", "15"))
 POSTERS = 4  # clients, each posting a view 50 ms after its last answer
 ROUTES_ASKED = ("/api/health", "/api/stats", "/", "/api/jobs", "/metrics")
@@ -59,7 +62,7 @@ def admin(server) -> psycopg.Connection:
 def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 15.0):
     """(status, seconds) of one request; status None when the client gave up waiting."""
     started = time.monotonic()
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    headers = {"Content-Type": "application/json"} if body is not None else {**OWNER}
     call = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body, headers, method=method)
     try:
         with urllib.request.urlopen(call, timeout=timeout) as response:
@@ -96,7 +99,7 @@ def clock_deferred_since(admin: psycopg.Connection, since: float) -> bool:
 def test_a_silent_partition_gets_503s_in_time_and_everything_recovers(start_process, server, admin):
     port = free_port()
     env = {"DATABASE_URL": server.tcp_url}
-    web = start_process(["web.py"], {**env, "PORT": str(port)})
+    web = start_process(["web.py"], {**env, "PORT": str(port), "ADMIN_TOKEN": ADMIN_TOKEN})
     worker = start_process(["worker.py"], {**env, "POLL_INTERVAL_SECONDS": "300", "DYNO": "worker.7"})
     clock = start_process(
         ["clock.py"],
