@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from croniter import croniter
 
+from tally.sites import parse_site
+
 T = TypeVar("T")
 
 # The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
@@ -63,6 +65,10 @@ class Config:
     prune_schedule: str
     rollup_schedule: str
     log_level: str
+    # Collecting from websites (issue 11): which sites' views are accepted (None: any, a
+    # documented risk), and when the clock rotates the visitor hash's daily salt.
+    sites: frozenset[str] | None = None
+    salt_schedule: str = "5 * * * *"
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -97,6 +103,9 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         prune_schedule=reader.cron("PRUNE_SCHEDULE", "30 3 * * *"),
         rollup_schedule=reader.cron("ROLLUP_SCHEDULE", "* * * * *"),
         log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        # Collecting from websites.
+        sites=reader.host_names("SITES"),
+        salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
     )
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
         raise ConfigError(
@@ -166,6 +175,16 @@ class _Reader:
             return raw.upper()
 
         return self._parse(name, default, parse)
+
+    def host_names(self, name: str) -> frozenset[str] | None:
+        def parse(raw: str) -> frozenset[str]:
+            names = [part.strip() for part in raw.split(",") if part.strip()]
+            for part in names:
+                if parse_site(part) is None:
+                    raise ValueError(f"{part!r} is not a host name (e.g. example.com,www.example.com)")
+            return frozenset(parse_site(part) for part in names)
+
+        return self._parse(name, None, parse)
 
     def cron(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:

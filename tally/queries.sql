@@ -45,34 +45,68 @@ SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS
 
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none.
-INSERT INTO page_views (path, referrer)
-SELECT path, referrer FROM unnest(%(paths)s::text[], %(referrers)s::text[]) AS batch(path, referrer)
+INSERT INTO page_views (site, path, referrer, source, visitor)
+SELECT site, path, referrer, source, visitor
+  FROM unnest(%(sites)s::text[], %(paths)s::text[], %(referrers)s::text[], %(sources)s::text[],
+              %(visitors)s::bigint[]) AS batch(site, path, referrer, source, visitor)
 
 -- rollup_page_views --
--- Fold every view below the oldest running transaction into the rollups; returns how many.
+-- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.
 SELECT tally_rollup_page_views() AS views
 
 -- delete_old_rollups --
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
-WITH hourly AS (
-    DELETE FROM page_view_hourly WHERE hour < %(cutoff_day)s::date::timestamptz RETURNING 1
+WITH buckets AS (
+    DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), paths AS (
     DELETE FROM page_view_daily_paths WHERE day < %(cutoff_day)s RETURNING 1
+), sources AS (
+    DELETE FROM page_view_daily_sources WHERE day < %(cutoff_day)s RETURNING 1
+), referrers AS (
+    DELETE FROM page_view_daily_referrers WHERE day < %(cutoff_day)s RETURNING 1
+), spans AS (
+    DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), crawlers AS (
+    DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM paths) AS removed
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT count(*) FROM sources)
+     + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM spans) + (SELECT count(*) FROM crawlers)
+       AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
 
+-- stats_state --
+-- The rollup state a stats request reads first, the database's clock, and the crawler hits
+-- filtered over the window's UTC days (one round trip).
+SELECT watermark, in_progress, now() AS now,
+       (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
+         WHERE day > (now() AT TIME ZONE 'UTC')::date - %(days)s::int
+           AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
+  FROM page_view_rollup_state
+
 -- stats_tail --
--- The views not yet rolled up, by hour and path. The bounds come in as values, so the planner
--- sees how few rows lie above the watermark (an index range), whatever the table's size.
-SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
-  FROM page_views WHERE recorded_xid >= %(watermark)s GROUP BY 1, 2
-UNION ALL
-SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
-  FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[]) GROUP BY 1, 2
+-- The views not yet rolled up, by bucket, path, source and referring domain. The bounds come
+-- in as values, so the planner sees how few rows lie above the watermark (an index range).
+SELECT bucket, path, source, domain, count(*) AS views
+  FROM (SELECT date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
+               tally_referrer_domain(referrer, site) AS domain
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND (%(site)s::text IS NULL OR site = %(site)s)) tail
+ GROUP BY 1, 2, 3, 4
+
+-- stats_tail_visitors --
+-- Each visitor of the tail: its span over the tail and its span in the rollups (NULL if new).
+SELECT tail.first_bucket, tail.last_bucket, known.first_bucket AS old_first, known.last_bucket AS old_last
+  FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
+               max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+         GROUP BY 1, 2) tail
+  LEFT JOIN page_view_visitors known ON known.site = tail.site AND known.visitor = tail.visitor
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -80,16 +114,76 @@ SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
      + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- stats_raw_range --
--- Views in [start, end) counted from the raw table (the partial hour 24 hours ago).
-SELECT count(*) AS views FROM page_views WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+-- Views in [start, end) counted from the raw table (the partial bucket 24 hours ago).
+SELECT count(*) AS views FROM page_views
+ WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
 
--- stats_rolled_up_hours --
--- Rolled-up views per UTC hour since a given hour.
-SELECT hour, views FROM page_view_hourly WHERE hour >= %(since)s
+-- stats_rolled_up_days --
+-- Rolled-up views per UTC day since `since`, and those in buckets from `recent` on.
+SELECT (bucket AT TIME ZONE 'UTC')::date AS day, sum(views)::bigint AS views,
+       coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s), 0)::bigint AS recent
+  FROM page_view_buckets
+ WHERE bucket >= %(since)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1
+
+-- stats_rolled_up_visitors --
+-- Rolled-up visitors per UTC day of their first view, and the spans that reach into later days.
+SELECT (first_bucket AT TIME ZONE 'UTC')::date AS first_day, (last_bucket AT TIME ZONE 'UTC')::date AS last_day,
+       sum(visitors)::bigint AS visitors
+  FROM page_view_visitor_spans
+ -- a visitor id lives one day (its salt's), so a span that reaches the window starts at most 3 days before
+ WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
 
 -- stats_rolled_up_paths --
 -- Rolled-up views per path over the days since first_day.
-SELECT path, sum(views)::bigint AS views FROM page_view_daily_paths WHERE day >= %(first_day)s GROUP BY path
+SELECT path, sum(views)::bigint AS views FROM page_view_daily_paths
+ WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY path
+
+-- stats_rolled_up_sources --
+-- Rolled-up views per source over the days since first_day.
+SELECT source, sum(views)::bigint AS views FROM page_view_daily_sources
+ WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY source
+
+-- stats_rolled_up_referrers --
+-- Rolled-up views per referring domain over the days since first_day.
+SELECT domain, sum(views)::bigint AS views FROM page_view_daily_referrers
+ WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY domain
+
+-- sites_rolled_up --
+-- Rolled-up views per site since `since`.
+SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= %(since)s GROUP BY site
+
+-- sites_tail --
+-- The tail's views per site since `since`.
+SELECT site, count(*) AS views FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(since)s
+ GROUP BY site
+
+-- count_crawler_hit --
+-- One request from a crawler, counted for its site and UTC day.
+INSERT INTO crawler_hits_daily (site, day, hits) VALUES (%(site)s, (now() AT TIME ZONE 'UTC')::date, 1)
+ON CONFLICT (site, day) DO UPDATE SET hits = crawler_hits_daily.hits + 1
+
+-- visitor_salt --
+-- The salt of a UTC day, made on first use (pg_strong_random, see migrations/0005).
+WITH made AS (
+    INSERT INTO visitor_salts (day) VALUES (%(day)s) ON CONFLICT (day) DO NOTHING RETURNING salt
+)
+SELECT salt FROM made UNION ALL SELECT salt FROM visitor_salts WHERE day = %(day)s LIMIT 1
+
+-- rotate_visitor_salts --
+-- Make today's and tomorrow's salts ahead of use; delete every salt two days old or older.
+WITH made AS (
+    INSERT INTO visitor_salts (day)
+    SELECT (now() AT TIME ZONE 'UTC')::date + ahead FROM generate_series(0, 1) ahead
+    ON CONFLICT (day) DO NOTHING RETURNING 1
+), deleted AS (
+    DELETE FROM visitor_salts WHERE day <= (now() AT TIME ZONE 'UTC')::date - 2 RETURNING 1
+)
+SELECT (SELECT count(*) FROM made) AS made, (SELECT count(*) FROM deleted) AS deleted
 
 -- record_job_error --
 -- Keep why a job attempt failed.
@@ -137,6 +231,6 @@ SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried
 
 -- page_views_total --
 -- Every view ever recorded that is still counted: the rollups plus the tail.
-SELECT (SELECT coalesce(sum(views), 0) FROM page_view_hourly)
+SELECT (SELECT coalesce(sum(views), 0) FROM page_view_buckets)
      + (SELECT count(*) FROM page_views
          WHERE recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AS views

@@ -21,10 +21,13 @@ import psycopg
 import psycopg_pool
 
 from tally.config import Config
+from tally.sites import DEFAULT_SITE, parse_site
 from tally.web import dashboard, queue_state
+from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.stats import MAX_DAYS, StatsReader
+from tally.web.tracker import Tracker
 from tally.web.view_writer import ViewWriter
 
 logger = logging.getLogger("tally.web")
@@ -78,6 +81,17 @@ def parse_days(query: bottle.FormsDict) -> int:
     return int(values[0])
 
 
+def parse_site_parameter(query: bottle.FormsDict) -> str | None:
+    """The `site` query parameter: a host name, or None (every site) when absent or empty."""
+    values = query.getall("site")
+    if not values or values == [""]:
+        return None
+    site = parse_site(values[0]) if len(values) == 1 else None
+    if site is None:
+        raise json_error(400, "site must be one host name such as example.com, without a port.")
+    return site
+
+
 def build_app(
     config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App
 ) -> bottle.Bottle:
@@ -97,6 +111,8 @@ def build_app(
     stats = StatsReader(pool, config.retention_days, request_rollup)
     metrics = Metrics(pool, config.stalled_after_seconds)
     writer = ViewWriter(pool, metrics.view_inserts)
+    collector = Collector(pool, writer, config.sites)
+    tracker = Tracker()
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
     def require_admin() -> None:
@@ -115,12 +131,13 @@ def build_app(
     def show_dashboard():
         """Render the dashboard: views per day, top paths, queue state."""
         days = parse_days(bottle.request.query)
-        window = stats.stats_for_window(days)
+        window = stats.stats_for_window(days, parse_site_parameter(bottle.request.query))
+        sites = stats.sites()
         with pool.connection() as conn:
             queue = queue_state.queue_summary(conn)
             processes = queue_state.process_state(conn, config.stalled_after_seconds)
         bottle.response.set_header("Cache-Control", "no-store")
-        return dashboard.render(window, queue, processes, dyno=config.dyno)
+        return dashboard.render(window, queue, processes, dyno=config.dyno, sites=sites)
 
     @app.get("/api/health")
     def health():
@@ -156,6 +173,10 @@ def build_app(
             views = parse_page_views(body)
         except InvalidPageViews as error:
             return json_error(400, str(error))
+        if config.sites is not None:
+            refused = sorted({view.site for view in views if view.site != DEFAULT_SITE} - config.sites)
+            if refused:
+                return json_error(403, f"Views of {refused[0]} are not accepted here: it is not in SITES.")
         writer.write(views)  # with the views of concurrent requests, in one INSERT
         metrics.views_recorded.inc(len(views))
         return json_response(201, {"stored": len(views)})
@@ -163,8 +184,37 @@ def build_app(
     @app.get("/api/stats")
     @database_unavailable
     def show_stats():
-        """Views per day over ?days=N (1-366, default 30), top paths and the last 24 hours."""
-        return json_response(200, stats.stats_for_window(parse_days(bottle.request.query)))
+        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all), top paths."""
+        query = bottle.request.query
+        return json_response(200, stats.stats_for_window(parse_days(query), parse_site_parameter(query)))
+
+    @app.get("/api/sites")
+    @database_unavailable
+    def show_sites():
+        """List the sites that have views, with their views over the last 30 days."""
+        return json_response(200, {"days": 30, "sites": stats.sites()})
+
+    @app.get("/tally.js")
+    def serve_tracker():
+        """Serve the tracker that a site's pages load with one script tag."""
+        return tracker.response(bottle.request)
+
+    @app.route("/api/collect", method="OPTIONS")
+    def allow_collect_from_any_origin():
+        """Answer the CORS preflight of a site's pages: any origin may send views here."""
+        return bottle.HTTPResponse(status=204, headers=PREFLIGHT_HEADERS)
+
+    @app.post("/api/collect")
+    @database_unavailable
+    def collect_page_view():
+        """Store the view that tally.js sent, unless a crawler sent it or its site is not in SITES."""
+        try:
+            outcome = collector.collect(bottle.request)
+        except Refused as refused:
+            return json_error(refused.status, str(refused), **CORS_HEADERS)
+        if outcome.status == 201:
+            metrics.views_recorded.inc()
+        return json_response(outcome.status, outcome.body, **CORS_HEADERS)
 
     @app.get("/metrics")
     def show_metrics():

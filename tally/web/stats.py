@@ -1,5 +1,8 @@
 """Stats for a window of days, exact and fast: rollups plus the tail not yet rolled up.
 
+Views and visitors per day, top paths, sources and referring domains, per site or all
+sites together (migrations/0005). A visitor counts once on each day its views fall on.
+
 The rollup job moves its state (the snapshot it folded at: a watermark and the
 transactions then in progress) and the rollup tables together, so the rolled-up part
 of any window is a function of that state: it is cached per state and recomputed only
@@ -15,10 +18,11 @@ tail asks for a rollup (`request_rollup`), so the tail stays short under traffic
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -26,35 +30,47 @@ import psycopg_pool
 
 from tally.db import QUERIES
 
-HOUR = datetime.timedelta(hours=1)
+BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
 DAY = datetime.timedelta(days=1)
-TOP_PATHS = 10
+TOP_ROWS = 10
 MAX_DAYS = 366
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
 # someone reads stats, and grouping the tail stays around a millisecond.
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
+# Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
+EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+# Sites counted by GET /api/sites.
+SITES_DAYS = 30
+
+
+def bucket_of(moment: datetime.datetime) -> datetime.datetime:
+    """The start of the 15-minute bucket `moment` falls in."""
+    return moment - (moment - EPOCH) % BUCKET
 
 
 @dataclasses.dataclass(frozen=True)
 class RolledUp:
-    """The rolled-up part of one window, valid for one watermark."""
+    """The rolled-up part of one window, valid for one rollup state."""
 
     daily: dict[datetime.date, int]
-    after_boundary: int  # views in the full hours of the last 24 hours
+    visitors: dict[datetime.date, int]
+    after_boundary: int  # views in the full buckets of the last 24 hours
     paths: dict[str, int]
+    sources: dict[str, int]
+    referrers: dict[str, int]
 
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-    """The days and hours a request asks about, fixed by the database clock."""
+    """The days and buckets a request asks about, fixed by the database clock."""
 
     now: datetime.datetime
     days: list[datetime.date]
     start: datetime.datetime  # midnight UTC of the first day
     boundary: datetime.datetime  # now - 24 h
-    first_full_hour: datetime.datetime  # the hour after the one the boundary falls in
+    first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
 
     @classmethod
     def ending(cls, now: datetime.datetime, days: int) -> Window:
@@ -63,12 +79,16 @@ class Window:
         dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
         start = datetime.datetime.combine(dates[0], datetime.time(), datetime.UTC)
         boundary = now - DAY
-        first_full_hour = boundary.replace(minute=0, second=0, microsecond=0) + HOUR
-        return cls(now, dates, start, boundary, first_full_hour)
+        return cls(now, dates, start, boundary, bucket_of(boundary) + BUCKET)
+
+    def days_spanned(self, first: datetime.datetime, last: datetime.datetime) -> list[datetime.date]:
+        """The window's days on which a visitor seen from bucket `first` to `last` counts."""
+        first_day, last_day = first.astimezone(datetime.UTC).date(), last.astimezone(datetime.UTC).date()
+        return [day for day in self.days if first_day <= day <= last_day]
 
 
 class StatsReader:
-    """Computes `GET /api/stats` answers from a psycopg pool; safe across threads."""
+    """Computes `GET /api/stats` and `GET /api/sites` answers from a psycopg pool; safe across threads."""
 
     def __init__(
         self,
@@ -83,33 +103,63 @@ class StatsReader:
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
-    def stats_for_window(self, days: int) -> dict[str, Any]:
-        """Views per day for the last `days` UTC days (today included), top paths, last 24 h."""
+    def stats_for_window(self, days: int, site: str | None = None) -> dict[str, Any]:
+        """Views and visitors per UTC day over the last `days` days (today included), top
+        paths, sources and referrers, the last 24 h: of one site, or of all when `site` is None."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
+        with self._snapshot() as cur:
+            state, answer, tail_views = self._read(cur, days, site)
+        if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
+            self.request_rollup()
+        return answer
+
+    def sites(self) -> list[dict[str, Any]]:
+        """Every site with views in the last 30 days and its views, busiest first."""
+        with self._snapshot() as cur:
+            cur.execute(QUERIES["rollup_state"])
+            watermark, in_progress, _rolled_up_at, _last_folded, now = cur.fetchone()
+            since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
+            views: collections.Counter[str] = collections.Counter()
+            cur.execute(QUERIES["sites_rolled_up"], {"since": since})
+            views.update(dict(cur.fetchall()))
+            cur.execute(
+                QUERIES["sites_tail"], {"watermark": watermark, "in_progress": in_progress, "since": since}
+            )
+            views.update(dict(cur.fetchall()))
+        ranked = sorted(views.items(), key=lambda item: (-item[1], item[0]))
+        return [{"site": site, "views": count} for site, count in ranked if count > 0]
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[psycopg.Cursor]:
         with self.pool.connection() as conn:
             # The tail and the rollups must come from the same snapshot. (Web connections
             # autocommit; these settings apply only to transactions psycopg begins.)
             conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
             with conn.transaction(), conn.cursor() as cur:
-                state, answer, tail_views = self._read(cur, days)
-        if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
-            self.request_rollup()
-        return answer
+                yield cur
 
-    def _read(self, cur: psycopg.Cursor, days: int) -> tuple[tuple, dict[str, Any], int]:
-        cur.execute(QUERIES["rollup_state"])
-        watermark, in_progress, _rolled_up_at, _last_folded, now = cur.fetchone()
-        # The state's values go into the next query as parameters, not as a join: the
+    def _read(self, cur: psycopg.Cursor, days: int, site: str | None) -> tuple[tuple, dict[str, Any], int]:
+        cur.execute(QUERIES["stats_state"], {"days": days, "site": site})
+        watermark, in_progress, now, crawlers = cur.fetchone()
+        # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        cur.execute(QUERIES["stats_tail"], {"watermark": watermark, "in_progress": in_progress})
+        bounds = {"watermark": watermark, "in_progress": in_progress, "site": site}
+        cur.execute(QUERIES["stats_tail"], bounds)
         tail = cur.fetchall()
+        cur.execute(QUERIES["stats_tail_visitors"], bounds)
+        tail_visitors = cur.fetchall()
         state = (watermark, tuple(in_progress))
         window = Window.ending(now, days)
-        rolled_up = self._rolled_up(cur, state, window)
-        cur.execute(QUERIES["stats_raw_range"], {"start": window.boundary, "end": window.first_full_hour})
-        partial_hour = cur.fetchone()[0]
-        return state, self._combine(window, rolled_up, tail, partial_hour), sum(row[2] for row in tail)
+        rolled_up = self._rolled_up(cur, state, site, window)
+        cur.execute(
+            QUERIES["stats_raw_range"],
+            {"start": window.boundary, "end": window.first_full_bucket, "site": site},
+        )
+        partial_bucket = cur.fetchone()[0]
+        answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
+        answer.update(site=site, crawlers_filtered=crawlers)
+        return state, answer, sum(row[4] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
         # One request per rollup state asks; the others know it has been asked.
@@ -119,51 +169,86 @@ class StatsReader:
             self._rollup_requested_at = state
             return True
 
-    def _rolled_up(self, cur: psycopg.Cursor, state: tuple, window: Window) -> RolledUp:
-        key = (state, window.days[0], window.first_full_hour)
+    def _rolled_up(self, cur: psycopg.Cursor, state: tuple, site: str | None, window: Window) -> RolledUp:
+        key = (state, site, window.days[0], window.first_full_bucket)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        since = min(window.start, window.first_full_hour)
-        cur.execute(QUERIES["stats_rolled_up_hours"], {"since": since})
-        daily: dict[datetime.date, int] = collections.Counter()
+        since = min(window.start, window.first_full_bucket)
+        cur.execute(
+            QUERIES["stats_rolled_up_days"],
+            {"since": since, "recent": window.first_full_bucket, "site": site},
+        )
+        daily: dict[datetime.date, int] = {}
         after_boundary = 0
-        for hour, views in cur.fetchall():
-            hour = hour.astimezone(datetime.UTC)
-            if hour >= window.start:
-                daily[hour.date()] += views
-            if hour >= window.first_full_hour:
-                after_boundary += views
-        cur.execute(QUERIES["stats_rolled_up_paths"], {"first_day": window.days[0]})
-        paths = {path: views for path, views in cur.fetchall()}
-        rolled_up = RolledUp(dict(daily), after_boundary, paths)
+        for day, views, recent in cur.fetchall():
+            if day >= window.days[0]:
+                daily[day] = views
+            after_boundary += recent
+        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": window.start, "site": site})
+        visitors: collections.Counter[datetime.date] = collections.Counter()
+        for first_day, last_day, count in cur.fetchall():
+            for day in window.days:
+                if first_day <= day <= last_day:
+                    visitors[day] += count
+        tops = {}
+        for name in ("paths", "sources", "referrers"):
+            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"first_day": window.days[0], "site": site})
+            tops[name] = dict(cur.fetchall())
+        rolled_up = RolledUp(daily, dict(visitors), after_boundary, **tops)
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return rolled_up
 
-    def _combine(self, window: Window, rolled_up: RolledUp, tail: list, partial_hour: int) -> dict[str, Any]:
+    def _combine(
+        self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, partial_bucket: int
+    ) -> dict[str, Any]:
         daily = collections.Counter(rolled_up.daily)
+        visitors = collections.Counter(rolled_up.visitors)
         paths = collections.Counter(rolled_up.paths)
-        last_24h = partial_hour + rolled_up.after_boundary
-        for hour, path, views in tail:
-            hour = hour.astimezone(datetime.UTC)
-            if hour >= window.start:
-                daily[hour.date()] += views
+        sources = collections.Counter(rolled_up.sources)
+        referrers = collections.Counter(rolled_up.referrers)
+        last_24h = partial_bucket + rolled_up.after_boundary
+        for bucket, path, source, domain, views in tail:
+            if bucket >= window.start:
+                daily[bucket.astimezone(datetime.UTC).date()] += views
                 paths[path] += views
-            if hour >= window.first_full_hour:
+                if source is not None:
+                    sources[source] += views
+                if domain is not None:
+                    referrers[domain] += views
+            if bucket >= window.first_full_bucket:
                 last_24h += views
-        top = sorted(paths.items(), key=lambda item: (-item[1], item[0]))[:TOP_PATHS]
-        days = [{"day": day.isoformat(), "views": daily.get(day, 0)} for day in window.days]
+        # A visitor of the tail may already be in the rollups: replace its old span by the
+        # grown one, so each visitor counts once a day.
+        for first, last, old_first, old_last in tail_visitors:
+            if old_first is None:
+                visitors.update(window.days_spanned(first, last))
+                continue
+            visitors.update(window.days_spanned(min(first, old_first), max(last, old_last)))
+            visitors.subtract(window.days_spanned(old_first, old_last))
+        days = [
+            {"day": day.isoformat(), "views": daily.get(day, 0), "visitors": visitors.get(day, 0)}
+            for day in window.days
+        ]
         return {
             "days": len(window.days),
             "total_views": sum(day["views"] for day in days),
+            "visitors": sum(day["visitors"] for day in days),
             "views_last_24h": last_24h,
             "daily": days,
-            "top_paths": [{"path": path, "views": views} for path, views in top if views > 0],
+            "top_paths": _top(paths, "path"),
+            "top_referrers": _top(referrers, "referrer"),
+            "top_sources": _top(sources, "source"),
             "retention_days": self.retention_days,
             "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
         }
+
+
+def _top(counts: collections.Counter, key: str) -> list[dict[str, Any]]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_ROWS]
+    return [{key: name, "views": views} for name, views in ranked if views > 0]
