@@ -77,7 +77,7 @@ def parse_collect_body(body: bytes) -> tuple[str, str, str | None, str | None]:
         raise Refused(400, 'The field "url" is missing.')
     try:
         parts = urllib.parse.urlsplit(url)
-        hostname = parts.hostname
+        hostname, _port = parts.hostname, parts.port  # reading the port checks it
     except ValueError:
         raise Refused(400, '"url" is not a valid URL.') from None
     if parts.scheme.lower() not in ("http", "https") or not hostname:
