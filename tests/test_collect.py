@@ -503,10 +503,12 @@ def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed):
     rng = random.Random(seed)
-    for batch in arrivals(rng, random_visits(rng, 1500), chunks=6):
+    batches = arrivals(rng, random_visits(rng, 1500), chunks=6)
+    for batch in batches[:-1]:
         insert_raw(conn, batch)
         if rng.random() < 0.7:
             roll_up(conn)
+    insert_raw(conn, batches[-1])  # the tail: some of its visitors are in the rollups already
     for days in (1, 3, 12, 30):
         for site in (None, "example.com", "shop.example.org"):
             body = client.get("/api/stats", {"days": str(days), **({"site": site} if site else {})}).json
