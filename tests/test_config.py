@@ -45,6 +45,9 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("CLEANUP_SCHEDULE", "every hour"),
         ("LOG_LEVEL", "LOUD"),
         ("STALLED_AFTER_SECONDS", "5"),
+        ("SITES", "example.com:8080"),
+        ("SITES", "https://example.com"),
+        ("SALT_SCHEDULE", "daily"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -62,3 +65,9 @@ def test_blank_values_mean_the_default():
 def test_seconds_field_schedules_are_accepted():
     config = from_env({"RETRY_STALLED_SCHEDULE": "* * * * * */2"}, process_type="clock")
     assert config.retry_stalled_schedule == "* * * * * */2"
+
+
+def test_sites_are_host_names_in_lower_case_and_unset_means_any():
+    assert from_env({}, process_type="web").sites is None
+    config = from_env({"SITES": " Example.com, www.example.com,,"}, process_type="web")
+    assert config.sites == frozenset({"example.com", "www.example.com"})
