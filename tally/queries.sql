@@ -87,26 +87,27 @@ SELECT watermark, in_progress, now() AS now,
   FROM page_view_rollup_state
 
 -- stats_tail --
--- The views not yet rolled up, by bucket, path, source and referring domain. The bounds come
--- in as values, so the planner sees how few rows lie above the watermark (an index range).
-SELECT bucket, path, source, domain, count(*) AS views
-  FROM (SELECT date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
-               tally_referrer_domain(referrer, site) AS domain
-          FROM page_views
-         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND (%(site)s::text IS NULL OR site = %(site)s)) tail
- GROUP BY 1, 2, 3, 4
-
--- stats_tail_visitors --
--- Each visitor of the tail: its span over the tail and its span in the rollups (NULL if new).
-SELECT tail.first_bucket, tail.last_bucket, known.first_bucket AS old_first, known.last_bucket AS old_last
-  FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
-               max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
-          FROM page_views
-         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-         GROUP BY 1, 2) tail
-  LEFT JOIN page_view_visitors known ON known.site = tail.site AND known.visitor = tail.visitor
+-- The views not yet rolled up (one read of them): by bucket, path, source and referring domain
+-- (kind 'views'), and each visitor among them with its span there and, if it has one, its span
+-- in the rollups (kind 'visitor'). The bounds come in as values, so the planner sees how few
+-- rows lie above the watermark (an index range), whatever the table's size.
+WITH tail AS MATERIALIZED (
+    SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
+           referrer, visitor
+      FROM page_views
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND (%(site)s::text IS NULL OR site = %(site)s)
+)
+SELECT 'views' AS kind, bucket AS first_bucket, NULL::timestamptz AS last_bucket, path, source,
+       tally_referrer_domain(referrer, site) AS domain, count(*) AS views,
+       NULL::timestamptz AS old_first, NULL::timestamptz AS old_last
+  FROM tail GROUP BY bucket, path, source, 6
+UNION ALL
+SELECT 'visitor', seen.first_bucket, seen.last_bucket, NULL, NULL, NULL, NULL,
+       known.first_bucket, known.last_bucket
+  FROM (SELECT site, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
+          FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2) seen
+  LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).

@@ -146,9 +146,12 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site}
         cur.execute(QUERIES["stats_tail"], bounds)
-        tail = cur.fetchall()
-        cur.execute(QUERIES["stats_tail_visitors"], bounds)
-        tail_visitors = cur.fetchall()
+        tail, tail_visitors = [], []
+        for kind, first, last, path, source, domain, views, old_first, old_last in cur.fetchall():
+            if kind == "views":
+                tail.append((first, path, source, domain, views))
+            else:
+                tail_visitors.append((first, last, old_first, old_last))
         state = (watermark, tuple(in_progress))
         window = Window.ending(now, days)
         rolled_up = self._rolled_up(cur, state, site, window)
