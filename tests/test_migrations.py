@@ -86,7 +86,7 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
     import migrations
     from tally.config import from_env
     from tally.db import web_pool
-    from tests.test_web import make_client
+    from tally.web.stats import StatsReader
 
     before = [path for path in tally_files() if path.name < "0005"]
     monkeypatch.setattr(migrations, "tally_files", lambda: before)
@@ -110,11 +110,12 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
         )
         assert paths.fetchall() == [("default", "/a", 50), ("default", "/b", 30)]
         settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+        # The stats reader alone: build_app would bind jobs.app to this short-lived pool.
         with web_pool(settings) as pool:
-            client = make_client(fresh_database, pool)
-            body = client.get("/api/stats?days=7").json
+            stats = StatsReader(pool, retention_days=30)
+            body = stats.stats_for_window(7)
             assert body["total_views"] == 85 and body["visitors"] == 0
-            assert client.get("/api/stats?days=7&site=default").json["total_views"] == 85
+            assert stats.stats_for_window(7, site="default")["total_views"] == 85
             conn.execute("SELECT tally_rollup_page_views()")
-            assert client.get("/api/stats?days=7").json["total_views"] == 85
-            assert client.get("/api/sites").json["sites"] == [{"site": "default", "views": 85}]
+            assert stats.stats_for_window(7)["total_views"] == 85
+            assert stats.sites() == [{"site": "default", "views": 85}]
