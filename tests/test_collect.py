@@ -334,15 +334,20 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
     beacon(client, "https://example.com/?utm_source=news", "https://www.google.com/search?q=x", status=201)
     beacon(client, "https://example.com/a?ref=hn", "https://news.ycombinator.com/", status=201)
     roll_up(conn)
-    beacon(client, "https://example.com/b?utm_source=news", "https://google.com/", status=201)
-    beacon(
-        client, "https://example.com/c", "https://www.example.com/a", status=201
-    )  # its own pages: left out
+    beacon(client, "https://example.com/b?utm_source=news", "https://google.co.uk/", status=201)
+    beacon(client, "https://example.com/c", "https://www.example.com/a", status=201)  # the site's own
+    beacon(client, "https://example.com/d", "https://duckduckgo.com/", status=201)
+    beacon(client, "https://example.com/e", "https://WWW.Bing.com/search?q=tally", status=201)
+    beacon(client, "https://example.com/f", "https://search.brave.com/search?q=tally", status=201)
+    beacon(client, "https://example.com/g", "https://www.news.ycombinator.com/", status=201)
     body = client.get("/api/stats?days=1&site=example.com").json
     assert body["top_sources"] == [{"source": "news", "views": 2}, {"source": "hn", "views": 1}]
     assert body["top_referrers"] == [
-        {"referrer": "google.com", "views": 2},
-        {"referrer": "news.ycombinator.com", "views": 1},
+        {"referrer": "Google", "views": 2},  # google.com and google.co.uk: one search engine
+        {"referrer": "news.ycombinator.com", "views": 2},  # www. folded
+        {"referrer": "Bing", "views": 1},
+        {"referrer": "Brave Search", "views": 1},
+        {"referrer": "DuckDuckGo", "views": 1},
     ]
 
 
@@ -441,7 +446,7 @@ def brute_force(conn: psycopg.Connection, days: int, site: str | None) -> dict:
         domain = urllib.parse.urlsplit(referrer).hostname if referrer else None
         domain = domain.removeprefix("www.") if domain else None
         if domain and domain != row_site.removeprefix("www."):
-            referrers[domain] += 1
+            referrers["Google" if domain == "google.com" else domain] += 1
 
     def top(counts, key):
         return [

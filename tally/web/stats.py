@@ -29,6 +29,7 @@ import psycopg
 import psycopg_pool
 
 from tally.db import QUERIES
+from tally.web.referrers import by_name
 
 BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
 DAY = datetime.timedelta(days=1)
@@ -245,7 +246,7 @@ class StatsReader:
             "views_last_24h": last_24h,
             "daily": days,
             "top_paths": _top(paths, "path"),
-            "top_referrers": _top(referrers, "referrer"),
+            "top_referrers": _top(by_name(referrers), "referrer"),
             "top_sources": _top(sources, "source"),
             "retention_days": self.retention_days,
             "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
