@@ -1,5 +1,9 @@
 """Collecting from websites through the real WSGI app: POST /api/collect, GET /tally.js,
-sites, crawlers and visitors (issue 11), on the session's database."""
+sites, crawlers and visitors (issue 11), on the session's database.
+
+(Named test_web_*: build_app binds jobs.app to the session's web pool, and test_faults
+restarts the server under that pool; test_jobs, which defers through jobs.app, must run
+before any module that builds the app, as the alphabet orders them.)"""
 
 from __future__ import annotations
 
