@@ -34,6 +34,10 @@ CREATE INDEX page_view_buckets_bucket_idx ON page_view_buckets (bucket);
 INSERT INTO page_view_buckets (site, bucket, views) SELECT 'default', hour, views FROM page_view_hourly;
 DROP TABLE page_view_hourly;
 
+-- The top lists (paths, sources, referring domains) are kept twice: per UTC day, which the
+-- inside of any window sums, and per 15-minute bucket, for the one UTC day a window in another
+-- zone starts inside (its local midnight is not UTC's).
+
 -- Views per site, UTC day and path (top paths), now per site too.
 ALTER TABLE page_view_daily_paths ADD COLUMN site text NOT NULL DEFAULT 'default';
 ALTER TABLE page_view_daily_paths ALTER COLUMN site DROP DEFAULT;
@@ -41,6 +45,19 @@ ALTER TABLE page_view_daily_paths
     DROP CONSTRAINT page_view_daily_paths_pkey,
     ADD PRIMARY KEY (site, day, path);
 CREATE INDEX page_view_daily_paths_day_idx ON page_view_daily_paths (day);
+
+-- Views per site, bucket and path. Days rolled up before sites existed have no finer grain
+-- than the day: they come over on the day's first bucket.
+CREATE TABLE page_view_bucket_paths (
+    site text NOT NULL,
+    bucket timestamptz NOT NULL,
+    path text NOT NULL,
+    views bigint NOT NULL,
+    PRIMARY KEY (site, bucket, path)
+);
+CREATE INDEX page_view_bucket_paths_bucket_idx ON page_view_bucket_paths (bucket);
+INSERT INTO page_view_bucket_paths (site, bucket, path, views)
+SELECT site, day::timestamp AT TIME ZONE 'UTC', path, views FROM page_view_daily_paths;
 
 -- Views per site, UTC day and source (utm_source, ref or source of the page's URL).
 CREATE TABLE page_view_daily_sources (
@@ -51,6 +68,14 @@ CREATE TABLE page_view_daily_sources (
     PRIMARY KEY (site, day, source)
 );
 CREATE INDEX page_view_daily_sources_day_idx ON page_view_daily_sources (day);
+CREATE TABLE page_view_bucket_sources (
+    site text NOT NULL,
+    bucket timestamptz NOT NULL,
+    source text NOT NULL,
+    views bigint NOT NULL,
+    PRIMARY KEY (site, bucket, source)
+);
+CREATE INDEX page_view_bucket_sources_bucket_idx ON page_view_bucket_sources (bucket);
 
 -- The referrer's domain, lower case, `www.` folded; NULL for none, for a referrer that is not
 -- a URL, and for the site's own pages (a visitor moving within the site came from nowhere new).
@@ -70,6 +95,14 @@ CREATE TABLE page_view_daily_referrers (
     PRIMARY KEY (site, day, domain)
 );
 CREATE INDEX page_view_daily_referrers_day_idx ON page_view_daily_referrers (day);
+CREATE TABLE page_view_bucket_referrers (
+    site text NOT NULL,
+    bucket timestamptz NOT NULL,
+    domain text NOT NULL,
+    views bigint NOT NULL,
+    PRIMARY KEY (site, bucket, domain)
+);
+CREATE INDEX page_view_bucket_referrers_bucket_idx ON page_view_bucket_referrers (bucket);
 
 -- Each visitor id's first and last bucket, while its salt's day may still bring views (a
 -- few days: the rollup deletes older rows). A visitor id lives one day: the salt changes.
@@ -139,22 +172,38 @@ BEGIN
         INSERT INTO page_view_buckets (site, bucket, views)
         SELECT site, bucket, count(*) FROM fresh GROUP BY 1, 2
         ON CONFLICT (site, bucket) DO UPDATE SET views = page_view_buckets.views + EXCLUDED.views
-    ), paths AS (
-        INSERT INTO page_view_daily_paths (site, day, path, views)
-        SELECT site, (bucket AT TIME ZONE 'UTC')::date, path, count(*) FROM fresh GROUP BY 1, 2, 3
-        ON CONFLICT (site, day, path) DO UPDATE SET views = page_view_daily_paths.views + EXCLUDED.views
-    ), sources AS (
-        INSERT INTO page_view_daily_sources (site, day, source, views)
-        SELECT site, (bucket AT TIME ZONE 'UTC')::date, source, count(*) FROM fresh
-         WHERE source IS NOT NULL GROUP BY 1, 2, 3
-        ON CONFLICT (site, day, source) DO UPDATE SET views = page_view_daily_sources.views + EXCLUDED.views
-    ), referrers AS (
-        INSERT INTO page_view_daily_referrers (site, day, domain, views)
-        SELECT site, day, domain, count(*)
-          FROM (SELECT site, (bucket AT TIME ZONE 'UTC')::date AS day,
-                       tally_referrer_domain(referrer, site) AS domain FROM fresh
+    ), bucket_paths AS MATERIALIZED (
+        SELECT site, bucket, path, count(*) AS views FROM fresh GROUP BY 1, 2, 3
+    ), bucket_sources AS MATERIALIZED (
+        SELECT site, bucket, source, count(*) AS views FROM fresh WHERE source IS NOT NULL GROUP BY 1, 2, 3
+    ), bucket_referrers AS MATERIALIZED (
+        SELECT site, bucket, domain, count(*) AS views
+          FROM (SELECT site, bucket, tally_referrer_domain(referrer, site) AS domain FROM fresh
                  WHERE referrer IS NOT NULL) referred
          WHERE domain IS NOT NULL GROUP BY 1, 2, 3
+    ), paths AS (
+        INSERT INTO page_view_bucket_paths (site, bucket, path, views)
+        SELECT site, bucket, path, views FROM bucket_paths
+        ON CONFLICT (site, bucket, path) DO UPDATE SET views = page_view_bucket_paths.views + EXCLUDED.views
+    ), daily_paths AS (
+        INSERT INTO page_view_daily_paths (site, day, path, views)
+        SELECT site, (bucket AT TIME ZONE 'UTC')::date, path, sum(views) FROM bucket_paths GROUP BY 1, 2, 3
+        ON CONFLICT (site, day, path) DO UPDATE SET views = page_view_daily_paths.views + EXCLUDED.views
+    ), sources AS (
+        INSERT INTO page_view_bucket_sources (site, bucket, source, views)
+        SELECT site, bucket, source, views FROM bucket_sources
+        ON CONFLICT (site, bucket, source) DO UPDATE SET views = page_view_bucket_sources.views + EXCLUDED.views
+    ), daily_sources AS (
+        INSERT INTO page_view_daily_sources (site, day, source, views)
+        SELECT site, (bucket AT TIME ZONE 'UTC')::date, source, sum(views) FROM bucket_sources GROUP BY 1, 2, 3
+        ON CONFLICT (site, day, source) DO UPDATE SET views = page_view_daily_sources.views + EXCLUDED.views
+    ), referrers AS (
+        INSERT INTO page_view_bucket_referrers (site, bucket, domain, views)
+        SELECT site, bucket, domain, views FROM bucket_referrers
+        ON CONFLICT (site, bucket, domain) DO UPDATE SET views = page_view_bucket_referrers.views + EXCLUDED.views
+    ), daily_referrers AS (
+        INSERT INTO page_view_daily_referrers (site, day, domain, views)
+        SELECT site, (bucket AT TIME ZONE 'UTC')::date, domain, sum(views) FROM bucket_referrers GROUP BY 1, 2, 3
         ON CONFLICT (site, day, domain) DO UPDATE SET views = page_view_daily_referrers.views + EXCLUDED.views
     ), seen AS (
         -- Each visitor's span grows by its fresh views; its old span (if any) is replaced.

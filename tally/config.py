@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -21,6 +23,7 @@ from croniter import croniter
 from tally.sites import parse_site
 
 T = TypeVar("T")
+TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 
 # The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
 # Web threads do not each hold a connection: a view waits for a shared INSERT (group
@@ -69,6 +72,8 @@ class Config:
     # documented risk), and when the clock rotates the visitor hash's daily salt.
     sites: frozenset[str] | None = None
     salt_schedule: str = "5 * * * *"
+    # The IANA zone whose days stats count (?tz= overrides it per request).
+    timezone: str = "UTC"
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -106,6 +111,7 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         # Collecting from websites.
         sites=reader.host_names("SITES"),
         salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
+        timezone=reader.time_zone("TIMEZONE", "UTC"),
     )
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
         raise ConfigError(
@@ -186,6 +192,14 @@ class _Reader:
 
         return self._parse(name, None, parse)
 
+    def time_zone(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not is_time_zone(raw):
+                raise ValueError("expected an IANA time zone such as Europe/Paris or America/New_York")
+            return raw
+
+        return self._parse(name, default, parse)
+
     def cron(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:
             if not croniter.is_valid(raw):
@@ -193,6 +207,17 @@ class _Reader:
             return raw
 
         return self._parse(name, default, parse)
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA zone (Europe/Paris, UTC), not a path or a POSIX rule."""
+    if not TIME_ZONE_NAME.fullmatch(name):
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _in_range(value: T, low: T, high: T) -> T:

@@ -64,27 +64,37 @@ WITH buckets AS (
     DELETE FROM page_view_daily_sources WHERE day < %(cutoff_day)s RETURNING 1
 ), referrers AS (
     DELETE FROM page_view_daily_referrers WHERE day < %(cutoff_day)s RETURNING 1
+), bucket_paths AS (
+    DELETE FROM page_view_bucket_paths WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), bucket_sources AS (
+    DELETE FROM page_view_bucket_sources WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), bucket_referrers AS (
+    DELETE FROM page_view_bucket_referrers WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), spans AS (
     DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
 SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT count(*) FROM sources)
-     + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM spans) + (SELECT count(*) FROM crawlers)
-       AS removed
+     + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM bucket_paths)
+     + (SELECT count(*) FROM bucket_sources) + (SELECT count(*) FROM bucket_referrers)
+     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM crawlers) AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
 
 -- stats_state --
--- The rollup state a stats request reads first, the database's clock, and the crawler hits
--- filtered over the window's UTC days (one round trip).
-SELECT watermark, in_progress, now() AS now,
+-- The rollup state a stats request reads first, the database's clock, today in the zone `tz`
+-- and the instant its window of `days` days starts (local midnight), and the crawler hits
+-- filtered over the UTC days the window meets (one round trip).
+SELECT watermark, in_progress, now, today, start,
        (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
-         WHERE day > (now() AT TIME ZONE 'UTC')::date - %(days)s::int
+         WHERE day >= (start AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
-  FROM page_view_rollup_state
+  FROM page_view_rollup_state,
+       LATERAL (SELECT now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today) clock,
+       LATERAL (SELECT (today - (%(days)s::int - 1))::timestamp AT TIME ZONE %(tz)s AS start) window_start
 
 -- stats_tail --
 -- The views not yet rolled up (one read of them): by bucket, path, source and referring domain
@@ -98,13 +108,14 @@ WITH tail AS MATERIALIZED (
      WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
        AND (%(site)s::text IS NULL OR site = %(site)s)
 )
-SELECT 'views' AS kind, bucket AS first_bucket, NULL::timestamptz AS last_bucket, path, source,
-       tally_referrer_domain(referrer, site) AS domain, count(*) AS views,
-       NULL::timestamptz AS old_first, NULL::timestamptz AS old_last
-  FROM tail GROUP BY bucket, path, source, 6
+SELECT 'views' AS kind, bucket, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
+       path, source, tally_referrer_domain(referrer, site) AS domain, count(*) AS views,
+       NULL::date AS old_first_day, NULL::date AS old_last_day
+  FROM tail GROUP BY bucket, path, source, 7
 UNION ALL
-SELECT 'visitor', seen.first_bucket, seen.last_bucket, NULL, NULL, NULL, NULL,
-       known.first_bucket, known.last_bucket
+SELECT 'visitor', NULL, (seen.first_bucket AT TIME ZONE %(tz)s)::date, (seen.last_bucket AT TIME ZONE %(tz)s)::date,
+       NULL, NULL, NULL, NULL,
+       (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
   FROM (SELECT site, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
           FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2) seen
   LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
@@ -120,16 +131,16 @@ SELECT count(*) AS views FROM page_views
  WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
 
 -- stats_rolled_up_days --
--- Rolled-up views per UTC day since `since`, and those in buckets from `recent` on.
-SELECT (bucket AT TIME ZONE 'UTC')::date AS day, sum(views)::bigint AS views,
+-- Rolled-up views per day in the zone `tz` since `since`, and those in buckets from `recent` on.
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
        coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s), 0)::bigint AS recent
   FROM page_view_buckets
  WHERE bucket >= %(since)s AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1
 
 -- stats_rolled_up_visitors --
--- Rolled-up visitors per UTC day of their first view, and the spans that reach into later days.
-SELECT (first_bucket AT TIME ZONE 'UTC')::date AS first_day, (last_bucket AT TIME ZONE 'UTC')::date AS last_day,
+-- Rolled-up visitors by the days (in the zone `tz`) of their first and last views.
+SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
        sum(visitors)::bigint AS visitors
   FROM page_view_visitor_spans
  -- a visitor id lives one day (its salt's), so a span that reaches the window starts at most 3 days before
@@ -138,19 +149,43 @@ SELECT (first_bucket AT TIME ZONE 'UTC')::date AS first_day, (last_bucket AT TIM
  GROUP BY 1, 2
 
 -- stats_rolled_up_paths --
--- Rolled-up views per path over the days since first_day.
-SELECT path, sum(views)::bigint AS views FROM page_view_daily_paths
- WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY path
+-- Rolled-up views per path since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT path, sum(views)::bigint AS views
+  FROM (SELECT path, views FROM page_view_daily_paths
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT path, views FROM page_view_bucket_paths
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY path
 
 -- stats_rolled_up_sources --
--- Rolled-up views per source over the days since first_day.
-SELECT source, sum(views)::bigint AS views FROM page_view_daily_sources
- WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY source
+-- Rolled-up views per source since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT source, sum(views)::bigint AS views
+  FROM (SELECT source, views FROM page_view_daily_sources
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT source, views FROM page_view_bucket_sources
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY source
 
 -- stats_rolled_up_referrers --
--- Rolled-up views per referring domain over the days since first_day.
-SELECT domain, sum(views)::bigint AS views FROM page_view_daily_referrers
- WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s) GROUP BY domain
+-- Rolled-up views per domain since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT domain, sum(views)::bigint AS views
+  FROM (SELECT domain, views FROM page_view_daily_referrers
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT domain, views FROM page_view_bucket_referrers
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY domain
 
 -- sites_rolled_up --
 -- Rolled-up views per site since `since`.

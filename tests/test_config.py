@@ -48,6 +48,8 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("SITES", "example.com:8080"),
         ("SITES", "https://example.com"),
         ("SALT_SCHEDULE", "daily"),
+        ("TIMEZONE", "Mars/Olympus"),
+        ("TIMEZONE", "/etc/localtime"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -71,3 +73,8 @@ def test_sites_are_host_names_in_lower_case_and_unset_means_any():
     assert from_env({}, process_type="web").sites is None
     config = from_env({"SITES": " Example.com, www.example.com,,"}, process_type="web")
     assert config.sites == frozenset({"example.com", "www.example.com"})
+
+
+def test_timezone_is_an_iana_zone_and_utc_by_default():
+    assert from_env({}, process_type="web").timezone == "UTC"
+    assert from_env({"TIMEZONE": "America/St_Johns"}, process_type="web").timezone == "America/St_Johns"

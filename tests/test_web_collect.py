@@ -16,6 +16,7 @@ import random
 import subprocess
 import urllib.parse
 import wsgiref.util
+import zoneinfo
 from pathlib import Path
 
 import psycopg
@@ -431,13 +432,21 @@ def test_the_tracker_sends_text_plain_beacons_and_guards_automation_and_localhos
 # --- exact against a brute-force count ----------------------------------------------------------
 
 
-def brute_force(conn: psycopg.Connection, days: int, site: str | None) -> dict:
-    """Every figure of /api/stats straight from page_views, domains parsed in Python."""
-    rows = conn.execute(
-        "SELECT (viewed_at AT TIME ZONE 'UTC')::date, site, path, source, referrer, visitor FROM page_views"
-        " WHERE viewed_at >= (now() AT TIME ZONE 'UTC')::date - %s + 1 AND (%s::text IS NULL OR site = %s)",
-        (days, site, site),
-    ).fetchall()
+def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str = "UTC") -> dict:
+    """Every figure of /api/stats straight from page_views, days in Python's zone database,
+    domains parsed in Python."""
+    zone = zoneinfo.ZoneInfo(tz)
+    now = conn.execute("SELECT now()").fetchone()[0]
+    first_day = now.astimezone(zone).date() - datetime.timedelta(days=days - 1)
+    start = datetime.datetime.combine(first_day, datetime.time(), zone)
+    rows = [
+        (viewed_at.astimezone(zone).date(), *rest)
+        for viewed_at, *rest in conn.execute(
+            "SELECT viewed_at, site, path, source, referrer, visitor FROM page_views"
+            " WHERE viewed_at >= %s AND (%s::text IS NULL OR site = %s)",
+            (start, site, site),
+        )
+    ]
     views, visitors = collections.Counter(), collections.defaultdict(set)
     paths, sources, referrers = collections.Counter(), collections.Counter(), collections.Counter()
     for day, row_site, path, source, referrer, visitor in rows:
@@ -511,8 +520,19 @@ def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
         )
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed):
+@pytest.mark.parametrize(
+    ("seed", "tz"),
+    [
+        (1, "UTC"),
+        (2, "UTC"),
+        (3, "America/New_York"),
+        (4, "Asia/Kathmandu"),  # +5:45
+        (5, "Australia/Adelaide"),  # +9:30, +10:30 in summer
+        (6, "America/St_Johns"),  # -3:30, -2:30 in summer
+        (7, "Pacific/Kiritimati"),  # +14
+    ],
+)
+def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed, tz):
     rng = random.Random(seed)
     batches = arrivals(rng, random_visits(rng, 1500), chunks=6)
     for batch in batches[:-1]:
@@ -522,10 +542,36 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
     insert_raw(conn, batches[-1])  # the tail: some of its visitors are in the rollups already
     for days in (1, 3, 12, 30):
         for site in (None, "example.com", "shop.example.org"):
-            body = client.get("/api/stats", {"days": str(days), **({"site": site} if site else {})}).json
-            expected = brute_force(conn, days, site)
+            query = {"days": str(days), "tz": tz, **({"site": site} if site else {})}
+            body = client.get("/api/stats", query).json
+            assert body["tz"] == tz
+            expected = brute_force(conn, days, site, tz)
             daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
             assert daily == expected["daily"], (days, site)
             assert body["visitors"] == sum(visitors for _, visitors in expected["daily"].values())
             for key in ("top_paths", "top_sources", "top_referrers"):
                 assert body[key] == expected[key], (days, site, key)
+
+
+def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
+    # 23:50 UTC yesterday is today in Kathmandu (+5:45) and yesterday in New York.
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) VALUES"
+        " ('/late', date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '10 minutes')"
+    )
+    local = make_client(database_url, pool, TIMEZONE="Asia/Kathmandu")
+    today_in = {
+        tz: conn.execute("SELECT (now() AT TIME ZONE %s)::date::text", (tz,)).fetchone()[0]
+        for tz in ("Asia/Kathmandu", "America/New_York")
+    }
+    body = local.get("/api/stats?days=2").json
+    assert body["tz"] == "Asia/Kathmandu" and body["daily"][-1]["day"] == today_in["Asia/Kathmandu"]
+    days = {day["day"]: day["views"] for day in body["daily"] if day["views"]}
+    expected = conn.execute(
+        "SELECT (viewed_at AT TIME ZONE 'Asia/Kathmandu')::date::text FROM page_views"
+    ).fetchone()[0]
+    assert days == {expected: 1}
+    body = local.get("/api/stats?days=2&tz=America/New_York").json
+    assert body["tz"] == "America/New_York" and body["daily"][-1]["day"] == today_in["America/New_York"]
+    for bad in ("Mars/Olympus", "UTC+5", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0"):
+        assert "tz" in local.get("/api/stats", {"tz": bad}, status=400).json["error"]

@@ -20,7 +20,7 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from tally.config import Config
+from tally.config import Config, is_time_zone
 from tally.sites import DEFAULT_SITE, parse_site
 from tally.web import dashboard, queue_state
 from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
@@ -81,6 +81,16 @@ def parse_days(query: bottle.FormsDict) -> int:
     return int(values[0])
 
 
+def parse_time_zone(query: bottle.FormsDict, default: str) -> str:
+    """The `tz` query parameter: an IANA zone name, TIMEZONE's when absent."""
+    values = query.getall("tz")
+    if not values or values == [""]:
+        return default
+    if len(values) > 1 or not is_time_zone(values[0]):
+        raise json_error(400, "tz must be one IANA time zone such as Europe/Paris or America/New_York.")
+    return values[0]
+
+
 def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     """The `site` query parameter: a host name, or None (every site) when absent or empty."""
     values = query.getall("site")
@@ -131,7 +141,10 @@ def build_app(
     def show_dashboard():
         """Render the dashboard: views per day, top paths, queue state."""
         days = parse_days(bottle.request.query)
-        window = stats.stats_for_window(days, parse_site_parameter(bottle.request.query))
+        query = bottle.request.query
+        window = stats.stats_for_window(
+            days, parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
         sites = stats.sites()
         with pool.connection() as conn:
             queue = queue_state.queue_summary(conn)
@@ -184,9 +197,12 @@ def build_app(
     @app.get("/api/stats")
     @database_unavailable
     def show_stats():
-        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all), top paths."""
+        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all) in ?tz=Z."""
         query = bottle.request.query
-        return json_response(200, stats.stats_for_window(parse_days(query), parse_site_parameter(query)))
+        window = stats.stats_for_window(
+            parse_days(query), parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
+        return json_response(200, window)
 
     @app.get("/api/sites")
     @database_unavailable

@@ -1,7 +1,8 @@
 """Stats for a window of days, exact and fast: rollups plus the tail not yet rolled up.
 
 Views and visitors per day, top paths, sources and referring domains, per site or all
-sites together (migrations/0005). A visitor counts once on each day its views fall on.
+sites together (migrations/0005), with days in any IANA zone: the rollups' 15-minute
+buckets fit every zone's days. A visitor counts once on each day its views fall on.
 
 The rollup job moves its state (the snapshot it folded at: a watermark and the
 transactions then in progress) and the rollup tables together, so the rolled-up part
@@ -65,26 +66,24 @@ class RolledUp:
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-    """The days and buckets a request asks about, fixed by the database clock."""
+    """The days and buckets a request asks about, fixed by the database clock, in one zone."""
 
     now: datetime.datetime
-    days: list[datetime.date]
-    start: datetime.datetime  # midnight UTC of the first day
+    days: list[datetime.date]  # in the zone
+    start: datetime.datetime  # local midnight of the first day
     boundary: datetime.datetime  # now - 24 h
     first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
 
     @classmethod
-    def ending(cls, now: datetime.datetime, days: int) -> Window:
-        now = now.astimezone(datetime.UTC)
-        today = now.date()
+    def ending(
+        cls, now: datetime.datetime, today: datetime.date, start: datetime.datetime, days: int
+    ) -> Window:
         dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
-        start = datetime.datetime.combine(dates[0], datetime.time(), datetime.UTC)
         boundary = now - DAY
         return cls(now, dates, start, boundary, bucket_of(boundary) + BUCKET)
 
-    def days_spanned(self, first: datetime.datetime, last: datetime.datetime) -> list[datetime.date]:
-        """The window's days on which a visitor seen from bucket `first` to `last` counts."""
-        first_day, last_day = first.astimezone(datetime.UTC).date(), last.astimezone(datetime.UTC).date()
+    def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
+        """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
         return [day for day in self.days if first_day <= day <= last_day]
 
 
@@ -104,13 +103,14 @@ class StatsReader:
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
-    def stats_for_window(self, days: int, site: str | None = None) -> dict[str, Any]:
-        """Views and visitors per UTC day over the last `days` days (today included), top
-        paths, sources and referrers, the last 24 h: of one site, or of all when `site` is None."""
+    def stats_for_window(self, days: int, site: str | None = None, tz: str = "UTC") -> dict[str, Any]:
+        """Views and visitors per day (in the IANA zone `tz`) over the last `days` days, today
+        included, top paths, sources and referrers, the last 24 h: of one site, or of all when
+        `site` is None."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         with self._snapshot() as cur:
-            state, answer, tail_views = self._read(cur, days, site)
+            state, answer, tail_views = self._read(cur, days, site, tz)
         if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
             self.request_rollup()
         return answer
@@ -140,30 +140,32 @@ class StatsReader:
             with conn.transaction(), conn.cursor() as cur:
                 yield cur
 
-    def _read(self, cur: psycopg.Cursor, days: int, site: str | None) -> tuple[tuple, dict[str, Any], int]:
-        cur.execute(QUERIES["stats_state"], {"days": days, "site": site})
-        watermark, in_progress, now, crawlers = cur.fetchone()
+    def _read(
+        self, cur: psycopg.Cursor, days: int, site: str | None, tz: str
+    ) -> tuple[tuple, dict[str, Any], int]:
+        cur.execute(QUERIES["stats_state"], {"days": days, "site": site, "tz": tz})
+        watermark, in_progress, now, today, start, crawlers = cur.fetchone()
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        bounds = {"watermark": watermark, "in_progress": in_progress, "site": site}
+        bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         cur.execute(QUERIES["stats_tail"], bounds)
         tail, tail_visitors = [], []
-        for kind, first, last, path, source, domain, views, old_first, old_last in cur.fetchall():
+        for kind, bucket, first_day, last_day, path, source, domain, views, *old in cur.fetchall():
             if kind == "views":
-                tail.append((first, path, source, domain, views))
+                tail.append((bucket, first_day, path, source, domain, views))
             else:
-                tail_visitors.append((first, last, old_first, old_last))
+                tail_visitors.append((first_day, last_day, *old))
         state = (watermark, tuple(in_progress))
-        window = Window.ending(now, days)
-        rolled_up = self._rolled_up(cur, state, site, window)
+        window = Window.ending(now, today, start, days)
+        rolled_up = self._rolled_up(cur, state, site, tz, window)
         cur.execute(
             QUERIES["stats_raw_range"],
             {"start": window.boundary, "end": window.first_full_bucket, "site": site},
         )
         partial_bucket = cur.fetchone()[0]
         answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
-        answer.update(site=site, crawlers_filtered=crawlers)
-        return state, answer, sum(row[4] for row in tail)
+        answer.update(site=site, tz=tz, crawlers_filtered=crawlers)
+        return state, answer, sum(row[-1] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
         # One request per rollup state asks; the others know it has been asked.
@@ -173,8 +175,10 @@ class StatsReader:
             self._rollup_requested_at = state
             return True
 
-    def _rolled_up(self, cur: psycopg.Cursor, state: tuple, site: str | None, window: Window) -> RolledUp:
-        key = (state, site, window.days[0], window.first_full_bucket)
+    def _rolled_up(
+        self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
+    ) -> RolledUp:
+        key = (state, site, tz, window.days[0], window.first_full_bucket)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -183,7 +187,7 @@ class StatsReader:
         since = min(window.start, window.first_full_bucket)
         cur.execute(
             QUERIES["stats_rolled_up_days"],
-            {"since": since, "recent": window.first_full_bucket, "site": site},
+            {"since": since, "recent": window.first_full_bucket, "site": site, "tz": tz},
         )
         daily: dict[datetime.date, int] = {}
         after_boundary = 0
@@ -191,7 +195,7 @@ class StatsReader:
             if day >= window.days[0]:
                 daily[day] = views
             after_boundary += recent
-        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": window.start, "site": site})
+        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": window.start, "site": site, "tz": tz})
         visitors: collections.Counter[datetime.date] = collections.Counter()
         for first_day, last_day, count in cur.fetchall():
             for day in window.days:
@@ -199,7 +203,7 @@ class StatsReader:
                     visitors[day] += count
         tops = {}
         for name in ("paths", "sources", "referrers"):
-            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"first_day": window.days[0], "site": site})
+            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": window.start, "site": site})
             tops[name] = dict(cur.fetchall())
         rolled_up = RolledUp(daily, dict(visitors), after_boundary, **tops)
         with self._lock:
@@ -217,9 +221,9 @@ class StatsReader:
         sources = collections.Counter(rolled_up.sources)
         referrers = collections.Counter(rolled_up.referrers)
         last_24h = partial_bucket + rolled_up.after_boundary
-        for bucket, path, source, domain, views in tail:
+        for bucket, day, path, source, domain, views in tail:
             if bucket >= window.start:
-                daily[bucket.astimezone(datetime.UTC).date()] += views
+                daily[day] += views
                 paths[path] += views
                 if source is not None:
                     sources[source] += views
@@ -229,7 +233,7 @@ class StatsReader:
                 last_24h += views
         # A visitor of the tail may already be in the rollups: replace its old span by the
         # grown one, so each visitor counts once a day.
-        for first, last, old_first, old_last in tail_visitors:
+        for first, last, old_first, old_last in tail_visitors:  # days in the zone
             if old_first is None:
                 visitors.update(window.days_spanned(first, last))
                 continue
