@@ -126,6 +126,26 @@ CREATE TABLE page_view_visitor_spans (
 );
 CREATE INDEX page_view_visitor_spans_first_bucket_idx ON page_view_visitor_spans (first_bucket);
 
+-- The same per path, for visitors per day and path (GET /api/export).
+CREATE TABLE page_view_path_visitors (
+    site text NOT NULL,
+    path text NOT NULL,
+    visitor bigint NOT NULL,
+    first_bucket timestamptz NOT NULL,
+    last_bucket timestamptz NOT NULL,
+    PRIMARY KEY (site, path, visitor)
+);
+CREATE INDEX page_view_path_visitors_last_bucket_idx ON page_view_path_visitors (last_bucket);
+CREATE TABLE page_view_path_visitor_spans (
+    site text NOT NULL,
+    path text NOT NULL,
+    first_bucket timestamptz NOT NULL,
+    last_bucket timestamptz NOT NULL,
+    visitors bigint NOT NULL,
+    PRIMARY KEY (site, path, first_bucket, last_bucket)
+);
+CREATE INDEX page_view_path_visitor_spans_first_bucket_idx ON page_view_path_visitor_spans (first_bucket);
+
 -- The daily random salt of the visitor hash. The web creates the day's row on first use, the
 -- clock's rotate_visitor_salts job the next day's ahead of time and deletes those two days old,
 -- so no one can recompute an earlier day's visitor ids. 32 bytes from pg_strong_random.
@@ -232,12 +252,40 @@ BEGIN
          GROUP BY 1, 2, 3 HAVING sum(delta) <> 0
         ON CONFLICT (site, first_bucket, last_bucket) DO UPDATE
            SET visitors = page_view_visitor_spans.visitors + EXCLUDED.visitors
+    ), path_seen AS (
+        -- The same, per path.
+        SELECT fresh_ids.site, fresh_ids.path, fresh_ids.visitor,
+               least(fresh_ids.first_bucket, known.first_bucket) AS first_bucket,
+               greatest(fresh_ids.last_bucket, known.last_bucket) AS last_bucket,
+               known.first_bucket AS old_first, known.last_bucket AS old_last
+          FROM (SELECT site, path, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
+                  FROM fresh WHERE visitor IS NOT NULL GROUP BY 1, 2, 3) fresh_ids
+          LEFT JOIN page_view_path_visitors known
+            ON known.site = fresh_ids.site AND known.path = fresh_ids.path AND known.visitor = fresh_ids.visitor
+    ), path_changed AS (
+        SELECT * FROM path_seen
+         WHERE old_first IS NULL OR first_bucket <> old_first OR last_bucket <> old_last
+    ), path_visitors AS (
+        INSERT INTO page_view_path_visitors (site, path, visitor, first_bucket, last_bucket)
+        SELECT site, path, visitor, first_bucket, last_bucket FROM path_changed
+        ON CONFLICT (site, path, visitor) DO UPDATE
+           SET first_bucket = EXCLUDED.first_bucket, last_bucket = EXCLUDED.last_bucket
+    ), path_spans AS (
+        INSERT INTO page_view_path_visitor_spans (site, path, first_bucket, last_bucket, visitors)
+        SELECT site, path, first_bucket, last_bucket, sum(delta)
+          FROM (SELECT site, path, first_bucket, last_bucket, 1 AS delta FROM path_changed
+                UNION ALL
+                SELECT site, path, old_first, old_last, -1 FROM path_changed WHERE old_first IS NOT NULL) moves
+         GROUP BY 1, 2, 3, 4 HAVING sum(delta) <> 0
+        ON CONFLICT (site, path, first_bucket, last_bucket) DO UPDATE
+           SET visitors = page_view_path_visitor_spans.visitors + EXCLUDED.visitors
     )
     SELECT count(*) INTO folded FROM fresh;
 
     -- Visitor ids whose salt is long gone bring no more views: their rows can go. Under the
     -- state lock, so no rollup reads a row while it is deleted.
     DELETE FROM page_view_visitors WHERE last_bucket < now() - interval '3 days';
+    DELETE FROM page_view_path_visitors WHERE last_bucket < now() - interval '3 days';
 
     UPDATE page_view_rollup_state
        SET watermark = pg_snapshot_xmax(snapshot),

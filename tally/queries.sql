@@ -72,13 +72,16 @@ WITH buckets AS (
     DELETE FROM page_view_bucket_referrers WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), spans AS (
     DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), path_spans AS (
+    DELETE FROM page_view_path_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
 SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT count(*) FROM sources)
      + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM bucket_paths)
      + (SELECT count(*) FROM bucket_sources) + (SELECT count(*) FROM bucket_referrers)
-     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM crawlers) AS removed
+     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM path_spans) + (SELECT count(*) FROM crawlers)
+       AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
@@ -186,6 +189,43 @@ SELECT domain, sum(views)::bigint AS views
            AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
            AND (%(site)s::text IS NULL OR site = %(site)s)) counted
  GROUP BY domain
+
+-- export_rolled_up_views --
+-- Rolled-up views per day (in the zone `tz`) and path since `start`.
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, path, sum(views)::bigint AS views
+  FROM page_view_bucket_paths
+ WHERE bucket >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
+
+-- export_rolled_up_visitors --
+-- Rolled-up visitors per path by the days (in the zone `tz`) of their first and last views there.
+SELECT path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       sum(visitors)::bigint AS visitors
+  FROM page_view_path_visitor_spans
+ WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2, 3
+
+-- export_tail --
+-- The tail's views per bucket and path (kind 'views'), and each (path, visitor) among them with its
+-- days there and, if rolled up already, its days in the rollups (kind 'visitor'); days in `tz`.
+WITH tail AS MATERIALIZED (
+    SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, visitor
+      FROM page_views
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND (%(site)s::text IS NULL OR site = %(site)s)
+)
+SELECT 'views' AS kind, bucket, path, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
+       count(*) AS views, NULL::date AS old_first_day, NULL::date AS old_last_day
+  FROM tail GROUP BY bucket, path
+UNION ALL
+SELECT 'visitor', NULL, seen.path, (seen.first_bucket AT TIME ZONE %(tz)s)::date,
+       (seen.last_bucket AT TIME ZONE %(tz)s)::date, NULL,
+       (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
+  FROM (SELECT site, path, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
+          FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2, 3) seen
+  LEFT JOIN page_view_path_visitors known
+    ON known.site = seen.site AND known.path = seen.path AND known.visitor = seen.visitor
 
 -- sites_rolled_up --
 -- Rolled-up views per site since `since`.

@@ -8,8 +8,10 @@ before any module that builds the app, as the alphabet orders them.)"""
 from __future__ import annotations
 
 import collections
+import csv
 import datetime
 import gzip
+import io
 import json
 import logging
 import random
@@ -448,12 +450,16 @@ def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str =
         )
     ]
     views, visitors = collections.Counter(), collections.defaultdict(set)
+    path_views, path_visitors = collections.Counter(), collections.defaultdict(set)
     paths, sources, referrers = collections.Counter(), collections.Counter(), collections.Counter()
     for day, row_site, path, source, referrer, visitor in rows:
         views[day.isoformat()] += 1
         if visitor is not None:
             visitors[day.isoformat()].add((row_site, visitor))
         paths[path] += 1
+        path_views[(day.isoformat(), path)] += 1
+        if visitor is not None:
+            path_visitors[(day.isoformat(), path)].add((row_site, visitor))
         if source:
             sources[source] += 1
         domain = urllib.parse.urlsplit(referrer).hostname if referrer else None
@@ -468,6 +474,7 @@ def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str =
 
     return {
         "daily": {day: (views[day], len(visitors[day])) for day in views},
+        "export": {key: (path_views[key], len(path_visitors[key])) for key in path_views},
         "top_paths": top(paths, "path"),
         "top_sources": top(sources, "source"),
         "top_referrers": top(referrers, "referrer"),
@@ -551,6 +558,12 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             assert body["visitors"] == sum(visitors for _, visitors in expected["daily"].values())
             for key in ("top_paths", "top_sources", "top_referrers"):
                 assert body[key] == expected[key], (days, site, key)
+            exported = client.get("/api/export", query)
+            assert exported.content_type == "text/csv"
+            rows = list(csv.DictReader(io.StringIO(exported.text)))
+            assert not rows or list(rows[0]) == ["day", "path", "views", "visitors"]
+            per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
+            assert per_path == expected["export"], (days, site)
 
 
 def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
@@ -575,3 +588,20 @@ def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
     assert body["tz"] == "America/New_York" and body["daily"][-1]["day"] == today_in["America/New_York"]
     for bad in ("Mars/Olympus", "UTC+5", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0"):
         assert "tz" in local.get("/api/stats", {"tz": bad}, status=400).json["error"]
+
+
+def test_export_is_csv_with_a_header_and_one_row_per_day_and_path(client, conn):
+    beacon(client, "https://example.com/a", status=201)
+    beacon(client, "https://example.com/a", address=OTHER_ADDRESS, status=201)
+    roll_up(conn)
+    beacon(client, "https://example.com/a", status=201)  # the same visitor again, in the tail
+    beacon(client, "https://example.com/b,c", status=201)
+    response = client.get("/api/export?days=1&site=example.com", status=200)
+    assert response.headers["Content-Disposition"] == 'attachment; filename="tally-example.com-1-days.csv"'
+    rows = list(csv.reader(io.StringIO(response.text)))
+    today = client.get("/api/stats?days=1").json["daily"][-1]["day"]
+    assert rows == [["day", "path", "views", "visitors"], [today, "/a", "3", "2"], [today, "/b,c", "1", "1"]]
+    assert client.get("/api/export?days=0", status=400).json["error"].startswith("days")
+    assert list(csv.reader(io.StringIO(client.get("/api/export?site=none.example").text))) == [
+        ["day", "path", "views", "visitors"]
+    ]

@@ -22,7 +22,7 @@ import psycopg_pool
 
 from tally.config import Config, is_time_zone
 from tally.sites import DEFAULT_SITE, parse_site
-from tally.web import dashboard, queue_state
+from tally.web import dashboard, export, queue_state
 from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
@@ -209,6 +209,21 @@ def build_app(
     def show_sites():
         """List the sites that have views, with their views over the last 30 days."""
         return json_response(200, {"days": 30, "sites": stats.sites()})
+
+    @app.get("/api/export")
+    @database_unavailable
+    def export_daily_paths():
+        """Send views and visitors per day and path over ?days=N of ?site=H in ?tz=Z as CSV."""
+        query = bottle.request.query
+        days, site = parse_days(query), parse_site_parameter(query)
+        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone))
+        name = f"tally-{site or 'all-sites'}-{days}-days.csv"
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        }
+        return bottle.HTTPResponse(body=export.csv_lines(rows), headers=headers)
 
     @app.get("/tally.js")
     def serve_tracker():

@@ -47,6 +47,17 @@ EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 SITES_DAYS = 30
 
 
+@contextlib.contextmanager
+def snapshot(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Cursor]:
+    """A cursor in one read-only REPEATABLE READ snapshot: the tail and the rollups must come
+    from the same one. (Web connections autocommit; these settings apply only to the
+    transactions psycopg begins.)"""
+    with pool.connection() as conn:
+        conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+
 def bucket_of(moment: datetime.datetime) -> datetime.datetime:
     """The start of the 15-minute bucket `moment` falls in."""
     return moment - (moment - EPOCH) % BUCKET
@@ -131,14 +142,8 @@ class StatsReader:
         ranked = sorted(views.items(), key=lambda item: (-item[1], item[0]))
         return [{"site": site, "views": count} for site, count in ranked if count > 0]
 
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[psycopg.Cursor]:
-        with self.pool.connection() as conn:
-            # The tail and the rollups must come from the same snapshot. (Web connections
-            # autocommit; these settings apply only to transactions psycopg begins.)
-            conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+    def _snapshot(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
+        return snapshot(self.pool)
 
     def _read(
         self, cur: psycopg.Cursor, days: int, site: str | None, tz: str
