@@ -48,9 +48,10 @@ def chart_bars(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return bars
 
 
-def query_string(days: int, site: str | None) -> str:
-    """The dashboard's address for a window and a site (None: every site)."""
-    return "?" + urllib.parse.urlencode({"days": days, **({"site": site} if site else {})})
+def query_string(days: int, site: str | None, tz: str = "UTC") -> str:
+    """The dashboard's address for a window, a site (None: every site) and a zone."""
+    parameters = {"days": days, **({"site": site} if site else {}), **({"tz": tz} if tz != "UTC" else {})}
+    return "?" + urllib.parse.urlencode(parameters)
 
 
 def age(seconds: float | None) -> str:

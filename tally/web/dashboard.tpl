@@ -38,19 +38,19 @@
 <body>
 <main>
   <h1>Tally</h1>
-  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; refreshes every {{refresh}} s.
+  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.
     <nav>Window:
       % for window, name in ((7, '7 days'), (30, '30 days'), (90, '90 days'), (366, 'a year')):
-      <a href="/{{query(window, stats['site'])}}" class="{{'current' if window == stats['days'] else ''}}">{{name}}</a>
+      <a href="/{{query(window, stats['site'], stats['tz'])}}" class="{{'current' if window == stats['days'] else ''}}">{{name}}</a>
       % end
     </nav>
     <nav id="site-switcher">Site:
-      <a href="/{{query(stats['days'], None)}}" class="{{'current' if not stats['site'] else ''}}">all sites</a>
+      <a href="/{{query(stats['days'], None, stats['tz'])}}" class="{{'current' if not stats['site'] else ''}}">all sites</a>
       % for row in sites:
-      <a href="/{{query(stats['days'], row['site'])}}" class="{{'current' if row['site'] == stats['site'] else ''}}" data-site="{{row['site']}}">{{row['site']}}</a>
+      <a href="/{{query(stats['days'], row['site'], stats['tz'])}}" class="{{'current' if row['site'] == stats['site'] else ''}}" data-site="{{row['site']}}">{{row['site']}}</a>
       % end
       % if stats['site'] and stats['site'] not in [row['site'] for row in sites]:
-      <a href="/{{query(stats['days'], stats['site'])}}" class="current" data-site="{{stats['site']}}">{{stats['site']}}</a>
+      <a href="/{{query(stats['days'], stats['site'], stats['tz'])}}" class="current" data-site="{{stats['site']}}">{{stats['site']}}</a>
       % end
     </nav>
   </div>
@@ -83,7 +83,7 @@
   </section>
 
   <section>
-    <h2>Top paths</h2>
+    <h2>Top paths <a class="muted" id="export" href="/api/export{{query(stats['days'], stats['site'], stats['tz'])}}">CSV, per day</a></h2>
     <table id="top-paths">
       <tr><th>Path</th><th class="num">Views</th></tr>
       % for row in stats['top_paths']:
