@@ -79,11 +79,14 @@ CREATE INDEX page_view_bucket_sources_bucket_idx ON page_view_bucket_sources (bu
 
 -- The referrer's domain, lower case, `www.` folded; NULL for none, for a referrer that is not
 -- a URL, and for the site's own pages (a visitor moving within the site came from nowhere new).
+-- One expression, each argument used once: PostgreSQL inlines it into the calling query. (As a
+-- SELECT with a FROM it was called as a function per row: +2 ms on a 200-view stats tail.)
 CREATE FUNCTION tally_referrer_domain(referrer text, site text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT nullif(domain, regexp_replace(site, '^www\.', ''))
-      FROM (SELECT regexp_replace(lower(substring(referrer FROM
-                '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#:]+)')), '^www\.', '') AS domain) parsed
+    SELECT nullif(
+        regexp_replace(lower(substring(referrer FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#:]+)')),
+                       '^www\.', ''),
+        regexp_replace(site, '^www\.', ''))
 $$;
 
 -- Views per site, UTC day and referring domain.

@@ -101,9 +101,9 @@ SELECT watermark, in_progress, now, today, start,
 
 -- stats_tail --
 -- The views not yet rolled up (one read of them): by bucket, path, source and referring domain
--- (kind 'views'), and each visitor among them with its span there and, if it has one, its span
--- in the rollups (kind 'visitor'). The bounds come in as values, so the planner sees how few
--- rows lie above the watermark (an index range), whatever the table's size.
+-- (kind 'views'), and each visitor among them with the days (in `tz`) of its first and last views
+-- there (kind 'visitor'). The bounds come in as values, so the planner sees how few rows lie above
+-- the watermark (an index range), whatever the table's size.
 WITH tail AS MATERIALIZED (
     SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
            referrer, visitor
@@ -113,15 +113,20 @@ WITH tail AS MATERIALIZED (
 )
 SELECT 'views' AS kind, bucket, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
        path, source, tally_referrer_domain(referrer, site) AS domain, count(*) AS views,
-       NULL::date AS old_first_day, NULL::date AS old_last_day
-  FROM tail GROUP BY bucket, path, source, 7
+       NULL::text AS site, NULL::bigint AS visitor
+  FROM tail GROUP BY bucket, path, source, 7, site
 UNION ALL
-SELECT 'visitor', NULL, (seen.first_bucket AT TIME ZONE %(tz)s)::date, (seen.last_bucket AT TIME ZONE %(tz)s)::date,
-       NULL, NULL, NULL, NULL,
-       (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
-  FROM (SELECT site, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
-          FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2) seen
-  LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
+SELECT 'visitor', NULL, (min(bucket) AT TIME ZONE %(tz)s)::date, (max(bucket) AT TIME ZONE %(tz)s)::date,
+       NULL, NULL, NULL, NULL, site, visitor
+  FROM tail WHERE visitor IS NOT NULL GROUP BY site, visitor
+
+-- stats_known_visitors --
+-- The days (in `tz`) of the rolled-up spans of the tail's visitors that have one: a separate
+-- query, so a tail without visitors costs no join to plan.
+SELECT known.site, known.visitor, (known.first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+       (known.last_bucket AT TIME ZONE %(tz)s)::date AS last_day
+  FROM unnest(%(sites)s::text[], %(visitors)s::bigint[]) AS seen(site, visitor)
+  JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).

@@ -154,12 +154,31 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         cur.execute(QUERIES["stats_tail"], bounds)
-        tail, tail_visitors = [], []
-        for kind, bucket, first_day, last_day, path, source, domain, views, *old in cur.fetchall():
+        tail, seen = [], {}
+        for (
+            kind,
+            bucket,
+            first_day,
+            last_day,
+            path,
+            source,
+            domain,
+            views,
+            site_of,
+            visitor,
+        ) in cur.fetchall():
             if kind == "views":
                 tail.append((bucket, first_day, path, source, domain, views))
             else:
-                tail_visitors.append((first_day, last_day, *old))
+                seen[(site_of, visitor)] = (first_day, last_day)
+        known = {}
+        if seen:  # which of them the rollups know already, and on which days
+            sites, visitors = zip(*seen, strict=True)
+            cur.execute(
+                QUERIES["stats_known_visitors"], {"sites": list(sites), "visitors": list(visitors), "tz": tz}
+            )
+            known = {(row[0], row[1]): (row[2], row[3]) for row in cur.fetchall()}
+        tail_visitors = [(*days_seen, *known.get(key, (None, None))) for key, days_seen in seen.items()]
         state = (watermark, tuple(in_progress))
         window = Window.ending(now, today, start, days)
         rolled_up = self._rolled_up(cur, state, site, tz, window)
