@@ -46,7 +46,7 @@ def referrer_name(domain: str) -> str:
     return domain
 
 
-def by_name(domains: collections.Counter[str]) -> collections.Counter[str]:
+def by_name(domains: dict[str, int]) -> collections.Counter[str]:
     """Views per referrer name, from views per referring domain."""
     named: collections.Counter[str] = collections.Counter()
     for domain, views in domains.items():

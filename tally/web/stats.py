@@ -64,15 +64,37 @@ def bucket_of(moment: datetime.datetime) -> datetime.datetime:
 
 
 @dataclasses.dataclass(frozen=True)
+class Ranking:
+    """Rolled-up views per name, and the names ranked once (most views, then by name), so a
+    request finds its top rows without sorting every name again."""
+
+    views: dict[str, int]
+    ranked: list[str]
+
+    @classmethod
+    def of(cls, views: dict[str, int]) -> Ranking:
+        return cls(views, sorted(views, key=lambda name: (-views[name], name)))
+
+    def top(self, tail: dict[str, int], key: str) -> list[dict[str, Any]]:
+        """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
+        + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
+        keeps its rank among the others it leaves alone."""
+        candidates = set(self.ranked[: TOP_ROWS + len(tail)]) | set(tail)
+        counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
+        ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
+        return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
+
+
+@dataclasses.dataclass(frozen=True)
 class RolledUp:
     """The rolled-up part of one window, valid for one rollup state."""
 
     daily: dict[datetime.date, int]
     visitors: dict[datetime.date, int]
     after_boundary: int  # views in the full buckets of the last 24 hours
-    paths: dict[str, int]
-    sources: dict[str, int]
-    referrers: dict[str, int]
+    paths: Ranking
+    sources: Ranking
+    referrers: Ranking  # by referrer name: search engines grouped (tally/web/referrers.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +250,8 @@ class StatsReader:
         tops = {}
         for name in ("paths", "sources", "referrers"):
             cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": window.start, "site": site})
-            tops[name] = dict(cur.fetchall())
+            views = dict(cur.fetchall())
+            tops[name] = Ranking.of(by_name(views) if name == "referrers" else views)
         rolled_up = RolledUp(daily, dict(visitors), after_boundary, **tops)
         with self._lock:
             self._cache[key] = rolled_up
@@ -241,9 +264,9 @@ class StatsReader:
     ) -> dict[str, Any]:
         daily = collections.Counter(rolled_up.daily)
         visitors = collections.Counter(rolled_up.visitors)
-        paths = collections.Counter(rolled_up.paths)
-        sources = collections.Counter(rolled_up.sources)
-        referrers = collections.Counter(rolled_up.referrers)
+        paths: collections.Counter[str] = collections.Counter()  # the tail's, beside the rollups'
+        sources: collections.Counter[str] = collections.Counter()
+        referrers: collections.Counter[str] = collections.Counter()
         last_24h = partial_bucket + rolled_up.after_boundary
         for bucket, day, path, source, domain, views in tail:
             if bucket >= window.start:
@@ -273,14 +296,9 @@ class StatsReader:
             "visitors": sum(day["visitors"] for day in days),
             "views_last_24h": last_24h,
             "daily": days,
-            "top_paths": _top(paths, "path"),
-            "top_referrers": _top(by_name(referrers), "referrer"),
-            "top_sources": _top(sources, "source"),
+            "top_paths": rolled_up.paths.top(paths, "path"),
+            "top_referrers": rolled_up.referrers.top(by_name(referrers), "referrer"),
+            "top_sources": rolled_up.sources.top(sources, "source"),
             "retention_days": self.retention_days,
             "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
         }
-
-
-def _top(counts: collections.Counter, key: str) -> list[dict[str, Any]]:
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_ROWS]
-    return [{key: name, "views": views} for name, views in ranked if views > 0]
