@@ -88,45 +88,40 @@ SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT c
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
 
 -- stats_state --
--- The rollup state a stats request reads first, the database's clock, today in the zone `tz`
--- and the instant its window of `days` days starts (local midnight), and the crawler hits
--- filtered over the UTC days the window meets (one round trip).
-SELECT watermark, in_progress, now, today, start,
-       (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
-         WHERE day >= (start AT TIME ZONE 'UTC')::date
-           AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
-  FROM page_view_rollup_state,
-       LATERAL (SELECT now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today) clock,
-       LATERAL (SELECT (today - (%(days)s::int - 1))::timestamp AT TIME ZONE %(tz)s AS start) window_start
+-- The rollup state a stats request reads first, the database's clock and today in the zone `tz`.
+SELECT watermark, in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today
+  FROM page_view_rollup_state
+
+-- local_midnight --
+-- The instant a day starts in the zone `tz`.
+SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
--- The views not yet rolled up (one read of them): by bucket, path, source and referring domain
--- (kind 'views'), and each visitor among them with the days (in `tz`) of its first and last views
--- there (kind 'visitor'). The bounds come in as values, so the planner sees how few rows lie above
--- the watermark (an index range), whatever the table's size.
-WITH tail AS MATERIALIZED (
-    SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
-           referrer, visitor
-      FROM page_views
-     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-       AND (%(site)s::text IS NULL OR site = %(site)s)
-)
-SELECT 'views' AS kind, bucket, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
-       path, source, tally_referrer_domain(referrer, site) AS domain, count(*) AS views,
-       NULL::text AS site, NULL::bigint AS visitor
-  FROM tail GROUP BY bucket, path, source, 7, site
-UNION ALL
-SELECT 'visitor', NULL, (min(bucket) AT TIME ZONE %(tz)s)::date, (max(bucket) AT TIME ZONE %(tz)s)::date,
-       NULL, NULL, NULL, NULL, site, visitor
-  FROM tail WHERE visitor IS NOT NULL GROUP BY site, visitor
+-- The views not yet rolled up, by bucket (and its day in `tz`), path, source and referring domain,
+-- with how many of them carry a visitor id. The bounds come in as values, so the planner sees how
+-- few rows lie above the watermark (an index range), whatever the table's size.
+SELECT bucket, (bucket AT TIME ZONE %(tz)s)::date AS day, path, source,
+       tally_referrer_domain(referrer, site) AS domain, count(*) AS views, count(visitor) AS with_visitor
+  FROM (SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
+               referrer, visitor
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND (%(site)s::text IS NULL OR site = %(site)s)) tail
+ GROUP BY bucket, path, source, 5, site
 
--- stats_known_visitors --
--- The days (in `tz`) of the rolled-up spans of the tail's visitors that have one: a separate
--- query, so a tail without visitors costs no join to plan.
-SELECT known.site, known.visitor, (known.first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (known.last_bucket AT TIME ZONE %(tz)s)::date AS last_day
-  FROM unnest(%(sites)s::text[], %(visitors)s::bigint[]) AS seen(site, visitor)
-  JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
+-- stats_tail_visitors --
+-- Each visitor of the tail: the days (in `tz`) of its first and last views there and, if the
+-- rollups know it, of its rolled-up span. Asked only when the tail has visitor ids.
+SELECT (seen.first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (seen.last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       (known.first_bucket AT TIME ZONE %(tz)s)::date AS old_first_day,
+       (known.last_bucket AT TIME ZONE %(tz)s)::date AS old_last_day
+  FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
+               max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+         GROUP BY 1, 2) seen
+  LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -134,9 +129,13 @@ SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
      + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- stats_raw_range --
--- Views in [start, end) counted from the raw table (the partial bucket 24 hours ago).
-SELECT count(*) AS views FROM page_views
- WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+-- Views in [start, end) counted from the raw table (the partial bucket 24 hours ago), and the
+-- crawler hits filtered on the UTC days from first_day on.
+SELECT (SELECT count(*) FROM page_views
+         WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s))
+       AS views,
+       (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
+         WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
 
 -- stats_rolled_up_days --
 -- Rolled-up views per day in the zone `tz` since `since`, and those in buckets from `recent` on.

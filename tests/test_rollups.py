@@ -188,6 +188,8 @@ def test_stats_queries_never_reach_the_jit_threshold_and_never_scan_the_table(la
     for name, site in [
         ("stats_tail", None),
         ("stats_tail", "example.com"),
+        ("stats_tail_visitors", None),
+        ("stats_tail_visitors", "example.com"),
         ("sites_tail", None),
         ("views_waiting", None),
         ("page_views_total", None),

@@ -35,9 +35,11 @@ def daily_paths(
     views: collections.Counter[tuple[datetime.date, str]] = collections.Counter()
     visitors: collections.Counter[tuple[datetime.date, str]] = collections.Counter()
     with snapshot(pool) as cur:
-        cur.execute(QUERIES["stats_state"], {"days": days, "site": site, "tz": tz})
-        watermark, in_progress, _now, today, start, _crawlers = cur.fetchone()
+        cur.execute(QUERIES["stats_state"], {"tz": tz})
+        watermark, in_progress, _now, today = cur.fetchone()
         window = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+        cur.execute(QUERIES["local_midnight"], {"day": window[0], "tz": tz})
+        start = cur.fetchone()[0]
 
         def spanned(path: str, first_day: datetime.date, last_day: datetime.date) -> list:
             return [(day, path) for day in window if first_day <= day <= last_day]

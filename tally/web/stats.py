@@ -89,6 +89,7 @@ class Ranking:
 class RolledUp:
     """The rolled-up part of one window, valid for one rollup state."""
 
+    start: datetime.datetime  # the window's first local midnight
     daily: dict[datetime.date, int]
     visitors: dict[datetime.date, int]
     after_boundary: int  # views in the full buckets of the last 24 hours
@@ -103,17 +104,14 @@ class Window:
 
     now: datetime.datetime
     days: list[datetime.date]  # in the zone
-    start: datetime.datetime  # local midnight of the first day
     boundary: datetime.datetime  # now - 24 h
     first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
 
     @classmethod
-    def ending(
-        cls, now: datetime.datetime, today: datetime.date, start: datetime.datetime, days: int
-    ) -> Window:
+    def ending(cls, now: datetime.datetime, today: datetime.date, days: int) -> Window:
         dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
         boundary = now - DAY
-        return cls(now, dates, start, boundary, bucket_of(boundary) + BUCKET)
+        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET)
 
     def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
         """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
@@ -170,48 +168,33 @@ class StatsReader:
     def _read(
         self, cur: psycopg.Cursor, days: int, site: str | None, tz: str
     ) -> tuple[tuple, dict[str, Any], int]:
-        cur.execute(QUERIES["stats_state"], {"days": days, "site": site, "tz": tz})
-        watermark, in_progress, now, today, start, crawlers = cur.fetchone()
+        cur.execute(QUERIES["stats_state"], {"tz": tz})
+        watermark, in_progress, now, today = cur.fetchone()
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         cur.execute(QUERIES["stats_tail"], bounds)
-        tail, seen = [], {}
-        for (
-            kind,
-            bucket,
-            first_day,
-            last_day,
-            path,
-            source,
-            domain,
-            views,
-            site_of,
-            visitor,
-        ) in cur.fetchall():
-            if kind == "views":
-                tail.append((bucket, first_day, path, source, domain, views))
-            else:
-                seen[(site_of, visitor)] = (first_day, last_day)
-        known = {}
-        if seen:  # which of them the rollups know already, and on which days
-            sites, visitors = zip(*seen, strict=True)
-            cur.execute(
-                QUERIES["stats_known_visitors"], {"sites": list(sites), "visitors": list(visitors), "tz": tz}
-            )
-            known = {(row[0], row[1]): (row[2], row[3]) for row in cur.fetchall()}
-        tail_visitors = [(*days_seen, *known.get(key, (None, None))) for key, days_seen in seen.items()]
+        tail = cur.fetchall()
+        tail_visitors = []
+        if any(row[-1] for row in tail):  # the tail has visitor ids: how they meet the rollups'
+            cur.execute(QUERIES["stats_tail_visitors"], bounds)
+            tail_visitors = cur.fetchall()
         state = (watermark, tuple(in_progress))
-        window = Window.ending(now, today, start, days)
+        window = Window.ending(now, today, days)
         rolled_up = self._rolled_up(cur, state, site, tz, window)
         cur.execute(
             QUERIES["stats_raw_range"],
-            {"start": window.boundary, "end": window.first_full_bucket, "site": site},
+            {
+                "start": window.boundary,
+                "end": window.first_full_bucket,
+                "site": site,
+                "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
+            },
         )
-        partial_bucket = cur.fetchone()[0]
+        partial_bucket, crawlers = cur.fetchone()
         answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
         answer.update(site=site, tz=tz, crawlers_filtered=crawlers)
-        return state, answer, sum(row[-1] for row in tail)
+        return state, answer, sum(row[-2] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
         # One request per rollup state asks; the others know it has been asked.
@@ -230,7 +213,9 @@ class StatsReader:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        since = min(window.start, window.first_full_bucket)
+        cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
+        start = cur.fetchone()[0]
+        since = min(start, window.first_full_bucket)
         cur.execute(
             QUERIES["stats_rolled_up_days"],
             {"since": since, "recent": window.first_full_bucket, "site": site, "tz": tz},
@@ -241,7 +226,7 @@ class StatsReader:
             if day >= window.days[0]:
                 daily[day] = views
             after_boundary += recent
-        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": window.start, "site": site, "tz": tz})
+        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "site": site, "tz": tz})
         visitors: collections.Counter[datetime.date] = collections.Counter()
         for first_day, last_day, count in cur.fetchall():
             for day in window.days:
@@ -249,10 +234,10 @@ class StatsReader:
                     visitors[day] += count
         tops = {}
         for name in ("paths", "sources", "referrers"):
-            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": window.start, "site": site})
+            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": start, "site": site})
             views = dict(cur.fetchall())
             tops[name] = Ranking.of(by_name(views) if name == "referrers" else views)
-        rolled_up = RolledUp(daily, dict(visitors), after_boundary, **tops)
+        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, **tops)
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:
@@ -268,8 +253,8 @@ class StatsReader:
         sources: collections.Counter[str] = collections.Counter()
         referrers: collections.Counter[str] = collections.Counter()
         last_24h = partial_bucket + rolled_up.after_boundary
-        for bucket, day, path, source, domain, views in tail:
-            if bucket >= window.start:
+        for bucket, day, path, source, domain, views, _with_visitor in tail:
+            if day >= window.days[0]:
                 daily[day] += views
                 paths[path] += views
                 if source is not None:
