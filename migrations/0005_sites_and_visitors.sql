@@ -191,18 +191,23 @@ BEGIN
                path, referrer, source, visitor
           FROM page_views
          WHERE recorded_xid = ANY (state.in_progress) AND pg_visible_in_snapshot(recorded_xid, snapshot)
+    ), grouped AS MATERIALIZED (
+        -- One pass over the fresh views; every count below adds up these groups (fewer rows
+        -- than views), and a referrer's domain is parsed once per group, not once per view.
+        SELECT site, bucket, path, source, tally_referrer_domain(referrer, site) AS domain, views
+          FROM (SELECT site, bucket, path, source, referrer, count(*) AS views FROM fresh
+                 GROUP BY 1, 2, 3, 4, 5) by_view
     ), buckets AS (
         INSERT INTO page_view_buckets (site, bucket, views)
-        SELECT site, bucket, count(*) FROM fresh GROUP BY 1, 2
+        SELECT site, bucket, sum(views) FROM grouped GROUP BY 1, 2
         ON CONFLICT (site, bucket) DO UPDATE SET views = page_view_buckets.views + EXCLUDED.views
     ), bucket_paths AS MATERIALIZED (
-        SELECT site, bucket, path, count(*) AS views FROM fresh GROUP BY 1, 2, 3
+        SELECT site, bucket, path, sum(views)::bigint AS views FROM grouped GROUP BY 1, 2, 3
     ), bucket_sources AS MATERIALIZED (
-        SELECT site, bucket, source, count(*) AS views FROM fresh WHERE source IS NOT NULL GROUP BY 1, 2, 3
+        SELECT site, bucket, source, sum(views)::bigint AS views FROM grouped
+         WHERE source IS NOT NULL GROUP BY 1, 2, 3
     ), bucket_referrers AS MATERIALIZED (
-        SELECT site, bucket, domain, count(*) AS views
-          FROM (SELECT site, bucket, tally_referrer_domain(referrer, site) AS domain FROM fresh
-                 WHERE referrer IS NOT NULL) referred
+        SELECT site, bucket, domain, sum(views)::bigint AS views FROM grouped
          WHERE domain IS NOT NULL GROUP BY 1, 2, 3
     ), paths AS (
         INSERT INTO page_view_bucket_paths (site, bucket, path, views)

@@ -97,17 +97,18 @@ SELECT watermark, in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date A
 SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
--- The views not yet rolled up, by bucket (and its day in `tz`), path, source and referring domain,
--- with how many of them carry a visitor id. The bounds come in as values, so the planner sees how
+-- The views not yet rolled up, by bucket (and its day in `tz`), path, source and referrer (its
+-- domain parsed once per group; the caller adds up rows of one domain), with how many of them
+-- carry a visitor id. The bounds come in as values, so the planner sees how
 -- few rows lie above the watermark (an index range), whatever the table's size.
 SELECT bucket, (bucket AT TIME ZONE %(tz)s)::date AS day, path, source,
-       tally_referrer_domain(referrer, site) AS domain, count(*) AS views, count(visitor) AS with_visitor
-  FROM (SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source,
-               referrer, visitor
+       tally_referrer_domain(referrer, site) AS domain, views, with_visitor
+  FROM (SELECT date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source, referrer,
+               site, count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND (%(site)s::text IS NULL OR site = %(site)s)) tail
- GROUP BY bucket, path, source, 5, site
+           AND (%(site)s::text IS NULL OR site = %(site)s)
+         GROUP BY 1, 2, 3, 4, 5) tail
 
 -- stats_tail_visitors --
 -- Each visitor of the tail: the days (in `tz`) of its first and last views there and, if the
