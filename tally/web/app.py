@@ -67,6 +67,11 @@ def database_unavailable(route: Callable) -> Callable:
         except NOT_MIGRATED as error:
             logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
             return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
+        except psycopg.errors.InvalidParameterValue as error:
+            # The only values Tally passes that PostgreSQL may refuse: a zone name that Python's
+            # zone database knows and the server's does not (they are updated apart).
+            logger.warning("%s %s: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(400, "This time zone is unknown to the database; try another name for it.")
 
     return wrapper
 
