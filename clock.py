@@ -2,7 +2,7 @@
 
 Any number of clocks may run: procrastinate's periodic-defers table lets each tick be
 deferred once. Schedules come from CLEANUP_SCHEDULE, RETRY_STALLED_SCHEDULE,
-PRUNE_SCHEDULE and ROLLUP_SCHEDULE (cron, optionally with a 6th seconds field).
+PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def register_schedule(app, settings: config.Config) -> None:
         jobs.page_views.cleanup_old_page_views: settings.cleanup_schedule,
         jobs.queue_upkeep.retry_stalled_jobs: settings.retry_stalled_schedule,
         jobs.queue_upkeep.prune_finished_jobs: settings.prune_schedule,
+        jobs.visitor_salts.rotate_visitor_salts: settings.salt_schedule,
     }
     for task, cron in schedule.items():
         app.periodic(cron=cron, periodic_id="clock")(task)

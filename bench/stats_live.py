@@ -176,7 +176,9 @@ def old_tail(url: str, watermark: object) -> OldTail:
         timings = []
         for _ in range(TAIL_RUNS):
             began = time.perf_counter()
-            conn.execute(QUERIES["stats_tail"], {"watermark": watermark, "in_progress": []}).fetchall()
+            conn.execute(
+                QUERIES["stats_tail"], {"watermark": watermark, "in_progress": [], "site": None, "tz": "UTC"}
+            ).fetchall()
             timings.append(time.perf_counter() - began)
     return OldTail(views, median(timings))
 

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from croniter import croniter
 
+from tally.sites import parse_site
+
 T = TypeVar("T")
+TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 
 # The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
 # Web threads do not each hold a connection: a view waits for a shared INSERT (group
@@ -70,6 +75,12 @@ class Config:
     # Nothing hangs (README "Timeouts"): a limit on every job attempt, liveness by session.
     job_timeout_seconds: float = 600.0
     worker_session_liveness: bool = True
+    # Collecting from websites (issue 11): which sites' views are accepted (None: any, a
+    # documented risk), and when the clock rotates the visitor hash's daily salt.
+    sites: frozenset[str] | None = None
+    salt_schedule: str = "5 * * * *"
+    # The IANA zone whose days stats count (?tz= overrides it per request).
+    timezone: str = "UTC"
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -110,6 +121,10 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         public_dashboard=reader.boolean("PUBLIC_DASHBOARD", False),
         job_timeout_seconds=reader.number("JOB_TIMEOUT_SECONDS", 600.0, low=0.1, high=7 * 86400),
         worker_session_liveness=reader.boolean("WORKER_SESSION_LIVENESS", True),
+        # Collecting from websites.
+        sites=reader.host_names("SITES"),
+        salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
+        timezone=reader.time_zone("TIMEZONE", "UTC"),
     )
     _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
@@ -192,6 +207,24 @@ class _Reader:
 
         return self._parse(name, default, parse)
 
+    def host_names(self, name: str) -> frozenset[str] | None:
+        def parse(raw: str) -> frozenset[str]:
+            names = [part.strip() for part in raw.split(",") if part.strip()]
+            for part in names:
+                if parse_site(part) is None:
+                    raise ValueError(f"{part!r} is not a host name (e.g. example.com,www.example.com)")
+            return frozenset(parse_site(part) for part in names)
+
+        return self._parse(name, None, parse)
+
+    def time_zone(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not is_time_zone(raw):
+                raise ValueError("expected an IANA time zone such as Europe/Paris or America/New_York")
+            return raw
+
+        return self._parse(name, default, parse)
+
     def cron(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:
             if not croniter.is_valid(raw):
@@ -199,6 +232,17 @@ class _Reader:
             return raw
 
         return self._parse(name, default, parse)
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA zone (Europe/Paris, UTC), not a path or a POSIX rule."""
+    if not TIME_ZONE_NAME.fullmatch(name):
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _in_range(value: T, low: T, high: T) -> T:

@@ -45,34 +45,84 @@ SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS
 
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none.
-INSERT INTO page_views (path, referrer)
-SELECT path, referrer FROM unnest(%(paths)s::text[], %(referrers)s::text[]) AS batch(path, referrer)
+INSERT INTO page_views (site, path, referrer, source, visitor)
+SELECT site, path, referrer, source, visitor
+  FROM unnest(%(sites)s::text[], %(paths)s::text[], %(referrers)s::text[], %(sources)s::text[],
+              %(visitors)s::bigint[]) AS batch(site, path, referrer, source, visitor)
 
 -- rollup_page_views --
--- Fold every view below the oldest running transaction into the rollups; returns how many.
+-- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.
 SELECT tally_rollup_page_views() AS views
 
 -- delete_old_rollups --
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
-WITH hourly AS (
-    DELETE FROM page_view_hourly WHERE hour < %(cutoff_day)s::date::timestamptz RETURNING 1
+WITH buckets AS (
+    DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), paths AS (
     DELETE FROM page_view_daily_paths WHERE day < %(cutoff_day)s RETURNING 1
+), sources AS (
+    DELETE FROM page_view_daily_sources WHERE day < %(cutoff_day)s RETURNING 1
+), referrers AS (
+    DELETE FROM page_view_daily_referrers WHERE day < %(cutoff_day)s RETURNING 1
+), bucket_paths AS (
+    DELETE FROM page_view_bucket_paths WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), bucket_sources AS (
+    DELETE FROM page_view_bucket_sources WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), bucket_referrers AS (
+    DELETE FROM page_view_bucket_referrers WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), spans AS (
+    DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), path_spans AS (
+    DELETE FROM page_view_path_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), crawlers AS (
+    DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM paths) AS removed
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT count(*) FROM sources)
+     + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM bucket_paths)
+     + (SELECT count(*) FROM bucket_sources) + (SELECT count(*) FROM bucket_referrers)
+     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM path_spans) + (SELECT count(*) FROM crawlers)
+       AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
 
+-- stats_state --
+-- The rollup state a stats request reads first, the database's clock and today in the zone `tz`.
+SELECT watermark, in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today
+  FROM page_view_rollup_state
+
+-- local_midnight --
+-- The instant a day starts in the zone `tz`.
+SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
+
 -- stats_tail --
--- The views not yet rolled up, by hour and path. The bounds come in as values, so the planner
--- sees how few rows lie above the watermark (an index range), whatever the table's size.
-SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
-  FROM page_views WHERE recorded_xid >= %(watermark)s GROUP BY 1, 2
-UNION ALL
-SELECT date_trunc('hour', viewed_at, 'UTC') AS hour, path, count(*) AS views
-  FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[]) GROUP BY 1, 2
+-- The views not yet rolled up, by bucket (and its day in `tz`), path, source and referrer (its
+-- domain parsed once per group; the caller adds up rows of one domain), with how many of them
+-- carry a visitor id. The bounds come in as values, so the planner sees how
+-- few rows lie above the watermark (an index range), whatever the table's size.
+SELECT bucket, (bucket AT TIME ZONE %(tz)s)::date AS day, path, source,
+       tally_referrer_domain(referrer, site) AS domain, views, with_visitor
+  FROM (SELECT date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source, referrer,
+               site, count(*) AS views, count(visitor) AS with_visitor
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND (%(site)s::text IS NULL OR site = %(site)s)
+         GROUP BY 1, 2, 3, 4, 5) tail
+
+-- stats_tail_visitors --
+-- Each visitor of the tail: the days (in `tz`) of its first and last views there and, if the
+-- rollups know it, of its rolled-up span. Asked only when the tail has visitor ids.
+SELECT (seen.first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (seen.last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       (known.first_bucket AT TIME ZONE %(tz)s)::date AS old_first_day,
+       (known.last_bucket AT TIME ZONE %(tz)s)::date AS old_last_day
+  FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
+               max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+         GROUP BY 1, 2) seen
+  LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -80,16 +130,141 @@ SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
      + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- stats_raw_range --
--- Views in [start, end) counted from the raw table (the partial hour 24 hours ago).
-SELECT count(*) AS views FROM page_views WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+-- Views in [start, end) counted from the raw table (the partial bucket 24 hours ago), and the
+-- crawler hits filtered on the UTC days from first_day on.
+SELECT (SELECT count(*) FROM page_views
+         WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s))
+       AS views,
+       (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
+         WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
 
--- stats_rolled_up_hours --
--- Rolled-up views per UTC hour since a given hour.
-SELECT hour, views FROM page_view_hourly WHERE hour >= %(since)s
+-- stats_rolled_up_days --
+-- Rolled-up views per day in the zone `tz` since `since`, and those in buckets from `recent` on.
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
+       coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s), 0)::bigint AS recent
+  FROM page_view_buckets
+ WHERE bucket >= %(since)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1
+
+-- stats_rolled_up_visitors --
+-- Rolled-up visitors by the days (in the zone `tz`) of their first and last views.
+SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       sum(visitors)::bigint AS visitors
+  FROM page_view_visitor_spans
+ -- a visitor id lives one day (its salt's), so a span that reaches the window starts at most 3 days before
+ WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
 
 -- stats_rolled_up_paths --
--- Rolled-up views per path over the days since first_day.
-SELECT path, sum(views)::bigint AS views FROM page_view_daily_paths WHERE day >= %(first_day)s GROUP BY path
+-- Rolled-up views per path since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT path, sum(views)::bigint AS views
+  FROM (SELECT path, views FROM page_view_daily_paths
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT path, views FROM page_view_bucket_paths
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY path
+
+-- stats_rolled_up_sources --
+-- Rolled-up views per source since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT source, sum(views)::bigint AS views
+  FROM (SELECT source, views FROM page_view_daily_sources
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT source, views FROM page_view_bucket_sources
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY source
+
+-- stats_rolled_up_referrers --
+-- Rolled-up views per domain since `start`: whole UTC days after the one it falls in, and that
+-- day's buckets from `start` on.
+SELECT domain, sum(views)::bigint AS views
+  FROM (SELECT domain, views FROM page_view_daily_referrers
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT domain, views FROM page_view_bucket_referrers
+         WHERE bucket >= %(start)s
+           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY domain
+
+-- export_rolled_up_views --
+-- Rolled-up views per day (in the zone `tz`) and path since `start`.
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, path, sum(views)::bigint AS views
+  FROM page_view_bucket_paths
+ WHERE bucket >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
+
+-- export_rolled_up_visitors --
+-- Rolled-up visitors per path by the days (in the zone `tz`) of their first and last views there.
+SELECT path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       sum(visitors)::bigint AS visitors
+  FROM page_view_path_visitor_spans
+ WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2, 3
+
+-- export_tail --
+-- The tail's views per bucket and path (kind 'views'), and each (path, visitor) among them with its
+-- days there and, if rolled up already, its days in the rollups (kind 'visitor'); days in `tz`.
+WITH tail AS MATERIALIZED (
+    SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, visitor
+      FROM page_views
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND (%(site)s::text IS NULL OR site = %(site)s)
+)
+SELECT 'views' AS kind, bucket, path, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
+       count(*) AS views, NULL::date AS old_first_day, NULL::date AS old_last_day
+  FROM tail GROUP BY bucket, path
+UNION ALL
+SELECT 'visitor', NULL, seen.path, (seen.first_bucket AT TIME ZONE %(tz)s)::date,
+       (seen.last_bucket AT TIME ZONE %(tz)s)::date, NULL,
+       (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
+  FROM (SELECT site, path, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
+          FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2, 3) seen
+  LEFT JOIN page_view_path_visitors known
+    ON known.site = seen.site AND known.path = seen.path AND known.visitor = seen.visitor
+
+-- sites_rolled_up --
+-- Rolled-up views per site since `since`.
+SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= %(since)s GROUP BY site
+
+-- sites_tail --
+-- The tail's views per site since `since`.
+SELECT site, count(*) AS views FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(since)s
+ GROUP BY site
+
+-- count_crawler_hit --
+-- One request from a crawler, counted for its site and UTC day.
+INSERT INTO crawler_hits_daily (site, day, hits) VALUES (%(site)s, (now() AT TIME ZONE 'UTC')::date, 1)
+ON CONFLICT (site, day) DO UPDATE SET hits = crawler_hits_daily.hits + 1
+
+-- visitor_salt --
+-- The salt of a UTC day, made on first use (pg_strong_random, see migrations/0005).
+WITH made AS (
+    INSERT INTO visitor_salts (day) VALUES (%(day)s) ON CONFLICT (day) DO NOTHING RETURNING salt
+)
+SELECT salt FROM made UNION ALL SELECT salt FROM visitor_salts WHERE day = %(day)s LIMIT 1
+
+-- rotate_visitor_salts --
+-- Make today's and tomorrow's salts ahead of use; delete every salt two days old or older.
+WITH made AS (
+    INSERT INTO visitor_salts (day)
+    SELECT (now() AT TIME ZONE 'UTC')::date + ahead FROM generate_series(0, 1) ahead
+    ON CONFLICT (day) DO NOTHING RETURNING 1
+), deleted AS (
+    DELETE FROM visitor_salts WHERE day <= (now() AT TIME ZONE 'UTC')::date - 2 RETURNING 1
+)
+SELECT (SELECT count(*) FROM made) AS made, (SELECT count(*) FROM deleted) AS deleted
 
 -- record_job_error --
 -- Keep why a job attempt failed.
@@ -137,7 +312,7 @@ SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried
 
 -- page_views_total --
 -- Every view ever recorded that is still counted: the rollups plus the tail.
-SELECT (SELECT coalesce(sum(views), 0) FROM page_view_hourly)
+SELECT (SELECT coalesce(sum(views), 0) FROM page_view_buckets)
      + (SELECT count(*) FROM page_views
          WHERE recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 

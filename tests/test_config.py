@@ -47,6 +47,11 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("STALLED_AFTER_SECONDS", "5"),
         ("PUBLIC_DASHBOARD", "maybe"),
         ("PUBLIC_DASHBOARD", "public"),
+        ("SITES", "example.com:8080"),
+        ("SITES", "https://example.com"),
+        ("SALT_SCHEDULE", "daily"),
+        ("TIMEZONE", "Mars/Olympus"),
+        ("TIMEZONE", "/etc/localtime"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -88,3 +93,14 @@ def test_a_weaker_token_may_not_equal_a_stronger_one(env, named):
     with pytest.raises(ConfigError) as raised:
         from_env(env, process_type="web")
     assert str(raised.value).startswith(named) and "\n" not in str(raised.value)
+
+
+def test_sites_are_host_names_in_lower_case_and_unset_means_any():
+    assert from_env({}, process_type="web").sites is None
+    config = from_env({"SITES": " Example.com, www.example.com,,"}, process_type="web")
+    assert config.sites == frozenset({"example.com", "www.example.com"})
+
+
+def test_timezone_is_an_iana_zone_and_utc_by_default():
+    assert from_env({}, process_type="web").timezone == "UTC"
+    assert from_env({"TIMEZONE": "America/St_Johns"}, process_type="web").timezone == "America/St_Johns"

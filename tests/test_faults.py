@@ -281,7 +281,7 @@ def test_no_accepted_view_is_lost_in_a_soak_with_a_killed_worker(start_process, 
 
     total = sum(accepted)
     rolled_up = lambda: conn.execute(  # noqa: E731
-        "SELECT coalesce(sum(views), 0) FROM page_view_hourly WHERE hour > now() - interval '2 hours'"
+        "SELECT coalesce(sum(views), 0) FROM page_view_buckets WHERE bucket > now() - interval '2 hours'"
     ).fetchone()[0]
     wait_until(lambda: rolled_up() == total, 30, 0.5, "the rollup to catch up")
     status, stats, _ = http_get(port, "/api/stats?days=2", timeout=10)

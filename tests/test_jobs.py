@@ -186,7 +186,7 @@ def test_rollup_folds_committed_views_once(conn):
     defer(page_views.rollup_page_views)
     defer(page_views.rollup_page_views)
     run_queued_jobs()
-    assert conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0] == 150
+    assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 150
     assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 150
 
 

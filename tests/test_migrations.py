@@ -80,3 +80,42 @@ def test_inspection_views_answer_in_psql(conn):
         "SELECT task_name, status::text, jobs, oldest_waiting IS NOT NULL FROM tally_job_overview"
     )
     assert row.fetchall() == [("prune_finished_jobs", "todo", 1, True)]
+
+
+def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database, monkeypatch):
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+
+    before = [path for path in tally_files() if path.name < "0005"]
+    monkeypatch.setattr(migrations, "tally_files", lambda: before)
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at) SELECT '/a', now() - interval '2 days'"
+            " FROM generate_series(1, 50)"
+        )
+        conn.execute("INSERT INTO page_views (path) SELECT '/b' FROM generate_series(1, 30)")
+        conn.execute("SELECT tally_rollup_page_views()")
+        conn.execute("INSERT INTO page_views (path) SELECT '/c' FROM generate_series(1, 5)")  # the tail
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == [path.name for path in tally_files() if path.name >= "0005"]
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        assert conn.execute("SELECT site, sum(views) FROM page_view_buckets GROUP BY 1").fetchall() == [
+            ("default", 80)
+        ]
+        paths = conn.execute(
+            "SELECT site, path, sum(views) FROM page_view_daily_paths GROUP BY 1, 2 ORDER BY 2"
+        )
+        assert paths.fetchall() == [("default", "/a", 50), ("default", "/b", 30)]
+        settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+        # The stats reader alone: build_app would bind jobs.app to this short-lived pool.
+        with web_pool(settings) as pool:
+            stats = StatsReader(pool, retention_days=30)
+            body = stats.stats_for_window(7)
+            assert body["total_views"] == 85 and body["visitors"] == 0
+            assert stats.stats_for_window(7, site="default")["total_views"] == 85
+            conn.execute("SELECT tally_rollup_page_views()")
+            assert stats.stats_for_window(7)["total_views"] == 85
+            assert stats.sites() == [{"site": "default", "views": 85}]

@@ -197,7 +197,7 @@ def test_stats_match_a_direct_count_across_rollups_and_the_tail(client, conn):
     roll_up(conn)
     body = assert_exact(client, conn, 30)
     assert body["total_views"] > 0
-    hourly = conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0]
+    hourly = conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0]
     assert hourly == stored(conn)
 
 
@@ -213,7 +213,7 @@ def test_a_view_committed_after_a_later_one_was_rolled_up_is_counted_once(client
     roll_up(conn)
     assert assert_exact(client, conn, 30)["total_views"] == 2
     roll_up(conn)
-    assert conn.execute("SELECT sum(views) FROM page_view_hourly").fetchone()[0] == 2
+    assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 2
     assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 2
 
 

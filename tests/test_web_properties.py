@@ -132,3 +132,62 @@ def test_no_admin_action_succeeds_without_the_token(client, conn, header, task):
     assert response.status_int in (401, 403, 429), response.text
     assert client.post("/api/jobs/1/retry", headers=headers, status="*").status_int in (401, 403, 429)
     assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
+
+
+urls = (
+    st.sampled_from(["https://", "http://", "ftp://", "", "//", "https://user:pw@"])
+    .flatmap(
+        lambda scheme: st.tuples(
+            st.just(scheme),
+            st.sampled_from(
+                ["example.com", "EXAMPLE.com:8080", "[::1]", "a..b", "ex ample.com", "", "日本.jp"]
+            )
+            | st.text(max_size=20),
+            tricky_text | st.just(""),
+            st.sampled_from(["", "?utm_source=x", "?ref=", "?source=" + "y" * 300, "?utm_source=%00", "#f"]),
+        )
+    )
+    .map(lambda parts: "".join(parts))
+)
+beacons = (
+    st.fixed_dictionaries({"url": urls}, optional={"referrer": st.none() | urls | st.text(max_size=30)}).map(
+        lambda value: json.dumps(value).encode()
+    )
+    | json_values.map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=200)
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    body=beacons, content_type=content_types, agent=st.sampled_from(["Mozilla/5.0 Firefox/128.0", "curl/8"])
+)
+def test_any_beacon_is_stored_counted_as_a_crawler_or_refused_cleanly(
+    client, conn, body, content_type, agent
+):
+    before = count(conn)
+    headers = {"User-Agent": agent, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post("/api/collect", body, headers=headers, status="*")
+    assert response.status_int in (201, 202, 400, 413, 415), response.text
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    if response.status_int == 201:
+        assert count(conn) == before + 1
+        site = conn.execute("SELECT site FROM page_views ORDER BY id DESC LIMIT 1").fetchone()[0]
+        assert site == site.lower() and ":" not in site
+    else:
+        assert count(conn) == before
+        assert response.json["error" if response.status_int >= 400 else "stored"] is not None
+
+
+@PROPERTY_SETTINGS
+@given(
+    site=st.none() | st.text(alphabet=string.printable + "é", max_size=20),
+    tz=st.none()
+    | st.sampled_from(["UTC", "Asia/Kathmandu", "Nowhere/Land", "", "UTC+3", "../x"])
+    | st.text(alphabet=string.printable, max_size=20),
+)
+def test_any_site_and_tz_answer_200_or_400(client, site, tz):
+    query = {name: value for name, value in (("site", site), ("tz", tz)) if value is not None}
+    for path in ("/api/stats", "/api/export", "/"):
+        response = client.get(path, query, status="*")
+        assert response.status_int in (200, 400), (path, response.text)

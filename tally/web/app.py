@@ -19,13 +19,16 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
-from tally.config import Config
-from tally.web import dashboard, queue_state
+from tally.config import Config, is_time_zone
+from tally.sites import DEFAULT_SITE, parse_site
+from tally.web import dashboard, export, queue_state
 from tally.web.auth import Auth, Reader
+from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.probe import BoundedProbe
 from tally.web.stats import MAX_DAYS, StatsReader
+from tally.web.tracker import Tracker
 from tally.web.view_writer import ViewWriter
 
 logger = logging.getLogger("tally.web")
@@ -67,6 +70,11 @@ def database_unavailable(route: Callable) -> Callable:
         except NOT_MIGRATED as error:
             logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
             return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
+        except psycopg.errors.InvalidParameterValue as error:
+            # The only values Tally passes that PostgreSQL may refuse: a zone name that Python's
+            # zone database knows and the server's does not (they are updated apart).
+            logger.warning("%s %s: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(400, "This time zone is unknown to the database; try another name for it.")
 
     return wrapper
 
@@ -83,6 +91,27 @@ def parse_days(query: bottle.FormsDict) -> int:
     if len(values) > 1 or not DAYS_PARAMETER.fullmatch(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
         raise json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}.")
     return int(values[0])
+
+
+def parse_time_zone(query: bottle.FormsDict, default: str) -> str:
+    """The `tz` query parameter: an IANA zone name, TIMEZONE's when absent."""
+    values = query.getall("tz")
+    if not values or values == [""]:
+        return default
+    if len(values) > 1 or not is_time_zone(values[0]):
+        raise json_error(400, "tz must be one IANA time zone such as Europe/Paris or America/New_York.")
+    return values[0]
+
+
+def parse_site_parameter(query: bottle.FormsDict) -> str | None:
+    """The `site` query parameter: a host name, or None (every site) when absent or empty."""
+    values = query.getall("site")
+    if not values or values == [""]:
+        return None
+    site = parse_site(values[0]) if len(values) == 1 else None
+    if site is None:
+        raise json_error(400, "site must be one host name such as example.com, without a port.")
+    return site
 
 
 def build_app(
@@ -110,6 +139,8 @@ def build_app(
             return queue_state.process_state(conn, config.stalled_after_seconds)
 
     probe_process_state = BoundedProbe(read_process_state, HEALTH_BUDGET_SECONDS)
+    collector = Collector(pool, writer, config.sites)
+    tracker = Tracker()
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
 
     auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
@@ -120,7 +151,11 @@ def build_app(
     def show_dashboard():
         """Render the dashboard: views per day, top paths, and queue state for the owner."""
         days = parse_days(bottle.request.query)
-        window = stats.stats_for_window(days)
+        query = bottle.request.query
+        window = stats.stats_for_window(
+            days, parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
+        sites = stats.sites()
         queue = processes = None
         if auth.reader() is Reader.OWNER:
             with pool.connection() as conn:
@@ -128,7 +163,9 @@ def build_app(
                 processes = queue_state.process_state(conn, config.stalled_after_seconds)
         for name, value in dashboard.HEADERS.items():
             bottle.response.set_header(name, value)
-        return dashboard.render(window, queue, processes, dyno=config.dyno, **auth.page_context())
+        return dashboard.render(
+            window, queue, processes, dyno=config.dyno, sites=sites, **auth.page_context()
+        )
 
     @app.get("/login")
     def show_login():
@@ -178,6 +215,10 @@ def build_app(
             views = parse_page_views(body)
         except InvalidPageViews as error:
             return json_error(400, str(error))
+        if config.sites is not None:
+            refused = sorted({view.site for view in views if view.site != DEFAULT_SITE} - config.sites)
+            if refused:
+                return json_error(403, f"Views of {refused[0]} are not accepted here: it is not in SITES.")
         writer.write(views)  # with the views of concurrent requests, in one INSERT
         metrics.views_recorded.inc(len(views))
         return json_response(201, {"stored": len(views)})
@@ -186,8 +227,57 @@ def build_app(
     @auth.owner_or_share
     @database_unavailable
     def show_stats():
-        """Views per day over ?days=N (1-366, default 30), top paths and the last 24 hours."""
-        return json_response(200, stats.stats_for_window(parse_days(bottle.request.query)))
+        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all) in ?tz=Z."""
+        query = bottle.request.query
+        window = stats.stats_for_window(
+            parse_days(query), parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
+        return json_response(200, window)
+
+    @app.get("/api/sites")
+    @auth.owner_only
+    @database_unavailable
+    def show_sites():
+        """List the sites that have views, with their views over the last 30 days."""
+        return json_response(200, {"days": 30, "sites": stats.sites()})
+
+    @app.get("/api/export")
+    @auth.owner_only
+    @database_unavailable
+    def export_daily_paths():
+        """Send views and visitors per day and path over ?days=N of ?site=H in ?tz=Z as CSV."""
+        query = bottle.request.query
+        days, site = parse_days(query), parse_site_parameter(query)
+        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone))
+        name = f"tally-{site or 'all-sites'}-{days}-days.csv"
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        }
+        return bottle.HTTPResponse(body=export.csv_lines(rows), headers=headers)
+
+    @app.get("/tally.js")
+    def serve_tracker():
+        """Serve the tracker that a site's pages load with one script tag."""
+        return tracker.response(bottle.request)
+
+    @app.route("/api/collect", method="OPTIONS")
+    def allow_collect_from_any_origin():
+        """Answer the CORS preflight of a site's pages: any origin may send views here."""
+        return bottle.HTTPResponse(status=204, headers=PREFLIGHT_HEADERS)
+
+    @app.post("/api/collect")
+    @database_unavailable
+    def collect_page_view():
+        """Store the view that tally.js sent, unless a crawler sent it or its site is not in SITES."""
+        try:
+            outcome = collector.collect(bottle.request)
+        except Refused as refused:
+            return json_error(refused.status, str(refused), **CORS_HEADERS)
+        if outcome.status == 201:
+            metrics.views_recorded.inc()
+        return json_response(outcome.status, outcome.body, **CORS_HEADERS)
 
     @app.get("/metrics")
     @auth.metrics_reader

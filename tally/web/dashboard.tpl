@@ -5,7 +5,7 @@
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{{refresh}}">
 <link rel="icon" href="data:,">
-<title>Tally: {{stats['total_views']}} views in {{stats['days']}} days</title>
+<title>Tally: {{stats['total_views']}} views in {{stats['days']}} days{{' on ' + stats['site'] if stats['site'] else ''}}</title>
 <style>
   :root { --ink: #1d2433; --muted: #667085; --bar: #3b6fd8; --line: #e4e7ec; --bad: #c0362c; }
   * { box-sizing: border-box; }
@@ -20,6 +20,9 @@
   section { margin-bottom: 16px; overflow-x: auto; }
   svg { width: 100%; height: auto; display: block; }
   svg rect.bar { fill: var(--bar); }
+  svg rect.visitors { fill: #173a80; }
+  .key i { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 10px; }
+  nav a.current { font-weight: 600; color: var(--ink); text-decoration: none; }
   svg text { font-size: 11px; fill: var(--muted); }
   table { width: 100%; border-collapse: collapse; }
   th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
@@ -45,17 +48,28 @@
     <a id="login-link" href="/login">Owner log in</a>
     % end
   </header>
-  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; refreshes every {{refresh}} s.
+  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.
     <nav>Window:
-      % for href, label in windows:
-      <a href="{{href}}">{{label}}</a>
+      % for window, name in windows:
+      <a href="/{{query(window, stats['site'], stats['tz'])}}" class="{{'current' if window == stats['days'] else ''}}">{{name}}</a>
+      % end
+    </nav>
+    <nav id="site-switcher">Site:
+      <a href="/{{query(stats['days'], None, stats['tz'])}}" class="{{'current' if not stats['site'] else ''}}">all sites</a>
+      % for row in sites:
+      <a href="/{{query(stats['days'], row['site'], stats['tz'])}}" class="{{'current' if row['site'] == stats['site'] else ''}}" data-site="{{row['site']}}">{{row['site']}}</a>
+      % end
+      % if stats['site'] and stats['site'] not in [row['site'] for row in sites]:
+      <a href="/{{query(stats['days'], stats['site'], stats['tz'])}}" class="current" data-site="{{stats['site']}}">{{stats['site']}}</a>
       % end
     </nav>
   </div>
 
   <div class="cards">
     <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b></div>
+    <div class="card"><span class="muted">Visitors, {{stats['days']}} days</span><b id="total-visitors">{{stats['visitors']}}</b></div>
     <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
+    <div class="card"><span class="muted">Crawler hits filtered</span><b id="crawlers-filtered">{{stats['crawlers_filtered']}}</b></div>
     % if processes is not None:
     <div class="card"><span class="muted">Workers alive</span><b id="workers-alive">{{processes['workers_alive']}}</b>
       <span class="muted">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
@@ -66,11 +80,13 @@
   </div>
 
   <section>
-    <h2>Page views per day</h2>
-    <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Page views per day, last {{stats['days']}} days">
+    <h2>Views and visitors per day</h2>
+    <div class="muted key"><i style="background: var(--bar)"></i>views<i style="background: #173a80"></i>visitors</div>
+    <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Views and visitors per day, last {{stats['days']}} days">
       <line x1="0" y1="{{baseline}}" x2="{{width}}" y2="{{baseline}}" stroke="#e4e7ec"/>
       % for bar in bars:
-      <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views</title></rect>
+      <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views, {{bar['visitors']}} visitors</title></rect>
+      <rect class="visitors" x="{{bar['visitors_x']}}" y="{{bar['visitors_y']}}" width="{{bar['visitors_width']}}" height="{{bar['visitors_height']}}" data-day="{{bar['day']}}" data-visitors="{{bar['visitors']}}"><title>{{bar['day']}}: {{bar['visitors']}} visitors</title></rect>
       % if bar['label']:
       <text x="{{bar['label_x']}}" y="{{height - 8}}" text-anchor="middle">{{bar['label']}}</text>
       % end
@@ -79,17 +95,36 @@
   </section>
 
   <section>
-    <h2>Top paths</h2>
+    <h2>Top paths
+      % if owner:
+      <a class="muted" id="export" href="/api/export{{query(stats['days'], stats['site'], stats['tz'])}}">CSV, per day</a>
+      % end
+    </h2>
     <table id="top-paths">
       <tr><th>Path</th><th class="num">Views</th></tr>
       % for row in stats['top_paths']:
       <tr><td class="path">{{row['path']}}</td><td class="num">{{row['views']}}</td></tr>
       % end
       % if not stats['top_paths']:
-      <tr><td colspan="2" class="muted">No views yet: POST /api/pageviews</td></tr>
+      <tr><td colspan="2" class="muted">No views yet: add &lt;script defer src="/tally.js"&gt;&lt;/script&gt; (with this server's address) to your pages</td></tr>
       % end
     </table>
   </section>
+
+  % for key, title, column in (('top_referrers', 'Referrers', 'referrer'), ('top_sources', 'Sources', 'source')):
+  <section>
+    <h2>{{title}}</h2>
+    <table id="{{key.replace('_', '-')}}">
+      <tr><th>{{title[:-1]}}</th><th class="num">Views</th></tr>
+      % for row in stats[key]:
+      <tr><td class="path">{{row[column]}}</td><td class="num">{{row['views']}}</td></tr>
+      % end
+      % if not stats[key]:
+      <tr><td colspan="2" class="muted">None in this window.</td></tr>
+      % end
+    </table>
+  </section>
+  % end
 
   % if queue is not None:
   <section>

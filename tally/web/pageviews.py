@@ -1,7 +1,7 @@
 """Validating page views posted to the web process: one sentence per problem.
 
->>> parse_page_views(b'{"path": "/a"}')
-[('/a', None)]
+>>> parse_page_views(b'{"path": "/a", "site": "Example.com"}')
+[View(path='/a', referrer=None, site='example.com', source=None, visitor=None)]
 >>> try:
 ...     parse_page_views(b'[{"path": "a"}]')
 ... except InvalidPageViews as error:
@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import re
 
+from tally.sites import DEFAULT_SITE, parse_site
+from tally.web.view_writer import View
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
 MAX_TEXT = 2048
-FIELDS = ("path", "referrer")
+FIELDS = ("path", "referrer", "site")
 # C0 and C1 control characters, DEL included; PostgreSQL text cannot hold NUL at all.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -26,8 +29,8 @@ class InvalidPageViews(ValueError):
     """The body is not a page view or a batch of them; the message says why."""
 
 
-def parse_page_views(body: bytes) -> list[tuple[str, str | None]]:
-    """Parse a JSON body (one view or a list of views) into (path, referrer) pairs."""
+def parse_page_views(body: bytes) -> list[View]:
+    """Parse a JSON body (one view or a list of views) into views."""
     try:
         document = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -49,13 +52,13 @@ def parse_page_views(body: bytes) -> list[tuple[str, str | None]]:
     raise InvalidPageViews('The body must be a JSON object such as {"path": "/"} or a list of them.')
 
 
-def _parse_item(item: object, prefix: str) -> tuple[str, str | None]:
+def _parse_item(item: object, prefix: str) -> View:
     if not isinstance(item, dict):
         raise InvalidPageViews(f'{prefix}A page view must be a JSON object such as {{"path": "/"}}.')
     unknown = sorted(set(item) - set(FIELDS))
     if unknown:
         raise InvalidPageViews(
-            f'{prefix}Unknown field "{unknown[0]}"; a page view has "path" and "referrer".'
+            f'{prefix}Unknown field "{unknown[0]}"; a page view has "path", "referrer" and "site".'
         )
     if "path" not in item:
         raise InvalidPageViews(f'{prefix}The field "path" is missing.')
@@ -65,7 +68,12 @@ def _parse_item(item: object, prefix: str) -> tuple[str, str | None]:
     referrer = item.get("referrer")
     if referrer is not None:
         referrer = _text(referrer, "referrer", prefix)
-    return path, referrer
+    site = DEFAULT_SITE
+    if item.get("site") is not None:
+        site = parse_site(_text(item["site"], "site", prefix))
+        if site is None:
+            raise InvalidPageViews(f'{prefix}"site" must be a host name such as "example.com", no port.')
+    return View(path, referrer, site)
 
 
 def _text(value: object, field: str, prefix: str) -> str:

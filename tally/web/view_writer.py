@@ -24,16 +24,28 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import psycopg
 import psycopg_pool
 from prometheus_client import Counter
 
 from tally.db import QUERIES
+from tally.sites import DEFAULT_SITE
 
 logger = logging.getLogger("tally.web.view_writer")
 
-View = tuple[str, "str | None"]
+
+class View(NamedTuple):
+    """One page view to store; a plain (path, referrer) tuple is one too."""
+
+    path: str
+    referrer: str | None = None
+    site: str = DEFAULT_SITE
+    source: str | None = None
+    visitor: int | None = None  # the keyed hash of tally/web/visitors.py, never an address
+
+
 # The longest a request waits for the insert in flight before it gives up (503); its own
 # group's insert then has the rest of the 5 s request budget.
 QUEUE_WAIT_SECONDS = 2.0
@@ -149,8 +161,15 @@ def _unreachable(error: BaseException | None) -> BaseException | None:
 
 def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on a pooled (autocommit) connection: all or none."""
+    rows = [View(*view) for view in views]
     with pool.connection() as conn:
         conn.execute(
             QUERIES["insert_page_views"],
-            {"paths": [path for path, _ in views], "referrers": [referrer for _, referrer in views]},
+            {
+                "sites": [row.site for row in rows],
+                "paths": [row.path for row in rows],
+                "referrers": [row.referrer for row in rows],
+                "sources": [row.source for row in rows],
+                "visitors": [row.visitor for row in rows],
+            },
         )

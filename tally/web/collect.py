@@ -1,0 +1,177 @@
+"""POST /api/collect: the views that tally.js sends from a site's pages.
+
+A view's site is its URL's host name (lower case, no port), its path the URL's path, its
+source the URL's `utm_source` (or `ref`, `source`). Sites outside `SITES` get 403, crawlers
+(crawlerdetect's maintained list) a 2xx and a count per day, never a view. The visitor is a
+keyed hash (tally/web/visitors.py); the client's address and user agent go into it and
+nowhere else: not a column, not a log line.
+
+    >>> parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "referrer": ""}')
+    ('example.com', '/a', 'news', None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.parse
+from typing import Any
+
+import bottle
+import psycopg_pool
+from crawlerdetect import CrawlerDetect
+
+from tally.db import QUERIES
+from tally.sites import parse_site
+from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+from tally.web.view_writer import View, ViewWriter
+from tally.web.visitors import VisitorIds, client_address
+
+# A beacon's body: a URL and a referrer of at most MAX_TEXT characters each, as JSON.
+MAX_BODY_BYTES = 8 * 1024
+MEDIA_TYPES = ("text/plain", "application/json")
+SOURCE_PARAMETERS = ("utm_source", "ref", "source")
+MAX_SOURCE = 256
+# Any page may send views (SITES decides which are kept); no credentials are involved.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+PREFLIGHT_HEADERS = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "86400",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """The request cannot be stored: an HTTP status and the sentence that says why."""
+
+    def __init__(self, status: int, sentence: str):
+        super().__init__(sentence)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+
+
+def parse_collect_body(body: bytes) -> tuple[str, str, str | None, str | None]:
+    """The (site, path, source, referrer) of a beacon's body; raises Refused(400) saying what is wrong."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused(400, "The body is not valid UTF-8.") from None
+    except (ValueError, RecursionError):
+        raise Refused(
+            400, 'The body must be JSON such as {"url": "https://example.com/", "referrer": ""}.'
+        ) from None
+    if not isinstance(document, dict):
+        raise Refused(400, 'The body must be a JSON object such as {"url": "https://example.com/"}.')
+    unknown = sorted(set(document) - {"url", "referrer"})
+    if unknown:
+        raise Refused(400, f'Unknown field "{unknown[0]}"; a view has "url" and "referrer".')
+    url = _text(document.get("url"), "url")
+    if url is None:
+        raise Refused(400, 'The field "url" is missing.')
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname, _port = parts.hostname, parts.port  # reading the port checks it
+    except ValueError:
+        raise Refused(400, '"url" is not a valid URL.') from None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        raise Refused(400, '"url" must be an http or https URL with a host name.')
+    site = parse_site(hostname)
+    if site is None:
+        raise Refused(400, f'"url" has no valid host name: {hostname!r}.')
+    path = parts.path or "/"
+    if not path.startswith("/"):
+        raise Refused(400, '"url" must have a path starting with "/".')
+    return site, path, _source(parts.query), _referrer(document.get("referrer"))
+
+
+def _text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Refused(400, f'"{field}" must be a string.')
+    if len(value) > MAX_TEXT:
+        raise Refused(400, f'"{field}" is longer than {MAX_TEXT} characters.')
+    if CONTROL_CHARACTERS.search(value):
+        raise Refused(400, f'"{field}" contains a control character.')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(400, f'"{field}" is not valid Unicode (a lone surrogate).') from None
+    return value
+
+
+def _source(query: str) -> str | None:
+    """The campaign: the first of utm_source, ref and source in the page's query string."""
+    fields = urllib.parse.parse_qs(query, keep_blank_values=False)
+    for name in SOURCE_PARAMETERS:
+        for value in fields.get(name, []):
+            value = value.strip()
+            if not value:
+                continue
+            if len(value) > MAX_SOURCE or CONTROL_CHARACTERS.search(value):
+                raise Refused(400, f'"{name}" in the URL must be at most {MAX_SOURCE} printable characters.')
+            return value
+    return None
+
+
+def _referrer(value: object) -> str | None:
+    """The referring page without its query string and fragment (they can carry people's data)."""
+    referrer = _text(value, "referrer")
+    if not referrer:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(referrer)
+        hostname = parts.hostname
+    except ValueError:
+        raise Refused(400, '"referrer" is not a valid URL.') from None
+    if not parts.scheme or not hostname:
+        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.')
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+
+
+class Collector:
+    """Turns one beacon into a stored view, a counted crawler hit or a refusal."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        writer: ViewWriter,
+        sites: frozenset[str] | None,
+    ):
+        self.pool = pool
+        self.writer = writer
+        self.sites = sites
+        self.visitors = VisitorIds(pool)
+        self.crawlers = CrawlerDetect()
+
+    def collect(self, request: bottle.BaseRequest) -> Outcome:
+        media_type = (request.content_type or "").split(";")[0].strip().lower()
+        if media_type not in MEDIA_TYPES:
+            raise Refused(
+                415, "Send the view as Content-Type: text/plain (as tally.js does) or application/json."
+            )
+        too_large = Refused(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+        if request.content_length > MAX_BODY_BYTES:
+            raise too_large
+        body = request.body.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+        site, path, source, referrer = parse_collect_body(body)
+        if self.sites is not None and site not in self.sites:
+            raise Refused(403, f"Views of {site} are not accepted here: it is not in SITES.")
+        user_agent = request.get_header("User-Agent", "").strip()
+        if not user_agent or self.crawlers.isCrawler(user_agent):
+            with self.pool.connection() as conn:
+                conn.execute(QUERIES["count_crawler_hit"], {"site": site})
+            return Outcome(202, {"stored": 0, "filtered": "crawler"})
+        address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
+        visitor = self.visitors.visitor_id(site, address, user_agent)
+        self.writer.write([View(path, referrer, site, source, visitor)])
+        return Outcome(201, {"stored": 1})

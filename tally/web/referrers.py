@@ -1,0 +1,54 @@
+"""Referring domains as a site owner reads them: each well-known search engine under one name.
+
+The rollups keep the referrer's domain (`www.` folded, the site's own pages left out:
+`tally_referrer_domain` in migrations/0005); stats group a search engine's domains in every
+country (google.com, google.co.uk, www.google.de) by their registrable name, found with the
+Public Suffix List (publicsuffixlist, bundled: no network at run time).
+
+>>> [referrer_name(domain) for domain in ("google.co.uk", "news.ycombinator.com", "search.brave.com")]
+['Google', 'news.ycombinator.com', 'Brave Search']
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+from publicsuffixlist import PublicSuffixList
+
+_SUFFIXES = PublicSuffixList()
+# The registrable label (the name before the public suffix) of well-known search engines.
+SEARCH_ENGINES = {
+    "google": "Google",
+    "bing": "Bing",
+    "duckduckgo": "DuckDuckGo",
+    "yahoo": "Yahoo",
+    "yandex": "Yandex",
+    "baidu": "Baidu",
+    "ecosia": "Ecosia",
+    "brave": "Brave Search",
+    "startpage": "Startpage",
+    "qwant": "Qwant",
+    "naver": "Naver",
+    "seznam": "Seznam",
+    "kagi": "Kagi",
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def referrer_name(domain: str) -> str:
+    """A search engine's name for any of its domains; any other domain as it is."""
+    registrable = _SUFFIXES.privatesuffix(domain)
+    if registrable:
+        name = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
+        if name:
+            return name
+    return domain
+
+
+def by_name(domains: dict[str, int]) -> collections.Counter[str]:
+    """Views per referrer name, from views per referring domain."""
+    named: collections.Counter[str] = collections.Counter()
+    for domain, views in domains.items():
+        named[referrer_name(domain)] += views
+    return named

@@ -1,0 +1,185 @@
+"""tally.js in a real browser: Debian's Chromium, driven by Playwright, loads pages of a site
+served on another origin (its own port and host name) that carry the script tag.
+
+Two things about a browser driven by automation, and how this test handles them:
+- Playwright starts Chromium with --enable-automation, which sets navigator.webdriver, and
+  tally.js sends nothing then (crawlers drive browsers too). The browser that plays a person
+  is launched with --disable-blink-features=AutomationControlled, which clears the flag; the
+  rule itself is tested with the flag set. Real crawlers' browsers are not changed by this.
+- Headless Chromium's user agent says "HeadlessChrome", which the crawler list catches. The
+  person's pages are opened with the same agent saying "Chrome".
+Host names: Chromium maps site.test and other.test to 127.0.0.1 (--host-resolver-rules).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.conftest import free_port, wait_until
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+
+PERSON_ARGS = [*CHROMIUM_ARGS, "--disable-blink-features=AutomationControlled"]
+HOSTS = "--host-resolver-rules=MAP site.test 127.0.0.1, MAP other.test 127.0.0.1"
+CRAWLER = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+# Long enough for a beacon that was going to arrive to arrive, before saying none did.
+SETTLE_SECONDS = 1.5
+
+
+def page_html(tally_port: int, attributes: str = "") -> bytes:
+    return (
+        "<!doctype html><html><head><title>A page of a site</title>"
+        f'<script defer src="http://127.0.0.1:{tally_port}/tally.js"{attributes}></script>'
+        "</head><body><h1>Hello</h1><a id='next' href='/next'>next</a></body></html>"
+    ).encode()
+
+
+@pytest.fixture
+def site_server(tally_port: int) -> Iterator[int]:
+    """The measured site: the same page at every path; /local.html asks to be counted on localhost."""
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            attributes = " data-allow-local" if self.path.startswith("/local") else ""
+            body = page_html(tally_port, attributes)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def tally_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def tally(start_process, tally_port: int) -> int:
+    web = start_process(["web.py"], {"PORT": str(tally_port), "SITES": "site.test,localhost"})
+    web.wait_for_line("Serving on")
+    return tally_port
+
+
+def views(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute("SELECT site, path FROM page_views ORDER BY id").fetchall()
+
+
+def crawler_hits(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(sum(hits), 0) FROM crawler_hits_daily").fetchone()[0]
+
+
+def views_become(conn: psycopg.Connection, expected: list[tuple[str, str]]) -> None:
+    """Wait for exactly `expected`, then check that nothing more arrives."""
+    wait_until(lambda: len(views(conn)) >= len(expected), timeout=10, message=f"{len(expected)} views")
+    time.sleep(SETTLE_SECONDS)
+    assert views(conn) == expected
+
+
+def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_server, conn):
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            person = browser.new_context(user_agent=browser_agent(browser))
+            page = person.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{site}/index.html?utm_source=newsletter", wait_until="load")
+            assert page.evaluate("navigator.webdriver") is False
+            views_become(conn, [("site.test", "/index.html")])
+
+            page.evaluate("history.pushState({}, '', '/next')")  # a single-page app's navigation
+            views_become(conn, [("site.test", "/index.html"), ("site.test", "/next")])
+            page.go_back()  # popstate
+            views_become(
+                conn, [("site.test", "/index.html"), ("site.test", "/next"), ("site.test", "/index.html")]
+            )
+            sources = conn.execute("SELECT source FROM page_views ORDER BY id").fetchall()
+            assert sources == [("newsletter",), (None,), ("newsletter",)]
+
+            # A JSON POST from the page needs the CORS preflight: it is answered, and the view stored.
+            status = page.evaluate(
+                """url => fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                      body: JSON.stringify({url: location.origin + "/json"})})
+                         .then(response => response.status)""",
+                f"http://127.0.0.1:{tally}/api/collect",
+            )
+            assert status == 201
+            assert views(conn)[-1] == ("site.test", "/json")
+            assert problems == []
+
+            # Localhost sends nothing unless the tag asks for it.
+            page.goto(f"http://localhost:{site_server}/quiet.html", wait_until="load")
+            page.goto(f"http://localhost:{site_server}/local.html", wait_until="load")
+            wait_until(
+                lambda: views(conn)[-1] == ("localhost", "/local.html"), timeout=10, message="local view"
+            )
+            time.sleep(SETTLE_SECONDS)
+            assert [row for row in views(conn) if row[0] == "localhost"] == [("localhost", "/local.html")]
+            person.close()
+        finally:
+            browser.close()
+    stats_visitors = conn.execute("SELECT count(DISTINCT visitor) FROM page_views WHERE site = 'site.test'")
+    assert stats_visitors.fetchone()[0] == 1  # one browser: one visitor
+
+
+def test_crawlers_other_sites_and_automated_browsers_store_nothing(tally, site_server, conn):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            crawler = browser.new_page(user_agent=CRAWLER)
+            crawler.goto(f"http://site.test:{site_server}/", wait_until="load")
+            wait_until(lambda: crawler_hits(conn) == 1, timeout=10, message="the crawler's hit counted")
+
+            person = browser.new_page(user_agent=browser_agent(browser))
+            with person.expect_response(lambda response: "/api/collect" in response.url) as answer:
+                person.goto(f"http://other.test:{site_server}/", wait_until="load")
+            assert answer.value.status == 403  # other.test is not in SITES
+        finally:
+            browser.close()
+        # Playwright's own launch: navigator.webdriver is set, and the tracker stays silent.
+        automated = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, HOSTS])
+        try:
+            page = automated.new_page(user_agent=browser_agent(automated))
+            page.goto(f"http://site.test:{site_server}/", wait_until="load")
+            assert page.evaluate("navigator.webdriver") is True
+            time.sleep(SETTLE_SECONDS)
+        finally:
+            automated.close()
+    assert views(conn) == []
+    assert crawler_hits(conn) == 1
+
+
+def browser_agent(browser) -> str:
+    """This Chromium's own user agent, as a person's browser sends it (not "HeadlessChrome")."""
+    page = browser.new_page()
+    try:
+        return page.evaluate("navigator.userAgent").replace("HeadlessChrome", "Chrome")
+    finally:
+        page.close()

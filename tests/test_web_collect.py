@@ -1,0 +1,424 @@
+"""Collecting from websites through the real WSGI app: POST /api/collect, GET /tally.js,
+sites, crawlers and visitors (issue 11), on the session's database.
+
+(Named test_web_*: build_app binds jobs.app to the session's web pool, and test_faults
+restarts the server under that pool; test_jobs, which defers through jobs.app, must run
+before any module that builds the app, as the alphabet orders them.)"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import subprocess
+import wsgiref.util
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tally.sites import DEFAULT_SITE
+from tally.web.collect import MAX_BODY_BYTES
+from tally.web.tracker import SOURCE
+from tally.web.visitors import client_address, hashed
+from tests.test_jobs import defer, run_queued_jobs
+from tests.test_web import make_client, roll_up, stored
+
+BROWSER = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+OTHER_BROWSER = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Safari/605.1.15"
+)
+ADDRESS = "203.0.113.77"
+OTHER_ADDRESS = "198.51.100.23"
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return make_client(database_url, pool, SITES="example.com,www.example.com,shop.example.org")
+
+
+@pytest.fixture
+def open_client(database_url, pool):
+    """SITES unset: any site is accepted."""
+    return make_client(database_url, pool)
+
+
+def beacon(
+    client, url: str, referrer: str | None = "", *, agent: str = BROWSER, address: str = ADDRESS, **kw
+):
+    """Send what tally.js sends: a text/plain body, from a browser behind a router."""
+    headers = {"User-Agent": agent, "X-Forwarded-For": address, "Origin": "https://example.com"}
+    body = json.dumps({"url": url, "referrer": referrer})
+    return client.post("/api/collect", body, headers=headers, content_type="text/plain;charset=UTF-8", **kw)
+
+
+def rows(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute("SELECT site, path, source, referrer FROM page_views ORDER BY id").fetchall()
+
+
+# --- storing a view -----------------------------------------------------------------------------
+
+
+def test_a_beacon_stores_its_site_path_source_and_referrer(client, conn):
+    response = beacon(
+        client,
+        "https://WWW.Example.com:8443/blog/post?utm_source=newsletter&x=1#top",
+        "https://news.ycombinator.com/item?id=42&token=secret",
+    )
+    assert response.status_int == 201 and response.json == {"stored": 1}
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert rows(conn) == [
+        ("www.example.com", "/blog/post", "newsletter", "https://news.ycombinator.com/item")
+    ]
+    assert conn.execute("SELECT visitor IS NOT NULL FROM page_views").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("query", "source"),
+    [("?ref=producthunt", "producthunt"), ("?source=rss", "rss"), ("?utm_source=a&ref=b", "a"), ("", None)],
+)
+def test_the_source_comes_from_utm_source_ref_or_source(client, conn, query, source):
+    beacon(client, f"https://example.com/{query}", status=201)
+    assert rows(conn)[0][2] == source
+
+
+def test_json_is_accepted_as_well_as_text(client, conn):
+    headers = {"User-Agent": BROWSER}
+    client.post_json("/api/collect", {"url": "https://example.com/a"}, headers=headers, status=201)
+    assert rows(conn) == [("example.com", "/a", None, None)]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "says"),
+    [
+        ('{"url": "https://example.com/"}', "application/x-www-form-urlencoded", 415, "text/plain"),
+        ("not json", "text/plain", 400, "must be JSON"),
+        ("[1, 2]", "text/plain", 400, "JSON object"),
+        ('{"referrer": ""}', "text/plain", 400, '"url" is missing'),
+        ('{"url": 5}', "text/plain", 400, '"url" must be a string'),
+        ('{"url": "ftp://example.com/"}', "text/plain", 400, "http or https"),
+        ('{"url": "/relative"}', "text/plain", 400, "http or https"),
+        ('{"url": "https://exa mple.com/"}', "text/plain", 400, "host name"),
+        ('{"url": "https://example.com:99999/"}', "text/plain", 400, "not a valid URL"),
+        ('{"url": "https://example.com/", "extra": 1}', "text/plain", 400, 'Unknown field "extra"'),
+        ('{"url": "https://example.com/\\u0000"}', "text/plain", 400, "control character"),
+        ('{"url": "https://example.com/", "referrer": "not a url"}', "text/plain", 400, '"referrer" must be'),
+        ('{"url": "https://example.com/", "referrer": 3}', "text/plain", 400, '"referrer" must be a string'),
+        ('{"url": "https://example.com/?utm_source=' + "x" * 300 + '"}', "text/plain", 400, "utm_source"),
+        ('{"url": "https://example.com/' + "a" * 3000 + '"}', "text/plain", 400, "longer than"),
+        ("\xff", "text/plain", 400, "UTF-8"),
+    ],
+)
+def test_bad_input_is_refused_clearly_and_stores_nothing(client, conn, body, content_type, status, says):
+    response = client.post(
+        "/api/collect",
+        body.encode("latin-1") if body == "\xff" else body.encode(),
+        headers={"User-Agent": BROWSER},
+        content_type=content_type,
+        status=status,
+    )
+    assert says in response.json["error"]
+    assert response.headers["Access-Control-Allow-Origin"] == "*"  # the page's script may read why
+    assert stored(conn) == 0
+
+
+def test_a_body_over_the_limit_is_refused(client, conn):
+    body = json.dumps(
+        {"url": "https://example.com/", "referrer": "https://a.example/" + "x" * MAX_BODY_BYTES}
+    )
+    response = client.post("/api/collect", body, content_type="text/plain", status=413)
+    assert "larger than" in response.json["error"] and stored(conn) == 0
+
+
+def test_the_cors_preflight_is_answered(client):
+    response = client.options(
+        "/api/collect",
+        headers={
+            "Origin": "https://example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        status=204,
+    )
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+    assert int(response.headers["Access-Control-Max-Age"]) > 0
+
+
+# --- SITES ------------------------------------------------------------------------------------
+
+
+def test_a_site_not_in_sites_is_refused_and_stores_nothing(client, conn):
+    response = beacon(client, "https://evil.example.net/", status=403)
+    assert "evil.example.net" in response.json["error"] and "SITES" in response.json["error"]
+    beacon(client, "https://example.com.evil.net/", status=403)
+    beacon(client, "https://sub.example.com/", status=403)  # only the names listed
+    assert stored(conn) == 0
+    beacon(client, "https://SHOP.example.org/cart", status=201)
+    assert rows(conn) == [("shop.example.org", "/cart", None, None)]
+
+
+def test_without_sites_any_site_is_accepted(open_client, conn):
+    beacon(open_client, "https://anything.example/", status=201)
+    assert rows(conn)[0][0] == "anything.example"
+
+
+def test_server_side_senders_name_a_site_or_get_the_default(client, conn):
+    client.post_json("/api/pageviews", [{"path": "/a"}, {"path": "/b", "site": "Example.COM"}], status=201)
+    assert [row[:2] for row in rows(conn)] == [(DEFAULT_SITE, "/a"), ("example.com", "/b")]
+    response = client.post_json("/api/pageviews", {"path": "/c", "site": "other.example"}, status=403)
+    assert "SITES" in response.json["error"]
+    response = client.post_json("/api/pageviews", {"path": "/c", "site": "example.com:80"}, status=400)
+    assert "host name" in response.json["error"]
+    assert stored(conn) == 2
+
+
+def test_the_default_site_is_the_columns_default(conn):
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/import', now())")
+    assert conn.execute("SELECT site FROM page_views").fetchone()[0] == DEFAULT_SITE
+
+
+# --- crawlers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0",
+        "Mozilla/5.0 (compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+        "curl/8.5.0",
+        "",
+    ],
+)
+def test_crawlers_are_answered_counted_and_not_stored(client, conn, agent):
+    response = beacon(client, "https://example.com/", agent=agent)
+    assert response.status_int == 202 and response.json["stored"] == 0
+    assert stored(conn) == 0
+    assert conn.execute("SELECT site, hits FROM crawler_hits_daily").fetchall() == [("example.com", 1)]
+    body = client.get("/api/stats?days=1").json
+    assert body["crawlers_filtered"] == 1 and body["total_views"] == 0
+
+
+# --- visitors -------------------------------------------------------------------------------
+
+
+def test_five_hits_from_one_client_and_one_from_another_are_two_visitors(client, conn):
+    for path in ("/", "/a", "/b", "/a", "/c"):
+        # A client may put anything in X-Forwarded-For; the router appends the real address last.
+        beacon(client, f"https://example.com{path}", address=f"10.0.0.{len(path)}, {ADDRESS}", status=201)
+    beacon(client, "https://example.com/", address=OTHER_ADDRESS, status=201)
+    body = client.get("/api/stats?days=1").json
+    assert body["total_views"] == 6 and body["visitors"] == 2
+    assert body["daily"][-1]["visitors"] == 2
+    roll_up(conn)  # the same once rolled up, and with one more hit in the tail
+    beacon(client, "https://example.com/d", status=201)
+    body = client.get("/api/stats?days=1").json
+    assert body["total_views"] == 7 and body["visitors"] == 2
+    roll_up(conn)
+    assert client.get("/api/stats?days=1").json["visitors"] == 2
+
+
+def test_a_visitor_is_per_site_address_and_user_agent(client):
+    beacon(client, "https://example.com/", status=201)
+    beacon(client, "https://example.com/", agent=OTHER_BROWSER, status=201)
+    beacon(client, "https://www.example.com/", status=201)
+    assert client.get("/api/stats?days=1").json["visitors"] == 3
+    assert client.get("/api/stats?days=1&site=example.com").json["visitors"] == 2
+
+
+def test_the_client_address_is_the_routers_last_entry():
+    assert client_address("1.1.1.1, 2.2.2.2", "10.0.0.1") == "2.2.2.2"
+    assert client_address(None, "10.0.0.1") == "10.0.0.1"
+    assert client_address(" , ", "10.0.0.1") == "10.0.0.1"
+
+
+def test_a_new_salt_makes_new_visitor_ids():
+    assert hashed(b"a" * 32, "example.com", ADDRESS, BROWSER) == hashed(
+        b"a" * 32, "example.com", ADDRESS, BROWSER
+    )
+    assert hashed(b"a" * 32, "example.com", ADDRESS, BROWSER) != hashed(
+        b"b" * 32, "example.com", ADDRESS, BROWSER
+    )
+
+
+def test_salts_rotate_daily_and_go_after_two_days(client, conn):
+    conn.execute("INSERT INTO visitor_salts (day) SELECT current_date - n FROM generate_series(1, 5) n")
+    from jobs import visitor_salts
+
+    defer(visitor_salts.rotate_visitor_salts)
+    run_queued_jobs()
+    days = [row[0] for row in conn.execute("SELECT day - current_date FROM visitor_salts ORDER BY day")]
+    assert days == [-1, 0, 1]  # yesterday's, today's, tomorrow's; older ones deleted
+    salts = [bytes(row[0]) for row in conn.execute("SELECT salt FROM visitor_salts")]
+    assert len(set(salts)) == 3 and all(len(salt) == 32 for salt in salts)
+    beacon(client, "https://example.com/", status=201)
+    assert conn.execute("SELECT count(*) FROM visitor_salts").fetchone()[0] == 3  # today's, as made
+
+
+def test_the_clock_schedules_the_salt_rotation():
+    import procrastinate
+
+    import clock
+    import jobs
+    from tally.config import from_env
+
+    # An app of its own: registering on jobs.app would make every test worker defer ticks.
+    app = procrastinate.App(connector=jobs.app.connector)
+    clock.register_schedule(app, from_env({"SALT_SCHEDULE": "7 * * * *"}, process_type="clock"))
+    schedules = {task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()}
+    assert schedules["rotate_visitor_salts"] == "7 * * * *"
+
+
+# --- no personal data ---------------------------------------------------------------------
+
+
+def pg_dump(database_url: str, test_server) -> str:
+    from tally import localdb
+
+    bin_dir = test_server.bin_dir or Path(localdb.POSTGRES_VERSIONS[localdb.PG_VERSION])
+    return subprocess.run(
+        [str(bin_dir / "pg_dump"), "--no-owner", "--dbname", database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def test_no_address_and_no_user_agent_reach_the_database_or_the_logs(
+    client, conn, database_url, test_server, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    agent = BROWSER + " Unique/4242"
+    for path in ("/", "/pricing"):
+        beacon(client, f"https://example.com{path}", "https://www.google.com/", agent=agent, status=201)
+    beacon(client, "https://example.com/", agent="Googlebot/2.1 Unique/4242", status=202)
+    beacon(client, "https://bad.example/", agent=agent, status=403)
+    client.post(
+        "/api/collect",
+        "{",
+        headers={"User-Agent": agent, "X-Forwarded-For": ADDRESS},
+        content_type="text/plain",
+        status=400,
+    )
+    roll_up(conn)
+    dump = pg_dump(database_url, test_server)
+    assert "/pricing" in dump and "example.com" in dump  # the dump holds the views
+    for secret in (ADDRESS, "Unique/4242", "Googlebot", "Chrome/120"):
+        assert secret not in dump, secret
+        assert secret not in caplog.text, secret
+
+
+# --- stats, sites ----------------------------------------------------------------------------
+
+
+def test_stats_are_per_site_or_for_all(client, conn):
+    for url in ("https://example.com/a", "https://example.com/b", "https://www.example.com/a"):
+        beacon(client, url, status=201)
+    client.post_json("/api/pageviews", {"path": "/server"}, status=201)
+    assert client.get("/api/stats?days=1").json["total_views"] == 4
+    body = client.get("/api/stats?days=1&site=EXAMPLE.com").json
+    assert body["site"] == "example.com" and body["total_views"] == 2
+    assert {row["path"] for row in body["top_paths"]} == {"/a", "/b"}
+    assert client.get(f"/api/stats?days=1&site={DEFAULT_SITE}").json["total_views"] == 1
+    assert client.get("/api/stats?days=1&site=nothing.example").json["total_views"] == 0
+    for bad in ("a/b", "example.com:80", "x" * 300):
+        assert "site" in client.get(f"/api/stats?site={bad}", status=400).json["error"]
+
+
+def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
+    beacon(client, "https://example.com/?utm_source=news", "https://www.google.com/search?q=x", status=201)
+    beacon(client, "https://example.com/a?ref=hn", "https://news.ycombinator.com/", status=201)
+    roll_up(conn)
+    beacon(client, "https://example.com/b?utm_source=news", "https://google.co.uk/", status=201)
+    beacon(client, "https://example.com/c", "https://www.example.com/a", status=201)  # the site's own
+    beacon(client, "https://example.com/d", "https://duckduckgo.com/", status=201)
+    beacon(client, "https://example.com/e", "https://WWW.Bing.com/search?q=tally", status=201)
+    beacon(client, "https://example.com/f", "https://search.brave.com/search?q=tally", status=201)
+    beacon(client, "https://example.com/g", "https://www.news.ycombinator.com/", status=201)
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert body["top_sources"] == [{"source": "news", "views": 2}, {"source": "hn", "views": 1}]
+    assert body["top_referrers"] == [
+        {"referrer": "Google", "views": 2},  # google.com and google.co.uk: one search engine
+        {"referrer": "news.ycombinator.com", "views": 2},  # www. folded
+        {"referrer": "Bing", "views": 1},
+        {"referrer": "Brave Search", "views": 1},
+        {"referrer": "DuckDuckGo", "views": 1},
+    ]
+
+
+def test_sites_lists_each_site_with_its_views(client, conn):
+    beacon(client, "https://example.com/", status=201)
+    beacon(client, "https://example.com/a", status=201)
+    roll_up(conn)
+    beacon(client, "https://example.com/b", status=201)
+    beacon(client, "https://shop.example.org/", status=201)
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/old', now() - interval '40 days')")
+    assert client.get("/api/sites").json == {
+        "days": 30,
+        "sites": [{"site": "example.com", "views": 3}, {"site": "shop.example.org", "views": 1}],
+    }
+
+
+def test_the_dashboard_switches_sites_and_draws_visitors(client, conn):
+    beacon(client, "https://example.com/", status=201)
+    beacon(client, "https://example.com/a", address=OTHER_ADDRESS, status=201)
+    beacon(client, "https://shop.example.org/", status=201)
+    page = client.get("/?days=7&site=example.com").text
+    assert 'data-site="shop.example.org"' in page and 'href="/?days=7&amp;site=shop.example.org"' in page
+    assert 'id="total-views">2<' in page and 'id="total-visitors">2<' in page
+    assert 'data-visitors="2"' in page
+    assert 'id="total-views">3<' in client.get("/?days=7").text
+
+
+# --- the tracker ---------------------------------------------------------------------------
+
+
+def raw_get(app, path: str, environ: dict) -> tuple[str, dict, bytes]:
+    """A GET straight through the WSGI app (WebTest would undo the gzip encoding)."""
+    request = {"REQUEST_METHOD": "GET", "PATH_INFO": path, **environ}
+    wsgiref.util.setup_testing_defaults(request)
+    answer: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer.update(status=status, headers={name.lower(): value for name, value in headers})
+
+    body = b"".join(app(request, start_response))
+    return answer["status"], answer["headers"], body
+
+
+def test_the_tracker_is_the_repositorys_source_small_and_cacheable(client):
+    plain = client.get("/tally.js", headers={"Accept-Encoding": "identity"}, status=200)
+    assert plain.body == SOURCE.read_bytes()  # served as written: no build step
+    assert plain.headers["Content-Type"].startswith("text/javascript")
+    assert "max-age" in plain.headers["Cache-Control"]
+    status, headers, body = raw_get(client.app, "/tally.js", {"HTTP_ACCEPT_ENCODING": "gzip, br"})
+    assert status == "200 OK"
+    assert headers["content-encoding"] == "gzip" and headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(body) == plain.body
+    assert len(body) <= 1024, f"tally.js is {len(body)} bytes gzipped"
+    assert headers["etag"] != plain.headers["ETag"]
+    client.get("/tally.js", headers={"If-None-Match": plain.headers["ETag"]}, status=304)
+    again = client.get("/tally.js", headers={"If-None-Match": '"stale"'}, status=200)
+    assert again.body == plain.body
+
+
+def test_the_tracker_sends_text_plain_beacons_and_guards_automation_and_localhost():
+    source = SOURCE.read_text()
+    for needed in (
+        "sendBeacon",
+        "keepalive",
+        "pushState",
+        "popstate",
+        "navigator.webdriver",
+        "data-allow-local",
+        "file:",
+        "localhost",
+        "/api/collect",
+    ):
+        assert needed in source, needed
+    assert "cookie" not in source.replace("No cookie", "") and "localStorage" not in source

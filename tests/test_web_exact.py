@@ -1,0 +1,211 @@
+"""Stats, export and days in any zone, exact against a brute-force count over the raw views
+(issues 11 and 12), through the real WSGI app on the session's database.
+
+(Named test_web_*: see tests/test_web_collect.py's note on build_app and jobs.app.)"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import datetime
+import io
+import random
+import urllib.parse
+import zoneinfo
+
+import psycopg
+import pytest
+
+from tests.test_web import make_client, roll_up
+from tests.test_web_collect import OTHER_ADDRESS, beacon
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return make_client(database_url, pool, SITES="example.com,www.example.com,shop.example.org")
+
+
+# --- exact against a brute-force count ----------------------------------------------------------
+
+
+def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str = "UTC") -> dict:
+    """Every figure of /api/stats straight from page_views, days in Python's zone database,
+    domains parsed in Python."""
+    zone = zoneinfo.ZoneInfo(tz)
+    now = conn.execute("SELECT now()").fetchone()[0]
+    first_day = now.astimezone(zone).date() - datetime.timedelta(days=days - 1)
+    start = datetime.datetime.combine(first_day, datetime.time(), zone)
+    rows = [
+        (viewed_at.astimezone(zone).date(), *rest)
+        for viewed_at, *rest in conn.execute(
+            "SELECT viewed_at, site, path, source, referrer, visitor FROM page_views"
+            " WHERE viewed_at >= %s AND (%s::text IS NULL OR site = %s)",
+            (start, site, site),
+        )
+    ]
+    views, visitors = collections.Counter(), collections.defaultdict(set)
+    path_views, path_visitors = collections.Counter(), collections.defaultdict(set)
+    paths, sources, referrers = collections.Counter(), collections.Counter(), collections.Counter()
+    for day, row_site, path, source, referrer, visitor in rows:
+        views[day.isoformat()] += 1
+        if visitor is not None:
+            visitors[day.isoformat()].add((row_site, visitor))
+        paths[path] += 1
+        path_views[(day.isoformat(), path)] += 1
+        if visitor is not None:
+            path_visitors[(day.isoformat(), path)].add((row_site, visitor))
+        if source:
+            sources[source] += 1
+        domain = urllib.parse.urlsplit(referrer).hostname if referrer else None
+        domain = domain.removeprefix("www.") if domain else None
+        if domain and domain != row_site.removeprefix("www."):
+            referrers["Google" if domain == "google.com" else domain] += 1
+
+    def top(counts, key):
+        return [
+            {key: name, "views": n} for name, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))[:10]
+        ]
+
+    return {
+        "daily": {day: (views[day], len(visitors[day])) for day in views},
+        "export": {key: (path_views[key], len(path_visitors[key])) for key in path_views},
+        "top_paths": top(paths, "path"),
+        "top_sources": top(sources, "source"),
+        "top_referrers": top(referrers, "referrer"),
+    }
+
+
+def random_visits(rng: random.Random, count: int) -> list[list[tuple]]:
+    """The views of each visitor, who comes back on one day (an id lives a day), a few of them
+    across midnight, as the salt's change at midnight meets a clock a moment off."""
+    visits, total = [], 0
+    while total < count:
+        site = rng.choice(["example.com", "www.example.com", "shop.example.org"])
+        visitor = rng.getrandbits(63) - 2**62
+        start = datetime.timedelta(days=rng.randrange(0, 12), minutes=rng.randrange(0, 24 * 60))
+        views = []
+        for _ in range(rng.randrange(1, 6)):
+            age = start - datetime.timedelta(minutes=rng.randrange(0, 20))
+            source = rng.choice([None, None, "news", "hn", "Mail"])
+            referrer = rng.choice(
+                [None, "https://www.google.com/x", "https://news.ycombinator.com/", f"https://{site}/p"]
+            )
+            views.append((site, f"/p{rng.randrange(0, 15)}", source, referrer, visitor, age))
+        visits.append(views)
+        total += len(views)
+    return visits
+
+
+def arrivals(rng: random.Random, visits: list[list[tuple]], chunks: int) -> list[list[tuple]]:
+    """Views in the order they reach Tally: as time passes; a recent visitor's views spread over
+    two chunks in any order, so they fall on both sides of a rollup. (Views older than the
+    visitor rows' 3 days arrive together: ids are only used on their day.)"""
+    visits = sorted(visits, key=lambda views: views[0][-1], reverse=True)
+    batches: list[list[tuple]] = [[] for _ in range(chunks + 1)]
+    for index, views in enumerate(visits):
+        chunk = index * chunks // len(visits)
+        recent = views[0][-1] < datetime.timedelta(days=2)
+        for view in views:
+            batches[chunk + (rng.random() < 0.5 if recent else 0)].append(view)
+    for batch in batches:
+        rng.shuffle(batch)
+    return batches
+
+
+def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO page_views (site, path, source, referrer, visitor, viewed_at)"
+            " VALUES (%s, %s, %s, %s, %s, now() - %s)",
+            views,
+        )
+
+
+@pytest.mark.parametrize(
+    ("seed", "tz"),
+    [
+        (1, "UTC"),
+        (2, "UTC"),
+        (3, "America/New_York"),
+        (4, "Asia/Kathmandu"),  # +5:45
+        (5, "Australia/Adelaide"),  # +9:30, +10:30 in summer
+        (6, "America/St_Johns"),  # -3:30, -2:30 in summer
+        (7, "Pacific/Kiritimati"),  # +14
+    ],
+)
+def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed, tz):
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 1500), chunks=6)
+    for batch in batches[:-1]:
+        insert_raw(conn, batch)
+        if rng.random() < 0.7:
+            roll_up(conn)
+    insert_raw(conn, batches[-1])  # the tail: some of its visitors are in the rollups already
+    for days in (1, 3, 12, 30):
+        for site in (None, "example.com", "shop.example.org"):
+            query = {"days": str(days), "tz": tz, **({"site": site} if site else {})}
+            body = client.get("/api/stats", query).json
+            assert body["tz"] == tz
+            expected = brute_force(conn, days, site, tz)
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (days, site)
+            assert body["visitors"] == sum(visitors for _, visitors in expected["daily"].values())
+            for key in ("top_paths", "top_sources", "top_referrers"):
+                assert body[key] == expected[key], (days, site, key)
+            exported = client.get("/api/export", query)
+            assert exported.content_type == "text/csv"
+            rows = list(csv.DictReader(io.StringIO(exported.text)))
+            assert not rows or list(rows[0]) == ["day", "path", "views", "visitors"]
+            per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
+            assert per_path == expected["export"], (days, site)
+
+
+def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
+    # 23:50 UTC yesterday is today in Kathmandu (+5:45) and yesterday in New York.
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) VALUES"
+        " ('/late', date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '10 minutes')"
+    )
+    local = make_client(database_url, pool, TIMEZONE="Asia/Kathmandu")
+    today_in = {
+        tz: conn.execute("SELECT (now() AT TIME ZONE %s)::date::text", (tz,)).fetchone()[0]
+        for tz in ("Asia/Kathmandu", "America/New_York")
+    }
+    body = local.get("/api/stats?days=2").json
+    assert body["tz"] == "Asia/Kathmandu" and body["daily"][-1]["day"] == today_in["Asia/Kathmandu"]
+    days = {day["day"]: day["views"] for day in body["daily"] if day["views"]}
+    expected = conn.execute(
+        "SELECT (viewed_at AT TIME ZONE 'Asia/Kathmandu')::date::text FROM page_views"
+    ).fetchone()[0]
+    assert days == {expected: 1}
+    body = local.get("/api/stats?days=2&tz=America/New_York").json
+    assert body["tz"] == "America/New_York" and body["daily"][-1]["day"] == today_in["America/New_York"]
+    for bad in ("Mars/Olympus", "UTC+5", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0"):
+        assert "tz" in local.get("/api/stats", {"tz": bad}, status=400).json["error"]
+
+
+def test_export_is_csv_with_a_header_and_one_row_per_day_and_path(client, conn):
+    beacon(client, "https://example.com/a", status=201)
+    beacon(client, "https://example.com/a", address=OTHER_ADDRESS, status=201)
+    roll_up(conn)
+    beacon(client, "https://example.com/a", status=201)  # the same visitor again, in the tail
+    beacon(client, "https://example.com/b,c", status=201)
+    response = client.get("/api/export?days=1&site=example.com", status=200)
+    assert response.headers["Content-Disposition"] == 'attachment; filename="tally-example.com-1-days.csv"'
+    rows = list(csv.reader(io.StringIO(response.text)))
+    today = client.get("/api/stats?days=1").json["daily"][-1]["day"]
+    assert rows == [["day", "path", "views", "visitors"], [today, "/a", "3", "2"], [today, "/b,c", "1", "1"]]
+    assert client.get("/api/export?days=0", status=400).json["error"].startswith("days")
+    assert list(csv.reader(io.StringIO(client.get("/api/export?site=none.example").text))) == [
+        ["day", "path", "views", "visitors"]
+    ]
+
+
+def test_a_zone_the_database_does_not_know_is_a_400(client, monkeypatch):
+    import tally.web.app
+
+    # Python's and PostgreSQL's zone databases are updated apart: one may know a name the other does not.
+    monkeypatch.setattr(tally.web.app, "is_time_zone", lambda name: True)
+    for path in ("/api/stats", "/api/export", "/"):
+        response = client.get(path, {"tz": "Nowhere/Atlantis"}, status=400)
+        assert "time zone" in response.json["error"]
