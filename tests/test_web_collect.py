@@ -1,9 +1,6 @@
 """Collecting from websites through the real WSGI app: POST /api/collect, GET /tally.js,
-sites, crawlers and visitors (issue 11), on the session's database.
-
-(Named test_web_*: build_app binds jobs.app to the session's web pool, and test_faults
-restarts the server under that pool; test_jobs, which defers through jobs.app, must run
-before any module that builds the app, as the alphabet orders them.)"""
+sites, crawlers and visitors (issue 11), on the session's database. The clients send the
+owner's token (stats are private); /api/collect needs none and ignores it."""
 
 from __future__ import annotations
 
@@ -22,7 +19,7 @@ from tally.web.collect import MAX_BODY_BYTES
 from tally.web.tracker import SOURCE
 from tally.web.visitors import client_address, hashed
 from tests.test_jobs import defer, run_queued_jobs
-from tests.test_web import make_client, roll_up, stored
+from tests.test_web import TOKEN, make_client, roll_up, stored
 
 BROWSER = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
@@ -36,13 +33,19 @@ OTHER_ADDRESS = "198.51.100.23"
 
 @pytest.fixture
 def client(database_url, pool):
-    return make_client(database_url, pool, SITES="example.com,www.example.com,shop.example.org")
+    return make_client(
+        database_url,
+        pool,
+        owner=True,
+        ADMIN_TOKEN=TOKEN,
+        SITES="example.com,www.example.com,shop.example.org",
+    )
 
 
 @pytest.fixture
 def open_client(database_url, pool):
     """SITES unset: any site is accepted."""
-    return make_client(database_url, pool)
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
 
 
 def beacon(

@@ -1,7 +1,5 @@
 """Stats, export and days in any zone, exact against a brute-force count over the raw views
-(issues 11 and 12), through the real WSGI app on the session's database.
-
-(Named test_web_*: see tests/test_web_collect.py's note on build_app and jobs.app.)"""
+(issues 11 and 12), through the real WSGI app on the session's database."""
 
 from __future__ import annotations
 
@@ -16,13 +14,19 @@ import zoneinfo
 import psycopg
 import pytest
 
-from tests.test_web import make_client, roll_up
+from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import OTHER_ADDRESS, beacon
 
 
 @pytest.fixture
 def client(database_url, pool):
-    return make_client(database_url, pool, SITES="example.com,www.example.com,shop.example.org")
+    return make_client(
+        database_url,
+        pool,
+        owner=True,
+        ADMIN_TOKEN=TOKEN,
+        SITES="example.com,www.example.com,shop.example.org",
+    )
 
 
 # --- exact against a brute-force count ----------------------------------------------------------
@@ -166,7 +170,7 @@ def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
         "INSERT INTO page_views (path, viewed_at) VALUES"
         " ('/late', date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '10 minutes')"
     )
-    local = make_client(database_url, pool, TIMEZONE="Asia/Kathmandu")
+    local = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, TIMEZONE="Asia/Kathmandu")
     today_in = {
         tz: conn.execute("SELECT (now() AT TIME ZONE %s)::date::text", (tz,)).fetchone()[0]
         for tz in ("Asia/Kathmandu", "America/New_York")
