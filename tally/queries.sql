@@ -43,6 +43,12 @@ SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(
 SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS age
   FROM procrastinate_periodic_defers
 
+-- insert_page_views_plain --
+-- Store a batch of views of the default site without source or visitor (server-side senders):
+-- one statement, all rows or none, two arrays to send instead of five.
+INSERT INTO page_views (path, referrer)
+SELECT path, referrer FROM unnest(%(paths)s::text[], %(referrers)s::text[]) AS batch(path, referrer)
+
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none.
 INSERT INTO page_views (site, path, referrer, source, visitor)

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.conftest import free_port, wait_until
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
@@ -140,6 +140,22 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
             )
             time.sleep(SETTLE_SECONDS)
             assert [row for row in views(conn) if row[0] == "localhost"] == [("localhost", "/local.html")]
+
+            # The owner's dashboard: the site switcher lists both sites; one site's page shows
+            # its views and its one visitor, on the chart too.
+            page.goto(f"http://127.0.0.1:{tally}/?days=7", wait_until="load")
+            switcher = page.locator("#site-switcher")
+            assert switcher.locator("[data-site='site.test']").count() == 1
+            assert switcher.locator("[data-site='localhost']").count() == 1
+            switcher.locator("[data-site='site.test']").click()
+            page.wait_for_url("**site=site.test**")
+            assert page.locator("#total-views").inner_text() == "4"
+            assert page.locator("#total-visitors").inner_text() == "1"
+            today = page.locator("#daily-chart rect.visitors").last
+            assert today.get_attribute("data-visitors") == "1" and float(today.get_attribute("height")) > 0
+            assert "newsletter" in page.locator("#top-sources").inner_text()
+            page.screenshot(path=str(SCREENSHOTS / "dashboard-site.png"), full_page=True)
+            assert problems == []
             person.close()
         finally:
             browser.close()

@@ -161,15 +161,15 @@ def _unreachable(error: BaseException | None) -> BaseException | None:
 
 def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on a pooled (autocommit) connection: all or none."""
-    rows = [View(*view) for view in views]
-    with pool.connection() as conn:
-        conn.execute(
-            QUERIES["insert_page_views"],
-            {
-                "sites": [row.site for row in rows],
-                "paths": [row.path for row in rows],
-                "referrers": [row.referrer for row in rows],
-                "sources": [row.source for row in rows],
-                "visitors": [row.visitor for row in rows],
-            },
+    rows = [view if isinstance(view, View) else View(*view) for view in views]
+    columns = {"paths": [row.path for row in rows], "referrers": [row.referrer for row in rows]}
+    query = "insert_page_views_plain"
+    if any(row.site != DEFAULT_SITE or row.source is not None or row.visitor is not None for row in rows):
+        query = "insert_page_views"
+        columns.update(
+            sites=[row.site for row in rows],
+            sources=[row.source for row in rows],
+            visitors=[row.visitor for row in rows],
         )
+    with pool.connection() as conn:
+        conn.execute(QUERIES[query], columns)
