@@ -230,6 +230,16 @@ def start_process() -> Iterator:
         process.stop()
 
 
+def expired_views(conn: psycopg.Connection, count: int) -> None:
+    """Insert `count` views past any retention (90 days old) and roll them up, as cleanup finds them."""
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
+        (count,),
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+
+
 def statuses(conn: psycopg.Connection, task: str) -> list[str]:
     """The status of every job of `task`, oldest first."""
     return [

@@ -16,7 +16,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import defer_by_sql, free_port, sigterm_mid_job, statuses, wait_until
+from tests.conftest import defer_by_sql, expired_views, free_port, sigterm_mid_job, statuses, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,6 @@ FAST_RECOVERY = {
 }
 EVERY_TWO_SECONDS = "* * * * * */2"
 NEVER_SOON = "0 0 1 1 *"  # keeps other periodic jobs out of the way
-
-
-def expired_views(conn: psycopg.Connection, count: int) -> None:
-    conn.execute(
-        "INSERT INTO page_views (path, viewed_at)"
-        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
-        (count,),
-    )
-    conn.execute("SELECT tally_rollup_page_views()")
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, float]:

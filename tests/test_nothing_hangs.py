@@ -15,7 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import defer_by_sql, free_port, statuses, wait_until
+from tests.conftest import defer_by_sql, expired_views, free_port, statuses, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +23,6 @@ pytestmark = pytest.mark.slow
 # The routes asked below are the owner's (tally/web/auth.py): the web gets a token, requests send it.
 ADMIN_TOKEN = "owner-token-for-tests"
 OWNER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def expired_views(conn: psycopg.Connection, count: int) -> None:
-    conn.execute(
-        "INSERT INTO page_views (path, viewed_at)"
-        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
-        (count,),
-    )
-    conn.execute("SELECT tally_rollup_page_views()")
 
 
 def http_json(port: int, path: str) -> dict:
