@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 PERSON_ARGS = [*CHROMIUM_ARGS, "--disable-blink-features=AutomationControlled"]
 HOSTS = "--host-resolver-rules=MAP site.test 127.0.0.1, MAP other.test 127.0.0.1"
+OWNER_TOKEN = "collect-browser-owner-token"  # the dashboard is the owner's
 CRAWLER = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 # Long enough for a beacon that was going to arrive to arrive, before saying none did.
 SETTLE_SECONDS = 1.5
@@ -77,7 +78,9 @@ def tally_port() -> int:
 
 @pytest.fixture
 def tally(start_process, tally_port: int) -> int:
-    web = start_process(["web.py"], {"PORT": str(tally_port), "SITES": "site.test,localhost"})
+    web = start_process(
+        ["web.py"], {"PORT": str(tally_port), "SITES": "site.test,localhost", "ADMIN_TOKEN": OWNER_TOKEN}
+    )
     web.wait_for_line("Serving on")
     return tally_port
 
@@ -141,8 +144,12 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
             time.sleep(SETTLE_SECONDS)
             assert [row for row in views(conn) if row[0] == "localhost"] == [("localhost", "/local.html")]
 
-            # The owner's dashboard: the site switcher lists both sites; one site's page shows
-            # its views and its one visitor, on the chart too.
+            # The owner's dashboard (logged in with the form): the site switcher lists both
+            # sites; one site's page shows its views and its one visitor, on the chart too.
+            page.goto(f"http://127.0.0.1:{tally}/login", wait_until="load")
+            page.fill("#token", OWNER_TOKEN)
+            page.click("#login-form button")
+            page.wait_for_selector("#total-views")
             page.goto(f"http://127.0.0.1:{tally}/?days=7", wait_until="load")
             switcher = page.locator("#site-switcher")
             assert switcher.locator("[data-site='site.test']").count() == 1
