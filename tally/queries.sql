@@ -103,32 +103,38 @@ SELECT watermark, in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date A
 SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
--- The views not yet rolled up, by bucket (and its day in `tz`), path, source and referrer (its
--- domain parsed once per group; the caller adds up rows of one domain), with how many of them
--- carry a visitor id. The bounds come in as values, so the planner sees how
--- few rows lie above the watermark (an index range), whatever the table's size.
-SELECT bucket, (bucket AT TIME ZONE %(tz)s)::date AS day, path, source,
-       tally_referrer_domain(referrer, site) AS domain, views, with_visitor
-  FROM (SELECT date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, source, referrer,
-               site, count(*) AS views, count(visitor) AS with_visitor
+-- The views not yet rolled up, by day in `tz`, whether in the last full 24 hours' buckets (from
+-- `recent` on), path, source and referrer domain (parsed once per group; the caller adds up rows
+-- of one domain), with how many carry a visitor id. Grouped here, not per bucket: a long tail (a
+-- backfill, a stopped worker) costs the web a row per day and name, not per 15 minutes. The
+-- bounds come in as values, so the planner sees how few rows lie above the watermark.
+SELECT day, recent, path, source, tally_referrer_domain(referrer, site) AS domain,
+       sum(views)::bigint AS views, sum(with_visitor)::bigint AS with_visitor
+  FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
+               date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s AS recent,
+               path, source, referrer, site, count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
            AND (%(site)s::text IS NULL OR site = %(site)s)
-         GROUP BY 1, 2, 3, 4, 5) tail
+         GROUP BY 1, 2, 3, 4, 5, 6) tail
+ GROUP BY 1, 2, 3, 4, 5
 
 -- stats_tail_visitors --
--- Each visitor of the tail: the days (in `tz`) of its first and last views there and, if the
--- rollups know it, of its rolled-up span. Asked only when the tail has visitor ids.
-SELECT (seen.first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (seen.last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       (known.first_bucket AT TIME ZONE %(tz)s)::date AS old_first_day,
-       (known.last_bucket AT TIME ZONE %(tz)s)::date AS old_last_day
-  FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
-               max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
-          FROM page_views
-         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-         GROUP BY 1, 2) seen
-  LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
+-- The tail's visitors, counted by the days (in `tz`) of their first and last views there and,
+-- if the rollups know them, of their rolled-up span. Asked only when the tail has visitor ids.
+SELECT first_day, last_day, old_first_day, old_last_day, count(*) AS visitors
+  FROM (SELECT (seen.first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+               (seen.last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+               (known.first_bucket AT TIME ZONE %(tz)s)::date AS old_first_day,
+               (known.last_bucket AT TIME ZONE %(tz)s)::date AS old_last_day
+          FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
+                       max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
+                  FROM page_views
+                 WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+                   AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+                 GROUP BY 1, 2) seen
+          LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor) spans
+ GROUP BY 1, 2, 3, 4
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).

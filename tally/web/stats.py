@@ -172,15 +172,15 @@ class StatsReader:
         watermark, in_progress, now, today = cur.fetchone()
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
+        window = Window.ending(now, today, days)
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
-        cur.execute(QUERIES["stats_tail"], bounds)
+        cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
         tail = cur.fetchall()
         tail_visitors = []
         if any(row[-1] for row in tail):  # the tail has visitor ids: how they meet the rollups'
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
         state = (watermark, tuple(in_progress))
-        window = Window.ending(now, today, days)
         rolled_up = self._rolled_up(cur, state, site, tz, window)
         cur.execute(
             QUERIES["stats_raw_range"],
@@ -253,7 +253,7 @@ class StatsReader:
         sources: collections.Counter[str] = collections.Counter()
         referrers: collections.Counter[str] = collections.Counter()
         last_24h = partial_bucket + rolled_up.after_boundary
-        for bucket, day, path, source, domain, views, _with_visitor in tail:
+        for day, recent, path, source, domain, views, _with_visitor in tail:
             if day >= window.days[0]:
                 daily[day] += views
                 paths[path] += views
@@ -261,16 +261,18 @@ class StatsReader:
                     sources[source] += views
                 if domain is not None:
                     referrers[domain] += views
-            if bucket >= window.first_full_bucket:
+            if recent:
                 last_24h += views
         # A visitor of the tail may already be in the rollups: replace its old span by the
         # grown one, so each visitor counts once a day.
-        for first, last, old_first, old_last in tail_visitors:  # days in the zone
+        for first, last, old_first, old_last, count in tail_visitors:  # days in the zone
             if old_first is None:
-                visitors.update(window.days_spanned(first, last))
+                visitors.update(dict.fromkeys(window.days_spanned(first, last), count))
                 continue
-            visitors.update(window.days_spanned(min(first, old_first), max(last, old_last)))
-            visitors.subtract(window.days_spanned(old_first, old_last))
+            visitors.update(
+                dict.fromkeys(window.days_spanned(min(first, old_first), max(last, old_last)), count)
+            )
+            visitors.subtract(dict.fromkeys(window.days_spanned(old_first, old_last), count))
         days = [
             {"day": day.isoformat(), "views": daily.get(day, 0), "visitors": visitors.get(day, 0)}
             for day in window.days
