@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import webtest
 
 from tally.sites import DEFAULT_SITE
 from tally.web.collect import MAX_BODY_BYTES
@@ -31,15 +32,15 @@ ADDRESS = "203.0.113.77"
 OTHER_ADDRESS = "198.51.100.23"
 
 
+def sites_client(database_url: str, pool) -> webtest.TestApp:
+    """The app as the owner reads it, accepting views of three sites only."""
+    sites = "example.com,www.example.com,shop.example.org"
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, SITES=sites)
+
+
 @pytest.fixture
 def client(database_url, pool):
-    return make_client(
-        database_url,
-        pool,
-        owner=True,
-        ADMIN_TOKEN=TOKEN,
-        SITES="example.com,www.example.com,shop.example.org",
-    )
+    return sites_client(database_url, pool)
 
 
 @pytest.fixture

@@ -15,18 +15,12 @@ import psycopg
 import pytest
 
 from tests.test_web import TOKEN, make_client, roll_up
-from tests.test_web_collect import OTHER_ADDRESS, beacon
+from tests.test_web_collect import OTHER_ADDRESS, beacon, sites_client
 
 
 @pytest.fixture
 def client(database_url, pool):
-    return make_client(
-        database_url,
-        pool,
-        owner=True,
-        ADMIN_TOKEN=TOKEN,
-        SITES="example.com,www.example.com,shop.example.org",
-    )
+    return sites_client(database_url, pool)
 
 
 # --- exact against a brute-force count ----------------------------------------------------------
