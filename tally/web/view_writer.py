@@ -58,10 +58,19 @@ class InsertQueueTimeout(psycopg_pool.PoolTimeout):
     """
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclasses.dataclass(eq=False)
 class _Request:
     views: Sequence[View]
-    woken: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # Released once, when the request's views are stored (or refused) or it is handed the
+    # lead: a bare lock is the cheapest wait there is (threading.Event is a Condition,
+    # several locks and lines of Python a wait).
+    woken: threading.Lock = dataclasses.field(default_factory=_held_lock)
     leads: bool = False  # woken to insert the next group, not because its views are stored
     error: BaseException | None = None
 
@@ -89,7 +98,7 @@ class ViewWriter:
             self._waiting.append(request)
             request.leads = not self._in_flight
             self._in_flight = True
-        if not request.leads and not request.woken.wait(self.queue_wait_seconds):
+        if not request.leads and not request.woken.acquire(timeout=self.queue_wait_seconds):
             with self._lock:
                 # Still queued (no leader took it, none handed it the lead): leave.
                 if not request.leads and request in self._waiting:
@@ -97,18 +106,35 @@ class ViewWriter:
                     raise InsertQueueTimeout(
                         f"the insert ahead did not end within {self.queue_wait_seconds:g} s"
                     )
-            request.woken.wait()  # taken into a group: bounded by that group's insert
+            request.woken.acquire()  # taken into a group: bounded by that group's insert
         if request.leads:
-            self._lead()
+            self._lead(request)
         if request.error is not None:
             raise request.error
 
-    def _lead(self) -> None:
+    def _take_waiting(self) -> list[_Request]:
         with self._lock:
             group, self._waiting = self._waiting, []
+        return group
+
+    def _lead(self, leader: _Request) -> None:
+        group: list[_Request] | None = None
         try:
-            self._insert(group)
+            with self.pool.connection() as conn:
+                # The group is taken once a connection is in hand: the requests that
+                # arrived while the pool checked it share this INSERT.
+                group = self._take_waiting()
+                self._insert(conn, group)
+        except Exception as error:  # no connection in time: the database is unreachable
+            if group is None:
+                group = self._take_waiting()
+                for request in group:
+                    request.error = error
+            else:
+                logger.warning("returning the connection after an insert failed: %s", error)
         finally:
+            if group is None:  # not an Exception (the process is stopping): release them all
+                group = self._take_waiting()
             with self._lock:
                 unreachable = _unreachable(group[0].error)
                 if unreachable is not None:
@@ -120,16 +146,17 @@ class ViewWriter:
                 if self._waiting:
                     successor = self._waiting[0]
                     successor.leads = True
-                    successor.woken.set()
+                    successor.woken.release()
                 else:
                     self._in_flight = False
             for request in group:
                 request.leads = False
-                request.woken.set()
+                if request is not leader:
+                    request.woken.release()
 
-    def _insert(self, group: list[_Request]) -> None:
+    def _insert(self, conn: psycopg.Connection, group: list[_Request]) -> None:
         try:
-            self._insert_together(group)
+            self._insert_together(conn, group)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             # One request's views broke a constraint that validation missed: store each
             # request's views on their own, so the others are not refused with it.
@@ -139,15 +166,15 @@ class ViewWriter:
             logger.warning("%d requests' views refused together (%s): storing each alone", len(group), error)
             for request in group:
                 try:
-                    self._insert_together([request])
+                    self._insert_together(conn, [request])
                 except Exception as alone:
                     request.error = alone
         except Exception as error:  # the database is unreachable: every request says so
             for request in group:
                 request.error = error
 
-    def _insert_together(self, group: list[_Request]) -> None:
-        insert_views(self.pool, [view for request in group for view in request.views])
+    def _insert_together(self, conn: psycopg.Connection, group: list[_Request]) -> None:
+        execute_insert(conn, [view for request in group for view in request.views])
         if self.inserts is not None:
             self.inserts.inc()
 
@@ -161,6 +188,12 @@ def _unreachable(error: BaseException | None) -> BaseException | None:
 
 def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on a pooled (autocommit) connection: all or none."""
+    with pool.connection() as conn:
+        execute_insert(conn, views)
+
+
+def execute_insert(conn: psycopg.Connection, views: Sequence[View]) -> None:
+    """Store `views` in one INSERT on `conn` (in autocommit mode: all or none, committed)."""
     rows = [view if isinstance(view, View) else View(*view) for view in views]
     columns = {"paths": [row.path for row in rows], "referrers": [row.referrer for row in rows]}
     query = "insert_page_views_plain"
@@ -171,5 +204,4 @@ def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> No
             sources=[row.source for row in rows],
             visitors=[row.visitor for row in rows],
         )
-    with pool.connection() as conn:
-        conn.execute(QUERIES[query], columns)
+    conn.execute(QUERIES[query], columns)
