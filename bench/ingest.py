@@ -9,8 +9,9 @@ connections, group commit, tally.web.serving's waitress). Its baselines, all in 
 - pgbench inserting the same row, at 16 connections, the web's 4 and 1: what the
   database alone allows;
 - what each change of the web buys, each measured beside the default: web.py without
-  group commit and web.py on plain `waitress.serve` (bench/web_variant.py), web.py at
-  WEB_THREADS=4 (a thread per connection), and the ceiling on plain `waitress.serve`.
+  group commit, without group commit's commit delay, and on plain `waitress.serve`
+  (bench/web_variant.py), web.py at WEB_THREADS=4 (a thread per connection), and the
+  ceiling on plain `waitress.serve`.
 
 wrk shares the 2 cores with waitress and PostgreSQL, and waitress's throughput on them
 varies from run to run (at times by half, on plain waitress): each figure is the median
@@ -65,6 +66,7 @@ COPY_SQL = "COPY page_views (path, referrer) FROM STDIN"
 INSERTS_SQL = "SELECT count(*), count(DISTINCT recorded_xid) FROM page_views WHERE id > %s"
 WEB = ["web.py"]
 UNGROUPED = ["-m", "bench.web_variant", "--no-group-commit"]
+UNDELAYED = ["-m", "bench.web_variant", "--no-commit-delay"]
 PLAIN_WEB = ["-m", "bench.web_variant", "--plain-waitress"]
 CEILING = ["-m", "bench.ceiling"]
 PLAIN_CEILING = ["-m", "bench.ceiling", "--plain"]
@@ -185,8 +187,12 @@ def measure(build: Build) -> Result:
         ceiling = serve_and_load(CEILING, url, one, (low, CEILING_LEVEL, high))
         say(f"ingest: python web.py, one view per request, at {', '.join(map(str, LEVELS))} connections")
         tally = serve_and_load(WEB, url, one, LEVELS)
-        say("ingest: what each change buys: no group commit, plain waitress, one thread a connection")
+        say(
+            "ingest: what each change buys: no group commit, no commit delay, plain waitress,"
+            " one thread a connection"
+        )
         ungrouped = serve_and_load(UNGROUPED, url, one, (mid, high))
+        undelayed = serve_and_load(UNDELAYED, url, one, LEVELS)
         plain_web = serve_and_load(PLAIN_WEB, url, one, LEVELS)
         fewer = serve_and_load(WEB, url, one, (mid,), {"WEB_THREADS": str(FEWER_THREADS)})
         plain = serve_and_load(PLAIN_CEILING, url, one, (mid, high))
@@ -237,6 +243,15 @@ def measure(build: Build) -> Result:
             f"{gain(tally[mid], ungrouped[mid])} / {gain(tally[high], ungrouped[high])} for group commit",
         ),
         Row(
+            f"  without the commit delay, {low} / {mid} / {high} connections (views per INSERT)",
+            " / ".join(f"{undelayed[level].rate:,.0f}" for level in LEVELS)
+            + " req/s ("
+            + " / ".join(f"{undelayed[level].views_per_insert:.1f}" for level in LEVELS)
+            + ")",
+            "with it " + " / ".join(f"{tally[level].rate:,.0f}" for level in LEVELS) + " req/s",
+            " / ".join(gain(tally[level], undelayed[level]) for level in LEVELS) + " for the delay",
+        ),
+        Row(
             f"  on plain waitress.serve, {low} / {mid} / {high} connections",
             " / ".join(f"{plain_web[level].rate:,.0f}" for level in LEVELS) + " req/s",
             "tally.web.serving " + " / ".join(f"{tally[level].rate:,.0f}" for level in LEVELS) + " req/s",
@@ -284,6 +299,7 @@ def measure(build: Build) -> Result:
                 ("web.py", tally),
                 ("the ceiling", ceiling),
                 ("without group commit", ungrouped),
+                ("without the commit delay", undelayed),
                 ("web.py on plain waitress", plain_web),
                 (f"WEB_THREADS={FEWER_THREADS}", fewer),
                 ("the ceiling on plain waitress", plain),
@@ -294,7 +310,8 @@ def measure(build: Build) -> Result:
         "CPU a request in the serving process, of which waitress's main thread: Tally "
         + ", ".join(f"at {level} {cpu_ms(tally[level])}" for level in LEVELS)
         + f"; at {mid}: on plain waitress {cpu_ms(plain_web[mid])}, without group commit"
-        f" {cpu_ms(ungrouped[mid])}, the ceiling {cpu_ms(ceiling[CEILING_LEVEL])} (on plain waitress"
+        f" {cpu_ms(ungrouped[mid])}, without the commit delay {cpu_ms(undelayed[mid])},"
+        f" the ceiling {cpu_ms(ceiling[CEILING_LEVEL])} (on plain waitress"
         f" {cpu_ms(plain[mid])}). Machine busy at {mid}: {tally[mid].busy:.0%} under Tally's load,"
         f" {ceiling[CEILING_LEVEL].busy:.0%} under the ceiling's.",
     ]

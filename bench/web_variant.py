@@ -6,6 +6,8 @@ The same entry file, settings, pool and routes, with one piece swapped:
                     own thread, as the web did before tally/web/view_writer.py
 --plain-waitress    served by plain `waitress.serve` with the same settings, without
                     tally.web.serving's dispatcher that yields the GIL after queueing a task
+--no-commit-delay   group commit without its commit delay: a leader inserts the requests
+                    waiting when it takes the lead, however busy the web is
 
 $ PORT=8123 python -m bench.web_variant --no-group-commit
 """
@@ -23,6 +25,7 @@ from waitress.task import ThreadedTaskDispatcher
 
 import tally.web.app
 import tally.web.serving
+import tally.web.view_writer
 import web
 from tally.web.view_writer import View, insert_views
 
@@ -44,10 +47,15 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.web_variant")
     parser.add_argument("--no-group-commit", action="store_true")
     parser.add_argument("--plain-waitress", action="store_true")
+    parser.add_argument("--no-commit-delay", action="store_true")
     args = parser.parse_args(argv)
     # web.main and build_app look these names up when they run.
     if args.no_group_commit:
         tally.web.app.ViewWriter = OneInsertPerRequest
+    if args.no_commit_delay:
+        tally.web.app.ViewWriter = functools.partial(
+            tally.web.view_writer.ViewWriter, commit_delay_seconds=0.0
+        )
     if args.plain_waitress:
         tally.web.serving.serve = functools.partial(
             tally.web.serving.serve, dispatcher_class=ThreadedTaskDispatcher

@@ -174,3 +174,36 @@ def test_a_request_queued_too_long_leaves_the_queue_unstored(pool, conn, databas
     assert len(leader_errors) == 1  # the leader waited out the lock itself
     writer.write([("/c", None)])
     assert stored_paths(conn) == ["/c"]
+
+
+def transactions_of(conn: psycopg.Connection, paths: list[str]) -> int:
+    """How many transactions (each INSERT autocommits) stored these paths."""
+    return conn.execute(
+        "SELECT count(DISTINCT recorded_xid) FROM page_views WHERE path = ANY(%s)", (paths,)
+    ).fetchone()[0]
+
+
+def test_writes_one_after_another_never_wait_for_the_commit_delay(pool, conn):
+    """Groups of one stay under COMMIT_SIBLINGS: no leader sleeps, however long the delay."""
+    writer = ViewWriter(pool, commit_delay_seconds=5.0, commit_siblings=2)
+    began = time.monotonic()
+    for index in range(5):
+        writer.write([(f"/one-by-one/{index}", None)])
+    assert time.monotonic() - began < 2.0
+    assert transactions_of(conn, [f"/one-by-one/{index}" for index in range(5)]) == 5
+
+
+def test_when_busy_the_leader_waits_and_takes_the_requests_that_arrive_meanwhile(pool, conn):
+    writer = ViewWriter(pool, commit_delay_seconds=0.6, commit_siblings=1)
+    began = time.monotonic()
+    writer.write([("/first", None)])  # nothing before it: stored at once, a group of one
+    assert time.monotonic() - began < 0.5
+    leader = threading.Thread(target=writer.write, args=([("/leader", None)],))
+    leader.start()  # the last group held 1 >= commit_siblings: this leader sleeps first
+    time.sleep(0.2)
+    began = time.monotonic()
+    writer.write([("/joined", None)])  # arrives during the delay: queued, and in its group
+    leader.join(5)
+    assert time.monotonic() - began < 0.6
+    assert transactions_of(conn, ["/leader", "/joined"]) == 1
+    assert transactions_of(conn, ["/first", "/leader"]) == 2

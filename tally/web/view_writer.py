@@ -8,6 +8,13 @@ before, and under load a few hundred requests a second share a few dozen INSERTs
 still means committed. No thread of its own: a hand-off between threads costs the GIL
 (docs/ARCHITECTURE.md, "waitress and the GIL").
 
+When the last group held COMMIT_SIBLINGS requests or more, the web is busy and the next
+leader first sleeps COMMIT_DELAY_SECONDS, so that the requests already on their way join
+its INSERT: PostgreSQL's own commit_delay and commit_siblings, for the same reason. Each
+INSERT, its round trip and its hand-offs cost the web's one core of Python about as much
+as a dozen requests; bigger groups leave more of it to serve them. Below that load no
+request waits: a beacon alone is stored at once.
+
 A request waits for at most two inserts (the one in flight, then its own group's), and
 each is bounded by the pool's wait for a connection, the web's lock and statement
 timeouts and its TCP user timeout. A request still queued after QUEUE_WAIT_SECONDS (the
@@ -23,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -49,6 +57,11 @@ class View(NamedTuple):
 # The longest a request waits for the insert in flight before it gives up (503); its own
 # group's insert then has the rest of the 5 s request budget.
 QUEUE_WAIT_SECONDS = 2.0
+# Measured at 16 and 64 connections on both PostgreSQL builds (docs/BENCHMARKS.md): groups
+# of about 5 grow to about 12, and req/s by 10-15%. Below 5, as at 4 connections, groups
+# stay as they come: there the sleep would only add latency.
+COMMIT_DELAY_SECONDS = 0.001
+COMMIT_SIBLINGS = 5
 
 
 class InsertQueueTimeout(psycopg_pool.PoolTimeout):
@@ -83,13 +96,18 @@ class ViewWriter:
         pool: psycopg_pool.ConnectionPool,
         inserts: Counter | None = None,
         queue_wait_seconds: float = QUEUE_WAIT_SECONDS,
+        commit_delay_seconds: float = COMMIT_DELAY_SECONDS,
+        commit_siblings: int = COMMIT_SIBLINGS,
     ):
         self.pool = pool
         self.queue_wait_seconds = queue_wait_seconds
+        self.commit_delay_seconds = commit_delay_seconds
+        self.commit_siblings = commit_siblings
         self.inserts = inserts  # counts the INSERTs: views per INSERT shows the grouping
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._in_flight = False
+        self._last_group_size = 0
 
     def write(self, views: Sequence[View]) -> None:
         """Store `views`, all or none; return once committed, or raise the database's error."""
@@ -121,9 +139,12 @@ class ViewWriter:
         group: list[_Request] | None = None
         try:
             with self.pool.connection() as conn:
+                if self._last_group_size >= self.commit_siblings:
+                    time.sleep(self.commit_delay_seconds)  # busy: let the next ones join
                 # The group is taken once a connection is in hand: the requests that
                 # arrived while the pool checked it share this INSERT.
                 group = self._take_waiting()
+                self._last_group_size = len(group)
                 self._insert(conn, group)
         except Exception as error:  # no connection in time: the database is unreachable
             if group is None:
