@@ -57,9 +57,9 @@ class View(NamedTuple):
 # The longest a request waits for the insert in flight before it gives up (503); its own
 # group's insert then has the rest of the 5 s request budget.
 QUEUE_WAIT_SECONDS = 2.0
-# Measured at 16 and 64 connections on both PostgreSQL builds (docs/BENCHMARKS.md): groups
-# of about 5 grow to about 12, and req/s by 10-15%. Below 5, as at 4 connections, groups
-# stay as they come: there the sleep would only add latency.
+# Measured on both PostgreSQL builds (docs/BENCHMARKS.md): at 16 and 64 connections groups
+# of about 5 requests grow to 10-12, and req/s by 5-8% at 16 and 12-19% at 64. Below 5,
+# as at 4 connections, groups stay as they come: there the sleep would only add latency.
 COMMIT_DELAY_SECONDS = 0.001
 COMMIT_SIBLINGS = 5
 
