@@ -137,6 +137,7 @@ class ViewWriter:
 
     def _lead(self, leader: _Request) -> None:
         group: list[_Request] | None = None
+        inserted = False
         try:
             with self.pool.connection() as conn:
                 if self._last_group_size >= self.commit_siblings:
@@ -146,6 +147,7 @@ class ViewWriter:
                 group = self._take_waiting()
                 self._last_group_size = len(group)
                 self._insert(conn, group)
+                inserted = True
         except Exception as error:  # no connection in time: the database is unreachable
             if group is None:
                 group = self._take_waiting()
@@ -156,6 +158,10 @@ class ViewWriter:
         finally:
             if group is None:  # not an Exception (the process is stopping): release them all
                 group = self._take_waiting()
+            if not inserted:  # the same: none of them may answer as if its views were stored
+                stopped = InsertQueueTimeout("the web stopped before these views were stored")
+                for request in group:
+                    request.error = request.error or stopped
             with self._lock:
                 unreachable = _unreachable(group[0].error)
                 if unreachable is not None:
