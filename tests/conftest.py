@@ -231,13 +231,71 @@ def start_process() -> Iterator:
 
 
 def expired_views(conn: psycopg.Connection, count: int) -> None:
-    """Insert `count` views past any retention (90 days old) and roll them up, as cleanup finds them."""
+    """Insert `count` views past any retention (90 days old, a millisecond apart, so that
+    cleanup's oldest-first order is one order) and roll them up, as cleanup finds them."""
     conn.execute(
         "INSERT INTO page_views (path, viewed_at)"
-        " SELECT '/old/' || (n %% 50), now() - interval '90 days' FROM generate_series(1, %s) n",
+        " SELECT '/old/' || (n %% 50), now() - interval '90 days' - n * interval '1 ms'"
+        " FROM generate_series(1, %s) n",
         (count,),
     )
     conn.execute("SELECT tally_rollup_page_views()")
+
+
+class CleanupBlocker:
+    """A row lock on the view a fraction `at` along cleanup's oldest-first order, held by
+    a transaction of its own: a cleanup that reaches it waits there until `release()`
+    (or until the worker's lock_timeout, 5 s, fails the batch).
+
+    A cleanup is then mid-run when a test says so, however fast the machine deletes (a
+    CI machine once deleted 1.5M views inside a 3 s time limit). A row lock held by
+    another transaction is also what a real cleanup can meet.
+
+    >>> with CleanupBlocker(database_url, conn) as blocker:
+    ...     blocker.wait_until_reached()  # a cleanup's DELETE now waits on the lock
+    ...     blocker.release()
+    """
+
+    def __init__(self, database_url: str, watcher: psycopg.Connection, at: float = 0.5) -> None:
+        self.watcher = watcher  # an autocommit connection, to see who waits
+        self.locker = psycopg.connect(database_url)
+        self.locker_pid = self.locker.info.backend_pid
+        total = watcher.execute("SELECT count(*) FROM page_views").fetchone()[0]
+        assert total > 0, "no views to hold: insert them first"
+        # The id first: FOR UPDATE beside OFFSET would lock every row the OFFSET skips too.
+        (view_id,) = watcher.execute(
+            "SELECT id FROM page_views ORDER BY viewed_at LIMIT 1 OFFSET %s", (int(total * at),)
+        ).fetchone()
+        self.locker.execute("SELECT 1 FROM page_views WHERE id = %s FOR UPDATE", (view_id,))
+
+    def waiting(self) -> int:
+        """How many backends wait on the lock now."""
+        return self.watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+            (self.locker_pid,),
+        ).fetchone()[0]
+
+    def wait_until_reached(self, timeout: float = 60.0) -> None:
+        try:
+            wait_until(lambda: self.waiting() > 0, timeout, 0.02, "a cleanup to reach the held view")
+        except AssertionError as error:
+            sessions = self.watcher.execute(
+                "SELECT pid, state, wait_event_type, wait_event, pg_blocking_pids(pid), left(query, 80)"
+                " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchall()
+            left = self.watcher.execute("SELECT count(*) FROM page_views").fetchone()[0]
+            raise AssertionError(f"{error}; {left} views left; sessions: {sessions}") from None
+
+    def release(self) -> None:
+        if not self.locker.closed:
+            self.locker.rollback()
+            self.locker.close()
+
+    def __enter__(self) -> CleanupBlocker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def statuses(conn: psycopg.Connection, task: str) -> list[str]:
@@ -259,12 +317,15 @@ def defer_by_sql(conn: psycopg.Connection, task: str, count: int = 1, lock: str 
     )
 
 
-def sigterm_mid_job(worker: Process, task: str, settle: float) -> float:
-    """Wait until `worker` starts a `task` job, let it run `settle` s, SIGTERM it; return drain seconds."""
-    worker.wait_for_line(f"Starting job {task}")
-    time.sleep(settle)
+def sigterm_mid_cleanup(worker: Process, blocker: CleanupBlocker) -> float:
+    """SIGTERM `worker` while its cleanup waits at `blocker`; once the drain's grace (under
+    the 5 s lock_timeout) is over and the job aborted, let the cleanup go on to its next
+    check; return drain seconds."""
+    blocker.wait_until_reached()
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
+    worker.wait_for_line("still running after graceful timeout", timeout=30)
+    blocker.release()
     assert worker.wait(30) == 0
     return time.monotonic() - signalled
 

@@ -16,7 +16,15 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import defer_by_sql, expired_views, free_port, sigterm_mid_job, statuses, wait_until
+from tests.conftest import (
+    CleanupBlocker,
+    defer_by_sql,
+    expired_views,
+    free_port,
+    sigterm_mid_cleanup,
+    statuses,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +48,13 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, flo
         return error.code, json.load(error), time.monotonic() - started
 
 
-def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_process, conn):
+def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_process, conn, database_url):
     expired_views(conn, 2_000_000)
     worker = start_process(["worker.py"], {"WORKER_GRACEFUL_SECONDS": "2", "CLEANUP_BATCH_SIZE": "5000"})
     worker.wait_for_line("Starting worker")
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    drain_seconds = sigterm_mid_job(worker, "cleanup_old_page_views", settle=1.0)
+    with CleanupBlocker(database_url, conn) as blocker:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        drain_seconds = sigterm_mid_cleanup(worker, blocker)
     print(f"drain: worker exited 0 in {drain_seconds:.2f} s")
     assert conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0] == 0
     assert statuses(conn, "cleanup_old_page_views") == ["todo"]
@@ -61,7 +70,7 @@ def test_drain_stops_a_cleanup_over_millions_of_rows_and_it_resumes(start_proces
     assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 2_000_000
 
 
-def test_a_killed_workers_job_is_finished_by_another(start_process, conn):
+def test_a_killed_workers_job_is_finished_by_another(start_process, conn, database_url):
     """The heartbeat rule, for workers without a session lock (PgBouncer; see test_nothing_hangs)."""
     expired_views(conn, 300_000)
     clock = start_process(
@@ -77,13 +86,13 @@ def test_a_killed_workers_job_is_finished_by_another(start_process, conn):
     )
     victim.wait_for_line("Starting worker")
     clock.wait_for_line("CLOCK PROCESS STARTED")
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    victim.wait_for_line("Starting job cleanup_old_page_views")
-    time.sleep(0.5)
-    victim.signal(signal.SIGKILL)
-    killed = time.monotonic()
-    victim.wait(10)
-    assert statuses(conn, "cleanup_old_page_views") == ["doing"]  # as the kill left it
+    with CleanupBlocker(database_url, conn) as blocker:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        blocker.wait_until_reached()
+        victim.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        victim.wait(10)
+        assert statuses(conn, "cleanup_old_page_views") == ["doing"]  # as the kill left it
 
     rescuer = start_process(["worker.py"], FAST_RECOVERY)
     rescuer.wait_for_line("Starting worker")

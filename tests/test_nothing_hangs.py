@@ -15,7 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import defer_by_sql, expired_views, free_port, statuses, wait_until
+from tests.conftest import CleanupBlocker, defer_by_sql, expired_views, free_port, statuses, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,19 +54,19 @@ def started_events(conn: psycopg.Connection, task: str) -> int:
     ).fetchone()[0]
 
 
-def test_a_sigkilled_workers_job_runs_again_on_another_within_15_s(start_process, conn):
+def test_a_sigkilled_workers_job_runs_again_on_another_within_15_s(start_process, conn, database_url):
     """Default heartbeat settings (60 s of silence): only the session lock explains 15 s."""
     expired_views(conn, 300_000)
     victim = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "200", "DYNO": "worker.1"})
     victim.wait_for_line("Starting worker")
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    victim.wait_for_line("Starting job cleanup_old_page_views")
-    rescuer = start_process(["worker.py"], {"DYNO": "worker.2"})
-    rescuer.wait_for_line("holds its session lock")
-    time.sleep(0.5)
-    victim.signal(signal.SIGKILL)
-    killed = time.monotonic()
-    victim.wait(10)
+    with CleanupBlocker(database_url, conn) as blocker:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        rescuer = start_process(["worker.py"], {"DYNO": "worker.2"})
+        rescuer.wait_for_line("holds its session lock")
+        blocker.wait_until_reached()
+        victim.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        victim.wait(10)
 
     rescued_at = rescuer.wait_for_line("Starting job cleanup_old_page_views", timeout=30)
     print(f"SIGKILL: the job ran again on another worker {rescued_at - killed:.1f} s later")
@@ -77,19 +77,28 @@ def test_a_sigkilled_workers_job_runs_again_on_another_within_15_s(start_process
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
 
 
-def test_a_draining_workers_job_is_not_run_again(start_process, conn):
+def test_a_draining_workers_job_is_not_run_again(start_process, conn, database_url):
     """A worker that drains has stopped heart-beating but holds its session: it is alive."""
     expired_views(conn, 300_000)
     drainer = start_process(
         ["worker.py"], {"CLEANUP_BATCH_SIZE": "200", "WORKER_GRACEFUL_SECONDS": "8", "DYNO": "worker.1"}
     )
     drainer.wait_for_line("Starting worker")
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    drainer.wait_for_line("Starting job cleanup_old_page_views")
-    other = start_process(["worker.py"], {"DYNO": "worker.2"})
-    other.wait_for_line("holds its session lock")
-    drainer.signal(signal.SIGTERM)
-    time.sleep(7)  # two sweeps of the other worker while the drainer drains
+    # The job is busy for the whole 8 s grace, however fast the machine: it waits at the
+    # first blocker for 4 s, then deletes up to the second and waits there (each wait
+    # under the worker's 5 s lock_timeout). The other worker sweeps every 3 s meanwhile.
+    with (
+        CleanupBlocker(database_url, conn, at=0.5) as first,
+        CleanupBlocker(database_url, conn, at=0.75),
+    ):
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        other = start_process(["worker.py"], {"DYNO": "worker.2"})
+        other.wait_for_line("holds its session lock")
+        first.wait_until_reached()
+        drainer.signal(signal.SIGTERM)
+        time.sleep(4)
+        first.release()
+        drainer.wait_for_line("still running after graceful timeout", timeout=30)
     assert drainer.wait(30) == 0
     assert "session ended" not in other.output()
     assert started_events(conn, "cleanup_old_page_views") <= 2  # the drained attempt, maybe its retry
@@ -103,8 +112,8 @@ def job_events(conn: psycopg.Connection, job_id: int) -> list[str]:
     return [row[0] for row in rows]
 
 
-def test_a_cleanup_past_its_time_limit_is_cut_and_resumed_until_done(start_process, conn):
-    rows = int(os.environ.get("TALLY_TEST_TIMEOUT_ROWS", "1500000"))
+def test_a_cleanup_past_its_time_limit_is_cut_and_resumed_until_done(start_process, conn, database_url):
+    rows = int(os.environ.get("TALLY_TEST_TIMEOUT_ROWS", "300000"))
     expired_views(conn, rows)
     port = free_port()
     web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": ADMIN_TOKEN})
@@ -112,11 +121,17 @@ def test_a_cleanup_past_its_time_limit_is_cut_and_resumed_until_done(start_proce
     worker.wait_for_line("Starting worker")
     web.wait_for_line("Serving on")
     started = time.monotonic()
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+    # The first attempt waits halfway on a row lock, past its limit; it stops at its next
+    # check once the lock goes, and a retry deletes the rest.
+    with CleanupBlocker(database_url, conn) as blocker:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        blocker.wait_until_reached()
+        worker.wait_for_line("passed its time limit of 3 s", timeout=30)
+        remaining_when_cut = conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
+    assert 0 < remaining_when_cut < rows  # the first attempt's batches stay deleted
     job_id = conn.execute(
         "SELECT id FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views'"
     ).fetchone()[0]
-    worker.wait_for_line("passed its time limit of 3 s", timeout=30)
     wait_until(
         lambda: "JobTimedOut" in (http_json(port, f"/api/jobs/{job_id}")["last_error"] or ""), 10, 0.1, "api"
     )

@@ -11,7 +11,17 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, defer_by_sql, free_port, sigterm_mid_job, statuses, wait_until
+from tests.conftest import (
+    ROOT,
+    VENV_BIN,
+    CleanupBlocker,
+    defer_by_sql,
+    expired_views,
+    free_port,
+    sigterm_mid_cleanup,
+    statuses,
+    wait_until,
+)
 
 # Long enough that only NOTIFY, never the fallback poll, can explain a quick pickup.
 SLOW_POLL = {"POLL_INTERVAL_SECONDS": "120"}
@@ -108,16 +118,14 @@ def test_clock_defers_and_the_worker_runs_it(start_process, conn):
     assert "Periodic job" not in worker.output()  # the worker never defers periodic jobs
 
 
-def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn):
-    conn.execute(
-        "INSERT INTO page_views (path, viewed_at)"
-        " SELECT '/old', now() - '90 days'::interval FROM generate_series(1, 300000)"
-    )
+def test_sigterm_drains_the_worker_and_the_cleanup_resumes(start_process, conn, database_url):
+    expired_views(conn, 300_000)
     settings = {**SLOW_POLL, "CLEANUP_BATCH_SIZE": "300", "WORKER_GRACEFUL_SECONDS": "1"}
     worker = start_process(["worker.py"], settings)
     worker.wait_for_line("Starting worker")
-    defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
-    drained_in = sigterm_mid_job(worker, "cleanup_old_page_views", settle=0.3)
+    with CleanupBlocker(database_url, conn) as blocker:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        drained_in = sigterm_mid_cleanup(worker, blocker)
     assert drained_in < 30
     assert statuses(conn, "cleanup_old_page_views") == ["todo"]  # aborted, waiting for its retry
     remaining = conn.execute("SELECT count(*) FROM page_views").fetchone()[0]
