@@ -200,10 +200,10 @@ def test_export_is_csv_with_a_header_and_one_row_per_day_and_path(client, conn):
 
 
 def test_a_zone_the_database_does_not_know_is_a_400(client, monkeypatch):
-    import tally.web.app
+    import tally.web.params
 
     # Python's and PostgreSQL's zone databases are updated apart: one may know a name the other does not.
-    monkeypatch.setattr(tally.web.app, "is_time_zone", lambda name: True)
+    monkeypatch.setattr(tally.web.params, "is_time_zone", lambda name: True)
     for path in ("/api/stats", "/api/export", "/"):
         response = client.get(path, {"tz": "Nowhere/Atlantis"}, status=400)
         assert "time zone" in response.json["error"]

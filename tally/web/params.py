@@ -1,0 +1,49 @@
+"""The query parameters that several routes share: `days`, `tz` and `site`.
+
+A bad value raises a 400 `{"error": ...}` response, which Bottle sends as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import bottle
+
+from tally.config import is_time_zone
+from tally.sites import parse_site
+from tally.web.responses import json_error
+from tally.web.stats import MAX_DAYS
+
+DAYS_PARAMETER = re.compile(r"[0-9]{1,3}")
+DEFAULT_DAYS = 30
+
+
+def parse_days(query: bottle.FormsDict) -> int:
+    """The `days` query parameter: a whole number from 1 to 366, 30 when absent."""
+    values = query.getall("days")
+    if not values:
+        return DEFAULT_DAYS
+    if len(values) > 1 or not DAYS_PARAMETER.fullmatch(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
+        raise json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}.")
+    return int(values[0])
+
+
+def parse_time_zone(query: bottle.FormsDict, default: str) -> str:
+    """The `tz` query parameter: an IANA zone name, TIMEZONE's when absent."""
+    values = query.getall("tz")
+    if not values or values == [""]:
+        return default
+    if len(values) > 1 or not is_time_zone(values[0]):
+        raise json_error(400, "tz must be one IANA time zone such as Europe/Paris or America/New_York.")
+    return values[0]
+
+
+def parse_site_parameter(query: bottle.FormsDict) -> str | None:
+    """The `site` query parameter: a host name, or None (every site) when absent or empty."""
+    values = query.getall("site")
+    if not values or values == [""]:
+        return None
+    site = parse_site(values[0]) if len(values) == 1 else None
+    if site is None:
+        raise json_error(400, "site must be one host name such as example.com, without a port.")
+    return site

@@ -1,0 +1,76 @@
+"""JSON answers shared by every route: success, `{"error": ...}`, and the database's absence.
+
+>>> json_error(404, "There is no job 7.").status_code
+404
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+import psycopg
+import psycopg_pool
+
+logger = logging.getLogger("tally.web")
+
+# What the database's absence looks like from a request: connect, pool wait, lost socket.
+DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
+# What a database without Tally's schema looks like: the release step has not run.
+NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+
+
+def json_response(status: int, body: object, **headers: str) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        status=status,
+        body=json.dumps(body, default=str),
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
+    )
+
+
+def json_error(status: int, sentence: str, **headers: str) -> bottle.HTTPResponse:
+    return json_response(status, {"error": sentence}, **headers)
+
+
+def database_unavailable(route: Callable) -> Callable:
+    """Answer 503 (not 500) when the database cannot be reached."""
+
+    @functools.wraps(route)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return route(*args, **kwargs)
+        except DATABASE_DOWN as error:
+            logger.warning(
+                "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
+            )
+            return json_error(503, "The database is unreachable; try again shortly.")
+        except NOT_MIGRATED as error:
+            logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
+        except psycopg.errors.InvalidParameterValue as error:
+            # The only values Tally passes that PostgreSQL may refuse: a zone name that Python's
+            # zone database knows and the server's does not (they are updated apart).
+            logger.warning("%s %s: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(400, "This time zone is unknown to the database; try another name for it.")
+
+    return wrapper
+
+
+def error_as_json(error: bottle.HTTPError) -> str:
+    """Bottle's own errors (no route, wrong method, an exception) as `{"error": ...}`."""
+    bottle.response.content_type = "application/json"
+    if error.status_code >= 500:
+        logger.error(
+            "unhandled error on %s %s: %r",
+            bottle.request.method,
+            bottle.request.path,
+            error.exception,
+            exc_info=error.exception,
+        )
+        return json.dumps({"error": "Internal error; it has been logged."})
+    sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
+    return json.dumps({"error": sentences.get(error.status_code, "The request was not understood.")})

@@ -1,0 +1,55 @@
+"""Routes that tell operators how the processes are: health (public) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import bottle
+import psycopg_pool
+
+from tally.config import Config
+from tally.web import queue_state
+from tally.web.auth import Auth
+from tally.web.metrics import Metrics
+from tally.web.probe import BoundedProbe
+from tally.web.responses import DATABASE_DOWN, NOT_MIGRATED, json_response
+
+logger = logging.getLogger("tally.web")
+
+# Health answers within this, whatever the database does (a router asks for it in 2 s).
+HEALTH_BUDGET_SECONDS = 1.8
+
+
+def register(
+    app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth, metrics: Metrics
+) -> None:
+    """Add /api/health and /metrics to `app`."""
+
+    def read_process_state() -> dict[str, Any]:
+        with pool.connection() as conn:  # the state queries are the database check
+            return queue_state.process_state(conn, config.stalled_after_seconds)
+
+    probe_process_state = BoundedProbe(read_process_state, HEALTH_BUDGET_SECONDS)
+
+    @app.get("/api/health")
+    def health():
+        """Report database state, live workers' youngest heartbeat and the last clock tick."""
+        body: dict[str, Any] = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
+        try:
+            body.update(database="ok", **probe_process_state())
+        except DATABASE_DOWN as error:
+            logger.warning("health: database unreachable: %s", error)
+            body.update(status="unavailable", database="unreachable")
+            return json_response(503, body)
+        except NOT_MIGRATED as error:
+            logger.error("health: schema missing: %s", error)
+            body.update(status="unavailable", database="not migrated: run `python -m migrations`")
+            return json_response(503, body)
+        return json_response(200, body)
+
+    @app.get("/metrics")
+    @auth.metrics_reader
+    def show_metrics():
+        """Expose queue, worker, clock and page-view metrics in Prometheus text format."""
+        return bottle.HTTPResponse(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})

@@ -1,0 +1,75 @@
+"""Routes that read the numbers: the dashboard, stats, sites and the CSV export."""
+
+from __future__ import annotations
+
+import bottle
+import psycopg_pool
+
+from tally.config import Config
+from tally.web import dashboard, export, queue_state
+from tally.web.auth import Auth, Reader
+from tally.web.params import parse_days, parse_site_parameter, parse_time_zone
+from tally.web.responses import database_unavailable, json_response
+from tally.web.stats import StatsReader
+
+
+def register(
+    app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth, stats: StatsReader
+) -> None:
+    """Add the dashboard and stats routes to `app`."""
+
+    @app.get("/")
+    @auth.owner_or_share
+    @database_unavailable
+    def show_dashboard():
+        """Render the dashboard: views per day, top paths, and queue state for the owner."""
+        days = parse_days(bottle.request.query)
+        query = bottle.request.query
+        window = stats.stats_for_window(
+            days, parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
+        sites = stats.sites()
+        queue = processes = None
+        if auth.reader() is Reader.OWNER:
+            with pool.connection() as conn:
+                queue = queue_state.queue_summary(conn)
+                processes = queue_state.process_state(conn, config.stalled_after_seconds)
+        for name, value in dashboard.HEADERS.items():
+            bottle.response.set_header(name, value)
+        return dashboard.render(
+            window, queue, processes, dyno=config.dyno, sites=sites, **auth.page_context()
+        )
+
+    @app.get("/api/stats")
+    @auth.owner_or_share
+    @database_unavailable
+    def show_stats():
+        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all) in ?tz=Z."""
+        query = bottle.request.query
+        window = stats.stats_for_window(
+            parse_days(query), parse_site_parameter(query), parse_time_zone(query, config.timezone)
+        )
+        return json_response(200, window)
+
+    @app.get("/api/sites")
+    @auth.owner_only
+    @database_unavailable
+    def show_sites():
+        """List the sites that have views, with their views over the last 30 days."""
+        return json_response(200, {"days": 30, "sites": stats.sites()})
+
+    @app.get("/api/export")
+    @auth.owner_only
+    @database_unavailable
+    def export_daily_paths():
+        """Send views and visitors per day and path over ?days=N of ?site=H in ?tz=Z as CSV."""
+        query = bottle.request.query
+        days, site = parse_days(query), parse_site_parameter(query)
+        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone))
+        name = f"tally-{site or 'all-sites'}-{days}-days.csv"
+        headers = {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        }
+        return bottle.HTTPResponse(body=export.csv_lines(rows), headers=headers)
