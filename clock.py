@@ -16,6 +16,7 @@ import time
 from procrastinate.periodic import PeriodicDeferrer
 
 import jobs
+from jobs.schedule import periodic_tasks
 from tally import config, db, logs
 
 RETRY_DELAY_SECONDS = 1.0
@@ -25,14 +26,7 @@ logger = logging.getLogger("tally.clock")
 
 def register_schedule(app, settings: config.Config) -> None:
     """Register the periodic jobs; only the clock does, so workers never defer them."""
-    schedule = {
-        jobs.page_views.rollup_page_views: settings.rollup_schedule,
-        jobs.page_views.cleanup_old_page_views: settings.cleanup_schedule,
-        jobs.queue_upkeep.retry_stalled_jobs: settings.retry_stalled_schedule,
-        jobs.queue_upkeep.prune_finished_jobs: settings.prune_schedule,
-        jobs.visitor_salts.rotate_visitor_salts: settings.salt_schedule,
-    }
-    for task, cron in schedule.items():
+    for task, cron in periodic_tasks(settings).items():
         app.periodic(cron=cron, periodic_id="clock")(task)
 
 

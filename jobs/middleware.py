@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from procrastinate import JobContext
@@ -12,10 +13,11 @@ from tally.db import QUERIES
 logger = logging.getLogger("jobs.middleware")
 
 MAX_ERROR_LENGTH = 2000
+MAX_TRACEBACK_LENGTH = 20_000  # the end of a longer one is kept: the frame that raised
 
 
 async def record_job_errors(call_next, context: JobContext, worker) -> Any:
-    """Run the job; when it raises, store the error in tally_job_errors and re-raise."""
+    """Run the job; when it raises, store the error and its traceback in tally_job_errors and re-raise."""
     try:
         return await call_next()
     except Exception as error:
@@ -23,12 +25,14 @@ async def record_job_errors(call_next, context: JobContext, worker) -> Any:
         if error.__cause__ is not None:  # procrastinate wraps database errors: "Database error."
             text += f" ({type(error.__cause__).__name__}: {error.__cause__})".strip()
         text = text[:MAX_ERROR_LENGTH]
+        trace = "".join(traceback.format_exception(error))[-MAX_TRACEBACK_LENGTH:]
         try:
             await context.app.connector.execute_query_async(
                 QUERIES["record_job_error"],
                 job_id=context.job.id,
                 attempt=context.job.attempts + 1,
                 error=text,
+                traceback=trace,
             )
         except Exception as storing_error:
             logger.warning("could not record the error of job %s: %r", context.job.id, storing_error)

@@ -280,7 +280,8 @@ SELECT (SELECT count(*) FROM made) AS made, (SELECT count(*) FROM deleted) AS de
 
 -- record_job_error --
 -- Keep why a job attempt failed.
-INSERT INTO tally_job_errors (job_id, attempt, error) VALUES (%(job_id)s, %(attempt)s, %(error)s)
+INSERT INTO tally_job_errors (job_id, attempt, error, traceback)
+VALUES (%(job_id)s, %(attempt)s, %(error)s, %(traceback)s)
 
 -- job_counts --
 -- Jobs by task and status.
@@ -366,3 +367,148 @@ SELECT count(*) AS removed FROM lost
 -- local_lock_timeout --
 -- Bound this transaction's waits for locks (milliseconds), whatever the session's setting.
 SELECT set_config('lock_timeout', %(milliseconds)s || 'ms', true)
+
+-- fetch_job --
+-- procrastinate's fetch_job (3.10) through Tally's copy of its function, which skips paused queues.
+SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name, attempts, worker_id
+    FROM tally_fetch_job_v1(%(queues)s::varchar[], %(worker_id)s);
+
+-- pause_queue --
+-- Pause a queue (a second pause keeps the first time); the answer is when it was paused.
+WITH paused AS (
+    INSERT INTO tally_paused_queues (queue_name) VALUES (%(queue)s)
+    ON CONFLICT (queue_name) DO NOTHING
+    RETURNING paused_at
+)
+SELECT paused_at FROM paused
+UNION ALL
+SELECT paused_at FROM tally_paused_queues WHERE queue_name = %(queue)s
+LIMIT 1
+
+-- resume_queue --
+-- Resume a queue and wake every worker as a new job of it would (procrastinate's channels and payload).
+WITH resumed AS (
+    DELETE FROM tally_paused_queues WHERE queue_name = %(queue)s RETURNING queue_name
+)
+SELECT count(*) AS resumed,
+       count(pg_notify('procrastinate_queue_v1#' || queue_name, '{"type": "job_inserted"}')),
+       count(pg_notify('procrastinate_any_queue_v1', '{"type": "job_inserted"}'))
+  FROM resumed
+
+-- paused_queues --
+-- The paused queues, oldest pause first.
+SELECT queue_name AS queue, paused_at FROM tally_paused_queues ORDER BY paused_at, queue_name
+
+-- retry_job --
+-- Queue a failed or cancelled job again, at once, and wake the workers as a new job would.
+WITH target AS (
+    SELECT id, status FROM procrastinate_jobs
+     WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
+       FOR UPDATE
+), retried AS (
+    UPDATE procrastinate_jobs job
+       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL,
+           attempts = job.attempts + CASE WHEN target.status = 'failed' THEN 1 ELSE 0 END
+      FROM target
+     WHERE job.id = target.id
+ RETURNING job.id, job.queue_name, target.status::text AS was
+), cancelled_event AS (
+    -- procrastinate's trigger records failed -> todo as 'retried'; cancelled -> todo it leaves out.
+    INSERT INTO procrastinate_events (job_id, type)
+    SELECT id, 'retried' FROM retried WHERE was = 'cancelled'
+)
+SELECT id, was,
+       pg_notify('procrastinate_queue_v1#' || queue_name, json_build_object('type', 'job_inserted', 'job_id', id)::text),
+       pg_notify('procrastinate_any_queue_v1', json_build_object('type', 'job_inserted', 'job_id', id)::text)
+  FROM retried
+
+-- retry_jobs_matching --
+-- Queue again up to `limit` failed or cancelled jobs of a filter, newest first; wake the workers once.
+WITH target AS (
+    SELECT id, status FROM procrastinate_jobs
+     WHERE status IN ('failed', 'cancelled')
+       AND (%(status)s::procrastinate_job_status IS NULL OR status = %(status)s)
+       AND (%(task)s::varchar IS NULL OR task_name = %(task)s)
+       AND (%(queue)s::varchar IS NULL OR queue_name = %(queue)s)
+     ORDER BY id DESC LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE procrastinate_jobs job
+       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL,
+           attempts = job.attempts + CASE WHEN target.status = 'failed' THEN 1 ELSE 0 END
+      FROM target
+     WHERE job.id = target.id
+ RETURNING job.id, job.queue_name, target.status::text AS was
+), cancelled_event AS (
+    INSERT INTO procrastinate_events (job_id, type)
+    SELECT id, 'retried' FROM retried WHERE was = 'cancelled'
+), queues AS (
+    SELECT DISTINCT queue_name FROM retried
+)
+SELECT (SELECT count(*) FROM retried) AS retried,
+       (SELECT count(pg_notify('procrastinate_queue_v1#' || queue_name, '{"type": "job_inserted"}')) FROM queues),
+       (SELECT count(pg_notify('procrastinate_any_queue_v1', '{"type": "job_inserted"}')) FROM queues)
+
+-- cancel_jobs_matching --
+-- Cancel up to `limit` waiting jobs of a filter (and ask running ones to abort), newest first,
+-- through procrastinate's own cancel function.
+SELECT count(procrastinate_cancel_job_v1(id, true, false)) AS cancelled
+  FROM (
+    SELECT id FROM procrastinate_jobs
+     WHERE status IN ('todo', 'doing')
+       AND (%(status)s::procrastinate_job_status IS NULL OR status = %(status)s)
+       AND (%(task)s::varchar IS NULL OR task_name = %(task)s)
+       AND (%(queue)s::varchar IS NULL OR queue_name = %(queue)s)
+     ORDER BY id DESC LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+  ) matching
+
+-- list_jobs --
+-- One page of jobs, newest first, after the id `before` (keyset: no OFFSET), by status, task and queue.
+SELECT job.id, job.task_name AS task, job.status::text AS status, job.queue_name AS queue, job.attempts,
+       job.scheduled_at, job.worker_id, job.abort_requested,
+       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id) AS last_event_at
+  FROM procrastinate_jobs job
+ WHERE (%(status)s::procrastinate_job_status IS NULL OR job.status = %(status)s)
+   AND (%(task)s::varchar IS NULL OR job.task_name = %(task)s)
+   AND (%(queue)s::varchar IS NULL OR job.queue_name = %(queue)s)
+   AND (%(before)s::bigint IS NULL OR job.id < %(before)s)
+ ORDER BY job.id DESC
+ LIMIT %(limit)s
+
+-- job_task_names --
+-- Every task name in procrastinate_jobs, one index probe each (a loose index scan, not a scan of every job).
+WITH RECURSIVE names AS (
+    (SELECT task_name FROM procrastinate_jobs ORDER BY task_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT task_name FROM procrastinate_jobs WHERE task_name > names.task_name ORDER BY task_name LIMIT 1)
+      FROM names WHERE names.task_name IS NOT NULL
+)
+SELECT task_name AS name FROM names WHERE task_name IS NOT NULL
+
+-- job_queue_names --
+-- Every queue name in procrastinate_jobs, one index probe each (a loose index scan).
+WITH RECURSIVE names AS (
+    (SELECT queue_name FROM procrastinate_jobs ORDER BY queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue_name FROM procrastinate_jobs WHERE queue_name > names.queue_name ORDER BY queue_name LIMIT 1)
+      FROM names WHERE names.queue_name IS NOT NULL
+)
+SELECT queue_name AS name FROM names WHERE queue_name IS NOT NULL
+
+-- job_events --
+-- Every event of a job, oldest first.
+SELECT type::text AS type, at FROM procrastinate_events WHERE job_id = %(job_id)s ORDER BY at, id
+
+-- job_errors --
+-- Every recorded error of a job, newest first, with its traceback.
+SELECT attempt, error, traceback, failed_at FROM tally_job_errors WHERE job_id = %(job_id)s ORDER BY id DESC
+
+-- last_periodic_defers --
+-- The last deferral of each periodic task named, with its job's status.
+SELECT DISTINCT ON (defer.task_name)
+       defer.task_name AS task, defer.defer_timestamp, defer.job_id, job.status::text AS status
+  FROM procrastinate_periodic_defers defer
+  LEFT JOIN procrastinate_jobs job ON job.id = defer.job_id
+ WHERE defer.task_name = ANY (%(tasks)s)
+ ORDER BY defer.task_name, defer.defer_timestamp DESC NULLS LAST, defer.id DESC

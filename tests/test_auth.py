@@ -155,9 +155,17 @@ def test_logging_in_sets_a_signed_httponly_cookie_and_logging_out_clears_it(clie
     assert dashboard.status_int == 200 and SECRET_PATH in dashboard.text
     csrf = re.search(r'name="csrf" value="([^"]+)"', dashboard.text).group(1)
 
-    # The cookie opens reads only: changes need the bearer token.
-    client.post("/api/jobs/cleanup_old_page_views", status=401)
-    client.post("/api/jobs/1/retry", status=401)
+    # The cookie alone changes nothing: a change needs the bearer token, or the page's form
+    # (its CSRF token, from Tally's own origin; tests/test_jobs_page.py).
+    client.post("/api/jobs/cleanup_old_page_views", status=403)
+    client.post("/api/jobs/1/retry", status=403)
+    client.post("/api/jobs/cleanup_old_page_views", {"csrf": "x"}, headers=SAME_SITE, status=403)
+    client.post(
+        "/api/jobs/cleanup_old_page_views",
+        {"csrf": csrf},
+        headers={"Origin": "https://evil.example"},
+        status=403,
+    )
     assert jobs_count(conn) == 0
 
     response = client.post("/logout", {"csrf": csrf}, headers=SAME_SITE, status=303)

@@ -332,7 +332,7 @@ def test_queue_summary_and_retrying_a_failed_job(client, conn):
     client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
     assert client.get(f"/api/jobs/{failed}").json["status"] == "todo"
     assert (
-        "only failed jobs"
+        "only failed or cancelled jobs"
         in client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=409).json["error"]
     )
 

@@ -4,7 +4,11 @@
     routes_health    GET /api/health, GET /metrics
     routes_stats     GET /, GET /api/stats, GET /api/sites, GET /api/export
     routes_auth      GET /login, POST /login, POST /logout
-    routes_jobs      GET /api/jobs, GET /api/jobs/<id>, POST /api/jobs/<task>, POST /api/jobs/<id>/retry
+    routes_jobs      GET /api/jobs, GET /api/jobs/<id>, POST /api/jobs/<task>,
+                     POST /api/jobs/<id>/retry|cancel, POST /api/jobs/bulk/retry|cancel,
+                     POST /api/queues/<name>/pause|resume
+    routes_jobs_page GET /jobs, GET /jobs/<id>
+    routes_openapi   GET /api/openapi.json (the description of all of the above: tally/web/openapi.py)
 
 Who may call each route is the guard under it (tally/web/auth.py); shared answers and
 parameters are in tally/web/responses.py and tally/web/params.py.
@@ -22,7 +26,14 @@ import procrastinate
 import psycopg_pool
 
 from tally.config import Config
-from tally.web import routes_auth, routes_collect, routes_health, routes_jobs, routes_stats
+from tally.web import (
+    routes_auth,
+    routes_collect,
+    routes_health,
+    routes_jobs,
+    routes_jobs_page,
+    routes_stats,
+)
 from tally.web.auth import Auth
 from tally.web.collect import Collector
 from tally.web.metrics import Metrics
@@ -60,6 +71,7 @@ def build_app(
     routes_health.register(app, config, pool, auth, metrics)
     routes_collect.register(app, config, writer, collector, metrics)
     routes_jobs.register(app, pool, auth, jobs_app)
+    routes_jobs_page.register(app, config, pool, auth)
 
     app.default_error_handler = error_as_json
     return app

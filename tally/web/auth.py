@@ -9,8 +9,11 @@ the route's `@app.get`/`@app.post`:
                            when PUBLIC_DASHBOARD=true; read-only, never jobs, sites, export, metrics
     @auth.owner_only       every other read (/api/jobs..., /api/sites, /api/export):
                            `Authorization: Bearer $ADMIN_TOKEN` or the dashboard's session cookie
-    @auth.admin_token_only every change (POST /api/jobs/...): the bearer token only, never the
-                           cookie, so no page on another site can make a browser change anything
+    @auth.admin_token_only a change that only scripts make: the bearer token only, never the cookie
+    @auth.owner_changes    the changes the jobs page makes (POST /api/jobs/..., /api/queues/...):
+                           the bearer token, or the session cookie together with the form's CSRF
+                           token (the session's own) from a page of Tally's own origin; so no page
+                           on another site can make a logged-in browser change anything
     @auth.metrics_reader   GET /metrics: `Bearer $METRICS_TOKEN`, or the owner
 
 A refused request gets 401 when some credential would open it and 403 when none can (a
@@ -52,6 +55,9 @@ from tally.web import sessions
 FAILED_LOGINS = limits.parse("10/15 minutes")  # wrong tokens per client, in a moving window
 MAX_FORM_BYTES = 4096
 READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
+ACTOR = "tally.actor"  # where @owner_changes leaves who acts, for the log: never an address
+BY_TOKEN = "owner (bearer token)"
+BY_SESSION = "owner (session)"
 
 
 class Reader(enum.Enum):
@@ -94,6 +100,18 @@ class Auth:
 
     def metrics_reader(self, route: Callable) -> Callable:
         return self._guard(route, self._metrics_reads)
+
+    def owner_changes(self, route: Callable) -> Callable:
+        return self._guard(route, self._owner_changes)
+
+    def actor(self) -> str:
+        """Who @owner_changes let act: the bearer token or the session (for the log)."""
+        return bottle.request.environ.get(ACTOR, BY_TOKEN)
+
+    def csrf_token(self) -> str | None:
+        """The current session's CSRF token, which the jobs page's forms carry."""
+        session = self._session()
+        return session["csrf"] if session else None
 
     def reader(self) -> Reader:
         """Who the guard of the current route let in."""
@@ -153,6 +171,25 @@ class Auth:
             return Reader.OWNER
         self._count_failure()
         raise self._refuse(403, "The admin token is not valid.")
+
+    def _owner_changes(self) -> Reader:
+        if not self.admin_token:
+            raise self._refuse(403, "Admin endpoints are disabled: set ADMIN_TOKEN to enable them.")
+        if self._bearer() is not None:
+            bottle.request.environ[ACTOR] = BY_TOKEN
+            return self._changes()
+        session = self._session()
+        if session is None:
+            raise self._refuse(401, "Log in on the dashboard, or send Authorization: Bearer <ADMIN_TOKEN>.")
+        if not sessions.sent_from_own_pages():
+            raise self._refuse(403, "This form only works from Tally's own pages.")
+        if bottle.request.content_length > MAX_FORM_BYTES:
+            raise self._refuse(413, "That form is far larger than an action.")
+        sent = bottle.request.forms.getunicode("csrf") or ""
+        if not same_token(sent, session["csrf"]):
+            raise self._refuse(403, "That form is not from this session (no CSRF token): reload the page.")
+        bottle.request.environ[ACTOR] = BY_SESSION
+        return Reader.OWNER
 
     def _metrics_reads(self) -> Reader:
         if not (self.admin_token or self.metrics_token):

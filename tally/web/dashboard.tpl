@@ -128,7 +128,10 @@
 
   % if queue is not None:
   <section>
-    <h2>Job queue</h2>
+    <h2>Job queue <a class="muted" id="jobs-link" href="/jobs">jobs, queues and schedules</a></h2>
+    % if processes and processes['paused_queues']:
+    <p id="paused-queues" class="failed">Paused queues: {{', '.join(row['queue'] for row in processes['paused_queues'])}}</p>
+    % end
     <ul id="job-counts" class="counts">
       % for status, count in queue['by_status'].items():
       <li class="{{'failed' if status == 'failed' and count else ''}}"><b>{{count}}</b> {{status}}</li>
@@ -139,7 +142,7 @@
     <table id="recent-failures">
       <tr><th>Job</th><th>Task</th><th class="num">Attempts</th><th>Failed</th><th>Error</th></tr>
       % for job in queue['recent_failures']:
-      <tr><td><a href="/api/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['failed_at'] or ''}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
+      <tr><td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['failed_at'] or ''}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
       % end
       % if not queue['recent_failures']:
       <tr><td colspan="5" class="muted">No failed jobs.</td></tr>

@@ -82,6 +82,14 @@ class QueueCollector(Collector):
             "Committed page views not yet rolled up (NaN while page_views is locked).",
             _or_nan(processes["rollup_views_waiting"]),
         )
+        paused = GaugeMetricFamily(
+            "tally_queue_paused",
+            "1 for each paused queue (tally_paused_queues): no worker starts its jobs.",
+            labels=["queue"],
+        )
+        for row in processes["paused_queues"]:
+            paused.add_metric([row["queue"]], 1)
+        yield paused
         state = conn.execute(QUERIES["rollup_state"]).fetchone()
         total = conn.execute(
             QUERIES["page_views_total"], {"watermark": state[0], "in_progress": state[1]}

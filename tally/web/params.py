@@ -47,3 +47,42 @@ def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     if site is None:
         raise json_error(400, "site must be one host name such as example.com, without a port.")
     return site
+
+
+JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
+MAX_NAME_LENGTH = 128  # procrastinate's task_name and queue_name are varchar(128)
+MAX_JOB_ID = 2**63 - 1
+
+
+def _one_value(query: bottle.FormsDict, name: str) -> str | None:
+    values = query.getall(name)
+    if not values or values == [""]:
+        return None
+    if len(values) > 1:
+        raise json_error(400, f"{name} must be given once.")
+    return values[0]
+
+
+def _name(query: bottle.FormsDict, name: str) -> str | None:
+    value = _one_value(query, name)
+    if value is not None and (len(value) > MAX_NAME_LENGTH or not value.isprintable()):
+        raise json_error(400, f"{name} must be a name of at most {MAX_NAME_LENGTH} printable characters.")
+    return value
+
+
+def parse_job_filters(query: bottle.FormsDict) -> dict[str, str | None]:
+    """`status`, `task` and `queue` of the jobs page and the bulk actions; absent or empty: any."""
+    status = _one_value(query, "status")
+    if status is not None and status not in JOB_STATUSES:
+        raise json_error(400, f"status must be one of {', '.join(JOB_STATUSES)}.")
+    return {"status": status, "task": _name(query, "task"), "queue": _name(query, "queue")}
+
+
+def parse_before(query: bottle.FormsDict) -> int | None:
+    """`before`: the jobs page shows the jobs with smaller ids (the next page); absent: the newest."""
+    value = _one_value(query, "before")
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_JOB_ID:
+        raise json_error(400, "before must be a job id (a whole number from 1).")
+    return int(value)

@@ -80,7 +80,8 @@ def job_detail(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
 
 
 def process_state(conn: psycopg.Connection, stalled_after: float) -> dict[str, Any]:
-    """Live workers, their youngest heartbeat, the last periodic defer's age and the rollup lag."""
+    """Live workers, their youngest heartbeat, the last periodic defer's age, the rollup lag
+    and the paused queues."""
     workers = _one(conn, "worker_heartbeats", stalled_after=stalled_after)
     clock = _one(conn, "last_periodic_defer")
     return {
@@ -88,6 +89,10 @@ def process_state(conn: psycopg.Connection, stalled_after: float) -> dict[str, A
         "worker_heartbeat_age_seconds": _seconds(workers["youngest_heartbeat_age"]),
         "clock_last_defer_age_seconds": _seconds(clock["age"]),
         **rollup_lag(conn),
+        "paused_queues": [
+            {"queue": row["queue"], "paused_at": _json_time(row["paused_at"])}
+            for row in _all(conn, "paused_queues")
+        ],
     }
 
 

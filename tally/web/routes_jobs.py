@@ -1,23 +1,54 @@
-"""Routes of the job queue: the summary, one job, defer a task, retry a job."""
+"""Routes of the job queue's API: the summary, one job, defer, retry, cancel (one or in bulk),
+and pausing and resuming queues.
+
+Reads are the owner's (`@auth.owner_only`); changes take the bearer token, or the jobs
+page's session with its CSRF token (`@auth.owner_changes`). A change from the page answers
+303 back to the page it came from (its `next` field) with the outcome as `?notice=`; from
+a script, JSON.
+"""
 
 from __future__ import annotations
 
-import datetime
+import urllib.parse
 
 import bottle
 import procrastinate
 import psycopg_pool
 
-from tally.web import queue_state
-from tally.web.auth import Auth
+from tally.web import job_actions, queue_state
+from tally.web.auth import BY_SESSION, Auth
+from tally.web.job_actions import QUEUE_NAME, Outcome
+from tally.web.params import parse_job_filters
 from tally.web.responses import database_unavailable, json_error, json_response
+from tally.web.sessions import PAGE_HEADERS
+
+
+def back_to_page(outcome: Outcome) -> bottle.HTTPResponse:
+    """303 to the form's `next` (a path of the jobs pages only: no open redirect), with a notice."""
+    target = bottle.request.forms.getunicode("next") or "/jobs"
+    if not (target == "/jobs" or target.startswith(("/jobs?", "/jobs/"))) or "\\" in target:
+        target = "/jobs"
+    separator = "&" if "?" in target else "?"
+    location = target + separator + urllib.parse.urlencode({"notice": outcome.sentence})
+    return bottle.HTTPResponse(status=303, headers={"Location": location, **PAGE_HEADERS})
 
 
 def register(
     app: bottle.Bottle, pool: psycopg_pool.ConnectionPool, auth: Auth, jobs_app: procrastinate.App
 ) -> None:
-    """Add the job routes to `app`."""
+    """Add the job and queue routes to `app`."""
     deferrable = sorted(name for name in jobs_app.tasks if "." not in name and ":" not in name)
+
+    def answer(outcome: Outcome) -> bottle.HTTPResponse:
+        if auth.actor() == BY_SESSION:
+            return back_to_page(outcome)
+        body = {name: value for name, value in outcome.body.items() if name != "done"}
+        return json_response(outcome.status, body)
+
+    def queue_name(name: str) -> str:
+        if not QUEUE_NAME.fullmatch(name):
+            raise json_error(400, "A queue name is 1 to 40 letters, digits or _ . : - characters.")
+        return name
 
     @app.get("/api/jobs")
     @auth.owner_only
@@ -45,25 +76,63 @@ def register(
         return json_error(404, f"There is no job {job_id!r}: job ids are whole numbers.")
 
     @app.post("/api/jobs/<job_id:int>/retry")
-    @auth.admin_token_only
+    @auth.owner_changes
     @database_unavailable
     def retry_failed_job(job_id: int):
-        """Queue a failed job again (admin)."""
+        """Queue a failed or cancelled job again, to run at once (owner)."""
         with pool.connection() as conn:
-            job = queue_state.job_detail(conn, job_id)
-        if job is None:
-            return json_error(404, f"There is no job {job_id}.")
-        if job["status"] != "failed":
-            return json_error(409, f"Job {job_id} is {job['status']}; only failed jobs can be retried.")
-        jobs_app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.UTC))
-        return json_response(202, {"job_id": job_id, "status": "todo"})
+            return answer(job_actions.retry(conn, job_id, auth.actor()))
+
+    @app.post("/api/jobs/<job_id:int>/cancel")
+    @auth.owner_changes
+    @database_unavailable
+    def cancel_job(job_id: int):
+        """Cancel a waiting job, or ask a running one to abort (owner)."""
+        with pool.connection() as conn:
+            return answer(job_actions.cancel(conn, jobs_app, job_id, auth.actor()))
+
+    @app.post("/api/jobs/bulk/retry")
+    @auth.owner_changes
+    @database_unavailable
+    def retry_matching_jobs():
+        """Queue again the failed and cancelled jobs of ?status, ?task and ?queue (owner)."""
+        filters = parse_job_filters(bottle.request.query)
+        with pool.connection() as conn:
+            return answer(job_actions.retry_matching(conn, filters, auth.actor()))
+
+    @app.post("/api/jobs/bulk/cancel")
+    @auth.owner_changes
+    @database_unavailable
+    def cancel_matching_jobs():
+        """Cancel the waiting jobs of ?status, ?task and ?queue, and abort its running ones (owner)."""
+        filters = parse_job_filters(bottle.request.query)
+        with pool.connection() as conn:
+            return answer(job_actions.cancel_matching(conn, filters, auth.actor()))
 
     @app.post("/api/jobs/<task>")
-    @auth.admin_token_only
+    @auth.owner_changes
     @database_unavailable
     def defer_job(task: str):
-        """Defer a job of a task by name, with no arguments (admin)."""
+        """Defer a job of a task by name, with no arguments (owner)."""
         if task not in deferrable:
             return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
         job_id = jobs_app.tasks[task].defer()
-        return json_response(202, {"job_id": job_id, "task": task})
+        job_actions.logger.info("task %s deferred as job %s by %s", task, job_id, auth.actor())
+        done = f"Job {job_id} of {task} deferred."
+        return answer(Outcome(202, {"job_id": job_id, "task": task, "done": done}))
+
+    @app.post("/api/queues/<name>/pause")
+    @auth.owner_changes
+    @database_unavailable
+    def pause_queue(name: str):
+        """Stop workers from starting the jobs of a queue until it is resumed (owner)."""
+        with pool.connection() as conn:
+            return answer(job_actions.pause(conn, queue_name(name), auth.actor()))
+
+    @app.post("/api/queues/<name>/resume")
+    @auth.owner_changes
+    @database_unavailable
+    def resume_queue(name: str):
+        """Let workers start a paused queue's jobs again, at once (owner)."""
+        with pool.connection() as conn:
+            return answer(job_actions.resume(conn, queue_name(name), auth.actor()))

@@ -1,0 +1,57 @@
+"""The owner's jobs pages: GET /jobs (queues, schedules, jobs by filter) and GET /jobs/<id>.
+
+Their forms post to the API in tally/web/routes_jobs.py.
+"""
+
+from __future__ import annotations
+
+import bottle
+import psycopg_pool
+
+from jobs.schedule import periodic_tasks
+from tally.config import Config
+from tally.web import jobs_page
+from tally.web.auth import Auth
+from tally.web.params import parse_before, parse_job_filters
+from tally.web.responses import database_unavailable, json_error
+
+
+def _notice() -> str | None:
+    notice = bottle.request.query.getunicode("notice")
+    return notice[:300] if notice else None
+
+
+def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth) -> None:
+    """Add the jobs pages to `app`."""
+    periodic = {task.name: cron for task, cron in periodic_tasks(config).items()}
+
+    @app.get("/jobs")
+    @auth.owner_only
+    @database_unavailable
+    def show_jobs_page():
+        """Render the jobs page: queues with pause and resume, schedules with run now, jobs by filter."""
+        query = bottle.request.query
+        page = jobs_page.render_list(
+            pool,
+            parse_job_filters(query),
+            parse_before(query),
+            periodic=periodic,
+            zone=config.timezone,
+            csrf=auth.csrf_token(),
+            notice=_notice(),
+        )
+        for name, value in jobs_page.HEADERS.items():
+            bottle.response.set_header(name, value)
+        return page
+
+    @app.get("/jobs/<job_id:int>")
+    @auth.owner_only
+    @database_unavailable
+    def show_job_page(job_id: int):
+        """Render a job's page: arguments, attempts, events, worker, errors with tracebacks."""
+        page = jobs_page.render_job(pool, job_id, csrf=auth.csrf_token(), notice=_notice())
+        if page is None:
+            return json_error(404, f"There is no job {job_id}.")
+        for name, value in jobs_page.HEADERS.items():
+            bottle.response.set_header(name, value)
+        return page

@@ -1,0 +1,219 @@
+"""The jobs page and its actions through the real WSGI app (WebTest): retry, cancel, bulk,
+pause and resume, who may do them, and what the pages show. Workers are in
+tests/test_queue_pause.py; the browser in tests/test_jobs_browser.py."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+import psycopg
+import pytest
+import webtest
+
+import jobs
+from tests.conftest import defer_by_sql, statuses
+from tests.test_web import make_client, make_failed_job
+
+TOKEN = "jobs-owner-token"
+SHARE = "jobs-share-token"
+OWNER = {"Authorization": f"Bearer {TOKEN}"}
+SAME_SITE = {"Origin": "http://localhost"}
+
+
+@pytest.fixture
+def client(database_url, pool) -> webtest.TestApp:
+    return make_client(database_url, pool, ADMIN_TOKEN=TOKEN, SHARE_TOKEN=SHARE)
+
+
+def logged_in(client: webtest.TestApp) -> str:
+    """Log `client` in through the form; return the CSRF token its pages carry."""
+    client.post("/login", {"token": TOKEN}, headers=SAME_SITE, status=303)
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/jobs").text).group(1)
+
+
+def status_of(conn: psycopg.Connection, job_id: int) -> str:
+    return conn.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job_id,)).fetchone()[0]
+
+
+def test_retry_takes_failed_and_cancelled_jobs_and_refuses_others(client, conn):
+    failed = make_failed_job(conn)
+    answer = client.post(f"/api/jobs/{failed}/retry", headers=OWNER, status=202).json
+    assert answer == {"job_id": failed, "status": "todo", "was": "failed"}
+    assert status_of(conn, failed) == "todo"
+    assert "retried" in [
+        row[0]
+        for row in conn.execute("SELECT type::text FROM procrastinate_events WHERE job_id = %s", (failed,))
+    ]
+    error = client.post(f"/api/jobs/{failed}/retry", headers=OWNER, status=409).json["error"]
+    assert "todo" in error
+    client.post("/api/jobs/999999/retry", headers=OWNER, status=404)
+
+    client.post(f"/api/jobs/{failed}/cancel", headers=OWNER, status=200)
+    assert status_of(conn, failed) == "cancelled"
+    client.post(f"/api/jobs/{failed}/cancel", headers=OWNER, status=409)
+    assert client.post(f"/api/jobs/{failed}/retry", headers=OWNER, status=202).json["was"] == "cancelled"
+    assert (
+        conn.execute("SELECT abort_requested FROM procrastinate_jobs WHERE id = %s", (failed,)).fetchone()[0]
+        is False
+    )
+    client.post("/api/jobs/999999/cancel", headers=OWNER, status=404)
+
+
+def test_cancelling_a_running_job_asks_it_to_abort(client, conn):
+    defer_by_sql(conn, "cleanup_old_page_views")
+    worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+    (job_id,) = conn.execute("SELECT id FROM procrastinate_fetch_job_v2(NULL, %s)", (worker_id,)).fetchone()
+    answer = client.post(f"/api/jobs/{job_id}/cancel", headers=OWNER, status=202).json
+    assert answer["status"] == "doing" and answer["abort_requested"] is True
+    assert conn.execute("SELECT abort_requested FROM procrastinate_jobs WHERE id = %s", (job_id,)).fetchone()[
+        0
+    ]
+
+
+def test_bulk_actions_take_a_filter(client, conn):
+    defer_by_sql(conn, "prune_finished_jobs", count=3)
+    defer_by_sql(conn, "cleanup_old_page_views", count=2)
+    answer = client.post("/api/jobs/bulk/cancel?task=prune_finished_jobs", headers=OWNER, status=202).json
+    assert answer["cancelled"] == 3
+    assert statuses(conn, "prune_finished_jobs") == ["cancelled"] * 3
+    assert statuses(conn, "cleanup_old_page_views") == ["todo"] * 2
+    client.post("/api/jobs/bulk/retry?status=todo", headers=OWNER, status=409)
+    client.post("/api/jobs/bulk/retry?status=bogus", headers=OWNER, status=400)
+    assert client.post("/api/jobs/bulk/retry?queue=default", headers=OWNER, status=202).json["retried"] == 3
+    assert statuses(conn, "prune_finished_jobs") == ["todo"] * 3
+
+
+def test_pause_and_resume_are_rows_and_show_in_health_metrics_and_pages(client, conn):
+    answer = client.post("/api/queues/reports/pause", headers=OWNER, status=200).json
+    assert answer["queue"] == "reports" and answer["paused"] is True
+    again = client.post("/api/queues/reports/pause", headers=OWNER, status=200).json
+    assert again["paused_at"] == answer["paused_at"]  # the first pause's time stays
+    assert conn.execute("SELECT queue_name FROM tally_paused_queues").fetchall() == [("reports",)]
+    assert [row["queue"] for row in client.get("/api/health").json["paused_queues"]] == ["reports"]
+    assert 'tally_queue_paused{queue="reports"} 1.0' in client.get("/metrics", headers=OWNER).text
+    assert 'data-queue="reports" data-paused="true"' in client.get("/jobs", headers=OWNER).text
+    assert "Paused queues: reports" in client.get("/", headers=OWNER).text
+
+    with psycopg.connect(conn.info.dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "procrastinate_queue_v1#reports"')
+        assert client.post("/api/queues/reports/resume", headers=OWNER, status=200).json["paused"] is False
+        notices = list(listener.notifies(timeout=2, stop_after=1))
+    assert notices and '"job_inserted"' in notices[0].payload
+    assert client.get("/api/health").json["paused_queues"] == []
+    client.post("/api/queues/reports/resume", headers=OWNER, status=200)  # resuming twice is harmless
+    client.post("/api/queues/" + "q" * 41 + "/pause", headers=OWNER, status=400)
+    client.post("/api/queues/a%20b/pause", headers=OWNER, status=400)
+
+
+def test_the_page_forms_act_with_the_session_and_its_csrf_token_only(client, conn):
+    failed = make_failed_job(conn)
+    csrf = logged_in(client)
+    next_page = "/jobs?status=failed"
+    form = {"csrf": csrf, "next": next_page}
+    # No token, a wrong one, another origin, no origin: nothing changes.
+    client.post(f"/api/jobs/{failed}/retry", {"next": next_page}, headers=SAME_SITE, status=403)
+    client.post(f"/api/jobs/{failed}/retry", {**form, "csrf": csrf + "x"}, headers=SAME_SITE, status=403)
+    client.post(f"/api/jobs/{failed}/retry", form, headers={"Origin": "https://evil.example"}, status=403)
+    client.post(f"/api/jobs/{failed}/retry", form, status=403)
+    client.post("/api/queues/default/pause", form, headers={"Origin": "https://evil.example"}, status=403)
+    assert status_of(conn, failed) == "failed"
+    assert conn.execute("SELECT count(*) FROM tally_paused_queues").fetchone()[0] == 0
+
+    response = client.post(f"/api/jobs/{failed}/retry", form, headers=SAME_SITE, status=303)
+    location = urllib.parse.urlsplit(response.headers["Location"])
+    assert location.path == "/jobs" and "status=failed" in location.query and "notice=" in location.query
+    assert status_of(conn, failed) == "todo"
+    assert "waits to run again" in client.get(response.headers["Location"]).text
+    # `next` names only the jobs pages.
+    response = client.post(
+        "/api/queues/default/pause", {**form, "next": "https://evil.example/"}, headers=SAME_SITE
+    )
+    assert response.headers["Location"].startswith("/jobs?notice=")
+    response = client.post("/api/jobs/rotate_visitor_salts", form, headers=SAME_SITE, status=303)
+    assert statuses(conn, "rotate_visitor_salts") == ["todo"]
+
+
+def test_a_share_link_or_public_mode_reaches_no_action(database_url, pool, conn):
+    failed = make_failed_job(conn)
+    public = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, SHARE_TOKEN=SHARE, PUBLIC_DASHBOARD="true")
+    for path in (f"/api/jobs/{failed}/retry", "/api/queues/default/pause", "/api/jobs/bulk/retry"):
+        public.post(path, status=401)
+        public.post(f"{path}?share={SHARE}", {"csrf": "x"}, headers=SAME_SITE, status=401)
+    public.get("/jobs", status=401)
+    public.get(f"/jobs?share={SHARE}", status=401)
+    public.get(f"/jobs/{failed}", status=401)
+    assert status_of(conn, failed) == "failed"
+    assert conn.execute("SELECT count(*) FROM tally_paused_queues").fetchone()[0] == 0
+
+
+def test_the_jobs_page_filters_pages_by_keyset_and_lists_schedules(client, conn):
+    defer_by_sql(conn, "prune_finished_jobs", count=60)
+    defer_by_sql(conn, "cleanup_old_page_views", count=3)
+    failed = make_failed_job(conn)
+    page = client.get("/jobs", headers=OWNER)
+    ids = [int(found) for found in re.findall(r'data-job-id="(\d+)"', page.text)]
+    assert len(ids) == 50 and ids == sorted(ids, reverse=True) and ids[0] == failed
+    older = page.html.find(id="next-page")["href"]
+    assert "before=" in older
+    rest = [int(found) for found in re.findall(r'data-job-id="(\d+)"', client.get(older, headers=OWNER).text)]
+    assert rest and max(rest) < min(ids) and len(ids) + len(rest) == 64
+
+    only_failed = client.get("/jobs", {"status": "failed"}, headers=OWNER).text
+    assert re.findall(r'data-job-id="(\d+)"', only_failed) == [str(failed)]
+    cleanup = client.get("/jobs", {"task": "cleanup_old_page_views", "queue": "default"}, headers=OWNER).text
+    assert len(re.findall(r'data-job-id="', cleanup)) == 3
+    for bad in ({"status": "lost"}, {"before": "-1"}, {"before": "x"}, {"task": "a\x00b"}):
+        assert "error" in client.get("/jobs", bad, headers=OWNER, status=400).json
+
+    schedules = page.html.find(id="schedules").text
+    for task in (
+        "rollup_page_views",
+        "cleanup_old_page_views",
+        "prune_finished_jobs",
+        "rotate_visitor_salts",
+    ):
+        assert task in schedules
+    assert "never" in schedules
+
+
+def test_a_jobs_page_shows_arguments_events_worker_and_the_traceback(client, conn):
+    failed = make_failed_job(conn)
+    conn.execute(
+        "UPDATE tally_job_errors SET traceback = %s WHERE job_id = %s",
+        ("Traceback (most recent call last):\n  boom", failed),
+    )
+    page = client.get(f"/jobs/{failed}", headers=OWNER)
+    assert page.html.find(id="job-status").text == "failed"
+    assert "RuntimeError: boom" in page.text and "Traceback (most recent call last)" in page.text
+    events = page.html.find(id="events").text
+    assert "deferred" in events and "started" in events and "failed" in events
+    assert page.html.find(id="job-worker").text != "none"
+    assert "{}" in page.html.find(id="job-args").text
+    client.get("/jobs/999999", headers=OWNER, status=404)
+
+
+def test_the_worker_stores_the_traceback(conn):
+    import asyncio
+
+    from jobs.middleware import record_job_errors
+
+    defer_by_sql(conn, "prune_finished_jobs")
+    (job_id,) = conn.execute("SELECT id FROM procrastinate_jobs").fetchone()
+
+    class Context:
+        app = jobs.app
+        job = type("Job", (), {"id": job_id, "attempts": 0})()
+
+    async def failing():
+        raise ValueError("no such thing")
+
+    async def run():
+        async with jobs.app.open_async():
+            with pytest.raises(ValueError):
+                await record_job_errors(failing, Context(), None)
+
+    asyncio.run(run())
+    error, trace = conn.execute("SELECT error, traceback FROM tally_job_errors").fetchone()
+    assert error == "ValueError: no such thing"
+    assert trace.startswith("Traceback") and "in failing" in trace
