@@ -155,8 +155,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# What a started process takes from the caller's shell: the system's variables, never
+# Tally's (a PUBLIC_DASHBOARD=true or a SITES in the shell once failed the browser tests).
+INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TMPDIR", "TERM", "SHELL")
+
+
+def process_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A started process's environment, from scratch: the system's, the test database, `env`."""
+    system = {
+        name: value
+        for name, value in os.environ.items()
+        if name in INHERITED_VARIABLES or name.startswith("LC_")
+    }
+    return {**system, "DATABASE_URL": os.environ["DATABASE_URL"], "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
 class Process:
     """An entry file run as a subprocess, its output collected line by line in a file.
+
+    Its environment is built from scratch (`process_environment`): every Tally variable it
+    sees is one the test passed, whatever the caller's shell holds.
 
     >>> with Process(["worker.py"], env={"WORKER_CONCURRENCY": "2"}) as worker:
     ...     worker.wait_for_line("Starting worker")
@@ -166,7 +184,7 @@ class Process:
         self.args = args
         # Kept open for the life of the process; closed in stop().
         self.log = tempfile.NamedTemporaryFile("w+", prefix="tally-proc-", suffix=".log", delete=False)  # noqa: SIM115
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = process_environment(env)
         command = args if args[0].startswith("/") else [sys.executable, *args]  # an entry file, or a program
         self.popen = subprocess.Popen(
             command,

@@ -1,0 +1,73 @@
+"""Pausing and resuming a queue with real workers (`python worker.py` and the procrastinate
+CLI worker): a paused queue's jobs wait while other queues run, resuming starts them at
+once by NOTIFY (the workers poll every 120 s here), and a pause survives restarts."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tests.conftest import VENV_BIN, wait_until
+from tests.test_web import make_client
+
+TOKEN = "pause-owner-token"
+OWNER = {"Authorization": f"Bearer {TOKEN}"}
+SLOW_POLL = {"POLL_INTERVAL_SECONDS": "120"}
+
+
+def defer_to(conn: psycopg.Connection, queue: str, task: str = "prune_finished_jobs") -> int:
+    """One job of `task` on `queue`, through procrastinate's own SQL (its NOTIFY included)."""
+    return conn.execute(
+        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, NULL, NULL, '{}'::jsonb, NULL)"
+        "::procrastinate_job_to_defer_v1]))",
+        (queue, task),
+    ).fetchone()[0]
+
+
+def status(conn: psycopg.Connection, job_id: int) -> str:
+    return conn.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job_id,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("worker_command", ["worker.py", "cli"])
+def test_a_paused_queue_waits_and_runs_within_a_second_of_resume(
+    start_process, conn, database_url, pool, worker_command
+):
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN)
+    args = (
+        ["worker.py"]
+        if worker_command == "worker.py"
+        else [str(VENV_BIN / "procrastinate"), "--app=jobs.app", "worker"]
+    )
+    worker = start_process(args, SLOW_POLL)
+    worker.wait_for_line("Starting worker")
+    warm_up = defer_to(conn, "other")  # the first job may be found by the start-up fetch
+    wait_until(lambda: status(conn, warm_up) == "succeeded", 60, message="warm-up job")
+
+    client.post("/api/queues/reports/pause", headers=OWNER, status=200)
+    held = defer_to(conn, "reports")
+    after = defer_to(conn, "other")  # deferred later: the worker has looked past `held` once it ran
+    wait_until(lambda: status(conn, after) == "succeeded", 10, message="the other queue's job")
+    assert status(conn, held) == "todo"
+
+    resumed_at = time.monotonic()
+    client.post("/api/queues/reports/resume", headers=OWNER, status=200)
+    wait_until(lambda: status(conn, held) == "succeeded", 10, 0.005, message="the resumed queue's job")
+    ran_in = time.monotonic() - resumed_at
+    print(f"resume -> paused job succeeded in {ran_in * 1000:.0f} ms (polling every 120 s)")
+    assert ran_in < 1.0
+
+
+def test_a_pause_survives_a_worker_restart(start_process, conn, database_url, pool):
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN)
+    client.post("/api/queues/reports/pause", headers=OWNER, status=200)
+    held = defer_to(conn, "reports")
+    worker = start_process(["worker.py"], SLOW_POLL)
+    worker.wait_for_line("Starting worker")
+    after = defer_to(conn, "other")
+    wait_until(lambda: status(conn, after) == "succeeded", 60, message="the other queue's job")
+    assert status(conn, held) == "todo"
+    worker.stop()
+    assert status(conn, held) == "todo"
+    assert client.get("/api/health").json["paused_queues"][0]["queue"] == "reports"
