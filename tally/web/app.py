@@ -32,6 +32,7 @@ from tally.web import (
     routes_health,
     routes_jobs,
     routes_jobs_page,
+    routes_openapi,
     routes_stats,
 )
 from tally.web.auth import Auth
@@ -72,6 +73,7 @@ def build_app(
     routes_collect.register(app, config, writer, collector, metrics)
     routes_jobs.register(app, pool, auth, jobs_app)
     routes_jobs_page.register(app, config, pool, auth)
+    routes_openapi.register(app)
 
     app.default_error_handler = error_as_json
     return app

@@ -1,0 +1,393 @@
+"""The OpenAPI 3.1 description of every route, served at GET /api/openapi.json.
+
+Kept equal to the app's routes by tests/test_openapi.py (every route here, nothing more),
+checked by openapi-spec-validator, and fuzzed by Schemathesis against a live web.py.
+
+To add a query parameter to a route, add its name to the route's `params` below (and,
+if it is new, one line to PARAMETERS). To add a route, add one `operation(...)` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tally.web.openapi_parts import (
+    BACK_TO_PAGE,
+    CHANGES,
+    ERRORS,
+    FORM,
+    HTML,
+    JSON,
+    METRICS,
+    OBJECT,
+    OWNER,
+    PAGE_REFUSED,
+    PUBLIC,
+    SCHEMAS,
+    SECURITY_SCHEMES,
+    SHARED,
+    json_body,
+    path,
+    query,
+    ref,
+    text_body,
+)
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 128}
+# Every query parameter of every route, by name: a route lists the names it takes.
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "days": query(
+        "days", {"type": "integer", "minimum": 1, "maximum": 366}, "Days in the window, today included (30)."
+    ),
+    "site": query("site", {"type": "string"}, "One site's host name; absent or empty: every site."),
+    "tz": query("tz", {"type": "string"}, "IANA time zone in which days count (TIMEZONE)."),
+    "share": query("share", {"type": "string"}, "A share link's token (SHARE_TOKEN): read-only numbers."),
+    "status": query(
+        "status",
+        {"enum": ["todo", "doing", "succeeded", "failed", "cancelled", "aborted", ""]},
+        "Only jobs in this status.",
+    ),
+    "task": query("task", NAME, "Only jobs of this task."),
+    "queue": query("queue", NAME, "Only jobs of this queue."),
+    "before": query(
+        "before", {"type": "integer", "minimum": 1}, "The next page: jobs with smaller ids (keyset)."
+    ),
+    "notice": query(
+        "notice", {"type": "string", "maxLength": 300}, "What the last action did, shown on the page."
+    ),
+}
+JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
+TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
+QUEUE = path("name", {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,40}$"}, "A queue's name.")
+
+
+def operation(
+    method: str,
+    route: str,
+    name: str,
+    summary: str,
+    security: list[dict[str, list[str]]],
+    responses: dict[str, Any],
+    params: tuple[str, ...] = (),
+    path_params: tuple[dict[str, Any], ...] = (),
+    body: dict[str, Any] | None = None,
+    errors: tuple[str, ...] = (),
+) -> tuple[str, str, dict[str, Any]]:
+    """One route: `params` name entries of PARAMETERS, `errors` keys of ERRORS."""
+    answer: dict[str, Any] = {
+        "operationId": name,
+        "summary": summary,
+        "security": security,
+        "parameters": [*path_params, *(PARAMETERS[param] for param in params)],
+        "responses": {**responses, **{status: ERRORS[status] for status in errors}},
+    }
+    if body is not None:
+        answer["requestBody"] = body
+    return route, method, answer
+
+
+OWNER_ERRORS = ("401", "403", "429", "503")
+CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
+STATS_PARAMS = ("days", "site", "tz")
+JOB_FILTERS = ("status", "task", "queue")
+OPERATIONS = [
+    operation(
+        "get",
+        "/",
+        "show_dashboard",
+        "The dashboard (HTML).",
+        SHARED,
+        {"200": text_body(HTML, "The dashboard."), **PAGE_REFUSED},
+        (*STATS_PARAMS, "share"),
+        errors=("400", "503"),
+    ),
+    operation(
+        "get",
+        "/login",
+        "show_login",
+        "The owner's login form.",
+        PUBLIC,
+        {"200": text_body(HTML, "The form.")},
+    ),
+    operation(
+        "post",
+        "/login",
+        "log_in",
+        "Log in with the admin token (form field `token`).",
+        PUBLIC,
+        {
+            "303": {"description": "Logged in: to the dashboard."},
+            **{
+                status: text_body(HTML, "The form, saying why not.")
+                for status in ("400", "401", "403", "413", "429")
+            },
+        },
+        body={
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
+                }
+            },
+        },
+    ),
+    operation(
+        "post",
+        "/logout",
+        "log_out",
+        "End the session (form field `csrf`).",
+        PUBLIC,
+        {
+            "303": {"description": "Logged out."},
+            **{status: text_body(HTML, "Why not.") for status in ("403", "413")},
+        },
+        body=FORM,
+    ),
+    operation(
+        "get",
+        "/api/health",
+        "health",
+        "Database, workers, clock, rollup lag, paused queues.",
+        PUBLIC,
+        {"200": json_body("Health", "Healthy."), "503": json_body("Health", "The database is unreachable.")},
+    ),
+    operation(
+        "post",
+        "/api/pageviews",
+        "record_page_views",
+        "Store a view or a batch of views.",
+        PUBLIC,
+        {"201": json_body("Stored", "Stored.")},
+        body={
+            "required": True,
+            "content": {
+                JSON: {
+                    "schema": {
+                        "oneOf": [
+                            ref("PageView"),
+                            {"type": "array", "items": ref("PageView"), "maxItems": 1000},
+                        ]
+                    }
+                }
+            },
+        },
+        errors=("400", "403", "413", "415", "503"),
+    ),
+    operation(
+        "get",
+        "/api/stats",
+        "show_stats",
+        "Views and visitors per day, top lists.",
+        SHARED,
+        {"200": json_body("Stats", "The window's numbers.")},
+        (*STATS_PARAMS, "share"),
+        errors=("400", *OWNER_ERRORS),
+    ),
+    operation(
+        "get",
+        "/api/sites",
+        "show_sites",
+        "Sites with views over the last 30 days.",
+        OWNER,
+        {"200": json_body("Sites", "The sites.")},
+        errors=OWNER_ERRORS,
+    ),
+    operation(
+        "get",
+        "/api/export",
+        "export_daily_paths",
+        "Views and visitors per day and path, as CSV.",
+        OWNER,
+        {"200": text_body("text/csv", "day,path,views,visitors")},
+        STATS_PARAMS,
+        errors=("400", *OWNER_ERRORS),
+    ),
+    operation(
+        "get",
+        "/tally.js",
+        "serve_tracker",
+        "The tracker script.",
+        PUBLIC,
+        {"200": text_body("text/javascript", "The script."), "304": {"description": "Not modified."}},
+    ),
+    operation(
+        "options",
+        "/api/collect",
+        "allow_collect_from_any_origin",
+        "CORS preflight of the tracker.",
+        PUBLIC,
+        {"204": {"description": "Any origin may post views."}},
+    ),
+    operation(
+        "post",
+        "/api/collect",
+        "collect_page_view",
+        "The tracker's beacon.",
+        PUBLIC,
+        {"201": json_body(OBJECT, "Stored."), "202": json_body(OBJECT, "A crawler: counted, not stored.")},
+        body={
+            "required": True,
+            "content": {JSON: {"schema": ref("Beacon")}, "text/plain": {"schema": {"type": "string"}}},
+        },
+        errors=("400", "403", "413", "415", "503"),
+    ),
+    operation(
+        "get",
+        "/metrics",
+        "show_metrics",
+        "Prometheus metrics.",
+        METRICS,
+        {"200": text_body("text/plain", "Prometheus text format.")},
+        errors=("401", "403", "429"),
+    ),
+    operation(
+        "get",
+        "/api/jobs",
+        "show_queue",
+        "The queue: counts, oldest waiting job, last failures.",
+        OWNER,
+        {"200": json_body("Queue", "The summary.")},
+        errors=OWNER_ERRORS,
+    ),
+    operation(
+        "get",
+        "/api/jobs/{job}",
+        "show_job",
+        "One job.",
+        OWNER,
+        {"200": json_body("Job", "The job.")},
+        path_params=(JOB_ID,),
+        errors=("404", *OWNER_ERRORS),
+    ),
+    operation(
+        "post",
+        "/api/jobs/{job}",
+        "defer_job",
+        "Defer a task's job, with no arguments.",
+        CHANGES,
+        {"202": json_body("JobAction", "Deferred."), **BACK_TO_PAGE},
+        path_params=(TASK,),
+        body=FORM,
+        errors=CHANGE_ERRORS,
+    ),
+    operation(
+        "post",
+        "/api/jobs/{job}/retry",
+        "retry_failed_job",
+        "Retry a failed or cancelled job.",
+        CHANGES,
+        {"202": json_body("JobAction", "Waiting to run."), **BACK_TO_PAGE},
+        path_params=(JOB_ID,),
+        body=FORM,
+        errors=CHANGE_ERRORS,
+    ),
+    operation(
+        "post",
+        "/api/jobs/{job}/cancel",
+        "cancel_job",
+        "Cancel a waiting job, abort a running one.",
+        CHANGES,
+        {
+            "200": json_body("JobAction", "Cancelled."),
+            "202": json_body("JobAction", "Asked to abort."),
+            **BACK_TO_PAGE,
+        },
+        path_params=(JOB_ID,),
+        body=FORM,
+        errors=CHANGE_ERRORS,
+    ),
+    operation(
+        "post",
+        "/api/jobs/bulk/retry",
+        "retry_matching_jobs",
+        "Retry a filter's failed and cancelled jobs.",
+        CHANGES,
+        {"202": json_body("BulkAction", "Retried (at most `limit`)."), **BACK_TO_PAGE},
+        JOB_FILTERS,
+        body=FORM,
+        errors=("400", *CHANGE_ERRORS),
+    ),
+    operation(
+        "post",
+        "/api/jobs/bulk/cancel",
+        "cancel_matching_jobs",
+        "Cancel a filter's waiting and running jobs.",
+        CHANGES,
+        {"202": json_body("BulkAction", "Cancelled (at most `limit`)."), **BACK_TO_PAGE},
+        JOB_FILTERS,
+        body=FORM,
+        errors=("400", *CHANGE_ERRORS),
+    ),
+    operation(
+        "post",
+        "/api/queues/{name}/pause",
+        "pause_queue",
+        "Pause a queue: no worker starts its jobs.",
+        CHANGES,
+        {"200": json_body("QueueState", "Paused."), **BACK_TO_PAGE},
+        path_params=(QUEUE,),
+        body=FORM,
+        errors=("400", *CHANGE_ERRORS),
+    ),
+    operation(
+        "post",
+        "/api/queues/{name}/resume",
+        "resume_queue",
+        "Resume a queue; workers start its jobs at once.",
+        CHANGES,
+        {"200": json_body("QueueState", "Running."), **BACK_TO_PAGE},
+        path_params=(QUEUE,),
+        body=FORM,
+        errors=("400", *CHANGE_ERRORS),
+    ),
+    operation(
+        "get",
+        "/jobs",
+        "show_jobs_page",
+        "The jobs page: queues, schedules, jobs by filter (HTML).",
+        OWNER,
+        {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
+        (*JOB_FILTERS, "before", "notice"),
+        errors=("400", "503"),
+    ),
+    operation(
+        "get",
+        "/jobs/{job}",
+        "show_job_page",
+        "A job's page: arguments, events, errors (HTML).",
+        OWNER,
+        {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
+        ("notice",),
+        path_params=(JOB_ID,),
+        errors=("404", "503"),
+    ),
+    operation(
+        "get",
+        "/api/openapi.json",
+        "show_openapi",
+        "This document.",
+        PUBLIC,
+        {"200": json_body(OBJECT, "OpenAPI 3.1.")},
+    ),
+]
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route, method, details in OPERATIONS:
+        paths.setdefault(route, {})[method] = details
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tally",
+            "version": "1",
+            "description": "Page-view analytics: collect views, read stats, run the job queue. "
+            'Errors are JSON {"error": sentence}.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+    }

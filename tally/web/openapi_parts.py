@@ -1,0 +1,180 @@
+"""The pieces of the OpenAPI document (tally/web/openapi.py): body schemas, errors, who may call.
+
+The routes themselves, and their parameters, are listed in tally/web/openapi.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+HTML = "text/html"
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+
+def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+OBJECT = {"type": "object"}
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+DAY_ROWS = {"type": "array", "items": {"type": "object"}}
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": ERROR_SCHEMA,
+    "Stats": {
+        "type": "object",
+        "required": ["total_views", "visitors", "views_last_24h", "daily", "top_paths", "retention_days"],
+        "properties": {
+            "total_views": {"type": "integer"},
+            "visitors": {"type": "integer"},
+            "views_last_24h": {"type": "integer"},
+            "daily": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["day", "views", "visitors"],
+                    "properties": {
+                        "day": {"type": "string"},
+                        "views": {"type": "integer"},
+                        "visitors": {"type": "integer"},
+                    },
+                },
+            },
+            "top_paths": DAY_ROWS,
+            "top_referrers": DAY_ROWS,
+            "top_sources": DAY_ROWS,
+            "retention_days": {"type": "integer"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "database": {"type": "string"},
+            "workers_alive": {"type": "integer"},
+            "worker_heartbeat_age_seconds": NUMBER_OR_NULL,
+            "clock_last_defer_age_seconds": NUMBER_OR_NULL,
+            "rollup_age_seconds": NUMBER_OR_NULL,
+            "rollup_views_waiting": {"type": ["integer", "null"]},
+            "paused_queues": {
+                "type": "array",
+                "items": {"type": "object", "required": ["queue", "paused_at"]},
+            },
+        },
+    },
+    "Stored": {"type": "object", "required": ["stored"], "properties": {"stored": {"type": "integer"}}},
+    "Sites": {"type": "object", "required": ["days", "sites"], "properties": {"sites": DAY_ROWS}},
+    "Queue": {"type": "object", "required": ["by_status", "by_task", "recent_failures"]},
+    "Job": {"type": "object", "required": ["id", "task", "status", "attempts", "queue"]},
+    "JobAction": {"type": "object", "required": ["job_id"], "properties": {"job_id": {"type": "integer"}}},
+    "BulkAction": {"type": "object", "required": ["limit"], "properties": {"limit": {"type": "integer"}}},
+    "QueueState": {
+        "type": "object",
+        "required": ["queue", "paused"],
+        "properties": {"queue": {"type": "string"}, "paused": {"type": "boolean"}},
+    },
+    "PageView": {
+        "type": "object",
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "pattern": "^/[!-~]*$", "maxLength": 2048},
+            "referrer": {"type": "string"},
+            "site": {"type": "string"},
+        },
+    },
+    "Beacon": {
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string", "format": "uri", "pattern": "^https?://[a-z0-9.-]+/"},
+            "referrer": {"type": "string"},
+        },
+    },
+}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(schema: str | dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {JSON: {"schema": ref(schema) if isinstance(schema, str) else schema}},
+    }
+
+
+def text_body(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+def error(description: str) -> dict[str, Any]:
+    return json_body("Error", description)
+
+
+ERRORS = {
+    "400": error("A parameter or the body is not valid."),
+    "401": error("No credential that this route takes."),
+    "403": error("A wrong token, or nothing configured that opens this route."),
+    "404": error("Nothing at this address."),
+    "409": error("The job or the filter is in a state that does not allow this."),
+    "413": error("The body is too large."),
+    "415": error("The body's media type is not the one this route takes."),
+    "429": error("Too many wrong tokens from this client: wait for Retry-After seconds."),
+    "503": error("The database is unreachable or not migrated."),
+}
+PAGE_REFUSED = {
+    "401": text_body(HTML, "The login form."),
+    "403": text_body(HTML, "Why nothing opens it."),
+    "429": text_body(HTML, "Too many wrong tokens."),
+}
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN: the owner."},
+    "metricsBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "METRICS_TOKEN: /metrics only.",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "tally_session",
+        "description": "The owner's login session; changes also need the form's `csrf` field "
+        "and an Origin (or Referer) of Tally's own host.",
+    },
+    "shareLink": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "share",
+        "description": "SHARE_TOKEN.",
+    },
+}
+# Who may call a route (tally/web/auth.py), as OpenAPI security requirements.
+OWNER = [{"bearer": []}, {"session": []}]
+SHARED = [*OWNER, {"shareLink": []}, {}]  # {}: anyone with PUBLIC_DASHBOARD=true
+METRICS = [{"bearer": []}, {"metricsBearer": []}, {"session": []}]
+CHANGES = [{"bearer": []}, {"session": []}]  # the session with the form's CSRF token
+PUBLIC: list[dict[str, list[str]]] = [{}]
+FORM = {
+    "required": False,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "csrf": {
+                        "type": "string",
+                        "description": "The session's CSRF token (the page's forms carry it).",
+                    },
+                    "next": {"type": "string", "description": "The jobs page to go back to (303)."},
+                },
+            }
+        }
+    },
+}
+BACK_TO_PAGE = {"303": {"description": "From the page's form: back to `next` with the outcome as ?notice=."}}

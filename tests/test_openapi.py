@@ -1,0 +1,97 @@
+"""GET /api/openapi.json: a valid OpenAPI 3.1 document of exactly the app's routes, and a
+Schemathesis run driven by it against a live `python web.py` that finds no 5xx and no
+answer the document does not allow."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+from openapi_spec_validator import validate
+
+import jobs
+from tally.config import from_env
+from tally.web.app import build_app
+from tests.conftest import VENV_BIN, free_port, process_environment
+from tests.test_web import make_client
+
+TOKEN = "openapi-owner-token"
+METHODS = {"get", "post", "put", "patch", "delete", "options", "head"}
+# Per operation; the run stays far under a minute on a busy 2-core machine.
+MAX_EXAMPLES = 12
+
+
+def normalized(route: str) -> str:
+    """/api/jobs/<job_id:int>/retry and /api/jobs/{job}/retry both as /api/jobs/{}/retry."""
+    return re.sub(r"<[^>]+>|\{[^}]+\}", "{}", route)
+
+
+def test_the_document_is_valid_openapi_3_1(database_url, pool):
+    document = make_client(database_url, pool).get("/api/openapi.json", status=200).json
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert schemes["session"]["in"] == "cookie" and schemes["shareLink"]["in"] == "query"
+
+
+def test_every_route_of_the_app_is_in_the_document_and_the_reverse(database_url, pool):
+    app = build_app(from_env({"DATABASE_URL": database_url}, process_type="web"), pool, jobs.app)
+    in_app = {(route.method.lower(), normalized(route.rule)) for route in app.routes}
+    document = make_client(database_url, pool).get("/api/openapi.json").json
+    in_document = {
+        (method, normalized(path))
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in METHODS
+    }
+    assert in_app - in_document == set(), "routes missing from the document"
+    assert in_document - in_app == set(), "operations in the document that the app lacks"
+    names = {route.callback.__name__ for route in app.routes}
+    ids = {op["operationId"] for ops in document["paths"].values() for op in ops.values()}
+    assert ids <= names  # each operationId is the route function's name
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(start_process, tmp_path):
+    port = free_port()
+    env = {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": "openapi-share", "WEB_THREADS": "4"}
+    web = start_process(["web.py"], env)
+    web.wait_for_line("Serving on")
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "schemathesis"),
+            "run",
+            f"http://127.0.0.1:{port}/api/openapi.json",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            "20",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "10",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",
+            "--max-redirects",
+            "0",
+            "--no-color",
+        ],
+        env=process_environment({"SCHEMATHESIS_HOOKS": ""}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - started
+    print(f"schemathesis: {took:.1f} s\n{result.stdout[-1500:]}")
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert "Traceback" not in web.output() and " 500 " not in web.output()
+    assert took < 60
