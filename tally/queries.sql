@@ -401,14 +401,15 @@ SELECT queue_name AS queue, paused_at FROM tally_paused_queues ORDER BY paused_a
 
 -- retry_job --
 -- Queue a failed or cancelled job again, at once, and wake the workers as a new job would.
+-- `attempts` stays: procrastinate counted the failed attempt when it finished (its own
+-- procrastinate_retry_job_v2 would count a failed job's last attempt a second time).
 WITH target AS (
     SELECT id, status FROM procrastinate_jobs
      WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
        FOR UPDATE
 ), retried AS (
     UPDATE procrastinate_jobs job
-       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL,
-           attempts = job.attempts + CASE WHEN target.status = 'failed' THEN 1 ELSE 0 END
+       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL
       FROM target
      WHERE job.id = target.id
  RETURNING job.id, job.queue_name, target.status::text AS was
@@ -434,8 +435,7 @@ WITH target AS (
        FOR UPDATE SKIP LOCKED
 ), retried AS (
     UPDATE procrastinate_jobs job
-       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL,
-           attempts = job.attempts + CASE WHEN target.status = 'failed' THEN 1 ELSE 0 END
+       SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL
       FROM target
      WHERE job.id = target.id
  RETURNING job.id, job.queue_name, target.status::text AS was
@@ -466,9 +466,11 @@ SELECT count(procrastinate_cancel_job_v1(id, true, false)) AS cancelled
 -- list_jobs --
 -- One page of jobs, newest first, after the id `before` (keyset: no OFFSET), by status, task and queue.
 SELECT job.id, job.task_name AS task, job.status::text AS status, job.queue_name AS queue, job.attempts,
-       job.scheduled_at, job.worker_id, job.abort_requested,
-       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id) AS last_event_at
+       job.scheduled_at, job.worker_id, job.abort_requested, last.type AS last_event, last.at AS last_event_at
   FROM procrastinate_jobs job
+  LEFT JOIN LATERAL (
+      SELECT type::text AS type, at FROM procrastinate_events WHERE job_id = job.id ORDER BY id DESC LIMIT 1
+  ) last ON true
  WHERE (%(status)s::procrastinate_job_status IS NULL OR job.status = %(status)s)
    AND (%(task)s::varchar IS NULL OR job.task_name = %(task)s)
    AND (%(queue)s::varchar IS NULL OR job.queue_name = %(queue)s)

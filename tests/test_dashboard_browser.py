@@ -105,8 +105,13 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
     assert problems == []
 
 
-def watch(page, problems: list[str]) -> None:
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+def watch(page, problems: list[str], with_address: bool = False) -> None:
+    def console(message) -> None:
+        if message.type == "error":
+            address = message.location.get("url", "") if with_address else ""
+            problems.append(f"{message.text} {address}".strip())
+
+    page.on("console", console)
     page.on("pageerror", lambda error: problems.append(str(error)))
 
 

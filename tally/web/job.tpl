@@ -37,6 +37,7 @@
       <tr><th>Lock</th><td>{{job['lock'] or ''}}</td></tr>
       <tr><th>Priority</th><td>{{job['priority']}}</td></tr>
       <tr><th>Scheduled</th><td>{{job['scheduled_at'] or ''}}</td></tr>
+      <tr><th>Times in</th><td>{{zone}}</td></tr>
       <tr><th>Arguments</th><td><pre id="job-args">{{args}}</pre></td></tr>
     </table>
     % if job['status'] in ('failed', 'cancelled'):
@@ -50,7 +51,7 @@
     <table id="events">
       <tr><th>When</th><th>Event</th></tr>
       % for event in events:
-      <tr><td>{{event['at']}}</td><td>{{event['type']}}</td></tr>
+      <tr><td>{{when(event['at'])}}</td><td>{{event['type']}}</td></tr>
       % end
     </table>
   </section>
@@ -59,7 +60,7 @@
     <table id="errors">
       <tr><th>Attempt</th><th>When</th><th>Error</th></tr>
       % for error in errors:
-      <tr><td>{{error['attempt']}}</td><td>{{error['failed_at']}}</td><td><b class="failed">{{error['error']}}</b>
+      <tr><td>{{error['attempt']}}</td><td>{{when(error['failed_at'])}}</td><td><b class="failed">{{error['error']}}</b>
         % if error['traceback']:
         <pre class="traceback">{{error['traceback']}}</pre>
         % end

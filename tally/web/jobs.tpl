@@ -39,7 +39,7 @@
       <tr data-queue="{{queue}}" data-paused="{{'true' if queue in paused else 'false'}}">
         <td><a href="/jobs?queue={{quote(queue)}}">{{queue}}</a></td>
         % if queue in paused:
-        <td class="paused">paused since {{paused[queue]}}</td>
+        <td class="paused">paused since {{when(paused[queue])}}</td>
         <td><form class="inline resume-form" method="post" action="/api/queues/{{quote(queue)}}/resume"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Resume</button></form></td>
         % else:
         <td>running</td>
@@ -58,8 +58,8 @@
       % for row in schedules:
       <tr data-task="{{row['task']}}">
         <td>{{row['task']}}</td><td><code>{{row['cron']}}</code></td>
-        <td class="next-run">{{row['next_run'].strftime('%Y-%m-%d %H:%M:%S %Z')}}</td>
-        <td>{{row['last_deferred_at'].strftime('%Y-%m-%d %H:%M:%S %Z') if row['last_deferred_at'] else 'never'}}</td>
+        <td class="next-run">{{when(row['next_run'])}}</td>
+        <td>{{when(row['last_deferred_at']) or 'never'}}</td>
         <td class="{{'failed' if row['last_status'] == 'failed' else ''}}">
           % if row['last_job_id']:
           <a href="/jobs/{{row['last_job_id']}}">{{row['last_status']}}</a>
@@ -103,7 +103,7 @@
       <tr data-job-id="{{job['id']}}" data-status="{{job['status']}}">
         <td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td>
         <td class="{{'failed' if job['status'] == 'failed' else ''}}">{{job['status']}}{{' (abort requested)' if job['abort_requested'] and job['status'] == 'doing' else ''}}</td>
-        <td>{{job['queue']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['last_event_at'] or ''}}</td>
+        <td>{{job['queue']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['last_event'] or ''}} {{when(job['last_event_at'])}}</td>
         <td>
           % if job['status'] in ('failed', 'cancelled'):
           <form class="inline retry-form" method="post" action="/api/jobs/{{job['id']}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry</button></form>

@@ -41,6 +41,16 @@ def _rows(conn: psycopg.Connection, name: str, **params: Any) -> list[dict[str, 
         return cur.fetchall()
 
 
+def time_shown(zone: str):
+    """How the pages write a time: in the owner's zone, to the second; '' for None."""
+    tz = zoneinfo.ZoneInfo(zone)
+
+    def when(value: datetime.datetime | None) -> str:
+        return "" if value is None else value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    return when
+
+
 def page_address(filters: dict[str, str | None], before: int | None = None) -> str:
     """/jobs with these filters (and page), as a link or a form's `next`."""
     parameters = {name: value for name, value in filters.items() if value}
@@ -111,11 +121,12 @@ def render_list(
         next_page=page_address(filters, jobs[-1]["id"]) if more else None,
         first_page=page_address(filters) if before is not None else None,
         quote=urllib.parse.quote,
+        when=time_shown(zone),
     )
 
 
 def render_job(
-    pool: psycopg_pool.ConnectionPool, job_id: int, *, csrf: str | None, notice: str | None
+    pool: psycopg_pool.ConnectionPool, job_id: int, *, zone: str, csrf: str | None, notice: str | None
 ) -> str | None:
     """A job's page: arguments, attempts, every event, its worker, its errors; None if no such job."""
     with pool.connection() as conn:
@@ -132,5 +143,6 @@ def render_job(
         csrf=csrf,
         notice=notice,
         here=f"/jobs/{job_id}",
-        quote=urllib.parse.quote,
+        zone=zone,
+        when=time_shown(zone),
     )

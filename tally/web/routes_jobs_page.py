@@ -49,7 +49,9 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
     @database_unavailable
     def show_job_page(job_id: int):
         """Render a job's page: arguments, attempts, events, worker, errors with tracebacks."""
-        page = jobs_page.render_job(pool, job_id, csrf=auth.csrf_token(), notice=_notice())
+        page = jobs_page.render_job(
+            pool, job_id, zone=config.timezone, csrf=auth.csrf_token(), notice=_notice()
+        )
         if page is None:
             return json_error(404, f"There is no job {job_id}.")
         for name, value in jobs_page.HEADERS.items():
