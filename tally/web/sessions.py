@@ -4,8 +4,8 @@ The cookie is JSON signed with HMAC-SHA256 (itsdangerous; never bottle's `secret
 pickles) under a key derived from ADMIN_TOKEN, so changing the token ends every session. It
 holds no token, only a random value the logout form must send back. It is HttpOnly,
 SameSite=Lax, Secure when the request came over HTTPS (X-Forwarded-Proto), and expires
-after SESSION_SECONDS. Lax, not Strict: the cookie opens reads only (every change needs
-the bearer token) and logout checks its origin and that value; Lax lets a link to the
+after SESSION_SECONDS. Lax, not Strict: the cookie alone changes nothing (logout and the
+jobs page's actions check their origin and that value, the CSRF token); Lax lets a link to the
 dashboard from mail or chat open it logged in, where Strict would show the login form to
 an owner who is logged in.
 
