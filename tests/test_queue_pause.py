@@ -4,6 +4,7 @@ once by NOTIFY (the workers poll every 120 s here), and a pause survives restart
 
 from __future__ import annotations
 
+import re
 import time
 
 import psycopg
@@ -71,3 +72,36 @@ def test_a_pause_survives_a_worker_restart(start_process, conn, database_url, po
     worker.stop()
     assert status(conn, held) == "todo"
     assert client.get("/api/health").json["paused_queues"][0]["queue"] == "reports"
+
+
+def function_body(conn: psycopg.Connection, name: str) -> str:
+    (source,) = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = %s", (name,)).fetchone()
+    without_comments = re.sub(r"--[^\n]*", "", source)
+    return " ".join(without_comments.split())
+
+
+def test_tallys_fetch_is_procrastinates_plus_the_paused_queues(conn):
+    """After a procrastinate upgrade, this says whether tally_fetch_job_v1 still copies it."""
+    pause = (
+        " AND NOT EXISTS (SELECT 1 FROM tally_paused_queues paused WHERE paused.queue_name = jobs.queue_name)"
+    )
+    tally = function_body(conn, "tally_fetch_job_v1")
+    assert pause in tally
+    assert tally.replace(pause, "") == function_body(conn, "procrastinate_fetch_job_v2")
+
+
+def test_the_connector_refuses_a_procrastinate_that_fetches_otherwise(monkeypatch):
+    from procrastinate import sql as procrastinate_sql
+
+    from tally import db
+    from tally.config import from_env
+
+    settings = from_env({"DATABASE_URL": "postgresql:///unused"}, process_type="worker")
+    db.procrastinate_connector(settings)  # the installed procrastinate: accepted
+    changed = {
+        **procrastinate_sql.queries,
+        "fetch_job": "SELECT * FROM procrastinate_fetch_job_v3(%(queues)s)",
+    }
+    monkeypatch.setattr(procrastinate_sql, "queries", changed)
+    with pytest.raises(db.ProcrastinateChanged):
+        db.procrastinate_connector(settings)
