@@ -33,6 +33,7 @@ async def record_job_errors(call_next, context: JobContext, worker) -> Any:
                 attempt=context.job.attempts + 1,
                 error=text,
                 traceback=trace,
+                worker=context.worker_name,
             )
         except Exception as storing_error:
             logger.warning("could not record the error of job %s: %r", context.job.id, storing_error)

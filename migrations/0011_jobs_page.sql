@@ -7,6 +7,8 @@ CREATE INDEX tally_jobs_status_id_idx ON procrastinate_jobs (status, id);
 CREATE INDEX tally_jobs_task_id_idx ON procrastinate_jobs (task_name, id);
 CREATE INDEX tally_jobs_queue_id_idx ON procrastinate_jobs (queue_name, id);
 
--- The job page shows the last error with its traceback: the worker's error middleware
--- stores it beside the one-line error (NULL for errors recorded before this migration).
-ALTER TABLE tally_job_errors ADD COLUMN traceback text;
+-- The job page shows each error with its traceback and the worker it happened on: the
+-- worker's error middleware stores them beside the one-line error (NULL for errors
+-- recorded before this migration). The worker, because procrastinate forgets it: a
+-- stopped worker's row is deleted, and its jobs' worker_id set to NULL.
+ALTER TABLE tally_job_errors ADD COLUMN traceback text, ADD COLUMN worker text;

@@ -280,8 +280,8 @@ SELECT (SELECT count(*) FROM made) AS made, (SELECT count(*) FROM deleted) AS de
 
 -- record_job_error --
 -- Keep why a job attempt failed.
-INSERT INTO tally_job_errors (job_id, attempt, error, traceback)
-VALUES (%(job_id)s, %(attempt)s, %(error)s, %(traceback)s)
+INSERT INTO tally_job_errors (job_id, attempt, error, traceback, worker)
+VALUES (%(job_id)s, %(attempt)s, %(error)s, %(traceback)s, %(worker)s)
 
 -- job_counts --
 -- Jobs by task and status.
@@ -504,7 +504,7 @@ SELECT type::text AS type, at FROM procrastinate_events WHERE job_id = %(job_id)
 
 -- job_errors --
 -- Every recorded error of a job, newest first, with its traceback.
-SELECT attempt, error, traceback, failed_at FROM tally_job_errors WHERE job_id = %(job_id)s ORDER BY id DESC
+SELECT attempt, error, traceback, worker, failed_at FROM tally_job_errors WHERE job_id = %(job_id)s ORDER BY id DESC
 
 -- last_periodic_defers --
 -- The last deferral of each periodic task named, with its job's status.

@@ -203,6 +203,7 @@ def test_the_worker_stores_the_traceback(conn):
 
     class Context:
         app = jobs.app
+        worker_name = "worker.3"
         job = type("Job", (), {"id": job_id, "attempts": 0})()
 
     async def failing():
@@ -214,6 +215,23 @@ def test_the_worker_stores_the_traceback(conn):
                 await record_job_errors(failing, Context(), None)
 
     asyncio.run(run())
-    error, trace = conn.execute("SELECT error, traceback FROM tally_job_errors").fetchone()
-    assert error == "ValueError: no such thing"
+    error, trace, worker = conn.execute("SELECT error, traceback, worker FROM tally_job_errors").fetchone()
+    assert error == "ValueError: no such thing" and worker == "worker.3"
     assert trace.startswith("Traceback") and "in failing" in trace
+
+
+def test_schedules_show_next_run_and_last_deferral_in_the_owners_zone(database_url, pool, conn):
+    client = make_client(
+        database_url, pool, ADMIN_TOKEN=TOKEN, TIMEZONE="Asia/Kolkata", PRUNE_SCHEDULE="30 3 * * *"
+    )
+    (job_id,) = conn.execute(
+        "SELECT procrastinate_defer_periodic_job_v2('default', NULL, NULL, 'prune_finished_jobs', 0, 'clock',"
+        " extract(epoch FROM timestamptz '2026-01-05 03:30:00+00')::bigint, '{}'::jsonb)"
+    ).fetchone()
+    conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", (job_id,))
+    row = client.get("/jobs", headers=OWNER).html.find("tr", attrs={"data-task": "prune_finished_jobs"})
+    cells = [cell.text.strip() for cell in row.find_all("td")]
+    assert cells[1] == "30 3 * * *"
+    assert cells[2].endswith("09:00:00 IST")  # 03:30 UTC, in the owner's zone
+    assert cells[3] == "2026-01-05 09:00:00 IST" and cells[4] == "failed"
+    assert row.find("a")["href"] == f"/jobs/{job_id}"

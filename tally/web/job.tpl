@@ -33,7 +33,7 @@
       <tr><th>Status</th><td id="job-status" class="{{'failed' if job['status'] == 'failed' else ''}}">{{job['status']}}</td></tr>
       <tr><th>Queue</th><td>{{job['queue']}}</td></tr>
       <tr><th>Attempts</th><td id="job-attempts">{{job['attempts']}}</td></tr>
-      <tr><th>Worker</th><td id="job-worker">{{job['worker_id'] if job['worker_id'] is not None else 'none'}}</td></tr>
+      <tr><th>Worker</th><td id="job-worker">{{'worker ' + str(job['worker_id']) if job['worker_id'] is not None else 'none now'}}{{(', failed on ' + ', '.join(sorted({e['worker'] for e in errors if e['worker']}))) if any(e['worker'] for e in errors) else ''}}</td></tr>
       <tr><th>Lock</th><td>{{job['lock'] or ''}}</td></tr>
       <tr><th>Priority</th><td>{{job['priority']}}</td></tr>
       <tr><th>Scheduled</th><td>{{job['scheduled_at'] or ''}}</td></tr>
@@ -58,16 +58,16 @@
   <section>
     <h2>Errors</h2>
     <table id="errors">
-      <tr><th>Attempt</th><th>When</th><th>Error</th></tr>
+      <tr><th>Attempt</th><th>When</th><th>Worker</th><th>Error</th></tr>
       % for error in errors:
-      <tr><td>{{error['attempt']}}</td><td>{{when(error['failed_at'])}}</td><td><b class="failed">{{error['error']}}</b>
+      <tr><td>{{error['attempt']}}</td><td>{{when(error['failed_at'])}}</td><td>{{error['worker'] or ''}}</td><td><b class="failed">{{error['error']}}</b>
         % if error['traceback']:
         <pre class="traceback">{{error['traceback']}}</pre>
         % end
       </td></tr>
       % end
       % if not errors:
-      <tr><td colspan="3" class="muted">No error recorded.</td></tr>
+      <tr><td colspan="4" class="muted">No error recorded.</td></tr>
       % end
     </table>
   </section>
