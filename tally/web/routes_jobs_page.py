@@ -37,7 +37,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
             parse_before(query),
             periodic=periodic,
             zone=config.timezone,
-            csrf=auth.csrf_token(),
+            csrf=auth.csrf_token() or "",
             notice=_notice(),
         )
         for name, value in jobs_page.HEADERS.items():
@@ -50,7 +50,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
     def show_job_page(job_id: int):
         """Render a job's page: arguments, attempts, events, worker, errors with tracebacks."""
         page = jobs_page.render_job(
-            pool, job_id, zone=config.timezone, csrf=auth.csrf_token(), notice=_notice()
+            pool, job_id, zone=config.timezone, csrf=auth.csrf_token() or "", notice=_notice()
         )
         if page is None:
             return json_error(404, f"There is no job {job_id}.")
