@@ -24,6 +24,7 @@ from tally.sites import DEFAULT_SITE, parse_site
 from tally.web import dashboard, export, queue_state
 from tally.web.auth import Auth, Reader
 from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
+from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.probe import BoundedProbe
@@ -114,6 +115,24 @@ def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     return site
 
 
+def parse_filter_parameters(query: bottle.FormsDict, own: tuple[str, ...] = ()) -> dict[str, str]:
+    """The filters among the query parameters (tally/web/filters.py); 400 for an unknown name."""
+    try:
+        return parse_filters({name: query.getall(name) for name in query}, own)
+    except InvalidFilter as error:
+        raise json_error(400, str(error)) from None
+
+
+def parse_compare(query: bottle.FormsDict) -> bool:
+    """The `compare` query parameter: `previous` adds the period before; absent, nothing."""
+    values = query.getall("compare")
+    if not values or values == [""]:
+        return False
+    if values != ["previous"]:
+        raise json_error(400, "compare must be previous (the period of the same length just before).")
+    return True
+
+
 def build_app(
     config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App
 ) -> bottle.Bottle:
@@ -153,7 +172,11 @@ def build_app(
         days = parse_days(bottle.request.query)
         query = bottle.request.query
         window = stats.stats_for_window(
-            days, parse_site_parameter(query), parse_time_zone(query, config.timezone)
+            days,
+            parse_site_parameter(query),
+            parse_time_zone(query, config.timezone),
+            filters=parse_filter_parameters(query, ("compare",)),
+            compare=parse_compare(query) or True,  # the chart always shows the period before
         )
         sites = stats.sites()
         queue = processes = None
@@ -227,10 +250,14 @@ def build_app(
     @auth.owner_or_share
     @database_unavailable
     def show_stats():
-        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all) in ?tz=Z."""
+        """Views and visitors per day over ?days=N of ?site=H in ?tz=Z, of the views matching every filter."""
         query = bottle.request.query
         window = stats.stats_for_window(
-            parse_days(query), parse_site_parameter(query), parse_time_zone(query, config.timezone)
+            parse_days(query),
+            parse_site_parameter(query),
+            parse_time_zone(query, config.timezone),
+            filters=parse_filter_parameters(query, ("compare",)),
+            compare=parse_compare(query),
         )
         return json_response(200, window)
 
@@ -248,7 +275,8 @@ def build_app(
         """Send views and visitors per day and path over ?days=N of ?site=H in ?tz=Z as CSV."""
         query = bottle.request.query
         days, site = parse_days(query), parse_site_parameter(query)
-        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone))
+        filters = parse_filter_parameters(query)
+        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone), filters)
         name = f"tally-{site or 'all-sites'}-{days}-days.csv"
         headers = {
             "Content-Type": "text/csv; charset=utf-8",
