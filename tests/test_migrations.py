@@ -106,7 +106,8 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
             ("default", 80)
         ]
         paths = conn.execute(
-            "SELECT site, value, sum(views) FROM page_view_daily_dims WHERE dim = 'path' GROUP BY 1, 2 ORDER BY 2"
+            "SELECT site, value, sum(views) FROM page_view_daily_dims"
+            " WHERE dim = 'path' GROUP BY 1, 2 ORDER BY 2"
         )
         assert paths.fetchall() == [("default", "/a", 50), ("default", "/b", 30)]
         settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")

@@ -17,6 +17,7 @@ import jobs
 from tally.config import from_env
 from tally.db import web_pool
 from tally.web.app import build_app
+from tests.conftest import PATH_VIEWS
 
 TOKEN = "s3cret-token"
 OWNER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
@@ -214,7 +215,7 @@ def test_a_view_committed_after_a_later_one_was_rolled_up_is_counted_once(client
     assert assert_exact(client, conn, 30)["total_views"] == 2
     roll_up(conn)
     assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 2
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_dims WHERE dim = 'path'").fetchone()[0] == 2
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == 2
 
 
 def test_a_new_view_shows_in_stats_at_once(client):

@@ -153,7 +153,8 @@ def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO page_views (site, path, source, referrer, visitor, medium, campaign, country,"
-            " browser, os, device, viewed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() - %s)",
+            " browser, os, device, viewed_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() - %s)",
             views,
         )
 
@@ -240,21 +241,22 @@ def test_compare_previous_adds_the_period_before_with_the_change(client, conn, f
     for batch in batches:
         insert_raw(conn, batch)
         roll_up(conn)
-    body = client.get("/api/stats", {"days": "5", "compare": "previous", "tz": "Asia/Kathmandu", **filters}).json
-    current = brute_force(conn, 5, None, "Asia/Kathmandu", filters)
+    zone = "Asia/Kathmandu"
+    body = client.get("/api/stats", {"days": "5", "compare": "previous", "tz": zone, **filters}).json
+    current = brute_force(conn, 5, None, zone, filters)
     first_day = datetime.date.fromisoformat(body["daily"][0]["day"])
-    before = brute_force(conn, 5, None, "Asia/Kathmandu", filters, last_day=first_day - datetime.timedelta(days=1))
+    before = brute_force(conn, 5, None, zone, filters, last_day=first_day - datetime.timedelta(days=1))
     previous = body["previous"]
     assert [day["day"] for day in previous["daily"]] == [
         (first_day - datetime.timedelta(days=offset)).isoformat() for offset in range(5, 0, -1)
     ]
-    assert {day["day"]: (day["views"], day["visitors"]) for day in previous["daily"] if day["views"]} == before[
-        "daily"
-    ]
+    counted = {day["day"]: (day["views"], day["visitors"]) for day in previous["daily"] if day["views"]}
+    assert counted == before["daily"]
     views_before = sum(views for views, _ in before["daily"].values())
     views_now = sum(views for views, _ in current["daily"].values())
     assert previous["total_views"] == views_before and body["total_views"] == views_now
-    assert previous["change_percent"]["total_views"] == round(100 * (views_now - views_before) / views_before, 1)
+    change = round(100 * (views_now - views_before) / views_before, 1)
+    assert previous["change_percent"]["total_views"] == change
     assert "previous" not in client.get("/api/stats", {"days": "5"}).json
 
 
