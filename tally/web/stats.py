@@ -36,18 +36,13 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import filtered
 from tally.web.referrers import by_name, referrer_name
+from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, move_span, with_changes
 
-BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
-DAY = datetime.timedelta(days=1)
-TOP_ROWS = 10
-MAX_DAYS = 366
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
 # someone reads stats, and grouping the tail stays around a millisecond.
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
-# Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
-EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 # Sites counted by GET /api/sites.
 SITES_DAYS = 30
 
@@ -63,33 +58,6 @@ def snapshot(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Cursor]:
             yield cur
 
 
-def bucket_of(moment: datetime.datetime) -> datetime.datetime:
-    """The start of the 15-minute bucket `moment` falls in."""
-    return moment - (moment - EPOCH) % BUCKET
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranking:
-    """Rolled-up views per name, and the names ranked once (most views, then by name), so a
-    request finds its top rows without sorting every name again."""
-
-    views: dict[str, int]
-    ranked: list[str]
-
-    @classmethod
-    def of(cls, views: dict[str, int]) -> Ranking:
-        return cls(views, sorted(views, key=lambda name: (-views[name], name)))
-
-    def top(self, tail: dict[str, int], key: str) -> list[dict[str, Any]]:
-        """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
-        + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
-        keeps its rank among the others it leaves alone."""
-        candidates = set(self.ranked[: TOP_ROWS + len(tail)]) | set(tail)
-        counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
-        ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
-        return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
-
-
 @dataclasses.dataclass(frozen=True)
 class RolledUp:
     """The rolled-up part of one window, valid for one rollup state."""
@@ -102,34 +70,6 @@ class RolledUp:
     end: datetime.datetime  # the window's end (infinity for a window that ends now)
     referrer_domains: list[str]  # the domains behind the referrer names
     value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """The days and buckets a request asks about, fixed by the database clock, in one zone."""
-
-    now: datetime.datetime
-    days: list[datetime.date]  # in the zone
-    boundary: datetime.datetime  # now - 24 h
-    first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
-    current: bool  # ends today (else a past period: no last 24 hours, no tail past its days)
-
-    @classmethod
-    def ending(
-        cls, now: datetime.datetime, last_day: datetime.date, days: int, today: datetime.date
-    ) -> Window:
-        dates = [last_day - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
-        boundary = now - DAY
-        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET, last_day >= today)
-
-    def before(self) -> Window:
-        """The period of the same length just before this one."""
-        last = self.days[0] - DAY
-        return Window.ending(self.now, last, len(self.days), self.days[-1])
-
-    def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
-        """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
-        return [day for day in self.days if first_day <= day <= last_day]
 
 
 class StatsReader:
@@ -261,7 +201,7 @@ class StatsReader:
                 return cached
         cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
         start = cur.fetchone()[0]
-        end = INFINITY
+        end = filtered.OPEN_END
         if not window.current:
             cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
             end = cur.fetchone()[0]
@@ -393,34 +333,3 @@ class StatsReader:
             return {key: collections.Counter(rolled_up.value_visitors[key]) for key in wanted}
 
 
-INFINITY = datetime.datetime.max.replace(tzinfo=datetime.UTC)
-
-
-def move_span(
-    visitors: collections.Counter,
-    window: Window,
-    first: datetime.date,
-    last: datetime.date,
-    old_first: datetime.date | None,
-    old_last: datetime.date | None,
-    count: int,
-) -> None:
-    """Count `count` visitors seen in the tail from `first` to `last`; those the rollups already
-    count from `old_first` to `old_last` move to the grown span instead of counting twice."""
-    if old_first is None:
-        visitors.update(dict.fromkeys(window.days_spanned(first, last), count))
-        return
-    visitors.update(dict.fromkeys(window.days_spanned(min(first, old_first), max(last, old_last)), count))
-    visitors.subtract(dict.fromkeys(window.days_spanned(old_first, old_last), count))
-
-
-def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """The previous period's totals and days, and each total's change to the current one in percent."""
-    body = {
-        key: previous[key] for key in ("days", "first_day", "last_day", "total_views", "visitors", "daily")
-    }
-    body["change_percent"] = {
-        key: None if not previous[key] else round(100 * (current[key] - previous[key]) / previous[key], 1)
-        for key in ("total_views", "visitors")
-    }
-    return body
