@@ -331,5 +331,3 @@ class StatsReader:
                 rolled_up.value_visitors.update(counted)
         with self._lock:
             return {key: collections.Counter(rolled_up.value_visitors[key]) for key in wanted}
-
-
