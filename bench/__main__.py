@@ -23,12 +23,13 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import cleanup, footprint, ingest, jobs_page, pickup, report, stats, throughput
+from bench import cleanup, filters, footprint, ingest, jobs_page, pickup, report, stats, throughput
 from bench.harness import Build, builds, say, wrk_available
 
 # In the order, which is the table's.
 MODULES: dict[str, Callable[[Build], report.Result]] = {
     "stats": stats.measure,
+    "filters": filters.measure,
     "ingest": ingest.measure,
     "pickup": pickup.measure,
     "throughput": throughput.measure,

@@ -47,14 +47,16 @@ SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS
 -- Store a batch of views of the default site without source or visitor (server-side senders):
 -- one statement, all rows or none, two arrays to send instead of five.
 INSERT INTO page_views (path, referrer)
-SELECT path, referrer FROM unnest(%(paths)s::text[], %(referrers)s::text[]) AS batch(path, referrer)
+SELECT path, referrer FROM unnest(%(path)s::text[], %(referrer)s::text[]) AS batch(path, referrer)
 
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none.
-INSERT INTO page_views (site, path, referrer, source, visitor)
-SELECT site, path, referrer, source, visitor
-  FROM unnest(%(sites)s::text[], %(paths)s::text[], %(referrers)s::text[], %(sources)s::text[],
-              %(visitors)s::bigint[]) AS batch(site, path, referrer, source, visitor)
+INSERT INTO page_views (site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
+SELECT *
+  FROM unnest(%(site)s::text[], %(path)s::text[], %(referrer)s::text[], %(source)s::text[],
+              %(visitor)s::bigint[], %(medium)s::text[], %(campaign)s::text[], %(country)s::text[],
+              %(browser)s::text[], %(os)s::text[], %(device)s::text[])
+       AS batch(site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
 
 -- rollup_page_views --
 -- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.
@@ -64,29 +66,19 @@ SELECT tally_rollup_page_views() AS views
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
 WITH buckets AS (
     DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), paths AS (
-    DELETE FROM page_view_daily_paths WHERE day < %(cutoff_day)s RETURNING 1
-), sources AS (
-    DELETE FROM page_view_daily_sources WHERE day < %(cutoff_day)s RETURNING 1
-), referrers AS (
-    DELETE FROM page_view_daily_referrers WHERE day < %(cutoff_day)s RETURNING 1
-), bucket_paths AS (
-    DELETE FROM page_view_bucket_paths WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), bucket_sources AS (
-    DELETE FROM page_view_bucket_sources WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), bucket_referrers AS (
-    DELETE FROM page_view_bucket_referrers WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), daily_dims AS (
+    DELETE FROM page_view_daily_dims WHERE day < %(cutoff_day)s RETURNING 1
+), bucket_dims AS (
+    DELETE FROM page_view_bucket_dims WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), spans AS (
     DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), path_spans AS (
-    DELETE FROM page_view_path_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), dim_spans AS (
+    DELETE FROM page_view_dim_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM paths) + (SELECT count(*) FROM sources)
-     + (SELECT count(*) FROM referrers) + (SELECT count(*) FROM bucket_paths)
-     + (SELECT count(*) FROM bucket_sources) + (SELECT count(*) FROM bucket_referrers)
-     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM path_spans) + (SELECT count(*) FROM crawlers)
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM daily_dims) + (SELECT count(*) FROM bucket_dims)
+     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM dim_spans) + (SELECT count(*) FROM crawlers)
        AS removed
 
 -- rollup_state --
@@ -104,37 +96,67 @@ SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
 -- The views not yet rolled up, by day in `tz`, whether in the last full 24 hours' buckets (from
--- `recent` on), path, source and referrer domain (parsed once per group; the caller adds up rows
--- of one domain), with how many carry a visitor id. Grouped here, not per bucket: a long tail (a
--- backfill, a stopped worker) costs the web a row per day and name, not per 15 minutes. The
--- bounds come in as values, so the planner sees how few rows lie above the watermark.
-SELECT day, recent, path, source, tally_referrer_domain(referrer, site) AS domain,
-       sum(views)::bigint AS views, sum(with_visitor)::bigint AS with_visitor
+-- `recent` on), and every dimension (the referrer as its domain, parsed once per group), with how
+-- many carry a visitor id. Grouped here, not per bucket: a long tail (a backfill, a stopped
+-- worker) costs the web a row per day and values, not per 15 minutes. The bounds come in as
+-- values, so the planner sees how few rows lie above the watermark.
+SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign,
+       country, browser, os, device, sum(views)::bigint AS views, sum(with_visitor)::bigint AS with_visitor
   FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
                date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s AS recent,
-               path, source, referrer, site, count(*) AS views, count(visitor) AS with_visitor
+               path, referrer, site, source, medium, campaign, country, browser, os, device,
+               count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
            AND (%(site)s::text IS NULL OR site = %(site)s)
-         GROUP BY 1, 2, 3, 4, 5, 6) tail
- GROUP BY 1, 2, 3, 4, 5
+         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12) tail
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 
 -- stats_tail_visitors --
 -- The tail's visitors, counted by the days (in `tz`) of their first and last views there and,
--- if the rollups know them, of their rolled-up span. Asked only when the tail has visitor ids.
-SELECT first_day, last_day, old_first_day, old_last_day, count(*) AS visitors
-  FROM (SELECT (seen.first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-               (seen.last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-               (known.first_bucket AT TIME ZONE %(tz)s)::date AS old_first_day,
-               (known.last_bucket AT TIME ZONE %(tz)s)::date AS old_last_day
-          FROM (SELECT site, visitor, min(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS first_bucket,
-                       max(date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) AS last_bucket
-                  FROM page_views
-                 WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-                   AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-                 GROUP BY 1, 2) seen
-          LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor) spans
- GROUP BY 1, 2, 3, 4
+-- if the rollups know them, of their rolled-up span: for the whole site (dim and value NULL)
+-- and per dimension value. Asked only when the tail has visitor ids.
+WITH tail AS MATERIALIZED (
+    SELECT site, visitor, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket,
+           path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
+           browser, os, device
+      FROM page_views
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+), valued AS (
+    SELECT site, visitor, bucket, dims.dim, dims.value
+      FROM tail
+     CROSS JOIN LATERAL (VALUES
+           ('path', path),
+           ('referrer', referrer),
+           ('source', source),
+           ('medium', medium),
+           ('campaign', campaign),
+           ('country', country),
+           ('browser', browser),
+           ('os', os),
+           ('device', device)) AS dims (dim, value)
+     WHERE dims.value IS NOT NULL
+), seen AS (
+    SELECT seen.dim, seen.value, seen.first_bucket, seen.last_bucket,
+           known.first_bucket AS old_first, known.last_bucket AS old_last
+      FROM (SELECT site, NULL::text AS dim, NULL::text AS value, visitor,
+                   min(bucket) AS first_bucket, max(bucket) AS last_bucket
+              FROM tail GROUP BY site, visitor) seen
+      LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
+    UNION ALL
+    SELECT seen.dim, seen.value, seen.first_bucket, seen.last_bucket, known.first_bucket, known.last_bucket
+      FROM (SELECT site, dim, value, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
+              FROM valued GROUP BY site, dim, value, visitor) seen
+      LEFT JOIN page_view_dim_visitors known
+        ON known.site = seen.site AND known.dim = seen.dim AND known.value = seen.value
+       AND known.visitor = seen.visitor
+)
+SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, (old_first AT TIME ZONE %(tz)s)::date AS old_first_day,
+       (old_last AT TIME ZONE %(tz)s)::date AS old_last_day, count(*) AS visitors
+  FROM seen
+ GROUP BY 1, 2, 3, 4, 5, 6
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -151,11 +173,11 @@ SELECT (SELECT count(*) FROM page_views
          WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
 
 -- stats_rolled_up_days --
--- Rolled-up views per day in the zone `tz` since `since`, and those in buckets from `recent` on.
+-- Rolled-up views per day in the zone `tz` in [since, end), and those in buckets from `recent` on.
 SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
        coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s), 0)::bigint AS recent
   FROM page_view_buckets
- WHERE bucket >= %(since)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ WHERE bucket >= %(since)s AND bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1
 
 -- stats_rolled_up_visitors --
@@ -165,61 +187,49 @@ SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TI
   FROM page_view_visitor_spans
  -- a visitor id lives one day (its salt's), so a span that reaches the window starts at most 3 days before
  WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND first_bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1, 2
 
--- stats_rolled_up_paths --
--- Rolled-up views per path since `start`: whole UTC days after the one it falls in, and that
--- day's buckets from `start` on.
-SELECT path, sum(views)::bigint AS views
-  FROM (SELECT path, views FROM page_view_daily_paths
-         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
+-- stats_rolled_up_dims --
+-- Rolled-up views per dimension value in [start, end): whole UTC days strictly between the ones
+-- `start` and `end` fall in, and those two days' buckets inside the window.
+SELECT dim, value, sum(views)::bigint AS views
+  FROM (SELECT dim, value, views FROM page_view_daily_dims
+         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND (%(site)s::text IS NULL OR site = %(site)s)
         UNION ALL
-        SELECT path, views FROM page_view_bucket_paths
-         WHERE bucket >= %(start)s
-           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+        SELECT dim, value, views FROM page_view_bucket_dims
+         WHERE bucket >= %(start)s AND bucket < %(end)s
+           AND (bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
+                OR bucket >= ((%(end)s::timestamptz AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')
            AND (%(site)s::text IS NULL OR site = %(site)s)) counted
- GROUP BY path
+ GROUP BY dim, value
 
--- stats_rolled_up_sources --
--- Rolled-up views per source since `start`: whole UTC days after the one it falls in, and that
--- day's buckets from `start` on.
-SELECT source, sum(views)::bigint AS views
-  FROM (SELECT source, views FROM page_view_daily_sources
-         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
-        UNION ALL
-        SELECT source, views FROM page_view_bucket_sources
-         WHERE bucket >= %(start)s
-           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
- GROUP BY source
-
--- stats_rolled_up_referrers --
--- Rolled-up views per domain since `start`: whole UTC days after the one it falls in, and that
--- day's buckets from `start` on.
-SELECT domain, sum(views)::bigint AS views
-  FROM (SELECT domain, views FROM page_view_daily_referrers
-         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date AND (%(site)s::text IS NULL OR site = %(site)s)
-        UNION ALL
-        SELECT domain, views FROM page_view_bucket_referrers
-         WHERE bucket >= %(start)s
-           AND bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
- GROUP BY domain
+-- stats_rolled_up_dim_visitors --
+-- Rolled-up visitors of some dimension values (the panels' top rows), by the days (in `tz`) of
+-- their first and last views with that value.
+SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, sum(visitors)::bigint AS visitors
+  FROM page_view_dim_visitor_spans
+ WHERE (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+   AND first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+   AND first_bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2, 3, 4
 
 -- export_rolled_up_views --
 -- Rolled-up views per day (in the zone `tz`) and path since `start`.
-SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, path, sum(views)::bigint AS views
-  FROM page_view_bucket_paths
- WHERE bucket >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, value AS path, sum(views)::bigint AS views
+  FROM page_view_bucket_dims
+ WHERE dim = 'path' AND bucket >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1, 2
 
 -- export_rolled_up_visitors --
 -- Rolled-up visitors per path by the days (in the zone `tz`) of their first and last views there.
-SELECT path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       sum(visitors)::bigint AS visitors
-  FROM page_view_path_visitor_spans
- WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+SELECT value AS path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, sum(visitors)::bigint AS visitors
+  FROM page_view_dim_visitor_spans
+ WHERE dim = 'path' AND first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
    AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1, 2, 3
 
@@ -241,8 +251,8 @@ SELECT 'visitor', NULL, seen.path, (seen.first_bucket AT TIME ZONE %(tz)s)::date
        (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
   FROM (SELECT site, path, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
           FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2, 3) seen
-  LEFT JOIN page_view_path_visitors known
-    ON known.site = seen.site AND known.path = seen.path AND known.visitor = seen.visitor
+  LEFT JOIN page_view_dim_visitors known
+    ON known.site = seen.site AND known.dim = 'path' AND known.value = seen.path AND known.visitor = seen.visitor
 
 -- sites_rolled_up --
 -- Rolled-up views per site since `since`.
@@ -514,3 +524,106 @@ SELECT DISTINCT ON (defer.task_name)
   LEFT JOIN procrastinate_jobs job ON job.id = defer.job_id
  WHERE defer.task_name = ANY (%(tasks)s)
  ORDER BY defer.task_name, defer.defer_timestamp DESC NULLS LAST, defer.id DESC
+
+-- filtered_stats --
+-- Stats of the views matching every given filter (NULL: no filter on that dimension), counted
+-- from the raw views in [start, end): per day in `tz`, then per dimension value. Visitors are
+-- each day's distinct ids, summed. Filters read raw views, so they reach back RETENTION_DAYS.
+WITH matching AS MATERIALIZED (
+    SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, visitor,
+           path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
+           browser, os, device
+      FROM page_views
+     WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+       AND (%(site)s::text IS NULL OR site = %(site)s)
+       AND (%(path)s::text IS NULL OR path = %(path)s)
+       AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
+       AND (%(source)s::text IS NULL OR source = %(source)s)
+       AND (%(medium)s::text IS NULL OR medium = %(medium)s)
+       AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
+       AND (%(country)s::text IS NULL OR country = %(country)s)
+       AND (%(browser)s::text IS NULL OR browser = %(browser)s)
+       AND (%(os)s::text IS NULL OR os = %(os)s)
+       AND (%(device)s::text IS NULL OR device = %(device)s)
+), valued AS (
+    SELECT day, visitor, dims.dim, dims.value
+      FROM matching
+     CROSS JOIN LATERAL (VALUES
+           ('path', path),
+           ('referrer', referrer),
+           ('source', source),
+           ('medium', medium),
+           ('campaign', campaign),
+           ('country', country),
+           ('browser', browser),
+           ('os', os),
+           ('device', device)) AS dims (dim, value)
+     WHERE dims.value IS NOT NULL
+)
+SELECT NULL::text AS dim, day::text AS value, count(*) AS views, count(DISTINCT visitor) AS visitors
+  FROM matching GROUP BY day
+UNION ALL
+SELECT dim, value, sum(views)::bigint, count(visitor)
+  FROM (SELECT dim, value, day, visitor, count(*) AS views FROM valued GROUP BY 1, 2, 3, 4) per_visitor_day
+ GROUP BY dim, value
+
+-- filtered_daily --
+-- Views and visitors per day (in `tz`) of the views in [start, end) matching every given filter.
+SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DISTINCT visitor) AS visitors
+  FROM page_views
+ WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND (%(path)s::text IS NULL OR path = %(path)s)
+   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
+   AND (%(source)s::text IS NULL OR source = %(source)s)
+   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
+   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
+   AND (%(country)s::text IS NULL OR country = %(country)s)
+   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
+   AND (%(os)s::text IS NULL OR os = %(os)s)
+   AND (%(device)s::text IS NULL OR device = %(device)s)
+ GROUP BY 1
+
+-- recent_visitors --
+-- Views in the last 24 hours and distinct visitors in the last 5 minutes, matching every given filter.
+SELECT count(*) AS views_last_24h,
+       count(DISTINCT visitor) FILTER (WHERE viewed_at >= now() - interval '5 minutes') AS current_visitors
+  FROM page_views
+ WHERE viewed_at >= now() - CASE WHEN %(with_day)s THEN interval '24 hours' ELSE interval '5 minutes' END
+   AND viewed_at <= now()
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND (%(path)s::text IS NULL OR path = %(path)s)
+   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
+   AND (%(source)s::text IS NULL OR source = %(source)s)
+   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
+   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
+   AND (%(country)s::text IS NULL OR country = %(country)s)
+   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
+   AND (%(os)s::text IS NULL OR os = %(os)s)
+   AND (%(device)s::text IS NULL OR device = %(device)s)
+
+-- referrer_domains --
+-- Every referring domain the rollups and the tail know since `since` (a search engine's name
+-- filters on all of its domains).
+SELECT DISTINCT value FROM page_view_daily_dims
+ WHERE dim = 'referrer' AND day >= (%(since)s::timestamptz AT TIME ZONE 'UTC')::date
+UNION
+SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AND referrer IS NOT NULL
+
+-- filtered_export --
+-- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
+SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views, count(DISTINCT visitor) AS visitors
+  FROM page_views
+ WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND (%(path)s::text IS NULL OR path = %(path)s)
+   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
+   AND (%(source)s::text IS NULL OR source = %(source)s)
+   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
+   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
+   AND (%(country)s::text IS NULL OR country = %(country)s)
+   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
+   AND (%(os)s::text IS NULL OR os = %(os)s)
+   AND (%(device)s::text IS NULL OR device = %(device)s)
+ GROUP BY 1, 2

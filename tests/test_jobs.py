@@ -15,6 +15,7 @@ from procrastinate.job_context import AbortReason
 
 import jobs
 from jobs import page_views, queue_upkeep
+from tests.conftest import PATH_VIEWS
 
 
 def run_queued_jobs() -> None:
@@ -187,7 +188,7 @@ def test_rollup_folds_committed_views_once(conn):
     defer(page_views.rollup_page_views)
     run_queued_jobs()
     assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 150
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 150
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == 150
 
 
 def test_cleanup_rolls_views_up_before_deleting_them(conn):
@@ -195,7 +196,7 @@ def test_cleanup_rolls_views_up_before_deleting_them(conn):
     defer(page_views.cleanup_old_page_views)
     run_queued_jobs()
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 25
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == 25
 
 
 def test_a_failing_job_leaves_its_error_for_operators(conn):

@@ -106,7 +106,8 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
             ("default", 80)
         ]
         paths = conn.execute(
-            "SELECT site, path, sum(views) FROM page_view_daily_paths GROUP BY 1, 2 ORDER BY 2"
+            "SELECT site, value, sum(views) FROM page_view_daily_dims"
+            " WHERE dim = 'path' GROUP BY 1, 2 ORDER BY 2"
         )
         assert paths.fetchall() == [("default", "/a", 50), ("default", "/b", 30)]
         settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
@@ -117,5 +118,7 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
             assert body["total_views"] == 85 and body["visitors"] == 0
             assert stats.stats_for_window(7, site="default")["total_views"] == 85
             conn.execute("SELECT tally_rollup_page_views()")
-            assert stats.stats_for_window(7)["total_views"] == 85
+            body = stats.stats_for_window(7)
+            assert body["total_views"] == 85
+            assert {row["path"]: row["views"] for row in body["top_paths"]} == {"/a": 50, "/b": 30, "/c": 5}
             assert stats.sites() == [{"site": "default", "views": 85}]

@@ -15,7 +15,15 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.conftest import CleanupBlocker, defer_by_sql, expired_views, free_port, statuses, wait_until
+from tests.conftest import (
+    PATH_VIEWS,
+    CleanupBlocker,
+    defer_by_sql,
+    expired_views,
+    free_port,
+    statuses,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +161,7 @@ def test_a_cleanup_past_its_time_limit_is_cut_and_resumed_until_done(start_proce
     assert all(error.startswith("JobTimedOut: the attempt passed its time limit of 3 s") for error in errors)
     assert events.count("started") == attempts and events.count("deferred_for_retry") == attempts - 1
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == rows
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == rows
     assert worker.output().count("passed its time limit of 3 s: aborting it") == attempts - 1
 
 

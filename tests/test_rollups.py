@@ -13,7 +13,7 @@ import pytest
 import jobs
 from jobs import page_views
 from tally.db import QUERIES
-from tests.conftest import statuses
+from tests.conftest import PATH_VIEWS, statuses
 from tests.test_jobs import defer, insert_views, run_queued_jobs
 from tests.test_web import TOKEN, assert_exact, make_client, roll_up
 
@@ -93,7 +93,7 @@ def test_a_view_committing_minutes_later_behind_a_held_transaction_counts_once(
         assert roll_up(conn) == 0
         assert assert_exact(client, conn, 30)["total_views"] == 61
     assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 61
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 61
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == 61
 
 
 def test_views_of_an_aborted_transaction_are_never_counted(client, conn, database_url):

@@ -17,6 +17,7 @@ import jobs
 from tally.config import from_env
 from tally.db import web_pool
 from tally.web.app import build_app
+from tests.conftest import PATH_VIEWS
 
 TOKEN = "s3cret-token"
 OWNER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
@@ -214,14 +215,14 @@ def test_a_view_committed_after_a_later_one_was_rolled_up_is_counted_once(client
     assert assert_exact(client, conn, 30)["total_views"] == 2
     roll_up(conn)
     assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 2
-    assert conn.execute("SELECT sum(views) FROM page_view_daily_paths").fetchone()[0] == 2
+    assert conn.execute(PATH_VIEWS).fetchone()[0] == 2
 
 
 def test_a_new_view_shows_in_stats_at_once(client):
     client.post_json("/api/pageviews", {"path": "/fresh"})
     body = client.get("/api/stats?days=1").json
     assert body["total_views"] == 1 and body["views_last_24h"] == 1
-    assert body["top_paths"] == [{"path": "/fresh", "views": 1}]
+    assert body["top_paths"] == [{"path": "/fresh", "views": 1, "visitors": 0}]
 
 
 def test_rollups_outlive_the_raw_views(client, conn):
@@ -229,7 +230,7 @@ def test_rollups_outlive_the_raw_views(client, conn):
     roll_up(conn)
     conn.execute("DELETE FROM page_views")  # what cleanup does after RETENTION_DAYS
     body = client.get("/api/stats?days=366").json
-    assert body["total_views"] == 1 and body["top_paths"] == [{"path": "/old", "views": 1}]
+    assert body["total_views"] == 1 and body["top_paths"] == [{"path": "/old", "views": 1, "visitors": 0}]
 
 
 # --- health --------------------------------------------------------------------------------

@@ -345,13 +345,17 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
     beacon(client, "https://example.com/f", "https://search.brave.com/search?q=tally", status=201)
     beacon(client, "https://example.com/g", "https://www.news.ycombinator.com/", status=201)
     body = client.get("/api/stats?days=1&site=example.com").json
-    assert body["top_sources"] == [{"source": "news", "views": 2}, {"source": "hn", "views": 1}]
+    assert body["top_sources"] == [
+        {"source": "news", "views": 2, "visitors": 1},
+        {"source": "hn", "views": 1, "visitors": 1},
+    ]
     assert body["top_referrers"] == [
-        {"referrer": "Google", "views": 2},  # google.com and google.co.uk: one search engine
-        {"referrer": "news.ycombinator.com", "views": 2},  # www. folded
-        {"referrer": "Bing", "views": 1},
-        {"referrer": "Brave Search", "views": 1},
-        {"referrer": "DuckDuckGo", "views": 1},
+        # google.com and google.co.uk: one search engine; one visitor per domain (README, "Limits")
+        {"referrer": "Google", "views": 2, "visitors": 2},
+        {"referrer": "news.ycombinator.com", "views": 2, "visitors": 1},  # www. folded
+        {"referrer": "Bing", "views": 1, "visitors": 1},
+        {"referrer": "Brave Search", "views": 1, "visitors": 1},
+        {"referrer": "DuckDuckGo", "views": 1, "visitors": 1},
     ]
 
 

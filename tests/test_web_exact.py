@@ -26,51 +26,89 @@ def client(database_url, pool):
 # --- exact against a brute-force count ----------------------------------------------------------
 
 
-def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str = "UTC") -> dict:
+# A view's audience, as tally/web/audience.py records it, drawn at random per visitor.
+AUDIENCES = {
+    "medium": [None, None, "email", "social"],
+    "campaign": [None, None, "spring", "launch"],
+    "country": [None, "DE", "US", "US", "FR", "NP"],
+    "browser": [None, "Firefox", "Chrome", "Chrome", "Safari"],
+    "os": [None, "Linux", "Windows", "iOS"],
+    "device": [None, "phone", "tablet", "laptop", "desktop"],
+}
+DIMENSION_COLUMNS = ("path", "referrer", "source", *AUDIENCES)
+
+
+def referrer_label(referrer: str | None, site: str) -> str | None:
+    domain = urllib.parse.urlsplit(referrer).hostname if referrer else None
+    domain = domain.removeprefix("www.") if domain else None
+    if not domain or domain == site.removeprefix("www."):
+        return None
+    return "Google" if domain == "google.com" else domain
+
+
+def brute_force(
+    conn: psycopg.Connection,
+    days: int,
+    site: str | None,
+    tz: str = "UTC",
+    filters: dict[str, str] | None = None,
+    last_day: datetime.date | None = None,
+) -> dict:
     """Every figure of /api/stats straight from page_views, days in Python's zone database,
-    domains parsed in Python."""
+    domains parsed in Python, of the views matching every filter."""
     zone = zoneinfo.ZoneInfo(tz)
     now = conn.execute("SELECT now()").fetchone()[0]
-    first_day = now.astimezone(zone).date() - datetime.timedelta(days=days - 1)
+    last_day = last_day or now.astimezone(zone).date()
+    first_day = last_day - datetime.timedelta(days=days - 1)
     start = datetime.datetime.combine(first_day, datetime.time(), zone)
-    rows = [
-        (viewed_at.astimezone(zone).date(), *rest)
-        for viewed_at, *rest in conn.execute(
-            "SELECT viewed_at, site, path, source, referrer, visitor FROM page_views"
-            " WHERE viewed_at >= %s AND (%s::text IS NULL OR site = %s)",
-            (start, site, site),
-        )
-    ]
+    end = datetime.datetime.combine(last_day + datetime.timedelta(days=1), datetime.time(), zone)
     views, visitors = collections.Counter(), collections.defaultdict(set)
     path_views, path_visitors = collections.Counter(), collections.defaultdict(set)
-    paths, sources, referrers = collections.Counter(), collections.Counter(), collections.Counter()
-    for day, row_site, path, source, referrer, visitor in rows:
-        views[day.isoformat()] += 1
+    value_views = {dim: collections.Counter() for dim in DIMENSION_COLUMNS}
+    value_visitors = {dim: collections.defaultdict(set) for dim in DIMENSION_COLUMNS}
+    for viewed_at, row_site, visitor, *values in conn.execute(
+        f"SELECT viewed_at, site, visitor, {', '.join(DIMENSION_COLUMNS)} FROM page_views"
+        " WHERE viewed_at >= %s AND viewed_at < %s AND (%s::text IS NULL OR site = %s)",
+        (start, end, site, site),
+    ):
+        day = viewed_at.astimezone(zone).date().isoformat()
+        row = dict(zip(DIMENSION_COLUMNS, values, strict=True))
+        row["referrer"] = referrer_label(row["referrer"], row_site)
+        if any(row[dim] != value for dim, value in (filters or {}).items()):
+            continue
+        views[day] += 1
+        path_views[(day, row["path"])] += 1
         if visitor is not None:
-            visitors[day.isoformat()].add((row_site, visitor))
-        paths[path] += 1
-        path_views[(day.isoformat(), path)] += 1
-        if visitor is not None:
-            path_visitors[(day.isoformat(), path)].add((row_site, visitor))
-        if source:
-            sources[source] += 1
-        domain = urllib.parse.urlsplit(referrer).hostname if referrer else None
-        domain = domain.removeprefix("www.") if domain else None
-        if domain and domain != row_site.removeprefix("www."):
-            referrers["Google" if domain == "google.com" else domain] += 1
+            visitors[day].add((row_site, visitor))
+            path_visitors[(day, row["path"])].add((row_site, visitor))
+        for dim, value in row.items():
+            if value is not None:
+                value_views[dim][value] += 1
+                if visitor is not None:
+                    value_visitors[dim][value].add((day, row_site, visitor))
 
-    def top(counts, key):
-        return [
-            {key: name, "views": n} for name, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))[:10]
-        ]
+    def top(dim):
+        ranked = sorted(value_views[dim].items(), key=lambda item: (-item[1], item[0]))[:10]
+        return [{dim: name, "views": n, "visitors": len(value_visitors[dim][name])} for name, n in ranked]
 
     return {
         "daily": {day: (views[day], len(visitors[day])) for day in views},
         "export": {key: (path_views[key], len(path_visitors[key])) for key in path_views},
-        "top_paths": top(paths, "path"),
-        "top_sources": top(sources, "source"),
-        "top_referrers": top(referrers, "referrer"),
+        **{PANELS[dim]: top(dim) for dim in DIMENSION_COLUMNS},
     }
+
+
+PANELS = {
+    "path": "top_paths",
+    "referrer": "top_referrers",
+    "source": "top_sources",
+    "medium": "top_mediums",
+    "campaign": "top_campaigns",
+    "country": "top_countries",
+    "browser": "top_browsers",
+    "os": "top_os",
+    "device": "top_devices",
+}
 
 
 def random_visits(rng: random.Random, count: int) -> list[list[tuple]]:
@@ -80,6 +118,7 @@ def random_visits(rng: random.Random, count: int) -> list[list[tuple]]:
     while total < count:
         site = rng.choice(["example.com", "www.example.com", "shop.example.org"])
         visitor = rng.getrandbits(63) - 2**62
+        audience = [rng.choice(choices) for choices in AUDIENCES.values()]
         start = datetime.timedelta(days=rng.randrange(0, 12), minutes=rng.randrange(0, 24 * 60))
         views = []
         for _ in range(rng.randrange(1, 6)):
@@ -88,7 +127,7 @@ def random_visits(rng: random.Random, count: int) -> list[list[tuple]]:
             referrer = rng.choice(
                 [None, "https://www.google.com/x", "https://news.ycombinator.com/", f"https://{site}/p"]
             )
-            views.append((site, f"/p{rng.randrange(0, 15)}", source, referrer, visitor, age))
+            views.append((site, f"/p{rng.randrange(0, 15)}", source, referrer, visitor, *audience, age))
         visits.append(views)
         total += len(views)
     return visits
@@ -113,8 +152,9 @@ def arrivals(rng: random.Random, visits: list[list[tuple]], chunks: int) -> list
 def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO page_views (site, path, source, referrer, visitor, viewed_at)"
-            " VALUES (%s, %s, %s, %s, %s, now() - %s)",
+            "INSERT INTO page_views (site, path, source, referrer, visitor, medium, campaign, country,"
+            " browser, os, device, viewed_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() - %s)",
             views,
         )
 
@@ -148,7 +188,7 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
             assert daily == expected["daily"], (days, site)
             assert body["visitors"] == sum(visitors for _, visitors in expected["daily"].values())
-            for key in ("top_paths", "top_sources", "top_referrers"):
+            for key in PANELS.values():
                 assert body[key] == expected[key], (days, site, key)
             exported = client.get("/api/export", query)
             assert exported.content_type == "text/csv"
@@ -156,6 +196,84 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             assert not rows or list(rows[0]) == ["day", "path", "views", "visitors"]
             per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
             assert per_path == expected["export"], (days, site)
+
+
+FILTER_CASES = [
+    {"country": "US"},
+    {"browser": "Chrome"},
+    {"path": "/p3"},
+    {"referrer": "Google"},
+    {"referrer": "news.ycombinator.com"},
+    {"source": "news", "device": "phone"},
+    {"country": "DE", "os": "Linux"},
+    {"medium": "email", "campaign": "spring"},
+    {"country": "ZZ"},  # a value nobody has: an empty answer, not an error
+]
+
+
+@pytest.mark.parametrize(("seed", "tz"), [(11, "UTC"), (12, "Asia/Kathmandu"), (13, "America/St_Johns")])
+def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz):
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 1200), chunks=4)
+    for batch in batches[:-1]:
+        insert_raw(conn, batch)
+        roll_up(conn)
+    insert_raw(conn, batches[-1])
+    for filters in FILTER_CASES:
+        for days, site in ((1, None), (12, None), (30, "example.com")):
+            query = {"days": str(days), "tz": tz, **filters, **({"site": site} if site else {})}
+            body = client.get("/api/stats", query).json
+            expected = brute_force(conn, days, site, tz, filters)
+            assert body["filters"] == filters
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (filters, days, site)
+            for key in PANELS.values():
+                assert body[key] == expected[key], (filters, days, site, key)
+            rows = list(csv.DictReader(io.StringIO(client.get("/api/export", query).text)))
+            per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
+            assert per_path == expected["export"], (filters, days, site)
+
+
+@pytest.mark.parametrize("filters", [{}, {"country": "US"}])
+def test_compare_previous_adds_the_period_before_with_the_change(client, conn, filters):
+    rng = random.Random(21)
+    batches = arrivals(rng, random_visits(rng, 800), chunks=2)
+    for batch in batches:
+        insert_raw(conn, batch)
+        roll_up(conn)
+    zone = "Asia/Kathmandu"
+    body = client.get("/api/stats", {"days": "5", "compare": "previous", "tz": zone, **filters}).json
+    current = brute_force(conn, 5, None, zone, filters)
+    first_day = datetime.date.fromisoformat(body["daily"][0]["day"])
+    before = brute_force(conn, 5, None, zone, filters, last_day=first_day - datetime.timedelta(days=1))
+    previous = body["previous"]
+    assert [day["day"] for day in previous["daily"]] == [
+        (first_day - datetime.timedelta(days=offset)).isoformat() for offset in range(5, 0, -1)
+    ]
+    counted = {day["day"]: (day["views"], day["visitors"]) for day in previous["daily"] if day["views"]}
+    assert counted == before["daily"]
+    views_before = sum(views for views, _ in before["daily"].values())
+    views_now = sum(views for views, _ in current["daily"].values())
+    assert previous["total_views"] == views_before and body["total_views"] == views_now
+    change = round(100 * (views_now - views_before) / views_before, 1)
+    assert previous["change_percent"]["total_views"] == change
+    assert "previous" not in client.get("/api/stats", {"days": "5"}).json
+
+
+def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
+    beacon(client, "https://example.com/a", status=201)
+    for query, word in (
+        ({"contry": "DE"}, "contry"),
+        ({"country": ["DE", "FR"]}, "once"),
+        ({"compare": "yesterday"}, "compare"),
+        ({"path": "/a\x00"}, "printable"),
+    ):
+        for route in ("/api/stats", "/api/export", "/"):
+            if route == "/api/export" and "compare" in query:
+                continue
+            assert word in client.get(route, query, status=400).json["error"], (route, query)
+    body = client.get("/api/stats", {"country": "ZZ", "path": "/nowhere"}).json
+    assert body["total_views"] == 0 and body["top_paths"] == [] and body["current_visitors"] == 0
 
 
 def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):

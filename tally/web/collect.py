@@ -6,8 +6,8 @@ source the URL's `utm_source` (or `ref`, `source`). Sites outside `SITES` get 40
 keyed hash (tally/web/visitors.py); the client's address and user agent go into it and
 nowhere else: not a column, not a log line.
 
-    >>> parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "referrer": ""}')
-    ('example.com', '/a', 'news', None)
+    >>> parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "width": 390}')
+    Beacon(site='example.com', path='/a', source='news', referrer=None, medium=None, campaign=None, width=390)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from crawlerdetect import CrawlerDetect
 
 from tally.db import QUERIES
 from tally.sites import parse_site
+from tally.web.audience import audience_of, campaign_of
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
@@ -32,6 +33,8 @@ MAX_BODY_BYTES = 8 * 1024
 MEDIA_TYPES = ("text/plain", "application/json")
 SOURCE_PARAMETERS = ("utm_source", "ref", "source")
 MAX_SOURCE = 256
+FIELDS = {"url", "referrer", "width"}
+MAX_WIDTH = 100_000
 # Any page may send views (SITES decides which are kept); no credentials are involved.
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
 PREFLIGHT_HEADERS = {
@@ -52,13 +55,26 @@ class Refused(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Beacon:
+    """What a beacon's body says of its view."""
+
+    site: str
+    path: str
+    source: str | None
+    referrer: str | None
+    medium: str | None = None
+    campaign: str | None = None
+    width: int | None = None  # window.innerWidth, CSS pixels
+
+
+@dataclasses.dataclass(frozen=True)
 class Outcome:
     status: int
     body: dict[str, Any]
 
 
-def parse_collect_body(body: bytes) -> tuple[str, str, str | None, str | None]:
-    """The (site, path, source, referrer) of a beacon's body; raises Refused(400) saying what is wrong."""
+def parse_collect_body(body: bytes) -> Beacon:
+    """The view a beacon's body describes; raises Refused(400) saying what is wrong."""
     try:
         document = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -69,9 +85,9 @@ def parse_collect_body(body: bytes) -> tuple[str, str, str | None, str | None]:
         ) from None
     if not isinstance(document, dict):
         raise Refused(400, 'The body must be a JSON object such as {"url": "https://example.com/"}.')
-    unknown = sorted(set(document) - {"url", "referrer"})
+    unknown = sorted(set(document) - FIELDS)
     if unknown:
-        raise Refused(400, f'Unknown field "{unknown[0]}"; a view has "url" and "referrer".')
+        raise Refused(400, f'Unknown field "{unknown[0]}"; a view has "url", "referrer" and "width".')
     url = _text(document.get("url"), "url")
     if url is None:
         raise Refused(400, 'The field "url" is missing.')
@@ -88,7 +104,27 @@ def parse_collect_body(body: bytes) -> tuple[str, str, str | None, str | None]:
     path = parts.path or "/"
     if not path.startswith("/"):
         raise Refused(400, '"url" must have a path starting with "/".')
-    return site, path, _source(parts.query), _referrer(document.get("referrer"))
+    medium, campaign = campaign_of(parts.query)
+    return Beacon(
+        site,
+        path,
+        _source(parts.query),
+        _referrer(document.get("referrer")),
+        medium,
+        campaign,
+        _width(document.get("width")),
+    )
+
+
+def _width(value: object) -> int | None:
+    """The window's width in CSS pixels: a whole number from 0 to MAX_WIDTH, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise Refused(400, '"width" must be a number of CSS pixels.')
+    if not 0 <= value <= MAX_WIDTH:
+        raise Refused(400, f'"width" must be from 0 to {MAX_WIDTH}.')
+    return int(value)
 
 
 def _text(value: object, field: str) -> str | None:
@@ -163,7 +199,8 @@ class Collector:
         body = request.body.read(MAX_BODY_BYTES + 1)
         if len(body) > MAX_BODY_BYTES:
             raise too_large
-        site, path, source, referrer = parse_collect_body(body)
+        beacon = parse_collect_body(body)
+        site = beacon.site
         if self.sites is not None and site not in self.sites:
             raise Refused(403, f"Views of {site} are not accepted here: it is not in SITES.")
         user_agent = request.get_header("User-Agent", "").strip()
@@ -173,5 +210,19 @@ class Collector:
             return Outcome(202, {"stored": 0, "filtered": "crawler"})
         address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
         visitor = self.visitors.visitor_id(site, address, user_agent)
-        self.writer.write([View(path, referrer, site, source, visitor)])
+        audience = audience_of(address, user_agent, beacon.width)
+        view = View(
+            beacon.path,
+            beacon.referrer,
+            site,
+            beacon.source,
+            visitor,
+            beacon.medium,
+            beacon.campaign,
+            audience.country,
+            audience.browser,
+            audience.os,
+            audience.device,
+        )
+        self.writer.write([view])
         return Outcome(201, {"stored": 1})

@@ -20,18 +20,25 @@ from typing import Any
 import psycopg_pool
 
 from tally.db import QUERIES
+from tally.web import filtered
 from tally.web.stats import MAX_DAYS, snapshot
 
 COLUMNS = ("day", "path", "views", "visitors")
 
 
 def daily_paths(
-    pool: psycopg_pool.ConnectionPool, days: int, site: str | None, tz: str
+    pool: psycopg_pool.ConnectionPool,
+    days: int,
+    site: str | None,
+    tz: str,
+    filters: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per day (in `tz`) and path with views over the last `days` days, oldest day
-    first, busiest path first."""
+    first, busiest path first; of the views matching every filter (counted from raw views)."""
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be from 1 to {MAX_DAYS}")
+    if filters:
+        return _filtered_daily_paths(pool, days, site, tz, filters)
     views: collections.Counter[tuple[datetime.date, str]] = collections.Counter()
     visitors: collections.Counter[tuple[datetime.date, str]] = collections.Counter()
     with snapshot(pool) as cur:
@@ -66,6 +73,26 @@ def daily_paths(
         {"day": day.isoformat(), "path": path, "views": count, "visitors": visitors.get((day, path), 0)}
         for (day, path), count in ranked
         if count > 0
+    ]
+
+
+def _filtered_daily_paths(
+    pool: psycopg_pool.ConnectionPool, days: int, site: str | None, tz: str, filters: dict[str, str]
+) -> list[dict[str, Any]]:
+    with snapshot(pool) as cur:
+        cur.execute(QUERIES["stats_state"], {"tz": tz})
+        watermark, in_progress, _now, today = cur.fetchone()
+        first_day = today - datetime.timedelta(days=days - 1)
+        cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
+        start = cur.fetchone()[0]
+        bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
+        params = filtered.parameters(cur, filters, bounds, first_day - datetime.timedelta(days=3))
+        cur.execute(QUERIES["filtered_export"], {**params, "start": start, "end": filtered.OPEN_END})
+        rows = cur.fetchall()
+    rows.sort(key=lambda row: (row[0], -row[2], row[1]))
+    return [
+        {"day": day.isoformat(), "path": path, "views": views, "visitors": visitors}
+        for day, path, views, visitors in rows
     ]
 
 

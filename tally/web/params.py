@@ -1,4 +1,4 @@
-"""The query parameters that several routes share: `days`, `tz` and `site`.
+"""The query parameters that several routes share: `days`, `tz`, `site`, the filters and `compare`.
 
 A bad value raises a 400 `{"error": ...}` response, which Bottle sends as it is.
 """
@@ -11,6 +11,7 @@ import bottle
 
 from tally.config import is_time_zone
 from tally.sites import parse_site
+from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.responses import json_error
 from tally.web.stats import MAX_DAYS
 
@@ -52,6 +53,24 @@ def parse_site_parameter(query: bottle.FormsDict) -> str | None:
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 MAX_NAME_LENGTH = 128  # procrastinate's task_name and queue_name are varchar(128)
 MAX_JOB_ID = 2**63 - 1
+
+
+def parse_filter_parameters(query: bottle.FormsDict, own: tuple[str, ...] = ()) -> dict[str, str]:
+    """The filters among the query parameters (tally/web/filters.py); 400 for an unknown name."""
+    try:
+        return parse_filters({name: query.getall(name) for name in query}, own)
+    except InvalidFilter as error:
+        raise json_error(400, str(error)) from None
+
+
+def parse_compare(query: bottle.FormsDict) -> bool:
+    """The `compare` query parameter: `previous` adds the period before; absent, nothing."""
+    values = query.getall("compare")
+    if not values or values == [""]:
+        return False
+    if values != ["previous"]:
+        raise json_error(400, "compare must be previous (the period of the same length just before).")
+    return True
 
 
 def _one_value(query: bottle.FormsDict, name: str) -> str | None:

@@ -8,7 +8,13 @@ import psycopg_pool
 from tally.config import Config
 from tally.web import dashboard, export, queue_state
 from tally.web.auth import Auth, Reader
-from tally.web.params import parse_days, parse_site_parameter, parse_time_zone
+from tally.web.params import (
+    parse_compare,
+    parse_days,
+    parse_filter_parameters,
+    parse_site_parameter,
+    parse_time_zone,
+)
 from tally.web.responses import database_unavailable, json_response
 from tally.web.stats import StatsReader
 
@@ -26,7 +32,11 @@ def register(
         days = parse_days(bottle.request.query)
         query = bottle.request.query
         window = stats.stats_for_window(
-            days, parse_site_parameter(query), parse_time_zone(query, config.timezone)
+            days,
+            parse_site_parameter(query),
+            parse_time_zone(query, config.timezone),
+            filters=parse_filter_parameters(query, ("compare",)),
+            compare=parse_compare(query) or True,  # the chart always shows the period before
         )
         sites = stats.sites()
         queue = processes = None
@@ -44,10 +54,14 @@ def register(
     @auth.owner_or_share
     @database_unavailable
     def show_stats():
-        """Views and visitors per day over ?days=N (1-366, default 30) of ?site=H (default all) in ?tz=Z."""
+        """Views and visitors per day over ?days=N of ?site=H in ?tz=Z, of the views matching every filter."""
         query = bottle.request.query
         window = stats.stats_for_window(
-            parse_days(query), parse_site_parameter(query), parse_time_zone(query, config.timezone)
+            parse_days(query),
+            parse_site_parameter(query),
+            parse_time_zone(query, config.timezone),
+            filters=parse_filter_parameters(query, ("compare",)),
+            compare=parse_compare(query),
         )
         return json_response(200, window)
 
@@ -65,7 +79,8 @@ def register(
         """Send views and visitors per day and path over ?days=N of ?site=H in ?tz=Z as CSV."""
         query = bottle.request.query
         days, site = parse_days(query), parse_site_parameter(query)
-        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone))
+        filters = parse_filter_parameters(query)
+        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone), filters)
         name = f"tally-{site or 'all-sites'}-{days}-days.csv"
         headers = {
             "Content-Type": "text/csv; charset=utf-8",

@@ -1,8 +1,11 @@
 """Stats for a window of days, exact and fast: rollups plus the tail not yet rolled up.
 
-Views and visitors per day, top paths, sources and referring domains, per site or all
-sites together (migrations/0005), with days in any IANA zone: the rollups' 15-minute
-buckets fit every zone's days. A visitor counts once on each day its views fall on.
+Views and visitors per day, and the top values of every dimension of a view
+(tally/dimensions.py: paths, referring domains, sources, countries, browsers...) with their
+views and visitors, per site or all sites together, with days in any IANA zone: the
+rollups' 15-minute buckets fit every zone's days. A visitor counts once on each day its
+views fall on. With filters the answer counts the matching raw views instead
+(tally/web/filtered.py); `?compare=previous` adds the period just before.
 
 The rollup job moves its state (the snapshot it folded at: a watermark and the
 transactions then in progress) and the rollup tables together, so the rolled-up part
@@ -30,19 +33,16 @@ import psycopg
 import psycopg_pool
 
 from tally.db import QUERIES
-from tally.web.referrers import by_name
+from tally.dimensions import DIMENSIONS
+from tally.web import filtered
+from tally.web.referrers import by_name, referrer_name
+from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, move_span, with_changes
 
-BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
-DAY = datetime.timedelta(days=1)
-TOP_ROWS = 10
-MAX_DAYS = 366
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
 # someone reads stats, and grouping the tail stays around a millisecond.
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
-# Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
-EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 # Sites counted by GET /api/sites.
 SITES_DAYS = 30
 
@@ -58,33 +58,6 @@ def snapshot(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Cursor]:
             yield cur
 
 
-def bucket_of(moment: datetime.datetime) -> datetime.datetime:
-    """The start of the 15-minute bucket `moment` falls in."""
-    return moment - (moment - EPOCH) % BUCKET
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranking:
-    """Rolled-up views per name, and the names ranked once (most views, then by name), so a
-    request finds its top rows without sorting every name again."""
-
-    views: dict[str, int]
-    ranked: list[str]
-
-    @classmethod
-    def of(cls, views: dict[str, int]) -> Ranking:
-        return cls(views, sorted(views, key=lambda name: (-views[name], name)))
-
-    def top(self, tail: dict[str, int], key: str) -> list[dict[str, Any]]:
-        """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
-        + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
-        keeps its rank among the others it leaves alone."""
-        candidates = set(self.ranked[: TOP_ROWS + len(tail)]) | set(tail)
-        counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
-        ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
-        return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
-
-
 @dataclasses.dataclass(frozen=True)
 class RolledUp:
     """The rolled-up part of one window, valid for one rollup state."""
@@ -93,29 +66,10 @@ class RolledUp:
     daily: dict[datetime.date, int]
     visitors: dict[datetime.date, int]
     after_boundary: int  # views in the full buckets of the last 24 hours
-    paths: Ranking
-    sources: Ranking
-    referrers: Ranking  # by referrer name: search engines grouped (tally/web/referrers.py)
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """The days and buckets a request asks about, fixed by the database clock, in one zone."""
-
-    now: datetime.datetime
-    days: list[datetime.date]  # in the zone
-    boundary: datetime.datetime  # now - 24 h
-    first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
-
-    @classmethod
-    def ending(cls, now: datetime.datetime, today: datetime.date, days: int) -> Window:
-        dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
-        boundary = now - DAY
-        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET)
-
-    def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
-        """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
-        return [day for day in self.days if first_day <= day <= last_day]
+    tops: dict[str, Ranking]  # per dimension; referrers by name: search engines grouped
+    end: datetime.datetime  # the window's end (infinity for a window that ends now)
+    referrer_domains: list[str]  # the domains behind the referrer names
+    value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
 
 
 class StatsReader:
@@ -134,14 +88,47 @@ class StatsReader:
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
-    def stats_for_window(self, days: int, site: str | None = None, tz: str = "UTC") -> dict[str, Any]:
-        """Views and visitors per day (in the IANA zone `tz`) over the last `days` days, today
-        included, top paths, sources and referrers, the last 24 h: of one site, or of all when
-        `site` is None."""
+    def stats_for_window(
+        self,
+        days: int,
+        site: str | None = None,
+        tz: str = "UTC",
+        filters: dict[str, str] | None = None,
+        compare: bool = False,
+        last_day: datetime.date | None = None,
+    ) -> dict[str, Any]:
+        """Views and visitors per day (in the IANA zone `tz`) over `days` days ending on
+        `last_day` (default today), the top values of every dimension, the last 24 h and the
+        visitors of the last 5 minutes: of one site, or of all when `site` is None; of the views
+        matching every filter; with the period before when `compare`."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
+        filters = filters or {}
         with self._snapshot() as cur:
-            state, answer, tail_views = self._read(cur, days, site, tz)
+            cur.execute(QUERIES["stats_state"], {"tz": tz})
+            watermark, in_progress, now, today = cur.fetchone()
+            window = Window.ending(now, min(last_day or today, today), days, today)
+            state = (watermark, tuple(in_progress))
+            bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
+            tail_views = 0
+            since = window.days[0] - days * DAY - 3 * DAY  # referrer domains of both periods
+            params = filtered.parameters(cur, filters, bounds, since)
+            if filters:
+                answer = filtered.stats(cur, window, params, self.retention_days)
+            else:
+                answer, tail_views = self._read(cur, state, bounds, window)
+            recent = filtered.recent(cur, params, with_day=bool(filters))
+            if filters:
+                answer["views_last_24h"] = recent["views_last_24h"] if window.current else 0
+            answer["current_visitors"] = recent["current_visitors"]
+            if compare:
+                before = window.before()
+                if filters:
+                    previous = filtered.stats(cur, before, params, self.retention_days, panels=False)
+                else:
+                    previous, _ = self._read(cur, state, bounds, before, panels=False)
+                answer["previous"] = with_changes(previous, answer)
+        answer.update(site=site, tz=tz, filters=filters, retention_days=self.retention_days)
         if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
             self.request_rollup()
         return answer
@@ -166,35 +153,34 @@ class StatsReader:
         return snapshot(self.pool)
 
     def _read(
-        self, cur: psycopg.Cursor, days: int, site: str | None, tz: str
-    ) -> tuple[tuple, dict[str, Any], int]:
-        cur.execute(QUERIES["stats_state"], {"tz": tz})
-        watermark, in_progress, now, today = cur.fetchone()
+        self, cur: psycopg.Cursor, state: tuple, bounds: dict[str, Any], window: Window, panels: bool = True
+    ) -> tuple[dict[str, Any], int]:
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        window = Window.ending(now, today, days)
-        bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
-        tail = cur.fetchall()
+        tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
         tail_visitors = []
         if any(row[-1] for row in tail):  # the tail has visitor ids: how they meet the rollups'
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
-        state = (watermark, tuple(in_progress))
-        rolled_up = self._rolled_up(cur, state, site, tz, window)
-        cur.execute(
-            QUERIES["stats_raw_range"],
-            {
-                "start": window.boundary,
-                "end": window.first_full_bucket,
-                "site": site,
-                "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
-            },
-        )
-        partial_bucket, crawlers = cur.fetchone()
+        rolled_up = self._rolled_up(cur, state, bounds["site"], bounds["tz"], window)
+        partial_bucket = crawlers = 0
+        if window.current:
+            cur.execute(
+                QUERIES["stats_raw_range"],
+                {
+                    "start": window.boundary,
+                    "end": window.first_full_bucket,
+                    "site": bounds["site"],
+                    "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
+                },
+            )
+            partial_bucket, crawlers = cur.fetchone()
         answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
-        answer.update(site=site, tz=tz, crawlers_filtered=crawlers)
-        return state, answer, sum(row[-2] for row in tail)
+        if panels:
+            answer.update(self._panels(cur, bounds, window, rolled_up, tail, tail_visitors))
+            answer["crawlers_filtered"] = crawlers
+        return answer, sum(row[-2] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
         # One request per rollup state asks; the others know it has been asked.
@@ -207,7 +193,7 @@ class StatsReader:
     def _rolled_up(
         self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
     ) -> RolledUp:
-        key = (state, site, tz, window.days[0], window.first_full_bucket)
+        key = (state, site, tz, window.days[0], window.days[-1], window.current, window.first_full_bucket)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -215,29 +201,34 @@ class StatsReader:
                 return cached
         cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
         start = cur.fetchone()[0]
+        end = filtered.OPEN_END
+        if not window.current:
+            cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
+            end = cur.fetchone()[0]
         since = min(start, window.first_full_bucket)
         cur.execute(
             QUERIES["stats_rolled_up_days"],
-            {"since": since, "recent": window.first_full_bucket, "site": site, "tz": tz},
+            {"since": since, "end": end, "recent": window.first_full_bucket, "site": site, "tz": tz},
         )
         daily: dict[datetime.date, int] = {}
         after_boundary = 0
         for day, views, recent in cur.fetchall():
-            if day >= window.days[0]:
+            if window.days[0] <= day <= window.days[-1]:
                 daily[day] = views
             after_boundary += recent
-        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "site": site, "tz": tz})
+        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "end": end, "site": site, "tz": tz})
         visitors: collections.Counter[datetime.date] = collections.Counter()
         for first_day, last_day, count in cur.fetchall():
-            for day in window.days:
-                if first_day <= day <= last_day:
-                    visitors[day] += count
-        tops = {}
-        for name in ("paths", "sources", "referrers"):
-            cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": start, "site": site})
-            views = dict(cur.fetchall())
-            tops[name] = Ranking.of(by_name(views) if name == "referrers" else views)
-        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, **tops)
+            visitors.update(dict.fromkeys(window.days_spanned(first_day, last_day), count))
+        cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
+        values: dict[str, dict[str, int]] = {dimension.name: {} for dimension in DIMENSIONS}
+        for dim, value, views in cur.fetchall():
+            if dim in values:
+                values[dim][value] = views
+        domains = list(values["referrer"])
+        values["referrer"] = by_name(values["referrer"])
+        tops = {dim: Ranking.of(views) for dim, views in values.items()}
+        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {})
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:
@@ -249,43 +240,94 @@ class StatsReader:
     ) -> dict[str, Any]:
         daily = collections.Counter(rolled_up.daily)
         visitors = collections.Counter(rolled_up.visitors)
-        paths: collections.Counter[str] = collections.Counter()  # the tail's, beside the rollups'
-        sources: collections.Counter[str] = collections.Counter()
-        referrers: collections.Counter[str] = collections.Counter()
         last_24h = partial_bucket + rolled_up.after_boundary
-        for day, recent, path, source, domain, views, _with_visitor in tail:
+        for row in tail:
+            day, recent, views = row[0], row[1], row[-2]
             if day >= window.days[0]:
                 daily[day] += views
-                paths[path] += views
-                if source is not None:
-                    sources[source] += views
-                if domain is not None:
-                    referrers[domain] += views
             if recent:
                 last_24h += views
         # A visitor of the tail may already be in the rollups: replace its old span by the
         # grown one, so each visitor counts once a day.
-        for first, last, old_first, old_last, count in tail_visitors:  # days in the zone
-            if old_first is None:
-                visitors.update(dict.fromkeys(window.days_spanned(first, last), count))
-                continue
-            visitors.update(
-                dict.fromkeys(window.days_spanned(min(first, old_first), max(last, old_last)), count)
-            )
-            visitors.subtract(dict.fromkeys(window.days_spanned(old_first, old_last), count))
+        for dim, _value, *span in tail_visitors:  # days in the zone
+            if dim is None:
+                move_span(visitors, window, *span)
         days = [
             {"day": day.isoformat(), "views": daily.get(day, 0), "visitors": visitors.get(day, 0)}
             for day in window.days
         ]
         return {
             "days": len(window.days),
+            "first_day": window.days[0].isoformat(),
+            "last_day": window.days[-1].isoformat(),
             "total_views": sum(day["views"] for day in days),
             "visitors": sum(day["visitors"] for day in days),
-            "views_last_24h": last_24h,
+            "views_last_24h": last_24h if window.current else 0,
             "daily": days,
-            "top_paths": rolled_up.paths.top(paths, "path"),
-            "top_referrers": rolled_up.referrers.top(by_name(referrers), "referrer"),
-            "top_sources": rolled_up.sources.top(sources, "source"),
-            "retention_days": self.retention_days,
             "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
         }
+
+    def _panels(
+        self,
+        cur: psycopg.Cursor,
+        bounds: dict,
+        window: Window,
+        rolled_up: RolledUp,
+        tail: list,
+        tail_visitors: list,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every dimension's top values with their views (rollups and tail) and visitors."""
+        tail_values: dict[str, collections.Counter[str]] = {d.name: collections.Counter() for d in DIMENSIONS}
+        for row in tail:
+            if row[0] < window.days[0]:
+                continue
+            for index, dimension in enumerate(DIMENSIONS, start=2):
+                if row[index] is not None:
+                    tail_values[dimension.name][row[index]] += row[-2]
+        tail_values["referrer"] = by_name(tail_values["referrer"])
+        tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
+        wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
+        per_value = self._value_visitors(cur, bounds, window, rolled_up, wanted)
+        for dim, value, *span in tail_visitors:
+            if dim is not None:
+                key = (dim, referrer_name(value) if dim == "referrer" else value)
+                if key in per_value:
+                    move_span(per_value[key], window, *span)
+        panels = {}
+        for dimension in DIMENSIONS:
+            rows = tops[dimension.name]
+            for row in rows:
+                row["visitors"] = sum(per_value[(dimension.name, row[dimension.name])].values())
+            panels[dimension.panel] = rows
+        return panels
+
+    def _value_visitors(
+        self, cur: psycopg.Cursor, bounds: dict, window: Window, rolled_up: RolledUp, wanted: set
+    ) -> dict[tuple[str, str], collections.Counter]:
+        """Rolled-up visitors per day of each wanted (dimension, value), cached with the rollup.
+        A referrer name (a search engine) adds up its domains' visitors."""
+        with self._lock:
+            missing = wanted - set(rolled_up.value_visitors)
+        if missing:
+            counted = {key: collections.Counter() for key in missing}
+            domains = [d for d in rolled_up.referrer_domains if ("referrer", referrer_name(d)) in missing]
+            pairs = [(dim, value) for dim, value in missing if dim != "referrer"]
+            pairs += [("referrer", domain) for domain in domains]
+            cur.execute(
+                QUERIES["stats_rolled_up_dim_visitors"],
+                {
+                    **bounds,
+                    "start": rolled_up.start,
+                    "end": rolled_up.end,
+                    "dims": [dim for dim, _ in pairs],
+                    "values": [value for _, value in pairs],
+                },
+            )
+            for dim, value, first_day, last_day, count in cur.fetchall():
+                key = (dim, referrer_name(value) if dim == "referrer" else value)
+                if key in counted:
+                    counted[key].update(dict.fromkeys(window.days_spanned(first_day, last_day), count))
+            with self._lock:
+                rolled_up.value_visitors.update(counted)
+        with self._lock:
+            return {key: collections.Counter(rolled_up.value_visitors[key]) for key in wanted}

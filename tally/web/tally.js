@@ -1,8 +1,9 @@
 // Tally's tracker. A site adds one tag:
 //   <script defer src="https://<tally-host>/tally.js"></script>
 // Each page view, and each single-page-app navigation (history.pushState, the back and
-// forward buttons), is sent once as {url, referrer} in a text/plain beacon: a "simple"
-// cross-origin request, so no CORS preflight. No cookie, nothing stored in the browser.
+// forward buttons), is sent once as {url, referrer, width} in a text/plain beacon: a "simple"
+// cross-origin request, so no CORS preflight. The window's width says phone, tablet,
+// laptop or desktop. No cookie, nothing stored in the browser.
 // Pages opened from file: or on localhost send nothing unless the tag has
 // data-allow-local; browsers driven by automation (navigator.webdriver) send nothing.
 (function () {
@@ -18,7 +19,7 @@
   function send(referrer) {
     if (location.href === sent) return; // the same address again is not a new view
     sent = location.href;
-    var body = JSON.stringify({ url: sent, referrer: referrer || null });
+    var body = JSON.stringify({ url: sent, referrer: referrer || null, width: innerWidth });
     if (navigator.sendBeacon && navigator.sendBeacon(endpoint, body)) return;
     fetch(endpoint, { method: "POST", body: body, keepalive: true, mode: "no-cors" })
       .catch(function () {});

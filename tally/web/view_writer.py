@@ -52,6 +52,12 @@ class View(NamedTuple):
     site: str = DEFAULT_SITE
     source: str | None = None
     visitor: int | None = None  # the keyed hash of tally/web/visitors.py, never an address
+    medium: str | None = None
+    campaign: str | None = None
+    country: str | None = None  # categories of the sender (tally/web/audience.py), never
+    browser: str | None = None  # the address or the user agent themselves
+    os: str | None = None
+    device: str | None = None
 
 
 # The longest a request waits for the insert in flight before it gives up (503); its own
@@ -222,13 +228,8 @@ def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> No
 def execute_insert(conn: psycopg.Connection, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on `conn` (in autocommit mode: all or none, committed)."""
     rows = [view if isinstance(view, View) else View(*view) for view in views]
-    columns = {"paths": [row.path for row in rows], "referrers": [row.referrer for row in rows]}
-    query = "insert_page_views_plain"
-    if any(row.site != DEFAULT_SITE or row.source is not None or row.visitor is not None for row in rows):
-        query = "insert_page_views"
-        columns.update(
-            sites=[row.site for row in rows],
-            sources=[row.source for row in rows],
-            visitors=[row.visitor for row in rows],
-        )
-    conn.execute(QUERIES[query], columns)
+    # One array per column; views with nothing but a path and a referrer send two.
+    plain = all(row.site == DEFAULT_SITE and all(value is None for value in row[3:]) for row in rows)
+    fields = View._fields[:2] if plain else View._fields
+    columns = {field: [getattr(row, field) for row in rows] for field in fields}
+    conn.execute(QUERIES["insert_page_views_plain" if plain else "insert_page_views"], columns)

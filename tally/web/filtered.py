@@ -1,0 +1,116 @@
+"""Stats of the views that match filters, counted from the raw views.
+
+The rollups are kept per dimension, so they answer "views per country" but not "views per
+path among the views from Germany"; a filtered answer counts the matching rows of
+`page_views` instead, in the same REPEATABLE READ snapshot as the rest of the request. It is
+exact by construction (every committed view is a row until cleanup deletes it) and reaches
+back as far as the raw views do: RETENTION_DAYS (README, "Filters").
+
+A referrer filter names what the referrer panel lists: a domain, or a search engine's name
+(tally/web/referrers.py), which stands for every domain of that engine the rollups or the
+tail know.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from tally.db import QUERIES
+from tally.dimensions import DIMENSIONS
+from tally.web.filters import sql_parameters
+from tally.web.referrers import SEARCH_ENGINES, referrer_name
+
+if TYPE_CHECKING:
+    from tally.web.stats import Window
+
+TOP_ROWS = 10
+SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
+OPEN_END = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+def parameters(
+    cur: psycopg.Cursor, filters: dict[str, str], bounds: dict[str, Any], since: datetime.date | None = None
+) -> dict[str, Any]:
+    """The query parameters of a filtered read: the site and zone, and one per dimension."""
+    params = {**bounds, **sql_parameters(filters)}
+    name = filters.get("referrer")
+    if name is not None:
+        domains = [name]
+        if name in SEARCH_ENGINE_NAMES:
+            cur.execute(QUERIES["referrer_domains"], {**bounds, "since": since or datetime.date.min})
+            domains = [domain for (domain,) in cur.fetchall() if domain and referrer_name(domain) == name]
+        params["referrer"] = domains
+    return params
+
+
+def stats(
+    cur: psycopg.Cursor, window: Window, params: dict[str, Any], retention_days: int, panels: bool = True
+) -> dict[str, Any]:
+    """The stats answer's days, totals and (with `panels`) top values of the matching views."""
+    cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": params["tz"]})
+    start = cur.fetchone()[0]
+    end = OPEN_END
+    if not window.current:
+        cur.execute(
+            QUERIES["local_midnight"],
+            {"day": window.days[-1] + datetime.timedelta(days=1), "tz": params["tz"]},
+        )
+        end = cur.fetchone()[0]
+    span = {**params, "start": start, "end": end}
+    values: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
+    by_day: dict[datetime.date, tuple[int, int]] = {}
+    if panels:
+        cur.execute(QUERIES["filtered_stats"], span)
+        for dim, value, views, visitors in cur.fetchall():
+            if dim is None:
+                by_day[datetime.date.fromisoformat(value)] = (views, visitors)
+            else:
+                values[dim][value] = (views, visitors)
+    else:
+        cur.execute(QUERIES["filtered_daily"], span)
+        by_day = {day: (views, visitors) for day, views, visitors in cur.fetchall()}
+    daily = [
+        {"day": day.isoformat(), "views": by_day.get(day, (0, 0))[0], "visitors": by_day.get(day, (0, 0))[1]}
+        for day in window.days
+    ]
+    answer: dict[str, Any] = {
+        "days": len(window.days),
+        "first_day": window.days[0].isoformat(),
+        "last_day": window.days[-1].isoformat(),
+        "total_views": sum(day["views"] for day in daily),
+        "visitors": sum(day["visitors"] for day in daily),
+        "daily": daily,
+        "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
+    }
+    if panels:
+        values["referrer"] = _by_name(values.get("referrer", {}))
+        for dimension in DIMENSIONS:
+            answer[dimension.panel] = top(values.get(dimension.name, {}), dimension.name)
+        answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
+    return answer
+
+
+def recent(cur: psycopg.Cursor, params: dict[str, Any], with_day: bool) -> dict[str, int]:
+    """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours."""
+    cur.execute(QUERIES["recent_visitors"], {**params, "with_day": with_day})
+    views, current = cur.fetchone()
+    return {"views_last_24h": views, "current_visitors": current}
+
+
+def top(values: dict[str, tuple[int, int]], key: str) -> list[dict[str, Any]]:
+    """The TOP_ROWS values with the most views (then by name), with their views and visitors."""
+    ranked = sorted(values, key=lambda name: (-values[name][0], name))[:TOP_ROWS]
+    return [{key: name, "views": values[name][0], "visitors": values[name][1]} for name in ranked]
+
+
+def _by_name(domains: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    named: dict[str, tuple[int, int]] = {}
+    for domain, (views, visitors) in domains.items():
+        name = referrer_name(domain)
+        had_views, had_visitors = named.get(name, (0, 0))
+        named[name] = (had_views + views, had_visitors + visitors)
+    return named

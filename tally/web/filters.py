@@ -1,0 +1,54 @@
+"""The query parameters of stats, export and the dashboard: which views to count.
+
+One filter model for every reader (Plausible's): a parameter named after a dimension
+(tally/dimensions.py) keeps only the views with that value; several are AND-ed. A name
+that is neither a dimension nor one of the route's own parameters is a 400, so a typo
+never silently shows unfiltered numbers.
+
+>>> parse_filters({"country": ["DE"], "days": ["7"]}, ("days",))
+{'country': 'DE'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from tally.dimensions import BY_NAME
+from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+
+# Parameters every reader accepts besides the filters: the window, the site, the zone, and a
+# share link's token.
+COMMON_PARAMETERS = ("days", "site", "tz", "share")
+
+
+class InvalidFilter(ValueError):
+    """A parameter that names no filter, or a filter's value that cannot be one."""
+
+
+def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> dict[str, str]:
+    """The filters in `query` (a mapping of each name to its values), by dimension name.
+
+    Raises InvalidFilter naming the first unknown parameter or bad value."""
+    known = set(COMMON_PARAMETERS) | set(own)
+    filters: dict[str, str] = {}
+    for name in sorted(query):
+        if name in known:
+            continue
+        if name not in BY_NAME:
+            dimensions = ", ".join(BY_NAME)
+            raise InvalidFilter(f"Unknown parameter {name!r}; filters are {dimensions}.")
+        values = [value for value in query[name] if value != ""]
+        if not values:
+            continue
+        if len(values) > 1:
+            raise InvalidFilter(f"Give the filter {name!r} once.")
+        value = values[0]
+        if len(value) > MAX_TEXT or CONTROL_CHARACTERS.search(value):
+            raise InvalidFilter(f"The filter {name!r} must be at most {MAX_TEXT} printable characters.")
+        filters[name] = value
+    return filters
+
+
+def sql_parameters(filters: Mapping[str, object]) -> dict[str, object]:
+    """One query parameter per dimension: its value, or None for no filter on it."""
+    return {name: filters.get(name) for name in BY_NAME}

@@ -1,0 +1,106 @@
+"""The days a stats answer covers, and the arithmetic of counting over them.
+
+A window is a run of whole days in one IANA zone, fixed by the database clock: the last
+`days` days ending today (or, for `?compare=previous` and reports, on an earlier day).
+Visitors are counted by spans: an id seen from one day to another counts once on each day
+of its span that lies in the window (docs/ARCHITECTURE.md, "Sites and visitors").
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+from typing import Any
+
+BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
+DAY = datetime.timedelta(days=1)
+TOP_ROWS = 10
+MAX_DAYS = 366
+# Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
+EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
+
+def bucket_of(moment: datetime.datetime) -> datetime.datetime:
+    """The start of the 15-minute bucket `moment` falls in."""
+    return moment - (moment - EPOCH) % BUCKET
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """Rolled-up views per name, and the names ranked once (most views, then by name), so a
+    request finds its top rows without sorting every name again."""
+
+    views: dict[str, int]
+    ranked: list[str]
+
+    @classmethod
+    def of(cls, views: dict[str, int]) -> Ranking:
+        return cls(views, sorted(views, key=lambda name: (-views[name], name)))
+
+    def top(self, tail: dict[str, int], key: str) -> list[dict[str, Any]]:
+        """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
+        + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
+        keeps its rank among the others it leaves alone."""
+        candidates = set(self.ranked[: TOP_ROWS + len(tail)]) | set(tail)
+        counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
+        ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
+        return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The days and buckets a request asks about, fixed by the database clock, in one zone."""
+
+    now: datetime.datetime
+    days: list[datetime.date]  # in the zone
+    boundary: datetime.datetime  # now - 24 h
+    first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
+    current: bool  # ends today (else a past period: no last 24 hours, no tail past its days)
+
+    @classmethod
+    def ending(
+        cls, now: datetime.datetime, last_day: datetime.date, days: int, today: datetime.date
+    ) -> Window:
+        dates = [last_day - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+        boundary = now - DAY
+        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET, last_day >= today)
+
+    def before(self) -> Window:
+        """The period of the same length just before this one."""
+        last = self.days[0] - DAY
+        return Window.ending(self.now, last, len(self.days), self.days[-1])
+
+    def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
+        """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
+        return [day for day in self.days if first_day <= day <= last_day]
+
+
+def move_span(
+    visitors: collections.Counter,
+    window: Window,
+    first: datetime.date,
+    last: datetime.date,
+    old_first: datetime.date | None,
+    old_last: datetime.date | None,
+    count: int,
+) -> None:
+    """Count `count` visitors seen in the tail from `first` to `last`; those the rollups already
+    count from `old_first` to `old_last` move to the grown span instead of counting twice."""
+    if old_first is None:
+        visitors.update(dict.fromkeys(window.days_spanned(first, last), count))
+        return
+    visitors.update(dict.fromkeys(window.days_spanned(min(first, old_first), max(last, old_last)), count))
+    visitors.subtract(dict.fromkeys(window.days_spanned(old_first, old_last), count))
+
+
+def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The previous period's totals and days, and each total's change to the current one in percent."""
+    body = {
+        key: previous[key] for key in ("days", "first_day", "last_day", "total_views", "visitors", "daily")
+    }
+    body["change_percent"] = {
+        key: None if not previous[key] else round(100 * (current[key] - previous[key]) / previous[key], 1)
+        for key in ("total_views", "visitors")
+    }
+    return body

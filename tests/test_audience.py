@@ -1,0 +1,117 @@
+"""Where visitors come from and what they use (issue 17): countries from addresses, browsers and
+systems from user agents, devices from widths, campaigns from URLs; through the real WSGI app."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tally.dimensions import DIMENSIONS
+from tally.web.audience import audience_of, device_of
+from tests.test_web import roll_up
+from tests.test_web_collect import sites_client
+
+ROOT = Path(__file__).resolve().parent.parent
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+SAFARI_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/17.0 Mobile/15E148 Safari/604.1"
+)
+CHROME_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return sites_client(database_url, pool)
+
+
+def send(client, url: str, agent: str, address: str, width: object = None, status: int = 201):
+    body = {"url": url, "referrer": ""}
+    if width is not None:
+        body["width"] = width
+    headers = {"User-Agent": agent, "X-Forwarded-For": f"10.0.0.1, {address}"}
+    return client.post(
+        "/api/collect", json.dumps(body), headers=headers, content_type="text/plain", status=status
+    )
+
+
+def test_views_from_known_clients_land_in_the_right_panels(client, conn):
+    send(client, "https://example.com/a?utm_source=news&utm_medium=email&utm_campaign=spring", FIREFOX_LINUX,
+         "85.214.132.117", 1280)  # fmt: skip
+    send(client, "https://example.com/b", FIREFOX_LINUX, "85.214.132.117", 1280)  # the same visitor
+    roll_up(conn)
+    send(client, "https://example.com/a", SAFARI_IPHONE, "8.8.8.8", 390)
+    send(client, "https://example.com/a", CHROME_WINDOWS, "2a00:1450:4001::1", 1920)
+    send(client, "https://example.com/a", CHROME_WINDOWS, "133.242.0.1", 800)
+    stored = conn.execute(
+        "SELECT country, browser, os, device, medium, campaign FROM page_views ORDER BY id"
+    ).fetchall()
+    assert stored == [
+        ("DE", "Firefox", "Linux", "laptop", "email", "spring"),
+        ("DE", "Firefox", "Linux", "laptop", None, None),
+        ("US", "Mobile Safari", "iOS", "phone", None, None),
+        ("IE", "Chrome", "Windows", "desktop", None, None),
+        ("JP", "Chrome", "Windows", "tablet", None, None),
+    ]
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert body["top_countries"][0] == {"country": "DE", "views": 2, "visitors": 1}
+    assert {row["country"] for row in body["top_countries"]} == {"DE", "US", "IE", "JP"}
+    assert body["top_browsers"][:2] == [
+        {"browser": "Chrome", "views": 2, "visitors": 2},
+        {"browser": "Firefox", "views": 2, "visitors": 1},
+    ]
+    assert body["top_os"][0] == {"os": "Linux", "views": 2, "visitors": 1}
+    assert {row["device"]: row["views"] for row in body["top_devices"]} == {
+        "laptop": 2, "phone": 1, "desktop": 1, "tablet": 1,
+    }  # fmt: skip
+    assert body["top_campaigns"] == [{"campaign": "spring", "views": 1, "visitors": 1}]
+    assert body["top_mediums"] == [{"medium": "email", "views": 1, "visitors": 1}]
+    assert body["current_visitors"] == 4
+    narrowed = client.get("/api/stats?days=1&country=DE").json
+    assert narrowed["total_views"] == 2 and narrowed["visitors"] == 1
+    assert narrowed["top_paths"] == [
+        {"path": "/a", "views": 1, "visitors": 1},
+        {"path": "/b", "views": 1, "visitors": 1},
+    ]
+    assert narrowed["current_visitors"] == 1
+
+
+@pytest.mark.parametrize("width", ["wide", -1, True, 1e9, [390], {"w": 1}])
+def test_a_bad_width_is_a_400_and_nothing_is_stored(client, conn, width):
+    response = send(client, "https://example.com/", FIREFOX_LINUX, "8.8.8.8", width, status=400)
+    assert "width" in response.json["error"]
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_server_side_views_have_no_audience(client, conn):
+    client.post_json("/api/pageviews", {"path": "/server"}, status=201)
+    assert conn.execute("SELECT country, browser, os, device FROM page_views").fetchall() == [
+        (None, None, None, None)
+    ]
+
+
+def test_unknowns_are_stored_as_unknown():
+    assert audience_of("203.0.113.77", "something/1.0 unheard-of", None).country is None
+    assert audience_of("not an address", "", None) == audience_of("::1", "", None)
+    assert audience_of("8.8.8.8", "", 575).device == "phone" and device_of(576) == "tablet"
+    assert device_of(991) == "tablet" and device_of(1439) == "laptop" and device_of(1440) == "desktop"
+
+
+def test_the_rollup_and_the_queries_name_every_dimension_and_only_those():
+    names = [dimension.name for dimension in DIMENSIONS]
+    lists = re.compile(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", re.S)
+    texts = [
+        (ROOT / "migrations" / "0007_audience.sql").read_text(),
+        (ROOT / "tally" / "queries.sql").read_text(),
+    ]
+    found = [re.findall(r"\('(\w+)', ", block) for text in texts for block in lists.findall(text)]
+    assert len(found) >= 3 and all(block == names for block in found), found
+    for dimension in DIMENSIONS:
+        if dimension.column.isidentifier():
+            assert f"%({dimension.name})s" in texts[1], dimension.name
