@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tally.dimensions import DIMENSIONS
 from tally.web.openapi_parts import (
     BACK_TO_PAGE,
     CHANGES,
@@ -55,6 +56,18 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "notice": query(
         "notice", {"type": "string", "maxLength": 300}, "What the last action did, shown on the page."
     ),
+    "compare": query(
+        "compare", {"enum": ["previous", ""]}, "previous: add the period of the same length just before."
+    ),
+    # The filters (tally/web/filters.py): one parameter per dimension, AND-ed.
+    **{
+        dimension.name: query(
+            dimension.name,
+            {"type": "string", "maxLength": 2048},
+            f"Count only the views whose {dimension.name} is this value.",
+        )
+        for dimension in DIMENSIONS
+    },
 }
 JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
 TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
@@ -88,7 +101,8 @@ def operation(
 
 OWNER_ERRORS = ("401", "403", "429", "503")
 CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
-STATS_PARAMS = ("days", "site", "tz")
+FILTERS = tuple(dimension.name for dimension in DIMENSIONS)
+STATS_PARAMS = ("days", "site", "tz", *FILTERS)
 JOB_FILTERS = ("status", "task", "queue")
 OPERATIONS = [
     operation(
@@ -98,7 +112,7 @@ OPERATIONS = [
         "The dashboard (HTML).",
         SHARED,
         {"200": text_body(HTML, "The dashboard."), **PAGE_REFUSED},
-        (*STATS_PARAMS, "share"),
+        (*STATS_PARAMS, "compare", "share"),
         errors=("400", "503"),
     ),
     operation(
@@ -180,7 +194,7 @@ OPERATIONS = [
         "Views and visitors per day, top lists.",
         SHARED,
         {"200": json_body("Stats", "The window's numbers.")},
-        (*STATS_PARAMS, "share"),
+        (*STATS_PARAMS, "compare", "share"),
         errors=("400", *OWNER_ERRORS),
     ),
     operation(

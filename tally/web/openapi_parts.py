@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tally.dimensions import DIMENSIONS
+
 JSON = "application/json"
 HTML = "text/html"
 NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -23,31 +25,73 @@ def path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
 OBJECT = {"type": "object"}
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 DAY_ROWS = {"type": "array", "items": {"type": "object"}}
+DAILY = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["day", "views", "visitors"],
+        "properties": {
+            "day": {"type": "string", "format": "date"},
+            "views": {"type": "integer"},
+            "visitors": {"type": "integer"},
+        },
+    },
+}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": ERROR_SCHEMA,
     "Stats": {
         "type": "object",
-        "required": ["total_views", "visitors", "views_last_24h", "daily", "top_paths", "retention_days"],
+        "required": [
+            "days",
+            "first_day",
+            "last_day",
+            "total_views",
+            "visitors",
+            "views_last_24h",
+            "current_visitors",
+            "daily",
+            "filters",
+            "retention_days",
+            *(dimension.panel for dimension in DIMENSIONS),
+        ],
         "properties": {
+            "days": {"type": "integer"},
+            "first_day": {"type": "string", "format": "date"},
+            "last_day": {"type": "string", "format": "date"},
             "total_views": {"type": "integer"},
             "visitors": {"type": "integer"},
             "views_last_24h": {"type": "integer"},
-            "daily": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["day", "views", "visitors"],
-                    "properties": {
-                        "day": {"type": "string"},
-                        "views": {"type": "integer"},
-                        "visitors": {"type": "integer"},
+            "current_visitors": {"type": "integer", "description": "Visitors of the last 5 minutes."},
+            "daily": DAILY,
+            "filters": {"type": "object", "additionalProperties": {"type": "string"}},
+            "previous": {
+                "type": "object",
+                "description": "With ?compare=previous: the period of the same length just before.",
+                "required": ["first_day", "last_day", "total_views", "visitors", "daily", "change_percent"],
+                "properties": {
+                    "daily": DAILY,
+                    "change_percent": {
+                        "type": "object",
+                        "properties": {"total_views": NUMBER_OR_NULL, "visitors": NUMBER_OR_NULL},
                     },
                 },
             },
-            "top_paths": DAY_ROWS,
-            "top_referrers": DAY_ROWS,
-            "top_sources": DAY_ROWS,
             "retention_days": {"type": "integer"},
+            **{
+                dimension.panel: {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [dimension.name, "views", "visitors"],
+                        "properties": {
+                            dimension.name: {"type": "string"},
+                            "views": {"type": "integer"},
+                            "visitors": {"type": "integer"},
+                        },
+                    },
+                }
+                for dimension in DIMENSIONS
+            },
         },
     },
     "Health": {
@@ -93,6 +137,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "url": {"type": "string", "format": "uri", "pattern": "^https?://[a-z0-9.-]+/"},
             "referrer": {"type": "string"},
+            "width": {"type": "number", "minimum": 0, "maximum": 100000, "description": "window.innerWidth"},
         },
     },
 }
