@@ -45,7 +45,7 @@
   .panel table { table-layout: fixed; }
   .panel col.num { width: 5.2em; }
   .panel td.value { overflow-wrap: anywhere; word-break: break-word; }
-  .panel td.value a { display: block; color: var(--ink); text-decoration: none; }
+  .panel td.value a { color: var(--ink); text-decoration: none; }
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
   .panel tr.active td { background: #eaf0fc; }
   .failed { color: var(--bad); }
