@@ -63,7 +63,7 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
     conn.execute("SELECT tally_rollup_page_views()")
     defer_by_sql(conn, "prune_finished_jobs")
     port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN})
+    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false"})
     web.wait_for_line("Serving on")
     post_views(port, [{"path": "/home"}] * 3 + [{"path": "/pricing"}])
 
@@ -120,7 +120,10 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
     conn.execute("INSERT INTO page_views (path) SELECT '/launch' FROM generate_series(1, 23)")
     make_failed_job(conn)  # its error, RuntimeError: boom, is for the owner's eyes
     port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": SHARE})
+    web = start_process(
+        ["web.py"],
+        {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": SHARE, "PUBLIC_DASHBOARD": "false"},
+    )
     web.wait_for_line("Serving on")
     base = f"http://127.0.0.1:{port}"
 

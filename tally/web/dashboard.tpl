@@ -111,7 +111,7 @@
     <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
     <div class="card"><span class="muted">Crawler hits filtered</span><b id="crawlers-filtered">{{none if stats['crawlers_filtered'] is None else stats['crawlers_filtered']}}</b>
       % if stats['crawlers_filtered'] is None:
-      <span class="muted">not counted by filter</span>
+      <span class="muted">not counted under a filter</span>
       % end
     </div>
     % if processes is not None:
