@@ -15,6 +15,8 @@ import urllib.request
 import psycopg
 import pytest
 
+from tally.dimensions import DIMENSIONS
+from tally.web.dashboard import NONE, change
 from tests.conftest import ROOT, defer_by_sql, free_port
 from tests.test_web import make_failed_job
 
@@ -61,7 +63,7 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
     conn.execute("SELECT tally_rollup_page_views()")
     defer_by_sql(conn, "prune_finished_jobs")
     port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN})
+    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false"})
     web.wait_for_line("Serving on")
     post_views(port, [{"path": "/home"}] * 3 + [{"path": "/pricing"}])
 
@@ -123,7 +125,10 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
     conn.execute("INSERT INTO page_views (path) SELECT '/launch' FROM generate_series(1, 23)")
     make_failed_job(conn)  # its error, RuntimeError: boom, is for the owner's eyes
     port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": SHARE})
+    web = start_process(
+        ["web.py"],
+        {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": SHARE, "PUBLIC_DASHBOARD": "false"},
+    )
     web.wait_for_line("Serving on")
     base = f"http://127.0.0.1:{port}"
 
@@ -183,3 +188,235 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
             browser.close()
     # The 401 pages (login form, the refused API) are the only console errors a browser reports.
     assert [problem for problem in problems if "401" not in problem and "403" not in problem] == []
+
+
+# --- issue 17: every panel, filtered by a click ------------------------------------------------
+
+LONG_PATH = "/" + "a-very-long-slug-without-spaces" * 6
+# (path, referrer, source, medium, campaign, country, browser, os, device, visitor), all a minute ago.
+AUDIENCE = (
+    [
+        (
+            "/pricing",
+            "https://news.example/a",
+            "newsletter",
+            "email",
+            "launch",
+            "DE",
+            "Firefox",
+            "Linux",
+            "desktop",
+            1,
+        )
+    ]
+    * 2
+    + [
+        (
+            "/pricing",
+            "https://news.example/b",
+            "newsletter",
+            "email",
+            "launch",
+            "DE",
+            "Firefox",
+            "Linux",
+            "desktop",
+            2,
+        )
+    ]
+    * 2
+    + [("/docs", None, None, None, None, "DE", "Chrome", "Windows", "laptop", 3)] * 2
+    + [
+        (
+            "/docs",
+            "https://blog.example/x",
+            "twitter",
+            "social",
+            "spring",
+            "FR",
+            "Safari",
+            "Mac OS X",
+            "laptop",
+            4,
+        )
+    ]
+    * 3
+    + [("/home", None, None, None, None, "US", "Chrome", "Android", "phone", 5)] * 3
+    + [("/home", None, None, None, None, "US", "Chrome", "Android", "phone", 6)] * 2
+    + [("/<script>alert(1)</script>", None, None, None, None, "US", "Chrome", "Android", "phone", 6)]
+    + [
+        (
+            LONG_PATH,
+            None,
+            None,
+            None,
+            "a-campaign-name-that-goes-on-" * 4,
+            "BR",
+            "Edge",
+            "Windows",
+            "tablet",
+            7,
+        )
+    ]
+)
+COLUMNS = ("path", "referrer", "source", "medium", "campaign", "country", "browser", "os", "device")
+# What the referrer panel lists for each referring address: its domain.
+DOMAINS = {"https://news.example/a": "news.example", "https://news.example/b": "news.example"}
+DOMAINS["https://blog.example/x"] = "blog.example"
+
+
+def expected_panels(views: list[tuple]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Brute force over the inserted views: per dimension, each value's (views, visitors)."""
+    panels: dict[str, dict[str, tuple[int, int]]] = {}
+    for dimension in DIMENSIONS:
+        index = COLUMNS.index(dimension.name)
+        counted: dict[str, tuple[int, set]] = {}
+        for view in views:
+            value = DOMAINS.get(view[index], view[index]) if dimension.name == "referrer" else view[index]
+            if value is not None:
+                count, visitors = counted.get(value, (0, set()))
+                counted[value] = (count + 1, visitors | {view[-1]})
+        panels[dimension.panel] = {
+            value: (count, len(visitors)) for value, (count, visitors) in counted.items()
+        }
+    return panels
+
+
+def shown_panels(page) -> dict[str, dict[str, tuple[int, int]]]:
+    """Every panel on the page: each row's value and its (views, visitors)."""
+    shown = {}
+    for dimension in DIMENSIONS:
+        rows = page.eval_on_selector_all(
+            f"#{dimension.panel.replace('_', '-')} tr[data-value]",
+            "rows => rows.map(row => [row.dataset.value,"
+            " +row.querySelector('td.views').textContent, +row.querySelector('td.visitors').textContent])",
+        )
+        shown[dimension.panel] = {value: (views, visitors) for value, views, visitors in rows}
+    return shown
+
+
+def totals(page) -> tuple[str, str, str]:
+    return (
+        page.locator("#total-views").inner_text(),
+        page.locator("#total-visitors").inner_text(),
+        page.locator("#current-visitors").inner_text(),
+    )
+
+
+def test_a_click_on_a_country_narrows_every_panel_and_its_chip_brings_them_back(
+    start_process, conn: psycopg.Connection
+):
+    from playwright.sync_api import sync_playwright
+
+    insert = (
+        "INSERT INTO page_views (path, referrer, source, medium, campaign, country, browser, os, device,"
+        " visitor, viewed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() - interval '1 minute')"
+    )
+    half = len(AUDIENCE) // 2
+    with conn.cursor() as cur:  # half rolled up, half in the tail
+        cur.executemany(insert, AUDIENCE[:half])
+        cur.execute("SELECT tally_rollup_page_views()")
+        cur.executemany(insert, AUDIENCE[half:])
+        # The period before: three views eight days ago.
+        cur.execute(
+            "INSERT INTO page_views (path, country, visitor, viewed_at)"
+            " SELECT '/old', 'FR', 9, now() - interval '8 days' FROM generate_series(1, 3)"
+        )
+    german = [view for view in AUDIENCE if view[COLUMNS.index("country")] == "DE"]
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "ADMIN_TOKEN": TOKEN,
+        "SHARE_TOKEN": SHARE,
+        "PUBLIC_DASHBOARD": "false",
+        "METRICS_TOKEN": "",
+        "SITES": "",
+        "TIMEZONE": "UTC",
+    }
+    web = start_process(["web.py"], env)
+    web.wait_for_line("Serving on")
+    base = f"http://127.0.0.1:{port}"
+
+    problems: list[str] = []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(
+                viewport={"width": 1280, "height": 900},
+                extra_http_headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            watch(page, problems)
+            page.on("dialog", lambda dialog: problems.append(f"a script ran: {dialog.message}"))
+            assert page.goto(f"{base}/?days=7").status == 200
+            assert totals(page) == (str(len(AUDIENCE)), "7", "7")
+            assert shown_panels(page) == expected_panels(AUDIENCE)
+            assert page.locator("#views-change").inner_text() == change(
+                round(100 * (len(AUDIENCE) - 3) / 3, 1)
+            )
+            assert page.locator("#previous-line").count() == 1
+            assert page.locator("#filters").count() == 0
+            # Two columns of panels on a wide screen.
+            first, second = (page.locator(f"#panel-{name}").bounding_box() for name in ("path", "referrer"))
+            assert first["y"] == second["y"] and second["x"] > first["x"] + first["width"]
+            page.screenshot(path=str(SCREENSHOTS / "dashboard-panels.png"), full_page=True)
+
+            germany = page.locator('#top-countries tr[data-value="DE"] a')
+            assert germany.inner_text() == "Germany (DE)"
+            with page.expect_navigation():
+                germany.click()
+            assert "country=DE" in page.url and "days=7" in page.url
+            assert totals(page) == (str(len(german)), "3", "3")
+            narrowed = shown_panels(page)
+            assert narrowed == expected_panels(german)  # every panel, against the brute force
+            assert narrowed["top_paths"] == {"/pricing": (4, 2), "/docs": (2, 1)}
+            assert narrowed["top_browsers"] == {"Firefox": (4, 2), "Chrome": (2, 1)}
+            assert page.locator("#views-change").inner_text() == NONE  # no German views before
+            chip = page.locator('#filters .chip[data-filter="country"]')
+            assert chip.inner_text().startswith("Country: Germany (DE)")
+            assert "country=DE" in page.locator("#export").get_attribute("href")
+
+            # A second filter from another panel: both chips, AND-ed.
+            with page.expect_navigation():
+                page.locator('#top-browsers tr[data-value="Chrome"] a').click()
+            assert totals(page)[0] == "2" and page.locator("#filters .chip").count() == 2
+            with page.expect_navigation():
+                page.locator('#filters .chip[data-filter="browser"]').click()
+            assert shown_panels(page) == expected_panels(german)
+
+            with page.expect_navigation():
+                page.locator('#filters .chip[data-filter="country"]').click()
+            assert "country=" not in page.url and "days=7" in page.url
+            assert page.locator("#filters").count() == 0
+            assert totals(page) == (str(len(AUDIENCE)), "7", "7")
+            assert shown_panels(page) == expected_panels(AUDIENCE)
+            page.close()
+
+            # A phone, through a share link with a filter: one column, no sideways scrolling.
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            watch(phone, problems)
+            phone.on("dialog", lambda dialog: problems.append(f"a script ran: {dialog.message}"))
+            for name, query in [("phone-all", ""), ("phone-filtered", "&country=DE")]:
+                assert phone.goto(f"{base}/?days=7&share={SHARE}{query}").status == 200
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                phone.screenshot(path=str(SCREENSHOTS / f"dashboard-{name}.png"), full_page=True)
+                assert width <= 390, f"{name}: the page is {width}px wide on a 390px screen"
+                first, second = (
+                    phone.locator(f"#panel-{panel}").bounding_box() for panel in ("path", "referrer")
+                )
+                assert second["y"] > first["y"] + first["height"] - 1  # one column
+            assert totals(phone) == (str(len(german)), "3", "3")
+            with phone.expect_navigation():
+                phone.locator('#top-paths tr[data-value="/pricing"] a').click()
+            assert (
+                f"share={SHARE}" in phone.url and "country=DE" in phone.url and "path=%2Fpricing" in phone.url
+            )
+            assert totals(phone) == ("4", "2", "2")
+            with phone.expect_navigation():
+                phone.locator('#filters .chip[data-filter="country"]').click()
+            assert f"share={SHARE}" in phone.url and "country=" not in phone.url
+            assert totals(phone) == ("4", "2", "2")  # /pricing is German only
+            phone.close()
+        finally:
+            browser.close()
+    assert problems == []

@@ -2,17 +2,33 @@
 
 The owner sees the job queue, its errors and the processes; a share link or a public
 dashboard shows the numbers only (tally/web/auth.py decides who is reading).
+
+Every panel comes from the table of dimensions (tally/dimensions.py): a row links to the
+same page with that value as a filter, and each active filter is a chip linking to the page
+without it. Links are built here, with urlencode, and keep the window, the site, the zone,
+a share link's token and the other filters; the template escapes every value it prints.
+
+>>> query_string(7, None, filters={"country": "DE", "path": "/a&b"}, share="t")
+'?days=7&share=t&path=%2Fa%26b&country=DE'
+>>> country_name("DE"), country_name("ZZ")
+('Germany', 'ZZ')
+>>> change(12.5), change(-40.0), change(None) == NONE
+('+12.5%', '-40%', True)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import bottle
+import pycountry
 
+from tally.dimensions import DIMENSIONS
 from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
@@ -23,12 +39,147 @@ CHART_TOP = 10
 CHART_BOTTOM = 24  # room for the day labels
 HEADERS = PAGE_HEADERS
 WINDOWS = ((7, "7 days"), (30, "30 days"), (90, "90 days"), (366, "a year"))
+# The previous period's days get a marker (with its tooltip) up to this many; past it the line alone.
+MARKERS_UP_TO = 92
+# A dimension's name in chips and column heads where capitalizing it is not enough.
+LABELS = {"os": "OS"}
+NONE = "\N{EN DASH}"  # a change from nothing, a count not made
 
 
-def chart_bars(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def label_of(name: str) -> str:
+    """How a dimension is named on the page: 'Country', 'OS'."""
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+@functools.lru_cache(maxsize=1024)
+def country_name(code: str) -> str:
+    """The common English name of an ISO 3166-1 alpha-2 code ('Taiwan', not 'Taiwan, Province
+    of China'); the code itself when it names no country."""
+    try:
+        country = pycountry.countries.get(alpha_2=code)
+    except (KeyError, LookupError):
+        country = None
+    if country is None:
+        return code
+    return getattr(country, "common_name", None) or country.name
+
+
+def value_label(name: str, value: str) -> str:
+    """A value as a reader sees it: a country by its name and code, anything else as stored."""
+    if name == "country":
+        country = country_name(value)
+        return value if country == value else f"{country} ({value})"
+    return value
+
+
+def change(percent: float | None) -> str:
+    """A change in percent for people: '+12.5%', '-40%', and a dash where there was nothing before."""
+    if percent is None:
+        return NONE
+    return f"{percent:+g}%"
+
+
+def query_string(
+    days: int,
+    site: str | None,
+    tz: str = "UTC",
+    share: str | None = None,
+    filters: Mapping[str, str] | None = None,
+) -> str:
+    """The dashboard's address for a window, a site (None: every site), a zone and filters
+    (in the order of tally/dimensions.py); a share link's reader keeps the share token in each."""
+    filters = filters or {}
+    parameters = {
+        "days": days,
+        **({"site": site} if site else {}),
+        **({"tz": tz} if tz != "UTC" else {}),
+        **({"share": share} if share is not None else {}),
+        **{d.name: filters[d.name] for d in DIMENSIONS if filters.get(d.name) not in (None, "")},
+    }
+    return "?" + urllib.parse.urlencode(parameters)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One active filter: its label and the address without it."""
+
+    name: str
+    label: str
+    href: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    value: str
+    label: str
+    views: int
+    visitors: int
+    href: str  # the page with this value as a filter
+    active: bool  # the value is a filter already
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    name: str
+    id: str
+    title: str
+    heading: str
+    rows: list[Row]
+
+
+def panels(stats: dict[str, Any], address: functools.partial) -> list[Panel]:
+    """Each dimension's top values, each linking to the page filtered by it."""
+    filters = stats.get("filters") or {}
+    return [
+        Panel(
+            dimension.name,
+            dimension.panel.replace("_", "-"),
+            dimension.title,
+            label_of(dimension.name),
+            [
+                Row(
+                    value=row[dimension.name],
+                    label=value_label(dimension.name, row[dimension.name]),
+                    views=row["views"],
+                    visitors=row.get("visitors", 0),
+                    href="/" + address(filters={**filters, dimension.name: row[dimension.name]}),
+                    active=filters.get(dimension.name) == row[dimension.name],
+                )
+                for row in stats.get(dimension.panel, [])
+            ],
+        )
+        for dimension in DIMENSIONS
+    ]
+
+
+def chips(filters: Mapping[str, str], address: functools.partial) -> list[Chip]:
+    """The active filters, in the order of the dimensions, each linking to the page without it."""
+    return [
+        Chip(
+            d.name,
+            f"{label_of(d.name)}: {value_label(d.name, filters[d.name])}",
+            "/" + address(filters={name: value for name, value in filters.items() if name != d.name}),
+        )
+        for d in DIMENSIONS
+        if d.name in filters
+    ]
+
+
+def chart_bars(
+    daily: list[dict[str, Any]], previous: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """One bar per day for views and a narrower one inside it for visitors, scaled to the
-    busiest day, with its label and tooltip."""
-    peak = max((max(day["views"], day.get("visitors", 0)) for day in daily), default=0) or 1
+    busiest day (of either period), with its label and tooltip; with `previous` (the period
+    before, day by day), each bar also carries the same-numbered day of that period."""
+    previous = previous or []
+    peak = (
+        max(
+            [max(day["views"], day.get("visitors", 0)) for day in daily]
+            + [day["views"] for day in previous[: len(daily)]],
+            default=0,
+        )
+        or 1
+    )
     plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
     slot = CHART_WIDTH / max(len(daily), 1)
     label_every = max(1, len(daily) // 8)
@@ -37,36 +188,36 @@ def chart_bars(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
         height = round(plot_height * day["views"] / peak, 1)
         visitors = day.get("visitors", 0)
         visitors_height = round(plot_height * visitors / peak, 1)
-        bars.append(
-            {
-                "x": round(index * slot + slot * 0.1, 1),
-                "y": round(CHART_TOP + plot_height - height, 1),
-                "width": round(max(slot * 0.8, 1), 1),
-                "height": height,
-                "visitors_x": round(index * slot + slot * 0.3, 1),
-                "visitors_y": round(CHART_TOP + plot_height - visitors_height, 1),
-                "visitors_width": round(max(slot * 0.4, 1), 1),
-                "visitors_height": visitors_height,
-                "day": day["day"],
-                "views": day["views"],
-                "visitors": visitors,
-                "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
-                "label_x": round(index * slot + slot / 2, 1),
+        bar = {
+            "x": round(index * slot + slot * 0.1, 1),
+            "y": round(CHART_TOP + plot_height - height, 1),
+            "width": round(max(slot * 0.8, 1), 1),
+            "height": height,
+            "visitors_x": round(index * slot + slot * 0.3, 1),
+            "visitors_y": round(CHART_TOP + plot_height - visitors_height, 1),
+            "visitors_width": round(max(slot * 0.4, 1), 1),
+            "visitors_height": visitors_height,
+            "day": day["day"],
+            "views": day["views"],
+            "visitors": visitors,
+            "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
+            "label_x": round(index * slot + slot / 2, 1),
+            "previous": None,
+        }
+        if index < len(previous):
+            before = previous[index]
+            bar["previous"] = {
+                "day": before["day"],
+                "views": before["views"],
+                "y": round(CHART_TOP + plot_height - plot_height * before["views"] / peak, 1),
             }
-        )
+        bars.append(bar)
     return bars
 
 
-def query_string(days: int, site: str | None, tz: str = "UTC", share: str | None = None) -> str:
-    """The dashboard's address for a window, a site (None: every site) and a zone; a share
-    link's reader keeps the share token in each."""
-    parameters = {
-        "days": days,
-        **({"site": site} if site else {}),
-        **({"tz": tz} if tz != "UTC" else {}),
-        **({"share": share} if share is not None else {}),
-    }
-    return "?" + urllib.parse.urlencode(parameters)
+def previous_line(bars: list[dict[str, Any]]) -> str:
+    """The SVG polyline points of the previous period's views, one per day, at each bar's middle."""
+    return " ".join(f"{bar['label_x']},{bar['previous']['y']}" for bar in bars if bar["previous"])
 
 
 def age(seconds: float | None) -> str:
@@ -92,17 +243,31 @@ def render(
     share: str | None = None,
 ) -> str:
     """The page; `queue` and `processes` (owner only) are None for anyone else."""
+    filters = stats.get("filters") or {}
+    previous = stats.get("previous")
+    # The page as it is (window, site, zone, share token, filters); a link changes one of them.
+    address = functools.partial(query_string, stats["days"], stats["site"], stats["tz"], share)
+    bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
     return TEMPLATE.render(
         stats=stats,
         sites=sites or [],
-        query=functools.partial(query_string, share=share),
+        query=functools.partial(query_string, share=share, filters=filters),
+        export=query_string(stats["days"], stats["site"], stats["tz"], filters=filters),
         windows=WINDOWS,
         queue=queue,
         processes=processes,
         dyno=dyno,
         owner=owner,
         logout_token=logout_token,
-        bars=chart_bars(stats["daily"]),
+        bars=bars,
+        previous=previous,
+        previous_points=previous_line(bars),
+        markers=len(bars) <= MARKERS_UP_TO,
+        change=change,
+        none=NONE,
+        panels=panels(stats, address),
+        chips=chips(filters, address),
+        clear="/" + address(filters={}),
         age=age,
         refresh=REFRESH_SECONDS,
         width=CHART_WIDTH,

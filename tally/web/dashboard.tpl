@@ -28,6 +28,26 @@
   th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
   td.path { word-break: break-all; }
+  svg polyline.previous { fill: none; stroke: #98a2b3; stroke-width: 1.5; stroke-dasharray: 4 3; }
+  svg circle.previous { fill: #fff; stroke: #98a2b3; stroke-width: 1.5; }
+  .key i.dash { width: 16px; height: 0; border-top: 2px dashed #98a2b3; vertical-align: middle; }
+  .change { font-weight: 600; color: var(--ink); }
+  .chips { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin: 12px 0 0; }
+  .chip { display: inline-block; max-width: 100%; overflow-wrap: anywhere; padding: 3px 10px; border: 1px solid #b6c6ef;
+    border-radius: 14px; background: #eaf0fc; color: var(--ink); text-decoration: none; }
+  .chip span { color: var(--muted); margin-left: 2px; }
+  .chip:hover span { color: var(--bad); }
+  .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+  /* Two columns of panels where there is room, one on a phone; minmax(0, ...) lets long values wrap. */
+  .panels { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 16px; }
+  .panels section { margin: 0; overflow-x: visible; }
+  @media (max-width: 720px) { .panels { grid-template-columns: minmax(0, 1fr); } }
+  .panel table { table-layout: fixed; }
+  .panel col.num { width: 5.2em; }
+  .panel td.value { overflow-wrap: anywhere; word-break: break-word; }
+  .panel td.value a { color: var(--ink); text-decoration: none; }
+  .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
+  .panel tr.active td { background: #eaf0fc; }
   .failed { color: var(--bad); }
   nav a { margin-right: 10px; }
   ul.counts { list-style: none; display: flex; flex-wrap: wrap; gap: 8px; padding: 0; margin: 0 0 8px; }
@@ -65,11 +85,35 @@
     </nav>
   </div>
 
+  % if chips:
+  <div id="filters" class="chips" aria-label="Filters">
+    % for chip in chips:
+    <a class="chip" href="{{chip.href}}" data-filter="{{chip.name}}" title="Remove this filter">{{chip.label}} <span aria-hidden="true">×</span><span class="sr">(remove)</span></a>
+    % end
+    % if len(chips) > 1:
+    <a class="clear" href="{{clear}}">clear all</a>
+    % end
+  </div>
+  % end
+
   <div class="cards">
-    <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b></div>
-    <div class="card"><span class="muted">Visitors, {{stats['days']}} days</span><b id="total-visitors">{{stats['visitors']}}</b></div>
+    <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b>
+      % if previous:
+      <span class="muted"><span id="views-change" class="change">{{change(previous['change_percent']['total_views'])}}</span> vs {{previous['total_views']}} before</span>
+      % end
+    </div>
+    <div class="card"><span class="muted">Visitors, {{stats['days']}} days</span><b id="total-visitors">{{stats['visitors']}}</b>
+      % if previous:
+      <span class="muted"><span id="visitors-change" class="change">{{change(previous['change_percent']['visitors'])}}</span> vs {{previous['visitors']}} before</span>
+      % end
+    </div>
+    <div class="card"><span class="muted">Visitors now, last 5 min</span><b id="current-visitors">{{stats.get('current_visitors', 0)}}</b></div>
     <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
-    <div class="card"><span class="muted">Crawler hits filtered</span><b id="crawlers-filtered">{{stats['crawlers_filtered']}}</b></div>
+    <div class="card"><span class="muted">Crawler hits filtered</span><b id="crawlers-filtered">{{none if stats['crawlers_filtered'] is None else stats['crawlers_filtered']}}</b>
+      % if stats['crawlers_filtered'] is None:
+      <span class="muted">not counted under a filter</span>
+      % end
+    </div>
     % if processes is not None:
     <div class="card"><span class="muted">Workers alive</span><b id="workers-alive">{{processes['workers_alive']}}</b>
       <span class="muted">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
@@ -80,51 +124,59 @@
   </div>
 
   <section>
-    <h2>Views and visitors per day</h2>
-    <div class="muted key"><i style="background: var(--bar)"></i>views<i style="background: #173a80"></i>visitors</div>
+    <h2>Views and visitors per day
+      % if owner:
+      <a class="muted" id="export" href="/api/export{{export}}">CSV, per day</a>
+      % end
+    </h2>
+    <div class="muted key"><i style="background: var(--bar)"></i>views<i style="background: #173a80"></i>visitors
+      % if previous:
+      <i class="dash"></i>views, {{previous['first_day']}} to {{previous['last_day']}}
+      % end
+    </div>
     <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Views and visitors per day, last {{stats['days']}} days">
       <line x1="0" y1="{{baseline}}" x2="{{width}}" y2="{{baseline}}" stroke="#e4e7ec"/>
       % for bar in bars:
-      <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views, {{bar['visitors']}} visitors</title></rect>
+      <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views, {{bar['visitors']}} visitors{{'; %s: %s views' % (bar['previous']['day'], bar['previous']['views']) if bar['previous'] else ''}}</title></rect>
       <rect class="visitors" x="{{bar['visitors_x']}}" y="{{bar['visitors_y']}}" width="{{bar['visitors_width']}}" height="{{bar['visitors_height']}}" data-day="{{bar['day']}}" data-visitors="{{bar['visitors']}}"><title>{{bar['day']}}: {{bar['visitors']}} visitors</title></rect>
       % if bar['label']:
       <text x="{{bar['label_x']}}" y="{{height - 8}}" text-anchor="middle">{{bar['label']}}</text>
       % end
       % end
+      % if previous_points:
+      <polyline id="previous-line" class="previous" points="{{previous_points}}"/>
+      % end
+      % if markers:
+      % for bar in bars:
+      % if bar['previous']:
+      <circle class="previous" cx="{{bar['label_x']}}" cy="{{bar['previous']['y']}}" r="2.5" data-day="{{bar['previous']['day']}}" data-views="{{bar['previous']['views']}}"><title>{{bar['previous']['day']}}: {{bar['previous']['views']}} views</title></circle>
+      % end
+      % end
+      % end
     </svg>
   </section>
 
-  <section>
-    <h2>Top paths
-      % if owner:
-      <a class="muted" id="export" href="/api/export{{query(stats['days'], stats['site'], stats['tz'])}}">CSV, per day</a>
+  <div class="panels">
+  % for panel in panels:
+  <section class="panel" id="panel-{{panel.name}}">
+    <h2>{{panel.title}}</h2>
+    <table id="{{panel.id}}" data-dimension="{{panel.name}}">
+      <colgroup><col><col class="num"><col class="num"></colgroup>
+      <tr><th>{{panel.heading}}</th><th class="num">Views</th><th class="num">Visitors</th></tr>
+      % for row in panel.rows:
+      <tr class="{{'active' if row.active else ''}}" data-value="{{row.value}}"><td class="value"><a href="{{row.href}}" title="Show only these views">{{row.label}}</a></td><td class="num views">{{row.views}}</td><td class="num visitors">{{row.visitors}}</td></tr>
       % end
-    </h2>
-    <table id="top-paths">
-      <tr><th>Path</th><th class="num">Views</th></tr>
-      % for row in stats['top_paths']:
-      <tr><td class="path">{{row['path']}}</td><td class="num">{{row['views']}}</td></tr>
+      % if not panel.rows:
+      % if panel is panels[0] and not stats['filters'] and not stats['total_views']:
+      <tr><td colspan="3" class="muted">No views yet: add &lt;script defer src="/tally.js"&gt;&lt;/script&gt; (with this server's address) to your pages</td></tr>
+      % else:
+      <tr><td colspan="3" class="muted">None in this window.</td></tr>
       % end
-      % if not stats['top_paths']:
-      <tr><td colspan="2" class="muted">No views yet: add &lt;script defer src="/tally.js"&gt;&lt;/script&gt; (with this server's address) to your pages</td></tr>
-      % end
-    </table>
-  </section>
-
-  % for key, title, column in (('top_referrers', 'Referrers', 'referrer'), ('top_sources', 'Sources', 'source')):
-  <section>
-    <h2>{{title}}</h2>
-    <table id="{{key.replace('_', '-')}}">
-      <tr><th>{{title[:-1]}}</th><th class="num">Views</th></tr>
-      % for row in stats[key]:
-      <tr><td class="path">{{row[column]}}</td><td class="num">{{row['views']}}</td></tr>
-      % end
-      % if not stats[key]:
-      <tr><td colspan="2" class="muted">None in this window.</td></tr>
       % end
     </table>
   </section>
   % end
+  </div>
 
   % if queue is not None:
   <section>

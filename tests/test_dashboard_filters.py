@@ -1,0 +1,166 @@
+"""The dashboard's panels, filter links and chips, and the period before, as HTML (WebTest).
+
+Every value on the page comes from a beacon, so from anyone: it must render as text, and go
+into links only through urlencode."""
+
+from __future__ import annotations
+
+import html
+import re
+import urllib.parse
+
+import psycopg
+import pytest
+import webtest
+
+from tally.dimensions import DIMENSIONS
+from tally.web.dashboard import NONE
+from tests.test_web import TOKEN, make_client
+
+SHARE = "filters-share-token"
+SCRIPT = "/<script>alert(1)</script>"
+QUOTE = '"><img src=x onerror=alert(2)>'
+
+
+@pytest.fixture
+def owner(database_url, pool) -> webtest.TestApp:
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, PUBLIC_DASHBOARD="false")
+
+
+@pytest.fixture
+def reader(database_url, pool) -> webtest.TestApp:
+    """A share link's reader: no admin token sent."""
+    return make_client(database_url, pool, ADMIN_TOKEN=TOKEN, SHARE_TOKEN=SHARE, PUBLIC_DASHBOARD="false")
+
+
+def insert(conn: psycopg.Connection, rows: list[tuple], ago: str = "1 hour") -> None:
+    """(path, referrer, country, browser, os, device, visitor) views, `ago` before now."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO page_views (path, referrer, country, browser, os, device, visitor, viewed_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, now() - %s::interval)",
+            [(*row, ago) for row in rows],
+        )
+
+
+def hrefs(page: str) -> list[str]:
+    return [html.unescape(href) for href in re.findall(r'href="([^"]*)"', page)]
+
+
+def query_of(href: str) -> dict[str, list[str]]:
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(href).query)
+
+
+def test_every_dimension_is_a_panel_with_views_visitors_and_country_names(owner, conn):
+    insert(
+        conn,
+        [("/a", None, "DE", "Firefox", "Linux", "desktop", 1)] * 3
+        + [("/b", None, "TW", "Chrome", "Android", "phone", 2)]
+        + [("/b", None, "XK", "Chrome", "Android", "phone", 3)],
+    )
+    page = owner.get("/?days=7").text
+    for dimension in DIMENSIONS:
+        assert f'id="{dimension.panel.replace("_", "-")}"' in page, dimension
+        assert f"<h2>{dimension.title}</h2>" in page
+    assert page.count('<th class="num">Visitors</th>') == len(DIMENSIONS)
+    countries = re.search(r'<table id="top-countries".*?</table>', page, re.S).group(0)
+    assert "Germany (DE)" in countries and "Taiwan (TW)" in countries
+    assert ">XK</a>" in countries  # a code pycountry does not know shows as itself
+    row = re.search(r'<tr[^>]*data-value="DE".*?</tr>', countries, re.S).group(0)
+    assert re.findall(r'<td class="num \w+">(\d+)</td>', row) == ["3", "1"]  # views, visitors
+    assert 'id="current-visitors">0<' in page  # an hour ago is not now
+
+
+def test_attacker_values_render_as_text_and_reach_links_encoded(owner, conn):
+    insert(conn, [(SCRIPT, None, "DE", QUOTE, "Linux", "desktop", 7)])
+    page = owner.get("/?days=7").text
+    assert "<script>" not in page and "<img" not in page
+    assert html.escape(SCRIPT) in page and html.escape(QUOTE) in page
+    links = hrefs(page)
+    assert f"/?days=7&{urllib.parse.urlencode({'path': SCRIPT})}" in links
+    assert f"/?days=7&{urllib.parse.urlencode({'browser': QUOTE})}" in links
+
+    # Filtered by those values: the chips show them as text, and link to the page without them.
+    filtered = owner.get("/", {"days": "7", "path": SCRIPT, "browser": QUOTE}).text
+    assert "<script>" not in filtered and "<img" not in filtered
+    chips = re.findall(r'<a class="chip" href="([^"]*)" data-filter="(\w+)"[^>]*>(.*?) <span', filtered)
+    assert [(name, html.unescape(label)) for _, name, label in chips] == [
+        ("path", f"Path: {SCRIPT}"),
+        ("browser", f"Browser: {QUOTE}"),
+    ]
+    assert query_of(html.unescape(chips[0][0])) == {"days": ["7"], "browser": [QUOTE]}
+    assert query_of(html.unescape(chips[1][0])) == {"days": ["7"], "path": [SCRIPT]}
+    assert 'id="total-views">1<' in filtered
+
+
+def test_rows_add_a_filter_and_chips_remove_it_keeping_the_share_token_and_the_rest(reader, conn):
+    insert(
+        conn,
+        [("/a", "https://news.example/x", "DE", "Firefox", "Linux", "desktop", 1)] * 3
+        + [("/b", None, "FR", "Chrome", "Windows", "laptop", 2)] * 2,
+    )
+    page = reader.get(f"/?days=30&share={SHARE}&country=DE&browser=Firefox").text
+    assert 'id="total-views">3<' in page and 'id="total-visitors">1<' in page
+    chips = dict(
+        (name, (html.unescape(href), html.unescape(label)))
+        for href, name, label in re.findall(
+            r'<a class="chip" href="([^"]*)" data-filter="(\w+)"[^>]*>(.*?) <span', page
+        )
+    )
+    assert chips == {
+        "country": (f"/?days=30&share={SHARE}&browser=Firefox", "Country: Germany (DE)"),
+        "browser": (f"/?days=30&share={SHARE}&country=DE", "Browser: Firefox"),
+    }
+    links = hrefs(page)
+    assert f"/?days=30&share={SHARE}&country=DE&browser=Firefox&os=Linux" in links  # a row: one more
+    assert f"/?days=7&share={SHARE}&country=DE&browser=Firefox" in links  # the window links keep filters
+    assert not any("/api/export" in link for link in links)  # the export is the owner's
+    assert "job-counts" not in page
+
+    # Following the chip shows the views without that filter, and the share token still works.
+    unfiltered = reader.get(chips["browser"][0]).text
+    assert 'id="total-views">3<' in unfiltered and 'data-filter="country"' in unfiltered
+    everything = reader.get(re.search(r'class="clear" href="([^"]*)"', page).group(1).replace("&amp;", "&"))
+    assert 'id="total-views">5<' in everything.text and 'class="chip"' not in everything.text
+
+
+def test_the_export_link_keeps_the_filters(owner, conn):
+    insert(
+        conn,
+        [
+            ("/a", None, "DE", "Firefox", "Linux", "desktop", 1),
+            ("/b", None, "FR", "Chrome", "Linux", "laptop", 2),
+        ],
+    )
+    page = owner.get("/?days=7&tz=Europe/Berlin&country=DE").text
+    export = html.unescape(re.search(r'id="export" href="([^"]*)"', page).group(1))
+    assert export == "/api/export?days=7&tz=Europe%2FBerlin&country=DE"
+    csv = owner.get(export).text
+    assert "/a" in csv and "/b" not in csv
+
+
+def test_the_chart_and_cards_show_the_period_before(owner, conn):
+    insert(conn, [("/a", None, "DE", "Firefox", "Linux", "desktop", 1)] * 4, ago="1 hour")
+    insert(conn, [("/a", None, "DE", "Firefox", "Linux", "desktop", 2)] * 2, ago="7 days")
+    insert(conn, [("/b", None, "DE", "Firefox", "Linux", "desktop", 3)], ago="2 minutes")
+    page = owner.get("/?days=7").text
+    assert 'id="views-change" class="change">+150%<' in page  # 5 views against 2
+    assert 'id="visitors-change" class="change">+100%<' in page  # 2 visitors against 1
+    assert 'id="current-visitors">1<' in page
+    assert 'id="previous-line"' in page
+    previous = re.findall(r'<circle class="previous"[^>]*data-views="(\d+)"', page)
+    assert len(previous) == 7 and sum(map(int, previous)) == 2
+
+    # Nothing before: no change to show.
+    page = owner.get("/?days=7&path=/b").text
+    assert f'id="views-change" class="change">{NONE}<' in page
+    assert f'id="visitors-change" class="change">{NONE}<' in page
+    assert f'id="crawlers-filtered">{NONE}<' in page  # not counted under a filter
+
+
+def test_an_unknown_filter_is_a_400_and_an_unknown_value_an_empty_page(owner, conn):
+    insert(conn, [("/a", None, "DE", "Firefox", "Linux", "desktop", 1)])
+    owner.get("/?days=7&colour=red", status=400)
+    page = owner.get("/?days=7&country=ZZ").text
+    assert 'id="total-views">0<' in page and "Country: ZZ" in page
+    assert page.count("None in this window.") == len(DIMENSIONS)
