@@ -20,8 +20,10 @@ import psycopg
 import psycopg_pool
 
 from tally.config import Config, is_time_zone
+from tally.logs import describe_error
 from tally.sites import DEFAULT_SITE, parse_site
 from tally.web import dashboard, export, queue_state
+from tally.web import headers as request_headers
 from tally.web.auth import Auth, Reader
 from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
 from tally.web.metrics import Metrics
@@ -119,6 +121,7 @@ def build_app(
 ) -> bottle.Bottle:
     """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
+    request_headers.install(app)  # every header decodable before any route reads one
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
 
     def request_rollup() -> None:
@@ -337,12 +340,12 @@ def build_app(
     def error_as_json(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"
         if error.status_code >= 500:
+            # The type and the frames, never the message: it may hold a header (tally/web/headers.py).
             logger.error(
-                "unhandled error on %s %s: %r",
+                "unhandled error on %s %s: %s",
                 bottle.request.method,
                 bottle.request.path,
-                error.exception,
-                exc_info=error.exception,
+                describe_error(error.exception) if error.exception else error.status_line,
             )
             return json.dumps({"error": "Internal error; it has been logged."})
         sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
