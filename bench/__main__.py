@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import cleanup, footprint, ingest, pickup, report, stats, throughput
+from bench import cleanup, crawlers, footprint, ingest, pickup, report, stats, throughput
 from bench.harness import Build, builds, say, wrk_available
 
 # In the order, which is the table's.
@@ -34,6 +34,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "throughput": throughput.measure,
     "cleanup": cleanup.measure,
     "footprint": footprint.measure,
+    "crawlers": crawlers.measure,
 }
 
 
