@@ -123,6 +123,15 @@ def _cached_microseconds(agents: list[str], repeats: int = 20) -> float:
 @functools.cache
 def _measure() -> report.Result:
     result = report.Result("Crawler filter (no database: the same figures on every build)")
+    result.notes.append(
+        "Corpus, from PyPI (pip download, cached in .tally/bench-corpus): matomo's device-detector "
+        f"test fixtures ({MATOMO} sdist): entries with a bot are crawlers, entries whose client is a "
+        "browser are browsers (242 families: Amiga Voyager, Mosaic, Lynx, Opera Mini, TVs, consoles, "
+        "feature phones, today's phones); apps, libraries, feed readers and media players are left "
+        f"out. And crawler-user-agents' instances ({MONPERRUS} wheel), crawlers only. Neither is the "
+        "source of crawlerdetect or is-bot (isbot's patterns). Tally's filter is crawlerdetect OR "
+        "is-bot (tally/web/crawlers.py); the baseline is crawlerdetect alone, Tally's filter before."
+    )
     figures: dict[tuple[str, str, str], tuple[int, int]] = {}
     timings: dict[str, list[float]] = {name: [] for name in DETECTORS}
     for source, kinds in corpus().items():

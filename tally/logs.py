@@ -88,7 +88,7 @@ def log_start(config: Config, file: str, **details: object) -> None:
 
 def describe_error(error: BaseException) -> str:
     """An exception for a log line without its message or values: the type of each exception in
-    the chain and the frames it went through (`file:line in function`). A message can hold a
+    the chain and the frames it went through (`file:line function`, innermost first). A message can hold a
     request's input (a UnicodeDecodeError's repr holds the whole undecodable header, a user agent),
     and no client's address or user agent may reach a log."""
     parts = []
