@@ -18,6 +18,7 @@ import jobs
 from tally.config import from_env
 from tally.db import web_pool
 from tally.web.app import build_app
+from tests.test_web_collect import post_raw
 
 TOKEN = "correct-horse-battery-staple"
 PROPERTY_SETTINGS = settings(
@@ -254,3 +255,18 @@ def test_any_header_bytes_get_a_2xx_or_4xx_and_no_log_line_holds_an_agent_or_add
     assert response.status_int < 500, response.text
     for secret in (UA_MARK, ADDRESS_MARK):
         assert secret not in caplog.text
+
+
+@PROPERTY_SETTINGS
+@given(
+    length=header_values,
+    content_type=header_values,
+    path=st.sampled_from(["/api/collect", "/api/pageviews", "/login"]),
+)
+def test_any_content_length_and_type_get_a_2xx_or_4xx(app, caplog, length, content_type, path):
+    """Straight through the WSGI app: WebTest would set Content-Length itself."""
+    caplog.set_level(logging.DEBUG)
+    environ = {"PATH_INFO": path, "CONTENT_LENGTH": length, "CONTENT_TYPE": content_type}
+    status = post_raw(app, {**environ, "HTTP_USER_AGENT": f"Mozilla/5.0 {UA_MARK}"})
+    assert int(status.split()[0]) < 500, status
+    assert UA_MARK not in caplog.text
