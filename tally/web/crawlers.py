@@ -12,8 +12,9 @@ through; together they let 0.7% through and drop 0.8% of the browsers.
 
 Only the first MAX_AGENT characters are looked at: no real browser's user agent is longer
 (the corpus's longest is 419), and crawlerdetect's regular expressions take time that
-grows with the square of the length (12 s for 10,000 characters). Answers are kept in an
-LRU in memory, keyed by those characters; the user agent is written nowhere.
+grows with the square of the length (12 s for 10,000 characters; within 512, an agent built
+to be slow cost 45 ms, a real one 0.4 ms on average). Answers are kept in an LRU in memory,
+keyed by those characters (0.2 µs a hit); the user agent is written nowhere.
 
     >>> is_crawler("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
     True
