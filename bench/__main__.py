@@ -23,7 +23,18 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import cleanup, filters, footprint, ingest, jobs_page, pickup, report, stats, throughput
+from bench import (
+    cleanup,
+    crawlers,
+    filters,
+    footprint,
+    ingest,
+    jobs_page,
+    pickup,
+    report,
+    stats,
+    throughput,
+)
 from bench.harness import Build, builds, say, wrk_available
 
 # In the order, which is the table's.
@@ -36,6 +47,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "cleanup": cleanup.measure,
     "footprint": footprint.measure,
     "jobs_page": jobs_page.measure,
+    "crawlers": crawlers.measure,
 }
 
 

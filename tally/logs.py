@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 import sys
 import time
+import traceback
 
 from tally.config import Config
 
@@ -82,3 +84,20 @@ def log_start(config: Config, file: str, **details: object) -> None:
         config.dyno,
         fields,
     )
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception for a log line without its message or values: the type of each exception in
+    the chain and the frames it went through (`file:line function`, innermost first). A message can hold a
+    request's input (a UnicodeDecodeError's repr holds the whole undecodable header, a user agent),
+    and no client's address or user agent may reach a log."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        where = " < ".join(f"{pathlib.Path(at.filename).name}:{at.lineno} {at.name}" for at in frames[::-1])
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__} at {where or '?'}")
+        current = current.__cause__ or current.__context__
+    return "; from ".join(parts)

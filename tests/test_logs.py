@@ -44,3 +44,17 @@ def test_waitress_queue_depth_warnings_do_not_flood(captured):
     for depth in range(500):
         queue_logger.warning("Task queue depth is %d", depth)
     assert captured.getvalue().count("Task queue depth") == 1
+
+
+def test_an_error_is_described_by_its_type_and_frames_never_its_message():
+    """A UnicodeDecodeError's repr holds the whole undecodable header: a client's user agent."""
+    agent = b"Mozilla/5.0 MyApp/1.2 (\xe9t\xe9 Unique/4242)"
+    try:
+        try:
+            agent.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"bad agent {agent!r}") from error
+    except ValueError as error:
+        line = logs.describe_error(error)
+    assert "builtins.ValueError at test_logs.py:" in line and "builtins.UnicodeDecodeError" in line
+    assert "Unique/4242" not in line and "MyApp" not in line and "bad agent" not in line

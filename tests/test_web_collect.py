@@ -5,9 +5,12 @@ owner's token (stats are private); /api/collect needs none and ignores it."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
+import socket
 import subprocess
+import time
 import wsgiref.util
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tally.sites import DEFAULT_SITE
 from tally.web.collect import MAX_BODY_BYTES
 from tally.web.tracker import SOURCE
 from tally.web.visitors import client_address, hashed
+from tests.conftest import free_port
 from tests.test_jobs import defer, run_queued_jobs
 from tests.test_web import TOKEN, make_client, roll_up, stored
 
@@ -430,3 +434,80 @@ def test_the_tracker_sends_text_plain_beacons_and_guards_automation_and_localhos
     ):
         assert needed in source, needed
     assert "cookie" not in source.replace("No cookie", "") and "localStorage" not in source
+
+
+# --- headers as real clients send them ----------------------------------------------------------
+
+# As a WSGI server hands it over (latin-1 text of the bytes): "été" in Latin-1, not UTF-8.
+NOT_UTF8_AGENT = "Mozilla/5.0 (Linux; Android 9) MyApp/1.2 (\xe9t\xe9 Unique/4242)"
+
+
+def test_a_user_agent_that_is_not_utf8_is_counted_and_never_logged(client, conn, caplog):
+    caplog.set_level(logging.DEBUG)
+    beacon(client, "https://example.com/", agent=NOT_UTF8_AGENT, status=201)
+    beacon(client, "https://example.com/a", agent=NOT_UTF8_AGENT, status=201)  # the same visitor
+    beacon(client, "https://example.com/", agent="Googlebot/2.1 (\xff Unique/4242)", status=202)
+    beacon(client, "https://example.com/", address=f"{OTHER_ADDRESS}\xff, \xe9\x00", status=201)
+    body = client.get("/api/stats?days=1").json
+    assert (body["total_views"], body["visitors"], body["crawlers_filtered"]) == (3, 2, 1)
+    for secret in ("Unique/4242", "MyApp", ADDRESS, OTHER_ADDRESS):
+        assert secret not in caplog.text, secret
+
+
+def post_raw(app, environ: dict) -> str:
+    """A POST straight through the WSGI app, its environ as given (WebTest sets Content-Length itself)."""
+    body = json.dumps({"url": "https://example.com/"}).encode()
+    request = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/api/collect",
+        "CONTENT_TYPE": "text/plain",
+        "HTTP_USER_AGENT": BROWSER,
+        "wsgi.input": io.BytesIO(body),
+        **environ,
+    }
+    wsgiref.util.setup_testing_defaults(request)
+    answer: dict = {}
+    b"".join(app(request, lambda status, headers, exc_info=None: answer.update(status=status)))
+    return answer["status"]
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "9" * 40, " ", "\xff"])
+def test_a_content_length_that_is_not_a_number_is_refused(client, conn, length):
+    assert post_raw(client.app, {"CONTENT_LENGTH": length}).startswith("400 ")
+    assert post_raw(client.app, {"CONTENT_LENGTH": "31"}).startswith("201 ")
+    assert stored(conn) == 1
+
+
+def test_web_py_answers_any_header_bytes_and_never_logs_them(start_process, conn):
+    """Through waitress, which hands headers over as latin-1: raw bytes on a socket."""
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port), "LOG_LEVEL": "DEBUG", "ADMIN_TOKEN": TOKEN})
+    web.wait_for_line("Serving on")
+    body = b'{"url": "https://example.com/"}'
+
+    def send(request_line: bytes, headers: bytes, payload: bytes = b"") -> int:
+        length = b"Content-Length: %d\r\n" % len(payload) if payload else b""
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(request_line + b"\r\nHost: localhost\r\nConnection: close\r\n" + length + headers)
+            sock.sendall(b"\r\n" + payload)
+            answer = sock.makefile("rb").readline()
+        return int(answer.split()[1])
+
+    collect = b"POST /api/collect HTTP/1.1"
+    text = b"Content-Type: text/plain\r\n"
+    secret_agent = b"User-Agent: Mozilla/5.0 MyApp/1.2 (\xe9\xe8 Unique/4242)\r\n"
+    address = b"X-Forwarded-For: \xff\xfe, 198.51.100.99\r\n"
+    assert send(collect, text + secret_agent + address, body) == 201
+    assert send(collect, text + b"User-Agent: Googlebot/2.1 \xff Unique/4242\r\n" + address, body) == 202
+    assert send(collect, text + b"User-Agent: " + b"A" * 100_000 + b"\r\n" + address, body) == 202
+    commas = b"X-Forwarded-For: " + b"," * 50_000 + b"\r\n"
+    assert send(collect, text + b"User-Agent: " + BROWSER.encode() + b"\r\n" + commas, body) == 201
+    assert send(collect, b"Content-Type: text/\xe9\r\n" + secret_agent + address, body) == 415
+    assert send(b"GET /api/stats HTTP/1.1", b"Authorization: Bearer \xe9\xff\r\n" + secret_agent) == 403
+    assert send(b"GET / HTTP/1.1", b"Cookie: tally_session=\xe9\xff; x=\x80\r\n" + secret_agent) < 500
+    assert send(b"GET /tally.js HTTP/1.1", b"Accept-Encoding: \xff\r\nIf-None-Match: \xe9\r\n") == 200
+    assert send(b"OPTIONS /api/collect HTTP/1.1", b"Origin: https://\xe9.example\r\n" + secret_agent) == 204
+    assert stored(conn) == 2
+    time.sleep(0.5)  # the last lines written
+    for secret in ("Unique/4242", "MyApp", "198.51.100.99", "Traceback"):
+        assert secret not in web.output(), secret

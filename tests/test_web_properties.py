@@ -5,6 +5,7 @@ succeeds without the right token (wrong ones soon get 429: the failed-login limi
 from __future__ import annotations
 
 import json
+import logging
 import string
 
 import psycopg
@@ -17,6 +18,7 @@ import jobs
 from tally.config import from_env
 from tally.db import web_pool
 from tally.web.app import build_app
+from tests.test_web_collect import post_raw
 
 TOKEN = "correct-horse-battery-staple"
 PROPERTY_SETTINGS = settings(
@@ -191,3 +193,80 @@ def test_any_site_and_tz_answer_200_or_400(owner, site, tz):
     for path in ("/api/stats", "/api/export", "/"):
         response = owner.get(path, query, status="*")
         assert response.status_int in (200, 400), (path, response.text)
+
+
+# --- headers as real clients send them ----------------------------------------------------------
+
+UA_MARK = "Secret-UA-4242"
+ADDRESS_MARK = "203.0.113.77"
+# A header's bytes as a WSGI server hands them over: latin-1 text, anything but a line break
+# (that would end the header); NUL included.
+header_bytes = st.binary(max_size=80).map(lambda raw: raw.replace(b"\r", b"").replace(b"\n", b""))
+header_values = (
+    header_bytes.map(lambda raw: raw.decode("latin-1"))
+    | st.sampled_from(["\xe9t\xe9", "caf\xc3\xa9", "\xff\xfe", "\x00", "x" * 20_000, "," * 5_000, "\xf0\x9f"])
+    | st.text(alphabet=string.printable.replace("\r", "").replace("\n", "").replace("\x0b", ""), max_size=40)
+)
+routes = st.sampled_from(
+    [
+        ("POST", "/api/collect"),
+        ("OPTIONS", "/api/collect"),
+        ("POST", "/api/pageviews"),
+        ("GET", "/api/stats"),
+        ("GET", "/"),
+        ("GET", "/tally.js"),
+        ("GET", "/api/health"),
+        ("GET", "/metrics"),
+        ("GET", "/api/jobs"),
+        ("POST", "/api/jobs/cleanup_old_page_views"),
+        ("POST", "/login"),
+        ("GET", "/nowhere"),
+    ]
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    route=routes,
+    agent=header_values,
+    forwarded=st.lists(header_values, max_size=4),
+    others=st.dictionaries(
+        st.sampled_from(["Content-Type", "Origin", "Authorization", "Cookie", "Accept-Encoding", "Referer"]),
+        header_values,
+        max_size=4,
+    ),
+)
+def test_any_header_bytes_get_a_2xx_or_4xx_and_no_log_line_holds_an_agent_or_address(
+    client, conn, caplog, route, agent, forwarded, others
+):
+    """Every route, any bytes in the headers that carry people's data: never a 500, and neither the
+    user agent nor the client's address reaches a log line (errors included)."""
+    caplog.set_level(logging.DEBUG)
+    method, path = route
+    headers = {
+        **others,
+        "User-Agent": f"Mozilla/5.0 {UA_MARK} {agent}",
+        "X-Forwarded-For": ", ".join([*forwarded, ADDRESS_MARK]),
+    }
+    body = json.dumps({"url": "https://example.com/", "referrer": ""}).encode()
+    response = client.request(
+        path, method=method, headers=headers, body=body if method == "POST" else b"", expect_errors=True
+    )
+    assert response.status_int < 500, response.text
+    for secret in (UA_MARK, ADDRESS_MARK):
+        assert secret not in caplog.text
+
+
+@PROPERTY_SETTINGS
+@given(
+    length=header_values,
+    content_type=header_values,
+    path=st.sampled_from(["/api/collect", "/api/pageviews", "/login"]),
+)
+def test_any_content_length_and_type_get_a_2xx_or_4xx(app, caplog, length, content_type, path):
+    """Straight through the WSGI app: WebTest would set Content-Length itself."""
+    caplog.set_level(logging.DEBUG)
+    environ = {"PATH_INFO": path, "CONTENT_LENGTH": length, "CONTENT_TYPE": content_type}
+    status = post_raw(app, {**environ, "HTTP_USER_AGENT": f"Mozilla/5.0 {UA_MARK}"})
+    assert int(status.split()[0]) < 500, status
+    assert UA_MARK not in caplog.text

@@ -26,6 +26,7 @@ import procrastinate
 import psycopg_pool
 
 from tally.config import Config
+from tally.web import headers as request_headers
 from tally.web import (
     routes_auth,
     routes_collect,
@@ -50,6 +51,7 @@ def build_app(
 ) -> bottle.Bottle:
     """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
     app = bottle.Bottle()
+    request_headers.install(app)  # every header decodable before any route reads one
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
 
     def request_rollup() -> None:

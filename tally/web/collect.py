@@ -19,11 +19,11 @@ from typing import Any
 
 import bottle
 import psycopg_pool
-from crawlerdetect import CrawlerDetect
 
 from tally.db import QUERIES
 from tally.sites import parse_site
 from tally.web.audience import audience_of, campaign_of
+from tally.web.crawlers import is_crawler
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
@@ -185,7 +185,6 @@ class Collector:
         self.writer = writer
         self.sites = sites
         self.visitors = VisitorIds(pool)
-        self.crawlers = CrawlerDetect()
 
     def collect(self, request: bottle.BaseRequest) -> Outcome:
         media_type = (request.content_type or "").split(";")[0].strip().lower()
@@ -204,7 +203,7 @@ class Collector:
         if self.sites is not None and site not in self.sites:
             raise Refused(403, f"Views of {site} are not accepted here: it is not in SITES.")
         user_agent = request.get_header("User-Agent", "").strip()
-        if not user_agent or self.crawlers.isCrawler(user_agent):
+        if is_crawler(user_agent):
             with self.pool.connection() as conn:
                 conn.execute(QUERIES["count_crawler_hit"], {"site": site})
             return Outcome(202, {"stored": 0, "filtered": "crawler"})

@@ -16,6 +16,8 @@ import bottle
 import psycopg
 import psycopg_pool
 
+from tally.logs import describe_error
+
 logger = logging.getLogger("tally.web")
 
 # What the database's absence looks like from a request: connect, pool wait, lost socket.
@@ -64,12 +66,12 @@ def error_as_json(error: bottle.HTTPError) -> str:
     """Bottle's own errors (no route, wrong method, an exception) as `{"error": ...}`."""
     bottle.response.content_type = "application/json"
     if error.status_code >= 500:
+        # The type and the frames, never the message: it may hold a header (tally/web/headers.py).
         logger.error(
-            "unhandled error on %s %s: %r",
+            "unhandled error on %s %s: %s",
             bottle.request.method,
             bottle.request.path,
-            error.exception,
-            exc_info=error.exception,
+            describe_error(error.exception) if error.exception else error.status_line,
         )
         return json.dumps({"error": "Internal error; it has been logged."})
     sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}

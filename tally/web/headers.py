@@ -1,0 +1,75 @@
+"""Request headers as real clients send them, made safe once, before any route reads them.
+
+A WSGI server hands each header over as a latin-1 `str` (the bytes as they came); Bottle's
+`request.get_header` then decodes it as UTF-8 and raises UnicodeDecodeError on anything
+else, so an app's user agent with a version string in another encoding made every route
+that reads a header answer 500. `clean_headers` (a `before_request` hook) re-decodes each
+header as UTF-8 with U+FFFD for the bytes that are not, stores it back the way Bottle
+expects, refuses a Content-Length that is not a whole number (400), and sends Bottle's own
+traceback dump (`wsgi.errors`, which carries exception messages and so input) nowhere:
+the app's error handler logs errors itself, without messages (tally.logs.describe_error).
+
+    >>> environ = {"HTTP_USER_AGENT": "App/1.0 (\\xe9t\\xe9)", "CONTENT_TYPE": "text/plain"}
+    >>> clean_headers(environ)
+    >>> environ["HTTP_USER_AGENT"].encode("latin-1").decode("utf-8")
+    'App/1.0 (\\ufffdt\\ufffd)'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import MutableMapping
+from typing import Any
+
+import bottle
+
+# Bottle decodes these through `request.headers`; CONTENT_TYPE also through `content_type`.
+DECODED = re.compile(r"HTTP_.*|CONTENT_TYPE")
+CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+
+
+class Discard:
+    """A `wsgi.errors` stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def as_utf8_latin1(value: str) -> str:
+    """`value` (the latin-1 str of a header's bytes) with its bytes made valid UTF-8."""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # not from a WSGI server: already text
+        return value.encode("utf-8", "replace").decode("latin-1")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace").encode("utf-8").decode("latin-1")
+    return value
+
+
+def clean_headers(environ: MutableMapping[str, Any]) -> None:
+    """Make every header of `environ` decodable by Bottle; raise a 400 for a bad Content-Length."""
+    for key, value in list(environ.items()):
+        if isinstance(value, str) and DECODED.fullmatch(key):
+            environ[key] = as_utf8_latin1(value)
+    length = environ.get("CONTENT_LENGTH")
+    if length and not (isinstance(length, str) and CONTENT_LENGTH.fullmatch(length.strip())):
+        raise bottle.HTTPResponse(
+            status=400,
+            body=json.dumps({"error": "Content-Length must be a whole number of bytes."}),
+            headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
+        )
+    environ["wsgi.errors"] = Discard()
+
+
+def install(app: bottle.Bottle) -> None:
+    """Clean each request's headers before routing (hooks run before the router)."""
+    app.add_hook("before_request", lambda: clean_headers(bottle.request.environ))
