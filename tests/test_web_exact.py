@@ -26,12 +26,19 @@ def client(database_url, pool):
 # --- exact against a brute-force count ----------------------------------------------------------
 
 
-def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str = "UTC") -> dict:
+def brute_force(
+    conn: psycopg.Connection,
+    days: int,
+    site: str | None,
+    tz: str = "UTC",
+    last_day: datetime.date | None = None,
+) -> dict:
     """Every figure of /api/stats straight from page_views, days in Python's zone database,
-    domains parsed in Python."""
+    domains parsed in Python; the window ends today, or on `last_day`."""
     zone = zoneinfo.ZoneInfo(tz)
     now = conn.execute("SELECT now()").fetchone()[0]
-    first_day = now.astimezone(zone).date() - datetime.timedelta(days=days - 1)
+    last = last_day or now.astimezone(zone).date()
+    first_day = last - datetime.timedelta(days=days - 1)
     start = datetime.datetime.combine(first_day, datetime.time(), zone)
     rows = [
         (viewed_at.astimezone(zone).date(), *rest)
@@ -41,6 +48,7 @@ def brute_force(conn: psycopg.Connection, days: int, site: str | None, tz: str =
             (start, site, site),
         )
     ]
+    rows = [row for row in rows if last_day is None or row[0] <= last_day]
     views, visitors = collections.Counter(), collections.defaultdict(set)
     path_views, path_visitors = collections.Counter(), collections.defaultdict(set)
     paths, sources, referrers = collections.Counter(), collections.Counter(), collections.Counter()
@@ -156,6 +164,44 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             assert not rows or list(rows[0]) == ["day", "path", "views", "visitors"]
             per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
             assert per_path == expected["export"], (days, site)
+
+
+@pytest.mark.parametrize(
+    ("seed", "tz"),
+    [(11, "UTC"), (12, "America/New_York"), (13, "Asia/Kathmandu"), (14, "Pacific/Kiritimati")],
+)
+def test_a_window_ending_on_a_past_day_is_exact(pool, conn, seed, tz):
+    """StatsReader.stats_for_window(..., last_day=D): the window of whole days ending on D (the
+    weekly and monthly reports' windows) against the brute-force count, the tail included."""
+    from tally.web.stats import StatsReader
+
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 1500), chunks=4)
+    for batch in batches[:-1]:
+        insert_raw(conn, batch)
+        roll_up(conn)
+    insert_raw(conn, batches[-1])  # some of the past days' views are still in the tail
+    reader = StatsReader(pool, retention_days=30)
+    today = conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
+    for days, back in ((1, 1), (7, 1), (7, 3), (3, 9), (30, 2)):
+        last_day = today - datetime.timedelta(days=back)
+        for site in (None, "example.com"):
+            body = reader.stats_for_window(days, site, tz, last_day=last_day)
+            expected = brute_force(conn, days, site, tz, last_day=last_day)
+            assert [day["day"] for day in body["daily"]][-1] == last_day.isoformat()
+            assert len(body["daily"]) == days and "views_last_24h" not in body
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (days, back, site)
+            assert body["total_views"] == sum(views for views, _ in expected["daily"].values())
+            for key in ("top_paths", "top_sources", "top_referrers"):
+                assert body[key] == expected[key], (days, back, site, key)
+    # last_day today is the window of before, to the figure; a day ahead is refused.
+    same = [reader.stats_for_window(7, None, tz, last_day=last) for last in (today, None)]
+    for answer in same:
+        del answer["generated_at"]
+    assert same[0] == same[1]
+    with pytest.raises(ValueError):
+        reader.stats_for_window(7, None, tz, last_day=today + datetime.timedelta(days=1))
 
 
 def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):

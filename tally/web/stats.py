@@ -106,12 +106,24 @@ class Window:
     days: list[datetime.date]  # in the zone
     boundary: datetime.datetime  # now - 24 h
     first_full_bucket: datetime.datetime  # the bucket after the one the boundary falls in
+    # True when the window ends on a day before today: it then stops at that day's end, and
+    # the figures about now (views_last_24h, crawlers_filtered) are left out of the answer.
+    past: bool = False
 
     @classmethod
-    def ending(cls, now: datetime.datetime, today: datetime.date, days: int) -> Window:
-        dates = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+    def ending(
+        cls, now: datetime.datetime, today: datetime.date, days: int, last_day: datetime.date | None = None
+    ) -> Window:
+        if last_day is not None and last_day > today:
+            raise ValueError("last_day must not be after today")
+        last = today if last_day is None else last_day
+        dates = [last - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
         boundary = now - DAY
-        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET)
+        return cls(now, dates, boundary, bucket_of(boundary) + BUCKET, past=last < today)
+
+    def holds(self, day: datetime.date) -> bool:
+        """Whether a view of `day` counts: from the first day on (to the last, for a past window)."""
+        return day >= self.days[0] and (not self.past or day <= self.days[-1])
 
     def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
         """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
@@ -134,14 +146,18 @@ class StatsReader:
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
-    def stats_for_window(self, days: int, site: str | None = None, tz: str = "UTC") -> dict[str, Any]:
+    def stats_for_window(
+        self, days: int, site: str | None = None, tz: str = "UTC", last_day: datetime.date | None = None
+    ) -> dict[str, Any]:
         """Views and visitors per day (in the IANA zone `tz`) over the last `days` days, today
         included, top paths, sources and referrers, the last 24 h: of one site, or of all when
-        `site` is None."""
+        `site` is None. With `last_day` (a local day before today) the window is the `days` days
+        ending with that day, whole, and the answer leaves out `views_last_24h` and
+        `crawlers_filtered` (they are about now)."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         with self._snapshot() as cur:
-            state, answer, tail_views = self._read(cur, days, site, tz)
+            state, answer, tail_views = self._read(cur, days, site, tz, last_day)
         if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
             self.request_rollup()
         return answer
@@ -166,13 +182,13 @@ class StatsReader:
         return snapshot(self.pool)
 
     def _read(
-        self, cur: psycopg.Cursor, days: int, site: str | None, tz: str
+        self, cur: psycopg.Cursor, days: int, site: str | None, tz: str, last_day: datetime.date | None = None
     ) -> tuple[tuple, dict[str, Any], int]:
         cur.execute(QUERIES["stats_state"], {"tz": tz})
         watermark, in_progress, now, today = cur.fetchone()
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        window = Window.ending(now, today, days)
+        window = Window.ending(now, today, days, last_day)
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
         tail = cur.fetchall()
@@ -194,6 +210,8 @@ class StatsReader:
         partial_bucket, crawlers = cur.fetchone()
         answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
         answer.update(site=site, tz=tz, crawlers_filtered=crawlers)
+        if window.past:
+            del answer["views_last_24h"], answer["crawlers_filtered"]
         return state, answer, sum(row[-2] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
@@ -207,7 +225,7 @@ class StatsReader:
     def _rolled_up(
         self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
     ) -> RolledUp:
-        key = (state, site, tz, window.days[0], window.first_full_bucket)
+        key = (state, site, tz, window.days[0], window.first_full_bucket, window.past and window.days[-1])
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -223,7 +241,7 @@ class StatsReader:
         daily: dict[datetime.date, int] = {}
         after_boundary = 0
         for day, views, recent in cur.fetchall():
-            if day >= window.days[0]:
+            if window.holds(day):
                 daily[day] = views
             after_boundary += recent
         cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "site": site, "tz": tz})
@@ -232,10 +250,18 @@ class StatsReader:
             for day in window.days:
                 if first_day <= day <= last_day:
                     visitors[day] += count
+        end = None
+        if window.past:  # the views from the next day's local midnight on are taken off
+            cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
+            end = cur.fetchone()[0]
         tops = {}
         for name in ("paths", "sources", "referrers"):
             cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": start, "site": site})
             views = dict(cur.fetchall())
+            if end is not None:  # both counts are of whole buckets, so the difference is exact
+                cur.execute(QUERIES[f"stats_rolled_up_{name}"], {"start": end, "site": site})
+                later = collections.Counter(dict(cur.fetchall()))
+                views = {key: count for key, count in (collections.Counter(views) - later).items() if count}
             tops[name] = Ranking.of(by_name(views) if name == "referrers" else views)
         rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, **tops)
         with self._lock:
@@ -254,7 +280,7 @@ class StatsReader:
         referrers: collections.Counter[str] = collections.Counter()
         last_24h = partial_bucket + rolled_up.after_boundary
         for day, recent, path, source, domain, views, _with_visitor in tail:
-            if day >= window.days[0]:
+            if window.holds(day):
                 daily[day] += views
                 paths[path] += views
                 if source is not None:
