@@ -2,7 +2,8 @@
 
 Any number of clocks may run: procrastinate's periodic-defers table lets each tick be
 deferred once. Schedules come from CLEANUP_SCHEDULE, RETRY_STALLED_SCHEDULE,
-PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field).
+PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field);
+send_reports hourly when REPORT_SCHEDULE is not off.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jobs
 from tally import config, db, logs
 
 RETRY_DELAY_SECONDS = 1.0
+REPORT_CHECK_SCHEDULE = "7 * * * *"
 
 logger = logging.getLogger("tally.clock")
 
@@ -32,6 +34,10 @@ def register_schedule(app, settings: config.Config) -> None:
         jobs.queue_upkeep.prune_finished_jobs: settings.prune_schedule,
         jobs.visitor_salts.rotate_visitor_salts: settings.salt_schedule,
     }
+    if settings.report_schedule != "off":
+        # Hourly: the first tick after the local Monday (or 1st) in TIMEZONE sends the period
+        # that ended; later ticks find it sent (jobs/reports.py), and pick up temporary failures.
+        schedule[jobs.reports.send_reports] = REPORT_CHECK_SCHEDULE
     for task, cron in schedule.items():
         app.periodic(cron=cron, periodic_id="clock")(task)
 
@@ -79,6 +85,7 @@ def main() -> None:
         cleanup=repr(settings.cleanup_schedule),
         retry_stalled=repr(settings.retry_stalled_schedule),
         prune=repr(settings.prune_schedule),
+        reports=settings.report_schedule,
     )
     asyncio.run(run(settings))
 

@@ -366,3 +366,36 @@ SELECT count(*) AS removed FROM lost
 -- local_lock_timeout --
 -- Bound this transaction's waits for locks (milliseconds), whatever the session's setting.
 SELECT set_config('lock_timeout', %(milliseconds)s || 'ms', true)
+
+-- claim_report_delivery --
+-- Take (site, period, recipient) for sending, in its own committed statement: a new row, or one a
+-- run before left unsent ('sending': killed mid-send; 'retrying': a temporary failure). Returns
+-- nothing for one already sent or failed for good. attempts counts the sends tried.
+INSERT INTO tally_report_deliveries AS d (site, period, recipient, message_id, status)
+VALUES (%(site)s, %(period)s, %(recipient)s, %(message_id)s, 'sending')
+ON CONFLICT (site, period, recipient) DO UPDATE
+   SET status = 'sending', attempts = d.attempts + 1, claimed_at = now()
+ WHERE d.status IN ('sending', 'retrying')
+RETURNING d.message_id, d.attempts
+
+-- finish_report_delivery --
+-- Record how a claimed send ended: 'sent' (with its time), 'retrying' or 'failed' (with the error).
+UPDATE tally_report_deliveries
+   SET status = %(status)s, error = %(error)s,
+       sent_at = CASE WHEN %(status)s = 'sent' THEN now() END
+ WHERE site = %(site)s AND period = %(period)s AND recipient = %(recipient)s AND status = 'sending'
+
+-- report_sites --
+-- The sites with views in [start, end): rolled up, or still in the raw table.
+SELECT site FROM page_view_buckets WHERE bucket >= %(start)s AND bucket < %(end)s
+ UNION
+SELECT site FROM page_views WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+ ORDER BY 1
+
+-- report_delivery_failures --
+-- The last reports that could not be delivered, newest first (the owner's dashboard).
+SELECT site, period, recipient, status, attempts, claimed_at, error
+  FROM tally_report_deliveries
+ WHERE status IN ('failed', 'retrying')
+ ORDER BY claimed_at DESC
+ LIMIT 20
