@@ -22,6 +22,7 @@ import psycopg_pool
 from tally.config import Config, is_time_zone
 from tally.sites import DEFAULT_SITE, parse_site
 from tally.web import dashboard, export, queue_state
+from tally.web import reports as report_pages
 from tally.web.auth import Auth, Reader
 from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
 from tally.web.metrics import Metrics
@@ -161,6 +162,7 @@ def build_app(
             with pool.connection() as conn:
                 queue = queue_state.queue_summary(conn)
                 processes = queue_state.process_state(conn, config.stalled_after_seconds)
+                queue["report_failures"] = report_pages.delivery_failures(conn)
         for name, value in dashboard.HEADERS.items():
             bottle.response.set_header(name, value)
         return dashboard.render(
@@ -333,6 +335,9 @@ def build_app(
             return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
         job_id = jobs_app.tasks[task].defer()
         return json_response(202, {"job_id": job_id, "task": task})
+
+    # Reports by email: GET /reports/preview (tally/web/reports.py).
+    report_pages.register(app, config, auth, stats, database_unavailable, json_error)
 
     def error_as_json(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"
