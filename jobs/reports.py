@@ -22,6 +22,7 @@ import logging
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
+from email.message import EmailMessage
 
 import psycopg_pool
 from procrastinate import JobContext, RetryStrategy
@@ -29,7 +30,7 @@ from procrastinate.exceptions import JobAborted
 
 from jobs import app, settings
 from tally import db, mail, reports
-from tally.config import Config
+from tally.config import Config, SmtpServer
 from tally.db import QUERIES
 from tally.web.stats import StatsReader
 
@@ -85,11 +86,11 @@ def recipients_by_site(
     return sites
 
 
-def deliver(message, should_abort: Callable[[], bool]) -> None:
+def deliver(server: SmtpServer, message: EmailMessage, should_abort: Callable[[], bool]) -> None:
     """Send, trying a temporary failure again SEND_TRIES times in all, a little later each time."""
     for attempt in range(SEND_TRIES):
         try:
-            mail.send(settings.smtp, message)
+            mail.send(server, message)
             return
         except mail.TemporaryFailure:
             if attempt == SEND_TRIES - 1 or should_abort():
@@ -131,7 +132,7 @@ def send_period(
                     config.report_from, recipient, report.subject, text, html, message_id=message_id
                 )
                 try:
-                    deliver(message, should_abort)
+                    deliver(config.smtp, message, should_abort)
                 except mail.PermanentFailure as failure:
                     status, error = "failed", str(failure)
                 except mail.TemporaryFailure as failure:
