@@ -28,6 +28,7 @@ class Handler:
         self.actions: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self.delay = 0.0
         self.dropped = 0
+        self.in_flight = 0  # messages taken whose reply the slow server still holds back
 
     def _next(self, recipient: str, kinds: tuple[str, ...]) -> str | None:
         with self.lock:
@@ -52,11 +53,15 @@ class Handler:
                 self.dropped += 1
             server.transport.abort()
             return "250 OK"
-        if self.delay:
-            await asyncio.sleep(self.delay)  # a slow server: the client waits for this reply
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
+        with self.lock:  # delivered from here on, whether or not the client hears the reply
             self.messages.append(message)
+        if self.delay:  # a slow server: the client waits this long for the reply
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
         return "250 OK"
 
 
