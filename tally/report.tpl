@@ -51,7 +51,7 @@
   <table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="border-collapse:collapse;font-size:14px;">
   % for row in rows:
     <tr>
-      <td style="padding:4px 0;border-bottom:1px solid #e4e7ec;word-break:break-all;">{{row['name']}}</td>
+      <td width="62%" style="padding:4px 0;border-bottom:1px solid #e4e7ec;word-break:break-all;">{{row['name']}}</td>
       <td align="right" style="padding:4px 0 4px 8px;border-bottom:1px solid #e4e7ec;white-space:nowrap;">{{f"{row['views']:,}"}}</td>
       <td align="right" style="padding:4px 0 4px 8px;border-bottom:1px solid #e4e7ec;color:#667085;font-size:12px;">{{row['change']}}</td>
     </tr>
