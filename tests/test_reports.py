@@ -316,3 +316,37 @@ def test_the_preview_is_the_owners_and_checks_its_parameters(database_url, pool,
         views = sum(v for v, _ in expected["daily"].values())
         assert f'data-total="views">{views:,}<' in page.text
         assert page.text.count("<td valign") == period.days
+
+
+# --- the clock and the Message-ID ------------------------------------------------------------------
+
+
+def test_the_clock_defers_send_reports_only_when_reports_are_on(database_url):
+    import procrastinate
+
+    import clock
+    import jobs
+
+    def schedules(env: dict[str, str]) -> dict[str, str]:
+        app = procrastinate.App(connector=jobs.app.connector)  # not jobs.app: test workers would tick
+        clock.register_schedule(app, from_env(env, process_type="clock"))
+        return {task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()}
+
+    on = {"SMTP_URL": "smtp://mail.example.com", "REPORT_RECIPIENTS": "a@example.com"}
+    assert schedules(on)["send_reports"] == clock.REPORT_CHECK_SCHEDULE
+    assert "send_reports" not in schedules({**on, "REPORT_SCHEDULE": "off"})
+    assert "send_reports" not in schedules({"SMTP_URL": "smtp://mail.example.com"})
+
+
+def test_a_message_id_is_fixed_by_site_period_and_recipient():
+    from tally.mail import message_id
+
+    one = message_id(SITE, "2026-W48", "a@example.com", "tally@reports.example.com")
+    assert one == message_id(SITE, "2026-W48", "A@Example.com", "tally@reports.example.com")
+    assert re.fullmatch(r"<report-[0-9a-f]{32}@reports\.example\.com>", one)
+    others = {
+        message_id("shop.example.org", "2026-W48", "a@example.com", "tally@x.org"),
+        message_id(SITE, "2026-W49", "a@example.com", "tally@x.org"),
+        message_id(SITE, "2026-W48", "b@example.com", "tally@x.org"),
+    }
+    assert len(others) == 3 and one.split("@")[0] not in {other.split("@")[0] for other in others}
