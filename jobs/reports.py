@@ -76,7 +76,10 @@ def recipients_by_site(
         start = datetime.datetime.combine(period.first_day, datetime.time(), zone)
         end = datetime.datetime.combine(period.last_day + reports.ONE_DAY, datetime.time(), zone)
         with pool.connection() as conn:
-            for (site,) in conn.execute(QUERIES["report_sites"], {"start": start, "end": end}):
+            # The state first: a view rolled up meanwhile is in the buckets and still above it.
+            watermark, in_progress, *_ = conn.execute(QUERIES["rollup_state"]).fetchone()
+            bounds = {"start": start, "end": end, "watermark": watermark, "in_progress": in_progress}
+            for (site,) in conn.execute(QUERIES["report_sites"], bounds):
                 sites[site] = []
     for site, _address in config.report_recipients:
         if site is not None:

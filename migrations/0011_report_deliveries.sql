@@ -18,4 +18,6 @@ CREATE TABLE tally_report_deliveries (
     PRIMARY KEY (site, period, recipient)
 );
 
-CREATE INDEX tally_report_deliveries_failed ON tally_report_deliveries (claimed_at) WHERE status = 'failed';
+-- The dashboard's list of reports not delivered.
+CREATE INDEX tally_report_deliveries_undelivered ON tally_report_deliveries (claimed_at)
+    WHERE status IN ('failed', 'retrying');

@@ -386,10 +386,12 @@ UPDATE tally_report_deliveries
  WHERE site = %(site)s AND period = %(period)s AND recipient = %(recipient)s AND status = 'sending'
 
 -- report_sites --
--- The sites with views in [start, end): rolled up, or still in the raw table.
+-- The sites with views in [start, end): rolled up, or in the tail the rollup state leaves out.
 SELECT site FROM page_view_buckets WHERE bucket >= %(start)s AND bucket < %(end)s
  UNION
-SELECT site FROM page_views WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
+SELECT site FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND viewed_at >= %(start)s AND viewed_at < %(end)s
  ORDER BY 1
 
 -- report_delivery_failures --
