@@ -13,8 +13,10 @@ import asyncio
 import collections
 import email
 import email.policy
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
@@ -66,11 +68,13 @@ class Handler:
 
 
 class SmtpServer:
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, **options: object) -> None:
+        """`options` go to aiosmtpd's Controller: tls_context (STARTTLS), ssl_context (smtps),
+        authenticator..."""
         self.handler = Handler()
         self.handler.delay = delay
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **options)
 
     @property
     def url(self) -> str:
@@ -100,3 +104,32 @@ class SmtpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+def self_signed_certificate(folder: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (openssl), for a server that speaks TLS; a client
+    trusts it with SSL_CERT_FILE pointing at the certificate."""
+    cert, key = folder / "smtp-cert.pem", folder / "smtp-key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)

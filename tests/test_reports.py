@@ -10,6 +10,7 @@ import datetime
 import random
 import re
 import signal
+import ssl
 
 import psycopg
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from tally import reports
 from tally.config import from_env
 from tests.conftest import defer_by_sql, statuses, wait_until
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import SmtpServer, self_signed_certificate
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_exact import brute_force, insert_raw
 
@@ -184,10 +185,12 @@ def test_two_recipients_get_last_weeks_numbers_once(database_url, pool, conn, st
 # --- temporary and permanent failures, in this process ------------------------------------------
 
 
-def run_once(database_url: str, pool, smtp: SmtpServer, recipients: str, today: datetime.date) -> dict:
+def run_once(
+    database_url: str, pool, smtp: SmtpServer, recipients: str, today: datetime.date, **env: str
+) -> dict:
     from jobs.reports import send_period
 
-    config = from_env(report_env(database_url, smtp, recipients), process_type="worker")
+    config = from_env({**report_env(database_url, smtp, recipients), **env}, process_type="worker")
     return send_period(pool, config, reports.last_full_period("weekly", today), today, lambda: False)
 
 
@@ -249,6 +252,33 @@ def test_a_550_is_recorded_for_its_recipient_and_the_others_are_sent(database_ur
     client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, TIMEZONE=TZ)
     page = client.get("/").text
     assert "Reports not delivered" in page and "nobody@example.com" in page and "550" in page
+
+
+def test_starttls_when_offered_with_a_login_and_smtps(database_url, pool, conn, tmp_path, monkeypatch):
+    from aiosmtpd.smtp import AuthResult
+
+    views_over_weeks(conn, count=100)
+    today = local_today(conn)
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the client verifies the server as usual
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((session.ssl is not None, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"p@ss:word")
+
+    options = {"tls_context": context, "require_starttls": True, "authenticator": authenticator}
+    with SmtpServer(**options, auth_require_tls=True) as smtp:
+        url = f"smtp://us%40er:p%40ss%3Aword@127.0.0.1:{smtp.port}"
+        outcome = run_once(database_url, pool, smtp, f"{SITE}=a@example.com", today, SMTP_URL=url)
+        assert outcome["sent"] == 1 and [m["To"] for m in smtp.received()] == ["a@example.com"]
+        assert logins == [(True, b"us@er", b"p@ss:word")]  # over TLS only
+    with SmtpServer(ssl_context=context) as smtps:
+        url = f"smtps://127.0.0.1:{smtps.port}"
+        outcome = run_once(database_url, pool, smtps, f"{SITE}=c@example.com", today, SMTP_URL=url)
+        assert outcome["sent"] == 1 and [m["To"] for m in smtps.received()] == ["c@example.com"]
 
 
 # --- a worker killed mid-run -----------------------------------------------------------------------
