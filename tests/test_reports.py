@@ -19,6 +19,7 @@ from tally import reports
 from tally.config import from_env
 from tests.conftest import defer_by_sql, statuses, wait_until
 from tests.smtp_server import SmtpServer, self_signed_certificate
+from tests.test_processes import cli_defer
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_exact import brute_force, insert_raw
 
@@ -175,8 +176,8 @@ def test_two_recipients_get_last_weeks_numbers_once(database_url, pool, conn, st
         assert {(site, recipient): message_id for site, recipient, _, message_id in rows} == sent
         assert {status for _, _, status, _ in rows} == {"sent"} and len(set(sent.values())) == 3
 
-        # A second run (a manual defer, a second clock's tick) sends nothing.
-        defer_by_sql(conn, "send_reports")
+        # A second run (a manual defer from the command line, a second clock's tick) sends nothing.
+        cli_defer("send_reports", database_url)
         wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"] * 2, 60, message="the rerun")
         assert len(smtp.received()) == 3
         assert "'sent': 0, 'failed': 0, 'retrying': 0, 'already_done': 3" in worker.output()
@@ -212,6 +213,25 @@ def test_a_451_then_acceptance_and_a_dropped_connection_are_sent_again(database_
         rows = deliveries(conn)
         assert {r: row[0] for r, row in rows.items()} == dict.fromkeys(rows, "sent")
         assert {m["To"]: m["Message-ID"] for m in smtp.received()} == {r: row[1] for r, row in rows.items()}
+
+
+def test_the_job_is_retried_with_backoff_for_a_server_failing_longer(database_url, conn, start_process):
+    views_over_weeks(conn, count=100)
+    with SmtpServer() as smtp:
+        smtp.script("later@example.com", "451", "451", "451")  # every try of the first attempt
+        env = report_env(database_url, smtp, f"{SITE}=later@example.com,{SITE}=now@example.com")
+        worker = start_process(["worker.py"], env)
+        worker.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        # The first attempt sends now@, leaves later@ 'retrying' and fails; its retry, 4 s later, sends it.
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="the retried job")
+        attempts = conn.execute("SELECT attempts FROM procrastinate_jobs").fetchone()[0]
+        assert attempts == 2 and "ReportsNotDelivered" in worker.output()
+        assert sorted(m["To"] for m in smtp.received()) == ["later@example.com", "now@example.com"]
+        assert {r: row[:3] for r, row in deliveries(conn).items()} == {
+            "later@example.com": ("sent", smtp.received()[1]["Message-ID"], 2),
+            "now@example.com": ("sent", smtp.received()[0]["Message-ID"], 1),
+        }
 
 
 def test_a_server_failing_for_longer_leaves_the_report_for_the_next_run(database_url, pool, conn):
