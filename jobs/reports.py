@@ -44,6 +44,8 @@ SEND_TRIES = 3
 SEND_BACKOFF_SECONDS = 1.0
 MAX_DELIVERY_ATTEMPTS = 10
 REPORT_RETRY = RetryStrategy(max_attempts=5, exponential_wait=4)
+# The session advisory lock one run of send_reports holds (any fixed 64-bit number).
+RUN_LOCK_KEY = 7_245_021_001
 
 
 class ReportsNotDelivered(Exception):
@@ -52,11 +54,12 @@ class ReportsNotDelivered(Exception):
 
 @contextlib.contextmanager
 def report_pool(config: Config) -> Iterator[psycopg_pool.ConnectionPool]:
-    """One connection of the job's own while it runs (StatsReader reads through a pool)."""
+    """Two connections of the job's own while it runs: one holds the run's lock, the other
+    reads stats (StatsReader reads through a pool) and claims deliveries."""
     with psycopg_pool.ConnectionPool(
         db.conninfo_for(config),
-        min_size=1,
-        max_size=1,
+        min_size=2,
+        max_size=2,
         timeout=db.POOL_WAIT_SECONDS,
         kwargs=db.connection_kwargs(config, db.WORKER_SESSION_SETTINGS, autocommit=True),
         name=f"{config.dyno}-reports",
@@ -64,13 +67,30 @@ def report_pool(config: Config) -> Iterator[psycopg_pool.ConnectionPool]:
         yield pool
 
 
+@contextlib.contextmanager
+def one_run_at_a_time(pool: psycopg_pool.ConnectionPool) -> Iterator[None]:
+    """Hold the run's session lock: a second run (deferred by SQL, without procrastinate's
+    lock) waits for it, up to the worker's lock_timeout (5 s), then fails and is retried.
+    The lock ends with its session, so a killed worker's run leaves it free at once."""
+    with pool.connection() as conn:
+        conn.execute(QUERIES["lock_report_run"], {"key": RUN_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(QUERIES["unlock_report_run"], {"key": RUN_LOCK_KEY})
+
+
 def recipients_by_site(
     pool: psycopg_pool.ConnectionPool, config: Config, period: reports.Period
 ) -> dict[str, list[str]]:
-    """Each site's recipients: its own `site=address` pairs, and the every-site addresses for
-    each site with views in the period."""
+    """Each site's recipients: the every-site addresses when the site had views in the
+    period, and its own `site=address` pairs (whatever its views)."""
     everywhere = [address for site, address in config.report_recipients if site is None]
-    sites: dict[str, list[str]] = {}
+    named: dict[str, list[str]] = {}
+    for site, address in config.report_recipients:
+        if site is not None:
+            named.setdefault(site, []).append(address)
+    with_views: set[str] = set()
     if everywhere:
         zone = zoneinfo.ZoneInfo(config.timezone)
         start = datetime.datetime.combine(period.first_day, datetime.time(), zone)
@@ -79,13 +99,12 @@ def recipients_by_site(
             # The state first: a view rolled up meanwhile is in the buckets and still above it.
             watermark, in_progress, *_ = conn.execute(QUERIES["rollup_state"]).fetchone()
             bounds = {"start": start, "end": end, "watermark": watermark, "in_progress": in_progress}
-            for (site,) in conn.execute(QUERIES["report_sites"], bounds):
-                sites[site] = []
-    for site, _address in config.report_recipients:
-        if site is not None:
-            sites.setdefault(site, [])
-    for site, addresses in sites.items():
-        addresses += [address for named, address in config.report_recipients if named in (None, site)]
+            with_views = {site for (site,) in conn.execute(QUERIES["report_sites"], bounds)}
+    sites = {}
+    for site in sorted(with_views | set(named)):
+        addresses = list(everywhere) if site in with_views else []
+        addresses += [address for address in named.get(site, []) if address not in addresses]
+        sites[site] = addresses
     return sites
 
 
@@ -158,7 +177,7 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC) if timestamp else None
     today = reports.local_today(settings.timezone, moment)
     chosen = reports.last_full_period(kind, today)
-    with report_pool(settings) as pool:
+    with report_pool(settings) as pool, one_run_at_a_time(pool):
         outcome = send_period(pool, settings, chosen, today, context.should_abort)
     logger.info("send_reports %s: %s", chosen.name, outcome)
     if outcome["retrying"]:

@@ -401,3 +401,11 @@ SELECT site, period, recipient, status, attempts, claimed_at, error
  WHERE status IN ('failed', 'retrying')
  ORDER BY claimed_at DESC
  LIMIT 20
+
+-- lock_report_run --
+-- One send_reports run at a time, however deferred: a session lock, gone with its session.
+SELECT pg_advisory_lock(%(key)s)
+
+-- unlock_report_run --
+-- The end of a send_reports run.
+SELECT pg_advisory_unlock(%(key)s)

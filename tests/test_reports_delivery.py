@@ -172,3 +172,23 @@ def test_a_worker_killed_mid_run_leaves_the_rest_to_the_rescued_job(database_url
     assert len(rows) == 40 and {row[0] for row in rows.values()} == {"sent"}
     assert {r: row[1] for r, row in rows.items()} == {r: ids[0] for r, ids in by_recipient.items()}
     print(f"killed after {at_kill} messages; {len(messages) - 40} sent twice")
+
+
+def test_a_second_run_waits_for_the_first_however_deferred(database_url, conn, start_process):
+    """A job deferred by SQL has no procrastinate lock; the run's session lock still keeps two
+    runs apart: here the test holds it, as a run would, and the job's attempt fails on it."""
+    import psycopg
+
+    from jobs.reports import RUN_LOCK_KEY
+
+    views_over_weeks(conn, count=100)
+    with SmtpServer() as smtp, psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (RUN_LOCK_KEY,))
+        worker = start_process(["worker.py"], report_env(database_url, smtp, f"{SITE}=a@example.com"))
+        worker.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        wait_until(lambda: "LockNotAvailable" in worker.output(), 30, message="the attempt to meet the lock")
+        assert smtp.received() == [] and deliveries(conn) == {}
+        holder.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="the retried run")
+        assert [m["To"] for m in smtp.received()] == ["a@example.com"]
