@@ -27,6 +27,8 @@ from email.message import EmailMessage
 import psycopg_pool
 from procrastinate import JobContext, RetryStrategy
 from procrastinate.exceptions import JobAborted
+from procrastinate.jobs import Job
+from procrastinate.retry import RetryDecision
 
 from jobs import app, settings
 from tally import db, mail, reports
@@ -43,13 +45,28 @@ logger = logging.getLogger("jobs.reports")
 SEND_TRIES = 3
 SEND_BACKOFF_SECONDS = 1.0
 MAX_DELIVERY_ATTEMPTS = 10
-REPORT_RETRY = RetryStrategy(max_attempts=5, exponential_wait=4)
+
+
+class ReportRetry(RetryStrategy):
+    """Retry after 4, 16, 64, 256 s, except for an argument that will never be right."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, UnknownPeriod):
+            return None
+        return super().get_retry_decision(exception=exception, job=job)
+
+
+REPORT_RETRY = ReportRetry(max_attempts=5, exponential_wait=4)
 # The session advisory lock one run of send_reports holds (any fixed 64-bit number).
 RUN_LOCK_KEY = 7_245_021_001
 
 
 class ReportsNotDelivered(Exception):
     """Some reports met temporary failures only: the job is retried for them."""
+
+
+class UnknownPeriod(ValueError):
+    """The job's `period` argument is neither weekly nor monthly."""
 
 
 @contextlib.contextmanager
@@ -174,6 +191,8 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
         logger.info("send_reports: SMTP_URL or REPORT_RECIPIENTS unset, nothing to send")
         return {}
     kind = period or (settings.report_schedule if settings.report_schedule != "off" else "weekly")
+    if kind not in reports.PERIODS:
+        raise UnknownPeriod(f"period must be one of {', '.join(reports.PERIODS)}, not {kind!r}")
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC) if timestamp else None
     today = reports.local_today(settings.timezone, moment)
     chosen = reports.last_full_period(kind, today)

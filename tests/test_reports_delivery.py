@@ -192,3 +192,18 @@ def test_a_second_run_waits_for_the_first_however_deferred(database_url, conn, s
         holder.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
         wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="the retried run")
         assert [m["To"] for m in smtp.received()] == ["a@example.com"]
+
+
+def test_the_job_retries_with_backoff_but_not_an_unknown_period():
+    from procrastinate.jobs import Job
+
+    from jobs.reports import REPORT_RETRY, ReportsNotDelivered, UnknownPeriod
+
+    def job(attempts: int) -> Job:
+        return Job(
+            id=1, queue="default", lock=None, queueing_lock=None, task_name="send_reports", attempts=attempts
+        )
+
+    waits = [REPORT_RETRY.get_retry_decision(exception=ReportsNotDelivered(), job=job(n)) for n in range(6)]
+    assert all(decision.retry_at is not None for decision in waits[:5]) and waits[5] is None
+    assert REPORT_RETRY.get_retry_decision(exception=UnknownPeriod(), job=job(0)) is None
