@@ -39,7 +39,7 @@ from tally.web.stats import StatsReader
 logger = logging.getLogger("jobs.reports")
 
 # A temporary failure (4xx, a dropped connection) is tried again at once a few times, a
-# little later each time, then left 'retrying' for the job's own retries (4, 16, 64, 256 s
+# little later each time, then left 'retrying' for the job's own five retries (4, 16, 64, 256, 1024 s
 # later) and, past those, for the next clock tick. A delivery claimed this many times in
 # all is given up ('failed'): no report is retried forever.
 SEND_TRIES = 3
@@ -48,7 +48,7 @@ MAX_DELIVERY_ATTEMPTS = 10
 
 
 class ReportRetry(RetryStrategy):
-    """Retry after 4, 16, 64, 256 s, except for an argument that will never be right."""
+    """Retry after 4, 16, 64, 256, 1024 s, except for an argument that will never be right."""
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, UnknownPeriod):
