@@ -2,7 +2,8 @@
 
 Any number of clocks may run: procrastinate's periodic-defers table lets each tick be
 deferred once. Schedules come from CLEANUP_SCHEDULE, RETRY_STALLED_SCHEDULE,
-PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field).
+PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field);
+send_reports hourly when REPORT_SCHEDULE is not off.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
         cleanup=repr(settings.cleanup_schedule),
         retry_stalled=repr(settings.retry_stalled_schedule),
         prune=repr(settings.prune_schedule),
+        reports=settings.report_schedule,
     )
     asyncio.run(run(settings))
 

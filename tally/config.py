@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import sys
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -39,6 +41,21 @@ DEFAULT_STALLED_AFTER_SECONDS = 60.0
 # Rows per cleanup transaction: large enough to delete at a good fraction of one
 # DELETE's rate, small enough that each batch stays well under 250 ms (docs/BENCHMARKS.md).
 DEFAULT_CLEANUP_BATCH_SIZE = 10_000
+
+
+EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+REPORT_SCHEDULES = ("weekly", "monthly", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class SmtpServer:
+    """Where reports are sent (SMTP_URL): smtp:// tries STARTTLS when offered, smtps:// is TLS."""
+
+    host: str
+    port: int
+    tls: bool  # smtps://: TLS from the first byte
+    user: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
 
 
 class ConfigError(ValueError):
@@ -81,6 +98,14 @@ class Config:
     salt_schedule: str = "5 * * * *"
     # The IANA zone whose days stats count (?tz= overrides it per request).
     timezone: str = "UTC"
+    # Reports by email (issue 21): the server, the sender, (site or None for every site,
+    # address) pairs, and which period the clock's send_reports mails ('off': none).
+    smtp: SmtpServer | None = None
+    report_from: str = "tally@localhost"
+    report_recipients: tuple[tuple[str | None, str], ...] = ()
+    report_schedule: str = "off"
+    # The dashboard's public address, for the reports' links (default: http://localhost:PORT).
+    tally_url: str = "http://localhost:5000"
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -125,6 +150,7 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         sites=reader.host_names("SITES"),
         salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
         timezone=reader.time_zone("TIMEZONE", "UTC"),
+        **_report_settings(reader),
     )
     _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
@@ -134,6 +160,34 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
             f"{config.heartbeat_seconds:g}), or a draining worker's job would run twice"
         )
     return config
+
+
+def _report_settings(reader: _Reader) -> dict:
+    """SMTP_URL, REPORT_FROM, REPORT_RECIPIENTS, REPORT_SCHEDULE, TALLY_URL; no SMTP_URL or no
+    recipients: no reports (the schedule is then 'off')."""
+    smtp = reader.smtp_url("SMTP_URL")
+    recipients = reader.recipients("REPORT_RECIPIENTS")
+    default_schedule = "weekly" if smtp and recipients else "off"
+    schedule = reader.choice(
+        "REPORT_SCHEDULE", default_schedule.upper(), tuple(map(str.upper, REPORT_SCHEDULES))
+    )
+    host = smtp.host if smtp else socket.gethostname() or "localhost"
+    report_from = reader.text("REPORT_FROM", f"tally@{host}")
+    if not EMAIL_ADDRESS.fullmatch(report_from):
+        raise ConfigError(
+            f"REPORT_FROM={report_from!r} is invalid: expected an address such as tally@example.com"
+        )
+    port = reader.integer("PORT", 5000, low=1, high=65535)
+    tally_url = reader.text("TALLY_URL", f"http://localhost:{port}").rstrip("/")
+    if urllib.parse.urlsplit(tally_url).scheme not in ("http", "https"):
+        raise ConfigError(f"TALLY_URL={tally_url!r} is invalid: expected https://host")
+    return {
+        "smtp": smtp,
+        "report_from": report_from,
+        "report_recipients": recipients,
+        "report_schedule": schedule.lower() if recipients and smtp else "off",
+        "tally_url": tally_url,
+    }
 
 
 def _check_tokens_differ(config: Config) -> None:
@@ -224,6 +278,42 @@ class _Reader:
             return raw
 
         return self._parse(name, default, parse)
+
+    def smtp_url(self, name: str) -> SmtpServer | None:
+        def parse(raw: str) -> SmtpServer:
+            parts = urllib.parse.urlsplit(raw)
+            if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+                raise ValueError("expected smtp://user:password@host:587 or smtps://user:password@host:465")
+            port = parts.port or (465 if parts.scheme == "smtps" else 587)  # .port raises on a bad one
+            unquote = urllib.parse.unquote
+            user = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password else None
+            return SmtpServer(parts.hostname, port, parts.scheme == "smtps", user, password)
+
+        try:
+            return self._parse(name, None, parse)
+        except ConfigError:  # never print the password
+            raise ConfigError(
+                f"{name} is invalid: expected smtp://user:password@host:587 or smtps://user:password@host:465"
+            ) from None
+
+    def recipients(self, name: str) -> tuple[tuple[str | None, str], ...]:
+        def parse(raw: str) -> tuple[tuple[str | None, str], ...]:
+            pairs: list[tuple[str | None, str]] = []
+            for entry in (part.strip() for part in raw.split(",")):
+                if not entry:
+                    continue
+                site, _, address = entry.rpartition("=")
+                if site and parse_site(site.strip()) is None:
+                    raise ValueError(f"{site.strip()!r} is not a host name (site=address pairs)")
+                if not EMAIL_ADDRESS.fullmatch(address.strip()):
+                    raise ValueError(f"{address.strip()!r} is not an email address")
+                pair = (parse_site(site.strip()) if site else None, address.strip())
+                if pair not in pairs:
+                    pairs.append(pair)
+            return tuple(pairs)
+
+        return self._parse(name, (), parse)
 
     def cron(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:

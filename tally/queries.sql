@@ -627,3 +627,46 @@ SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views, co
    AND (%(os)s::text IS NULL OR os = %(os)s)
    AND (%(device)s::text IS NULL OR device = %(device)s)
  GROUP BY 1, 2
+
+-- claim_report_delivery --
+-- Take (site, period, recipient) for sending, in its own committed statement: a new row, or one a
+-- run before left unsent ('sending': killed mid-send; 'retrying': a temporary failure). Returns
+-- nothing for one already sent or failed for good. attempts counts the sends tried.
+INSERT INTO tally_report_deliveries AS d (site, period, recipient, message_id, status)
+VALUES (%(site)s, %(period)s, %(recipient)s, %(message_id)s, 'sending')
+ON CONFLICT (site, period, recipient) DO UPDATE
+   SET status = 'sending', attempts = d.attempts + 1, claimed_at = now()
+ WHERE d.status IN ('sending', 'retrying')
+RETURNING d.message_id, d.attempts
+
+-- finish_report_delivery --
+-- Record how a claimed send ended: 'sent' (with its time), 'retrying' or 'failed' (with the error).
+UPDATE tally_report_deliveries
+   SET status = %(status)s, error = %(error)s,
+       sent_at = CASE WHEN %(status)s = 'sent' THEN now() END
+ WHERE site = %(site)s AND period = %(period)s AND recipient = %(recipient)s AND status = 'sending'
+
+-- report_sites --
+-- The sites with views in [start, end): rolled up, or in the tail the rollup state leaves out.
+SELECT site FROM page_view_buckets WHERE bucket >= %(start)s AND bucket < %(end)s
+ UNION
+SELECT site FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND viewed_at >= %(start)s AND viewed_at < %(end)s
+ ORDER BY 1
+
+-- report_delivery_failures --
+-- The last reports that could not be delivered, newest first (the owner's dashboard).
+SELECT site, period, recipient, status, attempts, claimed_at, error
+  FROM tally_report_deliveries
+ WHERE status IN ('failed', 'retrying')
+ ORDER BY claimed_at DESC
+ LIMIT 20
+
+-- lock_report_run --
+-- One send_reports run at a time, however deferred: a session lock, gone with its session.
+SELECT pg_advisory_lock(%(key)s)
+
+-- unlock_report_run --
+-- The end of a send_reports run.
+SELECT pg_advisory_unlock(%(key)s)

@@ -52,6 +52,14 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("SALT_SCHEDULE", "daily"),
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),
+        ("SMTP_URL", "http://mail.example.com"),
+        ("SMTP_URL", "smtp://:25"),
+        ("SMTP_URL", "smtp://mail.example.com:99999"),
+        ("REPORT_RECIPIENTS", "not-an-address"),
+        ("REPORT_RECIPIENTS", "a@example.com,bad host=b@example.com"),
+        ("REPORT_FROM", "tally"),
+        ("REPORT_SCHEDULE", "daily"),
+        ("TALLY_URL", "ftp://tally.example.com"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -104,3 +112,52 @@ def test_sites_are_host_names_in_lower_case_and_unset_means_any():
 def test_timezone_is_an_iana_zone_and_utc_by_default():
     assert from_env({}, process_type="web").timezone == "UTC"
     assert from_env({"TIMEZONE": "America/St_Johns"}, process_type="web").timezone == "America/St_Johns"
+
+
+# --- reports by email (issue 21) ----------------------------------------------------------------
+
+
+def test_no_smtp_url_or_no_recipients_means_no_reports():
+    assert from_env({}, process_type="clock").report_schedule == "off"
+    only_smtp = from_env({"SMTP_URL": "smtp://mail.example.com"}, process_type="clock")
+    assert (only_smtp.report_schedule, only_smtp.report_recipients) == ("off", ())
+    only_recipients = from_env({"REPORT_RECIPIENTS": "a@example.com"}, process_type="clock")
+    assert only_recipients.smtp is None and only_recipients.report_schedule == "off"
+
+
+def test_smtp_url_recipients_and_schedule_are_parsed():
+    config = from_env(
+        {
+            "SMTP_URL": "smtp://user%40x:p%3Ass@Mail.Example.com:2525",
+            "REPORT_RECIPIENTS": " owner@example.com, Shop.Example.org=shop@example.org,,owner@example.com",
+        },
+        process_type="worker",
+    )
+    smtp = config.smtp
+    assert (smtp.host, smtp.port, smtp.tls, smtp.user, smtp.password) == (
+        "mail.example.com",
+        2525,
+        False,
+        "user@x",
+        "p:ss",
+    )
+    assert "p:ss" not in repr(config)
+    assert config.report_recipients == ((None, "owner@example.com"), ("shop.example.org", "shop@example.org"))
+    assert config.report_schedule == "weekly"  # the default once there is someone to send to
+    assert config.report_from == "tally@mail.example.com"
+    secure = from_env(
+        {
+            "SMTP_URL": "smtps://mail.example.com",
+            "REPORT_RECIPIENTS": "a@example.com",
+            "REPORT_SCHEDULE": "Monthly",
+        },
+        process_type="clock",
+    )
+    assert (secure.smtp.port, secure.smtp.tls, secure.report_schedule) == (465, True, "monthly")
+    assert from_env({"SMTP_URL": "smtp://m.example.com"}, process_type="web").smtp.port == 587
+
+
+def test_a_bad_smtp_url_is_named_without_its_password():
+    with pytest.raises(ConfigError) as raised:
+        from_env({"SMTP_URL": "smtp://user:hunter2@mail.example.com:port"}, process_type="worker")
+    assert str(raised.value).startswith("SMTP_URL") and "hunter2" not in str(raised.value)

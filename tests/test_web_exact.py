@@ -276,6 +276,44 @@ def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
     assert body["total_views"] == 0 and body["top_paths"] == [] and body["current_visitors"] == 0
 
 
+@pytest.mark.parametrize(
+    ("seed", "tz"),
+    [(11, "UTC"), (12, "America/New_York"), (13, "Asia/Kathmandu"), (14, "Pacific/Kiritimati")],
+)
+def test_a_window_ending_on_a_past_day_is_exact(pool, conn, seed, tz):
+    """StatsReader.stats_for_window(..., last_day=D): the window of whole days ending on D (the
+    weekly and monthly reports' windows) against the brute-force count, the tail included."""
+    from tally.web.stats import StatsReader
+
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 1500), chunks=4)
+    for batch in batches[:-1]:
+        insert_raw(conn, batch)
+        roll_up(conn)
+    insert_raw(conn, batches[-1])  # some of the past days' views are still in the tail
+    reader = StatsReader(pool, retention_days=30)
+    today = conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
+    for days, back in ((1, 1), (7, 1), (7, 3), (3, 9), (30, 2)):
+        last_day = today - datetime.timedelta(days=back)
+        for site in (None, "example.com"):
+            body = reader.stats_for_window(days, site, tz, last_day=last_day)
+            expected = brute_force(conn, days, site, tz, last_day=last_day)
+            assert [day["day"] for day in body["daily"]][-1] == last_day.isoformat()
+            assert len(body["daily"]) == days and "views_last_24h" not in body
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (days, back, site)
+            assert body["total_views"] == sum(views for views, _ in expected["daily"].values())
+            for key in ("top_paths", "top_sources", "top_referrers"):
+                assert body[key] == expected[key], (days, back, site, key)
+    # last_day today is the window of before, to the figure; a day ahead is refused.
+    same = [reader.stats_for_window(7, None, tz, last_day=last) for last in (today, None)]
+    for answer in same:
+        del answer["generated_at"]
+    assert same[0] == same[1]
+    with pytest.raises(ValueError):
+        reader.stats_for_window(7, None, tz, last_day=today + datetime.timedelta(days=1))
+
+
 def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
     # 23:50 UTC yesterday is today in Kathmandu (+5:45) and yesterday in New York.
     conn.execute(

@@ -34,6 +34,7 @@ from tally.web import (
     routes_jobs,
     routes_jobs_page,
     routes_openapi,
+    routes_reports,
     routes_stats,
 )
 from tally.web.auth import Auth
@@ -75,6 +76,7 @@ def build_app(
     routes_collect.register(app, config, writer, collector, metrics)
     routes_jobs.register(app, pool, auth, jobs_app)
     routes_jobs_page.register(app, config, pool, auth)
+    routes_reports.register(app, config, auth, stats)
     routes_openapi.register(app)
 
     app.default_error_handler = error_as_json

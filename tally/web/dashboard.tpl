@@ -200,6 +200,15 @@
       <tr><td colspan="5" class="muted">No failed jobs.</td></tr>
       % end
     </table>
+    % if queue.get('report_failures'):
+    <h2>Reports not delivered</h2>
+    <table id="report-failures">
+      <tr><th>Site</th><th>Period</th><th>Recipient</th><th>Status</th><th class="num">Attempts</th><th>Error</th></tr>
+      % for row in queue['report_failures']:
+      <tr><td>{{row['site']}}</td><td>{{row['period']}}</td><td>{{row['recipient']}}</td><td>{{row['status']}}</td><td class="num">{{row['attempts']}}</td><td class="failed">{{row['error'] or ''}}</td></tr>
+      % end
+    </table>
+    % end
   </section>
   % end
 </main>

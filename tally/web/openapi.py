@@ -56,6 +56,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "notice": query(
         "notice", {"type": "string", "maxLength": 300}, "What the last action did, shown on the page."
     ),
+    "period": query(
+        "period", {"enum": ["weekly", "monthly"]}, "The report's period: the last full week or month."
+    ),
     "compare": query(
         "compare", {"enum": ["previous", ""]}, "previous: add the period of the same length just before."
     ),
@@ -244,6 +247,16 @@ OPERATIONS = [
             "content": {JSON: {"schema": ref("Beacon")}, "text/plain": {"schema": {"type": "string"}}},
         },
         errors=("400", "403", "413", "415", "503"),
+    ),
+    operation(
+        "get",
+        "/reports/preview",
+        "preview_report",
+        "The emailed report of one site for its last full week or month (HTML).",
+        OWNER,
+        {"200": text_body(HTML, "The report, as mailed.")},
+        ("site", "period"),
+        errors=("400", *OWNER_ERRORS),
     ),
     operation(
         "get",

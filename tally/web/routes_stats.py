@@ -6,7 +6,7 @@ import bottle
 import psycopg_pool
 
 from tally.config import Config
-from tally.web import dashboard, export, queue_state
+from tally.web import dashboard, export, queue_state, routes_reports
 from tally.web.auth import Auth, Reader
 from tally.web.params import (
     parse_compare,
@@ -44,6 +44,7 @@ def register(
             with pool.connection() as conn:
                 queue = queue_state.queue_summary(conn)
                 processes = queue_state.process_state(conn, config.stalled_after_seconds)
+                queue["report_failures"] = routes_reports.delivery_failures(conn)
         for name, value in dashboard.HEADERS.items():
             bottle.response.set_header(name, value)
         return dashboard.render(

@@ -100,14 +100,17 @@ class StatsReader:
         """Views and visitors per day (in the IANA zone `tz`) over `days` days ending on
         `last_day` (default today), the top values of every dimension, the last 24 h and the
         visitors of the last 5 minutes: of one site, or of all when `site` is None; of the views
-        matching every filter; with the period before when `compare`."""
+        matching every filter; with the period before when `compare`. A window ending before
+        today leaves out the figures about now (views_last_24h, current_visitors, crawlers)."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         filters = filters or {}
         with self._snapshot() as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
             watermark, in_progress, now, today = cur.fetchone()
-            window = Window.ending(now, min(last_day or today, today), days, today)
+            if last_day is not None and last_day > today:
+                raise ValueError("last_day must not be after today")
+            window = Window.ending(now, last_day or today, days, today)
             state = (watermark, tuple(in_progress))
             bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
             tail_views = 0
@@ -129,6 +132,9 @@ class StatsReader:
                     previous, _ = self._read(cur, state, bounds, before, panels=False)
                 answer["previous"] = with_changes(previous, answer)
         answer.update(site=site, tz=tz, filters=filters, retention_days=self.retention_days)
+        if not window.current:  # a past window: the figures about now are not its own
+            for key in ("views_last_24h", "current_visitors", "crawlers_filtered"):
+                answer.pop(key, None)
         if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
             self.request_rollup()
         return answer

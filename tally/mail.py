@@ -1,0 +1,89 @@
+"""Sending one message over SMTP_URL with Python's smtplib, and telling a temporary failure
+(4xx, a dropped connection, a timeout: try again later) from a permanent one (5xx: never).
+
+    >>> message = compose("tally@example.com", "owner@example.com", "Subject", "text", "<p>html</p>",
+    ...                   message_id="<id@example.com>")
+    >>> send(settings.smtp, message)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.utils
+import hashlib
+import smtplib
+import ssl
+
+from tally.config import SmtpServer
+
+# One SMTP conversation never waits longer than this for the server (connect, any reply).
+SMTP_TIMEOUT_SECONDS = 30.0
+
+
+class TemporaryFailure(Exception):
+    """The server could not take the message now (4xx, lost connection): send it again later."""
+
+
+class PermanentFailure(Exception):
+    """The server refused the message for good (5xx): sending it again would fail again."""
+
+
+def message_id(site: str, period: str, recipient: str, sender: str) -> str:
+    """The Message-ID of one report: the same for every send of (site, period, recipient), so a
+    mail client folds a duplicate into the message it already has."""
+    digest = hashlib.sha256(f"{site}\0{period}\0{recipient.lower()}".encode()).hexdigest()[:32]
+    domain = sender.rpartition("@")[2] or "tally.invalid"
+    return f"<report-{digest}@{domain}>"
+
+
+def compose(
+    sender: str, recipient: str, subject: str, text: str, html: str, *, message_id: str
+) -> email.message.EmailMessage:
+    """A multipart/alternative message: the plain text first, the HTML after (preferred)."""
+    message = email.message.EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def send(server: SmtpServer, message: email.message.EmailMessage) -> None:
+    """Deliver `message` to its To: address, in one SMTP conversation of its own.
+
+    Raises TemporaryFailure or PermanentFailure; returns only once the server accepted it.
+    """
+    try:
+        if server.tls:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS, context=ssl.create_default_context()
+            )
+        else:
+            client = smtplib.SMTP(server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS)
+        with client:
+            client.ehlo()
+            if not server.tls and client.has_extn("starttls"):
+                client.starttls(context=ssl.create_default_context())
+                client.ehlo()
+            if server.user:
+                client.login(server.user, server.password or "")
+            refused = client.send_message(message)
+            if refused:  # only for several recipients; ours is one, refused raises instead
+                raise _failure(*next(iter(refused.values())))
+    except smtplib.SMTPRecipientsRefused as error:
+        code, reply = next(iter(error.recipients.values()))
+        raise _failure(code, reply) from None
+    except smtplib.SMTPResponseException as error:  # sender refused, data refused, auth failed
+        raise _failure(error.smtp_code, error.smtp_error) from None
+    except OSError as error:  # a lost or refused connection, a timeout, TLS; smtplib's other errors
+        raise TemporaryFailure(f"{type(error).__name__}: {error}") from None
+
+
+def _failure(code: int, reply: bytes | str) -> Exception:
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    sentence = f"{code} {text}".strip()
+    return PermanentFailure(sentence) if 500 <= code < 600 else TemporaryFailure(sentence)

@@ -1,0 +1,177 @@
+"""The emailed report of one site for its last full week or month: the stats API's own
+answers for that window and the one before it, as an HTML part (tables and inline styles
+only, so mail clients draw the bar chart: no scripts, no images) and a plain-text part.
+
+    >>> period = last_full_period("weekly", datetime.date(2026, 12, 3))
+    >>> period.name, period.first_day.isoformat(), period.last_day.isoformat()
+    ('2026-W48', '2026-11-23', '2026-11-29')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import urllib.parse
+import zoneinfo
+from pathlib import Path
+from typing import Any
+
+import bottle
+
+from tally.web.stats import StatsReader
+
+TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("report.tpl").read_text(encoding="utf-8"))
+PERIODS = ("weekly", "monthly")
+CHART_HEIGHT_PX = 80
+WEEKDAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
+ONE_DAY = datetime.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Period:
+    """A whole week (Monday to Sunday) or calendar month of local days."""
+
+    kind: str  # "weekly" or "monthly"
+    first_day: datetime.date
+    last_day: datetime.date
+
+    @property
+    def name(self) -> str:
+        """'2026-W48' for a week (ISO numbering), '2026-11' for a month: the deliveries' key."""
+        if self.kind == "weekly":
+            year, week, _ = self.first_day.isocalendar()
+            return f"{year}-W{week:02d}"
+        return self.first_day.strftime("%Y-%m")
+
+    @property
+    def days(self) -> int:
+        return (self.last_day - self.first_day).days + 1
+
+    @property
+    def title(self) -> str:
+        if self.kind == "weekly":
+            return f"week of {self.first_day:%-d %b} to {self.last_day:%-d %b %Y}"
+        return f"{self.first_day:%B %Y}"
+
+    def before(self) -> Period:
+        """The period of the same kind just before this one."""
+        return last_full_period(self.kind, self.first_day)
+
+
+def last_full_period(kind: str, today: datetime.date) -> Period:
+    """The last week (Monday to Sunday) or month that ended before `today` began."""
+    if kind == "weekly":
+        monday = today - datetime.timedelta(days=today.weekday())
+        return Period(kind, monday - 7 * ONE_DAY, monday - ONE_DAY)
+    if kind == "monthly":
+        last = today.replace(day=1) - ONE_DAY
+        return Period(kind, last.replace(day=1), last)
+    raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+
+
+def local_today(tz: str, now: datetime.datetime | None = None) -> datetime.date:
+    """Today in the zone `tz` at `now` (default: this moment)."""
+    return (now or datetime.datetime.now(datetime.UTC)).astimezone(zoneinfo.ZoneInfo(tz)).date()
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    site: str
+    period: Period
+    current: dict[str, Any]  # the stats API's answer for the period
+    previous: dict[str, Any]  # ... and for the period before
+    link: str  # the dashboard from the period's first day to today
+
+    @property
+    def subject(self) -> str:
+        views = self.current["total_views"]
+        return f"Tally: {self.site}, {self.period.title}: {views:,} views"
+
+    def html(self) -> str:
+        return TEMPLATE.render(report=self, totals=self.totals(), tops=self.tops(), chart=self.chart())
+
+    def text(self) -> str:
+        lines = [f"Tally report for {self.site}", f"{self.period.title} (days in {self.current['tz']})", ""]
+        for row in self.totals():
+            lines.append(f"{row['name']}: {row['value']:,} ({row['change']} against {row['before']:,})")
+        for title, rows in self.tops():
+            lines += ["", f"{title}:"]
+            lines += [f"  {row['views']:>8,}  {row['name']}  ({row['change']})" for row in rows] or ["  none"]
+        lines += ["", "Views per day:"]
+        lines += [
+            f"  {day['day']}  {day['views']:>8,} views  {day['visitors']:>8,} visitors"
+            for day in self.current["daily"]
+        ]
+        lines += ["", f"Dashboard: {self.link}", ""]
+        return "\n".join(lines)
+
+    def totals(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "value": self.current[key],
+                "before": self.previous[key],
+                "change": change(self.current[key], self.previous[key]),
+            }
+            for name, key in (("Views", "total_views"), ("Visitors", "visitors"))
+        ]
+
+    def tops(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Each top list with each name's change against its count in the period before
+        (when it was in that period's top list too)."""
+        lists = []
+        for title, key, field in (
+            ("Top pages", "top_paths", "path"),
+            ("Referrers", "top_referrers", "referrer"),
+            ("Sources", "top_sources", "source"),
+        ):
+            before = {row[field]: row["views"] for row in self.previous[key]}
+            rows = []
+            for row in self.current[key]:
+                earlier = before.get(row[field])
+                rows.append(
+                    {
+                        "name": row[field],
+                        "views": row["views"],
+                        "change": "not in the top list before"
+                        if earlier is None
+                        else change(row["views"], earlier),
+                    }
+                )
+            lists.append((title, rows))
+        return lists
+
+    def chart(self) -> list[dict[str, Any]]:
+        """One bar a day, its height in pixels scaled to the busiest day, and its label."""
+        daily = self.current["daily"]
+        peak = max((day["views"] for day in daily), default=0) or 1
+        bars = []
+        for day in daily:
+            date = datetime.date.fromisoformat(day["day"])
+            label = WEEKDAYS[date.weekday()] if self.period.kind == "weekly" else str(date.day)
+            height = round(CHART_HEIGHT_PX * day["views"] / peak)
+            bars.append({**day, "height": height, "rest": CHART_HEIGHT_PX - height, "label": label})
+        return bars
+
+
+def change(now: int, before: int) -> str:
+    """'+12%', '-5%', 'no change', or 'new' when there was nothing before."""
+    if now == before:
+        return "no change"
+    if before == 0:
+        return "new"
+    percent = round(100 * (now - before) / before)
+    return f"{percent:+d}%" if percent else ("+<1%" if now > before else "-<1%")
+
+
+def build(
+    reader: StatsReader, site: str, period: Period, tz: str, tally_url: str, today: datetime.date
+) -> Report:
+    """The report of `site` for `period`: two stats answers, exactly as GET /api/stats computes them."""
+    current = reader.stats_for_window(period.days, site, tz, last_day=period.last_day)
+    earlier = period.before()
+    previous = reader.stats_for_window(earlier.days, site, tz, last_day=earlier.last_day)
+    days_to_today = (today - period.first_day).days + 1
+    query = {"days": min(days_to_today, 366), "site": site, **({"tz": tz} if tz != "UTC" else {})}
+    link = f"{tally_url}/?{urllib.parse.urlencode(query)}"
+    return Report(site, period, current, previous, link)

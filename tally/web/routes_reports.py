@@ -1,0 +1,56 @@
+"""GET /reports/preview?site=H&period=weekly|monthly (owner): the emailed report as a page.
+
+The routes live here and `register` adds them to the app, so they move with the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bottle
+import psycopg
+
+from tally import reports
+from tally.config import Config
+from tally.db import QUERIES
+from tally.sites import parse_site
+from tally.web.auth import Auth
+from tally.web.responses import database_unavailable, json_error
+from tally.web.sessions import PAGE_HEADERS
+from tally.web.stats import StatsReader
+
+
+def register(app: bottle.Bottle, config: Config, auth: Auth, stats: StatsReader) -> None:
+    """Add the report's preview route to `app`."""
+
+    @app.get("/reports/preview")
+    @auth.owner_only
+    @database_unavailable
+    def preview_report():
+        """Show the report of ?site=H for its last full ?period=weekly|monthly, as mailed."""
+        query = bottle.request.query
+        sites, periods = query.getall("site"), query.getall("period")
+        site = reports_site(sites)
+        if site is None:
+            return json_error(400, "site must be one host name such as example.com, without a port.")
+        if periods not in ([], ["weekly"], ["monthly"]):
+            return json_error(400, "period must be weekly or monthly.")
+        kind = periods[0] if periods else "weekly"
+        today = reports.local_today(config.timezone)
+        period = reports.last_full_period(kind, today)
+        report = reports.build(stats, site, period, config.timezone, config.tally_url, today)
+        return bottle.HTTPResponse(
+            body=report.html(), headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"}
+        )
+
+
+def reports_site(values: list[str]) -> str | None:
+    """The one site the report is of (the parameter is required)."""
+    return parse_site(values[0]) if len(values) == 1 else None
+
+
+def delivery_failures(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """The last reports not delivered (failed for good, or waiting to be tried again)."""
+    cursor = conn.execute(QUERIES["report_delivery_failures"])
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

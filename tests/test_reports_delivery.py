@@ -1,0 +1,209 @@
+"""Delivering reports against a real SMTP server (aiosmtpd, tests/smtp_server.py): temporary
+failures (451, a dropped connection) are tried again with backoff, permanent ones (550)
+recorded for their recipient only, TLS and logins as SMTP_URL says, and a worker killed
+mid-run leaves the rest to the rescued job. `send_period` (the task's body) runs in this
+process where only SMTP matters, real `worker.py` processes where the process does."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import ssl
+
+import pytest
+
+from tally import reports
+from tally.config import from_env
+from tests.conftest import defer_by_sql, statuses, wait_until
+from tests.smtp_server import SmtpServer, self_signed_certificate
+from tests.test_reports import SITE, TZ, deliveries, local_today, report_env, views_over_weeks
+from tests.test_web import TOKEN, make_client
+
+# --- temporary and permanent failures, in this process ------------------------------------------
+
+
+def run_once(
+    database_url: str, pool, smtp: SmtpServer, recipients: str, today: datetime.date, **env: str
+) -> dict:
+    from jobs.reports import send_period
+
+    config = from_env({**report_env(database_url, smtp, recipients), **env}, process_type="worker")
+    return send_period(pool, config, reports.last_full_period("weekly", today), today, lambda: False)
+
+
+def test_a_451_then_acceptance_and_a_dropped_connection_are_sent_again(database_url, pool, conn):
+    views_over_weeks(conn)
+    today = local_today(conn)
+    recipients = f"{SITE}=slow@example.com,{SITE}=dropped@example.com,{SITE}=fine@example.com"
+    with SmtpServer() as smtp:
+        smtp.script("slow@example.com", "451")
+        smtp.script("dropped@example.com", "drop")
+        outcome = run_once(database_url, pool, smtp, recipients, today)
+        assert outcome == {"sent": 3, "failed": 0, "retrying": 0, "already_done": 0}
+        assert sorted(m["To"] for m in smtp.received()) == [
+            "dropped@example.com",
+            "fine@example.com",
+            "slow@example.com",
+        ]
+        assert smtp.handler.dropped == 1
+        rows = deliveries(conn)
+        assert {r: row[0] for r, row in rows.items()} == dict.fromkeys(rows, "sent")
+        assert {m["To"]: m["Message-ID"] for m in smtp.received()} == {r: row[1] for r, row in rows.items()}
+
+
+def test_the_job_is_retried_with_backoff_for_a_server_failing_longer(database_url, conn, start_process):
+    views_over_weeks(conn, count=100)
+    with SmtpServer() as smtp:
+        smtp.script("later@example.com", "451", "451", "451")  # every try of the first attempt
+        env = report_env(database_url, smtp, f"{SITE}=later@example.com,{SITE}=now@example.com")
+        worker = start_process(["worker.py"], env)
+        worker.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        # The first attempt sends now@, leaves later@ 'retrying' and fails; its retry, 4 s later, sends it.
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="the retried job")
+        attempts = conn.execute("SELECT attempts FROM procrastinate_jobs").fetchone()[0]
+        assert attempts == 2 and "ReportsNotDelivered" in worker.output()
+        assert sorted(m["To"] for m in smtp.received()) == ["later@example.com", "now@example.com"]
+        assert {r: row[:3] for r, row in deliveries(conn).items()} == {
+            "later@example.com": ("sent", smtp.received()[1]["Message-ID"], 2),
+            "now@example.com": ("sent", smtp.received()[0]["Message-ID"], 1),
+        }
+
+
+def test_a_server_failing_for_longer_leaves_the_report_for_the_next_run(database_url, pool, conn):
+    views_over_weeks(conn)
+    today = local_today(conn)
+    with SmtpServer() as smtp:
+        smtp.script("later@example.com", "451", "451", "451")  # every try of this run
+        outcome = run_once(
+            database_url, pool, smtp, f"{SITE}=later@example.com,{SITE}=now@example.com", today
+        )
+        assert (outcome["sent"], outcome["retrying"]) == (1, 1)
+        status, message_id, attempts, error = deliveries(conn)["later@example.com"]
+        assert (status, attempts) == ("retrying", 1) and error.startswith("451")
+        # The job's retry (or the next tick): the same message, the same Message-ID, once.
+        outcome = run_once(
+            database_url, pool, smtp, f"{SITE}=later@example.com,{SITE}=now@example.com", today
+        )
+        assert (outcome["sent"], outcome["already_done"]) == (1, 1)
+        assert [m["Message-ID"] for m in smtp.received() if m["To"] == "later@example.com"] == [message_id]
+        assert deliveries(conn)["later@example.com"][:3] == ("sent", message_id, 2)
+
+
+def test_a_550_is_recorded_for_its_recipient_and_the_others_are_sent(database_url, pool, conn):
+    views_over_weeks(conn)
+    today = local_today(conn)
+    recipients = f"{SITE}=one@example.com,{SITE}=nobody@example.com,{SITE}=two@example.com"
+    with SmtpServer() as smtp:
+        smtp.script("nobody@example.com", "550")
+        outcome = run_once(database_url, pool, smtp, recipients, today)
+        assert (outcome["sent"], outcome["failed"]) == (2, 1)
+        assert sorted(m["To"] for m in smtp.received()) == ["one@example.com", "two@example.com"]
+        status, _, attempts, error = deliveries(conn)["nobody@example.com"]
+        assert (status, attempts) == ("failed", 1) and error.startswith("550")
+        # Never tried again: a rerun leaves it as it is.
+        assert run_once(database_url, pool, smtp, recipients, today)["already_done"] == 3
+        assert deliveries(conn)["nobody@example.com"][2] == 1
+    # The owner's dashboard shows it.
+    client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, TIMEZONE=TZ)
+    page = client.get("/").text
+    assert "Reports not delivered" in page and "nobody@example.com" in page and "550" in page
+
+
+def test_starttls_when_offered_with_a_login_and_smtps(database_url, pool, conn, tmp_path, monkeypatch):
+    from aiosmtpd.smtp import AuthResult
+
+    views_over_weeks(conn, count=100)
+    today = local_today(conn)
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the client verifies the server as usual
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((session.ssl is not None, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"p@ss:word")
+
+    options = {"tls_context": context, "require_starttls": True, "authenticator": authenticator}
+    with SmtpServer(**options, auth_require_tls=True) as smtp:
+        url = f"smtp://us%40er:p%40ss%3Aword@127.0.0.1:{smtp.port}"
+        outcome = run_once(database_url, pool, smtp, f"{SITE}=a@example.com", today, SMTP_URL=url)
+        assert outcome["sent"] == 1 and [m["To"] for m in smtp.received()] == ["a@example.com"]
+        assert logins == [(True, b"us@er", b"p@ss:word")]  # over TLS only
+    with SmtpServer(ssl_context=context) as smtps:
+        url = f"smtps://127.0.0.1:{smtps.port}"
+        outcome = run_once(database_url, pool, smtps, f"{SITE}=c@example.com", today, SMTP_URL=url)
+        assert outcome["sent"] == 1 and [m["To"] for m in smtps.received()] == ["c@example.com"]
+
+
+# --- a worker killed mid-run -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_leaves_the_rest_to_the_rescued_job(database_url, conn, start_process):
+    views_over_weeks(conn, count=300)
+    recipients = ",".join(f"{SITE}=r{n:02d}@example.com" for n in range(40))
+    with SmtpServer(delay=0.2) as smtp:  # a slow server: 40 messages take 8 s or more
+        env = report_env(database_url, smtp, recipients, WORKER_CONCURRENCY="1")
+        first = start_process(["worker.py"], {**env, "DYNO": "worker.1"})
+        first.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        # Killed while the server holds back its reply to a message it has taken: that one
+        # is in flight, its row still 'sending'.
+        wait_until(lambda: len(smtp.received()) >= 10 and smtp.handler.in_flight, 60, 0.005, "10 messages")
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+        at_kill = len(smtp.received())
+        assert at_kill < 40
+        second = start_process(["worker.py"], {**env, "DYNO": "worker.2"})
+        second.wait_for_line("Starting worker")
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 90, message="the rescued job")
+        assert "re-queued job" in second.output()
+        messages = smtp.received()
+    by_recipient: dict[str, list[str]] = {}
+    for message in messages:
+        by_recipient.setdefault(message["To"], []).append(message["Message-ID"])
+    assert sorted(by_recipient) == [f"r{n:02d}@example.com" for n in range(40)]  # every one
+    assert max(len(ids) for ids in by_recipient.values()) <= 2  # none more than twice
+    assert len(messages) - 40 <= 1  # only the one in flight at the kill
+    assert all(len(set(ids)) == 1 for ids in by_recipient.values())  # a duplicate has one Message-ID
+    rows = deliveries(conn)
+    assert len(rows) == 40 and {row[0] for row in rows.values()} == {"sent"}
+    assert {r: row[1] for r, row in rows.items()} == {r: ids[0] for r, ids in by_recipient.items()}
+    print(f"killed after {at_kill} messages; {len(messages) - 40} sent twice")
+
+
+def test_a_second_run_waits_for_the_first_however_deferred(database_url, conn, start_process):
+    """A job deferred by SQL has no procrastinate lock; the run's session lock still keeps two
+    runs apart: here the test holds it, as a run would, and the job's attempt fails on it."""
+    import psycopg
+
+    from jobs.reports import RUN_LOCK_KEY
+
+    views_over_weeks(conn, count=100)
+    with SmtpServer() as smtp, psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (RUN_LOCK_KEY,))
+        worker = start_process(["worker.py"], report_env(database_url, smtp, f"{SITE}=a@example.com"))
+        worker.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        wait_until(lambda: "LockNotAvailable" in worker.output(), 30, message="the attempt to meet the lock")
+        assert smtp.received() == [] and deliveries(conn) == {}
+        holder.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="the retried run")
+        assert [m["To"] for m in smtp.received()] == ["a@example.com"]
+
+
+def test_the_job_retries_with_backoff_but_not_an_unknown_period():
+    from procrastinate.jobs import Job
+
+    from jobs.reports import REPORT_RETRY, ReportsNotDelivered, UnknownPeriod
+
+    def job(attempts: int) -> Job:
+        return Job(
+            id=1, queue="default", lock=None, queueing_lock=None, task_name="send_reports", attempts=attempts
+        )
+
+    waits = [REPORT_RETRY.get_retry_decision(exception=ReportsNotDelivered(), job=job(n)) for n in range(6)]
+    assert all(decision.retry_at is not None for decision in waits[:5]) and waits[5] is None
+    assert REPORT_RETRY.get_retry_decision(exception=UnknownPeriod(), job=job(0)) is None
