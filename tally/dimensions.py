@@ -12,11 +12,16 @@ column, a line here and a line in the rollup's list.
 ['path', 'referrer', 'source']
 >>> BY_NAME["country"].panel
 'top_countries'
+>>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/a")
+('Germany (DE)', 'ZZ', '/a')
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+
+import pycountry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,3 +45,25 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("device", "top_devices", "Devices", "device"),
 )
 BY_NAME = {dimension.name: dimension for dimension in DIMENSIONS}
+
+
+@functools.lru_cache(maxsize=1024)
+def country_name(code: str) -> str:
+    """The common English name of an ISO 3166-1 alpha-2 code ('Taiwan', not 'Taiwan, Province
+    of China'); the code itself when it names no country."""
+    try:
+        country = pycountry.countries.get(alpha_2=code)
+    except (KeyError, LookupError):
+        country = None
+    if country is None:
+        return code
+    return getattr(country, "common_name", None) or country.name
+
+
+def value_label(name: str, value: str) -> str:
+    """A value as a reader sees it (the dashboard, the report): a country by its name and
+    code, anything else as stored."""
+    if name == "country":
+        country = country_name(value)
+        return value if country == value else f"{country} ({value})"
+    return value

@@ -18,6 +18,7 @@ from typing import Any
 
 import bottle
 
+from tally.dimensions import value_label
 from tally.web.stats import StatsReader
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("report.tpl").read_text(encoding="utf-8"))
@@ -124,6 +125,7 @@ class Report:
             ("Top pages", "top_paths", "path"),
             ("Referrers", "top_referrers", "referrer"),
             ("Sources", "top_sources", "source"),
+            ("Countries", "top_countries", "country"),
         ):
             before = {row[field]: row["views"] for row in self.previous[key]}
             rows = []
@@ -131,7 +133,7 @@ class Report:
                 earlier = before.get(row[field])
                 rows.append(
                     {
-                        "name": row[field],
+                        "name": value_label(field, row[field]),
                         "views": row["views"],
                         "change": "not in the top list before"
                         if earlier is None

@@ -28,6 +28,9 @@ DEVICE_CLASSES = ((576, "phone"), (992, "tablet"), (1440, "laptop"))
 MAX_CAMPAIGN = 256
 # Distinct agents and addresses remembered; real traffic repeats both within minutes.
 CACHE_ENTRIES = 4096
+# The part of a user agent that is parsed and cached: no browser's is longer (bench/crawlers.py's
+# corpus: 419 at most), and a cache of 4,096 agents of a header's full size would hold a gigabyte.
+MAX_AGENT = 512
 # ua-parser's name when no rule matched: stored as unknown, not as a browser called "Other".
 UNKNOWN_FAMILY = "Other"
 
@@ -90,5 +93,5 @@ def _family(name: str | None) -> str | None:
 
 def audience_of(address: str, user_agent: str, width: int | None) -> Audience:
     """The categories of one view's sender; nothing of the address or agent itself."""
-    browser, system = software_of(user_agent)
+    browser, system = software_of(user_agent[:MAX_AGENT])
     return Audience(country_of(address), browser, system, device_of(width))

@@ -10,8 +10,6 @@ a share link's token and the other filters; the template escapes every value it 
 
 >>> query_string(7, None, filters={"country": "DE", "path": "/a&b"}, share="t")
 '?days=7&share=t&path=%2Fa%26b&country=DE'
->>> country_name("DE"), country_name("ZZ")
-('Germany', 'ZZ')
 >>> change(12.5), change(-40.0), change(None) == NONE
 ('+12.5%', '-40%', True)
 """
@@ -26,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import bottle
-import pycountry
 
-from tally.dimensions import DIMENSIONS
+from tally.dimensions import DIMENSIONS, value_label
 from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
@@ -49,27 +46,6 @@ NONE = "\N{EN DASH}"  # a change from nothing, a count not made
 def label_of(name: str) -> str:
     """How a dimension is named on the page: 'Country', 'OS'."""
     return LABELS.get(name, name.replace("_", " ").capitalize())
-
-
-@functools.lru_cache(maxsize=1024)
-def country_name(code: str) -> str:
-    """The common English name of an ISO 3166-1 alpha-2 code ('Taiwan', not 'Taiwan, Province
-    of China'); the code itself when it names no country."""
-    try:
-        country = pycountry.countries.get(alpha_2=code)
-    except (KeyError, LookupError):
-        country = None
-    if country is None:
-        return code
-    return getattr(country, "common_name", None) or country.name
-
-
-def value_label(name: str, value: str) -> str:
-    """A value as a reader sees it: a country by its name and code, anything else as stored."""
-    if name == "country":
-        country = country_name(value)
-        return value if country == value else f"{country} ({value})"
-    return value
 
 
 def change(percent: float | None) -> str:
