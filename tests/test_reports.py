@@ -13,6 +13,7 @@ import psycopg
 
 from tally import reports
 from tally.config import from_env
+from tally.dimensions import value_label
 from tests.conftest import defer_by_sql, statuses, wait_until
 from tests.smtp_server import SmtpServer
 from tests.test_processes import cli_defer
@@ -52,7 +53,9 @@ def views_over_weeks(conn: psycopg.Connection, seed: int = 1, count: int = 1200)
         referrer = rng.choice([None, "https://www.google.com/x", "https://news.ycombinator.com/", ""])
         source = rng.choice([None, None, "newsletter", "hn"])
         age = datetime.timedelta(minutes=rng.randrange(0, 25 * 24 * 60))
-        rows.append((site, f"/p{rng.randrange(0, 14)}", source, referrer or None, visitor, age))
+        country = rng.choice([None, "DE", "US", "FR"])
+        audience = (None, None, country, None, None, None)  # medium, campaign, country, browser, os, device
+        rows.append((site, f"/p{rng.randrange(0, 14)}", source, referrer or None, visitor, *audience, age))
     insert_raw(conn, rows[: count // 2])
     roll_up(conn)
     insert_raw(conn, rows[count // 2 :])
@@ -155,8 +158,10 @@ def test_two_recipients_get_last_weeks_numbers_once(database_url, pool, conn, st
                 ("Top pages", "top_paths", "path"),
                 ("Referrers", "top_referrers", "referrer"),
                 ("Sources", "top_sources", "source"),
+                ("Countries", "top_countries", "country"),
             ):
-                assert found["tops"][title] == [(row[field], row["views"]) for row in expected[key]], title
+                expected_rows = [(value_label(field, row[field]), row["views"]) for row in expected[key]]
+                assert found["tops"][title] == expected_rows, title
             # Mail clients: both parts, no scripts or images, a chart of seven days, the link.
             assert message.get_content_type() == "multipart/alternative"
             html = message.get_body(("html",)).get_content()
