@@ -225,6 +225,13 @@ routes = st.sampled_from(
 )
 
 
+def test_a_cookie_header_that_python_cannot_parse_is_no_cookie(client):
+    """`e)=w` makes http.cookies raise CookieError: every route that reads a cookie answered 500."""
+    for path in ("/api/stats", "/", "/jobs"):
+        response = client.get(path, headers={"Cookie": "e)=w"}, expect_errors=True)
+        assert response.status_int in (200, 401, 403), (path, response.status_int, response.text)
+
+
 @PROPERTY_SETTINGS
 @given(
     route=routes,

@@ -5,7 +5,9 @@ A WSGI server hands each header over as a latin-1 `str` (the bytes as they came)
 else, so an app's user agent with a version string in another encoding made every route
 that reads a header answer 500. `clean_headers` (a `before_request` hook) re-decodes each
 header as UTF-8 with U+FFFD for the bytes that are not, stores it back the way Bottle
-expects, refuses a Content-Length that is not a whole number (400), and sends Bottle's own
+expects, drops a Cookie header that Python's cookie parser refuses (Bottle would raise
+CookieError in any route that reads a cookie: unreadable cookies are no cookies, so no
+session), refuses a Content-Length that is not a whole number (400), and sends Bottle's own
 traceback dump (`wsgi.errors`, which carries exception messages and so input) nowhere:
 the app's error handler logs errors itself, without messages (tally.logs.describe_error).
 
@@ -17,6 +19,7 @@ the app's error handler logs errors itself, without messages (tally.logs.describ
 
 from __future__ import annotations
 
+import http.cookies
 import json
 import re
 from collections.abc import MutableMapping
@@ -60,6 +63,11 @@ def clean_headers(environ: MutableMapping[str, Any]) -> None:
     for key, value in list(environ.items()):
         if isinstance(value, str) and DECODED.fullmatch(key):
             environ[key] = as_utf8_latin1(value)
+    if environ.get("HTTP_COOKIE"):
+        try:
+            http.cookies.SimpleCookie(environ["HTTP_COOKIE"])
+        except http.cookies.CookieError:
+            del environ["HTTP_COOKIE"]
     length = environ.get("CONTENT_LENGTH")
     if length and not (isinstance(length, str) and CONTENT_LENGTH.fullmatch(length.strip())):
         raise bottle.HTTPResponse(
