@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from bench import (
     cleanup,
+    collect,
     crawlers,
     filters,
     footprint,
@@ -48,6 +49,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "footprint": footprint.measure,
     "jobs_page": jobs_page.measure,
     "crawlers": crawlers.measure,
+    "collect": collect.measure,
 }
 
 

@@ -312,22 +312,29 @@ def _wrk(port: int, path: str, body: bytes, connections: int, seconds: float) ->
     with tempfile.TemporaryDirectory(prefix="tally-bench-wrk-") as folder:
         body_file = Path(folder, "body.json")
         body_file.write_bytes(body)
-        script = Path(folder, "post.lua")
         # The body is read from a file: a 1,000-view batch is too long to quote in Lua.
-        script.write_text(
+        script = (
             f'local file = io.open("{body_file}", "rb")\n'
             "wrk.method = 'POST'\n"
             "wrk.body = file:read('*a')\n"
             "file:close()\n"
             "wrk.headers['Content-Type'] = 'application/json'\n"
         )
+        return wrk_load(port, path, script, connections, seconds)
+
+
+def wrk_load(port: int, path: str, script: str, connections: int, seconds: float) -> Load:
+    """wrk driven by the Lua `script` (which makes the requests) over `connections` for `seconds`."""
+    with tempfile.TemporaryDirectory(prefix="tally-bench-wrk-") as folder:
+        script_file = Path(folder, "script.lua")
+        script_file.write_text(script)
         command = [
             "wrk",
             f"--threads={min(WRK_THREADS, connections)}",
             f"--connections={connections}",
             f"--duration={seconds:.0f}s",
             "--latency",
-            f"--script={script}",
+            f"--script={script_file}",
             f"http://127.0.0.1:{port}{path}",
         ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout

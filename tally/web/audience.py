@@ -80,8 +80,9 @@ def country_of(address: str) -> str | None:
 @functools.lru_cache(maxsize=CACHE_ENTRIES)
 def software_of(user_agent: str) -> tuple[str | None, str | None]:
     """The (browser family, operating system family) a user agent names, None where unknown."""
-    browser = ua_parser.parse_user_agent(user_agent)
-    system = ua_parser.parse_os(user_agent)
+    # One pass for both domains: half the time of parse_user_agent and parse_os apart.
+    found = ua_parser.parser(user_agent, ua_parser.Domain.USER_AGENT | ua_parser.Domain.OS)
+    browser, system = found.user_agent, found.os
     return _family(browser.family if browser else None), _family(system.family if system else None)
 
 
