@@ -584,6 +584,16 @@ SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DI
    AND (%(device)s::text IS NULL OR device = %(device)s)
  GROUP BY 1
 
+-- current_visitors --
+-- Distinct visitors of the last 5 minutes, of one site or all: through the partial index of
+-- the views with a visitor id (migrations/0013), so views without one are never read.
+SELECT count(DISTINCT visitor) AS current_visitors
+  FROM page_views
+ WHERE visitor IS NOT NULL
+   AND viewed_at >= now() - interval '5 minutes'
+   AND viewed_at <= now()
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+
 -- recent_visitors --
 -- Views in the last 24 hours and distinct visitors in the last 5 minutes, matching every given filter.
 SELECT count(*) AS views_last_24h,

@@ -120,10 +120,11 @@ class StatsReader:
                 answer = filtered.stats(cur, window, params, self.retention_days)
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
-            recent = filtered.recent(cur, params, with_day=bool(filters))
-            if filters:
-                answer["views_last_24h"] = recent["views_last_24h"] if window.current else 0
-            answer["current_visitors"] = recent["current_visitors"]
+            if window.current:  # the figures about now (a past window leaves them out, below)
+                recent = filtered.recent(cur, params, with_day=bool(filters))
+                if filters:
+                    answer["views_last_24h"] = recent["views_last_24h"]
+                answer["current_visitors"] = recent["current_visitors"]
             if compare:
                 before = window.before()
                 if filters:
