@@ -533,18 +533,8 @@ WITH matching AS MATERIALIZED (
     SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, visitor,
            path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
            browser, os, device
-      FROM page_views
-     WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
-       AND (%(site)s::text IS NULL OR site = %(site)s)
-       AND (%(path)s::text IS NULL OR path = %(path)s)
-       AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
-       AND (%(source)s::text IS NULL OR source = %(source)s)
-       AND (%(medium)s::text IS NULL OR medium = %(medium)s)
-       AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
-       AND (%(country)s::text IS NULL OR country = %(country)s)
-       AND (%(browser)s::text IS NULL OR browser = %(browser)s)
-       AND (%(os)s::text IS NULL OR os = %(os)s)
-       AND (%(device)s::text IS NULL OR device = %(device)s)
+      FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
+           %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
 ), valued AS (
     SELECT day, visitor, dims.dim, dims.value
       FROM matching
@@ -570,18 +560,8 @@ SELECT dim, value, sum(views)::bigint, count(visitor)
 -- filtered_daily --
 -- Views and visitors per day (in `tz`) of the views in [start, end) matching every given filter.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DISTINCT visitor) AS visitors
-  FROM page_views
- WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (%(path)s::text IS NULL OR path = %(path)s)
-   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
-   AND (%(source)s::text IS NULL OR source = %(source)s)
-   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
-   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
-   AND (%(country)s::text IS NULL OR country = %(country)s)
-   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
-   AND (%(os)s::text IS NULL OR os = %(os)s)
-   AND (%(device)s::text IS NULL OR device = %(device)s)
+  FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
  GROUP BY 1
 
 -- current_visitors --
@@ -598,19 +578,10 @@ SELECT count(DISTINCT visitor) AS current_visitors
 -- Views in the last 24 hours and distinct visitors in the last 5 minutes, matching every given filter.
 SELECT count(*) AS views_last_24h,
        count(DISTINCT visitor) FILTER (WHERE viewed_at >= now() - interval '5 minutes') AS current_visitors
-  FROM page_views
- WHERE viewed_at >= now() - CASE WHEN %(with_day)s THEN interval '24 hours' ELSE interval '5 minutes' END
-   AND viewed_at <= now()
-   AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (%(path)s::text IS NULL OR path = %(path)s)
-   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
-   AND (%(source)s::text IS NULL OR source = %(source)s)
-   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
-   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
-   AND (%(country)s::text IS NULL OR country = %(country)s)
-   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
-   AND (%(os)s::text IS NULL OR os = %(os)s)
-   AND (%(device)s::text IS NULL OR device = %(device)s)
+  FROM tally_views_matching(now() - CASE WHEN %(with_day)s THEN interval '24 hours' ELSE interval '5 minutes' END,
+                            'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
+ WHERE viewed_at <= now()
 
 -- referrer_domains --
 -- Every referring domain the rollups and the tail know since `since` (a search engine's name
@@ -624,18 +595,8 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 -- filtered_export --
 -- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views, count(DISTINCT visitor) AS visitors
-  FROM page_views
- WHERE viewed_at >= %(start)s AND viewed_at < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (%(path)s::text IS NULL OR path = %(path)s)
-   AND (%(referrer)s::text[] IS NULL OR tally_referrer_domain(referrer, site) = ANY (%(referrer)s::text[]))
-   AND (%(source)s::text IS NULL OR source = %(source)s)
-   AND (%(medium)s::text IS NULL OR medium = %(medium)s)
-   AND (%(campaign)s::text IS NULL OR campaign = %(campaign)s)
-   AND (%(country)s::text IS NULL OR country = %(country)s)
-   AND (%(browser)s::text IS NULL OR browser = %(browser)s)
-   AND (%(os)s::text IS NULL OR os = %(os)s)
-   AND (%(device)s::text IS NULL OR device = %(device)s)
+  FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

@@ -260,6 +260,25 @@ def test_compare_previous_adds_the_period_before_with_the_change(client, conn, f
     assert "previous" not in client.get("/api/stats", {"days": "5"}).json
 
 
+def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
+    """tally_views_matching (migrations/0014) is inlined into each filtered query, so the
+    planner sees page_views and its indexes, as if the filters were written out."""
+    from tally.db import QUERIES
+
+    params = {
+        "start": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "end": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
+        "tz": "UTC",
+        "site": None,
+        "with_day": True,
+        **{name: None for name in DIMENSION_COLUMNS},
+        "country": "DE",
+    }
+    for name in ("filtered_stats", "filtered_daily", "recent_visitors", "filtered_export"):
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + QUERIES[name], params))
+        assert "Function Scan" not in plan and "page_views" in plan, (name, plan)
+
+
 def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
     beacon(client, "https://example.com/a", status=201)
     for query, word in (
