@@ -70,15 +70,13 @@ WITH buckets AS (
     DELETE FROM page_view_daily_dims WHERE day < %(cutoff_day)s RETURNING 1
 ), bucket_dims AS (
     DELETE FROM page_view_bucket_dims WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), spans AS (
-    DELETE FROM page_view_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), dim_spans AS (
-    DELETE FROM page_view_dim_visitor_spans WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), visitor_days AS (
+    DELETE FROM page_view_visitor_day_counts WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
 SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM daily_dims) + (SELECT count(*) FROM bucket_dims)
-     + (SELECT count(*) FROM spans) + (SELECT count(*) FROM dim_spans) + (SELECT count(*) FROM crawlers)
+     + (SELECT count(*) FROM visitor_days) + (SELECT count(*) FROM crawlers)
        AS removed
 
 -- rollup_state --
@@ -113,9 +111,10 @@ SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, sou
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 
 -- stats_tail_visitors --
--- The tail's visitors, counted by the days (in `tz`) of their first and last views there and,
--- if the rollups know them, of their rolled-up span: for the whole site (dim and value NULL)
--- and per dimension value. Asked only when the tail has visitor ids.
+-- How the tail's visitors move the rolled-up visitor days (migrations/0015), for the whole site
+-- (dim and value NULL) and per dimension value: each moved row's days (in `tz`) of its first and
+-- last bucket and of the day before's last, +1 as it is to be and -1 as the rollups hold it.
+-- Asked only when the tail has visitor ids.
 WITH tail AS MATERIALIZED (
     SELECT site, visitor, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket,
            path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
@@ -137,26 +136,21 @@ WITH tail AS MATERIALIZED (
            ('os', os),
            ('device', device)) AS dims (dim, value)
      WHERE dims.value IS NOT NULL
-), seen AS (
-    SELECT seen.dim, seen.value, seen.first_bucket, seen.last_bucket,
-           known.first_bucket AS old_first, known.last_bucket AS old_last
-      FROM (SELECT site, NULL::text AS dim, NULL::text AS value, visitor,
-                   min(bucket) AS first_bucket, max(bucket) AS last_bucket
-              FROM tail GROUP BY site, visitor) seen
-      LEFT JOIN page_view_visitors known ON known.site = seen.site AND known.visitor = seen.visitor
-    UNION ALL
-    SELECT seen.dim, seen.value, seen.first_bucket, seen.last_bucket, known.first_bucket, known.last_bucket
-      FROM (SELECT site, dim, value, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
-              FROM valued GROUP BY site, dim, value, visitor) seen
-      LEFT JOIN page_view_dim_visitors known
-        ON known.site = seen.site AND known.dim = seen.dim AND known.value = seen.value
-       AND known.visitor = seen.visitor
+), moves AS (
+    SELECT * FROM tally_visitor_day_moves(ARRAY(
+        SELECT ROW(site, '', '', visitor, min(bucket), max(bucket))::tally_visitor_day
+          FROM tail GROUP BY site, visitor, (bucket AT TIME ZONE 'UTC')::date
+        UNION ALL
+        SELECT ROW(site, dim, value, visitor, min(bucket), max(bucket))::tally_visitor_day
+          FROM valued GROUP BY site, dim, value, visitor, (bucket AT TIME ZONE 'UTC')::date))
 )
-SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, (old_first AT TIME ZONE %(tz)s)::date AS old_first_day,
-       (old_last AT TIME ZONE %(tz)s)::date AS old_last_day, count(*) AS visitors
-  FROM seen
- GROUP BY 1, 2, 3, 4, 5, 6
+SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(delta)::bigint AS visitors
+  FROM (SELECT dim, value, first_bucket, last_bucket, prev_last, 1 AS delta FROM moves
+        UNION ALL
+        SELECT dim, value, old_first, old_last, old_prev, -1 FROM moves WHERE old_first IS NOT NULL) moved
+ GROUP BY 1, 2, 3, 4, 5
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -181,14 +175,15 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
  GROUP BY 1
 
 -- stats_rolled_up_visitors --
--- Rolled-up visitors by the days (in the zone `tz`) of their first and last views.
+-- Rolled-up visitor days (migrations/0015) of the UTC days from the one `start` falls in to
+-- `end`, by the days (in the zone `tz`) of their first and last buckets and the day before's last.
 SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       sum(visitors)::bigint AS visitors
-  FROM page_view_visitor_spans
- -- a visitor id lives one day (its salt's), so a span that reaches the window starts at most 3 days before
- WHERE first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
-   AND first_bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2
+       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
+  FROM page_view_visitor_day_counts
+ WHERE dim = '' AND value = ''
+   AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC') AND first_bucket < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2, 3
 
 -- stats_rolled_up_dims --
 -- Rolled-up views per dimension value in [start, end): whole UTC days strictly between the ones
@@ -207,15 +202,15 @@ SELECT dim, value, sum(views)::bigint AS views
  GROUP BY dim, value
 
 -- stats_rolled_up_dim_visitors --
--- Rolled-up visitors of some dimension values (the panels' top rows), by the days (in `tz`) of
--- their first and last views with that value.
+-- Rolled-up visitor days of some dimension values (the panels' top rows), as stats_rolled_up_visitors.
 SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, sum(visitors)::bigint AS visitors
-  FROM page_view_dim_visitor_spans
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
+  FROM page_view_visitor_day_counts
  WHERE (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
-   AND first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
-   AND first_bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2, 3, 4
+   AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC') AND first_bucket < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2, 3, 4, 5
 
 -- export_rolled_up_views --
 -- Rolled-up views per day (in the zone `tz`) and path since `start`.
@@ -225,34 +220,38 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, value AS path, sum(views)::big
  GROUP BY 1, 2
 
 -- export_rolled_up_visitors --
--- Rolled-up visitors per path by the days (in the zone `tz`) of their first and last views there.
+-- Rolled-up visitor days per path since `start`, as stats_rolled_up_visitors.
 SELECT value AS path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day, sum(visitors)::bigint AS visitors
-  FROM page_view_dim_visitor_spans
- WHERE dim = 'path' AND first_bucket >= %(start)s::timestamptz - interval '3 days' AND last_bucket >= %(start)s
+       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
+       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
+  FROM page_view_visitor_day_counts
+ WHERE dim = 'path' AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC')
    AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2, 3
+ GROUP BY 1, 2, 3, 4
 
 -- export_tail --
--- The tail's views per bucket and path (kind 'views'), and each (path, visitor) among them with its
--- days there and, if rolled up already, its days in the rollups (kind 'visitor'); days in `tz`.
+-- The tail's views per bucket and path (kind 'views': first_day is the bucket's day), and how its
+-- visitors move the rolled-up visitor days per path (kind 'visitor', as stats_tail_visitors).
 WITH tail AS MATERIALIZED (
     SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, visitor
       FROM page_views
      WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
        AND (%(site)s::text IS NULL OR site = %(site)s)
+), moves AS (
+    SELECT * FROM tally_visitor_day_moves(ARRAY(
+        SELECT ROW(site, 'path', path, visitor, min(bucket), max(bucket))::tally_visitor_day
+          FROM tail WHERE visitor IS NOT NULL GROUP BY site, path, visitor, (bucket AT TIME ZONE 'UTC')::date))
 )
 SELECT 'views' AS kind, bucket, path, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
-       count(*) AS views, NULL::date AS old_first_day, NULL::date AS old_last_day
+       NULL::date AS prev_day, count(*) AS views
   FROM tail GROUP BY bucket, path
 UNION ALL
-SELECT 'visitor', NULL, seen.path, (seen.first_bucket AT TIME ZONE %(tz)s)::date,
-       (seen.last_bucket AT TIME ZONE %(tz)s)::date, NULL,
-       (known.first_bucket AT TIME ZONE %(tz)s)::date, (known.last_bucket AT TIME ZONE %(tz)s)::date
-  FROM (SELECT site, path, visitor, min(bucket) AS first_bucket, max(bucket) AS last_bucket
-          FROM tail WHERE visitor IS NOT NULL GROUP BY 1, 2, 3) seen
-  LEFT JOIN page_view_dim_visitors known
-    ON known.site = seen.site AND known.dim = 'path' AND known.value = seen.path AND known.visitor = seen.visitor
+SELECT 'visitor', NULL, value, (first_bucket AT TIME ZONE %(tz)s)::date, (last_bucket AT TIME ZONE %(tz)s)::date,
+       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date, sum(delta)
+  FROM (SELECT value, first_bucket, last_bucket, prev_last, 1 AS delta FROM moves
+        UNION ALL
+        SELECT value, old_first, old_last, old_prev, -1 FROM moves WHERE old_first IS NOT NULL) moved
+ GROUP BY 3, 4, 5, 6
 
 -- sites_rolled_up --
 -- Rolled-up views per site since `since`.

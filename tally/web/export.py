@@ -1,7 +1,7 @@
 """GET /api/export: the window's views and visitors per day and path, as CSV for spreadsheets.
 
-Exact like the stats (tally/web/stats.py): the rollups per 15-minute bucket and path, each
-visitor's span per path (migrations/0005), and the tail not yet rolled up, all read in one
+Exact like the stats (tally/web/stats.py): the rollups per 15-minute bucket and path, the
+visitor days per path (migrations/0015), and the tail not yet rolled up, all read in one
 snapshot; days in the request's zone.
 
     >>> "".join(csv_lines([{"day": "2026-01-02", "path": "/a,b", "views": 3, "visitors": 2}]))
@@ -22,6 +22,7 @@ import psycopg_pool
 from tally.db import QUERIES
 from tally.web import filtered
 from tally.web.stats import MAX_DAYS, snapshot
+from tally.web.windows import days_counted
 
 COLUMNS = ("day", "path", "views", "visitors")
 
@@ -48,26 +49,24 @@ def daily_paths(
         cur.execute(QUERIES["local_midnight"], {"day": window[0], "tz": tz})
         start = cur.fetchone()[0]
 
-        def spanned(path: str, first_day: datetime.date, last_day: datetime.date) -> list:
-            return [(day, path) for day in window if first_day <= day <= last_day]
+        def count_path_days(path: str, first: datetime.date, last: datetime.date, prev: Any, n: int) -> None:
+            for day in days_counted(first, last, prev):
+                if window[0] <= day <= window[-1]:
+                    visitors[(day, path)] += n
 
         bounds = {"start": start, "site": site, "tz": tz}
         cur.execute(QUERIES["export_rolled_up_views"], bounds)
         views.update({(day, path): count for day, path, count in cur.fetchall()})
         cur.execute(QUERIES["export_rolled_up_visitors"], bounds)
-        for path, first_day, last_day, count in cur.fetchall():
-            for key in spanned(path, first_day, last_day):
-                visitors[key] += count
+        for path, *counted in cur.fetchall():
+            count_path_days(path, *counted)
         cur.execute(QUERIES["export_tail"], {**bounds, "watermark": watermark, "in_progress": in_progress})
-        for kind, bucket, path, first_day, last_day, count, old_first, old_last in cur.fetchall():
+        for kind, bucket, path, first_day, last_day, prev_day, count in cur.fetchall():
             if kind == "views":
                 if bucket >= start:
                     views[(first_day, path)] += count
-            elif old_first is None:
-                visitors.update(spanned(path, first_day, last_day))
-            else:  # the grown span replaces the rolled-up one: each visitor once a day
-                visitors.update(spanned(path, min(first_day, old_first), max(last_day, old_last)))
-                visitors.subtract(spanned(path, old_first, old_last))
+            else:  # the tail's visitor days as they are to be replace them as rolled up
+                count_path_days(path, first_day, last_day, prev_day, count)
     ranked = sorted(views.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     return [
         {"day": day.isoformat(), "path": path, "views": count, "visitors": visitors.get((day, path), 0)}

@@ -36,7 +36,7 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import filtered
 from tally.web.referrers import by_name, referrer_name
-from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, move_span, with_changes
+from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, count_days, with_changes
 
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
@@ -225,8 +225,8 @@ class StatsReader:
             after_boundary += recent
         cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "end": end, "site": site, "tz": tz})
         visitors: collections.Counter[datetime.date] = collections.Counter()
-        for first_day, last_day, count in cur.fetchall():
-            visitors.update(dict.fromkeys(window.days_spanned(first_day, last_day), count))
+        for first_day, last_day, prev_day, count in cur.fetchall():
+            count_days(visitors, window, first_day, last_day, prev_day, count)
         cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
         values: dict[str, dict[str, int]] = {dimension.name: {} for dimension in DIMENSIONS}
         for dim, value, views in cur.fetchall():
@@ -254,11 +254,11 @@ class StatsReader:
                 daily[day] += views
             if recent:
                 last_24h += views
-        # A visitor of the tail may already be in the rollups: replace its old span by the
-        # grown one, so each visitor counts once a day.
-        for dim, _value, *span in tail_visitors:  # days in the zone
+        # A visitor of the tail may already be in the rollups: its visitor days as they are to
+        # be replace them as rolled up, so each visitor counts once a day.
+        for dim, _value, *moved in tail_visitors:  # days in the zone
             if dim is None:
-                move_span(visitors, window, *span)
+                count_days(visitors, window, *moved)
         days = [
             {"day": day.isoformat(), "views": daily.get(day, 0), "visitors": visitors.get(day, 0)}
             for day in window.days
@@ -295,11 +295,11 @@ class StatsReader:
         tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
         wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
         per_value = self._value_visitors(cur, bounds, window, rolled_up, wanted)
-        for dim, value, *span in tail_visitors:
+        for dim, value, *moved in tail_visitors:
             if dim is not None:
                 key = (dim, referrer_name(value) if dim == "referrer" else value)
                 if key in per_value:
-                    move_span(per_value[key], window, *span)
+                    count_days(per_value[key], window, *moved)
         panels = {}
         for dimension in DIMENSIONS:
             rows = tops[dimension.name]
@@ -330,10 +330,10 @@ class StatsReader:
                     "values": [value for _, value in pairs],
                 },
             )
-            for dim, value, first_day, last_day, count in cur.fetchall():
+            for dim, value, *rows in cur.fetchall():
                 key = (dim, referrer_name(value) if dim == "referrer" else value)
                 if key in counted:
-                    counted[key].update(dict.fromkeys(window.days_spanned(first_day, last_day), count))
+                    count_days(counted[key], window, *rows)
             with self._lock:
                 rolled_up.value_visitors.update(counted)
         with self._lock:

@@ -2,8 +2,8 @@
 
 A window is a run of whole days in one IANA zone, fixed by the database clock: the last
 `days` days ending today (or, for `?compare=previous` and reports, on an earlier day).
-Visitors are counted by spans: an id seen from one day to another counts once on each day
-of its span that lies in the window (docs/ARCHITECTURE.md, "Sites and visitors").
+Visitors are counted by visitor days: an id's views of one UTC day count on the days (in
+the zone) of its first and last of them, once each (docs/ARCHITECTURE.md, "Sites and visitors").
 """
 
 from __future__ import annotations
@@ -71,27 +71,26 @@ class Window:
         last = self.days[0] - DAY
         return Window.ending(self.now, last, len(self.days), self.days[-1])
 
-    def days_spanned(self, first_day: datetime.date, last_day: datetime.date) -> list[datetime.date]:
-        """The window's days on which a visitor seen from `first_day` to `last_day` counts."""
-        return [day for day in self.days if first_day <= day <= last_day]
+
+def days_counted(first: datetime.date, last: datetime.date, prev: datetime.date | None) -> set[datetime.date]:
+    """The days (in a zone) on which an id's views of one UTC day count (migrations/0015): the
+    days of its first and last views, but not the day of its last view the UTC day before,
+    which that day already counts on."""
+    return {first, last} - {prev}
 
 
-def move_span(
+def count_days(
     visitors: collections.Counter,
     window: Window,
     first: datetime.date,
     last: datetime.date,
-    old_first: datetime.date | None,
-    old_last: datetime.date | None,
+    prev: datetime.date | None,
     count: int,
 ) -> None:
-    """Count `count` visitors seen in the tail from `first` to `last`; those the rollups already
-    count from `old_first` to `old_last` move to the grown span instead of counting twice."""
-    if old_first is None:
-        visitors.update(dict.fromkeys(window.days_spanned(first, last), count))
-        return
-    visitors.update(dict.fromkeys(window.days_spanned(min(first, old_first), max(last, old_last)), count))
-    visitors.subtract(dict.fromkeys(window.days_spanned(old_first, old_last), count))
+    """Add `count` visitor days (a negative count takes them back) to the window's days they count on."""
+    for day in days_counted(first, last, prev):
+        if window.days[0] <= day <= window.days[-1]:
+            visitors[day] += count
 
 
 def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""Visitors exact for any data (issue 18, part 0; migrations/0015): ids that come back on
+other days (a backfill, an import, a salt that did not rotate) count once on each day they
+have a view, in any zone, DST days included, against a brute-force count."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import random
+import zoneinfo
+
+import pytest
+
+from tests.test_web import roll_up
+from tests.test_web_exact import AUDIENCES, PANELS, brute_force, insert_raw, sites_client
+
+UTC = datetime.UTC
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return sites_client(database_url, pool)
+
+
+def test_ids_seen_on_many_days_count_once_a_day(client, conn):
+    """The issue's case, a tenth of it: 6,000 views by SQL, 400 ids over 30 days, 40 a day."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, visitor, viewed_at)"
+        " SELECT 'example.com', '/p' || (n % 7), (n / 5) % 40 + 40 * ((n / 200) % 10),"
+        "        date_trunc('day', now(), 'UTC') - (n / 200) * interval '1 day'"
+        "        + (n % 200) * interval '5 minutes'"
+        "   FROM generate_series(0, 5999) AS n"
+    )
+    roll_up(conn)
+    body = client.get("/api/stats", {"days": "30", "tz": "UTC"}).json
+    expected = brute_force(conn, 30, None, "UTC")
+    assert {day["day"]: day["visitors"] for day in body["daily"] if day["views"]} == {
+        day: visitors for day, (_, visitors) in expected["daily"].items()
+    }
+    assert set(expected["daily"].values()) == {(200, 40)} and len(expected["daily"]) == 30
+    assert body["visitors"] == 1200
+    assert body["top_paths"] == expected["top_paths"]
+
+
+def returning_visitors(rng: random.Random, count: int, around: list[datetime.datetime]) -> list[tuple]:
+    """Views of ids that come back: every few minutes, after about a day (22 to 26 hours, the
+    lengths of days around DST changes), or after days; near the given instants (midnights and
+    DST changes) more than elsewhere."""
+    views = []
+    while len(views) < count:
+        site = rng.choice(["example.com", "shop.example.org"])
+        visitor = rng.getrandbits(63) - 2**62
+        audience = [rng.choice(choices) for choices in AUDIENCES.values()]
+        at = rng.choice(around) + datetime.timedelta(minutes=rng.randrange(-26 * 60, 26 * 60))
+        for _ in range(rng.randrange(1, 8)):
+            path = f"/p{rng.randrange(0, 6)}"
+            views.append((site, path, None, None, visitor, *audience, at))
+            at += rng.choice(
+                [
+                    datetime.timedelta(minutes=rng.randrange(1, 90)),
+                    datetime.timedelta(minutes=rng.randrange(22 * 60, 26 * 60)),
+                    datetime.timedelta(days=rng.randrange(1, 4), minutes=rng.randrange(0, 24 * 60)),
+                ]
+            )
+    return views
+
+
+def insert_at(conn, views: list[tuple]) -> None:
+    """Views at absolute instants (insert_raw takes ages before now)."""
+    now = conn.execute("SELECT now()").fetchone()[0]
+    insert_raw(conn, [(*view[:-1], now - view[-1]) for view in views])
+
+
+def midnights(zone: str, first: datetime.date, days: int) -> list[datetime.datetime]:
+    tz = zoneinfo.ZoneInfo(zone)
+    return [
+        datetime.datetime.combine(first + datetime.timedelta(days=n), datetime.time(), tz).astimezone(UTC)
+        for n in range(days)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seed", "tz"),
+    [(31, "UTC"), (32, "America/New_York"), (33, "Asia/Kathmandu"), (34, "Pacific/Kiritimati")],
+)
+def test_returning_ids_are_exact_across_rollups_and_the_tail(client, conn, seed, tz):
+    rng = random.Random(seed)
+    today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    now = conn.execute("SELECT now()").fetchone()[0]
+    instants = [t for t in midnights("UTC", today - datetime.timedelta(days=12), 12)]
+    instants += [t for t in midnights(tz, today - datetime.timedelta(days=12), 12)]
+    views = [view for view in returning_visitors(rng, 3000, instants) if view[-1] < now]
+    rng.shuffle(views)  # a backfill in any order, folded by several rollups, the rest in the tail
+    for chunk in range(4):
+        insert_at(conn, views[chunk::5])
+        roll_up(conn)
+    insert_at(conn, views[4::5])
+    for days in (1, 3, 12):
+        for site in (None, "example.com"):
+            query = {"days": str(days), "tz": tz, **({"site": site} if site else {})}
+            body = client.get("/api/stats", query).json
+            expected = brute_force(conn, days, site, tz)
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (days, site)
+            for key in PANELS.values():
+                assert body[key] == expected[key], (days, site, key)
+            rows = client.get("/api/export", query).text.splitlines()[1:]
+            per_path = {(d, p): (int(v), int(u)) for d, p, v, u in (row.split(",") for row in rows)}
+            assert per_path == expected["export"], (days, site)
+
+
+# DST changes of 2026 with a day of other than 24 hours: an hour, half an hour (Lord Howe),
+# two hours (Troll), both hemispheres, both directions.
+DST_DAYS = [
+    ("America/New_York", datetime.date(2026, 3, 8)),
+    ("America/New_York", datetime.date(2026, 11, 1)),
+    ("Europe/London", datetime.date(2026, 10, 25)),
+    ("Australia/Lord_Howe", datetime.date(2026, 10, 4)),
+    ("Antarctica/Troll", datetime.date(2026, 10, 25)),
+    ("Pacific/Chatham", datetime.date(2026, 9, 27)),
+]
+
+
+@pytest.mark.parametrize(("tz", "change"), DST_DAYS)
+def test_days_of_23_and_25_hours_are_exact(pool, conn, tz, change):
+    from tally.web.stats import StatsReader
+
+    rng = random.Random(f"{tz} {change}")
+    instants = midnights(tz, change - datetime.timedelta(days=2), 5) + midnights(
+        "UTC", change - datetime.timedelta(days=2), 5
+    )
+    views = returning_visitors(rng, 1500, instants)
+    insert_at(conn, views[::2])
+    roll_up(conn)
+    insert_at(conn, views[1::2])
+    roll_up(conn)
+    reader = StatsReader(pool, retention_days=30)
+    last_day = change + datetime.timedelta(days=4)
+    body = reader.stats_for_window(9, None, tz, last_day=last_day)
+    expected = brute_force(conn, 9, None, tz, last_day=last_day)
+    daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+    assert daily == expected["daily"]
+    for key in ("top_paths", "top_countries", "top_browsers"):
+        assert body[key] == expected[key], key
+
+
+def test_every_zone_meets_the_rule_the_visitor_days_rest_on():
+    """A local day meets at most two UTC days, and never lies inside one without touching its
+    start or end (migrations/0015): checked on every zone of the zone database, 2024 to 2028."""
+    first = datetime.date(2024, 1, 1)
+    broken = []
+    for name in sorted(zoneinfo.available_timezones()):
+        starts = midnights(name, first, 5 * 366 + 1)
+        for start, end in itertools.pairwise(starts):
+            first_utc, last_utc = start.date(), (end - datetime.timedelta(microseconds=1)).date()
+            utc_start = datetime.datetime.combine(first_utc, datetime.time(), UTC)
+            inside = first_utc == last_utc and utc_start < start and end < utc_start + DAY
+            if (last_utc - first_utc).days > 1 or inside:
+                broken.append((name, start, end))
+    assert broken == []
