@@ -122,3 +122,49 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
             assert body["total_views"] == 85
             assert {row["path"]: row["views"] for row in body["top_paths"]} == {"/a": 50, "/b": 30, "/c": 5}
             assert stats.sites() == [{"site": "default", "views": 85}]
+
+
+def test_visitor_days_carry_the_visitor_spans_over(fresh_database, monkeypatch):
+    """Migration 0015 turns the spans of 0005/0007 into visitor days: an id of one UTC day
+    exactly, an id seen on two days (a backfill) on those two days, its tail then added."""
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+    from tests.test_web_exact import brute_force
+
+    before = [path for path in tally_files() if path.name < "0015"]
+    monkeypatch.setattr(migrations, "tally_files", lambda: before)
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
+            " SELECT 'example.com', '/p' || (n % 5), (ARRAY['DE', 'FR'])[1 + n % 2], n % 97,"
+            "        date_trunc('day', now(), 'UTC') - interval '1 day' * (1 + (n % 97) % 6)"
+            "        + interval '7 minutes' * (n % 200)"
+            "   FROM generate_series(0, 1999) AS n"
+        )
+        conn.execute(  # ids 1000-1009: seen 4 days ago and 2 days ago, nothing between
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " SELECT 'example.com', '/back', 1000 + n % 10, now() - interval '1 day' * (2 + 2 * (n % 2))"
+            "   FROM generate_series(0, 39) AS n"
+        )
+        conn.execute("SELECT tally_rollup_page_views()")
+        conn.execute(  # the tail: ids rolled up already
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " SELECT 'example.com', '/tail', 1000 + n, now() - interval '2 days' FROM generate_series(0, 2) n"
+        )
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == [path.name for path in tally_files() if path.name >= "0015"]
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
+        stats = StatsReader(pool, retention_days=30)
+        for roll_up_first in (False, True):
+            if roll_up_first:
+                conn.execute("SELECT tally_rollup_page_views()")
+            body = stats.stats_for_window(7, tz="UTC")
+            expected = brute_force(conn, 7, None, "UTC")
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"]
+            for key in ("top_paths", "top_countries"):
+                assert body[key] == expected[key], key
