@@ -65,7 +65,7 @@ def daily_paths(
             if kind == "views":
                 if bucket >= start:
                     views[(first_day, path)] += count
-            else:  # the tail's visitor days as they are to be replace them as rolled up
+            else:  # a visitor day the tail moves: as it will be (+), as rolled up (-)
                 count_path_days(path, first_day, last_day, prev_day, count)
     ranked = sorted(views.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     return [

@@ -254,8 +254,8 @@ class StatsReader:
                 daily[day] += views
             if recent:
                 last_24h += views
-        # A visitor of the tail may already be in the rollups: its visitor days as they are to
-        # be replace them as rolled up, so each visitor counts once a day.
+        # A visitor of the tail may already be in the rollups: each visitor day the tail moves
+        # counts as it will be and is taken back as rolled up, so each visitor counts once a day.
         for dim, _value, *moved in tail_visitors:  # days in the zone
             if dim is None:
                 count_days(visitors, window, *moved)
