@@ -72,11 +72,13 @@ WITH buckets AS (
     DELETE FROM page_view_bucket_dims WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), visitor_days AS (
     DELETE FROM page_view_visitor_day_counts WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), visits AS (
+    DELETE FROM page_view_visit_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
 SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM daily_dims) + (SELECT count(*) FROM bucket_dims)
-     + (SELECT count(*) FROM visitor_days) + (SELECT count(*) FROM crawlers)
+     + (SELECT count(*) FROM visitor_days) + (SELECT count(*) FROM visits) + (SELECT count(*) FROM crawlers)
        AS removed
 
 -- rollup_state --
@@ -152,6 +154,26 @@ SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, (first_bucket AT TIME
         SELECT dim, value, old_first, old_last, old_prev, -1 FROM moves WHERE old_first IS NOT NULL) moved
  GROUP BY 1, 2, 3, 4, 5
 
+-- stats_tail_visits --
+-- How the tail moves the rolled-up visits (migrations/0016): the visits of every (id, UTC day)
+-- with views in the tail, formed again from all their views (+1), and as the rollups hold them
+-- (-1); per day (in `tz`) of their start, entry page and exit page. Asked only when the tail
+-- has visitor ids.
+WITH moves AS (
+    SELECT (visit).*, delta
+      FROM tally_visit_moves(ARRAY(
+               SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+                 FROM page_views
+                WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+                  AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)), NULL)
+)
+SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
+       entry_path, exit_path, sum(delta)::bigint AS visits,
+       coalesce(sum(delta) FILTER (WHERE views = 1), 0)::bigint AS bounces, sum(delta * views)::bigint AS views,
+       sum(delta * (extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
+  FROM moves
+ GROUP BY 1, 2, 3
+
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
 SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
@@ -184,6 +206,15 @@ SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TI
    AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC') AND first_bucket < %(end)s
    AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1, 2, 3
+
+-- stats_rolled_up_visits --
+-- Rolled-up visits per day (in the zone `tz`) of their start in [start, end): how many, of one
+-- view, their views and durations (migrations/0016).
+SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(visits)::bigint AS visits, sum(bounces)::bigint AS bounces,
+       sum(views)::bigint AS views, sum(duration_us)::bigint AS duration_us
+  FROM page_view_visit_buckets
+ WHERE bucket >= %(start)s AND bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1
 
 -- stats_rolled_up_dims --
 -- Rolled-up views per dimension value in [start, end): whole UTC days strictly between the ones
@@ -555,6 +586,27 @@ UNION ALL
 SELECT dim, value, sum(views)::bigint, count(visitor)
   FROM (SELECT dim, value, day, visitor, count(*) AS views FROM valued GROUP BY 1, 2, 3, 4) per_visitor_day
  GROUP BY dim, value
+
+-- filtered_visits --
+-- Visits of the views in [start, end) matching every given filter: formed of the matching
+-- views alone, from the UTC day `start` falls in (a visit never crosses a UTC midnight), those
+-- starting in the window counted, as stats_tail_visits lists them.
+WITH visits AS (
+    SELECT (visit).*
+      FROM tally_visits_of(ARRAY(
+               SELECT ROW(site, visitor, viewed_at, id, path)::tally_visit_view
+                 FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s, %(site)s,
+                      %(path)s, %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s,
+                      %(browser)s, %(os)s, %(device)s)
+                WHERE visitor IS NOT NULL))
+)
+SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
+       entry_path, exit_path, count(*) AS visits, count(*) FILTER (WHERE views = 1) AS bounces,
+       sum(views)::bigint AS views,
+       sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
+  FROM visits
+ WHERE started_at >= %(start)s
+ GROUP BY 1, 2, 3
 
 -- filtered_daily --
 -- Views and visitors per day (in `tz`) of the views in [start, end) matching every given filter.

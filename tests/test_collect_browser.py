@@ -161,6 +161,11 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
             today = page.locator("#daily-chart rect.visitors").last
             assert today.get_attribute("data-visitors") == "1" and float(today.get_attribute("height")) > 0
             assert "newsletter" in page.locator("#top-sources").inner_text()
+            # Its four views within seconds are one visit, entered on the first page, left on the last.
+            assert page.locator("#visits").inner_text() == "1"
+            assert page.locator("#bounce-rate").inner_text() == "0%"
+            assert page.locator("#top-entry-pages [data-value='/index.html'] .visits").inner_text() == "1"
+            assert page.locator("#top-exit-pages [data-value='/json'] .visits").inner_text() == "1"
             page.screenshot(path=str(SCREENSHOTS / "dashboard-site.png"), full_page=True)
             assert problems == []
             person.close()

@@ -163,4 +163,4 @@ def test_an_unknown_filter_is_a_400_and_an_unknown_value_an_empty_page(owner, co
     owner.get("/?days=7&colour=red", status=400)
     page = owner.get("/?days=7&country=ZZ").text
     assert 'id="total-views">0<' in page and "Country: ZZ" in page
-    assert page.count("None in this window.") == len(DIMENSIONS)
+    assert page.count("None in this window.") == len(DIMENSIONS) + 2  # and entry and exit pages

@@ -12,7 +12,7 @@ import zoneinfo
 import pytest
 
 from tests.test_web import roll_up
-from tests.test_web_exact import AUDIENCES, PANELS, brute_force, insert_raw, sites_client
+from tests.test_web_exact import AUDIENCES, PANELS, assert_visits_exact, brute_force, insert_raw, sites_client
 
 UTC = datetime.UTC
 DAY = datetime.timedelta(days=1)
@@ -58,6 +58,7 @@ def returning_visitors(rng: random.Random, count: int, around: list[datetime.dat
             views.append((site, path, None, None, visitor, *audience, at))
             at += rng.choice(
                 [
+                    datetime.timedelta(0),  # two views at one instant: stored order decides
                     datetime.timedelta(minutes=rng.randrange(1, 90)),
                     datetime.timedelta(minutes=rng.randrange(22 * 60, 26 * 60)),
                     datetime.timedelta(days=rng.randrange(1, 4), minutes=rng.randrange(0, 24 * 60)),
@@ -105,6 +106,7 @@ def test_returning_ids_are_exact_across_rollups_and_the_tail(client, conn, seed,
             assert daily == expected["daily"], (days, site)
             for key in PANELS.values():
                 assert body[key] == expected[key], (days, site, key)
+            assert_visits_exact(body, expected, (days, site))
             rows = client.get("/api/export", query).text.splitlines()[1:]
             per_path = {(d, p): (int(v), int(u)) for d, p, v, u in (row.split(",") for row in rows)}
             assert per_path == expected["export"], (days, site)
@@ -143,6 +145,7 @@ def test_days_of_23_and_25_hours_are_exact(pool, conn, tz, change):
     assert daily == expected["daily"]
     for key in ("top_paths", "top_countries", "top_browsers"):
         assert body[key] == expected[key], key
+    assert_visits_exact(body, expected, tz)
 
 
 def test_every_zone_meets_the_rule_the_visitor_days_rest_on():

@@ -95,7 +95,84 @@ def brute_force(
         "daily": {day: (views[day], len(visitors[day])) for day in views},
         "export": {key: (path_views[key], len(path_visitors[key])) for key in path_views},
         **{PANELS[dim]: top(dim) for dim in DIMENSION_COLUMNS},
+        **brute_force_visits(conn, start, end, site, zone, filters or {}),
     }
+
+
+UTC = datetime.UTC
+
+
+def brute_force_visits(conn, start, end, site, zone, filters: dict[str, str]) -> dict:
+    """Visits straight from page_views (DESIGN.md: one id's views on one UTC day with no gap
+    over 30 minutes), of the matching views alone, counted on the local day of their start."""
+    # A visit never crosses a UTC midnight: the UTC days of the window's ends hold all its views.
+    utc_start, utc_end = (
+        datetime.datetime.combine(t.astimezone(UTC).date(), datetime.time(), UTC) for t in (start, end)
+    )
+    by_id_day = collections.defaultdict(list)
+    for viewed_at, view_id, row_site, visitor, *values in conn.execute(
+        f"SELECT viewed_at, id, site, visitor, {', '.join(DIMENSION_COLUMNS)} FROM page_views"
+        " WHERE viewed_at >= %s AND viewed_at < %s AND (%s::text IS NULL OR site = %s)"
+        " AND visitor IS NOT NULL",
+        (utc_start, utc_end + datetime.timedelta(days=1), site, site),
+    ):
+        row = dict(zip(DIMENSION_COLUMNS, values, strict=True))
+        row["referrer"] = referrer_label(row["referrer"], row_site)
+        if any(row[dim] != value for dim, value in filters.items()):
+            continue
+        key = (row_site, visitor, viewed_at.astimezone(datetime.UTC).date())
+        by_id_day[key].append((viewed_at, view_id, row["path"]))
+    visits, bounces, views, duration = 0, 0, 0, datetime.timedelta()
+    per_day, entries, exits = collections.Counter(), collections.Counter(), collections.Counter()
+    for seen in by_id_day.values():
+        seen.sort()
+        runs = [[seen[0]]]
+        for view in seen[1:]:
+            if view[0] - runs[-1][-1][0] > datetime.timedelta(minutes=30):
+                runs.append([])
+            runs[-1].append(view)
+        for run in runs:
+            if not start <= run[0][0] < end:
+                continue
+            visits += 1
+            bounces += len(run) == 1
+            views += len(run)
+            duration += run[-1][0] - run[0][0]
+            per_day[run[0][0].astimezone(zone).date().isoformat()] += 1
+            entries[run[0][2]] += 1
+            exits[run[-1][2]] += 1
+
+    def pages(counts):
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:10]
+        return [{"path": path, "visits": n} for path, n in ranked]
+
+    micros = duration // datetime.timedelta(microseconds=1)
+    return {
+        "visits": visits,
+        "bounce_rate": round(bounces / visits, 4) if visits else 0,
+        "visit_duration_seconds": round(micros / visits / 1e6, 1) if visits else 0,
+        "views_per_visit": round(views / visits, 2) if visits else 0,
+        "daily_visits": dict(per_day),
+        "top_entry_pages": pages(entries),
+        "top_exit_pages": pages(exits),
+    }
+
+
+VISIT_KEYS = (
+    "visits",
+    "bounce_rate",
+    "visit_duration_seconds",
+    "views_per_visit",
+    "top_entry_pages",
+    "top_exit_pages",
+)
+
+
+def assert_visits_exact(body: dict, expected: dict, context: object) -> None:
+    for key in VISIT_KEYS:
+        assert body[key] == expected[key], (context, key)
+    daily = {day["day"]: day["visits"] for day in body["daily"] if day["visits"]}
+    assert daily == expected["daily_visits"], context
 
 
 PANELS = {
@@ -190,6 +267,7 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             assert body["visitors"] == sum(visitors for _, visitors in expected["daily"].values())
             for key in PANELS.values():
                 assert body[key] == expected[key], (days, site, key)
+            assert_visits_exact(body, expected, (days, site))
             exported = client.get("/api/export", query)
             assert exported.content_type == "text/csv"
             rows = list(csv.DictReader(io.StringIO(exported.text)))
@@ -229,6 +307,7 @@ def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz):
             assert daily == expected["daily"], (filters, days, site)
             for key in PANELS.values():
                 assert body[key] == expected[key], (filters, days, site, key)
+            assert_visits_exact(body, expected, (filters, days, site))
             rows = list(csv.DictReader(io.StringIO(client.get("/api/export", query).text)))
             per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
             assert per_path == expected["export"], (filters, days, site)
@@ -324,6 +403,7 @@ def test_a_window_ending_on_a_past_day_is_exact(pool, conn, seed, tz):
             assert body["total_views"] == sum(views for views, _ in expected["daily"].values())
             for key in ("top_paths", "top_sources", "top_referrers"):
                 assert body[key] == expected[key], (days, back, site, key)
+            assert_visits_exact(body, expected, (days, back, site))
     # last_day today is the window of before, to the figure; a day ahead is refused.
     same = [reader.stats_for_window(7, None, tz, last_day=last) for last in (today, None)]
     for answer in same:

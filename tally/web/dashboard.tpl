@@ -107,6 +107,13 @@
       <span class="muted"><span id="visitors-change" class="change">{{change(previous['change_percent']['visitors'])}}</span> vs {{previous['visitors']}} before</span>
       % end
     </div>
+    % for key, label, shown in (('visits', 'Visits', stats['visits']), ('bounce_rate', 'Bounce rate', '%d%%' % round(100 * stats['bounce_rate'])), ('visit_duration_seconds', 'Visit duration', '%g s' % stats['visit_duration_seconds']), ('views_per_visit', 'Views per visit', stats['views_per_visit'])):
+    <div class="card"><span class="muted">{{label}}</span><b id="{{key.replace('_', '-')}}">{{shown}}</b>
+      % if previous:
+      <span class="muted"><span id="{{key.replace('_', '-')}}-change" class="change">{{change(previous['change_percent'][key])}}</span> vs {{previous[key]}} before</span>
+      % end
+    </div>
+    % end
     <div class="card"><span class="muted">Visitors now, last 5 min</span><b id="current-visitors">{{stats.get('current_visitors', 0)}}</b></div>
     <div class="card"><span class="muted">Views, last 24 h</span><b id="views-24h">{{stats['views_last_24h']}}</b></div>
     <div class="card"><span class="muted">Crawler hits filtered</span><b id="crawlers-filtered">{{none if stats['crawlers_filtered'] is None else stats['crawlers_filtered']}}</b>
@@ -172,6 +179,21 @@
       % else:
       <tr><td colspan="3" class="muted">None in this window.</td></tr>
       % end
+      % end
+    </table>
+  </section>
+  % end
+  % for key, title in (('top_entry_pages', 'Entry pages'), ('top_exit_pages', 'Exit pages')):
+  <section class="panel" id="panel-{{key}}">
+    <h2>{{title}}</h2>
+    <table id="{{key.replace('_', '-')}}">
+      <colgroup><col><col class="num"></colgroup>
+      <tr><th>Page</th><th class="num">Visits</th></tr>
+      % for row in stats[key]:
+      <tr data-value="{{row['path']}}"><td class="value">{{row['path']}}</td><td class="num visits">{{row['visits']}}</td></tr>
+      % end
+      % if not stats[key]:
+      <tr><td colspan="2" class="muted">None in this window.</td></tr>
       % end
     </table>
   </section>

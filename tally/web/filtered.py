@@ -21,6 +21,7 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
+from tally.web import visits
 from tally.web.filters import sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
 
@@ -73,8 +74,17 @@ def stats(
     else:
         cur.execute(QUERIES["filtered_daily"], span)
         by_day = {day: (views, visitors) for day, views, visitors in cur.fetchall()}
+    cur.execute(QUERIES["filtered_visits"], span)
+    visits_by_day: dict[datetime.date, visits.VisitCounts] = {}
+    pages: dict[str, collections.Counter[str]] = {dim: collections.Counter() for dim in visits.PAGE_PANELS}
+    visits.add_moves(cur.fetchall(), window.days, visits_by_day, pages)
     daily = [
-        {"day": day.isoformat(), "views": by_day.get(day, (0, 0))[0], "visitors": by_day.get(day, (0, 0))[1]}
+        {
+            "day": day.isoformat(),
+            "views": by_day.get(day, (0, 0))[0],
+            "visitors": by_day.get(day, (0, 0))[1],
+            "visits": visits_by_day.get(day, visits.VisitCounts()).visits,
+        }
         for day in window.days
     ]
     answer: dict[str, Any] = {
@@ -85,11 +95,14 @@ def stats(
         "visitors": sum(day["visitors"] for day in daily),
         "daily": daily,
         "generated_at": window.now.astimezone(datetime.UTC).isoformat(),
+        **visits.figures(visits_by_day),
     }
     if panels:
         values["referrer"] = _by_name(values.get("referrer", {}))
         for dimension in DIMENSIONS:
             answer[dimension.panel] = top(values.get(dimension.name, {}), dimension.name)
+        for dim, panel in visits.PAGE_PANELS.items():
+            answer[panel] = visits.page_rows(pages[dim], TOP_ROWS)
         answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
     return answer
 

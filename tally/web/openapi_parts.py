@@ -34,7 +34,33 @@ DAILY = {
             "day": {"type": "string", "format": "date"},
             "views": {"type": "integer"},
             "visitors": {"type": "integer"},
+            "visits": {"type": "integer", "description": "Visits that started that day."},
         },
+    },
+}
+VISIT_FIGURES = {
+    "visits": {
+        "type": "integer",
+        "description": "One visitor's views on one UTC day with no gap over 30 minutes.",
+    },
+    "bounce_rate": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Share of visits of one view.",
+    },
+    "visit_duration_seconds": {
+        "type": "number",
+        "description": "Mean time from a visit's first to last view.",
+    },
+    "views_per_visit": {"type": "number"},
+}
+VISIT_PAGES = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["path", "visits"],
+        "properties": {"path": {"type": "string"}, "visits": {"type": "integer"}},
     },
 }
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -52,6 +78,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "daily",
             "filters",
             "retention_days",
+            *VISIT_FIGURES,
+            "top_entry_pages",
+            "top_exit_pages",
             *(dimension.panel for dimension in DIMENSIONS),
         ],
         "properties": {
@@ -62,6 +91,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "visitors": {"type": "integer"},
             "views_last_24h": {"type": "integer"},
             "current_visitors": {"type": "integer", "description": "Visitors of the last 5 minutes."},
+            **VISIT_FIGURES,
+            "top_entry_pages": VISIT_PAGES,
+            "top_exit_pages": VISIT_PAGES,
             "daily": DAILY,
             "filters": {"type": "object", "additionalProperties": {"type": "string"}},
             "previous": {
@@ -72,7 +104,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "daily": DAILY,
                     "change_percent": {
                         "type": "object",
-                        "properties": {"total_views": NUMBER_OR_NULL, "visitors": NUMBER_OR_NULL},
+                        "properties": {
+                            key: NUMBER_OR_NULL for key in ("total_views", "visitors", *VISIT_FIGURES)
+                        },
                     },
                 },
             },

@@ -34,7 +34,7 @@ import psycopg_pool
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
-from tally.web import filtered
+from tally.web import filtered, visits
 from tally.web.referrers import by_name, referrer_name
 from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, count_days, with_changes
 
@@ -70,6 +70,7 @@ class RolledUp:
     end: datetime.datetime  # the window's end (infinity for a window that ends now)
     referrer_domains: list[str]  # the domains behind the referrer names
     value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
+    visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
 
 
 class StatsReader:
@@ -166,10 +167,12 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
         tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
-        tail_visitors = []
+        tail_visitors, tail_visits = [], []
         if any(row[-1] for row in tail):  # the tail has visitor ids: how they meet the rollups'
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
+            cur.execute(QUERIES["stats_tail_visits"], bounds)
+            tail_visits = cur.fetchall()
         rolled_up = self._rolled_up(cur, state, bounds["site"], bounds["tz"], window)
         partial_bucket = crawlers = 0
         if window.current:
@@ -184,8 +187,19 @@ class StatsReader:
             )
             partial_bucket, crawlers = cur.fetchone()
         answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
+        per_day = {day: dataclasses.replace(counts) for day, counts in rolled_up.visits.items()}
+        pages: dict[str, collections.Counter[str]] = {
+            dim: collections.Counter() for dim in visits.PAGE_PANELS
+        }
+        visits.add_moves(tail_visits, window.days, per_day, pages)
+        answer.update(visits.figures(per_day))
+        for row in answer["daily"]:
+            row["visits"] = per_day.get(datetime.date.fromisoformat(row["day"]), visits.VisitCounts()).visits
         if panels:
             answer.update(self._panels(cur, bounds, window, rolled_up, tail, tail_visitors))
+            for dim, panel in visits.PAGE_PANELS.items():
+                rows = rolled_up.tops[dim].top(pages[dim], "path")
+                answer[panel] = [{"path": row["path"], "visits": row["views"]} for row in rows]
             answer["crawlers_filtered"] = crawlers
         return answer, sum(row[-2] for row in tail)
 
@@ -228,14 +242,21 @@ class StatsReader:
         for first_day, last_day, prev_day, count in cur.fetchall():
             count_days(visitors, window, first_day, last_day, prev_day, count)
         cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
-        values: dict[str, dict[str, int]] = {dimension.name: {} for dimension in DIMENSIONS}
+        values: dict[str, dict[str, int]] = {
+            name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS)
+        }
         for dim, value, views in cur.fetchall():
             if dim in values:
                 values[dim][value] = views
         domains = list(values["referrer"])
         values["referrer"] = by_name(values["referrer"])
         tops = {dim: Ranking.of(views) for dim, views in values.items()}
-        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {})
+        per_day = {
+            day: counts
+            for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
+            if window.days[0] <= day <= window.days[-1]
+        }
+        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day)
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:

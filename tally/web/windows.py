@@ -17,6 +17,8 @@ BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
 DAY = datetime.timedelta(days=1)
 TOP_ROWS = 10
 MAX_DAYS = 366
+# The visit figures of an answer (tally/web/visits.py), compared with the period before like views.
+VISIT_FIGURES = ("visits", "bounce_rate", "visit_duration_seconds", "views_per_visit")
 # Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
 EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
@@ -95,11 +97,17 @@ def count_days(
 
 def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """The previous period's totals and days, and each total's change to the current one in percent."""
-    body = {
-        key: previous[key] for key in ("days", "first_day", "last_day", "total_views", "visitors", "daily")
-    }
+    compared = (
+        "total_views",
+        "visitors",
+        "visits",
+        "bounce_rate",
+        "visit_duration_seconds",
+        "views_per_visit",
+    )
+    body = {key: previous[key] for key in ("days", "first_day", "last_day", "daily", *compared)}
     body["change_percent"] = {
         key: None if not previous[key] else round(100 * (current[key] - previous[key]) / previous[key], 1)
-        for key in ("total_views", "visitors")
+        for key in compared
     }
     return body

@@ -1,0 +1,103 @@
+"""Visits (issue 18, part 1; migrations/0016): views of known visitors at known times give the
+visits, bounce rate, duration, views per visit, entry and exit pages worked out by hand,
+rolled up or in the tail, filtered, compared and on the dashboard. (tests/test_web_exact.py and
+tests/test_visitor_days.py check them against a brute-force count on random data.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_web import roll_up
+from tests.test_web_exact import sites_client
+
+# (visitor, minutes after 10:00 UTC two days ago, path). Visitor 1: two views 10 minutes apart,
+# then one 40 minutes later (a new visit); 2: one view; 3: one view before midnight and one after
+# (two UTC days: two visits); 4: three views 30 minutes apart each (exactly 30: one visit) and a
+# fourth at the same instant as the third (stored after it: the exit).
+VIEWS = [
+    (1, 0, "/a"),
+    (1, 10, "/b"),
+    (1, 50, "/c"),
+    (2, 60, "/a"),
+    (3, 13 * 60 + 50, "/x"),
+    (3, 14 * 60 + 5, "/y"),
+    (4, 120, "/a"),
+    (4, 150, "/b"),
+    (4, 180, "/c"),
+    (4, 180, "/d"),
+]
+EXPECTED = {
+    "visits": 6,
+    "bounce_rate": round(4 / 6, 4),
+    "visit_duration_seconds": round((600 + 3600) / 6, 1),
+    "views_per_visit": round(10 / 6, 2),
+    "top_entry_pages": [
+        {"path": "/a", "visits": 3},
+        {"path": "/c", "visits": 1},
+        {"path": "/x", "visits": 1},
+        {"path": "/y", "visits": 1},
+    ],
+    "top_exit_pages": [
+        {"path": "/a", "visits": 1},
+        {"path": "/b", "visits": 1},
+        {"path": "/c", "visits": 1},
+        {"path": "/d", "visits": 1},
+        {"path": "/x", "visits": 1},
+        {"path": "/y", "visits": 1},
+    ],
+}
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return sites_client(database_url, pool)
+
+
+def insert(conn, views) -> None:
+    for visitor, minutes, path in views:
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('example.com', %s, %s,"
+            " date_trunc('day', now(), 'UTC') - interval '2 days' + interval '10 hours'"
+            " + %s * interval '1 minute')",
+            (path, visitor, minutes),
+        )
+
+
+def visit_figures(body: dict) -> dict:
+    return {key: body[key] for key in EXPECTED}
+
+
+@pytest.mark.parametrize("cut", [len(VIEWS), 7, 1, 0])
+def test_visits_of_known_views_are_worked_out_by_hand(client, conn, cut):
+    """The views before `cut` rolled up, the others in the tail: visits the tail grows or splits."""
+    insert(conn, VIEWS[:cut])
+    roll_up(conn)
+    insert(conn, VIEWS[cut:])
+    body = client.get("/api/stats", {"days": "7", "tz": "UTC", "site": "example.com"}).json
+    assert visit_figures(body) == EXPECTED
+    per_day = [day["visits"] for day in body["daily"]]
+    assert per_day[-3:] == [5, 1, 0]  # visitor 3's second visit starts the next day
+    roll_up(conn)
+    assert visit_figures(client.get("/api/stats", {"days": "7", "tz": "UTC"}).json) == EXPECTED
+
+
+def test_visits_under_a_filter_are_made_of_the_matching_views(client, conn):
+    insert(conn, VIEWS)
+    roll_up(conn)
+    body = client.get("/api/stats", {"days": "7", "path": "/a"}).json
+    assert body["visits"] == 3 and body["bounce_rate"] == 1 and body["visit_duration_seconds"] == 0
+    assert body["top_entry_pages"] == [{"path": "/a", "visits": 3}]
+
+
+def test_the_period_before_and_the_dashboard_show_visits(client, conn):
+    insert(conn, VIEWS)
+    roll_up(conn)
+    body = client.get("/api/stats", {"days": "1", "compare": "previous"}).json
+    assert body["visits"] == 0 and body["previous"]["visits"] == 1  # visitor 3's /y, yesterday
+    assert body["previous"]["change_percent"]["visits"] == -100.0
+    body = client.get("/api/stats", {"days": "3", "compare": "previous"}).json
+    assert body["previous"]["visits"] == 0 and body["previous"]["change_percent"]["visits"] is None
+    page = client.get("/", {"days": "7"}).text
+    assert 'id="visits">6<' in page and 'id="bounce-rate">67%<' in page
+    assert 'id="visit-duration-seconds">700 s<' in page
+    assert '<tr data-value="/a"><td class="value">/a</td><td class="num visits">3</td>' in page
