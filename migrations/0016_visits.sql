@@ -107,6 +107,49 @@ LANGUAGE sql STABLE AS $$
      CROSS JOIN LATERAL unnest(k.visits) AS held
 $$;
 
+-- The visits of the views stored before this migration, formed once here, a UTC day at a
+-- time (each day's views in memory, not the whole table's). Views not rolled up yet are in
+-- too: the rollup that folds them forms their days again and takes these back.
+DO $$
+DECLARE
+    utc_day date;
+BEGIN
+    FOR utc_day IN
+        SELECT DISTINCT (viewed_at AT TIME ZONE 'UTC')::date FROM page_views WHERE visitor IS NOT NULL ORDER BY 1
+    LOOP
+        WITH formed AS MATERIALIZED (
+            SELECT f.site, f.visitor, f.day, (f.visit).*,
+                   date_bin('15 minutes', (f.visit).started_at, '2000-01-01 00:00+00') AS bucket
+              FROM tally_visits_of(ARRAY(
+                       SELECT ROW(site, visitor, viewed_at, id, path)::tally_visit_view
+                         FROM page_views
+                        WHERE visitor IS NOT NULL AND viewed_at >= utc_day::timestamp AT TIME ZONE 'UTC'
+                          AND viewed_at < (utc_day + 1)::timestamp AT TIME ZONE 'UTC')) f
+        ), visit_days AS (
+            INSERT INTO page_view_visit_days (site, visitor, day, visits, folded_on)
+            SELECT site, visitor, day,
+                   array_agg(ROW(started_at, ended_at, entry_path, exit_path, views)::tally_visit ORDER BY started_at),
+                   (now() AT TIME ZONE 'UTC')::date
+              FROM formed GROUP BY 1, 2, 3
+        ), visit_buckets AS (
+            INSERT INTO page_view_visit_buckets (site, bucket, visits, bounces, views, duration_us)
+            SELECT site, bucket, count(*), count(*) FILTER (WHERE views = 1), sum(views),
+                   sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)
+              FROM formed GROUP BY 1, 2
+        ), pages AS MATERIALIZED (
+            SELECT site, bucket, 'entry' AS dim, entry_path AS value, count(*) AS visits FROM formed GROUP BY 1, 2, 4
+            UNION ALL
+            SELECT site, bucket, 'exit', exit_path, count(*) FROM formed GROUP BY 1, 2, 4
+        ), bucket_pages AS (
+            INSERT INTO page_view_bucket_dims (site, bucket, dim, value, views)
+            SELECT site, bucket, dim, value, visits FROM pages
+        )
+        INSERT INTO page_view_daily_dims (site, day, dim, value, views)
+        SELECT site, (bucket AT TIME ZONE 'UTC')::date, dim, value, sum(visits) FROM pages GROUP BY 1, 2, 3, 4;
+    END LOOP;
+END
+$$;
+
 -- The rollup by snapshot (migrations/0004 says why it is exact), folding every dimension, the
 -- visitor days (migrations/0015) and the visits above.
 CREATE OR REPLACE FUNCTION tally_rollup_page_views() RETURNS bigint LANGUAGE plpgsql
