@@ -58,6 +58,33 @@ SELECT *
               %(browser)s::text[], %(os)s::text[], %(device)s::text[])
        AS batch(site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
 
+-- store_event --
+-- One custom event (tally/web/collect.py has checked its name and props). A prop value this
+-- (site, event, prop) has not had is kept while it has had fewer than `max_values` distinct
+-- ones (migrations/0016); past that it is stored as "(other)". Concurrent first values may
+-- pass the cap by as many as there are concurrent requests.
+WITH given AS (
+    SELECT key, value, value #>> '{}' AS text_value FROM jsonb_each(%(props)s::jsonb)
+), judged AS (
+    SELECT key, text_value,
+           EXISTS (SELECT FROM event_prop_values v
+                    WHERE v.site = %(site)s AND v.name = %(name)s AND v.prop = key AND v.value = text_value)
+           OR (SELECT count(*) FROM (SELECT FROM event_prop_values v
+                                      WHERE v.site = %(site)s AND v.name = %(name)s AND v.prop = key
+                                      LIMIT %(max_values)s) known) < %(max_values)s AS kept,
+           value
+      FROM given
+), remembered AS (
+    INSERT INTO event_prop_values (site, name, prop, value)
+    SELECT %(site)s, %(name)s, key, text_value FROM judged WHERE kept
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO events (site, name, props, path, visitor)
+SELECT %(site)s, %(name)s,
+       coalesce(jsonb_object_agg(key, CASE WHEN kept THEN value ELSE '"(other)"'::jsonb END), '{}'::jsonb),
+       %(path)s, %(visitor)s
+  FROM judged
+
 -- rollup_page_views --
 -- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.
 SELECT tally_rollup_page_views() AS views
@@ -138,6 +165,11 @@ WITH tail AS MATERIALIZED (
            ('os', os),
            ('device', device)) AS dims (dim, value)
      WHERE dims.value IS NOT NULL
+    UNION ALL
+    SELECT site, visitor, date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00'), 'event', name
+      FROM events
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
 ), moves AS (
     SELECT * FROM tally_visitor_day_moves(ARRAY(
         SELECT ROW(site, '', '', visitor, min(bucket), max(bucket))::tally_visitor_day
@@ -155,24 +187,39 @@ SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, (first_bucket AT TIME
  GROUP BY 1, 2, 3, 4, 5
 
 -- stats_tail_visits --
--- How the tail moves the rolled-up visits (migrations/0016): the visits of every (id, UTC day)
--- with views in the tail, formed again from all their views (+1), and as the rollups hold them
--- (-1); per day (in `tz`) of their start, entry page and exit page. Asked only when the tail
--- has visitor ids.
+-- How the tail moves the rolled-up visits (migrations/0017): the visits of every (id, UTC day)
+-- with views or events in the tail, formed again from all of them (+1), and as the rollups hold
+-- them (-1); per day (in `tz`) of their start, entry page and exit page. Asked only when the
+-- tail has visitor ids.
 WITH moves AS (
     SELECT (visit).*, delta
       FROM tally_visit_moves(ARRAY(
                SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
                  FROM page_views
                 WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+                  AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+               UNION
+               SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+                 FROM events
+                WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
                   AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)), NULL)
 )
 SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
        entry_path, exit_path, sum(delta)::bigint AS visits,
-       coalesce(sum(delta) FILTER (WHERE views = 1), 0)::bigint AS bounces, sum(delta * views)::bigint AS views,
+       coalesce(sum(delta) FILTER (WHERE views = 1 AND events = 0), 0)::bigint AS bounces,
+       sum(delta * views)::bigint AS views,
        sum(delta * (extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
   FROM moves
  GROUP BY 1, 2, 3
+
+-- stats_tail_events --
+-- The tail's events per day (in `tz`) and name.
+SELECT (date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day, name,
+       count(*) AS events
+  FROM events
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
 
 -- views_waiting --
 -- How many committed views the next rollup will fold (the stats tail).
@@ -209,7 +256,7 @@ SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TI
 
 -- stats_rolled_up_visits --
 -- Rolled-up visits per day (in the zone `tz`) of their start in [start, end): how many, of one
--- view, their views and durations (migrations/0016).
+-- view, their views and durations (migrations/0017).
 SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(visits)::bigint AS visits, sum(bounces)::bigint AS bounces,
        sum(views)::bigint AS views, sum(duration_us)::bigint AS duration_us
   FROM page_view_visit_buckets
@@ -564,7 +611,7 @@ WITH matching AS MATERIALIZED (
            path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
            browser, os, device
       FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
-           %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
+           %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
 ), valued AS (
     SELECT day, visitor, dims.dim, dims.value
       FROM matching
@@ -588,31 +635,59 @@ SELECT dim, value, sum(views)::bigint, count(visitor)
  GROUP BY dim, value
 
 -- filtered_visits --
--- Visits of the views in [start, end) matching every given filter: formed of the matching
--- views alone, from the UTC day `start` falls in (a visit never crosses a UTC midnight), those
--- starting in the window counted, as stats_tail_visits lists them.
+-- Visits of the views matching every given filter that start in [start, end): formed of the
+-- matching views alone, read from the UTC days `start` and `end` fall in (a visit never crosses
+-- a UTC midnight, but may a local one), as stats_tail_visits lists them.
 WITH visits AS (
     SELECT (visit).*
       FROM tally_visits_of(ARRAY(
-               SELECT ROW(site, visitor, viewed_at, id, path)::tally_visit_view
-                 FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s, %(site)s,
+               SELECT ROW(site, visitor, viewed_at, id, path, false)::tally_visit_view
+                 FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
+                      date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s,
                       %(path)s, %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s,
-                      %(browser)s, %(os)s, %(device)s)
+                      %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
                 WHERE visitor IS NOT NULL))
 )
 SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
-       entry_path, exit_path, count(*) AS visits, count(*) FILTER (WHERE views = 1) AS bounces,
+       entry_path, exit_path, count(*) AS visits, count(*) FILTER (WHERE views = 1 AND events = 0) AS bounces,
        sum(views)::bigint AS views,
        sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
   FROM visits
- WHERE started_at >= %(start)s
+ WHERE started_at >= %(start)s AND started_at < %(end)s
  GROUP BY 1, 2, 3
+
+-- filtered_events --
+-- Events in [start, end) of the visitors with a view matching every given filter then, per
+-- name: how many, and each day's (in `tz`) distinct visitors, summed.
+SELECT name, count(*) AS events,
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL)
+           AS visitors
+  FROM events
+ WHERE occurred_at >= %(start)s AND occurred_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND (site, visitor) IN (
+           SELECT site, visitor
+             FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
+                  %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s))
+ GROUP BY name
+
+-- event_props --
+-- The event `event` in [start, end) broken down by each prop and value: how many, and each
+-- day's (in `tz`) distinct visitors, summed; the most sent first.
+SELECT prop.key AS prop, prop.value #>> '{}' AS value, count(*) AS events,
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL)
+           AS visitors
+  FROM events CROSS JOIN LATERAL jsonb_each(props) AS prop
+ WHERE name = %(event)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ GROUP BY 1, 2
+ ORDER BY 3 DESC, 1, 2
+ LIMIT 100
 
 -- filtered_daily --
 -- Views and visitors per day (in `tz`) of the views in [start, end) matching every given filter.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DISTINCT visitor) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
  GROUP BY 1
 
 -- current_visitors --
@@ -631,7 +706,7 @@ SELECT count(*) AS views_last_24h,
        count(DISTINCT visitor) FILTER (WHERE viewed_at >= now() - interval '5 minutes') AS current_visitors
   FROM tally_views_matching(now() - CASE WHEN %(with_day)s THEN interval '24 hours' ELSE interval '5 minutes' END,
                             'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
  WHERE viewed_at <= now()
 
 -- referrer_domains --
@@ -647,7 +722,7 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 -- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views, count(DISTINCT visitor) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s)
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

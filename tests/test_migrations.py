@@ -126,7 +126,7 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
 
 def test_visitor_days_carry_the_visitor_spans_over(fresh_database, monkeypatch):
     """Migration 0015 turns the spans of 0005/0007 into visitor days: an id of one UTC day
-    exactly, an id seen on two days (a backfill) on those two days, its tail then added; 0016
+    exactly, an id seen on two days (a backfill) on those two days, its tail then added; 0017
     forms the visits of the views stored before it."""
     import migrations
     from tally.config import from_env
@@ -169,4 +169,4 @@ def test_visitor_days_carry_the_visitor_spans_over(fresh_database, monkeypatch):
             assert daily == expected["daily"]
             for key in ("top_paths", "top_countries"):
                 assert body[key] == expected[key], key
-            assert_visits_exact(body, expected, roll_up_first)  # formed by 0016 of the views before it
+            assert_visits_exact(body, expected, roll_up_first)  # formed by 0017 of the views before it

@@ -1,4 +1,4 @@
-"""Visits (issue 18, part 1; migrations/0016): views of known visitors at known times give the
+"""Visits (issue 18, part 1; migrations/0017): views of known visitors at known times give the
 visits, bounce rate, duration, views per visit, entry and exit pages worked out by hand,
 rolled up or in the tail, filtered, compared and on the dashboard. (tests/test_web_exact.py and
 tests/test_visitor_days.py check them against a brute-force count on random data.)"""

@@ -350,12 +350,14 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "tz": "UTC",
         "site": None,
         "with_day": True,
-        **{name: None for name in DIMENSION_COLUMNS},
+        **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         "country": "DE",
     }
-    for name in ("filtered_stats", "filtered_daily", "recent_visitors", "filtered_export"):
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + QUERIES[name], params))
-        assert "Function Scan" not in plan and "page_views" in plan, (name, plan)
+    names = ("filtered_stats", "filtered_daily", "recent_visitors", "filtered_export", "filtered_events")
+    for goals in ({}, {"event": "Signup"}, {"goal_path": "/thanks"}):
+        for name in names:
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + QUERIES[name], {**params, **goals}))
+            assert "Function Scan" not in plan and "page_views" in plan, (name, goals, plan)
 
 
 def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import urllib.parse
 from typing import Any
 
 import bottle
 import psycopg_pool
+from psycopg.types.json import Jsonb
 
 from tally.db import QUERIES
 from tally.sites import parse_site
@@ -28,12 +30,20 @@ from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
 
-# A beacon's body: a URL and a referrer of at most MAX_TEXT characters each, as JSON.
-MAX_BODY_BYTES = 8 * 1024
+# A beacon's body: a URL and a referrer of at most MAX_TEXT characters each and an event's
+# props (below), as JSON.
+MAX_BODY_BYTES = 96 * 1024
 MEDIA_TYPES = ("text/plain", "application/json")
 SOURCE_PARAMETERS = ("utm_source", "ref", "source")
 MAX_SOURCE = 256
-FIELDS = {"url", "referrer", "width"}
+FIELDS = {"url", "referrer", "width", "event", "props"}
+# An event's limits (DESIGN.md, "Visits and events"); past them a 400 and nothing stored.
+MAX_EVENT_NAME = 120
+MAX_PROPS = 30
+MAX_PROP_KEY = 300
+MAX_PROP_VALUE = 2000
+# Distinct values kept per site, event and prop; past that a new one is stored as "(other)".
+MAX_PROP_VALUES = 1000
 MAX_WIDTH = 100_000
 # Any page may send views (SITES decides which are kept); no credentials are involved.
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
@@ -65,6 +75,8 @@ class Beacon:
     medium: str | None = None
     campaign: str | None = None
     width: int | None = None  # window.innerWidth, CSS pixels
+    event: str | None = None  # a custom event's name: the beacon is that event, not a view
+    props: dict[str, str | int | float | bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +99,10 @@ def parse_collect_body(body: bytes) -> Beacon:
         raise Refused(400, 'The body must be a JSON object such as {"url": "https://example.com/"}.')
     unknown = sorted(set(document) - FIELDS)
     if unknown:
-        raise Refused(400, f'Unknown field "{unknown[0]}"; a view has "url", "referrer" and "width".')
+        raise Refused(
+            400,
+            f'Unknown field "{unknown[0]}"; a beacon has "url", "referrer", "width", "event" and "props".',
+        )
     url = _text(document.get("url"), "url")
     if url is None:
         raise Refused(400, 'The field "url" is missing.')
@@ -105,6 +120,10 @@ def parse_collect_body(body: bytes) -> Beacon:
     if not path.startswith("/"):
         raise Refused(400, '"url" must have a path starting with "/".')
     medium, campaign = campaign_of(parts.query)
+    event = _event_name(document.get("event"))
+    props = _props(document.get("props"))
+    if props and event is None:
+        raise Refused(400, '"props" belong to an event: send "event" with them.')
     return Beacon(
         site,
         path,
@@ -113,7 +132,41 @@ def parse_collect_body(body: bytes) -> Beacon:
         medium,
         campaign,
         _width(document.get("width")),
+        event,
+        props,
     )
+
+
+def _event_name(value: object) -> str | None:
+    name = _text(value, "event")
+    if name is None:
+        return None
+    if not name.strip() or len(name) > MAX_EVENT_NAME:
+        raise Refused(400, f'"event" must be a name of 1 to {MAX_EVENT_NAME} characters.')
+    return name
+
+
+def _props(value: object) -> dict[str, str | int | float | bool] | None:
+    """An event's props: at most MAX_PROPS keys, each with a string, number or boolean."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Refused(400, '"props" must be an object such as {"plan": "pro"}.')
+    if len(value) > MAX_PROPS:
+        raise Refused(400, f'"props" has more than {MAX_PROPS} keys.')
+    for key, item in value.items():
+        if not key or len(key) > MAX_PROP_KEY or CONTROL_CHARACTERS.search(key):
+            raise Refused(400, f"A prop's key must be 1 to {MAX_PROP_KEY} printable characters.")
+        _text(key, "props")  # valid Unicode
+        if isinstance(item, str):
+            if len(item) > MAX_PROP_VALUE:
+                raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
+            _text(item, "props")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise Refused(400, f'Prop "{key[:40]}" must be a finite number.')
+        elif not isinstance(item, bool | int | float):
+            raise Refused(400, f'Prop "{key[:40]}" must be a string, a number or a boolean, not nested.')
+    return value
 
 
 def _width(value: object) -> int | None:
@@ -209,6 +262,8 @@ class Collector:
             return Outcome(202, {"stored": 0, "filtered": "crawler"})
         address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
         visitor = self.visitors.visitor_id(site, address, user_agent)
+        if beacon.event is not None:
+            return self._store_event(beacon, visitor)
         audience = audience_of(address, user_agent, beacon.width)
         view = View(
             beacon.path,
@@ -225,3 +280,18 @@ class Collector:
         )
         self.writer.write([view])
         return Outcome(201, {"stored": 1})
+
+    def _store_event(self, beacon: Beacon, visitor: int) -> Outcome:
+        with self.pool.connection() as conn:
+            conn.execute(
+                QUERIES["store_event"],
+                {
+                    "site": beacon.site,
+                    "name": beacon.event,
+                    "props": Jsonb(beacon.props or {}),
+                    "path": beacon.path,
+                    "visitor": visitor,
+                    "max_values": MAX_PROP_VALUES,
+                },
+            )
+        return Outcome(201, {"stored": 1, "event": beacon.event})

@@ -21,7 +21,7 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
-from tally.web import visits
+from tally.web import events, visits
 from tally.web.filters import sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
 
@@ -103,6 +103,16 @@ def stats(
             answer[dimension.panel] = top(values.get(dimension.name, {}), dimension.name)
         for dim, panel in visits.PAGE_PANELS.items():
             answer[panel] = visits.page_rows(pages[dim], TOP_ROWS)
+        cur.execute(QUERIES["filtered_events"], span)
+        ranked = sorted(cur.fetchall(), key=lambda row: (-row[1], row[0]))[:TOP_ROWS]
+        rows = [{events.DIM: name, "views": count, "visitors": who} for name, count, who in ranked]
+        answer["top_events"] = events.top_rows(rows, answer["visitors"])
+        if params.get("event") is not None:
+            cur.execute(QUERIES["event_props"], span)
+            answer["event_props"] = [
+                {"prop": prop, "value": value, "events": count, "visitors": who}
+                for prop, value, count, who in cur.fetchall()
+            ]
         answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
     return answer
 

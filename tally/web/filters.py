@@ -19,6 +19,10 @@ from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 # Parameters every reader accepts besides the filters: the window, the site, the zone, and a
 # share link's token.
 COMMON_PARAMETERS = ("days", "site", "tz", "share")
+# Filters by what a visitor did rather than by a view's own value (migrations/0018): the
+# views of the visitors who sent the event, or who viewed the page, in the window.
+GOAL_FILTERS = ("event", "goal_path")
+FILTER_NAMES = (*BY_NAME, *GOAL_FILTERS)
 
 
 class InvalidFilter(ValueError):
@@ -34,9 +38,8 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
     for name in sorted(query):
         if name in known:
             continue
-        if name not in BY_NAME:
-            dimensions = ", ".join(BY_NAME)
-            raise InvalidFilter(f"Unknown parameter {name!r}; filters are {dimensions}.")
+        if name not in FILTER_NAMES:
+            raise InvalidFilter(f"Unknown parameter {name!r}; filters are {', '.join(FILTER_NAMES)}.")
         values = [value for value in query[name] if value != ""]
         if not values:
             continue
@@ -50,5 +53,5 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
 
 
 def sql_parameters(filters: Mapping[str, object]) -> dict[str, object]:
-    """One query parameter per dimension: its value, or None for no filter on it."""
-    return {name: filters.get(name) for name in BY_NAME}
+    """One query parameter per filter: its value, or None for no filter on it."""
+    return {name: filters.get(name) for name in FILTER_NAMES}

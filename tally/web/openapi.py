@@ -71,6 +71,16 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         )
         for dimension in DIMENSIONS
     },
+    "event": query(
+        "event",
+        {"type": "string", "maxLength": 2048},
+        "Count only the views of the visitors who sent this event.",
+    ),
+    "goal_path": query(
+        "goal_path",
+        {"type": "string", "maxLength": 2048},
+        "Count only the views of the visitors who viewed this path.",
+    ),
 }
 JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
 TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
@@ -104,7 +114,7 @@ def operation(
 
 OWNER_ERRORS = ("401", "403", "429", "503")
 CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
-FILTERS = tuple(dimension.name for dimension in DIMENSIONS)
+FILTERS = (*(dimension.name for dimension in DIMENSIONS), "event", "goal_path")
 STATS_PARAMS = ("days", "site", "tz", *FILTERS)
 JOB_FILTERS = ("status", "task", "queue")
 OPERATIONS = [

@@ -81,6 +81,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             *VISIT_FIGURES,
             "top_entry_pages",
             "top_exit_pages",
+            "top_events",
             *(dimension.panel for dimension in DIMENSIONS),
         ],
         "properties": {
@@ -94,6 +95,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             **VISIT_FIGURES,
             "top_entry_pages": VISIT_PAGES,
             "top_exit_pages": VISIT_PAGES,
+            "top_events": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["event", "events", "visitors", "conversion_rate"],
+                    "properties": {
+                        "event": {"type": "string"},
+                        "events": {"type": "integer"},
+                        "visitors": {"type": "integer"},
+                        "conversion_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+            },
+            "event_props": {
+                "type": "array",
+                "description": "With ?event=: that event by each prop and value.",
+                "items": {
+                    "type": "object",
+                    "required": ["prop", "value", "events", "visitors"],
+                    "properties": {
+                        "prop": {"type": "string"},
+                        "value": {"type": "string"},
+                        "events": {"type": "integer"},
+                        "visitors": {"type": "integer"},
+                    },
+                },
+            },
             "daily": DAILY,
             "filters": {"type": "object", "additionalProperties": {"type": "string"}},
             "previous": {
@@ -172,6 +200,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "url": {"type": "string", "format": "uri", "pattern": "^https?://[a-z0-9.-]+/"},
             "referrer": {"type": "string"},
             "width": {"type": "number", "minimum": 0, "maximum": 100000, "description": "window.innerWidth"},
+            "event": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 120,
+                "description": "A custom event's name: the beacon is that event, not a view.",
+            },
+            "props": {
+                "type": "object",
+                "maxProperties": 30,
+                "propertyNames": {"minLength": 1, "maxLength": 300},
+                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2000},
+                "description": "The event's props; never personal data.",
+            },
         },
     },
 }

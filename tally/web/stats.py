@@ -34,7 +34,7 @@ import psycopg_pool
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
-from tally.web import filtered, visits
+from tally.web import events, filtered, visits
 from tally.web.referrers import by_name, referrer_name
 from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, count_days, with_changes
 
@@ -167,8 +167,14 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
         tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
+        cur.execute(QUERIES["stats_tail_events"], bounds)
+        tail_event_rows = cur.fetchall()
+        tail_events: collections.Counter[str] = collections.Counter()
+        for day, name, count in tail_event_rows:
+            if window.days[0] <= day <= window.days[-1]:
+                tail_events[name] += count
         tail_visitors, tail_visits = [], []
-        if any(row[-1] for row in tail):  # the tail has visitor ids: how they meet the rollups'
+        if tail_event_rows or any(row[-1] for row in tail):  # ids in the tail: how they meet the rollups'
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
             cur.execute(QUERIES["stats_tail_visits"], bounds)
@@ -196,7 +202,8 @@ class StatsReader:
         for row in answer["daily"]:
             row["visits"] = per_day.get(datetime.date.fromisoformat(row["day"]), visits.VisitCounts()).visits
         if panels:
-            answer.update(self._panels(cur, bounds, window, rolled_up, tail, tail_visitors))
+            answer.update(self._panels(cur, bounds, window, rolled_up, tail, tail_visitors, tail_events))
+            answer["top_events"] = events.top_rows(answer.pop(events.DIM), answer["visitors"])
             for dim, panel in visits.PAGE_PANELS.items():
                 rows = rolled_up.tops[dim].top(pages[dim], "path")
                 answer[panel] = [{"path": row["path"], "visits": row["views"]} for row in rows]
@@ -243,7 +250,7 @@ class StatsReader:
             count_days(visitors, window, first_day, last_day, prev_day, count)
         cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
         values: dict[str, dict[str, int]] = {
-            name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS)
+            name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM)
         }
         for dim, value, views in cur.fetchall():
             if dim in values:
@@ -303,8 +310,10 @@ class StatsReader:
         rolled_up: RolledUp,
         tail: list,
         tail_visitors: list,
+        tail_events: collections.Counter[str],
     ) -> dict[str, list[dict[str, Any]]]:
-        """Every dimension's top values with their views (rollups and tail) and visitors."""
+        """Every dimension's top values with their views (rollups and tail) and visitors, and the
+        top event names (under events.DIM) with their events and visitors."""
         tail_values: dict[str, collections.Counter[str]] = {d.name: collections.Counter() for d in DIMENSIONS}
         for row in tail:
             if row[0] < window.days[0]:
@@ -314,6 +323,7 @@ class StatsReader:
                     tail_values[dimension.name][row[index]] += row[-2]
         tail_values["referrer"] = by_name(tail_values["referrer"])
         tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
+        tops[events.DIM] = rolled_up.tops[events.DIM].top(tail_events, events.DIM)
         wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
         per_value = self._value_visitors(cur, bounds, window, rolled_up, wanted)
         for dim, value, *moved in tail_visitors:
@@ -322,11 +332,11 @@ class StatsReader:
                 if key in per_value:
                     count_days(per_value[key], window, *moved)
         panels = {}
-        for dimension in DIMENSIONS:
-            rows = tops[dimension.name]
+        for name, panel in (*((d.name, d.panel) for d in DIMENSIONS), (events.DIM, events.DIM)):
+            rows = tops[name]
             for row in rows:
-                row["visitors"] = sum(per_value[(dimension.name, row[dimension.name])].values())
-            panels[dimension.panel] = rows
+                row["visitors"] = sum(per_value[(name, row[name])].values())
+            panels[panel] = rows
         return panels
 
     def _value_visitors(

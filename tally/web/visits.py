@@ -1,4 +1,4 @@
-"""Visits: one visitor id's views on one UTC day with no gap over 30 minutes (migrations/0016).
+"""Visits: one visitor id's views on one UTC day with no gap over 30 minutes (migrations/0017).
 
 The rollup forms them and keeps, per 15-minute bucket of their start, how many there were, how
 many had one view (bounces), their views and the sum of their durations; their entry and exit

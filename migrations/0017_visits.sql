@@ -1,13 +1,16 @@
--- Visits (issue 18, part 1). A visit is one visitor id's views on one UTC day (an id's
--- salt's day) with no gap over 30 minutes: it starts at its first view, ends at its last,
--- enters at the first view's path and exits at the last's (views at the same instant in the
--- order they were stored). A day in any zone counts the visits that start on it, so visits
--- per day are exact in every zone, as views are (their 15-minute buckets fit every zone's days).
+-- Visits (issue 18, part 1). A visit is one visitor id's views and events on one UTC day (an
+-- id's salt's day) with no gap over 30 minutes: it starts at its first view or event, ends at
+-- its last, enters at its first view's path and exits at its last view's (an event's page where
+-- it has no view; views at one instant in the order they were stored). A bounce is a visit of
+-- one view and no event. A day in any zone counts the visits that start on it, so visits per
+-- day are exact in every zone, as views are (their 15-minute buckets fit every zone's days).
 --
--- Computed by the rollup, not per request: for each (id, UTC day) with fresh views, its
--- visits are formed again from all of its views (an index on the views with an id makes that
--- one range per id and day), and replace those the rollup had formed before. A stats request
--- does the same over its tail, in its snapshot, without writing.
+-- Computed by the rollup, not per request: for each (id, UTC day) with fresh views or events,
+-- its visits are formed again from all of them (indexes on the views and events with an id make
+-- that one range each per id and day), and replace those the rollup had formed before. A stats
+-- request does the same over its tail, in its snapshot, without writing. Events also fold
+-- into the top-list rollups as the dimension 'event' (their `views` count events), with
+-- visitor days (migrations/0015) per event name.
 
 -- An id's views of a UTC day, read in order: one index range.
 CREATE INDEX page_views_visitor_idx ON page_views (site, visitor, viewed_at) WHERE visitor IS NOT NULL;
@@ -17,7 +20,8 @@ CREATE TYPE tally_visit AS (
     ended_at timestamptz,
     entry_path text,
     exit_path text,
-    views integer
+    views integer,
+    events integer
 );
 
 -- One id and UTC day whose visits are to be formed again.
@@ -53,10 +57,12 @@ CREATE TABLE page_view_visit_buckets (
 CREATE INDEX page_view_visit_buckets_bucket_idx ON page_view_visit_buckets (bucket);
 
 -- A view as visits see it.
-CREATE TYPE tally_visit_view AS (site text, visitor bigint, viewed_at timestamptz, id bigint, path text);
+CREATE TYPE tally_visit_view AS (
+    site text, visitor bigint, viewed_at timestamptz, id bigint, path text, is_event boolean
+);
 
--- The visits of the given views (any order): per site, visitor and UTC day, split where two
--- views are over 30 minutes apart. Used by the rollup, the stats tail and filtered reads.
+-- The visits of the given views and events (any order): per site, visitor and UTC day, split
+-- where two are over 30 minutes apart. Used by the rollup, the stats tail and filtered reads.
 CREATE FUNCTION tally_visits_of(views tally_visit_view[])
 RETURNS TABLE (site text, visitor bigint, day date, visit tally_visit)
 LANGUAGE sql IMMUTABLE AS $$
@@ -66,17 +72,17 @@ LANGUAGE sql IMMUTABLE AS $$
                    AS starts
           FROM unnest(views) AS v
         WINDOW same_day AS (PARTITION BY v.site, v.visitor, (v.viewed_at AT TIME ZONE 'UTC')::date
-                            ORDER BY v.viewed_at, v.id)
+                            ORDER BY v.viewed_at, v.is_event, v.id)
     ), numbered AS (
         SELECT marked.*, sum(starts) OVER (PARTITION BY marked.site, marked.visitor, marked.day
-                                           ORDER BY marked.viewed_at, marked.id) AS number
+                                           ORDER BY marked.viewed_at, marked.is_event, marked.id) AS number
           FROM marked
     )
     SELECT numbered.site, numbered.visitor, numbered.day,
            ROW(min(viewed_at), max(viewed_at),
-               (array_agg(path ORDER BY viewed_at, id))[1],
-               (array_agg(path ORDER BY viewed_at DESC, id DESC))[1],
-               count(*))::tally_visit
+               (array_agg(path ORDER BY is_event, viewed_at, id))[1],
+               (array_agg(path ORDER BY is_event, viewed_at DESC, id DESC))[1],
+               count(*) FILTER (WHERE NOT is_event), count(*) FILTER (WHERE is_event))::tally_visit
       FROM numbered
      GROUP BY numbered.site, numbered.visitor, numbered.day, number
 $$;
@@ -92,14 +98,23 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT formed.site, formed.visitor, formed.day, formed.visit, 1
       FROM tally_visits_of(ARRAY(
-               SELECT ROW(v.site, v.visitor, v.viewed_at, v.id, v.path)::tally_visit_view
+               SELECT ROW(v.site, v.visitor, v.viewed_at, v.id, v.path, false)::tally_visit_view
                  FROM wanted w
                  JOIN page_views v
                    ON v.site = w.site AND v.visitor = w.visitor
                   AND v.viewed_at >= w.day::timestamp AT TIME ZONE 'UTC'
                   AND v.viewed_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
                 WHERE v.visitor IS NOT NULL
-                  AND (snapshot IS NULL OR pg_visible_in_snapshot(v.recorded_xid, snapshot)))) formed
+                  AND (snapshot IS NULL OR pg_visible_in_snapshot(v.recorded_xid, snapshot))
+               UNION ALL
+               SELECT ROW(e.site, e.visitor, e.occurred_at, e.id, e.path, true)::tally_visit_view
+                 FROM wanted w
+                 JOIN events e
+                   ON e.site = w.site AND e.visitor = w.visitor
+                  AND e.occurred_at >= w.day::timestamp AT TIME ZONE 'UTC'
+                  AND e.occurred_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
+                WHERE e.visitor IS NOT NULL
+                  AND (snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, snapshot)))) formed
     UNION ALL
     SELECT k.site, k.visitor, k.day, ROW(held.*)::tally_visit, -1
       FROM wanted w
@@ -121,19 +136,20 @@ BEGIN
             SELECT f.site, f.visitor, f.day, (f.visit).*,
                    date_bin('15 minutes', (f.visit).started_at, '2000-01-01 00:00+00') AS bucket
               FROM tally_visits_of(ARRAY(
-                       SELECT ROW(site, visitor, viewed_at, id, path)::tally_visit_view
+                       SELECT ROW(site, visitor, viewed_at, id, path, false)::tally_visit_view
                          FROM page_views
                         WHERE visitor IS NOT NULL AND viewed_at >= utc_day::timestamp AT TIME ZONE 'UTC'
                           AND viewed_at < (utc_day + 1)::timestamp AT TIME ZONE 'UTC')) f
         ), visit_days AS (
             INSERT INTO page_view_visit_days (site, visitor, day, visits, folded_on)
             SELECT site, visitor, day,
-                   array_agg(ROW(started_at, ended_at, entry_path, exit_path, views)::tally_visit ORDER BY started_at),
+                   array_agg(ROW(started_at, ended_at, entry_path, exit_path, views, events)::tally_visit
+                             ORDER BY started_at),
                    (now() AT TIME ZONE 'UTC')::date
               FROM formed GROUP BY 1, 2, 3
         ), visit_buckets AS (
             INSERT INTO page_view_visit_buckets (site, bucket, visits, bounces, views, duration_us)
-            SELECT site, bucket, count(*), count(*) FILTER (WHERE views = 1), sum(views),
+            SELECT site, bucket, count(*), count(*) FILTER (WHERE views = 1 AND events = 0), sum(views),
                    sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)
               FROM formed GROUP BY 1, 2
         ), pages AS MATERIALIZED (
@@ -174,6 +190,14 @@ BEGIN
                path, referrer, source, medium, campaign, country, browser, os, device
           FROM page_views
          WHERE recorded_xid = ANY (state.in_progress) AND pg_visible_in_snapshot(recorded_xid, snapshot)
+    ), fresh_events AS MATERIALIZED (
+        SELECT site, date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00') AS bucket, visitor, name
+          FROM events
+         WHERE recorded_xid >= state.watermark AND pg_visible_in_snapshot(recorded_xid, snapshot)
+        UNION ALL
+        SELECT site, date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00') AS bucket, visitor, name
+          FROM events
+         WHERE recorded_xid = ANY (state.in_progress) AND pg_visible_in_snapshot(recorded_xid, snapshot)
     ), grouped AS MATERIALIZED (
         -- One pass over the fresh views; the referrer's domain is parsed once per group.
         SELECT site, bucket, visitor, views, path, tally_referrer_domain(referrer, site) AS referrer,
@@ -196,6 +220,9 @@ BEGIN
                ('os', os),
                ('device', device)) AS dims (dim, value)
          WHERE dims.value IS NOT NULL
+        UNION ALL
+        -- Events by name, as a dimension of their own (not a view's: no filter, no panel of views).
+        SELECT site, bucket, visitor, count(*), 'event', name FROM fresh_events GROUP BY 1, 2, 3, 6
     ), buckets AS (
         INSERT INTO page_view_buckets (site, bucket, views)
         SELECT site, bucket, sum(views) FROM grouped GROUP BY 1, 2
@@ -204,18 +231,23 @@ BEGIN
         -- Each (id, UTC day) with fresh views: its visits formed again, and those formed before.
         SELECT site, visitor, day, (visit).*, date_bin('15 minutes', (visit).started_at, '2000-01-01 00:00+00') AS bucket,
                delta
-          FROM tally_visit_moves(ARRAY(SELECT DISTINCT ROW(site, visitor, (bucket AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-                                         FROM grouped WHERE visitor IS NOT NULL), snapshot)
+          FROM tally_visit_moves(ARRAY(
+                   SELECT DISTINCT ROW(site, visitor, (bucket AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+                     FROM (SELECT site, visitor, bucket FROM grouped
+                           UNION ALL
+                           SELECT site, visitor, bucket FROM fresh_events) fresh_ids
+                    WHERE visitor IS NOT NULL), snapshot)
     ), visit_days AS (
         INSERT INTO page_view_visit_days (site, visitor, day, visits, folded_on)
         SELECT site, visitor, day,
-               array_agg(ROW(started_at, ended_at, entry_path, exit_path, views)::tally_visit ORDER BY started_at),
+               array_agg(ROW(started_at, ended_at, entry_path, exit_path, views, events)::tally_visit
+                         ORDER BY started_at),
                (now() AT TIME ZONE 'UTC')::date
           FROM visit_moves WHERE delta = 1 GROUP BY 1, 2, 3
         ON CONFLICT (site, visitor, day) DO UPDATE SET visits = EXCLUDED.visits, folded_on = EXCLUDED.folded_on
     ), visit_buckets AS (
         INSERT INTO page_view_visit_buckets (site, bucket, visits, bounces, views, duration_us)
-        SELECT site, bucket, sum(delta), coalesce(sum(delta) FILTER (WHERE views = 1), 0), sum(delta * views),
+        SELECT site, bucket, sum(delta), coalesce(sum(delta) FILTER (WHERE views = 1 AND events = 0), 0), sum(delta * views),
                sum(delta * (extract(epoch FROM ended_at - started_at) * 1000000)::bigint)
           FROM visit_moves GROUP BY 1, 2
         ON CONFLICT (site, bucket) DO UPDATE

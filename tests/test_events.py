@@ -1,0 +1,114 @@
+"""Custom events through POST /api/collect (issue 18, part 2; migrations/0016): stored with
+their props and visitor, refused with a clear 400 and nothing stored past the limits, and a
+careless prop's distinct values capped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_web_collect import ADDRESS, BROWSER, beacon, sites_client
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return sites_client(database_url, pool)
+
+
+def send(client, body: dict, status: int = 201):
+    headers = {"User-Agent": BROWSER, "X-Forwarded-For": ADDRESS, "Origin": "https://example.com"}
+    return client.post(
+        "/api/collect",
+        json.dumps(body),
+        headers=headers,
+        content_type="text/plain;charset=UTF-8",
+        status=status,
+    )
+
+
+def stored(conn) -> list[tuple]:
+    return conn.execute(
+        "SELECT site, name, props, path, visitor IS NOT NULL FROM events ORDER BY id"
+    ).fetchall()
+
+
+def test_an_event_is_stored_with_its_props_page_and_visitor_and_is_no_view(client, conn):
+    response = send(
+        client,
+        {
+            "url": "https://example.com/pricing?x=1",
+            "event": "Signup",
+            "props": {"plan": "pro", "seats": 3, "trial": True},
+        },
+    )
+    assert response.json == {"stored": 1, "event": "Signup"}
+    assert stored(conn) == [
+        ("example.com", "Signup", {"plan": "pro", "seats": 3, "trial": True}, "/pricing", True)
+    ]
+    send(client, {"url": "https://example.com/", "event": "Download"})
+    assert stored(conn)[-1][1:3] == ("Download", {})
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0  # an event is no view
+    beacon(client, "https://example.com/")  # a view from the same browser
+    view, event = (
+        conn.execute(f"SELECT visitor FROM {table} ORDER BY id LIMIT 1").fetchone()[0]
+        for table in ("page_views", "events")
+    )
+    assert view == event  # the same person, the same keyed hash
+
+
+LIMITS = [
+    ({"event": ""}, '"event" must be a name of 1 to 120'),
+    ({"event": "x" * 121}, '"event" must be a name of 1 to 120'),
+    ({"event": 7}, '"event" must be a string'),
+    ({"props": {"plan": "pro"}}, '"props" belong to an event'),
+    ({"event": "E", "props": ["pro"]}, '"props" must be an object'),
+    ({"event": "E", "props": {f"k{n}": n for n in range(31)}}, "more than 30 keys"),
+    ({"event": "E", "props": {"k" * 301: 1}}, "1 to 300 printable"),
+    ({"event": "E", "props": {"": 1}}, "1 to 300 printable"),
+    ({"event": "E", "props": {"plan": "x" * 2001}}, "longer than 2000"),
+    ({"event": "E", "props": {"plan": {"nested": 1}}}, "not nested"),
+    ({"event": "E", "props": {"plan": [1]}}, "not nested"),
+    ({"event": "E", "props": {"plan": None}}, "not nested"),
+    ({"event": "E\n", "props": {}}, "control character"),
+]
+
+
+@pytest.mark.parametrize(("fields", "says"), LIMITS)
+def test_an_event_past_the_limits_is_a_400_and_nothing_is_stored(client, conn, fields, says):
+    response = send(client, {"url": "https://example.com/", **fields}, status=400)
+    assert says in response.json["error"]
+    assert stored(conn) == [] and conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_numbers_that_json_allows_but_postgresql_does_not_are_a_400(client, conn):
+    for raw in ('{"plan": NaN}', '{"plan": Infinity}'):
+        body = '{"url": "https://example.com/", "event": "E", "props": ' + raw + "}"
+        headers = {"User-Agent": BROWSER, "X-Forwarded-For": ADDRESS}
+        client.post("/api/collect", body, headers=headers, content_type="text/plain", status=400)
+    assert stored(conn) == []
+
+
+def test_the_limits_themselves_are_accepted(client, conn):
+    props = {f"{n:0>300}": "v" * 2000 for n in range(30)}
+    send(client, {"url": "https://example.com/", "event": "x" * 120, "props": props})
+    assert len(stored(conn)[0][2]) == 30
+
+
+def test_a_careless_props_distinct_values_are_capped(client, conn, monkeypatch):
+    from tally.web import collect
+
+    monkeypatch.setattr(collect, "MAX_PROP_VALUES", 3)
+    for n in range(5):
+        send(
+            client,
+            {
+                "url": "https://example.com/",
+                "event": "Signup",
+                "props": {"email": f"p{n}@x.org", "plan": "pro"},
+            },
+        )
+    send(client, {"url": "https://example.com/", "event": "Signup", "props": {"email": "p1@x.org"}})
+    emails = [props.get("email") for _, _, props, _, _ in stored(conn)]
+    assert emails == ["p0@x.org", "p1@x.org", "p2@x.org", "(other)", "(other)", "p1@x.org"]
+    assert {props["plan"] for _, _, props, _, _ in stored(conn)[:5]} == {"pro"}  # another prop, its own cap
