@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.test_web_collect import ADDRESS, BROWSER, beacon, sites_client
 
@@ -112,3 +113,89 @@ def test_a_careless_props_distinct_values_are_capped(client, conn, monkeypatch):
     emails = [props.get("email") for _, _, props, _, _ in stored(conn)]
     assert emails == ["p0@x.org", "p1@x.org", "p2@x.org", "(other)", "(other)", "p1@x.org"]
     assert {props["plan"] for _, _, props, _, _ in stored(conn)[:5]} == {"pro"}  # another prop, its own cap
+
+
+# --- events in stats ----------------------------------------------------------------------------
+
+
+def insert_views(conn, rows) -> None:
+    """(visitor, minutes after 10:00 UTC yesterday, path, referrer, country)"""
+    for visitor, minutes, path, referrer, country in rows:
+        conn.execute(
+            "INSERT INTO page_views (site, path, referrer, country, visitor, viewed_at)"
+            " VALUES ('example.com', %s, %s, %s, %s, date_trunc('day', now(), 'UTC') - interval '14 hours'"
+            " + %s * interval '1 minute')",
+            (path, referrer, country, visitor, minutes),
+        )
+
+
+def insert_events(conn, rows) -> None:
+    """(visitor, minutes after 10:00 UTC yesterday, name, props)"""
+    for visitor, minutes, name, props in rows:
+        conn.execute(
+            "INSERT INTO events (site, name, props, path, visitor, occurred_at)"
+            " VALUES ('example.com', %s, %s, '/pricing', %s,"
+            " date_trunc('day', now(), 'UTC') - interval '14 hours' + %s * interval '1 minute')",
+            (name, Jsonb(props), visitor, minutes),
+        )
+
+
+VIEWS = [
+    (1, 0, "/", "https://news.ycombinator.com/", "DE"),
+    (1, 5, "/pricing", None, "DE"),
+    (2, 0, "/", "https://www.google.com/", "US"),
+    (3, 0, "/", "https://news.ycombinator.com/", "FR"),
+    (4, 0, "/", "https://t.co/", "US"),
+    (4, 60, "/thanks", None, "US"),
+]
+EVENTS = [
+    (1, 6, "Signup", {"plan": "pro"}),
+    (2, 20, "Signup", {"plan": "free"}),  # visitor 2's one view and this event: one visit, no bounce
+    (2, 21, "Download", {}),
+    (3, 1, "Download", {"file": "a.pdf"}),
+]
+
+
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_top_events_with_conversion_rates_and_visits_that_events_keep_from_bouncing(client, conn, rolled_up):
+    from tests.test_web import roll_up
+
+    insert_views(conn, VIEWS)
+    if rolled_up:
+        roll_up(conn)
+    insert_events(conn, EVENTS)  # in the tail, or rolled up too
+    if rolled_up:
+        roll_up(conn)
+    body = client.get("/api/stats", {"days": "3", "tz": "UTC"}).json
+    assert body["visitors"] == 4
+    assert body["top_events"] == [
+        {"event": "Download", "events": 2, "visitors": 2, "conversion_rate": 0.5},
+        {"event": "Signup", "events": 2, "visitors": 2, "conversion_rate": 0.5},
+    ]
+    # Visits: 1 (/, /pricing, Signup), 2 (/, Signup, Download: 21 minutes), 3 (/, Download),
+    # 4 (/) and 4 again (/thanks, 60 minutes later): two bounces of five.
+    assert body["visits"] == 5 and body["bounce_rate"] == 0.4
+    assert body["visit_duration_seconds"] == round((6 + 21 + 1) * 60 / 5, 1)
+
+
+def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client, conn):
+    from tests.test_web import roll_up
+
+    insert_views(conn, VIEWS)
+    insert_events(conn, EVENTS)
+    roll_up(conn)
+    body = client.get("/api/stats", {"days": "3", "event": "Signup"}).json
+    assert body["filters"] == {"event": "Signup"} and body["total_views"] == 3 and body["visitors"] == 2
+    assert {row["referrer"] for row in body["top_referrers"]} == {"news.ycombinator.com", "Google"}
+    assert {row["country"] for row in body["top_countries"]} == {"DE", "US"}
+    assert body["top_events"][0] == {"event": "Signup", "events": 2, "visitors": 2, "conversion_rate": 1.0}
+    assert body["event_props"] == [
+        {"prop": "plan", "value": "free", "events": 1, "visitors": 1},
+        {"prop": "plan", "value": "pro", "events": 1, "visitors": 1},
+    ]
+    body = client.get("/api/stats", {"days": "3", "goal_path": "/thanks"}).json
+    assert body["total_views"] == 2 and [row["referrer"] for row in body["top_referrers"]] == ["t.co"]
+    body = client.get("/api/stats", {"days": "3", "event": "Nobody"}).json
+    assert body["total_views"] == 0 and body["top_events"] == [] and body["event_props"] == []
+    csv_rows = client.get("/api/export", {"days": "3", "event": "Download"}).text.splitlines()[1:]
+    assert [row.split(",")[1:] for row in csv_rows] == [["/", "2", "2"]]  # visitors 2 and 3
