@@ -45,6 +45,21 @@ def page_html(tally_port: int, attributes: str = "") -> bytes:
     ).encode()
 
 
+def events_html(tally_port: int, other_port: int) -> bytes:
+    """A page with custom events: a tagged button and a link to another host (kept from leaving)."""
+    return (
+        "<!doctype html><html><head><title>Pricing</title>"
+        "<script>window.tally = {q: [['Early', {when: 'before the tag'}]]};</script>"
+        f'<script defer src="http://127.0.0.1:{tally_port}/tally.js" data-track-outbound></script>'
+        "</head><body><h1>Pricing</h1>"
+        "<button id='buy' data-tally-event='Buy' data-tally-prop-plan='team' data-tally-prop-seats='3'>"
+        "<span>Buy</span></button>"
+        f"<a id='out' href='http://other.test:{other_port}/docs' onclick='event.preventDefault()'>Docs</a>"
+        "<a id='in' href='/next' onclick='event.preventDefault()'>Next</a>"
+        "</body></html>"
+    ).encode()
+
+
 @pytest.fixture
 def site_server(tally_port: int) -> Iterator[int]:
     """The measured site: the same page at every path; /local.html asks to be counted on localhost."""
@@ -53,6 +68,8 @@ def site_server(tally_port: int) -> Iterator[int]:
         def do_GET(self):
             attributes = " data-allow-local" if self.path.startswith("/local") else ""
             body = page_html(tally_port, attributes)
+            if self.path.startswith("/events"):
+                body = events_html(tally_port, self.server.server_address[1])
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -211,3 +228,39 @@ def browser_agent(browser) -> str:
         return page.evaluate("navigator.userAgent").replace("HeadlessChrome", "Chrome")
     finally:
         page.close()
+
+
+def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, site_server, conn):
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{site}/events.html", wait_until="load")
+            views_become(conn, [("site.test", "/events.html")])
+            page.evaluate("tally.track('Signup', {plan: 'pro'})")
+            page.click("#buy span")  # a click inside the tagged element counts for it
+            page.click("#out")
+            page.click("#in")  # a link on the same host is no outbound link
+            wait_until(lambda: event_count(conn) >= 4, timeout=10, message="4 events")
+            time.sleep(SETTLE_SECONDS)
+            assert problems == []
+        finally:
+            browser.close()
+    rows = conn.execute("SELECT name, props, path, visitor FROM events ORDER BY id").fetchall()
+    view_visitor = conn.execute("SELECT visitor FROM page_views").fetchone()[0]
+    assert [row[:3] for row in rows] == [
+        ("Early", {"when": "before the tag"}, "/events.html"),
+        ("Signup", {"plan": "pro"}, "/events.html"),
+        ("Buy", {"plan": "team", "seats": "3"}, "/events.html"),
+        ("Outbound Link", {"url": f"other.test:{site_server}"}, "/events.html"),
+    ]
+    assert {row[3] for row in rows} == {view_visitor}  # the page's visitor, no cookie
+
+
+def event_count(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM events").fetchone()[0]

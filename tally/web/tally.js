@@ -1,13 +1,13 @@
-// Tally's tracker. A site adds one tag:
-//   <script defer src="https://<tally-host>/tally.js"></script>
-// Each page view, and each single-page-app navigation (history.pushState, the back and
-// forward buttons), is sent once as {url, referrer, width} in a text/plain beacon: a "simple"
-// cross-origin request, so no CORS preflight. The window's width says phone, tablet,
-// laptop or desktop. No cookie, nothing stored in the browser.
-// Pages opened from file: or on localhost send nothing unless the tag has
-// data-allow-local; browsers driven by automation (navigator.webdriver) send nothing.
+// Tally's tracker (README, "Collect from your website"): <script defer src="https://<tally>/tally.js">.
+// Sends each view and single-page-app navigation as {url, referrer, width}, a text/plain beacon
+// (no CORS preflight), and custom events: tally.track(name, props), clicks on [data-tally-event]
+// (props from data-tally-prop-* attributes), outbound links with data-track-outbound on the tag.
+// No cookie, nothing stored. Silent on file: and localhost (unless data-allow-local) and under
+// automation (navigator.webdriver). Calls made before it ran wait in window.tally.q.
 (function () {
   "use strict";
+  var queued = (window.tally && window.tally.q) || [];
+  window.tally = { track: function () {} }; // a page may call it whether or not we send
   var script = document.currentScript;
   if (!script || navigator.webdriver) return;
   var local = location.protocol === "file:" ||
@@ -16,14 +16,39 @@
   var endpoint = new URL("/api/collect", script.src).href;
   var sent = null;
 
-  function send(referrer) {
-    if (location.href === sent) return; // the same address again is not a new view
-    sent = location.href;
-    var body = JSON.stringify({ url: sent, referrer: referrer || null, width: innerWidth });
+  function post(fields) {
+    var body = JSON.stringify(fields);
     if (navigator.sendBeacon && navigator.sendBeacon(endpoint, body)) return;
     fetch(endpoint, { method: "POST", body: body, keepalive: true, mode: "no-cors" })
       .catch(function () {});
   }
+
+  function send(referrer) {
+    if (location.href === sent) return; // the same address again is not a new view
+    sent = location.href;
+    post({ url: sent, referrer: referrer || null, width: innerWidth });
+  }
+
+  function track(name, props) {
+    post({ url: location.href, event: String(name), props: props || {} });
+  }
+
+  addEventListener("click", function (click) {
+    var target = click.target.closest ? click.target : click.target.parentElement; // a text node
+    var tagged = target && target.closest("[data-tally-event]");
+    if (tagged) {
+      var props = {};
+      for (var i = 0; i < tagged.attributes.length; i++) {
+        var attribute = tagged.attributes[i];
+        if (attribute.name.indexOf("data-tally-prop-") === 0) props[attribute.name.slice(16)] = attribute.value;
+      }
+      track(tagged.getAttribute("data-tally-event"), props);
+    }
+    var link = script.hasAttribute("data-track-outbound") && target && target.closest("a[href]");
+    if (link && /^https?:$/.test(link.protocol) && link.host !== location.host) {
+      track("Outbound Link", { url: link.host });
+    }
+  }, true);
 
   var pushState = history.pushState;
   history.pushState = function () {
@@ -34,4 +59,6 @@
   };
   addEventListener("popstate", function () { send(sent); });
   send(document.referrer);
+  window.tally.track = track;
+  queued.forEach(function (call) { track.apply(null, call); });
 })();
