@@ -62,7 +62,7 @@ def test_every_dimension_is_a_panel_with_views_visitors_and_country_names(owner,
     for dimension in DIMENSIONS:
         assert f'id="{dimension.panel.replace("_", "-")}"' in page, dimension
         assert f"<h2>{dimension.title}</h2>" in page
-    assert page.count('<th class="num">Visitors</th>') == len(DIMENSIONS)
+    assert page.count('<th class="num">Visitors</th>') == len(DIMENSIONS) + 1  # and the events
     countries = re.search(r'<table id="top-countries".*?</table>', page, re.S).group(0)
     assert "Germany (DE)" in countries and "Taiwan (TW)" in countries
     assert ">XK</a>" in countries  # a code pycountry does not know shows as itself

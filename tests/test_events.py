@@ -199,3 +199,23 @@ def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client,
     assert body["total_views"] == 0 and body["top_events"] == [] and body["event_props"] == []
     csv_rows = client.get("/api/export", {"days": "3", "event": "Download"}).text.splitlines()[1:]
     assert [row.split(",")[1:] for row in csv_rows] == [["/", "2", "2"]]  # visitors 2 and 3
+
+
+def test_the_dashboard_lists_events_and_a_click_narrows_the_page_to_their_visitors(client, conn):
+    import html
+    import re
+
+    from tests.test_web import roll_up
+
+    insert_views(conn, VIEWS)
+    insert_events(conn, EVENTS)
+    roll_up(conn)
+    page = client.get("/", {"days": "3"}).text
+    row = re.search(r'<tr class="" data-value="Signup">.*?</tr>', page).group(0)
+    assert '<td class="num events">2</td>' in row and '<td class="num conversion">50.0%</td>' in row
+    href = html.unescape(re.search(r'href="([^"]+)"', row).group(1))
+    assert "event=Signup" in href
+    narrowed = client.get(href).text
+    assert "Event: Signup" in narrowed and 'id="total-views">3<' in narrowed
+    assert '<tr data-prop="plan" data-value="pro"><td class="value">plan = pro</td>' in narrowed
+    assert 'id="visits">2<' in narrowed

@@ -26,6 +26,7 @@ from typing import Any
 import bottle
 
 from tally.dimensions import DIMENSIONS, value_label
+from tally.web.filters import FILTER_NAMES
 from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
@@ -39,7 +40,7 @@ WINDOWS = ((7, "7 days"), (30, "30 days"), (90, "90 days"), (366, "a year"))
 # The previous period's days get a marker (with its tooltip) up to this many; past it the line alone.
 MARKERS_UP_TO = 92
 # A dimension's name in chips and column heads where capitalizing it is not enough.
-LABELS = {"os": "OS"}
+LABELS = {"os": "OS", "goal_path": "Goal page"}
 NONE = "\N{EN DASH}"  # a change from nothing, a count not made
 
 
@@ -63,14 +64,15 @@ def query_string(
     filters: Mapping[str, str] | None = None,
 ) -> str:
     """The dashboard's address for a window, a site (None: every site), a zone and filters
-    (in the order of tally/dimensions.py); a share link's reader keeps the share token in each."""
+    (in the order of tally/dimensions.py, then the goals); a share link's reader keeps the
+    share token in each."""
     filters = filters or {}
     parameters = {
         "days": days,
         **({"site": site} if site else {}),
         **({"tz": tz} if tz != "UTC" else {}),
         **({"share": share} if share is not None else {}),
-        **{d.name: filters[d.name] for d in DIMENSIONS if filters.get(d.name) not in (None, "")},
+        **{name: filters[name] for name in FILTER_NAMES if filters.get(name) not in (None, "")},
     }
     return "?" + urllib.parse.urlencode(parameters)
 
@@ -129,15 +131,30 @@ def panels(stats: dict[str, Any], address: functools.partial) -> list[Panel]:
 
 
 def chips(filters: Mapping[str, str], address: functools.partial) -> list[Chip]:
-    """The active filters, in the order of the dimensions, each linking to the page without it."""
+    """The active filters, in the order of the dimensions then the goals, each linking to the
+    page without it."""
     return [
         Chip(
-            d.name,
-            f"{label_of(d.name)}: {value_label(d.name, filters[d.name])}",
-            "/" + address(filters={name: value for name, value in filters.items() if name != d.name}),
+            name,
+            f"{label_of(name)}: {value_label(name, filters[name])}",
+            "/" + address(filters={other: value for other, value in filters.items() if other != name}),
         )
-        for d in DIMENSIONS
-        if d.name in filters
+        for name in FILTER_NAMES
+        if name in filters
+    ]
+
+
+def event_rows(stats: dict[str, Any], address: functools.partial) -> list[dict[str, Any]]:
+    """The top events, each linking to the page narrowed to the visitors who sent it."""
+    filters = stats.get("filters") or {}
+    return [
+        {
+            **row,
+            "percent": f"{100 * row['conversion_rate']:.1f}%",
+            "href": "/" + address(filters={**filters, "event": row["event"]}),
+            "active": filters.get("event") == row["event"],
+        }
+        for row in stats.get("top_events", [])
     ]
 
 
@@ -242,6 +259,7 @@ def render(
         change=change,
         none=NONE,
         panels=panels(stats, address),
+        events=event_rows(stats, address),
         chips=chips(filters, address),
         clear="/" + address(filters={}),
         age=age,

@@ -183,6 +183,28 @@
     </table>
   </section>
   % end
+  <section class="panel" id="panel-events">
+    <h2>Goals and events</h2>
+    <table id="top-events" data-dimension="event">
+      <colgroup><col><col class="num"><col class="num"><col class="num"></colgroup>
+      <tr><th>Event</th><th class="num">Events</th><th class="num">Visitors</th><th class="num">Conversion</th></tr>
+      % for row in events:
+      <tr class="{{'active' if row['active'] else ''}}" data-value="{{row['event']}}"><td class="value"><a href="{{row['href']}}" title="Show only the visitors who sent it">{{row['event']}}</a></td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td><td class="num conversion">{{row['percent']}}</td></tr>
+      % end
+      % if not events:
+      <tr><td colspan="4" class="muted">No events in this window: tally.track("Signup") or data-tally-event="Signup" sends one.</td></tr>
+      % end
+    </table>
+    % if stats.get('event_props'):
+    <table id="event-props">
+      <colgroup><col><col class="num"><col class="num"></colgroup>
+      <tr><th>{{stats['filters']['event']}}: prop = value</th><th class="num">Events</th><th class="num">Visitors</th></tr>
+      % for row in stats['event_props']:
+      <tr data-prop="{{row['prop']}}" data-value="{{row['value']}}"><td class="value">{{row['prop']}} = {{row['value']}}</td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td></tr>
+      % end
+    </table>
+    % end
+  </section>
   % for key, title in (('top_entry_pages', 'Entry pages'), ('top_exit_pages', 'Exit pages')):
   <section class="panel" id="panel-{{key}}">
     <h2>{{title}}</h2>
