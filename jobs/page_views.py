@@ -77,36 +77,48 @@ async def rollup_page_views(context: JobContext, timestamp: int | None = None) -
     lock="cleanup_old_page_views",  # one cleanup at a time; more would only contend
 )
 def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) -> int:
-    """Delete page views older than RETENTION_DAYS in bounded batches; return how many."""
+    """Delete page views and events older than RETENTION_DAYS in bounded batches; return how
+    many page views."""
     connector = context.app.connector.get_sync_connector()
     # Only rolled-up views are deleted (stats must not lose them): fold first. Views of
     # transactions still running then are left for the next cleanup.
     connector.execute_query_one(QUERIES["rollup_page_views"])
     folded = connector.execute_query_one(QUERIES["rollup_state"])
     cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
+    views = delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
+    events = delete_in_batches(context, "delete_expired_events_batch", "events", cutoff, folded)
+    logger.info(
+        "cleanup removed %d page views and %d events older than %d days (before %s)",
+        views,
+        events,
+        settings.retention_days,
+        cutoff.isoformat(timespec="seconds"),
+    )
+    return views
+
+
+def delete_in_batches(
+    context: JobContext, query: str, what: str, cutoff: datetime.datetime, folded: dict
+) -> int:
+    """Run a bounded delete of rolled-up rows older than `cutoff` until it finds no more; stop
+    between batches when the worker is asked to."""
+    connector = context.app.connector.get_sync_connector()
     removed_total = 0
     while True:
         # Checked between batches: a draining worker stops us here, never mid-batch.
         if context.should_abort():
-            logger.info("cleanup stopped after removing %d page views; it will resume", removed_total)
+            logger.info("cleanup stopped after removing %d %s; it will resume", removed_total, what)
             raise JobAborted("cleanup_old_page_views aborted between batches")
         started = time.monotonic()
         row = connector.execute_query_one(
-            QUERIES["delete_expired_page_views_batch"],
+            QUERIES[query],
             cutoff=cutoff,
             batch_size=settings.cleanup_batch_size,
             watermark=folded["watermark"],
             in_progress=folded["in_progress"],
         )
         removed_total += row["removed"]
-        logger.debug("batch removed %d page views", row["removed"])
+        logger.debug("batch removed %d %s", row["removed"], what)
         if row["removed"] < settings.cleanup_batch_size:
-            break
+            return removed_total
         time.sleep((time.monotonic() - started) * CLEANUP_REST_FRACTION)
-    logger.info(
-        "cleanup removed %d page views older than %d days (before %s)",
-        removed_total,
-        settings.retention_days,
-        cutoff.isoformat(timespec="seconds"),
-    )
-    return removed_total

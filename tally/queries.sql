@@ -17,6 +17,20 @@ WITH deleted AS (
 )
 SELECT count(*) AS removed FROM deleted
 
+-- delete_expired_events_batch --
+-- The same for custom events (migrations/0016): up to batch_size of the oldest rolled-up ones.
+WITH deleted AS (
+    DELETE FROM events
+     WHERE id = ANY (ARRAY(
+         SELECT id FROM events
+          WHERE occurred_at < %(cutoff)s
+            AND recorded_xid < %(watermark)s AND NOT recorded_xid = ANY (%(in_progress)s::xid8[])
+          ORDER BY occurred_at
+          LIMIT %(batch_size)s))
+    RETURNING 1
+)
+SELECT count(*) AS removed FROM deleted
+
 -- delete_finished_jobs_batch --
 -- Delete up to batch_size finished jobs (and, by cascade, their events) last touched before the cutoff.
 WITH doomed AS (

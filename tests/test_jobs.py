@@ -58,6 +58,10 @@ def test_cleanup_removes_exactly_the_expired_rows_over_several_batches(conn, sma
     insert_views(conn, 40, "30 days 1 hour")
     insert_views(conn, 300, "29 days 23 hours")
     insert_views(conn, 500, "1 minute")
+    conn.execute(  # custom events go the same way: 125 expired, 5 kept
+        "INSERT INTO events (name, occurred_at) SELECT 'E', now() - interval '1 day' * (CASE WHEN n <= 125"
+        " THEN 41 ELSE 1 END) FROM generate_series(1, 130) AS n"
+    )
     kept_ids = {
         row[0]
         for row in conn.execute("SELECT id FROM page_views WHERE viewed_at > now() - '30 days'::interval")
@@ -69,9 +73,10 @@ def test_cleanup_removes_exactly_the_expired_rows_over_several_batches(conn, sma
 
     assert job_statuses(conn) == [("cleanup_old_page_views", "succeeded")]
     assert {row[0] for row in conn.execute("SELECT id FROM page_views")} == kept_ids
-    batches = [r for r in caplog.records if r.getMessage().startswith("batch removed")]
-    assert len(batches) == 11  # 1,090 expired rows, 100 at a time
-    assert "cleanup removed 1090 page views" in caplog.text
+    batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch removed")]
+    assert len([batch for batch in batches if batch.endswith("page views")]) == 11  # 1,090, 100 at a time
+    assert "cleanup removed 1090 page views and 125 events" in caplog.text
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 5
 
 
 def test_cleanup_is_idempotent(conn):
