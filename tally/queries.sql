@@ -362,11 +362,12 @@ INSERT INTO crawler_hits_daily (site, day, hits) VALUES (%(site)s, (now() AT TIM
 ON CONFLICT (site, day) DO UPDATE SET hits = crawler_hits_daily.hits + 1
 
 -- visitor_salt --
--- The salt of a UTC day, made on first use (pg_strong_random, see migrations/0005).
-WITH made AS (
-    INSERT INTO visitor_salts (day) VALUES (%(day)s) ON CONFLICT (day) DO NOTHING RETURNING salt
-)
-SELECT salt FROM made UNION ALL SELECT salt FROM visitor_salts WHERE day = %(day)s LIMIT 1
+-- The salt of a UTC day, made on first use (pg_strong_random, see migrations/0005). DO UPDATE,
+-- not DO NOTHING: when another process makes the day's salt at the same moment, this waits
+-- for it and returns that salt (a SELECT in the same statement would not see it: a 500).
+INSERT INTO visitor_salts (day) VALUES (%(day)s)
+ON CONFLICT (day) DO UPDATE SET day = EXCLUDED.day
+RETURNING salt
 
 -- rotate_visitor_salts --
 -- Make today's and tomorrow's salts ahead of use; delete every salt two days old or older.

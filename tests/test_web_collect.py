@@ -253,6 +253,29 @@ def test_a_new_salt_makes_new_visitor_ids():
     )
 
 
+def test_two_processes_making_the_days_salt_at_once_get_the_same_one(database_url, pool):
+    """The first beacons of a day from two web processes (or two threads, as a page's view and
+    its first event): one makes the salt, the other waits for it and uses it (it got a 500)."""
+    import datetime
+    import threading
+
+    from tally.web.visitors import VisitorIds
+
+    day = datetime.date(2031, 1, 1)
+    with psycopg.connect(database_url) as other:  # the other process's insert, not committed yet
+        made = bytes(
+            other.execute("INSERT INTO visitor_salts (day) VALUES (%s) RETURNING salt", (day,)).fetchone()[0]
+        )
+        got: list[bytes] = []
+        waiting = threading.Thread(target=lambda: got.append(VisitorIds(pool)._salt(day)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # it waits on the other's row
+        other.commit()
+        waiting.join(10)
+    assert got == [made]
+
+
 def test_salts_rotate_daily_and_go_after_two_days(client, conn):
     conn.execute("INSERT INTO visitor_salts (day) SELECT current_date - n FROM generate_series(1, 5) n")
     from jobs import visitor_salts
