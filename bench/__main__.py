@@ -27,6 +27,7 @@ from bench import (
     cleanup,
     collect,
     crawlers,
+    events,
     filters,
     footprint,
     ingest,
@@ -50,6 +51,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "jobs_page": jobs_page.measure,
     "crawlers": crawlers.measure,
     "collect": collect.measure,
+    "events": events.measure,
 }
 
 

@@ -49,7 +49,8 @@ def events_html(tally_port: int, other_port: int) -> bytes:
     """A page with custom events: a tagged button and a link to another host (kept from leaving)."""
     return (
         "<!doctype html><html><head><title>Pricing</title>"
-        "<script>window.tally = {q: [['Early', {when: 'before the tag'}]]};</script>"
+        "<script>window.tally = window.tally || {q: [], track: function () { this.q.push(arguments); }};"
+        " tally.track('Early', {when: 'before the tag'});</script>"  # the README's stub
         f'<script defer src="http://127.0.0.1:{tally_port}/tally.js" data-track-outbound></script>'
         "</head><body><h1>Pricing</h1>"
         "<button id='buy' data-tally-event='Buy' data-tally-prop-plan='team' data-tally-prop-seats='3'>"
