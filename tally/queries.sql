@@ -72,32 +72,36 @@ SELECT *
               %(browser)s::text[], %(os)s::text[], %(device)s::text[])
        AS batch(site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
 
--- store_event --
--- One custom event (tally/web/collect.py has checked its name and props). A prop value this
--- (site, event, prop) has not had is kept while it has had fewer than `max_values` distinct
--- ones (migrations/0016); past that it is stored as "(other)". Concurrent first values may
--- pass the cap by as many as there are concurrent requests.
+-- store_events --
+-- Custom events, several requests' in one statement (tally/web/collect.py has checked their
+-- names and props). A prop value a (site, event, prop) has not had is kept while it has had
+-- fewer than `max_values` distinct ones (migrations/0016); past that it is stored as
+-- "(other)". The values of one statement, and of concurrent ones, are judged against what was
+-- there before them, so the first values may pass the cap by as many as arrive together.
 WITH given AS (
-    SELECT key, value, value #>> '{}' AS text_value FROM jsonb_each(%(props)s::jsonb)
+    SELECT *
+      FROM unnest(%(site)s::text[], %(name)s::text[], %(props)s::jsonb[], %(path)s::text[], %(visitor)s::bigint[])
+           WITH ORDINALITY AS given (site, name, props, path, visitor, position)
 ), judged AS (
-    SELECT key, text_value,
+    SELECT given.position, given.site, given.name, prop.key, prop.value, prop.value #>> '{}' AS text_value,
            EXISTS (SELECT FROM event_prop_values v
-                    WHERE v.site = %(site)s AND v.name = %(name)s AND v.prop = key AND v.value = text_value)
+                    WHERE v.site = given.site AND v.name = given.name AND v.prop = prop.key
+                      AND v.value = prop.value #>> '{}')
            OR (SELECT count(*) FROM (SELECT FROM event_prop_values v
-                                      WHERE v.site = %(site)s AND v.name = %(name)s AND v.prop = key
-                                      LIMIT %(max_values)s) known) < %(max_values)s AS kept,
-           value
-      FROM given
+                                      WHERE v.site = given.site AND v.name = given.name AND v.prop = prop.key
+                                      LIMIT %(max_values)s) known) < %(max_values)s AS kept
+      FROM given CROSS JOIN LATERAL jsonb_each(given.props) AS prop
 ), remembered AS (
     INSERT INTO event_prop_values (site, name, prop, value)
-    SELECT %(site)s, %(name)s, key, text_value FROM judged WHERE kept
+    SELECT DISTINCT site, name, key, text_value FROM judged WHERE kept
     ON CONFLICT DO NOTHING
 )
 INSERT INTO events (site, name, props, path, visitor)
-SELECT %(site)s, %(name)s,
-       coalesce(jsonb_object_agg(key, CASE WHEN kept THEN value ELSE '"(other)"'::jsonb END), '{}'::jsonb),
-       %(path)s, %(visitor)s
-  FROM judged
+SELECT given.site, given.name,
+       coalesce((SELECT jsonb_object_agg(key, CASE WHEN kept THEN value ELSE '"(other)"'::jsonb END)
+                   FROM judged WHERE judged.position = given.position), '{}'::jsonb),
+       given.path, given.visitor
+  FROM given ORDER BY given.position
 
 -- rollup_page_views --
 -- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.

@@ -219,3 +219,18 @@ def test_the_dashboard_lists_events_and_a_click_narrows_the_page_to_their_visito
     assert "Event: Signup" in narrowed and 'id="total-views">3<' in narrowed
     assert '<tr data-prop="plan" data-value="pro"><td class="value">plan = pro</td>' in narrowed
     assert 'id="visits">2<' in narrowed
+
+
+def test_events_of_concurrent_requests_go_in_one_statement_each_with_its_own_props(pool, conn):
+    from tally.web.collect import Event, insert_events
+
+    batch = [
+        Event("example.com", "Signup", {"plan": "pro"}, "/a", 1),
+        Event("example.com", "Signup", {}, "/b", None),
+        Event("shop.example.org", "Buy", {"plan": "pro", "n": 2, "gift": False}, "/c", 3),
+    ]
+    with pool.connection() as connection:
+        insert_events(connection, batch)
+    assert conn.execute("SELECT site, name, props, path, visitor FROM events ORDER BY id").fetchall() == [
+        tuple(event) for event in batch
+    ]

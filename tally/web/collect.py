@@ -16,9 +16,11 @@ import dataclasses
 import json
 import math
 import urllib.parse
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import bottle
+import psycopg
 import psycopg_pool
 from psycopg.types.json import Jsonb
 
@@ -236,6 +238,8 @@ class Collector:
     ):
         self.pool = pool
         self.writer = writer
+        # Events go in groups as views do (the same group commit, their own INSERT).
+        self.events = ViewWriter(pool, insert=insert_events)
         self.sites = sites
         self.visitors = VisitorIds(pool)
 
@@ -282,16 +286,30 @@ class Collector:
         return Outcome(201, {"stored": 1})
 
     def _store_event(self, beacon: Beacon, visitor: int) -> Outcome:
-        with self.pool.connection() as conn:
-            conn.execute(
-                QUERIES["store_event"],
-                {
-                    "site": beacon.site,
-                    "name": beacon.event,
-                    "props": Jsonb(beacon.props or {}),
-                    "path": beacon.path,
-                    "visitor": visitor,
-                    "max_values": MAX_PROP_VALUES,
-                },
-            )
+        self.events.write([Event(beacon.site, beacon.event or "", beacon.props or {}, beacon.path, visitor)])
         return Outcome(201, {"stored": 1, "event": beacon.event})
+
+
+class Event(NamedTuple):
+    """One custom event to store (checked by parse_collect_body)."""
+
+    site: str
+    name: str
+    props: dict[str, Any]
+    path: str
+    visitor: int | None
+
+
+def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> None:
+    """Store `events` in one statement on `conn` (autocommit: all or none, committed)."""
+    conn.execute(
+        QUERIES["store_events"],
+        {
+            "site": [event.site for event in events],
+            "name": [event.name for event in events],
+            "props": [Jsonb(event.props) for event in events],
+            "path": [event.path for event in events],
+            "visitor": [event.visitor for event in events],
+            "max_values": MAX_PROP_VALUES,
+        },
+    )

@@ -31,8 +31,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg_pool
@@ -95,7 +95,8 @@ class _Request:
 
 
 class ViewWriter:
-    """Inserts page views for concurrent request threads, a group per INSERT."""
+    """Inserts page views (or, with another `insert`, other rows: custom events) for concurrent
+    request threads, a group per INSERT."""
 
     def __init__(
         self,
@@ -104,8 +105,10 @@ class ViewWriter:
         queue_wait_seconds: float = QUEUE_WAIT_SECONDS,
         commit_delay_seconds: float = COMMIT_DELAY_SECONDS,
         commit_siblings: int = COMMIT_SIBLINGS,
+        insert: Callable[[psycopg.Connection, Sequence[Any]], None] | None = None,
     ):
         self.pool = pool
+        self.insert = insert or execute_insert
         self.queue_wait_seconds = queue_wait_seconds
         self.commit_delay_seconds = commit_delay_seconds
         self.commit_siblings = commit_siblings
@@ -207,7 +210,7 @@ class ViewWriter:
                 request.error = error
 
     def _insert_together(self, conn: psycopg.Connection, group: list[_Request]) -> None:
-        execute_insert(conn, [view for request in group for view in request.views])
+        self.insert(conn, [view for request in group for view in request.views])
         if self.inserts is not None:
             self.inserts.inc()
 
