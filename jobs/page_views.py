@@ -1,4 +1,4 @@
-"""Jobs over the page_views table: the rollup that keeps stats fast, and cleanup."""
+"""Jobs over the page_views table: the rollup that keeps stats fast, and cleanup (retention)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from procrastinate.exceptions import JobAborted
 from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
-from jobs import app, settings
+from jobs import app, partitions, settings
 from jobs.time_limit import JobTimedOut
 from tally.db import QUERIES
 
@@ -77,15 +77,17 @@ async def rollup_page_views(context: JobContext, timestamp: int | None = None) -
     lock="cleanup_old_page_views",  # one cleanup at a time; more would only contend
 )
 def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) -> int:
-    """Delete page views and events older than RETENTION_DAYS in bounded batches; return how
-    many page views."""
+    """Drop the days of page views older than RETENTION_DAYS, delete what else is that old (views
+    in the default partition, events) in bounded batches; return how many page views."""
     connector = context.app.connector.get_sync_connector()
     # Only rolled-up views are deleted (stats must not lose them): fold first. Views of
     # transactions still running then are left for the next cleanup.
     connector.execute_query_one(QUERIES["rollup_page_views"])
     folded = connector.execute_query_one(QUERIES["rollup_state"])
     cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
-    views = delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
+    # Whole days first (jobs/partitions.py); rows only where a partition is not a day's.
+    views = partitions.drop_expired_partitions(connector, cutoff, folded)
+    views += delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
     events = delete_in_batches(context, "delete_expired_events_batch", "events", cutoff, folded)
     logger.info(
         "cleanup removed %d page views and %d events older than %d days (before %s)",

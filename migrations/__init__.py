@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ PROCRASTINATE_MIGRATIONS_DIR = Path(SchemaManager.get_migrations_path())
 ADVISORY_LOCK_KEY = 7_245_010_001
 PROCRASTINATE_PREFIX = "procrastinate:"
 TALLY_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+# A file with these lines runs a transaction per step (migrations/0019 converts a live table
+# this way); each step must be safe to run again after an interrupted release.
+STEP_MARK = re.compile(r"^-- step: (.+)$", re.MULTILINE)
+STEP_LOCK_TIMEOUT = "500ms"
+STEP_RETRY_SECONDS = 600.0
+# A lock held by live traffic, or a state a step waits for (the rollup to fold a view).
+RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.ObjectNotInPrerequisiteState)
 
 logger = logging.getLogger("tally.migrations")
 
@@ -89,10 +97,50 @@ def _apply(
     conn: psycopg.Connection, name: str, sql: str, also_record: tuple[str, ...] | list[str] = ()
 ) -> None:
     logger.info("applying migration %s", name)
+    steps = split_steps(sql)
+    if steps:
+        for title, step_sql in steps:
+            _apply_step(conn, name, title, step_sql)
+        with conn.transaction():
+            _record(conn, [name, *also_record])
+        return
     with conn.transaction():
         # SQL files from this repository or the installed procrastinate, never user input.
         conn.execute(sql.encode())
         _record(conn, [name, *also_record])
+
+
+def split_steps(sql: str) -> list[tuple[str, str]]:
+    """A file's `-- step: title` sections, in order; empty for a file of one transaction."""
+    parts = STEP_MARK.split(sql)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _apply_step(conn: psycopg.Connection, name: str, title: str, sql: str) -> None:
+    """Run one step in its own transaction; wait for locks only briefly, and try again.
+
+    A step that waits behind live traffic holds up every request queued behind it: it
+    gives up after STEP_LOCK_TIMEOUT and retries, for at most STEP_RETRY_SECONDS.
+    """
+    deadline = time.monotonic() + STEP_RETRY_SECONDS
+    pause = 0.05
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (STEP_LOCK_TIMEOUT,))
+                conn.execute(sql.encode())
+            logger.info("migration %s: %s (attempt %d)", name, title, attempts)
+            return
+        except RETRYABLE as exc:
+            if time.monotonic() + pause > deadline:
+                raise RuntimeError(
+                    f"migration {name}: step {title!r} gave up after {attempts} attempts: {exc}"
+                ) from exc
+            logger.info("migration %s: %s must wait (%s); again in %.2f s", name, title, exc.sqlstate, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _record(conn: psycopg.Connection, names: list[str]) -> None:

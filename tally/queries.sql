@@ -2,20 +2,33 @@
 -- Parameters are %(name)s placeholders, bound by psycopg, never formatted in.
 
 -- delete_expired_page_views_batch --
--- Delete up to batch_size of the oldest rolled-up page views older than the cutoff; one short transaction.
--- The ids go in as an array: `id IN (subquery)` lets the planner pick a hash join over the whole table.
-WITH deleted AS (
-    DELETE FROM page_views
-     WHERE id = ANY (ARRAY(
-         SELECT id FROM page_views
-          WHERE viewed_at < %(cutoff)s
-            -- never delete a view before it is in the rollups, or stats would lose it
-            AND recorded_xid < %(watermark)s AND NOT recorded_xid = ANY (%(in_progress)s::xid8[])
-          ORDER BY viewed_at
-          LIMIT %(batch_size)s))
-    RETURNING 1
-)
-SELECT count(*) AS removed FROM deleted
+-- Delete up to batch_size of the oldest rolled-up page views older than the cutoff from the
+-- partitions retention does not drop whole (the default one, the legacy one); one short
+-- transaction. Never a view before it is in the rollups, or stats would lose it.
+SELECT tally_delete_expired_views_batch(%(cutoff)s, %(watermark)s, %(in_progress)s, %(batch_size)s) AS removed
+
+-- expired_page_view_partitions --
+-- The partitions of page_views that lie wholly before the cutoff, oldest first.
+SELECT partition::text AS name FROM tally_page_view_partitions WHERE ends <= %(cutoff)s ORDER BY ends
+
+-- drop_rolled_up_partition --
+-- Drop one expired partition if the rollup holds all of its views: how many went, or NULL.
+SELECT tally_drop_rolled_up_partition(%(name)s::regclass, %(watermark)s, %(in_progress)s) AS removed
+
+-- page_view_partitions --
+-- Every partition of page_views with its range, the default one last.
+SELECT name, starts, ends, is_default FROM tally_page_view_partitions ORDER BY starts NULLS LAST
+
+-- days_in_default_partition --
+-- The UTC days of the views the default partition caught, from `since` on.
+SELECT DISTINCT (viewed_at AT TIME ZONE 'UTC')::date AS day
+  FROM page_views_default
+ WHERE viewed_at >= %(since)s
+ ORDER BY 1
+
+-- ensure_day_partition --
+-- The partition of one UTC day, made if missing, with its views moved out of the default one.
+SELECT tally_ensure_day_partition(%(day)s) AS name
 
 -- delete_expired_events_batch --
 -- The same for custom events (migrations/0016): up to batch_size of the oldest rolled-up ones.

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import psycopg
-import pytest
 
 from migrations import apply_pending, procrastinate_files, tally_files
 from tests.conftest import ROOT, defer_by_sql
-
-
-@pytest.fixture
-def fresh_database(database_url):
-    """An empty database on the session's server, dropped afterwards."""
-    name = f"fresh_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def recorded(url: str) -> list[str]:

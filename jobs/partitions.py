@@ -1,0 +1,94 @@
+"""Daily partitions of page_views (migrations/0019): made ahead of time, dropped by retention.
+
+The two SQL functions below change the catalog, which takes a lock that a view's INSERT
+waits behind. Each waits 100 ms at most for it (ingest queues behind the wait) and gives
+up; the job tries again a little later, and leaves what it could not do for its next run
+(the default partition stores every view meanwhile).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from procrastinate import JobContext
+from procrastinate.exceptions import ConnectorException, JobAborted
+
+from jobs import app, settings
+from tally.db import QUERIES
+
+logger = logging.getLogger("jobs.partitions")
+
+# Days made ahead of today (UTC): a week of views finds its day even with the clock stopped.
+DAYS_AHEAD = 7
+ATTEMPTS = 30
+PAUSE_SECONDS = 0.2
+# Live traffic held a lock too long, or a view arrived in the default partition for the day
+# being made (attaching checks it holds none of that day's): both pass; try again.
+_PASSING = (psycopg.errors.LockNotAvailable, psycopg.errors.CheckViolation)
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def partition_name(day: datetime.date) -> str:
+    """The name of a UTC day's partition: `page_views_p20261204`."""
+    return f"page_views_p{day:%Y%m%d}"
+
+
+@app.task(name="maintain_partitions", pass_context=True, lock="maintain_partitions")
+def maintain_partitions(context: JobContext, timestamp: int | None = None) -> int:
+    """Make the next days' partitions and those of views the default one caught; return how many."""
+    connector = context.app.connector.get_sync_connector()
+    now = utc_now()
+    since = now - datetime.timedelta(days=settings.retention_days)  # older views are cleanup's
+    caught = connector.execute_query_all(QUERIES["days_in_default_partition"], since=since)
+    ahead = {now.date() + datetime.timedelta(days=n) for n in range(DAYS_AHEAD + 1)}
+    existing = {row["name"] for row in connector.execute_query_all(QUERIES["page_view_partitions"])}
+    made = 0
+    for day in sorted(ahead | {row["day"] for row in caught}):
+        if partition_name(day) in existing:
+            continue
+        if context.should_abort():
+            raise JobAborted("maintain_partitions aborted between days")
+        row = with_retries(lambda d=day: connector.execute_query_one(QUERIES["ensure_day_partition"], day=d))
+        made += row is not None and row["name"] is not None
+    logger.info("partitions: %d day(s) made; views of %d day(s) waited in the default one", made, len(caught))
+    return made
+
+
+def drop_expired_partitions(connector: Any, cutoff: datetime.datetime, folded: dict) -> int:
+    """Drop each partition wholly before `cutoff` whose views the rollup holds; return how many views went."""
+    dropped = 0
+    for expired in connector.execute_query_all(QUERIES["expired_page_view_partitions"], cutoff=cutoff):
+        row = with_retries(
+            lambda name=expired["name"]: connector.execute_query_one(
+                QUERIES["drop_rolled_up_partition"],
+                name=name,
+                watermark=folded["watermark"],
+                in_progress=folded["in_progress"],
+            )
+        )
+        if row is None or row["removed"] is None:
+            logger.info("partition %s left for the next cleanup (locked, or not rolled up)", expired["name"])
+            continue
+        logger.info("partition %s dropped with %d views", expired["name"], row["removed"])
+        dropped += row["removed"]
+    return dropped
+
+
+def with_retries(attempt: Callable[[], dict]) -> dict | None:
+    """`attempt()`, again after a short pause while it loses to live traffic; None if it never wins."""
+    for _ in range(ATTEMPTS):
+        try:
+            return attempt()
+        except ConnectorException as exc:
+            if not isinstance(exc.__cause__, _PASSING):
+                raise
+            time.sleep(PAUSE_SECONDS)
+    return None

@@ -1,0 +1,329 @@
+"""page_views in daily partitions (migrations/0019): days ahead, a default partition that
+refuses no time, maintain_partitions, retention by dropping days, and the conversion of a
+live table by the release step."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+
+import jobs
+import migrations
+from jobs import page_views, partitions
+from migrations import apply_pending, tally_files
+from tally.config import from_env
+from tally.db import web_pool
+from tally.web.stats import StatsReader
+from tests.conftest import wait_until
+from tests.test_jobs import defer, run_queued_jobs
+
+CONVERSION_VIEWS = int(os.environ.get("TALLY_TEST_CONVERSION_VIEWS", "300000"))
+
+
+def partition_names(conn: psycopg.Connection) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute("SELECT name FROM tally_page_view_partitions ORDER BY starts NULLS LAST")
+    ]
+
+
+def rolled_up_views(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(sum(views), 0) FROM page_view_buckets").fetchone()[0]
+
+
+@pytest.fixture
+def own_partitions(conn):
+    """The session database's partitions as they were: days a test makes go afterwards."""
+    before = set(partition_names(conn))
+    yield
+    for name in set(partition_names(conn)) - before:
+        conn.execute(f'DROP TABLE "{name}"')  # names from the catalog, never input
+
+
+def utc_today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def test_a_new_database_has_days_ahead_and_a_default_partition(fresh_database):
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database) as conn:
+        names = partition_names(conn)
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'page_views'::regclass").fetchone()[0]
+    today = utc_today()
+    assert kind == "p"
+    assert names == [partitions.partition_name(today + datetime.timedelta(days=n)) for n in range(8)] + [
+        "page_views_default"
+    ]
+
+
+def test_a_view_at_any_time_is_stored_and_counted(conn):
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) VALUES ('/old', now() - interval '400 days'),"
+        " ('/ahead', now() + interval '400 days'), ('/now', now()), ('/epoch', '1970-01-01'),"
+        " ('/far', '9999-12-31')"
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+    where = dict(conn.execute("SELECT path, tableoid::regclass::text FROM page_views").fetchall())
+    assert where["/now"] == partitions.partition_name(utc_today())
+    assert {where[p] for p in ("/old", "/ahead", "/epoch", "/far")} == {"page_views_default"}
+    assert rolled_up_views(conn) == 5
+
+
+def test_maintain_partitions_moves_caught_views_into_their_days_without_refolding(conn, own_partitions):
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/p', now() - interval '3 days' - n * interval '1 min' FROM generate_series(1, 40) n"
+    )
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/ahead', now() + interval '20 days')")
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/expired', now() - interval '90 days')")
+    conn.execute("SELECT tally_rollup_page_views()")
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/tail', now() - interval '3 days')")
+
+    defer(partitions.maintain_partitions)
+    run_queued_jobs()
+
+    left = conn.execute("SELECT path FROM page_views_default").fetchall()
+    assert left == [("/expired",)]  # past retention: cleanup's, not a day to make
+    names = partition_names(conn)
+    for days in (-3, 20):
+        assert partitions.partition_name(utc_today() + datetime.timedelta(days=days)) in names
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 43
+    # The moved views kept their transaction ids: the rollup folds the tail view only.
+    assert conn.execute("SELECT tally_rollup_page_views()").fetchone()[0] == 1
+    assert rolled_up_views(conn) == 43
+
+
+def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(conn, own_partitions, caplog):
+    for days_ago in range(41):  # made when they lay ahead, as maintain_partitions does
+        day = utc_today() - datetime.timedelta(days=days_ago)
+        conn.execute("SELECT tally_ensure_day_partition(%s)", (day,))
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) SELECT '/d' || n % 40,"
+        " now() - (n % 40) * interval '1 day' - (n % 24) * interval '1 hour' FROM generate_series(1, 4000) n"
+    )
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/caught', now() - interval '90 days')")
+    conn.execute("SELECT tally_rollup_page_views()")
+    assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 1
+    kept = conn.execute(
+        "SELECT count(*) FROM page_views WHERE viewed_at > now() - interval '30 days'"
+    ).fetchone()[0]
+
+    defer(page_views.cleanup_old_page_views)
+    with caplog.at_level(logging.INFO, logger="jobs"):
+        run_queued_jobs()
+
+    oldest = conn.execute("SELECT now() - min(viewed_at) FROM page_views").fetchone()[0]
+    assert oldest <= datetime.timedelta(days=31)
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM page_views WHERE viewed_at > now() - interval '30 days'"
+        ).fetchone()[0]
+        == kept
+    )
+    dropped = [r.getMessage() for r in caplog.records if " dropped with " in r.getMessage()]
+    assert len(dropped) == 10  # days 31 to 40 ago went whole, not row by row
+    assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 0  # rows deleted there
+    assert rolled_up_views(conn) == 4001  # stats keep what retention drops
+
+
+def test_a_partition_with_views_not_rolled_up_is_not_dropped(conn, own_partitions):
+    day = utc_today() - datetime.timedelta(days=50)
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', %s)", (day,))
+    name = conn.execute("SELECT tally_ensure_day_partition(%s)", (day,)).fetchone()[0]
+    state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
+    dropped = conn.execute("SELECT tally_drop_rolled_up_partition(%s::regclass, %s, %s)", (name, *state))
+    assert dropped.fetchone()[0] is None and name in partition_names(conn)
+    conn.execute("SELECT tally_rollup_page_views()")
+    state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
+    dropped = conn.execute("SELECT tally_drop_rolled_up_partition(%s::regclass, %s, %s)", (name, *state))
+    assert dropped.fetchone()[0] == 1 and name not in partition_names(conn)
+
+
+def test_a_drop_that_waits_on_a_reader_never_holds_up_ingest_long(
+    conn, database_url, own_partitions, monkeypatch
+):
+    monkeypatch.setattr(partitions, "ATTEMPTS", 3)
+    day = utc_today() - datetime.timedelta(days=60)
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/old', %s)", (day,))
+    name = conn.execute("SELECT tally_ensure_day_partition(%s)", (day,)).fetchone()[0]
+    conn.execute("SELECT tally_rollup_page_views()")
+    reader = psycopg.connect(database_url)  # a long read of the whole table, as a report does
+    reader.execute("SELECT count(*) FROM page_views").fetchone()
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def insert_views() -> None:
+        with psycopg.connect(database_url, autocommit=True) as writer:
+            while not stop.is_set():
+                started = time.monotonic()
+                writer.execute("INSERT INTO page_views (path) VALUES ('/live')")
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.005)
+
+    inserter = threading.Thread(target=insert_views)
+    inserter.start()
+    try:
+        with jobs.app.open():
+            connector = jobs.app.connector.get_sync_connector()
+            state = connector.execute_query_one("SELECT watermark, in_progress FROM page_view_rollup_state")
+            cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+            assert partitions.drop_expired_partitions(connector, cutoff, state) == 0
+    finally:
+        stop.set()
+        inserter.join()
+        reader.close()
+    assert name in partition_names(conn)  # left for the next cleanup
+    assert len(latencies) > 20 and max(latencies) < 0.5, max(latencies)
+
+
+def test_the_release_converts_a_live_table_losing_nothing(fresh_database, monkeypatch):
+    """The issue's case at a smaller scale (TALLY_TEST_CONVERSION_VIEWS; docs/BENCHMARKS.md has 5M):
+    views go on arriving while migration 0019 runs; none is lost or doubled, no insert waits
+    more than 2 s, and stats equal a count of the raw views before and after."""
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0019"])
+    apply_pending(fresh_database)
+    monkeypatch.undo()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at, site, visitor) SELECT '/p' || n %% 500,"
+            " now() - (n %% 40) * interval '1 day' - (n %% 1440) * interval '1 min', 'default', n %% 3000"
+            " FROM generate_series(1, %s) n",
+            (CONVERSION_VIEWS,),
+        )
+        conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/ahead', now() + interval '5 days')")
+        conn.execute("SELECT tally_rollup_page_views()")
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at) VALUES ('/ahead-tail', now() + interval '2 days')"
+        )
+        conn.execute("INSERT INTO page_views (path) VALUES ('/tail')")
+        conn.execute("VACUUM ANALYZE page_views")
+
+    stop = threading.Event()
+    sent: list[str] = []
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def send_views(writer_id: int) -> None:
+        with psycopg.connect(fresh_database, autocommit=True) as writer:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                marker = f"/live/{writer_id}/{n}"
+                ahead = "1 day" if n % 10 == 0 else "0"  # some dated tomorrow, past the bound
+                started = time.monotonic()
+                try:
+                    writer.execute(
+                        "INSERT INTO page_views (path, viewed_at) VALUES (%s, now() + %s::interval)",
+                        (marker, ahead),
+                    )
+                except psycopg.Error as exc:  # every failure is the test's finding
+                    errors.append(exc)
+                    return
+                latencies.append(time.monotonic() - started)
+                sent.append(marker)
+                time.sleep(0.005)
+
+    def roll_up() -> None:  # the worker's rollup, every 200 ms
+        with psycopg.connect(fresh_database, autocommit=True) as worker:
+            while not stop.is_set():
+                worker.execute("SELECT tally_rollup_page_views()")
+                time.sleep(0.2)
+
+    brackets: list[tuple[int, int, int]] = []
+
+    def read_stats() -> None:  # the web's stats, each answer between two counts of the raw views
+        settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+        week = (
+            "SELECT count(*) FROM page_views WHERE viewed_at >= date_trunc('day', now() AT TIME ZONE 'UTC')"
+            " AT TIME ZONE 'UTC' - interval '6 days' AND viewed_at < now() + interval '1 second'"
+        )
+        with web_pool(settings) as pool, psycopg.connect(fresh_database, autocommit=True) as counter:
+            reader = StatsReader(pool, retention_days=30)
+            while not stop.is_set():
+                before = counter.execute(week).fetchone()[0]
+                total = reader.stats_for_window(7)["total_views"]
+                brackets.append((before, total, counter.execute(week).fetchone()[0]))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=send_views, args=(i,)) for i in range(3)]
+    threads += [threading.Thread(target=roll_up), threading.Thread(target=read_stats)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(sent) > 30 and brackets, 10, message="live inserts and stats")
+        started = time.monotonic()
+        assert apply_pending(fresh_database) == ["0019_page_view_partitions.sql"]
+        logging.getLogger(__name__).info("converted in %.1f s", time.monotonic() - started)
+        sent_then, read_then = len(sent), len(brackets)
+        wait_until(lambda: len(sent) > sent_then + 30, 10, message="inserts after the switch")
+        wait_until(lambda: len(brackets) > read_then + 3, 30, message="stats after the switch")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert max(latencies) < 2.0, max(latencies)
+    assert all(before <= total <= after for before, total, after in brackets), [
+        b for b in brackets if not b[0] <= b[1] <= b[2]
+    ]
+
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        stored = [row[0] for row in conn.execute("SELECT path FROM page_views WHERE path LIKE '/live/%'")]
+        assert sorted(stored) == sorted(sent)  # each once
+        assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == CONVERSION_VIEWS + 3 + len(
+            sent
+        )
+        conn.execute("SELECT tally_rollup_page_views()")
+        assert rolled_up_views(conn) == CONVERSION_VIEWS + 3 + len(sent)
+        kinds = dict(conn.execute("SELECT name, is_default FROM tally_page_view_partitions").fetchall())
+        assert "page_views_legacy" in kinds and kinds["page_views_default"]
+        assert conn.execute("SELECT count(*) FROM page_views_legacy").fetchone()[0] >= CONVERSION_VIEWS
+        ahead = conn.execute(
+            "SELECT path, tableoid::regclass::text FROM page_views WHERE path LIKE '/ahead%'"
+        )
+        assert sorted(ahead.fetchall()) == [
+            ("/ahead", partitions.partition_name(utc_today() + datetime.timedelta(days=5))),
+            ("/ahead-tail", partitions.partition_name(utc_today() + datetime.timedelta(days=2))),
+        ]
+
+
+def test_cleanup_with_a_converted_table_drops_the_legacy_partition_once_it_expires(
+    fresh_database, monkeypatch
+):
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0019"])
+    apply_pending(fresh_database)
+    monkeypatch.undo()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at) SELECT '/p', now() - n * interval '1 day'"
+            " FROM generate_series(0, 39) n"
+        )
+        apply_pending(fresh_database)
+        conn.execute("SELECT tally_rollup_page_views()")
+        state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
+        batch = "SELECT tally_delete_expired_views_batch(now() - interval '30 days', %s, %s, 1000)"
+        assert conn.execute(batch, state).fetchone()[0] == 10  # 30 to 39 days old, deleted from it
+        assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 30
+        # Its range ends at the next UTC midnight after the release: once that is past the
+        # retention cutoff, it goes whole, as a day does.
+        ends = conn.execute("SELECT ends FROM tally_page_view_partitions WHERE name = 'page_views_legacy'")
+        assert ends.fetchone()[0] == datetime.datetime.combine(
+            utc_today() + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+        )
+        dropped = conn.execute("SELECT tally_drop_rolled_up_partition('page_views_legacy', %s, %s)", state)
+        assert dropped.fetchone()[0] == 30
+        assert "page_views_legacy" not in partition_names(conn)
+
+
+def test_the_schedule_runs_maintain_partitions_hourly():
+    from jobs.schedule import periodic_tasks
+
+    schedule = {task.name: cron for task, cron in periodic_tasks(dataclasses.replace(jobs.settings)).items()}
+    assert schedule["maintain_partitions"] == "3 * * * *"
