@@ -32,6 +32,7 @@ from bench import (
     footprint,
     ingest,
     jobs_page,
+    partitions,
     pickup,
     report,
     stats,
@@ -52,6 +53,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "crawlers": crawlers.measure,
     "collect": collect.measure,
     "events": events.measure,
+    "partitions": partitions.measure,
 }
 
 

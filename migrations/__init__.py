@@ -3,7 +3,10 @@
 Run as the release step (`python -m migrations`). Everything happens under one
 PostgreSQL advisory lock, so two releases at once apply each migration exactly once;
 each file runs in its own transaction together with its bookkeeping row, so a failed
-file leaves nothing half-applied and the next release retries it.
+file leaves nothing half-applied and the next release retries it. A file marked in
+`-- step:` sections (one that changes a live table) runs a transaction per step, each
+waiting at most STEP_LOCK_TIMEOUT for a lock and retried; its steps are written to be
+run again, and its bookkeeping row comes after the last.
 
     >>> apply_pending("postgresql:///tally")   # doctest: +SKIP
     ['procrastinate:schema.sql', '0001_page_views.sql', ...]
@@ -127,11 +130,13 @@ def _apply_step(conn: psycopg.Connection, name: str, title: str, sql: str) -> No
     attempts = 0
     while True:
         attempts += 1
+        started = time.monotonic()
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (STEP_LOCK_TIMEOUT,))
                 conn.execute(sql.encode())
-            logger.info("migration %s: %s (attempt %d)", name, title, attempts)
+            took = time.monotonic() - started
+            logger.info("migration %s: %s (attempt %d, %.3f s)", name, title, attempts, took)
             return
         except RETRYABLE as exc:
             if time.monotonic() + pause > deadline:
