@@ -1,7 +1,7 @@
 """Daily partitions (migrations/0019): a live table converted by the release step, and ingest on
 partitions against the unpartitioned table.
 
-(a) A database at migration 0018 holding CONVERT_VIEWS views over 40 days, rolled up, while
+(a) A database at migration 0018 holding CONVERT_VIEWS views over 40 days, while
     `python web.py` takes INGEST_RATE single views/s: the release step (`python -m
     migrations`) applies 0019. Figures: each step's time (the switch is the one that stops
     ingest), the longest request meanwhile against the same load before, views sent and
@@ -9,6 +9,9 @@ partitions against the unpartitioned table.
 (b) POST /api/pageviews at INGEST_CONNECTIONS connections, as fast as answered (wrk), against
     two `python web.py` on one server: one on a database at 0018 (one table), one on a
     database at 0019 (daily partitions), ROUNDS rounds alternating, medians compared.
+(c) Bytes on disk: FOOTPRINT_VIEWS views with bench/filters.py's realistic dimensions (5,000
+    paths, 100k visitor ids) rolled up once: bytes per raw view (partitions with their
+    indexes), per view for the rollups, and the rollup's views/s.
 
 $ python -m bench.partitions
 """
@@ -24,6 +27,7 @@ import time
 import psycopg
 
 import migrations
+from bench.filters import LOAD as REALISTIC_LOAD
 from bench.harness import (
     Build,
     builds,
@@ -57,8 +61,51 @@ LOAD_SQL = (
 )
 STEP_LINE = re.compile(r"migration 0019_page_view_partitions\.sql: (.+) \(attempt (\d+), ([\d.]+) s\)")
 
+FOOTPRINT_VIEWS = 300_000
+ROLLUP_TABLES = (
+    "page_view_buckets",
+    "page_view_bucket_dims",
+    "page_view_daily_dims",
+    "page_view_visitor_days",
+    "page_view_visitor_day_counts",
+    "page_view_visit_days",
+    "page_view_visit_buckets",
+)
+RAW_BYTES_SQL = (
+    "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('page_views') WHERE isleaf"
+)
+ROLLUP_BYTES_SQL = "SELECT sum(pg_total_relation_size(t))::bigint FROM unnest(%s::regclass[]) t"
+
 GOAL_LONGEST_SECONDS = 2.0  # no lock on page_views held longer (issue 19)
 GOAL_INGEST = 0.9  # of the unpartitioned table's throughput
+GOAL_ROLLUP_RATE = 100_000  # views/s folded with 5,000 paths
+GOAL_ROLLUP_BYTES = 0.5  # of the raw views' bytes
+
+
+def footprint(url: str) -> dict:
+    """Realistic views rolled up once: their bytes, the rollups' bytes, the rollup's rate."""
+    apply_pending(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        say(f"partitions: {FOOTPRINT_VIEWS:,} realistic views, rolled up once")
+        conn.execute(REALISTIC_LOAD, {"rows": FOOTPRINT_VIEWS})
+        conn.execute("VACUUM ANALYZE page_views")
+        started = time.perf_counter()
+        conn.execute("SELECT tally_rollup_page_views()")
+        rollup_seconds = time.perf_counter() - started
+        conn.execute("VACUUM ANALYZE")
+        raw = conn.execute(RAW_BYTES_SQL).fetchone()[0]
+        rollups = conn.execute(ROLLUP_BYTES_SQL, (list(ROLLUP_TABLES),)).fetchone()[0]
+        largest = conn.execute(
+            "SELECT t::text, pg_total_relation_size(t) FROM unnest(%s::regclass[]) t ORDER BY 2 DESC LIMIT 3",
+            (list(ROLLUP_TABLES),),
+        ).fetchall()
+    return {
+        "raw_per_view": raw / FOOTPRINT_VIEWS,
+        "rollup_per_view": rollups / FOOTPRINT_VIEWS,
+        "rollup_rate": FOOTPRINT_VIEWS / rollup_seconds,
+        "rollup_seconds": rollup_seconds,
+        "largest": largest,
+    }
 
 
 def migrate_to(url: str, last: str) -> None:
@@ -90,8 +137,8 @@ def convert_live(url: str) -> dict:
     with psycopg.connect(url, autocommit=True) as conn:
         say(f"partitions: loading {CONVERT_VIEWS:,} views into the unpartitioned table")
         conn.execute(LOAD_SQL, {"rows": CONVERT_VIEWS})
-        say("partitions: rolling them up")
-        conn.execute("SELECT tally_rollup_page_views()")
+        # Not rolled up: the conversion reads no rollup (the rollup of 5M views would take
+        # ten minutes a build here, issue 19 part 6), and a view dated past the bound is none.
         conn.execute("VACUUM ANALYZE page_views")
         table_bytes = conn.execute("SELECT pg_total_relation_size('page_views')").fetchone()[0]
     port = free_port()
@@ -170,7 +217,7 @@ def measure(build: Build) -> Result:
     result = Result("Partitions")
     with throwaway_server(build) as server_url:
         with psycopg.connect(server_url, autocommit=True) as admin:
-            for name in ("converted", "one_table", "partitioned"):
+            for name in ("converted", "one_table", "partitioned", "footprint"):
                 admin.execute(f"CREATE DATABASE {name}")  # fixed names, no input
         url = {
             name: psycopg.conninfo.make_conninfo(server_url, dbname=name)
@@ -180,6 +227,7 @@ def measure(build: Build) -> Result:
         migrate_to(url["one_table"], "0018")
         apply_pending(url["partitioned"])
         one, parts = ingest_rounds(url["one_table"], url["partitioned"])
+        disk = footprint(url["footprint"])
     switch = next(seconds for title, _, seconds in converted["steps"] if title.startswith("switch"))
     longest_step = max(converted["steps"], key=lambda step: step[2])
     ingest_ratio = median(parts) / median(one)
@@ -209,13 +257,50 @@ def measure(build: Build) -> Result:
             ingest_ratio >= GOAL_INGEST,
         ),
     ]
+    bytes_ratio = disk["rollup_per_view"] / disk["raw_per_view"]
+    year_gb = disk["rollup_per_view"] * 100_000 * 365 / 1e9
+    result.rows += [
+        Row(
+            "bytes on disk per raw view (daily partitions, with indexes)",
+            f"{disk['raw_per_view']:,.0f} B",
+            "-",
+            "-",
+            "-",
+            None,
+        ),
+        Row(
+            f"rollup bytes per view, {FOOTPRINT_VIEWS / 1e6:g}M realistic views (5,000 paths)",
+            f"{disk['rollup_per_view']:,.0f} B (a year at 100k views/day: ~{year_gb:,.0f} GB)",
+            f"raw {disk['raw_per_view']:,.0f} B",
+            times(bytes_ratio),
+            f"<= {GOAL_ROLLUP_BYTES:g}x raw",
+            bytes_ratio <= GOAL_ROLLUP_BYTES,
+        ),
+        Row(
+            "rollup rate, realistic views with 5,000 paths",
+            f"{disk['rollup_rate']:,.0f} views/s ({disk['rollup_seconds']:.1f} s)",
+            "-",
+            "-",
+            f">= {GOAL_ROLLUP_RATE:,} views/s",
+            disk["rollup_rate"] >= GOAL_ROLLUP_RATE,
+        ),
+    ]
+    largest = ", ".join(f"{name} {size / 1e6:,.0f} MB" for name, size in disk["largest"])
+    result.notes.append(
+        f"Bytes: {FOOTPRINT_VIEWS:,} views loaded by bench/filters.py's SQL (5,000 paths, 100k visitor ids,"
+        " all nine dimensions) into a new database, rolled up once by `tally_rollup_page_views()`, then"
+        " VACUUM ANALYZE; sizes by pg_total_relation_size (tables, indexes, TOAST). The year's estimate"
+        f" scales the rollup bytes per view linearly (an upper bound: rows repeat as values do). Largest"
+        f" rollup tables: {largest}."
+    )
     steps = "; ".join(
         f"{title} {seconds:.3f} s ({attempts} attempt(s))" for title, attempts, seconds in converted["steps"]
     )
     result.notes.append(
-        f"Conversion: {CONVERT_VIEWS:,} views ({converted['table_mb']:,.0f} MB with indexes) over 40 days,"
-        f" rolled up, in a database at migration 0018; `python web.py` took {INGEST_RATE} views/s over"
-        f" {LOAD_CONNECTIONS} connections ({converted['requests']:,} requests during the release, every one"
+        f"Conversion: {CONVERT_VIEWS:,} views ({converted['table_mb']:,.0f} MB with indexes) over 40 days"
+        " (500 paths, 20,000 visitor ids, not rolled up) in a database at migration 0018; `python web.py`"
+        f" took {INGEST_RATE} views/s over {LOAD_CONNECTIONS} connections ({converted['requests']:,} requests"
+        " during the release, every one"
         f" stored once: the count after equals the load plus every 201). Steps: {steps}."
     )
     result.notes.append(
