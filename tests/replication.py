@@ -108,6 +108,19 @@ class ReplicatedPostgres:
     def stop_standby(self, mode: str = "immediate") -> None:
         self._pg_ctl(self.standby_dir, self.standby_port, "stop", "-m", mode)
 
+    def signal_standby(self, signum: int) -> None:
+        """Send `signum` to the standby's postmaster and every process it started (SIGSTOP freezes it)."""
+        postmaster = int((self.standby_dir / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The parent pid is the second field after the command's closing parenthesis.
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        for pid in (postmaster, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def wait_for_replay(self, timeout: float = 20.0) -> float:
         """Wait until the standby has replayed everything the primary has written; return seconds."""
         started = time.monotonic()

@@ -4,7 +4,8 @@ standby (`pg_basebackup -R`, tests/replication.py) of the build under test.
 Once the standby has replayed, stats, sites and the export read from it equal a primary-only
 web's; a standby whose replay is paused reads as lagging past REPLICA_MAX_LAG_SECONDS, and one
 stopped (`pg_ctl -m immediate`) as unreachable: reads then go to the primary, within 2 s, with the
-primary's numbers, and come back to the standby when it has caught up again. Which server
+primary's numbers, and come back to the standby when it has caught up again; so do reads on a
+standby frozen mid-read (SIGSTOP), whose connections no TCP timeout ends. Which server
 answered is read from `/metrics` (`tally_stats_reads_total{server=...}`) and `/api/health`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -173,8 +175,26 @@ def test_reads_come_from_the_replica_fall_back_in_time_and_come_back(pair, start
         assert stats(replica_port)[0]["total_views"] == total
         assert reads_served(replica_port)["replica"] - served["replica"] == 1
 
-        # 4. Stopped: every read answers in time, from the primary, with its numbers.
+        # 4. Frozen (SIGSTOP: its kernel still acknowledges every byte, so no TCP timeout
+        # fires): a read waits no longer than the checker's word lasts, then the primary answers.
         standby.close()
+        pair.signal_standby(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            slowest_frozen = 0.0
+            while time.monotonic() - frozen_at < 2.5:
+                answer, took = stats(replica_port)
+                assert answer["total_views"] == total
+                slowest_frozen = max(slowest_frozen, took)
+            assert slowest_frozen < FALLBACK_BUDGET_SECONDS
+            assert health(replica_port)["replica"] == "unreachable"
+        finally:
+            pair.signal_standby(signal.SIGCONT)
+        wait_until(
+            lambda: replica_state(replica_port) == "in use", 10, 0.05, "the replica back after a freeze"
+        )
+
+        # 5. Stopped: every read answers in time, from the primary, with its numbers.
         pair.stop_standby("immediate")
         stopped_at = time.monotonic()
         slowest = 0.0
@@ -191,7 +211,7 @@ def test_reads_come_from_the_replica_fall_back_in_time_and_come_back(pair, start
             "replica failed a read" in with_replica.output() or "replica unreachable" in with_replica.output()
         )
 
-        # 5. Started again: reads return to it.
+        # 6. Started again: reads return to it.
         pair.start_standby_again()
         restarted_at = time.monotonic()
         wait_until(
@@ -207,8 +227,36 @@ def test_reads_come_from_the_replica_fall_back_in_time_and_come_back(pair, start
         print(
             f"replica: lagging read from the primary {fell_back_after:.2f} s after the insert"
             f" (limit {MAX_LAG_SECONDS} s), back {back_after_resume:.2f} s after resume;"
-            f" reads while stopped at most {slowest:.3f} s; back {back_after_restart:.2f} s after restart"
+            f" reads while frozen at most {slowest_frozen:.2f} s, while stopped at most {slowest:.3f} s;"
+            f" back {back_after_restart:.2f} s after restart"
         )
     finally:
         primary.close()
         standby.close()
+
+
+@pytest.mark.parametrize(
+    ("replica_url", "state"),
+    [
+        (None, "not a standby"),  # the session's own server: a primary
+        ("postgresql://postgres@127.0.0.1:{port}/postgres", "unreachable"),  # nothing listens
+    ],
+)
+def test_a_primary_or_an_unreachable_url_is_never_read_from(database_url, pool, replica_url, state):
+    from tally.config import from_env
+    from tally.db import replica_pool
+    from tally.web.replica import ReadRouter
+
+    url = database_url if replica_url is None else replica_url.format(port=free_port())
+    config = from_env({"DATABASE_REPLICA_URL": url, "REPLICA_MAX_LAG_SECONDS": "30"}, process_type="web")
+    reads = ReadRouter(pool, replica_pool(config), config)
+    reads.start()
+    try:
+        wait_until(lambda: reads.status().state == state, 5, 0.02, state)
+        assert reads.status().lag_seconds is None and not reads.status().in_use
+        started = time.monotonic()
+        assert reads.run(lambda read_pool: read_pool) is pool  # the primary's pool, at once
+        assert time.monotonic() - started < 0.1
+        assert reads.served() == {"replica": 0, "primary": 1}
+    finally:
+        reads.close()

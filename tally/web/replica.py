@@ -45,7 +45,7 @@ CHECK_INTERVAL_SECONDS = 0.5
 # A check that succeeded longer ago than this vouches for nothing: a replica that stopped
 # answering costs a waiting read at most this, and the read then goes to the primary, inside
 # the 2 s a request may lose to a replica.
-STALE_AFTER_SECONDS = 1.5
+STALE_AFTER_SECONDS = 1.2
 # The check is one tiny query: a replica that takes longer is not fit to serve.
 CHECK_STATEMENT_TIMEOUT_MS = 1_000
 # How often a request waiting on the replica looks whether the checker still vouches for it.
