@@ -178,7 +178,7 @@ class ReadRouter:
         with self._lock:
             state, lag = self._state, self._lag
             if state == IN_USE and not self._vouched(time.monotonic()):
-                state = UNREACHABLE
+                state, lag = UNREACHABLE, None  # its last check hangs: its lag is unknown
         return ReplicaStatus(state, lag)
 
     def served(self) -> dict[str, int]:
