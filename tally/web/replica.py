@@ -36,6 +36,7 @@ import psycopg_pool
 from tally import db
 from tally.config import Config
 from tally.db import QUERIES
+from tally.logs import describe_error
 
 logger = logging.getLogger("tally.web.replica")
 
@@ -116,7 +117,7 @@ class ReadRouter:
     def close(self) -> None:
         self._stopping.set()
         if self._checker is not None:
-            self._checker.join(5)
+            self._checker.join(2)  # a check waits at most its connect timeout
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.replica is not None:
             self.replica.close(timeout=1)
@@ -126,20 +127,28 @@ class ReadRouter:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                if connection is None or connection.closed:
-                    assert self._connect is not None
-                    connection = self._connect()
-                standby, lag = connection.execute(QUERIES["replica_state"]).fetchone()
-            except psycopg.Error as error:
-                if connection is not None:
-                    connection.close()
-                connection = None
-                self._set(UNREACHABLE, None, f"unreachable ({one_line(error)})")
-            else:
-                self._checked(started, standby, lag)
+                connection = self._check_once(connection, started)
+            except Exception as error:  # the checker must outlive any surprise, or reads never return
+                logger.error("replica check failed: %s", describe_error(error))
+                self._set(UNREACHABLE, None, "unreachable (the check itself failed)")
             self._stopping.wait(max(0.0, CHECK_INTERVAL_SECONDS - (time.monotonic() - started)))
         if connection is not None:
             connection.close()
+
+    def _check_once(self, connection: psycopg.Connection | None, started: float) -> psycopg.Connection | None:
+        """One check on `connection` (opened if need be); return the connection to reuse."""
+        try:
+            if connection is None or connection.closed:
+                assert self._connect is not None
+                connection = self._connect()
+            standby, lag = connection.execute(QUERIES["replica_state"]).fetchone()
+        except psycopg.Error as error:
+            if connection is not None:
+                connection.close()
+            self._set(UNREACHABLE, None, f"unreachable ({one_line(error)})")
+            return None
+        self._checked(started, standby, lag)
+        return connection
 
     def _checked(self, started: float, standby: bool, server_lag: float | None) -> None:
         if not standby:
