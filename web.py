@@ -14,6 +14,7 @@ import jobs
 from tally import config, db, logs
 from tally.web import serving
 from tally.web.app import build_app
+from tally.web.replica import ReadRouter
 
 
 def main() -> None:
@@ -21,19 +22,25 @@ def main() -> None:
     logs.setup_logging(settings)
     pool = db.web_pool(settings)
     pool.open(wait=False)  # serve (and answer 503 on health) even before the database is up
-    app = build_app(settings, pool, jobs.app)
+    # DATABASE_REPLICA_URL: the owner's reads from a replica while it is fit (tally/web/replica.py).
+    replica = db.replica_pool(settings) if settings.database_replica_url else None
+    reads = ReadRouter(pool, replica, settings)
+    reads.start()
+    app = build_app(settings, pool, jobs.app, reads)
     logs.log_start(
         settings,
         "web.py",
         port=settings.port,
         threads=settings.web_threads,
         connections=settings.web_pool_size,
+        replica_connections=db.REPLICA_POOL_SIZE + 1 if replica else 0,
     )
     # Heroku stops a dyno with SIGTERM: exit cleanly instead of dying mid-write.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serving.serve(app, port=settings.port, threads=settings.web_threads)
     finally:
+        reads.close()
         pool.close()
 
 

@@ -41,6 +41,9 @@ DEFAULT_STALLED_AFTER_SECONDS = 60.0
 # Rows per cleanup transaction: large enough to delete at a good fraction of one
 # DELETE's rate, small enough that each batch stays well under 250 ms (docs/BENCHMARKS.md).
 DEFAULT_CLEANUP_BATCH_SIZE = 10_000
+# Stats this many seconds old still beat loading the primary; past it the owner would see
+# numbers visibly behind what the tracker just sent, and reads go to the primary.
+DEFAULT_REPLICA_MAX_LAG_SECONDS = 30.0
 
 
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
@@ -106,6 +109,10 @@ class Config:
     report_schedule: str = "off"
     # The dashboard's public address, for the reports' links (default: http://localhost:PORT).
     tally_url: str = "http://localhost:5000"
+    # A streaming replica for the owner's reads (issue 19; tally/web/replica.py), and the lag
+    # past which those reads go to the primary instead. Only the web reads from it.
+    database_replica_url: str | None = dataclasses.field(default=None, repr=False)
+    replica_max_lag_seconds: float = DEFAULT_REPLICA_MAX_LAG_SECONDS
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
@@ -151,6 +158,7 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
         timezone=reader.time_zone("TIMEZONE", "UTC"),
         **_report_settings(reader),
+        **_replica_settings(reader),
     )
     _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
@@ -188,6 +196,17 @@ def _report_settings(reader: _Reader) -> dict:
         "report_schedule": schedule.lower() if recipients and smtp else "off",
         "tally_url": tally_url,
     }
+
+
+def _replica_settings(reader: _Reader) -> dict:
+    """DATABASE_REPLICA_URL and REPLICA_MAX_LAG_SECONDS; a replica URL equal to DATABASE_URL
+    would only be the primary read twice over."""
+    replica_url = reader.database_url("DATABASE_REPLICA_URL")
+    if replica_url is not None and replica_url == reader.optional_text("DATABASE_URL"):
+        raise ConfigError("DATABASE_REPLICA_URL must name a replica, not the DATABASE_URL itself")
+    # Below a second the lag, measured every half second, would flap; past a day, stats lie.
+    max_lag = reader.number("REPLICA_MAX_LAG_SECONDS", DEFAULT_REPLICA_MAX_LAG_SECONDS, low=1, high=86400)
+    return {"database_replica_url": replica_url, "replica_max_lag_seconds": max_lag}
 
 
 def _check_tokens_differ(config: Config) -> None:
@@ -295,6 +314,23 @@ class _Reader:
         except ConfigError:  # never print the password
             raise ConfigError(
                 f"{name} is invalid: expected smtp://user:password@host:587 or smtps://user:password@host:465"
+            ) from None
+
+    def database_url(self, name: str) -> str | None:
+        def parse(raw: str) -> str:
+            parts = urllib.parse.urlsplit(raw)
+            if parts.scheme not in ("postgres", "postgresql") or not (
+                parts.hostname or "host=" in parts.query
+            ):
+                raise ValueError("expected postgres://user:password@host:5432/dbname")
+            _ = parts.port  # raises on a port that is not a number
+            return raw
+
+        try:
+            return self._parse(name, None, parse)
+        except ConfigError:  # never print the password
+            raise ConfigError(
+                f"{name} is invalid: expected postgres://user:password@host:5432/dbname"
             ) from None
 
     def recipients(self, name: str) -> tuple[tuple[str | None, str], ...]:

@@ -69,6 +69,14 @@ JOB_LOCK_TIMEOUT_SECONDS = 5
 WORKER_SESSION_SETTINGS = {**SESSION_SETTINGS, "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s"}
 # The clock only inserts periodic defers: one connection, no headroom needed.
 CLOCK_POOL_SIZE = 1
+# The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,
+# stats, export and sites, a few people at once, each read a few milliseconds (the rollups
+# are cached). A fourth read at once waits this long, then reads from the primary.
+REPLICA_POOL_SIZE = 3
+REPLICA_POOL_WAIT_SECONDS = 0.5
+# The replica serves the web's reads with the web's settings, and refuses any write: one
+# that reached it by mistake fails loudly instead of on the next failover.
+REPLICA_SESSION_SETTINGS = {**WEB_SESSION_SETTINGS, "default_transaction_read_only": "on"}
 
 _BLOCK_HEADER = re.compile(r"^-- ([a-z0-9_]+) --$", re.MULTILINE)
 
@@ -124,6 +132,35 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         check=psycopg_pool.ConnectionPool.check_connection,
         name=f"{config.dyno}-web",
         open=False,
+    )
+
+
+def replica_pool(config: Config) -> psycopg_pool.ConnectionPool:
+    """REPLICA_POOL_SIZE connections to DATABASE_REPLICA_URL, with the web pool's timeouts.
+
+    No `check` on checkout (the web pool has one): a replica connection that broke answers
+    its request's first query with an error at once, and the request then reads from the
+    primary, where a check would wait and retry on this pool first. The replica's checker
+    (tally/web/replica.py) says when the replica is back, and `check()`s the pool then.
+    """
+    if config.database_replica_url is None:
+        raise ValueError("no DATABASE_REPLICA_URL")
+    return psycopg_pool.ConnectionPool(
+        config.database_replica_url,
+        min_size=REPLICA_POOL_SIZE,
+        max_size=REPLICA_POOL_SIZE,
+        timeout=REPLICA_POOL_WAIT_SECONDS,
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
+        kwargs=replica_connection_kwargs(config),
+        name=f"{config.dyno}-replica",
+        open=False,
+    )
+
+
+def replica_connection_kwargs(config: Config) -> dict[str, Any]:
+    """libpq parameters of the web's replica connections: the web's, read-only."""
+    return connection_kwargs(
+        config, REPLICA_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
     )
 
 

@@ -799,3 +799,18 @@ SELECT pg_advisory_lock(%(key)s)
 -- unlock_report_run --
 -- The end of a send_reports run.
 SELECT pg_advisory_unlock(%(key)s)
+
+-- replica_state --
+-- Whether the replica is a standby, and how far behind its primary it is (tally/web/replica.py):
+-- 0 while it streams and has replayed up to the end of WAL its primary last reported
+-- (`latest_end_lsn`; an idle primary sends nothing, and the age of the last replayed transaction
+-- would grow though nothing is missing), else the age of the last transaction it replayed (NULL:
+-- none since it started). A role without pg_read_all_stats sees the receiver's row with NULLs:
+-- the row then says a receiver runs, and what it received stands for what the primary reported.
+SELECT pg_is_in_recovery() AS standby,
+       CASE WHEN receiver.pid IS NOT NULL AND coalesce(receiver.status, 'streaming') = 'streaming'
+             AND pg_last_wal_replay_lsn() >= coalesce(receiver.latest_end_lsn, pg_last_wal_receive_lsn())
+            THEN 0.0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+       END AS lag_seconds
+  FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver receiver ON true

@@ -60,6 +60,13 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("REPORT_FROM", "tally"),
         ("REPORT_SCHEDULE", "daily"),
         ("TALLY_URL", "ftp://tally.example.com"),
+        ("DATABASE_REPLICA_URL", "replica.example.com"),
+        ("DATABASE_REPLICA_URL", "mysql://replica.example.com/tally"),
+        ("DATABASE_REPLICA_URL", "postgres://replica.example.com:port/tally"),
+        ("REPLICA_MAX_LAG_SECONDS", "soon"),
+        ("REPLICA_MAX_LAG_SECONDS", "0"),
+        ("REPLICA_MAX_LAG_SECONDS", "-5"),
+        ("REPLICA_MAX_LAG_SECONDS", "100000"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -161,3 +168,37 @@ def test_a_bad_smtp_url_is_named_without_its_password():
     with pytest.raises(ConfigError) as raised:
         from_env({"SMTP_URL": "smtp://user:hunter2@mail.example.com:port"}, process_type="worker")
     assert str(raised.value).startswith("SMTP_URL") and "hunter2" not in str(raised.value)
+
+
+# --- a read replica (issue 19) ------------------------------------------------------------------
+
+
+def test_no_replica_by_default_and_its_lag_limit_is_30_seconds():
+    config = from_env({}, process_type="web")
+    assert (config.database_replica_url, config.replica_max_lag_seconds) == (None, 30.0)
+    config = from_env(
+        {
+            "DATABASE_REPLICA_URL": "postgres://u:pw@follower.example.com:5432/db",
+            "REPLICA_MAX_LAG_SECONDS": "2.5",
+        },
+        process_type="web",
+    )
+    assert config.database_replica_url == "postgres://u:pw@follower.example.com:5432/db"
+    assert config.replica_max_lag_seconds == 2.5
+    assert "pw@" not in repr(config)
+    socket_url = "postgresql://postgres:@/postgres?host=/tmp/replica&port=5433"  # a unix socket
+    config = from_env({"DATABASE_REPLICA_URL": socket_url}, process_type="web")
+    assert config.database_replica_url == socket_url
+
+
+def test_a_bad_replica_url_is_named_without_its_password():
+    with pytest.raises(ConfigError) as raised:
+        from_env({"DATABASE_REPLICA_URL": "postgres://u:hunter2@follower:port/db"}, process_type="web")
+    assert str(raised.value).startswith("DATABASE_REPLICA_URL") and "hunter2" not in str(raised.value)
+
+
+def test_the_replica_may_not_be_the_primary_itself():
+    url = "postgres://u:pw@db.example.com:5432/db"
+    with pytest.raises(ConfigError) as raised:
+        from_env({"DATABASE_URL": url, "DATABASE_REPLICA_URL": url}, process_type="web")
+    assert str(raised.value).startswith("DATABASE_REPLICA_URL") and "pw" not in str(raised.value)

@@ -2,7 +2,8 @@
 
     routes_collect   GET /tally.js, POST /api/collect (+ its preflight), POST /api/pageviews
     routes_health    GET /api/health, GET /metrics
-    routes_stats     GET /, GET /api/stats, GET /api/sites, GET /api/export
+    routes_stats     GET /, GET /api/stats, GET /api/sites, GET /api/export (from the replica
+                     when one is set: tally/web/replica.py)
     routes_auth      GET /login, POST /login, POST /logout
     routes_jobs      GET /api/jobs, GET /api/jobs/<id>, POST /api/jobs/<task>,
                      POST /api/jobs/<id>/retry|cancel, POST /api/jobs/bulk/retry|cancel,
@@ -40,6 +41,7 @@ from tally.web import (
 from tally.web.auth import Auth
 from tally.web.collect import Collector
 from tally.web.metrics import Metrics
+from tally.web.replica import ReadRouter
 from tally.web.responses import DATABASE_DOWN, error_as_json
 from tally.web.stats import StatsReader
 from tally.web.view_writer import ViewWriter
@@ -48,9 +50,15 @@ logger = logging.getLogger("tally.web")
 
 
 def build_app(
-    config: Config, pool: psycopg_pool.ConnectionPool, jobs_app: procrastinate.App
+    config: Config,
+    pool: psycopg_pool.ConnectionPool,
+    jobs_app: procrastinate.App,
+    reads: ReadRouter | None = None,
 ) -> bottle.Bottle:
-    """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app."""
+    """Wire the routes to `pool` and `jobs_app`; the caller serves the returned WSGI app.
+
+    `reads` sends the owner's reads to a replica (tally/web/replica.py; started and closed by
+    the caller); without it they read from `pool`. Everything that writes uses `pool`."""
     app = bottle.Bottle()
     request_headers.install(app)  # every header decodable before any route reads one
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
@@ -64,15 +72,16 @@ def build_app(
         except (procrastinate.exceptions.ConnectorException, *DATABASE_DOWN) as error:
             logger.warning("could not ask for a rollup: %s", error)
 
+    reads = reads or ReadRouter(pool)
     auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
     stats = StatsReader(pool, config.retention_days, request_rollup)
-    metrics = Metrics(pool, config.stalled_after_seconds)
+    metrics = Metrics(pool, config.stalled_after_seconds, reads)
     writer = ViewWriter(pool, metrics.view_inserts)
     collector = Collector(pool, writer, config.sites)
 
-    routes_stats.register(app, config, pool, auth, stats)
+    routes_stats.register(app, config, pool, auth, stats, reads)
     routes_auth.register(app, auth)
-    routes_health.register(app, config, pool, auth, metrics)
+    routes_health.register(app, config, pool, auth, metrics, reads)
     routes_collect.register(app, config, writer, collector, metrics)
     routes_jobs.register(app, pool, auth, jobs_app)
     routes_jobs_page.register(app, config, pool, auth)

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 import psycopg
 import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tally.db import QUERIES
 from tally.web import queue_state
+from tally.web.replica import ReadRouter
 
 logger = logging.getLogger("tally.web.metrics")
 
@@ -97,6 +98,36 @@ class QueueCollector(Collector):
         yield _gauge("tally_page_views", "Page views counted in stats (rollups plus the tail).", total)
 
 
+class ReplicaCollector(Collector):
+    """The replica's state as its checker last saw it, and where this dyno's reads went."""
+
+    def __init__(self, reads: ReadRouter):
+        self.reads = reads
+
+    def collect(self) -> Iterator[Metric]:
+        served = CounterMetricFamily(
+            "tally_stats_reads",
+            "Dashboard, stats, export and sites reads this web dyno ran, by the server that answered.",
+            labels=["server"],
+        )
+        for server, count in self.reads.served().items():
+            served.add_metric([server], count)
+        yield served
+        if self.reads.replica is None:
+            return  # no DATABASE_REPLICA_URL: nothing to say about a replica
+        status = self.reads.status()
+        yield _gauge(
+            "tally_replica_in_use",
+            "1 while reads go to the replica (fit, within its lag).",
+            int(status.in_use),
+        )
+        yield _gauge(
+            "tally_replica_lag_seconds",
+            "How far the replica is behind the primary at its last check (NaN: unknown, unreachable).",
+            _or_nan(status.lag_seconds),
+        )
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -110,9 +141,13 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, stalled_after: float):
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, stalled_after: float, reads: ReadRouter | None = None
+    ):
         self.registry = CollectorRegistry()
         self.registry.register(QueueCollector(pool, stalled_after))
+        if reads is not None:
+            self.registry.register(ReplicaCollector(reads))
         self.views_recorded = Counter(
             "tally_page_views_recorded",
             "Page views this web dyno accepted (201).",

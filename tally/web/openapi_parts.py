@@ -171,6 +171,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "items": {"type": "object", "required": ["queue", "paused_at"]},
             },
+            # DATABASE_REPLICA_URL (tally/web/replica.py): "in use" while stats read from it.
+            "replica": {"enum": ["off", "starting", "in use", "lagging", "unreachable", "not a standby"]},
+            "replica_lag_seconds": NUMBER_OR_NULL,
         },
     },
     "Stored": {"type": "object", "required": ["stored"], "properties": {"stored": {"type": "integer"}}},

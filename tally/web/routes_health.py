@@ -13,6 +13,7 @@ from tally.web import queue_state
 from tally.web.auth import Auth
 from tally.web.metrics import Metrics
 from tally.web.probe import BoundedProbe
+from tally.web.replica import ReadRouter
 from tally.web.responses import DATABASE_DOWN, NOT_MIGRATED, json_response
 
 logger = logging.getLogger("tally.web")
@@ -22,7 +23,12 @@ HEALTH_BUDGET_SECONDS = 1.8
 
 
 def register(
-    app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth, metrics: Metrics
+    app: bottle.Bottle,
+    config: Config,
+    pool: psycopg_pool.ConnectionPool,
+    auth: Auth,
+    metrics: Metrics,
+    reads: ReadRouter,
 ) -> None:
     """Add /api/health and /metrics to `app`."""
 
@@ -34,8 +40,12 @@ def register(
 
     @app.get("/api/health")
     def health():
-        """Report database state, live workers' youngest heartbeat and the last clock tick."""
+        """Report database state, live workers' youngest heartbeat, the last clock tick and the replica."""
         body: dict[str, Any] = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
+        # The replica as its checker last saw it (no wait here): when only it is down, health
+        # stays 200 and says so, since the primary serves its reads.
+        replica = reads.status()
+        body.update(replica=replica.state, replica_lag_seconds=replica.lag_seconds)
         try:
             body.update(database="ok", **probe_process_state())
         except DATABASE_DOWN as error:

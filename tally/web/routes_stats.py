@@ -1,4 +1,10 @@
-"""Routes that read the numbers: the dashboard, stats, sites and the CSV export."""
+"""Routes that read the numbers: the dashboard, stats, sites and the CSV export.
+
+Their numbers come through `reads` (tally/web/replica.py): from the replica when one is set and
+fit, else from the primary. Each read is one function of the pool it is given, so a read that
+fails on the replica starts over on the primary; the request's parameters are parsed before,
+since the read may run on another thread. The owner's queue and process state on the dashboard
+stay on the primary: they are the live state the jobs page acts on."""
 
 from __future__ import annotations
 
@@ -15,12 +21,18 @@ from tally.web.params import (
     parse_site_parameter,
     parse_time_zone,
 )
+from tally.web.replica import ReadRouter
 from tally.web.responses import database_unavailable, json_response
 from tally.web.stats import StatsReader
 
 
 def register(
-    app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth, stats: StatsReader
+    app: bottle.Bottle,
+    config: Config,
+    pool: psycopg_pool.ConnectionPool,
+    auth: Auth,
+    stats: StatsReader,
+    reads: ReadRouter,
 ) -> None:
     """Add the dashboard and stats routes to `app`."""
 
@@ -29,16 +41,16 @@ def register(
     @database_unavailable
     def show_dashboard():
         """Render the dashboard: views per day, top paths, and queue state for the owner."""
-        days = parse_days(bottle.request.query)
         query = bottle.request.query
-        window = stats.stats_for_window(
-            days,
-            parse_site_parameter(query),
-            parse_time_zone(query, config.timezone),
-            filters=parse_filter_parameters(query, ("compare",)),
-            compare=parse_compare(query) or True,  # the chart always shows the period before
+        days, site = parse_days(query), parse_site_parameter(query)
+        tz, filters = parse_time_zone(query, config.timezone), parse_filter_parameters(query, ("compare",))
+        compare = parse_compare(query) or True  # the chart always shows the period before
+        window, sites = reads.run(
+            lambda read_pool: (
+                stats.stats_for_window(days, site, tz, filters=filters, compare=compare, pool=read_pool),
+                stats.sites(pool=read_pool),
+            )
         )
-        sites = stats.sites()
         queue = processes = None
         if auth.reader() is Reader.OWNER:
             with pool.connection() as conn:
@@ -57,12 +69,13 @@ def register(
     def show_stats():
         """Views and visitors per day over ?days=N of ?site=H in ?tz=Z, of the views matching every filter."""
         query = bottle.request.query
-        window = stats.stats_for_window(
-            parse_days(query),
-            parse_site_parameter(query),
-            parse_time_zone(query, config.timezone),
-            filters=parse_filter_parameters(query, ("compare",)),
-            compare=parse_compare(query),
+        days, site = parse_days(query), parse_site_parameter(query)
+        tz, filters = parse_time_zone(query, config.timezone), parse_filter_parameters(query, ("compare",))
+        compare = parse_compare(query)
+        window = reads.run(
+            lambda read_pool: stats.stats_for_window(
+                days, site, tz, filters=filters, compare=compare, pool=read_pool
+            )
         )
         return json_response(200, window)
 
@@ -71,7 +84,9 @@ def register(
     @database_unavailable
     def show_sites():
         """List the sites that have views, with their views over the last 30 days."""
-        return json_response(200, {"days": 30, "sites": stats.sites()})
+        return json_response(
+            200, {"days": 30, "sites": reads.run(lambda read_pool: stats.sites(pool=read_pool))}
+        )
 
     @app.get("/api/export")
     @auth.owner_only
@@ -81,7 +96,8 @@ def register(
         query = bottle.request.query
         days, site = parse_days(query), parse_site_parameter(query)
         filters = parse_filter_parameters(query)
-        rows = export.daily_paths(pool, days, site, parse_time_zone(query, config.timezone), filters)
+        tz = parse_time_zone(query, config.timezone)
+        rows = reads.run(lambda read_pool: export.daily_paths(read_pool, days, site, tz, filters))
         name = f"tally-{site or 'all-sites'}-{days}-days.csv"
         headers = {
             "Content-Type": "text/csv; charset=utf-8",

@@ -97,16 +97,18 @@ class StatsReader:
         filters: dict[str, str] | None = None,
         compare: bool = False,
         last_day: datetime.date | None = None,
+        pool: psycopg_pool.ConnectionPool | None = None,
     ) -> dict[str, Any]:
         """Views and visitors per day (in the IANA zone `tz`) over `days` days ending on
         `last_day` (default today), the top values of every dimension, the last 24 h and the
         visitors of the last 5 minutes: of one site, or of all when `site` is None; of the views
         matching every filter; with the period before when `compare`. A window ending before
-        today leaves out the figures about now (views_last_24h, current_visitors, crawlers)."""
+        today leaves out the figures about now (views_last_24h, current_visitors, crawlers).
+        Read through `pool` (a replica's: tally/web/replica.py) when given, else the reader's."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         filters = filters or {}
-        with self._snapshot() as cur:
+        with snapshot(pool or self.pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
             watermark, in_progress, now, today = cur.fetchone()
             if last_day is not None and last_day > today:
@@ -141,9 +143,10 @@ class StatsReader:
             self.request_rollup()
         return answer
 
-    def sites(self) -> list[dict[str, Any]]:
-        """Every site with views in the last 30 days and its views, busiest first."""
-        with self._snapshot() as cur:
+    def sites(self, pool: psycopg_pool.ConnectionPool | None = None) -> list[dict[str, Any]]:
+        """Every site with views in the last 30 days and its views, busiest first (read through
+        `pool` when given, else the reader's)."""
+        with snapshot(pool or self.pool) as cur:
             cur.execute(QUERIES["rollup_state"])
             watermark, in_progress, _rolled_up_at, _last_folded, now = cur.fetchone()
             since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
@@ -156,9 +159,6 @@ class StatsReader:
             views.update(dict(cur.fetchall()))
         ranked = sorted(views.items(), key=lambda item: (-item[1], item[0]))
         return [{"site": site, "views": count} for site, count in ranked if count > 0]
-
-    def _snapshot(self) -> contextlib.AbstractContextManager[psycopg.Cursor]:
-        return snapshot(self.pool)
 
     def _read(
         self, cur: psycopg.Cursor, state: tuple, bounds: dict[str, Any], window: Window, panels: bool = True
