@@ -239,27 +239,40 @@ BEGIN
 END
 $$;
 
--- Drop a partition wholly before `cutoff` once the rollup holds all of its views; return how
--- many views went with it, or NULL when some are not rolled up yet (the next cleanup will
--- find them folded). The partition is locked against inserts first, so none arrives unseen
--- between the count and the drop; locks are waited for 100 ms at most, and the caller retries.
-CREATE OR REPLACE FUNCTION tally_drop_rolled_up_partition(part regclass, watermark xid8, in_progress xid8[])
-RETURNS bigint LANGUAGE plpgsql
+-- Drop the partitions `parts` (wholly before the retention cutoff) whose views the rollup holds
+-- all of; return how many views went, as the statistics count them (exact for a partition only
+-- ever inserted into; a count where they hold none), and which partitions. A partition with a
+-- view not yet folded stays (the next cleanup finds it folded). Each partition is locked
+-- against inserts first, so none arrives unseen between the check and the drop; only then
+-- are they dropped, together, so page_views is locked exclusively for the drops and one
+-- commit, not for the checks. Locks are waited for 100 ms at most; the caller retries.
+CREATE OR REPLACE FUNCTION tally_drop_rolled_up_partitions(parts regclass[], watermark xid8, in_progress xid8[])
+RETURNS TABLE (views bigint, dropped text[]) LANGUAGE plpgsql
 SET lock_timeout = '100ms'
 AS $$
 DECLARE
+    part regclass;
     waiting boolean;
-    views bigint;
+    counted bigint;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
-    EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE recorded_xid >= $1 OR recorded_xid = ANY ($2))', part)
-       INTO waiting USING watermark, in_progress;
-    IF waiting THEN
-        RETURN NULL;
-    END IF;
-    EXECUTE format('SELECT count(*) FROM %s', part) INTO views;
-    EXECUTE format('DROP TABLE %s', part);
-    RETURN views;
+    views := 0;
+    dropped := '{}';
+    FOREACH part IN ARRAY parts LOOP
+        EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
+        EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE recorded_xid >= $1 OR recorded_xid = ANY ($2))', part)
+           INTO waiting USING watermark, in_progress;
+        CONTINUE WHEN waiting;
+        counted := pg_stat_get_live_tuples(part);
+        IF counted = 0 THEN  -- an empty day, or statistics lost in a crash
+            EXECUTE format('SELECT count(*) FROM %s', part) INTO counted;
+        END IF;
+        views := views + counted;
+        dropped := dropped || part::text;
+    END LOOP;
+    FOREACH part IN ARRAY dropped::regclass[] LOOP
+        EXECUTE format('DROP TABLE %s', part);
+    END LOOP;
+    RETURN NEXT;
 END
 $$;
 

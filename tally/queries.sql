@@ -11,9 +11,9 @@ SELECT tally_delete_expired_views_batch(%(cutoff)s, %(watermark)s, %(in_progress
 -- The partitions of page_views that lie wholly before the cutoff, oldest first.
 SELECT partition::text AS name FROM tally_page_view_partitions WHERE ends <= %(cutoff)s ORDER BY ends
 
--- drop_rolled_up_partition --
--- Drop one expired partition if the rollup holds all of its views: how many went, or NULL.
-SELECT tally_drop_rolled_up_partition(%(name)s::regclass, %(watermark)s, %(in_progress)s) AS removed
+-- drop_rolled_up_partitions --
+-- Drop the expired partitions named whose views the rollup holds: how many views went, and which.
+SELECT views, dropped FROM tally_drop_rolled_up_partitions(%(names)s::regclass[], %(watermark)s, %(in_progress)s)
 
 -- page_view_partitions --
 -- Every partition of page_views with its range, the default one last.

@@ -114,6 +114,10 @@ def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(co
     kept = conn.execute(
         "SELECT count(*) FROM page_views WHERE viewed_at > now() - interval '30 days'"
     ).fetchone()[0]
+    in_expired_days = conn.execute(
+        "SELECT count(*) FROM page_views WHERE path LIKE '/d%%'"
+        " AND viewed_at < ((now() AT TIME ZONE 'UTC')::date - 30)::timestamp AT TIME ZONE 'UTC'"
+    ).fetchone()[0]
 
     defer(page_views.cleanup_old_page_views)
     with caplog.at_level(logging.INFO, logger="jobs"):
@@ -127,8 +131,12 @@ def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(co
         ).fetchone()[0]
         == kept
     )
-    dropped = [r.getMessage() for r in caplog.records if " dropped with " in r.getMessage()]
-    assert len(dropped) == 10  # days 31 to 40 ago went whole, not row by row
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped ")]
+    expected = [
+        partitions.partition_name(utc_today() - datetime.timedelta(days=n)) for n in range(40, 30, -1)
+    ]
+    # Days 31 to 40 ago went whole, in one group, not row by row.
+    assert dropped == [f"dropped 10 day(s) of page views, {in_expired_days} views: {', '.join(expected)}"]
     assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 0  # rows deleted there
     assert rolled_up_views(conn) == 4001  # stats keep what retention drops
 
@@ -137,13 +145,14 @@ def test_a_partition_with_views_not_rolled_up_is_not_dropped(conn, own_partition
     day = utc_today() - datetime.timedelta(days=50)
     conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', %s)", (day,))
     name = conn.execute("SELECT tally_ensure_day_partition(%s)", (day,)).fetchone()[0]
+    drop = "SELECT views, dropped FROM tally_drop_rolled_up_partitions(ARRAY[%s::regclass], %s, %s)"
     state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
-    dropped = conn.execute("SELECT tally_drop_rolled_up_partition(%s::regclass, %s, %s)", (name, *state))
-    assert dropped.fetchone()[0] is None and name in partition_names(conn)
+    assert conn.execute(drop, (name, *state)).fetchone() == (0, [])
+    assert name in partition_names(conn)
     conn.execute("SELECT tally_rollup_page_views()")
     state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
-    dropped = conn.execute("SELECT tally_drop_rolled_up_partition(%s::regclass, %s, %s)", (name, *state))
-    assert dropped.fetchone()[0] == 1 and name not in partition_names(conn)
+    assert conn.execute(drop, (name, *state)).fetchone() == (1, [name])
+    assert name not in partition_names(conn)
 
 
 def test_a_drop_that_waits_on_a_reader_never_holds_up_ingest_long(
@@ -317,8 +326,10 @@ def test_cleanup_with_a_converted_table_drops_the_legacy_partition_once_it_expir
         assert ends.fetchone()[0] == datetime.datetime.combine(
             utc_today() + datetime.timedelta(days=1), datetime.time(), datetime.UTC
         )
-        dropped = conn.execute("SELECT tally_drop_rolled_up_partition('page_views_legacy', %s, %s)", state)
-        assert dropped.fetchone()[0] == 30
+        dropped = conn.execute(
+            "SELECT views, dropped FROM tally_drop_rolled_up_partitions('{page_views_legacy}', %s, %s)", state
+        )
+        assert dropped.fetchone() == (30, ["page_views_legacy"])
         assert "page_views_legacy" not in partition_names(conn)
 
 
