@@ -36,6 +36,7 @@ from bench import (
     pickup,
     report,
     stats,
+    stats_scale,
     throughput,
 )
 from bench.harness import Build, builds, say, wrk_available
@@ -54,6 +55,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "collect": collect.measure,
     "events": events.measure,
     "partitions": partitions.measure,
+    "stats_scale": stats_scale.measure,
 }
 
 
