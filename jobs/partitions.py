@@ -26,8 +26,8 @@ logger = logging.getLogger("jobs.partitions")
 # Days made ahead of today (UTC): a week of views finds its day even with the clock stopped.
 DAYS_AHEAD = 7
 ATTEMPTS = 30
-# Partitions dropped in one transaction: page_views is locked exclusively for their drops and one
-# commit (milliseconds each), and a day's backlog (a lowered RETENTION_DAYS) goes in few commits.
+# Partitions detached in one transaction: page_views is locked exclusively for their catalog
+# changes (milliseconds each), and a backlog of days (a lowered RETENTION_DAYS) goes in few commits.
 DROP_GROUP = 10
 PAUSE_SECONDS = 0.2
 # Live traffic held a lock too long, or a view arrived in the default partition for the day
@@ -66,35 +66,35 @@ def maintain_partitions(context: JobContext, timestamp: int | None = None) -> in
 
 
 def drop_expired_partitions(connector: Any, cutoff: datetime.datetime, folded: dict) -> int:
-    """Drop the partitions wholly before `cutoff` whose views the rollup holds, DROP_GROUP at a
-    time; return how many views went."""
-    expired = [
-        row["name"]
-        for row in connector.execute_query_all(QUERIES["expired_page_view_partitions"], cutoff=cutoff)
-    ]
+    """Drop the partitions wholly before `cutoff` whose views the rollup holds; return how many
+    views went. DROP_GROUP at a time are detached (a short exclusive lock on page_views), then
+    dropped (their files removed, page_views not locked)."""
+    expired = connector.execute_query_all(QUERIES["expired_page_view_partitions"], cutoff=cutoff)
+    names = [row["name"] for row in expired]
     views = 0
-    for start in range(0, len(expired), DROP_GROUP):
-        group = expired[start : start + DROP_GROUP]
+    for start in range(0, len(names), DROP_GROUP):
+        group = names[start : start + DROP_GROUP]
         row = with_retries(
-            lambda names=group: connector.execute_query_one(
-                QUERIES["drop_rolled_up_partitions"],
-                names=names,
+            lambda group=group: connector.execute_query_one(
+                QUERIES["detach_rolled_up_partitions"],
+                names=group,
                 watermark=folded["watermark"],
                 in_progress=folded["in_progress"],
             )
         )
-        dropped = row["dropped"] if row is not None else []
-        if dropped:
+        detached = row["detached"] if row is not None else []
+        views += row["views"] if row is not None else 0
+        if len(detached) < len(group):
+            left = sorted(set(group) - set(detached))
+            logger.info("left for the next cleanup (locked, or not rolled up): %s", ", ".join(left))
+        dropped = with_retries(lambda: connector.execute_query_one(QUERIES["drop_detached_days"]))
+        if dropped is not None and dropped["dropped"]:
             logger.info(
                 "dropped %d day(s) of page views, %d views: %s",
-                len(dropped),
-                row["views"],
-                ", ".join(dropped),
+                len(dropped["dropped"]),
+                row["views"] if row is not None else 0,
+                ", ".join(dropped["dropped"]),
             )
-            views += row["views"]
-        if len(dropped) < len(group):
-            left = sorted(set(group) - set(dropped))
-            logger.info("left for the next cleanup (locked, or not rolled up): %s", ", ".join(left))
     return views
 
 

@@ -241,15 +241,16 @@ BEGIN
 END
 $$;
 
--- Drop the partitions `parts` (wholly before the retention cutoff) whose views the rollup holds
--- all of; return how many views went, as the statistics count them (exact for a partition only
--- ever inserted into; a count where they hold none), and which partitions. A partition with a
--- view not yet folded stays (the next cleanup finds it folded). Each partition is locked
--- against inserts first, so none arrives unseen between the check and the drop; only then
--- are they dropped, together, so page_views is locked exclusively for the drops and one
--- commit, not for the checks. Locks are waited for 100 ms at most; the caller retries.
-CREATE OR REPLACE FUNCTION tally_drop_rolled_up_partitions(parts regclass[], watermark xid8, in_progress xid8[])
-RETURNS TABLE (views bigint, dropped text[]) LANGUAGE plpgsql
+-- Detach the partitions `parts` (wholly before the retention cutoff) whose views the rollup
+-- holds all of; return how many views went, as the statistics count them (exact for a partition
+-- only ever inserted into; a count where they hold none), and which partitions. A partition with
+-- a view not yet folded stays (the next cleanup finds it folded). Each partition is locked
+-- against inserts first, so none arrives unseen between the check and the detach; only then are
+-- they detached, together: page_views is locked exclusively for a few catalog changes and a
+-- commit that writes no file. tally_drop_detached_days() then removes their files, holding no
+-- lock on page_views. Locks are waited for 100 ms at most; the caller retries.
+CREATE OR REPLACE FUNCTION tally_detach_rolled_up_partitions(parts regclass[], watermark xid8, in_progress xid8[])
+RETURNS TABLE (views bigint, detached text[]) LANGUAGE plpgsql
 SET lock_timeout = '100ms'
 AS $$
 DECLARE
@@ -258,7 +259,7 @@ DECLARE
     counted bigint;
 BEGIN
     views := 0;
-    dropped := '{}';
+    detached := '{}';
     FOREACH part IN ARRAY parts LOOP
         EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
         EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE recorded_xid >= $1 OR recorded_xid = ANY ($2))', part)
@@ -269,12 +270,32 @@ BEGIN
             EXECUTE format('SELECT count(*) FROM %s', part) INTO counted;
         END IF;
         views := views + counted;
-        dropped := dropped || part::text;
+        detached := detached || part::text;
     END LOOP;
-    FOREACH part IN ARRAY dropped::regclass[] LOOP
-        EXECUTE format('DROP TABLE %s', part);
+    FOREACH part IN ARRAY detached::regclass[] LOOP
+        EXECUTE format('ALTER TABLE page_views DETACH PARTITION %s', part);
     END LOOP;
     RETURN NEXT;
+END
+$$;
+
+-- Tables of days that retention detached (`page_views_pYYYYMMDD`, no longer a partition), dropped:
+-- their files go at this commit, with no lock on page_views. A cleanup interrupted between the
+-- two leaves them for the next one. Returns their names.
+CREATE OR REPLACE FUNCTION tally_drop_detached_days() RETURNS text[] LANGUAGE plpgsql
+SET lock_timeout = '100ms'
+AS $$
+DECLARE
+    day_table regclass;
+    dropped text[] := '{}';
+BEGIN
+    FOR day_table IN SELECT c.oid::regclass FROM pg_class c
+                      WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+                        AND c.relname ~ '^page_views_(p[0-9]{8}|legacy)$' ORDER BY c.relname LOOP
+        dropped := dropped || day_table::text;  -- named before it goes
+        EXECUTE format('DROP TABLE %s', day_table);
+    END LOOP;
+    RETURN dropped;
 END
 $$;
 

@@ -11,9 +11,13 @@ SELECT tally_delete_expired_views_batch(%(cutoff)s, %(watermark)s, %(in_progress
 -- The partitions of page_views that lie wholly before the cutoff, oldest first.
 SELECT partition::text AS name FROM tally_page_view_partitions WHERE ends <= %(cutoff)s ORDER BY ends
 
--- drop_rolled_up_partitions --
--- Drop the expired partitions named whose views the rollup holds: how many views went, and which.
-SELECT views, dropped FROM tally_drop_rolled_up_partitions(%(names)s::regclass[], %(watermark)s, %(in_progress)s)
+-- detach_rolled_up_partitions --
+-- Detach the expired partitions named whose views the rollup holds: how many views went, and which.
+SELECT views, detached FROM tally_detach_rolled_up_partitions(%(names)s::regclass[], %(watermark)s, %(in_progress)s)
+
+-- drop_detached_days --
+-- Drop the tables of the days retention detached; their names.
+SELECT tally_drop_detached_days() AS dropped
 
 -- page_view_partitions --
 -- Every partition of page_views with its range, the default one last.

@@ -145,14 +145,16 @@ def test_a_partition_with_views_not_rolled_up_is_not_dropped(conn, own_partition
     day = utc_today() - datetime.timedelta(days=50)
     conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', %s)", (day,))
     name = conn.execute("SELECT tally_ensure_day_partition(%s)", (day,)).fetchone()[0]
-    drop = "SELECT views, dropped FROM tally_drop_rolled_up_partitions(ARRAY[%s::regclass], %s, %s)"
+    detach = "SELECT views, detached FROM tally_detach_rolled_up_partitions(ARRAY[%s::regclass], %s, %s)"
     state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
-    assert conn.execute(drop, (name, *state)).fetchone() == (0, [])
+    assert conn.execute(detach, (name, *state)).fetchone() == (0, [])
     assert name in partition_names(conn)
     conn.execute("SELECT tally_rollup_page_views()")
     state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
-    assert conn.execute(drop, (name, *state)).fetchone() == (1, [name])
+    assert conn.execute(detach, (name, *state)).fetchone() == (1, [name])
     assert name not in partition_names(conn)
+    assert conn.execute("SELECT tally_drop_detached_days()").fetchone()[0] == [name]
+    assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None
 
 
 def test_a_drop_that_waits_on_a_reader_never_holds_up_ingest_long(
@@ -326,10 +328,12 @@ def test_cleanup_with_a_converted_table_drops_the_legacy_partition_once_it_expir
         assert ends.fetchone()[0] == datetime.datetime.combine(
             utc_today() + datetime.timedelta(days=1), datetime.time(), datetime.UTC
         )
-        dropped = conn.execute(
-            "SELECT views, dropped FROM tally_drop_rolled_up_partitions('{page_views_legacy}', %s, %s)", state
+        detached = conn.execute(
+            "SELECT views, detached FROM tally_detach_rolled_up_partitions('{page_views_legacy}', %s, %s)",
+            state,
         )
-        assert dropped.fetchone() == (30, ["page_views_legacy"])
+        assert detached.fetchone() == (30, ["page_views_legacy"])
+        assert conn.execute("SELECT tally_drop_detached_days()").fetchone()[0] == ["page_views_legacy"]
         assert "page_views_legacy" not in partition_names(conn)
 
 
