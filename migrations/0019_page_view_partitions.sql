@@ -99,6 +99,24 @@ BEGIN
 END
 $$;
 
+-- step: the tail's days, marked as views arrive
+-- The stats tail (views the rollup has not folded) is found by transaction id, which says
+-- nothing of the day: read as such it plans a scan of every partition on every stats request
+-- (3.5 ms a query with 48 partitions, 190 ms a request with 387). So each INSERT statement
+-- marks the UTC days and transaction ids of its views in page_view_tail_days, in the same
+-- transaction (visible exactly when they are); stats read the span of the unfolded marks and
+-- give it as bounds on viewed_at, which PostgreSQL prunes to at planning. Each rollup
+-- deletes the marks it folded. A view inserted into a partition directly (not through
+-- page_views) leaves no mark: it reaches stats at the next rollup.
+CREATE OR REPLACE FUNCTION tally_mark_tail_days() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO page_view_tail_days (xid, day)
+    SELECT DISTINCT recorded_xid, (viewed_at AT TIME ZONE 'UTC')::date FROM inserted
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
 -- step: switch to the partitioned table (catalog changes only, under the one exclusive lock)
 DO $$
 DECLARE
@@ -154,6 +172,20 @@ BEGIN
     END LOOP;
     CREATE TABLE page_views_default PARTITION OF page_views DEFAULT;
 
+    CREATE TABLE page_view_tail_days (
+        xid xid8 NOT NULL,
+        day date NOT NULL,
+        PRIMARY KEY (xid, day)
+    );
+    CREATE TRIGGER page_views_mark_tail_days AFTER INSERT ON page_views
+        REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION tally_mark_tail_days();
+    IF to_regclass('page_views_legacy') IS NOT NULL THEN
+        INSERT INTO page_view_tail_days (xid, day)
+        SELECT DISTINCT v.recorded_xid, (v.viewed_at AT TIME ZONE 'UTC')::date
+          FROM page_views_legacy v, page_view_rollup_state s
+         WHERE v.recorded_xid >= s.watermark OR v.recorded_xid = ANY (s.in_progress);
+    END IF;
+
     -- Views the rollup folded keep their transaction id; the others get this one's.
     INSERT INTO page_views (id, path, referrer, viewed_at, recorded_xid, site, source, visitor, medium,
                             campaign, country, browser, os, device)
@@ -168,6 +200,17 @@ END
 $$;
 
 -- step: what the stats read and the jobs run on the partitioned table
+-- A rollup records its snapshot in page_view_rollup_state: the marks of what it folded go in
+-- the same transaction.
+CREATE OR REPLACE FUNCTION tally_forget_folded_tail_days() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM page_view_tail_days WHERE xid < NEW.watermark AND NOT xid = ANY (NEW.in_progress);
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER page_view_rollup_state_forgets_tail_days AFTER UPDATE ON page_view_rollup_state
+    FOR EACH ROW EXECUTE FUNCTION tally_forget_folded_tail_days();
+
 -- As in migrations/0018, on the new row type.
 CREATE OR REPLACE FUNCTION tally_views_matching(
     start timestamptz, stop timestamptz, of_site text,

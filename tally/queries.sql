@@ -148,9 +148,16 @@ SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM daily_dims) + (SEL
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state
 
 -- stats_state --
--- The rollup state a stats request reads first, the database's clock and today in the zone `tz`.
-SELECT watermark, in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today
-  FROM page_view_rollup_state
+-- The rollup state a stats request reads first, the database's clock and today in the zone `tz`,
+-- and the span of UTC days the tail's views lie in (migrations/0019; NULL when every view is
+-- folded, which the tail queries read as the empty span from infinity), which the tail queries
+-- prune the partitions to.
+SELECT s.watermark, s.in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today,
+       min(t.day)::timestamp AT TIME ZONE 'UTC' AS tail_from,
+       (max(t.day) + 1)::timestamp AT TIME ZONE 'UTC' AS tail_to
+  FROM page_view_rollup_state s
+  LEFT JOIN page_view_tail_days t ON t.xid >= s.watermark OR t.xid = ANY (s.in_progress)
+ GROUP BY s.watermark, s.in_progress
 
 -- local_midnight --
 -- The instant a day starts in the zone `tz`.
@@ -170,6 +177,8 @@ SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, sou
                count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
            AND (%(site)s::text IS NULL OR site = %(site)s)
          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12) tail
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
@@ -185,6 +194,8 @@ WITH tail AS MATERIALIZED (
            browser, os, device
       FROM page_views
      WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
        AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
 ), valued AS (
     SELECT site, visitor, bucket, dims.dim, dims.value
@@ -232,6 +243,8 @@ WITH moves AS (
                SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
                  FROM page_views
                 WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+                  AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+                  AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
                   AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
                UNION
                SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
@@ -349,6 +362,8 @@ WITH tail AS MATERIALIZED (
     SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, visitor
       FROM page_views
      WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+       AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
        AND (%(site)s::text IS NULL OR site = %(site)s)
 ), moves AS (
     SELECT * FROM tally_visitor_day_moves(ARRAY(
@@ -374,6 +389,8 @@ SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= 
 -- The tail's views per site since `since`.
 SELECT site, count(*) AS views FROM page_views
  WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+   AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
    AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(since)s
  GROUP BY site
 
@@ -727,23 +744,26 @@ SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DI
  GROUP BY 1
 
 -- current_visitors --
--- Distinct visitors of the last 5 minutes, of one site or all: through the partial index of
--- the views with a visitor id (migrations/0013), so views without one are never read.
+-- Distinct visitors of the 5 minutes to `now`, of one site or all: through the partial index of
+-- the views with a visitor id (migrations/0013), so views without one are never read. The times
+-- come as values (not now() - interval, which is only known when the query runs), so the
+-- planner keeps today's partition alone (migrations/0019).
 SELECT count(DISTINCT visitor) AS current_visitors
   FROM page_views
  WHERE visitor IS NOT NULL
-   AND viewed_at >= now() - interval '5 minutes'
-   AND viewed_at <= now()
+   AND viewed_at >= %(five_minutes_ago)s
+   AND viewed_at <= %(now)s
    AND (%(site)s::text IS NULL OR site = %(site)s)
 
 -- recent_visitors --
--- Views in the last 24 hours and distinct visitors in the last 5 minutes, matching every given filter.
+-- Views from `since` (24 hours, or 5 minutes, before `now`) and distinct visitors from
+-- `five_minutes_ago`, matching every given filter (the times as values, as in current_visitors).
 SELECT count(*) AS views_last_24h,
-       count(DISTINCT visitor) FILTER (WHERE viewed_at >= now() - interval '5 minutes') AS current_visitors
-  FROM tally_views_matching(now() - CASE WHEN %(with_day)s THEN interval '24 hours' ELSE interval '5 minutes' END,
-                            'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
- WHERE viewed_at <= now()
+       count(DISTINCT visitor) FILTER (WHERE viewed_at >= %(five_minutes_ago)s) AS current_visitors
+  FROM tally_views_matching(%(since)s, 'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
+                            %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s,
+                            %(goal_path)s)
+ WHERE viewed_at <= %(now)s
 
 -- referrer_domains --
 -- Every referring domain the rollups and the tail know since `since` (a search engine's name

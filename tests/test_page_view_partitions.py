@@ -18,9 +18,6 @@ import jobs
 import migrations
 from jobs import page_views, partitions
 from migrations import apply_pending, tally_files
-from tally.config import from_env
-from tally.db import web_pool
-from tally.web.stats import StatsReader
 from tests.conftest import wait_until
 from tests.test_jobs import defer, run_queued_jobs
 
@@ -249,18 +246,31 @@ def test_the_release_converts_a_live_table_losing_nothing(fresh_database, monkey
 
     brackets: list[tuple[int, int, int]] = []
 
-    def read_stats() -> None:  # the web's stats, each answer between two counts of the raw views
-        settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
-        week = (
-            "SELECT count(*) FROM page_views WHERE viewed_at >= date_trunc('day', now() AT TIME ZONE 'UTC')"
-            " AT TIME ZONE 'UTC' - interval '6 days' AND viewed_at < now() + interval '1 second'"
+    def read_stats() -> None:
+        """What stats read (rollups plus the tail, in one snapshot) against two counts of the raw
+        views around it. In SQL, as every web version reads it: the release runs while the old
+        code still serves."""
+        window = (
+            "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '6 days'",
+            "date_bin('15 minutes', now(), '2000-01-01 00:00+00') + interval '15 minutes'",
         )
-        with web_pool(settings) as pool, psycopg.connect(fresh_database, autocommit=True) as counter:
-            reader = StatsReader(pool, retention_days=30)
+        raw = f"SELECT count(*) FROM page_views WHERE viewed_at >= {window[0]} AND viewed_at < {window[1]}"
+        rolled_up = (
+            f"SELECT coalesce(sum(views), 0) FROM page_view_buckets WHERE bucket >= {window[0]}"
+            f" AND bucket < {window[1]}"
+        )
+        tail = (
+            "SELECT count(*) FROM page_views v, page_view_rollup_state s"
+            " WHERE (v.recorded_xid >= s.watermark OR v.recorded_xid = ANY (s.in_progress))"
+            f" AND viewed_at >= {window[0]} AND viewed_at < {window[1]}"
+        )
+        with psycopg.connect(fresh_database, autocommit=True) as counter:
             while not stop.is_set():
-                before = counter.execute(week).fetchone()[0]
-                total = reader.stats_for_window(7)["total_views"]
-                brackets.append((before, total, counter.execute(week).fetchone()[0]))
+                before = counter.execute(raw).fetchone()[0]
+                with counter.transaction():
+                    counter.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    total = counter.execute(rolled_up).fetchone()[0] + counter.execute(tail).fetchone()[0]
+                brackets.append((before, total, counter.execute(raw).fetchone()[0]))
                 time.sleep(0.05)
 
     threads = [threading.Thread(target=send_views, args=(i,)) for i in range(3)]
@@ -342,3 +352,26 @@ def test_the_schedule_runs_maintain_partitions_hourly():
 
     schedule = {task.name: cron for task, cron in periodic_tasks(dataclasses.replace(jobs.settings)).items()}
     assert schedule["maintain_partitions"] == "3 * * * *"
+
+
+def test_the_tail_is_read_from_its_marked_days_only(conn, pool):
+    """Views not yet rolled up mark their UTC days (and stats prune the partitions to them); a
+    view backfilled into an old day counts at once, and the rollup forgets the marks it folds."""
+    from tally.web.stats import StatsReader
+
+    stats = StatsReader(pool, retention_days=30)
+    conn.execute("INSERT INTO page_views (path) VALUES ('/now')")
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/old', now() - interval '20 days')")
+    days = conn.execute("SELECT day FROM page_view_tail_days ORDER BY day").fetchall()
+    assert [day for (day,) in days] == [utc_today() - datetime.timedelta(days=20), utc_today()]
+    assert stats.stats_for_window(30)["total_views"] == 2
+    plan = conn.execute(
+        "EXPLAIN SELECT count(*) FROM page_views WHERE recorded_xid >= '0'"
+        " AND viewed_at >= %s AND viewed_at < %s",
+        (utc_today(), utc_today() + datetime.timedelta(days=1)),
+    ).fetchall()
+    scanned = [line for (line,) in plan if "on page_views_" in line]
+    assert len(scanned) == 1, scanned  # today's partition alone, of all the days and the default one
+    conn.execute("SELECT tally_rollup_page_views()")
+    assert conn.execute("SELECT count(*) FROM page_view_tail_days").fetchone()[0] == 0
+    assert stats.stats_for_window(30)["total_views"] == 2

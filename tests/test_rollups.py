@@ -45,8 +45,9 @@ def open_write_transaction(url: str) -> Iterator[psycopg.Connection]:
 
 
 def state(conn: psycopg.Connection) -> dict:
-    row = conn.execute(QUERIES["rollup_state"]).fetchone()
-    return {"watermark": row[0], "in_progress": row[1]}
+    """The rollup state and the tail's span of days, as a stats request reads them."""
+    row = conn.execute(QUERIES["stats_state"], {"tz": "UTC"}).fetchone()
+    return {"watermark": row[0], "in_progress": row[1], "tail_from": row[4], "tail_to": row[5]}
 
 
 def waiting(conn: psycopg.Connection) -> int:

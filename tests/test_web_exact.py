@@ -349,7 +349,9 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "end": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
         "tz": "UTC",
         "site": None,
-        "with_day": True,
+        "now": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
+        "since": datetime.datetime(2026, 1, 31, tzinfo=datetime.UTC),
+        "five_minutes_ago": datetime.datetime(2026, 1, 31, 23, 55, tzinfo=datetime.UTC),
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         "country": "DE",
     }

@@ -44,7 +44,7 @@ def daily_paths(
     visitors: collections.Counter[tuple[datetime.date, str]] = collections.Counter()
     with snapshot(pool) as cur:
         cur.execute(QUERIES["stats_state"], {"tz": tz})
-        watermark, in_progress, _now, today = cur.fetchone()
+        watermark, in_progress, _now, today, tail_from, tail_to = cur.fetchone()
         window = [today - datetime.timedelta(days=offset) for offset in range(days - 1, -1, -1)]
         cur.execute(QUERIES["local_midnight"], {"day": window[0], "tz": tz})
         start = cur.fetchone()[0]
@@ -60,7 +60,8 @@ def daily_paths(
         cur.execute(QUERIES["export_rolled_up_visitors"], bounds)
         for path, *counted in cur.fetchall():
             count_path_days(path, *counted)
-        cur.execute(QUERIES["export_tail"], {**bounds, "watermark": watermark, "in_progress": in_progress})
+        tail = {"watermark": watermark, "in_progress": in_progress}
+        cur.execute(QUERIES["export_tail"], {**bounds, **tail, "tail_from": tail_from, "tail_to": tail_to})
         for kind, bucket, path, first_day, last_day, prev_day, count in cur.fetchall():
             if kind == "views":
                 if bucket >= start:
@@ -80,7 +81,7 @@ def _filtered_daily_paths(
 ) -> list[dict[str, Any]]:
     with snapshot(pool) as cur:
         cur.execute(QUERIES["stats_state"], {"tz": tz})
-        watermark, in_progress, _now, today = cur.fetchone()
+        watermark, in_progress, _now, today, _tail_from, _tail_to = cur.fetchone()
         first_day = today - datetime.timedelta(days=days - 1)
         cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
         start = cur.fetchone()[0]

@@ -119,10 +119,12 @@ def stats(
 
 def recent(cur: psycopg.Cursor, params: dict[str, Any], with_day: bool) -> dict[str, int]:
     """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours."""
+    now = params["now"]
+    times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
     if not with_day:  # unfiltered: the last 24 hours come from the rollups
-        cur.execute(QUERIES["current_visitors"], {"site": params["site"]})
+        cur.execute(QUERIES["current_visitors"], {"site": params["site"], **times})
         return {"views_last_24h": 0, "current_visitors": cur.fetchone()[0]}
-    cur.execute(QUERIES["recent_visitors"], {**params, "with_day": with_day})
+    cur.execute(QUERIES["recent_visitors"], {**params, **times, "since": now - datetime.timedelta(hours=24)})
     views, current = cur.fetchone()
     return {"views_last_24h": views, "current_visitors": current}
 

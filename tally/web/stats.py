@@ -110,12 +110,20 @@ class StatsReader:
         filters = filters or {}
         with snapshot(pool or self.pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
-            watermark, in_progress, now, today = cur.fetchone()
+            watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
             if last_day is not None and last_day > today:
                 raise ValueError("last_day must not be after today")
             window = Window.ending(now, last_day or today, days, today)
             state = (watermark, tuple(in_progress))
-            bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
+            bounds = {
+                "watermark": watermark,
+                "in_progress": in_progress,
+                "site": site,
+                "tz": tz,
+                "tail_from": tail_from,
+                "tail_to": tail_to,
+                "now": now,
+            }
             tail_views = 0
             since = window.days[0] - days * DAY - 3 * DAY  # referrer domains of both periods
             params = filtered.parameters(cur, filters, bounds, since)
@@ -147,15 +155,20 @@ class StatsReader:
         """Every site with views in the last 30 days and its views, busiest first (read through
         `pool` when given, else the reader's)."""
         with snapshot(pool or self.pool) as cur:
-            cur.execute(QUERIES["rollup_state"])
-            watermark, in_progress, _rolled_up_at, _last_folded, now = cur.fetchone()
+            cur.execute(QUERIES["stats_state"], {"tz": "UTC"})
+            watermark, in_progress, now, _today, tail_from, tail_to = cur.fetchone()
             since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
             views: collections.Counter[str] = collections.Counter()
             cur.execute(QUERIES["sites_rolled_up"], {"since": since})
             views.update(dict(cur.fetchall()))
-            cur.execute(
-                QUERIES["sites_tail"], {"watermark": watermark, "in_progress": in_progress, "since": since}
-            )
+            tail = {
+                "watermark": watermark,
+                "in_progress": in_progress,
+                "tail_from": tail_from,
+                "tail_to": tail_to,
+                "now": now,
+            }
+            cur.execute(QUERIES["sites_tail"], {**tail, "since": since})
             views.update(dict(cur.fetchall()))
         ranked = sorted(views.items(), key=lambda item: (-item[1], item[0]))
         return [{"site": site, "views": count} for site, count in ranked if count > 0]
