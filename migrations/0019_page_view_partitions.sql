@@ -107,13 +107,54 @@ $$;
 -- transaction (visible exactly when they are); stats read the span of the unfolded marks and
 -- give it as bounds on viewed_at, which PostgreSQL prunes to at planning. Each rollup
 -- deletes the marks it folded. A view inserted into a partition directly (not through
--- page_views) leaves no mark: it reaches stats at the next rollup.
+-- page_views) leaves no mark: it reaches stats at the next rollup. The existing table gets the
+-- trigger now and its unfolded views their marks (no lock that stops ingest), so the switch
+-- finds the tail marked.
+CREATE TABLE IF NOT EXISTS page_view_tail_days (
+    xid xid8 NOT NULL,
+    day date NOT NULL,
+    PRIMARY KEY (xid, day)
+);
 CREATE OR REPLACE FUNCTION tally_mark_tail_days() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO page_view_tail_days (xid, day)
     SELECT DISTINCT recorded_xid, (viewed_at AT TIME ZONE 'UTC')::date FROM inserted
     ON CONFLICT DO NOTHING;
     RETURN NULL;
+END
+$$;
+-- A rollup records its snapshot in page_view_rollup_state: the marks of what it folded go in
+-- the same transaction.
+CREATE OR REPLACE FUNCTION tally_forget_folded_tail_days() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM page_view_tail_days WHERE xid < NEW.watermark AND NOT xid = ANY (NEW.in_progress);
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER page_view_rollup_state_forgets_tail_days AFTER UPDATE ON page_view_rollup_state
+    FOR EACH ROW EXECUTE FUNCTION tally_forget_folded_tail_days();
+DO $$
+BEGIN
+    -- Made when no transaction that inserted views is open (the lock waits for them), so every
+    -- view without a mark is committed, and the next step sees it.
+    IF (SELECT relkind FROM pg_class WHERE oid = 'page_views'::regclass) = 'r' THEN
+        CREATE OR REPLACE TRIGGER page_views_mark_tail_days AFTER INSERT ON page_views
+            REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION tally_mark_tail_days();
+    END IF;
+END
+$$;
+
+-- step: mark the days of the views not yet rolled up (a read of the tail; inserts go on)
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = 'page_views'::regclass) <> 'r' THEN
+        RETURN;
+    END IF;
+    INSERT INTO page_view_tail_days (xid, day)
+    SELECT DISTINCT v.recorded_xid, (v.viewed_at AT TIME ZONE 'UTC')::date
+      FROM page_views v, page_view_rollup_state s
+     WHERE v.recorded_xid >= s.watermark OR v.recorded_xid = ANY (s.in_progress)
+    ON CONFLICT DO NOTHING;
 END
 $$;
 
@@ -137,6 +178,7 @@ BEGIN
                                        text, text, text, text, text);
     ALTER TABLE page_views RENAME TO page_views_legacy;
     DROP TRIGGER page_views_hold_past_bound ON page_views_legacy;
+    DROP TRIGGER page_views_mark_tail_days ON page_views_legacy;  -- the parent's marks from now on
     ALTER INDEX page_views_pkey RENAME TO page_views_legacy_pkey;
     ALTER INDEX page_views_viewed_at_idx RENAME TO page_views_legacy_viewed_at_idx;
     ALTER INDEX page_views_recorded_xid_idx RENAME TO page_views_legacy_recorded_xid_idx;
@@ -172,19 +214,8 @@ BEGIN
     END LOOP;
     CREATE TABLE page_views_default PARTITION OF page_views DEFAULT;
 
-    CREATE TABLE page_view_tail_days (
-        xid xid8 NOT NULL,
-        day date NOT NULL,
-        PRIMARY KEY (xid, day)
-    );
     CREATE TRIGGER page_views_mark_tail_days AFTER INSERT ON page_views
         REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION tally_mark_tail_days();
-    IF to_regclass('page_views_legacy') IS NOT NULL THEN
-        INSERT INTO page_view_tail_days (xid, day)
-        SELECT DISTINCT v.recorded_xid, (v.viewed_at AT TIME ZONE 'UTC')::date
-          FROM page_views_legacy v, page_view_rollup_state s
-         WHERE v.recorded_xid >= s.watermark OR v.recorded_xid = ANY (s.in_progress);
-    END IF;
 
     -- Views the rollup folded keep their transaction id; the others get this one's.
     INSERT INTO page_views (id, path, referrer, viewed_at, recorded_xid, site, source, visitor, medium,
@@ -200,16 +231,6 @@ END
 $$;
 
 -- step: what the stats read and the jobs run on the partitioned table
--- A rollup records its snapshot in page_view_rollup_state: the marks of what it folded go in
--- the same transaction.
-CREATE OR REPLACE FUNCTION tally_forget_folded_tail_days() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM page_view_tail_days WHERE xid < NEW.watermark AND NOT xid = ANY (NEW.in_progress);
-    RETURN NULL;
-END
-$$;
-CREATE OR REPLACE TRIGGER page_view_rollup_state_forgets_tail_days AFTER UPDATE ON page_view_rollup_state
-    FOR EACH ROW EXECUTE FUNCTION tally_forget_folded_tail_days();
 
 -- As in migrations/0018, on the new row type.
 CREATE OR REPLACE FUNCTION tally_views_matching(

@@ -18,6 +18,8 @@ import jobs
 import migrations
 from jobs import page_views, partitions
 from migrations import apply_pending, tally_files
+from tally.config import from_env
+from tally.db import web_pool
 from tests.conftest import wait_until
 from tests.test_jobs import defer, run_queued_jobs
 
@@ -291,18 +293,27 @@ def test_the_release_converts_a_live_table_losing_nothing(fresh_database, monkey
             thread.join()
     assert errors == []
     assert max(latencies) < 2.0, max(latencies)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:  # a tail the checks below must find
+        conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', now() - interval '3 days')")
     assert all(before <= total <= after for before, total, after in brackets), [
         b for b in brackets if not b[0] <= b[1] <= b[2]
     ]
 
     with psycopg.connect(fresh_database, autocommit=True) as conn:
+        unmarked = conn.execute(  # every view the rollup has not folded has its day marked
+            "SELECT count(*) FROM page_views v, page_view_rollup_state s"
+            " WHERE (v.recorded_xid >= s.watermark OR v.recorded_xid = ANY (s.in_progress))"
+            "   AND NOT EXISTS (SELECT FROM page_view_tail_days t"
+            "     WHERE t.xid = v.recorded_xid AND t.day = (v.viewed_at AT TIME ZONE 'UTC')::date)"
+        )
+        assert unmarked.fetchone()[0] == 0
         stored = [row[0] for row in conn.execute("SELECT path FROM page_views WHERE path LIKE '/live/%'")]
         assert sorted(stored) == sorted(sent)  # each once
-        assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == CONVERSION_VIEWS + 3 + len(
+        assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == CONVERSION_VIEWS + 4 + len(
             sent
         )
         conn.execute("SELECT tally_rollup_page_views()")
-        assert rolled_up_views(conn) == CONVERSION_VIEWS + 3 + len(sent)
+        assert rolled_up_views(conn) == CONVERSION_VIEWS + 4 + len(sent)
         kinds = dict(conn.execute("SELECT name, is_default FROM tally_page_view_partitions").fetchall())
         assert "page_views_legacy" in kinds and kinds["page_views_default"]
         assert conn.execute("SELECT count(*) FROM page_views_legacy").fetchone()[0] >= CONVERSION_VIEWS
@@ -375,3 +386,20 @@ def test_the_tail_is_read_from_its_marked_days_only(conn, pool):
     conn.execute("SELECT tally_rollup_page_views()")
     assert conn.execute("SELECT count(*) FROM page_view_tail_days").fetchone()[0] == 0
     assert stats.stats_for_window(30)["total_views"] == 2
+
+
+def test_views_not_rolled_up_before_the_release_are_in_stats_after_it(fresh_database, monkeypatch):
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0019"])
+    apply_pending(fresh_database)
+    monkeypatch.undo()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (path, viewed_at) VALUES ('/a', now() - interval '9 days'), ('/b', now())"
+        )
+        apply_pending(fresh_database)
+        days = conn.execute("SELECT day FROM page_view_tail_days ORDER BY day").fetchall()
+        assert [day for (day,) in days] == [utc_today() - datetime.timedelta(days=9), utc_today()]
+    from tally.web.stats import StatsReader
+
+    with web_pool(from_env({"DATABASE_URL": fresh_database}, process_type="web")) as pool:
+        assert StatsReader(pool, retention_days=30).stats_for_window(30)["total_views"] == 2
