@@ -1,7 +1,7 @@
 """Daily partitions of page_views (migrations/0019): made ahead of time, dropped by retention.
 
-The two SQL functions below change the catalog, which takes a lock that a view's INSERT
-waits behind. Each waits 100 ms at most for it (ingest queues behind the wait) and gives
+The SQL functions these jobs call (migrations/0019) change the catalog, which takes a lock
+that a view's INSERT waits behind. Each waits 100 ms at most for it (ingest queues behind the wait) and gives
 up; the job tries again a little later, and leaves what it could not do for its next run
 (the default partition stores every view meanwhile).
 """
