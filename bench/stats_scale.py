@@ -6,7 +6,7 @@ as the minutely rollup would have; FRESH_VIEWS stay above the watermark, as betw
 rollups. At each size, `python web.py` alone answers REQUESTS sequential GETs after a warm-up.
 The baseline of the larger size is the smaller one's p50, measured in the same run.
 
-$ python -m bench.stats_scale          # about 20 minutes a build, 10 GB of disk at 50M
+$ python -m bench.stats_scale          # 11-13 minutes a build, 7 GB of disk at 50M
 """
 
 from __future__ import annotations
