@@ -35,10 +35,6 @@ PAUSE_SECONDS = 0.2
 _PASSING = (psycopg.errors.LockNotAvailable, psycopg.errors.CheckViolation)
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def partition_name(day: datetime.date) -> str:
     """The name of a UTC day's partition: `page_views_p20261204`."""
     return f"page_views_p{day:%Y%m%d}"
@@ -48,7 +44,7 @@ def partition_name(day: datetime.date) -> str:
 def maintain_partitions(context: JobContext, timestamp: int | None = None) -> int:
     """Make the next days' partitions and those of views the default one caught; return how many."""
     connector = context.app.connector.get_sync_connector()
-    now = utc_now()
+    now = datetime.datetime.now(datetime.UTC)
     since = now - datetime.timedelta(days=settings.retention_days)  # older views are cleanup's
     caught = connector.execute_query_all(QUERIES["days_in_default_partition"], since=since)
     ahead = {now.date() + datetime.timedelta(days=n) for n in range(DAYS_AHEAD + 1)}

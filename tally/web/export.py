@@ -60,8 +60,13 @@ def daily_paths(
         cur.execute(QUERIES["export_rolled_up_visitors"], bounds)
         for path, *counted in cur.fetchall():
             count_path_days(path, *counted)
-        tail = {"watermark": watermark, "in_progress": in_progress}
-        cur.execute(QUERIES["export_tail"], {**bounds, **tail, "tail_from": tail_from, "tail_to": tail_to})
+        tail = {
+            "watermark": watermark,
+            "in_progress": in_progress,
+            "tail_from": tail_from,
+            "tail_to": tail_to,
+        }
+        cur.execute(QUERIES["export_tail"], {**bounds, **tail})
         for kind, bucket, path, first_day, last_day, prev_day, count in cur.fetchall():
             if kind == "views":
                 if bucket >= start:
