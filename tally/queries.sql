@@ -128,20 +128,17 @@ SELECT tally_rollup_page_views() AS views
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
 WITH buckets AS (
     DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), daily_dims AS (
-    DELETE FROM page_view_daily_dims WHERE day < %(cutoff_day)s RETURNING 1
-), bucket_dims AS (
-    DELETE FROM page_view_bucket_dims WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), visitor_days AS (
-    DELETE FROM page_view_visitor_day_counts WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+), day_values AS (
+    DELETE FROM page_view_day_values WHERE day < %(cutoff_day)s RETURNING 1
+), overlaps AS (
+    DELETE FROM page_view_day_overlaps WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), visits AS (
     DELETE FROM page_view_visit_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), crawlers AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM daily_dims) + (SELECT count(*) FROM bucket_dims)
-     + (SELECT count(*) FROM visitor_days) + (SELECT count(*) FROM visits) + (SELECT count(*) FROM crawlers)
-       AS removed
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values) + (SELECT count(*) FROM overlaps)
+     + (SELECT count(*) FROM visits) + (SELECT count(*) FROM crawlers) AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
@@ -184,53 +181,35 @@ SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, sou
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 
 -- stats_tail_visitors --
--- How the tail's visitors move the rolled-up visitor days (migrations/0015), for the whole site
--- (dim and value NULL) and per dimension value: each moved row's days (in `tz`) of its first and
--- last bucket and of the day before's last, +1 as it is to be and -1 as the rollups hold it.
--- Asked only when the tail has visitor ids.
-WITH tail AS MATERIALIZED (
-    SELECT site, visitor, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket,
-           path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
-           browser, os, device
-      FROM page_views
-     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-       AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
-       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
-       AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-), valued AS (
-    SELECT site, visitor, bucket, dims.dim, dims.value
-      FROM tail
-     CROSS JOIN LATERAL (VALUES
-           ('path', path),
-           ('referrer', referrer),
-           ('source', source),
-           ('medium', medium),
-           ('campaign', campaign),
-           ('country', country),
-           ('browser', browser),
-           ('os', os),
-           ('device', device)) AS dims (dim, value)
-     WHERE dims.value IS NOT NULL
-    UNION ALL
-    SELECT site, visitor, date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00'), 'event', name
-      FROM events
-     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-       AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-), moves AS (
-    SELECT * FROM tally_visitor_day_moves(ARRAY(
-        SELECT ROW(site, '', '', visitor, min(bucket), max(bucket))::tally_visitor_day
-          FROM tail GROUP BY site, visitor, (bucket AT TIME ZONE 'UTC')::date
-        UNION ALL
-        SELECT ROW(site, dim, value, visitor, min(bucket), max(bucket))::tally_visitor_day
-          FROM valued GROUP BY site, dim, value, visitor, (bucket AT TIME ZONE 'UTC')::date))
+-- How the tail's views and events move the rolled-up visitors (migrations/0020), for the whole
+-- site (dim and value NULL) and per dimension value: per day in `tz`, the ids that will count
+-- on it less those the rollups count (tally_visitor_moves, as the rollup calls it). Asked only
+-- when the tail has visitor ids.
+WITH moves AS (
+    SELECT * FROM tally_visitor_moves(ARRAY(
+        SELECT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+          FROM page_views
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+           AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
+           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION
+        SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+          FROM events
+         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)),
+        %(watermark)s, %(in_progress)s::xid8[], NULL)
 )
-SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(delta)::bigint AS visitors
-  FROM (SELECT dim, value, first_bucket, last_bucket, prev_last, 1 AS delta FROM moves
+SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, day, sum(visitors)::bigint AS visitors
+  FROM (SELECT dim, value, (bucket AT TIME ZONE %(tz)s)::date AS day,
+               CASE WHEN (bucket AT TIME ZONE %(tz)s)::date = (date_trunc('day', bucket, 'UTC') AT TIME ZONE %(tz)s)::date
+                    THEN firsts ELSE lasts END AS visitors
+          FROM moves WHERE prev_last IS NULL
         UNION ALL
-        SELECT dim, value, old_first, old_last, old_prev, -1 FROM moves WHERE old_first IS NOT NULL) moved
- GROUP BY 1, 2, 3, 4, 5
+        SELECT dim, value, (bucket AT TIME ZONE %(tz)s)::date, -pairs FROM moves
+         WHERE prev_last IS NOT NULL AND (prev_last AT TIME ZONE %(tz)s)::date = (bucket AT TIME ZONE %(tz)s)::date) moved
+ GROUP BY 1, 2, 3
+HAVING sum(visitors) <> 0
 
 -- stats_tail_visits --
 -- How the tail moves the rolled-up visits (migrations/0017): the visits of every (id, UTC day)
@@ -292,15 +271,24 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
  GROUP BY 1
 
 -- stats_rolled_up_visitors --
--- Rolled-up visitor days (migrations/0015) of the UTC days from the one `start` falls in to
--- `end`, by the days (in the zone `tz`) of their first and last buckets and the day before's last.
-SELECT (first_bucket AT TIME ZONE %(tz)s)::date AS first_day, (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
-  FROM page_view_visitor_day_counts
- WHERE dim = '' AND value = ''
-   AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC') AND first_bucket < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2, 3
+-- Rolled-up visitors per day (in the zone `tz`) in [start, end) (migrations/0020): the ids each
+-- cell counts on its local day, less the ids of two UTC days in a row counted twice on the day
+-- across the midnight between them.
+SELECT day, sum(visitors)::bigint AS visitors
+  FROM (SELECT c.local_day AS day, c.visitors
+          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
+         WHERE d.dim = '' AND d.value = ''
+           AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND c.bucket >= %(start)s AND c.bucket < %(end)s
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)
+        UNION ALL
+        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
+          FROM page_view_day_overlaps
+         WHERE dim = '' AND value = '' AND first_bucket >= %(start)s AND first_bucket < %(end)s
+           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY 1
 
 -- stats_rolled_up_visits --
 -- Rolled-up visits per day (in the zone `tz`) of their start in [start, end): how many, of one
@@ -313,73 +301,84 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(visits)::bigint AS visits,
 
 -- stats_rolled_up_dims --
 -- Rolled-up views per dimension value in [start, end): whole UTC days strictly between the ones
--- `start` and `end` fall in, and those two days' buckets inside the window.
+-- `start` and `end` fall in, and those two days' cells inside the window.
 SELECT dim, value, sum(views)::bigint AS views
-  FROM (SELECT dim, value, views FROM page_view_daily_dims
+  FROM (SELECT dim, value, views FROM page_view_day_values
          WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND (%(site)s::text IS NULL OR site = %(site)s)
+           AND dim <> '' AND (%(site)s::text IS NULL OR site = %(site)s)
         UNION ALL
-        SELECT dim, value, views FROM page_view_bucket_dims
-         WHERE bucket >= %(start)s AND bucket < %(end)s
-           AND (bucket < ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'
-                OR bucket >= ((%(end)s::timestamptz AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+        SELECT d.dim, d.value, c.views
+          FROM page_view_day_values d, tally_cells(d.day, d.cells) c
+         WHERE d.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date, (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
+           AND c.bucket >= %(start)s AND c.bucket < %(end)s
+           AND d.dim <> '' AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
  GROUP BY dim, value
 
 -- stats_rolled_up_dim_visitors --
--- Rolled-up visitor days of some dimension values (the panels' top rows), as stats_rolled_up_visitors.
-SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
-  FROM page_view_visitor_day_counts
- WHERE (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
-   AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC') AND first_bucket < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2, 3, 4, 5
+-- Rolled-up visitors per day of some dimension values (the panels' top rows), as stats_rolled_up_visitors.
+SELECT dim, value, day, sum(visitors)::bigint AS visitors
+  FROM (SELECT d.dim, d.value, c.local_day AS day, c.visitors
+          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
+         WHERE (d.dim, d.value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+           AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND c.bucket >= %(start)s AND c.bucket < %(end)s
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)
+        UNION ALL
+        SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
+          FROM page_view_day_overlaps
+         WHERE (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+           AND first_bucket >= %(start)s AND first_bucket < %(end)s
+           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+ GROUP BY 1, 2, 3
 
 -- export_rolled_up_views --
--- Rolled-up views per day (in the zone `tz`) and path since `start`.
-SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, value AS path, sum(views)::bigint AS views
-  FROM page_view_bucket_dims
- WHERE dim = 'path' AND bucket >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
+-- Rolled-up views and visitors per day (in the zone `tz`) and path since `start`, as
+-- stats_rolled_up_visitors.
+SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
+  FROM (SELECT c.local_day AS day, d.value AS path, c.views, c.visitors
+          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
+         WHERE d.dim = 'path' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND c.bucket >= %(start)s AND (%(site)s::text IS NULL OR d.site = %(site)s)
+        UNION ALL
+        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, value, 0, -visitors
+          FROM page_view_day_overlaps
+         WHERE dim = 'path' AND first_bucket >= %(start)s
+           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
+           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
  GROUP BY 1, 2
 
--- export_rolled_up_visitors --
--- Rolled-up visitor days per path since `start`, as stats_rolled_up_visitors.
-SELECT value AS path, (first_bucket AT TIME ZONE %(tz)s)::date AS first_day,
-       (last_bucket AT TIME ZONE %(tz)s)::date AS last_day,
-       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date AS prev_day, sum(visitors)::bigint AS visitors
-  FROM page_view_visitor_day_counts
- WHERE dim = 'path' AND first_bucket >= date_trunc('day', %(start)s::timestamptz, 'UTC')
-   AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2, 3, 4
-
 -- export_tail --
--- The tail's views per bucket and path (kind 'views': first_day is the bucket's day), and how its
--- visitors move the rolled-up visitor days per path (kind 'visitor', as stats_tail_visitors).
+-- The tail's views per day (in `tz`) and path from `start` on, and how its views move the
+-- rolled-up visitors per day and path (as stats_tail_visitors).
 WITH tail AS MATERIALIZED (
-    SELECT site, date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AS bucket, path, visitor
+    SELECT site, viewed_at, path, visitor
       FROM page_views
      WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
        AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
        AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
        AND (%(site)s::text IS NULL OR site = %(site)s)
 ), moves AS (
-    SELECT * FROM tally_visitor_day_moves(ARRAY(
-        SELECT ROW(site, 'path', path, visitor, min(bucket), max(bucket))::tally_visitor_day
-          FROM tail WHERE visitor IS NOT NULL GROUP BY site, path, visitor, (bucket AT TIME ZONE 'UTC')::date))
+    SELECT * FROM tally_visitor_moves(ARRAY(
+        SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+          FROM tail WHERE visitor IS NOT NULL), %(watermark)s, %(in_progress)s::xid8[], NULL)
+     WHERE dim = 'path'
 )
-SELECT 'views' AS kind, bucket, path, (bucket AT TIME ZONE %(tz)s)::date AS first_day, NULL::date AS last_day,
-       NULL::date AS prev_day, count(*) AS views
-  FROM tail GROUP BY bucket, path
-UNION ALL
-SELECT 'visitor', NULL, value, (first_bucket AT TIME ZONE %(tz)s)::date, (last_bucket AT TIME ZONE %(tz)s)::date,
-       (nullif(prev_last, '-infinity') AT TIME ZONE %(tz)s)::date, sum(delta)
-  FROM (SELECT value, first_bucket, last_bucket, prev_last, 1 AS delta FROM moves
+SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
+  FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day, path,
+               1 AS views, 0 AS visitors
+          FROM tail WHERE date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(start)s
         UNION ALL
-        SELECT value, old_first, old_last, old_prev, -1 FROM moves WHERE old_first IS NOT NULL) moved
- GROUP BY 3, 4, 5, 6
+        SELECT (bucket AT TIME ZONE %(tz)s)::date, value, 0,
+               CASE WHEN (bucket AT TIME ZONE %(tz)s)::date = (date_trunc('day', bucket, 'UTC') AT TIME ZONE %(tz)s)::date
+                    THEN firsts ELSE lasts END
+          FROM moves WHERE prev_last IS NULL
+        UNION ALL
+        SELECT (bucket AT TIME ZONE %(tz)s)::date, value, 0, -pairs FROM moves
+         WHERE prev_last IS NOT NULL AND (prev_last AT TIME ZONE %(tz)s)::date = (bucket AT TIME ZONE %(tz)s)::date) moved
+ GROUP BY 1, 2
 
 -- sites_rolled_up --
 -- Rolled-up views per site since `since`.
@@ -768,7 +767,7 @@ SELECT count(*) AS views_last_24h,
 -- referrer_domains --
 -- Every referring domain the rollups and the tail know since `since` (a search engine's name
 -- filters on all of its domains).
-SELECT DISTINCT value FROM page_view_daily_dims
+SELECT DISTINCT value FROM page_view_day_values
  WHERE dim = 'referrer' AND day >= (%(since)s::timestamptz AT TIME ZONE 'UTC')::date
 UNION
 SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views

@@ -29,7 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every view rolled up, counted by path (migrations/0007).
-PATH_VIEWS = "SELECT sum(views) FROM page_view_daily_dims WHERE dim = 'path'"
+PATH_VIEWS = "SELECT sum(views) FROM page_view_day_values WHERE dim = 'path'"
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -107,7 +107,7 @@ def test_the_rollup_and_the_queries_name_every_dimension_and_only_those():
     names = [dimension.name for dimension in DIMENSIONS]
     lists = re.compile(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", re.S)
     texts = [
-        (ROOT / "migrations" / "0007_audience.sql").read_text(),
+        (ROOT / "migrations" / "0020_day_values.sql").read_text(),
         (ROOT / "tally" / "queries.sql").read_text(),
     ]
     found = [re.findall(r"\('(\w+)', ", block) for text in texts for block in lists.findall(text)]

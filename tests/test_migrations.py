@@ -92,7 +92,7 @@ def test_sites_and_visitors_carry_existing_views_and_rollups_over(fresh_database
             ("default", 80)
         ]
         paths = conn.execute(
-            "SELECT site, value, sum(views) FROM page_view_daily_dims"
+            "SELECT site, value, sum(views) FROM page_view_day_values"
             " WHERE dim = 'path' GROUP BY 1, 2 ORDER BY 2"
         )
         assert paths.fetchall() == [("default", "/a", 50), ("default", "/b", 30)]
@@ -156,3 +156,65 @@ def test_visitor_days_carry_the_visitor_spans_over(fresh_database, monkeypatch):
             for key in ("top_paths", "top_countries"):
                 assert body[key] == expected[key], key
             assert_visits_exact(body, expected, roll_up_first)  # formed by 0017 of the views before it
+
+
+def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database, monkeypatch):
+    """Migration 0020 turns the per-bucket, per-visitor-day rollups of 0007 and 0015 into one row
+    per value and UTC day: every figure after it equals the brute-force count, in zones where a
+    local day spans two UTC days, with ids seen on days in a row (overlaps), a tail rolled up
+    before and after, and an export per path."""
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.export import daily_paths
+    from tally.web.stats import StatsReader
+    from tests.test_web_exact import brute_force
+
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0020"])
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(  # ids that come back on the next days, at every hour, two sites
+            "INSERT INTO page_views (site, path, country, referrer, visitor, viewed_at)"
+            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
+            "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3],"
+            "        CASE WHEN n % 4 = 0 THEN 'https://news.example.net/a' END, (n / 2) % 11,"
+            "        date_trunc('hour', now()) - interval '37 minutes' * n"
+            "   FROM generate_series(0, 1499) AS n"
+        )
+        conn.execute("SELECT tally_rollup_page_views()")
+        conn.execute(  # the tail: ids the rollups hold already, on their days
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " SELECT 'example.com', '/tail', n, now() - interval '1 day' * n - interval '3 hours'"
+            "   FROM generate_series(0, 20) n"
+        )
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == ["0020_day_values.sql"]
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
+        overlaps = conn.execute("SELECT count(*) FROM page_view_day_overlaps").fetchone()[0]
+        assert overlaps > 0  # the ids of days in a row came over as pairs
+        stats = StatsReader(pool, retention_days=30)
+        for roll_up_first in (False, True):
+            if roll_up_first:
+                conn.execute("SELECT tally_rollup_page_views()")
+            for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
+                for site in (None, "example.com"):
+                    body = stats.stats_for_window(30, site=site, tz=tz)
+                    expected = brute_force(conn, 30, site, tz)
+                    daily = {
+                        day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]
+                    }
+                    assert daily == expected["daily"], (tz, site)
+                    for key in ("top_paths", "top_countries", "top_referrers"):
+                        assert body[key] == expected[key], (key, tz, site)
+            exported = {
+                (row["day"], row["path"]): (row["views"], row["visitors"])
+                for row in daily_paths(pool, 30, None, "Asia/Kathmandu")
+            }
+            naive = conn.execute(
+                "SELECT (viewed_at AT TIME ZONE 'Asia/Kathmandu')::date::text, path, count(*),"
+                "       count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL)"
+                "  FROM page_views WHERE viewed_at >= (date_trunc('day', now() AT TIME ZONE 'Asia/Kathmandu')"
+                "       - interval '29 days') AT TIME ZONE 'Asia/Kathmandu' GROUP BY 1, 2"
+            )
+            assert exported == {(day, path): (views, visitors) for day, path, views, visitors in naive}

@@ -282,7 +282,9 @@ def test_the_release_converts_a_live_table_losing_nothing(fresh_database, monkey
     try:
         wait_until(lambda: len(sent) > 30 and brackets, 10, message="live inserts and stats")
         started = time.monotonic()
+        monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0020"])
         assert apply_pending(fresh_database) == ["0019_page_view_partitions.sql"]
+        monkeypatch.undo()
         logging.getLogger(__name__).info("converted in %.1f s", time.monotonic() - started)
         sent_then, read_then = len(sent), len(brackets)
         wait_until(lambda: len(sent) > sent_then + 30, 10, message="inserts after the switch")
@@ -312,6 +314,7 @@ def test_the_release_converts_a_live_table_losing_nothing(fresh_database, monkey
         assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == CONVERSION_VIEWS + 4 + len(
             sent
         )
+        apply_pending(fresh_database)  # the releases after it convert the rollups (0020)
         conn.execute("SELECT tally_rollup_page_views()")
         assert rolled_up_views(conn) == CONVERSION_VIEWS + 4 + len(sent)
         kinds = dict(conn.execute("SELECT name, is_default FROM tally_page_view_partitions").fetchall())

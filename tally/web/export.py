@@ -1,7 +1,7 @@
 """GET /api/export: the window's views and visitors per day and path, as CSV for spreadsheets.
 
 Exact like the stats (tally/web/stats.py): the rollups per 15-minute bucket and path, the
-visitor days per path (migrations/0015), and the tail not yet rolled up, all read in one
+visitors per path (migrations/0020), and the tail not yet rolled up, all read in one
 snapshot; days in the request's zone.
 
     >>> "".join(csv_lines([{"day": "2026-01-02", "path": "/a,b", "views": 3, "visitors": 2}]))
@@ -22,7 +22,6 @@ import psycopg_pool
 from tally.db import QUERIES
 from tally.web import filtered
 from tally.web.stats import MAX_DAYS, snapshot
-from tally.web.windows import days_counted
 
 COLUMNS = ("day", "path", "views", "visitors")
 
@@ -49,30 +48,20 @@ def daily_paths(
         cur.execute(QUERIES["local_midnight"], {"day": window[0], "tz": tz})
         start = cur.fetchone()[0]
 
-        def count_path_days(path: str, first: datetime.date, last: datetime.date, prev: Any, n: int) -> None:
-            for day in days_counted(first, last, prev):
-                if window[0] <= day <= window[-1]:
-                    visitors[(day, path)] += n
-
         bounds = {"start": start, "site": site, "tz": tz}
-        cur.execute(QUERIES["export_rolled_up_views"], bounds)
-        views.update({(day, path): count for day, path, count in cur.fetchall()})
-        cur.execute(QUERIES["export_rolled_up_visitors"], bounds)
-        for path, *counted in cur.fetchall():
-            count_path_days(path, *counted)
         tail = {
             "watermark": watermark,
             "in_progress": in_progress,
             "tail_from": tail_from,
             "tail_to": tail_to,
         }
-        cur.execute(QUERIES["export_tail"], {**bounds, **tail})
-        for kind, bucket, path, first_day, last_day, prev_day, count in cur.fetchall():
-            if kind == "views":
-                if bucket >= start:
-                    views[(first_day, path)] += count
-            else:  # a visitor day the tail moves: as it will be (+), as rolled up (-)
-                count_path_days(path, first_day, last_day, prev_day, count)
+        # The rolled-up part, then how the tail adds to it (its visitors as moves: +/-).
+        for query, parameters in (("export_rolled_up_views", bounds), ("export_tail", {**bounds, **tail})):
+            cur.execute(QUERIES[query], parameters)
+            for day, path, day_views, day_visitors in cur.fetchall():
+                if window[0] <= day <= window[-1]:
+                    views[(day, path)] += day_views
+                    visitors[(day, path)] += day_visitors
     ranked = sorted(views.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     return [
         {"day": day.isoformat(), "path": path, "views": count, "visitors": visitors.get((day, path), 0)}

@@ -259,8 +259,8 @@ class StatsReader:
             after_boundary += recent
         cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "end": end, "site": site, "tz": tz})
         visitors: collections.Counter[datetime.date] = collections.Counter()
-        for first_day, last_day, prev_day, count in cur.fetchall():
-            count_days(visitors, window, first_day, last_day, prev_day, count)
+        for day, count in cur.fetchall():
+            count_days(visitors, window, day, count)
         cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
         values: dict[str, dict[str, int]] = {
             name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM)
@@ -295,11 +295,11 @@ class StatsReader:
                 daily[day] += views
             if recent:
                 last_24h += views
-        # A visitor of the tail may already be in the rollups: each visitor day the tail moves
-        # counts as it will be and is taken back as rolled up, so each visitor counts once a day.
-        for dim, _value, *moved in tail_visitors:  # days in the zone
+        # A visitor of the tail may already be in the rollups: the tail's rows are how it moves
+        # the rolled-up counts (as it will count, less as rolled up), so each counts once a day.
+        for dim, _value, day, count in tail_visitors:  # days in the zone
             if dim is None:
-                count_days(visitors, window, *moved)
+                count_days(visitors, window, day, count)
         days = [
             {"day": day.isoformat(), "views": daily.get(day, 0), "visitors": visitors.get(day, 0)}
             for day in window.days
@@ -339,11 +339,11 @@ class StatsReader:
         tops[events.DIM] = rolled_up.tops[events.DIM].top(tail_events, events.DIM)
         wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
         per_value = self._value_visitors(cur, bounds, window, rolled_up, wanted)
-        for dim, value, *moved in tail_visitors:
+        for dim, value, day, count in tail_visitors:
             if dim is not None:
                 key = (dim, referrer_name(value) if dim == "referrer" else value)
                 if key in per_value:
-                    count_days(per_value[key], window, *moved)
+                    count_days(per_value[key], window, day, count)
         panels = {}
         for name, panel in (*((d.name, d.panel) for d in DIMENSIONS), (events.DIM, events.DIM)):
             rows = tops[name]
@@ -374,10 +374,10 @@ class StatsReader:
                     "values": [value for _, value in pairs],
                 },
             )
-            for dim, value, *rows in cur.fetchall():
+            for dim, value, day, count in cur.fetchall():
                 key = (dim, referrer_name(value) if dim == "referrer" else value)
                 if key in counted:
-                    count_days(counted[key], window, *rows)
+                    count_days(counted[key], window, day, count)
             with self._lock:
                 rolled_up.value_visitors.update(counted)
         with self._lock:

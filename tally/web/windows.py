@@ -74,25 +74,10 @@ class Window:
         return Window.ending(self.now, last, len(self.days), self.days[-1])
 
 
-def days_counted(first: datetime.date, last: datetime.date, prev: datetime.date | None) -> set[datetime.date]:
-    """The days (in a zone) on which an id's views of one UTC day count (migrations/0015): the
-    days of its first and last views, but not the day of its last view the UTC day before,
-    which that day already counts on."""
-    return {first, last} - {prev}
-
-
-def count_days(
-    visitors: collections.Counter,
-    window: Window,
-    first: datetime.date,
-    last: datetime.date,
-    prev: datetime.date | None,
-    count: int,
-) -> None:
-    """Add `count` visitor days (a negative count takes them back) to the window's days they count on."""
-    for day in days_counted(first, last, prev):
-        if window.days[0] <= day <= window.days[-1]:
-            visitors[day] += count
+def count_days(visitors: collections.Counter, window: Window, day: datetime.date, count: int) -> None:
+    """Add `count` visitors (a negative count takes them back) to `day` if it is one of the window's."""
+    if window.days[0] <= day <= window.days[-1]:
+        visitors[day] += count
 
 
 def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
