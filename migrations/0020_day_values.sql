@@ -30,9 +30,10 @@ CREATE TABLE page_view_day_values (
     views bigint NOT NULL,
     -- {{bucket number in the day, views, firsts, lasts}, ...}, by bucket
     cells integer[] NOT NULL,
-    PRIMARY KEY (site, dim, value, day)
+    -- The day first: stats read a window of days (of one site or all), and a rollup writes
+    -- mostly today's rows, at the index's end. One index: each row written costs one entry.
+    PRIMARY KEY (day, site, dim, value)
 );
-CREATE INDEX page_view_day_values_day_idx ON page_view_day_values (day);
 
 CREATE TABLE page_view_day_overlaps (
     site text NOT NULL,
@@ -96,7 +97,8 @@ LANGUAGE sql STABLE AS $$
     ), seen AS (
         SELECT v.site, v.visitor, w.day, date_bin('15 minutes', v.viewed_at, '2000-01-01 00:00+00') AS bucket,
                v.recorded_xid < watermark AND v.recorded_xid <> ALL (in_progress) AS folded,
-               v.path, v.referrer, v.source, v.medium, v.campaign, v.country, v.browser, v.os, v.device
+               v.path, tally_referrer_domain(v.referrer, v.site) AS referrer, v.source, v.medium, v.campaign,
+               v.country, v.browser, v.os, v.device
           FROM wanted w
           JOIN page_views v
             ON v.site = w.site AND v.visitor = w.visitor
@@ -104,6 +106,7 @@ LANGUAGE sql STABLE AS $$
            AND v.viewed_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
          WHERE v.visitor IS NOT NULL AND (snapshot IS NULL OR pg_visible_in_snapshot(v.recorded_xid, snapshot))
     ), view_spans AS (
+        -- Per id, UTC day and value: its first and last bucket of all views, and of those folded.
         -- THE list of dimensions again (tests/test_audience.py keeps it equal to tally/dimensions.py).
         SELECT seen.site, seen.visitor, seen.day, dims.dim, dims.value,
                min(seen.bucket) AS new_first, max(seen.bucket) AS new_last,
@@ -112,7 +115,7 @@ LANGUAGE sql STABLE AS $$
          CROSS JOIN LATERAL (VALUES
                ('', ''),
                ('path', path),
-               ('referrer', tally_referrer_domain(referrer, site)),
+               ('referrer', referrer),
                ('source', source),
                ('medium', medium),
                ('campaign', campaign),
@@ -137,36 +140,41 @@ LANGUAGE sql STABLE AS $$
            AND e.occurred_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
          WHERE e.visitor IS NOT NULL AND (snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, snapshot))
          GROUP BY 1, 2, 3, 4, 5
+    ), spans AS MATERIALIZED (
+        SELECT * FROM view_spans UNION ALL SELECT * FROM event_spans
     ), paired AS (
-        -- Each span with the same id's and value's last bucket the UTC day before, as it was and is.
+        -- The spans of ids seen on more than one of the days read (few: ids from /api/collect
+        -- live one day), each with the same value's last bucket the UTC day before, as it was and is.
         SELECT spans.*,
                CASE WHEN lag(spans.day) OVER same_value = spans.day - 1 THEN lag(spans.new_last) OVER same_value END
                    AS prev_new,
                CASE WHEN lag(spans.day) OVER same_value = spans.day - 1 THEN lag(spans.old_last) OVER same_value END
                    AS prev_old
-          FROM (SELECT * FROM view_spans UNION ALL SELECT * FROM event_spans) spans
+          FROM spans
+         WHERE (spans.site, spans.visitor) IN (SELECT site, visitor FROM spans GROUP BY 1, 2 HAVING min(day) < max(day))
         WINDOW same_value AS (PARTITION BY spans.site, spans.visitor, spans.dim, spans.value ORDER BY spans.day)
-    ), moved AS MATERIALIZED (
-        SELECT p.site, p.dim, p.value, m.bucket, m.prev_last, m.firsts, m.lasts, m.pairs
-          FROM paired p,
-               LATERAL (VALUES
-               (p.new_first, NULL::timestamptz, 1, 0, 0),
-               (p.old_first, NULL, -1, 0, 0),
-               (p.new_last, NULL, 0, 1, 0),
-               (p.old_last, NULL, 0, -1, 0),
-               (p.new_first, p.prev_new, 0, 0, 1),
-               (p.old_first, p.prev_old, 0, 0, -1)) AS m (bucket, prev_last, firsts, lasts, pairs)
-         WHERE m.bucket IS NOT NULL
-           AND (m.pairs = 0 OR m.prev_last IS NOT NULL)
-           AND CASE WHEN m.pairs <> 0 THEN (p.new_first, p.prev_new) IS DISTINCT FROM (p.old_first, p.prev_old)
-                    WHEN m.firsts <> 0 THEN p.new_first IS DISTINCT FROM p.old_first
-                    ELSE p.new_last IS DISTINCT FROM p.old_last END
     )
-    SELECT moved.site, moved.dim, moved.value, moved.bucket, moved.prev_last, sum(moved.firsts)::integer,
-           sum(moved.lasts)::integer, sum(moved.pairs)::integer
-      FROM moved
+    SELECT moved.site, moved.dim, moved.value, moved.bucket, NULL::timestamptz, sum(moved.firsts)::integer,
+           sum(moved.lasts)::integer, 0
+      FROM (SELECT spans.site, spans.dim, spans.value, new_first AS bucket, 1 AS firsts, 0 AS lasts
+              FROM spans WHERE new_first IS DISTINCT FROM old_first
+            UNION ALL
+            SELECT spans.site, spans.dim, spans.value, old_first, -1, 0 FROM spans WHERE old_first <> new_first
+            UNION ALL
+            SELECT spans.site, spans.dim, spans.value, new_last, 0, 1 FROM spans WHERE new_last IS DISTINCT FROM old_last
+            UNION ALL
+            SELECT spans.site, spans.dim, spans.value, old_last, 0, -1 FROM spans WHERE old_last <> new_last) moved
+     GROUP BY 1, 2, 3, 4
+    HAVING sum(moved.firsts) <> 0 OR sum(moved.lasts) <> 0
+    UNION ALL
+    SELECT paired.site, paired.dim, paired.value, pair.bucket, pair.prev_last, 0, 0, sum(pair.pairs)::integer
+      FROM paired,
+           LATERAL (VALUES (paired.new_first, paired.prev_new, 1), (paired.old_first, paired.prev_old, -1))
+               AS pair (bucket, prev_last, pairs)
+     WHERE pair.bucket IS NOT NULL AND pair.prev_last IS NOT NULL
+       AND (paired.new_first, paired.prev_new) IS DISTINCT FROM (paired.old_first, paired.prev_old)
      GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(moved.firsts) <> 0 OR sum(moved.lasts) <> 0 OR sum(moved.pairs) <> 0
+    HAVING sum(pair.pairs) <> 0
 $$;
 
 -- What the tables of 0007 and 0015 held comes over: views per bucket become cells, each
@@ -200,7 +208,8 @@ WITH cells AS (
 )
 INSERT INTO page_view_day_values (site, dim, value, day, views, cells)
 SELECT site, dim, value, day, coalesce(v.views, 0), coalesce(c.cells, '{}')
-  FROM view_days v FULL JOIN cell_days c USING (site, dim, value, day);
+  FROM view_days v FULL JOIN cell_days c USING (site, dim, value, day)
+ ORDER BY day, site, dim, value;
 
 INSERT INTO page_view_day_overlaps (site, dim, value, first_bucket, prev_last, visitors)
 SELECT site, dim, value, first_bucket, prev_last, sum(visitors)
@@ -248,7 +257,7 @@ BEGIN
         SELECT site, bucket, visitor, views, path, tally_referrer_domain(referrer, site) AS referrer,
                source, medium, campaign, country, browser, os, device
           FROM (SELECT site, bucket, visitor, path, referrer, source, medium, campaign, country, browser,
-                       os, device, count(*) AS views
+                       os, device, count(*)::integer AS views
                   FROM fresh GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12) by_view
     ), fresh_ids AS MATERIALIZED (
         -- Each (id, UTC day) with fresh views or events.
@@ -308,7 +317,7 @@ BEGIN
                        ('device', device)) AS dims (dim, value)
                  WHERE dims.value IS NOT NULL
                 UNION ALL
-                SELECT site, '', '', bucket, views, 0, 0 FROM site_buckets
+                SELECT site, '', '', bucket, views::integer, 0, 0 FROM site_buckets
                 UNION ALL
                 -- Events by name, as a dimension of their own (not a view's: no filter, no panel of views).
                 SELECT site, 'event', name, bucket, 1, 0, 0 FROM fresh_events
@@ -325,7 +334,7 @@ BEGIN
         SELECT site, dim, value, (bucket AT TIME ZONE 'UTC')::date, sum(views),
                array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
                                views, firsts, lasts] ORDER BY bucket)
-          FROM cells GROUP BY 1, 2, 3, 4
+          FROM cells GROUP BY 4, 1, 2, 3  -- in the primary key's order: the index fills page by page
         ON CONFLICT (site, dim, value, day) DO UPDATE
            SET views = page_view_day_values.views + EXCLUDED.views,
                cells = tally_add_cells(page_view_day_values.cells, EXCLUDED.cells)
