@@ -35,6 +35,7 @@ from bench import (
     partitions,
     pickup,
     report,
+    rollups,
     stats,
     stats_scale,
     throughput,
@@ -55,6 +56,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "collect": collect.measure,
     "events": events.measure,
     "partitions": partitions.measure,
+    "rollups": rollups.measure,
     "stats_scale": stats_scale.measure,
 }
 

@@ -9,9 +9,7 @@ partitions against the unpartitioned table.
 (b) POST /api/pageviews at INGEST_CONNECTIONS connections, as fast as answered (wrk), against
     two `python web.py` on one server: one on a database at 0018 (one table), one on a
     database at 0019 (daily partitions), ROUNDS rounds alternating, medians compared.
-(c) Bytes on disk: FOOTPRINT_VIEWS views with bench/filters.py's realistic dimensions (5,000
-    paths, 100k visitor ids) rolled up once: bytes per raw view (partitions with their
-    indexes), per view for the rollups, and the rollup's views/s.
+(The bytes per view and the rollup's rate: bench/rollups.py.)
 
 $ python -m bench.partitions
 """
@@ -27,7 +25,6 @@ import time
 import psycopg
 
 import migrations
-from bench.filters import LOAD as REALISTIC_LOAD
 from bench.harness import (
     Build,
     builds,
@@ -61,54 +58,10 @@ LOAD_SQL = (
 )
 STEP_LINE = re.compile(r"migration 0019_page_view_partitions\.sql: (.+) \(attempt (\d+), ([\d.]+) s\)")
 
-FOOTPRINT_VIEWS = 300_000
-DATABASES = ("converted", "one_table", "partitioned", "footprint")
-# Rollups kept (400 days), and those kept 3 days after their last fold (an id's day, its visits).
-ROLLUP_TABLES = (
-    "page_view_buckets",
-    "page_view_bucket_dims",
-    "page_view_daily_dims",
-    "page_view_visitor_day_counts",
-    "page_view_visit_buckets",
-)
-TRANSIENT_TABLES = ("page_view_visitor_days", "page_view_visit_days")
-RAW_BYTES_SQL = (
-    "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('page_views') WHERE isleaf"
-)
-ROLLUP_BYTES_SQL = "SELECT sum(pg_total_relation_size(t))::bigint FROM unnest(%s::regclass[]) t"
+DATABASES = ("converted", "one_table", "partitioned")
 
 GOAL_LONGEST_SECONDS = 2.0  # no lock on page_views held longer (issue 19)
 GOAL_INGEST = 0.9  # of the unpartitioned table's throughput
-GOAL_ROLLUP_RATE = 100_000  # views/s folded with 5,000 paths
-GOAL_ROLLUP_BYTES = 0.5  # of the raw views' bytes
-
-
-def footprint(url: str) -> dict:
-    """Realistic views rolled up once: their bytes, the rollups' bytes, the rollup's rate."""
-    apply_pending(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        say(f"partitions: {FOOTPRINT_VIEWS:,} realistic views, rolled up once")
-        conn.execute(REALISTIC_LOAD, {"rows": FOOTPRINT_VIEWS})
-        conn.execute("VACUUM ANALYZE page_views")
-        started = time.perf_counter()
-        conn.execute("SELECT tally_rollup_page_views()")
-        rollup_seconds = time.perf_counter() - started
-        conn.execute("VACUUM ANALYZE")
-        raw = conn.execute(RAW_BYTES_SQL).fetchone()[0]
-        rollups = conn.execute(ROLLUP_BYTES_SQL, (list(ROLLUP_TABLES),)).fetchone()[0]
-        transient = conn.execute(ROLLUP_BYTES_SQL, (list(TRANSIENT_TABLES),)).fetchone()[0]
-        largest = conn.execute(
-            "SELECT t::text, pg_total_relation_size(t) FROM unnest(%s::regclass[]) t ORDER BY 2 DESC",
-            (list(ROLLUP_TABLES + TRANSIENT_TABLES),),
-        ).fetchall()
-    return {
-        "raw_per_view": raw / FOOTPRINT_VIEWS,
-        "rollup_per_view": rollups / FOOTPRINT_VIEWS,
-        "transient_per_view": transient / FOOTPRINT_VIEWS,
-        "rollup_rate": FOOTPRINT_VIEWS / rollup_seconds,
-        "rollup_seconds": rollup_seconds,
-        "largest": largest,
-    }
 
 
 def migrate_to(url: str, last: str) -> None:
@@ -227,7 +180,6 @@ def measure(build: Build) -> Result:
         migrate_to(url["one_table"], "0018")
         apply_pending(url["partitioned"])
         one, parts = ingest_rounds(url["one_table"], url["partitioned"])
-        disk = footprint(url["footprint"])
     switch = next(seconds for title, _, seconds in converted["steps"] if title.startswith("switch"))
     longest_step = max(converted["steps"], key=lambda step: step[2])
     ingest_ratio = median(parts) / median(one)
@@ -257,43 +209,6 @@ def measure(build: Build) -> Result:
             ingest_ratio >= GOAL_INGEST,
         ),
     ]
-    bytes_ratio = disk["rollup_per_view"] / disk["raw_per_view"]
-    year_gb = disk["rollup_per_view"] * 100_000 * 365 / 1e9
-    result.rows += [
-        Row(
-            "bytes on disk per raw view (daily partitions, with indexes)",
-            f"{disk['raw_per_view']:,.0f} B",
-            "-",
-            "-",
-            "-",
-            None,
-        ),
-        Row(
-            f"rollup bytes per view kept, {FOOTPRINT_VIEWS / 1e6:g}M realistic views (5,000 paths)",
-            f"{disk['rollup_per_view']:,.0f} B (a year at 100k views/day: ~{year_gb:,.0f} GB;"
-            f" +{disk['transient_per_view']:,.0f} B kept 3 days)",
-            f"raw {disk['raw_per_view']:,.0f} B",
-            times(bytes_ratio),
-            f"<= {GOAL_ROLLUP_BYTES:g}x raw",
-            bytes_ratio <= GOAL_ROLLUP_BYTES,
-        ),
-        Row(
-            "rollup rate, realistic views with 5,000 paths",
-            f"{disk['rollup_rate']:,.0f} views/s ({disk['rollup_seconds']:.1f} s)",
-            "-",
-            "-",
-            f">= {GOAL_ROLLUP_RATE:,} views/s",
-            disk["rollup_rate"] >= GOAL_ROLLUP_RATE,
-        ),
-    ]
-    tables = ", ".join(f"{name} {size / 1e6:,.1f} MB" for name, size in disk["largest"])
-    result.notes.append(
-        f"Bytes: {FOOTPRINT_VIEWS:,} views loaded by bench/filters.py's SQL (5,000 paths, 100k visitor ids,"
-        " all nine dimensions) into a new database, rolled up once by `tally_rollup_page_views()`, then"
-        " VACUUM ANALYZE; sizes by pg_total_relation_size (tables, indexes, TOAST). The year's estimate"
-        " scales the kept rollup bytes per view linearly (an upper bound: rows repeat as values do)."
-        f" Visitor days and visit days go 3 days after their last fold. Tables: {tables}."
-    )
     steps = "; ".join(
         f"{title} {seconds:.3f} s ({attempts} attempt(s))" for title, attempts, seconds in converted["steps"]
     )

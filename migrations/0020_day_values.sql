@@ -30,10 +30,12 @@ CREATE TABLE page_view_day_values (
     views bigint NOT NULL,
     -- {{bucket number in the day, views, firsts, lasts}, ...}, by bucket
     cells integer[] NOT NULL,
-    -- The day first: stats read a window of days (of one site or all), and a rollup writes
-    -- mostly today's rows, at the index's end. One index: each row written costs one entry.
+    -- The day first: stats rank a window of days (of one site or all), and a rollup writes
+    -- mostly today's rows, at the index's end.
     PRIMARY KEY (day, site, dim, value)
 );
+-- The panels' top rows' visitors: a few values over a window of days.
+CREATE INDEX page_view_day_values_value_idx ON page_view_day_values (dim, value, day);
 
 CREATE TABLE page_view_day_overlaps (
     site text NOT NULL,
@@ -56,15 +58,26 @@ LANGUAGE sql STABLE AS $$
       FROM generate_subscripts(cells, 1) AS i
 $$;
 
--- A row's cells as the local days (in `tz`) their buckets fall on, with their views and the ids
--- they count on that day: `firsts` on the local day the UTC day starts in, `lasts` on the next.
-CREATE FUNCTION tally_cell_days(day date, cells integer[], tz text)
-RETURNS TABLE (bucket timestamptz, local_day date, views integer, visitors integer)
+-- A row's views and visitors per local day (in `tz`) of its cells in [since, until): a cell
+-- counts its `firsts` on the local day the UTC day starts in and its `lasts` on the next, which
+-- starts at the one local midnight inside the UTC day (if any: `split`, a bucket number). A row
+-- wholly inside the window is summed without looking at its cells' times.
+CREATE FUNCTION tally_day_visitors(day date, cells integer[], tz text, since timestamptz, until timestamptz)
+RETURNS TABLE (local_day date, views bigint, visitors bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT c.bucket, (c.bucket AT TIME ZONE tz)::date, c.views,
-           CASE WHEN (c.bucket AT TIME ZONE tz)::date = ((day::timestamp AT TIME ZONE 'UTC') AT TIME ZONE tz)::date
-                THEN c.firsts ELSE c.lasts END
-      FROM tally_cells(day, cells) AS c
+    SELECT CASE WHEN c.slot < bounds.split THEN bounds.first_day ELSE bounds.first_day + 1 END,
+           sum(c.views), sum(CASE WHEN c.slot < bounds.split THEN c.firsts ELSE c.lasts END)
+      FROM (SELECT first_day, day::timestamp AT TIME ZONE 'UTC' AS starts,
+                   extract(epoch FROM ((first_day + 1)::timestamp AT TIME ZONE tz) - day::timestamp AT TIME ZONE 'UTC')
+                       / 900 AS split
+              FROM (SELECT ((day::timestamp AT TIME ZONE 'UTC') AT TIME ZONE tz)::date AS first_day) AS utc_day
+           ) AS bounds,
+           LATERAL (SELECT cells[i][1] AS slot, cells[i][2] AS views, cells[i][3] AS firsts, cells[i][4] AS lasts
+                      FROM generate_subscripts(cells, 1) AS i) AS c
+     WHERE (bounds.starts >= since AND bounds.starts + interval '1 day' <= until)
+        OR (bounds.starts + c.slot * interval '15 minutes' >= since
+            AND bounds.starts + c.slot * interval '15 minutes' < until)
+     GROUP BY 1
 $$;
 
 -- Two rows' cells added up, cells that come to nothing left out.

@@ -4,9 +4,10 @@ Each row says how a dimension is named in the API (the filter parameter, the `to
 and its rows' key), which column of `page_views` holds it (or the SQL expression that
 derives it), and how the dashboard titles it. Collecting fills the columns
 (tally/web/audience.py), the rollup folds every dimension into the same tables
-(migrations/0007: its VALUES list names these, tests/test_audience.py keeps them equal),
-and stats, filters, the dashboard and the export read this table. Adding a dimension is a
-column, a line here and a line in the rollup's list.
+(migrations/0020: its VALUES lists name these, in `tally_rollup_page_views` and
+`tally_visitor_moves`, and tests/test_audience.py keeps them equal), and stats, filters,
+the dashboard and the export read this table. Adding a dimension is a column, a line here
+and a line in each of the rollup's lists.
 
 >>> [dimension.name for dimension in DIMENSIONS][:3]
 ['path', 'referrer', 'source']

@@ -276,11 +276,10 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
 -- across the midnight between them.
 SELECT day, sum(visitors)::bigint AS visitors
   FROM (SELECT c.local_day AS day, c.visitors
-          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
+          FROM page_view_day_values d, tally_day_visitors(d.day, d.cells, %(tz)s, %(start)s, %(end)s) c
          WHERE d.dim = '' AND d.value = ''
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND c.bucket >= %(start)s AND c.bucket < %(end)s
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
         SELECT (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
@@ -316,32 +315,34 @@ SELECT dim, value, sum(views)::bigint AS views
  GROUP BY dim, value
 
 -- stats_rolled_up_dim_visitors --
--- Rolled-up visitors per day of some dimension values (the panels' top rows), as stats_rolled_up_visitors.
-SELECT dim, value, day, sum(visitors)::bigint AS visitors
-  FROM (SELECT d.dim, d.value, c.local_day AS day, c.visitors
-          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
-         WHERE (d.dim, d.value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+-- Rolled-up visitors per day of some dimension values (the panels' top rows), as
+-- stats_rolled_up_visitors. Grouped by the values' numbers, not their text: no collation at work.
+SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS visitors
+  FROM unnest(%(dims)s::text[], %(values)s::text[]) WITH ORDINALITY AS wanted (dim, value, n)
+  JOIN LATERAL (
+        SELECT c.local_day AS day, c.visitors
+          FROM page_view_day_values d, tally_day_visitors(d.day, d.cells, %(tz)s, %(start)s, %(end)s) c
+         WHERE d.dim = wanted.dim AND d.value = wanted.value
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND c.bucket >= %(start)s AND c.bucket < %(end)s
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
-        SELECT dim, value, (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
-          FROM page_view_day_overlaps
-         WHERE (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
+          FROM page_view_day_overlaps o
+         WHERE o.dim = wanted.dim AND o.value = wanted.value
            AND first_bucket >= %(start)s AND first_bucket < %(end)s
            AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
- GROUP BY 1, 2, 3
+           AND (%(site)s::text IS NULL OR o.site = %(site)s)) counted ON true
+ GROUP BY wanted.n, wanted.dim, wanted.value, counted.day
 
 -- export_rolled_up_views --
 -- Rolled-up views and visitors per day (in the zone `tz`) and path since `start`, as
 -- stats_rolled_up_visitors.
 SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
   FROM (SELECT c.local_day AS day, d.value AS path, c.views, c.visitors
-          FROM page_view_day_values d, tally_cell_days(d.day, d.cells, %(tz)s) c
+          FROM page_view_day_values d, tally_day_visitors(d.day, d.cells, %(tz)s, %(start)s, 'infinity') c
          WHERE d.dim = 'path' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND c.bucket >= %(start)s AND (%(site)s::text IS NULL OR d.site = %(site)s)
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
         SELECT (first_bucket AT TIME ZONE %(tz)s)::date, value, 0, -visitors
           FROM page_view_day_overlaps

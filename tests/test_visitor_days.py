@@ -113,7 +113,7 @@ def test_returning_ids_are_exact_across_rollups_and_the_tail(client, conn, seed,
 
 
 # DST changes of 2026 with a day of other than 24 hours: an hour, half an hour (Lord Howe),
-# two hours (Troll), both hemispheres, both directions.
+# two hours (Troll), both hemispheres, both directions, at 02:00 and at midnight.
 DST_DAYS = [
     ("America/New_York", datetime.date(2026, 3, 8)),
     ("America/New_York", datetime.date(2026, 11, 1)),
@@ -121,6 +121,10 @@ DST_DAYS = [
     ("Australia/Lord_Howe", datetime.date(2026, 10, 4)),
     ("Antarctica/Troll", datetime.date(2026, 10, 25)),
     ("Pacific/Chatham", datetime.date(2026, 9, 27)),
+    # At local midnight itself: a day that starts at 01:00, and one whose 23:00 comes twice.
+    ("America/Santiago", datetime.date(2026, 9, 6)),
+    ("America/Santiago", datetime.date(2026, 4, 4)),
+    ("Asia/Beirut", datetime.date(2026, 3, 29)),
 ]
 
 
