@@ -466,3 +466,27 @@ def test_a_zone_the_database_does_not_know_is_a_400(client, monkeypatch):
     for path in ("/api/stats", "/api/export", "/"):
         response = client.get(path, {"tz": "Nowhere/Atlantis"}, status=400)
         assert "time zone" in response.json["error"]
+
+
+def test_views_dated_after_today_count_on_their_own_day_not_in_todays_panels(client, conn):
+    """A view dated past today's end in the request's zone (a clock far off, a backfill) is
+    not today's: today's totals, panels, filtered answers and export leave it out, rolled up or
+    in the tail, at any time of day (two days ahead is past every zone's midnight)."""
+    conn.execute(
+        "INSERT INTO page_views (path, country, visitor, viewed_at) VALUES"
+        " ('/today', 'DE', 1, now() - interval '1 minute'), ('/ahead', 'DE', 2, now() + interval '2 days')"
+    )
+    roll_up(conn)
+    conn.execute(
+        "INSERT INTO page_views (path, country, visitor, viewed_at)"
+        " VALUES ('/ahead-tail', 'DE', 3, now() + interval '2 days')"
+    )
+    for tz in ("UTC", "Asia/Kathmandu", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        for query in ({"days": "1"}, {"days": "7"}, {"days": "1", "country": "DE"}):
+            query = {**query, "tz": tz}
+            body = client.get("/api/stats", query).json
+            assert [row["path"] for row in body["top_paths"]] == ["/today"], query
+            assert (body["total_views"], body["visitors"]) == (1, 1), query
+            assert [row["views"] for row in body["top_countries"]] == [1], query
+            exported = list(csv.DictReader(io.StringIO(client.get("/api/export", query).text)))
+            assert [row["path"] for row in exported] == ["/today"], query

@@ -79,9 +79,11 @@ def _filtered_daily_paths(
         first_day = today - datetime.timedelta(days=days - 1)
         cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
         start = cur.fetchone()[0]
+        cur.execute(QUERIES["local_midnight"], {"day": today + datetime.timedelta(days=1), "tz": tz})
+        end = cur.fetchone()[0]  # a view dated after today (a clock far off) is not today's
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
         params = filtered.parameters(cur, filters, bounds, first_day - datetime.timedelta(days=3))
-        cur.execute(QUERIES["filtered_export"], {**params, "start": start, "end": filtered.OPEN_END})
+        cur.execute(QUERIES["filtered_export"], {**params, "start": start, "end": end})
         rows = cur.fetchall()
     rows.sort(key=lambda row: (row[0], -row[2], row[1]))
     return [

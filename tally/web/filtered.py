@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 TOP_ROWS = 10
 SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
-OPEN_END = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 
 
 def parameters(
@@ -54,13 +53,12 @@ def stats(
     """The stats answer's days, totals and (with `panels`) top values of the matching views."""
     cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": params["tz"]})
     start = cur.fetchone()[0]
-    end = OPEN_END
-    if not window.current:
-        cur.execute(
-            QUERIES["local_midnight"],
-            {"day": window.days[-1] + datetime.timedelta(days=1), "tz": params["tz"]},
-        )
-        end = cur.fetchone()[0]
+    # To the midnight after the last day, today's too: a view dated later (a clock far off)
+    # counts on its own day.
+    cur.execute(
+        QUERIES["local_midnight"], {"day": window.days[-1] + datetime.timedelta(days=1), "tz": params["tz"]}
+    )
+    end = cur.fetchone()[0]
     span = {**params, "start": start, "end": end}
     values: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
     by_day: dict[datetime.date, tuple[int, int]] = {}

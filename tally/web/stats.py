@@ -242,10 +242,10 @@ class StatsReader:
                 return cached
         cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
         start = cur.fetchone()[0]
-        end = filtered.OPEN_END
-        if not window.current:
-            cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
-            end = cur.fetchone()[0]
+        # The window ends at the midnight after its last day, today's too: a view dated later
+        # (a clock far off) counts on its own day, not in today's panels.
+        cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
+        end = cur.fetchone()[0]
         since = min(start, window.first_full_bucket)
         cur.execute(
             QUERIES["stats_rolled_up_days"],
@@ -329,7 +329,7 @@ class StatsReader:
         top event names (under events.DIM) with their events and visitors."""
         tail_values: dict[str, collections.Counter[str]] = {d.name: collections.Counter() for d in DIMENSIONS}
         for row in tail:
-            if row[0] < window.days[0]:
+            if not window.days[0] <= row[0] <= window.days[-1]:
                 continue
             for index, dimension in enumerate(DIMENSIONS, start=2):
                 if row[index] is not None:
