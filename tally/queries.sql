@@ -352,33 +352,16 @@ SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
  GROUP BY 1, 2
 
 -- export_tail --
--- The tail's views per day (in `tz`) and path from `start` on, and how its views move the
--- rolled-up visitors per day and path (as stats_tail_visitors).
-WITH tail AS MATERIALIZED (
-    SELECT site, viewed_at, path, visitor
-      FROM page_views
-     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-       AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
-       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
-       AND (%(site)s::text IS NULL OR site = %(site)s)
-), moves AS (
-    SELECT * FROM tally_visitor_moves(ARRAY(
-        SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-          FROM tail WHERE visitor IS NOT NULL), %(watermark)s, %(in_progress)s::xid8[], NULL)
-     WHERE dim = 'path'
-)
-SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
-  FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day, path,
-               1 AS views, 0 AS visitors
-          FROM tail WHERE date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(start)s
-        UNION ALL
-        SELECT (bucket AT TIME ZONE %(tz)s)::date, value, 0,
-               CASE WHEN (bucket AT TIME ZONE %(tz)s)::date = (date_trunc('day', bucket, 'UTC') AT TIME ZONE %(tz)s)::date
-                    THEN firsts ELSE lasts END
-          FROM moves WHERE prev_last IS NULL
-        UNION ALL
-        SELECT (bucket AT TIME ZONE %(tz)s)::date, value, 0, -pairs FROM moves
-         WHERE prev_last IS NOT NULL AND (prev_last AT TIME ZONE %(tz)s)::date = (bucket AT TIME ZONE %(tz)s)::date) moved
+-- The tail's views per day (in `tz`) and path from `start` on (its visitors per path come from
+-- stats_tail_visitors).
+SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day, path,
+       count(*) AS views
+  FROM page_views
+ WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
+   AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+   AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
+   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(start)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1, 2
 
 -- sites_rolled_up --

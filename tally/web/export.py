@@ -55,18 +55,23 @@ def daily_paths(
             "tail_from": tail_from,
             "tail_to": tail_to,
         }
-        # The rolled-up part, then how the tail adds to it (its visitors as moves: +/-).
-        for query, parameters in (("export_rolled_up_views", bounds), ("export_tail", {**bounds, **tail})):
-            cur.execute(QUERIES[query], parameters)
-            for day, path, day_views, day_visitors in cur.fetchall():
-                if window[0] <= day <= window[-1]:
-                    views[(day, path)] += day_views
-                    visitors[(day, path)] += day_visitors
+        cur.execute(QUERIES["export_rolled_up_views"], bounds)
+        for day, path, day_views, day_visitors in cur.fetchall():
+            views[(day, path)] += day_views
+            visitors[(day, path)] += day_visitors
+        # The tail adds its views, and moves the rolled-up visitors (+/-) as the stats' tail does.
+        cur.execute(QUERIES["export_tail"], {**bounds, **tail})
+        for day, path, day_views in cur.fetchall():
+            views[(day, path)] += day_views
+        cur.execute(QUERIES["stats_tail_visitors"], {**bounds, **tail})
+        for dim, path, day, moved in cur.fetchall():
+            if dim == "path":
+                visitors[(day, path)] += moved
     ranked = sorted(views.items(), key=lambda item: (item[0][0], -item[1], item[0][1]))
     return [
         {"day": day.isoformat(), "path": path, "views": count, "visitors": visitors.get((day, path), 0)}
         for (day, path), count in ranked
-        if count > 0
+        if count > 0 and window[0] <= day <= window[-1]
     ]
 
 
