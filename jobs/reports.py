@@ -32,8 +32,9 @@ from procrastinate.retry import RetryDecision
 
 from jobs import app, settings
 from tally import db, mail, reports
-from tally.config import Config, SmtpServer
+from tally.config import Config
 from tally.db import QUERIES
+from tally.env import SmtpServer
 from tally.web.stats import StatsReader
 
 logger = logging.getLogger("jobs.reports")

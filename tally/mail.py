@@ -14,7 +14,7 @@ import hashlib
 import smtplib
 import ssl
 
-from tally.config import SmtpServer
+from tally.env import SmtpServer
 
 # One SMTP conversation never waits longer than this for the server (connect, any reply).
 SMTP_TIMEOUT_SECONDS = 30.0

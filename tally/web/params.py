@@ -9,7 +9,7 @@ import re
 
 import bottle
 
-from tally.config import is_time_zone
+from tally.env import is_time_zone
 from tally.sites import parse_site
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.responses import json_error

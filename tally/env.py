@@ -1,0 +1,202 @@
+"""Environment variables, one at a time, parsed into typed values by `EnvReader`.
+
+Each parser names the variable in its error (`ConfigError`), and never prints a value that may
+hold a password (a database or SMTP URL). tally/config.py says which variables Tally reads.
+
+    >>> EnvReader({"PORT": "80"}).integer("PORT", 5000, low=1, high=65535)
+    80
+    >>> try:
+    ...     EnvReader({"PORT": "eighty"}).integer("PORT", 5000, low=1, high=65535)
+    ... except ConfigError as error:
+    ...     print(error)
+    PORT='eighty' is invalid: expected a whole number
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.parse
+import zoneinfo
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from croniter import croniter
+
+from tally.sites import parse_site
+
+T = TypeVar("T")
+TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
+EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value Tally cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SmtpServer:
+    """Where reports are sent (SMTP_URL): smtp:// tries STARTTLS when offered, smtps:// is TLS."""
+
+    host: str
+    port: int
+    tls: bool  # smtps://: TLS from the first byte
+    user: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+
+class EnvReader:
+    """Parses one variable at a time and names it in every error."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as error:
+            raise ConfigError(f"{name}={raw!r} is invalid: {error}") from None
+
+    def text(self, name: str, default: str) -> str:
+        return self._parse(name, default, str)
+
+    def optional_text(self, name: str) -> str | None:
+        return self._parse(name, None, str)
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        def parse(raw: str) -> int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError("expected a whole number") from None
+            return _in_range(value, low, high)
+
+        return self._parse(name, default, parse)
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError("expected a number of seconds") from None
+            return _in_range(value, low, high)
+
+        return self._parse(name, default, parse)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def parse(raw: str) -> bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+
+        return self._parse(name, default, parse)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def parse(raw: str) -> str:
+            if raw.upper() not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}")
+            return raw.upper()
+
+        return self._parse(name, default, parse)
+
+    def host_names(self, name: str) -> frozenset[str] | None:
+        def parse(raw: str) -> frozenset[str]:
+            names = [part.strip() for part in raw.split(",") if part.strip()]
+            for part in names:
+                if parse_site(part) is None:
+                    raise ValueError(f"{part!r} is not a host name (e.g. example.com,www.example.com)")
+            return frozenset(parse_site(part) for part in names)
+
+        return self._parse(name, None, parse)
+
+    def time_zone(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not is_time_zone(raw):
+                raise ValueError("expected an IANA time zone such as Europe/Paris or America/New_York")
+            return raw
+
+        return self._parse(name, default, parse)
+
+    def smtp_url(self, name: str) -> SmtpServer | None:
+        def parse(raw: str) -> SmtpServer:
+            parts = urllib.parse.urlsplit(raw)
+            if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+                raise ValueError("expected smtp://user:password@host:587 or smtps://user:password@host:465")
+            port = parts.port or (465 if parts.scheme == "smtps" else 587)  # .port raises on a bad one
+            unquote = urllib.parse.unquote
+            user = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password else None
+            return SmtpServer(parts.hostname, port, parts.scheme == "smtps", user, password)
+
+        try:
+            return self._parse(name, None, parse)
+        except ConfigError:  # never print the password
+            raise ConfigError(
+                f"{name} is invalid: expected smtp://user:password@host:587 or smtps://user:password@host:465"
+            ) from None
+
+    def database_url(self, name: str) -> str | None:
+        def parse(raw: str) -> str:
+            parts = urllib.parse.urlsplit(raw)
+            if parts.scheme not in ("postgres", "postgresql") or not (
+                parts.hostname or "host=" in parts.query
+            ):
+                raise ValueError("expected postgres://user:password@host:5432/dbname")
+            _ = parts.port  # raises on a port that is not a number
+            return raw
+
+        try:
+            return self._parse(name, None, parse)
+        except ConfigError:  # never print the password
+            raise ConfigError(
+                f"{name} is invalid: expected postgres://user:password@host:5432/dbname"
+            ) from None
+
+    def recipients(self, name: str) -> tuple[tuple[str | None, str], ...]:
+        def parse(raw: str) -> tuple[tuple[str | None, str], ...]:
+            pairs: list[tuple[str | None, str]] = []
+            for entry in (part.strip() for part in raw.split(",")):
+                if not entry:
+                    continue
+                site, _, address = entry.rpartition("=")
+                if site and parse_site(site.strip()) is None:
+                    raise ValueError(f"{site.strip()!r} is not a host name (site=address pairs)")
+                if not EMAIL_ADDRESS.fullmatch(address.strip()):
+                    raise ValueError(f"{address.strip()!r} is not an email address")
+                pair = (parse_site(site.strip()) if site else None, address.strip())
+                if pair not in pairs:
+                    pairs.append(pair)
+            return tuple(pairs)
+
+        return self._parse(name, (), parse)
+
+    def cron(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not croniter.is_valid(raw):
+                raise ValueError("expected a cron expression such as '0 * * * *'")
+            return raw
+
+        return self._parse(name, default, parse)
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA zone (Europe/Paris, UTC), not a path or a POSIX rule."""
+    if not TIME_ZONE_NAME.fullmatch(name):
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _in_range(value: T, low: T, high: T) -> T:
+    if not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"expected a value from {low} to {high}")
+    return value
