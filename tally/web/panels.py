@@ -1,0 +1,95 @@
+"""The panels of an unfiltered stats answer: every dimension's top values, with views and visitors.
+
+A panel ranks the values by their rolled-up views plus the tail's (tally/web/windows.py,
+`Ranking`), and then counts the visitors of the ten it shows only: per day in the zone, from the
+rollups' cells (`stats_rolled_up_dim_visitors`, kept with the rolled-up part of the window until
+the next rollup) and the tail's moves. The referrer panel lists search engines by name
+(tally/web/referrers.py), each the sum of its domains.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from tally.db import QUERIES
+from tally.dimensions import DIMENSIONS
+from tally.web import events
+from tally.web.referrers import by_name, referrer_name
+from tally.web.windows import Window, count_days
+
+if TYPE_CHECKING:
+    from tally.web.stats import RolledUp
+
+
+def top_values(
+    cur: psycopg.Cursor,
+    bounds: dict,
+    window: Window,
+    rolled_up: RolledUp,
+    tail: list,
+    tail_visitors: list,
+    tail_events: collections.Counter[str],
+    lock: threading.Lock,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every dimension's top values with their views (rollups and tail) and visitors, and the
+    top event names (under events.DIM) with their events and visitors."""
+    tail_values: dict[str, collections.Counter[str]] = {d.name: collections.Counter() for d in DIMENSIONS}
+    for row in tail:
+        if not window.days[0] <= row[0] <= window.days[-1]:
+            continue
+        for index, dimension in enumerate(DIMENSIONS, start=2):
+            if row[index] is not None:
+                tail_values[dimension.name][row[index]] += row[-2]
+    tail_values["referrer"] = by_name(tail_values["referrer"])
+    tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
+    tops[events.DIM] = rolled_up.tops[events.DIM].top(tail_events, events.DIM)
+    wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
+    per_value = _value_visitors(cur, bounds, window, rolled_up, wanted, lock)
+    for dim, value, day, count in tail_visitors:
+        if dim is not None:
+            key = (dim, referrer_name(value) if dim == "referrer" else value)
+            if key in per_value:
+                count_days(per_value[key], window, day, count)
+    panels = {}
+    for name, panel in (*((d.name, d.panel) for d in DIMENSIONS), (events.DIM, events.DIM)):
+        rows = tops[name]
+        for row in rows:
+            row["visitors"] = sum(per_value[(name, row[name])].values())
+        panels[panel] = rows
+    return panels
+
+
+def _value_visitors(
+    cur: psycopg.Cursor, bounds: dict, window: Window, rolled_up: RolledUp, wanted: set, lock: threading.Lock
+) -> dict[tuple[str, str], collections.Counter]:
+    """Rolled-up visitors per day of each wanted (dimension, value), cached with the rollup.
+    A referrer name (a search engine) adds up its domains' visitors."""
+    with lock:
+        missing = wanted - set(rolled_up.value_visitors)
+    if missing:
+        counted = {key: collections.Counter() for key in missing}
+        domains = [d for d in rolled_up.referrer_domains if ("referrer", referrer_name(d)) in missing]
+        pairs = [(dim, value) for dim, value in missing if dim != "referrer"]
+        pairs += [("referrer", domain) for domain in domains]
+        cur.execute(
+            QUERIES["stats_rolled_up_dim_visitors"],
+            {
+                **bounds,
+                "start": rolled_up.start,
+                "end": rolled_up.end,
+                "dims": [dim for dim, _ in pairs],
+                "values": [value for _, value in pairs],
+            },
+        )
+        for dim, value, day, count in cur.fetchall():
+            key = (dim, referrer_name(value) if dim == "referrer" else value)
+            if key in counted:
+                count_days(counted[key], window, day, count)
+        with lock:
+            rolled_up.value_visitors.update(counted)
+    with lock:
+        return {key: collections.Counter(rolled_up.value_visitors[key]) for key in wanted}
