@@ -638,72 +638,72 @@ SELECT DISTINCT ON (defer.task_name)
  WHERE defer.task_name = ANY (%(tasks)s)
  ORDER BY defer.task_name, defer.defer_timestamp DESC NULLS LAST, defer.id DESC
 
--- filtered_stats --
--- Stats of the views matching every given filter (NULL: no filter on that dimension), counted
--- from the raw views in [start, end): per day in `tz`, then per dimension value. Visitors are
--- each day's distinct ids, summed. Filters read raw views, so they reach back RETENTION_DAYS.
-WITH matching AS MATERIALIZED (
-    SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, visitor,
-           path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign, country,
-           browser, os, device
-      FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
-           %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
-), valued AS (
-    SELECT day, visitor, dims.dim, dims.value
-      FROM matching
-     CROSS JOIN LATERAL (VALUES
-           ('path', path),
-           ('referrer', referrer),
-           ('source', source),
-           ('medium', medium),
-           ('campaign', campaign),
-           ('country', country),
-           ('browser', browser),
-           ('os', os),
-           ('device', device)) AS dims (dim, value)
-     WHERE dims.value IS NOT NULL
-)
-SELECT NULL::text AS dim, day::text AS value, count(*) AS views, count(DISTINCT visitor) AS visitors
-  FROM matching GROUP BY day
-UNION ALL
-SELECT dim, value, sum(views)::bigint, count(visitor)
-  FROM (SELECT dim, value, day, visitor, count(*) AS views FROM valued GROUP BY 1, 2, 3, 4) per_visitor_day
- GROUP BY dim, value
+-- set_local_work_mem --
+-- The memory of each sort and hash for the rest of this transaction (SET LOCAL, with a value).
+SELECT set_config('work_mem', %(work_mem)s, true)
 
--- filtered_visits --
--- Visits of the views matching every given filter that start in [start, end): formed of the
--- matching views alone, read from the UTC days `start` and `end` fall in (a visit never crosses
--- a UTC midnight, but may a local one), as stats_tail_visits lists them.
-WITH visits AS (
+-- filtered_answer --
+-- Everything a filtered answer counts (migrations/0014), from one scan of the views matching every
+-- given filter (NULL: no filter on that dimension), in [start, end) but for the visits, which
+-- read the UTC days `start` and `end` fall in (a visit never crosses a UTC midnight, but may a
+-- local one). One row per:
+-- - 'day': a day in `tz`; its views and distinct visitors;
+-- - 'value' (with `panels`): a dimension (name) and value (detail); its views, and each day's
+--   distinct visitors, summed;
+-- - 'visits': a day of their start, entry page (name), exit page (detail); visits, bounces,
+--   views, and their durations summed in microseconds, as stats_tail_visits lists them;
+-- - 'event' (with `panels`): an event name of the visitors with a matching view; its events and
+--   each day's distinct visitors, summed.
+-- Filters read raw views, so they reach back RETENTION_DAYS.
+WITH matching AS MATERIALIZED (
+    SELECT site, visitor, viewed_at, id, path, tally_referrer_domain(referrer, site) AS referrer, source, medium,
+           campaign, country, browser, os, device, (viewed_at AT TIME ZONE %(tz)s)::date AS day,
+           viewed_at >= %(start)s AND viewed_at < %(end)s AS inside
+      FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
+           date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, %(path)s,
+           %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
+           %(device)s, %(event)s, %(goal_path)s)
+), visits AS (
     SELECT (visit).*
       FROM tally_visits_of(ARRAY(
                SELECT ROW(site, visitor, viewed_at, id, path, false)::tally_visit_view
-                 FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
-                      date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s,
-                      %(path)s, %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s,
-                      %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
-                WHERE visitor IS NOT NULL))
+                 FROM matching WHERE visitor IS NOT NULL))
 )
-SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
-       entry_path, exit_path, count(*) AS visits, count(*) FILTER (WHERE views = 1 AND events = 0) AS bounces,
-       sum(views)::bigint AS views,
-       sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
+SELECT 'day' AS part, day, NULL::text AS name, NULL::text AS detail, count(*) AS n1,
+       count(DISTINCT visitor) AS n2, NULL::bigint AS n3, NULL::bigint AS n4
+  FROM matching WHERE inside GROUP BY day
+UNION ALL
+SELECT 'value', NULL, dim, value, sum(views)::bigint, count(visitor), NULL, NULL
+  FROM (SELECT dims.dim, dims.value, day, visitor, count(*) AS views
+          FROM matching
+         CROSS JOIN LATERAL (VALUES
+               ('path', path),
+               ('referrer', referrer),
+               ('source', source),
+               ('medium', medium),
+               ('campaign', campaign),
+               ('country', country),
+               ('browser', browser),
+               ('os', os),
+               ('device', device)) AS dims (dim, value)
+         WHERE %(panels)s AND inside AND dims.value IS NOT NULL
+         GROUP BY 1, 2, 3, 4) per_visitor_day
+ GROUP BY dim, value
+UNION ALL
+SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date,
+       entry_path, exit_path, count(*), count(*) FILTER (WHERE views = 1 AND events = 0),
+       sum(views)::bigint, sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint
   FROM visits
  WHERE started_at >= %(start)s AND started_at < %(end)s
- GROUP BY 1, 2, 3
-
--- filtered_events --
--- Events in [start, end) of the visitors with a view matching every given filter then, per
--- name: how many, and each day's (in `tz`) distinct visitors, summed.
-SELECT name, count(*) AS events,
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL)
-           AS visitors
+ GROUP BY 2, 3, 4
+UNION ALL
+SELECT 'event', NULL, name, NULL, count(*),
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL),
+       NULL, NULL
   FROM events
- WHERE occurred_at >= %(start)s AND occurred_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (site, visitor) IN (
-           SELECT site, visitor
-             FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
-                  %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s))
+ WHERE %(panels)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND (site, visitor) IN (SELECT site, visitor FROM matching WHERE inside)
  GROUP BY name
 
 -- event_props --
@@ -718,13 +718,6 @@ SELECT prop.key AS prop, prop.value #>> '{}' AS value, count(*) AS events,
  GROUP BY 1, 2
  ORDER BY 3 DESC, 1, 2
  LIMIT 100
-
--- filtered_daily --
--- Views and visitors per day (in `tz`) of the views in [start, end) matching every given filter.
-SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS views, count(DISTINCT visitor) AS visitors
-  FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
- GROUP BY 1
 
 -- current_visitors --
 -- Distinct visitors of the 5 minutes to `now`, of one site or all: through the partial index of

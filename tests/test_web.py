@@ -255,6 +255,32 @@ def test_health_answers_503_quickly_when_the_database_is_unreachable(database_ur
         assert client.post_json("/api/pageviews", GOOD, status=503).json["error"]
 
 
+def test_a_query_past_the_statement_timeout_is_a_503_that_says_why(database_url, conn, monkeypatch):
+    """Not "the database is unreachable": it is there, and the answer was too slow to count."""
+    from tally import db
+
+    conn.execute(
+        "INSERT INTO page_views (path, country, viewed_at) SELECT '/p' || n % 50, 'DE', now() - n * "
+        "interval '1 minute' FROM generate_series(1, 5000) n"
+    )
+    monkeypatch.setitem(db.WEB_SESSION_SETTINGS, "statement_timeout", "1ms")
+    settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    with web_pool(settings) as hurried:
+        client = webtest.TestApp(build_app(settings, hurried, jobs.app), extra_environ=OWNER)
+        error = client.get("/api/stats", {"country": "DE"}, status=503).json["error"]
+        assert "took longer than" in error and "narrower filter" in error and "unreachable" not in error
+
+
+def test_a_table_locked_by_someone_else_is_a_503_within_the_lock_timeout(client, database_url):
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_view_day_values IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        error = client.get("/api/stats", status=503).json["error"]
+        assert time.monotonic() - started < 3.0
+        assert "locked" in error and "unreachable" not in error
+    assert client.get("/api/stats").json["total_views"] == 0
+
+
 # --- jobs ------------------------------------------------------------------------------------
 
 

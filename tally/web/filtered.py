@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from tally.web.stats import Window
 
 TOP_ROWS = 10
+# The memory of each sort and hash of a filtered answer, for its transaction only: where a filter
+# matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
+WORK_MEM = "32MB"
 SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
 
 
@@ -59,23 +62,24 @@ def stats(
         QUERIES["local_midnight"], {"day": window.days[-1] + datetime.timedelta(days=1), "tz": params["tz"]}
     )
     end = cur.fetchone()[0]
-    span = {**params, "start": start, "end": end}
+    span = {**params, "start": start, "end": end, "panels": panels}
+    cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
+    cur.execute(QUERIES["filtered_answer"], span)
     values: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
     by_day: dict[datetime.date, tuple[int, int]] = {}
-    if panels:
-        cur.execute(QUERIES["filtered_stats"], span)
-        for dim, value, views, visitors in cur.fetchall():
-            if dim is None:
-                by_day[datetime.date.fromisoformat(value)] = (views, visitors)
-            else:
-                values[dim][value] = (views, visitors)
-    else:
-        cur.execute(QUERIES["filtered_daily"], span)
-        by_day = {day: (views, visitors) for day, views, visitors in cur.fetchall()}
-    cur.execute(QUERIES["filtered_visits"], span)
+    visit_rows, event_rows = [], []
+    for part, day, name, detail, *counts in cur.fetchall():
+        if part == "day":
+            by_day[day] = (counts[0], counts[1])
+        elif part == "value":
+            values[name][detail] = (counts[0], counts[1])
+        elif part == "visits":
+            visit_rows.append((day, name, detail, *counts))
+        else:
+            event_rows.append((name, counts[0], counts[1]))
     visits_by_day: dict[datetime.date, visits.VisitCounts] = {}
     pages: dict[str, collections.Counter[str]] = {dim: collections.Counter() for dim in visits.PAGE_PANELS}
-    visits.add_moves(cur.fetchall(), window.days, visits_by_day, pages)
+    visits.add_moves(visit_rows, window.days, visits_by_day, pages)
     daily = [
         {
             "day": day.isoformat(),
@@ -101,8 +105,7 @@ def stats(
             answer[dimension.panel] = top(values.get(dimension.name, {}), dimension.name)
         for dim, panel in visits.PAGE_PANELS.items():
             answer[panel] = visits.page_rows(pages[dim], TOP_ROWS)
-        cur.execute(QUERIES["filtered_events"], span)
-        ranked = sorted(cur.fetchall(), key=lambda row: (-row[1], row[0]))[:TOP_ROWS]
+        ranked = sorted(event_rows, key=lambda row: (-row[1], row[0]))[:TOP_ROWS]
         rows = [{events.DIM: name, "views": count, "visitors": who} for name, count, who in ranked]
         answer["top_events"] = events.top_rows(rows, answer["visitors"])
         if params.get("event") is not None:

@@ -16,10 +16,15 @@ import bottle
 import psycopg
 import psycopg_pool
 
+from tally import db
 from tally.logs import describe_error
 
 logger = logging.getLogger("tally.web")
 
+# A request's query that ran past the web's statement_timeout, or waited past its lock_timeout
+# for a table someone else locked: the database is there, and says why it stopped.
+TOO_SLOW = psycopg.errors.QueryCanceled
+LOCKED = psycopg.errors.LockNotAvailable
 # What the database's absence looks like from a request: connect, pool wait, lost socket.
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 # What a database without Tally's schema looks like: the release step has not run.
@@ -39,12 +44,28 @@ def json_error(status: int, sentence: str, **headers: str) -> bottle.HTTPRespons
 
 
 def database_unavailable(route: Callable) -> Callable:
-    """Answer 503 (not 500) when the database cannot be reached."""
+    """Answer 503 (not 500) when the database cannot be reached, or cannot answer in time."""
 
     @functools.wraps(route)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return route(*args, **kwargs)
+        except TOO_SLOW:
+            logger.warning(
+                "%s %s: a query passed the statement timeout", bottle.request.method, bottle.request.path
+            )
+            return json_error(
+                503,
+                f"Counting this took longer than the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take"
+                " here (a filter over many views counts them one by one); try fewer days or a narrower"
+                " filter.",
+            )
+        except LOCKED:
+            logger.warning("%s %s: a table it reads is locked", bottle.request.method, bottle.request.path)
+            return json_error(
+                503,
+                "A table this reads is locked (a migration or maintenance is running); try again shortly.",
+            )
         except DATABASE_DOWN as error:
             logger.warning(
                 "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
