@@ -1,12 +1,20 @@
 """GET /api/stats?days=30 at 5M and at 50M views over 30 days, in daily partitions (issue 19).
 
-The same database grows from the smaller size to the larger: views arrive in time order over
-the last 30 days on PATHS paths (bench/stats.py's load), CHUNK at a time, each chunk rolled up
-as the minutely rollup would have; FRESH_VIEWS stay above the watermark, as between two
-rollups. At each size, `python web.py` alone answers REQUESTS sequential GETs after a warm-up.
-The baseline of the larger size is the smaller one's p50, measured in the same run.
+Each size is a database of its own, as a site that has run for 30 days at that traffic has
+it: a partition per day (made before the views come, as maintain_partitions makes them ahead),
+views in time order over the last 30 days on PATHS paths (bench/stats.py's load), CHUNK at a
+time, each chunk rolled up after it as the minutely rollup would have; FRESH_VIEWS stay above
+the watermark, as between two rollups. At each size, `python web.py` alone answers REQUESTS
+sequential GETs after a warm-up. The baseline of the larger size is the smaller one's p50,
+measured in the same run.
 
-$ python -m bench.stats_scale          # 11-13 minutes a build, 7 GB of disk at 50M
+Until session 28 one database grew from 5M to 50M with every chunk spread over all 30 days,
+into the default partition (no day partitions existed for past days): each 15-minute
+bucket's rows lay in ten far-apart stretches of one 6 GB table, and counting the bucket 24
+hours ago (stats_raw_range) met a new visibility-map page at nearly every row, 2.2 ms at 50M
+against 0.4 ms at 5M, which is most of the growth those runs reported.
+
+$ python -m bench.stats_scale          # 9-11 minutes a build, 7 GB of disk at 50M
 """
 
 from __future__ import annotations
@@ -35,26 +43,32 @@ CHUNK = 5_000_000
 PATHS = 500
 FRESH_VIEWS = 200
 REQUESTS = 400
+# Views number `first` to `first + rows - 1` of `total`, spread evenly over the last 30 days.
 LOAD_SQL = (
     "INSERT INTO page_views (path, referrer, viewed_at)"
     " SELECT '/page/' || floor(%(paths)s * power(random(), 2))::int, 'https://example.com/',"
-    "        now() - interval '30 days' + (n + random()) * (interval '30 days' / %(rows)s)"
-    " FROM generate_series(0, %(rows)s - 1) AS n"
+    "        %(since)s::timestamptz + (n + random()) * (interval '30 days' / %(total)s)"
+    " FROM generate_series(%(first)s, %(first)s + %(rows)s - 1) AS n"
+)
+DAY_PARTITIONS_SQL = (
+    "SELECT tally_ensure_day_partition(day::date)"
+    " FROM generate_series((%(since)s::timestamptz AT TIME ZONE 'UTC')::date,"
+    "                      (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS day"
 )
 
 GOAL_P50_SECONDS = 0.010
 GOAL_GROWTH = 1.2  # p50 at the largest size over the smallest
 
 
-def grow_to(conn: psycopg.Connection, target: int) -> float:
-    """Add views up to `target` (the fresh ones aside), rolled up chunk by chunk; the rollups' seconds."""
-    conn.execute("DELETE FROM page_views WHERE path LIKE '/fresh/%'")
-    conn.execute("SELECT tally_rollup_page_views()")
+def load(conn: psycopg.Connection, size: int) -> float:
+    """`size` views in day partitions, in time order, rolled up chunk by chunk; the rollups' seconds."""
+    since = conn.execute("SELECT now() - interval '30 days'").fetchone()[0]
+    conn.execute(DAY_PARTITIONS_SQL, {"since": since})
     rollup_seconds = 0.0
-    while (have := conn.execute("SELECT count(*) FROM page_views").fetchone()[0]) < target:
-        rows = min(CHUNK, target - have)
-        say(f"stats_scale: {have:,} views, adding {rows:,}")
-        conn.execute(LOAD_SQL, {"paths": PATHS, "rows": rows})
+    for first in range(0, size, CHUNK):
+        rows = min(CHUNK, size - first)
+        say(f"stats_scale: {first:,} views, adding {rows:,}")
+        conn.execute(LOAD_SQL, {"paths": PATHS, "since": since, "first": first, "rows": rows, "total": size})
         started = time.perf_counter()
         conn.execute("SELECT tally_rollup_page_views()")
         rollup_seconds += time.perf_counter() - started
@@ -77,15 +91,17 @@ def p50_p99(url: str) -> tuple[float, float]:
 def measure(build: Build) -> Result:
     result = Result("Stats at scale")
     measured: dict[int, tuple[float, float, float, int]] = {}
-    with throwaway_database(build) as url, psycopg.connect(url, autocommit=True) as conn:
-        for size in SIZES:
-            rollup_seconds = grow_to(conn, size)
+    for size in SIZES:
+        with throwaway_database(build) as url, psycopg.connect(url, autocommit=True) as conn:
+            rollup_seconds = load(conn, size)
             bytes_on_disk = conn.execute(
                 "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('page_views')"
             ).fetchone()[0]
+            in_default = conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0]
+            assert in_default == 0, f"{in_default} views in the default partition"
             say(f"stats_scale: {size:,} views; timing")
             p50, p99 = p50_p99(url)
-            measured[size] = (p50, p99, rollup_seconds, bytes_on_disk)
+        measured[size] = (p50, p99, rollup_seconds, bytes_on_disk)
     smallest, largest = min(measured), max(measured)
     for size, (p50, p99, _, on_disk) in sorted(measured.items()):
         last = size == largest
@@ -113,9 +129,10 @@ def measure(build: Build) -> Result:
         f"to {size / 1e6:g}M: {seconds:.0f} s" for size, (_, _, seconds, _) in sorted(measured.items())
     )
     result.notes.append(
-        f"Views on {PATHS} paths (skewed) with a referrer, no visitor id, in time order over the last 30"
-        f" days, {CHUNK / 1e6:g}M at a time, each chunk rolled up ({rollups}); {FRESH_VIEWS} views left"
-        f" in the tail. {REQUESTS} sequential GETs of {stats_live.STATS} to `python web.py` after 20."
+        f"Each size a database of its own: views on {PATHS} paths (skewed) with a referrer, no visitor id,"
+        f" in time order over the last 30 days into a partition per day, {CHUNK / 1e6:g}M at a time, each"
+        f" chunk rolled up ({rollups}); {FRESH_VIEWS} views left in the tail. {REQUESTS} sequential GETs"
+        f" of {stats_live.STATS} to `python web.py` after 20."
     )
     return result
 
