@@ -31,6 +31,7 @@ from bench import collect, filters
 from bench.harness import (
     Build,
     free_port,
+    make_day_partitions,
     median,
     ms,
     percentile,
@@ -90,6 +91,7 @@ SELECT name, count(*), count(DISTINCT ((occurred_at AT TIME ZONE 'UTC')::date, v
 def load(conn: psycopg.Connection) -> float:
     """The views and events, rolled up; the rollup's seconds."""
     say(f"events: loading {SIZE:,} views and {SIZE // EVENT_SHARE:,} events")
+    make_day_partitions(conn, 31)
     conn.execute(filters.LOAD, {"rows": SIZE})
     conn.execute(EVENTS, {"share": EVENT_SHARE})
     conn.execute("VACUUM ANALYZE page_views")

@@ -22,7 +22,7 @@ import time
 import psycopg
 
 from bench.filters import LOAD as REALISTIC_LOAD
-from bench.harness import Build, say, throwaway_server
+from bench.harness import Build, make_day_partitions, say, throwaway_server
 from bench.partitions import migrate_to
 from bench.report import Result, Row, times
 from migrations import apply_pending
@@ -60,6 +60,7 @@ def footprint(url: str, views: int, kept: tuple[str, ...], transient: tuple[str,
     """`views` realistic views rolled up once: bytes per view (raw, kept, transient), the rate."""
     with psycopg.connect(url, autocommit=True) as conn:
         say(f"rollups: {views:,} realistic views, rolled up once")
+        make_day_partitions(conn, 31)
         conn.execute(REALISTIC_LOAD, {"rows": views})
         conn.execute("VACUUM ANALYZE page_views")
         started = time.perf_counter()

@@ -29,6 +29,7 @@ from bench.harness import (
     Build,
     builds,
     free_port,
+    make_day_partitions,
     ms,
     percentile,
     process,
@@ -50,11 +51,6 @@ LOAD_SQL = (
     "        %(since)s::timestamptz + (n + random()) * (interval '30 days' / %(total)s)"
     " FROM generate_series(%(first)s, %(first)s + %(rows)s - 1) AS n"
 )
-DAY_PARTITIONS_SQL = (
-    "SELECT tally_ensure_day_partition(day::date)"
-    " FROM generate_series((%(since)s::timestamptz AT TIME ZONE 'UTC')::date,"
-    "                      (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS day"
-)
 
 GOAL_P50_SECONDS = 0.010
 GOAL_GROWTH = 1.2  # p50 at the largest size over the smallest
@@ -63,7 +59,7 @@ GOAL_GROWTH = 1.2  # p50 at the largest size over the smallest
 def load(conn: psycopg.Connection, size: int) -> float:
     """`size` views in day partitions, in time order, rolled up chunk by chunk; the rollups' seconds."""
     since = conn.execute("SELECT now() - interval '30 days'").fetchone()[0]
-    conn.execute(DAY_PARTITIONS_SQL, {"since": since})
+    make_day_partitions(conn, 31)
     rollup_seconds = 0.0
     for first in range(0, size, CHUNK):
         rows = min(CHUNK, size - first)

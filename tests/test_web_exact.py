@@ -387,6 +387,48 @@ def test_the_filtered_scan_may_run_in_parallel_workers(conn):
     assert "Gather" in plan, plan
 
 
+def test_a_goal_filter_finds_its_visitors_once_however_many_day_partitions(conn):
+    """As `(site, visitor) IN (subquery)` the goal filters were a hashed subplan built again
+    for each partition the window reads: 30 reads of the events, or of the window's views
+    for goal_path, in a 30-day window. A join finds them once (migrations/0021)."""
+    from tally.db import QUERIES
+
+    today = datetime.datetime.now(datetime.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    params = {
+        "start": today - datetime.timedelta(days=6),
+        "end": today + datetime.timedelta(days=1),
+        "tz": "UTC",
+        "site": "example.com",
+        "panels": True,
+        **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
+    }
+    with conn.transaction() as held:  # the days' partitions go with it
+        for back in range(1, 7):
+            conn.execute(
+                "SELECT tally_ensure_day_partition(%s)", ((today - datetime.timedelta(days=back)).date(),)
+            )
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " SELECT 'example.com', '/p' || n %% 3, n %% 5, %s - n * interval '1 hour'"
+            "   FROM generate_series(0, 143) n",
+            (today,),
+        )
+        conn.execute(
+            "INSERT INTO events (site, name, path, visitor, occurred_at)"
+            " SELECT 'example.com', 'Signup', '/p0', n, %s - n * interval '1 day'"
+            "   FROM generate_series(0, 4) n",
+            (today,),
+        )
+        for goals in ({"event": "Signup"}, {"goal_path": "/p1"}, {"event": "Signup", "goal_path": "/p1"}):
+            plan = "\n".join(
+                row[0]
+                for row in conn.execute("EXPLAIN ANALYZE " + QUERIES["filtered_answer"], {**params, **goals})
+            )
+            assert plan.count("page_views_p") >= 7, plan  # the window reads a partition a day
+            assert "SubPlan" not in plan and "loops=7" not in plan, (goals, plan)
+        raise psycopg.Rollback(held)
+
+
 def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
     beacon(client, "https://example.com/a", status=201)
     for query, word in (
