@@ -12,8 +12,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tally.web.crawlers import MAX_AGENT, by_crawlerdetect, is_crawler
+from tally.web import crawlers
+from tally.web.crawlers import MAX_AGENT, by_crawlerdetect, by_lists, is_crawler, may_be_crawler
 
 # matomo bots.yml; the first eight are ones crawlerdetect alone let through.
 MATOMO_CRAWLERS = [
@@ -100,3 +103,125 @@ def test_a_huge_agent_is_judged_by_its_start_quickly(agent):
     verdict = is_crawler(agent)
     assert time.monotonic() - began < 1.0
     assert verdict == is_crawler(agent[:MAX_AGENT])
+
+
+# The automaton in front of the lists (RE2, look-arounds removed) must never change an answer:
+# agents aimed at each look-around the lists hold, and at crawlerdetect's exclusions, which
+# can join two parts of an agent into a crawler's name once cut out.
+LOOKAROUND_AGENTS = [
+    "Yandex",
+    "YandexSearch/1.0",
+    "Mozilla/5.0 YandexSearch",
+    "YaBrowser Yandex/1.0",
+    "Dalvik/2.1.0 java;",
+    "java/1.8",
+    "Java;",
+    "JAVA",
+    "google",
+    "channel/google",
+    "Mozilla/5.0 (Linux; wv) google/google",
+    "googlewv",
+    "google pixel",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/126.0 Mobile Safari/537.36 GoogleApp/1",
+    "camscan",
+    "scan",
+    "CamScanner/6.0",
+    "libhttp",
+    "http",
+    "libcurl http/1.1",
+    "gnews",
+    "news",
+    "newssapphire",
+    "Xnewssapphire",
+    "cu bots",
+    "cu bot_",
+    "robots",
+    "Mozilla/5.0 cubot note",
+    "Mozilla/5.0 (Linux; Android 10; CUBOT X30) Chrome/90.0 Mobile Safari/537.36",
+    # crawlerdetect's name "Abonti" appears only once its exclusion "Ubuntu" is cut out
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 "
+    "Safari/537.36 AboUbuntunti",
+    "SafariBotPoke",
+    "Mozilla/5.0 BotLinux",
+    "crawlUbuntuer",
+    "spiLinuxder",
+    "GoogLinuxlebot",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Moziłła/5.0 bot",
+    "Mozilla/5.0 (\uff27ooglebot)",
+    "Mozilla/5.0\x0bbot",
+    "\u017fpider",
+]
+TOKENS = [
+    "Mozilla/5.0 ",
+    "(compatible; ",
+    "Linux",
+    "Ubuntu",
+    "Safari/537.36",
+    " Chrome/126.0",
+    "bot",
+    "Bot",
+    "spider",
+    "crawl",
+    "Google",
+    "google",
+    "http://",
+    "lib",
+    "Yandex",
+    "Search",
+    "java",
+    ";",
+    " cu",
+    "cam",
+    "scan",
+    "news",
+    "g",
+    "sapphire",
+    "wv",
+    " pixel",
+    "/1.0",
+    ".com",
+    "@",
+    " ",
+    "_",
+    "KHTML,",
+    "like Gecko",
+    "cubot",
+    "; M bot",
+    "Build",
+    "x86_64",
+    "é",
+]
+
+
+def test_the_automaton_is_in_use_with_the_pinned_lists():
+    assert crawlers.PREFILTER
+
+
+@pytest.mark.parametrize("agent", LOOKAROUND_AGENTS + MATOMO_CRAWLERS + MONPERRUS_CRAWLERS + MATOMO_BROWSERS)
+def test_the_automaton_never_changes_an_answer(agent):
+    assert crawlers._detect.__wrapped__(agent) == by_lists(agent)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=12).map("".join))
+def test_the_automaton_never_changes_an_answer_on_pieces_of_names(agent):
+    assert crawlers._detect.__wrapped__(agent) == by_lists(agent)
+
+
+def test_browsers_do_not_reach_the_lists_and_crawlers_do():
+    # The point of the automaton: most browsers' agents end there (a few name Google).
+    assert sum(not may_be_crawler(agent) for agent in MATOMO_BROWSERS) >= len(MATOMO_BROWSERS) - 2
+    assert all(may_be_crawler(agent) for agent in MATOMO_CRAWLERS + MONPERRUS_CRAWLERS)
+
+
+def test_agents_beyond_printable_ascii_go_to_the_lists():
+    assert may_be_crawler("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0 é")
+    assert may_be_crawler("Mozilla/5.0\tFirefox/128.0")
+
+
+def test_removing_lookarounds_keeps_the_rest():
+    assert crawlers.without_lookarounds("(?<! cu)bots?(?:\\b|_)") == "bots?(?:\\b|_)"
+    assert crawlers.without_lookarounds("(?<! channel/|google/)google(?!(?:wv|app))") == "google"
+    assert crawlers.without_lookarounds("(?:^|[^g])news(?!sapphire)") == "(?:^|[^g])news"
