@@ -125,20 +125,21 @@ SELECT given.site, given.name,
 SELECT tally_rollup_page_views() AS views
 
 -- delete_old_rollups --
--- Drop rollups older than the cutoff day (they outlive raw views, but not forever).
+-- Drop rollups older than the cutoff day (they outlive raw views, but not forever). The CTEs'
+-- names are the tables' own, whole: OVERLAPS is a reserved word.
 WITH buckets AS (
     DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
 ), day_values AS (
     DELETE FROM page_view_day_values WHERE day < %(cutoff_day)s RETURNING 1
-), overlaps AS (
+), day_overlaps AS (
     DELETE FROM page_view_day_overlaps WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), visits AS (
+), visit_buckets AS (
     DELETE FROM page_view_visit_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
-), crawlers AS (
+), crawler_hits AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values) + (SELECT count(*) FROM overlaps)
-     + (SELECT count(*) FROM visits) + (SELECT count(*) FROM crawlers) AS removed
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values) + (SELECT count(*) FROM day_overlaps)
+     + (SELECT count(*) FROM visit_buckets) + (SELECT count(*) FROM crawler_hits) AS removed
 
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import time
 
@@ -180,10 +181,15 @@ def test_prune_finished_jobs_removes_old_finished_jobs_and_their_events(conn):
 
 
 def test_every_task_can_be_deferred_with_no_arguments(conn):
-    for name in ("cleanup_old_page_views", "retry_stalled_jobs", "prune_finished_jobs"):
+    # Every task of the app (procrastinate's own builtins need arguments), with views to work
+    # on: the rollup's own statements and the old rollups' removal after it both run.
+    insert_views(conn, 10, "3 hours")
+    names = sorted(name for name in jobs.app.tasks if "procrastinate" not in name)
+    assert {"rollup_page_views", "cleanup_old_page_views", "maintain_partitions"} <= set(names)
+    for name in names:
         defer(jobs.app.tasks[name])
     run_queued_jobs()
-    assert {status for _, status in job_statuses(conn)} == {"succeeded"}
+    assert job_statuses(conn) == [(name, "succeeded") for name in names]
 
 
 def test_rollup_folds_committed_views_once(conn):
@@ -194,6 +200,55 @@ def test_rollup_folds_committed_views_once(conn):
     run_queued_jobs()
     assert conn.execute("SELECT sum(views) FROM page_view_buckets").fetchone()[0] == 150
     assert conn.execute(PATH_VIEWS).fetchone()[0] == 150
+
+
+def test_rollup_removes_rollups_past_their_retention_and_keeps_the_rest(conn):
+    # One visitor's views either side of a UTC midnight past ROLLUP_RETENTION_DAYS (rows in
+    # every rollup table, an overlap included), and one today.
+    old_midnight = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    old_midnight -= datetime.timedelta(days=page_views.ROLLUP_RETENTION_DAYS + 5)
+    conn.execute(
+        "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES"
+        " ('example.com', '/old', 7, %(midnight)s - interval '5 minutes'),"
+        " ('example.com', '/old', 7, %(midnight)s + interval '5 minutes'),"
+        " ('example.com', '/new', 8, now() - interval '1 hour')",
+        {"midnight": old_midnight},
+    )
+    conn.execute(
+        "INSERT INTO crawler_hits_daily (site, day, hits)"
+        " VALUES ('example.com', %s, 3), ('example.com', current_date, 2)",
+        (old_midnight.date(),),
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+    tables = {
+        "page_view_buckets": "bucket",
+        "page_view_day_values": "day",
+        "page_view_day_overlaps": "first_bucket",
+        "page_view_visit_buckets": "bucket",
+        "crawler_hits_daily": "day",
+    }
+
+    def rows_by_age() -> dict[str, tuple[int, int]]:
+        return {
+            table: conn.execute(
+                f"SELECT count(*) FILTER (WHERE {column} < %(limit)s),"
+                f" count(*) FILTER (WHERE {column} >= %(limit)s) FROM {table}",
+                {"limit": old_midnight + datetime.timedelta(days=2)},
+            ).fetchone()
+            for table, column in tables.items()
+        }
+
+    before = rows_by_age()
+    assert all(old > 0 for old, _ in before.values()), before
+    defer(page_views.rollup_page_views)
+    run_queued_jobs()
+    assert job_statuses(conn) == [("rollup_page_views", "succeeded")]
+    after = rows_by_age()
+    assert {table: old for table, (old, _) in after.items()} == dict.fromkeys(tables, 0)
+    assert {table: new for table, (_, new) in after.items()} == {
+        table: new for table, (_, new) in before.items()
+    }
+    assert all(new > 0 for table, (_, new) in after.items() if table != "page_view_day_overlaps")
 
 
 def test_cleanup_rolls_views_up_before_deleting_them(conn):
