@@ -417,6 +417,21 @@ def test_a_click_on_a_country_narrows_every_panel_and_its_chip_brings_them_back(
             assert f"share={SHARE}" in phone.url and "country=" not in phone.url
             assert totals(phone) == ("4", "2", "2")  # /pricing is German only
             phone.close()
+
+            # A mistyped address: a page that says what is wrong, and ways out that open.
+            lost = browser.new_page(viewport={"width": 390, "height": 844})
+            errors: list[str] = []
+            watch(lost, errors)
+            assert lost.goto(f"{base}/?days=seven&share={SHARE}&country=DE").status == 400
+            assert "days must be a whole number" in lost.locator("#error-message").inner_text()
+            assert lost.evaluate("document.documentElement.scrollWidth") <= 390
+            with lost.expect_navigation():
+                lost.get_by_role("link", name="Without days=seven").click()
+            assert f"share={SHARE}" in lost.url and "country=DE" in lost.url
+            assert totals(lost) == (str(len(german)), "3", "3")
+            # The browser reports the 400 itself; nothing else (a blocked style, a script).
+            assert [error for error in errors if "status of 400" not in error] == []
+            lost.close()
         finally:
             browser.close()
     assert problems == []

@@ -28,6 +28,7 @@ from tally.web.openapi_parts import (
     SECURITY_SCHEMES,
     SHARED,
     json_body,
+    page_error,
     path,
     query,
     ref,
@@ -98,14 +99,17 @@ def operation(
     path_params: tuple[dict[str, Any], ...] = (),
     body: dict[str, Any] | None = None,
     errors: tuple[str, ...] = (),
+    page: bool = False,
 ) -> tuple[str, str, dict[str, Any]]:
-    """One route: `params` name entries of PARAMETERS, `errors` keys of ERRORS."""
+    """One route: `params` name entries of PARAMETERS, `errors` keys of ERRORS (`page`: an HTML
+    page's, which a browser gets as a page, tally/web/error_page.py)."""
+    shown = {status: page_error(ERRORS[status]) if page else ERRORS[status] for status in errors}
     answer: dict[str, Any] = {
         "operationId": name,
         "summary": summary,
         "security": security,
         "parameters": [*path_params, *(PARAMETERS[param] for param in params)],
-        "responses": {**responses, **{status: ERRORS[status] for status in errors}},
+        "responses": {**responses, **shown},
     }
     if body is not None:
         answer["requestBody"] = body
@@ -127,6 +131,7 @@ OPERATIONS = [
         {"200": text_body(HTML, "The dashboard."), **PAGE_REFUSED},
         (*STATS_PARAMS, "compare", "share"),
         errors=("400", "503"),
+        page=True,
     ),
     operation(
         "get",
@@ -386,6 +391,7 @@ OPERATIONS = [
         {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
         (*JOB_FILTERS, "before", "notice"),
         errors=("400", "503"),
+        page=True,
     ),
     operation(
         "get",
@@ -397,6 +403,7 @@ OPERATIONS = [
         ("notice",),
         path_params=(JOB_ID,),
         errors=("404", "503"),
+        page=True,
     ),
     operation(
         "get",

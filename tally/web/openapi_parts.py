@@ -240,6 +240,14 @@ def error(description: str) -> dict[str, Any]:
     return json_body("Error", description)
 
 
+def page_error(answer: dict[str, Any]) -> dict[str, Any]:
+    """An error of an HTML page: JSON, or for a browser (Accept: text/html) the same as a page."""
+    return {
+        "description": answer["description"] + " A browser (Accept: text/html) gets it as a page.",
+        "content": {**answer["content"], HTML: {"schema": {"type": "string"}}},
+    }
+
+
 ERRORS = {
     "400": error("A parameter or the body is not valid."),
     "401": error("No credential that this route takes."),

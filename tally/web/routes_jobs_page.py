@@ -12,6 +12,7 @@ from jobs.schedule import periodic_tasks
 from tally.config import Config
 from tally.web import jobs_page
 from tally.web.auth import Auth
+from tally.web.error_page import page_errors
 from tally.web.params import parse_before, parse_job_filters
 from tally.web.responses import database_unavailable, json_error
 
@@ -27,6 +28,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
 
     @app.get("/jobs")
     @auth.owner_only
+    @page_errors
     @database_unavailable
     def show_jobs_page():
         """Render the jobs page: queues with pause and resume, schedules with run now, jobs by filter."""
@@ -46,6 +48,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
 
     @app.get("/jobs/<job_id:int>")
     @auth.owner_only
+    @page_errors
     @database_unavailable
     def show_job_page(job_id: int):
         """Render a job's page: arguments, attempts, events, worker, errors with tracebacks."""

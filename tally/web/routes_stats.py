@@ -14,6 +14,7 @@ import psycopg_pool
 from tally.config import Config
 from tally.web import dashboard, export, queue_state, routes_reports
 from tally.web.auth import Auth, Reader
+from tally.web.error_page import page_errors
 from tally.web.params import (
     parse_compare,
     parse_days,
@@ -38,6 +39,7 @@ def register(
 
     @app.get("/")
     @auth.owner_or_share
+    @page_errors
     @database_unavailable
     def show_dashboard():
         """Render the dashboard: views per day, top paths, and queue state for the owner."""

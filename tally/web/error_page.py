@@ -1,0 +1,113 @@
+"""The errors of the pages people open in a browser (the dashboard, the jobs pages), as a page.
+
+Every route answers an error as `{"error": "<sentence>"}` with its status (DESIGN.md). A
+browser that asked one of the HTML pages for HTML (`Accept: text/html`, as every browser's
+address bar does) would show that JSON as text; it gets the same status and sentence as a
+small page instead, with the ways out: the same address again (for a 503), the address
+without each of its parameters (a filter that counts too many views, a `days=abc`), and the
+page with none. curl, scripts and tests, which do not ask for HTML, keep the JSON.
+
+    >>> @page_errors                    # doctest: +SKIP
+    ... def show_dashboard(): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import http
+import json
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bottle
+
+from tally.web.sessions import PAGE_HEADERS
+
+TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("error.tpl").read_text(encoding="utf-8"))
+# Parameters offered one by one for removal; an address with more is offered whole, not each.
+MOST_PARAMETERS = 12
+SHOWN_VALUE = 60  # characters of a parameter's value in a link's label
+KEPT = ("share",)  # a share link's reader keeps the token in every way out
+PAGE_NAMES = {"/": "The dashboard", "/jobs": "The jobs page"}
+FEWER_DAYS = 7
+
+
+def wants_html() -> bool:
+    """Whether the request asked for HTML, as a browser navigating to a page does."""
+    return "text/html" in bottle.request.headers.get("Accept", "")
+
+
+def ways_out(status: int) -> list[tuple[str, str]]:
+    """(label, address): this address again (503: the database may answer later), without
+    each of its parameters, and the page with none; the share token kept in each."""
+    path = bottle.request.path
+    given = urllib.parse.parse_qsl(bottle.request.query_string, keep_blank_values=True, errors="replace")
+    kept = [(name, value) for name, value in given if name in KEPT]
+    others = [(name, value) for name, value in given if name not in KEPT]
+
+    def address(pairs: list[tuple[str, str]]) -> str:
+        return path + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+
+    links = []
+    if status == http.HTTPStatus.SERVICE_UNAVAILABLE:
+        links.append(("Try again", address(given)))
+        if path == "/":  # a count that took too long: a shorter window counts fewer views
+            fewer = [(name, value) for name, value in given if name != "days"] + [("days", str(FEWER_DAYS))]
+            links.append((f"The last {FEWER_DAYS} days", address(fewer)))
+    if 1 < len(others) <= MOST_PARAMETERS:
+        for index, (name, value) in enumerate(others):
+            shown = value if len(value) <= SHOWN_VALUE else value[:SHOWN_VALUE] + "\N{HORIZONTAL ELLIPSIS}"
+            links.append((f"Without {name}={shown}", address(kept + others[:index] + others[index + 1 :])))
+    if path.startswith("/jobs/"):  # a job's page: the list of jobs
+        links.append(("The jobs page", "/jobs"))
+    else:
+        links.append((PAGE_NAMES.get(path, path) + ", as it opens", address(kept)))
+    return links
+
+
+def as_page(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
+    """The JSON error `response` as an HTML page of the same status and sentence."""
+    try:
+        sentence = json.loads(response.body)["error"]
+    except (TypeError, ValueError, KeyError):
+        return response
+    status = response.status_code
+    try:
+        title = http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body = TEMPLATE.render(title=title, status=status, sentence=sentence, links=ways_out(status))
+    headers = {
+        "Content-Type": "text/html; charset=utf-8",
+        "Cache-Control": "no-store",
+        "Vary": "Accept",
+        **PAGE_HEADERS,
+    }
+    return bottle.HTTPResponse(status=status, body=body, headers=headers)
+
+
+def _is_json_error(result: Any) -> bool:
+    return (
+        isinstance(result, bottle.HTTPResponse)
+        and not isinstance(result, bottle.HTTPError)  # Bottle's own errors go to its handler
+        and result.status_code >= 400
+        and result.headers.get("Content-Type", "").startswith("application/json")
+    )
+
+
+def page_errors(route: Callable) -> Callable:
+    """A page route whose JSON errors reach a browser as a page (see the module's docstring)."""
+
+    @functools.wraps(route)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = route(*args, **kwargs)
+        except bottle.HTTPResponse as raised:
+            if not (_is_json_error(raised) and wants_html()):
+                raise
+            return as_page(raised)
+        return as_page(result) if _is_json_error(result) and wants_html() else result
+
+    return wrapper
