@@ -29,7 +29,8 @@ def client(database_url, pool):
 # A view's audience, as tally/web/audience.py records it, drawn at random per visitor.
 AUDIENCES = {
     "medium": [None, None, "email", "social"],
-    "campaign": [None, None, "spring", "launch"],
+    # Not ASCII: a query string's value is UTF-8 to decode ("Ë" holds the byte of a C1 control).
+    "campaign": [None, None, "spring", "launch", "été", "Ëvent"],
     "country": [None, "DE", "US", "US", "FR", "NP"],
     "browser": [None, "Firefox", "Chrome", "Chrome", "Safari"],
     "os": [None, "Linux", "Windows", "iOS"],
@@ -285,6 +286,8 @@ FILTER_CASES = [
     {"source": "news", "device": "phone"},
     {"country": "DE", "os": "Linux"},
     {"medium": "email", "campaign": "spring"},
+    {"campaign": "été"},
+    {"campaign": "Ëvent", "country": "US"},
     {"country": "ZZ"},  # a value nobody has: an empty answer, not an error
 ]
 

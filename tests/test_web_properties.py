@@ -121,6 +121,15 @@ def test_any_stats_query_string_answers_200_or_400(owner, query):
     assert response.status_int in (200, 400), response.text
 
 
+@pytest.mark.parametrize("query", ["campaign=%FF", "path=/%C3", "event=%ED%A0%80", "%E9t%E9=1"])
+@pytest.mark.parametrize("path", ["/api/stats", "/api/export", "/", "/jobs", "/api/jobs/bulk/retry"])
+def test_a_query_string_that_is_not_utf8_is_a_400_that_says_so(owner, path, query):
+    """Bottle would hand its bytes over as latin-1 text (headers.decode_query)."""
+    method = owner.post if path.startswith("/api/jobs/") else owner.get
+    response = method(f"{path}?{query}", status=400)
+    assert response.json == {"error": "The address's query string is not valid UTF-8."}
+
+
 @PROPERTY_SETTINGS
 @given(
     header=st.none() | st.text(alphabet=string.printable, max_size=60),

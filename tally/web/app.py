@@ -60,7 +60,7 @@ def build_app(
     `reads` sends the owner's reads to a replica (tally/web/replica.py; started and closed by
     the caller); without it they read from `pool`. Everything that writes uses `pool`."""
     app = bottle.Bottle()
-    request_headers.install(app)  # every header decodable before any route reads one
+    request_headers.install(app)  # every header decodable, the query decoded, before any route
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
 
     def request_rollup() -> None:

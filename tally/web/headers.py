@@ -1,4 +1,5 @@
-"""Request headers as real clients send them, made safe once, before any route reads them.
+"""Request headers and query strings as real clients send them, made safe once, before any
+route reads them.
 
 A WSGI server hands each header over as a latin-1 `str` (the bytes as they came); Bottle's
 `request.get_header` then decodes it as UTF-8 and raises UnicodeDecodeError on anything
@@ -10,6 +11,12 @@ CookieError in any route that reads a cookie: unreadable cookies are no cookies,
 session), refuses a Content-Length that is not a whole number (400), and sends Bottle's own
 traceback dump (`wsgi.errors`, which carries exception messages and so input) nowhere:
 the app's error handler logs errors itself, without messages (tally.logs.describe_error).
+
+Bottle's `request.query` hands each value over the same way, as the latin-1 `str` of its
+bytes: `?campaign=%C3%A9t%C3%A9` read as `Ã©tÃ©`, so a filter by any value that is not
+ASCII (a campaign, an event's name) matched nothing, and one whose UTF-8 bytes hold a C1
+control's (`Ë`) was refused. `decode_query` (the same hook) puts the query decoded as UTF-8
+in its place, and refuses a query that is not UTF-8 (400).
 
     >>> environ = {"HTTP_USER_AGENT": "App/1.0 (\\xe9t\\xe9)", "CONTENT_TYPE": "text/plain"}
     >>> clean_headers(environ)
@@ -70,14 +77,32 @@ def clean_headers(environ: MutableMapping[str, Any]) -> None:
             del environ["HTTP_COOKIE"]
     length = environ.get("CONTENT_LENGTH")
     if length and not (isinstance(length, str) and CONTENT_LENGTH.fullmatch(length.strip())):
-        raise bottle.HTTPResponse(
-            status=400,
-            body=json.dumps({"error": "Content-Length must be a whole number of bytes."}),
-            headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
-        )
+        raise _refused("Content-Length must be a whole number of bytes.")
     environ["wsgi.errors"] = Discard()
 
 
+def decode_query(environ: MutableMapping[str, Any]) -> None:
+    """Put Bottle's `request.query` of `environ` decoded as UTF-8 in its place; a 400 if it is not."""
+    try:
+        environ["bottle.request.query"] = bottle.BaseRequest(environ).query.decode()
+    except UnicodeError:  # not UTF-8; or (not from a WSGI server) not latin-1 text
+        raise _refused("The address's query string is not valid UTF-8.") from None
+
+
+def clean_request(environ: MutableMapping[str, Any]) -> None:
+    """Every header decodable, the query decoded: what routes may read."""
+    clean_headers(environ)
+    decode_query(environ)
+
+
 def install(app: bottle.Bottle) -> None:
-    """Clean each request's headers before routing (hooks run before the router)."""
-    app.add_hook("before_request", lambda: clean_headers(bottle.request.environ))
+    """Clean each request's headers and query before routing (hooks run before the router)."""
+    app.add_hook("before_request", lambda: clean_request(bottle.request.environ))
+
+
+def _refused(sentence: str) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        status=400,
+        body=json.dumps({"error": sentence}),
+        headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
+    )
