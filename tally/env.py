@@ -15,6 +15,7 @@ hold a password (a database or SMTP URL). tally/config.py says which variables T
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
 import zoneinfo
@@ -185,15 +186,21 @@ class EnvReader:
         return self._parse(name, default, parse)
 
 
+@functools.cache
+def time_zone_names() -> frozenset[str]:
+    """The IANA zones (Europe/Paris, UTC) of the zone database Python reads: what TIMEZONE and
+    ?tz= accept, and what the OpenAPI document lists. Not paths, POSIX rules, nor `localtime`
+    (a system's file of that name, not a zone PostgreSQL knows)."""
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if TIME_ZONE_NAME.fullmatch(name) and name != "localtime"
+    )
+
+
 def is_time_zone(name: str) -> bool:
-    """Whether `name` is an IANA zone (Europe/Paris, UTC), not a path or a POSIX rule."""
-    if not TIME_ZONE_NAME.fullmatch(name):
-        return False
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    """Whether `name` is one of time_zone_names()."""
+    return name in time_zone_names()
 
 
 def _in_range(value: T, low: T, high: T) -> T:

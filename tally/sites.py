@@ -14,8 +14,13 @@ import re
 # (migrations/0005), so server-side views and plain SQL inserts land on the same site.
 DEFAULT_SITE = "default"
 # A host name as in a URL (browsers send international names as punycode).
-HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_NAME = re.compile(rf"{LABEL}(?:\.{LABEL})*")
 MAX_HOST_NAME = 253
+# A site as the API takes it (a `site` parameter or field): a host name in any case, a final
+# dot allowed, nothing around it. The OpenAPI document gives this same pattern, so what it
+# calls valid and what the app accepts are one set.
+SITE_NAME = re.compile(HOST_NAME.pattern.replace("a-z", "A-Za-z") + r"\.?")
 
 
 def parse_site(value: str) -> str | None:
@@ -24,3 +29,10 @@ def parse_site(value: str) -> str | None:
     if len(site) > MAX_HOST_NAME or not HOST_NAME.fullmatch(site):
         return None
     return site
+
+
+def parse_site_name(value: str) -> str | None:
+    """A `site` the API was given (SITE_NAME), in lower case without the final dot; else None."""
+    if len(value) > MAX_HOST_NAME or not SITE_NAME.fullmatch(value):
+        return None
+    return value.lower().rstrip(".")

@@ -86,3 +86,14 @@ def test_a_reader_without_the_token_still_gets_the_login_form(database_url, pool
     stranger = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, PUBLIC_DASHBOARD="false")
     page = stranger.get("/?days=abc", headers=BROWSER, status=401)
     assert 'id="login-form"' in page.text and "error-message" not in page.text
+
+
+def test_the_report_preview_answers_a_browser_with_a_page_and_the_way_to_the_dashboard(owner):
+    page = owner.get("/reports/preview?site=a:b&period=weekly", headers=BROWSER, status=400)
+    assert page.content_type == "text/html" and "site must be one host name" in page.text
+    assert ways_out(page.text) == {
+        "Without site=a:b": "/reports/preview?period=weekly",
+        "Without period=weekly": "/reports/preview?site=a%3Ab",
+        "The dashboard": "/",
+    }
+    assert owner.get("/reports/preview?site=a:b", status=400).json["error"]  # no Accept: JSON

@@ -1,4 +1,5 @@
-"""The errors of the pages people open in a browser (the dashboard, the jobs pages), as a page.
+"""The errors of the pages people open in a browser (the dashboard, the jobs pages, the report's
+preview), as a page.
 
 Every route answers an error as `{"error": "<sentence>"}` with its status (DESIGN.md). A
 browser that asked one of the HTML pages for HTML (`Accept: text/html`, as every browser's
@@ -62,6 +63,8 @@ def ways_out(status: int) -> list[tuple[str, str]]:
             links.append((f"Without {name}={shown}", address(kept + others[:index] + others[index + 1 :])))
     if path.startswith("/jobs/"):  # a job's page: the list of jobs
         links.append(("The jobs page", "/jobs"))
+    elif path == "/reports/preview":  # needs its site: the dashboard lists them
+        links.append(("The dashboard", "/"))
     else:
         links.append((PAGE_NAMES.get(path, path) + ", as it opens", address(kept)))
     return links

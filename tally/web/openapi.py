@@ -4,7 +4,8 @@ Kept equal to the app's routes by tests/test_openapi.py (every route here, nothi
 checked by openapi-spec-validator, and fuzzed by Schemathesis against a live web.py.
 
 To add a query parameter to a route, add its name to the route's `params` below (and,
-if it is new, one line to PARAMETERS). To add a route, add one `operation(...)` line.
+if it is new, one line to PARAMETERS in tally/web/openapi_inputs.py). To add a route, add one
+`operation(...)` line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from tally.dimensions import DIMENSIONS
+from tally.web import openapi_inputs as inputs
+from tally.web.openapi_inputs import JOB_ID, PARAMETERS, QUEUE, REPORT_SITE, TASK
 from tally.web.openapi_parts import (
     BACK_TO_PAGE,
     CHANGES,
@@ -29,63 +32,9 @@ from tally.web.openapi_parts import (
     SHARED,
     json_body,
     page_error,
-    path,
-    query,
     ref,
     text_body,
 )
-
-NAME = {"type": "string", "minLength": 1, "maxLength": 128}
-# Every query parameter of every route, by name: a route lists the names it takes.
-PARAMETERS: dict[str, dict[str, Any]] = {
-    "days": query(
-        "days", {"type": "integer", "minimum": 1, "maximum": 366}, "Days in the window, today included (30)."
-    ),
-    "site": query("site", {"type": "string"}, "One site's host name; absent or empty: every site."),
-    "tz": query("tz", {"type": "string"}, "IANA time zone in which days count (TIMEZONE)."),
-    "share": query("share", {"type": "string"}, "A share link's token (SHARE_TOKEN): read-only numbers."),
-    "status": query(
-        "status",
-        {"enum": ["todo", "doing", "succeeded", "failed", "cancelled", "aborted", ""]},
-        "Only jobs in this status.",
-    ),
-    "task": query("task", NAME, "Only jobs of this task."),
-    "queue": query("queue", NAME, "Only jobs of this queue."),
-    "before": query(
-        "before", {"type": "integer", "minimum": 1}, "The next page: jobs with smaller ids (keyset)."
-    ),
-    "notice": query(
-        "notice", {"type": "string", "maxLength": 300}, "What the last action did, shown on the page."
-    ),
-    "period": query(
-        "period", {"enum": ["weekly", "monthly"]}, "The report's period: the last full week or month."
-    ),
-    "compare": query(
-        "compare", {"enum": ["previous", ""]}, "previous: add the period of the same length just before."
-    ),
-    # The filters (tally/web/filters.py): one parameter per dimension, AND-ed.
-    **{
-        dimension.name: query(
-            dimension.name,
-            {"type": "string", "maxLength": 2048},
-            f"Count only the views whose {dimension.name} is this value.",
-        )
-        for dimension in DIMENSIONS
-    },
-    "event": query(
-        "event",
-        {"type": "string", "maxLength": 2048},
-        "Count only the views of the visitors who sent this event.",
-    ),
-    "goal_path": query(
-        "goal_path",
-        {"type": "string", "maxLength": 2048},
-        "Count only the views of the visitors who viewed this path.",
-    ),
-}
-JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
-TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
-QUEUE = path("name", {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,40}$"}, "A queue's name.")
 
 
 def operation(
@@ -96,19 +45,20 @@ def operation(
     security: list[dict[str, list[str]]],
     responses: dict[str, Any],
     params: tuple[str, ...] = (),
-    path_params: tuple[dict[str, Any], ...] = (),
+    own_params: tuple[dict[str, Any], ...] = (),
     body: dict[str, Any] | None = None,
     errors: tuple[str, ...] = (),
     page: bool = False,
 ) -> tuple[str, str, dict[str, Any]]:
-    """One route: `params` name entries of PARAMETERS, `errors` keys of ERRORS (`page`: an HTML
-    page's, which a browser gets as a page, tally/web/error_page.py)."""
+    """One route: `params` name entries of PARAMETERS, `own_params` are parameters of its own
+    (of its path, or required), `errors` keys of ERRORS (`page`: an HTML page's, which a
+    browser gets as a page, tally/web/error_page.py)."""
     shown = {status: page_error(ERRORS[status]) if page else ERRORS[status] for status in errors}
     answer: dict[str, Any] = {
         "operationId": name,
         "summary": summary,
         "security": security,
-        "parameters": [*path_params, *(PARAMETERS[param] for param in params)],
+        "parameters": [*own_params, *(PARAMETERS[param] for param in params)],
         "responses": {**responses, **shown},
     }
     if body is not None:
@@ -192,16 +142,7 @@ OPERATIONS = [
         {"201": json_body("Stored", "Stored.")},
         body={
             "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "oneOf": [
-                            ref("PageView"),
-                            {"type": "array", "items": ref("PageView"), "maxItems": 1000},
-                        ]
-                    }
-                }
-            },
+            "content": {JSON: {"schema": inputs.page_views()}},
         },
         errors=("400", "403", "413", "415", "503"),
     ),
@@ -259,7 +200,11 @@ OPERATIONS = [
         {"201": json_body(OBJECT, "Stored."), "202": json_body(OBJECT, "A crawler: counted, not stored.")},
         body={
             "required": True,
-            "content": {JSON: {"schema": ref("Beacon")}, "text/plain": {"schema": {"type": "string"}}},
+            "content": {
+                JSON: {"schema": ref("Beacon")},
+                # sendBeacon's string: the same JSON object, as text (no CORS preflight).
+                "text/plain": {"schema": ref("Beacon")},
+            },
         },
         errors=("400", "403", "413", "415", "503"),
     ),
@@ -269,9 +214,11 @@ OPERATIONS = [
         "preview_report",
         "The emailed report of one site for its last full week or month (HTML).",
         OWNER,
-        {"200": text_body(HTML, "The report, as mailed.")},
-        ("site", "period"),
-        errors=("400", *OWNER_ERRORS),
+        {"200": text_body(HTML, "The report, as mailed."), **PAGE_REFUSED},
+        ("period",),
+        own_params=(REPORT_SITE,),
+        errors=("400", "503"),
+        page=True,
     ),
     operation(
         "get",
@@ -298,7 +245,7 @@ OPERATIONS = [
         "One job.",
         OWNER,
         {"200": json_body("Job", "The job.")},
-        path_params=(JOB_ID,),
+        own_params=(JOB_ID,),
         errors=("404", *OWNER_ERRORS),
     ),
     operation(
@@ -308,7 +255,7 @@ OPERATIONS = [
         "Defer a task's job, with no arguments.",
         CHANGES,
         {"202": json_body("JobAction", "Deferred."), **BACK_TO_PAGE},
-        path_params=(TASK,),
+        own_params=(TASK,),
         body=FORM,
         errors=CHANGE_ERRORS,
     ),
@@ -319,7 +266,7 @@ OPERATIONS = [
         "Retry a failed or cancelled job.",
         CHANGES,
         {"202": json_body("JobAction", "Waiting to run."), **BACK_TO_PAGE},
-        path_params=(JOB_ID,),
+        own_params=(JOB_ID,),
         body=FORM,
         errors=CHANGE_ERRORS,
     ),
@@ -334,7 +281,7 @@ OPERATIONS = [
             "202": json_body("JobAction", "Asked to abort."),
             **BACK_TO_PAGE,
         },
-        path_params=(JOB_ID,),
+        own_params=(JOB_ID,),
         body=FORM,
         errors=CHANGE_ERRORS,
     ),
@@ -367,7 +314,7 @@ OPERATIONS = [
         "Pause a queue: no worker starts its jobs.",
         CHANGES,
         {"200": json_body("QueueState", "Paused."), **BACK_TO_PAGE},
-        path_params=(QUEUE,),
+        own_params=(QUEUE,),
         body=FORM,
         errors=("400", *CHANGE_ERRORS),
     ),
@@ -378,7 +325,7 @@ OPERATIONS = [
         "Resume a queue; workers start its jobs at once.",
         CHANGES,
         {"200": json_body("QueueState", "Running."), **BACK_TO_PAGE},
-        path_params=(QUEUE,),
+        own_params=(QUEUE,),
         body=FORM,
         errors=("400", *CHANGE_ERRORS),
     ),
@@ -401,7 +348,7 @@ OPERATIONS = [
         OWNER,
         {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
         ("notice",),
-        path_params=(JOB_ID,),
+        own_params=(JOB_ID,),
         errors=("404", "503"),
         page=True,
     ),
@@ -431,7 +378,12 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {
+                **SCHEMAS,
+                "PageView": inputs.page_view(),
+                "Beacon": inputs.beacon(),
+                "TimeZone": inputs.time_zone(),
+            },
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

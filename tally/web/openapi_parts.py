@@ -187,37 +187,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["queue", "paused"],
         "properties": {"queue": {"type": "string"}, "paused": {"type": "boolean"}},
     },
-    "PageView": {
-        "type": "object",
-        "required": ["path"],
-        "properties": {
-            "path": {"type": "string", "pattern": "^/[!-~]*$", "maxLength": 2048},
-            "referrer": {"type": "string"},
-            "site": {"type": "string"},
-        },
-    },
-    "Beacon": {
-        "type": "object",
-        "required": ["url"],
-        "properties": {
-            "url": {"type": "string", "format": "uri", "pattern": "^https?://[a-z0-9.-]+/"},
-            "referrer": {"type": "string"},
-            "width": {"type": "number", "minimum": 0, "maximum": 100000, "description": "window.innerWidth"},
-            "event": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 120,
-                "description": "A custom event's name: the beacon is that event, not a view.",
-            },
-            "props": {
-                "type": "object",
-                "maxProperties": 30,
-                "propertyNames": {"minLength": 1, "maxLength": 300},
-                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2000},
-                "description": "The event's props; never personal data.",
-            },
-        },
-    },
 }
 
 

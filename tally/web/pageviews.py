@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 
-from tally.sites import DEFAULT_SITE, parse_site
+from tally.sites import DEFAULT_SITE, parse_site_name
 from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -22,7 +22,10 @@ MAX_BATCH = 1000
 MAX_TEXT = 2048
 FIELDS = ("path", "referrer", "site")
 # C0 and C1 control characters, DEL included; PostgreSQL text cannot hold NUL at all.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: refused in any text a client sends
+CONTROL_CHARACTERS = re.compile(f"[{CONTROL}]")
+# The same rule as an OpenAPI pattern: text with no control character.
+TEXT_PATTERN = f"^[^{CONTROL}]*$"
 
 
 class InvalidPageViews(ValueError):
@@ -70,7 +73,7 @@ def _parse_item(item: object, prefix: str) -> View:
         referrer = _text(referrer, "referrer", prefix)
     site = DEFAULT_SITE
     if item.get("site") is not None:
-        site = parse_site(_text(item["site"], "site", prefix))
+        site = parse_site_name(_text(item["site"], "site", prefix))
         if site is None:
             raise InvalidPageViews(f'{prefix}"site" must be a host name such as "example.com", no port.')
     return View(path, referrer, site)

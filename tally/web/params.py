@@ -10,8 +10,9 @@ import re
 import bottle
 
 from tally.env import is_time_zone
-from tally.sites import parse_site
+from tally.sites import parse_site_name
 from tally.web.filters import InvalidFilter, parse_filters
+from tally.web.pageviews import CONTROL_CHARACTERS
 from tally.web.responses import json_error
 from tally.web.stats import MAX_DAYS
 
@@ -44,7 +45,7 @@ def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     values = query.getall("site")
     if not values or values == [""]:
         return None
-    site = parse_site(values[0]) if len(values) == 1 else None
+    site = parse_site_name(values[0]) if len(values) == 1 else None
     if site is None:
         raise json_error(400, "site must be one host name such as example.com, without a port.")
     return site
@@ -84,8 +85,8 @@ def _one_value(query: bottle.FormsDict, name: str) -> str | None:
 
 def _name(query: bottle.FormsDict, name: str) -> str | None:
     value = _one_value(query, name)
-    if value is not None and (len(value) > MAX_NAME_LENGTH or not value.isprintable()):
-        raise json_error(400, f"{name} must be a name of at most {MAX_NAME_LENGTH} printable characters.")
+    if value is not None and (len(value) > MAX_NAME_LENGTH or CONTROL_CHARACTERS.search(value)):
+        raise json_error(400, f"{name} must be at most {MAX_NAME_LENGTH} characters, no control character.")
     return value
 
 

@@ -13,8 +13,9 @@ import psycopg
 from tally import reports
 from tally.config import Config
 from tally.db import QUERIES
-from tally.sites import parse_site
+from tally.sites import parse_site_name
 from tally.web.auth import Auth
+from tally.web.error_page import page_errors
 from tally.web.responses import database_unavailable, json_error
 from tally.web.sessions import PAGE_HEADERS
 from tally.web.stats import StatsReader
@@ -25,6 +26,7 @@ def register(app: bottle.Bottle, config: Config, auth: Auth, stats: StatsReader)
 
     @app.get("/reports/preview")
     @auth.owner_only
+    @page_errors
     @database_unavailable
     def preview_report():
         """Show the report of ?site=H for its last full ?period=weekly|monthly, as mailed."""
@@ -46,7 +48,7 @@ def register(app: bottle.Bottle, config: Config, auth: Auth, stats: StatsReader)
 
 def reports_site(values: list[str]) -> str | None:
     """The one site the report is of (the parameter is required)."""
-    return parse_site(values[0]) if len(values) == 1 else None
+    return parse_site_name(values[0]) if len(values) == 1 else None
 
 
 def delivery_failures(conn: psycopg.Connection) -> list[dict[str, Any]]:

@@ -1,0 +1,150 @@
+"""What clients send, for the OpenAPI document (tally/web/openapi.py): every query parameter,
+the path parameters, the bodies' schemas.
+
+Each is written from the parser's own limits and patterns (tally/web/pageviews.py,
+tally/web/collect.py, tally/sites.py, tally/web/params.py), so a value the document calls
+valid is never refused and one it calls invalid is never taken: Schemathesis checks both
+ways (tests/test_openapi.py). To add a query parameter, add one line to PARAMETERS and its
+name to the route's `params` in tally/web/openapi.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tally.dimensions import DIMENSIONS
+from tally.env import time_zone_names
+from tally.sites import MAX_HOST_NAME, SITE_NAME
+from tally.web import collect
+from tally.web.openapi_parts import path, query, ref
+from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
+from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
+
+TEXT = {"type": "string", "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}
+NAME = {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": TEXT_PATTERN}
+SITE = {"type": "string", "maxLength": MAX_HOST_NAME, "pattern": f"^{SITE_NAME.pattern}$"}
+SITE_OR_EMPTY = {**SITE, "pattern": f"^({SITE_NAME.pattern})?$"}
+# A port as Python's urlsplit takes it: empty, or digits (leading zeros too) up to 65535.
+PORT = "(:0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
+# The page's address: http(s), a host name, a port, then anything but control characters.
+PAGE_URL = f"^[Hh][Tt][Tt][Pp][Ss]?://{SITE_NAME.pattern}{PORT}([/?#][^{CONTROL}]*)?$"
+# The referring page: empty, or any scheme with a host (its query and fragment are dropped).
+REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\[\\]:{CONTROL}]+{PORT}([/?#][^{CONTROL}]*)?)?$"
+
+
+# Every query parameter of every route, by name: a route lists the names it takes.
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "days": query(
+        "days", {"type": "integer", "minimum": 1, "maximum": 366}, "Days in the window, today included (30)."
+    ),
+    "site": query(
+        "site",
+        SITE_OR_EMPTY,
+        "One site's host name (any case); absent or empty: every site.",
+    ),
+    "tz": query("tz", ref("TimeZone"), "IANA time zone in which days count; absent or empty: TIMEZONE."),
+    "share": query("share", {"type": "string"}, "A share link's token (SHARE_TOKEN): read-only numbers."),
+    "status": query(
+        "status",
+        {"enum": ["todo", "doing", "succeeded", "failed", "cancelled", "aborted", ""]},
+        "Only jobs in this status.",
+    ),
+    "task": query("task", NAME, "Only jobs of this task; absent or empty: any."),
+    "queue": query("queue", NAME, "Only jobs of this queue; absent or empty: any."),
+    "before": query(
+        "before",
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_JOB_ID}, {"const": ""}]},
+        "The next page: jobs with smaller ids (keyset); absent or empty: the newest.",
+    ),
+    "notice": query(
+        "notice",
+        {"type": "string"},
+        "What the last action did, shown on the page (its first 300 characters).",
+    ),
+    "period": query(
+        "period", {"enum": ["weekly", "monthly"]}, "The report's period: the last full week or month."
+    ),
+    "compare": query(
+        "compare", {"enum": ["previous", ""]}, "previous: add the period of the same length just before."
+    ),
+    # The filters (tally/web/filters.py): one parameter per dimension, AND-ed.
+    **{
+        dimension.name: query(
+            dimension.name, TEXT, f"Count only the views whose {dimension.name} is this value."
+        )
+        for dimension in DIMENSIONS
+    },
+    "event": query("event", TEXT, "Count only the views of the visitors who sent this event."),
+    "goal_path": query("goal_path", TEXT, "Count only the views of the visitors who viewed this path."),
+}
+JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
+TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
+REPORT_SITE = {
+    **query("site", SITE, "The site whose report it is (its host name, any case)."),
+    "required": True,
+}
+QUEUE = path("name", {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,40}$"}, "A queue's name.")
+
+
+def time_zone() -> dict[str, Any]:
+    """?tz=: a zone of the database Python reads (tally.env.time_zone_names), or empty."""
+    return {"enum": ["", *sorted(time_zone_names())]}
+
+
+def page_view() -> dict[str, Any]:
+    """A view of POST /api/pageviews (tally/web/pageviews.py)."""
+    return {
+        "type": "object",
+        "required": ["path"],
+        "additionalProperties": False,
+        "properties": {
+            "path": {"type": "string", "maxLength": MAX_TEXT, "pattern": f"^/[^{CONTROL}]*$"},
+            "referrer": {**TEXT, "type": ["string", "null"]},
+            "site": {**SITE, "type": ["string", "null"], "description": "Absent or null: the default site."},
+        },
+    }
+
+
+def page_views() -> dict[str, Any]:
+    """The body of POST /api/pageviews: one view, or a batch of them."""
+    batch = {"type": "array", "items": {"$ref": "#/components/schemas/PageView"}}
+    return {
+        "oneOf": [{"$ref": "#/components/schemas/PageView"}, {**batch, "minItems": 1, "maxItems": MAX_BATCH}]
+    }
+
+
+def beacon() -> dict[str, Any]:
+    """The body of POST /api/collect (tally/web/collect.py): a view, or an event with props."""
+    prop_value = {"type": ["string", "number", "boolean"], "maxLength": collect.MAX_PROP_VALUE}
+    return {
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "maxLength": MAX_TEXT, "pattern": PAGE_URL},
+            "referrer": {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": REFERRER_URL},
+            "width": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": collect.MAX_WIDTH,
+                "description": "window.innerWidth",
+            },
+            "event": {
+                "type": ["string", "null"],
+                "maxLength": collect.MAX_EVENT_NAME,
+                # Not blank: something besides spaces.
+                "pattern": f"^[^{CONTROL}]*[^\\s{CONTROL}][^{CONTROL}]*$",
+                "description": "A custom event's name: the beacon is that event, not a view.",
+            },
+            "props": {
+                "type": ["object", "null"],
+                "maxProperties": collect.MAX_PROPS,
+                "propertyNames": {"minLength": 1, "maxLength": collect.MAX_PROP_KEY, "pattern": TEXT_PATTERN},
+                "additionalProperties": {**prop_value, "pattern": TEXT_PATTERN},
+                "description": "The event's props; never personal data.",
+            },
+        },
+        # Props belong to an event.
+        "if": {"required": ["props"], "properties": {"props": {"type": "object", "minProperties": 1}}},
+        "then": {"required": ["event"], "properties": {"event": {"type": "string"}}},
+    }
