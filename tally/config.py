@@ -98,7 +98,7 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
     config = Config(
         process_type=process_type,
         dyno=reader.text("DYNO", f"{process_type}.1"),
-        database_url=reader.optional_text("DATABASE_URL"),
+        database_url=reader.database_url("DATABASE_URL"),
         port=reader.integer("PORT", 5000, low=1, high=65535),
         retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
         admin_token=reader.optional_text("ADMIN_TOKEN"),

@@ -144,10 +144,10 @@ class EnvReader:
 
     def database_url(self, name: str) -> str | None:
         def parse(raw: str) -> str:
+            # A URL, as Heroku sets it; without a host (postgresql:///tally) libpq's own
+            # default, a local socket. Not a key=value string: one format to check and name.
             parts = urllib.parse.urlsplit(raw)
-            if parts.scheme not in ("postgres", "postgresql") or not (
-                parts.hostname or "host=" in parts.query
-            ):
+            if parts.scheme not in ("postgres", "postgresql"):
                 raise ValueError("expected postgres://user:password@host:5432/dbname")
             _ = parts.port  # raises on a port that is not a number
             return raw

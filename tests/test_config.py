@@ -60,6 +60,10 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("REPORT_FROM", "tally"),
         ("REPORT_SCHEDULE", "daily"),
         ("TALLY_URL", "ftp://tally.example.com"),
+        ("DATABASE_URL", "garbage"),
+        ("DATABASE_URL", "dbname=tally host=/tmp"),
+        ("DATABASE_URL", "mysql://db.example.com/tally"),
+        ("DATABASE_URL", "postgres://u:pw@db.example.com:port/tally"),
         ("DATABASE_REPLICA_URL", "replica.example.com"),
         ("DATABASE_REPLICA_URL", "mysql://replica.example.com/tally"),
         ("DATABASE_REPLICA_URL", "postgres://replica.example.com:port/tally"),
@@ -189,6 +193,18 @@ def test_no_replica_by_default_and_its_lag_limit_is_30_seconds():
     socket_url = "postgresql://postgres:@/postgres?host=/tmp/replica&port=5433"  # a unix socket
     config = from_env({"DATABASE_REPLICA_URL": socket_url}, process_type="web")
     assert config.database_replica_url == socket_url
+
+
+def test_database_url_is_a_postgres_url_with_or_without_a_host():
+    for url in (
+        "postgres://u:pw@db.example.com:5432/db",
+        "postgresql:///tally",
+        "postgresql://@/db?host=/tmp",
+    ):
+        assert from_env({"DATABASE_URL": url}, process_type="web").database_url == url
+    with pytest.raises(ConfigError) as raised:
+        from_env({"DATABASE_URL": "postgres://u:hunter2@db:port/db"}, process_type="release")
+    assert str(raised.value).startswith("DATABASE_URL") and "hunter2" not in str(raised.value)
 
 
 def test_a_bad_replica_url_is_named_without_its_password():
