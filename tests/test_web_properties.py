@@ -130,6 +130,11 @@ def test_a_query_string_that_is_not_utf8_is_a_400_that_says_so(owner, path, quer
     assert response.json == {"error": "The address's query string is not valid UTF-8."}
 
 
+@pytest.mark.parametrize("path", ["/api/stats%FF", "/%FF", "/jobs%C3"])
+def test_an_address_that_is_not_utf8_is_a_400_not_the_page_without_those_bytes(owner, path):
+    assert owner.get(path, status=400).json == {"error": "The address is not valid UTF-8."}
+
+
 @PROPERTY_SETTINGS
 @given(
     header=st.none() | st.text(alphabet=string.printable, max_size=60),

@@ -16,7 +16,9 @@ Bottle's `request.query` hands each value over the same way, as the latin-1 `str
 bytes: `?campaign=%C3%A9t%C3%A9` read as `Ã©tÃ©`, so a filter by any value that is not
 ASCII (a campaign, an event's name) matched nothing, and one whose UTF-8 bytes hold a C1
 control's (`Ë`) was refused. `decode_query` (the same hook) puts the query decoded as UTF-8
-in its place, and refuses a query that is not UTF-8 (400).
+in its place, and refuses a query that is not UTF-8 (400); and an address whose path is not
+UTF-8, which Bottle would answer with its undecodable bytes dropped (`/api/stats%FF` as
+`/api/stats`).
 
     >>> environ = {"HTTP_USER_AGENT": "App/1.0 (\\xe9t\\xe9)", "CONTENT_TYPE": "text/plain"}
     >>> clean_headers(environ)
@@ -82,7 +84,12 @@ def clean_headers(environ: MutableMapping[str, Any]) -> None:
 
 
 def decode_query(environ: MutableMapping[str, Any]) -> None:
-    """Put Bottle's `request.query` of `environ` decoded as UTF-8 in its place; a 400 if it is not."""
+    """Put Bottle's `request.query` of `environ` decoded as UTF-8 in its place; a 400 if it is not
+    (or if the path is not)."""
+    try:
+        str(environ.get("bottle.raw_path", "")).encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise _refused("The address is not valid UTF-8.") from None
     try:
         environ["bottle.request.query"] = bottle.BaseRequest(environ).query.decode()
     except UnicodeError:  # not UTF-8; or (not from a WSGI server) not latin-1 text
