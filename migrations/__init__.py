@@ -164,6 +164,12 @@ def main() -> int:
     from tally.localdb import database_url
 
     logs.log_start(settings, "migrations/__main__.py")
-    applied = apply_pending(database_url(settings.database_url), **db.connection_kwargs(settings))
+    try:
+        applied = apply_pending(database_url(settings.database_url), **db.connection_kwargs(settings))
+    except psycopg.OperationalError as error:
+        # A database that is down or not there (yet): one line, not a traceback. What was
+        # applied stays applied (each migration commits); the next release goes on from it.
+        logger.error("release failed, the database did not answer: %s", " ".join(str(error).split()))
+        return 1
     logger.info("release done: %d migration(s) applied", len(applied))
     return 0

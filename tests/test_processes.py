@@ -63,6 +63,23 @@ def test_invalid_configuration_stops_the_process_with_one_line(entry, variable, 
     assert variable in lines[0] and "Traceback" not in lines[0]
 
 
+def test_the_release_step_says_in_one_line_that_the_database_did_not_answer(database_url):
+    missing = database_url.replace("/postgres?", "/no_such_database?")
+    assert missing != database_url
+    result = subprocess.run(
+        [sys.executable, "-m", "migrations"],
+        cwd=ROOT,
+        env={"DATABASE_URL": missing, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    failed = [line for line in result.stdout.splitlines() if "release failed" in line]
+    assert len(failed) == 1 and "no_such_database" in failed[0] and "does not exist" in failed[0]
+
+
 def test_web_serves_health_and_logs_its_start_line(start_process):
     port = free_port()
     web = start_process(["web.py"], {"PORT": str(port), "DYNO": "web.7"})
