@@ -22,6 +22,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+import psycopg
 from croniter import croniter
 
 from tally.sites import parse_site
@@ -144,12 +145,14 @@ class EnvReader:
 
     def database_url(self, name: str) -> str | None:
         def parse(raw: str) -> str:
-            # A URL, as Heroku sets it; without a host (postgresql:///tally) libpq's own
-            # default, a local socket. Not a key=value string: one format to check and name.
-            parts = urllib.parse.urlsplit(raw)
-            if parts.scheme not in ("postgres", "postgresql"):
-                raise ValueError("expected postgres://user:password@host:5432/dbname")
-            _ = parts.port  # raises on a port that is not a number
+            # What libpq takes: a URL, as Heroku sets it (without a host, postgresql:///tally,
+            # libpq's default socket), or a key=value string (host=/tmp dbname=tally).
+            try:
+                psycopg.conninfo.conninfo_to_dict(raw)
+            except psycopg.ProgrammingError:
+                raise ValueError("expected postgres://user:password@host:5432/dbname") from None
+            if raw.startswith(("postgres://", "postgresql://")):
+                _ = urllib.parse.urlsplit(raw).port  # raises on a port that is not a number
             return raw
 
         try:

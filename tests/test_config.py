@@ -61,7 +61,7 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("REPORT_SCHEDULE", "daily"),
         ("TALLY_URL", "ftp://tally.example.com"),
         ("DATABASE_URL", "garbage"),
-        ("DATABASE_URL", "dbname=tally host=/tmp"),
+        ("DATABASE_URL", "dbname=tally host"),
         ("DATABASE_URL", "mysql://db.example.com/tally"),
         ("DATABASE_URL", "postgres://u:pw@db.example.com:port/tally"),
         ("DATABASE_REPLICA_URL", "replica.example.com"),
@@ -195,11 +195,12 @@ def test_no_replica_by_default_and_its_lag_limit_is_30_seconds():
     assert config.database_replica_url == socket_url
 
 
-def test_database_url_is_a_postgres_url_with_or_without_a_host():
+def test_database_url_is_what_libpq_takes():
     for url in (
         "postgres://u:pw@db.example.com:5432/db",
         "postgresql:///tally",
         "postgresql://@/db?host=/tmp",
+        "host=/tmp port=5433 dbname=tally",  # libpq's key=value form
     ):
         assert from_env({"DATABASE_URL": url}, process_type="web").database_url == url
     with pytest.raises(ConfigError) as raised:
