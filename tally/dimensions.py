@@ -13,14 +13,15 @@ and a line in each of the rollup's lists.
 ['path', 'referrer', 'source']
 >>> BY_NAME["country"].panel
 'top_countries'
->>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/a")
-('Germany (DE)', 'ZZ', '/a')
+>>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/%C3%A9t%C3%A9")
+('Germany (DE)', 'ZZ', '/été')
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import pycountry
 
@@ -63,8 +64,33 @@ def country_name(code: str) -> str:
 
 def value_label(name: str, value: str) -> str:
     """A value as a reader sees it (the dashboard, the report): a country by its name and
-    code, anything else as stored."""
+    code, a path with its letters readable, anything else as stored."""
     if name == "country":
         country = country_name(value)
         return value if country == value else f"{country} ({value})"
+    if name in ("path", "goal_path"):
+        return readable_path(value)
     return value
+
+
+# Escaped bytes of characters beyond ASCII: browsers send /%C3%BCber for /über.
+ESCAPED_NON_ASCII = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
+
+
+def readable_path(path: str) -> str:
+    """`path` as an address bar shows it: the escaped UTF-8 of letters beyond ASCII decoded
+    (`/%C3%BCber` as `/über`), ASCII escapes (`%2F`, `%20`) and bytes that are not UTF-8 kept.
+    Stored paths stay as sent: this is how they are shown, not what they are.
+
+    >>> readable_path("/%C3%BCber/%E6%97%A5%E6%9C%AC?q=%2F"), readable_path("/%FF%C3")
+    ('/über/日本?q=%2F', '/%FF%C3')
+    """
+
+    def decoded(match: re.Match[str]) -> str:
+        try:
+            text = bytes.fromhex(match.group().replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError:
+            return match.group()
+        return text if text.isprintable() else match.group()
+
+    return ESCAPED_NON_ASCII.sub(decoded, path)

@@ -164,3 +164,21 @@ def test_an_unknown_filter_is_a_400_and_an_unknown_value_an_empty_page(owner, co
     page = owner.get("/?days=7&country=ZZ").text
     assert 'id="total-views">0<' in page and "Country: ZZ" in page
     assert page.count("None in this window.") == len(DIMENSIONS) + 2  # and entry and exit pages
+
+
+def test_escaped_letters_of_a_path_show_as_letters_and_the_link_keeps_the_path_as_stored(owner, conn):
+    """Browsers send /%C3%BCber for /über; the page shows /über, filters by what is stored."""
+    insert(
+        conn,
+        [("/%C3%BCber", None, None, None, None, None, 7), ("/a%2Fb%FF", None, None, None, None, None, 8)],
+    )
+    page = owner.get("/?days=2").text  # an hour ago may be yesterday
+    rows = dict(
+        re.findall(r'<tr class="[^"]*" data-value="([^"]*)"><td class="value"><a [^>]*>([^<]*)</a>', page)
+    )
+    assert rows["/%C3%BCber"] == "/über"
+    assert rows["/a%2Fb%FF"] == "/a%2Fb%FF"  # ASCII escapes and bytes that are not UTF-8 kept
+    assert '<td class="value">/über</td>' in page  # the entry and exit pages too
+    link = next(href for href in hrefs(page) if query_of(href).get("path") == ["/%C3%BCber"])
+    narrowed = owner.get(link).text
+    assert re.search(r'id="total-views">1<', narrowed) and "Path: /über" in html.unescape(narrowed)

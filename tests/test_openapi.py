@@ -4,16 +4,19 @@ answer the document does not allow."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
+from tally.web.collect import Refused, parse_collect_body
 from tests.conftest import VENV_BIN, free_port, process_environment
 from tests.test_web import TOKEN as WEB_TOKEN
 from tests.test_web import make_client
@@ -155,3 +158,47 @@ def test_what_the_document_calls_valid_the_stats_take(database_url, pool, query,
 def test_what_the_document_calls_valid_pageviews_take(database_url, pool, body, status):
     client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=WEB_TOKEN)
     client.post_json("/api/pageviews", body, status=status)
+
+
+BEACONS = [
+    {"url": "https://example.com/"},
+    {"url": "HTTP://Example.COM:0080/a?utm_source=x#top"},
+    {"url": "https://user:pw@example.com/a"},
+    {"url": "https://example.com"},
+    {"url": "https://example.com:99999/"},
+    {"url": "https://-bad/"},
+    {"url": "ftp://example.com/"},
+    {"url": "https://example.com/\u0085"},
+    {"url": "https://example.com/", "referrer": None, "width": None, "event": None, "props": None},
+    {"url": "https://example.com/", "referrer": "android-app://com.google.android.gm/"},
+    {"url": "https://example.com/", "referrer": "https://u@h.example/p?q=1"},
+    {"url": "https://example.com/", "referrer": "mailto:someone@example.com"},
+    {"url": "https://example.com/", "referrer": "not a url"},
+    {"url": "https://example.com/", "width": 390.5},
+    {"url": "https://example.com/", "width": -1},
+    {"url": "https://example.com/", "width": True},
+    {"url": "https://example.com/", "event": "Signup", "props": {"plan": "pro", "n": 3, "yes": True}},
+    {"url": "https://example.com/", "event": "   "},
+    {"url": "https://example.com/", "event": "x" * 121},
+    {"url": "https://example.com/", "event": "Sign\u0007up"},
+    {"url": "https://example.com/", "props": {"plan": "pro"}},
+    {"url": "https://example.com/", "props": {}},
+    {"url": "https://example.com/", "event": "E", "props": {"": "empty key"}},
+    {"url": "https://example.com/", "event": "E", "props": {"nested": {"a": 1}}},
+    {"url": "https://example.com/", "event": "E", "props": {str(n): n for n in range(31)}},
+    {"url": "https://example.com/", "extra": 1},
+]
+
+
+@pytest.mark.parametrize("beacon", BEACONS, ids=range(len(BEACONS)))
+def test_the_beacon_schema_and_the_collector_agree(database_url, pool, beacon):
+    """What the document's Beacon schema calls valid, POST /api/collect takes, and only that."""
+    document = make_client(database_url, pool).get("/api/openapi.json").json
+    schema = {**document["components"]["schemas"]["Beacon"], "components": document["components"]}
+    valid = jsonschema.Draft202012Validator(schema).is_valid(beacon)
+    try:
+        parse_collect_body(json.dumps(beacon).encode())
+        taken = True
+    except Refused:
+        taken = False
+    assert valid == taken, (beacon, valid, taken)

@@ -25,7 +25,7 @@ from typing import Any
 
 import bottle
 
-from tally.dimensions import DIMENSIONS, value_label
+from tally.dimensions import DIMENSIONS, readable_path, value_label
 from tally.web.filters import FILTER_NAMES
 from tally.web.sessions import PAGE_HEADERS
 
@@ -243,6 +243,7 @@ def render(
     bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
     return TEMPLATE.render(
         stats=stats,
+        readable_path=readable_path,
         sites=sites or [],
         query=functools.partial(query_string, share=share, filters=filters),
         export=query_string(stats["days"], stats["site"], stats["tz"], filters=filters),

@@ -212,7 +212,7 @@
       <colgroup><col><col class="num"></colgroup>
       <tr><th>Page</th><th class="num">Visits</th></tr>
       % for row in stats[key]:
-      <tr data-value="{{row['path']}}"><td class="value">{{row['path']}}</td><td class="num visits">{{row['visits']}}</td></tr>
+      <tr data-value="{{row['path']}}"><td class="value">{{readable_path(row['path'])}}</td><td class="num visits">{{row['visits']}}</td></tr>
       % end
       % if not stats[key]:
       <tr><td colspan="2" class="muted">None in this window.</td></tr>

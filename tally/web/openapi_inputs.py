@@ -26,10 +26,11 @@ SITE = {"type": "string", "maxLength": MAX_HOST_NAME, "pattern": f"^{SITE_NAME.p
 SITE_OR_EMPTY = {**SITE, "pattern": f"^({SITE_NAME.pattern})?$"}
 # A port as Python's urlsplit takes it: empty, or digits (leading zeros too) up to 65535.
 PORT = "(:0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
+USER = f"([^/?#@{CONTROL}]*@)?"  # user:password@, which urlsplit reads past
 # The page's address: http(s), a host name, a port, then anything but control characters.
-PAGE_URL = f"^[Hh][Tt][Tt][Pp][Ss]?://{SITE_NAME.pattern}{PORT}([/?#][^{CONTROL}]*)?$"
+PAGE_URL = f"^[Hh][Tt][Tt][Pp][Ss]?://{USER}{SITE_NAME.pattern}{PORT}([/?#][^{CONTROL}]*)?$"
 # The referring page: empty, or any scheme with a host (its query and fragment are dropped).
-REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\[\\]:{CONTROL}]+{PORT}([/?#][^{CONTROL}]*)?)?$"
+REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}[^/?#@\\[\\]:{CONTROL}]+{PORT}([/?#][^{CONTROL}]*)?)?$"
 
 
 # Every query parameter of every route, by name: a route lists the names it takes.
