@@ -74,20 +74,13 @@ SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(
 SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS age
   FROM procrastinate_periodic_defers
 
--- insert_page_views_plain --
--- Store a batch of views of the default site without source or visitor (server-side senders):
--- one statement, all rows or none, two arrays to send instead of five.
-INSERT INTO page_views (path, referrer)
-SELECT path, referrer FROM unnest(%(path)s::text[], %(referrer)s::text[]) AS batch(path, referrer)
-
 -- insert_page_views --
--- Store a batch of views in one statement: all rows or none.
-INSERT INTO page_views (site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
-SELECT *
-  FROM unnest(%(site)s::text[], %(path)s::text[], %(referrer)s::text[], %(source)s::text[],
-              %(visitor)s::bigint[], %(medium)s::text[], %(campaign)s::text[], %(country)s::text[],
-              %(browser)s::text[], %(os)s::text[], %(device)s::text[])
-       AS batch(site, path, referrer, source, visitor, medium, campaign, country, browser, os, device)
+-- Store a batch of views in one statement: all rows or none. The views come as one JSON array
+-- of arrays in tally/web/view_writer.py's View order: psycopg dumps one string in C, where eleven
+-- lists cost its Python about 15 us a view (docs/ARCHITECTURE.md, "Group commit").
+INSERT INTO page_views (path, referrer, site, source, visitor, medium, campaign, country, browser, os, device)
+SELECT v->>0, v->>1, v->>2, v->>3, (v->>4)::bigint, v->>5, v->>6, v->>7, v->>8, v->>9, v->>10
+  FROM jsonb_array_elements(%(views)s::jsonb) AS v
 
 -- store_events --
 -- Custom events, several requests' in one statement (tally/web/collect.py has checked their
@@ -96,9 +89,9 @@ SELECT *
 -- "(other)". The values of one statement, and of concurrent ones, are judged against what was
 -- there before them, so the first values may pass the cap by as many as arrive together.
 WITH given AS (
-    SELECT *
-      FROM unnest(%(site)s::text[], %(name)s::text[], %(props)s::jsonb[], %(path)s::text[], %(visitor)s::bigint[])
-           WITH ORDINALITY AS given (site, name, props, path, visitor, position)
+    -- One JSON array of [site, name, props, path, visitor] arrays, as insert_page_views takes views.
+    SELECT e->>0 AS site, e->>1 AS name, e->2 AS props, e->>3 AS path, (e->>4)::bigint AS visitor, position
+      FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS given (e, position)
 ), judged AS (
     SELECT given.position, given.site, given.name, prop.key, prop.value, prop.value #>> '{}' AS text_value,
            EXISTS (SELECT FROM event_prop_values v

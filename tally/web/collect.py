@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import bottle
 import psycopg
 import psycopg_pool
-from psycopg.types.json import Jsonb
 
 from tally.db import QUERIES
 from tally.sites import parse_site
@@ -302,14 +301,5 @@ class Event(NamedTuple):
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> None:
     """Store `events` in one statement on `conn` (autocommit: all or none, committed)."""
-    conn.execute(
-        QUERIES["store_events"],
-        {
-            "site": [event.site for event in events],
-            "name": [event.name for event in events],
-            "props": [Jsonb(event.props) for event in events],
-            "path": [event.path for event in events],
-            "visitor": [event.visitor for event in events],
-            "max_values": MAX_PROP_VALUES,
-        },
-    )
+    # One JSON document (an Event is a tuple: an array), as views go (tally/web/view_writer.py).
+    conn.execute(QUERIES["store_events"], {"events": json.dumps(events), "max_values": MAX_PROP_VALUES})

@@ -28,6 +28,7 @@ with `InsertQueueTimeout`, a 503: nothing of it was stored, and nothing will be.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -231,8 +232,5 @@ def insert_views(pool: psycopg_pool.ConnectionPool, views: Sequence[View]) -> No
 def execute_insert(conn: psycopg.Connection, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on `conn` (in autocommit mode: all or none, committed)."""
     rows = [view if isinstance(view, View) else View(*view) for view in views]
-    # One array per column; views with nothing but a path and a referrer send two.
-    plain = all(row.site == DEFAULT_SITE and all(value is None for value in row[3:]) for row in rows)
-    fields = View._fields[:2] if plain else View._fields
-    columns = {field: [getattr(row, field) for row in rows] for field in fields}
-    conn.execute(QUERIES["insert_page_views_plain" if plain else "insert_page_views"], columns)
+    # One JSON document (a View is a tuple: an array), not a list per column: see the query.
+    conn.execute(QUERIES["insert_page_views"], {"views": json.dumps(rows)})
