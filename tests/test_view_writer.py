@@ -49,19 +49,27 @@ def test_a_lone_write_is_committed_when_it_returns(pool, database_url):
         ]
 
 
-def test_a_refused_request_does_not_take_the_others_down_with_it(pool, conn):
-    """A row the table refuses (validation would have caught it) fails its own request only."""
+@pytest.mark.parametrize(
+    ("bad_path", "error"),
+    [
+        ("no-slash", psycopg.errors.CheckViolation),  # the table's own check
+        ("/lone-\ud800", psycopg.DataError),  # JSON carries it as an escape the server refuses
+        ("/nul-\x00", psycopg.DataError),  # text cannot hold it
+    ],
+)
+def test_a_refused_request_does_not_take_the_others_down_with_it(pool, conn, bad_path, error):
+    """A row the database refuses (validation would have caught it) fails its own request only."""
     writer = ViewWriter(pool)
     start = threading.Barrier(12)
     outcomes: dict[int, str] = {}
 
     def write(index: int) -> None:
         start.wait()
-        path = "no-slash" if index == 5 else f"/ok{index}"
+        path = bad_path if index == 5 else f"/ok{index}"
         try:
             writer.write([(path, None)])
             outcomes[index] = "stored"
-        except psycopg.errors.CheckViolation:
+        except error:
             outcomes[index] = "refused"
 
     threads = [threading.Thread(target=write, args=(index,)) for index in range(12)]
