@@ -645,7 +645,8 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 -- - 'value' (with `panels`): a dimension (name) and value (detail); its views, and each day's
 --   distinct visitors, summed;
 -- - 'visits': a day of their start, entry page (name), exit page (detail); visits, bounces,
---   views, and their durations summed in microseconds, as stats_tail_visits lists them;
+--   views, and their durations summed in microseconds, as stats_tail_visits lists them: the
+--   visits that hold a matching view, formed of the matching views and their visitors' events;
 -- - 'event' (with `panels`): an event name of the visitors with a matching view; its events and
 --   each day's distinct visitors, summed.
 -- Filters read raw views, so they reach back RETENTION_DAYS.
@@ -658,10 +659,20 @@ WITH matching AS MATERIALIZED (
            %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
            %(device)s, %(event)s, %(goal_path)s)
 ), visits AS (
+    -- The matching views' visits, formed with the events of their visitors as every visit is
+    -- (an event keeps a one-view visit from bouncing, and lengthens it); a visit without a
+    -- matching view (only events) is left out below.
     SELECT (visit).*
       FROM tally_visits_of(ARRAY(
                SELECT ROW(site, visitor, viewed_at, id, path, false)::tally_visit_view
-                 FROM matching WHERE visitor IS NOT NULL))
+                 FROM matching WHERE visitor IS NOT NULL
+               UNION ALL
+               SELECT ROW(e.site, e.visitor, e.occurred_at, e.id, e.path, true)::tally_visit_view
+                 FROM events e
+                WHERE e.occurred_at >= date_trunc('day', %(start)s::timestamptz, 'UTC')
+                  AND e.occurred_at < date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day'
+                  AND (%(site)s::text IS NULL OR e.site = %(site)s)
+                  AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE visitor IS NOT NULL)))
 )
 SELECT 'day' AS part, day, NULL::text AS name, NULL::text AS detail, count(*) AS n1,
        count(DISTINCT visitor) AS n2, NULL::bigint AS n3, NULL::bigint AS n4
@@ -688,7 +699,7 @@ SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT T
        entry_path, exit_path, count(*), count(*) FILTER (WHERE views = 1 AND events = 0),
        sum(views)::bigint, sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint
   FROM visits
- WHERE started_at >= %(start)s AND started_at < %(end)s
+ WHERE started_at >= %(start)s AND started_at < %(end)s AND views > 0
  GROUP BY 2, 3, 4
 UNION ALL
 SELECT 'event', NULL, name, NULL, count(*),

@@ -193,6 +193,18 @@ def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client,
         {"prop": "plan", "value": "free", "events": 1, "visitors": 1},
         {"prop": "plan", "value": "pro", "events": 1, "visitors": 1},
     ]
+    # Their visits keep their events, as unfiltered ones do: visitor 2's one view and Signup is
+    # no bounce (it was, once: a filtered visit was formed of the matching views alone).
+    assert body["visits"] == 2 and body["bounce_rate"] == 0
+    assert body["visit_duration_seconds"] == round((6 + 21) * 60 / 2, 1)
+    body = client.get("/api/stats", {"days": "3", "country": "US"}).json
+    # 2 (/, Signup, Download), 4 (/) and 4 again (/thanks): two bounces of three.
+    assert body["visits"] == 3 and body["bounce_rate"] == 0.6667
+    assert body["visit_duration_seconds"] == round(21 * 60 / 3, 1)
+    body = client.get("/api/stats", {"days": "3", "path": "/pricing"}).json
+    # Visitor 1's /pricing view and its Signup a minute later; not the / before: not a matching view.
+    assert body["visits"] == 1 and body["bounce_rate"] == 0 and body["visit_duration_seconds"] == 60
+    assert body["top_entry_pages"] == [{"path": "/pricing", "visits": 1}]
     body = client.get("/api/stats", {"days": "3", "goal_path": "/thanks"}).json
     assert body["total_views"] == 2 and [row["referrer"] for row in body["top_referrers"]] == ["t.co"]
     body = client.get("/api/stats", {"days": "3", "event": "Nobody"}).json

@@ -105,7 +105,8 @@ UTC = datetime.UTC
 
 def brute_force_visits(conn, start, end, site, zone, filters: dict[str, str]) -> dict:
     """Visits straight from page_views (DESIGN.md: one id's views on one UTC day with no gap
-    over 30 minutes), of the matching views alone, counted on the local day of their start."""
+    over 30 minutes), of the matching views, counted on the local day of their start. These
+    tests store no events (the events a filtered visit keeps: tests/test_events.py)."""
     # A visit never crosses a UTC midnight: the UTC days of the window's ends hold all its views.
     utc_start, utc_end = (
         datetime.datetime.combine(t.astimezone(UTC).date(), datetime.time(), UTC) for t in (start, end)
