@@ -674,12 +674,14 @@ WITH matching AS MATERIALIZED (
                   AND (%(site)s::text IS NULL OR e.site = %(site)s)
                   AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE visitor IS NOT NULL)))
 )
-SELECT 'day' AS part, day, NULL::text AS name, NULL::text AS detail, count(*) AS n1,
-       count(DISTINCT visitor) AS n2, NULL::bigint AS n3, NULL::bigint AS n4
-  FROM matching WHERE inside GROUP BY day
+SELECT 'day' AS part, day, NULL::text AS name, NULL::text AS detail, sum(views)::bigint AS n1,
+       count(visitor) AS n2, NULL::bigint AS n3, NULL::bigint AS n4
+  FROM (SELECT day, site, visitor, count(*) AS views  -- an id counts once a day per site, as rolled up
+          FROM matching WHERE inside GROUP BY day, site, visitor) per_visitor_day
+ GROUP BY day
 UNION ALL
 SELECT 'value', NULL, dim, value, sum(views)::bigint, count(visitor), NULL, NULL
-  FROM (SELECT dims.dim, dims.value, day, visitor, count(*) AS views
+  FROM (SELECT dims.dim, dims.value, day, site, visitor, count(*) AS views
           FROM matching
          CROSS JOIN LATERAL (VALUES
                ('path', path),
@@ -692,7 +694,7 @@ SELECT 'value', NULL, dim, value, sum(views)::bigint, count(visitor), NULL, NULL
                ('os', os),
                ('device', device)) AS dims (dim, value)
          WHERE %(panels)s AND inside AND dims.value IS NOT NULL
-         GROUP BY 1, 2, 3, 4) per_visitor_day
+         GROUP BY 1, 2, 3, 4, 5) per_visitor_day
  GROUP BY dim, value
 UNION ALL
 SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date,
@@ -703,7 +705,7 @@ SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT T
  GROUP BY 2, 3, 4
 UNION ALL
 SELECT 'event', NULL, name, NULL, count(*),
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL),
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL),
        NULL, NULL
   FROM events
  WHERE %(panels)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
@@ -715,7 +717,7 @@ SELECT 'event', NULL, name, NULL, count(*),
 -- The event `event` in [start, end) broken down by each prop and value: how many, and each
 -- day's (in `tz`) distinct visitors, summed; the most sent first.
 SELECT prop.key AS prop, prop.value #>> '{}' AS value, count(*) AS events,
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, visitor)) FILTER (WHERE visitor IS NOT NULL)
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL)
            AS visitors
   FROM events CROSS JOIN LATERAL jsonb_each(props) AS prop
  WHERE name = %(event)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
@@ -729,7 +731,7 @@ SELECT prop.key AS prop, prop.value #>> '{}' AS value, count(*) AS events,
 -- the views with a visitor id (migrations/0013), so views without one are never read. The times
 -- come as values (not now() - interval, which is only known when the query runs), so the
 -- planner keeps today's partition alone (migrations/0019).
-SELECT count(DISTINCT visitor) AS current_visitors
+SELECT count(DISTINCT (site, visitor)) AS current_visitors
   FROM page_views
  WHERE visitor IS NOT NULL
    AND viewed_at >= %(five_minutes_ago)s
@@ -740,7 +742,8 @@ SELECT count(DISTINCT visitor) AS current_visitors
 -- Views from `since` (24 hours, or 5 minutes, before `now`) and distinct visitors from
 -- `five_minutes_ago`, matching every given filter (the times as values, as in current_visitors).
 SELECT count(*) AS views_last_24h,
-       count(DISTINCT visitor) FILTER (WHERE viewed_at >= %(five_minutes_ago)s) AS current_visitors
+       count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
+           AS current_visitors
   FROM tally_views_matching(%(since)s, 'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
                             %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s,
                             %(goal_path)s)
@@ -757,7 +760,8 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 
 -- filtered_export --
 -- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
-SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views, count(DISTINCT visitor) AS visitors
+SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
+       count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
            %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
  GROUP BY 1, 2
