@@ -657,7 +657,7 @@ WITH matching AS MATERIALIZED (
       FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, %(path)s,
            %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
-           %(device)s, %(event)s, %(goal_path)s)
+           %(device)s, %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
 ), visits AS (
     -- The matching views' visits, formed with the events of their visitors as every visit is
     -- (an event keeps a one-view visit from bouncing, and lengthens it); a visit without a
@@ -746,7 +746,7 @@ SELECT count(*) AS views_last_24h,
            AS current_visitors
   FROM tally_views_matching(%(since)s, 'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
                             %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s,
-                            %(goal_path)s)
+                            %(goal_path)s, %(since)s, 'infinity')
  WHERE viewed_at <= %(now)s
 
 -- referrer_domains --
@@ -763,7 +763,8 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s)
+           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s,
+           %(start)s, %(end)s)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

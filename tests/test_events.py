@@ -246,3 +246,37 @@ def test_events_of_concurrent_requests_go_in_one_statement_each_with_its_own_pro
     assert conn.execute("SELECT site, name, props, path, visitor FROM events ORDER BY id").fetchall() == [
         tuple(event) for event in batch
     ]
+
+
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_a_goal_reached_outside_the_window_does_not_narrow_it(client, conn, rolled_up):
+    """The window (today, in UTC) reads the views of tomorrow's UTC day too, for visits; a goal
+    dated tomorrow (a clock far off) once narrowed today's answer to its visitor."""
+    from tests.test_web import roll_up
+
+    today = "date_trunc('day', now(), 'UTC')"
+    for visitor, path, when in ((77, "/", "1 hour"), (78, "/", "2 hours"), (78, "/thanks", "36 hours")):
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            f" VALUES ('example.com', %s, %s, {today} + %s::interval)",
+            (path, visitor, when),
+        )
+    for visitor, when in ((77, "36 hours"), (79, "3 hours")):
+        conn.execute(
+            "INSERT INTO events (site, name, path, visitor, occurred_at)"
+            f" VALUES ('example.com', 'Signup', '/', %s, {today} + %s::interval)",
+            (visitor, when),
+        )
+    if rolled_up:
+        roll_up(conn)
+    for goal in ({"event": "Signup"}, {"goal_path": "/thanks"}):
+        body = client.get("/api/stats", {"days": "1", "tz": "UTC", **goal}).json
+        assert body["total_views"] == 0 and body["visitors"] == 0 and body["visits"] == 0, goal
+        rows = client.get("/api/export", {"days": "1", "tz": "UTC", **goal}).text.splitlines()[1:]
+        assert rows == [], goal
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at)"
+        f" VALUES ('example.com', 'Signup', '/', 77, {today} + interval '90 minutes')"
+    )
+    body = client.get("/api/stats", {"days": "1", "tz": "UTC", "event": "Signup"}).json
+    assert body["total_views"] == 1 and body["top_events"][0]["visitors"] == 1
