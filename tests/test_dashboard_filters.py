@@ -182,3 +182,10 @@ def test_escaped_letters_of_a_path_show_as_letters_and_the_link_keeps_the_path_a
     link = next(href for href in hrefs(page) if query_of(href).get("path") == ["/%C3%BCber"])
     narrowed = owner.get(link).text
     assert re.search(r'id="total-views">1<', narrowed) and "Path: /über" in html.unescape(narrowed)
+
+
+def test_the_dashboards_title_says_one_view_in_one_day(owner, conn):
+    conn.execute("INSERT INTO page_views (path) VALUES ('/a')")
+    assert "<title>Tally: 1 view in 1 day</title>" in owner.get("/", {"days": "1"}).text
+    conn.execute("INSERT INTO page_views (path) VALUES ('/b')")
+    assert "<title>Tally: 2 views in 7 days</title>" in owner.get("/", {"days": "7"}).text

@@ -97,3 +97,14 @@ def test_the_report_preview_answers_a_browser_with_a_page_and_the_way_to_the_das
         "The dashboard": "/",
     }
     assert owner.get("/reports/preview?site=a:b", status=400).json["error"]  # no Accept: JSON
+
+
+def test_an_address_with_no_page_is_a_page_for_a_browser_and_json_for_the_rest(owner):
+    """`/jobs/abc` (a job's page wants a number) answered a browser with JSON; the API stays JSON."""
+    page = owner.get("/jobs/abc", headers={"Accept": "text/html"}, status=404)
+    assert page.content_type == "text/html" and "There is nothing at this address." in page.text
+    assert 'href="/jobs"' in page.text and 'href="/"' in page.text
+    assert owner.get("/nowhere", headers={"Accept": "text/html"}, status=404).content_type == "text/html"
+    assert owner.get("/jobs/abc", status=404).json == {"error": "There is nothing at this address."}
+    api = owner.get("/api/nowhere", headers={"Accept": "text/html"}, status=404)
+    assert api.json == {"error": "There is nothing at this address."}

@@ -5,7 +5,7 @@
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{{refresh}}">
 <link rel="icon" href="data:,">
-<title>Tally: {{stats['total_views']}} views in {{stats['days']}} days{{' on ' + stats['site'] if stats['site'] else ''}}</title>
+<title>Tally: {{stats['total_views']}} view{{'' if stats['total_views'] == 1 else 's'}} in {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}{{' on ' + stats['site'] if stats['site'] else ''}}</title>
 <style>
   :root { --ink: #1d2433; --muted: #667085; --bar: #3b6fd8; --line: #e4e7ec; --bad: #c0362c; }
   * { box-sizing: border-box; }

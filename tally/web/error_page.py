@@ -91,6 +91,21 @@ def as_page(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(status=status, body=body, headers=headers)
 
 
+def no_route_page(status: int, sentence: str) -> str:
+    """Bottle's own 404 or 405 (no such page: `/jobs/abc`) as a page with the way to the pages
+    that are; sets the response's headers."""
+    bottle.response.content_type = "text/html; charset=utf-8"
+    for name, value in {"Cache-Control": "no-store", "Vary": "Accept", **PAGE_HEADERS}.items():
+        bottle.response.set_header(name, value)
+    links = [("The jobs page", "/jobs")] if bottle.request.path.startswith("/jobs/") else []
+    links.append(("The dashboard", "/"))
+    try:
+        title = http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return TEMPLATE.render(title=title, status=status, sentence=sentence, links=links)
+
+
 def _is_json_error(result: Any) -> bool:
     return (
         isinstance(result, bottle.HTTPResponse)

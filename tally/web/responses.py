@@ -18,6 +18,7 @@ import psycopg_pool
 
 from tally import db
 from tally.logs import describe_error
+from tally.web import error_page
 
 logger = logging.getLogger("tally.web")
 
@@ -96,4 +97,7 @@ def error_as_json(error: bottle.HTTPError) -> str:
         )
         return json.dumps({"error": "Internal error; it has been logged."})
     sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
-    return json.dumps({"error": sentences.get(error.status_code, "The request was not understood.")})
+    sentence = sentences.get(error.status_code, "The request was not understood.")
+    if not bottle.request.path.startswith("/api/") and error_page.wants_html():
+        return error_page.no_route_page(error.status_code, sentence)  # a browser at no page
+    return json.dumps({"error": sentence})
