@@ -80,6 +80,11 @@ def test_bulk_actions_take_a_filter(client, conn):
     assert statuses(conn, "cleanup_old_page_views") == ["todo"] * 2
     client.post("/api/jobs/bulk/retry?status=todo", headers=OWNER, status=409)
     client.post("/api/jobs/bulk/retry?status=bogus", headers=OWNER, status=400)
+    for action in ("retry", "cancel"):  # a misspelt filter acted on every job
+        answer = client.post(f"/api/jobs/bulk/{action}?tsak=send_reports", headers=OWNER, status=400).json
+        assert "tsak" in answer["error"]
+    answer = client.post("/api/jobs/bulk/cancel?task=nothing&before=7", headers=OWNER, status=202).json
+    assert answer["cancelled"] == 0  # a later page's form names its page: accepted
     assert client.post("/api/jobs/bulk/retry?queue=default", headers=OWNER, status=202).json["retried"] == 3
     assert statuses(conn, "prune_finished_jobs") == ["todo"] * 3
 

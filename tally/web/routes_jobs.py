@@ -96,7 +96,7 @@ def register(
     @database_unavailable
     def retry_matching_jobs():
         """Queue again the failed and cancelled jobs of ?status, ?task and ?queue (owner)."""
-        filters = parse_job_filters(bottle.request.query)
+        filters = parse_job_filters(bottle.request.query, only=True)
         with pool.connection() as conn:
             return answer(job_actions.retry_matching(conn, filters, auth.actor()))
 
@@ -105,7 +105,7 @@ def register(
     @database_unavailable
     def cancel_matching_jobs():
         """Cancel the waiting jobs of ?status, ?task and ?queue, and abort its running ones (owner)."""
-        filters = parse_job_filters(bottle.request.query)
+        filters = parse_job_filters(bottle.request.query, only=True)
         with pool.connection() as conn:
             return answer(job_actions.cancel_matching(conn, filters, auth.actor()))
 
