@@ -33,6 +33,12 @@ SHOWN_VALUE = 60  # characters of a parameter's value in a link's label
 KEPT = ("share",)  # a share link's reader keeps the token in every way out
 PAGE_NAMES = {"/": "The dashboard", "/jobs": "The jobs page"}
 FEWER_DAYS = 7
+HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Vary": "Accept",
+    **PAGE_HEADERS,
+}
 
 
 def wants_html() -> bool:
@@ -77,28 +83,20 @@ def as_page(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
     except (TypeError, ValueError, KeyError):
         return response
     status = response.status_code
-    try:
-        title = http.HTTPStatus(status).phrase
-    except ValueError:
-        title = "Error"
-    body = TEMPLATE.render(title=title, status=status, sentence=sentence, links=ways_out(status))
-    headers = {
-        "Content-Type": "text/html; charset=utf-8",
-        "Cache-Control": "no-store",
-        "Vary": "Accept",
-        **PAGE_HEADERS,
-    }
-    return bottle.HTTPResponse(status=status, body=body, headers=headers)
+    body = _render(status, sentence, ways_out(status))
+    return bottle.HTTPResponse(status=status, body=body, headers=HEADERS)
 
 
 def no_route_page(status: int, sentence: str) -> str:
     """Bottle's own 404 or 405 (no such page: `/jobs/abc`) as a page with the way to the pages
     that are; sets the response's headers."""
-    bottle.response.content_type = "text/html; charset=utf-8"
-    for name, value in {"Cache-Control": "no-store", "Vary": "Accept", **PAGE_HEADERS}.items():
+    for name, value in HEADERS.items():
         bottle.response.set_header(name, value)
     links = [("The jobs page", "/jobs")] if bottle.request.path.startswith("/jobs/") else []
-    links.append(("The dashboard", "/"))
+    return _render(status, sentence, [*links, ("The dashboard", "/")])
+
+
+def _render(status: int, sentence: str, links: list[tuple[str, str]]) -> str:
     try:
         title = http.HTTPStatus(status).phrase
     except ValueError:
