@@ -16,8 +16,12 @@ import ssl
 
 from tally.env import SmtpServer
 
-# One SMTP conversation never waits longer than this for the server (connect, any reply).
-SMTP_TIMEOUT_SECONDS = 30.0
+# One SMTP conversation never waits longer than this for the server (connect, any reply). A
+# draining worker cannot interrupt a send in progress (the job runs in a thread) and waits for
+# it after its grace (WORKER_GRACEFUL_SECONDS, 20 s): with 30 s here a server that stopped
+# answering kept the worker 30.3 s past SIGTERM, and Heroku kills at 30. A timeout is a
+# temporary failure: the message is sent again later.
+SMTP_TIMEOUT_SECONDS = 8.0
 
 
 class TemporaryFailure(Exception):

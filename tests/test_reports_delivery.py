@@ -174,6 +174,38 @@ def test_a_worker_killed_mid_run_leaves_the_rest_to_the_rescued_job(database_url
     print(f"killed after {at_kill} messages; {len(messages) - 40} sent twice")
 
 
+@pytest.mark.slow
+def test_a_worker_draining_a_send_to_a_silent_server_exits_inside_herokus_30_s(
+    database_url, conn, start_process
+):
+    """A send in progress cannot be interrupted (the job runs in a thread): a draining worker
+    waits for it past its grace, as long as the SMTP timeout. With 30 s, a server that stopped
+    answering kept the worker 30.3 s after SIGTERM with the default 20 s grace."""
+    import socket
+    import time
+    import types
+
+    from tally.config import DEFAULT_GRACEFUL_SECONDS
+    from tally.mail import SMTP_TIMEOUT_SECONDS
+
+    assert DEFAULT_GRACEFUL_SECONDS + SMTP_TIMEOUT_SECONDS <= 28  # Heroku sends SIGKILL at 30 s
+    views_over_weeks(conn, count=100)
+    grace = 1.0  # the test's own, so it waits seconds, not the default 20
+    # Takes connections (the kernel's backlog) and never says a word: no greeting, no reply.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        server = types.SimpleNamespace(url=f"smtp://127.0.0.1:{silent.getsockname()[1]}")
+        env = report_env(database_url, server, f"{SITE}=a@example.com", WORKER_GRACEFUL_SECONDS=str(grace))
+        worker = start_process(["worker.py"], env)
+        worker.wait_for_line("Starting worker")
+        defer_by_sql(conn, "send_reports")
+        worker.wait_for_line("Starting job send_reports")
+        time.sleep(0.5)  # the send is waiting for the greeting
+        stopped = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(grace + SMTP_TIMEOUT_SECONDS + 5) == 0
+        assert time.monotonic() - stopped < grace + SMTP_TIMEOUT_SECONDS + 3
+
+
 def test_a_second_run_waits_for_the_first_however_deferred(database_url, conn, start_process):
     """A job deferred by SQL has no procrastinate lock; the run's session lock still keeps two
     runs apart: here the test holds it, as a run would, and the job's attempt fails on it."""
