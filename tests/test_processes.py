@@ -177,3 +177,15 @@ def test_a_worker_waiting_for_the_database_stops_at_once_on_sigterm(start_proces
     time.sleep(1)
     worker.signal(signal.SIGTERM)
     assert worker.wait(5) == 0
+
+
+@pytest.mark.parametrize("entry", ["worker.py", "clock.py", "web.py"])
+def test_a_process_waiting_for_a_database_that_does_not_exist_says_why(start_process, database_url, entry):
+    """They wait as for an outage, but the server's reason is in the log (once a minute), where
+    the clock and the worker said only "Database error" and "pool initialization incomplete"."""
+    missing = database_url.replace("/postgres?", "/no_such_database?")
+    assert missing != database_url
+    process = start_process([entry], {"DATABASE_URL": missing, "PORT": str(free_port())})
+    process.wait_for_line('database "no_such_database" does not exist', timeout=15)
+    time.sleep(3)  # more attempts meanwhile: one line says it
+    assert process.output().count("does not exist") == 1
