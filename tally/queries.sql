@@ -194,7 +194,7 @@ WITH moves AS (
            AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)),
         %(watermark)s, %(in_progress)s::xid8[], NULL)
 )
-SELECT nullif(dim, '') AS dim, nullif(value, '') AS value, day, sum(visitors)::bigint AS visitors
+SELECT nullif(dim, '') AS dim, CASE WHEN dim <> '' THEN value END AS value, day, sum(visitors)::bigint AS visitors
   FROM (SELECT dim, value, (bucket AT TIME ZONE %(tz)s)::date AS day,
                CASE WHEN (bucket AT TIME ZONE %(tz)s)::date = (date_trunc('day', bucket, 'UTC') AT TIME ZONE %(tz)s)::date
                     THEN firsts ELSE lasts END AS visitors

@@ -579,3 +579,18 @@ def test_an_id_on_two_sites_counts_once_for_each_filtered_or_not(client, conn):
         assert body["current_visitors"] == 2, query
         rows = client.get("/api/export", {"days": "1", "tz": "UTC", **query}).text.splitlines()[1:]
         assert [row.split(",")[1:] for row in rows] == [["/", "4", "2"]], query
+
+
+@pytest.mark.parametrize("rolled_up", [False, True])
+def test_an_empty_value_has_its_visitors_before_and_after_the_rollup(client, conn, rolled_up):
+    """An import may store '' (collect stores none): the tail's visitors of a '' source were
+    read as the whole site's and the row showed 0 visitors until the rollup."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, source, visitor, viewed_at)"
+        " VALUES ('example.com', '/', '', 7, now() - interval '1 minute')"
+    )
+    if rolled_up:
+        conn.execute("SELECT tally_rollup_page_views()")
+    body = client.get("/api/stats", {"days": "1", "site": "example.com"}).json
+    assert body["top_sources"] == [{"source": "", "views": 1, "visitors": 1}]
+    assert body["visitors"] == 1
