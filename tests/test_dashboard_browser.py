@@ -100,6 +100,12 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
                     "document.documentElement.scrollWidth - document.documentElement.clientWidth"
                 )
                 assert overflow <= 0, f"{name}: the page scrolls sideways by {overflow}px"
+                # Nor does a panel's table spill out of its card ("Conversion" did, by 8 px).
+                spilled = page.evaluate(
+                    "[...document.querySelectorAll('section.panel')]"
+                    ".filter(s => s.scrollWidth > s.clientWidth).map(s => s.id)"
+                )
+                assert spilled == [], f"{name}: {spilled}"
                 page.screenshot(path=str(SCREENSHOTS / f"dashboard-{name}.png"), full_page=True)
                 page.close()
         finally:

@@ -44,6 +44,7 @@
   @media (max-width: 720px) { .panels { grid-template-columns: minmax(0, 1fr); } }
   .panel table { table-layout: fixed; }
   .panel col.num { width: 5.2em; }
+  .panel col.num.wide { width: 7em; }  /* "Conversion" */
   .panel td.value { overflow-wrap: anywhere; word-break: break-word; }
   .panel td.value a { color: var(--ink); text-decoration: none; }
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
@@ -186,7 +187,7 @@
   <section class="panel" id="panel-events">
     <h2>Goals and events</h2>
     <table id="top-events" data-dimension="event">
-      <colgroup><col><col class="num"><col class="num"><col class="num"></colgroup>
+      <colgroup><col><col class="num"><col class="num"><col class="num wide"></colgroup>
       <tr><th>Event</th><th class="num">Events</th><th class="num">Visitors</th><th class="num">Conversion</th></tr>
       % for row in events:
       <tr class="{{'active' if row['active'] else ''}}" data-value="{{row['event']}}"><td class="value"><a href="{{row['href']}}" title="Show only the visitors who sent it">{{row['event']}}</a></td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td><td class="num conversion">{{row['percent']}}</td></tr>
