@@ -182,8 +182,12 @@ class EnvReader:
 
     def cron(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:
-            if not croniter.is_valid(raw):
-                raise ValueError("expected a cron expression such as '0 * * * *'")
+            # Five fields, or six where the sixth counts seconds (procrastinate's periodic tasks);
+            # croniter also takes a seventh (a year, read by procrastinate as something else).
+            if len(raw.split()) not in (5, 6) or not croniter.is_valid(raw):
+                raise ValueError(
+                    "expected a cron expression of 5 fields (a 6th for seconds) such as '0 * * * *'"
+                )
             return raw
 
         return self._parse(name, default, parse)

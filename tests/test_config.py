@@ -50,6 +50,7 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("SITES", "example.com:8080"),
         ("SITES", "https://example.com"),
         ("SALT_SCHEDULE", "daily"),
+        ("SALT_SCHEDULE", "* * * * * * *"),  # croniter's 7 fields: the clock deferred every second
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),
         ("SMTP_URL", "http://mail.example.com"),
