@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import procrastinate
 
-from jobs.middleware import record_job_errors
+from jobs.middleware import check_arguments, record_job_errors
 from jobs.time_limit import enforce_time_limit
 from tally import config, db
 
@@ -31,8 +31,12 @@ def worker_options(settings: config.Config) -> dict:
         # A worker prunes silent workers at start-up, which frees their jobs for
         # retry_stalled_jobs: the same threshold, longer than a drain, applies.
         "stalled_worker_timeout": settings.stalled_after_seconds,
-        # Outermost first: the error middleware records a JobTimedOut like any error.
-        "worker_middleware": [record_job_errors, enforce_time_limit(settings.job_timeout_seconds)],
+        # Outermost first: the error middleware records a JobTimedOut, or wrong arguments, like any error.
+        "worker_middleware": [
+            record_job_errors,
+            check_arguments,
+            enforce_time_limit(settings.job_timeout_seconds),
+        ],
     }
 
 

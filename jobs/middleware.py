@@ -1,7 +1,9 @@
-"""Worker middleware: keep why a job failed, which procrastinate does not store."""
+"""Worker middleware: keep why a job failed, which procrastinate does not store; refuse a job
+whose arguments its task does not take before it runs."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from typing import Any
@@ -38,3 +40,22 @@ async def record_job_errors(call_next, context: JobContext, worker) -> Any:
         except Exception as storing_error:
             logger.warning("could not record the error of job %s: %r", context.job.id, storing_error)
         raise
+
+
+class WrongArguments(TypeError):
+    """The job was deferred with arguments its task does not take: no attempt can succeed, and
+    the retry strategies give it up at once (a typo in `procrastinate defer ... '{"bogus": 1}'`
+    retried cleanup ten times, holding its lock against every other cleanup)."""
+
+
+async def check_arguments(call_next, context: JobContext, worker) -> Any:
+    """Run the job if its task takes its arguments; else raise WrongArguments saying which."""
+    task = context.task
+    given = [context] if task.pass_context else []
+    try:
+        inspect.signature(task.func).bind(*given, **context.job.task_kwargs)
+    except TypeError as error:
+        raise WrongArguments(
+            f"{task.name} cannot take the arguments {context.job.task_kwargs}: {error}"
+        ) from None
+    return await call_next()

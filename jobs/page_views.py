@@ -13,6 +13,7 @@ from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
 from jobs import app, partitions, settings
+from jobs.middleware import WrongArguments
 from jobs.time_limit import JobTimedOut
 from tally.db import QUERIES
 
@@ -27,7 +28,7 @@ class CleanupRetry(BaseRetryStrategy):
     has had fewer than `max_timed_out` attempts. After any other error (a lock held past
     the worker's lock_timeout, a lost database) it is retried with a growing wait (5,
     10, 15 ... s) while it has had fewer than `max_attempts`. A shutdown abort is retried
-    by procrastinate itself.
+    by procrastinate itself; arguments the task does not take, never.
     """
 
     max_attempts: int = 10
@@ -35,6 +36,8 @@ class CleanupRetry(BaseRetryStrategy):
     max_timed_out: int = 200
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, WrongArguments):  # the same on every attempt
+            return None
         if isinstance(exception, JobTimedOut):
             return RetryDecision(retry_in={"seconds": 0}) if job.attempts < self.max_timed_out else None
         if job.attempts >= self.max_attempts:

@@ -31,6 +31,7 @@ from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
 from jobs import app, settings
+from jobs.middleware import WrongArguments
 from tally import db, mail, reports
 from tally.config import Config
 from tally.db import QUERIES
@@ -52,7 +53,7 @@ class ReportRetry(RetryStrategy):
     """Retry after 4, 16, 64, 256, 1024 s, except for an argument that will never be right."""
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        if isinstance(exception, UnknownPeriod):
+        if isinstance(exception, UnknownPeriod | WrongArguments):
             return None
         return super().get_retry_decision(exception=exception, job=job)
 

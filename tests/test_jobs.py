@@ -296,3 +296,16 @@ def test_a_stalled_job_picked_up_again_is_not_requeued_by_a_late_retry(conn):
     assert conn.execute(
         "SELECT status::text, worker_id FROM procrastinate_jobs WHERE id = %s", (job_id,)
     ).fetchone() == ("doing", alive)
+
+
+@pytest.mark.parametrize("task_name", ["cleanup_old_page_views", "send_reports"])
+def test_a_job_deferred_with_arguments_its_task_does_not_take_fails_at_once_saying_which(conn, task_name):
+    """A typo in `procrastinate defer cleanup_old_page_views '{"bogus": 1}'` was retried ten
+    times over minutes, the task's lock keeping every other cleanup waiting."""
+    task = jobs.app.tasks[task_name]
+    with jobs.app.open():
+        job_id = task.defer(bogus=1)
+    run_queued_jobs()
+    assert job_statuses(conn) == [(task_name, "failed")]
+    error = conn.execute("SELECT error FROM tally_job_errors WHERE job_id = %s", (job_id,)).fetchone()[0]
+    assert error.startswith("WrongArguments") and "bogus" in error
