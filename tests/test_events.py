@@ -178,6 +178,57 @@ def test_top_events_with_conversion_rates_and_visits_that_events_keep_from_bounc
     assert body["visit_duration_seconds"] == round((6 + 21 + 1) * 60 / 5, 1)
 
 
+def site_visitors_by_brute_force(conn, tz: str) -> dict[str, int]:
+    """Each local day's distinct ids of views and events together (DESIGN.md: a visitor is
+    anyone who sent something that day)."""
+    rows = conn.execute(
+        "SELECT ((t AT TIME ZONE %s)::date)::text, count(DISTINCT (site, visitor))"
+        "  FROM (SELECT site, visitor, viewed_at AS t FROM page_views"
+        "        UNION ALL SELECT site, visitor, occurred_at FROM events) sent"
+        " WHERE visitor IS NOT NULL GROUP BY 1",
+        (tz,),
+    )
+    return dict(rows.fetchall())
+
+
+# Ids that sent events and no view on their UTC day (a server's Purchase, a click just after
+# the salt's midnight), and ids whose events lie before their first view or after their last,
+# one across a local midnight east of UTC (23:50 UTC is 05:35 the next day in Kathmandu).
+EVENT_ONLY = [
+    (5, 0, "Signup", {"plan": "pro"}),
+    (6, 600, "Purchase", {}),
+    (6, 610, "Purchase", {}),
+    (1, -45, "Signup", {"plan": "free"}),
+    (4, 830, "Download", {}),
+]
+
+
+@pytest.mark.parametrize("fold", ["none", "views", "all"])
+def test_visitors_count_the_ids_of_events_too_so_no_conversion_rate_passes_one(client, conn, fold):
+    """A visit is a visitor's views and events; the site's visitors are the ids that sent
+    either, every day in every zone, rolled up or in the tail (they counted views' ids alone:
+    an id with only a Signup made a visit and a converting visitor, and no visitor)."""
+    from tests.test_web import roll_up
+
+    insert_views(conn, VIEWS)
+    if fold != "none":
+        roll_up(conn)
+    insert_events(conn, EVENTS + EVENT_ONLY)
+    if fold == "all":
+        roll_up(conn)
+    for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
+        body = client.get("/api/stats", {"days": "3", "tz": tz}).json
+        expected = site_visitors_by_brute_force(conn, tz)
+        assert {day["day"]: day["visitors"] for day in body["daily"] if day["visitors"]} == expected, tz
+        assert body["visitors"] == sum(expected.values())
+        for row in body["top_events"]:
+            assert row["conversion_rate"] == round(row["visitors"] / body["visitors"], 4) <= 1
+    body = client.get("/api/stats", {"days": "3", "tz": "UTC"}).json
+    assert body["visitors"] == 6  # 1-4 viewed; 5 and 6 only sent events
+    assert body["top_events"][0] == {"event": "Signup", "events": 4, "visitors": 3, "conversion_rate": 0.5}
+    assert body["total_views"] == 6 and body["top_paths"][0]["visitors"] == 4  # a panel row: its views' ids
+
+
 def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client, conn):
     from tests.test_web import roll_up
 

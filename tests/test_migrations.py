@@ -218,3 +218,52 @@ def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database,
                 "       - interval '29 days') AT TIME ZONE 'Asia/Kathmandu' GROUP BY 1, 2"
             )
             assert exported == {(day, path): (views, visitors) for day, path, views, visitors in naive}
+
+
+def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh_database, monkeypatch):
+    """Migration 0023 counts the ids of events among the site's visitors: what is rolled up
+    before it moves as a rollup would have moved it, with ids on days in a row (overlaps),
+    events before an id's first view and after its last, ids with events alone, and a tail
+    folded after it, in zones where a local day spans two UTC days. Panel rows stay the views'."""
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+    from tests.test_events import site_visitors_by_brute_force
+    from tests.test_web_exact import brute_force
+
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0023"])
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(  # ids that come back on the next days, at every hour, two sites
+            "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
+            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
+            "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3], (n / 2) % 11,"
+            "        date_trunc('hour', now()) - interval '37 minutes' * n"
+            "   FROM generate_series(0, 599) AS n"
+        )
+        events = (  # the same ids 0-10 at other times, and ids 20-25 with events alone
+            "INSERT INTO events (site, name, visitor, occurred_at)"
+            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], 'Signup',"
+            "        (ARRAY[(n / 2) % 11, 20 + n % 6])[1 + n % 3 / 2],"
+            "        date_trunc('hour', now()) - interval '53 minutes' * n - interval 'SHIFT minutes'"
+            "   FROM generate_series(0, 299) AS n"
+        )
+        conn.execute(events.replace("SHIFT", "7"))
+        conn.execute("SELECT tally_rollup_page_views()")
+        conn.execute(events.replace("SHIFT", "11"))  # the tail
+        before = site_visitors_by_brute_force(conn, "UTC")
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == ["0023_event_visitors.sql"]
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
+        assert site_visitors_by_brute_force(conn, "UTC") == before
+        stats = StatsReader(pool, retention_days=30)
+        for roll_up_first in (False, True):
+            if roll_up_first:
+                conn.execute("SELECT tally_rollup_page_views()")
+            for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
+                body = stats.stats_for_window(30, tz=tz)
+                daily = {day["day"]: day["visitors"] for day in body["daily"] if day["visitors"]}
+                assert daily == site_visitors_by_brute_force(conn, tz), (tz, roll_up_first)
+                assert body["top_paths"] == brute_force(conn, 30, None, tz)["top_paths"], tz
