@@ -648,7 +648,9 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 --   views, and their durations summed in microseconds, as stats_tail_visits lists them: the
 --   visits that hold a matching view, formed of the matching views and their visitors' events;
 -- - 'event' (with `panels`): an event name of the visitors with a matching view; its events and
---   each day's distinct visitors, summed.
+--   each day's distinct visitors, summed;
+-- - 'prop' (with `panels` and `event`): a prop (name) and value (detail) of those visitors' sends
+--   of the event `event`; how many, and each day's distinct visitors, summed.
 -- Filters read raw views, so they reach back RETENTION_DAYS.
 WITH matching AS MATERIALIZED (
     SELECT site, visitor, viewed_at, id, path, tally_referrer_domain(referrer, site) AS referrer, source, medium,
@@ -712,19 +714,15 @@ SELECT 'event', NULL, name, NULL, count(*),
    AND (%(site)s::text IS NULL OR site = %(site)s)
    AND (site, visitor) IN (SELECT site, visitor FROM matching WHERE inside)
  GROUP BY name
-
--- event_props --
--- The event `event` in [start, end) broken down by each prop and value: how many, and each
--- day's (in `tz`) distinct visitors, summed; the most sent first.
-SELECT prop.key AS prop, prop.value #>> '{}' AS value, count(*) AS events,
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL)
-           AS visitors
+UNION ALL
+SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
+       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL),
+       NULL, NULL
   FROM events CROSS JOIN LATERAL jsonb_each(props) AS prop
- WHERE name = %(event)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
+ WHERE %(panels)s AND name = %(event)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
    AND (%(site)s::text IS NULL OR site = %(site)s)
- GROUP BY 1, 2
- ORDER BY 3 DESC, 1, 2
- LIMIT 100
+   AND (site, visitor) IN (SELECT site, visitor FROM matching WHERE inside)
+ GROUP BY 3, 4
 
 -- current_visitors --
 -- Distinct visitors of the 5 minutes to `now`, of one site or all: through the partial index of

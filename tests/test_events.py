@@ -264,6 +264,29 @@ def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client,
     assert [row.split(",")[1:] for row in csv_rows] == [["/", "2", "2"]]  # visitors 2 and 3
 
 
+def test_event_props_break_down_the_filtered_visitors_events_as_top_events_counts_them(client, conn):
+    """With another filter beside `event`, its props are those of the matching visitors' sends,
+    the same events its `top_events` row counts (they were every sender's: a German filter
+    listed the American's plan). An id with the event and no view is in neither."""
+    from tests.test_web import roll_up
+
+    insert_views(conn, VIEWS)
+    insert_events(conn, EVENTS + EVENT_ONLY)
+    roll_up(conn)
+    body = client.get("/api/stats", {"days": "3", "event": "Signup", "country": "DE"}).json
+    assert body["visitors"] == 1 and body["top_events"][0]["events"] == 2  # visitor 1: pro and free
+    assert body["event_props"] == [
+        {"prop": "plan", "value": "free", "events": 1, "visitors": 1},
+        {"prop": "plan", "value": "pro", "events": 1, "visitors": 1},
+    ]
+    body = client.get("/api/stats", {"days": "3", "event": "Signup"}).json
+    signup = next(row for row in body["top_events"] if row["event"] == "Signup")
+    assert signup == {"event": "Signup", "events": 3, "visitors": 2, "conversion_rate": 1.0}
+    assert sum(row["events"] for row in body["event_props"]) == signup["events"]  # id 5 sent one more
+    body = client.get("/api/stats", {"days": "3", "event": "Signup", "country": "FR"}).json
+    assert body["event_props"] == [] and body["top_events"] == []
+
+
 def test_the_dashboard_lists_events_and_a_click_narrows_the_page_to_their_visitors(client, conn):
     import html
     import re

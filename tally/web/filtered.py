@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tally.web.stats import Window
 
 TOP_ROWS = 10
+EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered on
 # The memory of each sort and hash of a filtered answer, for its transaction only: where a filter
 # matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
 WORK_MEM = "32MB"
@@ -67,7 +68,7 @@ def stats(
     cur.execute(QUERIES["filtered_answer"], span)
     values: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
     by_day: dict[datetime.date, tuple[int, int]] = {}
-    visit_rows, event_rows = [], []
+    visit_rows, event_rows, prop_rows = [], [], []
     for part, day, name, detail, *counts in cur.fetchall():
         if part == "day":
             by_day[day] = (counts[0], counts[1])
@@ -75,8 +76,10 @@ def stats(
             values[name][detail] = (counts[0], counts[1])
         elif part == "visits":
             visit_rows.append((day, name, detail, *counts))
-        else:
+        elif part == "event":
             event_rows.append((name, counts[0], counts[1]))
+        else:
+            prop_rows.append({"prop": name, "value": detail, "events": counts[0], "visitors": counts[1]})
     visits_by_day: dict[datetime.date, visits.VisitCounts] = {}
     pages: dict[str, collections.Counter[str]] = {dim: collections.Counter() for dim in visits.PAGE_PANELS}
     visits.add_moves(visit_rows, window.days, visits_by_day, pages)
@@ -109,11 +112,8 @@ def stats(
         rows = [{events.DIM: name, "views": count, "visitors": who} for name, count, who in ranked]
         answer["top_events"] = events.top_rows(rows, answer["visitors"])
         if params.get("event") is not None:
-            cur.execute(QUERIES["event_props"], span)
-            answer["event_props"] = [
-                {"prop": prop, "value": value, "events": count, "visitors": who}
-                for prop, value, count, who in cur.fetchall()
-            ]
+            prop_rows.sort(key=lambda row: (-row["events"], row["prop"], row["value"]))
+            answer["event_props"] = prop_rows[:EVENT_PROP_ROWS]
         answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
     return answer
 
