@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
 
 from migrations import apply_pending, procrastinate_files, tally_files
 from tests.conftest import ROOT, defer_by_sql
@@ -254,7 +255,7 @@ def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh
         conn.execute(events.replace("SHIFT", "11"))  # the tail
         before = site_visitors_by_brute_force(conn, "UTC")
     monkeypatch.undo()
-    assert apply_pending(fresh_database) == ["0023_event_visitors.sql"]
+    assert apply_pending(fresh_database) == [path.name for path in tally_files() if path.name >= "0023"]
     settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
     with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
         assert site_visitors_by_brute_force(conn, "UTC") == before
@@ -267,3 +268,34 @@ def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh
                 daily = {day["day"]: day["visitors"] for day in body["daily"] if day["visitors"]}
                 assert daily == site_visitors_by_brute_force(conn, tz), (tz, roll_up_first)
                 assert body["top_paths"] == brute_force(conn, 30, None, tz)["top_paths"], tz
+
+
+def test_uncountable_times_stored_before_are_deleted_and_stats_answer_again(fresh_database, monkeypatch):
+    """Migration 0024: a view at 'infinity' (or past 9999) stored before it made every stats
+    request fail and the rollup with it; the release deletes those rows and their tail marks,
+    keeps the others, and refuses such times from then on."""
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0024"])
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO page_views (path, visitor, viewed_at) VALUES ('/inf', 1, 'infinity'),"
+            " ('/far', 2, '20000-01-01 00:00+00'), ('/bc', 3, '0044-03-15 BC'), ('/now', 4, now())"
+        )
+        conn.execute("INSERT INTO events (name, visitor, occurred_at) VALUES ('Signup', 1, 'infinity')")
+        with pytest.raises(psycopg.errors.DatetimeFieldOverflow):
+            conn.execute("SELECT tally_rollup_page_views()")
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == ["0024_times_in_range.sql"]
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
+        assert conn.execute("SELECT path FROM page_views").fetchall() == [("/now",)]
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert StatsReader(pool, retention_days=30).stats_for_window(1, tz="UTC")["total_views"] == 1
+        assert conn.execute("SELECT tally_rollup_page_views()").fetchone()[0] == 1
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/inf', 'infinity')")

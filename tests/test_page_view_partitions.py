@@ -66,13 +66,50 @@ def test_a_view_at_any_time_is_stored_and_counted(conn):
     conn.execute(
         "INSERT INTO page_views (path, viewed_at) VALUES ('/old', now() - interval '400 days'),"
         " ('/ahead', now() + interval '400 days'), ('/now', now()), ('/epoch', '1970-01-01'),"
-        " ('/far', '9999-12-31')"
+        " ('/far', '8999-12-31 23:59:59+00'), ('/first', '1000-01-01 00:00+00')"
     )
     conn.execute("SELECT tally_rollup_page_views()")
     where = dict(conn.execute("SELECT path, tableoid::regclass::text FROM page_views").fetchall())
     assert where["/now"] == partitions.partition_name(utc_today())
-    assert {where[p] for p in ("/old", "/ahead", "/epoch", "/far")} == {"page_views_default"}
-    assert rolled_up_views(conn) == 5
+    assert {where[p] for p in ("/old", "/ahead", "/epoch", "/far", "/first")} == {"page_views_default"}
+    assert rolled_up_views(conn) == 6
+
+
+@pytest.mark.parametrize(
+    "when", ["infinity", "-infinity", "20000-01-01 00:00+00", "0044-03-15 BC", "9000-01-01 00:00+00"]
+)
+def test_a_time_no_reader_can_count_is_refused_by_name_and_nothing_breaks(conn, pool, own_partitions, when):
+    """Any time from the year 1000 to 8999 is stored; past that a CHECK names the column (an
+    'infinity' was stored once, and every stats request then answered 500, the rollup and
+    cleanup failed, and maintain_partitions could not name its day)."""
+    from tally.web.stats import StatsReader
+
+    for table, column, extra in (("page_views", "viewed_at", ""), ("events", "occurred_at", ", 'Signup'")):
+        with pytest.raises(psycopg.errors.CheckViolation, match=f"{table}_{column}_in_range"):
+            names = "path, visitor" + (", name" if extra else "")
+            conn.execute(f"INSERT INTO {table} ({names}, {column}) VALUES ('/x', 7{extra}, %s)", (when,))
+    conn.execute(
+        "INSERT INTO page_views (path, visitor, viewed_at) VALUES ('/edge', 7, '8999-12-31 23:59:59+00'),"
+        " ('/edge', 8, '1000-01-01 00:00+00'), ('/now', 9, now())"
+    )
+    conn.execute(
+        "INSERT INTO events (name, visitor, occurred_at) VALUES ('Signup', 7, '8999-12-31 23:59:59+00'),"
+        " ('Signup', 8, '1000-01-01 00:00+00')"
+    )
+    stats = StatsReader(pool, retention_days=30)
+    assert stats.stats_for_window(1, tz="UTC")["total_views"] >= 1  # the tail, with those days in it
+    assert conn.execute("SELECT tally_rollup_page_views()").fetchone()[0] == 3
+    assert stats.stats_for_window(1, tz="Pacific/Kiritimati", filters={"path": "/now"})["total_views"] == 1
+    defer(partitions.maintain_partitions)
+    defer(page_views.cleanup_old_page_views)
+    run_queued_jobs()
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'"
+            " AND task_name IN ('maintain_partitions', 'cleanup_old_page_views')"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_maintain_partitions_moves_caught_views_into_their_days_without_refolding(conn, own_partitions):
