@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import select
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,34 +119,60 @@ def connection_kwargs(
     }
 
 
-def check_idle_connection(conn: psycopg.Connection) -> None:
-    """The web pool's check on checkout: a round trip only where the server may have hung up.
+def server_hung_up(conn: psycopg.Connection) -> bool:
+    """Whether the server closed this idle connection: a round trip only where it may have.
 
     psycopg_pool's `check_connection` sends an empty query, a round trip per checkout, as much
     as the one INSERT of a group it guards. A connection whose server went away while it sat
     in the pool (a restart, a killed backend) has a readable socket: the server's last message,
-    or its close. Only then is the full check made, which finds it broken, and the pool
-    connects again. A socket with nothing to read costs one `select`. A server that vanished
-    without a word (a lost network) is found by neither check: its statement meets the TCP user
-    timeout, as the empty query would have."""
-    if select.select([conn.pgconn.socket], [], [], 0)[0]:
+    or its close. Only then is the full check made. A socket with nothing to read costs one
+    `select`. A server that vanished without a word (a lost network) is found by neither check:
+    its statement meets the TCP user timeout, as the empty query would have."""
+    if not select.select([conn.pgconn.socket], [], [], 0)[0]:
+        return False
+    try:
         psycopg_pool.ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
+
+
+class CheckedPool(psycopg_pool.ConnectionPool):
+    """psycopg_pool's pool whose checkout passes over a connection the server closed at once.
+
+    The pool's own `check` loop sleeps its reconnection backoff (1 s, then 2 s) after each
+    connection that fails: after a database restart every idle connection is dead, and the
+    first request, meeting them one by one, waited out WEB_POOL_WAIT_SECONDS (a 503, a lost
+    beacon, seconds after the server was back). Here a dead one goes back at once (the pool
+    discards it and connects anew in the background) and the next is taken, within the same
+    deadline; with none left, `getconn` waits for the new ones."""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection:
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg_pool.PoolTimeout(f"couldn't get a connection after {wait:.2f} sec")
+            conn = super().getconn(timeout=left)
+            if not server_hung_up(conn):
+                return conn
+            self.putconn(conn)
 
 
 def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
     """WEB_POOL_SIZE connections shared by the waitress threads (views share INSERTs)."""
-    return psycopg_pool.ConnectionPool(
+    return CheckedPool(
         conninfo_for(config),
         min_size=config.web_pool_size,
         max_size=config.web_pool_size,
         timeout=WEB_POOL_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         # Autocommit: a view is one INSERT and one round trip, not BEGIN, INSERT, COMMIT (and no
-        # check's round trip before it: check_idle_connection).
+        # check's round trip before it: CheckedPool's `server_hung_up`).
         kwargs=connection_kwargs(
             config, WEB_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
         ),
-        check=check_idle_connection,
         name=f"{config.dyno}-web",
         open=False,
     )

@@ -101,7 +101,8 @@ def pool(database_url: str):
     """The web process's own pool (sized to its threads, autocommit, its session settings).
 
     One per test file: a pool that lived through test_faults' database restart holds dead
-    connections, and the next request on it may wait out WEB_POOL_WAIT_SECONDS (503).
+    connections (CheckedPool passes over them, but a test that counts statements would not
+    expect the reconnections).
     """
     from tally.config import from_env
     from tally.db import web_pool

@@ -244,6 +244,41 @@ def test_everything_recovers_from_a_database_restart(start_process, database_url
         assert process.popen.poll() is None  # nobody needed a restart
 
 
+def test_the_first_request_after_a_database_restart_is_answered(start_process, database_url, test_server):
+    """Every idle connection of the web's pool died with the server; the first request after it
+    came back found them one by one, and psycopg_pool's checkout loop slept its backoff (1 s,
+    then 2 s) after each: a 503 after 1.5 s, a beacon lost, 10 to 40 s after the restart."""
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+    for _ in range(8):  # every connection of the pool used once
+        assert post_view(port, "/before") == 201
+    test_server.stop(mode="fast")
+    test_server.start()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT 1")  # the server answers again
+        started = time.monotonic()
+        status = post_view(port, "/first-after")
+        took = time.monotonic() - started
+        assert status == 201, web.output()[-3000:]
+        assert took < 1.0
+        assert conn.execute("SELECT count(*) FROM page_views WHERE path = '/first-after'").fetchone()[0] == 1
+    assert http_get(port, "/api/health")[0] == 200
+
+
+def post_view(port: int, path: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/pageviews",
+        data=json.dumps({"path": path}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_no_accepted_view_is_lost_in_a_soak_with_a_killed_worker(start_process, conn):
     conn.execute(
         "INSERT INTO page_views (path, viewed_at) SELECT '/expired', now() - interval '60 days'"
