@@ -804,6 +804,10 @@ SELECT site, period, recipient, status, attempts, claimed_at, error
 -- One send_reports run at a time, however deferred: a session lock, gone with its session.
 SELECT pg_advisory_lock(%(key)s)
 
+-- cluster_identifier --
+-- The primary's cluster, which its streaming standbys share (tally/web/replica.py).
+SELECT system_identifier AS cluster FROM pg_control_system()
+
 -- unlock_report_run --
 -- The end of a send_reports run.
 SELECT pg_advisory_unlock(%(key)s)
@@ -815,7 +819,8 @@ SELECT pg_advisory_unlock(%(key)s)
 -- would grow though nothing is missing), else the age of the last transaction it replayed (NULL:
 -- none since it started). A role without pg_read_all_stats sees the receiver's row with NULLs:
 -- the row then says a receiver runs, and what it received stands for what the primary reported.
-SELECT pg_is_in_recovery() AS standby,
+-- Its cluster's system identifier too: a standby of another primary is not this one's replica.
+SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control_system()) AS cluster,
        CASE WHEN receiver.pid IS NOT NULL AND coalesce(receiver.status, 'streaming') = 'streaming'
              AND pg_last_wal_replay_lsn() >= coalesce(receiver.latest_end_lsn, pg_last_wal_receive_lsn())
             THEN 0.0

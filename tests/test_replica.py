@@ -12,6 +12,7 @@ answered is read from `/metrics` (`tally_stats_reads_total{server=...}`) and `/a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -261,3 +262,54 @@ def test_a_primary_or_an_unreachable_url_is_never_read_from(database_url, pool, 
         assert reads.served() == {"replica": 0, "primary": 1}
     finally:
         reads.close()
+
+
+@pytest.mark.slow
+@skip_without_a_standby
+def test_a_standby_of_another_cluster_is_never_read_from(pair, pool, caplog):
+    """A follower of another primary is a standby too (it was used: stats of 0 views where the
+    primary had 71): its system identifier is not the primary's."""
+    from tally.config import from_env
+    from tally.db import replica_pool
+    from tally.web.replica import ReadRouter
+
+    config = from_env({"DATABASE_REPLICA_URL": pair.standby_url}, process_type="web")
+    reads = ReadRouter(pool, replica_pool(config), config)  # the session's server as the primary
+    reads.start()
+    try:
+        wait_until(lambda: reads.status().state == "another cluster", 10, 0.02, "another cluster")
+        assert reads.run(lambda read_pool: read_pool) is pool
+        assert "a standby of another cluster" in caplog.text
+    finally:
+        reads.close()
+
+
+@pytest.mark.slow
+@skip_without_a_standby
+def test_a_frozen_replica_is_logged_when_its_check_goes_stale(pair, caplog):
+    """SIGSTOP: the check hangs (the server answers nothing, not its statement timeout either);
+    health said unreachable, and with no read meanwhile the log said nothing, going or coming."""
+    from tally.config import from_env
+    from tally.db import replica_pool, web_pool
+    from tally.web.replica import ReadRouter
+
+    caplog.set_level(logging.INFO, logger="tally.web.replica")
+    config = from_env(
+        {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}, process_type="web"
+    )
+    with web_pool(config) as primary:
+        reads = ReadRouter(primary, replica_pool(config), config)
+        reads.start()
+        try:
+            wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
+            pair.signal_standby(signal.SIGSTOP)
+            try:
+                wait_until(lambda: reads.status().state == "unreachable", 5, 0.1, "a stale check")
+            finally:
+                pair.signal_standby(signal.SIGCONT)
+            assert "its check has not answered" in caplog.text
+            caplog.clear()
+            wait_until(lambda: reads.status().state == "in use", 15, 0.05, "the replica back")
+            assert "replica in use" in caplog.text
+        finally:
+            reads.close()

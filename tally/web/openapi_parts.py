@@ -172,7 +172,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "items": {"type": "object", "required": ["queue", "paused_at"]},
             },
             # DATABASE_REPLICA_URL (tally/web/replica.py): "in use" while stats read from it.
-            "replica": {"enum": ["off", "starting", "in use", "lagging", "unreachable", "not a standby"]},
+            "replica": {
+                "enum": [
+                    "off",
+                    "starting",
+                    "in use",
+                    "lagging",
+                    "unreachable",
+                    "not a standby",
+                    "another cluster",
+                ]
+            },
             "replica_lag_seconds": NUMBER_OR_NULL,
         },
     },

@@ -52,13 +52,19 @@ CHECK_STATEMENT_TIMEOUT_MS = 1_000
 # How often a request waiting on the replica looks whether the checker still vouches for it.
 WAIT_STEP_SECONDS = 0.05
 
-OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY = (
+# A replica that keeps failing its check (a wrong URL, a refused password, a standby down for
+# hours) is asked again less often, up to this: each attempt is a connection and a FATAL line
+# in its log, twice a second per web at the check's own pace.
+MAX_RETRY_SECONDS = 5.0
+
+OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER = (
     "off",
     "starting",
     "in use",
     "lagging",
     "unreachable",
     "not a standby",
+    "another cluster",
 )
 
 
@@ -66,7 +72,7 @@ OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY = (
 class ReplicaStatus:
     """What health and /metrics say about the replica."""
 
-    state: str  # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY
+    state: str  # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER
     lag_seconds: float | None  # at the last check; None when unknown or not a replica
 
     @property
@@ -97,6 +103,7 @@ class ReadRouter:
         self._lag: float | None = None
         self._vouched_at = float("-inf")  # start of the last check that found it fit
         self._caught_up_at: float | None = None  # start of the last check that found it caught up
+        self._primary_cluster: int | None = None  # the primary's system identifier, once read
         self._down_at = float("-inf")  # when a read last failed on its connection
         self._served: collections.Counter[str] = collections.Counter()
         self._stopping = threading.Event()
@@ -124,6 +131,7 @@ class ReadRouter:
 
     def _check_forever(self) -> None:
         connection: psycopg.Connection | None = None
+        interval = CHECK_INTERVAL_SECONDS
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
@@ -131,7 +139,9 @@ class ReadRouter:
             except Exception as error:  # the checker must outlive any surprise, or reads never return
                 logger.error("replica check failed: %s", describe_error(error))
                 self._set(UNREACHABLE, None, "unreachable (the check itself failed)")
-            self._stopping.wait(max(0.0, CHECK_INTERVAL_SECONDS - (time.monotonic() - started)))
+            failing = connection is None or self.status().state in (NOT_A_STANDBY, OTHER_CLUSTER)
+            interval = min(interval * 2, MAX_RETRY_SECONDS) if failing else CHECK_INTERVAL_SECONDS
+            self._stopping.wait(max(0.0, interval - (time.monotonic() - started)))
         if connection is not None:
             connection.close()
 
@@ -141,18 +151,40 @@ class ReadRouter:
             if connection is None or connection.closed:
                 assert self._connect is not None
                 connection = self._connect()
-            standby, lag = connection.execute(QUERIES["replica_state"]).fetchone()
+            standby, cluster, lag = connection.execute(QUERIES["replica_state"]).fetchone()
         except psycopg.Error as error:
             if connection is not None:
                 connection.close()
             self._set(UNREACHABLE, None, f"unreachable ({one_line(error)})")
             return None
-        self._checked(started, standby, lag)
+        self._checked(started, standby, cluster, lag)
         return connection
 
-    def _checked(self, started: float, standby: bool, server_lag: float | None) -> None:
+    def _primary_cluster_id(self) -> int | None:
+        """The primary's system identifier, read once (None while the primary cannot say)."""
+        if self._primary_cluster is None:
+            try:
+                with self.primary.connection(timeout=db.WEB_POOL_WAIT_SECONDS) as conn:
+                    self._primary_cluster = conn.execute(QUERIES["cluster_identifier"]).fetchone()[0]
+            except (psycopg.Error, psycopg_pool.PoolTimeout):
+                return None
+        return self._primary_cluster
+
+    def _checked(self, started: float, standby: bool, cluster: int, server_lag: float | None) -> None:
         if not standby:
             self._set(NOT_A_STANDBY, None, "not a standby (pg_is_in_recovery() is false): it is not used")
+            return
+        primary = self._primary_cluster_id()
+        if primary is None:
+            self._set(UNREACHABLE, None, "not checked against the primary, which does not answer")
+            return
+        if cluster != primary:
+            self._set(
+                OTHER_CLUSTER,
+                None,
+                f"a standby of another cluster (system identifier {cluster}, the primary's {primary}):"
+                " its data is not this database's, it is not used",
+            )
             return
         if server_lag == 0.0:
             self._caught_up_at = started
@@ -184,11 +216,22 @@ class ReadRouter:
 
     def status(self) -> ReplicaStatus:
         """The replica's state as of its last check (a stale vouch reads as unreachable)."""
+        self._note_stale()
         with self._lock:
-            state, lag = self._state, self._lag
-            if state == IN_USE and not self._vouched(time.monotonic()):
-                state, lag = UNREACHABLE, None  # its last check hangs: its lag is unknown
-        return ReplicaStatus(state, lag)
+            return ReplicaStatus(self._state, self._lag)
+
+    def _note_stale(self) -> None:
+        """A check that hangs (a frozen server answers nothing, not even its statement timeout)
+        ends the vouch when it goes stale: said in the log then, not only when the check ends."""
+        with self._lock:
+            stale = self._state == IN_USE and not self._vouched(time.monotonic())
+            if stale:
+                self._state, self._lag = UNREACHABLE, None
+        if stale:
+            logger.warning(
+                "replica unreachable (its check has not answered for %g s): reads go to the primary",
+                STALE_AFTER_SECONDS,
+            )
 
     def served(self) -> dict[str, int]:
         """Reads run so far, by the server that answered them ("replica", "primary")."""
@@ -199,6 +242,7 @@ class ReadRouter:
         return self._state == IN_USE and now - self._vouched_at <= STALE_AFTER_SECONDS
 
     def _usable(self) -> bool:
+        self._note_stale()
         with self._lock:
             return self.replica is not None and self._vouched(time.monotonic())
 
