@@ -141,6 +141,13 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
             )
             sources = conn.execute("SELECT source FROM page_views ORDER BY id").fetchall()
             assert sources == [("newsletter",), (None,), ("newsletter",)]
+            # In-page anchors (and Back across them) fire popstate too: the same page, no new view.
+            page.evaluate("location.hash = 'install'")
+            page.evaluate("location.hash = 'usage'")
+            page.go_back()
+            views_become(
+                conn, [("site.test", "/index.html"), ("site.test", "/next"), ("site.test", "/index.html")]
+            )
 
             # A JSON POST from the page needs the CORS preflight: it is answered, and the view stored.
             status = page.evaluate(

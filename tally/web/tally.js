@@ -24,8 +24,11 @@
   }
 
   function send(referrer) {
-    if (location.href === sent) return; // the same address again is not a new view
-    sent = location.href;
+    // The same page again is not a new view: nor is an in-page anchor (#usage), whose clicks
+    // and Back fire popstate too.
+    var page = location.href.split("#")[0];
+    if (page === sent) return;
+    sent = page;
     post({ url: sent, referrer: referrer || null, width: innerWidth });
   }
 
