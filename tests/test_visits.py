@@ -81,6 +81,29 @@ def test_visits_of_known_views_are_worked_out_by_hand(client, conn, cut):
     assert visit_figures(client.get("/api/stats", {"days": "7", "tz": "UTC"}).json) == EXPECTED
 
 
+@pytest.mark.parametrize("cut", [7, 0])
+def test_a_view_after_its_days_visits_left_the_rollups_keeps_them_exact(client, conn, cut):
+    """A view of an (id, UTC day) whose visits the rollups stopped keeping (3 days after they
+    last changed: an import run again, a backfill) takes back the visits its day counted, formed
+    from the views they folded; they were counted twice (7 visits where there were 6)."""
+    insert(conn, VIEWS[:cut] or VIEWS)
+    roll_up(conn)
+    conn.execute("UPDATE page_view_visit_days SET folded_on = folded_on - 5")
+    roll_up(conn)  # deletes them: nothing changed for more than 3 days
+    assert conn.execute("SELECT count(*) FROM page_view_visit_days").fetchone()[0] == 0
+    if cut:
+        insert(conn, VIEWS[cut:])  # visitor 4's last two views: the tail, then folded
+    else:
+        insert(conn, [(1, 5, "/b2")])  # inside visitor 1's first visit
+    expected = dict(EXPECTED)
+    if not cut:
+        expected.update(views_per_visit=round(11 / 6, 2))
+    for _ in range(2):  # the tail, then rolled up
+        body = client.get("/api/stats", {"days": "7", "tz": "UTC", "site": "example.com"}).json
+        assert {key: body[key] for key in expected} == expected
+        roll_up(conn)
+
+
 def test_visits_under_a_filter_are_made_of_the_matching_views(client, conn):
     insert(conn, VIEWS)
     roll_up(conn)
