@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 
 import pycountry
 
@@ -32,6 +33,8 @@ class Dimension:
     panel: str  # the stats answer's list of the top values
     title: str  # the dashboard's heading
     column: str  # SQL over a page_views row (a column name, or an expression of columns)
+    # How a filter's value is written as stored, when its values have one case ('gb' is GB).
+    case: Callable[[str], str] | None = None
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
@@ -41,10 +44,10 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("source", "top_sources", "Sources", "source"),
     Dimension("medium", "top_mediums", "Mediums", "medium"),
     Dimension("campaign", "top_campaigns", "Campaigns", "campaign"),
-    Dimension("country", "top_countries", "Countries", "country"),
+    Dimension("country", "top_countries", "Countries", "country", str.upper),
     Dimension("browser", "top_browsers", "Browsers", "browser"),
     Dimension("os", "top_os", "Operating systems", "os"),
-    Dimension("device", "top_devices", "Devices", "device"),
+    Dimension("device", "top_devices", "Devices", "device", str.lower),
 )
 BY_NAME = {dimension.name: dimension for dimension in DIMENSIONS}
 

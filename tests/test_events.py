@@ -68,6 +68,7 @@ LIMITS = [
     ({"event": "E", "props": {"k" * 301: 1}}, "1 to 300 printable"),
     ({"event": "E", "props": {"": 1}}, "1 to 300 printable"),
     ({"event": "E", "props": {"plan": "x" * 2001}}, "longer than 2000"),
+    ({"event": "E", "props": {"n": int("9" * 2001)}}, "longer than 2000"),  # a number's digits too
     ({"event": "E", "props": {"plan": {"nested": 1}}}, "not nested"),
     ({"event": "E", "props": {"plan": [1]}}, "not nested"),
     ({"event": "E", "props": {"plan": None}}, "not nested"),

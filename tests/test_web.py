@@ -53,6 +53,17 @@ def test_one_view_is_stored(client, conn):
     ]
 
 
+def test_a_referrer_is_stored_as_the_trackers_are(client, conn):
+    """No user name, query or fragment: they can carry people's data (a server's referrer was
+    stored as sent, `?email=bob@example.com` and all)."""
+    view = {"path": "/a", "referrer": "https://u:p@Ref.Test/x?email=bob@example.com#frag"}
+    client.post_json("/api/pageviews", [view, {"path": "/b", "referrer": ""}], status=201)
+    assert conn.execute("SELECT referrer FROM page_views ORDER BY path").fetchall() == [
+        ("https://ref.test/x",),
+        (None,),
+    ]
+
+
 def test_a_batch_is_stored_whole(client, conn):
     batch = [{"path": f"/p{n}"} for n in range(1000)]
     response = client.post_json("/api/pageviews", batch)
@@ -99,6 +110,12 @@ GOOD = {"path": "/ok"}
         (json.dumps({"path": "/a\nb"}), "application/json", 400, "control character"),
         (json.dumps({"path": "/a", "referrer": 3}), "application/json", 400, '"referrer" must be a string'),
         (json.dumps({"path": "/a", "referrer": "r" * 2049}), "application/json", 400, "longer than 2048"),
+        (
+            json.dumps({"path": "/a", "referrer": "not a url"}),
+            "application/json",
+            400,
+            '"referrer" must be a URL',
+        ),
         (json.dumps({"path": "/a", "referer": "x"}), "application/json", 400, 'Unknown field "referer"'),
         ('{"path": "/\\ud800"}', "application/json", 400, "not valid Unicode"),
         (b'{"path": "/\xff"}', "application/json", 400, "UTF-8"),

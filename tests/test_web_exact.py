@@ -438,6 +438,7 @@ def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
     for query, word in (
         ({"contry": "DE"}, "contry"),
         ({"country": ["DE", "FR"]}, "once"),
+        ({"device": ["phone", ""]}, "once"),  # an empty copy too: it was taken as device=phone
         ({"compare": "yesterday"}, "compare"),
         ({"path": "/a\x00"}, "printable"),
     ):
@@ -447,6 +448,35 @@ def test_bad_filters_are_a_400_and_unknown_values_an_empty_answer(client, conn):
             assert word in client.get(route, query, status=400).json["error"], (route, query)
     body = client.get("/api/stats", {"country": "ZZ", "path": "/nowhere"}).json
     assert body["total_views"] == 0 and body["top_paths"] == [] and body["current_visitors"] == 0
+
+
+def test_a_country_or_device_filter_is_read_in_any_case(client, conn):
+    """Codes and classes are stored in one case: `country=gb` counted nothing (all zeros, no
+    error) while `GB` had the views."""
+    conn.execute(
+        "INSERT INTO page_views (path, country, device) VALUES ('/a', 'GB', 'phone'), ('/b', 'DE', 'phone')"
+    )
+    for query in ({"country": "gb"}, {"country": "Gb", "device": "PHONE"}):
+        body = client.get("/api/stats", {"days": "1", **query}).json
+        assert body["total_views"] == 1 and body["filters"]["country"] == "GB", query
+
+
+@pytest.mark.parametrize("rolled_up", [False, True])
+def test_an_empty_value_is_no_panel_row(client, conn, rolled_up):
+    """An import's '' (no source) was listed as a blank row, whose click filtered nothing."""
+    conn.execute(
+        "INSERT INTO page_views (path, source, browser) SELECT '/a', '', '' FROM generate_series(1, 5)"
+        " UNION ALL SELECT '/b', 'news', 'Firefox'"
+    )
+    if rolled_up:
+        conn.execute("SELECT tally_rollup_page_views()")
+    for query in ({}, {"path": "/a"}, {"device": ""}):
+        body = client.get("/api/stats", {"days": "1", **query}).json
+        assert "" not in [row["source"] for row in body["top_sources"]], query
+        assert "" not in [row["browser"] for row in body["top_browsers"]], query
+    assert client.get("/api/stats", {"days": "1"}).json["top_sources"] == [
+        {"source": "news", "views": 1, "visitors": 0}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -584,7 +614,7 @@ def test_an_id_on_two_sites_counts_once_for_each_filtered_or_not(client, conn):
 @pytest.mark.parametrize("rolled_up", [False, True])
 def test_an_empty_value_has_its_visitors_before_and_after_the_rollup(client, conn, rolled_up):
     """An import may store '' (collect stores none): the tail's visitors of a '' source were
-    read as the whole site's and the row showed 0 visitors until the rollup."""
+    read as the whole site's. The row itself is not shown (test_an_empty_value_is_no_panel_row)."""
     conn.execute(
         "INSERT INTO page_views (site, path, source, visitor, viewed_at)"
         " VALUES ('example.com', '/', '', 7, now() - interval '1 minute')"
@@ -592,5 +622,5 @@ def test_an_empty_value_has_its_visitors_before_and_after_the_rollup(client, con
     if rolled_up:
         conn.execute("SELECT tally_rollup_page_views()")
     body = client.get("/api/stats", {"days": "1", "site": "example.com"}).json
-    assert body["top_sources"] == [{"source": "", "views": 1, "visitors": 1}]
-    assert body["visitors"] == 1
+    assert body["top_sources"] == []
+    assert body["visitors"] == 1 and [day["visitors"] for day in body["daily"]] == [1]

@@ -28,6 +28,7 @@ from tally.sites import parse_site
 from tally.web.audience import audience_of, campaign_of
 from tally.web.crawlers import is_crawler
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+from tally.web.referrers import stored_referrer
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
 
@@ -167,6 +168,8 @@ def _props(value: object) -> dict[str, str | int | float | bool] | None:
             raise Refused(400, f'Prop "{key[:40]}" must be a finite number.')
         elif not isinstance(item, bool | int | float):
             raise Refused(400, f'Prop "{key[:40]}" must be a string, a number or a boolean, not nested.')
+        elif len(repr(item)) > MAX_PROP_VALUE:  # shown as text in event_props, as a string is
+            raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
     return value
 
 
@@ -198,32 +201,27 @@ def _text(value: object, field: str) -> str | None:
 
 
 def _source(query: str) -> str | None:
-    """The campaign: the first of utm_source, ref and source in the page's query string."""
+    """The campaign: the first printable one of utm_source, ref and source in the page's query
+    string, cut to MAX_SOURCE (as medium and campaign are: a stray newline in a mail's link
+    loses the source, never the visitor's view)."""
     fields = urllib.parse.parse_qs(query, keep_blank_values=False)
     for name in SOURCE_PARAMETERS:
         for value in fields.get(name, []):
             value = value.strip()
-            if not value:
-                continue
-            if len(value) > MAX_SOURCE or CONTROL_CHARACTERS.search(value):
-                raise Refused(400, f'"{name}" in the URL must be at most {MAX_SOURCE} printable characters.')
-            return value
+            if value and not CONTROL_CHARACTERS.search(value):
+                return value[:MAX_SOURCE]
     return None
 
 
 def _referrer(value: object) -> str | None:
-    """The referring page without its query string and fragment (they can carry people's data)."""
+    """The referring page as stored (tally/web/referrers.py, `stored_referrer`), or None."""
     referrer = _text(value, "referrer")
     if not referrer:
         return None
     try:
-        parts = urllib.parse.urlsplit(referrer)
-        hostname = parts.hostname
+        return stored_referrer(referrer)
     except ValueError:
-        raise Refused(400, '"referrer" is not a valid URL.') from None
-    if not parts.scheme or not hostname:
-        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.')
-    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, "", ""))
+        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.') from None
 
 
 class Collector:

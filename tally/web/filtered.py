@@ -132,7 +132,9 @@ def recent(cur: psycopg.Cursor, params: dict[str, Any], with_day: bool) -> dict[
 
 def top(values: dict[str, tuple[int, int]], key: str) -> list[dict[str, Any]]:
     """The TOP_ROWS values with the most views (then by name), with their views and visitors."""
-    ranked = sorted(values, key=lambda name: (-values[name][0], name))[:TOP_ROWS]
+    ranked = sorted((name for name in values if name != ""), key=lambda name: (-values[name][0], name))[
+        :TOP_ROWS
+    ]
     return [{key: name, "views": values[name][0], "visitors": values[name][1]} for name in ranked]
 
 

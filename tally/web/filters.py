@@ -40,15 +40,15 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
             continue
         if name not in FILTER_NAMES:
             raise InvalidFilter(f"Unknown parameter {name!r}; filters are {', '.join(FILTER_NAMES)}.")
-        values = [value for value in query[name] if value != ""]
-        if not values:
-            continue
-        if len(values) > 1:
+        if len(query[name]) > 1:  # an empty copy too: which one was meant is not known
             raise InvalidFilter(f"Give the filter {name!r} once.")
-        value = values[0]
+        value = query[name][0]
+        if value == "":  # a form's empty field: no filter
+            continue
         if len(value) > MAX_TEXT or CONTROL_CHARACTERS.search(value):
             raise InvalidFilter(f"The filter {name!r} must be at most {MAX_TEXT} printable characters.")
-        filters[name] = value
+        dimension = BY_NAME.get(name)
+        filters[name] = dimension.case(value) if dimension and dimension.case else value
     return filters
 
 

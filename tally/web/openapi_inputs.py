@@ -26,7 +26,8 @@ SITE = {"type": "string", "maxLength": MAX_HOST_NAME, "pattern": f"^{SITE_NAME.p
 SITE_OR_EMPTY = {**SITE, "pattern": f"^({SITE_NAME.pattern})?$"}
 # A port as Python's urlsplit takes it: empty, or digits (leading zeros too) up to 65535.
 PORT = "(:0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
-USER = f"([^/?#@{CONTROL}]*@)?"  # user:password@, which urlsplit reads past
+# user:password@, which urlsplit reads past (and refuses with a bracket in it: not an IPv6 host)
+USER = f"([^/?#@\\[\\]{CONTROL}]*@)?"
 # The page's address: http(s), a host name, a port, then anything but control characters.
 PAGE_URL = f"^[Hh][Tt][Tt][Pp][Ss]?://{USER}{SITE_NAME.pattern}{PORT}([/?#][^{CONTROL}]*)?$"
 # The referring page: empty, or any scheme with a host (its query and fragment are dropped).
@@ -100,7 +101,7 @@ def page_view() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "path": {"type": "string", "maxLength": MAX_TEXT, "pattern": f"^/[^{CONTROL}]*$"},
-            "referrer": {**TEXT, "type": ["string", "null"]},
+            "referrer": {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": REFERRER_URL},
             "site": {**SITE, "type": ["string", "null"], "description": "Absent or null: the default site."},
         },
     }

@@ -1,7 +1,7 @@
 """Validating page views posted to the web process: one sentence per problem.
 
->>> parse_page_views(b'{"path": "/a", "site": "Example.com"}')
-[View(path='/a', referrer=None, site='example.com', source=None, visitor=None)]
+>>> parse_page_views(b'{"path": "/a", "site": "Example.com"}')[0][:3]
+('/a', None, 'example.com')
 >>> try:
 ...     parse_page_views(b'[{"path": "a"}]')
 ... except InvalidPageViews as error:
@@ -15,6 +15,7 @@ import json
 import re
 
 from tally.sites import DEFAULT_SITE, parse_site_name
+from tally.web.referrers import stored_referrer
 from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -71,6 +72,12 @@ def _parse_item(item: object, prefix: str) -> View:
     referrer = item.get("referrer")
     if referrer is not None:
         referrer = _text(referrer, "referrer", prefix)
+        try:  # as the tracker's are stored: no user name, query or fragment (people's data)
+            referrer = stored_referrer(referrer) if referrer else None
+        except ValueError:
+            raise InvalidPageViews(
+                f'{prefix}"referrer" must be a URL such as "https://example.com/page", or empty.'
+            ) from None
     site = DEFAULT_SITE
     if item.get("site") is not None:
         site = parse_site_name(_text(item["site"], "site", prefix))

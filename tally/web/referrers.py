@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import urllib.parse
 
 from publicsuffixlist import PublicSuffixList
 
@@ -52,3 +53,21 @@ def by_name(domains: dict[str, int]) -> collections.Counter[str]:
     for domain, views in domains.items():
         named[referrer_name(domain)] += views
     return named
+
+
+def stored_referrer(referrer: str) -> str:
+    """The referring page as stored: scheme, host and path, lower-case host, no user name or
+    password, query or fragment (they can carry people's data). ValueError unless it is a URL
+    with a scheme and a host.
+
+    >>> stored_referrer("HTTPS://me:secret@News.Example.com:8443/a/b?email=x#top")
+    'https://news.example.com:8443/a/b'
+    """
+    parts = urllib.parse.urlsplit(referrer)
+    host, port = parts.hostname, parts.port  # reading the port checks it
+    if not parts.scheme or not host:
+        raise ValueError("no scheme or host")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, "", ""))

@@ -44,7 +44,9 @@ class Ranking:
         """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
         + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
         keeps its rank among the others it leaves alone."""
-        candidates = set(self.ranked[: TOP_ROWS + len(tail)]) | set(tail)
+        # '' (an import's "none") is no value to show or click, as NULL is not: one more ranked
+        # name stands in for it.
+        candidates = (set(self.ranked[: TOP_ROWS + len(tail) + 1]) | set(tail)) - {""}
         counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
         ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
         return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
