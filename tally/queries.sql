@@ -155,15 +155,16 @@ SELECT s.watermark, s.in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::da
 SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
--- The views not yet rolled up, by day in `tz`, whether in the last full 24 hours' buckets (from
--- `recent` on), and every dimension (the referrer as its domain, parsed once per group), with how
+-- The views not yet rolled up, by day in `tz`, whether in the last 24 hours' full buckets (from
+-- `recent` on, before `now_bucket`: the bucket of now is counted raw, up to now), and every dimension (the referrer as its domain, parsed once per group), with how
 -- many carry a visitor id. Grouped here, not per bucket: a long tail (a backfill, a stopped
 -- worker) costs the web a row per day and values, not per 15 minutes. The bounds come in as
 -- values, so the planner sees how few rows lie above the watermark.
 SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign,
        country, browser, os, device, sum(views)::bigint AS views, sum(with_visitor)::bigint AS with_visitor
   FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
-               date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s AS recent,
+               date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s
+                   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') < %(now_bucket)s AS recent,
                path, referrer, site, source, medium, campaign, country, browser, os, device,
                count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
@@ -248,18 +249,22 @@ SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
      + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- stats_raw_range --
--- Views in [start, end) counted from the raw table (the partial bucket 24 hours ago), and the
--- crawler hits filtered on the UTC days from first_day on.
+-- Views counted from the raw table: in [start, end) (the partial bucket 24 hours ago) and in
+-- [now_bucket, now] (the bucket of now up to now: a view dated later is no view of the last 24
+-- hours); and the crawler hits filtered on the UTC days from first_day on.
 SELECT (SELECT count(*) FROM page_views
-         WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s))
+         WHERE ((viewed_at >= %(start)s AND viewed_at < %(end)s)
+                OR (viewed_at >= %(now_bucket)s AND viewed_at <= %(now)s))
+           AND (%(site)s::text IS NULL OR site = %(site)s))
        AS views,
        (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
          WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
 
 -- stats_rolled_up_days --
--- Rolled-up views per day in the zone `tz` in [since, end), and those in buckets from `recent` on.
+-- Rolled-up views per day in the zone `tz` in [since, end), and those in buckets from `recent`
+-- to `now_bucket` (the full buckets of the last 24 hours).
 SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(views)::bigint AS views,
-       coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s), 0)::bigint AS recent
+       coalesce(sum(views) FILTER (WHERE bucket >= %(recent)s AND bucket < %(now_bucket)s), 0)::bigint AS recent
   FROM page_view_buckets
  WHERE bucket >= %(since)s AND bucket < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
  GROUP BY 1

@@ -179,7 +179,8 @@ class StatsReader:
     ) -> tuple[dict[str, Any], int]:
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        cur.execute(QUERIES["stats_tail"], {**bounds, "recent": window.first_full_bucket})
+        recent = {"recent": window.first_full_bucket, "now_bucket": bucket_of(window.now)}
+        cur.execute(QUERIES["stats_tail"], {**bounds, **recent})
         tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
         cur.execute(QUERIES["stats_tail_events"], bounds)
         tail_event_rows = cur.fetchall()
@@ -201,6 +202,8 @@ class StatsReader:
                 {
                     "start": window.boundary,
                     "end": window.first_full_bucket,
+                    "now_bucket": bucket_of(window.now),
+                    "now": window.now,
                     "site": bounds["site"],
                     "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
                 },
@@ -252,7 +255,14 @@ class StatsReader:
         since = min(start, window.first_full_bucket)
         cur.execute(
             QUERIES["stats_rolled_up_days"],
-            {"since": since, "end": end, "recent": window.first_full_bucket, "site": site, "tz": tz},
+            {
+                "since": since,
+                "end": end,
+                "recent": window.first_full_bucket,
+                "now_bucket": bucket_of(window.now),
+                "site": site,
+                "tz": tz,
+            },
         )
         daily: dict[datetime.date, int] = {}
         after_boundary = 0
