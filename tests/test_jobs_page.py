@@ -95,7 +95,9 @@ def test_pause_and_resume_are_rows_and_show_in_health_metrics_and_pages(client, 
     again = client.post("/api/queues/reports/pause", headers=OWNER, status=200).json
     assert again["paused_at"] == answer["paused_at"]  # the first pause's time stays
     assert conn.execute("SELECT queue_name FROM tally_paused_queues").fetchall() == [("reports",)]
-    assert [row["queue"] for row in client.get("/api/health").json["paused_queues"]] == ["reports"]
+    health = client.get("/api/health").json["paused_queues"]
+    assert [row["queue"] for row in health] == ["reports"]
+    assert health[0]["paused_at"] == answer["paused_at"]  # one form of a time: ISO 8601, UTC
     assert 'tally_queue_paused{queue="reports"} 1.0' in client.get("/metrics", headers=OWNER).text
     assert 'data-queue="reports" data-paused="true"' in client.get("/jobs", headers=OWNER).text
     assert "Paused queues: reports" in client.get("/", headers=OWNER).text

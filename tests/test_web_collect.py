@@ -520,6 +520,29 @@ def test_a_content_length_that_is_not_a_number_is_refused(client, conn, length):
     assert stored(conn) == 1
 
 
+def test_requests_waitress_cannot_read_are_answered_in_json(start_process, conn):
+    """DESIGN.md: all JSON, errors `{"error": ...}`. A Content-Length that is no number, a NUL
+    in a header or a body declared past the server's limit never reach the app: waitress
+    answered them in plain text."""
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+    for headers, status in (
+        (b"Content-Length: abc\r\n", 400),
+        (b"Content-Length: 5\r\nContent-Length: 6\r\n", 400),
+        (b"X-Odd: a\x00b\r\nContent-Length: 2\r\n", 400),
+        (b"Content-Length: 3000000\r\n", 413),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"POST /api/collect HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n{}")
+            answer = sock.makefile("rb").read()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert int(head.split()[1]) == status, answer
+        assert b"Content-Type: application/json" in head, answer
+        assert json.loads(body)["error"], answer
+    assert stored(conn) == 0
+
+
 def test_web_py_answers_any_header_bytes_and_never_logs_them(start_process, conn):
     """Through waitress, which hands headers over as latin-1: raw bytes on a socket."""
     port = free_port()

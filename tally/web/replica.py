@@ -192,7 +192,9 @@ class ReadRouter:
         lag = max(0.0, min(bounds)) if bounds else None
         if lag is None or lag > self.max_lag:
             shown = "unknown" if lag is None else f"{lag:.1f} s"
-            self._set(LAGGING, lag, f"lagging: {shown}, more than {self.max_lag:g} s behind")
+            self._set(
+                LAGGING, lag, f"lagging: {shown} behind, past REPLICA_MAX_LAG_SECONDS ({self.max_lag:g} s)"
+            )
             return
         with self._lock:
             if started < self._down_at:  # a read failed while this check ran: the next one says

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
@@ -32,10 +33,18 @@ DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.Int
 NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
 
 
+def json_value(value: object) -> str:
+    """What JSON cannot hold, as text: a time in ISO 8601, in UTC, as health writes them (a
+    pause answered `2026-12-05 03:45:09.398410+00:00`, str()'s form)."""
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return value.astimezone(datetime.UTC).isoformat()
+    return str(value)
+
+
 def json_response(status: int, body: object, **headers: str) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
         status=status,
-        body=json.dumps(body, default=str),
+        body=json.dumps(body, default=json_value),
         headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
     )
 

@@ -1,4 +1,4 @@
-"""Serving the web's WSGI app on waitress, and the one change Tally makes to waitress.
+"""Serving the web's WSGI app on waitress, and the two changes Tally makes to waitress.
 
 waitress reads requests on its main thread and hands each one to a worker thread. Under
 load that main thread always has Python to run (parsing, polling every connection), so a
@@ -7,16 +7,21 @@ for the interpreter's switch interval, 5 ms, each time it wants it back. Measure
 with constant JSON: 4 threads answered 585 req/s at 4 connections and 198 at 64. The
 main thread giving the GIL away once after each request it queues lets the worker it
 woke run at once: 3,590 and 3,470 req/s (docs/ARCHITECTURE.md, "waitress and the GIL").
+And a request waitress cannot read itself (a Content-Length that is no number) is answered
+in the API's JSON, not waitress's plain text.
 
     >>> serve(app, port=5000, threads=4)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import waitress
-from waitress.task import ThreadedTaskDispatcher
+import waitress.server
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 # Bodies past this get waitress's own 413 before they are buffered; up to it, the app
 # answers 413 in JSON for anything over 1 MiB.
@@ -29,6 +34,33 @@ class GilYieldingDispatcher(ThreadedTaskDispatcher):
     def add_task(self, task) -> None:
         super().add_task(task)
         time.sleep(0)  # releases the GIL: the worker just notified takes it now, not in 5 ms
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own answer to a request it cannot read (a Content-Length that is no number,
+    a NUL in a header, a body past MAX_REQUEST_BODY_BYTES, an unknown Transfer-Encoding), in
+    the API's form: `{"error": ...}` as JSON, where waitress writes plain text."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JsonErrorChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
+def _server_with_json_errors(app, **settings):
+    """waitress's server, whose connections answer unreadable requests in JSON (the hook
+    `waitress.serve` offers for its server is `_server`, as `_dispatcher` is for its queue)."""
+    server = waitress.server.create_server(app, **settings)
+    server.channel_class = JsonErrorChannel
+    return server
 
 
 def serve(
@@ -52,4 +84,5 @@ def serve(
         # (tally/web/auth.py: the last X-Forwarded-For entry, X-Forwarded-Proto).
         clear_untrusted_proxy_headers=False,
         _dispatcher=dispatcher,  # waitress's own hook for the task queue (create_server)
+        _server=_server_with_json_errors,
     )
