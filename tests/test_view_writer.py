@@ -215,3 +215,46 @@ def test_when_busy_the_leader_waits_and_takes_the_requests_that_arrive_meanwhile
     assert time.monotonic() - began < 0.6
     assert transactions_of(conn, ["/leader", "/joined"]) == 1
     assert transactions_of(conn, ["/first", "/leader"]) == 2
+
+
+def test_slow_reads_leave_the_pool_to_the_views_arriving(pool, conn, monkeypatch):
+    """Four owner reads held all four of the web's connections (a filter over many views runs
+    up to the 5 s statement timeout, and a public dashboard lets anyone ask for one), and a
+    beacon waited out its 1.5 s for a connection: a 503, a view lost. Reads on the primary now
+    take at most the pool less the writers' two; the others wait their turn, then a 503."""
+    from tally.web import replica
+
+    monkeypatch.setattr(replica, "READ_WAIT_SECONDS", 0.3, raising=False)
+    reads = replica.ReadRouter(pool)
+    assert pool.max_size == 4
+    held, release = threading.Semaphore(0), threading.Event()
+
+    def slow_read(read_pool):
+        with read_pool.connection() as connection:
+            connection.execute("SELECT 1")
+            held.release()
+            release.wait(10)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        running = [executor.submit(reads.run, slow_read) for _ in range(4)]
+        try:
+            assert held.acquire(timeout=5) and held.acquire(timeout=5)
+            # The other two wait their turn, and are turned away (before: took the last two).
+            deadline = time.monotonic() + 3
+            while sum(future.done() for future in running) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started = time.monotonic()
+            ViewWriter(pool).write([("/arrived", None)])
+            assert time.monotonic() - started < 0.5
+            with pool.connection(timeout=0.5) as connection:  # health's, say
+                connection.execute("SELECT 1")
+        finally:
+            release.set()
+    errors = [future.exception(timeout=10) for future in running]
+    assert sorted(type(error).__name__ for error in errors) == [
+        "NoneType",
+        "NoneType",
+        "ReadsBusy",
+        "ReadsBusy",
+    ]
+    assert stored_paths(conn) == ["/arrived"]

@@ -52,6 +52,14 @@ CHECK_STATEMENT_TIMEOUT_MS = 1_000
 # How often a request waiting on the replica looks whether the checker still vouches for it.
 WAIT_STEP_SECONDS = 0.05
 
+# Reads on the primary leave this many of the web pool's connections to writes: the views'
+# and the events' group inserts hold one each while they run. Slow reads (a filter over many
+# views, up to the statement timeout) held all four once, and beacons waited out their 1.5 s
+# for a connection: a 503, a view lost (a public dashboard let anyone do it).
+WRITE_CONNECTIONS = 2
+# How long a read waits for its turn on the primary before it is answered 503.
+READ_WAIT_SECONDS = 5.0
+
 # A replica that keeps failing its check (a wrong URL, a refused password, a standby down for
 # hours) is asked again less often, up to this: each attempt is a connection and a FATAL line
 # in its log, twice a second per web at the check's own pace.
@@ -66,6 +74,10 @@ OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER = (
     "not a standby",
     "another cluster",
 )
+
+
+class ReadsBusy(Exception):
+    """Every read slot of the primary stayed taken for READ_WAIT_SECONDS."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +122,8 @@ class ReadRouter:
         self._checker: threading.Thread | None = None
         threads = config.web_threads if config else 1
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="replica-read")
+        self.read_slots = max(1, primary.max_size - WRITE_CONNECTIONS)
+        self._primary_slots = threading.BoundedSemaphore(self.read_slots)
 
     # --- the checker -------------------------------------------------------------------------
 
@@ -293,9 +307,14 @@ class ReadRouter:
             return result
 
     def _on_primary(self, read: Callable[[psycopg_pool.ConnectionPool], T]) -> T:
-        with self._lock:
-            self._served["primary"] += 1
-        return read(self.primary)
+        if not self._primary_slots.acquire(timeout=READ_WAIT_SECONDS):
+            raise ReadsBusy(f"{self.read_slots} reads held the primary for {READ_WAIT_SECONDS:g} s")
+        try:
+            with self._lock:
+                self._served["primary"] += 1
+            return read(self.primary)
+        finally:
+            self._primary_slots.release()
 
 
 def one_line(error: BaseException) -> str:

@@ -20,6 +20,7 @@ import psycopg_pool
 from tally import db
 from tally.logs import describe_error
 from tally.web import error_page
+from tally.web.replica import ReadsBusy
 
 logger = logging.getLogger("tally.web")
 
@@ -69,6 +70,14 @@ def database_unavailable(route: Callable) -> Callable:
                 f"Counting this took longer than the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take"
                 " here (a filter over many views counts them one by one); try fewer days or a narrower"
                 " filter.",
+            )
+        except ReadsBusy as error:
+            logger.warning("%s %s: reads busy: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(
+                503,
+                "Other slow reads hold this web's share of the database (the rest stays free for the"
+                " views arriving); try again in a few seconds.",
+                **{"Retry-After": "5"},
             )
         except LOCKED:
             logger.warning("%s %s: a table it reads is locked", bottle.request.method, bottle.request.path)
