@@ -43,7 +43,9 @@ async def defer_forever(deferrer: PeriodicDeferrer, stopping: asyncio.Event) -> 
             # Try these ticks again; the periodic-defers table skips any already made.
             deferrer.last_defers = before
             logger.warning(
-                "could not defer periodic jobs, retrying in %.0f s: %r", RETRY_DELAY_SECONDS, error
+                "could not defer periodic jobs, retrying in %.0f s: %s",
+                RETRY_DELAY_SECONDS,
+                logs.database_error(error),
             )
             pause = RETRY_DELAY_SECONDS
         with contextlib.suppress(TimeoutError):

@@ -7,6 +7,8 @@ it only defers them for the worker.
 
 from __future__ import annotations
 
+import errno
+import logging
 import signal
 import sys
 
@@ -39,6 +41,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serving.serve(app, port=settings.port, threads=settings.web_threads)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        logging.getLogger("tally").error(
+            "PORT=%s is in use by another process: stop it, or set PORT", settings.port
+        )
+        sys.exit(1)
     finally:
         reads.close()
         pool.close()

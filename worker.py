@@ -89,7 +89,7 @@ async def run_until_stopped(app, options: dict) -> None:
         except asyncio.CancelledError:
             pass
         except Exception as error:
-            logger.error("worker stopped on an error: %r", error)
+            logger.error("worker stopped on an error: %s", logs.database_error(error))
         if not stopping.is_set():
             logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
             with contextlib.suppress(TimeoutError):

@@ -99,7 +99,9 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         process_type=process_type,
         dyno=reader.text("DYNO", f"{process_type}.1"),
         database_url=reader.database_url("DATABASE_URL"),
-        port=reader.integer("PORT", 5000, low=1, high=65535),
+        # Only the web listens: honcho gives the worker and the clock PORT+100 and +200, past
+        # 65535 for a high PORT, and they need none.
+        port=reader.integer("PORT", 5000, low=1, high=65535) if process_type == "web" else 5000,
         retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
         admin_token=reader.optional_text("ADMIN_TOKEN"),
         web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=256),
@@ -152,16 +154,14 @@ def _report_settings(reader: EnvReader) -> dict:
     smtp = reader.smtp_url("SMTP_URL")
     recipients = reader.recipients("REPORT_RECIPIENTS")
     default_schedule = "weekly" if smtp and recipients else "off"
-    schedule = reader.choice(
-        "REPORT_SCHEDULE", default_schedule.upper(), tuple(map(str.upper, REPORT_SCHEDULES))
-    )
+    schedule = reader.choice("REPORT_SCHEDULE", default_schedule, REPORT_SCHEDULES)
     host = smtp.host if smtp else socket.gethostname() or "localhost"
     report_from = reader.text("REPORT_FROM", f"tally@{host}")
     if not EMAIL_ADDRESS.fullmatch(report_from):
         raise ConfigError(
             f"REPORT_FROM={report_from!r} is invalid: expected an address such as tally@example.com"
         )
-    port = reader.integer("PORT", 5000, low=1, high=65535)
+    port = reader.text("PORT", "5000")  # the web's (validated there); others get PORT+100 from honcho
     tally_url = reader.text("TALLY_URL", f"http://localhost:{port}").rstrip("/")
     if urllib.parse.urlsplit(tally_url).scheme not in ("http", "https"):
         raise ConfigError(f"TALLY_URL={tally_url!r} is invalid: expected https://host")

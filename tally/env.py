@@ -95,15 +95,18 @@ class EnvReader:
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
-            raise ValueError("expected true or false")
+            raise ValueError("expected true or false (or yes/no, on/off, 1/0)")
 
         return self._parse(name, default, parse)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of `choices`, in any case, returned as `choices` writes it (and the error too)."""
+
         def parse(raw: str) -> str:
-            if raw.upper() not in choices:
-                raise ValueError(f"expected one of {', '.join(choices)}")
-            return raw.upper()
+            for choice in choices:
+                if raw.lower() == choice.lower():
+                    return choice
+            raise ValueError(f"expected one of {', '.join(choices)}")
 
         return self._parse(name, default, parse)
 

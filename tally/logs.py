@@ -104,3 +104,18 @@ def describe_error(error: BaseException) -> str:
         parts.append(f"{type(current).__module__}.{type(current).__qualname__} at {where or '?'}")
         current = current.__cause__ or current.__context__
     return "; from ".join(parts)
+
+
+def database_error(error: BaseException) -> str:
+    """A database error for a log line, with what caused it: each exception of the chain as
+    `Type: message` on one line (procrastinate's ConnectorException says only "Database error."
+    and keeps the server's reason in its cause; libpq's messages span lines). For errors of the
+    database's own making only: a message can hold a request's input (describe_error)."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {' '.join(str(current).split())}".rstrip(": "))
+        current = current.__cause__ or current.__context__
+    return " (from ".join(parts) + ")" * (len(parts) - 1)

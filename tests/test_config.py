@@ -76,10 +76,29 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
 )
 def test_invalid_values_name_their_variable(name, value):
     with pytest.raises(ConfigError) as raised:
-        from_env({name: value}, process_type="worker")
+        from_env({name: value}, process_type="web")
     message = str(raised.value)
     assert name in message
     assert "\n" not in message
+
+
+def test_only_the_web_reads_port():
+    """honcho gives the worker and the clock PORT+100 and +200: a PORT of 65500 stopped the
+    clock ("PORT='65700' is invalid"), which listens on nothing."""
+    for process_type in ("worker", "clock"):
+        assert from_env({"PORT": "65700"}, process_type=process_type).port == 5000
+
+
+def test_messages_name_the_values_as_the_readme_writes_them():
+    with pytest.raises(ConfigError, match="expected one of weekly, monthly, off"):
+        from_env({"REPORT_SCHEDULE": "daily"}, process_type="clock")
+    with pytest.raises(ConfigError, match="yes/no"):
+        from_env({"LISTEN_NOTIFY": "maybe"}, process_type="worker")
+    settings = {"SMTP_URL": "smtp://mail.example.com", "REPORT_RECIPIENTS": "a@example.com"}
+    assert (
+        from_env({**settings, "REPORT_SCHEDULE": "Monthly"}, process_type="clock").report_schedule
+        == "monthly"
+    )
 
 
 def test_blank_values_mean_the_default():

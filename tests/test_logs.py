@@ -58,3 +58,19 @@ def test_an_error_is_described_by_its_type_and_frames_never_its_message():
         line = logs.describe_error(error)
     assert "builtins.ValueError at test_logs.py:" in line and "builtins.UnicodeDecodeError" in line
     assert "Unique/4242" not in line and "MyApp" not in line and "bad agent" not in line
+
+
+def test_a_database_error_is_one_line_with_its_cause():
+    """The clock logged `ConnectorException('\\n    Database error.\\n    ')`: procrastinate keeps
+    the server's reason in the cause."""
+    from tally.logs import database_error
+
+    try:
+        try:
+            raise ValueError('connection failed: FATAL:  database "nodb"\n does not exist')
+        except ValueError as cause:
+            raise RuntimeError("\n    Database error.\n    ") from cause
+    except RuntimeError as error:
+        line = database_error(error)
+    reason = 'connection failed: FATAL: database "nodb" does not exist'
+    assert line == f"RuntimeError: Database error. (from ValueError: {reason})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,25 @@ def test_invalid_configuration_stops_the_process_with_one_line(entry, variable, 
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
     assert variable in lines[0] and "Traceback" not in lines[0]
+
+
+def test_a_web_whose_port_is_taken_says_so_in_one_line(database_url):
+    """A second `make run` on the same port printed waitress's 25-line traceback."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "web.py"],
+            cwd=ROOT,
+            env={"DATABASE_URL": database_url, "PORT": str(port), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert f"PORT={port} is in use" in output
 
 
 def test_the_release_step_says_in_one_line_that_the_database_did_not_answer(database_url):
