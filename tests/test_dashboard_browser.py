@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.parse
 import urllib.request
 
 import psycopg
@@ -19,6 +20,7 @@ from tally.dimensions import DIMENSIONS
 from tally.web.dashboard import NONE, change
 from tests.conftest import ROOT, defer_by_sql, free_port
 from tests.test_web import make_failed_job
+from tests.test_web_collect import BROWSER
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = ROOT / "tests" / "artifacts"
@@ -441,3 +443,84 @@ def test_a_click_on_a_country_narrows_every_panel_and_its_chip_brings_them_back(
         finally:
             browser.close()
     assert problems == []
+
+
+# --- long values that anyone can send: none widens the page ---------------------------------
+
+# A host of three 63-character labels (196 characters) and a path of 2,048: the longest the API takes.
+LONG_HOST = ".".join(letter * 63 for letter in "abc") + ".test"
+LONG_PAGE = "/" + "x" * 2047
+LONG_EVENT = "E" * 120
+
+
+def sticking_out(page) -> list[str]:
+    """What reaches past the right edge of the window, or scrolls inside its card."""
+    return page.evaluate(
+        """() => {
+            const past = [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > innerWidth + 0.5)
+                .map(e => `${e.tagName.toLowerCase()}.${e.className} in #${e.closest('[id]')?.id}`);
+            const scrolled = [...document.querySelectorAll('section')]
+                .filter(s => s.scrollWidth > s.clientWidth).map(s => 'scrolls: ' + s.id);
+            const wide = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+            return [...past, ...scrolled, ...(wide > 0 ? [`the page scrolls by ${wide}px`] : [])];
+        }"""
+    )
+
+
+def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_px(
+    start_process, conn: psycopg.Connection
+):
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "ADMIN_TOKEN": TOKEN,
+        "PUBLIC_DASHBOARD": "false",
+        "SITES": "",
+        "TIMEZONE": "UTC",
+    }
+    web = start_process(["web.py"], env)
+    web.wait_for_line("Serving on")
+    base = f"http://127.0.0.1:{port}"
+    for body in [
+        {"url": f"https://{LONG_HOST}/"},
+        {"url": f"https://{LONG_HOST}{LONG_PAGE[: 2048 - len(f'https://{LONG_HOST}')]}"},
+        {"url": f"https://{LONG_HOST}/", "event": LONG_EVENT, "props": {"p" * 300: "v" * 2000}},
+    ]:
+        request = urllib.request.Request(
+            f"{base}/api/collect",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "text/plain", "User-Agent": BROWSER},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201, body
+    post_views(port, [{"path": LONG_PAGE, "site": LONG_HOST}])
+
+    addresses = {
+        "all": "days=1",
+        "a path": urllib.parse.urlencode({"days": 1, "site": LONG_HOST, "path": LONG_PAGE}),
+        "an event": urllib.parse.urlencode({"days": 1, "site": LONG_HOST, "event": LONG_EVENT}),
+    }
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        found = {}
+        try:
+            for width in (1280, 375):
+                page = browser.new_page(
+                    viewport={"width": width, "height": 900},
+                    extra_http_headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+                for name, query in addresses.items():
+                    assert page.goto(f"{base}/?{query}").status == 200
+                    assert page.locator(f'#site-switcher a[data-site="{LONG_HOST}"]').count() == 1
+                    page.screenshot(
+                        path=str(SCREENSHOTS / f"dashboard-long-{name.replace(' ', '-')}-{width}.png"),
+                        full_page=True,
+                    )
+                    found[f"{name} at {width}px"] = sticking_out(page)
+                page.close()
+        finally:
+            browser.close()
+    assert found == {key: [] for key in found}

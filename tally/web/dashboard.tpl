@@ -45,12 +45,13 @@
   .panel table { table-layout: fixed; }
   .panel col.num { width: 5.2em; }
   .panel col.num.wide { width: 7em; }  /* "Conversion" */
-  .panel td.value { overflow-wrap: anywhere; word-break: break-word; }
+  .panel td.value, .panel th.value { overflow-wrap: anywhere; word-break: break-word; }
   .panel td.value a { color: var(--ink); text-decoration: none; }
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
   .panel tr.active td { background: #eaf0fc; }
   .failed { color: var(--bad); }
-  nav a { margin-right: 10px; }
+  /* Without SITES a site is any host a beacon names, up to 253 characters of no spaces. */
+  nav a { margin-right: 10px; overflow-wrap: anywhere; }
   ul.counts { list-style: none; display: flex; flex-wrap: wrap; gap: 8px; padding: 0; margin: 0 0 8px; }
   ul.counts li { border: 1px solid var(--line); border-radius: 6px; padding: 4px 10px; }
   ul.counts b { font-variant-numeric: tabular-nums; }
@@ -199,7 +200,7 @@
     % if stats.get('event_props'):
     <table id="event-props">
       <colgroup><col><col class="num"><col class="num"></colgroup>
-      <tr><th>{{stats['filters']['event']}}: prop = value</th><th class="num">Events</th><th class="num">Visitors</th></tr>
+      <tr><th class="value">{{stats['filters']['event']}}: prop = value</th><th class="num">Events</th><th class="num">Visitors</th></tr>
       % for row in stats['event_props']:
       <tr data-prop="{{row['prop']}}" data-value="{{row['value']}}"><td class="value">{{row['prop']}} = {{row['value']}}</td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td></tr>
       % end
