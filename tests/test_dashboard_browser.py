@@ -76,7 +76,7 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
         try:
             for name, viewport in [
                 ("desktop", {"width": 1280, "height": 900}),
-                ("phone", {"width": 390, "height": 844}),
+                ("phone", {"width": 375, "height": 812}),
             ]:
                 owner = {"Authorization": f"Bearer {TOKEN}"}  # logging in has its own test below
                 page = browser.new_page(viewport=viewport, extra_http_headers=owner)
@@ -102,10 +102,11 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
                     "document.documentElement.scrollWidth - document.documentElement.clientWidth"
                 )
                 assert overflow <= 0, f"{name}: the page scrolls sideways by {overflow}px"
-                # Nor does a panel's table spill out of its card ("Conversion" did, by 8 px).
+                # Nor does a panel's table spill out of its card ("Conversion" did, by 8 px), nor a
+                # column's head out of its column.
                 spilled = page.evaluate(
-                    "[...document.querySelectorAll('section.panel')]"
-                    ".filter(s => s.scrollWidth > s.clientWidth).map(s => s.id)"
+                    "[...document.querySelectorAll('section.panel, section.panel th')]"
+                    ".filter(e => e.scrollWidth > e.clientWidth).map(e => e.id || e.textContent)"
                 )
                 assert spilled == [], f"{name}: {spilled}"
                 page.screenshot(path=str(SCREENSHOTS / f"dashboard-{name}.png"), full_page=True)
@@ -524,3 +525,94 @@ def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_p
         finally:
             browser.close()
     assert found == {key: [] for key in found}
+
+
+# --- a phone: the events panel's names, and entry and exit pages as filters --------------------
+
+EVENT_NAMES = ("Signup", "Outbound Link", "File Download", "Newsletter")
+
+
+def broken_words(page, selector: str) -> list[str]:
+    """The words in `selector`'s cells that a line break cuts in two ("Sign/up")."""
+    return page.evaluate(
+        """selector => [...document.querySelectorAll(selector)].flatMap(cell => {
+            const text = cell.firstChild;
+            const cut = [];
+            for (const match of text.textContent.matchAll(/\\S+/g)) {
+                const range = document.createRange();
+                range.setStart(text, match.index);
+                range.setEnd(text, match.index + match[0].length);
+                const tops = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+                if (tops.size > 1) cut.push(match[0]);
+            }
+            return cut;
+        })""",
+        selector,
+    )
+
+
+def test_on_a_phone_event_names_keep_their_words_and_entry_and_exit_pages_filter_by_path(
+    start_process, conn: psycopg.Connection
+):
+    from playwright.sync_api import sync_playwright
+
+    with conn.cursor() as cur:  # each visitor lands on /landing and leaves from /thanks
+        cur.executemany(
+            "INSERT INTO page_views (path, visitor, viewed_at) VALUES (%s, %s, now() - %s::interval)",
+            [
+                (path, visitor, ago)
+                for visitor in (1, 2)
+                for path, ago in (("/landing", "3 min"), ("/thanks", "2 min"))
+            ]
+            + [("/about", 3, "2 min")],
+        )
+        cur.executemany(
+            "INSERT INTO events (name, visitor, occurred_at) VALUES (%s, 1, now() - interval '2 minutes')",
+            [(name,) for name in EVENT_NAMES],
+        )
+    port = free_port()
+    env = {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false", "TIMEZONE": "UTC"}
+    web = start_process(["web.py"], env)
+    web.wait_for_line("Serving on")
+    base = f"http://127.0.0.1:{port}"
+
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(
+                viewport={"width": 375, "height": 812},
+                extra_http_headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            page.set_default_timeout(5000)
+            watch(page, problems)
+            assert page.goto(f"{base}/?days=7").status == 200
+            assert sorted(
+                page.eval_on_selector_all(
+                    "#top-events tr[data-value]", "rows => rows.map(r => r.dataset.value)"
+                )
+            ) == sorted(EVENT_NAMES)
+            page.locator("#panel-events").screenshot(path=str(SCREENSHOTS / "dashboard-events-375.png"))
+            assert broken_words(page, "#top-events td.value a") == []
+            assert broken_words(page, "section.panel th") == []
+
+            with page.expect_navigation():
+                page.locator('#top-entry-pages tr[data-value="/landing"] a').click()
+            assert "path=%2Flanding" in page.url and "days=7" in page.url
+            assert (
+                page.locator('#filters .chip[data-filter="path"]').inner_text().startswith("Path: /landing")
+            )
+            assert page.locator("#total-views").inner_text() == "2"
+            assert "active" in page.locator('#top-entry-pages tr[data-value="/landing"]').get_attribute(
+                "class"
+            )
+            with page.expect_navigation():
+                page.locator('#filters .chip[data-filter="path"]').click()
+            with page.expect_navigation():
+                page.locator('#top-exit-pages tr[data-value="/thanks"] a').click()
+            assert "path=%2Fthanks" in page.url
+            assert page.locator("#total-views").inner_text() == "2"
+            page.close()
+        finally:
+            browser.close()
+    assert problems == []

@@ -158,6 +158,21 @@ def event_rows(stats: dict[str, Any], address: functools.partial) -> list[dict[s
     ]
 
 
+def visit_page_rows(stats: dict[str, Any], key: str, address: functools.partial) -> list[dict[str, Any]]:
+    """The top entry or exit pages (`key`), each linking to the page filtered by its path, as a
+    row of the paths panel does."""
+    filters = stats.get("filters") or {}
+    return [
+        {
+            **row,
+            "label": readable_path(row["path"]),
+            "href": "/" + address(filters={**filters, "path": row["path"]}),
+            "active": filters.get("path") == row["path"],
+        }
+        for row in stats.get(key, [])
+    ]
+
+
 def chart_bars(
     daily: list[dict[str, Any]], previous: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
@@ -243,7 +258,6 @@ def render(
     bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
     return TEMPLATE.render(
         stats=stats,
-        readable_path=readable_path,
         sites=sites or [],
         query=functools.partial(query_string, share=share, filters=filters),
         export=query_string(stats["days"], stats["site"], stats["tz"], filters=filters),
@@ -261,6 +275,10 @@ def render(
         none=NONE,
         panels=panels(stats, address),
         events=event_rows(stats, address),
+        visit_pages=[
+            (key, title, visit_page_rows(stats, key, address))
+            for key, title in (("top_entry_pages", "Entry pages"), ("top_exit_pages", "Exit pages"))
+        ],
         chips=chips(filters, address),
         clear="/" + address(filters={}),
         age=age,

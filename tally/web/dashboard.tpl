@@ -45,6 +45,15 @@
   .panel table { table-layout: fixed; }
   .panel col.num { width: 5.2em; }
   .panel col.num.wide { width: 7em; }  /* "Conversion" */
+  /* On a phone the numbers take smaller type: at 15px their columns (17.4em in the events panel)
+     left an event's name about 50px at 375px, which cut "Signup" in two. Still room for 7 digits. */
+  @media (max-width: 480px) {
+    .panel th, .panel td { padding: 5px 4px; }
+    .panel td.num { font-size: .85rem; }
+    .panel th.num { font-size: .75rem; }
+    .panel col.num { width: 4.4em; }
+    .panel col.num.wide { width: 5.8em; }
+  }
   .panel td.value, .panel th.value { overflow-wrap: anywhere; word-break: break-word; }
   .panel td.value a { color: var(--ink); text-decoration: none; }
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
@@ -207,16 +216,16 @@
     </table>
     % end
   </section>
-  % for key, title in (('top_entry_pages', 'Entry pages'), ('top_exit_pages', 'Exit pages')):
+  % for key, title, rows in visit_pages:
   <section class="panel" id="panel-{{key}}">
     <h2>{{title}}</h2>
-    <table id="{{key.replace('_', '-')}}">
+    <table id="{{key.replace('_', '-')}}" data-dimension="path">
       <colgroup><col><col class="num"></colgroup>
       <tr><th>Page</th><th class="num">Visits</th></tr>
-      % for row in stats[key]:
-      <tr data-value="{{row['path']}}"><td class="value">{{readable_path(row['path'])}}</td><td class="num visits">{{row['visits']}}</td></tr>
+      % for row in rows:
+      <tr class="{{'active' if row['active'] else ''}}" data-value="{{row['path']}}"><td class="value"><a href="{{row['href']}}" title="Show only the views of this page">{{row['label']}}</a></td><td class="num visits">{{row['visits']}}</td></tr>
       % end
-      % if not stats[key]:
+      % if not rows:
       <tr><td colspan="2" class="muted">None in this window.</td></tr>
       % end
     </table>
