@@ -4,6 +4,7 @@ forms sent from other sites. The rule itself is in tally/web/auth.py."""
 
 from __future__ import annotations
 
+import html
 import http.client
 import re
 import time
@@ -17,8 +18,8 @@ import webtest
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
-from tally.web.auth import FAILED_LOGINS
-from tally.web.sessions import SESSION_COOKIE, SESSION_SECONDS, session_serializer
+from tally.web.auth import FAILED_LOGINS, MAX_FORM_BYTES
+from tally.web.sessions import MAX_RETURN_ADDRESS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
 from tests.test_web import make_failed_job
 
@@ -186,6 +187,80 @@ def test_a_wrong_or_empty_token_gets_the_form_again_and_no_cookie(client):
         assert 'id="login-form"' in response.text and "Set-Cookie" not in response.headers
     oversized = client.post("/login", {"token": "x" * 5000}, headers=SAME_SITE, status=413)
     assert "Set-Cookie" not in oversized.headers
+
+
+def return_field(page: webtest.TestResponse) -> str | None:
+    """The page the login form leads to once logged in, as the browser will send it."""
+    found = re.search(r'<input type="hidden" name="next" value="([^"]*)">', page.text)
+    return html.unescape(found.group(1)) if found else None
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "/?site=site.test&days=7",
+        "/?days=30&site=site.test&path=%2Fa%26b&country=DE",
+        "/?days=8&site=example.com&tz=Europe%2FBerlin",  # a report e-mail's dashboard link
+        "/jobs/1",
+        "/jobs?status=failed",
+    ],
+)
+def test_logging_in_leads_to_the_page_the_login_form_stood_in_for(client, address):
+    page = client.get(address, status=401)
+    assert return_field(page) == address
+    wrong = client.post("/login", {"token": "nope", "next": address}, headers=SAME_SITE, status=401)
+    assert return_field(wrong) == address  # the form again, still leading there
+    response = client.post("/login", {"token": TOKEN, "next": address}, headers=SAME_SITE, status=303)
+    assert response.headers["Location"] == address
+    assert "Set-Cookie" in response.headers
+
+
+def test_the_login_link_leads_back_to_the_page_without_the_share_token(client, views):
+    page = client.get(f"/?days=30&share={SHARE}&country=DE")
+    link = html.unescape(re.search(r'id="login-link" href="([^"]*)"', page.text).group(1))
+    assert urllib.parse.urlsplit(link).path == "/login"
+    (address,) = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["next"]
+    assert address == "/?days=30&country=DE"
+    assert return_field(client.get(link)) == address
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "//evil.example",
+        "//evil.example/?days=7",
+        "/\\evil.example",
+        "/\\/evil.example",
+        "https://evil.example/",
+        "HTTPS://evil.example",
+        "javascript:alert(1)",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r\nSet-Cookie: tally_session=x",
+        " //evil.example",
+        "\\\\evil.example",
+        "evil.example",
+        pytest.param("/" + "a" * 2000, id="2001 characters"),
+        "/\u00e9",
+        "/ /evil.example",
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_login_leads_to_no_other_site_only_the_dashboard(client, address):
+    assert return_field(client.get("/login", {"next": "/?days=7"})) == "/?days=7"  # one of this site's
+    assert return_field(client.get("/login", {"next": address})) is None
+    response = client.post("/login", {"token": TOKEN, "next": address}, headers=SAME_SITE, status=303)
+    assert response.headers["Location"] == "/"
+
+
+def test_an_address_too_long_to_carry_through_the_form_leads_to_the_dashboard(client):
+    longest = "/?days=7&site=" + "a" * (MAX_RETURN_ADDRESS - len("/?days=7&site="))
+    assert return_field(client.get(longest, status=401)) == longest
+    page = client.get(longest + "a", status=401)
+    assert 'id="login-form"' in page.text and return_field(page) is None
+    # Its form, with a token of 1,000 characters, is still within what a login form may send.
+    form = urllib.parse.urlencode({"token": "t" * 1000, "next": longest.replace("a", "%")})
+    assert len(form) < MAX_FORM_BYTES
 
 
 def forged(admin_token: str, payload: object, age_seconds: float = 0) -> str:

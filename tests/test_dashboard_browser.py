@@ -162,7 +162,7 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
             page.fill("#token", TOKEN)
             page.click("#login-form button")
             page.wait_for_selector("#total-views")
-            assert page.url == f"{base}/"
+            assert page.url == f"{base}/?days=7"  # the page asked for, through the form's wrong token too
             assert page.locator("#total-views").inner_text() == "23"
             assert "/launch" in page.locator("#top-paths").inner_text()
             assert page.locator("#job-counts").count() == 1

@@ -92,7 +92,9 @@ def test_the_owner_runs_the_queue_from_the_page(start_process, conn: psycopg.Con
             assert page.goto(f"{base}/jobs").status == 401
             page.fill("#token", TOKEN)
             page.click("#login-form button")
-            page.wait_for_selector("#total-views")
+            page.wait_for_selector("#jobs")
+            assert page.url == f"{base}/jobs"  # the page asked for, not the dashboard
+            page.goto(f"{base}/")
             page.click("#jobs-link")
             page.wait_for_selector("#jobs")
 

@@ -191,7 +191,10 @@ def test_the_preview_is_the_owners_and_checks_its_parameters(database_url, pool,
     views_over_weeks(conn)
     owner = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, TIMEZONE=TZ)
     anyone = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, TIMEZONE=TZ, PUBLIC_DASHBOARD="true")
-    assert SITE not in anyone.get(f"/reports/preview?site={SITE}", status=401).text
+    refused = anyone.get(f"/reports/preview?site={SITE}", status=401).text
+    # The login form, leading back to the preview asked for; nothing of the report.
+    assert 'id="login-form"' in refused and f'name="next" value="/reports/preview?site={SITE}"' in refused
+    assert SITE not in refused.replace(f'value="/reports/preview?site={SITE}"', "")
     for query in (
         "",
         "?site=",

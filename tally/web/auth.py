@@ -249,7 +249,8 @@ class Auth:
         return self._page(200, None)
 
     def log_in(self) -> bottle.HTTPResponse:
-        """Check the form's token; on success set the session cookie and go to the dashboard."""
+        """Check the form's token; on success set the session cookie and go to the page the form
+        names (the one the login form stood in for), else to the dashboard."""
         if not sessions.sent_from_own_pages():
             return self._page(403, "This form only works from Tally's own pages.")
         if self.sessions is None:
@@ -263,7 +264,7 @@ class Auth:
         if not same_token(token, self.admin_token or ""):
             self._count_failure()
             return self._page(401, "That is not the admin token.")
-        return sessions.start_session(self.sessions)
+        return sessions.start_session(self.sessions, self._return_address() or "/")
 
     def log_out(self) -> bottle.HTTPResponse:
         """Clear the session cookie; the form must come from the dashboard of this session."""
@@ -293,4 +294,25 @@ class Auth:
         return self._page(status, None if status == 401 else sentence, **headers)
 
     def _page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
-        return sessions.login_page(status, message, self.sessions is not None, **headers)
+        return sessions.login_page(
+            status, message, self.sessions is not None, self._return_address(), **headers
+        )
+
+    def _return_address(self) -> str | None:
+        """The page to open once logged in: the one a 401 refused (this request's own address),
+        or the one the login form carries (and a link to it names: /login?next=), if it is
+        this site's (sessions.return_address); None for the dashboard."""
+        request = bottle.request
+        if request.path == "/login":
+            if request.method != "POST":
+                given = request.query.getunicode("next")
+            elif request.content_length <= MAX_FORM_BYTES:
+                given = request.forms.getunicode("next")
+            else:
+                given = None
+        elif request.method in ("GET", "HEAD"):
+            query = request.query_string
+            given = request.urlparts.path + (f"?{query}" if query else "")
+        else:
+            given = None
+        return sessions.return_address(given)

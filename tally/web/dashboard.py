@@ -255,12 +255,14 @@ def render(
     previous = stats.get("previous")
     # The page as it is (window, site, zone, share token, filters); a link changes one of them.
     address = functools.partial(query_string, stats["days"], stats["site"], stats["tz"], share)
+    # This page for the owner, who needs no share token: the CSV export's and the login's.
+    unshared = query_string(stats["days"], stats["site"], stats["tz"], filters=filters)
     bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
     return TEMPLATE.render(
         stats=stats,
         sites=sites or [],
         query=functools.partial(query_string, share=share, filters=filters),
-        export=query_string(stats["days"], stats["site"], stats["tz"], filters=filters),
+        export=unshared,
         windows=WINDOWS,
         queue=queue,
         processes=processes,
@@ -281,6 +283,7 @@ def render(
         ],
         chips=chips(filters, address),
         clear="/" + address(filters={}),
+        login="/login?" + urllib.parse.urlencode({"next": "/" + unshared}),  # and back here
         age=age,
         refresh=REFRESH_SECONDS,
         width=CHART_WIDTH,

@@ -76,7 +76,7 @@
     % if logout_token:
     <form id="logout-form" method="post" action="/logout"><input type="hidden" name="csrf" value="{{logout_token}}"><button type="submit">Log out</button></form>
     % elif not owner:
-    <a id="login-link" href="/login">Owner log in</a>
+    <a id="login-link" href="{{login}}">Owner log in</a>
     % end
   </header>
   <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.

@@ -29,6 +29,9 @@
   <form id="login-form" method="post" action="/login">
     <label for="token">These stats are private. Admin token:</label>
     <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+    % if return_to:
+    <input type="hidden" name="next" value="{{return_to}}">
+    % end
     <button type="submit">Log in</button>
   </form>
   <p class="muted">The owner logs in with <code>ADMIN_TOKEN</code>; others need a share link.</p>

@@ -39,6 +39,9 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
+# A longer address to go back to after logging in is dropped (the login leads to the dashboard):
+# the form sends it URL-encoded, up to three times as long, and all of it within MAX_FORM_BYTES.
+MAX_RETURN_ADDRESS = 1024
 LOGIN_TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("login.tpl").read_text(encoding="utf-8"))
 
 
@@ -63,9 +66,25 @@ def read_session(sessions: itsdangerous.URLSafeTimedSerializer, value: str | Non
     return session
 
 
-def start_session(sessions: itsdangerous.URLSafeTimedSerializer) -> bottle.HTTPResponse:
-    """Set a new session's cookie and go to the dashboard."""
-    response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
+def return_address(address: str | None) -> str | None:
+    """`address` if it is a page of this site to go back to after logging in (a path with its
+    query), else None. A browser takes `//evil.example` and `/\\evil.example` to another host,
+    drops tabs and line breaks (`/<tab>/evil.example` is `//evil.example` to it) and runs
+    `javascript:`; so the address starts with one "/" and holds printable ASCII only.
+
+    >>> return_address("/?site=example.com&days=7"), return_address("//evil.example")
+    ('/?site=example.com&days=7', None)
+    """
+    if not address or len(address) > MAX_RETURN_ADDRESS or not address.startswith("/"):
+        return None
+    if address[1:2] in ("/", "\\") or not all("!" <= character <= "~" for character in address):
+        return None
+    return address
+
+
+def start_session(sessions: itsdangerous.URLSafeTimedSerializer, location: str = "/") -> bottle.HTTPResponse:
+    """Set a new session's cookie and go to `location` (a checked `return_address`) or the dashboard."""
+    response = bottle.HTTPResponse(status=303, headers={"Location": location, **PAGE_HEADERS})
     response.set_cookie(
         SESSION_COOKIE,
         sessions.dumps({"csrf": secrets.token_urlsafe(24)}),
@@ -110,10 +129,13 @@ def _authority(netloc: str) -> str:
     return host if port in (None, 80, 443) else f"{host}:{port}"
 
 
-def login_page(status: int, message: str | None, login_enabled: bool, **headers: str) -> bottle.HTTPResponse:
-    """The login form (or, without ADMIN_TOKEN, why there is none), with `message` above it."""
+def login_page(
+    status: int, message: str | None, login_enabled: bool, return_to: str | None = None, **headers: str
+) -> bottle.HTTPResponse:
+    """The login form (or, without ADMIN_TOKEN, why there is none), with `message` above it; the
+    form carries `return_to`, the page to go to once logged in (a checked `return_address`)."""
     return bottle.HTTPResponse(
         status=status,
-        body=LOGIN_TEMPLATE.render(message=message, login_enabled=login_enabled),
+        body=LOGIN_TEMPLATE.render(message=message, login_enabled=login_enabled, return_to=return_to),
         headers={"Content-Type": "text/html; charset=utf-8", **PAGE_HEADERS, **headers},
     )
