@@ -105,7 +105,8 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         retention_days=reader.integer("RETENTION_DAYS", 30, low=1, high=36500),
         admin_token=reader.optional_text("ADMIN_TOKEN"),
         web_threads=reader.integer("WEB_THREADS", DEFAULT_WEB_THREADS, low=1, high=256),
-        web_pool_size=reader.integer("WEB_POOL_SIZE", DEFAULT_WEB_POOL_SIZE, low=1, high=64),
+        # Two at least: reads take all but two (tally/web/replica.py), one for the views' inserts.
+        web_pool_size=reader.integer("WEB_POOL_SIZE", DEFAULT_WEB_POOL_SIZE, low=2, high=64),
         worker_concurrency=reader.integer("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64),
         listen_notify=reader.boolean("LISTEN_NOTIFY", True),
         poll_interval_seconds=reader.number("POLL_INTERVAL_SECONDS", 5.0, low=0.1, high=3600),

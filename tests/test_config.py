@@ -40,6 +40,7 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("RETENTION_DAYS", "1.5"),
         ("WORKER_CONCURRENCY", "-1"),
         ("WEB_POOL_SIZE", "0"),
+        ("WEB_POOL_SIZE", "1"),  # one slow read would hold it: views refused (tally/web/replica.py)
         ("WEB_THREADS", "many"),
         ("LISTEN_NOTIFY", "maybe"),
         ("CLEANUP_SCHEDULE", "every hour"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import select
 
 import psycopg
@@ -15,8 +16,8 @@ from tests.conftest import wait_until
 
 @pytest.fixture
 def one_connection(database_url):
-    settings = from_env({"DATABASE_URL": database_url, "WEB_POOL_SIZE": "1"}, process_type="web")
-    with web_pool(settings) as pool:
+    settings = from_env({"DATABASE_URL": database_url}, process_type="web")
+    with web_pool(dataclasses.replace(settings, web_pool_size=1)) as pool:
         pool.wait(timeout=10)
         yield pool
 
