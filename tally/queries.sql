@@ -653,9 +653,10 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 --   views, and their durations summed in microseconds, as stats_tail_visits lists them: the
 --   visits that hold a matching view, formed of the matching views and their visitors' events;
 -- - 'event' (with `panels`): an event name of the visitors with a matching view; its events and
---   each day's distinct visitors, summed;
+--   each day's distinct visitors, summed, of the days they have a matching view (as they count
+--   among the answer's visitors: a send on another local day counted a visitor the answer had not);
 -- - 'prop' (with `panels` and `event`): a prop (name) and value (detail) of those visitors' sends
---   of the event `event`; how many, and each day's distinct visitors, summed.
+--   of the event `event`; how many, and their visitors as the event's.
 -- Filters read raw views, so they reach back RETENTION_DAYS.
 WITH matching AS MATERIALIZED (
     SELECT site, visitor, viewed_at, id, path, tally_referrer_domain(referrer, site) AS referrer, source, medium,
@@ -665,6 +666,8 @@ WITH matching AS MATERIALIZED (
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, %(path)s,
            %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
            %(device)s, %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
+), visitor_days AS MATERIALIZED (
+    SELECT DISTINCT site, visitor, day FROM matching WHERE inside AND visitor IS NOT NULL
 ), visits AS (
     -- The matching views' visits, formed with the events of their visitors as every visit is
     -- (an event keeps a one-view visit from bouncing, and lengthens it); a visit without a
@@ -711,22 +714,25 @@ SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT T
  WHERE started_at >= %(start)s AND started_at < %(end)s AND views > 0
  GROUP BY 2, 3, 4
 UNION ALL
-SELECT 'event', NULL, name, NULL, count(*),
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL),
-       NULL, NULL
-  FROM events
- WHERE %(panels)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (site, visitor) IN (SELECT site, visitor FROM matching WHERE inside)
- GROUP BY name
+SELECT 'event', NULL, e.name, NULL, count(*),
+       count(DISTINCT (d.day, d.site, d.visitor)) FILTER (WHERE d.visitor IS NOT NULL), NULL, NULL
+  FROM events e
+  LEFT JOIN visitor_days d
+    ON d.site = e.site AND d.visitor = e.visitor AND d.day = (e.occurred_at AT TIME ZONE %(tz)s)::date
+ WHERE %(panels)s AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+   AND (%(site)s::text IS NULL OR e.site = %(site)s)
+   AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE inside)
+ GROUP BY e.name
 UNION ALL
 SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
-       count(DISTINCT ((occurred_at AT TIME ZONE %(tz)s)::date, site, visitor)) FILTER (WHERE visitor IS NOT NULL),
-       NULL, NULL
-  FROM events CROSS JOIN LATERAL jsonb_each(props) AS prop
- WHERE %(panels)s AND name = %(event)s AND occurred_at >= %(start)s AND occurred_at < %(end)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
-   AND (site, visitor) IN (SELECT site, visitor FROM matching WHERE inside)
+       count(DISTINCT (d.day, d.site, d.visitor)) FILTER (WHERE d.visitor IS NOT NULL), NULL, NULL
+  FROM events e
+ CROSS JOIN LATERAL jsonb_each(e.props) AS prop
+  LEFT JOIN visitor_days d
+    ON d.site = e.site AND d.visitor = e.visitor AND d.day = (e.occurred_at AT TIME ZONE %(tz)s)::date
+ WHERE %(panels)s AND e.name = %(event)s AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+   AND (%(site)s::text IS NULL OR e.site = %(site)s)
+   AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE inside)
  GROUP BY 3, 4
 
 -- current_visitors --

@@ -355,3 +355,25 @@ def test_a_goal_reached_outside_the_window_does_not_narrow_it(client, conn, roll
     )
     body = client.get("/api/stats", {"days": "1", "tz": "UTC", "event": "Signup"}).json
     assert body["total_views"] == 1 and body["top_events"][0]["visitors"] == 1
+
+
+def test_under_a_filter_an_events_visitors_are_of_the_days_its_senders_match(client, conn):
+    """A filtered answer counts a visitor on the local days it has a matching view; an event's
+    visitors were counted on every local day of its sends, so one GB visitor whose two Buys
+    fell either side of New York's midnight read 2 of 1 visitors (rate 2.0, capped to 1.0)."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, country, visitor, viewed_at) VALUES"
+        " ('example.com', '/', 'GB', 555, date_trunc('day', now(), 'UTC') - interval '19 hours 10 minutes')"
+    )
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at) SELECT 'example.com', 'Buy', '/', 555,"
+        " date_trunc('day', now(), 'UTC') - interval '19 hours' + minutes * interval '1 minute'"
+        " FROM (VALUES (-5), (5)) AS sends (minutes)"
+    )
+    for tz in ("America/New_York", "UTC"):
+        body = client.get("/api/stats", {"days": "7", "tz": tz, "country": "GB", "event": "Buy"}).json
+        assert body["visitors"] == 1, tz
+        assert body["top_events"] == [{"event": "Buy", "events": 2, "visitors": 1, "conversion_rate": 1.0}], (
+            tz
+        )
+        assert body["event_props"] == [], tz
