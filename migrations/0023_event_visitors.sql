@@ -97,14 +97,22 @@ $$;
 
 -- What is rolled up comes along: the whole site's cells and overlap pairs of every (id, UTC day)
 -- with a folded event move from the span of its folded views to that of its folded views and
--- events, as a rollup would have moved them. Only days whose views are all still here (from the
--- second UTC day after the oldest view on: retention may have taken part of that one); older
--- days keep the ids of their views alone. Under the rollup's lock: no rollup folds meanwhile.
+-- events, as a rollup would have moved them, on the days whose views are all still here; older
+-- days keep the ids of their views alone. Retention drops day partitions whole, and deletes the
+-- rest (the default partition, a converted table's) oldest first up to an instant: only the
+-- oldest view's day may have lost part of its views, and only if that view is not in a day's
+-- own partition and a cleanup has ever run (its jobs are in procrastinate_jobs until pruned).
+-- Under the rollup's lock: no rollup folds meanwhile.
 LOCK TABLE page_view_rollup_state IN EXCLUSIVE MODE;
 
-WITH state AS (
+WITH oldest AS (
+    SELECT (viewed_at AT TIME ZONE 'UTC')::date AS day,
+           tableoid::regclass::text ~ '^page_views_p[0-9]{8}$'
+           OR NOT EXISTS (SELECT FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views') AS whole
+      FROM page_views ORDER BY viewed_at LIMIT 1
+), state AS (
     SELECT watermark, in_progress,
-           (SELECT (min(viewed_at) AT TIME ZONE 'UTC')::date + 2 FROM page_views) AS complete_from
+           coalesce((SELECT day + CASE WHEN whole THEN 0 ELSE 1 END FROM oldest), '-infinity') AS complete_from
       FROM page_view_rollup_state
 ), wanted AS (
     SELECT DISTINCT e.site, e.visitor, (e.occurred_at AT TIME ZONE 'UTC')::date + shift AS day
@@ -137,15 +145,18 @@ WITH state AS (
            CASE WHEN lag(day) OVER same_id = day - 1 THEN lag(old_last) OVER same_id END AS prev_old
       FROM spans
     WINDOW same_id AS (PARTITION BY site, visitor ORDER BY day)
+), moving AS (
+    -- The days beside were read for their last buckets; only complete days move.
+    SELECT spans.* FROM spans, state WHERE spans.day >= state.complete_from
 ), cell_moves AS (
     SELECT site, bucket, sum(firsts)::integer AS firsts, sum(lasts)::integer AS lasts
-      FROM (SELECT site, new_first AS bucket, 1 AS firsts, 0 AS lasts FROM spans WHERE new_first IS DISTINCT FROM old_first
+      FROM (SELECT site, new_first AS bucket, 1 AS firsts, 0 AS lasts FROM moving WHERE new_first IS DISTINCT FROM old_first
             UNION ALL
-            SELECT site, old_first, -1, 0 FROM spans WHERE old_first <> new_first
+            SELECT site, old_first, -1, 0 FROM moving WHERE old_first <> new_first
             UNION ALL
-            SELECT site, new_last, 0, 1 FROM spans WHERE new_last IS DISTINCT FROM old_last
+            SELECT site, new_last, 0, 1 FROM moving WHERE new_last IS DISTINCT FROM old_last
             UNION ALL
-            SELECT site, old_last, 0, -1 FROM spans WHERE old_last <> new_last) moved
+            SELECT site, old_last, 0, -1 FROM moving WHERE old_last <> new_last) moved
      GROUP BY 1, 2
     HAVING sum(firsts) <> 0 OR sum(lasts) <> 0
 ), day_moves AS (
@@ -159,9 +170,9 @@ WITH state AS (
 )
 INSERT INTO page_view_day_overlaps (site, dim, value, first_bucket, prev_last, visitors)
 SELECT site, '', '', pair.bucket, pair.prev_last, sum(pair.pairs)
-  FROM paired,
+  FROM paired, state,
        LATERAL (VALUES (new_first, prev_new, 1), (old_first, prev_old, -1)) AS pair (bucket, prev_last, pairs)
- WHERE pair.bucket IS NOT NULL AND pair.prev_last IS NOT NULL
+ WHERE paired.day >= state.complete_from AND pair.bucket IS NOT NULL AND pair.prev_last IS NOT NULL
    AND (new_first, prev_new) IS DISTINCT FROM (old_first, prev_old)
  GROUP BY 1, 2, 3, 4, 5
 HAVING sum(pair.pairs) <> 0

@@ -247,7 +247,7 @@ def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh
             "INSERT INTO events (site, name, visitor, occurred_at)"
             " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], 'Signup',"
             "        (ARRAY[(n / 2) % 11, 20 + n % 6])[1 + n % 3 / 2],"
-            "        date_trunc('hour', now()) - interval '53 minutes' * n - interval 'SHIFT minutes'"
+            "        date_trunc('hour', now()) - interval '75 minutes' * n - interval 'SHIFT minutes'"
             "   FROM generate_series(0, 299) AS n"
         )
         conn.execute(events.replace("SHIFT", "7"))
