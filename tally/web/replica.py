@@ -36,7 +36,7 @@ import psycopg_pool
 from tally import db
 from tally.config import Config
 from tally.db import QUERIES
-from tally.logs import describe_error
+from tally.logs import database_error, describe_error
 
 logger = logging.getLogger("tally.web.replica")
 
@@ -169,7 +169,7 @@ class ReadRouter:
         except psycopg.Error as error:
             if connection is not None:
                 connection.close()
-            self._set(UNREACHABLE, None, f"unreachable ({one_line(error)})")
+            self._set(UNREACHABLE, None, f"unreachable ({database_error(error)})")
             return None
         self._checked(started, standby, cluster, lag)
         return connection
@@ -265,7 +265,7 @@ class ReadRouter:
     def _mark_down(self, error: BaseException) -> None:
         with self._lock:
             self._down_at = time.monotonic()
-        self._set(UNREACHABLE, None, f"failed a read ({one_line(error)})")
+        self._set(UNREACHABLE, None, f"failed a read ({database_error(error)})")
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class ReadRouter:
             except psycopg.errors.SerializationFailure as error:
                 # "conflict with recovery": replay needed what this snapshot holds (a vacuum's
                 # removed rows, a dropped partition's lock); the replica itself is well.
-                logger.info("replica read cancelled (%s): reading from the primary", one_line(error))
+                logger.info("replica read cancelled (%s): reading from the primary", database_error(error))
                 return self._on_primary(read)
             except psycopg_pool.PoolTimeout:
                 return self._on_primary(read)  # its connections busy or not yet open: not down
@@ -315,11 +315,6 @@ class ReadRouter:
             return read(self.primary)
         finally:
             self._primary_slots.release()
-
-
-def one_line(error: BaseException) -> str:
-    """A database error for a log line: libpq's messages span lines, a log event is one."""
-    return f"{error.__class__.__name__}: {' '.join(str(error).split())}"
 
 
 def check_connection_kwargs(config: Config) -> dict[str, Any]:

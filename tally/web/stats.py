@@ -179,7 +179,7 @@ class StatsReader:
     ) -> tuple[dict[str, Any], int]:
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
-        recent = {"recent": window.first_full_bucket, "now_bucket": bucket_of(window.now)}
+        recent = {"recent": window.first_full_bucket, "now_bucket": window.now_bucket}
         cur.execute(QUERIES["stats_tail"], {**bounds, **recent})
         tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
         cur.execute(QUERIES["stats_tail_events"], bounds)
@@ -202,7 +202,7 @@ class StatsReader:
                 {
                     "start": window.boundary,
                     "end": window.first_full_bucket,
-                    "now_bucket": bucket_of(window.now),
+                    "now_bucket": window.now_bucket,
                     "now": window.now,
                     "site": bounds["site"],
                     "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
@@ -259,7 +259,7 @@ class StatsReader:
                 "since": since,
                 "end": end,
                 "recent": window.first_full_bucket,
-                "now_bucket": bucket_of(window.now),
+                "now_bucket": window.now_bucket,
                 "site": site,
                 "tz": tz,
             },

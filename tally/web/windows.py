@@ -70,6 +70,11 @@ class Window:
         boundary = now - DAY
         return cls(now, dates, boundary, bucket_of(boundary) + BUCKET, last_day >= today)
 
+    @property
+    def now_bucket(self) -> datetime.datetime:
+        """The bucket `now` is in: the last 24 hours' full buckets end where it starts."""
+        return bucket_of(self.now)
+
     def before(self) -> Window:
         """The period of the same length just before this one."""
         last = self.days[0] - DAY
