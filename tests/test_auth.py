@@ -10,6 +10,7 @@ import re
 import time
 import urllib.parse
 
+import bottle
 import itsdangerous
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ import webtest
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
-from tally.web.auth import FAILED_LOGINS, MAX_FORM_BYTES
+from tally.web.auth import FAILED_LOGINS, MAX_FORM_BYTES, Auth
 from tally.web.sessions import MAX_RETURN_ADDRESS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
 from tests.test_web import make_failed_job
@@ -474,6 +475,25 @@ def test_the_peer_address_is_the_client_without_x_forwarded_for(database_url, po
         log_in(first, "guess")
     assert log_in(first, TOKEN).status_int == 429
     assert log_in(second, TOKEN).status_int == 303
+
+
+def test_a_long_forwarded_for_entry_costs_the_limit_no_more_memory_than_an_address(database_url, pool):
+    """The failed-login limit keeps each client's key for 15 minutes: a client that names itself
+    with a 200 KB X-Forwarded-For entry must not make each wrong token cost 200 KB of memory."""
+    settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    auth = Auth(settings)
+    app = bottle.Bottle()
+
+    @app.get("/guess")
+    @auth.owner_only
+    def guess():
+        return "never"
+
+    client = webtest.TestApp(app)
+    for n in range(3):
+        client.get("/guess", headers={**bearer("guess"), **from_client(f"{n}-" + "x" * 200_000)}, status=403)
+    keys = list(auth.failures.storage.events)
+    assert len(keys) == 3 and max(len(key) for key in keys) < 200
 
 
 # --- through waitress: the real web.py ----------------------------------------------------------------
