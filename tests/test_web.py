@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+import urllib.parse
 
 import psycopg
 import pytest
@@ -364,6 +365,20 @@ def test_unknown_task_and_job_are_404(client):
     client.get("/api/jobs/999999", status=404)
     assert client.get("/api/jobs/abc", status=404).json["error"]
     client.post("/api/jobs/999999/retry", headers=auth(), status=404)
+
+
+def test_a_job_id_in_other_scripts_digits_names_no_job(client, conn):
+    """Python's int() and Bottle's `\\d` read U+0661 (Arabic-Indic) and U+FF11 (fullwidth) as 1: a job
+    id is ASCII digits, as the API description says, so those name no job and act on none."""
+    failed = make_failed_job(conn)
+    for zero in (0x0660, 0xFF10):  # Arabic-Indic, fullwidth
+        quoted = urllib.parse.quote("".join(chr(zero + int(digit)) for digit in str(failed)))
+        client.get(f"/api/jobs/{quoted}", status=404)
+        client.get(f"/jobs/{quoted}", status=404)
+        client.post(f"/api/jobs/{quoted}/retry", headers=auth(), status=404)
+    status = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s", (failed,)).fetchone()[0]
+    assert status == "failed"
+    client.get(f"/api/jobs/{failed}", status=200)
 
 
 def make_failed_job(conn: psycopg.Connection) -> int:

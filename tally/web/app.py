@@ -60,6 +60,9 @@ def build_app(
     `reads` sends the owner's reads to a replica (tally/web/replica.py; started and closed by
     the caller); without it they read from `pool`. Everything that writes uses `pool`."""
     app = bottle.Bottle()
+    # Bottle's `<id:int>` matches `-?\d+`, and `\d` and int() take any script's digits: "/api/jobs/%D9%A1"
+    # (Arabic-Indic) opened and acted on job 1. Ids in addresses are ASCII digits.
+    app.router.add_filter("int", lambda conf: (r"-?[0-9]+", int, lambda value: str(int(value))))
     request_headers.install(app)  # every header decodable, the query decoded, before any route
     jobs_app.open(pool)  # deferring from web uses the same pool, synchronously
 
