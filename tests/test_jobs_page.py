@@ -141,6 +141,21 @@ def test_the_page_forms_act_with_the_session_and_its_csrf_token_only(client, con
     assert statuses(conn, "rotate_visitor_salts") == ["todo"]
 
 
+@pytest.mark.parametrize(
+    "next_page", ["/jobs/\r\nSet-Cookie: x=1", "/jobs?\x00", "/jobs/\u2028", "/jobs/\u00e9"]
+)
+def test_a_next_page_no_location_header_can_hold_leads_to_the_jobs_page(client, conn, next_page):
+    """A form's `next` with a line break, a NUL or a character past ASCII made Bottle refuse the
+    Location header: a 500 after the queue was paused. Such a `next` leads to /jobs, as one
+    naming another site does."""
+    csrf = logged_in(client)
+    response = client.post(
+        "/api/queues/default/pause", {"csrf": csrf, "next": next_page}, headers=SAME_SITE, status=303
+    )
+    assert response.headers["Location"].startswith("/jobs?notice=")
+    assert conn.execute("SELECT count(*) FROM tally_paused_queues").fetchone()[0] == 1
+
+
 def test_a_share_link_or_public_mode_reaches_no_action(database_url, pool, conn):
     failed = make_failed_job(conn)
     public = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, SHARE_TOKEN=SHARE, PUBLIC_DASHBOARD="true")

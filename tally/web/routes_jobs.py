@@ -24,9 +24,12 @@ from tally.web.sessions import PAGE_HEADERS
 
 
 def back_to_page(outcome: Outcome) -> bottle.HTTPResponse:
-    """303 to the form's `next` (a path of the jobs pages only: no open redirect), with a notice."""
+    """303 to the form's `next` (a path of the jobs pages only: no open redirect; printable ASCII
+    only, as a Location header holds: Bottle refuses a line break or NUL there), with a notice."""
     target = bottle.request.forms.getunicode("next") or "/jobs"
     if not (target == "/jobs" or target.startswith(("/jobs?", "/jobs/"))) or "\\" in target:
+        target = "/jobs"
+    if not all("!" <= character <= "~" for character in target):
         target = "/jobs"
     separator = "&" if "?" in target else "?"
     location = target + separator + urllib.parse.urlencode({"notice": outcome.sentence})
