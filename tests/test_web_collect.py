@@ -190,14 +190,25 @@ def test_without_sites_any_site_is_accepted(open_client, conn):
     assert rows(conn)[0][0] == "anything.example"
 
 
-def test_server_side_senders_name_a_site_or_get_the_default(client, conn):
-    client.post_json("/api/pageviews", [{"path": "/a"}, {"path": "/b", "site": "Example.COM"}], status=201)
-    assert [row[:2] for row in rows(conn)] == [(DEFAULT_SITE, "/a"), ("example.com", "/b")]
+def test_server_side_senders_name_a_site_of_sites(client, conn):
+    """With SITES set, a view that names no site is refused: the default site is not one of
+    them, and anyone could otherwise post into the all-sites stats (1,000 views a request)."""
+    client.post_json("/api/pageviews", [{"path": "/b", "site": "Example.COM"}], status=201)
+    assert [row[:2] for row in rows(conn)] == [("example.com", "/b")]
+    for body in ({"path": "/a"}, [{"path": "/a", "site": "example.com"}, {"path": "/a"}]):
+        response = client.post_json("/api/pageviews", body, status=403)
+        assert "Name the site" in response.json["error"]
     response = client.post_json("/api/pageviews", {"path": "/c", "site": "other.example"}, status=403)
     assert "SITES" in response.json["error"]
     response = client.post_json("/api/pageviews", {"path": "/c", "site": "example.com:80"}, status=400)
     assert "host name" in response.json["error"]
-    assert stored(conn) == 2
+    assert stored(conn) == 1
+
+
+def test_without_sites_server_side_senders_may_name_no_site(open_client, conn):
+    views = [{"path": "/a"}, {"path": "/b", "site": "example.com"}]
+    open_client.post_json("/api/pageviews", views, status=201)
+    assert [row[:2] for row in rows(conn)] == [(DEFAULT_SITE, "/a"), ("example.com", "/b")]
 
 
 def test_the_default_site_is_the_columns_default(conn):
@@ -366,7 +377,7 @@ def test_no_address_and_no_user_agent_reach_the_database_or_the_logs(
 def test_stats_are_per_site_or_for_all(client, conn):
     for url in ("https://example.com/a", "https://example.com/b", "https://www.example.com/a"):
         beacon(client, url, status=201)
-    client.post_json("/api/pageviews", {"path": "/server"}, status=201)
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/import', now())")  # the default site
     assert client.get("/api/stats?days=1").json["total_views"] == 4
     body = client.get("/api/stats?days=1&site=EXAMPLE.com").json
     assert body["site"] == "example.com" and body["total_views"] == 2

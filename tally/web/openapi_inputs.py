@@ -102,7 +102,11 @@ def page_view() -> dict[str, Any]:
         "properties": {
             "path": {"type": "string", "maxLength": MAX_TEXT, "pattern": f"^/[^{CONTROL}]*$"},
             "referrer": {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": REFERRER_URL},
-            "site": {**SITE, "type": ["string", "null"], "description": "Absent or null: the default site."},
+            "site": {
+                **SITE,
+                "type": ["string", "null"],
+                "description": "Absent or null: the default site, refused (403) while SITES is set.",
+            },
         },
     }
 

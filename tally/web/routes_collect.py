@@ -45,7 +45,10 @@ def register(
         except InvalidPageViews as error:
             return json_error(400, str(error))
         if config.sites is not None:
-            refused = sorted({view.site for view in views if view.site != DEFAULT_SITE} - config.sites)
+            refused = sorted({view.site for view in views} - config.sites)
+            if refused == [DEFAULT_SITE] and DEFAULT_SITE not in config.sites:
+                # Else anyone could post into the all-sites stats what SITES keeps out of them.
+                return json_error(403, "Name the site of each view: with SITES set, only those are accepted.")
             if refused:
                 return json_error(403, f"Views of {refused[0]} are not accepted here: it is not in SITES.")
         writer.write(views)  # with the views of concurrent requests, in one INSERT
