@@ -244,7 +244,7 @@ def test_a_short_tail_asks_for_nothing(client, conn):
     assert statuses(conn, "rollup_page_views") == []
 
 
-def test_rollup_lag_shows_in_health_metrics_and_dashboard(client, conn):
+def test_rollup_lag_shows_in_health_metrics_and_dashboard(client, conn, database_url, pool):
     insert_views(conn, 7, "1 hour")
     health = client.get("/api/health").json
     assert health["rollup_views_waiting"] == 7 and health["rollup_age_seconds"] is None
@@ -254,6 +254,14 @@ def test_rollup_lag_shows_in_health_metrics_and_dashboard(client, conn):
     assert health["rollup_views_waiting"] == 3 and 0 <= health["rollup_age_seconds"] < 5
     metrics = client.get("/metrics").text
     assert "tally_rollup_views_waiting 3.0" in metrics
+    # Health is public: the views waiting are the last minutes' traffic, for the owner and the
+    # metrics token only (a wrong token gets the public answer, and counts toward the limit).
+    anyone = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, METRICS_TOKEN="metrics-" + "m" * 20)
+    assert "rollup_views_waiting" not in anyone.get("/api/health").json
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert "rollup_views_waiting" not in anyone.get("/api/health", headers=wrong).json
+    scraper = {"Authorization": "Bearer metrics-" + "m" * 20}
+    assert anyone.get("/api/health", headers=scraper).json["rollup_views_waiting"] == 3
     assert "tally_rollup_age_seconds " in metrics
     page = client.get("/").text
     assert 'id="rollup-waiting">3 views waiting' in page

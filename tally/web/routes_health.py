@@ -40,7 +40,8 @@ def register(
 
     @app.get("/api/health")
     def health():
-        """Report database state, live workers' youngest heartbeat, the last clock tick and the replica."""
+        """Report database state, live workers' youngest heartbeat, the last clock tick and the replica
+        (and, to the owner and the metrics token, the views waiting for the rollup)."""
         body: dict[str, Any] = {"status": "ok", "process": config.process_type, "dyno": config.dyno}
         # The replica as its checker last saw it (no wait here): when only it is down, health
         # stays 200 and says so, since the primary serves its reads.
@@ -48,6 +49,9 @@ def register(
         body.update(replica=replica.state, replica_lag_seconds=replica.lag_seconds)
         try:
             body.update(database="ok", **probe_process_state())
+            if not auth.reads_metrics():
+                # Views waiting for the rollup are the last minute's traffic: stats, the owner's.
+                del body["rollup_views_waiting"]
         except DATABASE_DOWN as error:
             logger.warning("health: database unreachable: %s", error)
             body.update(status="unavailable", database="unreachable")
