@@ -108,7 +108,10 @@ OPERATIONS = [
             "required": True,
             "content": {
                 "application/x-www-form-urlencoded": {
-                    "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
+                    "schema": {
+                        "type": "object",
+                        "properties": {"token": {"type": "string", "minLength": 1}},
+                    }
                 }
             },
         },
