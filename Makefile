@@ -30,14 +30,23 @@ run: migrate
 # CI installs it (.ci/run) and sets REQUIRE_SYSTEM_POSTGRES=1, so there it cannot be skipped.
 SYSTEM_POSTGRES_BIN ?= $(lastword $(wildcard /usr/lib/postgresql/*/bin))
 
+# Both runs at once (each has its own server, ports and namespaces; the second keeps no
+# pytest cache): most of the suite waits on processes, and one after the other took 16
+# minutes in CI. The system build's report follows the pip one's.
+SYSTEM_LOG := .venv/test-system-postgres.log
+
 test: setup
-	$(PY) -m pytest
-	$(MAKE) --no-print-directory test-system-postgres
+	@$(MAKE) --no-print-directory test-system-postgres PYTEST_ARGS="-p no:cacheprovider" \
+		> $(SYSTEM_LOG) 2>&1 & system=$$!; \
+	$(PY) -m pytest; pip=$$?; \
+	wait $$system; system=$$?; \
+	cat $(SYSTEM_LOG); \
+	[ $$pip -eq 0 ] && [ $$system -eq 0 ]
 
 test-system-postgres: setup
 	@if [ -x "$(SYSTEM_POSTGRES_BIN)/postgres" ]; then \
 		echo "== the suite again, on $(SYSTEM_POSTGRES_BIN)"; \
-		TEST_POSTGRES_BIN="$(SYSTEM_POSTGRES_BIN)" $(PY) -m pytest; \
+		TEST_POSTGRES_BIN="$(SYSTEM_POSTGRES_BIN)" $(PY) -m pytest $(PYTEST_ARGS); \
 	elif [ -n "$$REQUIRE_SYSTEM_POSTGRES" ]; then \
 		echo "no system PostgreSQL in /usr/lib/postgresql (apt-get install postgresql)"; exit 1; \
 	else \
