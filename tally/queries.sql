@@ -749,13 +749,14 @@ SELECT count(DISTINCT (site, visitor)) AS current_visitors
 
 -- recent_visitors --
 -- Views from `since` (24 hours, or 5 minutes, before `now`) and distinct visitors from
--- `five_minutes_ago`, matching every given filter (the times as values, as in current_visitors).
+-- `five_minutes_ago`, matching every given filter (the times as values, as in current_visitors);
+-- `event` and `goal_path` find their visitors in [goals_from, goals_until): the answer's window.
 SELECT count(*) AS views_last_24h,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
   FROM tally_views_matching(%(since)s, 'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
                             %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s,
-                            %(goal_path)s, %(since)s, 'infinity')
+                            %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'))
  WHERE viewed_at <= %(now)s
 
 -- referrer_domains --

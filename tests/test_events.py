@@ -377,3 +377,31 @@ def test_under_a_filter_an_events_visitors_are_of_the_days_its_senders_match(cli
             tz
         )
         assert body["event_props"] == [], tz
+
+
+@pytest.mark.parametrize("goal", [{"event": "Signup"}, {"goal_path": "/thanks"}])
+def test_the_last_24_hours_under_a_goal_take_the_visitors_who_reached_it_in_the_window(client, conn, goal):
+    """views_last_24h and current_visitors found their goal's visitors in the 24 hours (and any
+    time after), not in the window: a visitor who signed up two days ago and came back an hour ago
+    was one of today's views but none of the last 24 hours', and one whose goal was dated days
+    ahead (a clock far off) was a visitor of now, not of the window."""
+    for visitor, path, when in (
+        (77, "/", "-1 hour"),
+        (77, "/thanks", "-2 days"),
+        (78, "/", "-2 minutes"),
+        (78, "/thanks", "3 days"),
+    ):
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " VALUES ('example.com', %s, %s, now() + %s::interval)",
+            (path, visitor, when),
+        )
+    for visitor, when in ((77, "-2 days"), (78, "3 days")):
+        conn.execute(
+            "INSERT INTO events (site, name, path, visitor, occurred_at)"
+            " VALUES ('example.com', 'Signup', '/', %s, now() + %s::interval)",
+            (visitor, when),
+        )
+    body = client.get("/api/stats", {"days": "7", "tz": "UTC", **goal}).json
+    assert body["total_views"] == 2  # 77's two views; 78 reached the goal after the window
+    assert body["views_last_24h"] == 1 and body["current_visitors"] == 0, body

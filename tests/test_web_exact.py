@@ -356,6 +356,8 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "now": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
         "since": datetime.datetime(2026, 1, 31, tzinfo=datetime.UTC),
         "five_minutes_ago": datetime.datetime(2026, 1, 31, 23, 55, tzinfo=datetime.UTC),
+        "goals_from": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        "goals_until": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         "country": "DE",
         "panels": True,

@@ -51,18 +51,20 @@ def parameters(
     return params
 
 
+def bounds_of(cur: psycopg.Cursor, window: Window, tz: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """The instants the window starts and ends: its first day's local midnight, and the one after
+    its last day (today's too: a view dated later, a clock far off, counts on its own day)."""
+    cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
+    start = cur.fetchone()[0]
+    cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + datetime.timedelta(days=1), "tz": tz})
+    return start, cur.fetchone()[0]
+
+
 def stats(
     cur: psycopg.Cursor, window: Window, params: dict[str, Any], retention_days: int, panels: bool = True
 ) -> dict[str, Any]:
     """The stats answer's days, totals and (with `panels`) top values of the matching views."""
-    cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": params["tz"]})
-    start = cur.fetchone()[0]
-    # To the midnight after the last day, today's too: a view dated later (a clock far off)
-    # counts on its own day.
-    cur.execute(
-        QUERIES["local_midnight"], {"day": window.days[-1] + datetime.timedelta(days=1), "tz": params["tz"]}
-    )
-    end = cur.fetchone()[0]
+    start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
     cur.execute(QUERIES["filtered_answer"], span)
@@ -118,14 +120,25 @@ def stats(
     return answer
 
 
-def recent(cur: psycopg.Cursor, params: dict[str, Any], with_day: bool) -> dict[str, int]:
-    """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours."""
+def recent(
+    cur: psycopg.Cursor, params: dict[str, Any], with_day: bool, window: Window | None = None
+) -> dict[str, int]:
+    """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
+    `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
+    every other figure of the answer (not in the 24 hours: a visitor who signed up two days ago
+    and came back an hour ago is in today's views, so in the last 24 hours' too)."""
     now = params["now"]
     times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
     if not with_day:  # unfiltered: the last 24 hours come from the rollups
         cur.execute(QUERIES["current_visitors"], {"site": params["site"], **times})
         return {"views_last_24h": 0, "current_visitors": cur.fetchone()[0]}
-    cur.execute(QUERIES["recent_visitors"], {**params, **times, "since": now - datetime.timedelta(hours=24)})
+    since = now - datetime.timedelta(hours=24)
+    goals = window is not None and (params.get("event") is not None or params.get("goal_path") is not None)
+    goals_from, goals_until = bounds_of(cur, window, params["tz"]) if goals else (since, None)
+    cur.execute(
+        QUERIES["recent_visitors"],
+        {**params, **times, "since": since, "goals_from": goals_from, "goals_until": goals_until},
+    )
     views, current = cur.fetchone()
     return {"views_last_24h": views, "current_visitors": current}
 

@@ -133,7 +133,7 @@ class StatsReader:
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
-                recent = filtered.recent(cur, params, with_day=bool(filters))
+                recent = filtered.recent(cur, params, with_day=bool(filters), window=window)
                 if filters:
                     answer["views_last_24h"] = recent["views_last_24h"]
                 answer["current_visitors"] = recent["current_visitors"]
