@@ -364,8 +364,10 @@ SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(
  GROUP BY 1, 2
 
 -- sites_rolled_up --
--- Rolled-up views per site since `since`.
-SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= %(since)s GROUP BY site
+-- Rolled-up views per site since `since`, up to `now` (a view dated later, a clock far off or a
+-- backfill's typo, is of no day of the last 30).
+SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= %(since)s AND bucket <= %(now)s
+ GROUP BY site
 
 -- sites_tail --
 -- The tail's views per site since `since`.
@@ -374,6 +376,7 @@ SELECT site, count(*) AS views FROM page_views
    AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
    AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
    AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(since)s
+   AND viewed_at <= %(now)s
  GROUP BY site
 
 -- count_crawler_hit --

@@ -426,6 +426,21 @@ def test_sites_lists_each_site_with_its_views(client, conn):
     }
 
 
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_sites_leave_out_views_dated_ahead(client, conn, rolled_up):
+    """A view dated days or centuries ahead (a clock far off, a backfill's typo) is of no day of
+    the last 30: /api/sites counted every view from 30 days ago on, with no end."""
+    beacon(client, "https://example.com/", status=201)
+    conn.execute(
+        "INSERT INTO page_views (site, path, viewed_at) VALUES"
+        " ('example.com', '/', now() + interval '3 days'),"
+        " ('ahead.example', '/', '8999-12-31 00:00+00')"
+    )
+    if rolled_up:
+        roll_up(conn)
+    assert client.get("/api/sites").json == {"days": 30, "sites": [{"site": "example.com", "views": 1}]}
+
+
 def test_the_dashboard_switches_sites_and_draws_visitors(client, conn):
     beacon(client, "https://example.com/", status=201)
     beacon(client, "https://example.com/a", address=OTHER_ADDRESS, status=201)

@@ -160,7 +160,7 @@ class StatsReader:
             watermark, in_progress, now, _today, tail_from, tail_to = cur.fetchone()
             since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
             views: collections.Counter[str] = collections.Counter()
-            cur.execute(QUERIES["sites_rolled_up"], {"since": since})
+            cur.execute(QUERIES["sites_rolled_up"], {"since": since, "now": now})
             views.update(dict(cur.fetchall()))
             tail = {
                 "watermark": watermark,
