@@ -120,6 +120,10 @@ def test_the_period_before_and_the_dashboard_show_visits(client, conn):
     body = client.get("/api/stats", {"days": "1", "compare": "previous"}).json
     assert body["visits"] == 0 and body["previous"]["visits"] == 1  # visitor 3's /y, yesterday
     assert body["previous"]["change_percent"]["visits"] == -100.0
+    # no visit now: no bounce rate, duration or views per visit to have fallen by 100%
+    assert body["previous"]["bounce_rate"] == 1 and body["bounce_rate"] == 0
+    for key in ("bounce_rate", "visit_duration_seconds", "views_per_visit"):
+        assert body["previous"]["change_percent"][key] is None, key
     body = client.get("/api/stats", {"days": "3", "compare": "previous"}).json
     assert body["previous"]["visits"] == 0 and body["previous"]["change_percent"]["visits"] is None
     page = client.get("/", {"days": "7"}).text

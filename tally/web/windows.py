@@ -87,6 +87,9 @@ def count_days(visitors: collections.Counter, window: Window, day: datetime.date
         visitors[day] += count
 
 
+PER_VISIT = ("bounce_rate", "visit_duration_seconds", "views_per_visit")
+
+
 def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """The previous period's totals and days, and each total's change to the current one in percent."""
     compared = (
@@ -102,4 +105,6 @@ def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str,
         key: None if not previous[key] else round(100 * (current[key] - previous[key]) / previous[key], 1)
         for key in compared
     }
+    if not current.get("visits"):  # no visit has no bounce rate, duration or views per visit to change
+        body["change_percent"].update(dict.fromkeys(PER_VISIT))
     return body
