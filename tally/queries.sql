@@ -739,16 +739,25 @@ SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
  GROUP BY 3, 4
 
 -- current_visitors --
--- Distinct visitors of the 5 minutes to `now`, of one site or all: through the partial index of
--- the views with a visitor id (migrations/0013), so views without one are never read. The times
--- come as values (not now() - interval, which is only known when the query runs), so the
--- planner keeps today's partition alone (migrations/0019).
-SELECT count(DISTINCT (site, visitor)) AS current_visitors
-  FROM page_views
- WHERE visitor IS NOT NULL
-   AND viewed_at >= %(five_minutes_ago)s
-   AND viewed_at <= %(now)s
-   AND (%(site)s::text IS NULL OR site = %(site)s)
+-- Distinct visitors of the 5 minutes to `now`, of one site or all: the ids that sent a view or
+-- an event, as `visitors` counts them (migrations/0023). Through the partial index of the views
+-- with a visitor id (migrations/0013), so views without one are never read. The times come as
+-- values (not now() - interval, which is only known when the query runs), so the planner keeps
+-- today's partition alone (migrations/0019).
+SELECT count(*) AS current_visitors
+  FROM (SELECT site, visitor
+          FROM page_views
+         WHERE visitor IS NOT NULL
+           AND viewed_at >= %(five_minutes_ago)s
+           AND viewed_at <= %(now)s
+           AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION
+        SELECT site, visitor
+          FROM events
+         WHERE visitor IS NOT NULL
+           AND occurred_at >= %(five_minutes_ago)s
+           AND occurred_at <= %(now)s
+           AND (%(site)s::text IS NULL OR site = %(site)s)) ids
 
 -- recent_visitors --
 -- Views from `since` (24 hours, or 5 minutes, before `now`) and distinct visitors from

@@ -90,7 +90,7 @@ def test_a_bad_width_is_a_400_and_nothing_is_stored(client, conn, width):
 
 
 def test_server_side_views_have_no_audience(client, conn):
-    client.post_json("/api/pageviews", {"path": "/server"}, status=201)
+    client.post_json("/api/pageviews", {"path": "/server", "site": "example.com"}, status=201)
     assert conn.execute("SELECT country, browser, os, device FROM page_views").fetchall() == [
         (None, None, None, None)
     ]

@@ -405,3 +405,21 @@ def test_the_last_24_hours_under_a_goal_take_the_visitors_who_reached_it_in_the_
     body = client.get("/api/stats", {"days": "7", "tz": "UTC", **goal}).json
     assert body["total_views"] == 2  # 77's two views; 78 reached the goal after the window
     assert body["views_last_24h"] == 1 and body["current_visitors"] == 0, body
+
+
+def test_a_visitor_who_only_sent_an_event_just_now_is_a_current_visitor(client, conn):
+    """`visitors` counts the ids that sent views or events; `current_visitors` counted views'
+    ids only, so a server's Purchase a minute ago made a visitor of today but none of now."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('example.com', '/', 1, now())"
+    )
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at) VALUES"
+        " ('example.com', 'Purchase', '/', 1, now()),"
+        " ('example.com', 'Purchase', '/', 2, now() - interval '1 minute'),"
+        " ('example.com', 'Purchase', '/', 3, now() - interval '10 minutes'),"
+        " ('example.com', 'Purchase', '/', 4, now() + interval '1 hour')"
+    )
+    for site in ({}, {"site": "example.com"}):
+        assert client.get("/api/stats", {"days": "1", **site}).json["current_visitors"] == 2, site
+    assert client.get("/api/stats", {"days": "1", "site": "other.example"}).json["current_visitors"] == 0
