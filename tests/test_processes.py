@@ -114,6 +114,25 @@ def test_web_serves_health_and_logs_its_start_line(start_process):
     assert "web.7" in start_lines[0]
 
 
+def test_a_client_holding_hundreds_of_half_sent_requests_leaves_the_web_answering(start_process):
+    """waitress served 100 connections at once by default: one client with 100 requests it
+    never finished (each byte renews waitress's 120 s) left health and every beacon waiting."""
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+    held = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: tally\r\nX-Slow: ")
+            held.append(sock)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_job_deferred_with_the_cli_runs_within_a_second(start_process, conn, database_url):
     worker = start_process(["worker.py"], SLOW_POLL)
     worker.wait_for_line("Starting worker")

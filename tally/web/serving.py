@@ -26,6 +26,10 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 # Bodies past this get waitress's own 413 before they are buffered; up to it, the app
 # answers 413 in JSON for anything over 1 MiB.
 MAX_REQUEST_BODY_BYTES = 2 * 1024 * 1024
+# Open connections waitress serves at once (its default is 100, polled with select(), which
+# stops at 1,024 descriptors): at 100, one client holding 100 half-sent requests (which each
+# byte keeps alive for waitress's 120 s) left the dyno answering nobody, health included.
+CONNECTION_LIMIT = 1000
 
 
 class GilYieldingDispatcher(ThreadedTaskDispatcher):
@@ -79,6 +83,8 @@ def serve(
         threads=threads,
         ident="tally",
         max_request_body_size=MAX_REQUEST_BODY_BYTES,
+        connection_limit=CONNECTION_LIMIT,
+        asyncore_use_poll=True,  # poll(), not select(): past 1,024 descriptors
         # waitress deletes every X-Forwarded-* header unless `trusted_proxy` names the peer,
         # and Heroku's router has no fixed address: keep them, the app reads them itself
         # (tally/web/auth.py: the last X-Forwarded-For entry, X-Forwarded-Proto).
