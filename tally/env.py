@@ -30,6 +30,16 @@ from tally.sites import parse_site
 T = TypeVar("T")
 TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+# The connection options whose values libpq checks only when it connects (PostgreSQL's docs,
+# "Parameter Key Words"): a typo there left every process retrying a connection that could
+# never start.
+LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+}
 
 
 class ConfigError(ValueError):
@@ -159,11 +169,17 @@ class EnvReader:
             return raw
 
         try:
-            return self._parse(name, None, parse)
+            url = self._parse(name, None, parse)
         except ConfigError:  # never print the password
             raise ConfigError(
                 f"{name} is invalid: expected postgres://user:password@host:5432/dbname"
             ) from None
+        if url is not None:  # libpq checks these only when it connects: a web would wait forever
+            for option, value in psycopg.conninfo.conninfo_to_dict(url).items():
+                choices = LIBPQ_CHOICES.get(option)
+                if choices is not None and value not in choices:
+                    raise ConfigError(f"{name} is invalid: its {option} must be one of {', '.join(choices)}")
+        return url
 
     def recipients(self, name: str) -> tuple[tuple[str | None, str], ...]:
         def parse(raw: str) -> tuple[tuple[str | None, str], ...]:

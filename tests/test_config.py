@@ -66,6 +66,8 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("DATABASE_URL", "dbname=tally host"),
         ("DATABASE_URL", "mysql://db.example.com/tally"),
         ("DATABASE_URL", "postgres://u:pw@db.example.com:port/tally"),
+        ("DATABASE_URL", "postgres://u:pw@db.example.com/tally?sslmode=requir"),
+        ("DATABASE_REPLICA_URL", "postgres://u:pw@replica.example.com/tally?target_session_attrs=standy"),
         ("DATABASE_REPLICA_URL", "replica.example.com"),
         ("DATABASE_REPLICA_URL", "mysql://replica.example.com/tally"),
         ("DATABASE_REPLICA_URL", "postgres://replica.example.com:port/tally"),
