@@ -52,7 +52,21 @@ POOL_WAIT_SECONDS = RECONNECT_GIVE_UP_SECONDS
 # Session settings of every Tally connection. Tally's queries are short, and JIT (on in
 # most PostgreSQL builds, off in the pip-installed one) would compile some of them on
 # every call for far longer than they run (docs/ARCHITECTURE.md, "Plans and JIT").
-SESSION_SETTINGS = {"jit": "off"}
+#
+# The server's side of the socket gets the client's keepalives too. A silent partition
+# sends no RST: the client gives its connections up within seconds, but the server kept
+# each session (its connection slot, a worker's liveness lock) until its own probes found
+# the peer gone: two hours with the default tcp_keepalives_idle=7200, or about 15 minutes of
+# retransmissions for a session whose last answer was unacknowledged. Every outage then
+# leaked every pool's connections, and after a few the reconnects met `too many clients`.
+# (Per-session settings, ignored on a unix socket; `connection_kwargs` adds the server's
+# tcp_user_timeout, equal to the client's.)
+SESSION_SETTINGS = {
+    "jit": "off",
+    "tcp_keepalives_idle": str(TCP_SETTINGS["keepalives_idle"]),
+    "tcp_keepalives_interval": str(TCP_SETTINGS["keepalives_interval"]),
+    "tcp_keepalives_count": str(TCP_SETTINGS["keepalives_count"]),
+}
 # The web's requests have a budget, and its stats queries are always planned with the
 # values they are given (a generic plan could scan the whole table for the stats tail).
 WEB_STATEMENT_TIMEOUT_SECONDS = 5
@@ -114,7 +128,11 @@ def connection_kwargs(
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         **TCP_SETTINGS,
         "tcp_user_timeout": tcp_user_timeout_ms,
-        "options": " ".join(f"-c {name}={value}" for name, value in settings.items()),
+        # The server's end of the socket gives up on unacknowledged bytes as the client's does.
+        "options": " ".join(
+            f"-c {name}={value}"
+            for name, value in {**settings, "tcp_user_timeout": tcp_user_timeout_ms}.items()
+        ),
         **extra,
     }
 

@@ -190,3 +190,30 @@ def test_a_silent_partition_gets_503s_in_time_and_everything_recovers(start_proc
     assert job_back < 10.0 and clock_back < 10.0
     for process in (web, worker, clock):
         assert process.popen.poll() is None
+
+
+def test_the_server_ends_the_session_of_a_client_behind_a_silent_partition(server, admin):
+    """A cloud network fault leaves no RST: without keepalives of its own the server keeps a
+    vanished client's session (its connection slot, its advisory locks) for two hours
+    (tcp_keepalives_idle=7200 by default), so each outage leaked every pool's connections
+    until the next reconnects met `too many clients`. Tally's sessions set the server's
+    probes as the client's are set, so the server ends such a session within seconds."""
+    from tally import config, db
+
+    settings = config.from_env({"DATABASE_URL": server.tcp_url, "DYNO": "web.9"}, process_type="web")
+    conn = psycopg.connect(server.tcp_url, **db.connection_kwargs(settings, db.WEB_SESSION_SETTINGS))
+    try:
+        pid = conn.info.backend_pid
+        server.partition()
+        try:
+            sessions = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+            wait_until(
+                lambda: admin.execute(sessions, [pid]).fetchone()[0] == 0,
+                20,
+                0.2,
+                "the server to end the vanished client's session",
+            )
+        finally:
+            server.heal()
+    finally:
+        conn.close()
