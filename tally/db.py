@@ -82,7 +82,16 @@ WEB_SESSION_SETTINGS = {
 # A job's statement waits this long for a lock, then fails; its task's retry strategy
 # runs it again later, and the worker's other jobs keep going meanwhile.
 JOB_LOCK_TIMEOUT_SECONDS = 5
-WORKER_SESSION_SETTINGS = {**SESSION_SETTINGS, "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s"}
+# The server looks at a client's socket only when it reads or sends: a SIGKILLed worker's
+# statement ran on to its end (a rollup of 400,000 views for 30 s, holding the rollup's
+# lock, so the job re-queued meanwhile failed on it). This makes the server check the
+# socket while a statement runs and end it once the worker is gone (PostgreSQL 14 and up).
+CLIENT_CHECK_MS = 1_000
+WORKER_SESSION_SETTINGS = {
+    **SESSION_SETTINGS,
+    "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s",
+    "client_connection_check_interval": f"{CLIENT_CHECK_MS}ms",
+}
 # The clock only inserts periodic defers: one connection, no headroom needed.
 CLOCK_POOL_SIZE = 1
 # The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,

@@ -56,3 +56,30 @@ def test_a_connection_whose_backend_was_killed_is_replaced_before_use(
         assert conn.execute("SELECT 1").fetchone() == (1,)
         assert conn.info.backend_pid != killed
     assert full_checks == [killed]
+
+
+def test_a_killed_workers_statement_ends_on_the_server_within_seconds(database_url, conn):
+    """A SIGKILLed worker's running statement went on in its backend (the server only looks at
+    the socket when it has something to read or send): a rollup of 400,000 views ran on for
+    30 s after its worker died, holding the rollup's lock, and the re-queued job failed on it
+    (LockNotAvailable). The workers' sessions ask the server to check the client meanwhile."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, psycopg\n"
+        "from tally import config, db\n"
+        "env = {'DATABASE_URL': sys.argv[1], 'DYNO': 'worker.killed'}\n"
+        "settings = config.from_env(env, process_type='worker')\n"
+        "kwargs = db.connection_kwargs(settings, db.WORKER_SESSION_SETTINGS)\n"
+        "with psycopg.connect(sys.argv[1], **kwargs) as c:\n"
+        "    c.execute('SELECT pg_sleep(60)')\n"
+    )
+    running = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'worker.killed'"
+    child = subprocess.Popen([sys.executable, "-c", script, database_url])
+    try:
+        wait_until(lambda: conn.execute(running).fetchone()[0] == 1, 20, 0.05, "the statement to start")
+    finally:
+        child.kill()
+        child.wait()
+    wait_until(lambda: conn.execute(running).fetchone()[0] == 0, 5, 0.1, "the server to end the statement")
