@@ -92,8 +92,17 @@ WORKER_SESSION_SETTINGS = {
     "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s",
     "client_connection_check_interval": f"{CLIENT_CHECK_MS}ms",
 }
-# The clock only inserts periodic defers: one connection, no headroom needed.
+# The clock only inserts periodic defers: one connection, no headroom needed. Its inserts
+# wait for a lock (someone's LOCK TABLE, a long transaction on the defers' table) at most as
+# long as a job does, then fail and are tried again with a line in the log: they waited
+# without a bound or a word.
 CLOCK_POOL_SIZE = 1
+CLOCK_STATEMENT_TIMEOUT_SECONDS = 10
+CLOCK_SESSION_SETTINGS = {
+    **SESSION_SETTINGS,
+    "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s",
+    "statement_timeout": f"{CLOCK_STATEMENT_TIMEOUT_SECONDS}s",
+}
 # The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,
 # stats, export and sites, a few people at once, each read a few milliseconds (the rollups
 # are cached). A fourth read at once waits this long, then reads from the primary.
@@ -323,7 +332,7 @@ def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
         max_size=CLOCK_POOL_SIZE,
         timeout=POOL_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
-        kwargs=connection_kwargs(config),
+        kwargs=connection_kwargs(config, CLOCK_SESSION_SETTINGS),
         check=psycopg_pool.AsyncConnectionPool.check_connection,
         name=f"{config.dyno}-clock",
         open=False,

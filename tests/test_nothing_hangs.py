@@ -219,6 +219,28 @@ def test_a_locked_table_costs_jobs_and_ingest_a_bounded_wait(start_process, conn
     assert conn.execute("SELECT count(*) FROM page_views WHERE path LIKE '/old/%'").fetchone()[0] == 0
 
 
+def test_a_locked_defers_table_costs_the_clock_a_bounded_wait_and_a_line(start_process, conn, database_url):
+    """The clock's defers waited without a bound or a word behind a lock on procrastinate's
+    periodic-defers table (a LOCK TABLE in psql): each tick now gives up after the lock
+    timeout, says so, and is deferred once the lock is gone."""
+    never = "0 0 1 1 *"
+    schedule = {
+        "RETRY_STALLED_SCHEDULE": "* * * * * *",
+        **{
+            name: never for name in ("CLEANUP_SCHEDULE", "ROLLUP_SCHEDULE", "PRUNE_SCHEDULE", "SALT_SCHEDULE")
+        },
+        "REPORT_SCHEDULE": "off",
+    }
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE procrastinate_periodic_defers IN EXCLUSIVE MODE")
+        clock = start_process(["clock.py"], schedule)
+        clock.wait_for_line("could not defer periodic jobs", timeout=15)
+        assert "lock timeout" in clock.output()
+        assert statuses(conn, "retry_stalled_jobs") == []
+        locker.commit()
+    wait_until(lambda: statuses(conn, "retry_stalled_jobs"), 10, 0.1, "a tick deferred after the lock")
+
+
 def test_a_job_whose_notify_nobody_heard_starts_once_listen_is_back(start_process, conn):
     """A job deferred while the worker was not listening (its NOTIFY lost) runs once LISTEN
     is re-established, not at the next poll (300 s here)."""
