@@ -183,6 +183,19 @@ class CheckedPool(psycopg_pool.ConnectionPool):
     discards it and connects anew in the background) and the next is taken, within the same
     deadline; with none left, `getconn` waits for the new ones."""
 
+    last_connect_error: str | None = None  # the message of the last failed connect, if the last failed
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection:
+        # psycopg_pool's own connect (it has no public hook for a failed one): kept, so that
+        # health can say why it has no connection (a full server is not a down one).
+        try:
+            conn = super()._connect(timeout)
+        except psycopg.Error as error:
+            self.last_connect_error = str(error)
+            raise
+        self.last_connect_error = None
+        return conn
+
     def getconn(self, timeout: float | None = None) -> psycopg.Connection:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
@@ -194,6 +207,26 @@ class CheckedPool(psycopg_pool.ConnectionPool):
             if not server_hung_up(conn):
                 return conn
             self.putconn(conn)
+
+
+# What a failed connect says, as health names it (public: a kind, never the server's address).
+CONNECT_PROBLEMS = (
+    (
+        ("too many clients", "connection slots are reserved"),
+        "full: every connection slot (max_connections) is taken",
+    ),
+    (("password authentication failed", "no pg_hba.conf entry"), "refusing the credentials of DATABASE_URL"),
+    (("does not exist",), "up, without the database or role DATABASE_URL names"),
+)
+
+
+def connect_problem(pool: psycopg_pool.ConnectionPool) -> str:
+    """Why `pool` has no connection, as health says it: `unreachable` unless the server answered."""
+    message = getattr(pool, "last_connect_error", None) or ""
+    for signs, problem in CONNECT_PROBLEMS:
+        if any(sign in message for sign in signs):
+            return problem
+    return "unreachable"
 
 
 def web_pool(config: Config) -> psycopg_pool.ConnectionPool:

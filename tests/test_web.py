@@ -18,7 +18,7 @@ import jobs
 from tally.config import from_env
 from tally.db import web_pool
 from tally.web.app import build_app
-from tests.conftest import PATH_VIEWS
+from tests.conftest import PATH_VIEWS, wait_until
 
 TOKEN = "s3cret-token"
 OWNER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
@@ -275,6 +275,28 @@ def test_health_reports_database_workers_and_clock(client):
     body = client.get("/api/health").json
     assert body["status"] == "ok" and body["database"] == "ok" and body["dyno"] == "web.1"
     assert {"workers_alive", "worker_heartbeat_age_seconds", "clock_last_defer_age_seconds"} <= set(body)
+
+
+def test_health_says_the_database_is_full_when_every_connection_slot_is_taken(database_url):
+    """A server whose max_connections someone else holds is up: health said "unreachable"."""
+    held: list[psycopg.Connection] = []
+    try:
+        while len(held) < 1000:
+            try:
+                held.append(psycopg.connect(database_url))
+            except psycopg.OperationalError as error:
+                assert "too many clients" in str(error)
+                break
+        settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+        with web_pool(settings) as full:
+            client = webtest.TestApp(build_app(settings, full, jobs.app))
+            wait_until(lambda: full.last_connect_error, 5, 0.05, "a failed connect")
+            database = client.get("/api/health", status=503).json["database"]
+            assert database.startswith("full") and "max_connections" in database
+            assert "postgres" not in database and "/" not in database  # no address, no user
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_health_answers_503_quickly_when_the_database_is_unreachable(database_url):
