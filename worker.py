@@ -47,7 +47,14 @@ class SupervisedWorker(Worker):
 
     async def _run_loop(self) -> None:
         if jobs.settings.worker_session_liveness:
-            self.session = await WorkerSession.hold(jobs.settings, self.worker_id)
+            try:
+                self.session = await WorkerSession.hold(jobs.settings, self.worker_id)
+            except Exception:
+                # procrastinate registered this worker already: a row with a fresh heartbeat
+                # would count as a live worker (with every slot taken, one per restart).
+                with contextlib.suppress(Exception):
+                    await self.app.job_manager.unregister_worker(self.worker_id)
+                raise
         await super()._run_loop()
 
     def _start_side_tasks(self) -> list[asyncio.Task]:

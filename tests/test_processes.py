@@ -228,3 +228,31 @@ def test_a_process_waiting_for_a_database_that_does_not_exist_says_why(start_pro
     process.wait_for_line('database "no_such_database" does not exist', timeout=15)
     time.sleep(3)  # more attempts meanwhile: one line says it
     assert process.output().count("does not exist") == 1
+
+
+def test_a_worker_that_cannot_hold_its_session_leaves_no_live_worker_row(conn, monkeypatch):
+    """procrastinate registers a worker before Tally's worker takes its session lock: with every
+    connection slot taken, each restart failed there and left a row with a fresh heartbeat
+    (health read 27 workers alive of 2 running). A worker that never ran unregisters."""
+    import asyncio
+
+    import psycopg
+
+    import jobs
+    import worker
+    from jobs.liveness import WorkerSession
+
+    async def no_slot(cls, settings, worker_id):
+        raise psycopg.OperationalError("FATAL: sorry, too many clients already")
+
+    monkeypatch.setattr(WorkerSession, "hold", classmethod(no_slot))
+    assert jobs.settings.worker_session_liveness
+
+    async def attempt() -> None:
+        options = jobs.worker_options(jobs.settings)
+        started = worker.SupervisedWorker(app=jobs.app, **options, install_signal_handlers=False)
+        with pytest.raises(psycopg.OperationalError):
+            await worker.open_and_run(jobs.app, started)
+
+    asyncio.run(attempt())
+    assert conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0] == 0
