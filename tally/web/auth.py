@@ -202,7 +202,9 @@ class Auth:
             raise self._refuse(413, "That form is far larger than an action.")
         sent = bottle.request.forms.getunicode("csrf") or ""
         if not same_token(sent, session["csrf"]):
-            raise self._refuse(403, "That form is not from this session (no CSRF token): reload the page.")
+            raise self._refuse(
+                403, "That form's CSRF token is missing or not this session's: reload the page."
+            )
         bottle.request.environ[ACTOR] = BY_SESSION
         return Reader.OWNER
 
