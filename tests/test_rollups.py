@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import random
 from collections.abc import Iterator
@@ -201,6 +202,7 @@ def test_stats_queries_never_reach_the_jit_threshold_and_never_scan_the_table(la
             "since": since,
             "recent": since,
             "now_bucket": since,
+            "now": datetime.datetime.now(datetime.UTC),
             "tz": "Asia/Kathmandu",
         }
         root = plan(conn, QUERIES[name], parameters)
