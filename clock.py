@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 
+import procrastinate
 from procrastinate.periodic import PeriodicDeferrer
 
 import jobs
@@ -25,7 +26,7 @@ RETRY_DELAY_SECONDS = 1.0
 logger = logging.getLogger("tally.clock")
 
 
-def register_schedule(app, settings: config.Config) -> None:
+def register_schedule(app: procrastinate.App, settings: config.Config) -> None:
     """Register the periodic jobs; only the clock does, so workers never defer them."""
     for task, cron in periodic_tasks(settings).items():
         app.periodic(cron=cron, periodic_id="clock")(task)

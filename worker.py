@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
+import procrastinate
 from procrastinate.worker import Worker
 
 import jobs
@@ -75,7 +77,7 @@ class SupervisedWorker(Worker):
             self.session = None
 
 
-async def run_until_stopped(app, options: dict) -> None:
+async def run_until_stopped(app: procrastinate.App, options: dict[str, Any]) -> None:
     """Run workers one after another until SIGTERM/SIGINT, restarting after a lost database."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,7 +106,7 @@ async def run_until_stopped(app, options: dict) -> None:
     logger.info("worker drained and stopped")
 
 
-async def open_and_run(app, worker: SupervisedWorker) -> None:
+async def open_and_run(app: procrastinate.App, worker: SupervisedWorker) -> None:
     # A fresh connector and pool per run: procrastinate keeps a pool it was handed (or
     # failed to open) for good, and its own open would wait 30 s for a lost database.
     pool = db.worker_pool(jobs.settings)

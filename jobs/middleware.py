@@ -9,6 +9,8 @@ import traceback
 from typing import Any
 
 from procrastinate import JobContext
+from procrastinate.middleware import AsyncCallNext
+from procrastinate.worker import Worker
 
 from tally.db import QUERIES
 
@@ -18,7 +20,7 @@ MAX_ERROR_LENGTH = 2000
 MAX_TRACEBACK_LENGTH = 20_000  # the end of a longer one is kept: the frame that raised
 
 
-async def record_job_errors(call_next, context: JobContext, worker) -> Any:
+async def record_job_errors(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
     """Run the job; when it raises, store the error and its traceback in tally_job_errors and re-raise."""
     try:
         return await call_next()
@@ -48,7 +50,7 @@ class WrongArguments(TypeError):
     retried cleanup ten times, holding its lock against every other cleanup)."""
 
 
-async def check_arguments(call_next, context: JobContext, worker) -> Any:
+async def check_arguments(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
     """Run the job if its task takes its arguments; else raise WrongArguments saying which."""
     task = context.task
     given = [context] if task.pass_context else []

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 from procrastinate import JobContext
 from procrastinate.exceptions import JobAborted
 from procrastinate.job_context import AbortReason
+from procrastinate.middleware import AsyncCallNext, WorkerMiddleware
+from procrastinate.worker import Worker
 
 logger = logging.getLogger("jobs.time_limit")
 
@@ -51,10 +53,10 @@ def limit_for(context: JobContext, default: float) -> float:
     return getattr(task.func, _ATTRIBUTE, default) if task is not None else default
 
 
-def enforce_time_limit(default_seconds: float) -> Callable:
+def enforce_time_limit(default_seconds: float) -> WorkerMiddleware:
     """A worker middleware that aborts an attempt past its limit and raises `JobTimedOut`."""
 
-    async def enforce(call_next, context: JobContext, worker) -> Any:
+    async def enforce(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
         limit = limit_for(context, default_seconds)
         attempt = asyncio.current_task()
         assert attempt is not None

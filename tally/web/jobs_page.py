@@ -13,6 +13,7 @@ import datetime
 import json
 import urllib.parse
 import zoneinfo
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _rows(conn: psycopg.Connection, name: str, **params: Any) -> list[dict[str, 
         return cur.fetchall()
 
 
-def time_shown(zone: str):
+def time_shown(zone: str) -> Callable[[datetime.datetime | None], str]:
     """How the pages write a time: in the owner's zone, to the second; '' for None."""
     tz = zoneinfo.ZoneInfo(zone)
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 import waitress
 import waitress.server
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
 
 # Bodies past this get waitress's own 413 before they are buffered; up to it, the app
 # answers 413 in JSON for anything over 1 MiB.
@@ -35,7 +39,7 @@ CONNECTION_LIMIT = 1000
 class GilYieldingDispatcher(ThreadedTaskDispatcher):
     """waitress's task queue, whose producer (the main thread) yields the GIL after each task."""
 
-    def add_task(self, task) -> None:
+    def add_task(self, task: Task) -> None:
         super().add_task(task)
         time.sleep(0)  # releases the GIL: the worker just notified takes it now, not in 5 ms
 
@@ -59,7 +63,7 @@ class JsonErrorChannel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
-def _server_with_json_errors(app, **settings):
+def _server_with_json_errors(app: WSGIApplication, **settings: Any) -> Any:
     """waitress's server, whose connections answer unreadable requests in JSON (the hook
     `waitress.serve` offers for its server is `_server`, as `_dispatcher` is for its queue)."""
     server = waitress.server.create_server(app, **settings)
@@ -68,7 +72,10 @@ def _server_with_json_errors(app, **settings):
 
 
 def serve(
-    app, port: int, threads: int, dispatcher_class: type[ThreadedTaskDispatcher] = GilYieldingDispatcher
+    app: WSGIApplication,
+    port: int,
+    threads: int,
+    dispatcher_class: type[ThreadedTaskDispatcher] = GilYieldingDispatcher,
 ) -> None:
     """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until the process stops.
 
