@@ -9,6 +9,7 @@
                      POST /api/jobs/<id>/retry|cancel, POST /api/jobs/bulk/retry|cancel,
                      POST /api/queues/<name>/pause|resume
     routes_jobs_page GET /jobs, GET /jobs/<id>
+    routes_reports   GET /reports/preview (the emailed report as a page: tally/reports.py)
     routes_openapi   GET /api/openapi.json (the description of all of the above: tally/web/openapi.py)
 
 Who may call each route is the guard under it (tally/web/auth.py); shared answers and
