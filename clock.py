@@ -1,9 +1,9 @@
 """clock: defers the periodic jobs on their schedules, nothing else. Procfile: `clock: python clock.py`.
 
 Any number of clocks may run: procrastinate's periodic-defers table lets each tick be
-deferred once. Schedules come from CLEANUP_SCHEDULE, RETRY_STALLED_SCHEDULE,
-PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field);
-send_reports hourly when REPORT_SCHEDULE is not off.
+deferred once. The schedule is jobs/schedule.py's: CLEANUP_SCHEDULE, RETRY_STALLED_SCHEDULE,
+PRUNE_SCHEDULE, ROLLUP_SCHEDULE and SALT_SCHEDULE (cron, optionally with a 6th seconds field),
+maintain_partitions hourly, and send_reports hourly when REPORT_SCHEDULE is not off.
 """
 
 from __future__ import annotations
