@@ -1,13 +1,26 @@
 """The dimensions of a page view: what stats rank, filter and export by, in one table.
 
 Each row says how a dimension is named in the API (the filter parameter, the `top_*` panel
-and its rows' key), which column of `page_views` holds it (or the SQL expression that
-derives it), and how the dashboard titles it. Collecting fills the columns
-(tally/web/audience.py), the rollup folds every dimension into the same tables
-(migrations/0020: its VALUES lists name these, in `tally_rollup_page_views` and
-`tally_visitor_moves`, and tests/test_audience.py keeps them equal), and stats, filters,
-the dashboard and the export read this table. Adding a dimension is a column, a line here
-and a line in each of the rollup's lists.
+and its rows' key), which column of `page_views` holds it (documentation: no SQL is built
+from it; tests/test_audience.py checks a plain column's filter is in tally/queries.sql), and
+how the dashboard titles it. The panels, the filters' names, the dashboard and the API
+description read this table; the SQL names each column itself. Adding a dimension `x`:
+
+- a line here. Its place sets the panels' order, and must be its column's place in
+  `stats_tail`: tally/web/panels.py reads the tail's rows by position;
+- a migration: `ALTER TABLE page_views ADD COLUMN x text`, and these functions again, whole,
+  with `x` added: `tally_rollup_page_views()` (as last written in migrations/0020: `fresh`'s
+  two branches, `grouped`'s two lists and one more GROUP BY position, a line in its VALUES
+  list), `tally_visitor_moves()` (migrations/0023: `seen`, one more NULL in its events branch,
+  a line in its VALUES list) and a `tally_views_matching` with an `of_x` argument (keep the
+  old one for the old release's web, as migrations/0022 does);
+- tally/queries.sql: `insert_page_views` (the column and its `v->>N`), `stats_tail` (the
+  column, one more position in both GROUP BYs), `filtered_answer` (the column in `matching`,
+  `%(x)s` among the arguments, a line in its VALUES list), and `%(x)s` in `recent_visitors`
+  and `filtered_export`;
+- a field of `View` (tally/web/view_writer.py) in insert_page_views' order, which
+  tally/web/collect.py fills (from tally/web/audience.py for what the sender's request says);
+- tests/test_audience.py reads migrations/0020's VALUES lists: point it at the new migration.
 
 >>> [dimension.name for dimension in DIMENSIONS][:3]
 ['path', 'referrer', 'source']
