@@ -404,7 +404,8 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
         {"source": "hn", "views": 1, "visitors": 1},
     ]
     assert body["top_referrers"] == [
-        # google.com and google.co.uk: one search engine; one visitor per domain (README, "Limits")
+        # google.com and google.co.uk: one search engine; one visitor per domain
+        # (README, "Filters and comparison")
         {"referrer": "Google", "views": 2, "visitors": 2},
         {"referrer": "news.ycombinator.com", "views": 2, "visitors": 1},  # www. folded
         {"referrer": "Bing", "views": 1, "visitors": 1},

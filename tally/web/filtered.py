@@ -24,11 +24,11 @@ from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
 from tally.web.filters import sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
+from tally.web.windows import TOP_ROWS
 
 if TYPE_CHECKING:
     from tally.web.stats import Window
 
-TOP_ROWS = 10
 EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered on
 # The memory of each sort and hash of a filtered answer, for its transaction only: where a filter
 # matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
