@@ -115,3 +115,26 @@ def test_the_rollup_and_the_queries_name_every_dimension_and_only_those():
     for dimension in DIMENSIONS:
         if dimension.column.isidentifier():
             assert f"%({dimension.name})s" in texts[1], dimension.name
+
+
+def test_the_stats_tail_lists_the_dimensions_in_their_order():
+    """tally/web/panels.py reads `stats_tail`'s rows by position: a dimension whose column is
+    elsewhere in the query's list counts its tail's values in another dimension's panel (a
+    `language` line put before `device` showed devices among the languages, and languages among
+    the devices, until the next rollup)."""
+    from tally.db import QUERIES
+
+    query = "\n".join(line for line in QUERIES["stats_tail"].splitlines() if not line.startswith("--"))
+    select = query.split("\n  FROM", 1)[0].removeprefix("SELECT")
+    columns = [re.split(r"\s+AS\s+", part.strip())[-1] for part in re.split(r",(?![^(]*\))", select)]
+    names = [dimension.name for dimension in DIMENSIONS]
+    assert columns == ["day", "recent", *names, "views", "with_visitor"], columns
+
+
+def test_the_visitor_moves_name_every_dimension():
+    """tally_visitor_moves as last written (migrations/0023) lists the dimensions too, between the
+    whole site's row ('') and events'."""
+    text = (ROOT / "migrations" / "0023_event_visitors.sql").read_text()
+    block = re.search(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", text, re.S).group(1)
+    names = [dimension.name for dimension in DIMENSIONS]
+    assert re.findall(r"\('(\w*)', ", block) == ["", *names, "event"]
