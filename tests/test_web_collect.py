@@ -603,3 +603,14 @@ def test_web_py_answers_any_header_bytes_and_never_logs_them(start_process, conn
     time.sleep(0.5)  # the last lines written
     for secret in ("Unique/4242", "MyApp", "198.51.100.99", "Traceback"):
         assert secret not in web.output(), secret
+
+
+def test_sites_says_the_days_it_counted(client, conn, monkeypatch):
+    """The answer's `days` is the window the sites were counted over, not a second copy of it."""
+    monkeypatch.setattr("tally.web.stats.SITES_DAYS", 2)
+    beacon(client, "https://example.com/", status=201)
+    conn.execute(
+        "INSERT INTO page_views (site, path, viewed_at)"
+        " VALUES ('example.com', '/', now() - interval '5 days')"
+    )
+    assert client.get("/api/sites").json == {"days": 2, "sites": [{"site": "example.com", "views": 1}]}

@@ -13,6 +13,7 @@ import psycopg_pool
 
 from tally.config import Config
 from tally.web import dashboard, export, queue_state, routes_reports
+from tally.web import stats as stats_module
 from tally.web.auth import Auth, Reader
 from tally.web.error_page import page_errors
 from tally.web.params import (
@@ -87,7 +88,11 @@ def register(
     def show_sites():
         """List the sites that have views, with their views over the last 30 days."""
         return json_response(
-            200, {"days": 30, "sites": reads.run(lambda read_pool: stats.sites(pool=read_pool))}
+            200,
+            {
+                "days": stats_module.SITES_DAYS,
+                "sites": reads.run(lambda read_pool: stats.sites(pool=read_pool)),
+            },
         )
 
     @app.get("/api/export")

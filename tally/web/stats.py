@@ -44,7 +44,7 @@ CACHE_ENTRIES = 16
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
 # someone reads stats, and grouping the tail stays around a millisecond.
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
-# Sites counted by GET /api/sites.
+# GET /api/sites counts each site's views over this many days (its answer's `days`).
 SITES_DAYS = 30
 
 
