@@ -6,8 +6,9 @@ source the URL's `utm_source` (or `ref`, `source`). Sites outside `SITES` get 40
 keyed hash (tally/web/visitors.py); the client's address and user agent go into it and
 nowhere else: not a column, not a log line.
 
-    >>> parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "width": 390}')
-    Beacon(site='example.com', path='/a', source='news', referrer=None, medium=None, campaign=None, width=390)
+    >>> beacon = parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "width": 390}')
+    >>> beacon.site, beacon.path, beacon.source, beacon.referrer, beacon.width, beacon.event
+    ('example.com', '/a', 'news', None, 390, None)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ the age of its last replayed transaction (an idle primary sends none); otherwise
 smaller of two upper bounds: the age of the last transaction it replayed, and the time since a
 check last found it caught up. docs/ARCHITECTURE.md, "Read replica", says why.
 
-    >>> reads = ReadRouter(pool)                          # doctest: +SKIP  (no replica: the primary)
+    >>> reads = ReadRouter(pool)  # no replica: every read on the primary  # doctest: +SKIP
     >>> reads.run(lambda pool: stats.sites(pool=pool))   # doctest: +SKIP
 """
 
