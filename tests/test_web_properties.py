@@ -291,3 +291,11 @@ def test_any_content_length_and_type_get_a_2xx_or_4xx(app, caplog, length, conte
     status = post_raw(app, {**environ, "HTTP_USER_AGENT": f"Mozilla/5.0 {UA_MARK}"})
     assert int(status.split()[0]) < 500, status
     assert UA_MARK not in caplog.text
+
+
+@pytest.mark.parametrize("content_type", [";", "application/x-www-form-urlencoded; charset", "text/plain;;"])
+@pytest.mark.parametrize("path", ["/api/collect", "/api/pageviews", "/login", "/logout"])
+def test_a_content_type_parameter_without_a_value_is_no_500(app, content_type, path):
+    """Bottle's form parser raised on a parameter without "=" (found by the case above)."""
+    status = post_raw(app, {"PATH_INFO": path, "CONTENT_LENGTH": "", "CONTENT_TYPE": content_type})
+    assert int(status.split()[0]) < 500, status

@@ -77,6 +77,14 @@ def clean_headers(environ: MutableMapping[str, Any]) -> None:
             http.cookies.SimpleCookie(environ["HTTP_COOKIE"])
         except http.cookies.CookieError:
             del environ["HTTP_COOKIE"]
+    content_type = environ.get("CONTENT_TYPE")
+    if isinstance(content_type, str) and '"' not in content_type:
+        # Bottle's form parser splits each parameter at "=" and raises on one without it
+        # (`text/plain; charset`, or `;` alone): a 500 on any form. Such a parameter says nothing.
+        media_type, *params = content_type.split(";")
+        kept = [param for param in params if "=" in param]
+        if len(kept) != len(params):
+            environ["CONTENT_TYPE"] = ";".join([media_type, *kept])
     length = environ.get("CONTENT_LENGTH")
     if length and not (isinstance(length, str) and CONTENT_LENGTH.fullmatch(length.strip())):
         raise _refused("Content-Length must be a whole number of bytes.")
