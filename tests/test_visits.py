@@ -114,6 +114,35 @@ def test_visits_under_a_filter_are_made_of_the_matching_views(client, conn):
     assert body["top_entry_pages"] == [{"path": "/a", "visits": 3}]
 
 
+@pytest.mark.parametrize("filters", [{}, {"path": "/p"}])
+def test_the_change_of_a_figure_per_visit_is_worked_out_from_its_unrounded_value(client, conn, filters):
+    """Yesterday 1 visit of 3 views over 20 s; today 3 visits of 5 views, 110 s in all: views
+    per visit 3 -> 1.667 is -44.4% (the rounded 1.67 gave -44.3%), the duration 20 -> 36.667 s
+    is +83.3% (the rounded 36.7 gave +83.5%)."""
+    today = "date_trunc('day', now(), 'UTC') + interval '1 minute'"
+    yesterday = f"{today} - interval '1 day'"
+    for visitor, when in (
+        (1, yesterday),
+        (1, f"{yesterday} + interval '10 seconds'"),
+        (1, f"{yesterday} + interval '20 seconds'"),
+        (2, today),
+        (2, f"{today} + interval '100 seconds'"),
+        (3, today),
+        (3, f"{today} + interval '10 seconds'"),
+        (4, today),
+    ):
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            f" VALUES ('example.com', '/p', %s, {when})",
+            (visitor,),
+        )
+    body = client.get("/api/stats", {"days": "1", "tz": "UTC", "compare": "previous", **filters}).json
+    assert (body["visits"], body["views_per_visit"], body["visit_duration_seconds"]) == (3, 1.67, 36.7)
+    change = body["previous"]["change_percent"]
+    assert (change["views_per_visit"], change["visit_duration_seconds"]) == (-44.4, 83.3)
+    assert "visit_figures_unrounded" not in body and "visit_figures_unrounded" not in body["previous"]
+
+
 def test_the_period_before_and_the_dashboard_show_visits(client, conn):
     insert(conn, VIEWS)
     roll_up(conn)

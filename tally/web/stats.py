@@ -143,7 +143,8 @@ class StatsReader:
                     previous = filtered.stats(cur, before, params, self.retention_days, panels=False)
                 else:
                     previous, _ = self._read(cur, state, bounds, before, panels=False)
-                answer["previous"] = with_changes(previous, answer)
+                answer["previous"] = with_changes(previous, answer, visits.EXACT)
+        answer.pop(visits.EXACT)
         answer.update(site=site, tz=tz, filters=filters, retention_days=self.retention_days)
         if not window.current:  # a past window: the figures about now are not its own
             for key in ("views_last_24h", "current_visitors", "crawlers_filtered"):

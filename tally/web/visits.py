@@ -8,7 +8,8 @@ formed again with the views not rolled up yet, less the ones they replace); a fi
 forms them of the matching views alone (tally/queries.sql, filtered_visits).
 
     >>> day = datetime.date(2026, 1, 2)
-    >>> figures({day: VisitCounts(visits=4, bounces=1, views=10, duration_us=90_000_000)})
+    >>> answer = figures({day: VisitCounts(visits=4, bounces=1, views=10, duration_us=90_000_000)})
+    >>> {key: value for key, value in answer.items() if key != EXACT}
     {'visits': 4, 'bounce_rate': 0.25, 'visit_duration_seconds': 22.5, 'views_per_visit': 2.5}
 """
 
@@ -64,19 +65,33 @@ def add_moves(
             pages["exit"][exit_path] += visits
 
 
+# The answer's key for the unrounded figures per visit, which the change in percent is worked
+# out from (1 visit of 1 view, then 3 of 5: views per visit 1.67, up 66.7%, not 67.0%); the
+# answer leaves it out (tally/web/stats.py).
+EXACT = "visit_figures_unrounded"
+# Each figure per visit and the digits it is answered with.
+PER_VISIT_DIGITS = {"bounce_rate": 4, "visit_duration_seconds": 1, "views_per_visit": 2}
+
+
 def figures(per_day: dict[datetime.date, VisitCounts]) -> dict[str, Any]:
-    """The answer's visit figures over the window's days (0 where there was no visit)."""
+    """The answer's visit figures over the window's days (0 where there was no visit), and
+    under EXACT the figures per visit unrounded."""
     total = VisitCounts()
     for counts in per_day.values():
         total.add(counts.visits, counts.bounces, counts.views, counts.duration_us)
     if not total.visits:
-        return {"visits": 0, "bounce_rate": 0, "visit_duration_seconds": 0, "views_per_visit": 0}
-    return {
-        "visits": total.visits,
-        "bounce_rate": round(total.bounces / total.visits, 4),
-        "visit_duration_seconds": round(total.duration_us / total.visits / 1e6, 1),
-        "views_per_visit": round(total.views / total.visits, 2),
+        return {
+            "visits": 0,
+            **dict.fromkeys(PER_VISIT_DIGITS, 0),
+            EXACT: dict.fromkeys(PER_VISIT_DIGITS, 0.0),
+        }
+    exact = {
+        "bounce_rate": total.bounces / total.visits,
+        "visit_duration_seconds": total.duration_us / total.visits / 1e6,
+        "views_per_visit": total.views / total.visits,
     }
+    rounded = {key: round(value, PER_VISIT_DIGITS[key]) for key, value in exact.items()}
+    return {"visits": total.visits, **rounded, EXACT: exact}
 
 
 def page_rows(counts: dict[str, int], limit: int) -> list[dict[str, Any]]:

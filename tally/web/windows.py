@@ -90,19 +90,15 @@ def count_days(visitors: collections.Counter, window: Window, day: datetime.date
 PER_VISIT = ("bounce_rate", "visit_duration_seconds", "views_per_visit")
 
 
-def with_changes(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """The previous period's totals and days, and each total's change to the current one in percent."""
-    compared = (
-        "total_views",
-        "visitors",
-        "visits",
-        "bounce_rate",
-        "visit_duration_seconds",
-        "views_per_visit",
-    )
+def with_changes(previous: dict[str, Any], current: dict[str, Any], exact: str) -> dict[str, Any]:
+    """The previous period's totals and days, and each total's change to the current one in
+    percent: of the figures per visit, from their unrounded values under the key `exact`."""
+    compared = ("total_views", "visitors", "visits", *PER_VISIT)
     body = {key: previous[key] for key in ("days", "first_day", "last_day", "daily", *compared)}
+    before = {**previous, **previous[exact]}
+    now = {**current, **current[exact]}
     body["change_percent"] = {
-        key: None if not previous[key] else round(100 * (current[key] - previous[key]) / previous[key], 1)
+        key: None if not before[key] else round(100 * (now[key] - before[key]) / before[key], 1)
         for key in compared
     }
     if not current.get("visits"):  # no visit has no bounce rate, duration or views per visit to change
