@@ -85,8 +85,11 @@ class Report:
 
     @property
     def subject(self) -> str:
+        """One line: a site recorded by plain SQL may hold a line break or another control
+        character, which a header cannot (email refuses it, and the run stopped there)."""
         views = self.current["total_views"]
-        return f"Tally: {self.site}, {self.period.title}: {views:,} views"
+        site = "".join(character if character.isprintable() else "\ufffd" for character in self.site)
+        return f"Tally: {site}, {self.period.title}: {views:,} views"
 
     def html(self) -> str:
         return TEMPLATE.render(report=self, totals=self.totals(), tops=self.tops(), chart=self.chart())

@@ -110,6 +110,26 @@ def test_a_550_is_recorded_for_its_recipient_and_the_others_are_sent(database_ur
     assert "Reports not delivered" in page and "nobody@example.com" in page and "550" in page
 
 
+def test_a_site_name_with_a_line_break_does_not_stop_the_other_sites_reports(database_url, pool, conn):
+    # page_views.site takes any lower-case text from plain SQL; a line break in it cannot go
+    # into a Subject header, and the run used to raise there: every site sorted after it waited.
+    views_over_weeks(conn)
+    today = local_today(conn)
+    last_week = reports.last_full_period("weekly", today)
+    odd = "a\nbcc: someone@example.net"
+    conn.execute(
+        "INSERT INTO page_views (site, path, viewed_at) VALUES (%s, '/x', %s)",
+        (odd, datetime.datetime.combine(last_week.first_day, datetime.time(12), datetime.UTC)),
+    )
+    with SmtpServer() as smtp:
+        outcome = run_once(database_url, pool, smtp, "owner@example.com", today)
+        received = smtp.received()
+    sites = {row[0] for row in conn.execute("SELECT site FROM tally_report_deliveries WHERE status = 'sent'")}
+    assert odd in sites and SITE in sites, outcome
+    assert all("\n" not in message["Subject"] and message["Bcc"] is None for message in received)
+    assert any("a\ufffdbcc: someone@example.net" in message["Subject"] for message in received)
+
+
 def test_starttls_when_offered_with_a_login_and_smtps(database_url, pool, conn, tmp_path, monkeypatch):
     from aiosmtpd.smtp import AuthResult
 
