@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import email.utils
 import hashlib
 import smtplib
+import socket
 import ssl
+import threading
 
 from tally.env import SmtpServer
 
@@ -22,6 +25,10 @@ from tally.env import SmtpServer
 # answering kept the worker 30.3 s past SIGTERM, and Heroku kills at 30. A timeout is a
 # temporary failure: the message is sent again later.
 SMTP_TIMEOUT_SECONDS = 8.0
+# ... and the whole conversation no longer than this. The timeout above bounds each read of
+# the socket, not a reply: a server sending its reply a byte every few seconds (a tarpit)
+# held one send for minutes, past the job's time limit and the worker's drain.
+SMTP_CONVERSATION_SECONDS = SMTP_TIMEOUT_SECONDS
 
 
 class TemporaryFailure(Exception):
@@ -61,13 +68,44 @@ def send(server: SmtpServer, message: email.message.EmailMessage) -> None:
 
     Raises TemporaryFailure or PermanentFailure; returns only once the server accepted it.
     """
+    if server.tls:
+        client: smtplib.SMTP = smtplib.SMTP_SSL(
+            timeout=SMTP_TIMEOUT_SECONDS, context=ssl.create_default_context()
+        )
+    else:
+        client = smtplib.SMTP(timeout=SMTP_TIMEOUT_SECONDS)
+    # Made unconnected, to start the cut-off before the greeting; TLS checks the certificate
+    # against _host, which only a constructor given the host sets.
+    client._host = server.host
+    hung_up = threading.Event()
+    cut_off = threading.Timer(SMTP_CONVERSATION_SECONDS, _hang_up, (client, hung_up))
+    cut_off.daemon = True
+    cut_off.start()
     try:
-        if server.tls:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS, context=ssl.create_default_context()
-            )
-        else:
-            client = smtplib.SMTP(server.host, server.port, timeout=SMTP_TIMEOUT_SECONDS)
+        _converse(client, server, message)
+    except TemporaryFailure:
+        if hung_up.is_set():  # we hung up: say why, not "connection closed" or a reply cut short
+            raise TemporaryFailure(
+                f"the server took longer than {SMTP_CONVERSATION_SECONDS:g} s to take the message"
+            ) from None
+        raise
+    finally:
+        cut_off.cancel()
+        client.close()
+
+
+def _hang_up(client: smtplib.SMTP, hung_up: threading.Event) -> None:
+    """Wake the sending thread where it waits for the server: its read then ends at once."""
+    hung_up.set()
+    sock = client.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _converse(client: smtplib.SMTP, server: SmtpServer, message: email.message.EmailMessage) -> None:
+    try:
+        client.connect(server.host, server.port)
         with client:
             client.ehlo()
             if not server.tls and client.has_extn("starttls"):

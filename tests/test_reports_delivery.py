@@ -130,6 +130,62 @@ def test_a_site_name_with_a_line_break_does_not_stop_the_other_sites_reports(dat
     assert any("a\ufffdbcc: someone@example.net" in message["Subject"] for message in received)
 
 
+@pytest.mark.parametrize("stage", ["greeting", "end of data"])
+def test_a_server_that_drips_its_reply_is_cut_off_within_the_conversations_bound(stage):
+    # SMTP_TIMEOUT_SECONDS bounds each read of the socket: a reply arriving a byte every
+    # half second never met it, and one send lasted as long as the server liked.
+    import socket
+    import threading
+    import time
+
+    from tally import mail
+    from tally.env import SmtpServer as Server
+    from tests.conftest import free_port
+
+    port = free_port()
+    listener = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+
+    def tarpit() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(1)
+            if stage == "end of data":
+                conn.sendall(b"220 ready\r\n")
+                buffer = b""
+                while not stop.is_set() and not buffer.endswith(b"\r\n.\r\n"):
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    for command in (b"EHLO", b"MAIL", b"RCPT", b"DATA"):
+                        if chunk.upper().startswith(command):
+                            conn.sendall(b"354 go on\r\n" if command == b"DATA" else b"250 ok\r\n")
+            for byte in b"250-" + b"slowly " * 4:  # 16 s of a reply of several lines, unfinished
+                if stop.wait(0.5):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=tarpit, daemon=True)
+    thread.start()
+    message = mail.compose("t@example.com", "o@example.com", "S", "text", "<p>html</p>", message_id="<a@b>")
+    started = time.monotonic()
+    try:
+        with pytest.raises(mail.TemporaryFailure, match="took longer than"):
+            mail.send(Server("127.0.0.1", port, False), message)
+        assert time.monotonic() - started < mail.SMTP_CONVERSATION_SECONDS + 2
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
 def test_starttls_when_offered_with_a_login_and_smtps(database_url, pool, conn, tmp_path, monkeypatch):
     from aiosmtpd.smtp import AuthResult
 
