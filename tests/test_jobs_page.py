@@ -215,6 +215,16 @@ def test_a_jobs_page_shows_arguments_events_worker_and_the_traceback(client, con
     client.get("/jobs/999999", headers=OWNER, status=404)
 
 
+def test_a_jobs_page_writes_its_scheduled_time_in_the_owners_zone_as_every_other(database_url, pool, conn):
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, TIMEZONE="Europe/Paris")
+    defer_by_sql(conn, "cleanup_old_page_views")
+    job_id = conn.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = '2026-07-01 10:00:00+00' RETURNING id"
+    ).fetchone()[0]
+    page = client.get(f"/jobs/{job_id}", headers=OWNER)
+    assert page.html.find(id="job-scheduled").text == "2026-07-01 12:00:00 CEST"
+
+
 def test_the_worker_stores_the_traceback(conn):
     import asyncio
 

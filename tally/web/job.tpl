@@ -36,7 +36,7 @@
       <tr><th>Worker</th><td id="job-worker">{{'worker ' + str(job['worker_id']) if job['worker_id'] is not None else 'none now'}}{{(', failed on ' + ', '.join(sorted({e['worker'] for e in errors if e['worker']}))) if any(e['worker'] for e in errors) else ''}}</td></tr>
       <tr><th>Lock</th><td>{{job['lock'] or ''}}</td></tr>
       <tr><th>Priority</th><td>{{job['priority']}}</td></tr>
-      <tr><th>Scheduled</th><td>{{job['scheduled_at'] or ''}}</td></tr>
+      <tr><th>Scheduled</th><td id="job-scheduled">{{scheduled}}</td></tr>
       <tr><th>Times in</th><td>{{zone}}</td></tr>
       <tr><th>Arguments</th><td><pre id="job-args">{{args}}</pre></td></tr>
     </table>

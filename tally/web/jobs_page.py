@@ -136,8 +136,11 @@ def render_job(
             return None
         events = _rows(conn, "job_events", job_id=job_id)
         errors = _rows(conn, "job_errors", job_id=job_id)
+    when = time_shown(zone)
+    scheduled = job["scheduled_at"]  # the API's ISO text; the page writes times in the owner's zone
     return JOB_TEMPLATE.render(
         job=job,
+        scheduled=when(datetime.datetime.fromisoformat(scheduled)) if scheduled else "",
         args=json.dumps(job["args"], indent=2, sort_keys=True, default=str),
         events=events,
         errors=errors,
@@ -145,5 +148,5 @@ def render_job(
         notice=notice,
         here=f"/jobs/{job_id}",
         zone=zone,
-        when=time_shown(zone),
+        when=when,
     )
