@@ -88,19 +88,24 @@ class Report:
         """One line: a site recorded by plain SQL may hold a line break or another control
         character, which a header cannot (email refuses it, and the run stopped there)."""
         views = self.current["total_views"]
-        site = "".join(character if character.isprintable() else "\ufffd" for character in self.site)
-        return f"Tally: {site}, {self.period.title}: {views:,} views"
+        return f"Tally: {one_line(self.site)}, {self.period.title}: {views:,} views"
 
     def html(self) -> str:
         return TEMPLATE.render(report=self, totals=self.totals(), tops=self.tops(), chart=self.chart())
 
     def text(self) -> str:
-        lines = [f"Tally report for {self.site}", f"{self.period.title} (days in {self.current['tz']})", ""]
+        lines = [
+            f"Tally report for {one_line(self.site)}",
+            f"{self.period.title} (days in {self.current['tz']})",
+            "",
+        ]
         for row in self.totals():
             lines.append(f"{row['name']}: {row['value']:,} ({row['change']} against {row['before']:,})")
         for title, rows in self.tops():
             lines += ["", f"{title}:"]
-            lines += [f"  {row['views']:>8,}  {row['name']}  ({row['change']})" for row in rows] or ["  none"]
+            lines += [
+                f"  {row['views']:>8,}  {one_line(row['name'])}  ({row['change']})" for row in rows
+            ] or ["  none"]
         lines += ["", "Views per day:"]
         lines += [
             f"  {day['day']}  {day['views']:>8,} views  {day['visitors']:>8,} visitors"
@@ -157,6 +162,12 @@ class Report:
             height = round(CHART_HEIGHT_PX * day["views"] / peak)
             bars.append({**day, "height": height, "rest": CHART_HEIGHT_PX - height, "label": label})
         return bars
+
+
+def one_line(name: str) -> str:
+    """`name` with each line break or other control character as U+FFFD: a site or path from
+    plain SQL may hold one, which would start a line of its own in the text part."""
+    return "".join(character if character.isprintable() else "\ufffd" for character in name)
 
 
 def change(now: int, before: int) -> str:

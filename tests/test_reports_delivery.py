@@ -130,6 +130,27 @@ def test_a_site_name_with_a_line_break_does_not_stop_the_other_sites_reports(dat
     assert any("a\ufffdbcc: someone@example.net" in message["Subject"] for message in received)
 
 
+def test_a_path_with_a_line_break_stays_on_its_line_of_the_text_part(database_url, pool, conn):
+    views_over_weeks(conn)
+    today = local_today(conn)
+    last_week = reports.last_full_period("weekly", today)
+    forged = "Views: 999,999 (+900% against 1)"
+    conn.execute(  # plain SQL takes it; the HTTP API refuses a control character in a path
+        "INSERT INTO page_views (site, path, viewed_at) SELECT %s, %s, %s FROM generate_series(1, 500)",
+        (
+            SITE,
+            f"/x\n{forged}",
+            datetime.datetime.combine(last_week.first_day, datetime.time(12), datetime.UTC),
+        ),
+    )
+    with SmtpServer() as smtp:
+        run_once(database_url, pool, smtp, f"{SITE}=owner@example.com", today)
+        (message,) = smtp.received()
+    lines = message.get_body(("plain",)).get_content().splitlines()
+    assert forged not in lines and not any(line.startswith(forged) for line in lines)
+    assert any(f"/x\ufffd{forged}" in line for line in lines)
+
+
 @pytest.mark.parametrize("stage", ["greeting", "end of data"])
 def test_a_server_that_drips_its_reply_is_cut_off_within_the_conversations_bound(stage):
     # SMTP_TIMEOUT_SECONDS bounds each read of the socket: a reply arriving a byte every
