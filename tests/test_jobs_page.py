@@ -141,6 +141,24 @@ def test_the_page_forms_act_with_the_session_and_its_csrf_token_only(client, con
     assert statuses(conn, "rotate_visitor_salts") == ["todo"]
 
 
+def test_a_refused_form_shows_the_browser_a_page_with_the_way_back(client, conn):
+    """A form posted from a page left open (its session ended, its CSRF token from an older
+    one) showed the browser a line of JSON at /api/jobs/<id>/retry, with no way back."""
+    failed = make_failed_job(conn)
+    csrf = logged_in(client)
+    browser = {**SAME_SITE, "Accept": "text/html,application/xhtml+xml"}
+    form = {"csrf": csrf + "x", "next": "/jobs?status=failed"}
+    page = client.post(f"/api/jobs/{failed}/retry", form, headers=browser, status=403)
+    assert page.content_type == "text/html"
+    assert "reload the page" in page.text and 'href="/jobs"' in page.text
+    client.post("/logout", {"csrf": csrf}, headers=SAME_SITE)
+    page = client.post(f"/api/jobs/{failed}/retry", {**form, "csrf": csrf}, headers=browser, status=401)
+    assert page.content_type == "text/html" and 'href="/jobs"' in page.text
+    assert status_of(conn, failed) == "failed"
+    # Scripts keep the JSON.
+    assert client.post(f"/api/jobs/{failed}/retry", status=401).json["error"]
+
+
 @pytest.mark.parametrize(
     "next_page", ["/jobs/\r\nSet-Cookie: x=1", "/jobs?\x00", "/jobs/\u2028", "/jobs/\u00e9"]
 )

@@ -1,5 +1,5 @@
-"""The errors of the pages people open in a browser (the dashboard, the jobs pages, the report's
-preview), as a page.
+"""The errors of the pages people open in a browser (the dashboard, the jobs pages and their
+forms' actions, the report's preview), as a page.
 
 Every route answers an error as `{"error": "<sentence>"}` with its status (DESIGN.md). A
 browser that asked one of the HTML pages for HTML (`Accept: text/html`, as every browser's
@@ -32,6 +32,7 @@ MOST_PARAMETERS = 12
 SHOWN_VALUE = 60  # characters of a parameter's value in a link's label
 KEPT = ("share",)  # a share link's reader keeps the token in every way out
 PAGE_NAMES = {"/": "The dashboard", "/jobs": "The jobs page"}
+ACTIONS = ("/api/jobs/", "/api/queues/")  # where the jobs pages' forms post
 FEWER_DAYS = 7
 HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
@@ -50,6 +51,8 @@ def ways_out(status: int) -> list[tuple[str, str]]:
     """(label, address): this address again (503: the database may answer later), without
     each of its parameters, and the page with none; the share token kept in each."""
     path = bottle.request.path
+    if path.startswith(ACTIONS):  # a form of the jobs pages, posted: no address of it to open again
+        return [("The jobs page", "/jobs")]
     given = urllib.parse.parse_qsl(bottle.request.query_string, keep_blank_values=True, errors="replace")
     kept = [(name, value) for name, value in given if name in KEPT]
     others = [(name, value) for name, value in given if name not in KEPT]

@@ -17,6 +17,7 @@ import psycopg_pool
 
 from tally.web import job_actions, queue_state
 from tally.web.auth import BY_SESSION, Auth
+from tally.web.error_page import page_errors
 from tally.web.job_actions import QUEUE_NAME, Outcome
 from tally.web.params import parse_job_filters
 from tally.web.responses import database_unavailable, json_error, json_response
@@ -79,6 +80,7 @@ def register(
         return json_error(404, f"There is no job {job_id!r}: job ids are whole numbers.")
 
     @app.post("/api/jobs/<job_id:int>/retry")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def retry_failed_job(job_id: int):
@@ -87,6 +89,7 @@ def register(
             return answer(job_actions.retry(conn, job_id, auth.actor()))
 
     @app.post("/api/jobs/<job_id:int>/cancel")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def cancel_job(job_id: int):
@@ -95,6 +98,7 @@ def register(
             return answer(job_actions.cancel(conn, jobs_app, job_id, auth.actor()))
 
     @app.post("/api/jobs/bulk/retry")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def retry_matching_jobs():
@@ -104,6 +108,7 @@ def register(
             return answer(job_actions.retry_matching(conn, filters, auth.actor()))
 
     @app.post("/api/jobs/bulk/cancel")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def cancel_matching_jobs():
@@ -113,6 +118,7 @@ def register(
             return answer(job_actions.cancel_matching(conn, filters, auth.actor()))
 
     @app.post("/api/jobs/<task>")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def defer_job(task: str):
@@ -125,6 +131,7 @@ def register(
         return answer(Outcome(202, {"job_id": job_id, "task": task, "done": done}))
 
     @app.post("/api/queues/<name>/pause")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def pause_queue(name: str):
@@ -133,6 +140,7 @@ def register(
             return answer(job_actions.pause(conn, queue_name(name), auth.actor()))
 
     @app.post("/api/queues/<name>/resume")
+    @page_errors
     @auth.owner_changes
     @database_unavailable
     def resume_queue(name: str):
