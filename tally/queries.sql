@@ -525,12 +525,12 @@ SELECT count(*) AS resumed,
 SELECT queue_name AS queue, paused_at FROM tally_paused_queues ORDER BY paused_at, queue_name
 
 -- retry_job --
--- Queue a failed or cancelled job again, at once, and wake the workers as a new job would.
+-- Queue a failed, cancelled or aborted job again, at once, and wake the workers as a new job would.
 -- `attempts` stays: procrastinate counted the failed attempt when it finished (its own
 -- procrastinate_retry_job_v2 would count a failed job's last attempt a second time).
 WITH target AS (
     SELECT id, status FROM procrastinate_jobs
-     WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
+     WHERE id = %(job_id)s AND status IN ('failed', 'cancelled', 'aborted')
        FOR UPDATE
 ), retried AS (
     UPDATE procrastinate_jobs job
@@ -539,9 +539,9 @@ WITH target AS (
      WHERE job.id = target.id
  RETURNING job.id, job.queue_name, target.status::text AS was
 ), cancelled_event AS (
-    -- procrastinate's trigger records failed -> todo as 'retried'; cancelled -> todo it leaves out.
+    -- procrastinate's trigger records failed -> todo as 'retried'; cancelled or aborted -> todo it leaves out.
     INSERT INTO procrastinate_events (job_id, type)
-    SELECT id, 'retried' FROM retried WHERE was = 'cancelled'
+    SELECT id, 'retried' FROM retried WHERE was IN ('cancelled', 'aborted')
 )
 SELECT id, was,
        pg_notify('procrastinate_queue_v1#' || queue_name, json_build_object('type', 'job_inserted', 'job_id', id)::text),
@@ -549,10 +549,10 @@ SELECT id, was,
   FROM retried
 
 -- retry_jobs_matching --
--- Queue again up to `limit` failed or cancelled jobs of a filter, newest first; wake the workers once.
+-- Queue again up to `limit` failed, cancelled or aborted jobs of a filter, newest first; wake the workers once.
 WITH target AS (
     SELECT id, status FROM procrastinate_jobs
-     WHERE status IN ('failed', 'cancelled')
+     WHERE status IN ('failed', 'cancelled', 'aborted')
        AND (%(status)s::procrastinate_job_status IS NULL OR status = %(status)s)
        AND (%(task)s::varchar IS NULL OR task_name = %(task)s)
        AND (%(queue)s::varchar IS NULL OR queue_name = %(queue)s)
@@ -566,7 +566,7 @@ WITH target AS (
  RETURNING job.id, job.queue_name, target.status::text AS was
 ), cancelled_event AS (
     INSERT INTO procrastinate_events (job_id, type)
-    SELECT id, 'retried' FROM retried WHERE was = 'cancelled'
+    SELECT id, 'retried' FROM retried WHERE was IN ('cancelled', 'aborted')
 ), queues AS (
     SELECT DISTINCT queue_name FROM retried
 )

@@ -430,9 +430,30 @@ def test_queue_summary_and_retrying_a_failed_job(client, conn):
     client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
     assert client.get(f"/api/jobs/{failed}").json["status"] == "todo"
     assert (
-        "only failed or cancelled jobs"
+        "only failed, cancelled or aborted jobs"
         in client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=409).json["error"]
     )
+
+
+def test_an_aborted_job_can_be_retried_alone_or_in_bulk(client, conn):
+    """A running job aborted (by cancel, or past its time limit) ends `aborted`: it could be
+    neither retried (409) nor given a Retry button, only run anew without its arguments."""
+    aborted = []
+    for _ in range(2):
+        with jobs.app.open():
+            job_id = jobs.app.tasks["prune_finished_jobs"].defer()
+        worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+        conn.execute("SELECT procrastinate_fetch_job_v2(NULL, %s)", (worker_id,))
+        conn.execute("SELECT procrastinate_finish_job_v1(%s, 'aborted', false)", (job_id,))
+        aborted.append(job_id)
+    assert f'action="/api/jobs/{aborted[1]}/retry"' in client.get(f"/jobs/{aborted[1]}").text
+    client.post(f"/api/jobs/{aborted[0]}/retry", headers=auth(), status=202)
+    assert client.get(f"/api/jobs/{aborted[0]}").json["status"] == "todo"
+    assert client.post("/api/jobs/bulk/retry?status=aborted", headers=auth(), status=202).json["retried"] == 1
+    events = conn.execute(
+        "SELECT job_id, type::text FROM procrastinate_events WHERE type = 'retried' ORDER BY job_id"
+    ).fetchall()
+    assert events == [(aborted[0], "retried"), (aborted[1], "retried")]
 
 
 def test_wrong_method_and_unknown_address_answer_json(client):

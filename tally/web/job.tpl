@@ -40,7 +40,7 @@
       <tr><th>Times in</th><td>{{zone}}</td></tr>
       <tr><th>Arguments</th><td><pre id="job-args">{{args}}</pre></td></tr>
     </table>
-    % if job['status'] in ('failed', 'cancelled'):
+    % if job['status'] in ('failed', 'cancelled', 'aborted'):
     <form class="retry-form" method="post" action="/api/jobs/{{job['id']}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry</button></form>
     % elif job['status'] in ('todo', 'doing'):
     <form class="cancel-form" method="post" action="/api/jobs/{{job['id']}}/cancel"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">{{'Cancel' if job['status'] == 'todo' else 'Abort'}}</button></form>

@@ -55,14 +55,14 @@ def _rows(conn: psycopg.Connection, name: str, **params: Any) -> list[dict[str, 
 
 
 def retry(conn: psycopg.Connection, job_id: int, actor: str) -> Outcome:
-    """A failed or cancelled job back to `todo`, to run at once; 404 unknown, 409 in another state."""
+    """A failed, cancelled or aborted job back to `todo`, at once; 404 unknown, 409 in another state."""
     rows = _rows(conn, "retry_job", job_id=job_id)
     if not rows:
         job = queue_state.job_detail(conn, job_id)
         if job is None:
             return _refused(404, f"There is no job {job_id}.")
         return _refused(
-            409, f"Job {job_id} is {job['status']}; only failed or cancelled jobs can be retried."
+            409, f"Job {job_id} is {job['status']}; only failed, cancelled or aborted jobs can be retried."
         )
     logger.info("job %s retried (was %s) by %s", job_id, rows[0]["was"], actor)
     done = f"Job {job_id} was {rows[0]['was']} and waits to run again."
@@ -89,9 +89,9 @@ def cancel(conn: psycopg.Connection, jobs_app: procrastinate.App, job_id: int, a
 
 
 def retry_matching(conn: psycopg.Connection, filters: dict[str, Any], actor: str) -> Outcome:
-    """Retry the failed and cancelled jobs of a filter, newest first, BULK_LIMIT at most."""
-    if filters["status"] not in (None, "failed", "cancelled"):
-        return _refused(409, "Only failed or cancelled jobs can be retried: filter by one of those.")
+    """Retry the failed, cancelled and aborted jobs of a filter, newest first, BULK_LIMIT at most."""
+    if filters["status"] not in (None, "failed", "cancelled", "aborted"):
+        return _refused(409, "Only failed, cancelled or aborted jobs can be retried: filter by one of those.")
     (row,) = _rows(conn, "retry_jobs_matching", **filters, limit=BULK_LIMIT)
     logger.info("%s jobs retried in bulk (filter %s) by %s", row["retried"], _shown(filters), actor)
     done = f"{row['retried']} jobs wait to run again."

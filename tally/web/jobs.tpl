@@ -94,7 +94,7 @@
       <button type="submit">Filter</button>
     </form>
     <p>
-      <form id="bulk-retry" class="inline" method="post" action="/api/jobs/bulk/retry?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry every failed or cancelled job of this filter</button></form>
+      <form id="bulk-retry" class="inline" method="post" action="/api/jobs/bulk/retry?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry every failed, cancelled or aborted job of this filter</button></form>
       <form id="bulk-cancel" class="inline" method="post" action="/api/jobs/bulk/cancel?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Cancel every waiting or running job of this filter</button></form>
     </p>
     <table id="jobs">
@@ -105,7 +105,7 @@
         <td class="{{'failed' if job['status'] == 'failed' else ''}}">{{job['status']}}{{' (abort requested)' if job['abort_requested'] and job['status'] == 'doing' else ''}}</td>
         <td>{{job['queue']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['last_event'] or ''}} {{when(job['last_event_at'])}}</td>
         <td>
-          % if job['status'] in ('failed', 'cancelled'):
+          % if job['status'] in ('failed', 'cancelled', 'aborted'):
           <form class="inline retry-form" method="post" action="/api/jobs/{{job['id']}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry</button></form>
           % elif job['status'] in ('todo', 'doing'):
           <form class="inline cancel-form" method="post" action="/api/jobs/{{job['id']}}/cancel"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">{{'Cancel' if job['status'] == 'todo' else 'Abort'}}</button></form>

@@ -266,7 +266,7 @@ OPERATIONS = [
         "post",
         "/api/jobs/{job}/retry",
         "retry_failed_job",
-        "Retry a failed or cancelled job.",
+        "Retry a failed, cancelled or aborted job.",
         CHANGES,
         {"202": json_body("JobAction", "Waiting to run."), **BACK_TO_PAGE},
         own_params=(JOB_ID,),

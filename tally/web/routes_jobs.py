@@ -84,7 +84,7 @@ def register(
     @auth.owner_changes
     @database_unavailable
     def retry_failed_job(job_id: int):
-        """Queue a failed or cancelled job again, to run at once (owner)."""
+        """Queue a failed, cancelled or aborted job again, to run at once (owner)."""
         with pool.connection() as conn:
             return answer(job_actions.retry(conn, job_id, auth.actor()))
 
@@ -102,7 +102,7 @@ def register(
     @auth.owner_changes
     @database_unavailable
     def retry_matching_jobs():
-        """Queue again the failed and cancelled jobs of ?status, ?task and ?queue (owner)."""
+        """Queue again the failed, cancelled and aborted jobs of ?status, ?task and ?queue (owner)."""
         filters = parse_job_filters(bottle.request.query, only=True)
         with pool.connection() as conn:
             return answer(job_actions.retry_matching(conn, filters, auth.actor()))
