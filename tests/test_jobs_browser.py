@@ -105,6 +105,14 @@ def test_the_owner_runs_the_queue_from_the_page(start_process, conn: psycopg.Con
             rows = page.locator("#jobs tr[data-job-id]")
             assert rows.count() == 1 and rows.first.get_attribute("data-job-id") == str(failed)
             page.screenshot(path=str(SCREENSHOTS / "jobs-failed.png"), full_page=True)
+            # On a phone the row's action is in sight (it was past a sideways scroll, x 539 of 375).
+            page.set_viewport_size({"width": 375, "height": 800})
+            button = page.locator(f'tr[data-job-id="{failed}"] .retry-form button').bounding_box()
+            assert button is not None and button["x"] + button["width"] <= 375, button
+            run_now = page.locator('tr[data-task="rotate_visitor_salts"] .run-now-form button').bounding_box()
+            assert run_now is not None and run_now["x"] + run_now["width"] <= 375, run_now
+            page.screenshot(path=str(SCREENSHOTS / "jobs-phone.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 900})
 
             # Retry it, and see it succeed.
             page.click(f'tr[data-job-id="{failed}"] .retry-form button')

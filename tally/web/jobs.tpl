@@ -14,6 +14,7 @@
   h2 { font-size: 1.05rem; margin: 0 0 8px; }
   section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; margin-bottom: 16px; overflow-x: auto; }
   table { width: 100%; border-collapse: collapse; }
+  code.cron { white-space: nowrap; }
   th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   form.inline { display: inline; margin: 0; }
@@ -54,10 +55,11 @@
   <section>
     <h2>Schedules <span class="muted">(times in {{zone}})</span></h2>
     <table id="schedules">
-      <tr><th>Task</th><th>Cron (UTC)</th><th>Next run</th><th>Last deferral</th><th>Outcome</th><th></th></tr>
+      <tr><th>Task</th><th>Cron (UTC)</th><th>Next run</th><th>Last deferral</th><th>Outcome</th></tr>
       % for row in schedules:
       <tr data-task="{{row['task']}}">
-        <td>{{row['task']}}</td><td><code>{{row['cron']}}</code></td>
+        <td>{{row['task']}} <form class="inline run-now-form" method="post" action="/api/jobs/{{quote(row['task'])}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit" aria-label="Run {{row['task']}} now">Run now</button></form></td>
+        <td><code class="cron">{{row['cron']}}</code></td>
         <td class="next-run">{{when(row['next_run'])}}</td>
         <td>{{when(row['last_deferred_at']) or 'never'}}</td>
         <td class="{{'failed' if row['last_status'] == 'failed' else ''}}">
@@ -67,7 +69,6 @@
           {{'-' if not row['last_deferred_at'] else 'pruned'}}
           % end
         </td>
-        <td><form class="inline run-now-form" method="post" action="/api/jobs/{{quote(row['task'])}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Run now</button></form></td>
       </tr>
       % end
     </table>
@@ -98,19 +99,20 @@
       <form id="bulk-cancel" class="inline" method="post" action="/api/jobs/bulk/cancel?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Cancel every waiting or running job of this filter</button></form>
     </p>
     <table id="jobs">
-      <tr><th>Job</th><th>Task</th><th>Status</th><th>Queue</th><th class="num">Attempts</th><th>Last event</th><th></th></tr>
+      <tr><th>Job</th><th></th><th>Task</th><th>Status</th><th>Queue</th><th class="num">Attempts</th><th>Last event</th></tr>
       % for job in jobs:
       <tr data-job-id="{{job['id']}}" data-status="{{job['status']}}">
-        <td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td>
-        <td class="{{'failed' if job['status'] == 'failed' else ''}}">{{job['status']}}{{' (abort requested)' if job['abort_requested'] and job['status'] == 'doing' else ''}}</td>
-        <td>{{job['queue']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['last_event'] or ''}} {{when(job['last_event_at'])}}</td>
+        <td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td>
         <td>
           % if job['status'] in ('failed', 'cancelled', 'aborted'):
-          <form class="inline retry-form" method="post" action="/api/jobs/{{job['id']}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry</button></form>
+          <form class="inline retry-form" method="post" action="/api/jobs/{{job['id']}}/retry"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit" aria-label="Retry job {{job['id']}}">Retry</button></form>
           % elif job['status'] in ('todo', 'doing'):
-          <form class="inline cancel-form" method="post" action="/api/jobs/{{job['id']}}/cancel"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">{{'Cancel' if job['status'] == 'todo' else 'Abort'}}</button></form>
+          <form class="inline cancel-form" method="post" action="/api/jobs/{{job['id']}}/cancel"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit" aria-label="{{'Cancel' if job['status'] == 'todo' else 'Abort'}} job {{job['id']}}">{{'Cancel' if job['status'] == 'todo' else 'Abort'}}</button></form>
           % end
         </td>
+        <td>{{job['task']}}</td>
+        <td class="{{'failed' if job['status'] == 'failed' else ''}}">{{job['status']}}{{' (abort requested)' if job['abort_requested'] and job['status'] == 'doing' else ''}}</td>
+        <td>{{job['queue']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['last_event'] or ''}} {{when(job['last_event_at'])}}</td>
       </tr>
       % end
       % if not jobs:
