@@ -31,6 +31,10 @@ SMTP_TIMEOUT_SECONDS = 8.0
 SMTP_CONVERSATION_SECONDS = SMTP_TIMEOUT_SECONDS
 
 
+# A relay on the same machine, the one place a password may go without TLS.
+SAME_MACHINE = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 class TemporaryFailure(Exception):
     """The server could not take the message now (4xx, lost connection): send it again later."""
 
@@ -108,10 +112,18 @@ def _converse(client: smtplib.SMTP, server: SmtpServer, message: email.message.E
         client.connect(server.host, server.port)
         with client:
             client.ehlo()
+            secured = server.tls
             if not server.tls and client.has_extn("starttls"):
                 client.starttls(context=ssl.create_default_context())
                 client.ehlo()
+                secured = True
             if server.user:
+                if not secured and server.host not in SAME_MACHINE:
+                    # One who can strip STARTTLS from the greeting would read the password.
+                    raise PermanentFailure(
+                        "the server offered no STARTTLS: Tally sends SMTP_URL's password over TLS"
+                        " only (smtps://, or a server that offers STARTTLS)"
+                    )
                 client.login(server.user, server.password or "")
             refused = client.send_message(message)
             if refused:  # only for several recipients; ours is one, refused raises instead

@@ -68,17 +68,18 @@ class Handler:
 
 
 class SmtpServer:
-    def __init__(self, delay: float = 0.0, **options: object) -> None:
+    def __init__(self, delay: float = 0.0, hostname: str = "127.0.0.1", **options: object) -> None:
         """`options` go to aiosmtpd's Controller: tls_context (STARTTLS), ssl_context (smtps),
         authenticator..."""
         self.handler = Handler()
         self.handler.delay = delay
+        self.hostname = hostname
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **options)
+        self.controller = Controller(self.handler, hostname=hostname, port=self.port, **options)
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        return f"smtp://{self.hostname}:{self.port}"
 
     def script(self, recipient: str, *actions: str) -> None:
         """What the next exchanges with `recipient` meet: '451', '550' or 'drop', in order."""

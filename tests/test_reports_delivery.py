@@ -234,6 +234,32 @@ def test_starttls_when_offered_with_a_login_and_smtps(database_url, pool, conn, 
         assert outcome["sent"] == 1 and [m["To"] for m in smtps.received()] == ["c@example.com"]
 
 
+def test_a_password_goes_over_tls_only_unless_the_relay_is_on_this_machine(database_url, pool, conn):
+    """A server (not on this machine) that offers no STARTTLS got SMTP_URL's password in clear:
+    one in the middle who strips STARTTLS from the greeting reads it. Refused for good now."""
+    from aiosmtpd.smtp import AuthResult
+
+    views_over_weeks(conn, count=100)
+    today = local_today(conn)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append(auth_data.login)
+        return AuthResult(success=True)
+
+    options = {"authenticator": authenticator, "auth_require_tls": False}
+    with SmtpServer(hostname="127.0.0.2", **options) as elsewhere:  # another address, no TLS
+        url = f"smtp://user:secret@127.0.0.2:{elsewhere.port}"
+        outcome = run_once(database_url, pool, elsewhere, f"{SITE}=a@example.com", today, SMTP_URL=url)
+        assert outcome["failed"] == 1 and elsewhere.received() == [] and logins == []
+        error = conn.execute("SELECT error FROM tally_report_deliveries").fetchone()[0]
+        assert "STARTTLS" in error and "secret" not in error
+    with SmtpServer(**options) as relay:  # 127.0.0.1: a relay on this machine
+        url = f"smtp://user:secret@127.0.0.1:{relay.port}"
+        outcome = run_once(database_url, pool, relay, f"{SITE}=b@example.com", today, SMTP_URL=url)
+        assert outcome["sent"] == 1 and logins == [b"user"]
+
+
 # --- a worker killed mid-run -----------------------------------------------------------------------
 
 
