@@ -131,7 +131,7 @@ def deliver(server: SmtpServer, message: EmailMessage, should_abort: Callable[[]
     """Send, trying a temporary failure again SEND_TRIES times in all, a little later each time."""
     for attempt in range(SEND_TRIES):
         try:
-            mail.send(server, message)
+            mail.send(server, message, should_abort)
             return
         except mail.TemporaryFailure:
             if attempt == SEND_TRIES - 1 or should_abort():

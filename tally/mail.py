@@ -16,19 +16,25 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable
 
 from tally.env import SmtpServer
 
-# One SMTP conversation never waits longer than this for the server (connect, any reply). A
-# draining worker cannot interrupt a send in progress (the job runs in a thread) and waits for
-# it after its grace (WORKER_GRACEFUL_SECONDS, 20 s): with 30 s here a server that stopped
-# answering kept the worker 30.3 s past SIGTERM, and Heroku kills at 30. A timeout is a
-# temporary failure: the message is sent again later.
+# One SMTP conversation waits at most this long for the server (connect, any reply) until the
+# message is in, and lasts at most this long in all till then: a server that stopped answering,
+# or sends its reply a byte every few seconds (a tarpit), is a temporary failure, and the
+# message is sent again later.
 SMTP_TIMEOUT_SECONDS = 8.0
-# ... and the whole conversation no longer than this. The timeout above bounds each read of
-# the socket, not a reply: a server sending its reply a byte every few seconds (a tarpit)
-# held one send for minutes, past the job's time limit and the worker's drain.
 SMTP_CONVERSATION_SECONDS = SMTP_TIMEOUT_SECONDS
+# The answer to the message itself may take longer (RFC 5321 gives a server 10 minutes to take
+# it): with 8 s a server that took each message and answered in 10 s got a copy at every try (7
+# of one report). The message is in by then: giving up on the answer sends it again.
+SMTP_DATA_REPLY_SECONDS = 120.0
+# A draining worker (or a job past its time limit) asks the job to stop; the job runs in a
+# thread that cannot be interrupted, so the send looks this often and hangs up: the worker then
+# exits inside Heroku's 30 s however long the server takes.
+ABORT_CHECK_SECONDS = 0.2
 
 
 # A relay on the same machine, the one place a password may go without TLS.
@@ -67,8 +73,11 @@ def compose(
     return message
 
 
-def send(server: SmtpServer, message: email.message.EmailMessage) -> None:
-    """Deliver `message` to its To: address, in one SMTP conversation of its own.
+def send(
+    server: SmtpServer, message: email.message.EmailMessage, should_abort: Callable[[], bool] = lambda: False
+) -> None:
+    """Deliver `message` to its To: address, in one SMTP conversation of its own; hang up as
+    soon as `should_abort()` says so.
 
     Raises TemporaryFailure or PermanentFailure; returns only once the server accepted it.
     """
@@ -78,33 +87,69 @@ def send(server: SmtpServer, message: email.message.EmailMessage) -> None:
         )
     else:
         client = smtplib.SMTP(timeout=SMTP_TIMEOUT_SECONDS)
-    # Made unconnected, to start the cut-off before the greeting; TLS checks the certificate
+    # Made unconnected, to start the watch before the greeting; TLS checks the certificate
     # against _host, which only a constructor given the host sets.
     client._host = server.host
-    hung_up = threading.Event()
-    cut_off = threading.Timer(SMTP_CONVERSATION_SECONDS, _hang_up, (client, hung_up))
-    cut_off.daemon = True
-    cut_off.start()
+    watch = _Watch(client, should_abort)
+    sent_by_smtplib = client.send
+
+    def send_noting_the_end_of_data(data: bytes | str) -> None:
+        sent_by_smtplib(data)
+        if isinstance(data, bytes) and data.endswith(b"\r\n.\r\n"):  # smtplib's data(): the message is in
+            watch.allow(SMTP_DATA_REPLY_SECONDS)
+
+    client.send = send_noting_the_end_of_data  # type: ignore[method-assign]
+    watch.start()
     try:
         _converse(client, server, message)
     except TemporaryFailure:
-        if hung_up.is_set():  # we hung up: say why, not "connection closed" or a reply cut short
-            raise TemporaryFailure(
-                f"the server took longer than {SMTP_CONVERSATION_SECONDS:g} s to take the message"
-            ) from None
+        if watch.reason is not None:  # we hung up: say why, not "connection closed"
+            raise TemporaryFailure(watch.reason) from None
         raise
     finally:
-        cut_off.cancel()
+        watch.stop()
         client.close()
 
 
-def _hang_up(client: smtplib.SMTP, hung_up: threading.Event) -> None:
-    """Wake the sending thread where it waits for the server: its read then ends at once."""
-    hung_up.set()
-    sock = client.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):  # closed already
-            sock.shutdown(socket.SHUT_RDWR)
+class _Watch(threading.Thread):
+    """Hangs up on the server when the conversation passes its time or the job asks to stop."""
+
+    def __init__(self, client: smtplib.SMTP, should_abort: Callable[[], bool]) -> None:
+        super().__init__(daemon=True, name="smtp-watch")
+        self.client = client
+        self.should_abort = should_abort
+        self.limit = SMTP_CONVERSATION_SECONDS
+        self.deadline = time.monotonic() + self.limit
+        self.reason: str | None = None
+        self.stopped = threading.Event()
+
+    def allow(self, seconds: float) -> None:
+        """From now on, wait up to `seconds` more, for one read too."""
+        self.limit = seconds
+        self.deadline = time.monotonic() + seconds
+        if self.client.sock is not None:
+            self.client.sock.settimeout(seconds)
+
+    def run(self) -> None:
+        while not self.stopped.wait(ABORT_CHECK_SECONDS):
+            if self.should_abort():
+                self.hang_up("the job was asked to stop during the send")
+            elif time.monotonic() > self.deadline:
+                self.hang_up(f"the server took longer than {self.limit:g} s to take the message")
+            else:
+                continue
+            return
+
+    def hang_up(self, reason: str) -> None:
+        """Wake the sending thread where it waits for the server: its read then ends at once."""
+        self.reason = reason
+        sock = self.client.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def _converse(client: smtplib.SMTP, server: SmtpServer, message: email.message.EmailMessage) -> None:
