@@ -88,7 +88,7 @@ class Report:
         """One line: a site recorded by plain SQL may hold a line break or another control
         character, which a header cannot (email refuses it, and the run stopped there)."""
         views = self.current["total_views"]
-        return f"Tally: {one_line(self.site)}, {self.period.title}: {views:,} views"
+        return f"Tally: {one_line(self.site)}, {self.period.title}: {views:,} view{'' if views == 1 else 's'}"
 
     def html(self) -> str:
         return TEMPLATE.render(report=self, totals=self.totals(), tops=self.tops(), chart=self.chart())

@@ -250,3 +250,10 @@ def test_a_message_id_is_fixed_by_site_period_and_recipient():
         message_id(SITE, "2026-W48", "b@example.com", "tally@x.org"),
     }
     assert len(others) == 3 and one.split("@")[0] not in {other.split("@")[0] for other in others}
+
+
+def test_the_subject_counts_one_view_as_one():
+    week = reports.Period("weekly", datetime.date(2026, 11, 23), datetime.date(2026, 11, 29))
+    for views, said in ((1, "1 view"), (0, "0 views"), (1200, "1,200 views")):
+        report = reports.Report("example.com", week, {"total_views": views}, {}, "https://tally/")
+        assert report.subject.endswith(f": {said}"), report.subject
