@@ -215,7 +215,12 @@ CONNECT_PROBLEMS = (
         ("too many clients", "connection slots are reserved"),
         "full: every connection slot (max_connections) is taken",
     ),
-    (("password authentication failed", "no pg_hba.conf entry"), "refusing the credentials of DATABASE_URL"),
+    (
+        # The server's "password (or peer, ident...) authentication failed", and libpq's own
+        # "no password supplied" when the URL has none for a server that asks for one.
+        ("authentication failed", "no pg_hba.conf entry", "no password supplied"),
+        "refusing the credentials of DATABASE_URL",
+    ),
     (("does not exist",), "up, without the database or role DATABASE_URL names"),
 )
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import select
+import types
 
 import psycopg
 import psycopg_pool
 import pytest
 
+from tally import db
 from tally.config import from_env
 from tally.db import web_pool
 from tests.conftest import wait_until
@@ -83,3 +85,17 @@ def test_a_killed_workers_statement_ends_on_the_server_within_seconds(database_u
         child.kill()
         child.wait()
     wait_until(lambda: conn.execute(running).fetchone()[0] == 0, 5, 0.1, "the server to end the statement")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "10.0.0.5", port 5432 failed: FATAL:  password authentication failed',
+        'connection to server at "10.0.0.5", port 5432 failed: fe_sendauth: no password supplied',
+        'connection to server on socket "/run/pg/.s.PGSQL.5432" failed: FATAL:  Peer authentication failed',
+    ],
+)
+def test_health_names_refused_credentials_whoever_refuses_them(message):
+    """A URL without the password a server asks for read "unreachable" (libpq says it, not the server)."""
+    pool = types.SimpleNamespace(last_connect_error=message)
+    assert db.connect_problem(pool) == "refusing the credentials of DATABASE_URL"
