@@ -200,6 +200,11 @@ def test_server_side_senders_name_a_site_of_sites(client, conn):
         assert "Name the site" in response.json["error"]
     response = client.post_json("/api/pageviews", {"path": "/c", "site": "other.example"}, status=403)
     assert "SITES" in response.json["error"]
+    # The refusal names the site the sender named, not "default" (which sorts first).
+    response = client.post_json(
+        "/api/pageviews", [{"path": "/c", "site": "other.example"}, {"path": "/d"}], status=403
+    )
+    assert "other.example" in response.json["error"]
     response = client.post_json("/api/pageviews", {"path": "/c", "site": "example.com:80"}, status=400)
     assert "host name" in response.json["error"]
     assert stored(conn) == 1

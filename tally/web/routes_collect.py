@@ -45,12 +45,13 @@ def register(
         except InvalidPageViews as error:
             return json_error(400, str(error))
         if config.sites is not None:
-            refused = sorted({view.site for view in views} - config.sites)
-            if refused == [DEFAULT_SITE] and DEFAULT_SITE not in config.sites:
+            refused = {view.site for view in views} - config.sites
+            named = sorted(refused - {DEFAULT_SITE})
+            if named:  # a site the sender named, before the default it left out ("default" < "evil.com")
+                return json_error(403, f"Views of {named[0]} are not accepted here: it is not in SITES.")
+            if refused:
                 # Else anyone could post into the all-sites stats what SITES keeps out of them.
                 return json_error(403, "Name the site of each view: with SITES set, only those are accepted.")
-            if refused:
-                return json_error(403, f"Views of {refused[0]} are not accepted here: it is not in SITES.")
         writer.write(views)  # with the views of concurrent requests, in one INSERT
         metrics.views_recorded.inc(len(views))
         return json_response(201, {"stored": len(views)})
