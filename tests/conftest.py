@@ -57,6 +57,11 @@ _server: TestServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # `make test` runs the system build's suite as a background job of its shell, which
+        # starts it with Ctrl-C ignored: it went on for minutes (its server too) after the
+        # terminal's Ctrl-C had stopped the other. Ctrl-C reaches it (same process group).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
         bin_dir = os.environ.get("TEST_POSTGRES_BIN")
