@@ -32,7 +32,9 @@ SYSTEM_POSTGRES_BIN ?= $(lastword $(wildcard /usr/lib/postgresql/*/bin))
 
 # Both runs at once (each has its own server, ports and namespaces; the second keeps no
 # pytest cache): most of the suite waits on processes, and one after the other took 16
-# minutes in CI. The system build's report follows the pip one's.
+# minutes in CI. The system build's report follows the pip one's. The system run always
+# starts its own server of that build: with TEST_DATABASE_URL it would run on that database
+# too, at the same time as the other run, each emptying the tables under the other's tests.
 SYSTEM_LOG := .venv/test-system-postgres.log
 
 test: setup
@@ -46,7 +48,7 @@ test: setup
 test-system-postgres: setup
 	@if [ -x "$(SYSTEM_POSTGRES_BIN)/postgres" ]; then \
 		echo "== the suite again, on $(SYSTEM_POSTGRES_BIN)"; \
-		TEST_POSTGRES_BIN="$(SYSTEM_POSTGRES_BIN)" $(PY) -m pytest $(PYTEST_ARGS); \
+		TEST_DATABASE_URL= TEST_POSTGRES_BIN="$(SYSTEM_POSTGRES_BIN)" $(PY) -m pytest $(PYTEST_ARGS); \
 	elif [ -n "$$REQUIRE_SYSTEM_POSTGRES" ]; then \
 		echo "no system PostgreSQL in /usr/lib/postgresql (apt-get install postgresql)"; exit 1; \
 	else \
