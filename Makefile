@@ -37,8 +37,11 @@ SYSTEM_POSTGRES_BIN ?= $(lastword $(wildcard /usr/lib/postgresql/*/bin))
 # too, at the same time as the other run, each emptying the tables under the other's tests.
 SYSTEM_LOG := .venv/test-system-postgres.log
 
+# Not $(MAKE) in the recipe: make runs such a line even under `make -n`, which then ran the suite.
+SUBMAKE = $(MAKE)
+
 test: setup
-	@$(MAKE) --no-print-directory test-system-postgres PYTEST_ARGS="-p no:cacheprovider" \
+	@$(SUBMAKE) --no-print-directory test-system-postgres PYTEST_ARGS="-p no:cacheprovider" \
 		> $(SYSTEM_LOG) 2>&1 & system=$$!; \
 	$(PY) -m pytest; pip=$$?; \
 	wait $$system; system=$$?; \

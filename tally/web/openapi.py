@@ -23,6 +23,7 @@ from tally.web.openapi_parts import (
     HTML,
     JSON,
     METRICS,
+    NOT_IN_SITES,
     OBJECT,
     OWNER,
     PAGE_REFUSED,
@@ -132,7 +133,7 @@ OPERATIONS = [
         "get",
         "/api/health",
         "health",
-        "Database, workers, clock, rollup lag, paused queues.",
+        "Database, workers, clock, rollup lag, paused queues (views waiting: with a token only).",
         PUBLIC,
         {"200": json_body("Health", "Healthy."), "503": json_body("Health", "The database is unreachable.")},
     ),
@@ -142,12 +143,12 @@ OPERATIONS = [
         "record_page_views",
         "Store a view or a batch of views.",
         PUBLIC,
-        {"201": json_body("Stored", "Stored.")},
+        {"201": json_body("Stored", "Stored."), "403": NOT_IN_SITES},
         body={
             "required": True,
             "content": {JSON: {"schema": inputs.page_views()}},
         },
-        errors=("400", "403", "413", "415", "503"),
+        errors=("400", "413", "415", "503"),
     ),
     operation(
         "get",
@@ -200,7 +201,11 @@ OPERATIONS = [
         "collect_page_view",
         "The tracker's beacon.",
         PUBLIC,
-        {"201": json_body(OBJECT, "Stored."), "202": json_body(OBJECT, "A crawler: counted, not stored.")},
+        {
+            "201": json_body(OBJECT, "Stored."),
+            "202": json_body(OBJECT, "A crawler: counted, not stored."),
+            "403": NOT_IN_SITES,
+        },
         body={
             "required": True,
             "content": {
@@ -209,7 +214,7 @@ OPERATIONS = [
                 "text/plain": {"schema": ref("Beacon")},
             },
         },
-        errors=("400", "403", "413", "415", "503"),
+        errors=("400", "413", "415", "503"),
     ),
     operation(
         "get",

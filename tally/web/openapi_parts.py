@@ -227,6 +227,9 @@ def page_error(answer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The collect routes' 403: they take no credential.
+NOT_IN_SITES = error("A site not in SITES (with SITES set, each view of /api/pageviews names one).")
+
 ERRORS = {
     "400": error("A parameter or the body is not valid."),
     "401": error("No credential that this route takes."),
