@@ -256,7 +256,7 @@ class Collector:
         beacon = parse_collect_body(body)
         site = beacon.site
         if self.sites is not None and site not in self.sites:
-            raise Refused(403, f"Views of {site} are not accepted here: it is not in SITES.")
+            raise Refused(403, f"{site} is not in SITES: its views and events are not accepted here.")
         user_agent = request.get_header("User-Agent", "").strip()
         if is_crawler(user_agent):
             with self.pool.connection() as conn:
