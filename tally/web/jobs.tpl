@@ -14,7 +14,7 @@
   h2 { font-size: 1.05rem; margin: 0 0 8px; }
   section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; margin-bottom: 16px; overflow-x: auto; }
   table { width: 100%; border-collapse: collapse; }
-  code.cron { white-space: nowrap; }
+  code.cron, td.next-run { white-space: nowrap; }
   th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   form.inline { display: inline; margin: 0; }
