@@ -116,17 +116,10 @@ class Auth:
     def reads_metrics(self) -> bool:
         """Whether the request carries the admin or metrics token or the owner's session; never
         refuses (a public route asks), but a wrong token counts, as everywhere, toward the limit."""
-        token = self._bearer()
-        if token is None:
-            return self._session() is not None
-        client = self._client()
-        if not self.failures.test(FAILED_LOGINS, client):
+        try:
+            return self._is_owner(self.metrics_token)
+        except bottle.HTTPResponse:  # a wrong token (counted), or a client past the limit
             return False
-        tokens = (self.admin_token, self.metrics_token)
-        if any(expected and same_token(token, expected) for expected in tokens):
-            return True
-        self._count_failure()
-        return False
 
     def reader(self) -> Reader:
         """Who the guard of the current route let in."""
