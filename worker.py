@@ -20,7 +20,7 @@ from procrastinate.worker import Worker
 
 import jobs
 from jobs.liveness import LIVENESS_SWEEP_SECONDS, WorkerSession, requeue_jobs_of_lost_sessions
-from tally import db, logs
+from tally import db, logs, queue_connector
 
 RESTART_DELAY_SECONDS = 1.0
 # How long one start waits for its first connection before it gives up and starts over:
@@ -111,7 +111,7 @@ async def open_and_run(app: procrastinate.App, worker: SupervisedWorker) -> None
     # failed to open) for good, and its own open would wait 30 s for a lost database.
     pool = db.worker_pool(jobs.settings)
     try:
-        with app.replace_connector(db.procrastinate_connector(jobs.settings)):
+        with app.replace_connector(queue_connector.procrastinate_connector(jobs.settings)):
             await pool.open(wait=True, timeout=OPEN_WAIT_SECONDS)
             async with app.open_async(pool):
                 await worker.run()

@@ -13,7 +13,7 @@ import procrastinate
 
 from jobs.middleware import check_arguments, record_job_errors
 from jobs.time_limit import enforce_time_limit
-from tally import config, db
+from tally import config, queue_connector
 
 settings = config.load_or_exit("worker")
 
@@ -41,7 +41,7 @@ def worker_options(settings: config.Config) -> dict:
 
 
 app = procrastinate.App(
-    connector=db.procrastinate_connector(settings),
+    connector=queue_connector.procrastinate_connector(settings),
     worker_defaults=worker_options(settings),
 )
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from procrastinate import PsycopgConnector
-from procrastinate import sql as procrastinate_sql
 
 from tally import localdb
 from tally.config import Config
@@ -292,7 +290,8 @@ def _autocommit(connection: psycopg.Connection | psycopg.AsyncConnection) -> Any
     return connection.set_autocommit(True)
 
 
-def _worker_pool_args(config: Config) -> dict[str, Any]:
+def worker_pool_args(config: Config) -> dict[str, Any]:
+    """The arguments of a worker's pool: psycopg_pool's, and the connector's (tally/queue_connector.py)."""
     return {
         "conninfo": conninfo_for(config),
         "min_size": 1,
@@ -310,57 +309,9 @@ def _worker_pool_args(config: Config) -> dict[str, Any]:
     }
 
 
-# The fetch Tally's copy (migrations/0010_paused_queues.sql) was made from. A procrastinate
-# upgrade that changes it stops every worker at start instead of silently losing pauses
-# or running the copy against a schema it was not written for.
-PROCRASTINATE_FETCH_QUERY = (
-    "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,"
-    " attempts, worker_id FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s);"
-)
-
-
-def _words(query: str) -> list[str]:
-    return query.split()
-
-
-class ProcrastinateChanged(RuntimeError):
-    """The installed procrastinate fetches jobs differently from the one Tally's copy follows."""
-
-
-class CatchingUpConnector(PsycopgConnector):
-    """procrastinate's psycopg connector, which wakes the worker each time LISTEN (re)starts
-    and fetches through Tally's copy of procrastinate's fetch, which skips paused queues.
-
-    A worker fetches once, then starts listening; a job deferred in between, or while a
-    lost LISTEN connection was being replaced, sent its NOTIFY to nobody and would wait
-    for the next poll. Once listening, one "job inserted" wake-up makes the worker look.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        if _words(procrastinate_sql.queries["fetch_job"]) != _words(PROCRASTINATE_FETCH_QUERY):
-            raise ProcrastinateChanged(
-                "procrastinate's fetch_job query changed: update tally_fetch_job_v1 (paused queues) to match"
-            )
-        super().__init__(**kwargs)
-
-    async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
-        if query == procrastinate_sql.queries["fetch_job"]:
-            query = QUERIES["fetch_job"]
-        return await super().execute_query_one_async(query, **arguments)
-
-    async def _loop_notify(self, on_notification: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
-        await on_notification(channel="", payload='{"type": "job_inserted"}')
-        await super()._loop_notify(on_notification, connection, *args, **kwargs)
-
-
-def procrastinate_connector(config: Config) -> PsycopgConnector:
-    """The connector behind `jobs.app`; its own pool serves the procrastinate CLI."""
-    return CatchingUpConnector(**_worker_pool_args(config))
-
-
 def worker_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
     """The pool `python worker.py` opens itself, so its wait for the database is bounded."""
-    return psycopg_pool.AsyncConnectionPool(**_worker_pool_args(config), open=False)
+    return psycopg_pool.AsyncConnectionPool(**worker_pool_args(config), open=False)
 
 
 def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:

@@ -93,15 +93,15 @@ def test_tallys_fetch_is_procrastinates_plus_the_paused_queues(conn):
 def test_the_connector_refuses_a_procrastinate_that_fetches_otherwise(monkeypatch):
     from procrastinate import sql as procrastinate_sql
 
-    from tally import db
+    from tally import queue_connector
     from tally.config import from_env
 
     settings = from_env({"DATABASE_URL": "postgresql:///unused"}, process_type="worker")
-    db.procrastinate_connector(settings)  # the installed procrastinate: accepted
+    queue_connector.procrastinate_connector(settings)  # the installed procrastinate: accepted
     changed = {
         **procrastinate_sql.queries,
         "fetch_job": "SELECT * FROM procrastinate_fetch_job_v3(%(queues)s)",
     }
     monkeypatch.setattr(procrastinate_sql, "queries", changed)
-    with pytest.raises(db.ProcrastinateChanged):
-        db.procrastinate_connector(settings)
+    with pytest.raises(queue_connector.ProcrastinateChanged):
+        queue_connector.procrastinate_connector(settings)

@@ -9,7 +9,7 @@ import asyncio
 import psycopg
 import pytest
 
-from tally import db
+from tally import db, queue_connector
 from tally.config import ConfigError, from_env
 
 
@@ -36,7 +36,7 @@ def test_the_web_fails_fast_on_a_silent_peer(database_url):
 
 def test_the_worker_its_listen_connection_and_the_clock_carry_the_same(database_url):
     settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
-    connector = db.procrastinate_connector(settings)
+    connector = queue_connector.procrastinate_connector(settings)
 
     async def check() -> None:
         pool = db.worker_pool(settings)
