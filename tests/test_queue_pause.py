@@ -44,7 +44,12 @@ def test_a_paused_queue_waits_and_runs_within_a_second_of_resume(
     worker = start_process(args, SLOW_POLL)
     worker.wait_for_line("Starting worker")
     warm_up = defer_to(conn, "other")  # the first job may be found by the start-up fetch
-    wait_until(lambda: status(conn, warm_up) == "succeeded", 60, message="warm-up job")
+    try:
+        wait_until(lambda: status(conn, warm_up) == "succeeded", 60, message="warm-up job")
+    except AssertionError:  # say what the worker did (once seen in CI, never here)
+        jobs = conn.execute("SELECT id, status, queue_name FROM procrastinate_jobs").fetchall()
+        said = worker.output()[-4000:]
+        raise AssertionError(f"warm-up job not run: jobs {jobs}; the worker said:\n{said}") from None
 
     client.post("/api/queues/reports/pause", headers=OWNER, status=200)
     held = defer_to(conn, "reports")
