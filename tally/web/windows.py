@@ -87,13 +87,11 @@ def count_days(visitors: collections.Counter, window: Window, day: datetime.date
         visitors[day] += count
 
 
-PER_VISIT = ("bounce_rate", "visit_duration_seconds", "views_per_visit")
-
-
 def with_changes(previous: dict[str, Any], current: dict[str, Any], exact: str) -> dict[str, Any]:
     """The previous period's totals and days, and each total's change to the current one in
-    percent: of the figures per visit, from their unrounded values under the key `exact`."""
-    compared = ("total_views", "visitors", "visits", *PER_VISIT)
+    percent: of the figures per visit (the keys under `exact`), from their unrounded values."""
+    per_visit = tuple(current[exact])
+    compared = ("total_views", "visitors", "visits", *per_visit)
     body = {key: previous[key] for key in ("days", "first_day", "last_day", "daily", *compared)}
     before = {**previous, **previous[exact]}
     now = {**current, **current[exact]}
@@ -102,5 +100,5 @@ def with_changes(previous: dict[str, Any], current: dict[str, Any], exact: str) 
         for key in compared
     }
     if not current.get("visits"):  # no visit has no bounce rate, duration or views per visit to change
-        body["change_percent"].update(dict.fromkeys(PER_VISIT))
+        body["change_percent"].update(dict.fromkeys(per_visit))
     return body
