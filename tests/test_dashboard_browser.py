@@ -45,9 +45,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def post_views(port: int, views: list[dict]) -> None:
+def serve_dashboard(start_process, **env: str) -> str:
+    """`python web.py` with the owner's token (and `env`) on a free port; its address."""
+    port = free_port()
+    web = start_process(
+        ["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false", **env}
+    )
+    web.wait_for_line("Serving on")
+    return f"http://127.0.0.1:{port}"
+
+
+def post_views(base: str, views: list[dict]) -> None:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/pageviews",
+        f"{base}/api/pageviews",
         data=json.dumps(views).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -64,10 +74,8 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
     )
     conn.execute("SELECT tally_rollup_page_views()")
     defer_by_sql(conn, "prune_finished_jobs")
-    port = free_port()
-    web = start_process(["web.py"], {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false"})
-    web.wait_for_line("Serving on")
-    post_views(port, [{"path": "/home"}] * 3 + [{"path": "/pricing"}])
+    base = serve_dashboard(start_process)
+    post_views(base, [{"path": "/home"}] * 3 + [{"path": "/pricing"}])
 
     problems: list[str] = []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -86,7 +94,7 @@ def test_dashboard_draws_real_data_without_console_errors(start_process, conn: p
                 )
                 page.on("pageerror", lambda error: problems.append(str(error)))
                 page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
-                response = page.goto(f"http://127.0.0.1:{port}/?days=7", wait_until="load")
+                response = page.goto(f"{base}/?days=7", wait_until="load")
                 assert response is not None and response.status == 200
 
                 bars = page.locator("#daily-chart rect.bar")
@@ -133,13 +141,7 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
 
     conn.execute("INSERT INTO page_views (path) SELECT '/launch' FROM generate_series(1, 23)")
     make_failed_job(conn)  # its error, RuntimeError: boom, is for the owner's eyes
-    port = free_port()
-    web = start_process(
-        ["web.py"],
-        {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "SHARE_TOKEN": SHARE, "PUBLIC_DASHBOARD": "false"},
-    )
-    web.wait_for_line("Serving on")
-    base = f"http://127.0.0.1:{port}"
+    base = serve_dashboard(start_process, SHARE_TOKEN=SHARE)
 
     problems: list[str] = []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -332,19 +334,7 @@ def test_a_click_on_a_country_narrows_every_panel_and_its_chip_brings_them_back(
             " SELECT '/old', 'FR', 9, now() - interval '8 days' FROM generate_series(1, 3)"
         )
     german = [view for view in AUDIENCE if view[COLUMNS.index("country")] == "DE"]
-    port = free_port()
-    env = {
-        "PORT": str(port),
-        "ADMIN_TOKEN": TOKEN,
-        "SHARE_TOKEN": SHARE,
-        "PUBLIC_DASHBOARD": "false",
-        "METRICS_TOKEN": "",
-        "SITES": "",
-        "TIMEZONE": "UTC",
-    }
-    web = start_process(["web.py"], env)
-    web.wait_for_line("Serving on")
-    base = f"http://127.0.0.1:{port}"
+    base = serve_dashboard(start_process, SHARE_TOKEN=SHARE, METRICS_TOKEN="", SITES="", TIMEZONE="UTC")
 
     problems: list[str] = []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -474,17 +464,7 @@ def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_p
 ):
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    env = {
-        "PORT": str(port),
-        "ADMIN_TOKEN": TOKEN,
-        "PUBLIC_DASHBOARD": "false",
-        "SITES": "",
-        "TIMEZONE": "UTC",
-    }
-    web = start_process(["web.py"], env)
-    web.wait_for_line("Serving on")
-    base = f"http://127.0.0.1:{port}"
+    base = serve_dashboard(start_process, SITES="", TIMEZONE="UTC")
     for body in [
         {"url": f"https://{LONG_HOST}/"},
         {"url": f"https://{LONG_HOST}{LONG_PAGE[: 2048 - len(f'https://{LONG_HOST}')]}"},
@@ -497,7 +477,7 @@ def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_p
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201, body
-    post_views(port, [{"path": LONG_PAGE, "site": LONG_HOST}])
+    post_views(base, [{"path": LONG_PAGE, "site": LONG_HOST}])
 
     addresses = {
         "all": "days=1",
@@ -570,11 +550,7 @@ def test_on_a_phone_event_names_keep_their_words_and_entry_and_exit_pages_filter
             "INSERT INTO events (name, visitor, occurred_at) VALUES (%s, 1, now() - interval '2 minutes')",
             [(name,) for name in EVENT_NAMES],
         )
-    port = free_port()
-    env = {"PORT": str(port), "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false", "TIMEZONE": "UTC"}
-    web = start_process(["web.py"], env)
-    web.wait_for_line("Serving on")
-    base = f"http://127.0.0.1:{port}"
+    base = serve_dashboard(start_process, TIMEZONE="UTC")
 
     problems: list[str] = []
     with sync_playwright() as playwright:
