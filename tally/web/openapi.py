@@ -3,9 +3,9 @@
 Kept equal to the app's routes by tests/test_openapi.py (every route here, nothing more),
 checked by openapi-spec-validator, and fuzzed by Schemathesis against a live web.py.
 
-To add a query parameter to a route, add its name to the route's `params` below (and,
-if it is new, one line to PARAMETERS in tally/web/openapi_inputs.py). To add a route, add one
-`operation(...)` line.
+To add a query parameter to a route, add its name to the route's `params` (and, if it is
+new, one line to PARAMETERS in tally/web/openapi_inputs.py). To add a route, add one
+`operation(...)` line: here, or in tally/web/openapi_jobs.py for the job queue's routes.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from typing import Any
 
 from tally.dimensions import DIMENSIONS
 from tally.web import openapi_inputs as inputs
-from tally.web.openapi_inputs import JOB_ID, PARAMETERS, QUEUE, REPORT_SITE, TASK
+from tally.web.openapi_inputs import OWNER_ERRORS, REPORT_SITE, operation
+from tally.web.openapi_jobs import JOB_OPERATIONS
 from tally.web.openapi_parts import (
-    BACK_TO_PAGE,
-    CHANGES,
-    ERRORS,
     FORM,
     HTML,
     JSON,
@@ -32,46 +30,12 @@ from tally.web.openapi_parts import (
     SECURITY_SCHEMES,
     SHARED,
     json_body,
-    page_error,
     ref,
     text_body,
 )
 
-
-def operation(
-    method: str,
-    route: str,
-    name: str,
-    summary: str,
-    security: list[dict[str, list[str]]],
-    responses: dict[str, Any],
-    params: tuple[str, ...] = (),
-    own_params: tuple[dict[str, Any], ...] = (),
-    body: dict[str, Any] | None = None,
-    errors: tuple[str, ...] = (),
-    page: bool = False,
-) -> tuple[str, str, dict[str, Any]]:
-    """One route: `params` name entries of PARAMETERS, `own_params` are parameters of its own
-    (of its path, or required), `errors` keys of ERRORS (`page`: an HTML page's, which a
-    browser gets as a page, tally/web/error_page.py)."""
-    shown = {status: page_error(ERRORS[status]) if page else ERRORS[status] for status in errors}
-    answer: dict[str, Any] = {
-        "operationId": name,
-        "summary": summary,
-        "security": security,
-        "parameters": [*own_params, *(PARAMETERS[param] for param in params)],
-        "responses": {**responses, **shown},
-    }
-    if body is not None:
-        answer["requestBody"] = body
-    return route, method, answer
-
-
-OWNER_ERRORS = ("401", "403", "429", "503")
-CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
 FILTERS = (*(dimension.name for dimension in DIMENSIONS), "event", "goal_path")
 STATS_PARAMS = ("days", "site", "tz", *FILTERS)
-JOB_FILTERS = ("status", "task", "queue")
 OPERATIONS = [
     operation(
         "get",
@@ -237,129 +201,7 @@ OPERATIONS = [
         {"200": text_body("text/plain", "Prometheus text format.")},
         errors=("401", "403", "429"),
     ),
-    operation(
-        "get",
-        "/api/jobs",
-        "show_queue",
-        "The queue: counts, oldest waiting job, last failures.",
-        OWNER,
-        {"200": json_body("Queue", "The summary.")},
-        errors=OWNER_ERRORS,
-    ),
-    operation(
-        "get",
-        "/api/jobs/{job}",
-        "show_job",
-        "One job.",
-        OWNER,
-        {"200": json_body("Job", "The job.")},
-        own_params=(JOB_ID,),
-        errors=("404", *OWNER_ERRORS),
-    ),
-    operation(
-        "post",
-        "/api/jobs/{job}",
-        "defer_job",
-        "Defer a task's job, with no arguments.",
-        CHANGES,
-        {"202": json_body("JobAction", "Deferred."), **BACK_TO_PAGE},
-        own_params=(TASK,),
-        body=FORM,
-        errors=CHANGE_ERRORS,
-    ),
-    operation(
-        "post",
-        "/api/jobs/{job}/retry",
-        "retry_failed_job",
-        "Retry a failed, cancelled or aborted job.",
-        CHANGES,
-        {"202": json_body("JobAction", "Waiting to run."), **BACK_TO_PAGE},
-        own_params=(JOB_ID,),
-        body=FORM,
-        errors=CHANGE_ERRORS,
-    ),
-    operation(
-        "post",
-        "/api/jobs/{job}/cancel",
-        "cancel_job",
-        "Cancel a waiting job, abort a running one.",
-        CHANGES,
-        {
-            "200": json_body("JobAction", "Cancelled."),
-            "202": json_body("JobAction", "Asked to abort."),
-            **BACK_TO_PAGE,
-        },
-        own_params=(JOB_ID,),
-        body=FORM,
-        errors=CHANGE_ERRORS,
-    ),
-    operation(
-        "post",
-        "/api/jobs/bulk/retry",
-        "retry_matching_jobs",
-        "Retry a filter's failed and cancelled jobs.",
-        CHANGES,
-        {"202": json_body("BulkAction", "Retried (at most `limit`)."), **BACK_TO_PAGE},
-        JOB_FILTERS,
-        body=FORM,
-        errors=("400", *CHANGE_ERRORS),
-    ),
-    operation(
-        "post",
-        "/api/jobs/bulk/cancel",
-        "cancel_matching_jobs",
-        "Cancel a filter's waiting and running jobs.",
-        CHANGES,
-        {"202": json_body("BulkAction", "Cancelled (at most `limit`)."), **BACK_TO_PAGE},
-        JOB_FILTERS,
-        body=FORM,
-        errors=("400", *CHANGE_ERRORS),
-    ),
-    operation(
-        "post",
-        "/api/queues/{name}/pause",
-        "pause_queue",
-        "Pause a queue: no worker starts its jobs.",
-        CHANGES,
-        {"200": json_body("QueueState", "Paused."), **BACK_TO_PAGE},
-        own_params=(QUEUE,),
-        body=FORM,
-        errors=("400", *CHANGE_ERRORS),
-    ),
-    operation(
-        "post",
-        "/api/queues/{name}/resume",
-        "resume_queue",
-        "Resume a queue; workers start its jobs at once.",
-        CHANGES,
-        {"200": json_body("QueueState", "Running."), **BACK_TO_PAGE},
-        own_params=(QUEUE,),
-        body=FORM,
-        errors=("400", *CHANGE_ERRORS),
-    ),
-    operation(
-        "get",
-        "/jobs",
-        "show_jobs_page",
-        "The jobs page: queues, schedules, jobs by filter (HTML).",
-        OWNER,
-        {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
-        (*JOB_FILTERS, "before", "notice"),
-        errors=("400", "503"),
-        page=True,
-    ),
-    operation(
-        "get",
-        "/jobs/{job}",
-        "show_job_page",
-        "A job's page: arguments, events, errors (HTML).",
-        OWNER,
-        {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
-        ("notice",),
-        own_params=(JOB_ID,),
-        errors=("404", "503"),
-        page=True,
-    ),
+    *JOB_OPERATIONS,
     operation(
         "get",
         "/api/openapi.json",

@@ -16,7 +16,7 @@ from tally.dimensions import DIMENSIONS
 from tally.env import time_zone_names
 from tally.sites import MAX_HOST_NAME, SITE_NAME
 from tally.web import collect
-from tally.web.openapi_parts import path, query, ref
+from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
 
@@ -154,3 +154,36 @@ def beacon() -> dict[str, Any]:
         "if": {"required": ["props"], "properties": {"props": {"type": "object", "minProperties": 1}}},
         "then": {"required": ["event"], "properties": {"event": {"type": "string"}}},
     }
+
+
+def operation(
+    method: str,
+    route: str,
+    name: str,
+    summary: str,
+    security: list[dict[str, list[str]]],
+    responses: dict[str, Any],
+    params: tuple[str, ...] = (),
+    own_params: tuple[dict[str, Any], ...] = (),
+    body: dict[str, Any] | None = None,
+    errors: tuple[str, ...] = (),
+    page: bool = False,
+) -> tuple[str, str, dict[str, Any]]:
+    """One route: `params` name entries of PARAMETERS, `own_params` are parameters of its own
+    (of its path, or required), `errors` keys of ERRORS (`page`: an HTML page's, which a
+    browser gets as a page, tally/web/error_page.py)."""
+    shown = {status: page_error(ERRORS[status]) if page else ERRORS[status] for status in errors}
+    answer: dict[str, Any] = {
+        "operationId": name,
+        "summary": summary,
+        "security": security,
+        "parameters": [*own_params, *(PARAMETERS[param] for param in params)],
+        "responses": {**responses, **shown},
+    }
+    if body is not None:
+        answer["requestBody"] = body
+    return route, method, answer
+
+
+OWNER_ERRORS = ("401", "403", "429", "503")
+CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
