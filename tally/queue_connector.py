@@ -1,11 +1,13 @@
 """The procrastinate connector behind `jobs.app`: the worker's, the CLI's, and the one the web
 defers through (with the web's own pool). It fetches through Tally's copy of procrastinate's
 fetch, which skips paused queues (migrations/0010_paused_queues.sql), and wakes the worker
-each time LISTEN (re)starts.
+each time LISTEN (re)starts or a job's NOTIFY came while a fetch was in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from procrastinate import PsycopgConnector
@@ -21,6 +23,7 @@ PROCRASTINATE_FETCH_QUERY = (
     "SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,"
     " attempts, worker_id FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s);"
 )
+JOB_INSERTED = '{"type": "job_inserted"}'  # procrastinate's notification of a deferred job
 
 
 def _words(query: str) -> list[str]:
@@ -38,6 +41,12 @@ class CatchingUpConnector(PsycopgConnector):
     A worker fetches once, then starts listening; a job deferred in between, or while a
     lost LISTEN connection was being replaced, sent its NOTIFY to nobody and would wait
     for the next poll. Once listening, one "job inserted" wake-up makes the worker look.
+
+    procrastinate's worker also forgets a NOTIFY that arrives while its fetch is in flight:
+    it clears its "new job" event when the fetch returns (`Worker._fetch_and_process_jobs`),
+    so a job committed after that fetch's snapshot was taken, and heard before it returned,
+    waited for the next poll (seen in CI under load: a job not run in 60 s). Such a
+    NOTIFY is heard again once the fetch has returned.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -46,15 +55,44 @@ class CatchingUpConnector(PsycopgConnector):
                 "procrastinate's fetch_job query changed: update tally_fetch_job_v1 (paused queues) to match"
             )
         super().__init__(**kwargs)
+        self._fetching = 0
+        self._wake_after_fetch: Any = None  # the worker's notification handler, when it is owed a wake-up
+        self._wake_ups: set[asyncio.Task[None]] = set()
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
-        if query == procrastinate_sql.queries["fetch_job"]:
-            query = db.QUERIES["fetch_job"]
-        return await super().execute_query_one_async(query, **arguments)
+        if query != procrastinate_sql.queries["fetch_job"]:
+            return await super().execute_query_one_async(query, **arguments)
+        self._fetching += 1
+        try:
+            return await super().execute_query_one_async(db.QUERIES["fetch_job"], **arguments)
+        finally:
+            self._fetching -= 1
+            if self._fetching == 0 and self._wake_after_fetch is not None:
+                # A task, so that it runs after the worker has cleared its event.
+                wake_up = asyncio.get_running_loop().create_task(_job_inserted(self._wake_after_fetch))
+                self._wake_after_fetch = None
+                self._wake_ups.add(wake_up)
+                wake_up.add_done_callback(self._wake_ups.discard)
 
     async def _loop_notify(self, on_notification: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
-        await on_notification(channel="", payload='{"type": "job_inserted"}')
-        await super()._loop_notify(on_notification, connection, *args, **kwargs)
+        async def heard(channel: str, payload: str) -> None:
+            if self._fetching and _is_job_inserted(payload):
+                self._wake_after_fetch = on_notification
+            await on_notification(channel=channel, payload=payload)
+
+        await _job_inserted(on_notification)
+        await super()._loop_notify(heard, connection, *args, **kwargs)
+
+
+async def _job_inserted(on_notification: Any) -> None:
+    await on_notification(channel="", payload=JOB_INSERTED)
+
+
+def _is_job_inserted(payload: str) -> bool:
+    try:
+        return json.loads(payload).get("type") == "job_inserted"
+    except (ValueError, AttributeError):
+        return False
 
 
 def procrastinate_connector(config: Config) -> PsycopgConnector:

@@ -1,0 +1,89 @@
+"""tally/queue_connector.py under a real procrastinate worker on the test database: the
+wake-ups procrastinate's own worker would lose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import procrastinate
+import psycopg
+from procrastinate import PsycopgConnector
+from procrastinate.worker import Worker
+
+from tally import db, queue_connector
+from tally.config import from_env
+from tests.test_queue_pause import defer_to, status
+
+POLL_SECONDS = 120  # far longer than any wait here: only a wake-up can start a job in time
+
+
+async def wait_for(predicate, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {message}"
+        await asyncio.sleep(0.01)
+
+
+def test_a_job_heard_while_a_fetch_was_in_flight_runs_at_once(database_url, conn, monkeypatch):
+    """A job that commits after a fetch has taken its snapshot, and whose NOTIFY arrives
+    before that fetch comes back empty, runs at once, not at the next poll (120 s here)."""
+    settings = from_env({"DATABASE_URL": database_url, "DYNO": "worker.race"}, process_type="worker")
+    app = procrastinate.App(connector=queue_connector.procrastinate_connector(settings))
+
+    @app.task(name="tests.noop", queue="default")
+    def noop() -> None:
+        """Nothing: the test watches when it runs."""
+
+    worker = Worker(
+        app=app,
+        concurrency=1,
+        fetch_job_polling_interval=POLL_SECONDS,
+        abort_job_polling_interval=POLL_SECONDS,
+        install_signal_handlers=False,
+    )
+    fetch = PsycopgConnector.execute_query_one_async
+    seen: dict = {"a job": False, "late job": None}
+
+    async def fetch_and_hold(self, query, **arguments):
+        """procrastinate's fetch; the first empty one after a job holds its answer until a
+        job deferred meanwhile has been heard (the race, held open)."""
+        row = await fetch(self, query, **arguments)
+        if query != db.QUERIES["fetch_job"]:
+            return row
+        if row["id"] is not None:
+            seen["a job"] = True
+        elif seen["a job"] and seen["late job"] is None:
+            with psycopg.connect(database_url, autocommit=True) as other:
+                seen["late job"] = defer_to(other, "default", "tests.noop")  # commits, NOTIFYs
+            await wait_for(worker._new_job_event.is_set, 10, "the worker to hear the late job")
+        return row
+
+    monkeypatch.setattr(PsycopgConnector, "execute_query_one_async", fetch_and_hold)
+
+    def listening() -> bool:
+        return bool(
+            conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker.race'"
+                " AND query LIKE 'LISTEN%%'"
+            ).fetchall()
+        )
+
+    async def scenario() -> float:
+        async with app.open_async():
+            running = asyncio.create_task(worker.run())
+            try:
+                await wait_for(listening, 10, "the worker to LISTEN")
+                first = defer_to(conn, "default", "tests.noop")
+                await wait_for(lambda: status(conn, first) == "succeeded", 10, "the first job")
+                await wait_for(lambda: seen["late job"] is not None, 10, "an empty fetch after it")
+                heard_at = time.monotonic()
+                await wait_for(lambda: status(conn, seen["late job"]) == "succeeded", 5, "the late job")
+                return time.monotonic() - heard_at
+            finally:
+                worker.stop()
+                await asyncio.wait_for(running, 10)
+
+    ran_in = asyncio.run(scenario())
+    print(f"a job heard during an empty fetch ran {ran_in * 1000:.0f} ms after it (polling every 120 s)")
+    assert ran_in < 5
