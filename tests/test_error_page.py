@@ -108,3 +108,23 @@ def test_an_address_with_no_page_is_a_page_for_a_browser_and_json_for_the_rest(o
     assert owner.get("/jobs/abc", status=404).json == {"error": "There is nothing at this address."}
     api = owner.get("/api/nowhere", headers={"Accept": "text/html"}, status=404)
     assert api.json == {"error": "There is nothing at this address."}
+
+
+def test_a_dashboard_that_meets_an_outage_keeps_refreshing_itself(database_url, conn, monkeypatch):
+    """The dashboard reloads itself every 30 s; a reload that meets a 503 (a database restart,
+    a locked table) must keep reloading, or a screen left open shows the error until someone
+    clicks, long after the database is back. A 400 is not retried: it will not change."""
+    monkeypatch.setitem(db.WEB_SESSION_SETTINGS, "statement_timeout", "1ms")
+    conn.execute(
+        "INSERT INTO page_views (path, country, viewed_at) SELECT '/p' || n % 50, 'DE', now() - n * "
+        "interval '1 minute' FROM generate_series(1, 5000) n"
+    )
+    settings = from_env(
+        {"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN, "PUBLIC_DASHBOARD": "false"}, process_type="web"
+    )
+    with web_pool(settings) as hurried:
+        client = webtest.TestApp(build_app(settings, hurried, jobs.app), extra_environ=OWNER)
+        page = client.get("/?days=30&country=DE", headers=BROWSER, status=503)
+        assert re.search(r'<meta http-equiv="refresh" content="30">', page.text)
+        bad = client.get("/?days=abc", headers=BROWSER, status=400)
+        assert "http-equiv" not in bad.text

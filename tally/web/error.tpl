@@ -4,6 +4,9 @@
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
+% if refresh:
+<meta http-equiv="refresh" content="{{refresh}}">
+% end
 <title>Tally: {{title}}</title>
 <style>
   :root { --ink: #1d2433; --muted: #667085; --line: #e4e7ec; --bad: #c0362c; --bar: #3b6fd8; }

@@ -24,6 +24,7 @@ from typing import Any
 
 import bottle
 
+from tally.web.dashboard import REFRESH_SECONDS
 from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("error.tpl").read_text(encoding="utf-8"))
@@ -86,7 +87,11 @@ def as_page(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
     except (TypeError, ValueError, KeyError):
         return response
     status = response.status_code
-    body = _render(status, sentence, ways_out(status))
+    transient = status == http.HTTPStatus.SERVICE_UNAVAILABLE and bottle.request.method == "GET"
+    # The dashboard reloads itself; its 503 page goes on reloading, so a screen left open comes
+    # back by itself once the database answers again (a 400 would not change: no reload).
+    refresh = REFRESH_SECONDS if transient and bottle.request.path == "/" else None
+    body = _render(status, sentence, ways_out(status), refresh)
     return bottle.HTTPResponse(status=status, body=body, headers=HEADERS)
 
 
@@ -99,12 +104,12 @@ def no_route_page(status: int, sentence: str) -> str:
     return _render(status, sentence, [*links, ("The dashboard", "/")])
 
 
-def _render(status: int, sentence: str, links: list[tuple[str, str]]) -> str:
+def _render(status: int, sentence: str, links: list[tuple[str, str]], refresh: int | None = None) -> str:
     try:
         title = http.HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
-    return TEMPLATE.render(title=title, status=status, sentence=sentence, links=links)
+    return TEMPLATE.render(title=title, status=status, sentence=sentence, links=links, refresh=refresh)
 
 
 def _is_json_error(result: Any) -> bool:
