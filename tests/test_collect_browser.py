@@ -272,3 +272,30 @@ def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, 
 
 def event_count(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def test_track_without_a_name_sends_nothing_and_says_why_in_the_console(tally, site_server, conn):
+    """tally.track() and tally.track({...}) (the props given first) were sent as events named
+    "undefined" and "[object Object]": counted, and shown on the dashboard as goals."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            warnings: list[str] = []
+            page.on("console", lambda msg: warnings.append(msg.text) if msg.type == "warning" else None)
+            page.goto(f"{site}/events.html", wait_until="load")
+            views_become(conn, [("site.test", "/events.html")])
+            nameless = ("tally.track()", "tally.track(null)", "tally.track({plan: 'pro'})", "tally.track('')")
+            for call in nameless:
+                page.evaluate(call)
+            page.evaluate("tally.track('Signup', {plan: 'pro'})")
+            wait_until(lambda: event_count(conn) >= 2, timeout=10, message="2 events")
+            time.sleep(SETTLE_SECONDS)
+        finally:
+            browser.close()
+    names = [row[0] for row in conn.execute("SELECT name FROM events ORDER BY id")]
+    assert names == ["Early", "Signup"]
+    assert len(warnings) == 4 and all("tally.track" in warning for warning in warnings)

@@ -33,7 +33,9 @@
   }
 
   function track(name, props) {
-    post({ url: location.href, event: String(name), props: props || {} });
+    // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
+    if (typeof name !== "string" || !name) return console.warn("tally.track: the name must be a non-empty string");
+    post({ url: location.href, event: name, props: props || {} });
   }
 
   addEventListener("click", function (click) {
