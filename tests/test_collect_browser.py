@@ -270,6 +270,30 @@ def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, 
     assert {row[3] for row in rows} == {view_visitor}  # the page's visitor, no cookie
 
 
+def test_a_middle_click_on_an_outbound_link_counts_a_right_click_does_not(tally, site_server, conn):
+    """A middle click opens a link in a new tab and fires `auxclick`, not `click`: it was not
+    counted. A right click (also `auxclick`) opens nothing, nor does a middle click on a button."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.goto(f"{site}/events.html", wait_until="load")
+            views_become(conn, [("site.test", "/events.html")])
+            page.click("#out", button="right")
+            page.click("#buy span", button="middle")
+            page.click("#out", button="middle")
+            page.evaluate("tally.track('Done')")  # sent after the clicks' events
+            wait_until(lambda: event_count(conn) >= 3, timeout=10, message="3 events")
+            time.sleep(SETTLE_SECONDS)
+        finally:
+            browser.close()
+    names = sorted(row[0] for row in conn.execute("SELECT name FROM events"))
+    assert names == ["Done", "Early", "Outbound Link"]
+
+
 def event_count(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM events").fetchone()[0]
 

@@ -34,13 +34,14 @@
 
   function track(name, props) {
     // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
-    if (typeof name !== "string" || !name) return console.warn("tally.track: the name must be a non-empty string");
+    if (typeof name !== "string" || !name) return console.warn("tally.track: a name (a non-empty string) first");
     post({ url: location.href, event: name, props: props || {} });
   }
 
-  addEventListener("click", function (click) {
+  function clicked(click) {
+    if (click.button > 1) return; // a right click (auxclick) opens nothing; a middle one, links
     var target = click.target.closest ? click.target : click.target.parentElement; // a text node
-    var tagged = target && target.closest("[data-tally-event]");
+    var tagged = !click.button && target && target.closest("[data-tally-event]");
     if (tagged) {
       var props = {};
       for (var i = 0; i < tagged.attributes.length; i++) {
@@ -53,7 +54,9 @@
     if (link && /^https?:$/.test(link.protocol) && link.host !== location.host) {
       track("Outbound Link", { url: link.host });
     }
-  }, true);
+  }
+  addEventListener("click", clicked, true);
+  addEventListener("auxclick", clicked, true); // a middle click fires no click event
 
   var pushState = history.pushState;
   history.pushState = function () {
