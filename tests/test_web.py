@@ -338,6 +338,15 @@ def test_a_table_locked_by_someone_else_is_a_503_within_the_lock_timeout(client,
     assert client.get("/api/stats").json["total_views"] == 0
 
 
+def test_a_view_sent_while_its_table_is_locked_is_a_503_that_says_nothing_was_stored(client, database_url):
+    """The answer said "A table this reads is locked" to a sender of a view."""
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")
+        error = client.post_json("/api/pageviews", {"path": "/a"}, status=503).json["error"]
+        assert "table this writes is locked" in error and "nothing was changed" in error
+    assert client.get("/api/stats").json["total_views"] == 0
+
+
 # --- jobs ------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,11 @@ def json_error(status: int, sentence: str, **headers: str) -> bottle.HTTPRespons
     return json_response(status, {"error": sentence}, **headers)
 
 
+def _writes() -> bool:
+    """Whether the request being answered changes something (a view, an event, a job)."""
+    return bottle.request.method not in ("GET", "HEAD")
+
+
 def database_unavailable(route: Callable) -> Callable:
     """Answer 503 (not 500) when the database cannot be reached, or cannot answer in time."""
 
@@ -65,6 +70,12 @@ def database_unavailable(route: Callable) -> Callable:
             logger.warning(
                 "%s %s: a query passed the statement timeout", bottle.request.method, bottle.request.path
             )
+            if _writes():
+                return json_error(
+                    503,
+                    f"The database did not finish this within the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a"
+                    " statement may take here; nothing was changed; try again shortly.",
+                )
             return json_error(
                 503,
                 f"Counting this took longer than the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take"
@@ -80,10 +91,12 @@ def database_unavailable(route: Callable) -> Callable:
                 **{"Retry-After": "5"},
             )
         except LOCKED:
-            logger.warning("%s %s: a table it reads is locked", bottle.request.method, bottle.request.path)
+            logger.warning("%s %s: a table it needs is locked", bottle.request.method, bottle.request.path)
+            nothing = " nothing was changed;" if _writes() else ""
             return json_error(
                 503,
-                "A table this reads is locked (a migration or maintenance is running); try again shortly.",
+                f"A table this {'writes' if _writes() else 'reads'} is locked (a migration or maintenance"
+                f" is running);{nothing} try again shortly.",
             )
         except DATABASE_DOWN as error:
             logger.warning(
