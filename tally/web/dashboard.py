@@ -178,7 +178,13 @@ def chart_bars(
 ) -> list[dict[str, Any]]:
     """One bar per day for views and a narrower one inside it for visitors, scaled to the
     busiest day (of either period), with its label and tooltip; with `previous` (the period
-    before, day by day), each bar also carries the same-numbered day of that period."""
+    before, day by day), each bar also carries the same-numbered day of that period. The first
+    and last labels end at the chart's edges (centred under their bars, they were cut off):
+
+    >>> days = [{"day": f"2026-01-0{n}", "views": n} for n in (1, 2, 3)]
+    >>> [(bar["label"], bar["label_at"], bar["label_anchor"]) for bar in chart_bars(days)]
+    [('01-01', 0.0, 'start'), ('01-02', 360.0, 'middle'), ('01-03', 720.0, 'end')]
+    """
     previous = previous or []
     peak = (
         max(
@@ -210,8 +216,13 @@ def chart_bars(
             "visitors": visitors,
             "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
             "label_x": round(index * slot + slot / 2, 1),
+            "label_at": round(index * slot + slot / 2, 1),
+            "label_anchor": "middle",
             "previous": None,
         }
+        if len(daily) > 1 and index in (0, len(daily) - 1):
+            bar["label_at"] = 0.0 if index == 0 else float(CHART_WIDTH)
+            bar["label_anchor"] = "start" if index == 0 else "end"
         if index < len(previous):
             before = previous[index]
             bar["previous"] = {

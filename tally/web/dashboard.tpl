@@ -158,7 +158,7 @@
       <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views, {{bar['visitors']}} visitors{{'; %s: %s views' % (bar['previous']['day'], bar['previous']['views']) if bar['previous'] else ''}}</title></rect>
       <rect class="visitors" x="{{bar['visitors_x']}}" y="{{bar['visitors_y']}}" width="{{bar['visitors_width']}}" height="{{bar['visitors_height']}}" data-day="{{bar['day']}}" data-visitors="{{bar['visitors']}}"><title>{{bar['day']}}: {{bar['visitors']}} visitors</title></rect>
       % if bar['label']:
-      <text x="{{bar['label_x']}}" y="{{height - 8}}" text-anchor="middle">{{bar['label']}}</text>
+      <text x="{{bar['label_at']}}" y="{{height - 8}}" text-anchor="{{bar['label_anchor']}}">{{bar['label']}}</text>
       % end
       % end
       % if previous_points:
