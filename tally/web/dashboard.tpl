@@ -54,6 +54,14 @@
     .panel col.num { width: 4.4em; }
     .panel col.num.wide { width: 5.8em; }
   }
+  /* At 320px the same columns left a name 39px ("Sig" / "nup"); headers in smaller type free
+     about 40px more. Six digits still fit. */
+  @media (max-width: 360px) {
+    .panel th.num { font-size: .68rem; }
+    .panel td.num { font-size: .8rem; }
+    .panel col.num { width: 3.7em; }
+    .panel col.num.wide { width: 5em; }
+  }
   .panel td.value, .panel th.value { overflow-wrap: anywhere; word-break: break-word; }
   .panel td.value a { color: var(--ink); text-decoration: none; }
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
