@@ -136,6 +136,41 @@ def test_maintain_partitions_moves_caught_views_into_their_days_without_refoldin
     assert rolled_up_views(conn) == 43
 
 
+def test_a_rollup_that_meets_a_day_being_moved_out_of_the_default_partition_loses_none(
+    conn, database_url, own_partitions
+):
+    # A backfill's views wait in the default partition; maintain_partitions moves their day out
+    # (at :03, when the minutely rollup runs too). The rollup that started during the move
+    # waited on its locks, planned with the partitions it saw before (not the new day) and read
+    # after the move (the default one emptied): it folded none of them and moved its watermark
+    # past them, so stats never counted them and retention dropped them as rolled up.
+    day = utc_today() - datetime.timedelta(days=3)
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at)"
+        " SELECT '/moved', %s::date + n * interval '1 min' FROM generate_series(1, 50) n",
+        (day,),
+    )
+    mover = psycopg.connect(database_url)  # its transaction stays open: the move is under way
+    try:
+        mover.execute("SELECT tally_ensure_day_partition(%s)", (day,))
+        folded: list[int] = []
+
+        def rollup() -> None:
+            with psycopg.connect(database_url, autocommit=True) as other:
+                folded.append(other.execute("SELECT tally_rollup_page_views()").fetchone()[0])
+
+        roller = threading.Thread(target=rollup)
+        roller.start()
+        time.sleep(0.5)  # the rollup is waiting on the move
+        mover.commit()
+        roller.join(10)
+    finally:
+        mover.close()
+    conn.execute("SELECT tally_rollup_page_views()")
+    assert conn.execute("SELECT count(*) FROM page_views WHERE path = '/moved'").fetchone()[0] == 50
+    assert rolled_up_views(conn) == 50, folded
+
+
 def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(conn, own_partitions, caplog):
     for days_ago in range(41):  # made when they lay ahead, as maintain_partitions does
         day = utc_today() - datetime.timedelta(days=days_ago)
