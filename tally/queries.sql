@@ -829,8 +829,11 @@ SELECT site, period, recipient, status, attempts, claimed_at, error
 SELECT pg_advisory_lock(%(key)s)
 
 -- cluster_identifier --
--- The primary's cluster, which its streaming standbys share (tally/web/replica.py).
-SELECT system_identifier AS cluster FROM pg_control_system()
+-- The primary's cluster, which its streaming standbys share (tally/web/replica.py), and its
+-- database's OID, which a standby's copy of that database keeps.
+SELECT system_identifier AS cluster,
+       (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS database
+  FROM pg_control_system()
 
 -- unlock_report_run --
 -- The end of a send_reports run.
@@ -843,8 +846,11 @@ SELECT pg_advisory_unlock(%(key)s)
 -- would grow though nothing is missing), else the age of the last transaction it replayed (NULL:
 -- none since it started). A role without pg_read_all_stats sees the receiver's row with NULLs:
 -- the row then says a receiver runs, and what it received stands for what the primary reported.
--- Its cluster's system identifier too: a standby of another primary is not this one's replica.
+-- Its cluster's system identifier too: a standby of another primary is not this one's replica;
+-- and its database's OID: the primary's standby, connected to another of its databases (a URL
+-- without the database's name reaches `postgres`), has none of Tally's tables.
 SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control_system()) AS cluster,
+       (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS database,
        CASE WHEN receiver.pid IS NOT NULL AND coalesce(receiver.status, 'streaming') = 'streaming'
              AND pg_last_wal_replay_lsn() >= coalesce(receiver.latest_end_lsn, pg_last_wal_receive_lsn())
             THEN 0.0

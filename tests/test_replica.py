@@ -286,6 +286,29 @@ def test_a_standby_of_another_cluster_is_never_read_from(pair, pool, caplog):
 
 @pytest.mark.slow
 @skip_without_a_standby
+def test_the_standby_reached_in_another_of_its_databases_is_never_read_from(pair, caplog):
+    """The right standby, but another of its databases (a URL without a database name reaches
+    `postgres`): health said `in use` and every owner's read answered 503 "no Tally schema yet:
+    run `python -m migrations`". Its database's OID is not the primary's."""
+    from tally.config import from_env
+    from tally.db import replica_pool, web_pool
+    from tally.web.replica import ReadRouter
+
+    other = psycopg.conninfo.make_conninfo(pair.standby_url, dbname="template1")
+    config = from_env({"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": other}, process_type="web")
+    with web_pool(config) as primary:
+        reads = ReadRouter(primary, replica_pool(config), config)
+        reads.start()
+        try:
+            wait_until(lambda: reads.status().state == "another database", 10, 0.02, "another database")
+            assert reads.run(lambda read_pool: read_pool) is primary
+            assert "another of its databases" in caplog.text
+        finally:
+            reads.close()
+
+
+@pytest.mark.slow
+@skip_without_a_standby
 def test_a_frozen_replica_is_logged_when_its_check_goes_stale(pair, caplog):
     """SIGSTOP: the check hangs (the server answers nothing, not its statement timeout either);
     health said unreachable, and with no read meanwhile the log said nothing, going or coming."""

@@ -181,6 +181,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "unreachable",
                     "not a standby",
                     "another cluster",
+                    "another database",
                 ]
             },
             "replica_lag_seconds": NUMBER_OR_NULL,

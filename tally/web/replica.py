@@ -65,7 +65,7 @@ READ_WAIT_SECONDS = 5.0
 # in its log, twice a second per web at the check's own pace.
 MAX_RETRY_SECONDS = 5.0
 
-OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER = (
+OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE = (
     "off",
     "starting",
     "in use",
@@ -73,6 +73,7 @@ OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER = (
     "unreachable",
     "not a standby",
     "another cluster",
+    "another database",
 )
 
 
@@ -84,7 +85,7 @@ class ReadsBusy(Exception):
 class ReplicaStatus:
     """What health and /metrics say about the replica."""
 
-    state: str  # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER
+    state: str  # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE
     lag_seconds: float | None  # at the last check; None when unknown or not a replica
 
     @property
@@ -115,7 +116,7 @@ class ReadRouter:
         self._lag: float | None = None
         self._vouched_at = float("-inf")  # start of the last check that found it fit
         self._caught_up_at: float | None = None  # start of the last check that found it caught up
-        self._primary_cluster: int | None = None  # the primary's system identifier, once read
+        self._primary_cluster: tuple[int, int] | None = None  # the primary's system identifier and database OID
         self._down_at = float("-inf")  # when a read last failed on its connection
         self._served: collections.Counter[str] = collections.Counter()
         self._stopping = threading.Event()
@@ -153,7 +154,7 @@ class ReadRouter:
             except Exception as error:  # the checker must outlive any surprise, or reads never return
                 logger.error("replica check failed: %s", describe_error(error))
                 self._set(UNREACHABLE, None, "unreachable (the check itself failed)")
-            failing = connection is None or self.status().state in (NOT_A_STANDBY, OTHER_CLUSTER)
+            failing = connection is None or self.status().state in (NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE)
             interval = min(interval * 2, MAX_RETRY_SECONDS) if failing else CHECK_INTERVAL_SECONDS
             self._stopping.wait(max(0.0, interval - (time.monotonic() - started)))
         if connection is not None:
@@ -165,30 +166,34 @@ class ReadRouter:
             if connection is None or connection.closed:
                 assert self._connect is not None
                 connection = self._connect()
-            standby, cluster, lag = connection.execute(QUERIES["replica_state"]).fetchone()
+            standby, cluster, database, lag = connection.execute(QUERIES["replica_state"]).fetchone()
         except psycopg.Error as error:
             if connection is not None:
                 connection.close()
             self._set(UNREACHABLE, None, f"unreachable ({database_error(error)})")
             return None
-        self._checked(started, standby, cluster, lag)
+        self._checked(started, standby, cluster, lag, database)
         return connection
 
-    def _primary_cluster_id(self) -> int | None:
-        """The primary's system identifier, read once (None while the primary cannot say)."""
+    def _primary_cluster_id(self) -> tuple[int, int] | None:
+        """The primary's system identifier and database OID, read once (None while the primary
+        cannot say)."""
         if self._primary_cluster is None:
             try:
                 with self.primary.connection(timeout=db.WEB_POOL_WAIT_SECONDS) as conn:
-                    self._primary_cluster = conn.execute(QUERIES["cluster_identifier"]).fetchone()[0]
+                    self._primary_cluster = tuple(conn.execute(QUERIES["cluster_identifier"]).fetchone())
             except (psycopg.Error, psycopg_pool.PoolTimeout):
                 return None
         return self._primary_cluster
 
-    def _checked(self, started: float, standby: bool, cluster: int, server_lag: float | None) -> None:
+    def _checked(
+        self, started: float, standby: bool, cluster: int, server_lag: float | None, database: int
+    ) -> None:
         if not standby:
             self._set(NOT_A_STANDBY, None, "not a standby (pg_is_in_recovery() is false): it is not used")
             return
-        primary = self._primary_cluster_id()
+        identity = self._primary_cluster_id()
+        primary, primary_database = identity if identity is not None else (None, None)
         if primary is None:
             self._set(UNREACHABLE, None, "not checked against the primary, which does not answer")
             return
@@ -198,6 +203,15 @@ class ReadRouter:
                 None,
                 f"a standby of another cluster (system identifier {cluster}, the primary's {primary}):"
                 " its data is not this database's, it is not used",
+            )
+            return
+        if database != primary_database:
+            self._set(
+                OTHER_DATABASE,
+                None,
+                f"a standby of the primary, but connected to another of its databases (OID {database},"
+                f" DATABASE_URL's {primary_database}): DATABASE_REPLICA_URL must name the same database,"
+                " it is not used",
             )
             return
         if server_lag == 0.0:
