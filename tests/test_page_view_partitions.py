@@ -171,6 +171,43 @@ def test_a_rollup_that_meets_a_day_being_moved_out_of_the_default_partition_lose
     assert rolled_up_views(conn) == 50, folded
 
 
+def test_a_view_sent_while_its_day_is_moved_out_of_the_default_partition_is_stored(
+    conn, database_url, pool, own_partitions
+):
+    # Today's partition missing (the worker or clock stopped for over a week): today's views
+    # wait in the default partition, and maintain_partitions moves them out while beacons
+    # arrive. An INSERT that waited on the move's lock was routed with the partitions it saw
+    # before (the default one) and failed its partition constraint: a 500, the view lost.
+    from tally.web.view_writer import View, insert_views
+
+    today = utc_today()
+    name = partitions.partition_name(today)
+    conn.execute(f'ALTER TABLE page_views DETACH PARTITION "{name}"')  # a name, never input
+    conn.execute(f'DROP TABLE "{name}"')
+    insert_views(pool, [View("/before")])
+    mover = psycopg.connect(database_url)  # its transaction stays open: the move is under way
+    errors: list[Exception] = []
+
+    def send() -> None:
+        try:
+            insert_views(pool, [View("/during")])
+        except Exception as error:
+            errors.append(error)
+
+    try:
+        mover.execute("SELECT tally_ensure_day_partition(%s)", (today,))
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.3)  # the insert is waiting on the move
+        mover.commit()
+        sender.join(10)
+    finally:
+        mover.close()
+    assert errors == []
+    stored = dict(conn.execute("SELECT path, tableoid::regclass::text FROM page_views").fetchall())
+    assert stored == {"/before": name, "/during": name}
+
+
 def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(conn, own_partitions, caplog):
     for days_ago in range(41):  # made when they lay ahead, as maintain_partitions does
         day = utc_today() - datetime.timedelta(days=days_ago)

@@ -233,4 +233,15 @@ def execute_insert(conn: psycopg.Connection, views: Sequence[View]) -> None:
     """Store `views` in one INSERT on `conn` (in autocommit mode: all or none, committed)."""
     rows = [view if isinstance(view, View) else View(*view) for view in views]
     # One JSON document (a View is a tuple: an array), not a list per column: see the query.
-    conn.execute(QUERIES["insert_page_views"], {"views": json.dumps(rows)})
+    params = {"views": json.dumps(rows)}
+    try:
+        conn.execute(QUERIES["insert_page_views"], params)
+    except psycopg.errors.CheckViolation as error:
+        if error.diag.constraint_name is not None:
+            raise  # a named CHECK: the views themselves are refused
+        # A partition constraint (unnamed): maintain_partitions attached the views' day while
+        # this INSERT waited on its lock (moving that day out of the default partition), and
+        # the INSERT had routed them with the partitions it saw before, to the default one.
+        # Nothing was stored; once more, with the day in place.
+        logger.info("views routed to a partition their day just left: inserting them again")
+        conn.execute(QUERIES["insert_page_views"], params)
