@@ -85,7 +85,8 @@ class ReadsBusy(Exception):
 class ReplicaStatus:
     """What health and /metrics say about the replica."""
 
-    state: str  # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE
+    # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE
+    state: str
     lag_seconds: float | None  # at the last check; None when unknown or not a replica
 
     @property
@@ -116,7 +117,8 @@ class ReadRouter:
         self._lag: float | None = None
         self._vouched_at = float("-inf")  # start of the last check that found it fit
         self._caught_up_at: float | None = None  # start of the last check that found it caught up
-        self._primary_cluster: tuple[int, int] | None = None  # the primary's system identifier and database OID
+        # the primary's system identifier and its database's OID, once read
+        self._primary_cluster: tuple[int, int] | None = None
         self._down_at = float("-inf")  # when a read last failed on its connection
         self._served: collections.Counter[str] = collections.Counter()
         self._stopping = threading.Event()
@@ -154,7 +156,8 @@ class ReadRouter:
             except Exception as error:  # the checker must outlive any surprise, or reads never return
                 logger.error("replica check failed: %s", describe_error(error))
                 self._set(UNREACHABLE, None, "unreachable (the check itself failed)")
-            failing = connection is None or self.status().state in (NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE)
+            refused = (NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE)
+            failing = connection is None or self.status().state in refused
             interval = min(interval * 2, MAX_RETRY_SECONDS) if failing else CHECK_INTERVAL_SECONDS
             self._stopping.wait(max(0.0, interval - (time.monotonic() - started)))
         if connection is not None:
