@@ -136,6 +136,25 @@ def test_maintain_partitions_moves_caught_views_into_their_days_without_refoldin
     assert rolled_up_views(conn) == 43
 
 
+def test_maintain_partitions_names_the_days_it_left_behind_a_lock(
+    conn, database_url, own_partitions, caplog, monkeypatch
+):
+    """It said only "0 day(s) made" after 9 s of losing to a long read."""
+    monkeypatch.setattr(partitions, "ATTEMPTS", 2)
+    monkeypatch.setattr(partitions, "PAUSE_SECONDS", 0.01)
+    day = utc_today() - datetime.timedelta(days=3)
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', %s::date + time '01:00')", (day,))
+    with psycopg.connect(database_url) as reader:
+        reader.execute("LOCK TABLE page_views_default IN ACCESS SHARE MODE")  # a long read of it
+        with caplog.at_level(logging.INFO, logger="jobs"):
+            defer(partitions.maintain_partitions)
+            run_queued_jobs()
+    said = [record.getMessage() for record in caplog.records if record.name == "jobs.partitions"]
+    left = [m for m in said if m.startswith("left for the next run")]
+    assert len(left) == 1 and partitions.partition_name(day) in left[0], said
+    assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 1  # moved next time
+
+
 def test_a_rollup_that_meets_a_day_being_moved_out_of_the_default_partition_loses_none(
     conn, database_url, own_partitions
 ):
