@@ -309,6 +309,45 @@ def test_the_standby_reached_in_another_of_its_databases_is_never_read_from(pair
 
 @pytest.mark.slow
 @skip_without_a_standby
+def test_a_read_that_waits_out_a_lock_replay_holds_goes_to_the_primary_and_the_replica_stays_in_use(pair):
+    """A replica read that passed its lock timeout behind a lock replay holds (a cleanup's
+    detach, a move's attach) marked the replica down: health said unreachable, the log too."""
+    from tally.config import from_env
+    from tally.db import replica_pool, web_pool
+    from tally.web.replica import ReadRouter
+
+    config = from_env(
+        {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}, process_type="web"
+    )
+    with web_pool(config) as primary, psycopg.connect(pair.standby_url, autocommit=True) as standby:
+        reads = ReadRouter(primary, replica_pool(config), config)
+        reads.start()
+        try:
+            wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
+
+            def count_rollup_rows(pool) -> str:
+                if pool is primary:
+                    return "primary"  # where the lock is taken: not read here
+                with pool.connection() as conn:
+                    conn.execute("SELECT count(*) FROM page_view_day_values")
+                return "replica"
+
+            with psycopg.connect(pair.primary_url) as locker:
+                locker.execute("LOCK TABLE page_view_day_values IN ACCESS EXCLUSIVE MODE")
+                locker.execute("SELECT pg_switch_wal()")  # its WAL record goes to the standby now
+                replayed = (
+                    "SELECT 1 FROM pg_locks WHERE mode = 'AccessExclusiveLock'"
+                    " AND relation = 'page_view_day_values'::regclass"
+                )
+                wait_until(lambda: standby.execute(replayed).fetchall(), 10, 0.05, "the lock replayed")
+                assert reads.run(count_rollup_rows) == "primary"
+                assert reads.status().state == "in use"
+        finally:
+            reads.close()
+
+
+@pytest.mark.slow
+@skip_without_a_standby
 def test_a_frozen_replica_is_logged_when_its_check_goes_stale(pair, caplog):
     """SIGSTOP: the check hangs (the server answers nothing, not its statement timeout either);
     health said unreachable, and with no read meanwhile the log said nothing, going or coming."""

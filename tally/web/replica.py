@@ -309,9 +309,10 @@ class ReadRouter:
                 return self._on_primary(read)
             except psycopg.errors.QueryCanceled:
                 raise  # statement_timeout: the read is slow wherever it runs
-            except psycopg.errors.SerializationFailure as error:
+            except (psycopg.errors.SerializationFailure, psycopg.errors.LockNotAvailable) as error:
                 # "conflict with recovery": replay needed what this snapshot holds (a vacuum's
-                # removed rows, a dropped partition's lock); the replica itself is well.
+                # removed rows, a dropped partition's lock); or the read waited past its lock
+                # timeout for replay's own lock (a detach, a drop, a move): the replica is well.
                 logger.info("replica read cancelled (%s): reading from the primary", database_error(error))
                 return self._on_primary(read)
             except psycopg_pool.PoolTimeout:
