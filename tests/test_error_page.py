@@ -53,6 +53,9 @@ def test_a_dashboard_filter_past_the_time_limit_is_a_page_with_ways_out(database
         }
         # Not a browser: the contract's JSON, as before.
         assert "took longer than" in client.get("/?days=30&country=DE", status=503).json["error"]
+        # Already 7 days or fewer: no link to the same page under another name.
+        page = client.get("/?days=7&country=DE", headers=BROWSER, status=503)
+        assert "The last 7 days" not in ways_out(page.text)
 
 
 def test_a_bad_parameter_is_a_page_whose_links_keep_the_share_token_and_escape_values(database_url, pool):

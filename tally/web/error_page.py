@@ -64,7 +64,9 @@ def ways_out(status: int) -> list[tuple[str, str]]:
     links = []
     if status == http.HTTPStatus.SERVICE_UNAVAILABLE:
         links.append(("Try again", address(given)))
-        if path == "/":  # a count that took too long: a shorter window counts fewer views
+        days = dict(given).get("days", "")
+        shorter = not days.isdigit() or int(days) > FEWER_DAYS  # not offered when it is no shorter
+        if path == "/" and shorter:  # a count that took too long: a shorter window counts fewer views
             fewer = [(name, value) for name, value in given if name != "days"] + [("days", str(FEWER_DAYS))]
             links.append((f"The last {FEWER_DAYS} days", address(fewer)))
     if 1 < len(others) <= MOST_PARAMETERS:
