@@ -414,10 +414,15 @@ SELECT task_name, status::text AS status, count(*)::bigint AS jobs
   FROM procrastinate_jobs GROUP BY 1, 2 ORDER BY 1, 2
 
 -- oldest_waiting_job --
--- Age in seconds of the oldest job ready to run but not started.
-SELECT extract(epoch FROM now() - min(event.at))::float8 AS age
+-- Age in seconds of the oldest job ready to run but not started: each job waits from when it
+-- last became runnable (deferred, retried, re-queued, or its scheduled time), not its first defer.
+SELECT extract(epoch FROM now() - min(ready.at))::float8 AS age
   FROM procrastinate_jobs job
-  JOIN procrastinate_events event ON event.job_id = job.id AND event.type = 'deferred'
+  CROSS JOIN LATERAL (
+      SELECT greatest(max(event.at), job.scheduled_at) AS at
+        FROM procrastinate_events event
+       WHERE event.job_id = job.id AND event.type IN ('deferred', 'retried', 'deferred_for_retry')
+  ) ready
  WHERE job.status = 'todo' AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
 
 -- recent_failures --

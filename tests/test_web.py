@@ -444,6 +444,31 @@ def test_queue_summary_and_retrying_a_failed_job(client, conn):
     )
 
 
+def test_a_job_waits_from_when_it_became_runnable_not_from_its_first_defer(client, conn):
+    """A job deferred an hour ago that failed, and was retried (by hand, or re-queued after its
+    worker died, or scheduled for a retry that is now due) has waited since then: the summary,
+    /metrics and tally_job_overview had counted from its first defer, so an alert on the oldest
+    waiting job fired on every retry of an old job."""
+    failed = make_failed_job(conn)
+    conn.execute("UPDATE procrastinate_events SET at = at - interval '1 hour' WHERE job_id = %s", (failed,))
+    client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
+    assert client.get("/api/jobs").json["oldest_waiting_age_seconds"] < 60
+    (overview,) = conn.execute(
+        "SELECT extract(epoch FROM oldest_waiting) FROM tally_job_overview WHERE status = 'todo'"
+    ).fetchone()
+    assert overview < 60
+
+    # Due now after a retry scheduled for later: it has waited since it was due.
+    conn.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", (failed,))
+    conn.execute(
+        "SELECT procrastinate_retry_job_v2(%s, now() - interval '2 seconds', NULL, NULL, NULL)", (failed,)
+    )
+    conn.execute(
+        "UPDATE procrastinate_events SET at = at - interval '10 minutes' WHERE job_id = %s", (failed,)
+    )
+    assert 1 < client.get("/api/jobs").json["oldest_waiting_age_seconds"] < 60
+
+
 def test_an_aborted_job_can_be_retried_alone_or_in_bulk(client, conn):
     """A running job aborted (by cancel, or past its time limit) ends `aborted`: it could be
     neither retried (409) nor given a Retry button, only run anew without its arguments."""
