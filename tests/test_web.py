@@ -312,6 +312,23 @@ def test_health_answers_503_quickly_when_the_database_is_unreachable(database_ur
         assert client.post_json("/api/pageviews", GOOD, status=503).json["error"]
 
 
+def test_deferring_a_job_without_the_database_is_a_503_not_a_500(database_url):
+    """POST /api/jobs/<task> defers through procrastinate's connector, which wraps the pool's
+    timeout in its own ConnectorException: the route answered 500 "Internal error"."""
+    bad_url = "postgresql://postgres@/postgres?host=/nonexistent-tally-socket-dir"
+    settings = from_env({"DATABASE_URL": bad_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    connector = jobs.app.connector.get_sync_connector()
+    kept = connector._pool, connector._pool_externally_set  # procrastinate keeps the first pool it got
+    connector._pool, connector._pool_externally_set = None, False
+    try:
+        with web_pool(settings) as unreachable:
+            client = webtest.TestApp(build_app(settings, unreachable, jobs.app), extra_environ=OWNER)
+            error = client.post("/api/jobs/rollup_page_views", status=503).json["error"]
+            assert "unreachable" in error
+    finally:
+        connector._pool, connector._pool_externally_set = kept
+
+
 def test_a_query_past_the_statement_timeout_is_a_503_that_says_why(database_url, conn, monkeypatch):
     """Not "the database is unreachable": it is there, and the answer was too slow to count."""
     from tally import db

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bottle
+import procrastinate
 import psycopg
 import psycopg_pool
 
@@ -65,7 +66,14 @@ def database_unavailable(route: Callable) -> Callable:
     @functools.wraps(route)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return route(*args, **kwargs)
+            try:
+                return route(*args, **kwargs)
+            except procrastinate.exceptions.ConnectorException as error:
+                # Deferring and cancelling go through procrastinate's connector, which wraps
+                # psycopg's and the pool's errors in its own: judge the one it wraps.
+                if isinstance(error.__cause__, Exception):
+                    raise error.__cause__ from None
+                raise
         except TOO_SLOW:
             logger.warning(
                 "%s %s: a query passed the statement timeout", bottle.request.method, bottle.request.path
