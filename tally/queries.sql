@@ -553,16 +553,31 @@ SELECT id, was,
        pg_notify('procrastinate_any_queue_v1', json_build_object('type', 'job_inserted', 'job_id', id)::text)
   FROM retried
 
+-- waiting_job_of_same_queueing_lock --
+-- The job waiting with the queueing lock of job `job_id` (procrastinate allows one at a time).
+SELECT waiting.id FROM procrastinate_jobs job
+  JOIN procrastinate_jobs waiting ON waiting.queueing_lock = job.queueing_lock AND waiting.status = 'todo'
+ WHERE job.id = %(job_id)s
+
 -- retry_jobs_matching --
 -- Queue again up to `limit` failed, cancelled or aborted jobs of a filter, newest first; wake the workers once.
-WITH target AS (
-    SELECT id, status FROM procrastinate_jobs
+-- procrastinate lets one job of a queueing lock wait at a time: of those, only the newest is
+-- retried, and none while another job of that lock waits.
+WITH candidate AS (
+    SELECT id, status, queueing_lock FROM procrastinate_jobs
      WHERE status IN ('failed', 'cancelled', 'aborted')
        AND (%(status)s::procrastinate_job_status IS NULL OR status = %(status)s)
        AND (%(task)s::varchar IS NULL OR task_name = %(task)s)
        AND (%(queue)s::varchar IS NULL OR queue_name = %(queue)s)
      ORDER BY id DESC LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), target AS (
+    SELECT DISTINCT ON (queueing_lock, CASE WHEN queueing_lock IS NULL THEN id END) id, status
+      FROM candidate
+     WHERE queueing_lock IS NULL
+        OR NOT EXISTS (SELECT 1 FROM procrastinate_jobs waiting
+                        WHERE waiting.queueing_lock = candidate.queueing_lock AND waiting.status = 'todo')
+     ORDER BY queueing_lock, CASE WHEN queueing_lock IS NULL THEN id END, id DESC
 ), retried AS (
     UPDATE procrastinate_jobs job
        SET status = 'todo', scheduled_at = NULL, abort_requested = false, worker_id = NULL

@@ -486,6 +486,34 @@ def test_a_job_waits_from_when_it_became_runnable_not_from_its_first_defer(clien
     assert 1 < client.get("/api/jobs").json["oldest_waiting_age_seconds"] < 60
 
 
+def test_retrying_a_job_whose_queueing_lock_another_waiting_job_holds_is_a_409(client, conn):
+    """The web asks for a rollup with queueing_lock="rollup_page_views" (one such job waits at a
+    time). One of those cancelled (or failed) while the next waits: retrying it, alone or in bulk,
+    broke procrastinate's unique index on waiting jobs' queueing locks, a 500 for both."""
+    failed = make_failed_job(conn)
+    rollup = jobs.app.tasks["rollup_page_views"].configure(queueing_lock="rollup_page_views")
+    with jobs.app.open():
+        cancelled = rollup.defer()
+        client.post(f"/api/jobs/{cancelled}/cancel", headers=auth(), status=200)
+        waiting = rollup.defer()
+
+    error = client.post(f"/api/jobs/{cancelled}/retry", headers=auth(), status=409).json["error"]
+    assert "queueing lock" in error and str(waiting) in error
+    assert client.post("/api/jobs/bulk/retry", headers=auth(), status=202).json["retried"] == 1
+    statuses = dict(conn.execute("SELECT id, status::text FROM procrastinate_jobs").fetchall())
+    assert statuses == {cancelled: "cancelled", waiting: "todo", failed: "todo"}
+
+    # Once the waiting one has gone, the cancelled one can wait again.
+    client.post(f"/api/jobs/{waiting}/cancel", headers=auth(), status=200)
+    client.post(f"/api/jobs/{cancelled}/retry", headers=auth(), status=202)
+    # Two of one queueing lock in one bulk retry: the newest waits again, the other is left.
+    assert client.post("/api/jobs/bulk/retry", headers=auth(), status=202).json["retried"] == 0
+    client.post(f"/api/jobs/{cancelled}/cancel", headers=auth(), status=200)
+    assert client.post("/api/jobs/bulk/retry", headers=auth(), status=202).json["retried"] == 1
+    statuses = dict(conn.execute("SELECT id, status::text FROM procrastinate_jobs").fetchall())
+    assert statuses == {cancelled: "cancelled", waiting: "todo", failed: "todo"}
+
+
 def test_an_aborted_job_can_be_retried_alone_or_in_bulk(client, conn):
     """A running job aborted (by cancel, or past its time limit) ends `aborted`: it could be
     neither retried (409) nor given a Retry button, only run anew without its arguments."""

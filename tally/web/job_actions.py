@@ -56,7 +56,16 @@ def _rows(conn: psycopg.Connection, name: str, **params: Any) -> list[dict[str, 
 
 def retry(conn: psycopg.Connection, job_id: int, actor: str) -> Outcome:
     """A failed, cancelled or aborted job back to `todo`, at once; 404 unknown, 409 in another state."""
-    rows = _rows(conn, "retry_job", job_id=job_id)
+    try:
+        rows = _rows(conn, "retry_job", job_id=job_id)
+    except psycopg.errors.UniqueViolation:
+        # procrastinate lets one job of a queueing lock wait at a time (the web's rollup requests).
+        (waiting,) = _rows(conn, "waiting_job_of_same_queueing_lock", job_id=job_id) or [{"id": "?"}]
+        return _refused(
+            409,
+            f"Job {job_id} cannot wait again while job {waiting['id']} of its queueing lock waits;"
+            " that one will do the same work.",
+        )
     if not rows:
         job = queue_state.job_detail(conn, job_id)
         if job is None:
@@ -92,7 +101,12 @@ def retry_matching(conn: psycopg.Connection, filters: dict[str, Any], actor: str
     """Retry the failed, cancelled and aborted jobs of a filter, newest first, BULK_LIMIT at most."""
     if filters["status"] not in (None, "failed", "cancelled", "aborted"):
         return _refused(409, "Only failed, cancelled or aborted jobs can be retried: filter by one of those.")
-    (row,) = _rows(conn, "retry_jobs_matching", **filters, limit=BULK_LIMIT)
+    try:
+        (row,) = _rows(conn, "retry_jobs_matching", **filters, limit=BULK_LIMIT)
+    except psycopg.errors.UniqueViolation:  # a job of a queueing lock deferred meanwhile
+        return _refused(
+            409, "A job was deferred meanwhile with the queueing lock of one to retry; try again."
+        )
     logger.info("%s jobs retried in bulk (filter %s) by %s", row["retried"], _shown(filters), actor)
     done = f"{row['retried']} jobs wait to run again."
     return Outcome(202, {"retried": row["retried"], "limit": BULK_LIMIT, "done": done})
