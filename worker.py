@@ -16,10 +16,17 @@ import signal
 from typing import Any
 
 import procrastinate
+from procrastinate.job_context import AbortReason
 from procrastinate.worker import Worker
 
 import jobs
-from jobs.liveness import LIVENESS_SWEEP_SECONDS, WorkerSession, requeue_jobs_of_lost_sessions
+from jobs.liveness import (
+    LIVENESS_SWEEP_SECONDS,
+    SESSION_CHECK_SECONDS,
+    TakenForDead,
+    WorkerSession,
+    requeue_jobs_of_lost_sessions,
+)
 from tally import db, logs, queue_connector
 
 RESTART_DELAY_SECONDS = 1.0
@@ -39,10 +46,13 @@ class SupervisedWorker(Worker):
     connection would go unnoticed. Keeping the deferrer pending keeps the monitor on.
 
     It also holds its session lock (jobs/liveness.py) from before its first job until
-    `release_session()`, after the drain, and sweeps for the jobs of dead workers.
+    `release_session()`, after the drain, taking it again whenever its session ends (the
+    drain too: a database restart stops a worker, whose jobs run on), and sweeps for the
+    jobs of dead workers.
     """
 
     session: WorkerSession | None = None
+    keeper: asyncio.Task | None = None
 
     async def _periodic_deferrer(self) -> None:
         await asyncio.Event().wait()
@@ -57,7 +67,28 @@ class SupervisedWorker(Worker):
                 with contextlib.suppress(Exception):
                     await self.app.job_manager.unregister_worker(self.worker_id)
                 raise
+            self.keeper = asyncio.create_task(self._keep_session(), name="keep_session")
         await super()._run_loop()
+
+    async def _keep_session(self) -> None:
+        assert self.session is not None
+        said = False  # one line per outage, not one a second
+        while True:
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
+            try:
+                await self.session.keep()
+                said = False
+            except TakenForDead as error:
+                # Its running jobs were re-queued and run elsewhere: stop them here.
+                logger.error("%s; aborting its running jobs and stopping", error)
+                for task, context in list(self._running_jobs.items()):
+                    self._abort_job(task, context, AbortReason.SHUTDOWN)
+                self.stop()
+                return
+            except Exception as error:  # the database is away: try again at the next check
+                if not said:
+                    logger.warning("worker %s cannot take its lock again yet: %s", self.worker_id, error)
+                said = True
 
     def _start_side_tasks(self) -> list[asyncio.Task]:
         sweep = asyncio.create_task(self._sweep_lost_sessions(), name="sweep_lost_sessions")
@@ -66,12 +97,15 @@ class SupervisedWorker(Worker):
     async def _sweep_lost_sessions(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
-            if self.session is not None:
-                await self.session.keep()
             if await requeue_jobs_of_lost_sessions(self.app.connector):
                 self._new_job_event.set()  # run them here at once if there is room
 
     async def release_session(self) -> None:
+        if self.keeper is not None:
+            self.keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.keeper
+            self.keeper = None
         if self.session is not None:
             await self.session.release()
             self.session = None

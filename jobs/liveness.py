@@ -1,9 +1,11 @@
 """A worker's liveness tied to its database session, so a killed worker's jobs run again
 within seconds (migrations/0006_worker_sessions.sql explains the lock and its table).
 
-`python worker.py` holds a `WorkerSession` from registration until it has drained, and
-every worker sweeps every LIVENESS_SWEEP_SECONDS: the running jobs of workers whose lock
-nobody holds are re-queued. The heartbeat rule (`retry_stalled_jobs`) stays for workers
+`python worker.py` holds a `WorkerSession` from registration until it has drained, checks it
+every SESSION_CHECK_SECONDS (taking the lock again on a new session when the old one ended: a
+database restart, a network blip, pg_terminate_backend), and every worker sweeps every
+LIVENESS_SWEEP_SECONDS: the running jobs of workers whose lock nobody has held for
+LOST_SESSION_GRACE_SECONDS are re-queued. The heartbeat rule (`retry_stalled_jobs`) stays for workers
 without a session lock (the procrastinate CLI, WORKER_SESSION_LIVENESS=false behind
 PgBouncer, whose pooled server sessions outlive their clients).
 
@@ -25,6 +27,17 @@ from tally.db import QUERIES
 logger = logging.getLogger("jobs.liveness")
 
 LIVENESS_SWEEP_SECONDS = 3.0
+# How often a worker makes sure its session (and lock) is there, during its drain too.
+SESSION_CHECK_SECONDS = 1.0
+# How long a lock must stay free before its worker counts as dead. A live worker whose session
+# ended takes its lock again at its next check (1 s, plus a connection); a sweep that took a
+# free lock for death at once re-queued a job its live worker went on running: it ran twice.
+# A SIGKILLed worker's jobs now run again within a sweep, this, and a sweep (3 + 6 + 3 s).
+LOST_SESSION_GRACE_SECONDS = 6.0
+
+
+class TakenForDead(Exception):
+    """The sweep forgot this worker (its lock stayed free past the grace): its jobs run elsewhere."""
 
 
 class WorkerSession:
@@ -45,6 +58,9 @@ class WorkerSession:
         )
         try:
             await connection.execute(QUERIES["hold_worker_session"], {"worker_id": worker_id})
+        except psycopg.errors.ForeignKeyViolation:
+            await connection.close()
+            raise TakenForDead(f"worker {worker_id} was taken for dead (its lock stayed free)") from None
         except BaseException:
             await connection.close()
             raise
@@ -52,13 +68,15 @@ class WorkerSession:
         return cls(settings, worker_id, connection)
 
     async def keep(self) -> None:
-        """Check the session; when it was lost, take the lock again on a new one (or raise)."""
-        try:
-            await self.connection.execute("SELECT 1")
-            return
-        except psycopg.Error as error:
-            logger.warning("worker %s lost its session (%s); taking its lock again", self.worker_id, error)
-        await self.connection.close()
+        """Check the session; when it was lost, take the lock again on a new one (or raise:
+        TakenForDead, or the database's error while it is away)."""
+        if not self.connection.closed:
+            try:
+                await self.connection.execute("SELECT 1")
+                return
+            except psycopg.Error as error:
+                logger.warning("worker %s lost its session (%s); taking its lock anew", self.worker_id, error)
+                await self.connection.close()
         self.connection = (await WorkerSession.hold(self.settings, self.worker_id)).connection
 
     async def release(self) -> None:
@@ -67,8 +85,10 @@ class WorkerSession:
 
 async def requeue_jobs_of_lost_sessions(connector: BaseAsyncConnector) -> int:
     """Re-queue the running jobs of workers whose session lock nobody holds; return how many."""
+    await connector.execute_query_async(QUERIES["note_lost_sessions"])
+    grace = LOST_SESSION_GRACE_SECONDS
     retried = 0
-    for row in await connector.execute_query_all_async(QUERIES["jobs_of_lost_sessions"]):
+    for row in await connector.execute_query_all_async(QUERIES["jobs_of_lost_sessions"], grace=grace):
         result = await connector.execute_query_one_async(
             QUERIES["retry_stalled_job"], job_id=row["job_id"], worker_id=row["worker_id"]
         )
@@ -80,5 +100,5 @@ async def requeue_jobs_of_lost_sessions(connector: BaseAsyncConnector) -> int:
                 row["task_name"],
                 row["worker_id"],
             )
-    await connector.execute_query_one_async(QUERIES["delete_lost_session_workers"])
+    await connector.execute_query_one_async(QUERIES["delete_lost_session_workers"], grace=grace)
     return retried

@@ -460,17 +460,31 @@ SELECT (SELECT coalesce(sum(views), 0) FROM page_view_buckets)
          WHERE recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
 -- hold_worker_session --
--- Take the worker's session lock and say so (one transaction: the row is never seen without the lock).
+-- Take the worker's session lock and say so (one transaction: the row is never seen without the
+-- lock). Taken again on a new session (the old one ended), the lock is no longer lost. A worker
+-- whose row the sweep deleted (taken for dead) fails here on the row's foreign key.
 WITH locked AS (SELECT pg_advisory_lock(7245, %(worker_id)s::int))
 INSERT INTO tally_worker_sessions (worker_id) SELECT %(worker_id)s FROM locked
-ON CONFLICT (worker_id) DO NOTHING
+ON CONFLICT (worker_id) DO UPDATE SET lost_since = NULL
+
+-- note_lost_sessions --
+-- When each worker's session lock was first seen free; forgotten once someone holds it again.
+UPDATE tally_worker_sessions session
+   SET lost_since = CASE WHEN session.lost_since IS NULL THEN now() END
+ WHERE (session.lost_since IS NULL) = NOT EXISTS (
+       SELECT 1 FROM pg_locks lock
+        WHERE lock.locktype = 'advisory' AND lock.granted
+          AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND lock.classid = 7245 AND lock.objid = session.worker_id::oid AND lock.objsubid = 2)
 
 -- jobs_of_lost_sessions --
--- Running jobs of workers whose session lock nobody holds any more: those workers are dead.
+-- Running jobs of workers whose session lock nobody has held for `grace` seconds: those workers
+-- are dead (a live one whose session ended takes its lock again within a second or two).
 SELECT job.id AS job_id, job.worker_id, job.task_name
   FROM procrastinate_jobs job
   JOIN tally_worker_sessions session ON session.worker_id = job.worker_id
  WHERE job.status = 'doing'
+   AND session.lost_since < now() - make_interval(secs => %(grace)s)
    AND NOT EXISTS (
        SELECT 1 FROM pg_locks lock
         WHERE lock.locktype = 'advisory' AND lock.granted
@@ -478,12 +492,14 @@ SELECT job.id AS job_id, job.worker_id, job.task_name
           AND lock.classid = 7245 AND lock.objid = job.worker_id::oid AND lock.objsubid = 2)
 
 -- delete_lost_session_workers --
--- Forget the workers whose session lock nobody holds, once no job of theirs is running (a job
--- whose worker is forgotten would lose its worker_id, and with it the way to find it stalled).
+-- Forget the workers whose session lock nobody has held for `grace` seconds, once no job of
+-- theirs is running (a job whose worker is forgotten would lose its worker_id, and with it the
+-- way to find it stalled).
 WITH lost AS (
     DELETE FROM procrastinate_workers worker
      USING tally_worker_sessions session
      WHERE session.worker_id = worker.id
+       AND session.lost_since < now() - make_interval(secs => %(grace)s)
        AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job WHERE job.worker_id = worker.id AND job.status = 'doing')
        AND NOT EXISTS (
            SELECT 1 FROM pg_locks lock

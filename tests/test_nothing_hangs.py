@@ -85,6 +85,63 @@ def test_a_sigkilled_workers_job_runs_again_on_another_within_15_s(start_process
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
 
 
+def test_a_live_workers_job_is_not_run_again_when_its_session_ends(start_process, conn, database_url):
+    """A worker's session can end while the worker lives on (a database restart, a network
+    blip, pg_terminate_backend): the other worker's sweep took the free lock for death,
+    re-queued the running job and ran it beside the first. Now the owner takes its lock again
+    within a second or two of each end, and a lock counts as lost only once free for 6 s."""
+    expired_views(conn, 300_000)
+    owner = start_process(["worker.py"], {"CLEANUP_BATCH_SIZE": "200", "DYNO": "worker.1"})
+    owner.wait_for_line("Starting worker")
+    # The job stays busy through the session's troubles and two sweeps after (about 10 s),
+    # each wait under the worker's 5 s lock_timeout: three blockers, held 3.2 to 3.5 s each.
+    with (
+        CleanupBlocker(database_url, conn, at=0.3) as first,
+        CleanupBlocker(database_url, conn, at=0.5) as second,
+        CleanupBlocker(database_url, conn, at=0.7) as third,
+    ):
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        other = start_process(["worker.py"], {"DYNO": "worker.2"})
+        other.wait_for_line("holds its session lock")
+        first.wait_until_reached()
+        (worker_id,) = conn.execute(
+            "SELECT worker_id FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views'"
+        ).fetchone()
+        session_of = (
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7245"
+            " AND objid = %s::oid AND objsubid = 2"
+        )
+        # Its session ends, and each new one too, for 3.2 s (a network that comes and goes):
+        # longer than the other worker's sweep interval, shorter than the grace.
+        killed = set()
+        ends = time.monotonic() + 3.2
+        while time.monotonic() < ends:
+            for (pid,) in conn.execute(session_of, (worker_id,)).fetchall():
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                killed.add(pid)
+            time.sleep(0.02)
+        assert killed
+        first.release()
+        second.wait_until_reached()
+        reached = time.monotonic()
+
+        def held_anew() -> bool:
+            holder = conn.execute(session_of, (worker_id,)).fetchone()
+            return holder is not None and holder[0] not in killed
+
+        wait_until(held_anew, 3, 0.05, "the owner to take its lock again")
+        # Two more sweeps of the other worker while the job runs on, each wait under 5 s.
+        time.sleep(max(0.0, 3.5 - (time.monotonic() - reached)))
+        second.release()
+        third.wait_until_reached()
+        time.sleep(3.5)
+        third.release()
+    wait_until(lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 120, 0.2, "the cleanup")
+    assert started_events(conn, "cleanup_old_page_views") == 1
+    assert "re-queued" not in other.output() and "session ended" not in other.output()
+    assert "lost its session" in owner.output()
+
+
 def test_a_draining_workers_job_is_not_run_again(start_process, conn, database_url):
     """A worker that drains has stopped heart-beating but holds its session: it is alive."""
     expired_views(conn, 300_000)

@@ -1,0 +1,81 @@
+"""jobs/liveness.py on the test database: when a free session lock means a dead worker, and what
+a worker taken for dead meets when it comes back. (The processes: tests/test_nothing_hangs.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from jobs.liveness import LOST_SESSION_GRACE_SECONDS, TakenForDead, WorkerSession
+from tally.config import from_env
+from tally.db import QUERIES
+from tests.conftest import wait_until
+from tests.test_jobs import fetch_job_for_worker, register_worker
+from tests.test_queue_pause import defer_to
+
+
+def lost_jobs(conn: psycopg.Connection) -> list[int]:
+    conn.execute(QUERIES["note_lost_sessions"])
+    rows = conn.execute(QUERIES["jobs_of_lost_sessions"], {"grace": LOST_SESSION_GRACE_SECONDS})
+    return [row[0] for row in rows]
+
+
+def holder(conn: psycopg.Connection, worker_id: int) -> int | None:
+    row = conn.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7245"
+        " AND objid = %s::oid AND objsubid = 2",
+        (worker_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def end_session(conn: psycopg.Connection, worker_id: int) -> None:
+    """End the session holding the worker's lock, as a restart or a lost network does."""
+    conn.execute("SELECT pg_terminate_backend(%s)", (holder(conn, worker_id),))
+    wait_until(lambda: holder(conn, worker_id) is None, 10, 0.01, "the session's end")
+
+
+def test_a_free_lock_means_a_dead_worker_only_once_free_for_the_grace(conn, database_url):
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    worker_id = register_worker(conn, "0 seconds")
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, worker_id) == job_id
+
+    async def scenario() -> None:
+        session = await WorkerSession.hold(settings, worker_id)
+        assert lost_jobs(conn) == []
+        end_session(conn, worker_id)
+        assert lost_jobs(conn) == []  # free, but for less than the grace: noted, not lost
+        (noted,) = conn.execute("SELECT lost_since FROM tally_worker_sessions").fetchone()
+        assert noted is not None
+        await session.keep()  # the worker, alive, takes its lock again on a new session
+        assert conn.execute("SELECT lost_since FROM tally_worker_sessions").fetchone()[0] is None
+        assert lost_jobs(conn) == []
+        end_session(conn, worker_id)
+        lost_jobs(conn)
+        conn.execute("UPDATE tally_worker_sessions SET lost_since = now() - interval '1 minute'")
+        assert lost_jobs(conn) == [job_id]  # free past the grace: dead
+        await session.release()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_taken_for_dead_cannot_take_its_lock_again(conn, database_url):
+    """Its jobs were re-queued and its row forgotten: taking the lock again says so, and the
+    worker stops its jobs (worker.py) instead of running them beside their new attempt."""
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    worker_id = register_worker(conn, "0 seconds")
+
+    async def scenario() -> None:
+        session = await WorkerSession.hold(settings, worker_id)
+        end_session(conn, worker_id)
+        conn.execute(QUERIES["note_lost_sessions"])
+        conn.execute("UPDATE tally_worker_sessions SET lost_since = now() - interval '1 minute'")
+        conn.execute(QUERIES["delete_lost_session_workers"], {"grace": LOST_SESSION_GRACE_SECONDS})
+        with pytest.raises(TakenForDead, match=f"worker {worker_id} was taken for dead"):
+            await session.keep()
+        await session.release()
+
+    asyncio.run(scenario())
