@@ -20,8 +20,9 @@ SELECT views, detached FROM tally_detach_rolled_up_partitions(%(names)s::regclas
 SELECT tally_drop_detached_days() AS dropped
 
 -- page_view_partitions --
--- Every partition of page_views with its range, the default one last.
-SELECT name, starts, ends, is_default FROM tally_page_view_partitions ORDER BY starts NULLS LAST
+-- Every partition of page_views by name, the default one last. Not their ranges: a converted
+-- table's page_views_legacy starts at -infinity, a time no Python datetime holds.
+SELECT name, is_default FROM tally_page_view_partitions ORDER BY starts NULLS LAST
 
 -- days_in_default_partition --
 -- The UTC days of the views the default partition caught, from `since` on.

@@ -534,3 +534,22 @@ def test_views_not_rolled_up_before_the_release_are_in_stats_after_it(fresh_data
 
     with web_pool(from_env({"DATABASE_URL": fresh_database}, process_type="web")) as pool:
         assert StatsReader(pool, retention_days=30).stats_for_window(30)["total_views"] == 2
+
+
+def test_maintain_partitions_reads_the_partitions_of_a_converted_table(fresh_database, monkeypatch):
+    """A table converted by 0019 keeps its rows in page_views_legacy, whose range starts at
+    -infinity: a time Python cannot hold. maintain_partitions' list of partitions failed on it
+    (DataError: timestamp too small), every hour, until the legacy partition expired."""
+    from psycopg.rows import dict_row
+
+    from tally.db import QUERIES
+
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0019"])
+    apply_pending(fresh_database)
+    monkeypatch.undo()
+    with psycopg.connect(fresh_database, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/a', now() - interval '2 days')")
+        apply_pending(fresh_database)
+        names = {row["name"] for row in conn.execute(QUERIES["page_view_partitions"])}
+    assert "page_views_legacy" in names
+    assert partitions.partition_name(utc_today() + datetime.timedelta(days=1)) in names
