@@ -100,17 +100,21 @@ def _apply(
     conn: psycopg.Connection, name: str, sql: str, also_record: tuple[str, ...] | list[str] = ()
 ) -> None:
     logger.info("applying migration %s", name)
-    steps = split_steps(sql)
-    if steps:
-        for title, step_sql in steps:
-            _apply_step(conn, name, title, step_sql)
+    try:
+        steps = split_steps(sql)
+        if steps:
+            for title, step_sql in steps:
+                _apply_step(conn, name, title, step_sql)
+            with conn.transaction():
+                _record(conn, [name, *also_record])
+            return
         with conn.transaction():
+            # SQL files from this repository or the installed procrastinate, never user input.
+            conn.execute(sql.encode())
             _record(conn, [name, *also_record])
-        return
-    with conn.transaction():
-        # SQL files from this repository or the installed procrastinate, never user input.
-        conn.execute(sql.encode())
-        _record(conn, [name, *also_record])
+    except psycopg.Error as error:
+        error.add_note(name)  # for main's one line: which file failed
+        raise
 
 
 def split_steps(sql: str) -> list[tuple[str, str]]:
@@ -170,6 +174,13 @@ def main() -> int:
         # A database that is down or not there (yet): one line, not a traceback. What was
         # applied stays applied (each migration commits); the next release goes on from it.
         logger.error("release failed, the database did not answer: %s", " ".join(str(error).split()))
+        return 1
+    except (psycopg.Error, RuntimeError) as error:
+        # A statement refused (a role without CREATE, an object in the way): one line too,
+        # naming the migration; the ones before it stay applied.
+        where = "".join(f" in {note}" for note in getattr(error, "__notes__", ()))
+        message = " ".join(str(error).split())
+        logger.error("release failed%s: %s: %s", where, type(error).__name__, message)
         return 1
     logger.info("release done: %d migration(s) applied", len(applied))
     return 0

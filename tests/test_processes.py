@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import psycopg
 import pytest
 
 from tests.conftest import (
@@ -256,3 +257,23 @@ def test_a_worker_that_cannot_hold_its_session_leaves_no_live_worker_row(conn, m
 
     asyncio.run(attempt())
     assert conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0] == 0
+
+
+def test_a_migration_that_fails_ends_the_release_with_one_line_naming_it(fresh_database):
+    """A SQL error (a role without CREATE, an object in the way, a database from an edited
+    migration) is not the database failing to answer, but it must still read as one line."""
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("CREATE VIEW page_views AS SELECT 1 AS id")  # 0001 makes a table of that name
+    result = subprocess.run(
+        [sys.executable, "-m", "migrations"],
+        cwd=ROOT,
+        env={"DATABASE_URL": fresh_database, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    failed = [line for line in result.stdout.splitlines() if "release failed" in line]
+    assert len(failed) == 1, output
+    assert "0001_page_views.sql" in failed[0] and "already exists" in failed[0], failed
