@@ -164,7 +164,8 @@ def _report_settings(reader: EnvReader) -> dict:
         )
     port = reader.text("PORT", "5000")  # the web's (validated there); others get PORT+100 from honcho
     tally_url = reader.text("TALLY_URL", f"http://localhost:{port}").rstrip("/")
-    if urllib.parse.urlsplit(tally_url).scheme not in ("http", "https"):
+    parts = urllib.parse.urlsplit(tally_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in tally_url:
         raise ConfigError(f"TALLY_URL={tally_url!r} is invalid: expected https://host")
     return {
         "smtp": smtp,

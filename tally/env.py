@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import psycopg
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from tally.sites import parse_site
 
@@ -123,6 +123,8 @@ class EnvReader:
     def host_names(self, name: str) -> frozenset[str] | None:
         def parse(raw: str) -> frozenset[str]:
             names = [part.strip() for part in raw.split(",") if part.strip()]
+            if not names:  # set, naming nothing: every view refused (unset accepts any site)
+                raise ValueError("names no host (e.g. example.com,www.example.com)")
             for part in names:
                 if parse_site(part) is None:
                     raise ValueError(f"{part!r} is not a host name (e.g. example.com,www.example.com)")
@@ -207,6 +209,11 @@ class EnvReader:
                 raise ValueError(
                     "expected a cron expression of 5 fields (a 6th for seconds) such as '0 * * * *'"
                 )
+            try:  # a date no year has (February 30th) is valid cron, but the clock fails each tick on it
+                croniter(raw).get_next()
+                croniter(raw).get_prev()
+            except CroniterBadDateError:
+                raise ValueError("it never runs: no month has that day") from None
             return raw
 
         return self._parse(name, default, parse)

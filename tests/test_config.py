@@ -52,6 +52,12 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("SITES", "https://example.com"),
         ("SALT_SCHEDULE", "daily"),
         ("SALT_SCHEDULE", "* * * * * * *"),  # croniter's 7 fields: the clock deferred every second
+        # A date no year has: the clock failed every tick (CroniterBadDateError), every schedule's.
+        ("CLEANUP_SCHEDULE", "0 0 31 2 *"),
+        ("PRUNE_SCHEDULE", "0 0 30 2 *"),
+        ("ROLLUP_SCHEDULE", "0 0 31 4,6,9,11 *"),
+        ("SITES", ","),  # set, naming no site: every view refused
+        ("TALLY_URL", "https://"),  # no host: the reports' links read https:/?...
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),
         ("SMTP_URL", "http://mail.example.com"),
