@@ -163,11 +163,13 @@ class EnvReader:
             # What libpq takes: a URL, as Heroku sets it (without a host, postgresql:///tally,
             # libpq's default socket), or a key=value string (host=/tmp dbname=tally).
             try:
-                psycopg.conninfo.conninfo_to_dict(raw)
+                params = psycopg.conninfo.conninfo_to_dict(raw)
             except psycopg.ProgrammingError:
                 raise ValueError("expected postgres://user:password@host:5432/dbname") from None
-            if raw.startswith(("postgres://", "postgresql://")):
-                _ = urllib.parse.urlsplit(raw).port  # raises on a port that is not a number
+            # libpq checks a port only when it connects; one per host (h1:5432,h2:5433), or none.
+            for port in str(params.get("port", "")).split(","):
+                if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+                    raise ValueError("expected postgres://user:password@host:5432/dbname")
             return raw
 
         try:

@@ -73,6 +73,11 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("DATABASE_URL", "mysql://db.example.com/tally"),
         ("DATABASE_URL", "postgres://u:pw@db.example.com:port/tally"),
         ("DATABASE_URL", "postgres://u:pw@db.example.com/tally?sslmode=requir"),
+        # A port libpq refuses only when it connects: the web answered 503 for good.
+        ("DATABASE_URL", "host=db.example.com port=abc dbname=tally"),
+        ("DATABASE_URL", "postgres://u:pw@db.example.com/tally?port=5432x"),
+        ("DATABASE_URL", "postgres://u:pw@db.example.com:0/tally"),
+        ("DATABASE_URL", "postgres://u:pw@db1.example.com:5432,db2.example.com:54x/tally"),
         ("DATABASE_REPLICA_URL", "postgres://u:pw@replica.example.com/tally?target_session_attrs=standy"),
         ("DATABASE_REPLICA_URL", "replica.example.com"),
         ("DATABASE_REPLICA_URL", "mysql://replica.example.com/tally"),
@@ -230,6 +235,9 @@ def test_database_url_is_what_libpq_takes():
         "postgresql:///tally",
         "postgresql://@/db?host=/tmp",
         "host=/tmp port=5433 dbname=tally",  # libpq's key=value form
+        "postgresql://u:pw@db1.example.com:5432,db2.example.com:5433/db",  # several hosts, tried in turn
+        "postgresql://u:pw@db1.example.com,db2.example.com/db?target_session_attrs=read-write",
+        "postgresql://u:pw@[2001:db8::1]:5432/db",
     ):
         assert from_env({"DATABASE_URL": url}, process_type="web").database_url == url
     with pytest.raises(ConfigError) as raised:
