@@ -10,6 +10,7 @@ import json
 import time
 import urllib.parse
 
+import bottle
 import psycopg
 import pytest
 import webtest
@@ -616,3 +617,57 @@ def test_an_unmigrated_database_gets_503_naming_the_release_step(database_url):
     finally:
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_role_that_may_not_write_gets_503_saying_so_not_500(database_url, conn):
+    """A read-only credential, a follower's URL as DATABASE_URL, or a Heroku plan over its row
+    limit (its INSERT privilege revoked): each write answered 500 "Internal error"."""
+    role = "tally_read_only_test"
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    url = psycopg.conninfo.make_conninfo(database_url, user=role)
+    settings = from_env({"DATABASE_URL": url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    try:
+        with web_pool(settings) as read_only:
+            client = webtest.TestApp(build_app(settings, read_only, jobs.app), extra_environ=OWNER)
+            for response in (
+                client.post_json("/api/pageviews", GOOD, status=503),
+                client.post(
+                    "/api/collect",
+                    json.dumps({"url": "https://example.com/a"}),
+                    headers={"Content-Type": "text/plain", "User-Agent": "Mozilla/5.0 (X11) Firefox/128.0"},
+                    status=503,
+                ),
+            ):
+                assert "may not write" in response.json["error"], response.json
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize(
+    ("cause", "says"),
+    [
+        (psycopg.OperationalError("connection refused"), "unreachable"),
+        (psycopg.errors.InsufficientPrivilege("permission denied for table x"), "may not write"),
+    ],
+)
+def test_a_database_error_inside_procrastinate_is_a_503_too(cause, says):
+    """A defer (POST /api/jobs/<task>) goes through procrastinate, which wraps the database's
+    error in its ConnectorException: with the database down, that answered 500."""
+    import procrastinate.exceptions
+
+    from tally.web.responses import database_unavailable
+
+    @database_unavailable
+    def defer_a_job():
+        try:
+            raise cause
+        except psycopg.Error as error:
+            raise procrastinate.exceptions.ConnectorException() from error
+
+    app = bottle.Bottle()
+    app.post("/defer", callback=defer_a_job)
+    assert says in webtest.TestApp(app).post("/defer", status=503).json["error"]

@@ -33,6 +33,9 @@ LOCKED = psycopg.errors.LockNotAvailable
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 # What a database without Tally's schema looks like: the release step has not run.
 NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction)
+# What a database that takes no writes from DATABASE_URL looks like: a read-only role, a
+# follower's URL, a plan over its row limit (Heroku revokes INSERT).
+WRITES_REFUSED = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
 
 
 def json_value(value: object) -> str:
@@ -114,6 +117,13 @@ def database_unavailable(route: Callable) -> Callable:
         except NOT_MIGRATED as error:
             logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
             return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
+        except WRITES_REFUSED as error:
+            logger.error("%s %s: writes refused: %s", bottle.request.method, bottle.request.path, error)
+            return json_error(
+                503,
+                "The database refuses this: DATABASE_URL's role may not write here (a read-only"
+                " credential, a follower, or a plan over its row limit).",
+            )
         except psycopg.errors.InvalidParameterValue as error:
             # The only values Tally passes that PostgreSQL may refuse: a zone name that Python's
             # zone database knows and the server's does not (they are updated apart).
