@@ -67,6 +67,10 @@ class EnvReader:
         raw = self.env.get(name)
         if raw is None or raw.strip() == "":
             return default
+        try:  # a byte that is not UTF-8 reaches Python as a lone surrogate, which nothing can send on
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} is invalid: it holds bytes that are not UTF-8 text") from None
         try:
             return parse(raw.strip())
         except ValueError as error:

@@ -58,6 +58,10 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("ROLLUP_SCHEDULE", "0 0 31 4,6,9,11 *"),
         ("SITES", ","),  # set, naming no site: every view refused
         ("TALLY_URL", "https://"),  # no host: the reports' links read https:/?...
+        # A byte that is not UTF-8 (Python holds it as a lone surrogate): DYNO's failed every
+        # connection (application_name), ADMIN_TOKEN's stopped the web with a traceback.
+        ("DYNO", "web\udcff.1"),
+        ("ADMIN_TOKEN", "s3cret\udcff"),
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),
         ("SMTP_URL", "http://mail.example.com"),
