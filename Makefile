@@ -20,9 +20,11 @@ migrate: setup
 	$(PY) -m migrations
 
 # The release step runs before, never under honcho: honcho stops everything when one exits.
-# The Procfile says `python`: put the venv's first on PATH.
+# The Procfile says `python`: put the venv's first on PATH. honcho gives the worker PORT+100:
+# the reports it sends would link to that port, where nothing listens, so TALLY_URL names the web's.
 run: migrate
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start --port $(PORT) web worker clock
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" TALLY_URL="$${TALLY_URL:-http://localhost:$(PORT)}" \
+		$(VENV)/bin/honcho start --port $(PORT) web worker clock
 
 # The suite runs twice: on the pip-installed PostgreSQL 18 (no JIT) and on the system's
 # PostgreSQL package (Debian's: `apt-get install postgresql`, JIT on), the build most
