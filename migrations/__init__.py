@@ -58,7 +58,7 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True, **connect_kwargs) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        _take_release_lock(conn)
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS tally_migrations ("
@@ -73,6 +73,24 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return applied_now
+
+
+def _take_release_lock(conn: psycopg.Connection) -> None:
+    """Take the lock that makes releases one at a time; say whom this one waits for, if anyone
+    (a release that only waits printed nothing, however long the other one took)."""
+    if conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+        return
+    holder = conn.execute(
+        "SELECT a.pid, a.application_name"
+        "  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted"
+        "   AND (l.classid::bigint << 32 | l.objid::bigint) = %s",
+        (ADVISORY_LOCK_KEY,),
+    ).fetchone()
+    who = f"server pid {holder[0]}, {holder[1] or 'no application_name'}" if holder else "it has just ended"
+    logger.info("waiting for another release to finish (%s)", who)
+    conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+    logger.info("the other release finished; going on")
 
 
 def _apply_procrastinate(conn: psycopg.Connection, done: set[str]) -> list[str]:

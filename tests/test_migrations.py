@@ -299,3 +299,27 @@ def test_uncountable_times_stored_before_are_deleted_and_stats_answer_again(fres
         assert conn.execute("SELECT tally_rollup_page_views()").fetchone()[0] == 1
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/inf', 'infinity')")
+
+
+def test_a_release_that_waits_for_another_says_for_whom(fresh_database, caplog):
+    """An overlapping release waits for the lock; it printed nothing while it did."""
+    import logging
+    import threading
+
+    from migrations import ADVISORY_LOCK_KEY
+
+    apply_pending(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True, application_name="other-release") as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        with caplog.at_level(logging.INFO, logger="tally.migrations"):
+            waiting = threading.Thread(target=apply_pending, args=(fresh_database,))
+            waiting.start()
+            for _ in range(100):
+                if "waiting for another release" in caplog.text:
+                    break
+                waiting.join(0.05)
+            assert waiting.is_alive()
+            other.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+            waiting.join(10)
+    assert not waiting.is_alive()
+    assert "waiting for another release to finish" in caplog.text and "other-release" in caplog.text
