@@ -99,3 +99,20 @@ def test_health_names_refused_credentials_whoever_refuses_them(message):
     """A URL without the password a server asks for read "unreachable" (libpq says it, not the server)."""
     pool = types.SimpleNamespace(last_connect_error=message)
     assert db.connect_problem(pool) == "refusing the credentials of DATABASE_URL"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'connection to server at "10.0.0.5", port 5432 failed: server does not support SSL, but SSL was'
+        " required",
+        'connection to server at "10.0.0.5", port 5432 failed: root certificate file'
+        ' "/root/.postgresql/root.crt" does not exist',
+        'connection to server at "10.0.0.5", port 5432 failed: server certificate for "db" does not match'
+        ' host name "10.0.0.5"',
+    ],
+)
+def test_health_names_an_ssl_refusal_not_an_unreachable_server(message):
+    """DATABASE_URL's ?sslmode=require against a server without SSL read "unreachable" (it answered)."""
+    pool = types.SimpleNamespace(last_connect_error=message)
+    assert db.connect_problem(pool) == "without the SSL connection DATABASE_URL's sslmode asks for"
