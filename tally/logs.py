@@ -79,14 +79,18 @@ def setup_logging(config: Config) -> None:
 def log_start(config: Config, file: str, **details: object) -> None:
     """Log the one start line each process writes, as the seed's `WEB PROCESS STARTED`."""
     fields = " ".join(f"{key}={value}" for key, value in details.items())
-    logging.getLogger("tally").info(
+    logger = logging.getLogger("tally")
+    # Whatever LOG_LEVEL says: at WARNING or ERROR the start line was the one line missing.
+    record = logger.makeRecord(
+        logger.name,
+        logging.INFO,
+        __file__,
+        0,
         "%s PROCESS STARTED file=%s processType=%s dyno=%s %s",
-        config.process_type.upper(),
-        file,
-        config.process_type,
-        config.dyno,
-        fields,
+        (config.process_type.upper(), file, config.process_type, config.dyno, fields),
+        None,
     )
+    logger.handle(record)
 
 
 def describe_error(error: BaseException) -> str:

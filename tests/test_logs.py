@@ -39,6 +39,23 @@ def test_start_line_names_file_and_process_type(captured):
     assert "WEB PROCESS STARTED file=web.py processType=web dyno=web.3 port=5000" in captured.getvalue()
 
 
+def test_the_start_line_is_written_whatever_the_log_level(monkeypatch):
+    """DESIGN: each process logs one start line. With LOG_LEVEL=WARNING or ERROR there was none,
+    and a restarted dyno showed nothing in the log."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    settings = from_env({"DYNO": "worker.2", "LOG_LEVEL": "ERROR"}, process_type="worker")
+    try:
+        logs.setup_logging(settings)
+        logs.log_start(settings, "worker.py", concurrency=4)
+        logging.getLogger("tally.test").info("not at ERROR")
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "WORKER PROCESS STARTED file=worker.py" in lines[0], lines
+
+
 def test_waitress_queue_depth_warnings_do_not_flood(captured):
     queue_logger = logging.getLogger("waitress.queue")
     for depth in range(500):
