@@ -70,6 +70,13 @@ SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(
        extract(epoch FROM now() - max(last_heartbeat))::float8 AS youngest_heartbeat_age
   FROM procrastinate_workers
 
+-- database_writable --
+-- Whether views can be stored at all: a follower, a read-only role or default, or a plan over its
+-- row limit (Heroku revokes INSERT) answers every read while refusing every write.
+SELECT NOT pg_is_in_recovery()
+       AND current_setting('transaction_read_only') = 'off'
+       AND has_table_privilege('page_views', 'INSERT') AS writable
+
 -- last_periodic_defer --
 -- Age in seconds of the newest periodic defer any clock made.
 SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS age

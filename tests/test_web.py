@@ -642,6 +642,8 @@ def test_a_role_that_may_not_write_gets_503_saying_so_not_500(database_url, conn
                 ),
             ):
                 assert "may not write" in response.json["error"], response.json
+            # Health answered 200 "ok" while every view was refused.
+            assert "may not write" in client.get("/api/health", status=503).json["database"]
     finally:
         conn.execute(f"DROP OWNED BY {role}")
         conn.execute(f"DROP ROLE {role}")

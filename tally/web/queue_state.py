@@ -96,6 +96,11 @@ def process_state(conn: psycopg.Connection, stalled_after: float) -> dict[str, A
     }
 
 
+def writable(conn: psycopg.Connection) -> bool:
+    """Whether DATABASE_URL's role may store views there (see the query)."""
+    return bool(_one(conn, "database_writable")["writable"])
+
+
 def rollup_lag(conn: psycopg.Connection) -> dict[str, Any]:
     """Seconds since the last rollup (None before the first) and the views it has yet to fold."""
     state = _one(conn, "rollup_state")

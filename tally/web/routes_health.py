@@ -21,6 +21,10 @@ logger = logging.getLogger("tally.web")
 
 # Health answers within this, whatever the database does (a router asks for it in 2 s).
 HEALTH_BUDGET_SECONDS = 1.8
+READ_ONLY = (
+    "read-only: DATABASE_URL's role may not write (a follower, a read-only credential, a plan over"
+    " its row limit)"
+)
 
 
 def register(
@@ -35,7 +39,10 @@ def register(
 
     def read_process_state() -> dict[str, Any]:
         with pool.connection() as conn:  # the state queries are the database check
-            return queue_state.process_state(conn, config.stalled_after_seconds)
+            return {
+                **queue_state.process_state(conn, config.stalled_after_seconds),
+                "writable": queue_state.writable(conn),
+            }
 
     probe_process_state = BoundedProbe(read_process_state, HEALTH_BUDGET_SECONDS)
 
@@ -49,7 +56,13 @@ def register(
         replica = reads.status()
         body.update(replica=replica.state, replica_lag_seconds=replica.lag_seconds)
         try:
-            body.update(database="ok", **probe_process_state())
+            state = probe_process_state()
+            if not state.pop("writable"):
+                # It answers every read and refuses every write: no view can be stored.
+                body.update(status="unavailable", database=READ_ONLY, **state)
+                del body["rollup_views_waiting"]
+                return json_response(503, body)
+            body.update(database="ok", **state)
             if not auth.reads_metrics():
                 # Views waiting for the rollup are the last minute's traffic: stats, the owner's.
                 del body["rollup_views_waiting"]
