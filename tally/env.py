@@ -85,6 +85,8 @@ class EnvReader:
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         def parse(raw: str) -> int:
             try:
+                if not raw.isascii():  # int() reads any script's digits: fullwidth 30 was 30
+                    raise ValueError
                 value = int(raw)
             except ValueError:
                 raise ValueError("expected a whole number") from None
@@ -95,6 +97,8 @@ class EnvReader:
     def number(self, name: str, default: float, *, low: float, high: float) -> float:
         def parse(raw: str) -> float:
             try:
+                if not raw.isascii():
+                    raise ValueError
                 value = float(raw)
             except ValueError:
                 raise ValueError("expected a number of seconds") from None

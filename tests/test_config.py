@@ -61,6 +61,10 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         # A byte that is not UTF-8 (Python holds it as a lone surrogate): DYNO's failed every
         # connection (application_name), ADMIN_TOKEN's stopped the web with a traceback.
         ("DYNO", "web\udcff.1"),
+        # int() and float() read any script's digits: a fullwidth PORT=30 bound port 30.
+        ("PORT", "\uff18\uff10\uff18\uff10"),
+        ("RETENTION_DAYS", "\u0663\u0660"),
+        ("POLL_INTERVAL_SECONDS", "\uff15"),
         ("ADMIN_TOKEN", "s3cret\udcff"),
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),
