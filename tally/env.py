@@ -153,7 +153,10 @@ class EnvReader:
             parts = urllib.parse.urlsplit(raw)
             if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
                 raise ValueError("expected smtp://user:password@host:587 or smtps://user:password@host:465")
-            port = parts.port or (465 if parts.scheme == "smtps" else 587)  # .port raises on a bad one
+            port = parts.port  # .port raises on a bad one
+            if port == 0:
+                raise ValueError("port 0")
+            port = port or (465 if parts.scheme == "smtps" else 587)
             unquote = urllib.parse.unquote
             user = unquote(parts.username) if parts.username else None
             password = unquote(parts.password) if parts.password else None

@@ -71,6 +71,7 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("SMTP_URL", "http://mail.example.com"),
         ("SMTP_URL", "smtp://:25"),
         ("SMTP_URL", "smtp://mail.example.com:99999"),
+        ("SMTP_URL", "smtp://mail.example.com:0"),  # was taken as port 587
         ("REPORT_RECIPIENTS", "not-an-address"),
         ("REPORT_RECIPIENTS", "a@example.com,bad host=b@example.com"),
         ("REPORT_FROM", "tally"),
