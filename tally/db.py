@@ -136,21 +136,32 @@ def connection_kwargs(
     config: Config,
     settings: dict[str, str] = SESSION_SETTINGS,
     tcp_user_timeout_ms: int = TCP_SETTINGS["tcp_user_timeout"],
+    url: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """libpq parameters of every Tally connection: name, timeouts, keepalives, session settings."""
+    """libpq parameters of every Tally connection: name, timeouts, keepalives, session settings.
+
+    The `options` of the URL (`url`, else DATABASE_URL) come first, Tally's after them: a keyword
+    replaces the URL's, so a search_path or a provider's setting given there was dropped."""
+    url = config.database_url if url is None else url
+    own = " ".join(
+        f"-c {name}={value}" for name, value in {**settings, "tcp_user_timeout": tcp_user_timeout_ms}.items()
+    )
+    given = url_options(url)
     return {
         "application_name": config.dyno,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         **TCP_SETTINGS,
         "tcp_user_timeout": tcp_user_timeout_ms,
         # The server's end of the socket gives up on unacknowledged bytes as the client's does.
-        "options": " ".join(
-            f"-c {name}={value}"
-            for name, value in {**settings, "tcp_user_timeout": tcp_user_timeout_ms}.items()
-        ),
+        "options": f"{given} {own}".strip(),
         **extra,
     }
+
+
+def url_options(url: str | None) -> str:
+    """libpq's `options` written in a database URL (`?options=-c%20search_path%3Dapp`), or ''."""
+    return str(psycopg.conninfo.conninfo_to_dict(url).get("options", "")) if url else ""
 
 
 def server_hung_up(conn: psycopg.Connection) -> bool:
@@ -281,7 +292,11 @@ def replica_pool(config: Config) -> psycopg_pool.ConnectionPool:
 def replica_connection_kwargs(config: Config) -> dict[str, Any]:
     """libpq parameters of the web's replica connections: the web's, read-only."""
     return connection_kwargs(
-        config, REPLICA_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
+        config,
+        REPLICA_SESSION_SETTINGS,
+        tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS,
+        url=config.database_replica_url or "",
+        autocommit=True,
     )
 
 

@@ -116,3 +116,19 @@ def test_health_names_an_ssl_refusal_not_an_unreachable_server(message):
     """DATABASE_URL's ?sslmode=require against a server without SSL read "unreachable" (it answered)."""
     pool = types.SimpleNamespace(last_connect_error=message)
     assert db.connect_problem(pool) == "without the SSL connection DATABASE_URL's sslmode asks for"
+
+
+def test_the_options_of_database_url_are_kept_beside_tallys(database_url, conn):
+    """libpq's `options` in DATABASE_URL (a search_path, a setting a provider asks for) were
+    replaced by Tally's own: the release made its tables in public, not in the schema named."""
+    conn.execute("DROP SCHEMA IF EXISTS tally_options_test CASCADE")
+    conn.execute("CREATE SCHEMA tally_options_test")
+    try:
+        url = psycopg.conninfo.make_conninfo(database_url, options="-c search_path=tally_options_test")
+        settings = from_env({"DATABASE_URL": url}, process_type="worker")
+        kwargs = db.connection_kwargs(settings, db.WORKER_SESSION_SETTINGS)
+        with psycopg.connect(url, **kwargs) as checked:
+            assert checked.execute("SHOW search_path").fetchone()[0] == "tally_options_test"
+            assert checked.execute("SHOW jit").fetchone()[0] == "off"  # Tally's still applies
+    finally:
+        conn.execute("DROP SCHEMA tally_options_test CASCADE")

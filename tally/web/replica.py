@@ -339,4 +339,5 @@ def check_connection_kwargs(config: Config) -> dict[str, Any]:
     """The checker's connection: the replica pool's, with a statement timeout of its own."""
     kwargs = db.replica_connection_kwargs(config)
     settings = {**db.REPLICA_SESSION_SETTINGS, "statement_timeout": f"{CHECK_STATEMENT_TIMEOUT_MS}ms"}
-    return {**kwargs, "options": " ".join(f"-c {name}={value}" for name, value in settings.items())}
+    own = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return {**kwargs, "options": f"{db.url_options(config.database_replica_url)} {own}".strip()}
