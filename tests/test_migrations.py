@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
 import psycopg
 import pytest
 
-from migrations import apply_pending, procrastinate_files, tally_files
+from migrations import MIGRATIONS_DIR, apply_pending, procrastinate_files, tally_files
 from tests.conftest import ROOT, defer_by_sql
 
 
@@ -323,3 +324,20 @@ def test_a_release_that_waits_for_another_says_for_whom(fresh_database, caplog):
             waiting.join(10)
     assert not waiting.is_alive()
     assert "waiting for another release to finish" in caplog.text and "other-release" in caplog.text
+
+
+def test_a_migration_is_never_edited_once_written_down():
+    """A database records a migration by its file name only, so an edit to an applied file
+    reaches no database that applied it: four migrations edited (and one renamed) after they
+    were on main left databases of those commits failing every release, or answering 503 "run
+    migrations" for good. migrations/released.sha256 holds each file's digest; change the
+    schema with a new file, and add its line (`sha256sum 0029_x.sql`)."""
+    listed = {}
+    for line in (MIGRATIONS_DIR / "released.sha256").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in tally_files()}
+    assert not set(listed) - set(files), "listed, but no such file: a migration is never removed"
+    for name, digest in files.items():
+        assert name in listed, f"add `{digest}  {name}` to migrations/released.sha256"
+        assert listed[name] == digest, f"{name} was edited: write a new migration instead"
