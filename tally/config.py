@@ -201,7 +201,15 @@ def _check_tokens_differ(config: Config) -> None:
 def load_or_exit(process_type: str) -> Config:
     """Read the environment for an entry point; a bad value ends the process with one line."""
     try:
-        return from_env(process_type=process_type)
+        config = from_env(process_type=process_type)
+        if config.database_url is None and os.environ.get("DYNO", "").strip():
+            # The local database on a dyno is a server of its own in the dyno's filesystem:
+            # each dyno would count its own views and lose them all at the next restart.
+            raise ConfigError(
+                "DATABASE_URL is not set: on a dyno, attach a database (heroku addons:create"
+                " heroku-postgresql); the local one is for a development machine"
+            )
+        return config
     except ConfigError as error:
         # Logs go to stdout only (see DESIGN); this is the one line an operator needs.
         # Name the program that failed: web.py also reads the jobs' settings.

@@ -65,6 +65,23 @@ def test_invalid_configuration_stops_the_process_with_one_line(entry, variable, 
     assert variable in lines[0] and "Traceback" not in lines[0]
 
 
+@pytest.mark.parametrize("entry", [["web.py"], ["worker.py"], ["clock.py"], ["-m", "migrations"]])
+def test_a_dyno_without_database_url_stops_instead_of_starting_a_local_database(entry):
+    """On a dyno the local database was a server in the dyno's own filesystem: each dyno
+    counted its own views and lost them all at its next restart."""
+    result = subprocess.run(
+        [sys.executable, *entry],
+        cwd=ROOT,
+        env={"DYNO": "web.1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL is not set" in lines[0], lines
+
+
 def test_a_web_whose_port_is_taken_says_so_in_one_line(database_url):
     """A second `make run` on the same port printed waitress's 25-line traceback."""
     with socket.socket() as taken:
