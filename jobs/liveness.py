@@ -100,5 +100,12 @@ async def requeue_jobs_of_lost_sessions(connector: BaseAsyncConnector) -> int:
                 row["task_name"],
                 row["worker_id"],
             )
+        elif result["aborted"]:
+            logger.warning(
+                "job %s (%s) aborted, as asked: worker %s's session ended before it could",
+                row["job_id"],
+                row["task_name"],
+                row["worker_id"],
+            )
     await connector.execute_query_one_async(QUERIES["delete_lost_session_workers"], grace=grace)
     return retried

@@ -31,6 +31,10 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) 
         if row["retried"]:
             retried += 1
             logger.warning("re-queued stalled job %s (%s, worker %s)", job.id, job.task_name, job.worker_id)
+        elif row["aborted"]:
+            logger.warning(
+                "stalled job %s (%s) aborted, as asked before its worker went silent", job.id, job.task_name
+            )
     pruned = await manager.prune_stalled_workers(settings.stalled_after_seconds)
     logger.info("retry_stalled_jobs: %d job(s) re-queued, %d silent worker(s) removed", retried, len(pruned))
     return retried

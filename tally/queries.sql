@@ -454,12 +454,16 @@ SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, 
 -- retry_stalled_job --
 -- Re-queue a stalled job only if it is still running under the worker it was found stalled with:
 -- another retry may have re-queued it, and a live worker may already have picked it up again.
+-- A job someone asked to abort ends `aborted` instead: its worker died before it could (procrastinate's
+-- retry would end it `failed`, with no error, and count as a re-queue).
 WITH still_stalled AS (
-    SELECT id FROM procrastinate_jobs
+    SELECT id, abort_requested FROM procrastinate_jobs
      WHERE id = %(job_id)s AND status = 'doing' AND worker_id IS NOT DISTINCT FROM %(worker_id)s
        FOR UPDATE
 )
-SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) AS retried FROM still_stalled
+SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) FILTER (WHERE NOT abort_requested) AS retried,
+       count(procrastinate_finish_job_v1(id, 'aborted', false)) FILTER (WHERE abort_requested) AS aborted
+  FROM still_stalled
 
 -- page_views_total --
 -- Every view ever recorded that is still counted: the rollups plus the tail.

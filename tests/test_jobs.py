@@ -156,6 +156,23 @@ def test_retry_stalled_jobs_requeues_only_jobs_of_silent_workers(conn):
     assert dead not in workers and draining in workers
 
 
+def test_a_dead_workers_job_that_was_asked_to_abort_ends_aborted(conn):
+    """procrastinate's retry turns a running job with an abort requested into `failed`, with no
+    error (shown as a failure of None), and Tally counted it as re-queued."""
+    defer(page_views.cleanup_old_page_views)
+    dead = register_worker(conn, "10 minutes")
+    job_id = fetch_job_for_worker(conn, dead)
+    conn.execute("SELECT procrastinate_cancel_job_v1(%s, true, false)", (job_id,))  # abort asked
+
+    defer(queue_upkeep.retry_stalled_jobs)
+    run_queued_jobs()
+
+    status, attempts = conn.execute(
+        "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert (status, attempts) == ("aborted", 1)
+
+
 def test_prune_finished_jobs_removes_old_finished_jobs_and_their_events(conn):
     for _ in range(3):
         defer(queue_upkeep.prune_finished_jobs, lock="x")

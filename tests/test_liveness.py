@@ -79,3 +79,26 @@ def test_a_worker_taken_for_dead_cannot_take_its_lock_again(conn, database_url):
         await session.release()
 
     asyncio.run(scenario())
+
+
+def test_a_lost_workers_job_that_was_asked_to_abort_ends_aborted(conn, database_url):
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    worker_id = register_worker(conn, "0 seconds")
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, worker_id) == job_id
+    conn.execute("SELECT procrastinate_cancel_job_v1(%s, true, false)", (job_id,))  # abort asked
+
+    async def scenario() -> None:
+        session = await WorkerSession.hold(settings, worker_id)
+        end_session(conn, worker_id)
+        conn.execute(QUERIES["note_lost_sessions"])
+        conn.execute("UPDATE tally_worker_sessions SET lost_since = now() - interval '1 minute'")
+        assert lost_jobs(conn) == [job_id]
+        ended = conn.execute(QUERIES["retry_stalled_job"], {"job_id": job_id, "worker_id": worker_id})
+        assert ended.fetchone() == (0, 1)  # not re-queued: aborted
+        await session.release()
+
+    asyncio.run(scenario())
+    assert conn.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone() == ("aborted",)
