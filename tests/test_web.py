@@ -372,6 +372,27 @@ def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.parametrize(
+    ("query", "body", "content_type"),
+    [
+        ("?period=monthly", b"", None),
+        ("", b'{"period": "monthly"}', "application/json"),
+        ("", b"[1, 2]", "application/json"),
+        ("", b"not json", "application/json"),
+        ("", b"period=monthly", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_a_defer_sent_arguments_is_refused_and_defers_nothing(client, conn, query, body, content_type):
+    """Arguments were dropped: the job was deferred with none, and the answer said 202."""
+    headers = {**auth(), **({"Content-Type": content_type} if content_type else {})}
+    response = client.post(f"/api/jobs/send_reports{query}", body, headers=headers, status=400)
+    error = response.json["error"]
+    assert "no arguments" in error and "procrastinate --app=jobs.app defer" in error
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
+    as_json = {**auth(), "Content-Type": "application/json"}
+    client.post("/api/jobs/send_reports", b"{}", headers=as_json, status=202)  # nothing sent: deferred
+
+
 def test_defer_a_job_by_task_name(client, conn):
     response = client.post("/api/jobs/cleanup_old_page_views", headers=auth(), status=202)
     job_id = response.json["job_id"]

@@ -9,6 +9,7 @@ a script, JSON.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 
 import bottle
@@ -35,6 +36,29 @@ def back_to_page(outcome: Outcome) -> bottle.HTTPResponse:
     separator = "&" if "?" in target else "?"
     location = target + separator + urllib.parse.urlencode({"notice": outcome.sentence})
     return bottle.HTTPResponse(status=303, headers={"Location": location, **PAGE_HEADERS})
+
+
+# What a defer may carry: the jobs page's form fields, never arguments of the task.
+FORM_FIELDS = frozenset({"csrf", "next"})
+MAX_DEFER_BODY_BYTES = 64 * 1024
+
+
+def arguments_sent(request: bottle.BaseRequest) -> str | None:
+    """The first argument a defer was sent (a query parameter, a form field or a JSON object's
+    key that is not the page's), or None. Such a request was answered 202 and deferred its job
+    with none of them."""
+    for name in request.query:
+        return name
+    if "json" in (request.content_type or ""):
+        body = request.body.read(MAX_DEFER_BODY_BYTES + 1).strip()
+        if body in (b"", b"{}", b"null"):
+            return None
+        document = json.loads(body)  # ValueError: not JSON
+        return next(iter(document), "a body") if isinstance(document, dict) else "a body"
+    for name in request.forms:
+        if name not in FORM_FIELDS:
+            return name
+    return None
 
 
 def register(
@@ -125,6 +149,16 @@ def register(
         """Defer a job of a task by name, with no arguments (owner)."""
         if task not in deferrable:
             return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
+        try:
+            argument = arguments_sent(bottle.request)
+        except ValueError:
+            argument = "a body that is not JSON"
+        if argument is not None:
+            return json_error(
+                400,
+                f"This defers {task} with no arguments, and {argument!r} was sent: nothing deferred. With"
+                f" arguments: procrastinate --app=jobs.app defer {task} '{{\"name\": value}}'.",
+            )
         job_id = jobs_app.tasks[task].defer()
         job_actions.logger.info("task %s deferred as job %s by %s", task, job_id, auth.actor())
         done = f"Job {job_id} of {task} deferred."
