@@ -79,8 +79,11 @@ class SupervisedWorker(Worker):
                 await self.session.keep()
                 said = False
             except TakenForDead as error:
-                # Its running jobs were re-queued and run elsewhere: stop them here.
+                # Its running jobs were re-queued and run elsewhere: stop them here, and write
+                # none of their outcomes over the new attempts'.
                 logger.error("%s; aborting its running jobs and stopping", error)
+                if isinstance(self.app.connector, queue_connector.CatchingUpConnector):
+                    self.app.connector.fenced = True
                 for task, context in list(self._running_jobs.items()):
                     self._abort_job(task, context, AbortReason.SHUTDOWN)
                 self.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from procrastinate import PsycopgConnector
@@ -24,6 +25,11 @@ PROCRASTINATE_FETCH_QUERY = (
     " attempts, worker_id FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s);"
 )
 JOB_INSERTED = '{"type": "job_inserted"}'  # procrastinate's notification of a deferred job
+
+# procrastinate's writes of a job's outcome: done, failed, aborted, or to run again.
+OUTCOMES = (procrastinate_sql.queries["finish_job"], procrastinate_sql.queries["retry_job"])
+
+logger = logging.getLogger("tally.queue_connector")
 
 
 def _words(query: str) -> list[str]:
@@ -49,6 +55,11 @@ class CatchingUpConnector(PsycopgConnector):
     NOTIFY is heard again once the fetch has returned.
     """
 
+    # Set once this process's worker was taken for dead (jobs/liveness.py, TakenForDead): its
+    # running jobs were re-queued and may run elsewhere, so their outcomes are no longer its to
+    # write (procrastinate's finish and retry touch a job whoever runs it now).
+    fenced: bool = False
+
     def __init__(self, **kwargs: Any) -> None:
         if _words(procrastinate_sql.queries["fetch_job"]) != _words(PROCRASTINATE_FETCH_QUERY):
             raise ProcrastinateChanged(
@@ -58,6 +69,17 @@ class CatchingUpConnector(PsycopgConnector):
         self._fetching = 0
         self._wake_after_fetch: Any = None  # the worker's notification handler, when it is owed a wake-up
         self._wake_ups: set[asyncio.Task[None]] = set()
+
+    async def execute_query_async(self, query: Any, **arguments: Any) -> None:
+        if self.fenced and query in (
+            procrastinate_sql.queries["finish_job"],
+            procrastinate_sql.queries["retry_job"],
+        ):
+            logger.warning(
+                "job %s: outcome not written: this worker was taken for dead", arguments.get("job_id")
+            )
+            return
+        await super().execute_query_async(query, **arguments)
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
         if query != procrastinate_sql.queries["fetch_job"]:

@@ -87,3 +87,34 @@ def test_a_job_heard_while_a_fetch_was_in_flight_runs_at_once(database_url, conn
     ran_in = asyncio.run(scenario())
     print(f"a job heard during an empty fetch ran {ran_in * 1000:.0f} ms after it (polling every 120 s)")
     assert ran_in < 5
+
+
+def test_a_worker_taken_for_dead_writes_no_outcome_over_its_jobs_new_attempts(database_url, conn):
+    """Its jobs were re-queued and may run elsewhere: procrastinate's finish (and retry) of the
+    old attempt would mark the new one aborted, or send it back to wait while it runs."""
+    from procrastinate import sql as procrastinate_sql
+
+    from tests.test_jobs import fetch_job_for_worker, register_worker
+
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    connector = queue_connector.procrastinate_connector(settings)
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, register_worker(conn, "0 seconds")) == job_id
+    finish = {"job_id": job_id, "status": "aborted", "delete_job": False}
+
+    async def scenario() -> None:
+        pool = db.worker_pool(settings)
+        await pool.open(wait=True, timeout=5)
+        await connector.open_async(pool)
+        try:
+            connector.fenced = True
+            await connector.execute_query_async(procrastinate_sql.queries["finish_job"], **finish)
+            assert status(conn, job_id) == "doing"
+            connector.fenced = False  # the same write, unfenced, is the one that did harm
+            await connector.execute_query_async(procrastinate_sql.queries["finish_job"], **finish)
+            assert status(conn, job_id) == "aborted"
+        finally:
+            await connector.close_async()
+            await pool.close()
+
+    asyncio.run(scenario())
