@@ -456,13 +456,18 @@ SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, 
 -- another retry may have re-queued it, and a live worker may already have picked it up again.
 -- A job someone asked to abort ends `aborted` instead: its worker died before it could (procrastinate's
 -- retry would end it `failed`, with no error, and count as a re-queue).
+-- procrastinate's retry is an UPDATE, which wakes no worker (its NOTIFY fires on INSERT): the
+-- job waited for a worker's next poll. It sends the NOTIFY of a job inserted, at commit.
 WITH still_stalled AS (
-    SELECT id, abort_requested FROM procrastinate_jobs
+    SELECT id, queue_name, abort_requested, json_build_object('type', 'job_inserted', 'job_id', id)::text AS wake
+      FROM procrastinate_jobs
      WHERE id = %(job_id)s AND status = 'doing' AND worker_id IS NOT DISTINCT FROM %(worker_id)s
        FOR UPDATE
 )
 SELECT count(procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)) FILTER (WHERE NOT abort_requested) AS retried,
-       count(procrastinate_finish_job_v1(id, 'aborted', false)) FILTER (WHERE abort_requested) AS aborted
+       count(procrastinate_finish_job_v1(id, 'aborted', false)) FILTER (WHERE abort_requested) AS aborted,
+       count(pg_notify('procrastinate_queue_v1#' || queue_name, wake)) FILTER (WHERE NOT abort_requested) AS woke,
+       count(pg_notify('procrastinate_any_queue_v1', wake)) FILTER (WHERE NOT abort_requested) AS woke_any
   FROM still_stalled
 
 -- page_views_total --

@@ -4,6 +4,7 @@ a worker taken for dead meets when it comes back. (The processes: tests/test_not
 from __future__ import annotations
 
 import asyncio
+import json
 
 import psycopg
 import pytest
@@ -95,10 +96,24 @@ def test_a_lost_workers_job_that_was_asked_to_abort_ends_aborted(conn, database_
         conn.execute("UPDATE tally_worker_sessions SET lost_since = now() - interval '1 minute'")
         assert lost_jobs(conn) == [job_id]
         ended = conn.execute(QUERIES["retry_stalled_job"], {"job_id": job_id, "worker_id": worker_id})
-        assert ended.fetchone() == (0, 1)  # not re-queued: aborted
+        assert ended.fetchone()[:2] == (0, 1)  # not re-queued: aborted
         await session.release()
 
     asyncio.run(scenario())
     assert conn.execute(
         "SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job_id,)
     ).fetchone() == ("aborted",)
+
+
+def test_a_requeued_job_wakes_the_listening_workers(conn, database_url):
+    """procrastinate's retry is an UPDATE and sends no NOTIFY: a job re-queued from a dead
+    worker waited for some worker's next poll (5 s by default)."""
+    worker_id = register_worker(conn, "10 minutes")
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, worker_id) == job_id
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN procrastinate_any_queue_v1")
+        ended = conn.execute(QUERIES["retry_stalled_job"], {"job_id": job_id, "worker_id": worker_id})
+        assert ended.fetchone()[:2] == (1, 0)
+        heard = [json.loads(note.payload) for note in listener.notifies(timeout=2, stop_after=1)]
+    assert heard == [{"type": "job_inserted", "job_id": job_id}]
