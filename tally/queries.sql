@@ -440,13 +440,17 @@ SELECT job_id AS id, task_name, attempts, queue_name, failed_at, error
  LIMIT %(limit)s
 
 -- job_by_id --
--- One job with its lifecycle timestamps and last error.
+-- One job with its lifecycle timestamps and last error. A job waiting again (retried) shows no
+-- start, end or worker: those were its last attempt's (its events list every attempt).
 SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, job.queue_name AS queue,
-       job.lock, job.args, job.priority, job.scheduled_at, job.worker_id,
+       job.lock, job.args, job.priority, job.scheduled_at,
+       CASE WHEN job.status = 'doing' THEN job.worker_id END AS worker_id,
        (SELECT min(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'deferred') AS deferred_at,
-       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'started') AS started_at,
+       (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'started'
+         AND job.status <> 'todo') AS started_at,
        (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id
-         AND type IN ('succeeded', 'failed', 'cancelled', 'aborted')) AS finished_at,
+         AND type IN ('succeeded', 'failed', 'cancelled', 'aborted')
+         AND job.status NOT IN ('todo', 'doing')) AS finished_at,
        (SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1) AS last_error
   FROM procrastinate_jobs job
  WHERE job.id = %(job_id)s

@@ -474,9 +474,13 @@ def test_queue_summary_and_retrying_a_failed_job(client, conn):
     assert summary["recent_failures"][0]["id"] == failed
     assert summary["recent_failures"][0]["error"] == "RuntimeError: boom"
 
-    assert client.get(f"/api/jobs/{failed}").json["last_error"] == "RuntimeError: boom"
+    before = client.get(f"/api/jobs/{failed}").json
+    assert before["last_error"] == "RuntimeError: boom" and before["finished_at"] and before["started_at"]
     client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
-    assert client.get(f"/api/jobs/{failed}").json["status"] == "todo"
+    waiting = client.get(f"/api/jobs/{failed}").json
+    assert waiting["status"] == "todo" and waiting["last_error"] == "RuntimeError: boom"
+    # Its last attempt's start, end and worker are not the waiting job's (they showed).
+    assert (waiting["started_at"], waiting["finished_at"], waiting["worker_id"]) == (None, None, None)
     assert (
         "only failed, cancelled or aborted jobs"
         in client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=409).json["error"]
