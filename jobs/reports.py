@@ -154,7 +154,9 @@ def send_period(
         html, text = report.html(), report.text()
         for recipient in addresses:
             if should_abort():
-                raise JobAborted("send_reports stopped between two messages; the rest are sent on retry")
+                raise JobAborted(
+                    "send_reports stopped, as asked, between two messages; the rest go with its next run"
+                )
             key = {"site": site, "period": period.name, "recipient": recipient}
             identity = mail.message_id(site, period.name, recipient, config.report_from)
             with pool.connection() as conn:  # committed before the server hears of it
