@@ -205,6 +205,10 @@ def test_the_jobs_page_filters_pages_by_keyset_and_lists_schedules(client, conn)
     assert len(re.findall(r'data-job-id="', cleanup)) == 3
     for bad in ({"status": "lost"}, {"before": "-1"}, {"before": "x"}, {"task": "a\x00b"}):
         assert "error" in client.get("/jobs", bad, headers=OWNER, status=400).json
+    # A misspelt filter showed every job as if it were the filter's answer.
+    misspelt = client.get("/jobs", {"stauts": "failed"}, headers=OWNER, status=400).json["error"]
+    assert "Unknown parameter stauts" in misspelt
+    client.get("/jobs", {"status": "failed", "notice": "Job 1 retried."}, headers=OWNER, status=200)
 
     schedules = page.html.find(id="schedules").text
     for task in (

@@ -90,14 +90,13 @@ def _name(query: bottle.FormsDict, name: str) -> str | None:
     return value
 
 
-def parse_job_filters(query: bottle.FormsDict, only: bool = False) -> dict[str, str | None]:
+def parse_job_filters(query: bottle.FormsDict, also: frozenset[str] = frozenset()) -> dict[str, str | None]:
     """`status`, `task` and `queue` of the jobs page and the bulk actions; absent or empty: any.
-    With `only` (the bulk actions) any other parameter is a 400: a misspelt filter would
-    otherwise act on every job. (`before`, the page the form was on, acts on none: accepted.)"""
-    if only:
-        unknown = sorted(set(query) - {"status", "task", "queue", "before"})
-        if unknown:
-            raise json_error(400, f"Unknown parameter {unknown[0]}: the filters are status, task and queue.")
+    Any other parameter but `before` (the page the form was on) and those of `also` is a 400: a
+    misspelt filter would act on every job (the page showed every job for ?stauts=failed)."""
+    unknown = sorted(set(query) - {"status", "task", "queue", "before"} - also)
+    if unknown:
+        raise json_error(400, f"Unknown parameter {unknown[0]}: the filters are status, task and queue.")
     status = _one_value(query, "status")
     if status is not None and status not in JOB_STATUSES:
         raise json_error(400, f"status must be one of {', '.join(JOB_STATUSES)}.")

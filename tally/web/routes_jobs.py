@@ -127,7 +127,7 @@ def register(
     @database_unavailable
     def retry_matching_jobs():
         """Queue again the failed, cancelled and aborted jobs of ?status, ?task and ?queue (owner)."""
-        filters = parse_job_filters(bottle.request.query, only=True)
+        filters = parse_job_filters(bottle.request.query)
         with pool.connection() as conn:
             return answer(job_actions.retry_matching(conn, filters, auth.actor()))
 
@@ -137,7 +137,7 @@ def register(
     @database_unavailable
     def cancel_matching_jobs():
         """Cancel the waiting jobs of ?status, ?task and ?queue, and abort its running ones (owner)."""
-        filters = parse_job_filters(bottle.request.query, only=True)
+        filters = parse_job_filters(bottle.request.query)
         with pool.connection() as conn:
             return answer(job_actions.cancel_matching(conn, filters, auth.actor()))
 

@@ -35,7 +35,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
         query = bottle.request.query
         page = jobs_page.render_list(
             pool,
-            parse_job_filters(query),
+            parse_job_filters(query, also=frozenset({"notice"})),
             parse_before(query),
             periodic=periodic,
             zone=config.timezone,
