@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+import psycopg_pool
 from procrastinate import PsycopgConnector
 from procrastinate import sql as procrastinate_sql
 
@@ -25,6 +26,8 @@ PROCRASTINATE_FETCH_QUERY = (
     " attempts, worker_id FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s);"
 )
 JOB_INSERTED = '{"type": "job_inserted"}'  # procrastinate's notification of a deferred job
+# How long the CLI's pool waits for its first connection (worker.py opens its own: 4 s).
+OPEN_WAIT_SECONDS = 5.0
 
 # procrastinate's writes of a job's outcome: done, failed, aborted, or to run again.
 OUTCOMES = (procrastinate_sql.queries["finish_job"], procrastinate_sql.queries["retry_job"])
@@ -117,6 +120,14 @@ def _is_job_inserted(payload: str) -> bool:
         return False
 
 
+class BoundedOpenPool(psycopg_pool.AsyncConnectionPool):
+    """The pool procrastinate opens itself (the CLI's): it waits OPEN_WAIT_SECONDS for a first
+    connection, not psycopg_pool's 30 s (a wrong password or database kept the CLI silent that long)."""
+
+    async def open(self, wait: bool = False, timeout: float = OPEN_WAIT_SECONDS) -> None:
+        await super().open(wait=wait, timeout=timeout)
+
+
 def procrastinate_connector(config: Config) -> PsycopgConnector:
     """The connector behind `jobs.app`; its own pool serves the procrastinate CLI."""
-    return CatchingUpConnector(**db.worker_pool_args(config))
+    return CatchingUpConnector(pool_factory=BoundedOpenPool, **db.worker_pool_args(config))

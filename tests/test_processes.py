@@ -82,6 +82,23 @@ def test_a_dyno_without_database_url_stops_instead_of_starting_a_local_database(
     assert len(lines) == 1 and "DATABASE_URL is not set" in lines[0], lines
 
 
+def test_the_cli_gives_up_within_seconds_on_a_database_it_cannot_use(database_url):
+    """psycopg_pool's open waits 30 s by default: a wrong password or database name kept
+    `procrastinate --app=jobs.app healthchecks` (or `defer`) silent that long."""
+    wrong = psycopg.conninfo.make_conninfo(database_url, dbname="no_such_database")
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(VENV_BIN / "procrastinate"), "--app=jobs.app", "healthchecks"],
+        cwd=ROOT,
+        env={"DATABASE_URL": wrong, "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    assert result.returncode != 0 and took < 15, (took, result.stdout[-500:], result.stderr[-500:])
+
+
 def test_a_web_whose_port_is_taken_says_so_in_one_line(database_url):
     """A second `make run` on the same port printed waitress's 25-line traceback."""
     with socket.socket() as taken:
