@@ -143,7 +143,9 @@ class EnvReader:
     def time_zone(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:
             if not is_time_zone(raw):
-                raise ValueError("expected an IANA time zone such as Europe/Paris or America/New_York")
+                spelt = zone_spelt_as(raw)
+                hint = f" ({spelt}?)" if spelt else ""
+                raise ValueError(f"expected an IANA time zone such as Europe/Paris or America/New_York{hint}")
             return raw
 
         return self._parse(name, default, parse)
@@ -247,6 +249,16 @@ def time_zone_names() -> frozenset[str]:
 def is_time_zone(name: str) -> bool:
     """Whether `name` is one of time_zone_names()."""
     return name in time_zone_names()
+
+
+def zone_spelt_as(name: str) -> str | None:
+    """The zone `name` names in another case ('europe/paris': 'Europe/Paris'), if one.
+
+    >>> zone_spelt_as("europe/paris"), zone_spelt_as("utc"), zone_spelt_as("Mars/Olympus")
+    ('Europe/Paris', 'UTC', None)
+    """
+    folded = {zone.casefold(): zone for zone in time_zone_names()}
+    return folded.get(name.casefold())
 
 
 def _in_range(value: T, low: T, high: T) -> T:

@@ -166,6 +166,8 @@ def test_sites_are_host_names_in_lower_case_and_unset_means_any():
 def test_timezone_is_an_iana_zone_and_utc_by_default():
     assert from_env({}, process_type="web").timezone == "UTC"
     assert from_env({"TIMEZONE": "America/St_Johns"}, process_type="web").timezone == "America/St_Johns"
+    with pytest.raises(ConfigError, match=r"\(Europe/Paris\?\)"):  # the spelling it may have meant
+        from_env({"TIMEZONE": "europe/paris"}, process_type="web")
 
 
 # --- reports by email (issue 21) ----------------------------------------------------------------

@@ -542,6 +542,7 @@ def test_days_are_counted_in_timezone_or_tz(database_url, pool, conn):
     assert body["tz"] == "America/New_York" and body["daily"][-1]["day"] == today_in["America/New_York"]
     for bad in ("Mars/Olympus", "UTC+5", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0"):
         assert "tz" in local.get("/api/stats", {"tz": bad}, status=400).json["error"]
+    assert "(Asia/Kathmandu?)" in local.get("/api/stats", {"tz": "asia/kathmandu"}, status=400).json["error"]
 
 
 def test_export_is_csv_with_a_header_and_one_row_per_day_and_path(client, conn):

@@ -9,7 +9,7 @@ import re
 
 import bottle
 
-from tally.env import is_time_zone
+from tally.env import is_time_zone, zone_spelt_as
 from tally.sites import parse_site_name
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.pageviews import CONTROL_CHARACTERS
@@ -36,7 +36,9 @@ def parse_time_zone(query: bottle.FormsDict, default: str) -> str:
     if not values or values == [""]:
         return default
     if len(values) > 1 or not is_time_zone(values[0]):
-        raise json_error(400, "tz must be one IANA time zone such as Europe/Paris or America/New_York.")
+        spelt = zone_spelt_as(values[0]) if len(values) == 1 else None
+        hint = f" ({spelt}?)" if spelt else ""
+        raise json_error(400, f"tz must be one IANA time zone such as Europe/Paris or Asia/Tokyo{hint}.")
     return values[0]
 
 
