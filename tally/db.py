@@ -7,8 +7,6 @@ the README's "Connection budget" adds them up.
 from __future__ import annotations
 
 import re
-import select
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import psycopg
 import psycopg_pool
 
 from tally import localdb
+from tally.checked_pool import CheckedPool
 from tally.config import Config
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
@@ -162,91 +161,6 @@ def connection_kwargs(
 def url_options(url: str | None) -> str:
     """libpq's `options` written in a database URL (`?options=-c%20search_path%3Dapp`), or ''."""
     return str(psycopg.conninfo.conninfo_to_dict(url).get("options", "")) if url else ""
-
-
-def server_hung_up(conn: psycopg.Connection) -> bool:
-    """Whether the server closed this idle connection: a round trip only where it may have.
-
-    psycopg_pool's `check_connection` sends an empty query, a round trip per checkout, as much
-    as the one INSERT of a group it guards. A connection whose server went away while it sat
-    in the pool (a restart, a killed backend) has a readable socket: the server's last message,
-    or its close. Only then is the full check made. A socket with nothing to read costs one
-    `select`. A server that vanished without a word (a lost network) is found by neither check:
-    its statement meets the TCP user timeout, as the empty query would have."""
-    if not select.select([conn.pgconn.socket], [], [], 0)[0]:
-        return False
-    try:
-        psycopg_pool.ConnectionPool.check_connection(conn)
-    except psycopg.Error:
-        return True
-    return False
-
-
-class CheckedPool(psycopg_pool.ConnectionPool):
-    """psycopg_pool's pool whose checkout passes over a connection the server closed at once.
-
-    The pool's own `check` loop sleeps its reconnection backoff (1 s, then 2 s) after each
-    connection that fails: after a database restart every idle connection is dead, and the
-    first request, meeting them one by one, waited out WEB_POOL_WAIT_SECONDS (a 503, a lost
-    beacon, seconds after the server was back). Here a dead one goes back at once (the pool
-    discards it and connects anew in the background) and the next is taken, within the same
-    deadline; with none left, `getconn` waits for the new ones."""
-
-    last_connect_error: str | None = None  # the message of the last failed connect, if the last failed
-
-    def _connect(self, timeout: float | None = None) -> psycopg.Connection:
-        # psycopg_pool's own connect (it has no public hook for a failed one): kept, so that
-        # health can say why it has no connection (a full server is not a down one).
-        try:
-            conn = super()._connect(timeout)
-        except psycopg.Error as error:
-            self.last_connect_error = str(error)
-            raise
-        self.last_connect_error = None
-        return conn
-
-    def getconn(self, timeout: float | None = None) -> psycopg.Connection:
-        wait = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise psycopg_pool.PoolTimeout(f"couldn't get a connection after {wait:.2f} sec")
-            conn = super().getconn(timeout=left)
-            if not server_hung_up(conn):
-                return conn
-            self.putconn(conn)
-
-
-# What a failed connect says, as health names it (public: a kind, never the server's address).
-CONNECT_PROBLEMS = (
-    (
-        ("too many clients", "connection slots are reserved"),
-        "full: every connection slot (max_connections) is taken",
-    ),
-    (
-        # The server's "password (or peer, ident...) authentication failed", and libpq's own
-        # "no password supplied" when the URL has none for a server that asks for one.
-        ("authentication failed", "no pg_hba.conf entry", "no password supplied"),
-        "refusing the credentials of DATABASE_URL",
-    ),
-    (
-        # libpq's words for ?sslmode=require against a server without SSL, or verify-ca/verify-full
-        # without the certificate they check against (before the "does not exist" of a file).
-        ("SSL was required", "root certificate file", "server certificate for", "SSL error"),
-        "without the SSL connection DATABASE_URL's sslmode asks for",
-    ),
-    (("does not exist",), "up, without the database or role DATABASE_URL names"),
-)
-
-
-def connect_problem(pool: psycopg_pool.ConnectionPool) -> str:
-    """Why `pool` has no connection, as health says it: `unreachable` unless the server answered."""
-    message = getattr(pool, "last_connect_error", None) or ""
-    for signs, problem in CONNECT_PROBLEMS:
-        if any(sign in message for sign in signs):
-            return problem
-    return "unreachable"
 
 
 def web_pool(config: Config) -> psycopg_pool.ConnectionPool:

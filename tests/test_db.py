@@ -11,6 +11,7 @@ import psycopg_pool
 import pytest
 
 from tally import db
+from tally.checked_pool import connect_problem
 from tally.config import from_env
 from tally.db import web_pool
 from tests.conftest import wait_until
@@ -98,7 +99,7 @@ def test_a_killed_workers_statement_ends_on_the_server_within_seconds(database_u
 def test_health_names_refused_credentials_whoever_refuses_them(message):
     """A URL without the password a server asks for read "unreachable" (libpq says it, not the server)."""
     pool = types.SimpleNamespace(last_connect_error=message)
-    assert db.connect_problem(pool) == "refusing the credentials of DATABASE_URL"
+    assert connect_problem(pool) == "refusing the credentials of DATABASE_URL"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,7 @@ def test_health_names_refused_credentials_whoever_refuses_them(message):
 def test_health_names_an_ssl_refusal_not_an_unreachable_server(message):
     """DATABASE_URL's ?sslmode=require against a server without SSL read "unreachable" (it answered)."""
     pool = types.SimpleNamespace(last_connect_error=message)
-    assert db.connect_problem(pool) == "without the SSL connection DATABASE_URL's sslmode asks for"
+    assert connect_problem(pool) == "without the SSL connection DATABASE_URL's sslmode asks for"
 
 
 def test_the_options_of_database_url_are_kept_beside_tallys(database_url, conn):

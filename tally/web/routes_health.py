@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 import psycopg_pool
 
-from tally import db
+from tally.checked_pool import connect_problem
 from tally.config import Config
 from tally.web import queue_state
 from tally.web.auth import Auth
@@ -68,7 +68,7 @@ def register(
                 del body["rollup_views_waiting"]
         except DATABASE_DOWN as error:
             logger.warning("health: database unreachable: %s", error)
-            body.update(status="unavailable", database=db.connect_problem(pool))
+            body.update(status="unavailable", database=connect_problem(pool))
             return json_response(503, body)
         except NOT_MIGRATED as error:
             logger.error("health: schema missing: %s", error)
