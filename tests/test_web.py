@@ -393,6 +393,24 @@ def test_a_defer_sent_arguments_is_refused_and_defers_nothing(client, conn, quer
     client.post("/api/jobs/send_reports", b"{}", headers=as_json, status=202)  # nothing sent: deferred
 
 
+@pytest.mark.parametrize("body", [b"{ }", b"{\n}\n", b" null "])
+def test_a_defer_sent_an_empty_object_however_spaced_defers_its_job(client, conn, body):
+    """`{ }` sends no argument, as `{}` does: it was refused, saying 'a body' was sent."""
+    headers = {**auth(), "Content-Type": "application/json"}
+    client.post("/api/jobs/send_reports", body, headers=headers, status=202)
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 1
+
+
+def test_a_defer_refused_names_what_was_sent_in_words(client):
+    headers = {**auth(), "Content-Type": "application/json"}
+
+    def refusal(body: bytes) -> str:
+        return client.post("/api/jobs/send_reports", body, headers=headers, status=400).json["error"]
+
+    assert "the argument 'period' was sent" in refusal(b'{"period": "monthly"}')
+    assert "a JSON body that is not an object of arguments was sent" in refusal(b"[1, 2]")
+
+
 def test_defer_a_job_by_task_name(client, conn):
     response = client.post("/api/jobs/cleanup_old_page_views", headers=auth(), status=202)
     job_id = response.json["job_id"]

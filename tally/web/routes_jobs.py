@@ -44,20 +44,25 @@ MAX_DEFER_BODY_BYTES = 64 * 1024
 
 
 def arguments_sent(request: bottle.BaseRequest) -> str | None:
-    """The first argument a defer was sent (a query parameter, a form field or a JSON object's
-    key that is not the page's), or None. Such a request was answered 202 and deferred its job
-    with none of them."""
+    """What a defer was sent as the task's arguments, in words ("the argument 'period'": a query
+    parameter, a form field that is not the page's, or a JSON object's key), or None. Such a
+    request was answered 202 and deferred its job with none of them. An empty body, `{}` (however
+    spaced) or `null` sends none."""
     for name in request.query:
-        return name
+        return f"the argument {name!r}"
     if "json" in (request.content_type or ""):
         body = request.body.read(MAX_DEFER_BODY_BYTES + 1).strip()
-        if body in (b"", b"{}", b"null"):
+        if not body:
             return None
         document = json.loads(body)  # ValueError: not JSON
-        return next(iter(document), "a body") if isinstance(document, dict) else "a body"
+        if document is None or document == {}:
+            return None
+        if isinstance(document, dict):
+            return f"the argument {next(iter(document))!r}"
+        return "a JSON body that is not an object of arguments"
     for name in request.forms:
         if name not in FORM_FIELDS:
-            return name
+            return f"the argument {name!r}"
     return None
 
 
@@ -156,7 +161,7 @@ def register(
         if argument is not None:
             return json_error(
                 400,
-                f"This defers {task} with no arguments, and {argument!r} was sent: nothing deferred. With"
+                f"This defers {task} with no arguments, and {argument} was sent: nothing deferred. With"
                 f" arguments: procrastinate --app=jobs.app defer {task} '{{\"name\": value}}'.",
             )
         job_id = jobs_app.tasks[task].defer()
