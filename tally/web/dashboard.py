@@ -35,6 +35,7 @@ CHART_WIDTH = 720
 CHART_HEIGHT = 220
 CHART_TOP = 10
 CHART_BOTTOM = 24  # room for the day labels
+LABEL_WIDTH = 36  # a day's label ("11-06") in the chart's 11 px type, with a little room
 HEADERS = PAGE_HEADERS
 WINDOWS = ((7, "7 days"), (30, "30 days"), (90, "90 days"), (366, "a year"))
 # The previous period's days get a marker (with its tooltip) up to this many; past it the line alone.
@@ -184,6 +185,15 @@ def chart_bars(
     >>> days = [{"day": f"2026-01-0{n}", "views": n} for n in (1, 2, 3)]
     >>> [(bar["label"], bar["label_at"], bar["label_anchor"]) for bar in chart_bars(days)]
     [('01-01', 0.0, 'start'), ('01-02', 360.0, 'middle'), ('01-03', 720.0, 'end')]
+
+    A label that the last one, at the edge, would overlap is left out (at 90 days, 12-04 was
+    written over 12-05):
+
+    >>> import datetime
+    >>> start = datetime.date(2026, 9, 7)
+    >>> days = [{"day": str(start + datetime.timedelta(n)), "views": 1} for n in range(90)]
+    >>> [bar["label"] for bar in chart_bars(days) if bar["label"]][-2:]
+    ['11-23', '12-05']
     """
     previous = previous or []
     peak = (
@@ -199,6 +209,11 @@ def chart_bars(
     label_every = max(1, len(daily) // 8)
     bars = []
     for index, day in enumerate(daily):
+        centre = round(index * slot + slot / 2, 1)
+        # The last label ends at the right edge; one centred within its width of it would overlap.
+        labelled = index == len(daily) - 1 or (
+            index % label_every == 0 and centre + LABEL_WIDTH / 2 <= CHART_WIDTH - LABEL_WIDTH
+        )
         height = round(plot_height * day["views"] / peak, 1)
         visitors = day.get("visitors", 0)
         visitors_height = round(plot_height * visitors / peak, 1)
@@ -214,9 +229,9 @@ def chart_bars(
             "day": day["day"],
             "views": day["views"],
             "visitors": visitors,
-            "label": day["day"][5:] if index % label_every == 0 or index == len(daily) - 1 else "",
-            "label_x": round(index * slot + slot / 2, 1),
-            "label_at": round(index * slot + slot / 2, 1),
+            "label": day["day"][5:] if labelled else "",
+            "label_x": centre,  # the bar's centre (the previous period's point stands there)
+            "label_at": centre,
             "label_anchor": "middle",
             "previous": None,
         }
