@@ -441,10 +441,11 @@ SELECT job_id AS id, task_name, attempts, queue_name, failed_at, error
 
 -- job_by_id --
 -- One job with its lifecycle timestamps and last error. A job waiting again (retried) shows no
--- start, end or worker: those were its last attempt's (its events list every attempt).
+-- start, end or worker: those were its last attempt's (its events list every attempt). A running
+-- or finished job shows the worker that has it or ran it last.
 SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, job.queue_name AS queue,
        job.lock, job.args, job.priority, job.scheduled_at,
-       CASE WHEN job.status = 'doing' THEN job.worker_id END AS worker_id,
+       CASE WHEN job.status <> 'todo' THEN job.worker_id END AS worker_id,
        (SELECT min(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'deferred') AS deferred_at,
        (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id AND type = 'started'
          AND job.status <> 'todo') AS started_at,

@@ -482,6 +482,17 @@ def make_failed_job(conn: psycopg.Connection) -> int:
     return job_id
 
 
+def test_a_finished_job_shows_the_worker_that_ran_it(client, conn):
+    """Only a job waiting again hides its last attempt's worker: a failed or succeeded one
+    showed none (`worker_id` null, "none now" on its page) once the waiting case was fixed."""
+    failed = make_failed_job(conn)
+    (ran_on,) = conn.execute("SELECT worker_id FROM procrastinate_jobs WHERE id = %s", (failed,)).fetchone()
+    assert ran_on is not None
+    assert client.get(f"/api/jobs/{failed}").json["worker_id"] == ran_on
+    page = client.get(f"/jobs/{failed}", headers={**auth(), "Accept": "text/html"}).text
+    assert f"worker {ran_on}" in page
+
+
 def test_queue_summary_and_retrying_a_failed_job(client, conn):
     failed = make_failed_job(conn)
     client.post("/api/jobs/retry_stalled_jobs", headers=auth(), status=202)
