@@ -135,18 +135,17 @@ def connection_kwargs(
     config: Config,
     settings: dict[str, str] = SESSION_SETTINGS,
     tcp_user_timeout_ms: int = TCP_SETTINGS["tcp_user_timeout"],
-    url: str | None = None,
+    given: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """libpq parameters of every Tally connection: name, timeouts, keepalives, session settings.
 
-    The `options` of the URL (`url`, else DATABASE_URL) come first, Tally's after them: a keyword
+    The URL's `options` (`given`, else DATABASE_URL's) come first, Tally's after them: a keyword
     replaces the URL's, so a search_path or a provider's setting given there was dropped."""
-    url = config.database_url if url is None else url
+    given = url_options(config.database_url) if given is None else given
     own = " ".join(
         f"-c {name}={value}" for name, value in {**settings, "tcp_user_timeout": tcp_user_timeout_ms}.items()
     )
-    given = url_options(url)
     return {
         "application_name": config.dyno,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -161,6 +160,13 @@ def connection_kwargs(
 def url_options(url: str | None) -> str:
     """libpq's `options` written in a database URL (`?options=-c%20search_path%3Dapp`), or ''."""
     return str(psycopg.conninfo.conninfo_to_dict(url).get("options", "")) if url else ""
+
+
+def replica_url_options(config: Config) -> str:
+    """The options the replica's connections start from: its URL's, else DATABASE_URL's. A
+    follower's URL (Heroku's) carries none, and without DATABASE_URL's search_path the replica's
+    reads looked for Tally's tables elsewhere: every owner's read a 503 "run migrations"."""
+    return url_options(config.database_replica_url) or url_options(config.database_url)
 
 
 def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
@@ -209,7 +215,7 @@ def replica_connection_kwargs(config: Config) -> dict[str, Any]:
         config,
         REPLICA_SESSION_SETTINGS,
         tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS,
-        url=config.database_replica_url or "",
+        given=replica_url_options(config),
         autocommit=True,
     )
 

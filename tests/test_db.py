@@ -133,3 +133,20 @@ def test_the_options_of_database_url_are_kept_beside_tallys(database_url, conn):
             assert checked.execute("SHOW jit").fetchone()[0] == "off"  # Tally's still applies
     finally:
         conn.execute("DROP SCHEMA tally_options_test CASCADE")
+
+
+def test_replica_connections_take_database_urls_options_when_theirs_has_none(database_url):
+    """A follower's URL carries no options: with DATABASE_URL's search_path dropped, the replica's
+    reads looked for Tally's tables elsewhere, every owner's read a 503 "run migrations"."""
+    from tally.web.replica import check_connection_kwargs
+
+    url = psycopg.conninfo.make_conninfo(database_url, options="-c search_path=app")
+    follower = {"DATABASE_URL": url, "DATABASE_REPLICA_URL": "postgresql://follower.example/tally"}
+    settings = from_env(follower, process_type="web")
+    for kwargs in (db.replica_connection_kwargs(settings), check_connection_kwargs(settings)):
+        assert kwargs["options"].startswith("-c search_path=app ")
+    own = {**follower, "DATABASE_REPLICA_URL": "postgresql://follower.example/tally?options=-csearch_path%3Dother"}
+    settings = from_env(own, process_type="web")
+    for kwargs in (db.replica_connection_kwargs(settings), check_connection_kwargs(settings)):
+        options = kwargs["options"]
+        assert options.startswith("-csearch_path=other ") and "search_path=app" not in options

@@ -340,4 +340,4 @@ def check_connection_kwargs(config: Config) -> dict[str, Any]:
     kwargs = db.replica_connection_kwargs(config)
     settings = {**db.REPLICA_SESSION_SETTINGS, "statement_timeout": f"{CHECK_STATEMENT_TIMEOUT_MS}ms"}
     own = " ".join(f"-c {name}={value}" for name, value in settings.items())
-    return {**kwargs, "options": f"{db.url_options(config.database_replica_url)} {own}".strip()}
+    return {**kwargs, "options": f"{db.replica_url_options(config)} {own}".strip()}
