@@ -62,7 +62,7 @@ def maintain_partitions(context: JobContext, timestamp: int | None = None) -> in
         made += row is not None and row["name"] is not None
     logger.info("partitions: %d day(s) made; views of %d day(s) waited in the default one", made, len(caught))
     if left:
-        logger.warning("left for the next run (their tables stayed locked): %s", ", ".join(left))
+        logger.warning("left for the next run (locked: a long read, a rollup): %s", ", ".join(left))
     return made
 
 

@@ -191,7 +191,7 @@ def main() -> int:
     except psycopg.OperationalError as error:
         # A database that is down or not there (yet): one line, not a traceback. What was
         # applied stays applied (each migration commits); the next release goes on from it.
-        logger.error("release failed, the database did not answer: %s", " ".join(str(error).split()))
+        logger.error("release failed, no connection to the database: %s", " ".join(str(error).split()))
         return 1
     except (psycopg.Error, RuntimeError) as error:
         # A statement refused (a role without CREATE, an object in the way): one line too,

@@ -83,7 +83,7 @@ CONNECT_PROBLEMS = (
     (
         # libpq's words for ?sslmode=require against a server without SSL, or verify-ca/verify-full
         # without the certificate they check against (before the "does not exist" of a file).
-        ("SSL was required", "root certificate file", "server certificate for", "SSL error"),
+        ("SSL was required", "root certificate file", "server certificate for"),
         "without the SSL connection DATABASE_URL's sslmode asks for",
     ),
     (("does not exist",), "up, without the database or role DATABASE_URL names"),

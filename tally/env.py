@@ -85,7 +85,8 @@ class EnvReader:
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         def parse(raw: str) -> int:
             try:
-                if not raw.isascii():  # int() reads any script's digits: fullwidth 30 was 30
+                # int() reads any script's digits (a fullwidth 30 was 30) and underscores (8_080)
+                if not raw.isascii() or "_" in raw:
                     raise ValueError
                 value = int(raw)
             except ValueError:
@@ -97,7 +98,7 @@ class EnvReader:
     def number(self, name: str, default: float, *, low: float, high: float) -> float:
         def parse(raw: str) -> float:
             try:
-                if not raw.isascii():
+                if not raw.isascii() or "_" in raw:
                     raise ValueError
                 value = float(raw)
             except ValueError:
@@ -228,7 +229,7 @@ class EnvReader:
                 croniter(raw).get_next()
                 croniter(raw).get_prev()
             except CroniterBadDateError:
-                raise ValueError("it never runs: no month has that day") from None
+                raise ValueError("it never runs: that date never comes") from None
             return raw
 
         return self._parse(name, default, parse)

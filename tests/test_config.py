@@ -65,6 +65,8 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
         ("PORT", "\uff18\uff10\uff18\uff10"),
         ("RETENTION_DAYS", "\u0663\u0660"),
         ("POLL_INTERVAL_SECONDS", "\uff15"),
+        ("PORT", "8_080"),  # and underscores, as Python's literals do
+        ("POLL_INTERVAL_SECONDS", "1_0"),
         ("ADMIN_TOKEN", "s3cret\udcff"),
         ("TIMEZONE", "Mars/Olympus"),
         ("TIMEZONE", "/etc/localtime"),

@@ -698,6 +698,9 @@ def test_a_role_that_may_not_write_gets_503_saying_so_not_500(database_url, conn
                 assert "may not write" in response.json["error"], response.json
             # Health answered 200 "ok" while every view was refused.
             assert "may not write" in client.get("/api/health", status=503).json["database"]
+            # A read the role may not make is no write refused.
+            conn.execute(f"REVOKE SELECT ON procrastinate_jobs FROM {role}")
+            assert "may not read a table" in client.get("/api/jobs", status=503).json["error"]
     finally:
         conn.execute(f"DROP OWNED BY {role}")
         conn.execute(f"DROP ROLE {role}")

@@ -118,7 +118,13 @@ def database_unavailable(route: Callable) -> Callable:
             logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
             return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
         except WRITES_REFUSED as error:
-            logger.error("%s %s: writes refused: %s", bottle.request.method, bottle.request.path, error)
+            logger.error("%s %s: refused: %s", bottle.request.method, bottle.request.path, error)
+            if not _writes() and isinstance(error, psycopg.errors.InsufficientPrivilege):
+                return json_error(
+                    503,
+                    "The database refuses this: DATABASE_URL's role may not read a table it needs"
+                    " (its privileges were changed by hand?).",
+                )
             return json_error(
                 503,
                 "The database refuses this: DATABASE_URL's role may not write here (a read-only"
