@@ -285,6 +285,8 @@ def test_a_middle_click_on_an_outbound_link_counts_a_right_click_does_not(tally,
             page.click("#out", button="right")
             page.click("#buy span", button="middle")
             page.click("#out", button="middle")
+            # Safari before 18.2 sent a middle click as a click event too (then auxclick): once.
+            page.dispatch_event("#out", "click", {"button": 1})
             page.evaluate("tally.track('Done')")  # sent after the clicks' events
             wait_until(lambda: event_count(conn) >= 3, timeout=10, message="3 events")
             time.sleep(SETTLE_SECONDS)

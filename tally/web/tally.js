@@ -34,12 +34,14 @@
 
   function track(name, props) {
     // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
-    if (typeof name !== "string" || !name) return console.warn("tally.track: a name (a non-empty string) first");
+    if (typeof name !== "string" || !name) return console.warn("tally.track needs a name");
     post({ url: location.href, event: name, props: props || {} });
   }
 
   function clicked(click) {
-    if (click.button > 1) return; // a right click (auxclick) opens nothing; a middle one, links
+    // A click with the main button, or a middle one (auxclick, which opens a link in a new
+    // tab); Safari before 18.2 sent a middle click as click too: not counted twice.
+    if (click.button != (click.type == "auxclick")) return;
     var target = click.target.closest ? click.target : click.target.parentElement; // a text node
     var tagged = !click.button && target && target.closest("[data-tally-event]");
     if (tagged) {
