@@ -72,17 +72,23 @@ class CatchingUpConnector(PsycopgConnector):
         self._fetching = 0
         self._wake_after_fetch: Any = None  # the worker's notification handler, when it is owed a wake-up
         self._wake_ups: set[asyncio.Task[None]] = set()
+        self._listening: Any = None  # the worker's notification handler, once it listens
 
     async def execute_query_async(self, query: Any, **arguments: Any) -> None:
-        if self.fenced and query in (
-            procrastinate_sql.queries["finish_job"],
-            procrastinate_sql.queries["retry_job"],
-        ):
+        if query not in OUTCOMES:
+            return await super().execute_query_async(query, **arguments)
+        if self.fenced:
             logger.warning(
-                "job %s: outcome not written: this worker was taken for dead", arguments.get("job_id")
+                "job %s: outcome not written (this worker was taken for dead)", arguments["job_id"]
             )
-            return
+            return None
         await super().execute_query_async(query, **arguments)
+        # A job that ended may have held a lock another waits behind (a second "Run now", a
+        # rollup the web asked for while the minutely one ran): no NOTIFY says it is free, and
+        # the one waiting waited for the next poll. The worker looks again.
+        if self._listening is not None:
+            self._wake(self._listening)
+        return None
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
         if query != procrastinate_sql.queries["fetch_job"]:
@@ -93,11 +99,15 @@ class CatchingUpConnector(PsycopgConnector):
         finally:
             self._fetching -= 1
             if self._fetching == 0 and self._wake_after_fetch is not None:
-                # A task, so that it runs after the worker has cleared its event.
-                wake_up = asyncio.get_running_loop().create_task(_job_inserted(self._wake_after_fetch))
+                self._wake(self._wake_after_fetch)
                 self._wake_after_fetch = None
-                self._wake_ups.add(wake_up)
-                wake_up.add_done_callback(self._wake_ups.discard)
+
+    def _wake(self, on_notification: Any) -> None:
+        """Hand the worker a "job inserted" wake-up, in a task: after the worker has cleared its
+        event (it does when a fetch returns), not before."""
+        wake_up = asyncio.get_running_loop().create_task(_job_inserted(on_notification))
+        self._wake_ups.add(wake_up)
+        wake_up.add_done_callback(self._wake_ups.discard)
 
     async def _loop_notify(self, on_notification: Any, connection: Any, *args: Any, **kwargs: Any) -> None:
         async def heard(channel: str, payload: str) -> None:
@@ -105,6 +115,7 @@ class CatchingUpConnector(PsycopgConnector):
                 self._wake_after_fetch = on_notification
             await on_notification(channel=channel, payload=payload)
 
+        self._listening = on_notification
         await _job_inserted(on_notification)
         await super()._loop_notify(heard, connection, *args, **kwargs)
 

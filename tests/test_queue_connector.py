@@ -118,3 +118,52 @@ def test_a_worker_taken_for_dead_writes_no_outcome_over_its_jobs_new_attempts(da
             await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_job_behind_another_ones_lock_runs_as_soon_as_that_one_ends(database_url, conn):
+    """Two jobs with one `lock` (a second "Run now", a rollup the web asked for while the
+    minutely one ran): the second waited for the next poll after the first ended, as no NOTIFY
+    says a lock is free (120 s here; 5 s by default)."""
+    settings = from_env({"DATABASE_URL": database_url, "DYNO": "worker.lock"}, process_type="worker")
+    app = procrastinate.App(connector=queue_connector.procrastinate_connector(settings))
+    release = asyncio.Event()
+    ended: list[float] = []
+
+    @app.task(name="tests.hold", queue="default")
+    async def hold() -> None:
+        """Runs until the test lets it end."""
+        await release.wait()
+        ended.append(time.monotonic())
+
+    worker = Worker(
+        app=app,
+        concurrency=2,
+        fetch_job_polling_interval=POLL_SECONDS,
+        abort_job_polling_interval=POLL_SECONDS,
+        install_signal_handlers=False,
+    )
+
+    def defer_held() -> int:
+        return conn.execute(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'tests.hold', 0, 'held', NULL,"
+            " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1]))"
+        ).fetchone()[0]
+
+    async def scenario() -> float:
+        async with app.open_async():
+            running = asyncio.create_task(worker.run())
+            try:
+                first, second = defer_held(), defer_held()
+                await wait_for(lambda: status(conn, first) == "doing", 10, "the first job")
+                await asyncio.sleep(0.3)  # the second, fetched for the free slot, is behind the lock
+                assert status(conn, second) == "todo"
+                release.set()
+                await wait_for(lambda: status(conn, second) == "succeeded", 10, "the second job")
+                return ended[-1] - ended[0]
+            finally:
+                worker.stop()
+                await asyncio.wait_for(running, 10)
+
+    gap = asyncio.run(scenario())
+    print(f"the job behind the lock ended {gap * 1000:.0f} ms after the first (polling every 120 s)")
+    assert gap < 2
