@@ -90,9 +90,14 @@ def test_tallys_fetch_is_procrastinates_plus_the_paused_queues(conn):
     pause = (
         " AND NOT EXISTS (SELECT 1 FROM tally_paused_queues paused WHERE paused.queue_name = jobs.queue_name)"
     )
+    nothing_paused = (
+        " IF NOT EXISTS (SELECT FROM tally_paused_queues) THEN SELECT * INTO found_jobs"
+        " FROM procrastinate_fetch_job_v2(target_queue_names, p_worker_id); RETURN found_jobs; END IF;"
+    )
     tally = function_body(conn, "tally_fetch_job_v1")
-    assert pause in tally
-    assert tally.replace(pause, "") == function_body(conn, "procrastinate_fetch_job_v2")
+    assert pause in tally and nothing_paused in tally
+    procrastinates = function_body(conn, "procrastinate_fetch_job_v2")
+    assert tally.replace(pause, "").replace(nothing_paused, "") == procrastinates
 
 
 def test_the_connector_refuses_a_procrastinate_that_fetches_otherwise(monkeypatch):
@@ -110,3 +115,29 @@ def test_the_connector_refuses_a_procrastinate_that_fetches_otherwise(monkeypatc
     monkeypatch.setattr(procrastinate_sql, "queries", changed)
     with pytest.raises(queue_connector.ProcrastinateChanged):
         queue_connector.procrastinate_connector(settings)
+
+
+def fetch_buffers(conn: psycopg.Connection, worker_id: int) -> int:
+    """Buffers one call of Tally's fetch touches (its statements' included)."""
+    plan = conn.execute(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM tally_fetch_job_v1(NULL, %s)", (worker_id,)
+    ).fetchone()[0][0]["Plan"]
+    return plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+
+
+def test_a_fetch_reads_the_first_waiting_job_not_every_one(conn):
+    """With Tally's paused-queue check in the query, the planner sorted every waiting job for
+    each fetch (16 ms with 20,000 waiting): a worker ran 62 short jobs a second, not 528."""
+    conn.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+        " SELECT 'default', 'prune_finished_jobs', '{}' FROM generate_series(1, 20000)"
+    )
+    conn.execute("ANALYZE procrastinate_jobs")
+    worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+    with conn.transaction(force_rollback=True):
+        fetch_buffers(conn, worker_id)  # the first call plans its statements (catalog reads)
+        assert fetch_buffers(conn, worker_id) < 120  # 51 here; sorting the 20,000: 296
+    # A paused queue elsewhere: the copy with the check runs, and still fetches right.
+    conn.execute("INSERT INTO tally_paused_queues (queue_name) VALUES ('reports')")
+    (fetched,) = conn.execute("SELECT queue_name FROM tally_fetch_job_v1(NULL, %s)", (worker_id,)).fetchone()
+    assert fetched == "default"
