@@ -95,10 +95,12 @@ async def requeue_jobs_of_lost_sessions(connector: BaseAsyncConnector) -> int:
         if result["retried"]:
             retried += 1
             logger.warning(
-                "re-queued job %s (%s): worker %s's session ended",
+                "re-queued job %s (%s): %s",
                 row["job_id"],
                 row["task_name"],
-                row["worker_id"],
+                f"worker {row['worker_id']}'s session ended"
+                if row["worker_id"] is not None
+                else "its worker stopped without writing its outcome",
             )
         elif result["aborted"]:
             logger.warning(

@@ -22,6 +22,16 @@ PRUNE_BATCH_SIZE = 1000
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Re-queue the jobs of dead workers (session ended, or silent for STALLED_AFTER_SECONDS)."""
     manager = context.app.job_manager
+    ended = await context.app.connector.execute_query_one_async(
+        QUERIES["end_sessions_of_silent_workers"], seconds=settings.stalled_after_seconds
+    )
+    if ended["ended"]:
+        logger.warning(
+            "ended the session of %d worker(s) silent for %g s: their jobs run again once their locks"
+            " stay free",
+            ended["ended"],
+            settings.stalled_after_seconds,
+        )
     retried = await requeue_jobs_of_lost_sessions(context.app.connector)
     stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=settings.stalled_after_seconds)
     for job in stalled:

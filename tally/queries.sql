@@ -512,6 +512,13 @@ SELECT job.id AS job_id, job.worker_id, job.task_name
         WHERE lock.locktype = 'advisory' AND lock.granted
           AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND lock.classid = 7245 AND lock.objid = job.worker_id::oid AND lock.objsubid = 2)
+UNION ALL
+-- And running jobs whose worker is gone: it stopped (a database restart) after its write of the
+-- job's outcome failed, and procrastinate's unregister set the job's worker_id to NULL. The
+-- heartbeat rule alone found those, at the clock's next minute.
+SELECT job.id AS job_id, job.worker_id, job.task_name
+  FROM procrastinate_jobs job
+ WHERE job.status = 'doing' AND job.worker_id IS NULL
 
 -- delete_lost_session_workers --
 -- Forget the workers whose session lock nobody has held for `grace` seconds, once no job of
@@ -531,6 +538,49 @@ WITH lost AS (
     RETURNING 1
 )
 SELECT count(*) AS removed FROM lost
+
+-- stalled_jobs_by_heartbeat --
+-- procrastinate's select_stalled_jobs_by_heartbeat (3.10), for the workers without a session lock
+-- only (the CLI's; WORKER_SESSION_LIVENESS=false). The session sweep judges the others
+-- (jobs/liveness.py): a worker frozen past STALLED_AFTER_SECONDS keeps its session, and the
+-- heartbeat rule re-queued its job and pruned its row while it lived; resumed, it ran the job
+-- beside the new attempt, with nothing to tell it (end_sessions_of_silent_workers below).
+WITH stalled_workers AS (
+   SELECT id
+     FROM procrastinate_workers worker
+    WHERE last_heartbeat < NOW() - (%(seconds_since_heartbeat)s || ' SECOND')::INTERVAL
+      AND NOT EXISTS (SELECT 1 FROM tally_worker_sessions session WHERE session.worker_id = worker.id)
+)
+SELECT job.id, status, task_name, priority, lock, queueing_lock,
+       args, scheduled_at, queue_name, attempts, job.worker_id
+  FROM procrastinate_jobs job
+  LEFT JOIN stalled_workers sw ON sw.id = job.worker_id
+ WHERE job.status = 'doing'
+   AND (%(queue)s::varchar IS NULL OR job.queue_name = %(queue)s)
+   AND (%(task_name)s::varchar IS NULL OR job.task_name = %(task_name)s)
+   AND (job.worker_id IS NULL OR sw.id IS NOT NULL)
+
+-- prune_stalled_workers --
+-- procrastinate's prune_stalled_workers, for the workers without a session lock (see above): the
+-- sweep forgets the others once their lock has stayed free (delete_lost_session_workers).
+DELETE FROM procrastinate_workers worker
+ WHERE last_heartbeat < NOW() - (%(seconds_since_heartbeat)s || ' SECOND')::INTERVAL
+   AND NOT EXISTS (SELECT 1 FROM tally_worker_sessions session WHERE session.worker_id = worker.id)
+RETURNING worker.id AS worker_id
+
+-- end_sessions_of_silent_workers --
+-- End the session-lock sessions of workers silent for `seconds` (frozen: SIGSTOP, a paused VM, a
+-- stuck loop; the server keeps their sessions): the session sweep then judges them like any
+-- worker whose lock is free (grace, re-queue, and `TakenForDead` should one come back), so their
+-- jobs run again within seconds, and one that resumes within the grace takes its lock back and
+-- goes on, its job not re-queued. The heartbeat rule above passes them over.
+SELECT count(pg_terminate_backend(lock.pid)) AS ended
+  FROM procrastinate_workers worker
+  JOIN pg_locks lock
+    ON lock.locktype = 'advisory' AND lock.granted
+   AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND lock.classid = 7245 AND lock.objid = worker.id::oid AND lock.objsubid = 2
+ WHERE worker.last_heartbeat < NOW() - make_interval(secs => %(seconds)s)
 
 -- local_lock_timeout --
 -- Bound this transaction's waits for locks (milliseconds), whatever the session's setting.

@@ -29,6 +29,13 @@ JOB_INSERTED = '{"type": "job_inserted"}'  # procrastinate's notification of a d
 # How long the CLI's pool waits for its first connection (worker.py opens its own: 4 s).
 OPEN_WAIT_SECONDS = 5.0
 
+# procrastinate's queries Tally runs its own versions of (tally/queries.sql): the heartbeat rule
+# spares workers that hold their session lock.
+REPLACED = {
+    procrastinate_sql.queries["select_stalled_jobs_by_heartbeat"]: "stalled_jobs_by_heartbeat",
+    procrastinate_sql.queries["prune_stalled_workers"]: "prune_stalled_workers",
+}
+
 # procrastinate's writes of a job's outcome: done, failed, aborted, or to run again.
 OUTCOMES = (procrastinate_sql.queries["finish_job"], procrastinate_sql.queries["retry_job"])
 
@@ -89,6 +96,11 @@ class CatchingUpConnector(PsycopgConnector):
         if self._listening is not None:
             self._wake(self._listening)
         return None
+
+    async def execute_query_all_async(self, query: Any, **arguments: Any) -> list[dict[str, Any]]:
+        if query in REPLACED:
+            query = db.QUERIES[REPLACED[query]]
+        return await super().execute_query_all_async(query, **arguments)
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
         if query != procrastinate_sql.queries["fetch_job"]:

@@ -117,3 +117,64 @@ def test_a_requeued_job_wakes_the_listening_workers(conn, database_url):
         assert ended.fetchone()[:2] == (1, 0)
         heard = [json.loads(note.payload) for note in listener.notifies(timeout=2, stop_after=1)]
     assert heard == [{"type": "job_inserted", "job_id": job_id}]
+
+
+def test_a_worker_holding_its_lock_is_alive_however_late_its_heartbeat(conn, database_url):
+    """A worker frozen past STALLED_AFTER_SECONDS (SIGSTOP, a paused VM) keeps its session and
+    lock: the heartbeat rule re-queued its job and pruned its row, and once resumed it ran the
+    job beside the new attempt, with nothing to tell it (its session never ended)."""
+    import jobs
+
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    worker_id = register_worker(conn, "10 minutes")
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, worker_id) == job_id
+
+    async def scenario() -> None:
+        session = await WorkerSession.hold(settings, worker_id)
+        async with jobs.app.open_async():
+            manager = jobs.app.job_manager
+            assert [job.id for job in await manager.get_stalled_jobs(seconds_since_heartbeat=60)] == []
+            assert await manager.prune_stalled_workers(60) == []
+            await session.release()  # a free lock: the session sweep's to judge, after its grace
+            wait_until(lambda: holder(conn, worker_id) is None, 10, 0.01, "the session's end")
+            assert [job.id for job in await manager.get_stalled_jobs(seconds_since_heartbeat=60)] == []
+            assert await manager.prune_stalled_workers(60) == []
+            # A worker without a session lock (the procrastinate CLI) is judged by its heartbeat.
+            conn.execute("DELETE FROM tally_worker_sessions WHERE worker_id = %s", (worker_id,))
+            assert [job.id for job in await manager.get_stalled_jobs(seconds_since_heartbeat=60)] == [job_id]
+            assert await manager.prune_stalled_workers(60) == [worker_id]
+
+    asyncio.run(scenario())
+
+
+def test_a_running_job_whose_worker_is_gone_is_lost(conn):
+    """A database restart: the worker's write of its job's outcome failed on a dead connection, it
+    stopped and procrastinate unregistered it (the job's worker_id set to NULL). The job waited,
+    `doing`, for the heartbeat rule at the clock's next minute."""
+    worker_id = register_worker(conn, "0 seconds")
+    job_id = defer_to(conn, "default")
+    assert fetch_job_for_worker(conn, worker_id) == job_id
+    conn.execute("SELECT procrastinate_unregister_worker_v1(%s)", (worker_id,))
+    assert lost_jobs(conn) == [job_id]
+    ended = conn.execute(QUERIES["retry_stalled_job"], {"job_id": job_id, "worker_id": None})
+    assert ended.fetchone()[:2] == (1, 0)
+
+
+def test_a_silent_worker_holding_its_lock_has_its_session_ended(conn, database_url):
+    """Spared by the heartbeat rule, a frozen worker is not left holding its job for ever:
+    retry_stalled_jobs ends its session, and the sweep judges it by its free lock."""
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    silent = register_worker(conn, "10 minutes")
+    live = register_worker(conn, "0 seconds")
+
+    async def scenario() -> None:
+        sessions = [await WorkerSession.hold(settings, worker_id) for worker_id in (silent, live)]
+        ended = conn.execute(QUERIES["end_sessions_of_silent_workers"], {"seconds": 60}).fetchone()
+        assert ended == (1,)
+        wait_until(lambda: holder(conn, silent) is None, 10, 0.01, "the silent worker's session's end")
+        assert holder(conn, live) is not None
+        for session in sessions:
+            await session.release()
+
+    asyncio.run(scenario())
