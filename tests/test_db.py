@@ -145,7 +145,10 @@ def test_replica_connections_take_database_urls_options_when_theirs_has_none(dat
     settings = from_env(follower, process_type="web")
     for kwargs in (db.replica_connection_kwargs(settings), check_connection_kwargs(settings)):
         assert kwargs["options"].startswith("-c search_path=app ")
-    own = {**follower, "DATABASE_REPLICA_URL": "postgresql://follower.example/tally?options=-csearch_path%3Dother"}
+    own = {
+        **follower,
+        "DATABASE_REPLICA_URL": "postgresql://follower.example/tally?options=-csearch_path%3Dother",
+    }
     settings = from_env(own, process_type="web")
     for kwargs in (db.replica_connection_kwargs(settings), check_connection_kwargs(settings)):
         options = kwargs["options"]
