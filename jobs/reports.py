@@ -33,6 +33,7 @@ from procrastinate.retry import RetryDecision
 from jobs import app, settings
 from jobs.middleware import WrongArguments
 from tally import db, mail, reports
+from tally.checked_pool import check_if_hung_up_sync
 from tally.config import Config
 from tally.db import QUERIES
 from tally.env import SmtpServer
@@ -81,6 +82,7 @@ def report_pool(config: Config) -> Iterator[psycopg_pool.ConnectionPool]:
         max_size=2,
         timeout=db.POOL_WAIT_SECONDS,
         kwargs=db.connection_kwargs(config, db.WORKER_SESSION_SETTINGS, autocommit=True),
+        check=check_if_hung_up_sync,  # a delivery recorded after a restart, not sent again
         name=f"{config.dyno}-reports",
     ) as pool:
         yield pool

@@ -32,6 +32,21 @@ def server_hung_up(conn: psycopg.Connection) -> bool:
     return False
 
 
+async def check_if_hung_up(conn: psycopg.AsyncConnection) -> None:
+    """`server_hung_up` as an async pool's `check`: raises (and the pool connects anew) only for
+    a connection whose server closed it. Workers' and reports' pools had no check: after a
+    database restart, the write of a running job's outcome met a dead connection, the job stayed
+    `doing` and a report already accepted by its mail server was sent again."""
+    if select.select([conn.pgconn.socket], [], [], 0)[0]:
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
+def check_if_hung_up_sync(conn: psycopg.Connection) -> None:
+    """The same for a pool of plain connections (the reports')."""
+    if server_hung_up(conn):
+        raise psycopg.OperationalError("the server closed this connection")
+
+
 class CheckedPool(psycopg_pool.ConnectionPool):
     """psycopg_pool's pool whose checkout passes over a connection the server closed at once.
 

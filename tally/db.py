@@ -15,7 +15,7 @@ import psycopg
 import psycopg_pool
 
 from tally import localdb
-from tally.checked_pool import CheckedPool
+from tally.checked_pool import CheckedPool, check_if_hung_up
 from tally.config import Config
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
@@ -252,7 +252,7 @@ def worker_pool_args(config: Config) -> dict[str, Any]:
 
 def worker_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
     """The pool `python worker.py` opens itself, so its wait for the database is bounded."""
-    return psycopg_pool.AsyncConnectionPool(**worker_pool_args(config), open=False)
+    return psycopg_pool.AsyncConnectionPool(**worker_pool_args(config), check=check_if_hung_up, open=False)
 
 
 def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:

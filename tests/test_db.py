@@ -153,3 +153,30 @@ def test_replica_connections_take_database_urls_options_when_theirs_has_none(dat
     for kwargs in (db.replica_connection_kwargs(settings), check_connection_kwargs(settings)):
         options = kwargs["options"]
         assert options.startswith("-csearch_path=other ") and "search_path=app" not in options
+
+
+def test_a_workers_pool_hands_out_no_connection_the_server_closed(database_url, conn):
+    """After a database restart, the write of a running job's outcome met a dead pooled
+    connection: the job stayed `doing` until the clock's next minute (worker.py's pool had no
+    check, where procrastinate's own pool has one)."""
+    import asyncio
+
+    settings = from_env({"DATABASE_URL": database_url, "DYNO": "worker.check"}, process_type="worker")
+
+    async def scenario() -> None:
+        async with db.worker_pool(settings) as pool:
+            await pool.wait(timeout=5)
+            async with pool.connection() as first:
+                pid = first.info.backend_pid
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_until(
+                lambda: not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchall(),
+                5,
+                0.01,
+                "the backend's end",
+            )
+            async with pool.connection() as conn_after:
+                assert (await (await conn_after.execute("SELECT 1")).fetchone()) == (1,)
+                assert conn_after.info.backend_pid != pid
+
+    asyncio.run(scenario())
