@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from typing import Any
 
 import psycopg_pool
@@ -26,8 +27,12 @@ PROCRASTINATE_FETCH_QUERY = (
     " attempts, worker_id FROM procrastinate_fetch_job_v2(%(queues)s::varchar[], %(worker_id)s);"
 )
 JOB_INSERTED = '{"type": "job_inserted"}'  # procrastinate's notification of a deferred job
-# How long the CLI's pool waits for its first connection (worker.py opens its own: 4 s).
+# How long the CLI's pool waits for its first connection (worker.py opens its own, and starts
+# over until the database is back). A command (defer, healthchecks, shell) says within seconds
+# that it cannot connect; the CLI's worker, which must run as worker.py does, waits longer for
+# a database that is starting (psycopg_pool's own default is 30 s).
 OPEN_WAIT_SECONDS = 5.0
+CLI_WORKER_OPEN_WAIT_SECONDS = 120.0
 
 # procrastinate's queries Tally runs its own versions of (tally/queries.sql): the heartbeat rule
 # spares workers that hold their session lock.
@@ -144,13 +149,33 @@ def _is_job_inserted(payload: str) -> bool:
 
 
 class BoundedOpenPool(psycopg_pool.AsyncConnectionPool):
-    """The pool procrastinate opens itself (the CLI's): it waits OPEN_WAIT_SECONDS for a first
-    connection, not psycopg_pool's 30 s (a wrong password or database kept the CLI silent that long)."""
+    """The pool procrastinate opens itself (the CLI's): it waits `open_wait` for a first
+    connection, not psycopg_pool's 30 s (a wrong password or database kept `defer` silent that
+    long), but for the CLI's worker."""
 
-    async def open(self, wait: bool = False, timeout: float = OPEN_WAIT_SECONDS) -> None:
-        await super().open(wait=wait, timeout=timeout)
+    def __init__(self, *args: Any, open_wait: float = OPEN_WAIT_SECONDS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_wait = open_wait
+
+    async def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        await super().open(wait=wait, timeout=self.open_wait if timeout is None else timeout)
+
+
+def cli_open_wait(argv: list[str]) -> float:
+    """How long the CLI run as `argv` waits for its first connection.
+
+    >>> cli_open_wait(["procrastinate", "--app=jobs.app", "defer", "rollup_page_views", "{}"])
+    5.0
+    >>> cli_open_wait(["procrastinate", "--app=jobs.app", "worker", "--one-shot"])
+    120.0
+    """
+    return CLI_WORKER_OPEN_WAIT_SECONDS if "worker" in argv[1:] else OPEN_WAIT_SECONDS
 
 
 def procrastinate_connector(config: Config) -> PsycopgConnector:
     """The connector behind `jobs.app`; its own pool serves the procrastinate CLI."""
-    return CatchingUpConnector(pool_factory=BoundedOpenPool, **db.worker_pool_args(config))
+    open_wait = cli_open_wait(sys.argv)
+    return CatchingUpConnector(
+        pool_factory=lambda **kwargs: BoundedOpenPool(open_wait=open_wait, **kwargs),
+        **db.worker_pool_args(config),
+    )
