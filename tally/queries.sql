@@ -494,10 +494,7 @@ ON CONFLICT (worker_id) DO UPDATE SET lost_since = NULL
 UPDATE tally_worker_sessions session
    SET lost_since = CASE WHEN session.lost_since IS NULL THEN now() END
  WHERE (session.lost_since IS NULL) = NOT EXISTS (
-       SELECT 1 FROM pg_locks lock
-        WHERE lock.locktype = 'advisory' AND lock.granted
-          AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND lock.classid = 7245 AND lock.objid = session.worker_id::oid AND lock.objsubid = 2)
+       SELECT 1 FROM tally_worker_locks lock WHERE lock.worker_id = session.worker_id)
 
 -- jobs_of_lost_sessions --
 -- Running jobs of workers whose session lock nobody has held for `grace` seconds: those workers
@@ -507,11 +504,7 @@ SELECT job.id AS job_id, job.worker_id, job.task_name
   JOIN tally_worker_sessions session ON session.worker_id = job.worker_id
  WHERE job.status = 'doing'
    AND session.lost_since < now() - make_interval(secs => %(grace)s)
-   AND NOT EXISTS (
-       SELECT 1 FROM pg_locks lock
-        WHERE lock.locktype = 'advisory' AND lock.granted
-          AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND lock.classid = 7245 AND lock.objid = job.worker_id::oid AND lock.objsubid = 2)
+   AND NOT EXISTS (SELECT 1 FROM tally_worker_locks lock WHERE lock.worker_id = job.worker_id)
 UNION ALL
 -- And running jobs whose worker is gone: it stopped (a database restart) after its write of the
 -- job's outcome failed, and procrastinate's unregister set the job's worker_id to NULL. The
@@ -530,11 +523,7 @@ WITH lost AS (
      WHERE session.worker_id = worker.id
        AND session.lost_since < now() - make_interval(secs => %(grace)s)
        AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job WHERE job.worker_id = worker.id AND job.status = 'doing')
-       AND NOT EXISTS (
-           SELECT 1 FROM pg_locks lock
-            WHERE lock.locktype = 'advisory' AND lock.granted
-              AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND lock.classid = 7245 AND lock.objid = worker.id::oid AND lock.objsubid = 2)
+       AND NOT EXISTS (SELECT 1 FROM tally_worker_locks lock WHERE lock.worker_id = worker.id)
     RETURNING 1
 )
 SELECT count(*) AS removed FROM lost
@@ -576,10 +565,7 @@ RETURNING worker.id AS worker_id
 -- goes on, its job not re-queued. The heartbeat rule above passes them over.
 SELECT count(pg_terminate_backend(lock.pid)) AS ended
   FROM procrastinate_workers worker
-  JOIN pg_locks lock
-    ON lock.locktype = 'advisory' AND lock.granted
-   AND lock.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND lock.classid = 7245 AND lock.objid = worker.id::oid AND lock.objsubid = 2
+  JOIN tally_worker_locks lock ON lock.worker_id = worker.id
  WHERE worker.last_heartbeat < NOW() - make_interval(secs => %(seconds)s)
 
 -- local_lock_timeout --

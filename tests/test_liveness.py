@@ -24,11 +24,7 @@ def lost_jobs(conn: psycopg.Connection) -> list[int]:
 
 
 def holder(conn: psycopg.Connection, worker_id: int) -> int | None:
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7245"
-        " AND objid = %s::oid AND objsubid = 2",
-        (worker_id,),
-    ).fetchone()
+    row = conn.execute("SELECT pid FROM tally_worker_locks WHERE worker_id = %s", (worker_id,)).fetchone()
     return row[0] if row else None
 
 

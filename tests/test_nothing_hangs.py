@@ -107,10 +107,7 @@ def test_a_live_workers_job_is_not_run_again_when_its_session_ends(start_process
         (worker_id,) = conn.execute(
             "SELECT worker_id FROM procrastinate_jobs WHERE task_name = 'cleanup_old_page_views'"
         ).fetchone()
-        session_of = (
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7245"
-            " AND objid = %s::oid AND objsubid = 2"
-        )
+        session_of = "SELECT pid FROM tally_worker_locks WHERE worker_id = %s"
         # Its session ends, and each new one too, for 3.2 s (a network that comes and goes):
         # longer than the other worker's sweep interval, shorter than the grace.
         killed = set()
