@@ -4,7 +4,9 @@ wake-ups procrastinate's own worker would lose."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import procrastinate
 import psycopg
@@ -16,6 +18,29 @@ from tally.config import from_env
 from tests.test_queue_pause import defer_to, status
 
 POLL_SECONDS = 120  # far longer than any wait here: only a wake-up can start a job in time
+
+
+def slow_polling_worker(app: procrastinate.App, concurrency: int) -> Worker:
+    """procrastinate's worker on `app`, polling every POLL_SECONDS: woken by NOTIFY or nothing."""
+    return Worker(
+        app=app,
+        concurrency=concurrency,
+        fetch_job_polling_interval=POLL_SECONDS,
+        abort_job_polling_interval=POLL_SECONDS,
+        install_signal_handlers=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(app: procrastinate.App, worker: Worker) -> AsyncIterator[None]:
+    """`worker` running on the open `app`, stopped (within 10 s) at the end."""
+    async with app.open_async():
+        task = asyncio.create_task(worker.run())
+        try:
+            yield
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
 
 
 async def wait_for(predicate, timeout: float, message: str) -> None:
@@ -35,13 +60,7 @@ def test_a_job_heard_while_a_fetch_was_in_flight_runs_at_once(database_url, conn
     def noop() -> None:
         """Nothing: the test watches when it runs."""
 
-    worker = Worker(
-        app=app,
-        concurrency=1,
-        fetch_job_polling_interval=POLL_SECONDS,
-        abort_job_polling_interval=POLL_SECONDS,
-        install_signal_handlers=False,
-    )
+    worker = slow_polling_worker(app, concurrency=1)
     fetch = PsycopgConnector.execute_query_one_async
     seen: dict = {"a job": False, "late job": None}
 
@@ -70,19 +89,14 @@ def test_a_job_heard_while_a_fetch_was_in_flight_runs_at_once(database_url, conn
         )
 
     async def scenario() -> float:
-        async with app.open_async():
-            running = asyncio.create_task(worker.run())
-            try:
-                await wait_for(listening, 10, "the worker to LISTEN")
-                first = defer_to(conn, "default", "tests.noop")
-                await wait_for(lambda: status(conn, first) == "succeeded", 10, "the first job")
-                await wait_for(lambda: seen["late job"] is not None, 10, "an empty fetch after it")
-                heard_at = time.monotonic()
-                await wait_for(lambda: status(conn, seen["late job"]) == "succeeded", 5, "the late job")
-                return time.monotonic() - heard_at
-            finally:
-                worker.stop()
-                await asyncio.wait_for(running, 10)
+        async with running(app, worker):
+            await wait_for(listening, 10, "the worker to LISTEN")
+            first = defer_to(conn, "default", "tests.noop")
+            await wait_for(lambda: status(conn, first) == "succeeded", 10, "the first job")
+            await wait_for(lambda: seen["late job"] is not None, 10, "an empty fetch after it")
+            heard_at = time.monotonic()
+            await wait_for(lambda: status(conn, seen["late job"]) == "succeeded", 5, "the late job")
+            return time.monotonic() - heard_at
 
     ran_in = asyncio.run(scenario())
     print(f"a job heard during an empty fetch ran {ran_in * 1000:.0f} ms after it (polling every 120 s)")
@@ -135,34 +149,20 @@ def test_a_job_behind_another_ones_lock_runs_as_soon_as_that_one_ends(database_u
         await release.wait()
         ended.append(time.monotonic())
 
-    worker = Worker(
-        app=app,
-        concurrency=2,
-        fetch_job_polling_interval=POLL_SECONDS,
-        abort_job_polling_interval=POLL_SECONDS,
-        install_signal_handlers=False,
-    )
+    worker = slow_polling_worker(app, concurrency=2)
 
     def defer_held() -> int:
-        return conn.execute(
-            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'tests.hold', 0, 'held', NULL,"
-            " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1]))"
-        ).fetchone()[0]
+        return defer_to(conn, "default", "tests.hold", lock="held")
 
     async def scenario() -> float:
-        async with app.open_async():
-            running = asyncio.create_task(worker.run())
-            try:
-                first, second = defer_held(), defer_held()
-                await wait_for(lambda: status(conn, first) == "doing", 10, "the first job")
-                await asyncio.sleep(0.3)  # the second, fetched for the free slot, is behind the lock
-                assert status(conn, second) == "todo"
-                release.set()
-                await wait_for(lambda: status(conn, second) == "succeeded", 10, "the second job")
-                return ended[-1] - ended[0]
-            finally:
-                worker.stop()
-                await asyncio.wait_for(running, 10)
+        async with running(app, worker):
+            first, second = defer_held(), defer_held()
+            await wait_for(lambda: status(conn, first) == "doing", 10, "the first job")
+            await asyncio.sleep(0.3)  # the second, fetched for the free slot, is behind the lock
+            assert status(conn, second) == "todo"
+            release.set()
+            await wait_for(lambda: status(conn, second) == "succeeded", 10, "the second job")
+            return ended[-1] - ended[0]
 
     gap = asyncio.run(scenario())
     print(f"the job behind the lock ended {gap * 1000:.0f} ms after the first (polling every 120 s)")

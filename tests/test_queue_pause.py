@@ -18,12 +18,15 @@ OWNER = {"Authorization": f"Bearer {TOKEN}"}
 SLOW_POLL = {"POLL_INTERVAL_SECONDS": "120"}
 
 
-def defer_to(conn: psycopg.Connection, queue: str, task: str = "prune_finished_jobs") -> int:
-    """One job of `task` on `queue`, through procrastinate's own SQL (its NOTIFY included)."""
+def defer_to(
+    conn: psycopg.Connection, queue: str, task: str = "prune_finished_jobs", lock: str | None = None
+) -> int:
+    """One job of `task` on `queue` (with procrastinate's `lock`), through procrastinate's own SQL
+    (its NOTIFY included)."""
     return conn.execute(
-        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, NULL, NULL, '{}'::jsonb, NULL)"
+        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, %s, NULL, '{}'::jsonb, NULL)"
         "::procrastinate_job_to_defer_v1]))",
-        (queue, task),
+        (queue, task, lock),
     ).fetchone()[0]
 
 

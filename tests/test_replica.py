@@ -11,6 +11,7 @@ answered is read from `/metrics` (`tally_stats_reads_total{server=...}`) and `/a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -95,6 +97,20 @@ def insert_views(primary: psycopg.Connection, count: int, prefix: str) -> None:
         (prefix, count),
     )
     primary.execute("SELECT tally_rollup_page_views()")
+
+
+@contextlib.contextmanager
+def routed_reads(primary, config) -> Iterator:
+    """A started `ReadRouter` over `primary` and DATABASE_REPLICA_URL's pool, closed at the end."""
+    from tally.db import replica_pool
+    from tally.web.replica import ReadRouter
+
+    reads = ReadRouter(primary, replica_pool(config), config)
+    reads.start()
+    try:
+        yield reads
+    finally:
+        reads.close()
 
 
 @pytest.fixture(scope="module")
@@ -246,22 +262,16 @@ def test_reads_come_from_the_replica_fall_back_in_time_and_come_back(pair, start
 )
 def test_a_primary_or_an_unreachable_url_is_never_read_from(database_url, pool, replica_url, state):
     from tally.config import from_env
-    from tally.db import replica_pool
-    from tally.web.replica import ReadRouter
 
     url = database_url if replica_url is None else replica_url.format(port=free_port())
     config = from_env({"DATABASE_REPLICA_URL": url, "REPLICA_MAX_LAG_SECONDS": "30"}, process_type="web")
-    reads = ReadRouter(pool, replica_pool(config), config)
-    reads.start()
-    try:
+    with routed_reads(pool, config) as reads:
         wait_until(lambda: reads.status().state == state, 5, 0.02, state)
         assert reads.status().lag_seconds is None and not reads.status().in_use
         started = time.monotonic()
         assert reads.run(lambda read_pool: read_pool) is pool  # the primary's pool, at once
         assert time.monotonic() - started < 0.1
         assert reads.served() == {"replica": 0, "primary": 1}
-    finally:
-        reads.close()
 
 
 @pytest.mark.slow
@@ -270,18 +280,12 @@ def test_a_standby_of_another_cluster_is_never_read_from(pair, pool, caplog):
     """A follower of another primary is a standby too (it was used: stats of 0 views where the
     primary had 71): its system identifier is not the primary's."""
     from tally.config import from_env
-    from tally.db import replica_pool
-    from tally.web.replica import ReadRouter
 
     config = from_env({"DATABASE_REPLICA_URL": pair.standby_url}, process_type="web")
-    reads = ReadRouter(pool, replica_pool(config), config)  # the session's server as the primary
-    reads.start()
-    try:
+    with routed_reads(pool, config) as reads:  # the session's server as the primary
         wait_until(lambda: reads.status().state == "another cluster", 10, 0.02, "another cluster")
         assert reads.run(lambda read_pool: read_pool) is pool
         assert "a standby of another cluster" in caplog.text
-    finally:
-        reads.close()
 
 
 @pytest.mark.slow
@@ -291,20 +295,14 @@ def test_the_standby_reached_in_another_of_its_databases_is_never_read_from(pair
     `postgres`): health said `in use` and every owner's read answered 503 "no Tally schema yet:
     run `python -m migrations`". Its database's OID is not the primary's."""
     from tally.config import from_env
-    from tally.db import replica_pool, web_pool
-    from tally.web.replica import ReadRouter
+    from tally.db import web_pool
 
     other = psycopg.conninfo.make_conninfo(pair.standby_url, dbname="template1")
     config = from_env({"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": other}, process_type="web")
-    with web_pool(config) as primary:
-        reads = ReadRouter(primary, replica_pool(config), config)
-        reads.start()
-        try:
-            wait_until(lambda: reads.status().state == "another database", 10, 0.02, "another database")
-            assert reads.run(lambda read_pool: read_pool) is primary
-            assert "another of its databases" in caplog.text
-        finally:
-            reads.close()
+    with web_pool(config) as primary, routed_reads(primary, config) as reads:
+        wait_until(lambda: reads.status().state == "another database", 10, 0.02, "another database")
+        assert reads.run(lambda read_pool: read_pool) is primary
+        assert "another of its databases" in caplog.text
 
 
 @pytest.mark.slow
@@ -313,37 +311,35 @@ def test_a_read_that_waits_out_a_lock_replay_holds_goes_to_the_primary_and_the_r
     """A replica read that passed its lock timeout behind a lock replay holds (a cleanup's
     detach, a move's attach) marked the replica down: health said unreachable, the log too."""
     from tally.config import from_env
-    from tally.db import replica_pool, web_pool
-    from tally.web.replica import ReadRouter
+    from tally.db import web_pool
 
     config = from_env(
         {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}, process_type="web"
     )
-    with web_pool(config) as primary, psycopg.connect(pair.standby_url, autocommit=True) as standby:
-        reads = ReadRouter(primary, replica_pool(config), config)
-        reads.start()
-        try:
-            wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
+    with (
+        web_pool(config) as primary,
+        psycopg.connect(pair.standby_url, autocommit=True) as standby,
+        routed_reads(primary, config) as reads,
+    ):
+        wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
 
-            def count_rollup_rows(pool) -> str:
-                if pool is primary:
-                    return "primary"  # where the lock is taken: not read here
-                with pool.connection() as conn:
-                    conn.execute("SELECT count(*) FROM page_view_day_values")
-                return "replica"
+        def count_rollup_rows(pool) -> str:
+            if pool is primary:
+                return "primary"  # where the lock is taken: not read here
+            with pool.connection() as conn:
+                conn.execute("SELECT count(*) FROM page_view_day_values")
+            return "replica"
 
-            with psycopg.connect(pair.primary_url) as locker:
-                locker.execute("LOCK TABLE page_view_day_values IN ACCESS EXCLUSIVE MODE")
-                locker.execute("SELECT pg_switch_wal()")  # its WAL record goes to the standby now
-                replayed = (
-                    "SELECT 1 FROM pg_locks WHERE mode = 'AccessExclusiveLock'"
-                    " AND relation = 'page_view_day_values'::regclass"
-                )
-                wait_until(lambda: standby.execute(replayed).fetchall(), 10, 0.05, "the lock replayed")
-                assert reads.run(count_rollup_rows) == "primary"
-                assert reads.status().state == "in use"
-        finally:
-            reads.close()
+        with psycopg.connect(pair.primary_url) as locker:
+            locker.execute("LOCK TABLE page_view_day_values IN ACCESS EXCLUSIVE MODE")
+            locker.execute("SELECT pg_switch_wal()")  # its WAL record goes to the standby now
+            replayed = (
+                "SELECT 1 FROM pg_locks WHERE mode = 'AccessExclusiveLock'"
+                " AND relation = 'page_view_day_values'::regclass"
+            )
+            wait_until(lambda: standby.execute(replayed).fetchall(), 10, 0.05, "the lock replayed")
+            assert reads.run(count_rollup_rows) == "primary"
+            assert reads.status().state == "in use"
 
 
 @pytest.mark.slow
@@ -352,26 +348,20 @@ def test_a_frozen_replica_is_logged_when_its_check_goes_stale(pair, caplog):
     """SIGSTOP: the check hangs (the server answers nothing, not its statement timeout either);
     health said unreachable, and with no read meanwhile the log said nothing, going or coming."""
     from tally.config import from_env
-    from tally.db import replica_pool, web_pool
-    from tally.web.replica import ReadRouter
+    from tally.db import web_pool
 
     caplog.set_level(logging.INFO, logger="tally.web.replica")
     config = from_env(
         {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}, process_type="web"
     )
-    with web_pool(config) as primary:
-        reads = ReadRouter(primary, replica_pool(config), config)
-        reads.start()
+    with web_pool(config) as primary, routed_reads(primary, config) as reads:
+        wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
+        pair.signal_standby(signal.SIGSTOP)
         try:
-            wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
-            pair.signal_standby(signal.SIGSTOP)
-            try:
-                wait_until(lambda: reads.status().state == "unreachable", 5, 0.1, "a stale check")
-            finally:
-                pair.signal_standby(signal.SIGCONT)
-            assert "its check has not answered" in caplog.text
-            caplog.clear()
-            wait_until(lambda: reads.status().state == "in use", 15, 0.05, "the replica back")
-            assert "replica in use" in caplog.text
+            wait_until(lambda: reads.status().state == "unreachable", 5, 0.1, "a stale check")
         finally:
-            reads.close()
+            pair.signal_standby(signal.SIGCONT)
+        assert "its check has not answered" in caplog.text
+        caplog.clear()
+        wait_until(lambda: reads.status().state == "in use", 15, 0.05, "the replica back")
+        assert "replica in use" in caplog.text
