@@ -70,7 +70,8 @@ def as_utf8_latin1(value: str) -> str:
 def clean_headers(environ: MutableMapping[str, Any]) -> None:
     """Make every header of `environ` decodable by Bottle; raise a 400 for a bad Content-Length."""
     for key, value in list(environ.items()):
-        if isinstance(value, str) and DECODED.fullmatch(key):
+        # ASCII is the same text in latin-1 and UTF-8: most requests have nothing to re-decode.
+        if isinstance(value, str) and not value.isascii() and DECODED.fullmatch(key):
             environ[key] = as_utf8_latin1(value)
     if environ.get("HTTP_COOKIE"):
         try:
