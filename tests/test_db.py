@@ -138,7 +138,7 @@ def test_the_options_of_database_url_are_kept_beside_tallys(database_url, conn):
 def test_replica_connections_take_database_urls_options_when_theirs_has_none(database_url):
     """A follower's URL carries no options: with DATABASE_URL's search_path dropped, the replica's
     reads looked for Tally's tables elsewhere, every owner's read a 503 "run migrations"."""
-    from tally.web.replica import check_connection_kwargs
+    from tally.web.replica_check import check_connection_kwargs
 
     url = psycopg.conninfo.make_conninfo(database_url, options="-c search_path=app")
     follower = {"DATABASE_URL": url, "DATABASE_REPLICA_URL": "postgresql://follower.example/tally"}
