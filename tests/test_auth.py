@@ -19,7 +19,8 @@ import webtest
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
-from tally.web.auth import FAILED_LOGINS, MAX_FORM_BYTES, Auth
+from tally.web.auth import MAX_FORM_BYTES, Auth
+from tally.web.failed_logins import FAILED_LOGINS
 from tally.web.sessions import MAX_RETURN_ADDRESS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
 from tests.test_web import make_failed_job
@@ -492,7 +493,7 @@ def test_a_long_forwarded_for_entry_costs_the_limit_no_more_memory_than_an_addre
     client = webtest.TestApp(app)
     for n in range(3):
         client.get("/guess", headers={**bearer("guess"), **from_client(f"{n}-" + "x" * 200_000)}, status=403)
-    keys = list(auth.failures.storage.events)
+    keys = list(auth.failures.limiter.storage.events)
     assert len(keys) == 3 and max(len(key) for key in keys) < 200
 
 

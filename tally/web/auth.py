@@ -20,8 +20,8 @@ A refused request gets 401 when some credential would open it and 403 when none 
 wrong token; ADMIN_TOKEN unset), in JSON under /api/ and /metrics, elsewhere as the login
 page; the route never runs. Wrong tokens (bearer, share link, login form) count as failed
 logins: after FAILED_LOGINS of them a client gets 429 with Retry-After for every token it
-sends until the window moves on. The client is the last X-Forwarded-For entry (what
-Heroku's router appends), else the peer address; it is kept in memory only, never logged.
+sends until the window moves on (tally/web/failed_logins.py: the client is the last
+X-Forwarded-For entry, kept in memory only, never logged).
 
 Logging in (the form, the signed session cookie, why SameSite=Lax) is in
 tally/web/sessions.py; this module decides who may.
@@ -39,20 +39,15 @@ import functools
 import hashlib
 import hmac
 import json
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import bottle
-import limits
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from tally.config import Config
 from tally.web import sessions
+from tally.web.failed_logins import FailedLogins
 
-FAILED_LOGINS = limits.parse("10/15 minutes")  # wrong tokens per client, in a moving window
 MAX_FORM_BYTES = 4096
 READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
 ACTOR = "tally.actor"  # where @owner_changes leaves who acts, for the log: never an address
@@ -85,7 +80,7 @@ class Auth:
         self.metrics_token = config.metrics_token
         self.public = config.public_dashboard
         self.sessions = sessions.session_serializer(config.admin_token) if config.admin_token else None
-        self.failures = MovingWindowRateLimiter(MemoryStorage())
+        self.failures = FailedLogins()
 
     # --- the guards ------------------------------------------------------------------------
 
@@ -233,29 +228,18 @@ class Auth:
             return None
         return sessions.read_session(self.sessions, bottle.request.get_cookie(sessions.SESSION_COOKIE))
 
-    # --- failed logins ---------------------------------------------------------------------
-
-    def _client(self) -> str:
-        """The limit's key for this client: a digest of its address, so that a client naming
-        itself with a long X-Forwarded-For entry (200 KB, kept 15 minutes) costs the dyno's
-        memory no more than an address does."""
-        forwarded = bottle.request.environ.get("HTTP_X_FORWARDED_FOR", "")
-        client = forwarded.rsplit(",", 1)[-1].strip() or bottle.request.environ.get("REMOTE_ADDR", "")
-        return hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # --- failed logins (tally/web/failed_logins.py) -------------------------------------
 
     def _check_failures(self) -> None:
         """429 for every token from a client that sent too many wrong ones, right or wrong."""
-        client = self._client()
-        if self.failures.test(FAILED_LOGINS, client):
-            return
-        reset_at = self.failures.get_window_stats(FAILED_LOGINS, client).reset_time
-        wait = max(1, math.ceil(reset_at - time.time()))
-        raise self._refuse(
-            429, f"Too many wrong tokens from here: try again in {wait} s.", **{"Retry-After": str(wait)}
-        )
+        wait = self.failures.wait_seconds(bottle.request.environ)
+        if wait is not None:
+            raise self._refuse(
+                429, f"Too many wrong tokens from here: try again in {wait} s.", **{"Retry-After": str(wait)}
+            )
 
     def _count_failure(self) -> None:
-        self.failures.hit(FAILED_LOGINS, self._client())
+        self.failures.count(bottle.request.environ)
 
     # --- login and logout ------------------------------------------------------------------
 
