@@ -742,16 +742,23 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 -- Everything a filtered answer counts (migrations/0014), from one scan of the views matching every
 -- given filter (NULL: no filter on that dimension), in [start, end) but for the visits, which
 -- read the UTC days `start` and `end` fall in (a visit never crosses a UTC midnight, but may a
--- local one). One row per:
--- - 'day': a day in `tz`; its views and distinct visitors;
+-- local one). Goals alone (`goals_only`: `event` or `goal_path` and no filter on a view's own
+-- values) narrow the answer to the visitors who reached them in [start, end), and it is theirs as
+-- an unfiltered answer is everyone's: their events count as their views do, so an id that sent
+-- the event and no view (a server's Purchase) is one of the day's visitors with its visit of
+-- events, and the event's row is the unfiltered one. A filter on a view's values (an event has
+-- none of them, but its page) counts the ids on the days they have a matching view. One row per:
+-- - 'day': a day in `tz`; its views and distinct visitors (of a matching view, or with
+--   `goals_only` of anything they sent);
 -- - 'value' (with `panels`): a dimension (name) and value (detail); its views, and each day's
 --   distinct visitors, summed;
 -- - 'visits': a day of their start, entry page (name), exit page (detail); visits, bounces,
 --   views, and their durations summed in microseconds, as stats_tail_visits lists them: the
---   visits that hold a matching view, formed of the matching views and their visitors' events;
--- - 'event' (with `panels`): an event name of the visitors with a matching view; its events and
---   each day's distinct visitors, summed, of the days they have a matching view (as they count
---   among the answer's visitors: a send on another local day counted a visitor the answer had not);
+--   visits that hold a matching view (with `goals_only`, every visit of the goals' visitors),
+--   formed of the matching views and their visitors' events;
+-- - 'event' (with `panels`): an event name of the answer's visitors; its events and each day's
+--   distinct visitors, summed, of the days they count among the answer's visitors (a send on
+--   another local day counted a visitor the answer had not);
 -- - 'prop' (with `panels` and `event`): a prop (name) and value (detail) of those visitors' sends
 --   of the event `event`; how many, and their visitors as the event's.
 -- Filters read raw views, so they reach back RETENTION_DAYS.
@@ -763,28 +770,46 @@ WITH matching AS MATERIALIZED (
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, %(path)s,
            %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
            %(device)s, %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
+), senders AS MATERIALIZED (
+    -- The ids whose events the answer reads: those of the matching views, and with `goals_only`
+    -- and no `goal_path` every sender of `event` in the window (with `goal_path`, each viewed it).
+    SELECT site, visitor FROM matching WHERE visitor IS NOT NULL
+    UNION
+    SELECT e.site, e.visitor FROM events e
+     WHERE %(goals_only)s AND %(goal_path)s::text IS NULL AND e.name = %(event)s
+       AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+       AND e.visitor IS NOT NULL AND (%(site)s::text IS NULL OR e.site = %(site)s)
+), sent AS MATERIALIZED (
+    SELECT e.site, e.visitor, e.id, e.name, e.props, e.path, e.occurred_at,
+           (e.occurred_at AT TIME ZONE %(tz)s)::date AS day,
+           e.occurred_at >= %(start)s AND e.occurred_at < %(end)s AS inside
+      FROM events e
+     WHERE e.occurred_at >= date_trunc('day', %(start)s::timestamptz, 'UTC')
+       AND e.occurred_at < date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day'
+       AND (%(site)s::text IS NULL OR e.site = %(site)s)
+       AND (e.site, e.visitor) IN (SELECT site, visitor FROM senders)
 ), visitor_days AS MATERIALIZED (
-    SELECT DISTINCT site, visitor, day FROM matching WHERE inside AND visitor IS NOT NULL
+    SELECT site, visitor, day FROM matching WHERE inside AND visitor IS NOT NULL
+    UNION
+    SELECT site, visitor, day FROM sent WHERE %(goals_only)s AND inside
 ), visits AS (
     -- The matching views' visits, formed with the events of their visitors as every visit is
     -- (an event keeps a one-view visit from bouncing, and lengthens it); a visit without a
-    -- matching view (only events) is left out below.
+    -- matching view (only events) is left out below, but with `goals_only`.
     SELECT (visit).*
       FROM tally_visits_of(ARRAY(
                SELECT ROW(site, visitor, viewed_at, id, path, false)::tally_visit_view
                  FROM matching WHERE visitor IS NOT NULL
                UNION ALL
-               SELECT ROW(e.site, e.visitor, e.occurred_at, e.id, e.path, true)::tally_visit_view
-                 FROM events e
-                WHERE e.occurred_at >= date_trunc('day', %(start)s::timestamptz, 'UTC')
-                  AND e.occurred_at < date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day'
-                  AND (%(site)s::text IS NULL OR e.site = %(site)s)
-                  AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE visitor IS NOT NULL)))
+               SELECT ROW(site, visitor, occurred_at, id, path, true)::tally_visit_view FROM sent))
 )
 SELECT 'day' AS part, day, NULL::text AS name, NULL::text AS detail, sum(views)::bigint AS n1,
        count(visitor) AS n2, NULL::bigint AS n3, NULL::bigint AS n4
-  FROM (SELECT day, site, visitor, count(*) AS views  -- an id counts once a day per site, as rolled up
-          FROM matching WHERE inside GROUP BY day, site, visitor) per_visitor_day
+  FROM (SELECT day, site, visitor, sum(views) AS views  -- an id counts once a day per site, as rolled up
+          FROM (SELECT day, site, visitor, 1 AS views FROM matching WHERE inside
+                UNION ALL
+                SELECT day, site, visitor, 0 FROM visitor_days) seen
+         GROUP BY day, site, visitor) per_visitor_day
  GROUP BY day
 UNION ALL
 SELECT 'value', NULL, dim, value, sum(views)::bigint, count(visitor), NULL, NULL
@@ -808,28 +833,23 @@ SELECT 'visits', (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT T
        entry_path, exit_path, count(*), count(*) FILTER (WHERE views = 1 AND events = 0),
        sum(views)::bigint, sum((extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint
   FROM visits
- WHERE started_at >= %(start)s AND started_at < %(end)s AND views > 0
+ WHERE started_at >= %(start)s AND started_at < %(end)s AND (views > 0 OR %(goals_only)s)
  GROUP BY 2, 3, 4
 UNION ALL
 SELECT 'event', NULL, e.name, NULL, count(*),
        count(DISTINCT (d.day, d.site, d.visitor)) FILTER (WHERE d.visitor IS NOT NULL), NULL, NULL
-  FROM events e
-  LEFT JOIN visitor_days d
-    ON d.site = e.site AND d.visitor = e.visitor AND d.day = (e.occurred_at AT TIME ZONE %(tz)s)::date
- WHERE %(panels)s AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-   AND (%(site)s::text IS NULL OR e.site = %(site)s)
-   AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE inside)
+  FROM sent e
+  LEFT JOIN visitor_days d ON d.site = e.site AND d.visitor = e.visitor AND d.day = e.day
+ WHERE %(panels)s AND e.inside AND (e.site, e.visitor) IN (SELECT site, visitor FROM visitor_days)
  GROUP BY e.name
 UNION ALL
 SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
        count(DISTINCT (d.day, d.site, d.visitor)) FILTER (WHERE d.visitor IS NOT NULL), NULL, NULL
-  FROM events e
+  FROM sent e
  CROSS JOIN LATERAL jsonb_each(e.props) AS prop
-  LEFT JOIN visitor_days d
-    ON d.site = e.site AND d.visitor = e.visitor AND d.day = (e.occurred_at AT TIME ZONE %(tz)s)::date
- WHERE %(panels)s AND e.name = %(event)s AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-   AND (%(site)s::text IS NULL OR e.site = %(site)s)
-   AND (e.site, e.visitor) IN (SELECT site, visitor FROM matching WHERE inside)
+  LEFT JOIN visitor_days d ON d.site = e.site AND d.visitor = e.visitor AND d.day = e.day
+ WHERE %(panels)s AND e.name = %(event)s AND e.inside
+   AND (e.site, e.visitor) IN (SELECT site, visitor FROM visitor_days)
  GROUP BY 3, 4
 
 -- current_visitors --

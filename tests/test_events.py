@@ -4,7 +4,10 @@ careless prop's distinct values capped."""
 
 from __future__ import annotations
 
+import collections
+import datetime
 import json
+import zoneinfo
 
 import pytest
 from psycopg.types.json import Jsonb
@@ -268,7 +271,8 @@ def test_an_event_filter_narrows_every_panel_to_the_visitors_who_sent_it(client,
 def test_event_props_break_down_the_filtered_visitors_events_as_top_events_counts_them(client, conn):
     """With another filter beside `event`, its props are those of the matching visitors' sends,
     the same events its `top_events` row counts (they were every sender's: a German filter
-    listed the American's plan). An id with the event and no view is in neither."""
+    listed the American's plan). An id with the event and no view is in neither (it has no
+    country); with `event` alone it is in both, as it is in the unfiltered row."""
     from tests.test_web import roll_up
 
     insert_views(conn, VIEWS)
@@ -282,8 +286,8 @@ def test_event_props_break_down_the_filtered_visitors_events_as_top_events_count
     ]
     body = client.get("/api/stats", {"days": "3", "event": "Signup"}).json
     signup = next(row for row in body["top_events"] if row["event"] == "Signup")
-    assert signup == {"event": "Signup", "events": 3, "visitors": 2, "conversion_rate": 1.0}
-    assert sum(row["events"] for row in body["event_props"]) == signup["events"]  # id 5 sent one more
+    assert signup == {"event": "Signup", "events": 4, "visitors": 3, "conversion_rate": 1.0}  # 5's too
+    assert sum(row["events"] for row in body["event_props"]) == signup["events"]
     body = client.get("/api/stats", {"days": "3", "event": "Signup", "country": "FR"}).json
     assert body["event_props"] == [] and body["top_events"] == []
 
@@ -326,7 +330,8 @@ def test_events_of_concurrent_requests_go_in_one_statement_each_with_its_own_pro
 @pytest.mark.parametrize("rolled_up", [True, False])
 def test_a_goal_reached_outside_the_window_does_not_narrow_it(client, conn, rolled_up):
     """The window (today, in UTC) reads the views of tomorrow's UTC day too, for visits; a goal
-    dated tomorrow (a clock far off) once narrowed today's answer to its visitor."""
+    dated tomorrow (a clock far off) once narrowed today's answer to its visitor. (79 sent the
+    Signup today and no view: a visitor of `?event=Signup` with a visit of its event, no view.)"""
     from tests.test_web import roll_up
 
     today = "date_trunc('day', now(), 'UTC')"
@@ -344,9 +349,9 @@ def test_a_goal_reached_outside_the_window_does_not_narrow_it(client, conn, roll
         )
     if rolled_up:
         roll_up(conn)
-    for goal in ({"event": "Signup"}, {"goal_path": "/thanks"}):
+    for goal, senders in (({"event": "Signup"}, 1), ({"goal_path": "/thanks"}, 0)):
         body = client.get("/api/stats", {"days": "1", "tz": "UTC", **goal}).json
-        assert body["total_views"] == 0 and body["visitors"] == 0 and body["visits"] == 0, goal
+        assert body["total_views"] == 0 and body["visitors"] == senders and body["visits"] == senders, goal
         rows = client.get("/api/export", {"days": "1", "tz": "UTC", **goal}).text.splitlines()[1:]
         assert rows == [], goal
     conn.execute(
@@ -354,7 +359,8 @@ def test_a_goal_reached_outside_the_window_does_not_narrow_it(client, conn, roll
         f" VALUES ('example.com', 'Signup', '/', 77, {today} + interval '90 minutes')"
     )
     body = client.get("/api/stats", {"days": "1", "tz": "UTC", "event": "Signup"}).json
-    assert body["total_views"] == 1 and body["top_events"][0]["visitors"] == 1
+    assert body["total_views"] == 1 and body["visitors"] == 2  # 77, and 79 that sent it alone
+    assert body["top_events"] == [{"event": "Signup", "events": 2, "visitors": 2, "conversion_rate": 1.0}]
 
 
 def test_under_a_filter_an_events_visitors_are_of_the_days_its_senders_match(client, conn):
@@ -423,3 +429,303 @@ def test_a_visitor_who_only_sent_an_event_just_now_is_a_current_visitor(client, 
     for site in ({}, {"site": "example.com"}):
         assert client.get("/api/stats", {"days": "1", **site}).json["current_visitors"] == 2, site
     assert client.get("/api/stats", {"days": "1", "site": "other.example"}).json["current_visitors"] == 0
+
+
+def test_a_server_that_sent_the_event_and_no_view_is_one_of_its_visitors_under_the_filter(client, conn):
+    """Issue 18: `?event=Purchase` narrows every panel to the visitors who sent it. Unfiltered,
+    Purchase has 2 visitors, a browser's and a server's (no view: a visitor as the ids of events
+    are); under `?event=Purchase` the answer said 1 (the ids of the matching views). The view
+    panels hold the browser's views alone; a filter on a view's values (country) counts the ids
+    of its matching views, and an event has no country."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, country, visitor, viewed_at) VALUES"
+        " ('example.com', '/', 'US', 1, now() - interval '3 minutes'),"
+        " ('example.com', '/cart', 'US', 1, now() - interval '2 minutes'),"
+        " ('example.com', '/', 'DE', 3, now() - interval '2 minutes')"
+    )
+    conn.execute(
+        "INSERT INTO events (site, name, props, path, visitor, occurred_at) VALUES"
+        """ ('example.com', 'Purchase', '{"plan": "pro"}', '/cart', 1, now() - interval '1 minute'),"""
+        """ ('example.com', 'Purchase', '{"plan": "team"}', '/checkout', 2, now() - interval '1 minute')"""
+    )
+    purchase = {"event": "Purchase", "events": 2, "visitors": 2}
+    unfiltered = client.get("/api/stats", {"days": "1"}).json
+    assert {key: unfiltered["top_events"][0][key] for key in purchase} == purchase
+    body = client.get("/api/stats", {"days": "1", "event": "Purchase"}).json
+    assert body["visitors"] == 2
+    assert body["top_events"] == [{**purchase, "conversion_rate": 1.0}]
+    assert body["event_props"] == [
+        {"prop": "plan", "value": "pro", "events": 1, "visitors": 1},
+        {"prop": "plan", "value": "team", "events": 1, "visitors": 1},
+    ]
+    assert body["total_views"] == 2 and body["top_paths"] == [
+        {"path": "/", "views": 1, "visitors": 1},
+        {"path": "/cart", "views": 1, "visitors": 1},
+    ]
+    assert [row["country"] for row in body["top_countries"]] == ["US"]
+    # The browser's visit (two views and the Purchase: no bounce) and the server's, of its event
+    # alone, which enters and leaves at its page (as unfiltered).
+    assert body["visits"] == 2 and body["bounce_rate"] == 0 and body["views_per_visit"] == 1
+    assert body["top_entry_pages"] == [{"path": "/", "visits": 1}, {"path": "/checkout", "visits": 1}]
+    assert unfiltered["visits"] == 3 and unfiltered["top_entry_pages"] == [
+        {"path": "/", "visits": 2},
+        {"path": "/checkout", "visits": 1},
+    ]
+    page = client.get("/", {"days": "1", "event": "Purchase"}).text
+    assert 'id="total-visitors">2<' in page and 'id="total-views">2<' in page and 'id="visits">2<' in page
+    assert '<td class="num events">2</td><td class="num visitors">2</td>' in page
+    body = client.get("/api/stats", {"days": "1", "event": "Purchase", "country": "US"}).json
+    assert body["visitors"] == 1 and body["visits"] == 1
+    assert body["top_events"] == [{**purchase, "events": 1, "visitors": 1, "conversion_rate": 1.0}]
+
+
+# --- goal filters, exact against a brute-force count ----------------------------------------------
+
+GOAL_CASES = [
+    {"event": "Purchase"},
+    {"event": "Signup"},
+    {"goal_path": "/thanks"},
+    {"event": "Purchase", "goal_path": "/thanks"},
+    {"event": "Signup", "country": "US"},
+    {"event": "Purchase", "path": "/pricing"},
+    {"goal_path": "/thanks", "country": "DE"},
+]
+
+
+MINUTE = datetime.timedelta(minutes=1)  # nothing dated after now: today's panels leave that out
+
+
+def random_senders(rng, count: int) -> tuple[list[tuple], list[tuple]]:
+    """Views (site, path, country, visitor, age) and events (site, name, props, path, visitor,
+    age) of `count` ids: most view pages and some of them send events beside their views (before
+    the first, after the last, over 30 minutes apart, on the next day); some send events alone
+    (a server's Purchase, a click just after the salt's midnight)."""
+    views, sent = [], []
+    for _ in range(count):
+        site = rng.choice(["example.com", "shop.example.org"])
+        visitor = rng.getrandbits(63) - 2**62
+        start = datetime.timedelta(days=rng.randrange(0, 5), minutes=rng.randrange(0, 24 * 60))
+        kind = rng.random()
+        if kind < 0.7:
+            country = rng.choice([None, "DE", "US", "FR"])
+            for _ in range(rng.randrange(1, 5)):
+                age = max(start - datetime.timedelta(minutes=rng.randrange(0, 25)), MINUTE)
+                views.append((site, rng.choice(["/", "/pricing", "/thanks", "/blog"]), country, visitor, age))
+        if kind >= 0.5:
+            shift = datetime.timedelta(hours=rng.choice([0, 0, 0, -20]))  # -20 h: a later day
+            for _ in range(rng.randrange(1, 4)):
+                name = rng.choice(["Purchase", "Purchase", "Signup", "Download"])
+                props = (
+                    {"plan": rng.choice(["pro", "free"])} if name != "Download" else {"n": rng.randrange(3)}
+                )
+                age = max(start + shift + datetime.timedelta(minutes=rng.randrange(-40, 50)), MINUTE)
+                sent.append((site, name, Jsonb(props), rng.choice(["/pricing", "/checkout"]), visitor, age))
+    return views, sent
+
+
+def goals_by_brute_force(conn, days: int, tz: str, filters: dict[str, str]) -> dict:
+    """What a goal-filtered answer holds, straight from page_views and events (DESIGN.md, "Visits and
+    events"). A goal (event, goal_path) narrows the answer to the ids that reached it in the window;
+    a filter on a view's own values (path, country) to their matching views. With goals alone the
+    answer is those ids' as unfiltered: their events count, and an id with events and no view is
+    a visitor (and its events a visit) as unfiltered; with a view filter, an event has none of a
+    view's values, so the ids count on the days they have a matching view, their events beside."""
+    zone = zoneinfo.ZoneInfo(tz)
+    now = conn.execute("SELECT now()").fetchone()[0]
+    last_day = now.astimezone(zone).date()
+    start = datetime.datetime.combine(last_day - datetime.timedelta(days=days - 1), datetime.time(), zone)
+    end = datetime.datetime.combine(last_day + datetime.timedelta(days=1), datetime.time(), zone)
+    utc_start, utc_end = (
+        datetime.datetime.combine(t.astimezone(datetime.UTC).date(), datetime.time(), datetime.UTC)
+        for t in (start, end)
+    )
+    utc_end += datetime.timedelta(days=1)
+    views = conn.execute(
+        "SELECT id, site, visitor, path, country, viewed_at FROM page_views"
+        " WHERE viewed_at >= %s AND viewed_at < %s",
+        (utc_start, utc_end),
+    ).fetchall()
+    sent = conn.execute(
+        "SELECT id, site, visitor, name, props, path, occurred_at FROM events"
+        " WHERE occurred_at >= %s AND occurred_at < %s",
+        (utc_start, utc_end),
+    ).fetchall()
+
+    def inside(t):
+        return start <= t < end
+
+    def day(t):
+        return t.astimezone(zone).date().isoformat()
+
+    reached = None
+    if "event" in filters:
+        reached = {(s, v) for _, s, v, name, _, _, t in sent if name == filters["event"] and inside(t) and v}
+    if "goal_path" in filters:
+        viewed = {(s, v) for _, s, v, path, _, t in views if path == filters["goal_path"] and inside(t) and v}
+        reached = viewed if reached is None else reached & viewed
+    own = {dim: value for dim, value in filters.items() if dim in ("path", "country")}
+    matching = [
+        (view_id, s, v, path, country, t)
+        for view_id, s, v, path, country, t in views
+        if (s, v) in reached
+        and all({"path": path, "country": country}[dim] == value for dim, value in own.items())
+    ]
+    goals_only = not own
+    senders = {(s, v) for _, s, v, *_ in matching} | (reached if goals_only else set())
+    theirs = [row for row in sent if (row[1], row[2]) in senders]
+    present = {(day(t), s, v) for _, s, v, _, _, t in matching if inside(t)}
+    if goals_only:
+        present |= {(day(t), s, v) for _, s, v, *_, t in theirs if inside(t)}
+    counted = {(s, v) for _, s, v in present}
+    daily_views, panels = collections.Counter(), {"path": {}, "country": {}}
+    for _, s, v, path, country, t in matching:
+        if inside(t):
+            daily_views[day(t)] += 1
+            for dim, value in (("path", path), ("country", country)):
+                if value is not None:
+                    views_of, who = panels[dim].setdefault(value, [0, set()])
+                    panels[dim][value] = [views_of + 1, who | {(day(t), s, v)}]
+    daily_visitors = collections.Counter(d for d, _, _ in present)
+    visitors = sum(daily_visitors.values())
+    names, props = {}, {}
+    for _, s, v, name, sent_props, _, t in theirs:
+        if not inside(t) or (s, v) not in counted:
+            continue
+        who = {(day(t), s, v)} & present
+        count, ids = names.get(name, (0, set()))
+        names[name] = (count + 1, ids | who)
+        if name == filters.get("event"):
+            for key, value in sent_props.items():
+                count, ids = props.get((key, str(value)), (0, set()))
+                props[(key, str(value))] = (count + 1, ids | who)
+    by_id_day = collections.defaultdict(list)
+    for view_id, s, v, path, _, t in matching:
+        if v is not None:
+            by_id_day[(s, v, t.astimezone(datetime.UTC).date())].append((t, False, view_id, path))
+    for event_id, s, v, _, _, path, t in theirs:
+        by_id_day[(s, v, t.astimezone(datetime.UTC).date())].append((t, True, event_id, path))
+    visits = collections.Counter()
+    bounces, visit_views, duration_us, entries, exits = 0, 0, 0, collections.Counter(), collections.Counter()
+    for seen in by_id_day.values():
+        seen.sort()
+        runs = [[seen[0]]]
+        for item in seen[1:]:
+            if item[0] - runs[-1][-1][0] > datetime.timedelta(minutes=30):
+                runs.append([])
+            runs[-1].append(item)
+        for run in runs:
+            seen_views = [item for item in run if not item[1]]
+            if not inside(run[0][0]) or not (seen_views or goals_only):
+                continue
+            visits[day(run[0][0])] += 1
+            bounces += len(seen_views) == 1 and len(run) == 1
+            visit_views += len(seen_views)
+            duration_us += (run[-1][0] - run[0][0]) // datetime.timedelta(microseconds=1)
+            entries[(seen_views or run)[0][3]] += 1
+            exits[(seen_views or run)[-1][3]] += 1
+    total = sum(visits.values())
+
+    def ranked(counts, key):
+        order = sorted(counts, key=lambda name: (-counts[name][0], name))[:10]
+        return [{key: name, "views": counts[name][0], "visitors": len(counts[name][1])} for name in order]
+
+    def pages(counts):
+        return [
+            {"path": p, "visits": n} for p, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        ]
+
+    return {
+        "daily": {d: (daily_views[d], daily_visitors[d]) for d in {*daily_views, *daily_visitors}},
+        "total_views": sum(daily_views.values()),
+        "visitors": visitors,
+        "top_paths": ranked(panels["path"], "path"),
+        "top_countries": ranked(panels["country"], "country"),
+        "top_events": [
+            {
+                "event": row["event"],
+                "events": row["views"],
+                "visitors": row["visitors"],
+                "conversion_rate": round(min(row["visitors"] / visitors, 1), 4) if visitors else 0,
+            }
+            for row in ranked(names, "event")
+        ],
+        "event_props": sorted(
+            (
+                {"prop": key, "value": value, "events": n, "visitors": len(ids)}
+                for (key, value), (n, ids) in props.items()
+            ),
+            key=lambda row: (-row["events"], row["prop"], row["value"]),
+        ),
+        "visits": total,
+        "daily_visits": dict(visits),
+        "bounce_rate": round(bounces / total, 4) if total else 0,
+        "visit_duration_seconds": round(duration_us / total / 1e6, 1) if total else 0,
+        "views_per_visit": round(visit_views / total, 2) if total else 0,
+        "top_entry_pages": pages(entries)[:10],
+        "top_exit_pages": pages(exits)[:10],
+    }
+
+
+def events_row(body: dict, name: str) -> tuple[int, int] | None:
+    return next(
+        ((row["events"], row["visitors"]) for row in body["top_events"] if row["event"] == name), None
+    )
+
+
+@pytest.mark.parametrize(("seed", "tz"), [(31, "UTC"), (32, "Asia/Kathmandu"), (33, "America/St_Johns")])
+def test_a_goal_filter_counts_every_visitor_who_reached_it_exact_against_a_brute_force_count(
+    client, conn, seed, tz
+):
+    """`?event=Purchase` narrows every panel to the visitors who sent it: an id that sent it and no
+    view (a server's Purchase) is one of them, as it is of the unfiltered Purchase row, so the
+    filtered answer's Purchase row is the unfiltered one (it was short of those ids: the answer
+    counted the ids of the matching views only, 1 visitor of the unfiltered 2)."""
+    import random
+
+    from tests.test_web import roll_up
+
+    rng = random.Random(seed)
+    views, sent = random_senders(rng, 300)
+    half, sent_half = len(views) // 2, len(sent) // 2
+    for chosen_views, chosen_events in ((views[:half], sent[:sent_half]), (views[half:], sent[sent_half:])):
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
+                " VALUES (%s, %s, %s, %s, now() - %s)",
+                chosen_views,
+            )
+            cur.executemany(
+                "INSERT INTO events (site, name, props, path, visitor, occurred_at)"
+                " VALUES (%s, %s, %s, %s, %s, now() - %s)",
+                chosen_events,
+            )
+        if chosen_views is not views[half:]:
+            roll_up(conn)  # the first half rolled up, the second in the tail
+    for days in (1, 3, 7):
+        unfiltered = client.get("/api/stats", {"days": str(days), "tz": tz}).json
+        for filters in GOAL_CASES:
+            body = client.get("/api/stats", {"days": str(days), "tz": tz, **filters}).json
+            expected = goals_by_brute_force(conn, days, tz, filters)
+            context = (filters, days)
+            daily = {
+                day["day"]: (day["views"], day["visitors"])
+                for day in body["daily"]
+                if day["views"] or day["visitors"]
+            }
+            assert daily == expected["daily"], context
+            for key in ("total_views", "visitors", "top_paths", "top_countries", "top_events", "event_props"):
+                if key in body or key != "event_props":
+                    assert body[key] == expected[key], (context, key)
+            per_day = {day["day"]: day["visits"] for day in body["daily"] if day["visits"]}
+            assert per_day == expected["daily_visits"], context
+            for key in (
+                "visits",
+                "bounce_rate",
+                "visit_duration_seconds",
+                "views_per_visit",
+                "top_entry_pages",
+                "top_exit_pages",
+            ):
+                assert body[key] == expected[key], (context, key)
+            if set(filters) == {"event"}:  # the event's own row is the unfiltered one
+                assert events_row(body, filters["event"]) == events_row(unfiltered, filters["event"]), context

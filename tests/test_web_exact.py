@@ -361,9 +361,11 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         "country": "DE",
         "panels": True,
+        "goals_only": False,
     }
     names = ("filtered_answer", "recent_visitors", "filtered_export")
-    for goals in ({}, {"event": "Signup"}, {"goal_path": "/thanks"}):
+    alone = {"country": None, "goals_only": True}  # goals alone: their visitors' events count too
+    for goals in ({}, {"event": "Signup"}, {"goal_path": "/thanks"}, {"event": "Signup", **alone}):
         for name in names:
             plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + QUERIES[name], {**params, **goals}))
             assert "Function Scan on tally_views_matching" not in plan, (name, goals, plan)
@@ -385,6 +387,7 @@ def test_the_filtered_scan_may_run_in_parallel_workers(conn):
         "panels": True,
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         "country": "DE",
+        "goals_only": False,
     }
     with conn.transaction():  # the planner told that workers cost nothing, for this test only
         for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
@@ -426,12 +429,16 @@ def test_a_goal_filter_finds_its_visitors_once_however_many_day_partitions(conn)
             (today,),
         )
         for goals in ({"event": "Signup"}, {"goal_path": "/p1"}, {"event": "Signup", "goal_path": "/p1"}):
-            plan = "\n".join(
-                row[0]
-                for row in conn.execute("EXPLAIN ANALYZE " + QUERIES["filtered_answer"], {**params, **goals})
-            )
-            assert plan.count("page_views_p") >= 7, plan  # the window reads a partition a day
-            assert "SubPlan" not in plan and "loops=7" not in plan, (goals, plan)
+            for goals_only in (True, False):  # alone, or beside a filter on a view's values
+                plan = "\n".join(
+                    row[0]
+                    for row in conn.execute(
+                        "EXPLAIN ANALYZE " + QUERIES["filtered_answer"],
+                        {**params, **goals, "goals_only": goals_only},
+                    )
+                )
+                assert plan.count("page_views_p") >= 7, plan  # the window reads a partition a day
+                assert "SubPlan" not in plan and "loops=7" not in plan, (goals, plan)
         raise psycopg.Rollback(held)
 
 

@@ -3,8 +3,9 @@
 Events fold into the top-list rollups as the dimension `event` (migrations/0017): per name,
 their count (the rollups' `views`) and the visitors who sent them, per day as for any panel
 row. A name's conversion rate is its visitors over all the visitors of the period. With
-`?event=NAME` every panel counts the views of the visitors who sent it (tally/web/filtered.py)
-and `event_props` breaks their sends of it down by each prop and value, from the raw events.
+`?event=NAME` every panel counts the visitors who sent it, an id that sent it and no view too
+(tally/web/filtered.py), and `event_props` breaks their sends of it down by each prop and
+value, from the raw events.
 
     >>> top_rows([{"event": "Signup", "views": 12, "visitors": 5}], visitors=50)
     [{'event': 'Signup', 'events': 12, 'visitors': 5, 'conversion_rate': 0.1}]

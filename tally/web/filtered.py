@@ -22,7 +22,7 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
-from tally.web.filters import sql_parameters
+from tally.web.filters import GOAL_FILTERS, sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
 from tally.web.windows import TOP_ROWS
 
@@ -39,8 +39,11 @@ SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
 def parameters(
     cur: psycopg.Cursor, filters: dict[str, str], bounds: dict[str, Any], since: datetime.date | None = None
 ) -> dict[str, Any]:
-    """The query parameters of a filtered read: the site and zone, and one per dimension."""
+    """The query parameters of a filtered read: the site and zone, one per dimension, and
+    `goals_only`: goals (`event`, `goal_path`) and no filter on a view's own values, an answer
+    of the goals' visitors with their events (an event holds none of a view's values)."""
     params = {**bounds, **sql_parameters(filters)}
+    params["goals_only"] = bool(filters) and all(name in GOAL_FILTERS for name in filters)
     name = filters.get("referrer")
     if name is not None:
         domains = [name]
