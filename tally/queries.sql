@@ -885,6 +885,29 @@ SELECT count(*) AS views_last_24h,
                             %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'))
  WHERE viewed_at <= %(now)s
 
+-- recent_goal_senders --
+-- With goals alone (`goals_only`, filtered_answer), the visitors of the 5 minutes to `now` that
+-- recent_visitors leaves out: ids that reached the goals in [goals_from, goals_until) and sent
+-- events in those minutes but no view (the ids of events are visitors, as unfiltered). One
+-- index probe per sender of the 5 minutes.
+SELECT count(*) AS goal_senders
+  FROM (SELECT DISTINCT e.site, e.visitor
+          FROM events e
+         WHERE e.visitor IS NOT NULL AND e.occurred_at >= %(five_minutes_ago)s AND e.occurred_at <= %(now)s
+           AND (%(site)s::text IS NULL OR e.site = %(site)s)) sender
+ WHERE (%(event)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM events g
+            WHERE g.site = sender.site AND g.visitor = sender.visitor AND g.name = %(event)s
+              AND g.occurred_at >= %(goals_from)s AND g.occurred_at < %(goals_until)s))
+   AND (%(goal_path)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM page_views g
+            WHERE g.site = sender.site AND g.visitor = sender.visitor AND g.path = %(goal_path)s
+              AND g.viewed_at >= %(goals_from)s AND g.viewed_at < %(goals_until)s))
+   AND NOT EXISTS (
+           SELECT 1 FROM page_views v
+            WHERE v.site = sender.site AND v.visitor = sender.visitor
+              AND v.viewed_at >= %(five_minutes_ago)s AND v.viewed_at <= %(now)s)
+
 -- referrer_domains --
 -- Every referring domain the rollups and the tail know since `since` (a search engine's name
 -- filters on all of its domains).

@@ -452,7 +452,7 @@ def test_a_server_that_sent_the_event_and_no_view_is_one_of_its_visitors_under_t
     unfiltered = client.get("/api/stats", {"days": "1"}).json
     assert {key: unfiltered["top_events"][0][key] for key in purchase} == purchase
     body = client.get("/api/stats", {"days": "1", "event": "Purchase"}).json
-    assert body["visitors"] == 2
+    assert body["visitors"] == 2 and body["current_visitors"] == 2
     assert body["top_events"] == [{**purchase, "conversion_rate": 1.0}]
     assert body["event_props"] == [
         {"prop": "plan", "value": "pro", "events": 1, "visitors": 1},
@@ -475,7 +475,7 @@ def test_a_server_that_sent_the_event_and_no_view_is_one_of_its_visitors_under_t
     assert 'id="total-visitors">2<' in page and 'id="total-views">2<' in page and 'id="visits">2<' in page
     assert '<td class="num events">2</td><td class="num visitors">2</td>' in page
     body = client.get("/api/stats", {"days": "1", "event": "Purchase", "country": "US"}).json
-    assert body["visitors"] == 1 and body["visits"] == 1
+    assert body["visitors"] == 1 and body["current_visitors"] == 1 and body["visits"] == 1
     assert body["top_events"] == [{**purchase, "events": 1, "visitors": 1, "conversion_rate": 1.0}]
 
 
@@ -729,3 +729,36 @@ def test_a_goal_filter_counts_every_visitor_who_reached_it_exact_against_a_brute
                 assert body[key] == expected[key], (context, key)
             if set(filters) == {"event"}:  # the event's own row is the unfiltered one
                 assert events_row(body, filters["event"]) == events_row(unfiltered, filters["event"]), context
+
+
+def test_under_a_goal_alone_a_visitor_who_only_sent_events_just_now_is_a_current_visitor(client, conn):
+    """Under `?event=Purchase` the visitors who bought are the answer's, views or not: one that sent
+    events and no view in the 5 minutes is a current visitor there as unfiltered (it was not: the
+    filter counted the ids of views). A view filter beside it counts the ids of matching views."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, country, visitor, viewed_at) VALUES"
+        " ('example.com', '/', 'US', 1, now()),"
+        " ('example.com', '/thanks', 'US', 5, now() - interval '1 minute')"
+    )
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at) VALUES"
+        " ('example.com', 'Purchase', '/', 1, now()),"
+        " ('example.com', 'Purchase', '/', 2, now() - interval '1 minute'),"  # a server's: no view
+        " ('example.com', 'Purchase', '/', 3, now() - interval '10 minutes'),"
+        " ('example.com', 'Download', '/', 3, now() - interval '1 minute'),"  # bought before, no view now
+        " ('example.com', 'Download', '/', 4, now() - interval '1 minute'),"  # never bought
+        " ('example.com', 'Purchase', '/', 5, now() - interval '2 minutes')"
+    )
+    current = {
+        "": 5,
+        "event=Purchase": 4,
+        "event=Purchase&site=example.com": 4,
+        "event=Purchase&site=other.example": 0,
+        "event=Purchase&goal_path=/thanks": 1,
+        "goal_path=/thanks": 1,
+        "event=Purchase&country=US": 2,
+        "event=Download": 2,
+    }
+    for query, expected in current.items():
+        body = client.get(f"/api/stats?days=1&{query}").json
+        assert body["current_visitors"] == expected, query

@@ -129,7 +129,8 @@ def recent(
     """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
     `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
     every other figure of the answer (not in the 24 hours: a visitor who signed up two days ago
-    and came back an hour ago is in today's views, so in the last 24 hours' too)."""
+    and came back an hour ago is in today's views, so in the last 24 hours' too); under goals
+    alone (`goals_only`) one that sent events and no view in the 5 minutes is one of them too."""
     now = params["now"]
     times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
     if not with_day:  # unfiltered: the last 24 hours come from the rollups
@@ -143,6 +144,12 @@ def recent(
         {**params, **times, "since": since, "goals_from": goals_from, "goals_until": goals_until},
     )
     views, current = cur.fetchone()
+    if goals and params["goals_only"]:
+        cur.execute(
+            QUERIES["recent_goal_senders"],
+            {**params, **times, "goals_from": goals_from, "goals_until": goals_until},
+        )
+        current += cur.fetchone()[0]
     return {"views_last_24h": views, "current_visitors": current}
 
 
