@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,20 @@ def test_the_visitor_moves_name_every_dimension():
     block = re.search(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", text, re.S).group(1)
     names = [dimension.name for dimension in DIMENSIONS]
     assert re.findall(r"\('(\w*)', ", block) == ["", *names, "event"]
+
+
+def test_a_medium_or_campaign_is_kept_as_the_source_is_and_only_a_control_character_leaves_it_out(
+    client, conn
+):
+    """A no-break space (pasted from a document) and a zero-width non-joiner (written Persian) are
+    text, not control characters: the source kept them, the medium and campaign were dropped."""
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "mi-khaham", with its ZWNJ
+    query = urllib.parse.urlencode(
+        {"utm_source": "spring\u00a0sale", "utm_medium": "spring\u00a0sale", "utm_campaign": persian}
+    )
+    send(client, f"https://example.com/a?{query}", FIREFOX_LINUX, "8.8.8.8")
+    send(client, "https://example.com/a?utm_medium=mail%0Aer&utm_campaign=x%07y", FIREFOX_LINUX, "8.8.8.8")
+    assert conn.execute("SELECT source, medium, campaign FROM page_views ORDER BY id").fetchall() == [
+        ("spring\u00a0sale", "spring\u00a0sale", persian),
+        (None, None, None),
+    ]

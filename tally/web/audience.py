@@ -23,6 +23,8 @@ import urllib.parse
 import iptocc
 import ua_parser
 
+from tally.web.pageviews import CONTROL_CHARACTERS
+
 # Widths below these are phones, tablets, laptops; the rest desktops (DESIGN.md).
 DEVICE_CLASSES = ((576, "phone"), (992, "tablet"), (1440, "laptop"))
 MAX_CAMPAIGN = 256
@@ -54,7 +56,9 @@ def device_of(width: int | None) -> str | None:
 
 
 def campaign_of(query: str) -> tuple[str | None, str | None]:
-    """`utm_medium` and `utm_campaign` of a page's query string (the first non-empty of each)."""
+    """`utm_medium` and `utm_campaign` of a page's query string (the first non-empty of each with
+    no control character: as the source is read, so a no-break space or a zero-width non-joiner,
+    which written Persian needs, is kept)."""
     fields = urllib.parse.parse_qs(query, keep_blank_values=False)
     return _first(fields.get("utm_medium")), _first(fields.get("utm_campaign"))
 
@@ -62,7 +66,7 @@ def campaign_of(query: str) -> tuple[str | None, str | None]:
 def _first(values: list[str] | None) -> str | None:
     for value in values or ():
         value = value.strip()
-        if value and value.isprintable():
+        if value and not CONTROL_CHARACTERS.search(value):
             return value[:MAX_CAMPAIGN]
     return None
 
