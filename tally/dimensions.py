@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import urllib.parse
 from collections.abc import Callable
 
 import pycountry
@@ -80,13 +81,32 @@ def country_name(code: str) -> str:
 
 def value_label(name: str, value: str) -> str:
     """A value as a reader sees it (the dashboard, the report): a country by its name and
-    code, a path with its letters readable, anything else as stored."""
+    code, a path with its letters readable, anything else as stored; in each, what would
+    reorder or hide the text around it escaped (`visible`)."""
     if name == "country":
         country = country_name(value)
         return value if country == value else f"{country} ({value})"
     if name in ("path", "goal_path"):
         return readable_path(value)
-    return value
+    return visible(value)
+
+
+# Bidirectional controls (marks, embeddings, overrides, isolates) and invisible characters
+# (zero-width space, word joiner, invisible operators, BOM). Any stranger chooses the values a
+# page shows (a source, an event, a path sent to /api/pageviews): with U+202E, a source
+# "\u202emoc.elgoog" showed as "google.com". Joiners (U+200C, U+200D) stay: written Persian
+# and emoji sequences need them, and they move nothing.
+DECEPTIVE = re.compile("[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def visible(text: str) -> str:
+    r"""`text` with each character that reorders or hides the text around it shown as its
+    escaped UTF-8, as an address bar shows it.
+
+    >>> visible("\u202emoc.elgoog"), visible("zero\u200bwidth"), visible("joined\u200c") == "joined\u200c"
+    ('%E2%80%AEmoc.elgoog', 'zero%E2%80%8Bwidth', True)
+    """
+    return DECEPTIVE.sub(lambda match: urllib.parse.quote(match.group()), text)
 
 
 # Escaped bytes of characters beyond ASCII: browsers send /%C3%BCber for /über.
@@ -95,7 +115,8 @@ ESCAPED_NON_ASCII = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
 
 def readable_path(path: str) -> str:
     """`path` as an address bar shows it: the escaped UTF-8 of letters beyond ASCII decoded
-    (`/%C3%BCber` as `/über`), ASCII escapes (`%2F`, `%20`) and bytes that are not UTF-8 kept.
+    (`/%C3%BCber` as `/über`), ASCII escapes (`%2F`, `%20`) and bytes that are not UTF-8 kept,
+    and a character that would reorder or hide the text around it escaped (`visible`).
     Stored paths stay as sent: this is how they are shown, not what they are.
 
     >>> readable_path("/%C3%BCber/%E6%97%A5%E6%9C%AC?q=%2F"), readable_path("/%FF%C3")
@@ -109,4 +130,4 @@ def readable_path(path: str) -> str:
             return match.group()
         return text if text.isprintable() else match.group()
 
-    return ESCAPED_NON_ASCII.sub(decoded, path)
+    return visible(ESCAPED_NON_ASCII.sub(decoded, path))

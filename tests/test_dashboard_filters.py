@@ -191,3 +191,42 @@ def test_the_dashboards_title_says_one_view_in_one_day(owner, conn):
     assert "<title>Tally: 1 view in 1 day</title>" in owner.get("/", {"days": "1"}).text
     conn.execute("INSERT INTO page_views (path) VALUES ('/b')")
     assert "<title>Tally: 2 views in 7 days</title>" in owner.get("/", {"days": "7"}).text
+
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: the text after it shows reversed
+
+
+def text_of(page: str) -> str:
+    """What a reader sees of `page`: its text, without tags (a data-value keeps the value as stored)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", page))
+
+
+def test_characters_that_reorder_or_hide_text_show_escaped_and_links_keep_the_value(owner, conn):
+    """A stranger's "\\u202emoc.elgoog" showed as "google.com", "/rtl\\u202egnp.exe" as "/rtlexe.png":
+    every value a beacon chose shows its bidirectional controls and invisible characters as an
+    address bar does, escaped; its link still filters by the value as stored."""
+    source, path, event = f"{RLO}moc.elgoog", f"/rtl{RLO}gnp.exe", f"{RLO}pugniS"
+    prop, value = f"{RLO}nalp", "o\u200brp"
+    conn.execute(
+        "INSERT INTO page_views (path, source, visitor, viewed_at)"
+        " VALUES (%s, %s, 7, now() - interval '1 hour')",
+        (path, source),
+    )
+    conn.execute(
+        "INSERT INTO events (name, props, path, visitor, occurred_at)"
+        " VALUES (%s, %s, '/', 7, now() - interval '1 hour')",
+        (event, psycopg.types.json.Jsonb({prop: value})),
+    )
+    page = text_of(owner.get("/?days=2").text)
+    assert RLO not in page
+    assert "%E2%80%AEmoc.elgoog" in page and "/rtl%E2%80%AEgnp.exe" in page and "%E2%80%AEpugniS" in page
+    links = hrefs(owner.get("/?days=2").text)
+    assert any(query_of(href).get("source") == [source] for href in links)
+    assert any(query_of(href).get("event") == [event] for href in links)
+
+    narrowed = owner.get("/", {"days": "2", "event": event, "source": source}).text
+    assert 'id="total-views">1<' in narrowed
+    narrowed = text_of(narrowed)
+    assert RLO not in narrowed and "\u200b" not in narrowed
+    assert "Source: %E2%80%AEmoc.elgoog" in narrowed and "Event: %E2%80%AEpugniS" in narrowed  # the chips
+    assert "%E2%80%AEnalp = o%E2%80%8Brp" in narrowed  # the event's props

@@ -25,7 +25,7 @@ from typing import Any
 
 import bottle
 
-from tally.dimensions import DIMENSIONS, readable_path, value_label
+from tally.dimensions import DIMENSIONS, readable_path, value_label, visible
 from tally.web.filters import FILTER_NAMES
 from tally.web.sessions import PAGE_HEADERS
 
@@ -152,6 +152,7 @@ def event_rows(stats: dict[str, Any], address: functools.partial) -> list[dict[s
         {
             **row,
             "percent": f"{100 * row['conversion_rate']:.1f}%",
+            "label": value_label("event", row["event"]),
             "href": "/" + address(filters={**filters, "event": row["event"]}),
             "active": filters.get("event") == row["event"],
         }
@@ -311,6 +312,7 @@ def render(
         clear="/" + address(filters={}),
         login="/login?" + urllib.parse.urlencode({"next": "/" + unshared}),  # and back here
         age=age,
+        as_text=lambda value: visible(str(value)),  # an event's prop or value, as value_label shows text
         refresh=REFRESH_SECONDS,
         width=CHART_WIDTH,
         height=CHART_HEIGHT,

@@ -208,7 +208,7 @@
       <colgroup><col><col class="num"><col class="num"><col class="num wide"></colgroup>
       <tr><th>Event</th><th class="num">Events</th><th class="num">Visitors</th><th class="num">Conversion</th></tr>
       % for row in events:
-      <tr class="{{'active' if row['active'] else ''}}" data-value="{{row['event']}}"><td class="value"><a href="{{row['href']}}" title="Show only the visitors who sent it">{{row['event']}}</a></td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td><td class="num conversion">{{row['percent']}}</td></tr>
+      <tr class="{{'active' if row['active'] else ''}}" data-value="{{row['event']}}"><td class="value"><a href="{{row['href']}}" title="Show only the visitors who sent it">{{row['label']}}</a></td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td><td class="num conversion">{{row['percent']}}</td></tr>
       % end
       % if not events:
       <tr><td colspan="4" class="muted">No events in this window: tally.track("Signup") or data-tally-event="Signup" sends one.</td></tr>
@@ -217,9 +217,9 @@
     % if stats.get('event_props'):
     <table id="event-props">
       <colgroup><col><col class="num"><col class="num"></colgroup>
-      <tr><th class="value">{{stats['filters']['event']}}: prop = value</th><th class="num">Events</th><th class="num">Visitors</th></tr>
+      <tr><th class="value">{{as_text(stats['filters']['event'])}}: prop = value</th><th class="num">Events</th><th class="num">Visitors</th></tr>
       % for row in stats['event_props']:
-      <tr data-prop="{{row['prop']}}" data-value="{{row['value']}}"><td class="value">{{row['prop']}} = {{row['value']}}</td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td></tr>
+      <tr data-prop="{{row['prop']}}" data-value="{{row['value']}}"><td class="value">{{as_text(row['prop'])}} = {{as_text(row['value'])}}</td><td class="num events">{{row['events']}}</td><td class="num visitors">{{row['visitors']}}</td></tr>
       % end
     </table>
     % end
