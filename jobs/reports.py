@@ -193,12 +193,13 @@ def send_period(
 @app.task(name="send_reports", pass_context=True, lock="send_reports", retry=REPORT_RETRY)
 def send_reports(context: JobContext, timestamp: int | None = None, period: str | None = None) -> dict:
     """Mail the last full week's (or month's) report of each site to its recipients, each once."""
-    if settings.smtp is None or not settings.report_recipients:
-        logger.info("send_reports: SMTP_URL or REPORT_RECIPIENTS unset, nothing to send")
-        return {}
+    # The argument first: a typo fails now, not on the first run after mail is set up.
     kind = period or (settings.report_schedule if settings.report_schedule != "off" else "weekly")
     if kind not in reports.PERIODS:
         raise UnknownPeriod(f"period must be one of {', '.join(reports.PERIODS)}, not {kind!r}")
+    if settings.smtp is None or not settings.report_recipients:
+        logger.info("send_reports: SMTP_URL or REPORT_RECIPIENTS unset, nothing to send")
+        return {}
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC) if timestamp else None
     today = reports.local_today(settings.timezone, moment)
     chosen = reports.last_full_period(kind, today)

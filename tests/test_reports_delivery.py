@@ -399,3 +399,16 @@ def test_the_job_retries_with_backoff_but_not_an_unknown_period():
     waits = [REPORT_RETRY.get_retry_decision(exception=ReportsNotDelivered(), job=job(n)) for n in range(6)]
     assert all(decision.retry_at is not None for decision in waits[:5]) and waits[5] is None
     assert REPORT_RETRY.get_retry_decision(exception=UnknownPeriod(), job=job(0)) is None
+
+
+@pytest.mark.parametrize("period", ["yearly", '"><script>alert(1)</script>'])
+def test_a_period_that_is_neither_weekly_nor_monthly_fails_the_job_even_with_reports_off(period):
+    """`defer send_reports '{"period": "yearly"}'` succeeded, silently, when SMTP_URL or
+    REPORT_RECIPIENTS was unset: the typo showed only once mail was set up."""
+    from jobs import settings
+    from jobs.reports import UnknownPeriod, send_reports
+
+    assert settings.smtp is None or not settings.report_recipients  # reports off, as in the suite
+    with pytest.raises(UnknownPeriod, match="weekly, monthly"):
+        send_reports.func(None, period=period)
+    assert send_reports.func(None, period="monthly") == {}  # a valid one: nothing to send
