@@ -172,6 +172,18 @@ def test_the_cors_preflight_is_answered(client):
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 
 
+def test_the_tracker_and_its_answers_load_on_a_cross_origin_isolated_page(client):
+    """A page sent with Cross-Origin-Embedder-Policy: require-corp (as a site using
+    SharedArrayBuffer is) loads another origin's no-cors script only with
+    Cross-Origin-Resource-Policy: cross-origin: Chromium refused tally.js there
+    (ERR_BLOCKED_BY_RESPONSE), so such a site counted nothing, and every beacon's answer too."""
+    beacon_answer = beacon(client, "https://example.com/a", status=201)
+    refused = beacon(client, "https://elsewhere.example/a", status=403)
+    preflight = client.options("/api/collect", headers={"Origin": "https://example.com"}, status=204)
+    for response in (client.get("/tally.js"), beacon_answer, refused, preflight):
+        assert response.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
+
+
 # --- SITES ------------------------------------------------------------------------------------
 
 

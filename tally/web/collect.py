@@ -48,8 +48,10 @@ MAX_PROP_VALUE = 2000
 # Distinct values kept per site, event and prop; past that a new one is stored as "(other)".
 MAX_PROP_VALUES = 1000
 MAX_WIDTH = 100_000
-# Any page may send views (SITES decides which are kept); no credentials are involved.
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+# Any page may send views (SITES decides which are kept); no credentials are involved. A
+# cross-origin isolated page (Cross-Origin-Embedder-Policy: require-corp) takes the answer to
+# its no-cors beacon only with Cross-Origin-Resource-Policy: cross-origin.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"}
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
     "Access-Control-Allow-Methods": "POST",

@@ -49,8 +49,11 @@ class Tracker:
             "Cache-Control": CACHE_CONTROL,
             "ETag": etag,
             "Vary": "Accept-Encoding",
-            # Any site's pages load it; it reads nothing private.
+            # Any site's pages load it; it reads nothing private. A cross-origin isolated page
+            # (Cross-Origin-Embedder-Policy: require-corp) runs a plain <script src> of another
+            # origin only with Cross-Origin-Resource-Policy: cross-origin.
             "Access-Control-Allow-Origin": "*",
+            "Cross-Origin-Resource-Policy": "cross-origin",
             "X-Content-Type-Options": "nosniff",
         }
         if gzipped:
