@@ -289,3 +289,21 @@ def test_schedules_show_next_run_and_last_deferral_in_the_owners_zone(database_u
     assert cells[2].endswith("09:00:00 IST")  # 03:30 UTC, in the owner's zone
     assert cells[3] == "2026-01-05 09:00:00 IST" and cells[4] == "failed"
     assert row.find("a")["href"] == f"/jobs/{job_id}"
+
+
+def test_a_queue_whose_name_cannot_be_paused_offers_no_pause_button(client, conn):
+    """procrastinate takes any queue name up to 128 characters (`defer --queue reports/eu`);
+    pause takes 1 to 40 of A-Z a-z 0-9 _ . : - (a NOTIFY channel's limit). The page offered its
+    Pause button for every queue, and for such a one it led to a 404 or a 400."""
+    for queue in ("reports/eu", "x?y#z", "default"):
+        conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(%s, 'prune_finished_jobs', 0, NULL, NULL,"
+            " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])",
+            (queue,),
+        )
+    page = client.get("/jobs", headers=OWNER).text
+    rows = dict(re.findall(r'<tr data-queue="([^"]*)" data-paused="false">(.*?)</tr>', page, re.S))
+    assert set(rows) == {"reports/eu", "x?y#z", "default"}
+    assert 'action="/api/queues/default/pause"' in rows["default"]
+    for queue in ("reports/eu", "x?y#z"):
+        assert "pause-form" not in rows[queue] and "cannot be paused" in rows[queue]

@@ -39,7 +39,10 @@
       % for queue in queues:
       <tr data-queue="{{queue}}" data-paused="{{'true' if queue in paused else 'false'}}">
         <td><a href="/jobs?queue={{quote(queue)}}">{{queue}}</a></td>
-        % if queue in paused:
+        % if not pausable(queue):
+        <td>{{'paused since ' + when(paused[queue]) if queue in paused else 'running'}}</td>
+        <td class="muted">cannot be paused here: a queue name for pause and resume is 1 to 40 of A-Z a-z 0-9 _ . : -</td>
+        % elif queue in paused:
         <td class="paused">paused since {{when(paused[queue])}}</td>
         <td><form class="inline resume-form" method="post" action="/api/queues/{{quote(queue)}}/resume"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Resume</button></form></td>
         % else:

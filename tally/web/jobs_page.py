@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 
 from tally.db import QUERIES
 from tally.web import queue_state
-from tally.web.job_actions import paused_queues
+from tally.web.job_actions import QUEUE_NAME, paused_queues
 from tally.web.params import JOB_STATUSES
 from tally.web.sessions import PAGE_HEADERS
 
@@ -123,6 +123,7 @@ def render_list(
         first_page=page_address(filters) if before is not None else None,
         quote=urllib.parse.quote,
         when=time_shown(zone),
+        pausable=QUEUE_NAME.fullmatch,  # what POST /api/queues/<name>/pause takes
     )
 
 
