@@ -131,7 +131,8 @@ def test_the_page_forms_act_with_the_session_and_its_csrf_token_only(client, con
     location = urllib.parse.urlsplit(response.headers["Location"])
     assert location.path == "/jobs" and "status=failed" in location.query and "notice=" in location.query
     assert status_of(conn, failed) == "todo"
-    assert "waits to run again" in client.get(response.headers["Location"]).text
+    back = client.get(response.headers["Location"], headers={"Sec-Fetch-Site": "same-origin"})  # as a browser
+    assert "waits to run again" in back.text
     # `next` names only the jobs pages.
     response = client.post(
         "/api/queues/default/pause", {**form, "next": "https://evil.example/"}, headers=SAME_SITE
@@ -307,3 +308,24 @@ def test_a_queue_whose_name_cannot_be_paused_offers_no_pause_button(client, conn
     assert 'action="/api/queues/default/pause"' in rows["default"]
     for queue in ("reports/eu", "x?y#z"):
         assert "pause-form" not in rows[queue] and "cannot be paused" in rows[queue]
+
+
+@pytest.mark.parametrize(
+    ("headers", "shown"),
+    [
+        ({"Sec-Fetch-Site": "same-origin"}, True),  # the 303 after one of the page's forms
+        ({"Referer": "http://localhost/jobs"}, True),  # a browser without Fetch metadata
+        ({}, False),
+        ({"Sec-Fetch-Site": "cross-site", "Referer": "http://localhost/jobs"}, False),  # a link elsewhere
+        ({"Sec-Fetch-Site": "none"}, False),  # typed, or opened from a mail
+        ({"Referer": "https://evil.example/"}, False),
+    ],
+)
+def test_a_notice_shows_only_on_the_way_back_from_the_pages_own_form(client, conn, headers, shown):
+    """`/jobs?notice=...` printed any 300 characters a link chose on the owner's page, as Tally's own
+    word ("ADMIN_TOKEN rotated, log in again at https://..."): a notice is the outcome of an action,
+    which comes back from Tally's own form."""
+    text = "ADMIN_TOKEN rotated: log in again at https://tally-login.example.net"
+    for address in ("/jobs", f"/jobs/{make_failed_job(conn)}"):
+        page = client.get(address, {"notice": text}, headers={**OWNER, **headers}).text
+        assert (text in page) is shown and ('id="notice"' in page) is shown

@@ -15,11 +15,20 @@ from tally.web.auth import Auth
 from tally.web.error_page import page_errors
 from tally.web.params import parse_before, parse_job_filters
 from tally.web.responses import database_unavailable, json_error
+from tally.web.sessions import sent_from_own_pages
 
 
 def _notice() -> str | None:
+    """The outcome of the action that led here (tally/web/routes_jobs.py: its 303 carries it).
+    Only on the way back from the page's own form: else any link could print its own words on
+    the owner's page as Tally's ("ADMIN_TOKEN rotated: log in again at https://...")."""
     notice = bottle.request.query.getunicode("notice")
-    return notice[:300] if notice else None
+    if not notice:
+        return None
+    fetched_from = bottle.request.get_header("Sec-Fetch-Site")
+    # A browser without Fetch metadata sends the jobs page as Referer (Referrer-Policy: same-origin).
+    from_own_page = fetched_from == "same-origin" if fetched_from else sent_from_own_pages()
+    return notice[:300] if from_own_page else None
 
 
 def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth) -> None:
