@@ -325,3 +325,41 @@ def test_track_without_a_name_sends_nothing_and_says_why_in_the_console(tally, s
     names = [row[0] for row in conn.execute("SELECT name FROM events ORDER BY id")]
     assert names == ["Early", "Signup"]
     assert len(warnings) == 4 and all("tally.track" in warning for warning in warnings)
+
+
+def test_an_app_that_posts_its_own_json_beacon_with_credentials_is_counted(tally, site_server, conn):
+    """README invites a single-page app to post the beacon itself. `navigator.sendBeacon` with a
+    JSON Blob always sends credentials (and so a preflight), as does `fetch` with `credentials:
+    'include'`; the answers' `Access-Control-Allow-Origin: *` refused both: the views were lost,
+    with a console error. The page's origin is answered back with credentials allowed."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    endpoint = f"http://127.0.0.1:{tally}/api/collect"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.goto(f"{site}/events.html", wait_until="load")
+            views_become(conn, [("site.test", "/events.html")])
+            beacon = f"{site}/app/beacon"
+            sent = page.evaluate(
+                "([endpoint, url]) => navigator.sendBeacon(endpoint, new Blob("
+                "[JSON.stringify({url: url, referrer: ''})], {type: 'application/json'}))",
+                [endpoint, beacon],
+            )
+            assert sent is True
+            answer = page.evaluate(
+                "async ([endpoint, url]) => { const r = await fetch(endpoint, {method: 'POST',"
+                " credentials: 'include', headers: {'Content-Type': 'application/json'},"
+                " body: JSON.stringify({url: url})}); return [r.status, await r.json()]; }",
+                [endpoint, f"{site}/app/fetched"],
+            )
+            assert answer == [201, {"stored": 1}]
+        finally:
+            browser.close()
+    wait_until(lambda: len(views(conn)) >= 3, timeout=10, message="3 views")
+    time.sleep(SETTLE_SECONDS)
+    assert sorted(views(conn)) == [
+        ("site.test", path) for path in ("/app/beacon", "/app/fetched", "/events.html")
+    ]

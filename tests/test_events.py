@@ -100,6 +100,18 @@ def test_the_limits_themselves_are_accepted(client, conn):
     assert len(stored(conn)[0][2]) == 30
 
 
+def test_line_breaks_in_a_props_value_are_folded_into_a_space(client, conn):
+    """A `data-tally-prop-*` attribute of formatted HTML holds line breaks and indentation; such a
+    value was refused (400: a control character) and the tracker, which sees no answer, lost the
+    click. Tabs and line breaks (with the spaces around them) are one space now; other control
+    characters are still refused."""
+    props = {"plan": "\n      pro\n    ", "note": "two\r\nlines\tand a tab", "kept": "  as  sent "}
+    send(client, {"url": "https://example.com/", "event": "Buy", "props": props})
+    assert stored(conn)[-1][2] == {"plan": "pro", "note": "two lines and a tab", "kept": "  as  sent "}
+    refused = send(client, {"url": "https://example.com/", "event": "Buy", "props": {"a": "x\x00"}}, 400)
+    assert "control character" in refused.json["error"] and len(stored(conn)) == 1
+
+
 def test_a_careless_props_distinct_values_are_capped(client, conn, monkeypatch):
     from tally.web import collect
 

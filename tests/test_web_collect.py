@@ -76,7 +76,7 @@ def test_a_beacon_stores_its_site_path_source_and_referrer(client, conn):
         "https://news.ycombinator.com/item?id=42&token=secret",
     )
     assert response.status_int == 201 and response.json == {"stored": 1}
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "https://example.com"  # the page's
     assert rows(conn) == [
         ("www.example.com", "/blog/post", "newsletter", "https://news.ycombinator.com/item")
     ]
@@ -166,10 +166,19 @@ def test_the_cors_preflight_is_answered(client):
         },
         status=204,
     )
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    # The page's origin back, with credentials allowed: sendBeacon with a JSON Blob sends them,
+    # and a credentialed request refuses `*` (tests/test_collect_browser.py).
+    assert response.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"
+    assert response.headers["Vary"] == "Origin"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
     assert int(response.headers["Access-Control-Max-Age"]) > 0
+    for origin in (None, "null", "https://example.com\x7f", "https://example.com/path"):
+        headers = {"Access-Control-Request-Method": "POST", **({"Origin": origin} if origin else {})}
+        response = client.options("/api/collect", headers=headers, status=204)
+        assert response.headers["Access-Control-Allow-Origin"] == "*", origin
+        assert "Access-Control-Allow-Credentials" not in response.headers, origin
 
 
 def test_the_tracker_and_its_answers_load_on_a_cross_origin_isolated_page(client):

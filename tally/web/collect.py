@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -48,9 +49,9 @@ MAX_PROP_VALUE = 2000
 # Distinct values kept per site, event and prop; past that a new one is stored as "(other)".
 MAX_PROP_VALUES = 1000
 MAX_WIDTH = 100_000
-# Any page may send views (SITES decides which are kept); no credentials are involved. A
-# cross-origin isolated page (Cross-Origin-Embedder-Policy: require-corp) takes the answer to
-# its no-cors beacon only with Cross-Origin-Resource-Policy: cross-origin.
+# Any page may send views (SITES decides which are kept). A cross-origin isolated page
+# (Cross-Origin-Embedder-Policy: require-corp) takes the answer to its no-cors beacon only with
+# Cross-Origin-Resource-Policy: cross-origin.
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"}
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
@@ -59,6 +60,27 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Max-Age": "86400",
     "Cache-Control": "no-store",
 }
+# An origin as browsers send it: scheme://host[:port], ASCII, nothing else ("null" is not one).
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]_-]+")
+# Line breaks and tabs in a prop's value (an attribute of formatted HTML: data-tally-prop-plan="
+#   pro") are folded into one space: the tracker cannot see a 400, so the click would be lost.
+FOLDED_WHITESPACE = re.compile(r"\s*[\t\n\r]\s*")
+
+
+def cors_headers(origin: str | None, preflight: bool = False) -> dict[str, str]:
+    """The CORS headers of a beacon's answer. A request that names its origin gets it back, with
+    credentials allowed: `navigator.sendBeacon` with a JSON Blob always sends credentials (and
+    so a preflight), and a credentialed request refuses `*`: the view was lost. Collect reads
+    no cookie, and its answer tells nothing but what was stored."""
+    headers = PREFLIGHT_HEADERS if preflight else CORS_HEADERS
+    if origin is None or not ORIGIN.fullmatch(origin):
+        return headers
+    return {
+        **headers,
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
 
 
 class Refused(Exception):
@@ -164,6 +186,9 @@ def _props(value: object) -> dict[str, str | int | float | bool] | None:
             raise Refused(400, f"A prop's key must be 1 to {MAX_PROP_KEY} printable characters.")
         _text(key, "props")  # valid Unicode
         if isinstance(item, str):
+            folded = FOLDED_WHITESPACE.sub(" ", item)
+            if folded != item:
+                item = value[key] = folded.strip()
             if len(item) > MAX_PROP_VALUE:
                 raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
             _text(item, "props")

@@ -9,7 +9,7 @@ import bottle
 
 from tally.config import Config
 from tally.sites import DEFAULT_SITE
-from tally.web.collect import CORS_HEADERS, PREFLIGHT_HEADERS, Collector, Refused
+from tally.web.collect import Collector, Refused, cors_headers
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.responses import database_unavailable, json_error, json_response
@@ -64,16 +64,18 @@ def register(
     @app.route("/api/collect", method="OPTIONS")
     def allow_collect_from_any_origin():
         """Answer the CORS preflight of a site's pages: any origin may send views here."""
-        return bottle.HTTPResponse(status=204, headers=PREFLIGHT_HEADERS)
+        origin = bottle.request.get_header("Origin")
+        return bottle.HTTPResponse(status=204, headers=cors_headers(origin, preflight=True))
 
     @app.post("/api/collect")
     @database_unavailable
     def collect_page_view():
         """Store the view that tally.js sent, unless a crawler sent it or its site is not in SITES."""
+        cors = cors_headers(bottle.request.get_header("Origin"))
         try:
             outcome = collector.collect(bottle.request)
         except Refused as refused:
-            return json_error(refused.status, str(refused), **CORS_HEADERS)
+            return json_error(refused.status, str(refused), **cors)
         if outcome.status == 201:
             metrics.views_recorded.inc()
-        return json_response(outcome.status, outcome.body, **CORS_HEADERS)
+        return json_response(outcome.status, outcome.body, **cors)
