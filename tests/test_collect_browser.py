@@ -57,6 +57,8 @@ def events_html(tally_port: int, other_port: int) -> bytes:
         "<span>Buy</span></button>"
         f"<a id='out' href='http://other.test:{other_port}/docs' onclick='event.preventDefault()'>Docs</a>"
         "<a id='in' href='/next' onclick='event.preventDefault()'>Next</a>"
+        "<a id='tagged' href='/signup' data-tally-event='Signup link' onclick='event.preventDefault()'>"
+        "<b>Sign up</b></a>"
         "</body></html>"
     ).encode()
 
@@ -272,7 +274,8 @@ def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, 
 
 def test_a_middle_click_on_an_outbound_link_counts_a_right_click_does_not(tally, site_server, conn):
     """A middle click opens a link in a new tab and fires `auxclick`, not `click`: it was not
-    counted. A right click (also `auxclick`) opens nothing, nor does a middle click on a button."""
+    counted, on a tagged link neither. A right click (also `auxclick`) opens nothing, nor does a
+    middle click on a button."""
     from playwright.sync_api import sync_playwright
 
     site = f"http://site.test:{site_server}"
@@ -285,15 +288,17 @@ def test_a_middle_click_on_an_outbound_link_counts_a_right_click_does_not(tally,
             page.click("#out", button="right")
             page.click("#buy span", button="middle")
             page.click("#out", button="middle")
+            page.click("#tagged b", button="middle")  # a tagged link opens too: counted
+            page.click("#tagged", button="right")
             # Safari before 18.2 sent a middle click as a click event too (then auxclick): once.
             page.dispatch_event("#out", "click", {"button": 1})
             page.evaluate("tally.track('Done')")  # sent after the clicks' events
-            wait_until(lambda: event_count(conn) >= 3, timeout=10, message="3 events")
+            wait_until(lambda: event_count(conn) >= 4, timeout=10, message="4 events")
             time.sleep(SETTLE_SECONDS)
         finally:
             browser.close()
     names = sorted(row[0] for row in conn.execute("SELECT name FROM events"))
-    assert names == ["Done", "Early", "Outbound Link"]
+    assert names == ["Done", "Early", "Outbound Link", "Signup link"]
 
 
 def event_count(conn: psycopg.Connection) -> int:

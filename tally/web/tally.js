@@ -34,7 +34,7 @@
 
   function track(name, props) {
     // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
-    if (typeof name !== "string" || !name) return console.warn("tally.track needs a name");
+    if (typeof name !== "string" || !name) return console.warn("tally.track: no name");
     post({ url: location.href, event: name, props: props || {} });
   }
 
@@ -43,7 +43,9 @@
     // tab); Safari before 18.2 sent a middle click as click too: not counted twice.
     if (click.button != (click.type == "auxclick")) return;
     var target = click.target.closest ? click.target : click.target.parentElement; // a text node
-    var tagged = !click.button && target && target.closest("[data-tally-event]");
+    // A middle click counts where it opens something: on a link (or inside one).
+    var link = target && target.closest("a[href]");
+    var tagged = (link || !click.button) && target && target.closest("[data-tally-event]");
     if (tagged) {
       var props = {};
       for (var i = 0; i < tagged.attributes.length; i++) {
@@ -52,8 +54,8 @@
       }
       track(tagged.getAttribute("data-tally-event"), props);
     }
-    var link = script.hasAttribute("data-track-outbound") && target && target.closest("a[href]");
-    if (link && /^https?:$/.test(link.protocol) && link.host !== location.host) {
+    if (link && script.hasAttribute("data-track-outbound") && /^https?:$/.test(link.protocol) &&
+        link.host != location.host) {
       track("Outbound Link", { url: link.host });
     }
   }
