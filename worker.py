@@ -1,160 +1,18 @@
 """worker: runs the jobs of `jobs.app`, woken by LISTEN/NOTIFY. Procfile: `worker: python worker.py`.
 
-SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then
-are aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the
-database goes away the worker starts over once it is back, without a process restart.
-Each worker holds a session lock for its life, so a killed one's jobs run again within
-seconds (jobs/liveness.py); every job attempt has a time limit (jobs/time_limit.py).
+SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then are
+aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the database
+goes away the worker starts over once it is back, without a process restart. The machinery
+(session lock, side tasks, restarts) is jobs/worker_process.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
-from typing import Any
-
-import procrastinate
-from procrastinate.job_context import AbortReason
-from procrastinate.worker import Worker
 
 import jobs
-from jobs.liveness import (
-    LIVENESS_SWEEP_SECONDS,
-    SESSION_CHECK_SECONDS,
-    TakenForDead,
-    WorkerSession,
-    requeue_jobs_of_lost_sessions,
-)
-from tally import db, logs, queue_connector
-
-RESTART_DELAY_SECONDS = 1.0
-# How long one start waits for its first connection before it gives up and starts over:
-# a fresh pool then tries at once, so the worker is back within seconds of the database.
-OPEN_WAIT_SECONDS = 4.0
-
-logger = logging.getLogger("tally.worker")
-
-
-class SupervisedWorker(Worker):
-    """procrastinate's worker, with its side tasks (LISTEN, heartbeat) kept under watch.
-
-    procrastinate stops the worker when a side task fails, but its monitor returns as
-    soon as any side task ends, and the periodic deferrer ends at once in a process
-    with no schedule (ours: only the clock registers one). Then a lost LISTEN
-    connection would go unnoticed. Keeping the deferrer pending keeps the monitor on.
-
-    It also holds its session lock (jobs/liveness.py) from before its first job until
-    `release_session()`, after the drain, taking it again whenever its session ends (the
-    drain too: a database restart stops a worker, whose jobs run on), and sweeps for the
-    jobs of dead workers.
-    """
-
-    session: WorkerSession | None = None
-    keeper: asyncio.Task | None = None
-
-    async def _periodic_deferrer(self) -> None:
-        await asyncio.Event().wait()
-
-    async def _run_loop(self) -> None:
-        if jobs.settings.worker_session_liveness:
-            try:
-                self.session = await WorkerSession.hold(jobs.settings, self.worker_id)
-            except Exception:
-                # procrastinate registered this worker already: a row with a fresh heartbeat
-                # would count as a live worker (with every slot taken, one per restart).
-                with contextlib.suppress(Exception):
-                    await self.app.job_manager.unregister_worker(self.worker_id)
-                raise
-            self.keeper = asyncio.create_task(self._keep_session(), name="keep_session")
-        await super()._run_loop()
-
-    async def _keep_session(self) -> None:
-        assert self.session is not None
-        said = False  # one line per outage, not one a second
-        while True:
-            await asyncio.sleep(SESSION_CHECK_SECONDS)
-            try:
-                await self.session.keep()
-                said = False
-            except TakenForDead as error:
-                # Its running jobs were re-queued and run elsewhere: stop them here, and write
-                # none of their outcomes over the new attempts'.
-                logger.error("%s; aborting its running jobs and stopping", error)
-                if isinstance(self.app.connector, queue_connector.CatchingUpConnector):
-                    self.app.connector.fenced = True
-                for task, context in list(self._running_jobs.items()):
-                    self._abort_job(task, context, AbortReason.SHUTDOWN)
-                self.stop()
-                return
-            except Exception as error:  # the database is away: try again at the next check
-                if not said:
-                    logger.warning("worker %s cannot take its lock again yet: %s", self.worker_id, error)
-                said = True
-
-    def _start_side_tasks(self) -> list[asyncio.Task]:
-        sweep = asyncio.create_task(self._sweep_lost_sessions(), name="sweep_lost_sessions")
-        return [*super()._start_side_tasks(), sweep]
-
-    async def _sweep_lost_sessions(self) -> None:
-        while True:
-            await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
-            if await requeue_jobs_of_lost_sessions(self.app.connector):
-                self._new_job_event.set()  # run them here at once if there is room
-
-    async def release_session(self) -> None:
-        if self.keeper is not None:
-            self.keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.keeper
-            self.keeper = None
-        if self.session is not None:
-            await self.session.release()
-            self.session = None
-
-
-async def run_until_stopped(app: procrastinate.App, options: dict[str, Any]) -> None:
-    """Run workers one after another until SIGTERM/SIGINT, restarting after a lost database."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    while not stopping.is_set():
-        worker = SupervisedWorker(app=app, **options, install_signal_handlers=False)
-        attempt = asyncio.create_task(open_and_run(app, worker))
-        stop_requested = asyncio.create_task(stopping.wait())
-        await asyncio.wait({attempt, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
-        stop_requested.cancel()
-        if stopping.is_set():
-            worker.stop()  # drains running jobs; before the worker runs, nothing to drain
-            if worker.worker_id is None:
-                attempt.cancel()
-        try:
-            await attempt
-        except asyncio.CancelledError:
-            pass
-        except Exception as error:
-            logger.error("worker stopped on an error: %s", logs.database_error(error))
-        if not stopping.is_set():
-            logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
-    logger.info("worker drained and stopped")
-
-
-async def open_and_run(app: procrastinate.App, worker: SupervisedWorker) -> None:
-    # A fresh connector and pool per run: procrastinate keeps a pool it was handed (or
-    # failed to open) for good, and its own open would wait 30 s for a lost database.
-    pool = db.worker_pool(jobs.settings)
-    try:
-        with app.replace_connector(queue_connector.procrastinate_connector(jobs.settings)):
-            await pool.open(wait=True, timeout=OPEN_WAIT_SECONDS)
-            async with app.open_async(pool):
-                await worker.run()
-    finally:
-        await worker.release_session()  # only now: a draining worker is alive
-        await pool.close(timeout=1.0)
+from jobs.worker_process import run_until_stopped
+from tally import logs
 
 
 def main() -> None:

@@ -274,7 +274,7 @@ def test_a_worker_that_cannot_hold_its_session_leaves_no_live_worker_row(conn, m
     import psycopg
 
     import jobs
-    import worker
+    from jobs import worker_process
     from jobs.liveness import WorkerSession
 
     async def no_slot(cls, settings, worker_id):
@@ -285,9 +285,9 @@ def test_a_worker_that_cannot_hold_its_session_leaves_no_live_worker_row(conn, m
 
     async def attempt() -> None:
         options = jobs.worker_options(jobs.settings)
-        started = worker.SupervisedWorker(app=jobs.app, **options, install_signal_handlers=False)
+        started = worker_process.SupervisedWorker(app=jobs.app, **options, install_signal_handlers=False)
         with pytest.raises(psycopg.OperationalError):
-            await worker.open_and_run(jobs.app, started)
+            await worker_process.open_and_run(jobs.app, started)
 
     asyncio.run(attempt())
     assert conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0] == 0
