@@ -8,15 +8,16 @@ up; the job tries again a little later, and leaves what it could not do for its 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 from procrastinate import JobContext
-from procrastinate.exceptions import ConnectorException, JobAborted
+from procrastinate.exceptions import ConnectorException
 
 from jobs import app, settings
 from tally.db import QUERIES
@@ -41,22 +42,29 @@ def partition_name(day: datetime.date) -> str:
 
 
 @app.task(name="maintain_partitions", pass_context=True, lock="maintain_partitions")
-def maintain_partitions(context: JobContext, timestamp: int | None = None) -> int:
-    """Make the next days' partitions and those of views the default one caught; return how many."""
-    connector = context.app.connector.get_sync_connector()
+async def maintain_partitions(context: JobContext, timestamp: int | None = None) -> int:
+    """Make the next days' partitions and those of views the default one caught; return how many.
+
+    Async so that an abort (a draining worker's, the time limit's, a user's) cancels it where it
+    waits: psycopg then cancels the statement on the server, and a move of a big day, one
+    transaction, is rolled back whole (a sync job would run it to its end, past Heroku's
+    SIGKILL). The views stay in the default partition, counted, for the next run."""
+    connector = context.app.connector
     now = datetime.datetime.now(datetime.UTC)
     since = now - datetime.timedelta(days=settings.retention_days)  # older views are cleanup's
-    caught = connector.execute_query_all(QUERIES["days_in_default_partition"], since=since)
+    caught = await connector.execute_query_all_async(QUERIES["days_in_default_partition"], since=since)
     ahead = {now.date() + datetime.timedelta(days=n) for n in range(DAYS_AHEAD + 1)}
-    existing = {row["name"] for row in connector.execute_query_all(QUERIES["page_view_partitions"])}
+    existing = {
+        row["name"] for row in await connector.execute_query_all_async(QUERIES["page_view_partitions"])
+    }
     made = 0
     left: list[str] = []
     for day in sorted(ahead | {row["day"] for row in caught}):
         if partition_name(day) in existing:
             continue
-        if context.should_abort():
-            raise JobAborted("maintain_partitions aborted between days")
-        row = with_retries(lambda d=day: connector.execute_query_one(QUERIES["ensure_day_partition"], day=d))
+        row = await with_retries_async(
+            lambda d=day: connector.execute_query_one_async(QUERIES["ensure_day_partition"], day=d)
+        )
         if row is None:
             left.append(partition_name(day))
         made += row is not None and row["name"] is not None
@@ -97,6 +105,18 @@ def drop_expired_partitions(connector: Any, cutoff: datetime.datetime, folded: d
                 ", ".join(dropped["dropped"]),
             )
     return views
+
+
+async def with_retries_async(attempt: Callable[[], Awaitable[dict]]) -> dict | None:
+    """`with_retries` for an async job: its pauses, like its statements, end at an abort."""
+    for _ in range(ATTEMPTS):
+        try:
+            return await attempt()
+        except ConnectorException as exc:
+            if not isinstance(exc.__cause__, _PASSING):
+                raise
+            await asyncio.sleep(PAUSE_SECONDS)
+    return None
 
 
 def with_retries(attempt: Callable[[], dict]) -> dict | None:

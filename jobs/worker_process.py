@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Any
 
@@ -34,6 +35,15 @@ RESTART_DELAY_SECONDS = 1.0
 # How long one start waits for its first connection before it gives up and starts over:
 # a fresh pool then tries at once, so the worker is back within seconds of the database.
 OPEN_WAIT_SECONDS = 4.0
+# After WORKER_GRACEFUL_SECONDS a drain aborts the jobs still running, and gives them this long
+# to stop: an async job is cancelled where it awaits (its statement cancelled on the server) in
+# milliseconds, a sync one stops at its next `should_abort()` check. One that has not stopped by
+# then (a sync job inside one long statement: Python cannot stop a thread) is left to the
+# liveness sweep: the process exits without writing its outcome, its session lock goes with it,
+# the server ends its statement (client_connection_check_interval), and another worker runs it
+# again. So a worker is gone WORKER_GRACEFUL_SECONDS + this (20 + 5 s) after SIGTERM at most,
+# inside Heroku's 30 s; procrastinate's own drain waited for every aborted job with no bound.
+DRAIN_ABORT_SECONDS = 5.0
 
 logger = logging.getLogger("tally.worker")
 
@@ -103,6 +113,31 @@ class SupervisedWorker(Worker):
             await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
             if await requeue_jobs_of_lost_sessions(self.app.connector):
                 self._new_job_event.set()  # run them here at once if there is room
+
+    async def _abort_running_jobs(self) -> None:
+        """procrastinate's abort at the end of a drain, with a bound on the wait that follows."""
+        for task, context in list(self._running_jobs.items()):
+            self._abort_job(task, context, AbortReason.SHUTDOWN)
+        if self._running_jobs:
+            await asyncio.wait(list(self._running_jobs), timeout=DRAIN_ABORT_SECONDS)
+        if self._running_jobs:
+            self._leave_running_jobs_to_the_sweep()
+
+    def _leave_running_jobs_to_the_sweep(self) -> None:
+        """Exit now, leaving the jobs that did not stop as a SIGKILL would: `doing`, under this
+        worker's id, its lock freed by the exit; the sweep re-queues them (jobs/liveness.py)."""
+        left = ", ".join(f"{c.job.id} ({c.job.task_name})" for c in self._running_jobs.values())
+        logger.warning(
+            "job(s) %s still running %g s after their abort: exiting, left to the sweep (they run again"
+            " on another worker)",
+            left,
+            DRAIN_ABORT_SECONDS,
+        )
+        if isinstance(self.app.connector, queue_connector.CatchingUpConnector):
+            self.app.connector.fenced = True  # their outcomes are no longer this worker's to write
+        logging.shutdown()  # the line above reaches the log
+        # Not SystemExit: the interpreter would wait for the job's thread at exit.
+        os._exit(0)
 
     async def release_session(self) -> None:
         if self.keeper is not None:

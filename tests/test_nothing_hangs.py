@@ -318,3 +318,111 @@ def test_a_job_whose_notify_nobody_heard_starts_once_listen_is_back(start_proces
     wait_until(lambda: statuses(conn, "prune_finished_jobs") == ["succeeded"], 15, 0.05, "the unheard job")
     print(f"catch-up: a job deferred unheard ran {time.monotonic() - cut:.2f} s after LISTEN was cut")
     assert listen_pids() and listen_pids() != old
+
+
+class StatementHold:
+    """Holds every DELETE of the default partition (the partition move's, the cleanup's there)
+    inside its statement, on the server, until `release()`: a statement-level trigger that
+    waits while a row of `tally_test_hold` exists. The statement is then mid-run when the
+    test says so, however fast the machine moves rows, and only a cancel or the end of its
+    session stops it."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        conn.execute("CREATE TABLE tally_test_hold ()")
+        conn.execute("INSERT INTO tally_test_hold DEFAULT VALUES")
+        conn.execute(
+            "CREATE FUNCTION tally_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN WHILE EXISTS (SELECT FROM tally_test_hold) LOOP PERFORM pg_sleep(0.01); END LOOP;"
+            " RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER tally_test_hold BEFORE DELETE ON page_views_default"
+            " FOR EACH STATEMENT EXECUTE FUNCTION tally_test_hold()"
+        )
+
+    def held(self, statement: str) -> list[int]:
+        """The backends held inside a statement that contains `statement`."""
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE %s",
+            (f"%{statement}%",),
+        )
+        return [row[0] for row in rows]
+
+    def release(self) -> None:
+        self.conn.execute("DELETE FROM tally_test_hold")
+
+    def __enter__(self) -> StatementHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self.conn.execute("DROP TRIGGER tally_test_hold ON page_views_default")
+        self.conn.execute("DROP FUNCTION tally_test_hold()")
+        self.conn.execute("DROP TABLE tally_test_hold")
+
+
+def test_sigterm_mid_partition_move_stops_the_move_and_the_next_run_makes_the_day(start_process, conn):
+    """A worker drained while maintain_partitions moved a big day out of the default partition
+    waited for the move to end, abort or not: 34 s after SIGTERM, past Heroku's SIGKILL. The
+    abort now cancels the move's statement; its transaction leaves nothing behind."""
+    day = time.gmtime(time.time() - 3 * 86400)
+    name = time.strftime("page_views_p%Y%m%d", day)
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) SELECT '/moved', %s::date + n * interval '1 s'"
+        " FROM generate_series(1, 2000) n",
+        (time.strftime("%Y-%m-%d", day),),
+    )
+    worker = start_process(["worker.py"], {"WORKER_GRACEFUL_SECONDS": "1", "DYNO": "worker.1"})
+    worker.wait_for_line("Starting worker")
+    try:
+        with StatementHold(conn) as hold:
+            defer_by_sql(conn, "maintain_partitions", lock="maintain_partitions")
+            wait_until(lambda: hold.held("ensure_day_partition"), 30, 0.02, "the move to be under way")
+            signalled = time.monotonic()
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(15) == 0
+            exited_in = time.monotonic() - signalled
+            print(f"SIGTERM mid-move (1 s grace): exited {exited_in:.2f} s later")
+            assert exited_in < 3.0
+            assert not hold.held("ensure_day_partition")  # cancelled on the server, not left running
+            # Nothing half-done: no table of the day, every view still in the default partition.
+            assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None
+            assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 2000
+            assert statuses(conn, "maintain_partitions") == ["aborted"]  # the next hourly tick's
+        successor = start_process(["worker.py"], {"DYNO": "worker.2"})
+        successor.wait_for_line("Starting worker")
+        defer_by_sql(conn, "maintain_partitions", lock="maintain_partitions")  # the next tick
+        wait_until(lambda: statuses(conn, "maintain_partitions")[-1] == "succeeded", 30, 0.05, "the next run")
+        assert conn.execute("SELECT count(*) FROM page_views_default").fetchone()[0] == 0
+        assert conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] == 2000
+    finally:
+        conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+
+def test_a_job_deaf_to_the_abort_costs_the_drain_a_bounded_wait_and_runs_again(start_process, conn):
+    """A sync job in one long statement cannot be stopped (Python cannot kill a thread): the
+    drain waited for it with no bound. Now the worker gives aborted jobs DRAIN_ABORT_SECONDS,
+    then exits without writing their outcome, and the sweep runs them again elsewhere."""
+    expired_views(conn, 2000)  # 90 days old: in the default partition, deleted in batches there
+    victim = start_process(["worker.py"], {"WORKER_GRACEFUL_SECONDS": "1", "DYNO": "worker.1"})
+    victim.wait_for_line("Starting worker")
+    with StatementHold(conn) as hold:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        wait_until(lambda: hold.held("delete_expired_views_batch"), 30, 0.02, "the cleanup to be under way")
+        rescuer = start_process(["worker.py"], {"DYNO": "worker.2"})
+        rescuer.wait_for_line("holds its session lock")
+        signalled = time.monotonic()
+        victim.signal(signal.SIGTERM)
+        assert victim.wait(20) == 0
+        exited_in = time.monotonic() - signalled
+        print(f"SIGTERM with a job deaf to its abort (1 s grace): exited {exited_in:.2f} s later")
+        assert exited_in < 1 + 5 + 2
+        assert "left to the sweep" in victim.output()
+        # The server ends the statement of the gone worker (client_connection_check_interval).
+        wait_until(lambda: not hold.held("delete_expired_views_batch"), 5, 0.05, "the server to end it")
+        rescuer.wait_for_line("Starting job cleanup_old_page_views", timeout=30)
+        hold.release()
+    wait_until(lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 60, 0.1, "the cleanup")
+    assert started_events(conn, "cleanup_old_page_views") == 2  # the abandoned attempt and one more
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
