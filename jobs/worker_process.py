@@ -29,7 +29,7 @@ from jobs.liveness import (
     WorkerSession,
     requeue_jobs_of_lost_sessions,
 )
-from tally import db, logs, queue_connector
+from tally import config, db, logs, queue_connector
 
 RESTART_DELAY_SECONDS = 1.0
 # How long one start waits for its first connection before it gives up and starts over:
@@ -43,7 +43,7 @@ OPEN_WAIT_SECONDS = 4.0
 # the server ends its statement (client_connection_check_interval), and another worker runs it
 # again. So a worker is gone WORKER_GRACEFUL_SECONDS + this (20 + 5 s) after SIGTERM at most,
 # inside Heroku's 30 s; procrastinate's own drain waited for every aborted job with no bound.
-DRAIN_ABORT_SECONDS = 5.0
+DRAIN_ABORT_SECONDS = config.DRAIN_ABORT_SECONDS
 
 logger = logging.getLogger("tally.worker")
 

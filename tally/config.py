@@ -30,6 +30,9 @@ DEFAULT_WORKER_CONCURRENCY = 4
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_GRACEFUL_SECONDS = 20.0  # Heroku sends SIGKILL 30 s after SIGTERM
 DEFAULT_STALLED_AFTER_SECONDS = 60.0
+# After WORKER_GRACEFUL_SECONDS a drain aborts what still runs and waits this long at most
+# before it leaves those jobs to the liveness sweep (jobs/worker_process.py): 20 + 5 s < 30 s.
+DRAIN_ABORT_SECONDS = 5.0
 # Rows per cleanup transaction: large enough to delete at a good fraction of one
 # DELETE's rate, small enough that each batch stays well under 250 ms (docs/BENCHMARKS.md).
 DEFAULT_CLEANUP_BATCH_SIZE = 10_000
@@ -145,6 +148,14 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
             "STALLED_AFTER_SECONDS must exceed WORKER_GRACEFUL_SECONDS + "
             f"WORKER_HEARTBEAT_SECONDS ({config.graceful_seconds:g} + "
             f"{config.heartbeat_seconds:g}), or a draining worker's job would run twice"
+        )
+    silent = config.graceful_seconds + DRAIN_ABORT_SECONDS + config.heartbeat_seconds
+    if not config.worker_session_liveness and config.stalled_after_seconds <= silent:
+        # Without the session lock only the heartbeat tells a draining worker from a dead one.
+        raise ConfigError(
+            f"STALLED_AFTER_SECONDS must exceed WORKER_GRACEFUL_SECONDS + {DRAIN_ABORT_SECONDS:g}"
+            f" + WORKER_HEARTBEAT_SECONDS ({silent:g}) with WORKER_SESSION_LIVENESS=false, or a"
+            " draining worker's aborted job would run twice"
         )
     return config
 

@@ -8,6 +8,7 @@ from tally.config import (
     DEFAULT_GRACEFUL_SECONDS,
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_STALLED_AFTER_SECONDS,
+    DRAIN_ABORT_SECONDS,
     ConfigError,
     from_env,
 )
@@ -29,6 +30,27 @@ def test_default_stalled_threshold_outlasts_a_drain_plus_a_heartbeat():
     # procrastinate stops heart-beating while a worker drains (its PR #1585).
     assert DEFAULT_STALLED_AFTER_SECONDS > DEFAULT_GRACEFUL_SECONDS + DEFAULT_HEARTBEAT_SECONDS
     assert DEFAULT_GRACEFUL_SECONDS < 30  # Heroku's SIGKILL comes 30 s after SIGTERM
+    # A drain ends at most DRAIN_ABORT_SECONDS after its grace (jobs/worker_process.py).
+    assert DEFAULT_GRACEFUL_SECONDS + DRAIN_ABORT_SECONDS <= 25
+    assert (
+        DEFAULT_STALLED_AFTER_SECONDS
+        > DEFAULT_GRACEFUL_SECONDS + DRAIN_ABORT_SECONDS + DEFAULT_HEARTBEAT_SECONDS
+    )
+
+
+def test_without_the_session_lock_the_stalled_threshold_outlasts_the_drains_abort_too():
+    """Such a worker is told from a dead one by its heartbeat alone, silent through its drain."""
+    env = {
+        "WORKER_SESSION_LIVENESS": "false",
+        "WORKER_GRACEFUL_SECONDS": "20",
+        "WORKER_HEARTBEAT_SECONDS": "10",
+    }
+    with pytest.raises(ConfigError, match="STALLED_AFTER_SECONDS"):
+        from_env({**env, "STALLED_AFTER_SECONDS": "33"}, process_type="worker")
+    assert from_env({**env, "STALLED_AFTER_SECONDS": "36"}, process_type="worker").stalled_after_seconds == 36
+    assert from_env(
+        {**env, "WORKER_SESSION_LIVENESS": "true", "STALLED_AFTER_SECONDS": "33"}, process_type="worker"
+    )
 
 
 @pytest.mark.parametrize(
