@@ -60,6 +60,9 @@ class ReportRetry(RetryStrategy):
 
 
 REPORT_RETRY = ReportRetry(max_attempts=5, exponential_wait=4)
+# Periods one run sends at most: the last full one, and those a stopped clock missed before it
+# (tally/reports.py, `periods_to_send`).
+CATCH_UP_PERIODS = 4
 # The session advisory lock one run of send_reports holds (any fixed 64-bit number).
 RUN_LOCK_KEY = 7_245_021_001
 
@@ -202,10 +205,14 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
         return {}
     moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC) if timestamp else None
     today = reports.local_today(settings.timezone, moment)
-    chosen = reports.last_full_period(kind, today)
+    outcome = {"sent": 0, "failed": 0, "retrying": 0, "already_done": 0}
     with report_pool(settings) as pool, one_run_at_a_time(pool):
-        outcome = send_period(pool, settings, chosen, today, context.should_abort)
-    logger.info("send_reports %s: %s", chosen.name, outcome)
+        with pool.connection() as conn:
+            (last_claimed,) = conn.execute(QUERIES["last_report_period"], {"kind": kind}).fetchone()
+        for chosen in reports.periods_to_send(kind, today, last_claimed, CATCH_UP_PERIODS):
+            done = send_period(pool, settings, chosen, today, context.should_abort)
+            logger.info("send_reports %s: %s", chosen.name, done)
+            outcome = {state: outcome[state] + done[state] for state in outcome}
     if outcome["retrying"]:
         raise ReportsNotDelivered(f"{outcome['retrying']} report(s) met temporary failures; retrying later")
     return outcome
