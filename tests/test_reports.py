@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime
 import random
 import re
+import time
+import zoneinfo
 
 import psycopg
 
@@ -182,6 +184,54 @@ def test_two_recipients_get_last_weeks_numbers_once(database_url, pool, conn, st
         wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"] * 2, 60, message="the rerun")
         assert len(smtp.received()) == 3
         assert "'sent': 0, 'failed': 0, 'retrying': 0, 'already_done': 3" in worker.output()
+
+
+def test_a_clock_back_after_weeks_away_sends_the_weeks_it_missed(database_url, pool, conn, start_process):
+    """procrastinate's deferrer skips a tick older than 10 minutes, and each run sent the last
+    full week only: a clock stopped from before a Monday until after the next one never sent the
+    week in between. The restarted clock defers the tick it missed at once, and the run sends
+    each week since the last one claimed."""
+    from croniter import croniter
+
+    from jobs.schedule import REPORT_CHECK_SCHEDULE
+
+    views_over_weeks(conn)
+    if croniter(REPORT_CHECK_SCHEDULE, time.time()).get_next(float) - time.time() < 30:
+        time.sleep(31)  # the tick the clock will defer is the one computed here
+    tick = int(croniter(REPORT_CHECK_SCHEDULE, time.time()).get_prev(float))
+    day_of_tick = datetime.datetime.fromtimestamp(tick, zoneinfo.ZoneInfo(TZ)).date()
+    last = reports.last_full_period("weekly", day_of_tick)
+    missed = last.before()
+    claimed_before = missed.before()  # sent by the clock before it stopped, 15 days ago
+    conn.execute(
+        "INSERT INTO tally_report_deliveries (site, period, recipient, message_id, status, sent_at)"
+        " VALUES (%s, %s, 'a@example.com', '<old@tally>', 'sent', now() - interval '15 days')",
+        (SITE, claimed_before.name),
+    )
+    conn.execute(
+        "INSERT INTO procrastinate_periodic_defers (task_name, periodic_id, defer_timestamp)"
+        " VALUES ('send_reports', 'clock', %s)",
+        (tick - 15 * 86400,),
+    )
+    with SmtpServer() as smtp:
+        env = report_env(database_url, smtp, "a@example.com")
+        worker = start_process(["worker.py"], env)
+        worker.wait_for_line("Starting worker")
+        clock = start_process(["clock.py"], env)
+        clock.wait_for_line("send_reports: its tick of")
+        wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="send_reports")
+        (args,) = conn.execute(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = 'send_reports'"
+        ).fetchone()
+        assert args == {"timestamp": tick}
+        sent = conn.execute(
+            "SELECT site, period FROM tally_report_deliveries WHERE status = 'sent' ORDER BY 1, 2"
+        ).fetchall()
+        assert sent == sorted(
+            [(site, period.name) for site in (SITE, "shop.example.org") for period in (missed, last)]
+            + [(SITE, claimed_before.name)]
+        )
+        assert len(smtp.received()) == 4
 
 
 # --- the preview page ------------------------------------------------------------------------------
