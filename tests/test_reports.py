@@ -121,6 +121,18 @@ def test_the_last_full_week_and_month():
 # --- the report's numbers, once, through real worker processes ----------------------------------
 
 
+def test_a_run_sends_the_periods_since_the_last_one_claimed_four_at_most():
+    def names(kind: str, today: datetime.date, last_claimed: str | None) -> list[str]:
+        return [period.name for period in reports.periods_to_send(kind, today, last_claimed, 4)]
+
+    monday = datetime.date(2027, 1, 4)  # ISO week 2027-W01; the last full week is 2026-W53
+    assert names("weekly", monday, None) == ["2026-W53"]  # nothing claimed: no back catalogue
+    assert names("weekly", monday, "2026-W53") == ["2026-W53"]  # its rows say what is left
+    assert names("weekly", monday, "2026-W51") == ["2026-W52", "2026-W53"]  # across the year
+    assert names("weekly", monday, "2025-W10") == ["2026-W50", "2026-W51", "2026-W52", "2026-W53"]
+    assert names("monthly", datetime.date(2027, 2, 10), "2026-11") == ["2026-12", "2027-01"]
+
+
 def test_two_recipients_get_last_weeks_numbers_once(database_url, pool, conn, start_process):
     views_over_weeks(conn)
     with SmtpServer() as smtp:
