@@ -41,9 +41,9 @@ async def resume_after_last_defers(deferrer: PeriodicDeferrer, connector: Any, n
     procrastinate's deferrer starts with no memory and skips a tick older than 10 minutes: a
     clock back after a longer stop waited for each task's next tick (a day for the prune, an
     hour for the others) and sent no report for a week that ended while it was away. Only the
-    latest missed tick is deferred: every task does all that is due when it runs (docs/ARCHITECTURE.md,
-    "A clock that was stopped").
-    A task never deferred before starts as procrastinate starts it."""
+    latest missed tick is deferred: every task does all that is due when it runs
+    (docs/ARCHITECTURE.md, "A clock that was stopped"). A task never deferred before starts
+    as procrastinate starts it."""
     tasks = deferrer.registry.periodic_tasks
     rows = await connector.execute_query_all_async(
         QUERIES["last_periodic_defers"], tasks=sorted({name for name, _ in tasks})
