@@ -384,7 +384,7 @@ def test_sigterm_mid_partition_move_stops_the_move_and_the_next_run_makes_the_da
             assert worker.wait(15) == 0
             exited_in = time.monotonic() - signalled
             print(f"SIGTERM mid-move (1 s grace): exited {exited_in:.2f} s later")
-            assert exited_in < 3.0
+            assert exited_in < 4.0  # the forced exit would be 1 + 5 s
             assert not hold.held("ensure_day_partition")  # cancelled on the server, not left running
             # Nothing half-done: no table of the day, every view still in the default partition.
             assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None
