@@ -89,7 +89,7 @@ def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) ->
     folded = connector.execute_query_one(QUERIES["rollup_state"])
     cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
     # Whole days first (jobs/partitions.py); rows only where a partition is not a day's.
-    views = partitions.drop_expired_partitions(connector, cutoff, folded)
+    views = partitions.drop_expired_partitions(connector, cutoff, folded, context.should_abort)
     views += delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
     events = delete_in_batches(context, "delete_expired_events_batch", "events", cutoff, folded)
     logger.info(

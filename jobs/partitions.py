@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from procrastinate import JobContext
-from procrastinate.exceptions import ConnectorException
+from procrastinate.exceptions import ConnectorException, JobAborted
 
 from jobs import app, settings
 from tally.db import QUERIES
@@ -74,7 +74,9 @@ async def maintain_partitions(context: JobContext, timestamp: int | None = None)
     return made
 
 
-def drop_expired_partitions(connector: Any, cutoff: datetime.datetime, folded: dict) -> int:
+def drop_expired_partitions(
+    connector: Any, cutoff: datetime.datetime, folded: dict, should_abort: Callable[[], bool] = lambda: False
+) -> int:
     """Drop the partitions wholly before `cutoff` whose views the rollup holds; return how many
     views went. DROP_GROUP at a time are detached (a short exclusive lock on page_views), then
     dropped (their files removed, page_views not locked)."""
@@ -89,14 +91,17 @@ def drop_expired_partitions(connector: Any, cutoff: datetime.datetime, folded: d
                 names=group,
                 watermark=folded["watermark"],
                 in_progress=folded["in_progress"],
-            )
+            ),
+            should_abort,
         )
         detached = row["detached"] if row is not None else []
         views += row["views"] if row is not None else 0
         if len(detached) < len(group):
             left = sorted(set(group) - set(detached))
             logger.info("left for the next cleanup (locked, or not rolled up): %s", ", ".join(left))
-        dropped = with_retries(lambda: connector.execute_query_one(QUERIES["drop_detached_days"]))
+        dropped = with_retries(
+            lambda: connector.execute_query_one(QUERIES["drop_detached_days"]), should_abort
+        )
         if dropped is not None and dropped["dropped"]:
             logger.info(
                 "dropped %d day(s) of page views, %d views: %s",
@@ -119,13 +124,18 @@ async def with_retries_async(attempt: Callable[[], Awaitable[dict]]) -> dict | N
     return None
 
 
-def with_retries(attempt: Callable[[], dict]) -> dict | None:
-    """`attempt()`, again after a short pause while it loses to live traffic; None if it never wins."""
+def with_retries(
+    attempt: Callable[[], dict], should_abort: Callable[[], bool] = lambda: False
+) -> dict | None:
+    """`attempt()`, again after a short pause while it loses to live traffic; None if it never wins.
+    Between tries it stops when `should_abort()` says so (a drain: up to 9 s of tries otherwise)."""
     for _ in range(ATTEMPTS):
         try:
             return attempt()
         except ConnectorException as exc:
             if not isinstance(exc.__cause__, _PASSING):
                 raise
+            if should_abort():
+                raise JobAborted("stopped between two tries of a partition's change, as asked") from None
             time.sleep(PAUSE_SECONDS)
     return None

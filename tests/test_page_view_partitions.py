@@ -553,3 +553,24 @@ def test_maintain_partitions_reads_the_partitions_of_a_converted_table(fresh_dat
         names = {row["name"] for row in conn.execute(QUERIES["page_view_partitions"])}
     assert "page_views_legacy" in names
     assert partitions.partition_name(utc_today() + datetime.timedelta(days=1)) in names
+
+
+def test_a_partition_change_losing_to_traffic_stops_between_tries_when_asked(monkeypatch):
+    """A drain's abort waited out up to 30 tries (9 s) of a detach losing to a long read."""
+    from procrastinate.exceptions import ConnectorException, JobAborted
+
+    monkeypatch.setattr(partitions, "PAUSE_SECONDS", 0.01)
+    tries = []
+
+    def locked() -> dict:
+        tries.append(1)
+        try:
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        except psycopg.Error as error:
+            raise ConnectorException("Database error.") from error
+
+    assert partitions.with_retries(locked) is None and len(tries) == partitions.ATTEMPTS
+    tries.clear()
+    with pytest.raises(JobAborted):
+        partitions.with_retries(locked, lambda: len(tries) >= 2)
+    assert len(tries) == 2
