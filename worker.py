@@ -1,7 +1,7 @@
 """worker: runs the jobs of `jobs.app`, woken by LISTEN/NOTIFY. Procfile: `worker: python worker.py`.
 
 SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then are
-aborted and retried later; the process exits 0 well inside Heroku's 30 s. When the database
+aborted; the process exits 0 at most 5 s later, inside Heroku's 30 s. When the database
 goes away the worker starts over once it is back, without a process restart. The machinery
 (session lock, side tasks, restarts) is jobs/worker_process.py's.
 """

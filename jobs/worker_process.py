@@ -2,10 +2,10 @@
 tasks watched and its session lock held, started over after a lost database, drained on SIGTERM.
 
 SIGTERM (or Ctrl-C) drains: running jobs get WORKER_GRACEFUL_SECONDS to finish, then are
-aborted and retried later. When the database goes away the worker starts over once it is
-back, without a process restart. Each worker holds a session lock for its life, so a killed
-one's jobs run again within seconds (jobs/liveness.py); every job attempt has a time limit
-(jobs/time_limit.py).
+aborted, and DRAIN_ABORT_SECONDS later the process is gone (what still runs is left to the
+sweep). When the database goes away the worker starts over once it is back, without a process
+restart. Each worker holds a session lock for its life, so a killed one's jobs run again
+within seconds (jobs/liveness.py); every job attempt has a time limit (jobs/time_limit.py).
 """
 
 from __future__ import annotations
