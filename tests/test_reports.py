@@ -230,7 +230,8 @@ def test_a_clock_back_after_weeks_away_sends_the_weeks_it_missed(database_url, p
         worker = start_process(["worker.py"], env)
         worker.wait_for_line("Starting worker")
         clock = start_process(["clock.py"], env)
-        clock.wait_for_line("send_reports: its tick of")
+        if time.time() - tick > 600:  # a tick procrastinate alone skips (else it defers it itself)
+            clock.wait_for_line("send_reports: its tick of")
         wait_until(lambda: statuses(conn, "send_reports") == ["succeeded"], 60, message="send_reports")
         (args,) = conn.execute(
             "SELECT args FROM procrastinate_jobs WHERE task_name = 'send_reports'"
@@ -285,13 +286,12 @@ def test_the_preview_is_the_owners_and_checks_its_parameters(database_url, pool,
 def test_the_clock_defers_send_reports_only_when_reports_are_on(database_url):
     import procrastinate
 
-    import clock
     import jobs
     from jobs import schedule
 
     def schedules(env: dict[str, str]) -> dict[str, str]:
         app = procrastinate.App(connector=jobs.app.connector)  # not jobs.app: test workers would tick
-        clock.register_schedule(app, from_env(env, process_type="clock"))
+        schedule.register_schedule(app, from_env(env, process_type="clock"))
         return {task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()}
 
     on = {"SMTP_URL": "smtp://mail.example.com", "REPORT_RECIPIENTS": "a@example.com"}

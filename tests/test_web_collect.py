@@ -346,13 +346,13 @@ def test_salts_rotate_daily_and_go_after_two_days(client, conn):
 def test_the_clock_schedules_the_salt_rotation():
     import procrastinate
 
-    import clock
     import jobs
+    from jobs import schedule
     from tally.config import from_env
 
     # An app of its own: registering on jobs.app would make every test worker defer ticks.
     app = procrastinate.App(connector=jobs.app.connector)
-    clock.register_schedule(app, from_env({"SALT_SCHEDULE": "7 * * * *"}, process_type="clock"))
+    schedule.register_schedule(app, from_env({"SALT_SCHEDULE": "7 * * * *"}, process_type="clock"))
     schedules = {task.task.name: task.cron for task in app.periodic_registry.periodic_tasks.values()}
     assert schedules["rotate_visitor_salts"] == "7 * * * *"
 
