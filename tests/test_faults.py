@@ -87,7 +87,15 @@ def test_a_killed_workers_job_is_finished_by_another(start_process, conn, databa
         },
     )
     victim = start_process(
-        ["worker.py"], {**FAST_RECOVERY, "CLEANUP_BATCH_SIZE": "200", "WORKER_SESSION_LIVENESS": "false"}
+        ["worker.py"],
+        # Without its session lock a worker must stay silent longer than a drain's abort before
+        # it counts as stalled (tally/config.py); the rescuer judges it by its own 4 s.
+        {
+            **FAST_RECOVERY,
+            "STALLED_AFTER_SECONDS": "9",
+            "CLEANUP_BATCH_SIZE": "200",
+            "WORKER_SESSION_LIVENESS": "false",
+        },
     )
     victim.wait_for_line("Starting worker")
     clock.wait_for_line("CLOCK PROCESS STARTED")

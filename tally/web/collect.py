@@ -14,6 +14,7 @@ nowhere else: not a column, not a log line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -67,11 +68,12 @@ ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]_-]+")
 FOLDED_WHITESPACE = re.compile(r"\s*[\t\n\r]\s*")
 
 
+@functools.lru_cache(maxsize=256)  # a site's pages send one origin (or a few): built once each
 def cors_headers(origin: str | None, preflight: bool = False) -> dict[str, str]:
     """The CORS headers of a beacon's answer. A request that names its origin gets it back, with
     credentials allowed: `navigator.sendBeacon` with a JSON Blob always sends credentials (and
     so a preflight), and a credentialed request refuses `*`: the view was lost. Collect reads
-    no cookie, and its answer tells nothing but what was stored."""
+    no cookie, and its answer tells nothing but what was stored. Callers copy, never change it."""
     headers = PREFLIGHT_HEADERS if preflight else CORS_HEADERS
     if origin is None or not ORIGIN.fullmatch(origin):
         return headers
