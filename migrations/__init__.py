@@ -8,6 +8,11 @@ file leaves nothing half-applied and the next release retries it. A file marked 
 waiting at most STEP_LOCK_TIMEOUT for a lock and retried; its steps are written to be
 run again, and its bookkeeping row comes after the last.
 
+Then, once every numbered file is applied, the functions that name every dimension
+(migrations/dimension_functions.sql, rendered from tally/dimensions.py's table) are applied
+again, every release, a dimension's column that page_views lacks added first, as a
+step. These are the one exception to "numbered files": their columns are the table's.
+
     >>> apply_pending("postgresql:///tally")   # doctest: +SKIP
     ['procrastinate:schema.sql', '0001_page_views.sql', ...]
 """
@@ -22,6 +27,9 @@ from typing import Any
 
 import psycopg
 from procrastinate.schema import SchemaManager
+from psycopg import sql
+
+from tally.dimension_sql import FUNCTIONS_FILE, dimension_columns, dimension_functions
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 PROCRASTINATE_MIGRATIONS_DIR = Path(SchemaManager.get_migrations_path())
@@ -42,6 +50,11 @@ logger = logging.getLogger("tally.migrations")
 
 def tally_files() -> list[Path]:
     """Tally's migration files, in the order they apply."""
+    return numbered_files()
+
+
+def numbered_files() -> list[Path]:
+    """Every numbered file of this release (tests stand in an older release for tally_files)."""
     return sorted(p for p in MIGRATIONS_DIR.iterdir() if TALLY_FILE.match(p.name))
 
 
@@ -70,9 +83,42 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
                 if path.name not in done:
                     _apply(conn, path.name, path.read_text(encoding="utf-8"))
                     applied_now.append(path.name)
+            # The templates are written against this release's whole schema; a release whose
+            # files stop short of it (an older one, in the tests) has its own functions.
+            if {path.name for path in numbered_files()} <= done | set(applied_now):
+                apply_dimensions(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return applied_now
+
+
+def apply_dimensions(conn: psycopg.Connection) -> None:
+    """Add each dimension's column page_views lacks, then create or replace the functions that
+    name every dimension, rendered from the table. Run by every release: the functions are
+    replaced with what they already are unless the table changed."""
+    name = FUNCTIONS_FILE.name
+    present = {
+        row[0]
+        for row in conn.execute(
+            "SELECT attname FROM pg_attribute"
+            " WHERE attrelid = 'page_views'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+    }
+    for column in dimension_columns():
+        if column not in present:
+            # Catalog only on a partitioned table (no rewrite), but it needs every partition's
+            # ACCESS EXCLUSIVE lock for a moment: a step, waiting briefly behind live traffic.
+            add = sql.SQL("ALTER TABLE page_views ADD COLUMN IF NOT EXISTS {} text").format(
+                sql.Identifier(column)
+            )
+            _apply_step(conn, name, f"add column page_views.{column}", add.as_string(conn))
+    try:
+        with conn.transaction():
+            conn.execute(dimension_functions().encode())  # the repository's SQL and names
+    except psycopg.Error as error:
+        error.add_note(name)
+        raise
+    logger.info("dimension functions applied (%s)", ", ".join(dimension_columns()))
 
 
 def _take_release_lock(conn: psycopg.Connection) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from tally import localdb
+from tally import dimension_sql, localdb
 from tally.checked_pool import CheckedPool, check_if_hung_up
 from tally.config import Config
 
@@ -113,13 +113,15 @@ _BLOCK_HEADER = re.compile(r"^-- ([a-z0-9_]+) --$", re.MULTILINE)
 
 
 def load_queries(path: Path = QUERIES_FILE) -> dict[str, str]:
-    """Parse `-- name --` blocks into {name: sql}; the line after the name describes it."""
+    """Parse `-- name --` blocks into {name: sql}; the line after the name describes it. The
+    markers of the dimensions are filled from their table (tally/dimension_sql.py); an unknown
+    one is an error here, at import, not when the query runs."""
     text = path.read_text(encoding="utf-8")
     parts = _BLOCK_HEADER.split(text)
     queries = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         _description, _, sql = body.strip().partition("\n")
-        queries[name] = sql.strip()
+        queries[name] = dimension_sql.render(sql.strip(), f"{path.name}, {name}")
     return queries
 
 

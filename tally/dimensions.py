@@ -1,31 +1,29 @@
 """The dimensions of a page view: what stats rank, filter and export by, in one table.
 
 Each row says how a dimension is named in the API (the filter parameter, the `top_*` panel
-and its rows' key), which column of `page_views` holds it (documentation: no SQL is built
-from it; tests/test_audience.py checks a plain column's filter is in tally/queries.sql), and
-how the dashboard titles it. The panels, the filters' names, the dashboard and the API
-description read this table; the SQL names each column itself. Adding a dimension `x`:
+and its rows' key), how the dashboard titles it, how collect finds a view's value in what the
+request said, and which column of `page_views` stores it. Everything reads this table: the
+panels, the filters, the dashboard, the API description and the export's filters in Python,
+and the SQL that names every dimension, which is rendered from it (tally/dimension_sql.py):
+the named queries' `{{...}}` markers when tally/db.py loads them, and the rollup and filter
+functions (migrations/dimension_functions.sql), which the release step applies after the
+numbered migrations, every release, with a missing dimension's column added first.
 
-- a line here. Its place sets the panels' order, and must be its column's place in
-  `stats_tail`: tally/web/panels.py reads the tail's rows by position;
-- a migration: `ALTER TABLE page_views ADD COLUMN x text`, and these functions again, whole,
-  with `x` added: `tally_rollup_page_views()` (as last written in migrations/0020: `fresh`'s
-  two branches, `grouped`'s two lists and one more GROUP BY position, a line in its VALUES
-  list), `tally_visitor_moves()` (migrations/0023: `seen`, one more NULL in its events branch,
-  a line in its VALUES list) and a `tally_views_matching` with an `of_x` argument (keep the
-  old one for the old release's web, as migrations/0022 does);
-- tally/queries.sql: `insert_page_views` (the column and its `v->>N`), `stats_tail` (the
-  column, one more position in both GROUP BYs), `filtered_answer` (the column in `matching`,
-  `%(x)s` among the arguments, a line in its VALUES list), and `%(x)s` in `recent_visitors`
-  and `filtered_export`;
-- a field of `View` (tally/web/view_writer.py) in insert_page_views' order, which
-  tally/web/collect.py fills (from tally/web/audience.py for what the sender's request says);
-- tests/test_audience.py reads migrations/0020's VALUES lists: point it at the new migration.
+Adding a dimension `x` is one line here, e.g. the first language a browser asks for:
+
+    Dimension("language", "top_languages", "Languages",
+              collect=lambda seen: (seen.header("Accept-Language") or "").split(",")[0][:35].lower() or None),
+
+Its place sets the panels' order; `collect` gets the request as tally/web/collect.py's `Seen`
+(the beacon, its sender's audience, the visitor's id, the headers) and returns the value, or
+None, kept short (a header may be 8 KB). The next release (`python -m migrations`) adds the
+column `x text` to page_views (catalog only, on a partitioned table) and renders the functions
+with it; views stored before count as having no value, as server-side ones do.
 
 >>> [dimension.name for dimension in DIMENSIONS][:3]
 ['path', 'referrer', 'source']
->>> BY_NAME["country"].panel
-'top_countries'
+>>> BY_NAME["country"].panel, BY_NAME["referrer"].inputs
+('top_countries', ('referrer', 'site'))
 >>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/%C3%A9t%C3%A9")
 ('Germany (DE)', 'ZZ', '/été')
 """
@@ -37,8 +35,18 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 import pycountry
+
+# A name or a column as SQL is rendered with it (tally/dimension_sql.py): never quoted, so plain.
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# A column of the row in `reads`: {row}name (the renderer writes "v." or nothing for {row}).
+READ_COLUMN = re.compile(r"\{row\}(\w+)")
+
+
+def _no_value(seen: Any) -> None:
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,24 +54,73 @@ class Dimension:
     name: str  # the filter's query parameter, the rollups' `dim`, the panel rows' key
     panel: str  # the stats answer's list of the top values
     title: str  # the dashboard's heading
-    column: str  # SQL over a page_views row (a column name, or an expression of columns)
+    _: dataclasses.KW_ONLY
+    # A view's value from what collect saw (tally/web/collect.py, `Seen`); None for none.
+    # Without one, only views stored by other means (SQL) have values.
+    collect: Callable[[Any], str | None] = _no_value
+    column: str = ""  # the text column of page_views that stores it: the name unless given
+    # SQL of the value over a page_views row, its columns written {row}column: the column itself
+    # unless given. The SQL is this repository's, never a request's.
+    reads: str = ""
     # How a filter's value is written as stored, when its values have one case ('gb' is GB).
     case: Callable[[str], str] | None = None
+    # The filter takes a list of values, any of which matches (a search engine's domains).
+    any_of: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+        if not self.reads:
+            object.__setattr__(self, "reads", "{row}" + self.column)
+        for identifier in (self.name, self.column, *self.inputs):
+            if not IDENTIFIER.match(identifier):
+                raise ValueError(
+                    f"dimension {self.name!r}: {identifier!r} is not a plain lower-case SQL name"
+                )
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The columns of page_views its value is read from, in the order `reads` names them."""
+        return tuple(dict.fromkeys(READ_COLUMN.findall(self.reads)))
+
+    def value_sql(self, row: str = "") -> str:
+        """The SQL of its value over a row whose columns are written `row` + name ("v." or "")."""
+        return self.reads.replace("{row}", row)
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("path", "top_paths", "Top paths", "path"),
-    # The referring page's domain, www. folded, the site's own pages left out (migrations/0005).
-    Dimension("referrer", "top_referrers", "Referrers", "tally_referrer_domain(referrer, site)"),
-    Dimension("source", "top_sources", "Sources", "source"),
-    Dimension("medium", "top_mediums", "Mediums", "medium"),
-    Dimension("campaign", "top_campaigns", "Campaigns", "campaign"),
-    Dimension("country", "top_countries", "Countries", "country", str.upper),
-    Dimension("browser", "top_browsers", "Browsers", "browser"),
-    Dimension("os", "top_os", "Operating systems", "os"),
-    Dimension("device", "top_devices", "Devices", "device", str.lower),
+    Dimension("path", "top_paths", "Top paths", collect=lambda seen: seen.beacon.path),
+    # The referring page's domain, www. folded, the site's own pages left out (migrations/0005);
+    # a filter by a search engine's name (tally/web/referrers.py) stands for all its domains.
+    Dimension(
+        "referrer",
+        "top_referrers",
+        "Referrers",
+        collect=lambda seen: seen.beacon.referrer,
+        reads="tally_referrer_domain({row}referrer, {row}site)",
+        any_of=True,
+    ),
+    Dimension("source", "top_sources", "Sources", collect=lambda seen: seen.beacon.source),
+    Dimension("medium", "top_mediums", "Mediums", collect=lambda seen: seen.beacon.medium),
+    Dimension("campaign", "top_campaigns", "Campaigns", collect=lambda seen: seen.beacon.campaign),
+    Dimension(
+        "country", "top_countries", "Countries", collect=lambda seen: seen.audience.country, case=str.upper
+    ),
+    Dimension("browser", "top_browsers", "Browsers", collect=lambda seen: seen.audience.browser),
+    Dimension("os", "top_os", "Operating systems", collect=lambda seen: seen.audience.os),
+    Dimension("device", "top_devices", "Devices", collect=lambda seen: seen.audience.device, case=str.lower),
 )
 BY_NAME = {dimension.name: dimension for dimension in DIMENSIONS}
+# The fields of a view as collect and /api/pageviews hand it to `insert_page_views`: the path,
+# referrer and site first (a server-side sender's View(path, referrer, site)), the visitor's id,
+# then every other dimension's column in the table's order.
+VIEW_FIELDS: tuple[str, ...] = (
+    "path",
+    "referrer",
+    "site",
+    "visitor",
+    *(dimension.column for dimension in DIMENSIONS if dimension.column not in ("path", "referrer")),
+)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,5 +1,7 @@
 -- Every query Tally runs, one named block each, loaded into `tally.db.QUERIES`.
--- Parameters are %(name)s placeholders, bound by psycopg, never formatted in.
+-- Parameters are %(name)s placeholders, bound by psycopg, never formatted in. Where a query lists
+-- every dimension it says so with a marker, {{dimension_values}} and the like, which tally/db.py
+-- fills from tally/dimensions.py's table when it loads this file (tally/dimension_sql.py).
 
 -- delete_expired_page_views_batch --
 -- Delete up to batch_size of the oldest rolled-up page views older than the cutoff from the
@@ -84,10 +86,11 @@ SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS
 
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none. The views come as one JSON array
--- of arrays in tally/web/view_writer.py's View order: psycopg dumps one string in C, where eleven
--- lists cost its Python about 15 us a view (docs/ARCHITECTURE.md, "Group commit").
-INSERT INTO page_views (path, referrer, site, source, visitor, medium, campaign, country, browser, os, device)
-SELECT v->>0, v->>1, v->>2, v->>3, (v->>4)::bigint, v->>5, v->>6, v->>7, v->>8, v->>9, v->>10
+-- of arrays in tally/web/view_writer.py's View order (tally/dimensions.py, VIEW_FIELDS): psycopg
+-- dumps one string in C, where a list per column cost its Python about 15 us a view
+-- (docs/ARCHITECTURE.md, "Group commit").
+INSERT INTO page_views ({{view_columns}})
+SELECT {{view_values}}
   FROM jsonb_array_elements(%(views)s::jsonb) AS v
 
 -- store_events --
@@ -168,20 +171,19 @@ SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 -- many carry a visitor id. Grouped here, not per bucket: a long tail (a backfill, a stopped
 -- worker) costs the web a row per day and values, not per 15 minutes. The bounds come in as
 -- values, so the planner sees how few rows lie above the watermark.
-SELECT day, recent, path, tally_referrer_domain(referrer, site) AS referrer, source, medium, campaign,
-       country, browser, os, device, sum(views)::bigint AS views, sum(with_visitor)::bigint AS with_visitor
+SELECT day, recent, {{dimension_values}}, sum(views)::bigint AS views,
+       sum(with_visitor)::bigint AS with_visitor
   FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
                date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s
                    AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') < %(now_bucket)s AS recent,
-               path, referrer, site, source, medium, campaign, country, browser, os, device,
-               count(*) AS views, count(visitor) AS with_visitor
+               {{dimension_inputs}}, count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
            AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
        AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
            AND (%(site)s::text IS NULL OR site = %(site)s)
-         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12) tail
- GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+         GROUP BY 1, 2, {{input_positions:3}}) tail
+ GROUP BY 1, 2, {{value_positions:3}}
 
 -- stats_tail_visitors --
 -- How the tail's views and events move the rolled-up visitors (migrations/0020), for the whole
@@ -769,13 +771,11 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 --   of the event `event`; how many, and their visitors as the event's.
 -- Filters read raw views, so they reach back RETENTION_DAYS.
 WITH matching AS MATERIALIZED (
-    SELECT site, visitor, viewed_at, id, path, tally_referrer_domain(referrer, site) AS referrer, source, medium,
-           campaign, country, browser, os, device, (viewed_at AT TIME ZONE %(tz)s)::date AS day,
+    SELECT site, visitor, viewed_at, id, {{dimension_values}}, (viewed_at AT TIME ZONE %(tz)s)::date AS day,
            viewed_at >= %(start)s AND viewed_at < %(end)s AS inside
       FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
-           date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, %(path)s,
-           %(referrer)s::text[], %(source)s, %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s,
-           %(device)s, %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
+           date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, {{filter_arguments}},
+           %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
 ), senders AS MATERIALIZED (
     -- The ids whose events the answer reads: those of the matching views, and with `goals_only`
     -- and no `goal_path` every sender of `event` in the window (with `goal_path`, each viewed it).
@@ -821,16 +821,7 @@ UNION ALL
 SELECT 'value', NULL, dim, value, sum(views)::bigint, count(visitor), NULL, NULL
   FROM (SELECT dims.dim, dims.value, day, site, visitor, count(*) AS views
           FROM matching
-         CROSS JOIN LATERAL (VALUES
-               ('path', path),
-               ('referrer', referrer),
-               ('source', source),
-               ('medium', medium),
-               ('campaign', campaign),
-               ('country', country),
-               ('browser', browser),
-               ('os', os),
-               ('device', device)) AS dims (dim, value)
+         CROSS JOIN LATERAL (VALUES {{dimension_pairs}}) AS dims (dim, value)
          WHERE %(panels)s AND inside AND dims.value IS NOT NULL
          GROUP BY 1, 2, 3, 4, 5) per_visitor_day
  GROUP BY dim, value
@@ -886,8 +877,7 @@ SELECT count(*) AS current_visitors
 SELECT count(*) AS views_last_24h,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
-  FROM tally_views_matching(%(since)s, 'infinity', %(site)s, %(path)s, %(referrer)s::text[], %(source)s,
-                            %(medium)s, %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s,
+  FROM tally_views_matching(%(since)s, 'infinity', %(site)s, {{filter_arguments}}, %(event)s,
                             %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'))
  WHERE viewed_at <= %(now)s
 
@@ -927,9 +917,8 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 -- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
-  FROM tally_views_matching(%(start)s, %(end)s, %(site)s, %(path)s, %(referrer)s::text[], %(source)s, %(medium)s,
-           %(campaign)s, %(country)s, %(browser)s, %(os)s, %(device)s, %(event)s, %(goal_path)s,
-           %(start)s, %(end)s)
+  FROM tally_views_matching(%(start)s, %(end)s, %(site)s, {{filter_arguments}}, %(event)s,
+           %(goal_path)s, %(start)s, %(end)s)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

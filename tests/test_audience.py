@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from tally.web.audience import audience_of, device_of
 from tests.test_web import roll_up
 from tests.test_web_collect import sites_client
 
-ROOT = Path(__file__).resolve().parent.parent
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 SAFARI_IPHONE = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
@@ -105,24 +103,25 @@ def test_unknowns_are_stored_as_unknown():
 
 
 def test_the_rollup_and_the_queries_name_every_dimension_and_only_those():
+    """The VALUES lists that turn a view into a row per dimension are rendered from the table, in
+    the rollup, the visitor moves (between the whole site's row and events') and filtered_answer."""
+    from tally.db import QUERIES
+    from tally.dimension_sql import dimension_functions
+
     names = [dimension.name for dimension in DIMENSIONS]
     lists = re.compile(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", re.S)
-    texts = [
-        (ROOT / "migrations" / "0020_day_values.sql").read_text(),
-        (ROOT / "tally" / "queries.sql").read_text(),
+    found = [re.findall(r"\('(\w*)', ", block) for block in lists.findall(dimension_functions())]
+    assert found == [names, ["", *names, "event"]], found
+    assert [re.findall(r"\('(\w+)', ", block) for block in lists.findall(QUERIES["filtered_answer"])] == [
+        names
     ]
-    found = [re.findall(r"\('(\w+)', ", block) for text in texts for block in lists.findall(text)]
-    assert len(found) >= 3 and all(block == names for block in found), found
-    for dimension in DIMENSIONS:
-        if dimension.column.isidentifier():
-            assert f"%({dimension.name})s" in texts[1], dimension.name
+    for query in ("filtered_answer", "recent_visitors", "filtered_export"):
+        assert all(f"%({name})s" in QUERIES[query] for name in names), query
 
 
 def test_the_stats_tail_lists_the_dimensions_in_their_order():
-    """tally/web/panels.py reads `stats_tail`'s rows by position: a dimension whose column is
-    elsewhere in the query's list counts its tail's values in another dimension's panel (a
-    `language` line put before `device` showed devices among the languages, and languages among
-    the devices, until the next rollup)."""
+    """tally/web/panels.py reads `stats_tail`'s rows in the table's order: the query's list is
+    rendered from the table, so a dimension's values never land in another's panel."""
     from tally.db import QUERIES
 
     query = "\n".join(line for line in QUERIES["stats_tail"].splitlines() if not line.startswith("--"))
@@ -130,15 +129,6 @@ def test_the_stats_tail_lists_the_dimensions_in_their_order():
     columns = [re.split(r"\s+AS\s+", part.strip())[-1] for part in re.split(r",(?![^(]*\))", select)]
     names = [dimension.name for dimension in DIMENSIONS]
     assert columns == ["day", "recent", *names, "views", "with_visitor"], columns
-
-
-def test_the_visitor_moves_name_every_dimension():
-    """tally_visitor_moves as last written (migrations/0023) lists the dimensions too, between the
-    whole site's row ('') and events'."""
-    text = (ROOT / "migrations" / "0023_event_visitors.sql").read_text()
-    block = re.search(r"CROSS JOIN LATERAL \(VALUES(.*?)\) AS dims", text, re.S).group(1)
-    names = [dimension.name for dimension in DIMENSIONS]
-    assert re.findall(r"\('(\w*)', ", block) == ["", *names, "event"]
 
 
 def test_a_medium_or_campaign_is_kept_as_the_source_is_and_only_a_control_character_leaves_it_out(

@@ -32,6 +32,7 @@ from tally.web.audience import audience_of, campaign_of
 from tally.web.crawlers import is_crawler
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 from tally.web.referrers import stored_referrer
+from tally.web.seen import VIEW_FILLS, Seen
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
 
@@ -295,21 +296,8 @@ class Collector:
         visitor = self.visitors.visitor_id(site, address, user_agent)
         if beacon.event is not None:
             return self._store_event(beacon, visitor)
-        audience = audience_of(address, user_agent, beacon.width)
-        view = View(
-            beacon.path,
-            beacon.referrer,
-            site,
-            beacon.source,
-            visitor,
-            beacon.medium,
-            beacon.campaign,
-            audience.country,
-            audience.browser,
-            audience.os,
-            audience.device,
-        )
-        self.writer.write([view])
+        seen = Seen(beacon, audience_of(address, user_agent, beacon.width), visitor, request)
+        self.writer.write([View._make([fill(seen) for fill in VIEW_FILLS])])
         return Outcome(201, {"stored": 1})
 
     def _store_event(self, beacon: Beacon, visitor: int) -> Outcome:

@@ -27,38 +27,37 @@ with `InsertQueueTimeout`, a 503: nothing of it was stored, and nothing will be.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 import psycopg_pool
 from prometheus_client import Counter
 
 from tally.db import QUERIES
+from tally.dimensions import VIEW_FIELDS
 from tally.sites import DEFAULT_SITE
 
 logger = logging.getLogger("tally.web.view_writer")
 
 
-class View(NamedTuple):
-    """One page view to store; a plain (path, referrer) tuple is one too."""
+class View(
+    collections.namedtuple(
+        "View", VIEW_FIELDS, defaults=(None, DEFAULT_SITE, *(None for _field in VIEW_FIELDS[3:]))
+    )
+):
+    """One page view to store, its fields tally/dimensions.py's VIEW_FIELDS: path, referrer, site,
+    visitor (the keyed hash of tally/web/visitors.py, never an address) and every other
+    dimension's value (categories of the sender, never its address or user agent). View("/a")
+    and View(path, referrer, site) leave the rest None (the site: the default one)."""
 
-    path: str
-    referrer: str | None = None
-    site: str = DEFAULT_SITE
-    source: str | None = None
-    visitor: int | None = None  # the keyed hash of tally/web/visitors.py, never an address
-    medium: str | None = None
-    campaign: str | None = None
-    country: str | None = None  # categories of the sender (tally/web/audience.py), never
-    browser: str | None = None  # the address or the user agent themselves
-    os: str | None = None
-    device: str | None = None
+    __slots__ = ()
 
 
 # The longest a request waits for the insert in flight before it gives up (503); its own
