@@ -123,12 +123,13 @@ def test_the_stats_tail_lists_the_dimensions_in_their_order():
     """tally/web/panels.py reads `stats_tail`'s rows in the table's order: the query's list is
     rendered from the table, so a dimension's values never land in another's panel."""
     from tally.db import QUERIES
+    from tally.web.panels import TAIL_COLUMNS
 
     query = "\n".join(line for line in QUERIES["stats_tail"].splitlines() if not line.startswith("--"))
     select = query.split("\n  FROM", 1)[0].removeprefix("SELECT")
     columns = [re.split(r"\s+AS\s+", part.strip())[-1] for part in re.split(r",(?![^(]*\))", select)]
     names = [dimension.name for dimension in DIMENSIONS]
-    assert columns == ["day", "recent", *names, "views", "with_visitor"], columns
+    assert columns == ["day", "recent", *names, "views", "with_visitor"] == list(TAIL_COLUMNS), columns
 
 
 def test_a_medium_or_campaign_is_kept_as_the_source_is_and_only_a_control_character_leaves_it_out(

@@ -24,6 +24,11 @@ from tally.web.windows import Window, count_days
 if TYPE_CHECKING:
     from tally.web.stats import RolledUp
 
+# A `stats_tail` row's columns, as the query lists them (its list is rendered from the table):
+# the day, whether in the last 24 hours, each dimension's value, the views and how many had an id.
+TAIL_COLUMNS = ("day", "recent", *(dimension.name for dimension in DIMENSIONS), "views", "with_visitor")
+TAIL = {name: index for index, name in enumerate(TAIL_COLUMNS)}
+
 
 def top_values(
     cur: psycopg.Cursor,
@@ -38,12 +43,14 @@ def top_values(
     """Every dimension's top values with their views (rollups and tail) and visitors, and the
     top event names (under events.DIM) with their events and visitors."""
     tail_values: dict[str, collections.Counter[str]] = {d.name: collections.Counter() for d in DIMENSIONS}
+    places = [(dimension.name, TAIL[dimension.name]) for dimension in DIMENSIONS]
+    day, views = TAIL["day"], TAIL["views"]
     for row in tail:
-        if not window.days[0] <= row[0] <= window.days[-1]:
+        if not window.days[0] <= row[day] <= window.days[-1]:
             continue
-        for index, dimension in enumerate(DIMENSIONS, start=2):
+        for name, index in places:
             if row[index] is not None:
-                tail_values[dimension.name][row[index]] += row[-2]
+                tail_values[name][row[index]] += row[views]
     tail_values["referrer"] = by_name(tail_values["referrer"])
     tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
     tops[events.DIM] = rolled_up.tops[events.DIM].top(tail_events, events.DIM)

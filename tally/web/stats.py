@@ -35,7 +35,7 @@ import psycopg_pool
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, filtered, visits
-from tally.web.panels import top_values
+from tally.web.panels import TAIL, top_values
 from tally.web.referrers import by_name
 from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, count_days, with_changes
 
@@ -182,7 +182,7 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         recent = {"recent": window.first_full_bucket, "now_bucket": window.now_bucket}
         cur.execute(QUERIES["stats_tail"], {**bounds, **recent})
-        tail = [row for row in cur.fetchall() if window.current or row[0] <= window.days[-1]]
+        tail = [row for row in cur.fetchall() if window.current or row[TAIL["day"]] <= window.days[-1]]
         cur.execute(QUERIES["stats_tail_events"], bounds)
         tail_event_rows = cur.fetchall()
         tail_events: collections.Counter[str] = collections.Counter()
@@ -190,7 +190,9 @@ class StatsReader:
             if window.days[0] <= day <= window.days[-1]:
                 tail_events[name] += count
         tail_visitors, tail_visits = [], []
-        if tail_event_rows or any(row[-1] for row in tail):  # ids in the tail: how they meet the rollups'
+        if tail_event_rows or any(
+            row[TAIL["with_visitor"]] for row in tail
+        ):  # ids in the tail: how they meet the rollups'
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
             cur.execute(QUERIES["stats_tail_visits"], bounds)
@@ -228,7 +230,7 @@ class StatsReader:
                 rows = rolled_up.tops[dim].top(pages[dim], "path")
                 answer[panel] = [{"path": row["path"], "visits": row["views"]} for row in rows]
             answer["crawlers_filtered"] = crawlers
-        return answer, sum(row[-2] for row in tail)
+        return answer, sum(row[TAIL["views"]] for row in tail)
 
     def _first_to_ask(self, state: tuple) -> bool:
         # One request per rollup state asks; the others know it has been asked.
@@ -304,7 +306,7 @@ class StatsReader:
         visitors = collections.Counter(rolled_up.visitors)
         last_24h = partial_bucket + rolled_up.after_boundary
         for row in tail:
-            day, recent, views = row[0], row[1], row[-2]
+            day, recent, views = row[TAIL["day"]], row[TAIL["recent"]], row[TAIL["views"]]
             if day >= window.days[0]:
                 daily[day] += views
             if recent:
