@@ -11,14 +11,18 @@ numbered migrations, every release, with a missing dimension's column added firs
 
 Adding a dimension `x` is one line here, e.g. the first language a browser asks for:
 
-    Dimension("language", "top_languages", "Languages",
-              collect=lambda seen: (seen.header("Accept-Language") or "").split(",")[0][:35].lower() or None),
+    Dimension("language", "top_languages", "Languages", collect=lambda seen:
+        (seen.header("Accept-Language") or "").split(",")[0].split(";")[0].strip()[:35].lower() or None),
 
-Its place sets the panels' order; `collect` gets the request as tally/web/collect.py's `Seen`
+Its place sets the panels' order; `collect` gets the request as tally/web/seen.py's `Seen`
 (the beacon, its sender's audience, the visitor's id, the headers) and returns the value, or
 None, kept short (a header may be 8 KB). The next release (`python -m migrations`) adds the
 column `x text` to page_views (catalog only, on a partitioned table) and renders the functions
-with it; views stored before count as having no value, as server-side ones do.
+with it; views stored before count as having no value, as server-side ones do. `column=` stores
+it under another name, `reads=` makes its value SQL over the row (the referrer's domain), `case=`
+writes a filter's value as stored. Taking a dimension out of the table leaves its column and
+the old release's tally_views_matching in place: drop them with a numbered migration once no
+process of that release runs.
 
 >>> [dimension.name for dimension in DIMENSIONS][:3]
 ['path', 'referrer', 'source']
