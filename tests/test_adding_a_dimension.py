@@ -55,14 +55,17 @@ PANELS = {d.panel: (d.name, d.value_sql()) for d in DIMENSIONS} | {"top_language
 
 
 def copy_of_the_tree(destination: Path) -> Path:
-    """The repository's files (tracked, and new ones not ignored), copied; no .venv, no .git."""
+    """The repository's files (tracked, and new ones not ignored), copied; no .venv, no .git.
+    Outside a git checkout (an unpacked archive), every file but the local state's."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
         capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
+    )
+    if listed.returncode != 0:
+        ignored = shutil.ignore_patterns(".git", ".venv", ".tally", "__pycache__", ".*_cache", ".hypothesis")
+        return Path(shutil.copytree(ROOT, destination, ignore=ignored))
+    for name in filter(None, listed.stdout.decode().split("\0")):
         source = ROOT / name
         if source.is_file() and not source.is_symlink():
             target = destination / name
