@@ -22,7 +22,7 @@ from tally.web.referrers import by_name, referrer_name
 from tally.web.windows import Window, count_days
 
 if TYPE_CHECKING:
-    from tally.web.stats import RolledUp
+    from tally.web.rolled_up import RolledUp
 
 # A `stats_tail` row's columns, as the query lists them (its list is rendered from the table):
 # the day, whether in the last 24 hours, each dimension's value, the views and how many had an id.

@@ -9,10 +9,11 @@ views fall on. With filters the answer counts the matching raw views instead
 
 The rollup job moves its state (the snapshot it folded at: a watermark and the
 transactions then in progress) and the rollup tables together, so the rolled-up part
-of any window is a function of that state: it is cached per state and recomputed only
-after a rollup. Each request reads the state, the tail it leaves out and, on a cache
-miss, the rollups, all in one REPEATABLE READ snapshot. A request that finds a long
-tail asks for a rollup (`request_rollup`), so the tail stays short under traffic.
+of any window is a function of that state (tally/web/rolled_up.py reads it): it is cached
+per state and read again only after a rollup. Each request reads the state, the tail it
+leaves out and, on a cache miss, the rollups, all in one REPEATABLE READ snapshot. A request
+that finds a long tail asks for a rollup (`request_rollup`), so the tail stays short under
+traffic.
 
     >>> reader = StatsReader(pool, retention_days=30)   # doctest: +SKIP
     >>> reader.stats_for_window(7)["total_views"]       # doctest: +SKIP
@@ -33,11 +34,10 @@ import psycopg
 import psycopg_pool
 
 from tally.db import QUERIES
-from tally.dimensions import DIMENSIONS
 from tally.web import events, filtered, visits
 from tally.web.panels import TAIL, top_values
-from tally.web.referrers import by_name
-from tally.web.windows import DAY, MAX_DAYS, Ranking, Window, bucket_of, count_days, with_changes
+from tally.web.rolled_up import RolledUp, read_rolled_up
+from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
@@ -57,21 +57,6 @@ def snapshot(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Cursor]:
         conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
         with conn.transaction(), conn.cursor() as cur:
             yield cur
-
-
-@dataclasses.dataclass(frozen=True)
-class RolledUp:
-    """The rolled-up part of one window, valid for one rollup state."""
-
-    start: datetime.datetime  # the window's first local midnight
-    daily: dict[datetime.date, int]
-    visitors: dict[datetime.date, int]
-    after_boundary: int  # views in the full buckets of the last 24 hours
-    tops: dict[str, Ranking]  # per dimension; referrers by name: search engines grouped
-    end: datetime.datetime  # the window's end (infinity for a window that ends now)
-    referrer_domains: list[str]  # the domains behind the referrer names
-    value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
-    visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
 
 
 class StatsReader:
@@ -249,50 +234,7 @@ class StatsReader:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
-        start = cur.fetchone()[0]
-        # The window ends at the midnight after its last day, today's too: a view dated later
-        # (a clock far off) counts on its own day, not in today's panels.
-        cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
-        end = cur.fetchone()[0]
-        since = min(start, window.first_full_bucket)
-        cur.execute(
-            QUERIES["stats_rolled_up_days"],
-            {
-                "since": since,
-                "end": end,
-                "recent": window.first_full_bucket,
-                "now_bucket": window.now_bucket,
-                "site": site,
-                "tz": tz,
-            },
-        )
-        daily: dict[datetime.date, int] = {}
-        after_boundary = 0
-        for day, views, recent in cur.fetchall():
-            if window.days[0] <= day <= window.days[-1]:
-                daily[day] = views
-            after_boundary += recent
-        cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "end": end, "site": site, "tz": tz})
-        visitors: collections.Counter[datetime.date] = collections.Counter()
-        for day, count in cur.fetchall():
-            count_days(visitors, window, day, count)
-        cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
-        values: dict[str, dict[str, int]] = {
-            name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM)
-        }
-        for dim, value, views in cur.fetchall():
-            if dim in values:
-                values[dim][value] = views
-        domains = list(values["referrer"])
-        values["referrer"] = by_name(values["referrer"])
-        tops = {dim: Ranking.of(views) for dim, views in values.items()}
-        per_day = {
-            day: counts
-            for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
-            if window.days[0] <= day <= window.days[-1]
-        }
-        rolled_up = RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day)
+        rolled_up = read_rolled_up(cur, site, tz, window)
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:

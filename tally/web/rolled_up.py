@@ -1,0 +1,81 @@
+"""The rolled-up part of a window: its days' views and visitors, every dimension's values, the
+visits, as the rollup tables held them at one rollup state (tally/web/stats.py caches it per
+state: no rollup, no change). The tail not yet rolled up is added to it per request.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+
+import psycopg
+
+from tally.db import QUERIES
+from tally.dimensions import DIMENSIONS
+from tally.web import events, visits
+from tally.web.referrers import by_name
+from tally.web.windows import DAY, Ranking, Window, count_days
+
+
+@dataclasses.dataclass(frozen=True)
+class RolledUp:
+    """The rolled-up part of one window, valid for one rollup state."""
+
+    start: datetime.datetime  # the window's first local midnight
+    daily: dict[datetime.date, int]
+    visitors: dict[datetime.date, int]
+    after_boundary: int  # views in the full buckets of the last 24 hours
+    tops: dict[str, Ranking]  # per dimension; referrers by name: search engines grouped
+    end: datetime.datetime  # the window's end (infinity for a window that ends now)
+    referrer_domains: list[str]  # the domains behind the referrer names
+    value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
+    visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
+
+
+def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:
+    """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`."""
+    cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
+    start = cur.fetchone()[0]
+    # The window ends at the midnight after its last day, today's too: a view dated later
+    # (a clock far off) counts on its own day, not in today's panels.
+    cur.execute(QUERIES["local_midnight"], {"day": window.days[-1] + DAY, "tz": tz})
+    end = cur.fetchone()[0]
+    since = min(start, window.first_full_bucket)
+    cur.execute(
+        QUERIES["stats_rolled_up_days"],
+        {
+            "since": since,
+            "end": end,
+            "recent": window.first_full_bucket,
+            "now_bucket": window.now_bucket,
+            "site": site,
+            "tz": tz,
+        },
+    )
+    daily: dict[datetime.date, int] = {}
+    after_boundary = 0
+    for day, views, recent in cur.fetchall():
+        if window.days[0] <= day <= window.days[-1]:
+            daily[day] = views
+        after_boundary += recent
+    cur.execute(QUERIES["stats_rolled_up_visitors"], {"start": start, "end": end, "site": site, "tz": tz})
+    visitors: collections.Counter[datetime.date] = collections.Counter()
+    for day, count in cur.fetchall():
+        count_days(visitors, window, day, count)
+    cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
+    values: dict[str, dict[str, int]] = {
+        name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM)
+    }
+    for dim, value, views in cur.fetchall():
+        if dim in values:
+            values[dim][value] = views
+    domains = list(values["referrer"])
+    values["referrer"] = by_name(values["referrer"])
+    tops = {dim: Ranking.of(views) for dim, views in values.items()}
+    per_day = {
+        day: counts
+        for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
+        if window.days[0] <= day <= window.days[-1]
+    }
+    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day)
