@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 import jobs
 from tally.config import from_env
 from tally.web.app import build_app
-from tally.web.collect import Refused, parse_collect_body
+from tally.web.beacon import Refused, parse_collect_body
 from tests.conftest import VENV_BIN, free_port, process_environment
 from tests.test_web import TOKEN as WEB_TOKEN
 from tests.test_web import make_client

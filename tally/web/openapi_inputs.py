@@ -2,7 +2,7 @@
 the path parameters, the bodies' schemas.
 
 Each is written from the parser's own limits and patterns (tally/web/pageviews.py,
-tally/web/collect.py, tally/sites.py, tally/web/params.py), so a value the document calls
+tally/web/beacon.py, tally/sites.py, tally/web/params.py), so a value the document calls
 valid is never refused and one it calls invalid is never taken: Schemathesis checks both
 ways (tests/test_openapi.py). To add a query parameter, add one line to PARAMETERS and its
 name to the route's `params` in tally/web/openapi.py.
@@ -15,7 +15,7 @@ from typing import Any
 from tally.dimensions import DIMENSIONS
 from tally.env import time_zone_names
 from tally.sites import MAX_HOST_NAME, SITE_NAME
-from tally.web import collect
+from tally.web import beacon as beacon_body
 from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
@@ -120,8 +120,8 @@ def page_views() -> dict[str, Any]:
 
 
 def beacon() -> dict[str, Any]:
-    """The body of POST /api/collect (tally/web/collect.py): a view, or an event with props."""
-    prop_value = {"type": ["string", "number", "boolean"], "maxLength": collect.MAX_PROP_VALUE}
+    """The body of POST /api/collect (tally/web/beacon.py): a view, or an event with props."""
+    prop_value = {"type": ["string", "number", "boolean"], "maxLength": beacon_body.MAX_PROP_VALUE}
     return {
         "type": "object",
         "required": ["url"],
@@ -132,20 +132,24 @@ def beacon() -> dict[str, Any]:
             "width": {
                 "type": ["number", "null"],
                 "minimum": 0,
-                "maximum": collect.MAX_WIDTH,
+                "maximum": beacon_body.MAX_WIDTH,
                 "description": "window.innerWidth",
             },
             "event": {
                 "type": ["string", "null"],
-                "maxLength": collect.MAX_EVENT_NAME,
+                "maxLength": beacon_body.MAX_EVENT_NAME,
                 # Not blank: something besides spaces.
                 "pattern": f"^[^{CONTROL}]*[^\\s{CONTROL}][^{CONTROL}]*$",
                 "description": "A custom event's name: the beacon is that event, not a view.",
             },
             "props": {
                 "type": ["object", "null"],
-                "maxProperties": collect.MAX_PROPS,
-                "propertyNames": {"minLength": 1, "maxLength": collect.MAX_PROP_KEY, "pattern": TEXT_PATTERN},
+                "maxProperties": beacon_body.MAX_PROPS,
+                "propertyNames": {
+                    "minLength": 1,
+                    "maxLength": beacon_body.MAX_PROP_KEY,
+                    "pattern": TEXT_PATTERN,
+                },
                 "additionalProperties": {**prop_value, "pattern": TEXT_PATTERN},
                 "description": "The event's props; never personal data.",
             },

@@ -9,7 +9,8 @@ import bottle
 
 from tally.config import Config
 from tally.sites import DEFAULT_SITE
-from tally.web.collect import Collector, Refused, cors_headers
+from tally.web.beacon import Refused
+from tally.web.collect import Collector, cors_headers
 from tally.web.metrics import Metrics
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.responses import database_unavailable, json_error, json_response

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import bottle
 
     from tally.web.audience import Audience
-    from tally.web.collect import Beacon
+    from tally.web.beacon import Beacon
 
 
 class Seen(NamedTuple):

@@ -1,0 +1,196 @@
+"""A beacon's body, as tally.js (or an app, or a server) posts it to /api/collect: checked whole,
+or refused with a status and a sentence that says what is wrong (nothing is stored then).
+
+    >>> beacon = parse_collect_body(b'{"url": "https://Example.com:8443/a?utm_source=news", "width": 390}')
+    >>> beacon.site, beacon.path, beacon.source, beacon.referrer, beacon.width, beacon.event
+    ('example.com', '/a', 'news', None, 390, None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import urllib.parse
+
+from tally.sites import parse_site
+from tally.web.audience import campaign_of
+from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+from tally.web.referrers import stored_referrer
+
+SOURCE_PARAMETERS = ("utm_source", "ref", "source")
+MAX_SOURCE = 256
+FIELDS = {"url", "referrer", "width", "event", "props"}
+# An event's limits (DESIGN.md, "Visits and events"); past them a 400 and nothing stored.
+MAX_EVENT_NAME = 120
+MAX_PROPS = 30
+MAX_PROP_KEY = 300
+MAX_PROP_VALUE = 2000
+MAX_WIDTH = 100_000
+# Line breaks and tabs in a prop's value (an attribute of formatted HTML: data-tally-prop-plan="
+#   pro") are folded into one space: the tracker cannot see a 400, so the click would be lost.
+FOLDED_WHITESPACE = re.compile(r"\s*[\t\n\r]\s*")
+
+
+class Refused(Exception):
+    """The request cannot be stored: an HTTP status and the sentence that says why."""
+
+    def __init__(self, status: int, sentence: str):
+        super().__init__(sentence)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Beacon:
+    """What a beacon's body says of its view."""
+
+    site: str
+    path: str
+    source: str | None
+    referrer: str | None
+    medium: str | None = None
+    campaign: str | None = None
+    width: int | None = None  # window.innerWidth, CSS pixels
+    event: str | None = None  # a custom event's name: the beacon is that event, not a view
+    props: dict[str, str | int | float | bool] | None = None
+
+
+def parse_collect_body(body: bytes) -> Beacon:
+    """The view a beacon's body describes; raises Refused(400) saying what is wrong."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Refused(400, "The body is not valid UTF-8.") from None
+    except (ValueError, RecursionError):
+        raise Refused(
+            400, 'The body must be JSON such as {"url": "https://example.com/", "referrer": ""}.'
+        ) from None
+    if not isinstance(document, dict):
+        raise Refused(400, 'The body must be a JSON object such as {"url": "https://example.com/"}.')
+    unknown = sorted(set(document) - FIELDS)
+    if unknown:
+        raise Refused(
+            400,
+            f'Unknown field "{unknown[0]}"; a beacon has "url", "referrer", "width", "event" and "props".',
+        )
+    url = _text(document.get("url"), "url")
+    if url is None:
+        raise Refused(400, 'The field "url" is missing.')
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname, _port = parts.hostname, parts.port  # reading the port checks it
+    except ValueError:
+        raise Refused(400, '"url" is not a valid URL.') from None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        raise Refused(400, '"url" must be an http or https URL with a host name.')
+    site = parse_site(hostname)
+    if site is None:
+        raise Refused(400, f'"url" has no valid host name: {hostname!r}.')
+    path = parts.path or "/"
+    if not path.startswith("/"):
+        raise Refused(400, '"url" must have a path starting with "/".')
+    medium, campaign = campaign_of(parts.query)
+    event = _event_name(document.get("event"))
+    props = _props(document.get("props"))
+    if props and event is None:
+        raise Refused(400, '"props" belong to an event: send "event" with them.')
+    return Beacon(
+        site,
+        path,
+        _source(parts.query),
+        _referrer(document.get("referrer")),
+        medium,
+        campaign,
+        _width(document.get("width")),
+        event,
+        props,
+    )
+
+
+def _event_name(value: object) -> str | None:
+    name = _text(value, "event")
+    if name is None:
+        return None
+    if not name.strip() or len(name) > MAX_EVENT_NAME:
+        raise Refused(400, f'"event" must be a name of 1 to {MAX_EVENT_NAME} characters.')
+    return name
+
+
+def _props(value: object) -> dict[str, str | int | float | bool] | None:
+    """An event's props: at most MAX_PROPS keys, each with a string, number or boolean."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Refused(400, '"props" must be an object such as {"plan": "pro"}.')
+    if len(value) > MAX_PROPS:
+        raise Refused(400, f'"props" has more than {MAX_PROPS} keys.')
+    for key, item in value.items():
+        if not key or len(key) > MAX_PROP_KEY or CONTROL_CHARACTERS.search(key):
+            raise Refused(400, f"A prop's key must be 1 to {MAX_PROP_KEY} printable characters.")
+        _text(key, "props")  # valid Unicode
+        if isinstance(item, str):
+            folded = FOLDED_WHITESPACE.sub(" ", item)
+            if folded != item:
+                item = value[key] = folded.strip()
+            if len(item) > MAX_PROP_VALUE:
+                raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
+            _text(item, "props")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise Refused(400, f'Prop "{key[:40]}" must be a finite number.')
+        elif not isinstance(item, bool | int | float):
+            raise Refused(400, f'Prop "{key[:40]}" must be a string, a number or a boolean, not nested.')
+        elif len(repr(item)) > MAX_PROP_VALUE:  # shown as text in event_props, as a string is
+            raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
+    return value
+
+
+def _width(value: object) -> int | None:
+    """The window's width in CSS pixels: a whole number from 0 to MAX_WIDTH, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise Refused(400, '"width" must be a number of CSS pixels.')
+    if not 0 <= value <= MAX_WIDTH:
+        raise Refused(400, f'"width" must be from 0 to {MAX_WIDTH}.')
+    return int(value)
+
+
+def _text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Refused(400, f'"{field}" must be a string.')
+    if len(value) > MAX_TEXT:
+        raise Refused(400, f'"{field}" is longer than {MAX_TEXT} characters.')
+    if CONTROL_CHARACTERS.search(value):
+        raise Refused(400, f'"{field}" contains a control character.')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(400, f'"{field}" is not valid Unicode (a lone surrogate).') from None
+    return value
+
+
+def _source(query: str) -> str | None:
+    """The campaign: the first printable one of utm_source, ref and source in the page's query
+    string, cut to MAX_SOURCE (as medium and campaign are: a stray newline in a mail's link
+    loses the source, never the visitor's view)."""
+    fields = urllib.parse.parse_qs(query, keep_blank_values=False)
+    for name in SOURCE_PARAMETERS:
+        for value in fields.get(name, []):
+            value = value.strip()
+            if value and not CONTROL_CHARACTERS.search(value):
+                return value[:MAX_SOURCE]
+    return None
+
+
+def _referrer(value: object) -> str | None:
+    """The referring page as stored (tally/web/referrers.py, `stored_referrer`), or None."""
+    referrer = _text(value, "referrer")
+    if not referrer:
+        return None
+    try:
+        return stored_referrer(referrer)
+    except ValueError:
+        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.') from None
