@@ -59,7 +59,7 @@ class Dimension:
     panel: str  # the stats answer's list of the top values
     title: str  # the dashboard's heading
     _: dataclasses.KW_ONLY
-    # A view's value from what collect saw (tally/web/collect.py, `Seen`); None for none.
+    # A view's value from what collect saw (tally/web/seen.py, `Seen`); None for none.
     # Without one, only views stored by other means (SQL) have values.
     collect: Callable[[Any], str | None] = _no_value
     column: str = ""  # the text column of page_views that stores it: the name unless given
