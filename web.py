@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import signal
 import sys
 
 import jobs
@@ -37,8 +36,7 @@ def main() -> None:
         connections=settings.web_pool_size,
         replica_connections=db.REPLICA_POOL_SIZE + 1 if replica else 0,
     )
-    # Heroku stops a dyno with SIGTERM: exit cleanly instead of dying mid-write.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Heroku stops a dyno with SIGTERM: serving drains the open connections, then returns.
     try:
         serving.serve(app, port=settings.port, threads=settings.web_threads)
     except OSError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -147,6 +148,53 @@ def test_web_serves_health_and_logs_its_start_line(start_process):
     assert len(start_lines) == 1
     assert "file=web.py" in start_lines[0] and "processType=web" in start_lines[0]
     assert "web.7" in start_lines[0]
+
+
+def test_sigterm_answers_what_open_connections_send_then_stops(start_process, conn):
+    """On SIGTERM the web stopped reading at once: a beacon sent just after it on a kept-alive
+    connection got no answer and was reset (a helper's soak lost 4 per restart). Now the
+    listening socket closes (a new connection is refused), a request on an open connection is
+    answered and stored, with `Connection: close`, and the web then stops by itself."""
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+    view = json.dumps({"path": "/kept-alive"})
+    headers = {"Content-Type": "application/json"}
+    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    kept.request("POST", "/api/pageviews", view, headers)
+    first = kept.getresponse()
+    first.read()
+    assert first.status == 201 and first.getheader("Connection") is None  # kept alive
+    web.signal(signal.SIGTERM)
+    web.wait_for_line("SIGTERM: answering the open connections")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    kept.request("POST", "/api/pageviews", view, headers)
+    second = kept.getresponse()
+    second.read()
+    assert second.status == 201 and second.getheader("Connection") == "close"
+    kept.close()
+    started = time.monotonic()
+    assert web.wait(10) == 0
+    assert time.monotonic() - started < 3  # every connection closed: no need to wait the drain out
+    assert conn.execute("SELECT count(*) FROM page_views WHERE path = '/kept-alive'").fetchone()[0] == 2
+
+
+def test_an_idle_connection_holds_a_stopping_web_no_longer_than_the_drain(start_process):
+    from tally.web.serving import DRAIN_SECONDS
+
+    port = free_port()
+    web = start_process(["web.py"], {"PORT": str(port)})
+    web.wait_for_line("Serving on")
+    idle = socket.create_connection(("127.0.0.1", port), timeout=5)  # a router's kept connection
+    try:
+        time.sleep(0.2)  # accepted
+        started = time.monotonic()
+        web.signal(signal.SIGTERM)
+        assert web.wait(DRAIN_SECONDS + 8) == 0
+        assert DRAIN_SECONDS - 0.5 < time.monotonic() - started < DRAIN_SECONDS + 6
+    finally:
+        idle.close()
 
 
 def test_a_client_holding_hundreds_of_half_sent_requests_leaves_the_web_answering(start_process):

@@ -10,19 +10,31 @@ woke run at once: 3,590 and 3,470 req/s (docs/ARCHITECTURE.md, "waitress and the
 And a request waitress cannot read itself (a Content-Length that is no number) is answered
 in the API's JSON, not waitress's plain text.
 
+SIGTERM (Heroku's stop) drains: the listening socket closes at once (a new connection is
+refused, and the router tries another dyno), and for up to DRAIN_SECONDS the connections
+already open are still read and answered, each answer with `Connection: close`; then the
+process stops (waitress gives running requests 5 s more). Stopping at once reset the
+requests that clients had sent on kept-alive connections just after the signal: a beacon
+lost, with no answer (a helper's soak: 4 beacons and a dashboard read per restart). A second
+SIGTERM stops at once.
+
     >>> serve(app, port=5000, threads=4)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import waitress
 import waitress.server
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher, WSGITask
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -34,6 +46,13 @@ MAX_REQUEST_BODY_BYTES = 2 * 1024 * 1024
 # stops at 1,024 descriptors): at 100, one client holding 100 half-sent requests (which each
 # byte keeps alive for waitress's 120 s) left the dyno answering nobody, health included.
 CONNECTION_LIMIT = 1000
+# After SIGTERM, how long requests on connections already open are still answered: well inside
+# the 30 s Heroku gives a dyno before SIGKILL, with waitress's 5 s for running requests after.
+DRAIN_SECONDS = 5.0
+# How often the drain looks whether every connection has closed (it then stops sooner).
+DRAIN_CHECK_SECONDS = 0.05
+
+logger = logging.getLogger("tally.web")
 
 
 class GilYieldingDispatcher(ThreadedTaskDispatcher):
@@ -59,15 +78,54 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class DrainingTask(WSGITask):
+    """waitress's task, whose answer says `Connection: close` once the server drains."""
+
+    def build_response_header(self) -> bytes:
+        if getattr(self.channel.server, "draining", False):
+            self.set_close_on_finish()
+        return super().build_response_header()
+
+
 class JsonErrorChannel(HTTPChannel):
+    task_class = DrainingTask
     error_task_class = JsonErrorTask
 
 
+class Drain:
+    """SIGTERM's graceful stop of one server (the module's docstring says what it does)."""
+
+    def __init__(self, server: Any, seconds: float = DRAIN_SECONDS):
+        self.server = server
+        self.seconds = seconds
+        self.main_thread = threading.get_ident()
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if getattr(self.server, "draining", False):
+            raise SystemExit(0)  # the drain's end (or a second SIGTERM): waitress stops now
+        self.server.draining = True
+        wasyncore.dispatcher.close(self.server)  # the listening socket only: no new connection
+        logger.info("SIGTERM: answering the open connections for up to %g s, then stopping", self.seconds)
+        threading.Thread(target=self._end, name="drain", daemon=True).start()
+
+    def _end(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and self._open_connections():
+            time.sleep(DRAIN_CHECK_SECONDS)
+        signal.pthread_kill(self.main_thread, signal.SIGTERM)
+
+    def _open_connections(self) -> bool:
+        return any(isinstance(channel, HTTPChannel) for channel in list(self.server._map.values()))
+
+
 def _server_with_json_errors(app: WSGIApplication, **settings: Any) -> Any:
-    """waitress's server, whose connections answer unreadable requests in JSON (the hook
-    `waitress.serve` offers for its server is `_server`, as `_dispatcher` is for its queue)."""
+    """waitress's server, whose connections answer unreadable requests in JSON and which drains
+    on SIGTERM (the hook `waitress.serve` offers for its server is `_server`, as `_dispatcher`
+    is for its queue)."""
     server = waitress.server.create_server(app, **settings)
     server.channel_class = JsonErrorChannel
+    server.draining = False
+    signal.signal(signal.SIGTERM, Drain(server).on_sigterm)
     return server
 
 
@@ -77,7 +135,8 @@ def serve(
     threads: int,
     dispatcher_class: type[ThreadedTaskDispatcher] = GilYieldingDispatcher,
 ) -> None:
-    """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until the process stops.
+    """Serve `app` on 0.0.0.0:`port` with `threads` worker threads until SIGTERM (drained) or
+    SIGINT. Call it from the main thread: it sets the SIGTERM handler.
 
     `dispatcher_class=ThreadedTaskDispatcher` is plain waitress (the benchmark's baseline).
     """
