@@ -2,7 +2,7 @@
 
 A query of tally/queries.sql, or a function of migrations/dimension_functions.sql, writes a
 marker where it lists the dimensions: `{{dimension_values}}`, or with an argument,
-`{{dimension_values:v}}` (qualified by the alias `v`), `{{column_positions:4}}` (GROUP BY
+`{{dimension_values:v}}` (qualified by the alias `v`), `{{dimension_positions:4}}` (GROUP BY
 positions from 4 on). `render` fills each from DIMENSIONS; an unknown marker, or braces left
 over, is an error when the text is loaded, never a query sent with a hole in it. Every name
 written comes from the table, whose names tally/dimensions.py checks are plain identifiers;
@@ -13,7 +13,7 @@ out by hand (tests/test_dimension_sql.py holds the functions to their last migra
 
 >>> render("SELECT {{dimension_values:v}} FROM page_views v")[:70]
 'SELECT v.path, tally_referrer_domain(v.referrer, v.site) AS referrer, '
->>> render("GROUP BY 1, 2, {{column_positions:3}}")
+>>> render("GROUP BY 1, 2, {{dimension_positions:3}}")
 'GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11'
 """
 
@@ -87,10 +87,10 @@ RENDERERS: dict[str, Callable[[str | None], str]] = {
     "dimension_nulls": lambda _: _joined("NULL" for _d in DIMENSIONS),
     # A VALUES row per dimension, its name and its value: ('path', path), ...
     "dimension_pairs": lambda _: _joined(f"('{d.name}', {d.name})" for d in DIMENSIONS),
-    # GROUP BY positions, from the argument on, of each column, input or value.
-    "column_positions": lambda start: _positions(len(DIMENSIONS), start),
+    # GROUP BY positions, from the argument on: one per dimension (its column or its value),
+    # or one per column the values read.
+    "dimension_positions": lambda start: _positions(len(DIMENSIONS), start),
     "input_positions": lambda start: _positions(len(_inputs()), start),
-    "value_positions": lambda start: _positions(len(DIMENSIONS), start),
     # tally_views_matching's arguments for the filters (of_path text, referrers text[], ...),
     # its conditions (AND (of_path IS NULL OR v.path = of_path) ...), and a call's parameters.
     "filter_parameters": lambda _: _joined(

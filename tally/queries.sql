@@ -183,7 +183,7 @@ SELECT day, recent, {{dimension_values}}, sum(views)::bigint AS views,
        AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
            AND (%(site)s::text IS NULL OR site = %(site)s)
          GROUP BY 1, 2, {{input_positions:3}}) tail
- GROUP BY 1, 2, {{value_positions:3}}
+ GROUP BY 1, 2, {{dimension_positions:3}}
 
 -- stats_tail_visitors --
 -- How the tail's views and events move the rolled-up visitors (migrations/0020), for the whole
