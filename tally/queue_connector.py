@@ -61,7 +61,8 @@ class CatchingUpConnector(PsycopgConnector):
 
     A worker fetches once, then starts listening; a job deferred in between, or while a
     lost LISTEN connection was being replaced, sent its NOTIFY to nobody and would wait
-    for the next poll. Once listening, one "job inserted" wake-up makes the worker look.
+    for the next poll. Once listening, one "job inserted" wake-up makes the worker look (again
+    after the fetch in flight, if one is: the first fetch and LISTEN start together).
 
     procrastinate's worker also forgets a NOTIFY that arrives while its fetch is in flight:
     it clears its "new job" event when the fetch returns (`Worker._fetch_and_process_jobs`),
@@ -133,6 +134,8 @@ class CatchingUpConnector(PsycopgConnector):
             await on_notification(channel=channel, payload=payload)
 
         self._listening = on_notification
+        if self._fetching:  # the worker clears its event when that fetch returns
+            self._wake_after_fetch = on_notification
         await _job_inserted(on_notification)
         await super()._loop_notify(heard, connection, *args, **kwargs)
 

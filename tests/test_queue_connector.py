@@ -103,6 +103,52 @@ def test_a_job_heard_while_a_fetch_was_in_flight_runs_at_once(database_url, conn
     assert ran_in < 5
 
 
+def test_a_job_deferred_before_listen_during_the_first_fetch_runs_at_once(database_url, conn, monkeypatch):
+    """A worker's first fetch and its LISTEN start together: a job committed after that fetch's
+    snapshot and before LISTEN sent its NOTIFY to nobody, and the wake-up given once listening
+    was lost if that fetch was still in flight (seen in CI: a job deferred just after "Starting
+    worker" not run in 60 s, polling every 120 s)."""
+    settings = from_env({"DATABASE_URL": database_url, "DYNO": "worker.start"}, process_type="worker")
+    app = procrastinate.App(connector=queue_connector.procrastinate_connector(settings))
+
+    @app.task(name="tests.noop", queue="default")
+    def noop() -> None:
+        """Nothing: the test watches when it runs."""
+
+    worker = slow_polling_worker(app, concurrency=1)
+    fetch, listen = PsycopgConnector.execute_query_one_async, PsycopgConnector.listen_notify
+    race: dict = {"job": None, "deferred": None}
+
+    async def listen_once_the_job_is_in(self, on_notification, channels):
+        await race["deferred"].wait()
+        await listen(self, on_notification=on_notification, channels=channels)
+
+    async def first_fetch_held_until_listening(self, query, **arguments):
+        row = await fetch(self, query, **arguments)
+        if query == db.QUERIES["fetch_job"] and race["job"] is None:
+            with psycopg.connect(database_url, autocommit=True) as other:
+                race["job"] = defer_to(other, "default", "tests.noop")  # its NOTIFY reaches nobody
+            race["deferred"].set()
+            await wait_for(worker._new_job_event.is_set, 10, "the wake-up given once listening")
+        return row
+
+    monkeypatch.setattr(PsycopgConnector, "listen_notify", listen_once_the_job_is_in)
+    monkeypatch.setattr(PsycopgConnector, "execute_query_one_async", first_fetch_held_until_listening)
+
+    async def scenario() -> float:
+        race["deferred"] = asyncio.Event()
+        async with running(app, worker):
+            await wait_for(lambda: race["job"] is not None, 10, "the first fetch")
+            await race["deferred"].wait()
+            deferred_at = time.monotonic()
+            await wait_for(lambda: status(conn, race["job"]) == "succeeded", 5, "the job")
+            return time.monotonic() - deferred_at
+
+    ran_in = asyncio.run(scenario())
+    print(f"a job deferred before LISTEN ran {ran_in * 1000:.0f} ms after it (polling every 120 s)")
+    assert ran_in < 5
+
+
 def test_a_worker_taken_for_dead_writes_no_outcome_over_its_jobs_new_attempts(database_url, conn):
     """Its jobs were re-queued and may run elsewhere: procrastinate's finish (and retry) of the
     old attempt would mark the new one aborted, or send it back to wait while it runs."""
