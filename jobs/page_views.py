@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import logging
 import time
+from typing import Any
 
 from procrastinate import BaseRetryStrategy, JobContext
 from procrastinate.exceptions import JobAborted
@@ -83,13 +84,18 @@ def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) ->
     """Drop the days of page views older than RETENTION_DAYS, delete what else is that old (views
     in the default partition, events) in bounded batches; return how many page views."""
     connector = context.app.connector.get_sync_connector()
-    # Only rolled-up views are deleted (stats must not lose them): fold first. Views of
-    # transactions still running then are left for the next cleanup.
-    connector.execute_query_one(QUERIES["rollup_page_views"])
-    folded = connector.execute_query_one(QUERIES["rollup_state"])
     cutoff = utc_now() - datetime.timedelta(days=settings.retention_days)
-    # Whole days first (jobs/partitions.py); rows only where a partition is not a day's.
-    views = partitions.drop_expired_partitions(connector, cutoff, folded, context.should_abort)
+    # Only rolled-up views are removed (stats must not lose them). Whole days first
+    # (jobs/partitions.py), each checked against the last rollup's state: a day a month old was
+    # folded long ago, so it goes before this job's own fold, and a day that still held views
+    # not folded (a late backfill) is tried again after it.
+    last_fold = connector.execute_query_one(QUERIES["rollup_state"])
+    views = partitions.drop_expired_partitions(
+        connector, cutoff, last_fold, context.should_abort, refold=lambda: fold(connector)
+    )
+    # Rows only where a partition is not a day's (the default one), and events, in batches, of
+    # what this fold holds. Views of transactions still running then are left for the next cleanup.
+    folded = fold(connector)
     views += delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
     events = delete_in_batches(context, "delete_expired_events_batch", "events", cutoff, folded)
     logger.info(
@@ -100,6 +106,12 @@ def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) ->
         cutoff.isoformat(timespec="seconds"),
     )
     return views
+
+
+def fold(connector: Any) -> dict:
+    """Fold the views and events committed so far into the rollups; the rollup's state after."""
+    connector.execute_query_one(QUERIES["rollup_page_views"])
+    return connector.execute_query_one(QUERIES["rollup_state"])
 
 
 def delete_in_batches(

@@ -75,14 +75,48 @@ async def maintain_partitions(context: JobContext, timestamp: int | None = None)
 
 
 def drop_expired_partitions(
-    connector: Any, cutoff: datetime.datetime, folded: dict, should_abort: Callable[[], bool] = lambda: False
+    connector: Any,
+    cutoff: datetime.datetime,
+    folded: dict,
+    should_abort: Callable[[], bool] = lambda: False,
+    refold: Callable[[], dict] | None = None,
 ) -> int:
-    """Drop the partitions wholly before `cutoff` whose views the rollup holds; return how many
-    views went. DROP_GROUP at a time are detached (a short exclusive lock on page_views), then
-    dropped (their files removed, page_views not locked)."""
-    expired = connector.execute_query_all(QUERIES["expired_page_view_partitions"], cutoff=cutoff)
-    names = [row["name"] for row in expired]
-    views = 0
+    """Drop the partitions wholly before `cutoff` whose views the rollup (its state `folded`)
+    holds; return how many views went. Those with views not folded are tried again once with
+    the state `refold()` returns, if given.
+
+    All are detached first, DROP_GROUP at a time (a short exclusive lock on page_views each):
+    their views are gone from page_views then. Their tables are dropped after, in one
+    transaction (their files removed, page_views not locked): removing the files, most of the
+    job's time, does not keep expired views readable meanwhile."""
+    names = [
+        row["name"]
+        for row in connector.execute_query_all(QUERIES["expired_page_view_partitions"], cutoff=cutoff)
+    ]
+    views, left = _detach(connector, names, folded, should_abort)
+    if left and refold is not None and not should_abort():
+        more, left = _detach(connector, left, refold(), should_abort)
+        views += more
+    if left:
+        logger.info("left for the next cleanup (locked, or not rolled up): %s", ", ".join(left))
+    # Also the tables an interrupted cleanup detached and did not drop.
+    dropped = with_retries(lambda: connector.execute_query_one(QUERIES["drop_detached_days"]), should_abort)
+    if dropped is not None and dropped["dropped"]:
+        logger.info(
+            "dropped %d day(s) of page views, %d views: %s",
+            len(dropped["dropped"]),
+            views,
+            ", ".join(dropped["dropped"]),
+        )
+    return views
+
+
+def _detach(
+    connector: Any, names: list[str], folded: dict, should_abort: Callable[[], bool]
+) -> tuple[int, list[str]]:
+    """Detach the partitions `names` whose views `folded` holds, DROP_GROUP at a time: how many
+    views went, and the names left (locked, or holding views not folded)."""
+    views, left = 0, []
     for start in range(0, len(names), DROP_GROUP):
         group = names[start : start + DROP_GROUP]
         row = with_retries(
@@ -96,20 +130,8 @@ def drop_expired_partitions(
         )
         detached = row["detached"] if row is not None else []
         views += row["views"] if row is not None else 0
-        if len(detached) < len(group):
-            left = sorted(set(group) - set(detached))
-            logger.info("left for the next cleanup (locked, or not rolled up): %s", ", ".join(left))
-        dropped = with_retries(
-            lambda: connector.execute_query_one(QUERIES["drop_detached_days"]), should_abort
-        )
-        if dropped is not None and dropped["dropped"]:
-            logger.info(
-                "dropped %d day(s) of page views, %d views: %s",
-                len(dropped["dropped"]),
-                row["views"] if row is not None else 0,
-                ", ".join(dropped["dropped"]),
-            )
-    return views
+        left += sorted(set(group) - set(detached))
+    return views, left
 
 
 async def with_retries_async(attempt: Callable[[], Awaitable[dict]]) -> dict | None:

@@ -268,6 +268,33 @@ def test_cleanup_drops_whole_days_and_keeps_no_view_past_retention_plus_a_day(co
     assert rolled_up_views(conn) == 4001  # stats keep what retention drops
 
 
+def test_cleanup_detaches_every_expired_day_before_it_drops_one(conn, own_partitions, caplog):
+    """The views of all expired days are gone from page_views before any file is removed
+    (most of the job's time), and a day holding a view not yet folded goes in the same run,
+    after the job's own fold: one drop of 26 days, not three groups each detached and dropped."""
+    for days_ago in range(31, 57):
+        conn.execute(
+            "SELECT tally_ensure_day_partition(%s)", (utc_today() - datetime.timedelta(days=days_ago),)
+        )
+    conn.execute(
+        "INSERT INTO page_views (path, viewed_at) SELECT '/old', now() - (31 + n % 25) * interval '1 day'"
+        " FROM generate_series(1, 500) n"
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+    conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', now() - interval '56 days')")
+
+    defer(page_views.cleanup_old_page_views)
+    with caplog.at_level(logging.INFO, logger="jobs"):
+        run_queued_jobs()
+
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("jobs.")]
+    dropped = [line for line in said if line.startswith("dropped ")]
+    assert len(dropped) == 1 and dropped[0].startswith("dropped 26 day(s) of page views, 501 views: "), said
+    assert not [line for line in said if line.startswith("left for the next cleanup")], said
+    assert conn.execute("SELECT count(*) FROM page_views WHERE path IN ('/old', '/late')").fetchone()[0] == 0
+    assert rolled_up_views(conn) == 501  # the late view was folded before its day went
+
+
 def test_a_partition_with_views_not_rolled_up_is_not_dropped(conn, own_partitions):
     day = utc_today() - datetime.timedelta(days=50)
     conn.execute("INSERT INTO page_views (path, viewed_at) VALUES ('/late', %s)", (day,))
