@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import procrastinate
 
+from jobs.drain import BoundedDrainWorker
 from jobs.middleware import check_arguments, record_job_errors
 from jobs.time_limit import enforce_time_limit
 from tally import config, queue_connector
@@ -40,7 +41,16 @@ def worker_options(settings: config.Config) -> dict:
     }
 
 
-app = procrastinate.App(
+class TallyApp(procrastinate.App):
+    """procrastinate's app, whose workers end their drain within a bound: the CLI's worker
+    (`procrastinate --app=jobs.app worker`) builds its worker here, and procrastinate's own
+    waited for an aborted job with no bound (jobs/drain.py)."""
+
+    def _worker(self, **kwargs):
+        return BoundedDrainWorker(app=self, **{**self.worker_defaults, **kwargs})
+
+
+app = TallyApp(
     connector=queue_connector.procrastinate_connector(settings),
     worker_defaults=worker_options(settings),
 )

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from typing import Any
 
 import procrastinate
 from procrastinate.job_context import AbortReason
-from procrastinate.worker import Worker
 
 import jobs
+from jobs.drain import BoundedDrainWorker
 from jobs.liveness import (
     LIVENESS_SWEEP_SECONDS,
     SESSION_CHECK_SECONDS,
@@ -43,12 +42,13 @@ OPEN_WAIT_SECONDS = 4.0
 # the server ends its statement (client_connection_check_interval), and another worker runs it
 # again. So a worker is gone WORKER_GRACEFUL_SECONDS + this (20 + 5 s) after SIGTERM at most,
 # inside Heroku's 30 s; procrastinate's own drain waited for every aborted job with no bound.
+# The bound itself is jobs/drain.py's, for the CLI's worker too.
 DRAIN_ABORT_SECONDS = config.DRAIN_ABORT_SECONDS
 
 logger = logging.getLogger("tally.worker")
 
 
-class SupervisedWorker(Worker):
+class SupervisedWorker(BoundedDrainWorker):
     """procrastinate's worker, with its side tasks (LISTEN, heartbeat) kept under watch.
 
     procrastinate stops the worker when a side task fails, but its monitor returns as
@@ -113,31 +113,6 @@ class SupervisedWorker(Worker):
             await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
             if await requeue_jobs_of_lost_sessions(self.app.connector):
                 self._new_job_event.set()  # run them here at once if there is room
-
-    async def _abort_running_jobs(self) -> None:
-        """procrastinate's abort at the end of a drain, with a bound on the wait that follows."""
-        for task, context in list(self._running_jobs.items()):
-            self._abort_job(task, context, AbortReason.SHUTDOWN)
-        if self._running_jobs:
-            await asyncio.wait(list(self._running_jobs), timeout=DRAIN_ABORT_SECONDS)
-        if self._running_jobs:
-            self._leave_running_jobs_to_the_sweep()
-
-    def _leave_running_jobs_to_the_sweep(self) -> None:
-        """Exit now, leaving the jobs that did not stop as a SIGKILL would: `doing`, under this
-        worker's id, its lock freed by the exit; the sweep re-queues them (jobs/liveness.py)."""
-        left = ", ".join(f"{c.job.id} ({c.job.task_name})" for c in self._running_jobs.values())
-        logger.warning(
-            "job(s) %s still running %g s after their abort: exiting, left to the sweep (they run again"
-            " on another worker)",
-            left,
-            DRAIN_ABORT_SECONDS,
-        )
-        if isinstance(self.app.connector, queue_connector.CatchingUpConnector):
-            self.app.connector.fenced = True  # their outcomes are no longer this worker's to write
-        logging.shutdown()  # the line above reaches the log
-        # Not SystemExit: the interpreter would wait for the job's thread at exit.
-        os._exit(0)
 
     async def release_session(self) -> None:
         if self.keeper is not None:

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import (
     PATH_VIEWS,
+    ROOT,
+    VENV_BIN,
     CleanupBlocker,
     defer_by_sql,
     expired_views,
@@ -426,3 +428,30 @@ def test_a_job_deaf_to_the_abort_costs_the_drain_a_bounded_wait_and_runs_again(s
     wait_until(lambda: statuses(conn, "cleanup_old_page_views") == ["succeeded"], 60, 0.1, "the cleanup")
     assert started_events(conn, "cleanup_old_page_views") == 2  # the abandoned attempt and one more
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_the_cli_workers_drain_has_the_same_bound(start_process, conn):
+    """procrastinate's own drain waited for an aborted job with no bound: `procrastinate
+    --app=jobs.app worker` stayed past Heroku's 30 s for a job deaf to its abort and, silent
+    meanwhile, retry_stalled_jobs re-queued that job while it still ran (it ran twice at once).
+    Every worker jobs.app builds has worker.py's bound (jobs/drain.py)."""
+    expired_views(conn, 2000)
+    worker = start_process(
+        [str(VENV_BIN / "procrastinate"), "--app=jobs.app", "worker"],
+        # This checkout's jobs.app, whichever checkout the venv's .pth names.
+        {"WORKER_GRACEFUL_SECONDS": "1", "PYTHONPATH": str(ROOT)},
+    )
+    worker.wait_for_line("Starting worker")
+    with StatementHold(conn) as hold:
+        defer_by_sql(conn, "cleanup_old_page_views", lock="cleanup_old_page_views")
+        wait_until(lambda: hold.held("delete_expired_views_batch"), 30, 0.02, "the cleanup to be under way")
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        exited_in = time.monotonic() - signalled
+        print(f"CLI worker, SIGTERM with a job deaf to its abort (1 s grace): exited {exited_in:.2f} s later")
+        assert exited_in < 1 + 5 + 2
+        assert "left to the sweep" in worker.output()
+        wait_until(lambda: not hold.held("delete_expired_views_batch"), 5, 0.05, "the server to end it")
+    # No session lock: its job waits for the heartbeat rule, as a SIGKILLed CLI worker's does.
+    assert statuses(conn, "cleanup_old_page_views") == ["doing"]
