@@ -85,6 +85,10 @@ def test_bulk_actions_take_a_filter(client, conn):
         assert "tsak" in answer["error"]
     answer = client.post("/api/jobs/bulk/cancel?task=nothing&before=7", headers=OWNER, status=202).json
     assert answer["cancelled"] == 0  # a later page's form names its page: accepted
+    for action in ("retry", "cancel"):  # and a `before` that is no job id is refused, nothing done
+        answer = client.post(f"/api/jobs/bulk/{action}?before=abc", headers=OWNER, status=400).json
+        assert "before" in answer["error"]
+    assert statuses(conn, "prune_finished_jobs") == ["cancelled"] * 3
     assert client.post("/api/jobs/bulk/retry?queue=default", headers=OWNER, status=202).json["retried"] == 3
     assert statuses(conn, "prune_finished_jobs") == ["todo"] * 3
 

@@ -20,7 +20,7 @@ from tally.web import job_actions, queue_state
 from tally.web.auth import BY_SESSION, Auth
 from tally.web.error_page import page_errors
 from tally.web.job_actions import QUEUE_NAME, Outcome
-from tally.web.params import parse_job_filters
+from tally.web.params import parse_before, parse_job_filters
 from tally.web.responses import database_unavailable, json_error, json_response
 from tally.web.sessions import PAGE_HEADERS
 
@@ -133,6 +133,7 @@ def register(
     def retry_matching_jobs():
         """Queue again the failed, cancelled and aborted jobs of ?status, ?task and ?queue (owner)."""
         filters = parse_job_filters(bottle.request.query)
+        parse_before(bottle.request.query)  # the page the form was on: any other value is a 400
         with pool.connection() as conn:
             return answer(job_actions.retry_matching(conn, filters, auth.actor()))
 
@@ -143,6 +144,7 @@ def register(
     def cancel_matching_jobs():
         """Cancel the waiting jobs of ?status, ?task and ?queue, and abort its running ones (owner)."""
         filters = parse_job_filters(bottle.request.query)
+        parse_before(bottle.request.query)  # the page the form was on: any other value is a 400
         with pool.connection() as conn:
             return answer(job_actions.cancel_matching(conn, filters, auth.actor()))
 
