@@ -93,7 +93,10 @@ async def defer_forever(deferrer: PeriodicDeferrer, stopping: asyncio.Event) -> 
                 await resume_after_last_defers(deferrer, jobs.app.connector, now)
                 resumed = True
             await deferrer.defer_jobs(jobs_to_defer=deferrer.get_previous_tasks(at=now))
-            pause = deferrer.get_next_tick(at=now) + 0.5
+            # Until the next tick after `now`, counted from the end of the defer: a defer that
+            # took seconds (a lock wait, a database that answered late) made every later tick
+            # late by as much, and one that ran past the next tick slept a whole interval more.
+            pause = now + deferrer.get_next_tick(at=now) + 0.5 - time.time()
         except Exception as error:
             # Try these ticks again; the periodic-defers table skips any already made.
             deferrer.last_defers = before
