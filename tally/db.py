@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.connection import _WAIT_INTERVAL
 
 from tally import dimension_sql, localdb
 from tally.checked_pool import CheckedPool, check_if_hung_up
@@ -70,6 +71,31 @@ WEB_STATEMENT_TIMEOUT_SECONDS = 5
 # A table locked by someone else (a migration, VACUUM FULL, LOCK TABLE) costs a request
 # this long, then a 503, instead of a thread for as long as the lock lasts.
 WEB_LOCK_TIMEOUT_MS = 1_500
+# The web's bound on one answer, on its own side. statement_timeout and lock_timeout are the
+# server's to enforce, and TCP gives up only on bytes left unacknowledged: a server that hangs
+# with its kernel still up (SIGSTOP, a stalled disk, a frozen container or VM host) enforced
+# nothing, and a view's insert, the reads, /api/jobs and /metrics waited as long as it hung
+# (30 s, 65 s: measured). Past the statement timeout and a margin, the answer is not coming.
+WEB_ANSWER_LIMIT_SECONDS = WEB_STATEMENT_TIMEOUT_SECONDS + 1.5
+
+
+class AnswerBoundConnection(psycopg.Connection):
+    """A connection that waits at most `answer_limit` seconds for any one answer, then closes
+    (its state unknown: the pool discards it) and raises OperationalError: "unreachable", a 503."""
+
+    answer_limit = WEB_ANSWER_LIMIT_SECONDS
+
+    def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
+        limit = self.answer_limit if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, limit)
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:
+                raise  # the caller's own bound (notifies): its to handle
+            self.pgconn.finish()
+            raise psycopg.OperationalError(f"the database did not answer within {limit:g} s") from None
+
+
 WEB_SESSION_SETTINGS = {
     **SESSION_SETTINGS,
     "statement_timeout": f"{WEB_STATEMENT_TIMEOUT_SECONDS}s",
@@ -184,6 +210,7 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         kwargs=connection_kwargs(
             config, WEB_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
         ),
+        connection_class=AnswerBoundConnection,
         name=f"{config.dyno}-web",
         open=False,
     )
@@ -206,6 +233,7 @@ def replica_pool(config: Config) -> psycopg_pool.ConnectionPool:
         timeout=REPLICA_POOL_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         kwargs=replica_connection_kwargs(config),
+        connection_class=AnswerBoundConnection,  # frees the reader thread a frozen replica held
         name=f"{config.dyno}-replica",
         open=False,
     )

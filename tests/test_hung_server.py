@@ -1,0 +1,108 @@
+"""A server that hangs with its kernel up (SIGSTOP, a stalled disk, a frozen container): it
+acknowledges every byte and answers none, so neither its statement_timeout nor TCP ends a wait.
+The web's connections bound each answer themselves (tally/db.py, AnswerBoundConnection).
+
+The hang is a proxy on a unix socket that stops passing bytes on: the test server keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tally import db
+from tally.config import from_env
+
+
+class FreezingProxy:
+    """Passes bytes between clients and the database until `freeze()`; then passes none."""
+
+    def __init__(self, folder: Path, target: dict):
+        self.port = 5432
+        self.path = str(folder / f".s.PGSQL.{self.port}")
+        self.target = target
+        self.frozen = threading.Event()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _connect_target(self) -> socket.socket:
+        host, port = self.target.get("host") or "/tmp", int(self.target.get("port") or 5432)
+        if host.startswith("/"):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            upstream = socket.create_connection((host, port))
+        return upstream
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = self._connect_target()
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.05)  # hung: the bytes sit in the socket's buffers, unanswered
+                sink.sendall(data)
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(database_url: str, tmp_path: Path) -> Iterator[tuple[FreezingProxy, str]]:
+    target = psycopg.conninfo.conninfo_to_dict(database_url)
+    started = FreezingProxy(tmp_path, target)
+    through = psycopg.conninfo.make_conninfo(database_url, host=str(tmp_path), port=str(started.port))
+    yield started, through
+    started.frozen.clear()
+    started.close()
+
+
+def test_a_web_connection_gives_up_on_a_hung_server(proxy):
+    hung, url = proxy
+    settings = from_env({"DATABASE_URL": url}, process_type="web")
+    outcome: list[BaseException | None] = []
+
+    def read_once_hung(pool) -> None:
+        try:
+            with pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT 2")
+        except BaseException as error:  # the outcome is the test's to judge
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    with db.web_pool(settings) as pool:
+        pool.wait(5)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        hung.freeze()
+        started = time.monotonic()
+        reader = threading.Thread(target=read_once_hung, args=(pool,), daemon=True)
+        reader.start()
+        reader.join(db.WEB_STATEMENT_TIMEOUT_SECONDS + 5)
+        took = time.monotonic() - started
+        hung.frozen.clear()  # before: the read waited for as long as the server hung
+        assert not reader.is_alive(), f"the read still waited for the hung server after {took:.1f} s"
+        assert isinstance(outcome[0], psycopg.OperationalError), outcome
+        assert "did not answer within" in str(outcome[0])
+        assert took < db.WEB_STATEMENT_TIMEOUT_SECONDS + 2.5
