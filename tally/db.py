@@ -126,6 +126,27 @@ CLOCK_SESSION_SETTINGS = {
     "lock_timeout": f"{JOB_LOCK_TIMEOUT_SECONDS}s",
     "statement_timeout": f"{CLOCK_STATEMENT_TIMEOUT_SECONDS}s",
 }
+# The clock's own bound on an answer, as the web's (WEB_ANSWER_LIMIT_SECONDS): a hung server
+# held a tick's defer, with no line in the log, for as long as it hung.
+CLOCK_ANSWER_LIMIT_SECONDS = CLOCK_STATEMENT_TIMEOUT_SECONDS + 1.5
+
+
+class AsyncAnswerBoundConnection(psycopg.AsyncConnection):
+    """AnswerBoundConnection's bound for an async connection (the clock's)."""
+
+    answer_limit = CLOCK_ANSWER_LIMIT_SECONDS
+
+    async def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
+        limit = self.answer_limit if timeout is None else timeout
+        try:
+            return await super().wait(gen, interval, limit)
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:
+                raise  # the caller's own bound (notifies): its to handle
+            self.pgconn.finish()
+            raise psycopg.OperationalError(f"the database did not answer within {limit:g} s") from None
+
+
 # The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,
 # stats, export and sites, a few people at once, each read a few milliseconds (the rollups
 # are cached). A fourth read at once waits this long, then reads from the primary.
@@ -294,6 +315,7 @@ def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         kwargs=connection_kwargs(config, CLOCK_SESSION_SETTINGS),
         check=psycopg_pool.AsyncConnectionPool.check_connection,
+        connection_class=AsyncAnswerBoundConnection,
         name=f"{config.dyno}-clock",
         open=False,
     )

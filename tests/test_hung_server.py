@@ -7,6 +7,7 @@ The hang is a proxy on a unix socket that stops passing bytes on: the test serve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import psycopg_pool
 import pytest
 
 from tally import db
@@ -106,3 +108,34 @@ def test_a_web_connection_gives_up_on_a_hung_server(proxy):
         assert isinstance(outcome[0], psycopg.OperationalError), outcome
         assert "did not answer within" in str(outcome[0])
         assert took < db.WEB_STATEMENT_TIMEOUT_SECONDS + 2.5
+
+
+def test_the_clock_gives_up_on_a_hung_server(proxy):
+    hung, url = proxy
+    settings = from_env({"DATABASE_URL": url}, process_type="clock")
+
+    async def defer_once_hung() -> tuple[BaseException | None, float]:
+        async with db.clock_pool(settings) as pool:
+            await pool.wait(5)
+            async with pool.connection() as conn:
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+            hung.freeze()
+            started = time.monotonic()
+            try:
+                # Bounded here only so that the test ends: before, the wait lasted as the hang.
+                async with asyncio.timeout(db.CLOCK_STATEMENT_TIMEOUT_SECONDS + 5):
+                    async with pool.connection() as conn:
+                        await conn.execute("SELECT 2")
+            except BaseException as error:  # the outcome is the test's to judge
+                return error, time.monotonic() - started
+            finally:
+                hung.frozen.clear()
+            return None, time.monotonic() - started
+
+    error, took = asyncio.run(defer_once_hung())
+    # The pool's check of the connection meets the hang first (a PoolTimeout), or the statement
+    # does: either is a "database unreachable" that the clock logs and retries a second later.
+    assert isinstance(error, psycopg.OperationalError | psycopg_pool.PoolTimeout), (
+        f"{error!r} after {took:.1f} s"
+    )
+    assert took < db.CLOCK_STATEMENT_TIMEOUT_SECONDS + 2.5, f"{error!r} after {took:.1f} s"
