@@ -61,6 +61,10 @@ POOL_WAIT_SECONDS = RECONNECT_GIVE_UP_SECONDS
 # tcp_user_timeout, equal to the client's.)
 SESSION_SETTINGS = {
     "jit": "off",
+    # psycopg reads dates, times and intervals only in these styles: a database or role set to
+    # another (`ALTER DATABASE … SET datestyle = 'SQL, DMY'`) made every timestamp read a 500.
+    "datestyle": "ISO",
+    "intervalstyle": "postgres",
     "tcp_keepalives_idle": str(TCP_SETTINGS["keepalives_idle"]),
     "tcp_keepalives_interval": str(TCP_SETTINGS["keepalives_interval"]),
     "tcp_keepalives_count": str(TCP_SETTINGS["keepalives_count"]),

@@ -180,3 +180,31 @@ def test_a_workers_pool_hands_out_no_connection_the_server_closed(database_url, 
                 assert conn_after.info.backend_pid != pid
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "session_settings",
+    [
+        db.WEB_SESSION_SETTINGS,
+        db.WORKER_SESSION_SETTINGS,
+        db.CLOCK_SESSION_SETTINGS,
+        db.REPLICA_SESSION_SETTINGS,
+    ],
+    ids=["web", "worker", "clock", "replica"],
+)
+def test_times_are_read_whatever_datestyle_the_database_sets(fresh_database, conn, session_settings):
+    """A database (or role) with a DateStyle other than ISO (`ALTER DATABASE … SET datestyle =
+    'SQL, DMY'`, a provider's parameter group) made psycopg refuse every timestamp it read:
+    `/api/health`, the dashboard, stats, export, sites, /jobs and /metrics answered 500. Tally's
+    sessions ask for the styles psycopg reads."""
+    name = psycopg.conninfo.conninfo_to_dict(fresh_database)["dbname"]
+    conn.execute(f"ALTER DATABASE \"{name}\" SET datestyle = 'SQL, DMY'")
+    conn.execute(f"ALTER DATABASE \"{name}\" SET intervalstyle = 'iso_8601'")
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, **db.connection_kwargs(settings, session_settings)) as checked:
+        stamp, day, span = checked.execute(
+            "SELECT timestamptz '2026-12-05 14:00+00', date '2026-12-05', interval '1 day 2 hours'"
+        ).fetchone()
+    assert stamp.isoformat().startswith("2026-12-05T")
+    assert day.isoformat() == "2026-12-05"
+    assert span.days == 1 and span.seconds == 7200
