@@ -102,6 +102,12 @@ CONNECT_PROBLEMS = (
         "without the SSL connection DATABASE_URL's sslmode asks for",
     ),
     (("does not exist",), "up, without the database or role DATABASE_URL names"),
+    (
+        # PgBouncer's words for the `options` startup parameter (Tally's session settings) it does
+        # not pass on: the whole parameter (before 1.20) or a setting in it it does not track.
+        ("unsupported startup parameter", "unsupported options startup parameter"),
+        "refusing Tally's session settings: add options to the pooler's ignore_startup_parameters",
+    ),
 )
 
 

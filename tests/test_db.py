@@ -119,6 +119,28 @@ def test_health_names_an_ssl_refusal_not_an_unreachable_server(message):
     assert connect_problem(pool) == "without the SSL connection DATABASE_URL's sslmode asks for"
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        # PgBouncer before 1.20, and later ones, whose options take only the parameters they track
+        'connection to server at "10.0.0.5", port 6432 failed: FATAL:  unsupported startup parameter:'
+        " options",
+        'connection to server at "10.0.0.5", port 6432 failed: FATAL:  unsupported startup parameter in'
+        " options: jit",
+        'connection to server at "10.0.0.5", port 6432 failed: FATAL:  unsupported options startup parameter:'
+        " only '-c config=val' and '--config=val' are allowed",
+    ],
+)
+def test_health_names_a_pooler_refusing_tallys_session_settings(message):
+    """A DATABASE_URL that goes through PgBouncer with its default configuration read "unreachable"
+    in health (the web's log alone said `unsupported startup parameter: options`), though the
+    pooler answered: the fix is in its configuration, not in the network."""
+    pool = types.SimpleNamespace(last_connect_error=message)
+    assert connect_problem(pool) == (
+        "refusing Tally's session settings: add options to the pooler's ignore_startup_parameters"
+    )
+
+
 def test_the_options_of_database_url_are_kept_beside_tallys(database_url, conn):
     """libpq's `options` in DATABASE_URL (a search_path, a setting a provider asks for) were
     replaced by Tally's own: the release made its tables in public, not in the schema named."""
