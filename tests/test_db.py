@@ -230,3 +230,14 @@ def test_times_are_read_whatever_datestyle_the_database_sets(fresh_database, con
     assert stamp.isoformat().startswith("2026-12-05T")
     assert day.isoformat() == "2026-12-05"
     assert span.days == 1 and span.seconds == 7200
+
+
+def test_a_workers_statements_ignore_the_statement_timeout_of_the_role(fresh_database, conn):
+    """A role's or a database's statement_timeout (`ALTER ROLE … SET statement_timeout = '1s'`, a
+    provider's default) cut the worker's rollup of a backlog every minute, for good, and with the
+    tail unfolded every stats read answered 503. A job's bound is its time limit."""
+    name = psycopg.conninfo.conninfo_to_dict(fresh_database)["dbname"]
+    conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '100ms'")
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="worker")
+    with psycopg.connect(fresh_database, **db.worker_pool_args(settings)["kwargs"]) as checked:
+        checked.execute("SELECT pg_sleep(0.3)")  # past the database's 100 ms
