@@ -83,21 +83,30 @@ WEB_LOCK_TIMEOUT_MS = 1_500
 WEB_ANSWER_LIMIT_SECONDS = WEB_STATEMENT_TIMEOUT_SECONDS + 1.5
 
 
+class AnswerTimedOut(psycopg.OperationalError):
+    """The server took a request and stopped answering (hung with its kernel up): what was sent
+    may or may not have been done, and the connection is closed."""
+
+
+def _stopped_answering(conn: psycopg.Connection | psycopg.AsyncConnection, limit: float) -> AnswerTimedOut:
+    conn.pgconn.finish()  # its state unknown: the pool discards it
+    return AnswerTimedOut(f"the database stopped answering (nothing for {limit:g} s)")
+
+
 class AnswerBoundConnection(psycopg.Connection):
-    """A connection that waits at most `answer_limit` seconds for any one answer, then closes
-    (its state unknown: the pool discards it) and raises OperationalError: "unreachable", a 503."""
+    """A connection that waits at most `answer_limit` seconds for any one answer, then closes and
+    raises AnswerTimedOut (an OperationalError: a 503). Overrides psycopg's `Connection.wait`
+    (3.3; tests/test_hung_server.py holds it)."""
 
     answer_limit = WEB_ANSWER_LIMIT_SECONDS
 
     def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
-        limit = self.answer_limit if timeout is None else timeout
         try:
-            return super().wait(gen, interval, limit)
+            return super().wait(gen, interval, self.answer_limit if timeout is None else timeout)
         except psycopg.errors._WaitTimeout:
             if timeout is not None:
                 raise  # the caller's own bound (notifies): its to handle
-            self.pgconn.finish()
-            raise psycopg.OperationalError(f"the database did not answer within {limit:g} s") from None
+            raise _stopped_answering(self, self.answer_limit) from None
 
 
 WEB_SESSION_SETTINGS = {
@@ -146,14 +155,12 @@ class AsyncAnswerBoundConnection(psycopg.AsyncConnection):
     answer_limit = CLOCK_ANSWER_LIMIT_SECONDS
 
     async def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
-        limit = self.answer_limit if timeout is None else timeout
         try:
-            return await super().wait(gen, interval, limit)
+            return await super().wait(gen, interval, self.answer_limit if timeout is None else timeout)
         except psycopg.errors._WaitTimeout:
             if timeout is not None:
                 raise  # the caller's own bound (notifies): its to handle
-            self.pgconn.finish()
-            raise psycopg.OperationalError(f"the database did not answer within {limit:g} s") from None
+            raise _stopped_answering(self, self.answer_limit) from None
 
 
 # The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,

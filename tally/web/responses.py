@@ -109,6 +109,15 @@ def database_unavailable(route: Callable) -> Callable:
                 f"A table this {'writes' if _writes() else 'reads'} is locked (a migration or maintenance"
                 f" is running);{nothing} try again shortly.",
             )
+        except db.AnswerTimedOut as error:
+            logger.warning("%s %s: %s", bottle.request.method, bottle.request.path, error)
+            if _writes():  # sent, and maybe done: a sender that sends it again may count it twice
+                return json_error(
+                    503,
+                    "The database took this and stopped answering; it may or may not have been"
+                    " stored (it is, if the database finishes it): check before sending it again.",
+                )
+            return json_error(503, "The database stopped answering; try again shortly.")
         except DATABASE_DOWN as error:
             logger.warning(
                 "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
