@@ -442,9 +442,9 @@ SELECT job_id AS id, task_name, attempts, queue_name, failed_at, error
  LIMIT %(limit)s
 
 -- job_by_id --
--- One job with its lifecycle timestamps and last error. A job waiting again (retried) shows no
--- start, end or worker: those were its last attempt's (its events list every attempt). A running
--- or finished job shows the worker that has it or ran it last.
+-- One job with its lifecycle timestamps, its last error and, if it waits, what holds it back. A
+-- job waiting again (retried) shows no start, end or worker: those were its last attempt's (its
+-- events list every attempt). A running or finished job shows the worker that has it or ran it last.
 SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, job.queue_name AS queue,
        job.lock, job.args, job.priority, job.scheduled_at,
        CASE WHEN job.status <> 'todo' THEN job.worker_id END AS worker_id,
@@ -454,7 +454,21 @@ SELECT job.id, job.task_name AS task, job.status::text AS status, job.attempts, 
        (SELECT max(at) FROM procrastinate_events WHERE job_id = job.id
          AND type IN ('succeeded', 'failed', 'cancelled', 'aborted')
          AND job.status NOT IN ('todo', 'doing')) AS finished_at,
-       (SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1) AS last_error
+       (SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1) AS last_error,
+       -- Why a waiting job is not taken: procrastinate runs a lock's jobs one at a time in
+       -- order (priority, then id), so the first job before it of the same lock holds it back,
+       -- running, or waiting itself: scheduled later, or in a queue paused or no worker takes.
+       (SELECT json_build_object('id', other.id, 'task', other.task_name, 'status', other.status,
+                                 'queue', other.queue_name, 'scheduled_at', other.scheduled_at)
+          FROM procrastinate_jobs other
+         WHERE job.status = 'todo' AND other.lock = job.lock AND other.id <> job.id
+           AND (other.status = 'doing'
+                OR (other.status = 'todo' AND (other.priority > job.priority
+                                               OR (other.priority = job.priority AND other.id < job.id))))
+         ORDER BY other.status = 'doing' DESC, other.priority DESC, other.id
+         LIMIT 1) AS waits_behind,
+       job.status = 'todo' AND EXISTS (SELECT FROM tally_paused_queues paused WHERE paused.queue_name = job.queue_name)
+           AS queue_paused
   FROM procrastinate_jobs job
  WHERE job.id = %(job_id)s
 

@@ -252,6 +252,39 @@ def test_a_jobs_page_writes_its_scheduled_time_in_the_owners_zone_as_every_other
     assert page.html.find(id="job-scheduled").text == "2026-07-01 12:00:00 CEST"
 
 
+def test_a_waiting_job_says_what_holds_it_back(database_url, pool, conn):
+    """A job deferred for later holds back every later job of its lock (procrastinate runs a
+    lock's jobs in order): an operator's `defer --in 600 rollup_page_views` stopped the rollups
+    for ten minutes, and the page of a waiting one said nothing of why."""
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, TIMEZONE="Europe/Paris")
+    defer_by_sql(conn, "rollup_page_views", lock="rollup_page_views")
+    (later,) = conn.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '10 minutes' RETURNING id"
+    ).fetchone()
+    defer_by_sql(conn, "rollup_page_views", count=2, lock="rollup_page_views")
+    second, third = (
+        row[0]
+        for row in conn.execute("SELECT id FROM procrastinate_jobs WHERE id > %s ORDER BY id", (later,))
+    )
+
+    detail = client.get(f"/api/jobs/{third}", headers=OWNER).json
+    assert detail["waits_behind"]["id"] == later and detail["waits_behind"]["status"] == "todo"
+    assert detail["queue_paused"] is False
+    waits = client.get(f"/jobs/{second}", headers=OWNER).html.find(id="job-waits")
+    assert waits.find("a")["href"] == f"/jobs/{later}"
+    assert "scheduled for" in waits.text and "one lock run one at a time" in waits.text
+    assert client.get(f"/api/jobs/{later}", headers=OWNER).json["waits_behind"] is None
+
+    client.post("/api/queues/default/pause", headers=OWNER, status=200)
+    assert (
+        "its queue default is paused"
+        in client.get(f"/jobs/{later}", headers=OWNER).html.find(id="job-waits").text
+    )
+    conn.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", (later,))
+    assert client.get(f"/jobs/{second}", headers=OWNER).html.find(id="job-waits").text.count("running") == 1
+    assert client.get(f"/jobs/{later}", headers=OWNER).html.find(id="job-waits") is None
+
+
 def test_the_worker_stores_the_traceback(conn):
     import asyncio
 

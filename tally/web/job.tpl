@@ -37,6 +37,17 @@
       <tr><th>Lock</th><td>{{job['lock'] or ''}}</td></tr>
       <tr><th>Priority</th><td>{{job['priority']}}</td></tr>
       <tr><th>Scheduled</th><td id="job-scheduled">{{scheduled}}</td></tr>
+      % if waits:
+      <tr><th>Waits</th><td id="job-waits">
+        % for reason in waits:
+        <div>{{reason[0]}}
+          % if len(reason) > 1:
+          <a href="/jobs/{{reason[1]}}">job {{reason[1]}}</a>{{reason[2]}}
+          % end
+        </div>
+        % end
+      </td></tr>
+      % end
       <tr><th>Times in</th><td>{{zone}}</td></tr>
       <tr><th>Arguments</th><td><pre id="job-args">{{args}}</pre></td></tr>
     </table>

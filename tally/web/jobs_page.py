@@ -127,6 +127,31 @@ def render_list(
     )
 
 
+def reasons_it_waits(job: dict[str, Any], when: Callable[[datetime.datetime | None], str]) -> list[tuple]:
+    """Why a waiting job is not running, as the page says it: (sentence,) or (sentence, the id
+    of the job it waits behind, the rest of the sentence)."""
+    if job["status"] != "todo":
+        return []
+    reasons: list[tuple] = []
+    if job["queue_paused"]:
+        reasons.append((f"its queue {job['queue']} is paused",))
+    blocker = job["waits_behind"]
+    if blocker is not None:
+        why = "running" if blocker["status"] == "doing" else "waiting"
+        if blocker["status"] == "todo" and blocker["scheduled_at"]:
+            at = datetime.datetime.fromisoformat(blocker["scheduled_at"])
+            if at > datetime.datetime.now(datetime.UTC):
+                why = f"scheduled for {when(at)}"
+        reasons.append(
+            (
+                "behind",
+                blocker["id"],
+                f" ({blocker['task']}, {why}): jobs of one lock run one at a time, in order",
+            )
+        )
+    return reasons
+
+
 def render_job(
     pool: psycopg_pool.ConnectionPool, job_id: int, *, zone: str, csrf: str | None, notice: str | None
 ) -> str | None:
@@ -142,6 +167,7 @@ def render_job(
     return JOB_TEMPLATE.render(
         job=job,
         scheduled=when(datetime.datetime.fromisoformat(scheduled)) if scheduled else "",
+        waits=reasons_it_waits(job, when),
         args=json.dumps(job["args"], indent=2, sort_keys=True, default=str),
         events=events,
         errors=errors,

@@ -76,6 +76,9 @@ def job_detail(conn: psycopg.Connection, job_id: int) -> dict[str, Any] | None:
         return None
     for field in ("scheduled_at", "deferred_at", "started_at", "finished_at"):
         row[field] = _json_time(row[field])
+    blocker = row["waits_behind"]
+    if blocker is not None and blocker["scheduled_at"] is not None:  # json_build_object's text form
+        blocker["scheduled_at"] = _json_time(datetime.datetime.fromisoformat(blocker["scheduled_at"]))
     return row
 
 
