@@ -9,14 +9,33 @@ worker never defers periodic jobs.
 
 from __future__ import annotations
 
+import sys
+
 import procrastinate
 
 from jobs.drain import BoundedDrainWorker
 from jobs.middleware import check_arguments, record_job_errors
 from jobs.time_limit import enforce_time_limit
-from tally import config, queue_connector
+from tally import config, logs, queue_connector
 
 settings = config.load_or_exit("worker")
+
+# `procrastinate --app=jobs.app worker` logs as `python worker.py` does (README, "The process model"): the
+# CLI loads this module before it sets up logging with `logging.basicConfig`, which does nothing
+# once the root logger has a handler; else it logged to stderr in its own format, tracebacks on
+# many lines, at its own level. Only for the CLI's worker: its other commands print their
+# answers, and tests that run workers in-process read their log through pytest's capture.
+CLI_WORKER = logs.cli_command(sys.argv) == "worker"
+if CLI_WORKER:
+    logs.setup_logging(settings)
+    sys.stderr = logs.StderrToLog()
+    logs.log_start(
+        settings,
+        "procrastinate",
+        command="worker",
+        concurrency=settings.worker_concurrency,
+        listen_notify=settings.listen_notify,
+    )
 
 
 def worker_options(settings: config.Config) -> dict:

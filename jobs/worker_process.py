@@ -21,16 +21,15 @@ from procrastinate.job_context import AbortReason
 
 import jobs
 from jobs.drain import BoundedDrainWorker
-from jobs.liveness import (
-    LIVENESS_SWEEP_SECONDS,
-    SESSION_CHECK_SECONDS,
-    TakenForDead,
-    WorkerSession,
-    requeue_jobs_of_lost_sessions,
-)
+from jobs.liveness import SESSION_CHECK_SECONDS, TakenForDead, WorkerSession
 from tally import config, db, logs, queue_connector
 
 RESTART_DELAY_SECONDS = 1.0
+# A database without Tally's schema (the release step not run on it) is tried again after 2 s,
+# then 4, 8 ... up to a minute apart: one line each, and a worker that starts within a minute
+# of `python -m migrations`.
+NOT_MIGRATED_FIRST_DELAY_SECONDS = 2.0
+NOT_MIGRATED_MAX_DELAY_SECONDS = 60.0
 # How long one start waits for its first connection before it gives up and starts over:
 # a fresh pool then tries at once, so the worker is back within seconds of the database.
 OPEN_WAIT_SECONDS = 4.0
@@ -58,8 +57,8 @@ class SupervisedWorker(BoundedDrainWorker):
 
     It also holds its session lock (jobs/liveness.py) from before its first job until
     `release_session()`, after the drain, taking it again whenever its session ends (the
-    drain too: a database restart stops a worker, whose jobs run on), and sweeps for the
-    jobs of dead workers.
+    drain too: a database restart stops a worker, whose jobs run on); like every worker of
+    `jobs.app` it sweeps for the jobs of dead workers (jobs/drain.py).
     """
 
     session: WorkerSession | None = None
@@ -104,16 +103,6 @@ class SupervisedWorker(BoundedDrainWorker):
                     logger.warning("worker %s cannot take its lock again yet: %s", self.worker_id, error)
                 said = True
 
-    def _start_side_tasks(self) -> list[asyncio.Task]:
-        sweep = asyncio.create_task(self._sweep_lost_sessions(), name="sweep_lost_sessions")
-        return [*super()._start_side_tasks(), sweep]
-
-    async def _sweep_lost_sessions(self) -> None:
-        while True:
-            await asyncio.sleep(LIVENESS_SWEEP_SECONDS)
-            if await requeue_jobs_of_lost_sessions(self.app.connector):
-                self._new_job_event.set()  # run them here at once if there is room
-
     async def release_session(self) -> None:
         if self.keeper is not None:
             self.keeper.cancel()
@@ -131,6 +120,7 @@ async def run_until_stopped(app: procrastinate.App, options: dict[str, Any]) -> 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    not_migrated = 0  # starts in a row that found the schema missing
     while not stopping.is_set():
         worker = SupervisedWorker(app=app, **options, install_signal_handlers=False)
         attempt = asyncio.create_task(open_and_run(app, worker))
@@ -141,16 +131,29 @@ async def run_until_stopped(app: procrastinate.App, options: dict[str, Any]) -> 
             worker.stop()  # drains running jobs; before the worker runs, nothing to drain
             if worker.worker_id is None:
                 attempt.cancel()
+        missing_schema: queue_connector.NotMigrated | None = None
         try:
             await attempt
         except asyncio.CancelledError:
             pass
+        except queue_connector.NotMigrated as error:
+            missing_schema = error
         except Exception as error:
             logger.error("worker stopped on an error: %s", logs.database_error(error))
-        if not stopping.is_set():
-            logger.warning("worker restarting in %.0f s (database unreachable?)", RESTART_DELAY_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), RESTART_DELAY_SECONDS)
+        if stopping.is_set():
+            break
+        if missing_schema is None:
+            not_migrated, delay = 0, RESTART_DELAY_SECONDS
+            logger.warning("worker restarting in %.0f s (database unreachable?)", delay)
+        else:
+            # Not an outage: nothing changes until someone runs the release step. One line a
+            # try, the tries further apart (twice a second, two lines each, it said "database
+            # unreachable?" for ever).
+            delay = min(NOT_MIGRATED_FIRST_DELAY_SECONDS * 2**not_migrated, NOT_MIGRATED_MAX_DELAY_SECONDS)
+            not_migrated += 1
+            logger.error("worker not started: %s; trying again in %.0f s", missing_schema, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
     logger.info("worker drained and stopped")
 
 

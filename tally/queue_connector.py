@@ -51,6 +51,35 @@ def _words(query: str) -> list[str]:
     return query.split()
 
 
+class NotMigrated(RuntimeError):
+    """The database lacks this release's schema: the release step has not run on it."""
+
+
+async def missing_migrations(connector: Any) -> list[str] | None:
+    """The migrations of this release (procrastinate's and Tally's) the database has not applied;
+    None when the release step never ran on it (a fresh database, or one where only
+    `procrastinate schema --apply` did): it has no `tally_migrations`."""
+    import migrations  # the release step's own list of its files; only workers and the CLI ask
+
+    found = await connector.execute_query_one_async(db.QUERIES["migrations_table"])
+    if not found["present"]:
+        return None
+    shipped = [migrations.PROCRASTINATE_PREFIX + p.name for p in migrations.procrastinate_files()]
+    shipped += [p.name for p in migrations.numbered_files()]
+    rows = await connector.execute_query_all_async(db.QUERIES["missing_migrations"], names=shipped)
+    return [row["name"] for row in rows]
+
+
+async def check_migrated(connector: Any) -> None:
+    """Raise NotMigrated, saying what to run, unless every migration of this release is applied."""
+    missing = await missing_migrations(connector)
+    if missing is None:
+        raise NotMigrated("not migrated: run `python -m migrations` (Tally's release step never ran here)")
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise NotMigrated(f"not migrated: run `python -m migrations` (the database lacks {shown})")
+
+
 class ProcrastinateChanged(RuntimeError):
     """The installed procrastinate fetches jobs differently from the one Tally's copy follows."""
 
@@ -109,6 +138,11 @@ class CatchingUpConnector(PsycopgConnector):
         return await super().execute_query_all_async(query, **arguments)
 
     async def execute_query_one_async(self, query: Any, **arguments: Any) -> dict[str, Any]:
+        if query == procrastinate_sql.queries["check_connection"]:
+            # `procrastinate --app=jobs.app healthchecks` asks only whether procrastinate_jobs
+            # exists: it said OK on a database with no Tally schema, where every worker then
+            # failed. Tally's whole schema is the check (what /api/health calls "not migrated").
+            await check_migrated(self)
         if query != procrastinate_sql.queries["fetch_job"]:
             return await super().execute_query_one_async(query, **arguments)
         self._fetching += 1

@@ -215,7 +215,15 @@ def process_environment(env: dict[str, str] | None = None) -> dict[str, str]:
         for name, value in os.environ.items()
         if name in INHERITED_VARIABLES or name.startswith("LC_")
     }
-    return {**system, "DATABASE_URL": os.environ["DATABASE_URL"], "PYTHONUNBUFFERED": "1", **(env or {})}
+    # PYTHONPATH: the procrastinate CLI's script lives in the venv's bin, so without it the CLI
+    # imported `jobs` from the checkout the venv's .pth names, not from this one.
+    return {
+        **system,
+        "DATABASE_URL": os.environ["DATABASE_URL"],
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
 
 
 class Process:
