@@ -278,6 +278,20 @@ def test_health_reports_database_workers_and_clock(client):
     assert {"workers_alive", "worker_heartbeat_age_seconds", "clock_last_defer_age_seconds"} <= set(body)
 
 
+def test_health_checks_at_once_share_one_read_and_each_answers(client, database_url):
+    """Checks that arrive during one read share its result; each took keys out of it, and all
+    but the first answered 500 (a KeyError). A locked page_views makes the read last 0.3 s."""
+    import concurrent.futures
+
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE page_views IN ACCESS EXCLUSIVE MODE")
+        with concurrent.futures.ThreadPoolExecutor(4) as checks:
+            answers = list(checks.map(lambda _: client.get("/api/health", expect_errors=True), range(4)))
+        locker.rollback()
+    assert [answer.status_int for answer in answers] == [200] * 4
+    assert all(answer.json["database"] == "ok" for answer in answers)
+
+
 def test_health_says_the_database_is_full_when_every_connection_slot_is_taken(database_url):
     """A server whose max_connections someone else holds is up: health said "unreachable"."""
     held: list[psycopg.Connection] = []

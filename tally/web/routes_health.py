@@ -56,7 +56,9 @@ def register(
         replica = reads.status()
         body.update(replica=replica.state, replica_lag_seconds=replica.lag_seconds)
         try:
-            state = probe_process_state()
+            # A copy: callers that arrive during one read share its result, and this one pops and
+            # deletes keys (two health checks at once answered one of them 500, a KeyError).
+            state = dict(probe_process_state())
             if not state.pop("writable"):
                 # It answers every read and refuses every write: no view can be stored.
                 body.update(status="unavailable", database=READ_ONLY, **state)
