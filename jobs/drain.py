@@ -111,6 +111,17 @@ class BoundedDrainWorker(Worker):
             for waiter in (done, stop):
                 waiter.cancel()
 
+    async def _process_job(self, context) -> None:
+        try:
+            await super()._process_job(context)
+        finally:
+            if not self.listen_notify:
+                # A job that ended may have held the lock of the next one (a second cleanup, a
+                # rollup deferred while one ran): with LISTEN no NOTIFY says so (the connector
+                # wakes the worker then), and polling (behind a transaction pooler) left each such
+                # job to the next poll: one POLL_INTERVAL_SECONDS apart. Look again now.
+                self._new_job_event.set()
+
     async def _abort_running_jobs(self) -> None:
         """procrastinate's abort at the end of a drain, with a bound on the wait that follows."""
         for task, context in list(self._running_jobs.items()):

@@ -19,6 +19,7 @@ step. These are the one exception to "numbered files": their columns are the tab
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -44,6 +45,30 @@ STEP_LOCK_TIMEOUT = "500ms"
 STEP_RETRY_SECONDS = 600.0
 # A lock held by live traffic, or a state a step waits for (the rollup to fold a view).
 RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.ObjectNotInPrerequisiteState)
+# How long a release waits for another's lock before it gives up and fails: a release that
+# waited without a bound behind a lock nobody would give back (one left on a pooler's server
+# connection, held there for the pooler's server_lifetime) hung every deploy after it. As long
+# as a step may wait behind live traffic; a line each minute meanwhile says for whom.
+RELEASE_LOCK_WAIT_SECONDS = 600.0
+RELEASE_LOCK_TRY_SECONDS = 0.5
+RELEASE_LOCK_NOTE_SECONDS = 60.0
+# Through a transaction pooler the unlock may run on another server connection than the lock:
+# it is tried again this long, each try a fresh statement the pooler may send to the holder.
+STRAY_LOCK_UNLOCK_SECONDS = 2.0
+HOLDER = (
+    "SELECT a.pid, a.application_name"
+    "  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted"
+    "   AND (l.classid::bigint << 32 | l.objid::bigint) = %s"
+)
+HELD_HERE = (
+    "SELECT pg_backend_pid(), EXISTS (SELECT FROM pg_locks l WHERE l.locktype = 'advisory'"
+    " AND l.granted AND l.pid = pg_backend_pid() AND (l.classid::bigint << 32 | l.objid::bigint) = %s)"
+)
+THROUGH_A_POOLER = (
+    "DATABASE_URL goes through a connection pooler (PgBouncer, Heroku's connection pooling):"
+    " run the release step on the direct database URL"
+)
 
 logger = logging.getLogger("tally.migrations")
 
@@ -71,7 +96,7 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True, **connect_kwargs) as conn:
-        _take_release_lock(conn)
+        locked_by = _take_release_lock(conn)
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS tally_migrations ("
@@ -87,8 +112,15 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
             # files stop short of it (an older one, in the tests) has its own functions.
             if {path.name for path in numbered_files()} <= done | set(applied_now):
                 apply_dimensions(conn)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):  # the error that stopped it is the one to tell
+                _give_back_release_lock(conn, locked_by)
+            raise
+        if not _give_back_release_lock(conn, locked_by):
+            raise ReleaseLockLost(
+                f"the release lock was no longer this session's at the end (server pid {locked_by} took"
+                f" it): {THROUGH_A_POOLER}; the migrations it applied stay applied"
+            )
     return applied_now
 
 
@@ -121,22 +153,92 @@ def apply_dimensions(conn: psycopg.Connection) -> None:
     logger.info("dimension functions applied (%s)", ", ".join(dimension_columns()))
 
 
-def _take_release_lock(conn: psycopg.Connection) -> None:
-    """Take the lock that makes releases one at a time; say whom this one waits for, if anyone
-    (a release that only waits printed nothing, however long the other one took)."""
-    if conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
-        return
-    holder = conn.execute(
-        "SELECT a.pid, a.application_name"
-        "  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted"
-        "   AND (l.classid::bigint << 32 | l.objid::bigint) = %s",
-        (ADVISORY_LOCK_KEY,),
-    ).fetchone()
-    who = f"server pid {holder[0]}, {holder[1] or 'no application_name'}" if holder else "it has just ended"
-    logger.info("waiting for another release to finish (%s)", who)
-    conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
-    logger.info("the other release finished; going on")
+class ReleaseLockTimeout(RuntimeError):
+    """Another session held the release lock for longer than RELEASE_LOCK_WAIT_SECONDS."""
+
+
+class ReleaseLockLost(RuntimeError):
+    """The release lock was taken on one server connection and the release ran on others: a
+    transaction pooler between the release and the server."""
+
+
+def _take_release_lock(conn: psycopg.Connection) -> int:
+    """Take the lock that makes releases one at a time, and return the server pid that holds it.
+
+    Say whom this one waits for, if anyone (a release that only waits printed nothing, however
+    long the other one took), and give up after RELEASE_LOCK_WAIT_SECONDS. Then make sure the
+    lock is this session's: through a transaction pooler the next statement runs on another
+    server connection, and the lock stays behind on the one that took it."""
+    deadline = time.monotonic() + RELEASE_LOCK_WAIT_SECONDS
+    next_note = 0.0
+    while True:
+        taken, pid = conn.execute(
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (ADVISORY_LOCK_KEY,)
+        ).fetchone()
+        if taken:
+            break
+        now = time.monotonic()
+        who = _lock_holder(conn)
+        if now >= deadline:
+            raise ReleaseLockTimeout(
+                f"gave up waiting for another release to finish after {RELEASE_LOCK_WAIT_SECONDS:g} s"
+                f" ({who}): if no release is running, `SELECT pg_terminate_backend(pid)` on that pid frees"
+                " the lock"
+            )
+        if now >= next_note:
+            logger.info("waiting for another release to finish (%s)", who)
+            next_note = now + RELEASE_LOCK_NOTE_SECONDS
+        time.sleep(RELEASE_LOCK_TRY_SECONDS)
+    if next_note:
+        logger.info("the other release finished; going on")
+    here, held = conn.execute(HELD_HERE, (ADVISORY_LOCK_KEY,)).fetchone()
+    if not held:
+        _give_back_release_lock(conn, pid)
+        raise ReleaseLockLost(
+            f"the release lock was taken by server pid {pid} and the next statement ran on pid {here}:"
+            f" {THROUGH_A_POOLER}; nothing was applied"
+        )
+    return pid
+
+
+def _lock_holder(conn: psycopg.Connection) -> str:
+    """Who holds the release lock, for a log line; a session that is not a release's is named so:
+    a release run through a pooler left its lock on a server connection another client now uses."""
+    holder = conn.execute(HOLDER, (ADVISORY_LOCK_KEY,)).fetchone()
+    if holder is None:
+        return "it has just ended"
+    name = holder[1] or "no application_name"
+    who = f"server pid {holder[0]}, {name}"
+    if "release" not in name:
+        who += (
+            ": not a release's session; a release run through a connection pooler leaves its lock on"
+            " a pooled server connection"
+        )
+    return who
+
+
+def _give_back_release_lock(conn: psycopg.Connection, pid: int) -> bool:
+    """Unlock, and say whether the lock was this session's. Through a pooler the unlock may run on
+    another server connection than the lock (false, and the lock stays), so it is tried again for
+    a moment while the server pid that took it still holds it, each try a statement the pooler
+    may send there."""
+    deadline = time.monotonic() + STRAY_LOCK_UNLOCK_SECONDS
+    while True:
+        if conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()[0]:
+            return True
+        holder = conn.execute(HOLDER, (ADVISORY_LOCK_KEY,)).fetchone()
+        if holder is None or holder[0] != pid:
+            return False  # not this release's to give back (any more)
+        if time.monotonic() >= deadline:
+            logger.error(
+                "the release lock stays on server pid %s, which this release cannot reach: %s;"
+                " `SELECT pg_terminate_backend(%s)` on the direct URL frees it",
+                pid,
+                THROUGH_A_POOLER,
+                pid,
+            )
+            return False
+        time.sleep(0.05)
 
 
 def _apply_procrastinate(conn: psycopg.Connection, done: set[str]) -> list[str]:
@@ -233,7 +335,9 @@ def main() -> int:
 
     logs.log_start(settings, "migrations/__main__.py")
     try:
-        applied = apply_pending(database_url(settings.database_url), **db.connection_kwargs(settings))
+        applied = apply_pending(
+            database_url(settings.database_url), **db.connection_kwargs(settings, db.RELEASE_SESSION_SETTINGS)
+        )
     except psycopg.OperationalError as error:
         # A database that is down or not there (yet): one line, not a traceback. What was
         # applied stays applied (each migration commits); the next release goes on from it.

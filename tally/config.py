@@ -42,6 +42,11 @@ DEFAULT_REPLICA_MAX_LAG_SECONDS = 30.0
 
 
 REPORT_SCHEDULES = ("weekly", "monthly", "off")
+# DATABASE_POOLER: what sits between Tally and PostgreSQL on DATABASE_URL. A transaction-mode
+# pooler (PgBouncer, Heroku's connection pooling) hands each transaction to whichever server
+# connection is free, so nothing that lives in a session works through it: prepared statements,
+# LISTEN, a session advisory lock (README "PgBouncer").
+POOLERS = ("none", "transaction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +97,20 @@ class Config:
     # past which those reads go to the primary instead. Only the web reads from it.
     database_replica_url: str | None = dataclasses.field(default=None, repr=False)
     replica_max_lag_seconds: float = DEFAULT_REPLICA_MAX_LAG_SECONDS
+    # 'transaction': DATABASE_URL goes through a transaction-mode pooler (no prepared statements,
+    # no LISTEN, no session lock; the release step refuses it).
+    database_pooler: str = "none"
+
+    @property
+    def through_transaction_pooler(self) -> bool:
+        return self.database_pooler == "transaction"
 
 
 def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> Config:
     """Build a `Config` from `environ` (default `os.environ`) for one process type."""
     env = os.environ if environ is None else environ
     reader = EnvReader(env)
+    pooler = _pooler_settings(reader, process_type)
     config = Config(
         process_type=process_type,
         dyno=reader.text("DYNO", f"{process_type}.1"),
@@ -111,7 +124,6 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         # Two at least: reads take all but two (tally/web/replica.py), one for the views' inserts.
         web_pool_size=reader.integer("WEB_POOL_SIZE", DEFAULT_WEB_POOL_SIZE, low=2, high=64),
         worker_concurrency=reader.integer("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, low=1, high=64),
-        listen_notify=reader.boolean("LISTEN_NOTIFY", True),
         poll_interval_seconds=reader.number("POLL_INTERVAL_SECONDS", 5.0, low=0.1, high=3600),
         heartbeat_seconds=reader.number(
             "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS, low=0.1, high=3600
@@ -134,13 +146,13 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         metrics_token=reader.optional_text("METRICS_TOKEN"),
         public_dashboard=reader.boolean("PUBLIC_DASHBOARD", False),
         job_timeout_seconds=reader.number("JOB_TIMEOUT_SECONDS", 600.0, low=0.1, high=7 * 86400),
-        worker_session_liveness=reader.boolean("WORKER_SESSION_LIVENESS", True),
         # Collecting from websites.
         sites=reader.host_names("SITES"),
         salt_schedule=reader.cron("SALT_SCHEDULE", "5 * * * *"),
         timezone=reader.time_zone("TIMEZONE", "UTC"),
         **_report_settings(reader),
         **_replica_settings(reader),
+        **pooler,
     )
     _check_tokens_differ(config)
     if config.stalled_after_seconds <= config.graceful_seconds + config.heartbeat_seconds:
@@ -154,10 +166,42 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
         # Without the session lock only the heartbeat tells a draining worker from a dead one.
         raise ConfigError(
             f"STALLED_AFTER_SECONDS must exceed WORKER_GRACEFUL_SECONDS + {DRAIN_ABORT_SECONDS:g}"
-            f" + WORKER_HEARTBEAT_SECONDS ({silent:g}) with WORKER_SESSION_LIVENESS=false, or a"
-            " draining worker's aborted job would run twice"
+            f" + WORKER_HEARTBEAT_SECONDS ({silent:g}) with WORKER_SESSION_LIVENESS=false (as"
+            " DATABASE_POOLER=transaction makes it), or a draining worker's aborted job would run twice"
         )
     return config
+
+
+def _pooler_settings(reader: EnvReader, process_type: str) -> dict:
+    """DATABASE_POOLER, and what a transaction pooler rules out: LISTEN_NOTIFY and
+    WORKER_SESSION_LIVENESS default to false behind one, and cannot be true there (a
+    notification reaches a server connection no worker listens on; a worker's lock stays on a
+    pooled server connection after the worker died). The release step refuses it: its lock is
+    a session's, and through a pooler it stayed on a server connection for an hour, wedging
+    every release after it."""
+    pooler = reader.choice("DATABASE_POOLER", "none", POOLERS)
+    pooled = pooler == "transaction"
+    if pooled and process_type == "release":
+        raise ConfigError(
+            "DATABASE_POOLER=transaction: the release step holds a session lock and must run on the"
+            " direct database URL, not through the pooler (set DATABASE_POOLER and the pooler's URL"
+            " only for the processes that use it)"
+        )
+    settings = {
+        "database_pooler": pooler,
+        "listen_notify": reader.boolean("LISTEN_NOTIFY", not pooled),
+        "worker_session_liveness": reader.boolean("WORKER_SESSION_LIVENESS", not pooled),
+    }
+    for name, why in (
+        ("LISTEN_NOTIFY", "notifications reach a server connection no worker listens on"),
+        ("WORKER_SESSION_LIVENESS", "a worker's lock outlives the worker on a pooled server connection"),
+    ):
+        if pooled and settings[name.lower()]:
+            raise ConfigError(
+                f"{name}=true cannot work with DATABASE_POOLER=transaction ({why}): leave it unset,"
+                " or run workers on the direct URL without DATABASE_POOLER"
+            )
+    return settings
 
 
 def _report_settings(reader: EnvReader) -> dict:

@@ -179,11 +179,16 @@ def database_error(error: BaseException) -> str:
     `Type: message` on one line (procrastinate's ConnectorException says only "Database error."
     and keeps the server's reason in its cause; libpq's messages span lines). For errors of the
     database's own making only: a message can hold a request's input (describe_error)."""
+    from tally.db import POOLER_HINT, lost_prepared_statement
+
     parts = []
     seen: set[int] = set()
     current: BaseException | None = error
+    pooler = False
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         parts.append(f"{type(current).__name__}: {' '.join(str(current).split())}".rstrip(": "))
+        pooler = pooler or lost_prepared_statement(current)
         current = current.__cause__ or current.__context__
-    return " (from ".join(parts) + ")" * (len(parts) - 1)
+    # The error names a statement, not the cause: a pooler in front of the server.
+    return " (from ".join(parts) + ")" * (len(parts) - 1) + (f"; {POOLER_HINT}" if pooler else "")

@@ -119,6 +119,7 @@ def test_without_the_session_lock_the_stalled_threshold_outlasts_the_drains_abor
         ("REPLICA_MAX_LAG_SECONDS", "0"),
         ("REPLICA_MAX_LAG_SECONDS", "-5"),
         ("REPLICA_MAX_LAG_SECONDS", "100000"),
+        ("DATABASE_POOLER", "pgbouncer"),
     ],
 )
 def test_invalid_values_name_their_variable(name, value):
@@ -291,3 +292,48 @@ def test_the_replica_may_not_be_the_primary_itself():
     with pytest.raises(ConfigError) as raised:
         from_env({"DATABASE_URL": url, "DATABASE_REPLICA_URL": url}, process_type="web")
     assert str(raised.value).startswith("DATABASE_REPLICA_URL") and "pw" not in str(raised.value)
+
+
+def test_database_pooler_transaction_turns_off_what_a_transaction_pooler_breaks():
+    """One setting for a DATABASE_URL that goes through PgBouncer in transaction mode: no prepared
+    statements (tally/db.py), workers poll and hold no session lock."""
+    assert from_env({}, process_type="worker").database_pooler == "none"
+    for process_type in ("web", "worker", "clock"):
+        config = from_env({"DATABASE_POOLER": "Transaction"}, process_type=process_type)
+        assert config.through_transaction_pooler
+        assert (config.listen_notify, config.worker_session_liveness) == (False, False)
+
+
+@pytest.mark.parametrize("name", ["LISTEN_NOTIFY", "WORKER_SESSION_LIVENESS"])
+def test_what_cannot_work_through_a_transaction_pooler_is_refused_with_it(name):
+    with pytest.raises(ConfigError, match=f"{name}=true cannot work with DATABASE_POOLER=transaction"):
+        from_env({"DATABASE_POOLER": "transaction", name: "true"}, process_type="worker")
+    assert not getattr(
+        from_env({"DATABASE_POOLER": "transaction", name: "false"}, process_type="worker"), name.lower()
+    )
+
+
+def test_the_release_step_refuses_a_transaction_pooler():
+    """Its lock is a session's: through the pooler it stayed on a server connection, and every
+    release after it waited."""
+    with pytest.raises(
+        ConfigError, match=r"DATABASE_POOLER=transaction: the release step .* direct database URL"
+    ):
+        from_env({"DATABASE_POOLER": "transaction"}, process_type="release")
+    assert from_env({"DATABASE_POOLER": "none"}, process_type="release")
+
+
+def test_every_connection_through_a_transaction_pooler_prepares_nothing():
+    """The web's, the replica's, the worker's and procrastinate's (the CLI's too), the clock's,
+    the liveness lock's and the reports': all are made with connection_kwargs."""
+    from tally import db
+
+    env = {"DATABASE_POOLER": "transaction", "DATABASE_REPLICA_URL": "postgres://replica.example.com/tally"}
+    pooled = from_env(env, process_type="web")
+    direct = from_env({}, process_type="web")
+    assert db.connection_kwargs(pooled)["prepare_threshold"] is None
+    assert "prepare_threshold" not in db.connection_kwargs(direct)
+    assert db.replica_connection_kwargs(pooled)["prepare_threshold"] is None
+    assert db.worker_pool_args(pooled)["kwargs"]["prepare_threshold"] is None
+    assert db.web_pool(pooled).kwargs["prepare_threshold"] is None
+    assert db.clock_pool(pooled).kwargs["prepare_threshold"] is None

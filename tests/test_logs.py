@@ -91,3 +91,20 @@ def test_a_database_error_is_one_line_with_its_cause():
         line = database_error(error)
     reason = 'connection failed: FATAL: database "nodb" does not exist'
     assert line == f"RuntimeError: Database error. (from ValueError: {reason})"
+
+
+def test_a_lost_prepared_statement_names_the_setting(conn):
+    """Behind a transaction pooler the worker's and the clock's lines said only
+    `DuplicatePreparedStatement` / `InvalidSqlStatementName`: the fix is DATABASE_POOLER."""
+    import psycopg
+
+    from tally.logs import database_error
+
+    with pytest.raises(psycopg.errors.InvalidSqlStatementName) as raised:
+        conn.execute("EXECUTE _pg3_0")
+    assert database_error(raised.value).endswith(
+        "set DATABASE_POOLER=transaction for the processes that use it"
+    )
+    with pytest.raises(psycopg.errors.UndefinedTable) as other:
+        conn.execute("SELECT * FROM no_such_table")
+    assert "DATABASE_POOLER" not in database_error(other.value)

@@ -330,6 +330,47 @@ def test_a_release_that_waits_for_another_says_for_whom(fresh_database, caplog):
     assert "waiting for another release to finish" in caplog.text and "other-release" in caplog.text
 
 
+def test_a_release_waits_for_the_lock_within_a_bound_and_names_a_holder_that_is_no_release(
+    fresh_database, caplog, monkeypatch
+):
+    """A release run through a pooler left the lock on a pooled server connection (another
+    client's now, named web.5), held there for the pooler's server_lifetime: the next release
+    said `waiting for another release to finish` and waited without a bound."""
+    import logging
+    import time
+
+    import migrations
+
+    apply_pending(fresh_database)
+    monkeypatch.setattr(migrations, "RELEASE_LOCK_WAIT_SECONDS", 1.5)
+    with psycopg.connect(fresh_database, autocommit=True, application_name="web.5") as stray:
+        stray.execute("SELECT pg_advisory_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
+        pid = stray.info.backend_pid
+        started = time.monotonic()
+        with (
+            caplog.at_level(logging.INFO, logger="tally.migrations"),
+            pytest.raises(migrations.ReleaseLockTimeout) as raised,
+        ):
+            apply_pending(fresh_database)
+        assert time.monotonic() - started < 5
+    assert f"server pid {pid}, web.5: not a release's session" in caplog.text
+    assert f"gave up waiting for another release to finish after 1.5 s (server pid {pid}" in str(raised.value)
+    assert "pg_terminate_backend" in str(raised.value)
+    assert apply_pending(fresh_database) == []  # the holder gone, the next one goes on
+
+
+def test_the_release_ignores_the_timeouts_set_on_the_role(fresh_database, start_process):
+    """Behind a pooler that drops Tally's options the web's timeouts are set on the role (README
+    "PgBouncer"); the release's migrations (a table rewritten, a function made) are not cut by them."""
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        name = conn.info.dbname
+        conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '1ms'")
+        conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '1ms'")
+    release = start_process(["-m", "migrations"], {"DATABASE_URL": fresh_database})
+    assert release.wait(120) == 0, release.output()[-3000:]
+    assert "release done" in release.output()
+
+
 def test_a_migration_is_never_edited_once_written_down():
     """A database records a migration by its file name only, so an edit to an applied file
     reaches no database that applied it: four migrations edited (and one renamed) after they

@@ -118,7 +118,11 @@ def database_unavailable(route: Callable) -> Callable:
                     " stored (it is, if the database finishes it): check before sending it again.",
                 )
             return json_error(503, "The database stopped answering; try again shortly.")
+        except db.PREPARED_STATEMENTS_LOST as error:
+            return _prepared_statement_lost(error)
         except DATABASE_DOWN as error:
+            if db.lost_prepared_statement(error):
+                return _prepared_statement_lost(error)
             logger.warning(
                 "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
             )
@@ -146,6 +150,18 @@ def database_unavailable(route: Callable) -> Callable:
             return json_error(400, "This time zone is unknown to the database; try another name for it.")
 
     return wrapper
+
+
+def _prepared_statement_lost(error: psycopg.Error) -> bottle.HTTPResponse:
+    """A statement refused before it ran (missing, clashing, or another's of the same name): nothing
+    was done. Through a transaction pooler it is most requests' fate, and a 500 said nothing of why."""
+    logger.error("%s %s: %s (%s)", bottle.request.method, bottle.request.path, db.POOLER_HINT, error.sqlstate)
+    nothing = " nothing was changed;" if _writes() else ""
+    return json_error(
+        503,
+        "The database's connection pooler lost this request's prepared statement;"
+        f"{nothing} try again shortly (the operator must set DATABASE_POOLER=transaction).",
+    )
 
 
 def error_as_json(error: bottle.HTTPError) -> str:
