@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg.connection import _WAIT_INTERVAL
 
 from tally import dimension_sql, localdb
+from tally.answer_bound import AnswerBoundConnection, AsyncAnswerBoundConnection
 from tally.checked_pool import CheckedPool, check_if_hung_up
 from tally.config import Config
 
@@ -83,30 +83,8 @@ WEB_LOCK_TIMEOUT_MS = 1_500
 WEB_ANSWER_LIMIT_SECONDS = WEB_STATEMENT_TIMEOUT_SECONDS + 1.5
 
 
-class AnswerTimedOut(psycopg.OperationalError):
-    """The server took a request and stopped answering (hung with its kernel up): what was sent
-    may or may not have been done, and the connection is closed."""
-
-
-def _stopped_answering(conn: psycopg.Connection | psycopg.AsyncConnection, limit: float) -> AnswerTimedOut:
-    conn.pgconn.finish()  # its state unknown: the pool discards it
-    return AnswerTimedOut(f"the database stopped answering (nothing for {limit:g} s)")
-
-
-class AnswerBoundConnection(psycopg.Connection):
-    """A connection that waits at most `answer_limit` seconds for any one answer, then closes and
-    raises AnswerTimedOut (an OperationalError: a 503). Overrides psycopg's `Connection.wait`
-    (3.3; tests/test_hung_server.py holds it)."""
-
+class WebConnection(AnswerBoundConnection):
     answer_limit = WEB_ANSWER_LIMIT_SECONDS
-
-    def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
-        try:
-            return super().wait(gen, interval, self.answer_limit if timeout is None else timeout)
-        except psycopg.errors._WaitTimeout:
-            if timeout is not None:
-                raise  # the caller's own bound (notifies): its to handle
-            raise _stopped_answering(self, self.answer_limit) from None
 
 
 WEB_SESSION_SETTINGS = {
@@ -153,18 +131,8 @@ CLOCK_SESSION_SETTINGS = {
 CLOCK_ANSWER_LIMIT_SECONDS = CLOCK_STATEMENT_TIMEOUT_SECONDS + 1.5
 
 
-class AsyncAnswerBoundConnection(psycopg.AsyncConnection):
-    """AnswerBoundConnection's bound for an async connection (the clock's)."""
-
+class ClockConnection(AsyncAnswerBoundConnection):
     answer_limit = CLOCK_ANSWER_LIMIT_SECONDS
-
-    async def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
-        try:
-            return await super().wait(gen, interval, self.answer_limit if timeout is None else timeout)
-        except psycopg.errors._WaitTimeout:
-            if timeout is not None:
-                raise  # the caller's own bound (notifies): its to handle
-            raise _stopped_answering(self, self.answer_limit) from None
 
 
 # The web's reads from DATABASE_REPLICA_URL (tally/web/replica.py): the owner's dashboard,
@@ -279,7 +247,7 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
         kwargs=connection_kwargs(
             config, WEB_SESSION_SETTINGS, tcp_user_timeout_ms=WEB_TCP_USER_TIMEOUT_MS, autocommit=True
         ),
-        connection_class=AnswerBoundConnection,
+        connection_class=WebConnection,
         name=f"{config.dyno}-web",
         open=False,
     )
@@ -302,7 +270,7 @@ def replica_pool(config: Config) -> psycopg_pool.ConnectionPool:
         timeout=REPLICA_POOL_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         kwargs=replica_connection_kwargs(config),
-        connection_class=AnswerBoundConnection,  # frees the reader thread a frozen replica held
+        connection_class=WebConnection,  # frees the reader thread a frozen replica held
         name=f"{config.dyno}-replica",
         open=False,
     )
@@ -363,7 +331,7 @@ def clock_pool(config: Config) -> psycopg_pool.AsyncConnectionPool:
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         kwargs=connection_kwargs(config, CLOCK_SESSION_SETTINGS),
         check=psycopg_pool.AsyncConnectionPool.check_connection,
-        connection_class=AsyncAnswerBoundConnection,
+        connection_class=ClockConnection,
         name=f"{config.dyno}-clock",
         open=False,
     )

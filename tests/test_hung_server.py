@@ -1,6 +1,6 @@
 """A server that hangs with its kernel up (SIGSTOP, a stalled disk, a frozen container): it
 acknowledges every byte and answers none, so neither its statement_timeout nor TCP ends a wait.
-The web's connections bound each answer themselves (tally/db.py, AnswerBoundConnection).
+The web's connections bound each answer themselves (tally/answer_bound.py).
 
 The hang is a proxy on a unix socket that stops passing bytes on: the test server keeps running.
 """
@@ -20,6 +20,7 @@ import psycopg_pool
 import pytest
 
 from tally import db
+from tally.answer_bound import AnswerTimedOut
 from tally.config import from_env
 from tests.conftest import wait_until
 
@@ -107,7 +108,7 @@ def test_a_web_connection_gives_up_on_a_hung_server(proxy):
         hung.frozen.clear()  # before: the read waited for as long as the server hung
         assert not reader.is_alive(), f"the read still waited for the hung server after {took:.1f} s"
         assert isinstance(outcome[0], psycopg.OperationalError), outcome
-        assert isinstance(outcome[0], db.AnswerTimedOut), outcome
+        assert isinstance(outcome[0], AnswerTimedOut), outcome
         assert took < db.WEB_STATEMENT_TIMEOUT_SECONDS + 2.5
 
 

@@ -19,6 +19,7 @@ import psycopg
 import psycopg_pool
 
 from tally import db
+from tally.answer_bound import AnswerTimedOut
 from tally.logs import describe_error
 from tally.web import error_page
 from tally.web.replica import ReadsBusy
@@ -109,7 +110,7 @@ def database_unavailable(route: Callable) -> Callable:
                 f"A table this {'writes' if _writes() else 'reads'} is locked (a migration or maintenance"
                 f" is running);{nothing} try again shortly.",
             )
-        except db.AnswerTimedOut as error:
+        except AnswerTimedOut as error:
             logger.warning("%s %s: %s", bottle.request.method, bottle.request.path, error)
             if _writes():  # sent, and maybe done: a sender that sends it again may count it twice
                 return json_error(
