@@ -8,7 +8,9 @@ the pool could not connect, as health names it (a full server is not a down one)
 from __future__ import annotations
 
 import select
+import threading
 import time
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -47,8 +49,53 @@ def check_if_hung_up_sync(conn: psycopg.Connection) -> None:
         raise psycopg.OperationalError("the server closed this connection")
 
 
-class CheckedPool(psycopg_pool.ConnectionPool):
-    """psycopg_pool's pool whose checkout passes over a connection the server closed at once.
+class RecordingPool(psycopg_pool.ConnectionPool):
+    """psycopg_pool's pool that remembers how its last connect went, and since when a connect
+    has been under way: a pool can then say it cannot connect (`connect_trouble`), which
+    psycopg_pool tells only by a PoolTimeout, the same as for a pool whose connections are all
+    busy. The replica's pool is one: a replica whose slots were full, or whose postmaster hung,
+    kept answering its checker's old connection and was vouched for while no read could get one."""
+
+    last_connect_error: str | None = None  # the message of the last failed connect, if the last failed
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._connects: dict[int, float] = {}  # when each connect under way started, by thread
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection:
+        # psycopg_pool's own connect (it has no public hook for a failed one): kept, so that
+        # health can say why it has no connection (a full server is not a down one).
+        self._connects[threading.get_ident()] = time.monotonic()
+        try:
+            conn = super()._connect(timeout)
+        except psycopg.Error as error:
+            self.last_connect_error = str(error)
+            raise
+        finally:
+            self._connects.pop(threading.get_ident(), None)
+        self.last_connect_error = None
+        return conn
+
+    def connect_trouble(self, stalled_after: float) -> str | None:
+        """Why this pool can give no connection now, or None when it can or may soon.
+
+        Trouble only when no connection is idle and its connects fail (the last one failed,
+        or one has not answered for `stalled_after`): all of them out to slow reads is no
+        trouble, however long those take."""
+        if self.get_stats().get("pool_available", 0) > 0:
+            return None
+        started = min(self._connects.values(), default=None)
+        if started is not None and time.monotonic() - started > stalled_after:
+            return f"a new connection has not answered for {time.monotonic() - started:.1f} s"
+        return self.last_connect_error
+
+    def connecting(self) -> bool:
+        """Whether a connect is under way (the pool tries again by itself meanwhile)."""
+        return bool(self._connects)
+
+
+class CheckedPool(RecordingPool):
+    """psycopg_pool's pool whose checkout passes over connections the server closed at once.
 
     The pool's own `check` loop sleeps its reconnection backoff (1 s, then 2 s) after each
     connection that fails: after a database restart every idle connection is dead, and the
@@ -56,19 +103,6 @@ class CheckedPool(psycopg_pool.ConnectionPool):
     beacon, seconds after the server was back). Here a dead one goes back at once (the pool
     discards it and connects anew in the background) and the next is taken, within the same
     deadline; with none left, `getconn` waits for the new ones."""
-
-    last_connect_error: str | None = None  # the message of the last failed connect, if the last failed
-
-    def _connect(self, timeout: float | None = None) -> psycopg.Connection:
-        # psycopg_pool's own connect (it has no public hook for a failed one): kept, so that
-        # health can say why it has no connection (a full server is not a down one).
-        try:
-            conn = super()._connect(timeout)
-        except psycopg.Error as error:
-            self.last_connect_error = str(error)
-            raise
-        self.last_connect_error = None
-        return conn
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection:
         wait = self.timeout if timeout is None else timeout
@@ -109,6 +143,11 @@ CONNECT_PROBLEMS = (
         "refusing Tally's session settings: add options to the pooler's ignore_startup_parameters",
     ),
 )
+
+
+def is_full(message: str) -> bool:
+    """Whether a failed connect's message says the server's connection slots are all taken."""
+    return any(sign in message for sign in CONNECT_PROBLEMS[0][0])
 
 
 def connect_problem(pool: psycopg_pool.ConnectionPool) -> str:

@@ -16,7 +16,7 @@ import psycopg_pool
 
 from tally import dimension_sql, localdb
 from tally.answer_bound import AnswerBoundConnection, AsyncAnswerBoundConnection
-from tally.checked_pool import CheckedPool, check_if_hung_up
+from tally.checked_pool import CheckedPool, RecordingPool, check_if_hung_up
 from tally.config import Config
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
@@ -253,17 +253,19 @@ def web_pool(config: Config) -> psycopg_pool.ConnectionPool:
     )
 
 
-def replica_pool(config: Config) -> psycopg_pool.ConnectionPool:
+def replica_pool(config: Config) -> RecordingPool:
     """REPLICA_POOL_SIZE connections to DATABASE_REPLICA_URL, with the web pool's timeouts.
 
     No `check` on checkout (the web pool has one): a replica connection that broke answers
     its request's first query with an error at once, and the request then reads from the
     primary, where a check would wait and retry on this pool first. The replica's checker
-    (tally/web/replica.py) says when the replica is back, and `check()`s the pool then.
+    (tally/web/replica.py) says when the replica is back, and `check()`s the pool then; it also
+    asks the pool whether its connects fail (RecordingPool), as a replica can answer its checker's
+    old connection and refuse every new one (its slots full, its postmaster hung).
     """
     if config.database_replica_url is None:
         raise ValueError("no DATABASE_REPLICA_URL")
-    return psycopg_pool.ConnectionPool(
+    return RecordingPool(
         config.database_replica_url,
         min_size=REPLICA_POOL_SIZE,
         max_size=REPLICA_POOL_SIZE,

@@ -1005,12 +1005,15 @@ SELECT pg_advisory_unlock(%(key)s)
 -- the row then says a receiver runs, and what it received stands for what the primary reported.
 -- Its cluster's system identifier too: a standby of another primary is not this one's replica;
 -- and its database's OID: the primary's standby, connected to another of its databases (a URL
--- without the database's name reaches `postgres`), has none of Tally's tables.
+-- without the database's name reaches `postgres`), has none of Tally's tables. And whether it has
+-- replayed all the WAL it received (NULL: none received since it started): with its primary gone,
+-- that is everything the primary sent.
 SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control_system()) AS cluster,
        (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS database,
        CASE WHEN receiver.pid IS NOT NULL AND coalesce(receiver.status, 'streaming') = 'streaming'
              AND pg_last_wal_replay_lsn() >= coalesce(receiver.latest_end_lsn, pg_last_wal_receive_lsn())
             THEN 0.0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
-       END AS lag_seconds
+       END AS lag_seconds,
+       pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() AS replayed_received
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver receiver ON true

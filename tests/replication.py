@@ -108,11 +108,18 @@ class ReplicatedPostgres:
     def stop_standby(self, mode: str = "immediate") -> None:
         self._pg_ctl(self.standby_dir, self.standby_port, "stop", "-m", mode)
 
-    def signal_standby(self, signum: int) -> None:
-        """Send `signum` to the standby's postmaster and every process it started (SIGSTOP freezes it)."""
+    def stop_primary(self, mode: str = "fast") -> None:
+        self._pg_ctl(self.primary_dir, self.primary_port, "stop", "-m", mode)
+
+    def start_primary_again(self) -> None:
+        self._pg_ctl(self.primary_dir, self.primary_port, "start")
+
+    def signal_standby(self, signum: int, postmaster_only: bool = False) -> None:
+        """Send `signum` to the standby's postmaster and every process it started (SIGSTOP freezes it);
+        to the postmaster alone with `postmaster_only` (its backends answer on, no connect does)."""
         postmaster = int((self.standby_dir / "postmaster.pid").read_text().split()[0])
         children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        for stat in [] if postmaster_only else Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 # The parent pid is the second field after the command's closing parenthesis.
                 if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:

@@ -122,7 +122,10 @@ class ReadRouter:
                 logger.info("replica read cancelled (%s): reading from the primary", database_error(error))
                 return self._on_primary(read)
             except psycopg_pool.PoolTimeout:
-                return self._on_primary(read)  # its connections busy or not yet open: not down
+                # Its connections all lent to other reads (the replica is well), or the pool
+                # cannot connect (slots full, a hung postmaster): the checker tells which.
+                self.check.pool_timed_out()
+                return self._on_primary(read)
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 self.check.mark_down(error)
                 return self._on_primary(read)

@@ -5,7 +5,9 @@ primary's database and how far behind it is, and vouches for it while it is a st
 REPLICA_MAX_LAG_SECONDS; a vouch older than STALE_AFTER_SECONDS vouches for nothing, so a
 replica that goes silent (even mid-check) stops being used within that. A read that failed on
 its connection marks the replica unreachable until a check started after the failure finds it
-well. tally/web/replica.py routes the reads by what this says.
+well; so does one whose pool cannot connect (`full`, `unreachable`: tally/web/replica_probes.py).
+With the primary down, a replica that has replayed all it received serves on (`primary down`).
+tally/web/replica.py routes the reads by what this says.
 
 Lag: a standby that streams and has replayed everything it received is caught up (0), whatever
 the age of its last replayed transaction (an idle primary sends none); otherwise the lag is the
@@ -26,9 +28,11 @@ import psycopg
 import psycopg_pool
 
 from tally import db
+from tally.checked_pool import is_full
 from tally.config import Config
 from tally.db import QUERIES
 from tally.logs import database_error, describe_error
+from tally.web.replica_probes import pool_trouble, primary_down
 
 logger = logging.getLogger("tally.web.replica")
 
@@ -44,29 +48,36 @@ CHECK_STATEMENT_TIMEOUT_MS = 1_000
 # in its log, twice a second per web at the check's own pace.
 MAX_RETRY_SECONDS = 5.0
 
-OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE = (
+OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, FULL, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE = (
     "off",
     "starting",
     "in use",
     "lagging",
     "unreachable",
+    "full",
     "not a standby",
     "another cluster",
     "another database",
 )
+# The primary stopped answering, and the replica has replayed all it received: what it has is
+# everything the primary sent, and reads stay on it rather than fail on the primary.
+PRIMARY_DOWN = "primary down"
+# The states in which reads go to the replica.
+SERVING = (IN_USE, PRIMARY_DOWN)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReplicaStatus:
     """What health and /metrics say about the replica."""
 
-    # one of OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, NOT_A_STANDBY, OTHER_CLUSTER, OTHER_DATABASE
+    # one of OFF, STARTING, IN_USE, PRIMARY_DOWN, LAGGING, UNREACHABLE, FULL, NOT_A_STANDBY,
+    # OTHER_CLUSTER, OTHER_DATABASE
     state: str
     lag_seconds: float | None  # at the last check; None when unknown or not a replica
 
     @property
     def in_use(self) -> bool:
-        return self.state == IN_USE
+        return self.state in SERVING
 
 
 class ReplicaCheck:
@@ -133,13 +144,16 @@ class ReplicaCheck:
             if connection is None or connection.closed:
                 assert self._connect is not None
                 connection = self._connect()
-            standby, cluster, database, lag = connection.execute(QUERIES["replica_state"]).fetchone()
+            row = connection.execute(QUERIES["replica_state"]).fetchone()
+            answered = time.monotonic()
         except psycopg.Error as error:
             if connection is not None:
                 connection.close()
-            self._set(UNREACHABLE, None, f"unreachable ({database_error(error)})")
+            reason = database_error(error)
+            state = FULL if is_full(reason) else UNREACHABLE
+            self._set(state, None, f"{state} ({reason})")
             return None
-        self._checked(started, standby, cluster, lag, database)
+        self._checked(started, answered, *row)
         return connection
 
     def _primary_cluster_id(self) -> tuple[int, int] | None:
@@ -154,52 +168,85 @@ class ReplicaCheck:
         return self._primary_cluster
 
     def _checked(
-        self, started: float, standby: bool, cluster: int, server_lag: float | None, database: int
+        self,
+        started: float,
+        answered: float,
+        standby: bool,
+        cluster: int,
+        database: int,
+        server_lag: float | None,
+        replayed_received: bool | None,
     ) -> None:
+        state, lag, description = self._verdict(started, standby, cluster, database, server_lag)
+        # Seen caught up, all it received replayed, and the primary gone: it has all the primary
+        # sent, and reads on the primary would fail (its lag, the time since, grows all the same).
+        if (
+            state == LAGGING
+            and replayed_received
+            and self._caught_up_at is not None
+            and primary_down(self.primary)
+        ):
+            state = PRIMARY_DOWN
+            description = (
+                f"in use with the primary down: it has replayed all it received, {lag:.1f} s after it was"
+                " last seen caught up"
+            )
+        if state in SERVING:
+            trouble = pool_trouble(self.replica)
+            if trouble is not None:
+                state, lag = (FULL if is_full(trouble) else UNREACHABLE), None
+                description = f"{state}: a standby fit to serve, but its pool cannot connect ({trouble})"
+        with self._lock:
+            # A check that hung (a frozen server, thawed) tells of a moment long past: it neither
+            # vouches nor logs (it logged `in use` with a stale lag between `unreachable` and the
+            # next check's `in use`); the next check, at once, says how the replica is now. A
+            # vouch from a check that took that long would be stale already.
+            late = time.monotonic() if state in SERVING else answered
+            if late - started > STALE_AFTER_SECONDS:
+                return
+            if state in SERVING and started < self._down_at:  # a read failed while this check ran
+                return
+            back = state in SERVING and self._state not in SERVING
+        if back and self.replica is not None:
+            self.replica.check()  # drop the connections a restart broke before reads use them
+        if state in SERVING:
+            with self._lock:
+                self._vouched_at = started
+        self._set(state, lag, description)
+
+    def _verdict(
+        self, started: float, standby: bool, cluster: int, database: int, server_lag: float | None
+    ) -> tuple[str, float | None, str]:
+        """(state, lag, description) of the replica by one check's answer."""
         if not standby:
-            self._set(NOT_A_STANDBY, None, "not a standby (pg_is_in_recovery() is false): it is not used")
-            return
+            return NOT_A_STANDBY, None, "not a standby (pg_is_in_recovery() is false): it is not used"
         identity = self._primary_cluster_id()
         primary, primary_database = identity if identity is not None else (None, None)
         if primary is None:
-            self._set(UNREACHABLE, None, "not checked against the primary, which does not answer")
-            return
+            return UNREACHABLE, None, "not checked against the primary, which does not answer"
         if cluster != primary:
-            self._set(
+            return (
                 OTHER_CLUSTER,
                 None,
                 f"a standby of another cluster (system identifier {cluster}, the primary's {primary}):"
                 " its data is not this database's, it is not used",
             )
-            return
         if database != primary_database:
-            self._set(
+            return (
                 OTHER_DATABASE,
                 None,
                 f"a standby of the primary, but connected to another of its databases (OID {database},"
                 f" DATABASE_URL's {primary_database}): DATABASE_REPLICA_URL must name the same database,"
                 " it is not used",
             )
-            return
         if server_lag == 0.0:
             self._caught_up_at = started
         bounds = [bound for bound in (server_lag, self._since_caught_up(started)) if bound is not None]
         lag = max(0.0, min(bounds)) if bounds else None
         if lag is None or lag > self.max_lag:
             shown = "unknown" if lag is None else f"{lag:.1f} s"
-            self._set(
-                LAGGING, lag, f"lagging: {shown} behind, past REPLICA_MAX_LAG_SECONDS ({self.max_lag:g} s)"
-            )
-            return
-        with self._lock:
-            if started < self._down_at:  # a read failed while this check ran: the next one says
-                return
-            back = self._state != IN_USE
-        if back and self.replica is not None:
-            self.replica.check()  # drop the connections a restart broke before reads use them
-        with self._lock:
-            self._vouched_at = started
-        self._set(IN_USE, lag, f"in use: {lag:.1f} s behind")
+            return LAGGING, lag, f"lagging: {shown} behind, past REPLICA_MAX_LAG_SECONDS ({self.max_lag:g} s)"
+        return IN_USE, lag, f"in use: {lag:.1f} s behind"
 
     def _since_caught_up(self, now: float) -> float | None:
         return None if self._caught_up_at is None else now - self._caught_up_at
@@ -209,7 +256,7 @@ class ReplicaCheck:
             changed, self._state, self._lag = self._state != state, state, lag
         if changed:
             log = logger.info if state == IN_USE else logger.warning
-            log("replica %s%s", description, "" if state == IN_USE else ": reads go to the primary")
+            log("replica %s%s", description, "" if state in SERVING else ": reads go to the primary")
 
     def status(self) -> ReplicaStatus:
         """The replica's state as of its last check (a stale vouch reads as unreachable)."""
@@ -221,7 +268,7 @@ class ReplicaCheck:
         """A check that hangs (a frozen server answers nothing, not even its statement timeout)
         ends the vouch when it goes stale: said in the log then, not only when the check ends."""
         with self._lock:
-            stale = self._state == IN_USE and not self._vouched(time.monotonic())
+            stale = self._state in SERVING and not self._vouched(time.monotonic())
             if stale:
                 self._state, self._lag = UNREACHABLE, None
         if stale:
@@ -231,13 +278,24 @@ class ReplicaCheck:
             )
 
     def _vouched(self, now: float) -> bool:
-        return self._state == IN_USE and now - self._vouched_at <= STALE_AFTER_SECONDS
+        return self._state in SERVING and now - self._vouched_at <= STALE_AFTER_SECONDS
 
     def usable(self) -> bool:
         """Whether a read may go to the replica now."""
         self._note_stale()
         with self._lock:
             return self.replica is not None and self._vouched(time.monotonic())
+
+    def pool_timed_out(self) -> None:
+        """A read waited out the replica pool's wait: if the pool cannot connect (rather than
+        lending all its connections to reads), unused until a later check finds it can."""
+        trouble = pool_trouble(self.replica)
+        if trouble is None:
+            return  # busy with other reads: the replica is well
+        with self._lock:
+            self._down_at = time.monotonic()
+        state = FULL if is_full(trouble) else UNREACHABLE
+        self._set(state, None, f"{state}: its pool cannot connect ({trouble})")
 
     def mark_down(self, error: BaseException) -> None:
         """A read failed on the replica's connection: unused until a later check finds it well."""
