@@ -279,6 +279,9 @@ def test_the_web_with_the_primary_down_answers_stats_from_the_replica(pair, star
         status, body = answer(port, "/api/stats?days=30")
         assert (status, body["total_views"]) == (200, VIEWS)
         assert answer(port, "/api/sites")[0] == 200
+        # The dashboard too: its numbers from the replica, the queue (the primary's) said out of reach.
+        status, page, _ = get(port, "/?days=30")
+        assert status == 200 and b'id="queue-unreachable"' in page, (status, page[:300])
         assert (
             "replica in use with the primary down" in web.output() and "replica lagging" not in web.output()
         )

@@ -241,7 +241,12 @@
   % end
   </div>
 
-  % if queue is not None:
+  % if queue is not None and queue.get('unreachable'):
+  <section>
+    <h2>Job queue</h2>
+    <p id="queue-unreachable" class="failed">The primary database, where the job queue lives, is unreachable: the numbers above come from the replica.</p>
+  </section>
+  % elif queue is not None:
   <section>
     <h2>Job queue <a class="muted" id="jobs-link" href="/jobs">jobs, queues and schedules</a></h2>
     % if processes and processes['paused_queues']:

@@ -4,9 +4,12 @@ Their numbers come through `reads` (tally/web/replica.py): from the replica when
 fit, else from the primary. Each read is one function of the pool it is given, so a read that
 fails on the replica starts over on the primary; the request's parameters are parsed before,
 since the read may run on another thread. The owner's queue and process state on the dashboard
-stay on the primary: they are the live state the jobs page acts on."""
+stay on the primary: they are the live state the jobs page acts on. With the primary down and
+the numbers from the replica, the page still shows the numbers, and says the queue is out of reach."""
 
 from __future__ import annotations
+
+import logging
 
 import bottle
 import psycopg_pool
@@ -24,8 +27,10 @@ from tally.web.params import (
     parse_time_zone,
 )
 from tally.web.replica import ReadRouter
-from tally.web.responses import database_unavailable, json_response
+from tally.web.responses import DATABASE_DOWN, database_unavailable, json_response
 from tally.web.stats import StatsReader
+
+logger = logging.getLogger("tally.web")
 
 
 def register(
@@ -56,10 +61,14 @@ def register(
         )
         queue = processes = None
         if auth.reader() is Reader.OWNER:
-            with pool.connection() as conn:
-                queue = queue_state.queue_summary(conn)
-                processes = queue_state.process_state(conn, config.stalled_after_seconds)
-                queue["report_failures"] = routes_reports.delivery_failures(conn)
+            try:
+                with pool.connection() as conn:
+                    queue = queue_state.queue_summary(conn)
+                    processes = queue_state.process_state(conn, config.stalled_after_seconds)
+                    queue["report_failures"] = routes_reports.delivery_failures(conn)
+            except DATABASE_DOWN as error:  # the numbers came from the replica (else they had failed)
+                logger.warning("GET /: the job queue is out of reach: %s", error)
+                queue, processes = {"unreachable": True}, None
         for name, value in dashboard.HEADERS.items():
             bottle.response.set_header(name, value)
         return dashboard.render(
