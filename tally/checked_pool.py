@@ -94,6 +94,15 @@ class RecordingPool(psycopg_pool.ConnectionPool):
         return bool(self._connects)
 
 
+class NoConnection(psycopg_pool.PoolTimeout):
+    """No connection in time, and why as health says it (`problem`: `unreachable`, or `full: …`
+    when the server answered that its slots are taken): a request's 503 says the same."""
+
+    def __init__(self, message: str, problem: str):
+        super().__init__(message)
+        self.problem = problem
+
+
 class CheckedPool(RecordingPool):
     """psycopg_pool's pool whose checkout passes over connections the server closed at once.
 
@@ -110,8 +119,11 @@ class CheckedPool(RecordingPool):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise psycopg_pool.PoolTimeout(f"couldn't get a connection after {wait:.2f} sec")
-            conn = super().getconn(timeout=left)
+                raise NoConnection(f"couldn't get a connection after {wait:.2f} sec", connect_problem(self))
+            try:
+                conn = super().getconn(timeout=left)
+            except psycopg_pool.PoolTimeout as error:
+                raise NoConnection(str(error), connect_problem(self)) from error
             if not server_hung_up(conn):
                 return conn
             self.putconn(conn)

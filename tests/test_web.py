@@ -309,6 +309,9 @@ def test_health_says_the_database_is_full_when_every_connection_slot_is_taken(da
             database = client.get("/api/health", status=503).json["database"]
             assert database.startswith("full") and "max_connections" in database
             assert "postgres" not in database and "/" not in database  # no address, no user
+            # A request says it too, not "unreachable": the server answered.
+            refused = client.post_json("/api/pageviews", {"path": "/full"}, status=503).json["error"]
+            assert "no free connection" in refused and "max_connections" in refused
     finally:
         for connection in held:
             connection.close()

@@ -124,10 +124,19 @@ def database_unavailable(route: Callable) -> Callable:
         except DATABASE_DOWN as error:
             if db.lost_prepared_statement(error):
                 return _prepared_statement_lost(error)
+            problem = getattr(error, "problem", "unreachable")  # a NoConnection says why
             logger.warning(
-                "%s %s: database unreachable: %s", bottle.request.method, bottle.request.path, error
+                "%s %s: database %s: %s", bottle.request.method, bottle.request.path, problem, error
             )
-            return json_error(503, "The database is unreachable; try again shortly.")
+            if problem == "unreachable":
+                return json_error(503, "The database is unreachable; try again shortly.")
+            if problem.startswith("full:"):
+                return json_error(
+                    503,
+                    "The database has no free connection: every slot of its max_connections is taken;"
+                    " try again shortly.",
+                )
+            return json_error(503, f"The database cannot be used: it is {problem}.")
         except NOT_MIGRATED as error:
             logger.error("%s %s: schema missing: %s", bottle.request.method, bottle.request.path, error)
             return json_error(503, "The database has no Tally schema yet: run `python -m migrations`.")
