@@ -91,8 +91,13 @@ def as_page(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
     status = response.status_code
     transient = status == http.HTTPStatus.SERVICE_UNAVAILABLE and bottle.request.method == "GET"
     # The dashboard reloads itself; its 503 page goes on reloading, so a screen left open comes
-    # back by itself once the database answers again (a 400 would not change: no reload).
-    refresh = REFRESH_SECONDS if transient and bottle.request.path == "/" else None
+    # back by itself once the database answers again (a 400 would not change: no reload). Not
+    # sooner than the answer's Retry-After: a count too slow for the statement timeout asks for
+    # minutes, since every reload would run the same seconds-long count again.
+    refresh = None
+    if transient and bottle.request.path == "/":
+        retry_after = response.headers.get("Retry-After", "")
+        refresh = max(REFRESH_SECONDS, int(retry_after)) if retry_after.isdigit() else REFRESH_SECONDS
     body = _render(status, sentence, ways_out(status), refresh)
     return bottle.HTTPResponse(status=status, body=body, headers=HEADERS)
 

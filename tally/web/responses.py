@@ -30,6 +30,9 @@ logger = logging.getLogger("tally.web")
 # for a table someone else locked: the database is there, and says why it stopped.
 TOO_SLOW = psycopg.errors.QueryCanceled
 LOCKED = psycopg.errors.LockNotAvailable
+# A count that passed the statement timeout takes as long when asked again at once: a client
+# (the dashboard's reload above all) waits this long before it asks again.
+SLOW_COUNT_RETRY_SECONDS = 300
 # What the database's absence looks like from a request: connect, pool wait, lost socket.
 DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 # What a database without Tally's schema looks like: the release step has not run.
@@ -93,6 +96,7 @@ def database_unavailable(route: Callable) -> Callable:
                 f"Counting this took longer than the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take"
                 " here (a filter over many views counts them one by one); try fewer days or a narrower"
                 " filter.",
+                **{"Retry-After": str(SLOW_COUNT_RETRY_SECONDS)},
             )
         except ReadsBusy as error:
             logger.warning("%s %s: reads busy: %s", bottle.request.method, bottle.request.path, error)
