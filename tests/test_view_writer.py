@@ -258,3 +258,39 @@ def test_slow_reads_leave_the_pool_to_the_views_arriving(pool, conn, monkeypatch
         "ReadsBusy",
     ]
     assert stored_paths(conn) == ["/arrived"]
+
+
+def test_reads_waiting_their_turn_leave_the_web_threads_to_the_views_arriving(
+    pool, database_url, monkeypatch
+):
+    """The read turns kept slow reads off the views' connections, but a read waited for its turn
+    in one of the web's threads: 24 requests for the busiest country (a share link is enough)
+    held all 16, and beacons queued behind them in waitress for 5 s, 48 for 15 s (the Heroku
+    router gives up at 30). Reads on the primary, running or waiting, now take at most half the
+    threads; one more is turned away at once."""
+    from tally.web import replica
+
+    monkeypatch.setattr(replica, "READ_WAIT_SECONDS", 3.0, raising=False)
+    config = from_env({"DATABASE_URL": database_url, "WEB_THREADS": "8"}, process_type="web")
+    reads = replica.ReadRouter(pool, None, config)
+    assert reads.read_slots == 2
+    held, release = threading.Semaphore(0), threading.Event()
+
+    def slow_read(read_pool):
+        with read_pool.connection() as connection:
+            connection.execute("SELECT 1")
+            held.release()
+            release.wait(10)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        running = [executor.submit(reads.run, slow_read) for _ in range(4)]  # 2 run, 2 wait
+        try:
+            assert held.acquire(timeout=5) and held.acquire(timeout=5)
+            time.sleep(0.2)  # the other two wait their turn
+            started = time.monotonic()
+            with pytest.raises(replica.ReadsBusy):
+                reads.run(slow_read)  # a fifth thread: half of 8 are in reads already
+            assert time.monotonic() - started < 0.5
+        finally:
+            release.set()
+    assert [future.exception(timeout=10) for future in running] == [None] * 4

@@ -70,6 +70,11 @@ class ReadRouter:
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="replica-read")
         self.read_slots = max(1, primary.max_size - WRITE_CONNECTIONS)
         self._primary_slots = threading.BoundedSemaphore(self.read_slots)
+        # A read waits for its turn in one of the web's threads: reads on the primary, running or
+        # waiting, take at most half of them, so the views arriving still find a thread (24 slow
+        # reads at once held all 16, and beacons queued in waitress behind them for 5 s).
+        self.read_threads = max(self.read_slots + 1, threads // 2)
+        self._primary_readers = 0
 
     def start(self) -> None:
         """Open the replica pool (without waiting for it) and start checking the replica."""
@@ -134,11 +139,21 @@ class ReadRouter:
             return result
 
     def _on_primary(self, read: Callable[[psycopg_pool.ConnectionPool], T]) -> T:
-        if not self._primary_slots.acquire(timeout=READ_WAIT_SECONDS):
-            raise ReadsBusy(f"{self.read_slots} reads held the primary for {READ_WAIT_SECONDS:g} s")
+        with self._lock:
+            if self._primary_readers >= self.read_threads:
+                raise ReadsBusy(
+                    f"{self._primary_readers} reads hold or wait for the primary's {self.read_slots} turns"
+                )
+            self._primary_readers += 1
         try:
-            with self._lock:
-                self._served["primary"] += 1
-            return read(self.primary)
+            if not self._primary_slots.acquire(timeout=READ_WAIT_SECONDS):
+                raise ReadsBusy(f"{self.read_slots} reads held the primary for {READ_WAIT_SECONDS:g} s")
+            try:
+                with self._lock:
+                    self._served["primary"] += 1
+                return read(self.primary)
+            finally:
+                self._primary_slots.release()
         finally:
-            self._primary_slots.release()
+            with self._lock:
+                self._primary_readers -= 1
