@@ -361,6 +361,10 @@ def test_a_query_past_the_statement_timeout_is_a_503_that_says_why(database_url,
         client = webtest.TestApp(build_app(settings, hurried, jobs.app), extra_environ=OWNER)
         error = client.get("/api/stats", {"country": "DE"}, status=503).json["error"]
         assert "took longer than" in error and "narrower filter" in error and "unreachable" not in error
+        # Unfiltered, only the views not yet rolled up are counted one by one: no filter to narrow.
+        unfiltered = client.get("/api/stats", status=503)
+        assert "rollup is behind" in unfiltered.json["error"] and "filter" not in unfiltered.json["error"]
+        assert unfiltered.headers["Retry-After"] == "60"
 
 
 def test_a_table_locked_by_someone_else_is_a_503_within_the_lock_timeout(client, database_url):

@@ -22,6 +22,7 @@ from tally import db
 from tally.answer_bound import AnswerTimedOut
 from tally.logs import describe_error
 from tally.web import error_page
+from tally.web.filters import FILTER_NAMES
 from tally.web.replica import ReadsBusy
 
 logger = logging.getLogger("tally.web")
@@ -82,14 +83,29 @@ def database_unavailable(route: Callable) -> Callable:
                     raise error.__cause__ from None
                 raise
         except TOO_SLOW:
+            query = bottle.request.query
+            asked = " ".join(f"{name}={query[name]}" for name in query if name not in ("share", "token"))
             logger.warning(
-                "%s %s: a query passed the statement timeout", bottle.request.method, bottle.request.path
+                "%s %s: a query passed the statement timeout (%s)",
+                bottle.request.method,
+                bottle.request.path,
+                asked or "no parameters",  # which window and filters were slow; never the share token
             )
             if _writes():
                 return json_error(
                     503,
                     f"The database did not finish this within the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a"
                     " statement may take here; nothing was changed; try again shortly.",
+                )
+            if not any(name in FILTER_NAMES for name in query):
+                # Unfiltered answers read the rollups and only the views not yet folded: those took
+                # this long only because many wait (a stopped worker, a backfill just loaded).
+                return json_error(
+                    503,
+                    f"Counting the views not yet rolled up took longer than the"
+                    f" {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take here: the rollup is behind"
+                    " (is a worker running? /api/health says how many views wait); try again in a minute.",
+                    **{"Retry-After": "60"},
                 )
             return json_error(
                 503,
