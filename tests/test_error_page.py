@@ -48,7 +48,7 @@ def test_a_dashboard_filter_past_the_time_limit_is_a_page_with_ways_out(database
         assert ways_out(page.text) == {
             "Try again": "/?days=30&country=DE",
             "The last 7 days": "/?country=DE&days=7",
-            "Without days=30": "/?country=DE",
+            # Not "Without days=30": without it is the same window, and as slow.
             "Without country=DE": "/?days=30",
             "The dashboard, as it opens": "/",
         }

@@ -26,6 +26,7 @@ import bottle
 
 from tally.web.dashboard import REFRESH_SECONDS
 from tally.web.sessions import PAGE_HEADERS
+from tally.web.windows import DEFAULT_DAYS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("error.tpl").read_text(encoding="utf-8"))
 # Parameters offered one by one for removal; an address with more is offered whole, not each.
@@ -71,6 +72,8 @@ def ways_out(status: int) -> list[tuple[str, str]]:
             links.append((f"The last {FEWER_DAYS} days", address(fewer)))
     if 1 < len(others) <= MOST_PARAMETERS:
         for index, (name, value) in enumerate(others):
+            if name == "days" and value == str(DEFAULT_DAYS):
+                continue  # without it is the same window, and the same answer
             shown = value if len(value) <= SHOWN_VALUE else value[:SHOWN_VALUE] + "\N{HORIZONTAL ELLIPSIS}"
             links.append((f"Without {name}={shown}", address(kept + others[:index] + others[index + 1 :])))
     if path.startswith("/jobs/"):  # a job's page: the list of jobs

@@ -15,9 +15,9 @@ from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.pageviews import CONTROL_CHARACTERS
 from tally.web.responses import json_error
 from tally.web.stats import MAX_DAYS
+from tally.web.windows import DEFAULT_DAYS
 
 DAYS_PARAMETER = re.compile(r"[0-9]{1,3}")
-DEFAULT_DAYS = 30
 
 
 def parse_days(query: bottle.FormsDict) -> int:

@@ -17,6 +17,7 @@ BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
 DAY = datetime.timedelta(days=1)
 TOP_ROWS = 10
 MAX_DAYS = 366
+DEFAULT_DAYS = 30  # a window without ?days=
 # The visit figures of an answer (tally/web/visits.py), compared with the period before like views.
 VISIT_FIGURES = ("visits", "bounce_rate", "visit_duration_seconds", "views_per_visit")
 # Where the 15-minute buckets are aligned (date_bin's origin in tally/queries.sql).
