@@ -103,6 +103,25 @@ def test_a_source_no_one_can_read_is_left_out_never_the_view(client, conn, query
     assert rows(conn)[0][2] == source
 
 
+def test_a_long_query_string_loses_no_view(client, conn):
+    """A shop's filters (or an app's state) make a page's address longer than the 2,048
+    characters kept of a path: the view is stored all the same, and so is the next page's, whose
+    referrer is that address. Only what is kept (the path, the referrer without its query) must
+    fit; a referrer whose path alone is too long keeps its origin, which is what stats report."""
+    filters = "&filters=" + "color%3Ared%2Cblue%2Csize%3Am%2C" * 70  # 2,240 characters
+    shoes = "https://example.com/shoes?utm_source=ads" + filters
+    beacon(client, shoes, status=201)
+    beacon(client, "https://example.com/cart", shoes, status=201)
+    beacon(client, "https://example.com/a", "https://ref.test/" + "p" * 3000 + "?q=1", status=201)
+    assert rows(conn) == [
+        ("example.com", "/shoes", "ads", None),
+        ("example.com", "/cart", None, "https://example.com/shoes"),
+        ("example.com", "/a", None, "https://ref.test/"),
+    ]
+    response = beacon(client, "https://example.com/" + "p" * 3000 + "?q=1", status=400)
+    assert "longer than 2048" in response.json["error"] and len(rows(conn)) == 3
+
+
 def test_the_referrer_keeps_no_user_name_or_password(client, conn):
     beacon(client, "https://example.com/", "https://user:pw@Ref.Test:8443/x?q=1#f", status=201)
     beacon(client, "https://example.com/", "http://me@[2001:db8::1]/p", status=201)

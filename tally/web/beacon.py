@@ -28,6 +28,10 @@ MAX_PROPS = 30
 MAX_PROP_KEY = 300
 MAX_PROP_VALUE = 2000
 MAX_WIDTH = 100_000
+# A page's address and its referrer as the browser gives them: longer than what is kept of them
+# (a query string of a shop's filters, an app's state, click ids). Only the page's path must fit
+# in MAX_TEXT; a referrer kept (no query) past it keeps its origin, which is what stats report.
+MAX_URL = 16 * 1024
 # Line breaks and tabs in a prop's value (an attribute of formatted HTML: data-tally-prop-plan="
 #   pro") are folded into one space: the tracker cannot see a 400, so the click would be lost.
 FOLDED_WHITESPACE = re.compile(r"\s*[\t\n\r]\s*")
@@ -74,7 +78,7 @@ def parse_collect_body(body: bytes) -> Beacon:
             400,
             f'Unknown field "{unknown[0]}"; a beacon has "url", "referrer", "width", "event" and "props".',
         )
-    url = _text(document.get("url"), "url")
+    url = _text(document.get("url"), "url", MAX_URL)
     if url is None:
         raise Refused(400, 'The field "url" is missing.')
     try:
@@ -90,6 +94,8 @@ def parse_collect_body(body: bytes) -> Beacon:
     path = parts.path or "/"
     if not path.startswith("/"):
         raise Refused(400, '"url" must have a path starting with "/".')
+    if len(path) > MAX_TEXT:
+        raise Refused(400, f'The path of "url" is longer than {MAX_TEXT} characters.')
     medium, campaign = campaign_of(parts.query)
     event = _event_name(document.get("event"))
     props = _props(document.get("props"))
@@ -156,13 +162,13 @@ def _width(value: object) -> int | None:
     return int(value)
 
 
-def _text(value: object, field: str) -> str | None:
+def _text(value: object, field: str, limit: int = MAX_TEXT) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise Refused(400, f'"{field}" must be a string.')
-    if len(value) > MAX_TEXT:
-        raise Refused(400, f'"{field}" is longer than {MAX_TEXT} characters.')
+    if len(value) > limit:
+        raise Refused(400, f'"{field}" is longer than {limit} characters.')
     if CONTROL_CHARACTERS.search(value):
         raise Refused(400, f'"{field}" contains a control character.')
     try:
@@ -187,10 +193,14 @@ def _source(query: str) -> str | None:
 
 def _referrer(value: object) -> str | None:
     """The referring page as stored (tally/web/referrers.py, `stored_referrer`), or None."""
-    referrer = _text(value, "referrer")
+    referrer = _text(value, "referrer", MAX_URL)
     if not referrer:
         return None
     try:
-        return stored_referrer(referrer)
+        stored = stored_referrer(referrer)
     except ValueError:
         raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.') from None
+    if len(stored) > MAX_TEXT:
+        parts = urllib.parse.urlsplit(stored)
+        stored = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+    return stored

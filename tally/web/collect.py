@@ -29,7 +29,7 @@ from tally.web.seen import VIEW_FILLS, Seen
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import VisitorIds, client_address
 
-# A beacon's body: a URL and a referrer of at most MAX_TEXT characters each and an event's
+# A beacon's body: a URL and a referrer of at most MAX_URL characters each and an event's
 # props (below), as JSON.
 MAX_BODY_BYTES = 96 * 1024
 MEDIA_TYPES = ("text/plain", "application/json")

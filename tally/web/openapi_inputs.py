@@ -20,6 +20,8 @@ from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
 
+MAX_URL = beacon_body.MAX_URL
+
 TEXT = {"type": "string", "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}
 NAME = {"type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": TEXT_PATTERN}
 SITE = {"type": "string", "maxLength": MAX_HOST_NAME, "pattern": f"^{SITE_NAME.pattern}$"}
@@ -28,8 +30,12 @@ SITE_OR_EMPTY = {**SITE, "pattern": f"^({SITE_NAME.pattern})?$"}
 PORT = "(:0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?"
 # user:password@, which urlsplit reads past (and refuses with a bracket in it: not an IPv6 host)
 USER = f"([^/?#@\\[\\]{CONTROL}]*@)?"
-# The page's address: http(s), a host name, a port, then anything but control characters.
-PAGE_URL = f"^[Hh][Tt][Tt][Pp][Ss]?://{USER}{SITE_NAME.pattern}{PORT}([/?#][^{CONTROL}]*)?$"
+# The page's address: http(s), a host name, a port, a path of at most MAX_TEXT characters, then
+# anything but control characters.
+PAGE_URL = (
+    f"^[Hh][Tt][Tt][Pp][Ss]?://{USER}{SITE_NAME.pattern}{PORT}"
+    f"(/[^?#{CONTROL}]{{0,{MAX_TEXT - 1}}})?([?#][^{CONTROL}]*)?$"
+)
 # The referring page: empty, or any scheme with a host (its query and fragment are dropped).
 REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}[^/?#@\\[\\]:{CONTROL}]+{PORT}([/?#][^{CONTROL}]*)?)?$"
 
@@ -127,8 +133,8 @@ def beacon() -> dict[str, Any]:
         "required": ["url"],
         "additionalProperties": False,
         "properties": {
-            "url": {"type": "string", "maxLength": MAX_TEXT, "pattern": PAGE_URL},
-            "referrer": {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": REFERRER_URL},
+            "url": {"type": "string", "maxLength": MAX_URL, "pattern": PAGE_URL},
+            "referrer": {"type": ["string", "null"], "maxLength": MAX_URL, "pattern": REFERRER_URL},
             "width": {
                 "type": ["number", "null"],
                 "minimum": 0,
