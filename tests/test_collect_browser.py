@@ -368,3 +368,77 @@ def test_an_app_that_posts_its_own_json_beacon_with_credentials_is_counted(tally
     assert sorted(views(conn)) == [
         ("site.test", path) for path in ("/app/beacon", "/app/fetched", "/events.html")
     ]
+
+
+def test_a_prerendered_page_counts_once_shown_and_never_before(tally, conn, tmp_path):
+    """Chromium prerenders the pages that speculation rules name (and those the address bar
+    guesses): it runs them, tally.js too, before the visitor sees them, and most are never
+    shown. /a prerenders /b and /c, then goes to /b: /b counts once, /c never.
+
+    Playwright cannot show this: Chromium prerenders nothing in a page DevTools is attached to
+    ("PrerenderingDisabledByDevTools"). So Chromium runs alone, headless, driven by the pages:
+    each prerendered page says when its scripts ran (tally.js is deferred, so it has run by
+    DOMContentLoaded), and /a goes to /b once both did."""
+    import subprocess
+
+    seen: list[tuple[str, str | None]] = []
+    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
+    ran = (
+        "<script>document.prerendering && addEventListener('DOMContentLoaded', () => fetch('/ran'))</script>"
+    )
+    rules = (
+        '<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/b", "/c"]}]}</script>'
+    )
+    wait = (
+        "<script>setInterval(() => fetch('/ready').then(r => r.text())"
+        ".then(t => t == 'yes' && location.assign('/b')), 200)</script>"
+    )
+    pages = {"/a": tag + rules + wait, "/b": tag + ran, "/c": tag + ran}
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Sec-Purpose")))
+            both_ran = [path for path, _ in seen].count("/ran") >= 2
+            body = pages.get(self.path, "yes" if both_ran else "no").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    agent = BROWSER_AGENT
+    chromium = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            *PERSON_ARGS,
+            HOSTS,
+            f"--user-agent={agent}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--remote-debugging-port=0",
+            f"http://site.test:{server.server_address[1]}/a",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: len(views(conn)) >= 2, timeout=20, message="two views")
+        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
+    finally:
+        chromium.terminate()
+        chromium.wait(10)
+        server.shutdown()
+        server.server_close()
+    prerendered = [path for path, purpose in seen if purpose and "prerender" in purpose]
+    assert sorted(set(prerendered)) == ["/b", "/c", "/ran"]  # its requests say so too
+    assert [path for path, _ in seen].count("/b") == 1  # shown from its prerender, not loaded again
+
+
+BROWSER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
+)

@@ -5,15 +5,13 @@
 // No cookie, nothing stored. Silent on file: and localhost (unless data-allow-local) and under
 // automation (navigator.webdriver). Calls made before it ran wait in window.tally.q.
 (function () {
-  "use strict";
   var queued = (window.tally && window.tally.q) || [];
   window.tally = { track: function () {} }; // a page may call it whether or not we send
   var script = document.currentScript;
   if (!script || navigator.webdriver) return;
-  var local = location.protocol === "file:" ||
-    /^(localhost|127(\.\d+){3}|\[::1\])$|\.localhost$/.test(location.hostname);
-  if (local && !script.hasAttribute("data-allow-local")) return;
-  var endpoint = new URL("/api/collect", script.src).href;
+  if ((location.protocol == "file:" || /^(localhost|127(\.\d+){3}|\[::1\])$|\.localhost$/.test(location.hostname)) &&
+    !script.hasAttribute("data-allow-local")) return;
+  var endpoint = new URL("/api/collect", script.src);
   var sent = null;
 
   function post(fields) {
@@ -23,19 +21,19 @@
       .catch(function () {});
   }
 
-  function send(referrer) {
+  function send(referrer) { // the page's own referrer unless it is a single-page app's navigation
     // The same page again is not a new view: nor is an in-page anchor (#usage), whose clicks
     // and Back fire popstate too.
     var page = location.href.split("#")[0];
     if (page === sent) return;
     sent = page;
-    post({ url: sent, referrer: referrer || null, width: innerWidth });
+    post({ url: sent, referrer: referrer || document.referrer, width: innerWidth });
   }
 
   function track(name, props) {
     // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
     if (typeof name !== "string" || !name) return console.warn("tally.track: no name");
-    post({ url: location.href, event: name, props: props || {} });
+    post({ url: location.href, event: name, props: props });
   }
 
   function clicked(click) {
@@ -48,9 +46,8 @@
     var tagged = (link || !click.button) && target && target.closest("[data-tally-event]");
     if (tagged) {
       var props = {};
-      for (var i = 0; i < tagged.attributes.length; i++) {
-        var attribute = tagged.attributes[i];
-        if (attribute.name.indexOf("data-tally-prop-") === 0) props[attribute.name.slice(16)] = attribute.value;
+      for (var i = 0, attribute; (attribute = tagged.attributes[i++]); ) {
+        if (!attribute.name.indexOf("data-tally-prop-")) props[attribute.name.slice(16)] = attribute.value;
       }
       track(tagged.getAttribute("data-tally-event"), props);
     }
@@ -70,7 +67,9 @@
     return result;
   };
   addEventListener("popstate", function () { send(sent); });
-  send(document.referrer);
+  // A prerendered page (speculation rules, or the address bar's guess) runs before it is shown,
+  // and may never be: its view counts once it is.
+  document.prerendering ? document.addEventListener("prerenderingchange", function () { send(); }) : send();
   window.tally.track = track;
   queued.forEach(function (call) { track.apply(null, call); });
 })();
