@@ -73,6 +73,11 @@ def site_server(tally_port: int) -> Iterator[int]:
             body = page_html(tally_port, attributes)
             if self.path.startswith("/events"):
                 body = events_html(tally_port, self.server.server_address[1])
+            if self.path.startswith("/twice"):  # a theme's tag and a tag manager's
+                tag = f"<script src='http://127.0.0.1:{tally_port}/tally.js'></script>"
+                body = body.replace(
+                    b"</body>", f"<button id='buy' data-tally-event='Buy'>Buy</button>{tag}</body>".encode()
+                )
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -442,3 +447,52 @@ def test_a_prerendered_page_counts_once_shown_and_never_before(tally, conn, tmp_
 BROWSER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
 )
+
+
+def test_a_page_the_back_forward_cache_restores_counts_again(tally, site_server, conn):
+    """Back to a page of another document: a browser loads it again (and tally.js counts it) or
+    restores it from the back-forward cache, where no script runs again and nothing was sent.
+    The same visit counted 3 or 2 views by the browser's cache. Playwright turns the cache
+    off (--disable-back-forward-cache): it is let on here, as every browser has it."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[*PERSON_ARGS, HOSTS],
+            ignore_default_args=["--disable-back-forward-cache"],
+        )
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.add_init_script("addEventListener('pageshow', e => { window.restored = e.persisted; })")
+            page.goto(f"{site}/index.html", wait_until="load")
+            page.click("#next")
+            views_become(conn, [("site.test", "/index.html"), ("site.test", "/next")])
+            page.evaluate("history.back()")  # no load event: page.go_back() would wait for one
+            page.wait_for_function("location.pathname == '/index.html' && window.restored === true")
+            views_become(
+                conn, [("site.test", "/index.html"), ("site.test", "/next"), ("site.test", "/index.html")]
+            )
+        finally:
+            browser.close()
+
+
+def test_the_tag_twice_on_a_page_counts_once(tally, site_server, conn):
+    """A theme's tag and a tag manager's: each copy sent the view, each single-page-app
+    navigation and each tagged click, so every number doubled."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.goto(f"http://site.test:{site_server}/twice.html", wait_until="load")
+            assert page.locator("script[src$='/tally.js']").count() == 2
+            page.evaluate("history.pushState({}, '', '/later')")
+            page.click("#buy")
+            wait_until(lambda: event_count(conn) >= 1, timeout=10, message="the click's event")
+            views_become(conn, [("site.test", "/twice.html"), ("site.test", "/later")])
+        finally:
+            browser.close()
+    assert event_count(conn) == 1

@@ -537,8 +537,9 @@ def test_the_tracker_sends_text_plain_beacons_and_guards_automation_and_localhos
     source = SOURCE.read_text()
     for needed in (
         "sendBeacon",
-        "keepalive",
         "pushState",
+        "pageshow",
+        "prerenderingchange",
         "popstate",
         "navigator.webdriver",
         "data-allow-local",

@@ -1,24 +1,25 @@
 // Tally's tracker (README, "Collect from your website"): <script defer src="https://<tally>/tally.js">.
-// Sends each view and single-page-app navigation as {url, referrer, width}, a text/plain beacon
+// Sends each view (a prerendered page once shown, one restored from the back-forward cache again)
+// and single-page-app navigation as {url, referrer, width}, a text/plain beacon
 // (no CORS preflight), and custom events: tally.track(name, props), clicks on [data-tally-event]
 // (props from data-tally-prop-* attributes), outbound links with data-track-outbound on the tag.
 // No cookie, nothing stored. Silent on file: and localhost (unless data-allow-local) and under
 // automation (navigator.webdriver). Calls made before it ran wait in window.tally.q.
 (function () {
-  var queued = (window.tally && window.tally.q) || [];
-  window.tally = { track: function () {} }; // a page may call it whether or not we send
+  var old = window.tally || {};
+  if (old.on) return; // the tag twice on a page (a theme's and a tag manager's): one counts
+  var queued = old.q || [];
+  window.tally = { track: function () {}, on: 1 }; // a page may call it whether or not we send
   var script = document.currentScript;
-  if (!script || navigator.webdriver) return;
+  // Without sendBeacon (Firefox's beacon.enabled turned off) nothing is sent.
+  if (!script || navigator.webdriver || !navigator.sendBeacon) return;
   if ((location.protocol == "file:" || /^(localhost|127(\.\d+){3}|\[::1\])$|\.localhost$/.test(location.hostname)) &&
     !script.hasAttribute("data-allow-local")) return;
   var endpoint = new URL("/api/collect", script.src);
   var sent = null;
 
   function post(fields) {
-    var body = JSON.stringify(fields);
-    if (navigator.sendBeacon && navigator.sendBeacon(endpoint, body)) return;
-    fetch(endpoint, { method: "POST", body: body, keepalive: true, mode: "no-cors" })
-      .catch(function () {});
+    navigator.sendBeacon(endpoint, JSON.stringify(fields));
   }
 
   function send(referrer) { // the page's own referrer unless it is a single-page app's navigation
@@ -69,6 +70,9 @@
   addEventListener("popstate", function () { send(sent); });
   // A prerendered page (speculation rules, or the address bar's guess) runs before it is shown,
   // and may never be: its view counts once it is.
+  // A page restored from the back-forward cache runs no script again: a view all the same, as
+  // one that Back loads again is.
+  addEventListener("pageshow", function (show) { if (show.persisted) sent = 0, send(); });
   document.prerendering ? document.addEventListener("prerenderingchange", function () { send(); }) : send();
   window.tally.track = track;
   queued.forEach(function (call) { track.apply(null, call); });
