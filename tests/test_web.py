@@ -634,6 +634,25 @@ def test_dashboard_renders_chart_paths_and_queue_state(client, conn):
     client.get("/?days=0", status=400)
 
 
+def test_a_dashboard_whose_numbers_took_long_reloads_less_often(client, conn, monkeypatch):
+    """Each open tab reloaded every 30 s, however long its numbers took to count: a filter over
+    the busiest country of a week at 1M views ran its 3 s count every 30 s per tab."""
+    from tally.web.stats import StatsReader
+
+    client.post_json("/api/pageviews", [{"path": "/home"}])
+    assert 'http-equiv="refresh" content="30"' in client.get("/?days=7").text
+    count = StatsReader.stats_for_window
+
+    def slow_count(self, *args, **kwargs):
+        time.sleep(2.0)  # as a count over many views takes: the page's reload follows it
+        return count(self, *args, **kwargs)
+
+    monkeypatch.setattr(StatsReader, "stats_for_window", slow_count)
+    page = client.get("/?days=7").text
+    refresh = int(page.split('http-equiv="refresh" content="')[1].split('"')[0])
+    assert refresh >= 40 and f"refreshes every {refresh} s" in page
+
+
 # --- metrics ----------------------------------------------------------------------------------
 
 

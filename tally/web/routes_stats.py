@@ -10,6 +10,7 @@ the numbers from the replica, the page still shows the numbers, and says the que
 from __future__ import annotations
 
 import logging
+import time
 
 import bottle
 import psycopg_pool
@@ -53,6 +54,7 @@ def register(
         days, site = parse_days(query), parse_site_parameter(query)
         tz, filters = parse_time_zone(query, config.timezone), parse_filter_parameters(query, ("compare",))
         compare = parse_compare(query) or True  # the chart always shows the period before
+        started = time.monotonic()
         window, sites = reads.run(
             lambda read_pool: (
                 stats.stats_for_window(days, site, tz, filters=filters, compare=compare, pool=read_pool),
@@ -72,7 +74,13 @@ def register(
         for name, value in dashboard.HEADERS.items():
             bottle.response.set_header(name, value)
         return dashboard.render(
-            window, queue, processes, dyno=config.dyno, sites=sites, **auth.page_context()
+            window,
+            queue,
+            processes,
+            dyno=config.dyno,
+            sites=sites,
+            counted_in=time.monotonic() - started,
+            **auth.page_context(),
         )
 
     @app.get("/api/stats")
