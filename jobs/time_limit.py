@@ -37,8 +37,9 @@ class JobTimedOut(Exception):
     """The attempt ran past its time limit and was aborted; its retry strategy decides what next."""
 
 
-def time_limit(seconds: float) -> Callable[[F], F]:
-    """Declare a task's own limit per attempt, in place of JOB_TIMEOUT_SECONDS (put under @app.task)."""
+def time_limit(seconds: float | None) -> Callable[[F], F]:
+    """Declare a task's own limit per attempt, in place of JOB_TIMEOUT_SECONDS (put under @app.task);
+    None: no limit, for a task whose attempt cut short keeps nothing and would only start over."""
 
     def declare(func: F) -> F:
         setattr(func, _ATTRIBUTE, seconds)
@@ -47,7 +48,7 @@ def time_limit(seconds: float) -> Callable[[F], F]:
     return declare
 
 
-def limit_for(context: JobContext, default: float) -> float:
+def limit_for(context: JobContext, default: float) -> float | None:
     """The limit of one attempt of the context's job: the task's own, else `default`."""
     task = context.app.tasks.get(context.job.task_name)
     return getattr(task.func, _ATTRIBUTE, default) if task is not None else default
@@ -58,6 +59,8 @@ def enforce_time_limit(default_seconds: float) -> WorkerMiddleware:
 
     async def enforce(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
         limit = limit_for(context, default_seconds)
+        if limit is None:
+            return await call_next()
         attempt = asyncio.current_task()
         assert attempt is not None
         timed_out = False
