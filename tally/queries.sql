@@ -80,9 +80,12 @@ SELECT NOT pg_is_in_recovery()
        AND has_table_privilege('page_views', 'INSERT') AS writable
 
 -- last_periodic_defer --
--- Age in seconds of the newest periodic defer any clock made.
+-- Age in seconds of the newest periodic defer any clock made. A clock defers a tick at its time,
+-- so ticks dated over a minute ahead of the database's clock come from a clock whose system time
+-- is off: left out, as one a day ahead made the age -86,400 s for a day (no alert could fire).
 SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS age
   FROM procrastinate_periodic_defers
+ WHERE defer_timestamp <= extract(epoch FROM now()) + 60
 
 -- insert_page_views --
 -- Store a batch of views in one statement: all rows or none. The views come as one JSON array
