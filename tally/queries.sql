@@ -762,12 +762,16 @@ SELECT max(period) AS period FROM tally_report_deliveries
  WHERE (position('-W' IN period) > 0) = (%(kind)s = 'weekly')
 
 -- last_periodic_defers --
--- The last deferral of each periodic task named, with its job's status.
+-- The last deferral of each periodic task named, with its job's status. Not a tick dated over a
+-- minute ahead of the database's clock (a clock whose system time ran ahead): a clock started
+-- after it resumed from there, and deferred nothing until that time came (a day, for one a day
+-- ahead: no rollup, cleanup or salt rotation).
 SELECT DISTINCT ON (defer.task_name)
        defer.task_name AS task, defer.defer_timestamp, defer.job_id, job.status::text AS status
   FROM procrastinate_periodic_defers defer
   LEFT JOIN procrastinate_jobs job ON job.id = defer.job_id
  WHERE defer.task_name = ANY (%(tasks)s)
+   AND defer.defer_timestamp <= extract(epoch FROM now()) + 60
  ORDER BY defer.task_name, defer.defer_timestamp DESC NULLS LAST, defer.id DESC
 
 -- set_local_work_mem --

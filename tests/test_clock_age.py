@@ -27,3 +27,12 @@ def test_the_age_of_the_newest_tick(conn):
     defer_tick(conn, -20, "retry_stalled_jobs")
     age = conn.execute(QUERIES["last_periodic_defer"]).fetchone()[0]
     assert 19 <= age < 40
+
+
+def test_a_clock_started_after_a_clock_far_ahead_ran_still_defers_its_ticks(start_process, conn):
+    # A clock whose system time was a day ahead ran for a moment: its ticks are dated tomorrow.
+    # A clock (re)started after it took the newest tick as where to resume, and deferred
+    # nothing until tomorrow's time (no rollup, cleanup, salt rotation or stalled-job sweep).
+    defer_tick(conn, 86_400, "retry_stalled_jobs")
+    clock = start_process(["clock.py"], {"RETRY_STALLED_SCHEDULE": "* * * * * */2"})
+    clock.wait_for_line("Periodic job retry_stalled_jobs", timeout=10)
