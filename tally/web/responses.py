@@ -98,13 +98,15 @@ def database_unavailable(route: Callable) -> Callable:
                     " statement may take here; nothing was changed; try again shortly.",
                 )
             if not any(name in FILTER_NAMES for name in query):
-                # Unfiltered answers read the rollups and only the views not yet folded: those took
-                # this long only because many wait (a stopped worker, a backfill just loaded).
+                # Unfiltered answers read the rollups and the views not yet folded: slow when many
+                # wait (a stopped worker, a backfill just loaded), or when a backfill's visitor ids
+                # span days (their day-to-day pairs, docs/ARCHITECTURE.md, "Sites and visitors").
                 return json_error(
                     503,
-                    f"Counting the views not yet rolled up took longer than the"
-                    f" {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may take here: the rollup is behind"
-                    " (is a worker running? /api/health says how many views wait); try again in a minute.",
+                    f"Counting this took longer than the {db.WEB_STATEMENT_TIMEOUT_SECONDS} s a query may"
+                    " take here: either the rollup is behind (is a worker running? /api/health's"
+                    " rollup_views_waiting says how many views wait), or the window holds many visitor"
+                    " ids that span days (a backfill's); try again in a minute, or fewer days.",
                     **{"Retry-After": "60"},
                 )
             return json_error(
