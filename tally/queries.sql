@@ -135,13 +135,13 @@ SELECT tally_rollup_page_views() AS views
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever). The CTEs'
 -- names are the tables' own, whole: OVERLAPS is a reserved word.
 WITH buckets AS (
-    DELETE FROM page_view_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+    DELETE FROM page_view_buckets WHERE bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), day_values AS (
     DELETE FROM page_view_day_values WHERE day < %(cutoff_day)s RETURNING 1
 ), day_overlaps AS (
-    DELETE FROM page_view_day_overlaps WHERE first_bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+    DELETE FROM page_view_day_overlaps WHERE first_bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), visit_buckets AS (
-    DELETE FROM page_view_visit_buckets WHERE bucket < %(cutoff_day)s::date::timestamptz RETURNING 1
+    DELETE FROM page_view_visit_buckets WHERE bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), crawler_hits AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )

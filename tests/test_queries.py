@@ -42,3 +42,19 @@ def test_every_query_parses_and_plans(conn: psycopg.Connection, name: str):
     result = conn.pgconn.prepare(f"check_{name}".encode(), server_form(QUERIES[name]).encode())
     message = (result.error_message or b"").decode(errors="replace").strip()
     assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, f"{name}: {message}"
+
+
+def test_old_rollups_go_by_the_utc_day_whatever_the_sessions_zone(conn: psycopg.Connection):
+    """A database or role with another TimeZone (`ALTER DATABASE ... SET timezone`) moved the
+    cutoff: with America/New_York it fell at 05:00 UTC, and took the cutoff day's first hours."""
+    import datetime
+
+    conn.execute("SET TimeZone = 'America/New_York'")
+    day = datetime.date(2025, 1, 10)
+    conn.execute(
+        "INSERT INTO page_view_buckets (site, bucket, views) VALUES"
+        " ('example.com', '2025-01-09 23:45+00', 1), ('example.com', '2025-01-10 02:00+00', 1)"
+    )
+    conn.execute(QUERIES["delete_old_rollups"], {"cutoff_day": day})
+    kept = conn.execute("SELECT bucket FROM page_view_buckets ORDER BY bucket").fetchall()
+    assert kept == [(datetime.datetime(2025, 1, 10, 2, tzinfo=datetime.UTC),)]
