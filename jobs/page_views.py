@@ -96,12 +96,19 @@ def cleanup_old_page_views(context: JobContext, timestamp: int | None = None) ->
     # folded long ago, so it goes before this job's own fold, and a day that still held views
     # not folded (a late backfill) is tried again after it.
     last_fold = connector.execute_query_one(QUERIES["rollup_state"])
+    folds: list[dict] = []  # this job's own fold, made once: for a day tried again, or below
+
+    def fold_once() -> dict:
+        if not folds:
+            folds.append(fold(connector))
+        return folds[0]
+
     views = partitions.drop_expired_partitions(
-        connector, cutoff, last_fold, context.should_abort, refold=lambda: fold(connector)
+        connector, cutoff, last_fold, context.should_abort, refold=fold_once
     )
     # Rows only where a partition is not a day's (the default one), and events, in batches, of
     # what this fold holds. Views of transactions still running then are left for the next cleanup.
-    folded = fold(connector)
+    folded = fold_once()
     views += delete_in_batches(context, "delete_expired_page_views_batch", "page views", cutoff, folded)
     events = delete_in_batches(context, "delete_expired_events_batch", "events", cutoff, folded)
     logger.info(
