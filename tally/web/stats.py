@@ -167,7 +167,8 @@ class StatsReader:
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
         recent = {"recent": window.first_full_bucket, "now_bucket": window.now_bucket}
         cur.execute(QUERIES["stats_tail"], {**bounds, **recent})
-        tail = [row for row in cur.fetchall() if window.current or row[TAIL["day"]] <= window.days[-1]]
+        whole_tail = cur.fetchall()
+        tail = [row for row in whole_tail if window.current or row[TAIL["day"]] <= window.days[-1]]
         cur.execute(QUERIES["stats_tail_events"], bounds)
         tail_event_rows = cur.fetchall()
         tail_events: collections.Counter[str] = collections.Counter()
@@ -175,9 +176,9 @@ class StatsReader:
             if window.days[0] <= day <= window.days[-1]:
                 tail_events[name] += count
         tail_visitors, tail_visits = [], []
-        if tail_event_rows or any(
-            row[TAIL["with_visitor"]] for row in tail
-        ):  # ids in the tail: how they meet the rollups'
+        # Ids in the tail: how they meet the rollups'. A view after a past window's end moves a
+        # visit that started inside it (a second page: no bounce), so the whole tail decides.
+        if tail_event_rows or any(row[TAIL["with_visitor"]] for row in whole_tail):
             cur.execute(QUERIES["stats_tail_visitors"], bounds)
             tail_visitors = cur.fetchall()
             cur.execute(QUERIES["stats_tail_visits"], bounds)
