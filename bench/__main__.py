@@ -35,6 +35,7 @@ from bench import (
     partitions,
     pickup,
     report,
+    returning_ids,
     rollups,
     stats,
     stats_scale,
@@ -57,6 +58,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "events": events.measure,
     "partitions": partitions.measure,
     "rollups": rollups.measure,
+    "returning_ids": returning_ids.measure,
     "stats_scale": stats_scale.measure,
 }
 

@@ -33,8 +33,7 @@ DATABASES = ("today", "before_0020", "today_small")
 # Kept as long as the rollups (400 days), and kept 3 days after their last fold.
 ROLLUP_TABLES = (
     "page_view_buckets",
-    "page_view_day_values",
-    "page_view_day_overlaps",
+    "page_view_day_values",  # with the pairs of ids of days in a row (migrations/0031)
     "page_view_visit_buckets",
 )
 TRANSIENT_TABLES = ("page_view_visit_days",)

@@ -12,7 +12,8 @@
 -- function beside the old one, which the old release's web calls until it is gone.
 
 -- Fold the views and events committed since the last rollup (migrations/0004's snapshot rules)
--- into the rollup tables; how many views it folded. As migrations/0020 last wrote it.
+-- into the rollup tables; how many views it folded. As migrations/0020 last wrote it, but for
+-- the pairs held in the day's row (migrations/0031).
 CREATE OR REPLACE FUNCTION tally_rollup_page_views() RETURNS bigint LANGUAGE plpgsql
 SET plan_cache_mode = force_custom_plan
 SET jit = off
@@ -112,25 +113,31 @@ BEGIN
          GROUP BY 1, 2, 3, 4
         HAVING sum(views) <> 0 OR sum(firsts) <> 0 OR sum(lasts) <> 0
     ), day_values AS (
-        INSERT INTO page_view_day_values (site, dim, value, day, views, cells)
+        -- A row per value and UTC day: its cells, and the pairs of ids of two UTC days in a row
+        -- (migrations/0031), each a first bucket and the last the day before, by number.
+        INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs)
         SELECT site, dim, value, (bucket AT TIME ZONE 'UTC')::date, sum(views),
-               array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
-                               views, firsts, lasts] ORDER BY bucket)
-          FROM cells GROUP BY 4, 1, 2, 3  -- in the primary key's order: the index fills page by page
+               coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
+                                        views, firsts, lasts] ORDER BY bucket) FILTER (WHERE prev_last IS NULL), '{}'),
+               coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
+                                        (extract(epoch FROM prev_last - (date_trunc('day', bucket, 'UTC') - interval '1 day'))
+                                         / 900)::integer,
+                                        pairs] ORDER BY bucket, prev_last) FILTER (WHERE prev_last IS NOT NULL), '{}')
+          FROM (SELECT site, dim, value, bucket, NULL::timestamptz AS prev_last, views, firsts, lasts, 0 AS pairs
+                  FROM cells
+                UNION ALL
+                SELECT site, dim, value, bucket, prev_last, 0, 0, 0, sum(pairs)::integer
+                  FROM visitor_moves WHERE prev_last IS NOT NULL
+                 GROUP BY 1, 2, 3, 4, 5 HAVING sum(pairs) <> 0) moved
+         GROUP BY 4, 1, 2, 3  -- in the primary key's order: the index fills page by page
         ON CONFLICT (site, dim, value, day) DO UPDATE
            SET views = page_view_day_values.views + EXCLUDED.views,
-               cells = tally_add_cells(page_view_day_values.cells, EXCLUDED.cells)
-    ), overlap_pairs AS (
-        INSERT INTO page_view_day_overlaps (site, dim, value, first_bucket, prev_last, visitors)
-        SELECT site, dim, value, bucket, prev_last, sum(pairs)
-          FROM visitor_moves WHERE prev_last IS NOT NULL
-         GROUP BY 1, 2, 3, 4, 5 HAVING sum(pairs) <> 0
-        ON CONFLICT (site, dim, value, first_bucket, prev_last) DO UPDATE
-           SET visitors = page_view_day_overlaps.visitors + EXCLUDED.visitors
+               cells = tally_add_cells(page_view_day_values.cells, EXCLUDED.cells),
+               pairs = CASE WHEN EXCLUDED.pairs = '{}' THEN page_view_day_values.pairs
+                            ELSE tally_add_pairs(page_view_day_values.pairs, EXCLUDED.pairs) END
     )
     SELECT count(*) INTO folded FROM fresh;
 
-    DELETE FROM page_view_day_overlaps WHERE visitors = 0;
     -- Visits no rollup changed for 3 days can go: an id from /api/collect brings no views after
     -- its salt's day. Under the state lock, so no rollup reads a row while it is deleted.
     DELETE FROM page_view_visit_days WHERE folded_on < (now() AT TIME ZONE 'UTC')::date - 3;

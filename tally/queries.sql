@@ -132,20 +132,18 @@ SELECT given.site, given.name,
 SELECT tally_rollup_page_views() AS views
 
 -- delete_old_rollups --
--- Drop rollups older than the cutoff day (they outlive raw views, but not forever). The CTEs'
--- names are the tables' own, whole: OVERLAPS is a reserved word.
+-- Drop rollups older than the cutoff day (they outlive raw views, but not forever); a day's
+-- pairs of ids go with its row (migrations/0031).
 WITH buckets AS (
     DELETE FROM page_view_buckets WHERE bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), day_values AS (
     DELETE FROM page_view_day_values WHERE day < %(cutoff_day)s RETURNING 1
-), day_overlaps AS (
-    DELETE FROM page_view_day_overlaps WHERE first_bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), visit_buckets AS (
     DELETE FROM page_view_visit_buckets WHERE bucket < (%(cutoff_day)s::date::timestamp AT TIME ZONE 'UTC') RETURNING 1
 ), crawler_hits AS (
     DELETE FROM crawler_hits_daily WHERE day < %(cutoff_day)s RETURNING 1
 )
-SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values) + (SELECT count(*) FROM day_overlaps)
+SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values)
      + (SELECT count(*) FROM visit_buckets) + (SELECT count(*) FROM crawler_hits) AS removed
 
 -- rollup_state --
@@ -294,11 +292,12 @@ SELECT day, sum(visitors)::bigint AS visitors
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
-        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
-          FROM page_view_day_overlaps
-         WHERE dim = '' AND value = '' AND first_bucket >= %(start)s AND first_bucket < %(end)s
-           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+        SELECT o.local_day, -o.visitors
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, %(end)s) o
+         WHERE d.dim = '' AND d.value = '' AND d.pairs <> '{}'
+           AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
  GROUP BY 1
 
 -- stats_rolled_up_visits --
@@ -339,12 +338,12 @@ SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS v
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
-        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, -visitors
-          FROM page_view_day_overlaps o
-         WHERE o.dim = wanted.dim AND o.value = wanted.value
-           AND first_bucket >= %(start)s AND first_bucket < %(end)s
-           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
-           AND (%(site)s::text IS NULL OR o.site = %(site)s)) counted ON true
+        SELECT o.local_day, -o.visitors
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, %(end)s) o
+         WHERE d.dim = wanted.dim AND d.value = wanted.value AND d.pairs <> '{}'
+           AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted ON true
  GROUP BY wanted.n, wanted.dim, wanted.value, counted.day
 
 -- export_rolled_up_views --
@@ -356,11 +355,10 @@ SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
          WHERE d.dim = 'path' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
-        SELECT (first_bucket AT TIME ZONE %(tz)s)::date, value, 0, -visitors
-          FROM page_view_day_overlaps
-         WHERE dim = 'path' AND first_bucket >= %(start)s
-           AND (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
-           AND (%(site)s::text IS NULL OR site = %(site)s)) counted
+        SELECT o.local_day, d.value, 0, -o.visitors
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, 'infinity') o
+         WHERE d.dim = 'path' AND d.pairs <> '{}' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
  GROUP BY 1, 2
 
 -- export_tail --

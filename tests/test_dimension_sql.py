@@ -14,8 +14,9 @@ from tally.db import QUERIES, load_queries
 from tally.dimensions import DIMENSIONS, VIEW_FIELDS
 
 # Each function's last definition before it became a template: file, and which of its CREATEs.
+# The rollup has changed since (migrations/0031: the pairs held in the day's row); the exact
+# tests (tests/test_web_exact.py, tests/test_visitor_days.py) hold what it counts.
 LAST_WRITTEN = {
-    "tally_rollup_page_views": ("0020_day_values.sql", -1),
     "tally_visitor_moves": ("0023_event_visitors.sql", -1),
     "tally_views_matching": ("0022_goal_window.sql", 0),  # the second is the old form's wrapper
 }
@@ -47,7 +48,7 @@ def test_the_rendered_functions_are_those_the_migrations_last_wrote():
         "device",
     ], "the table changed: this test holds the nine dimensions the migrations wrote out"
     rendered = functions(dimension_sql.dimension_functions())
-    assert sorted(rendered) == sorted(LAST_WRITTEN)
+    assert sorted(rendered) == sorted([*LAST_WRITTEN, "tally_rollup_page_views"])
     for name, (file, which) in LAST_WRITTEN.items():
         written = functions((MIGRATIONS_DIR / file).read_text(encoding="utf-8"))[name][which]
         assert rendered[name] == [written], name

@@ -222,6 +222,61 @@ def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database,
             assert exported == {(day, path): (views, visitors) for day, path, views, visitors in naive}
 
 
+def test_the_pairs_move_into_their_day_rows_with_the_same_answers(fresh_database, monkeypatch):
+    """Migration 0031 moves the pairs of ids seen on UTC days in a row from their table into
+    their day's row: the same pairs (read through the view of the old name, which the release
+    before reads until it is replaced, and whose delete does nothing), and every figure equal to
+    the brute-force count in zones where a local day spans two UTC days."""
+    import migrations
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+    from tests.test_web_exact import brute_force
+
+    monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0031"])
+    apply_pending(fresh_database)
+    pairs = "SELECT site, dim, value, first_bucket, prev_last, visitors FROM page_view_day_overlaps"
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(  # ids that come back on the next days, at every hour, two sites
+            "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
+            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
+            "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3], (n / 2) % 11,"
+            "        date_trunc('hour', now()) - interval '37 minutes' * n"
+            "   FROM generate_series(0, 1499) AS n"
+        )
+        conn.execute("SELECT tally_rollup_page_views()")
+        before = sorted(conn.execute(pairs).fetchall())
+        conn.execute(  # the tail: ids the rollups hold already, on their days
+            "INSERT INTO page_views (site, path, visitor, viewed_at)"
+            " SELECT 'example.com', '/tail', n, now() - interval '1 day' * n - interval '3 hours'"
+            "   FROM generate_series(0, 20) n"
+        )
+    assert len(before) > 100
+    monkeypatch.undo()
+    assert apply_pending(fresh_database) == ["0031_day_pairs.sql"]
+    settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
+    with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
+        assert sorted(conn.execute(pairs).fetchall()) == before
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'page_view_day_overlaps'").fetchone()
+        assert kind == ("v",)
+        conn.execute("DELETE FROM page_view_day_overlaps WHERE first_bucket < now()")  # the old cleanup's
+        assert sorted(conn.execute(pairs).fetchall()) == before
+        stats = StatsReader(pool, retention_days=30)
+        for roll_up_first in (False, True):
+            if roll_up_first:
+                conn.execute("SELECT tally_rollup_page_views()")
+            for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
+                for site in (None, "example.com"):
+                    body = stats.stats_for_window(30, site=site, tz=tz)
+                    expected = brute_force(conn, 30, site, tz)
+                    daily = {
+                        day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]
+                    }
+                    assert daily == expected["daily"], (tz, site)
+                    for key in ("top_paths", "top_countries"):
+                        assert body[key] == expected[key], (key, tz, site)
+
+
 def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh_database, monkeypatch):
     """Migration 0023 counts the ids of events among the site's visitors: what is rolled up
     before it moves as a rollup would have moved it, with ids on days in a row (overlaps),

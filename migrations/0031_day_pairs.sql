@@ -1,0 +1,88 @@
+-- The pairs of ids seen on two UTC days in a row move into their day's row (migrations/0020
+-- says what they are for). `page_view_day_overlaps` held a row per value and (first bucket,
+-- last bucket the day before): a backfill whose 25,000 ids came back every day for 30 days
+-- (2.3M views) made 2.4M of them, 382 MB where its views took 554 MB, and the first stats
+-- answer after each rollup read 1.5M of them, two time-zone conversions each, for the panels'
+-- top rows alone: 2.4 to 3.2 s on PostgreSQL 15, past the web's 5 s statement timeout on a
+-- larger backfill (a 503). Each pair is now three integers in the value's row of its UTC day,
+-- `pairs`: the first bucket's number in the day (0-95), the last's in the day before (0-95),
+-- and how many ids share them. A reader in a zone finds once per row which pairs fall on one
+-- local day (two bucket numbers from the local day's bounds: `tally_day_overlaps`), and in UTC,
+-- whose days meet no pair, reads none.
+
+-- step: a day's row holds its pairs
+ALTER TABLE page_view_day_values ADD COLUMN IF NOT EXISTS pairs integer[] NOT NULL DEFAULT '{}';
+
+-- step: how pairs are added up and read
+-- Two rows' pairs added up, pairs that come to nothing left out.
+CREATE OR REPLACE FUNCTION tally_add_pairs(held integer[], added integer[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(array_agg(ARRAY[first_slot, prev_slot, ids] ORDER BY first_slot, prev_slot), '{}')
+      FROM (SELECT a[i][1] AS first_slot, a[i][2] AS prev_slot, sum(a[i][3])::integer AS ids
+              FROM (VALUES (held), (added)) AS both_rows (a), generate_subscripts(a, 1) AS i
+             GROUP BY 1, 2
+            HAVING sum(a[i][3]) <> 0) summed
+$$;
+
+-- The ids a row's pairs count twice on one local day (in `tz`), to take back, when that day is
+-- in [since, until) (local midnights): the local day that holds the UTC midnight starting
+-- `day`, if it starts before it; a pair falls on it when its last bucket the day before is at
+-- or after the local day's start and its first bucket before the local day's end.
+CREATE OR REPLACE FUNCTION tally_day_overlaps(day date, pairs integer[], tz text, since timestamptz, until timestamptz)
+RETURNS TABLE (local_day date, visitors bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT bounds.local_day, sum(pairs[i][3])::bigint
+      FROM (SELECT local_day,
+                   extract(epoch FROM opens - ((day - 1)::timestamp AT TIME ZONE 'UTC')) / 900 AS prev_from,
+                   extract(epoch FROM closes - (day::timestamp AT TIME ZONE 'UTC')) / 900 AS first_until
+              FROM (SELECT local_day, local_day::timestamp AT TIME ZONE tz AS opens,
+                           (local_day + 1)::timestamp AT TIME ZONE tz AS closes
+                      FROM (SELECT ((day::timestamp AT TIME ZONE 'UTC') AT TIME ZONE tz)::date AS local_day) AS utc_day
+                   ) AS local_bounds
+             WHERE opens >= since AND closes <= until) AS bounds
+     CROSS JOIN LATERAL generate_subscripts(pairs, 1) AS i
+     WHERE bounds.prev_from < 96 AND pairs[i][2] >= bounds.prev_from AND pairs[i][1] < bounds.first_until
+     GROUP BY 1
+$$;
+
+-- step: move the pairs into their day's rows, under the rollup's lock
+DO $$
+BEGIN
+    -- Run again after an interrupted release: the table is gone once the pairs have moved.
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('page_view_day_overlaps')) IS DISTINCT FROM 'r' THEN
+        RETURN;
+    END IF;
+    PERFORM FROM page_view_rollup_state FOR UPDATE;  -- no rollup adds pairs meanwhile
+    INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs)
+    SELECT site, dim, value, day, 0, '{}', array_agg(ARRAY[first_slot, prev_slot, ids] ORDER BY first_slot, prev_slot)
+      FROM (SELECT site, dim, value, (first_bucket AT TIME ZONE 'UTC')::date AS day,
+                   (extract(epoch FROM first_bucket - date_trunc('day', first_bucket, 'UTC')) / 900)::integer AS first_slot,
+                   (extract(epoch FROM prev_last - (date_trunc('day', first_bucket, 'UTC') - interval '1 day')) / 900)::integer
+                       AS prev_slot,
+                   visitors::integer AS ids
+              FROM page_view_day_overlaps WHERE visitors <> 0) pairs
+     GROUP BY 4, 1, 2, 3
+    ON CONFLICT (day, site, dim, value) DO UPDATE SET pairs = EXCLUDED.pairs;
+    DROP TABLE page_view_day_overlaps;
+END
+$$;
+
+-- The pairs as rows under the table's old name and columns, for psql and for the release
+-- before this one, whose web reads them until it is replaced; its cleanup deletes by
+-- `first_bucket`, which now goes with the day's row (delete_old_rollups), so a delete here
+-- does nothing.
+CREATE OR REPLACE VIEW page_view_day_overlaps AS
+SELECT d.site, d.dim, d.value,
+       d.day::timestamp AT TIME ZONE 'UTC' + d.pairs[i][1] * interval '15 minutes' AS first_bucket,
+       (d.day - 1)::timestamp AT TIME ZONE 'UTC' + d.pairs[i][2] * interval '15 minutes' AS prev_last,
+       d.pairs[i][3]::bigint AS visitors
+  FROM page_view_day_values d, generate_subscripts(d.pairs, 1) AS i;
+
+CREATE OR REPLACE FUNCTION tally_day_overlaps_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS day_overlaps_delete ON page_view_day_overlaps;
+CREATE TRIGGER day_overlaps_delete INSTEAD OF DELETE ON page_view_day_overlaps
+    FOR EACH ROW EXECUTE FUNCTION tally_day_overlaps_delete();
