@@ -103,6 +103,8 @@ RENDERERS: dict[str, Callable[[str | None], str]] = {
     # insert_page_views' columns and their values in a view's JSON array (VIEW_FIELDS' order).
     "view_columns": lambda _: _joined(VIEW_FIELDS),
     "view_values": lambda _: _joined(_view_value(index, field) for index, field in enumerate(VIEW_FIELDS)),
+    # Where a view's JSON array holds the day of its visitor id's salt: after VIEW_FIELDS.
+    "view_salt_day": lambda _: str(len(VIEW_FIELDS)),
 }
 
 

@@ -92,8 +92,17 @@ SELECT extract(epoch FROM now() - to_timestamp(max(defer_timestamp)))::float8 AS
 -- of arrays in tally/web/view_writer.py's View order (tally/dimensions.py, VIEW_FIELDS): psycopg
 -- dumps one string in C, where a list per column cost its Python about 15 us a view
 -- (docs/ARCHITECTURE.md, "Group commit").
-INSERT INTO page_views ({{view_columns}})
-SELECT {{view_values}}
+--
+-- A view from /api/collect names the UTC day of its visitor id's salt last (`salt_day`): it is
+-- dated now(), or, when now() is on another day (its id was made within the web's estimate's
+-- error of midnight, or its group's INSERT came after it), at its id's day's nearest instant,
+-- so an id lives on its salt's day alone (docs/ARCHITECTURE.md, "Sites and visitors"). Views
+-- without one (server-side senders) are dated now(), as the column's default does: greatest()
+-- and least() leave out NULLs.
+INSERT INTO page_views ({{view_columns}}, viewed_at)
+SELECT {{view_values}},
+       least(greatest(now(), ((v->>{{view_salt_day}})::date)::timestamp AT TIME ZONE 'UTC'),
+             ((v->>{{view_salt_day}})::date + 1)::timestamp AT TIME ZONE 'UTC' - interval '1 microsecond')
   FROM jsonb_array_elements(%(views)s::jsonb) AS v
 
 -- store_events --
@@ -103,8 +112,12 @@ SELECT {{view_values}}
 -- "(other)". The values of one statement, and of concurrent ones, are judged against what was
 -- there before them, so the first values may pass the cap by as many as arrive together.
 WITH given AS (
-    -- One JSON array of [site, name, props, path, visitor] arrays, as insert_page_views takes views.
-    SELECT e->>0 AS site, e->>1 AS name, e->2 AS props, e->>3 AS path, (e->>4)::bigint AS visitor, position
+    -- One JSON array of [site, name, props, path, visitor, salt_day] arrays, as insert_page_views
+    -- takes views; an event is dated as a view is, on the day of its visitor id's salt.
+    SELECT e->>0 AS site, e->>1 AS name, e->2 AS props, e->>3 AS path, (e->>4)::bigint AS visitor,
+           least(greatest(now(), ((e->>5)::date)::timestamp AT TIME ZONE 'UTC'),
+                 ((e->>5)::date + 1)::timestamp AT TIME ZONE 'UTC' - interval '1 microsecond') AS occurred_at,
+           position
       FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS given (e, position)
 ), judged AS (
     SELECT given.position, given.site, given.name, prop.key, prop.value, prop.value #>> '{}' AS text_value,
@@ -120,11 +133,11 @@ WITH given AS (
     SELECT DISTINCT site, name, key, text_value FROM judged WHERE kept
     ON CONFLICT DO NOTHING
 )
-INSERT INTO events (site, name, props, path, visitor)
+INSERT INTO events (site, name, props, path, visitor, occurred_at)
 SELECT given.site, given.name,
        coalesce((SELECT jsonb_object_agg(key, CASE WHEN kept THEN value ELSE '"(other)"'::jsonb END)
                    FROM judged WHERE judged.position = given.position), '{}'::jsonb),
-       given.path, given.visitor
+       given.path, given.visitor, given.occurred_at
   FROM given ORDER BY given.position
 
 -- rollup_page_views --
@@ -396,12 +409,14 @@ INSERT INTO crawler_hits_daily (site, day, hits) VALUES (%(site)s, (now() AT TIM
 ON CONFLICT (site, day) DO UPDATE SET hits = crawler_hits_daily.hits + 1
 
 -- visitor_salt --
--- The salt of a UTC day, made on first use (pg_strong_random, see migrations/0005). DO UPDATE,
--- not DO NOTHING: when another process makes the day's salt at the same moment, this waits
--- for it and returns that salt (a SELECT in the same statement would not see it: a 500).
-INSERT INTO visitor_salts (day) VALUES (%(day)s)
+-- The salt of the database's UTC day now, made on first use (pg_strong_random, see
+-- migrations/0005), with that day and the time it is of: the web dates its visitor ids by this
+-- clock, the one that dates the views (tally/web/visitors.py). DO UPDATE, not DO NOTHING: when
+-- another process makes the day's salt at the same moment, this waits for it and returns that
+-- salt (a SELECT in the same statement would not see it: a 500).
+INSERT INTO visitor_salts (day) VALUES ((now() AT TIME ZONE 'UTC')::date)
 ON CONFLICT (day) DO UPDATE SET day = EXCLUDED.day
-RETURNING salt
+RETURNING day, salt, now() AS database_now
 
 -- rotate_visitor_salts --
 -- Make today's and tomorrow's salts ahead of use; delete every salt two days old or older.

@@ -56,12 +56,17 @@ def test_the_rendered_functions_are_those_the_migrations_last_wrote():
 
 def test_insert_page_views_stores_each_field_of_a_view_in_its_column():
     """The one query whose text moved: the visitor's id is a View's fourth field, after the
-    site (it was fifth, after the source), the same column gets the same value."""
+    site (it was fifth, after the source), the same column gets the same value; then
+    `viewed_at`, from the day of the id's salt that follows them (tally/web/visitors.py)."""
     sql = words(QUERIES["insert_page_views"])
     columns = re.search(r"INSERT INTO page_views \((.*?)\)", sql).group(1).split(", ")
     values = re.search(r"SELECT (.*?) FROM jsonb_array_elements", sql).group(1).split(", ")
-    assert columns == list(VIEW_FIELDS)
-    assert values == [f"(v->>{i})::bigint" if c == "visitor" else f"v->>{i}" for i, c in enumerate(columns)]
+    assert columns == [*VIEW_FIELDS, "viewed_at"]
+    fields = columns[: len(VIEW_FIELDS)]
+    assert values[: len(fields)] == [
+        f"(v->>{i})::bigint" if c == "visitor" else f"v->>{i}" for i, c in enumerate(fields)
+    ]
+    assert f"(v->>{len(VIEW_FIELDS)})::date" in " ".join(values[len(fields) :])
 
 
 def test_an_unknown_or_unclosed_marker_is_an_error_at_load(tmp_path: Path):

@@ -334,8 +334,9 @@ def test_events_of_concurrent_requests_go_in_one_statement_each_with_its_own_pro
     ]
     with pool.connection() as connection:
         insert_events(connection, batch)
+    # An Event's salt_day is no column: it dates the event.
     assert conn.execute("SELECT site, name, props, path, visitor FROM events ORDER BY id").fetchall() == [
-        tuple(event) for event in batch
+        tuple(event)[:5] for event in batch
     ]
 
 

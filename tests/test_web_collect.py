@@ -328,18 +328,17 @@ def test_a_new_salt_makes_new_visitor_ids():
 def test_two_processes_making_the_days_salt_at_once_get_the_same_one(database_url, pool):
     """The first beacons of a day from two web processes (or two threads, as a page's view and
     its first event): one makes the salt, the other waits for it and uses it (it got a 500)."""
-    import datetime
     import threading
 
     from tally.web.visitors import VisitorIds
 
-    day = datetime.date(2031, 1, 1)
+    today = "(now() AT TIME ZONE 'UTC')::date"  # the day the web reads the salt of
     with psycopg.connect(database_url) as other:  # the other process's insert, not committed yet
         made = bytes(
-            other.execute("INSERT INTO visitor_salts (day) VALUES (%s) RETURNING salt", (day,)).fetchone()[0]
+            other.execute(f"INSERT INTO visitor_salts (day) VALUES ({today}) RETURNING salt").fetchone()[0]
         )
         got: list[bytes] = []
-        waiting = threading.Thread(target=lambda: got.append(VisitorIds(pool)._salt(day)))
+        waiting = threading.Thread(target=lambda: got.append(VisitorIds(pool)._learn().salt))
         waiting.start()
         waiting.join(0.5)
         assert waiting.is_alive()  # it waits on the other's row

@@ -27,7 +27,7 @@ from tally.web.beacon import Beacon, Refused, parse_collect_body
 from tally.web.crawlers import is_crawler
 from tally.web.seen import VIEW_FILLS, Seen
 from tally.web.view_writer import View, ViewWriter
-from tally.web.visitors import VisitorIds, client_address
+from tally.web.visitors import Visitor, VisitorIds, client_address
 
 # A beacon's body: a URL and a referrer of at most MAX_URL characters each and an event's
 # props (below), as JSON.
@@ -111,15 +111,17 @@ class Collector:
                 conn.execute(QUERIES["count_crawler_hit"], {"site": site})
             return Outcome(202, {"stored": 0, "filtered": "crawler"})
         address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
-        visitor = self.visitors.visitor_id(site, address, user_agent)
+        # The id goes with its salt's day: the insert dates the view (event) on that day.
+        visitor = self.visitors.visitor(site, address, user_agent)
         if beacon.event is not None:
             return self._store_event(beacon, visitor)
-        seen = Seen(beacon, audience_of(address, user_agent, beacon.width), visitor, request)
-        self.writer.write([View._make([fill(seen) for fill in VIEW_FILLS])])
+        seen = Seen(beacon, audience_of(address, user_agent, beacon.width), visitor.id, request)
+        self.writer.write([View._make([*[fill(seen) for fill in VIEW_FILLS], visitor.day])])
         return Outcome(201, {"stored": 1})
 
-    def _store_event(self, beacon: Beacon, visitor: int) -> Outcome:
-        self.events.write([Event(beacon.site, beacon.event or "", beacon.props or {}, beacon.path, visitor)])
+    def _store_event(self, beacon: Beacon, visitor: Visitor) -> Outcome:
+        name, props = beacon.event or "", beacon.props or {}
+        self.events.write([Event(beacon.site, name, props, beacon.path, visitor.id, visitor.day)])
         return Outcome(201, {"stored": 1, "event": beacon.event})
 
 
@@ -131,6 +133,8 @@ class Event(NamedTuple):
     props: dict[str, Any]
     path: str
     visitor: int | None
+    # The UTC day (ISO) of the visitor id's salt: the event is dated on it (None: now()).
+    salt_day: str | None = None
 
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> None:

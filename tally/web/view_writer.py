@@ -49,13 +49,17 @@ logger = logging.getLogger("tally.web.view_writer")
 
 class View(
     collections.namedtuple(
-        "View", VIEW_FIELDS, defaults=(None, DEFAULT_SITE, *(None for _field in VIEW_FIELDS[3:]))
+        "View",
+        (*VIEW_FIELDS, "salt_day"),
+        defaults=(None, DEFAULT_SITE, *(None for _field in VIEW_FIELDS[3:]), None),
     )
 ):
     """One page view to store, its fields tally/dimensions.py's VIEW_FIELDS: path, referrer, site,
     visitor (the keyed hash of tally/web/visitors.py, never an address) and every other
-    dimension's value (categories of the sender, never its address or user agent). View("/a")
-    and View(path, referrer, site) leave the rest None (the site: the default one)."""
+    dimension's value (categories of the sender, never its address or user agent), then
+    `salt_day`: the UTC day (ISO) of the visitor id's salt, on which the insert dates the view
+    (None: dated now()). View("/a") and View(path, referrer, site) leave the rest None (the
+    site: the default one)."""
 
     __slots__ = ()
 

@@ -6,8 +6,8 @@ process hashes alike; the clock deletes it two days later (jobs/visitor_salts.py
 which nobody, Tally included, can tell whose hash a stored id was.
 
     >>> ids = VisitorIds(pool)                                                # doctest: +SKIP
-    >>> ids.visitor_id("example.com", "203.0.113.9", "Mozilla/5.0 ...")       # doctest: +SKIP
-    -4311719318201558790
+    >>> ids.visitor("example.com", "203.0.113.9", "Mozilla/5.0 ...")          # doctest: +SKIP
+    Visitor(id=-4311719318201558790, day='2026-05-01')
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import threading
+import time
+from typing import NamedTuple
 
 import psycopg_pool
 
 from tally.db import QUERIES
+
+# The longest a web process counts on from one reading of the database's clock: the monotonic
+# clock's drift from it over that time (NTP slews a clock by 500 ppm at most: 0.3 s) bounds the
+# estimate's error, with half the reading's round trip. One query a process per 10 minutes.
+RELEARN_SECONDS = 600.0
 
 
 def client_address(forwarded_for: str | None, remote_addr: str | None) -> str:
@@ -39,23 +45,70 @@ def hashed(salt: bytes, site: str, address: str, user_agent: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class Visitor(NamedTuple):
+    """A visitor's id and the UTC day (ISO, as the database's clock tells it) whose salt made it:
+    the insert dates the view on that day (tally/queries.sql, `insert_page_views`)."""
+
+    id: int
+    day: str
+
+
+class _Known(NamedTuple):
+    """A day's salt and when, by the monotonic clock, the database's clock is on that day."""
+
+    day: str
+    salt: bytes
+    starts: float  # monotonic time at which the database's clock was (will be) at the day's 00:00
+    ends: float  # at the next 00:00, or at the next reading of the database's clock if sooner
+
+
 class VisitorIds:
-    """Visitor ids for the web's requests; the day's salt is read once per process and day."""
+    """Visitor ids for the web's requests, with the salt of the database's UTC day.
+
+    Views are dated by the database's clock (`now()` at their INSERT), so the salt's day comes
+    from that clock too, never the web's: a web a minute off made the ids of views around
+    midnight with one day's salt while they were dated on the other (a visitor counted twice,
+    or an id across two days). The day's salt is read with the database's time in the same
+    statement; from then on the web counts on with its monotonic clock (which no step of the
+    system time moves) and reads the database's clock again when that count passes a UTC
+    midnight, or RELEARN_SECONDS after the last reading. No request costs a query but the
+    first of each (estimated) day and one per RELEARN_SECONDS.
+
+    The estimate is off by at most half the round trip of that statement plus the monotonic
+    clock's drift since (ppm). A view whose id was made within that of midnight, or that
+    waits for its group's INSERT across it, can still find `now()` on the other day: the
+    insert then dates it on its id's day, at that day's nearest instant (`Visitor.day`).
+    """
 
     def __init__(self, pool: psycopg_pool.ConnectionPool):
         self.pool = pool
-        self._salts: dict[datetime.date, bytes] = {}
-        self._lock = threading.Lock()
+        self._known: _Known | None = None
 
-    def visitor_id(self, site: str, address: str, user_agent: str) -> int:
-        return hashed(self._salt(datetime.datetime.now(datetime.UTC).date()), site, address, user_agent)
+    def visitor(self, site: str, address: str, user_agent: str) -> Visitor:
+        """The visitor's id with the salt of the database's UTC day now, and that day."""
+        known = self._known
+        if known is None or not known.starts <= time.monotonic() < known.ends:
+            known = self._learn()
+        return Visitor(hashed(known.salt, site, address, user_agent), known.day)
 
-    def _salt(self, day: datetime.date) -> bytes:
-        salt = self._salts.get(day)
-        if salt is None:
-            with self.pool.connection() as conn:
-                salt = bytes(conn.execute(QUERIES["visitor_salt"], {"day": day}).fetchone()[0])
-            with self._lock:
-                # Only today's salt is ever used again: forget the others.
-                self._salts = {day: salt}
-        return salt
+    def _learn(self) -> _Known:
+        """Read the database's UTC day, its salt and its clock in one statement. Not under a
+        lock: the requests that meet a day's end at once each read it (as they each read the
+        day's salt before), and none waits behind another's stuck query."""
+        with self.pool.connection() as conn:
+            sent = time.monotonic()  # not before: the wait for a connection is no round trip
+            day, salt, database_now = conn.execute(QUERIES["visitor_salt"]).fetchone()
+            received = time.monotonic()
+        # The database read its clock between sending and receiving: the midpoint is off by
+        # at most half the round trip.
+        at = (sent + received) / 2
+        midnight = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+        since = (database_now - midnight).total_seconds()
+        known = _Known(
+            day=day.isoformat(),
+            salt=bytes(salt),
+            starts=at - since,
+            ends=min(at + 86_400.0 - since, at + RELEARN_SECONDS),
+        )
+        self._known = known  # one assignment: requests read the whole tuple or the one before
+        return known
