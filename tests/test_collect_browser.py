@@ -207,6 +207,38 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
     assert stats_visitors.fetchone()[0] == 1  # one browser: one visitor
 
 
+def test_a_push_state_that_changes_only_the_query_is_no_new_view(tally, site_server, conn):
+    """A search box or a filter that writes ?q=a, ?q=ab ... with history.pushState on each
+    keystroke sent a view each time, and Tally stores the path without its query: the one page
+    counted once per keystroke. A view is a new path; the query, utm_* parameters too, makes
+    none (the landing counted with its source). Back and Forward count where the path changes."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    search, results = ("site.test", "/search.html"), ("site.test", "/results")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.goto(f"{site}/search.html", wait_until="load")
+            views_become(conn, [search])
+            for query in ("?q=a", "?q=ab", "?q=ab&utm_source=newsletter"):
+                page.evaluate("query => history.pushState({}, '', query)", query)
+            page.evaluate("history.pushState({}, '', '/results?q=ab')")
+            views_become(conn, [search, results])
+            page.go_back()  # popstate to /search.html?q=ab&utm_source=newsletter: another path
+            views_become(conn, [search, results, search])
+            page.go_back()  # ?q=ab: the same path
+            page.go_back()  # ?q=a
+            page.go_forward()
+            assert page.evaluate("location.search") == "?q=ab"
+            views_become(conn, [search, results, search])
+        finally:
+            browser.close()
+    sources = conn.execute("SELECT source FROM page_views ORDER BY id").fetchall()
+    assert sources == [(None,), (None,), ("newsletter",)]  # a view's source: its URL's
+
+
 def test_crawlers_other_sites_and_automated_browsers_store_nothing(tally, site_server, conn):
     from playwright.sync_api import sync_playwright
 

@@ -1,6 +1,6 @@
 // Tally's tracker (README, "Collect from your website"): <script defer src="https://<tally>/tally.js">.
 // Sends each view (a prerendered page once shown, one restored from the back-forward cache again)
-// and single-page-app navigation as {url, referrer, width}, a text/plain beacon
+// and single-page-app navigation to a new path as {url, referrer, width}, a text/plain beacon
 // (no CORS preflight), and custom events: tally.track(name, props), clicks on [data-tally-event]
 // (props from data-tally-prop-* attributes), outbound links with data-track-outbound on the tag.
 // No cookie, nothing stored. Silent on file: and localhost (unless data-allow-local) and under
@@ -16,19 +16,22 @@
   if ((location.protocol == "file:" || /^(localhost|127(\.\d+){3}|\[::1\])$|\.localhost$/.test(location.hostname)) &&
     !script.hasAttribute("data-allow-local")) return;
   var endpoint = new URL("/api/collect", script.src);
-  var sent = null;
+  var sent; // the last view's page (its URL without query or fragment)
 
   function post(fields) {
     navigator.sendBeacon(endpoint, JSON.stringify(fields));
   }
 
   function send(referrer) { // the page's own referrer unless it is a single-page app's navigation
-    // The same page again is not a new view: nor is an in-page anchor (#usage), whose clicks
-    // and Back fire popstate too.
-    var page = location.href.split("#")[0];
-    if (page === sent) return;
-    sent = page;
-    post({ url: sent, referrer: referrer || document.referrer, width: innerWidth });
+    // A view is a new path, which is what Tally keeps of the URL: the same path with another
+    // query (a search box's ?q=a, ?q=ab) or fragment (an in-page anchor, whose clicks and Back
+    // fire popstate too) is not one. Nor with new utm_* parameters, as with Plausible: a
+    // campaign's visitor arrives by loading a page, which counted with its source, and an app
+    // that rewrites or drops them would count the page twice. A new path counts with its query.
+    var url = location.href.split("#")[0];
+    if (url.split("?")[0] == sent) return;
+    sent = url.split("?")[0];
+    post({ url: url, referrer: referrer || document.referrer, width: innerWidth });
   }
 
   function track(name, props) {
@@ -62,9 +65,8 @@
 
   var pushState = history.pushState;
   history.pushState = function () {
-    var from = location.href;
     var result = pushState.apply(this, arguments);
-    send(from);
+    send(sent); // the referrer: the page of the last view (an own page: only its domain is kept)
     return result;
   };
   addEventListener("popstate", function () { send(sent); });
