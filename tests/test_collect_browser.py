@@ -476,6 +476,103 @@ def test_a_prerendered_page_counts_once_shown_and_never_before(tally, conn, tmp_
     assert [path for path, _ in seen].count("/b") == 1  # shown from its prerender, not loaded again
 
 
+def test_events_tracked_while_prerendering_wait_until_the_page_is_shown(tally, conn, tmp_path):
+    """tally.track() (and the calls queued in window.tally.q) in a page that Chromium prerenders
+    were sent at once, although the page may never be shown; its view already waited. /a
+    prerenders /b and /c, whose scripts track two events while prerendering; nothing is sent
+    until /a goes to /b, then /b's view and its two events in order; /c's never.
+
+    As in the test above, Chromium runs alone (DevTools would stop the prerender), driven by the
+    pages; each of /b and /c logs every beacon to the site's server (`navigator.sendBeacon`
+    wrapped before tally.js runs), with whether the page was still prerendering then."""
+    import json
+    import subprocess
+    from urllib.parse import unquote
+
+    seen: list[tuple[str, str | None]] = []
+    sent: list[list] = []  # [page, n, prerendering, what] per beacon, as the page logged it
+    go = threading.Event()
+    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
+    prerendered = (
+        "<script>window.tally = window.tally || {q: [], track: function () { this.q.push(arguments); }};"
+        " tally.track('Queued');"  # the README's stub, before the tag
+        " var n = 0, beacon = navigator.sendBeacon;"
+        " navigator.sendBeacon = function (url, body) {"
+        "   var what = JSON.parse(body).event || 'view';"
+        "   fetch('/sent?' + encodeURIComponent(JSON.stringify("
+        "     [location.pathname, n++, !!document.prerendering, what])));"
+        "   return beacon.call(navigator, url, body); };"
+        " addEventListener('DOMContentLoaded', function () {"  # after the deferred tally.js
+        "   tally.track('Tracked', {on: location.pathname});"
+        "   document.prerendering && fetch('/ran'); });</script>"
+    ) + tag
+    rules = (
+        '<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/b", "/c"]}]}</script>'
+    )
+    wait = (
+        "<script>setInterval(() => fetch('/ready').then(r => r.text())"
+        ".then(t => t == 'yes' && location.assign('/b')), 200)</script>"
+    )
+    pages = {"/a": tag + rules + wait, "/b": prerendered, "/c": prerendered}
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Sec-Purpose")))
+            if self.path.startswith("/sent?"):
+                sent.append(json.loads(unquote(self.path[6:])))
+            body = pages.get(self.path, "yes" if go.is_set() else "no").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    chromium = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            *PERSON_ARGS,
+            HOSTS,
+            f"--user-agent={BROWSER_AGENT}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--remote-debugging-port=0",
+            f"http://site.test:{server.server_address[1]}/a",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: [path for path, _ in seen].count("/ran") >= 2,
+            timeout=20,
+            message="/b and /c prerendered, their events tracked",
+        )
+        views_become(conn, [("site.test", "/a")])
+        assert sent == [] and event_count(conn) == 0  # nothing of /b or /c before it is shown
+        go.set()
+        wait_until(lambda: event_count(conn) >= 2, timeout=20, message="/b's two events")
+        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
+    finally:
+        chromium.terminate()
+        chromium.wait(10)
+        server.shutdown()
+        server.server_close()
+    prerendered_paths = {path for path, purpose in seen if purpose and "prerender" in purpose}
+    assert {"/b", "/c"} <= prerendered_paths
+    assert sorted(sent, key=lambda beacon: beacon[1]) == [
+        ["/b", 0, False, "view"],
+        ["/b", 1, False, "Queued"],
+        ["/b", 2, False, "Tracked"],
+    ]
+    rows = conn.execute("SELECT name, props, path FROM events ORDER BY name").fetchall()
+    assert rows == [("Queued", {}, "/b"), ("Tracked", {"on": "/b"}, "/b")]
+
+
 BROWSER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
 )

@@ -17,9 +17,13 @@
     !script.hasAttribute("data-allow-local")) return;
   var endpoint = new URL("/api/collect", script.src);
   var sent; // the last view's page (its URL without query or fragment)
+  // A prerendered page (speculation rules, or the address bar's guess) runs before it is shown,
+  // and may never be: its view counts once it is, and what it tracks till then waits here
+  // (tally.track, and the calls queued before this script ran), to be sent after the view.
+  var waiting = [];
 
   function post(fields) {
-    navigator.sendBeacon(endpoint, JSON.stringify(fields));
+    document.prerendering ? waiting.push(fields) : navigator.sendBeacon(endpoint, JSON.stringify(fields));
   }
 
   function send(referrer) { // the page's own referrer unless it is a single-page app's navigation
@@ -28,8 +32,9 @@
     // fire popstate too) is not one. Nor with new utm_* parameters, as with Plausible: a
     // campaign's visitor arrives by loading a page, which counted with its source, and an app
     // that rewrites or drops them would count the page twice. A new path counts with its query.
+    // Nothing while prerendering: the page as shown counts (a router's pushState then is none).
     var url = location.href.split("#")[0];
-    if (url.split("?")[0] == sent) return;
+    if (document.prerendering || url.split("?")[0] == sent) return;
     sent = url.split("?")[0];
     post({ url: url, referrer: referrer || document.referrer, width: innerWidth });
   }
@@ -70,12 +75,14 @@
     return result;
   };
   addEventListener("popstate", function () { send(sent); });
-  // A prerendered page (speculation rules, or the address bar's guess) runs before it is shown,
-  // and may never be: its view counts once it is.
   // A page restored from the back-forward cache runs no script again: a view all the same, as
   // one that Back loads again is.
   addEventListener("pageshow", function (show) { if (show.persisted) sent = 0, send(); });
-  document.prerendering ? document.addEventListener("prerenderingchange", function () { send(); }) : send();
+  document.addEventListener("prerenderingchange", function () { // shown: its view, then its events
+    send();
+    waiting.forEach(post);
+  });
+  send();
   window.tally.track = track;
   queued.forEach(function (call) { track.apply(null, call); });
 })();
