@@ -1,7 +1,7 @@
 -- The pairs of ids seen on two UTC days in a row move into their day's row (migrations/0020
 -- says what they are for). `page_view_day_overlaps` held a row per value and (first bucket,
 -- last bucket the day before): a backfill whose 25,000 ids came back every day for 30 days
--- (2.3M views) made 2.4M of them, 382 MB where its views took 554 MB, and the first stats
+-- (2.3M views) made 2.4M of them, 382 MB where its views took 560 MB, and the first stats
 -- answer after each rollup read 1.5M of them, two time-zone conversions each, for the panels'
 -- top rows alone: 2.4 to 3.2 s on PostgreSQL 15, past the web's 5 s statement timeout on a
 -- larger backfill (a 503). Each pair is now three integers in the value's row of its UTC day,
