@@ -75,4 +75,4 @@ app = TallyApp(
 )
 
 # Register the tasks on `app`; they import it, so this comes last.
-from jobs import page_views, partitions, queue_upkeep, reports, visitor_salts  # noqa: E402, F401
+from jobs import page_views, partitions, queue_upkeep, rebuild, reports, visitor_salts  # noqa: E402, F401
