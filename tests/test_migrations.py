@@ -257,7 +257,9 @@ def test_the_pairs_move_into_their_day_rows_with_the_same_answers(fresh_database
     settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
     with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
         assert sorted(conn.execute(pairs).fetchall()) == before
-        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'page_view_day_overlaps'").fetchone()
+        kind = conn.execute(
+            "SELECT relkind FROM pg_class WHERE relname = 'page_view_day_overlaps'"
+        ).fetchone()
         assert kind == ("v",)
         conn.execute("DELETE FROM page_view_day_overlaps WHERE first_bucket < now()")  # the old cleanup's
         assert sorted(conn.execute(pairs).fetchall()) == before
