@@ -253,7 +253,7 @@ def test_the_pairs_move_into_their_day_rows_with_the_same_answers(fresh_database
         )
     assert len(before) > 100
     monkeypatch.undo()
-    assert apply_pending(fresh_database) == ["0031_day_pairs.sql"]
+    assert apply_pending(fresh_database)[0] == "0031_day_pairs.sql"
     settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
     with psycopg.connect(fresh_database, autocommit=True) as conn, web_pool(settings) as pool:
         assert sorted(conn.execute(pairs).fetchall()) == before
