@@ -11,7 +11,8 @@
 -- whose days meet no pair, reads none.
 
 -- step: a day's row holds its pairs
-ALTER TABLE page_view_day_values ADD COLUMN IF NOT EXISTS pairs integer[] NOT NULL DEFAULT '{}';
+ALTER TABLE page_view_day_values ADD COLUMN IF NOT EXISTS pairs integer[] NOT NULL DEFAULT '{}',
+    ADD COLUMN IF NOT EXISTS pair_steps integer[] NOT NULL DEFAULT '{}';
 
 -- step: how pairs are added up and read
 -- Two rows' pairs added up, pairs that come to nothing left out.
@@ -25,16 +26,49 @@ LANGUAGE sql IMMUTABLE AS $$
             HAVING sum(pair.ids) <> 0) summed
 $$;
 
+-- A row's pairs as they count on a local day of 24 hours (most days of most zones), 96 integers:
+-- such a day holds the UTC midnight L buckets after its start, and a pair (first f, last the
+-- day before p) falls on it when f < L <= p, so the pairs that do are the sum of the first L
+-- of these steps (+ids at f + 1, -ids at p + 1). Added up as the pairs are: a fold's steps
+-- are its pairs', and a reader adds at most 95 integers a row however many pairs it holds.
+CREATE OR REPLACE FUNCTION tally_pair_steps(pairs integer[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN pairs = '{}' THEN '{}'::integer[] ELSE (
+        SELECT array_agg(coalesce(step.ids, 0) ORDER BY k)
+          FROM generate_series(1, 96) AS k
+          LEFT JOIN (SELECT edge.k, sum(edge.ids)::integer AS ids
+                       FROM unnest(pairs[:][1:1], pairs[:][2:2], pairs[:][3:3]) AS pair (first_slot, prev_slot, ids),
+                            LATERAL (VALUES (pair.first_slot + 1, pair.ids), (pair.prev_slot + 1, -pair.ids)) AS edge (k, ids)
+                      WHERE pair.first_slot < pair.prev_slot
+                      GROUP BY 1) step USING (k)) END
+$$;
+
+-- Two rows' steps added up.
+CREATE OR REPLACE FUNCTION tally_add_steps(held integer[], added integer[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN added = '{}' THEN held WHEN held = '{}' THEN added ELSE (
+        SELECT array_agg(coalesce(a, 0) + coalesce(b, 0) ORDER BY k) FROM unnest(held, added) WITH ORDINALITY AS both_rows (a, b, k)) END
+$$;
+
 -- The ids a row's pairs count twice on one local day (in `tz`), to take back, when that day is
 -- in [since, until) (local midnights): the local day that holds the UTC midnight starting
 -- `day`, if it starts before it; a pair falls on it when its last bucket the day before is at
 -- or after the local day's start and its first bucket before the local day's end. The bounds
 -- as bucket numbers (rounded up: a zone's midnight off the quarter hours, as before 1970, falls
 -- inside a bucket), worked out once a row.
-CREATE OR REPLACE FUNCTION tally_day_overlaps(day date, pairs integer[], tz text, since timestamptz, until timestamptz)
+CREATE OR REPLACE FUNCTION tally_day_overlaps(day date, pairs integer[], pair_steps integer[], tz text, since timestamptz,
+                                              until timestamptz)
 RETURNS TABLE (local_day date, visitors bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT bounds.local_day, sum(pair.ids)::bigint
+    SELECT bounds.local_day,
+           CASE WHEN bounds.prev_from = bounds.first_until  -- a day of 24 hours: its steps
+                THEN (SELECT coalesce(sum(step), 0) FROM unnest(pair_steps[1:bounds.prev_from]) AS step)
+                -- A day of 23 or 25 hours (daylight saving), a zone's change of offset: its pairs.
+                -- The array's columns, each read whole once: a subscript per pair (pairs[i][2])
+                -- reads a large row's array out of TOAST again for every pair.
+                ELSE (SELECT coalesce(sum(pair.ids), 0)
+                        FROM unnest(pairs[:][1:1], pairs[:][2:2], pairs[:][3:3]) AS pair (first_slot, prev_slot, ids)
+                       WHERE pair.prev_slot >= bounds.prev_from AND pair.first_slot < bounds.first_until) END::bigint
       FROM (SELECT local_day,
                    ceil(extract(epoch FROM opens - ((day - 1)::timestamp AT TIME ZONE 'UTC')) / 900)::integer AS prev_from,
                    ceil(extract(epoch FROM closes - (day::timestamp AT TIME ZONE 'UTC')) / 900)::integer AS first_until
@@ -44,11 +78,7 @@ LANGUAGE sql STABLE AS $$
                    ) AS local_bounds
              WHERE opens >= since AND closes <= until
             OFFSET 0) AS bounds  -- kept a subquery: else the planner works the bounds out per pair
-     -- The array's columns, each read whole once: a subscript per pair (pairs[i][2]) reads a
-     -- large row's array out of TOAST again for every pair, seconds for 25,000 pairs.
-     CROSS JOIN LATERAL unnest(pairs[:][1:1], pairs[:][2:2], pairs[:][3:3]) AS pair (first_slot, prev_slot, ids)
-     WHERE bounds.prev_from < 96 AND pair.prev_slot >= bounds.prev_from AND pair.first_slot < bounds.first_until
-     GROUP BY 1
+     WHERE bounds.prev_from < 96
 $$;
 
 -- migrations/0020's, read the same way: its bounds once a row as bucket numbers, not per cell
@@ -80,8 +110,9 @@ BEGIN
         RETURN;
     END IF;
     PERFORM FROM page_view_rollup_state FOR UPDATE;  -- no rollup adds pairs meanwhile
-    INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs)
-    SELECT site, dim, value, day, 0, '{}', array_agg(ARRAY[first_slot, prev_slot, ids] ORDER BY first_slot, prev_slot)
+    INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs, pair_steps)
+    SELECT site, dim, value, day, 0, '{}', array_agg(ARRAY[first_slot, prev_slot, ids] ORDER BY first_slot, prev_slot),
+           '{}'
       FROM (SELECT site, dim, value, (first_bucket AT TIME ZONE 'UTC')::date AS day,
                    (extract(epoch FROM first_bucket - date_trunc('day', first_bucket, 'UTC')) / 900)::integer AS first_slot,
                    (extract(epoch FROM prev_last - (date_trunc('day', first_bucket, 'UTC') - interval '1 day')) / 900)::integer
@@ -90,6 +121,7 @@ BEGIN
               FROM page_view_day_overlaps WHERE visitors <> 0) pairs
      GROUP BY 4, 1, 2, 3
     ON CONFLICT (day, site, dim, value) DO UPDATE SET pairs = EXCLUDED.pairs;
+    UPDATE page_view_day_values SET pair_steps = tally_pair_steps(pairs) WHERE pairs <> '{}';
     DROP TABLE page_view_day_overlaps;
 END
 $$;

@@ -113,28 +113,34 @@ BEGIN
          GROUP BY 1, 2, 3, 4
         HAVING sum(views) <> 0 OR sum(firsts) <> 0 OR sum(lasts) <> 0
     ), day_values AS (
-        -- A row per value and UTC day: its cells, and the pairs of ids of two UTC days in a row
-        -- (migrations/0031), each a first bucket and the last the day before, by number.
-        INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs)
-        SELECT site, dim, value, (bucket AT TIME ZONE 'UTC')::date, sum(views),
-               coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
-                                        views, firsts, lasts] ORDER BY bucket) FILTER (WHERE prev_last IS NULL), '{}'),
-               coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
-                                        (extract(epoch FROM prev_last - (date_trunc('day', bucket, 'UTC') - interval '1 day'))
-                                         / 900)::integer,
-                                        pairs] ORDER BY bucket, prev_last) FILTER (WHERE prev_last IS NOT NULL), '{}')
-          FROM (SELECT site, dim, value, bucket, NULL::timestamptz AS prev_last, views, firsts, lasts, 0 AS pairs
-                  FROM cells
-                UNION ALL
-                SELECT site, dim, value, bucket, prev_last, 0, 0, 0, sum(pairs)::integer
-                  FROM visitor_moves WHERE prev_last IS NOT NULL
-                 GROUP BY 1, 2, 3, 4, 5 HAVING sum(pairs) <> 0) moved
-         GROUP BY 4, 1, 2, 3  -- in the primary key's order: the index fills page by page
+        -- A row per value and UTC day: its cells, and the pairs of ids of two UTC days in a row,
+        -- each a first bucket and the last the day before, by number, with their steps
+        -- (migrations/0031).
+        INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs, pair_steps)
+        SELECT site, dim, value, day, views, cells, pairs, tally_pair_steps(pairs)
+          FROM (SELECT site, dim, value, (bucket AT TIME ZONE 'UTC')::date AS day, sum(views) AS views,
+                       coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
+                                                views, firsts, lasts] ORDER BY bucket)
+                                FILTER (WHERE prev_last IS NULL), '{}') AS cells,
+                       coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
+                                                (extract(epoch FROM prev_last - (date_trunc('day', bucket, 'UTC')
+                                                                                 - interval '1 day')) / 900)::integer,
+                                                pairs] ORDER BY bucket, prev_last)
+                                FILTER (WHERE prev_last IS NOT NULL), '{}') AS pairs
+                  FROM (SELECT site, dim, value, bucket, NULL::timestamptz AS prev_last, views, firsts, lasts, 0 AS pairs
+                          FROM cells
+                        UNION ALL
+                        SELECT site, dim, value, bucket, prev_last, 0, 0, 0, sum(pairs)::integer
+                          FROM visitor_moves WHERE prev_last IS NOT NULL
+                         GROUP BY 1, 2, 3, 4, 5 HAVING sum(pairs) <> 0) moved
+                 GROUP BY 4, 1, 2, 3  -- in the primary key's order: the index fills page by page
+               ) AS by_day
         ON CONFLICT (site, dim, value, day) DO UPDATE
            SET views = page_view_day_values.views + EXCLUDED.views,
                cells = tally_add_cells(page_view_day_values.cells, EXCLUDED.cells),
                pairs = CASE WHEN EXCLUDED.pairs = '{}' THEN page_view_day_values.pairs
-                            ELSE tally_add_pairs(page_view_day_values.pairs, EXCLUDED.pairs) END
+                            ELSE tally_add_pairs(page_view_day_values.pairs, EXCLUDED.pairs) END,
+               pair_steps = tally_add_steps(page_view_day_values.pair_steps, EXCLUDED.pair_steps)
     )
     SELECT count(*) INTO folded FROM fresh;
 

@@ -306,8 +306,8 @@ SELECT day, sum(visitors)::bigint AS visitors
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
         SELECT o.local_day, -o.visitors
-          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, %(end)s) o
-         WHERE d.dim = '' AND d.value = '' AND d.pairs <> '{}'
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, d.pair_steps, %(tz)s, %(start)s, %(end)s) o
+         WHERE d.dim = '' AND d.value = '' AND d.pair_steps <> '{}'
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
@@ -352,8 +352,8 @@ SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS v
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
         SELECT o.local_day, -o.visitors
-          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, %(end)s) o
-         WHERE d.dim = wanted.dim AND d.value = wanted.value AND d.pairs <> '{}'
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, d.pair_steps, %(tz)s, %(start)s, %(end)s) o
+         WHERE d.dim = wanted.dim AND d.value = wanted.value AND d.pair_steps <> '{}'
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted ON true
@@ -369,8 +369,8 @@ SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
         UNION ALL
         SELECT o.local_day, d.value, 0, -o.visitors
-          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, %(tz)s, %(start)s, 'infinity') o
-         WHERE d.dim = 'path' AND d.pairs <> '{}' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+          FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, d.pair_steps, %(tz)s, %(start)s, 'infinity') o
+         WHERE d.dim = 'path' AND d.pair_steps <> '{}' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
  GROUP BY 1, 2
 

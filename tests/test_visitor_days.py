@@ -166,3 +166,63 @@ def test_every_zone_meets_the_rule_the_visitor_days_rest_on():
             if (last_utc - first_utc).days > 1 or inside:
                 broken.append((name, start, end))
     assert broken == []
+
+
+# The days of 2026 where tally_day_overlaps and the per-pair conversion differ: which local day,
+# how many ids (the pairs are the same on every day: first bucket, last the day before, ids).
+PAIRS_READ_AGAINST_CONVERTED = """
+WITH days AS (SELECT day::date FROM generate_series('2026-01-01'::date, '2026-12-31', '1 day') AS day),
+read AS (
+    SELECT days.day, o.local_day, o.visitors
+      FROM days, tally_day_overlaps(days.day, %(pairs)s::integer[], tally_pair_steps(%(pairs)s::integer[]),
+                                    %(tz)s, '-infinity', 'infinity') AS o
+     WHERE o.visitors <> 0
+), pairs AS (
+    SELECT days.day, ids,
+           days.day::timestamp AT TIME ZONE 'UTC' + f * interval '15 minutes' AS first_bucket,
+           (days.day - 1)::timestamp AT TIME ZONE 'UTC' + l * interval '15 minutes' AS prev_last
+      FROM days, (SELECT %(pairs)s::integer[] AS given) AS given,
+           unnest(given[:][1:1], given[:][2:2], given[:][3:3]) AS p (f, l, ids)
+), converted AS (
+    SELECT day, (first_bucket AT TIME ZONE %(tz)s)::date AS local_day, sum(ids) AS visitors FROM pairs
+     WHERE (prev_last AT TIME ZONE %(tz)s)::date = (first_bucket AT TIME ZONE %(tz)s)::date
+     GROUP BY 1, 2
+)
+SELECT coalesce(r.day, c.day), r.local_day, r.visitors, c.local_day, c.visitors
+  FROM read r FULL JOIN converted c ON c.day = r.day
+ WHERE r.local_day IS DISTINCT FROM c.local_day OR r.visitors IS DISTINCT FROM c.visitors
+"""
+DAYS_WITH_PAIRS_TAKEN = """
+SELECT count(*)
+  FROM generate_series('2026-01-01'::date, '2026-12-31', '1 day') AS day,
+       tally_day_overlaps(day::date, %(pairs)s, tally_pair_steps(%(pairs)s), %(tz)s,
+                          '-infinity', 'infinity') AS o
+ WHERE o.visitors > 0
+"""
+
+
+@pytest.mark.parametrize(
+    "tz",
+    [
+        "America/New_York",
+        "America/Santiago",  # its clocks change at midnight
+        "Australia/Lord_Howe",  # half an hour of daylight saving
+        "Pacific/Chatham",  # +12:45, +13:45
+        "Asia/Kathmandu",
+        "America/St_Johns",
+        "Europe/London",
+        "UTC",
+    ],
+)
+def test_pairs_fall_on_the_local_day_their_two_buckets_share(conn, tz):
+    """tally_day_overlaps (migration 0031) works out a row's bounds once, as bucket numbers, and
+    counts a day of 24 hours from the row's 96 steps and any other day (23 or 25 hours) from its
+    pairs: on every day of 2026 the same ids as converting both buckets of each pair to the zone
+    (migrations/0020's reading), on the same local day."""
+    rng = random.Random(tz)
+    pairs = [[first, prev, rng.randrange(1, 5)] for first in range(0, 96, 3) for prev in range(1, 96, 4)]
+    different = conn.execute(PAIRS_READ_AGAINST_CONVERTED, {"pairs": pairs, "tz": tz}).fetchall()
+    assert different == []
+    if tz not in ("UTC", "Europe/London"):
+        taken = conn.execute(DAYS_WITH_PAIRS_TAKEN, {"pairs": pairs, "tz": tz}).fetchone()[0]
+        assert taken >= 300  # the test reads pairs that do fall on one local day
