@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import shutil
 import signal
@@ -177,6 +178,30 @@ def empty_tables(database_url: str) -> None:
             "UPDATE page_view_rollup_state"
             " SET watermark = '0', in_progress = '{}', rolled_up_at = NULL, last_folded = 0"
         )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "age_shift" in metafunc.fixturenames:
+        from tests import ages
+
+        metafunc.parametrize("age_shift", ages.names(), indirect=True)
+
+
+@pytest.fixture
+def age_shift(request: pytest.FixtureRequest, database_url: str) -> Iterator[datetime.timedelta]:
+    """The scenario's ages lengthened as tests/ages.py says (its data as if placed at another
+    time of day), through tests.ages.placed, for this test only."""
+    from tests import ages
+
+    params = getattr(request.node, "callspec", None)
+    tz = params.params.get("tz", "UTC") if params else "UTC"
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        now = connection.execute("SELECT now()").fetchone()[0]
+    ages.SHIFT = ages.resolve(request.param, now, tz)
+    try:
+        yield ages.SHIFT
+    finally:
+        ages.SHIFT = datetime.timedelta(0)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,6 +12,7 @@ import zoneinfo
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests import ages
 from tests.test_web_collect import ADDRESS, BROWSER, beacon, sites_client
 
 
@@ -688,7 +689,7 @@ def events_row(body: dict, name: str) -> tuple[int, int] | None:
 
 @pytest.mark.parametrize(("seed", "tz"), [(31, "UTC"), (32, "Asia/Kathmandu"), (33, "America/St_Johns")])
 def test_a_goal_filter_counts_every_visitor_who_reached_it_exact_against_a_brute_force_count(
-    client, conn, seed, tz
+    client, conn, seed, tz, age_shift
 ):
     """`?event=Purchase` narrows every panel to the visitors who sent it: an id that sent it and no
     view (a server's Purchase) is one of them, as it is of the unfiltered Purchase row, so the
@@ -706,12 +707,12 @@ def test_a_goal_filter_counts_every_visitor_who_reached_it_exact_against_a_brute
             cur.executemany(
                 "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
                 " VALUES (%s, %s, %s, %s, now() - %s)",
-                chosen_views,
+                [(*row[:-1], ages.placed(row[-1])) for row in chosen_views],
             )
             cur.executemany(
                 "INSERT INTO events (site, name, props, path, visitor, occurred_at)"
                 " VALUES (%s, %s, %s, %s, %s, now() - %s)",
-                chosen_events,
+                [(*row[:-1], ages.placed(row[-1])) for row in chosen_events],
             )
         if chosen_views is not views[half:]:
             roll_up(conn)  # the first half rolled up, the second in the tail

@@ -85,7 +85,7 @@ def midnights(zone: str, first: datetime.date, days: int) -> list[datetime.datet
     ("seed", "tz"),
     [(31, "UTC"), (32, "America/New_York"), (33, "Asia/Kathmandu"), (34, "Pacific/Kiritimati")],
 )
-def test_returning_ids_are_exact_across_rollups_and_the_tail(client, conn, seed, tz):
+def test_returning_ids_are_exact_across_rollups_and_the_tail(client, conn, seed, tz, age_shift):
     rng = random.Random(seed)
     today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
     now = conn.execute("SELECT now()").fetchone()[0]

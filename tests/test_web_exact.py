@@ -14,6 +14,7 @@ import zoneinfo
 import psycopg
 import pytest
 
+from tests import ages
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import OTHER_ADDRESS, beacon, sites_client
 
@@ -229,6 +230,8 @@ def arrivals(rng: random.Random, visits: list[list[tuple]], chunks: int) -> list
 
 
 def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
+    """Views (..., age) at now() - age, the age shifted as a test's `age_shift` says (tests/ages.py)."""
+    views = [(*view[:-1], ages.placed(view[-1])) for view in views]
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO page_views (site, path, source, referrer, visitor, medium, campaign, country,"
@@ -250,7 +253,7 @@ def insert_raw(conn: psycopg.Connection, views: list[tuple]) -> None:
         (7, "Pacific/Kiritimati"),  # +14
     ],
 )
-def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed, tz):
+def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client, conn, seed, tz, age_shift):
     rng = random.Random(seed)
     batches = arrivals(rng, random_visits(rng, 1500), chunks=6)
     for batch in batches[:-1]:
@@ -294,7 +297,7 @@ FILTER_CASES = [
 
 
 @pytest.mark.parametrize(("seed", "tz"), [(11, "UTC"), (12, "Asia/Kathmandu"), (13, "America/St_Johns")])
-def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz):
+def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz, age_shift):
     rng = random.Random(seed)
     batches = arrivals(rng, random_visits(rng, 1200), chunks=4)
     for batch in batches[:-1]:
@@ -318,7 +321,7 @@ def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz):
 
 
 @pytest.mark.parametrize("filters", [{}, {"country": "US"}])
-def test_compare_previous_adds_the_period_before_with_the_change(client, conn, filters):
+def test_compare_previous_adds_the_period_before_with_the_change(client, conn, filters, age_shift):
     rng = random.Random(21)
     batches = arrivals(rng, random_visits(rng, 800), chunks=2)
     for batch in batches:
@@ -492,7 +495,7 @@ def test_an_empty_value_is_no_panel_row(client, conn, rolled_up):
     ("seed", "tz"),
     [(11, "UTC"), (12, "America/New_York"), (13, "Asia/Kathmandu"), (14, "Pacific/Kiritimati")],
 )
-def test_a_window_ending_on_a_past_day_is_exact(pool, conn, seed, tz):
+def test_a_window_ending_on_a_past_day_is_exact(pool, conn, seed, tz, age_shift):
     """StatsReader.stats_for_window(..., last_day=D): the window of whole days ending on D (the
     weekly and monthly reports' windows) against the brute-force count, the tail included."""
     from tally.web.stats import StatsReader
