@@ -178,6 +178,20 @@ def assert_visits_exact(body: dict, expected: dict, context: object) -> None:
     assert daily == expected["daily_visits"], context
 
 
+def assert_recent_exact(conn: psycopg.Connection, body: dict, site: str | None, context: object) -> None:
+    """The figures about now against the raw rows, at the answer's own `now` (generated_at): the
+    views of the 24 hours to it, the ids of the 5 minutes to it, both ends included."""
+    now = datetime.datetime.fromisoformat(body["generated_at"])
+    views, current = conn.execute(
+        "SELECT count(*) FILTER (WHERE viewed_at >= %(now)s - interval '24 hours'),"
+        "       count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(now)s - interval '5 minutes'"
+        "   AND visitor IS NOT NULL)"
+        "  FROM page_views WHERE viewed_at <= %(now)s AND (%(site)s::text IS NULL OR site = %(site)s)",
+        {"now": now, "site": site},
+    ).fetchone()
+    assert (body["views_last_24h"], body["current_visitors"]) == (views, current), context
+
+
 PANELS = {
     "path": "top_paths",
     "referrer": "top_referrers",
@@ -273,6 +287,7 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
             for key in PANELS.values():
                 assert body[key] == expected[key], (days, site, key)
             assert_visits_exact(body, expected, (days, site))
+            assert_recent_exact(conn, body, site, (days, site))
             exported = client.get("/api/export", query)
             assert exported.content_type == "text/csv"
             rows = list(csv.DictReader(io.StringIO(exported.text)))
