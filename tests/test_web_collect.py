@@ -486,6 +486,20 @@ def test_sites_leave_out_views_dated_ahead(client, conn, rolled_up):
     assert client.get("/api/sites").json == {"days": 30, "sites": [{"site": "example.com", "views": 1}]}
 
 
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_sites_leave_out_a_view_dated_later_in_the_bucket_of_now(client, conn, rolled_up):
+    """A view dated minutes ahead, in the 15-minute bucket of now, counted once rolled up (the
+    rollups' buckets were read up to the one of now, whole) and not in the tail (read up to now)."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, viewed_at) VALUES ('example.com', '/', now()),"
+        " ('example.com', '/', date_bin('15 minutes', now(), '2000-01-01 00:00+00')"
+        "   + interval '15 minutes' - interval '1 microsecond')"
+    )
+    if rolled_up:
+        roll_up(conn)
+    assert client.get("/api/sites").json == {"days": 30, "sites": [{"site": "example.com", "views": 1}]}
+
+
 def test_the_dashboard_switches_sites_and_draws_visitors(client, conn):
     beacon(client, "https://example.com/", status=201)
     beacon(client, "https://example.com/a", address=OTHER_ADDRESS, status=201)
