@@ -778,3 +778,31 @@ def test_under_a_goal_alone_a_visitor_who_only_sent_events_just_now_is_a_current
     for query, expected in current.items():  # two days: minutes-old rows inside at any time
         body = client.get(f"/api/stats?days=2&{query}").json
         assert body["current_visitors"] == expected, query
+
+
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_events_dated_ahead_or_at_a_midnight_count_on_their_own_day(client, conn, rolled_up):
+    """An event dated days ahead (a clock far off) is of no window that ends today: not in
+    today's top events, visitors or visits; one at a local midnight is of the day it starts."""
+    from tests.test_web import roll_up
+
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at) VALUES"
+        " ('example.com', 'Ahead', '/', 1, now() + interval '2 days'),"
+        " ('example.com', 'Midnight', '/', 2, date_trunc('day', now(), 'Asia/Kathmandu')),"
+        " ('example.com', 'Before', '/', 3,"
+        "  date_trunc('day', now(), 'Asia/Kathmandu') - interval '1 microsecond')"
+    )
+    if rolled_up:
+        roll_up(conn)
+    for tz, days in (("Asia/Kathmandu", "1"), ("UTC", "1"), ("Pacific/Kiritimati", "7")):
+        body = client.get("/api/stats", {"days": days, "tz": tz}).json
+        expected = {
+            name
+            for name, day in conn.execute(
+                "SELECT name, (occurred_at AT TIME ZONE %s)::date FROM events", (tz,)
+            ).fetchall()
+            if body["first_day"] <= day.isoformat() <= body["last_day"]
+        }
+        assert {row["event"] for row in body["top_events"]} == expected, tz
+        assert body["visitors"] == len(expected) and body["visits"] == len(expected), tz

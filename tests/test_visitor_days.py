@@ -226,3 +226,46 @@ def test_pairs_fall_on_the_local_day_their_two_buckets_share(conn, tz):
     if tz not in ("UTC", "Europe/London"):
         taken = conn.execute(DAYS_WITH_PAIRS_TAKEN, {"pairs": pairs, "tz": tz}).fetchone()[0]
         assert taken >= 300  # the test reads pairs that do fall on one local day
+
+
+BOUNDARY_ZONES = ["UTC", "America/New_York", "Asia/Kathmandu", "Australia/Adelaide", "America/St_Johns"]
+
+
+@pytest.mark.parametrize("rolled_up", [True, False])
+def test_views_exactly_at_midnights_and_a_microsecond_before_count_on_their_own_day(pool, conn, rolled_up):
+    """Random data never lands on an instant a day or a window turns at (now() has microseconds):
+    views at each zone's and UTC's midnights of the last days and a microsecond before them, by
+    ids that come back across them, rolled up or in the tail, against the brute-force count in
+    every zone, for windows ending today and on a past day."""
+    from tally.web.stats import StatsReader
+
+    today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    now = conn.execute("SELECT now()").fetchone()[0]
+    instants = sorted(
+        {
+            t
+            for zone in BOUNDARY_ZONES
+            for t in midnights(zone, today - datetime.timedelta(days=5), 6)
+            if t < now
+        }
+    )
+    views, visitor = [], 0
+    for at in instants:
+        for before in (datetime.timedelta(microseconds=1), datetime.timedelta(0)):
+            visitor += 1
+            for seen, path in ((at - before, "/at"), (at - before + datetime.timedelta(minutes=10), "/next")):
+                views.append(("example.com", path, None, None, visitor % 7, *[None] * 6, seen))
+    insert_at(conn, views[::2])
+    if rolled_up:
+        roll_up(conn)
+    insert_at(conn, views[1::2])
+    reader = StatsReader(pool, retention_days=30)
+    for tz in BOUNDARY_ZONES:
+        local_today = conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
+        for days, last_day in ((3, None), (1, local_today - DAY), (2, local_today - 2 * DAY)):
+            body = reader.stats_for_window(days, None, tz, last_day=last_day)
+            expected = brute_force(conn, days, None, tz, last_day=last_day)
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (tz, days, last_day)
+            assert body["top_paths"] == expected["top_paths"], (tz, days, last_day)
+            assert_visits_exact(body, expected, (tz, days, last_day))
