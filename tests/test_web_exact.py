@@ -650,7 +650,8 @@ def test_views_dated_after_today_count_on_their_own_day_not_in_todays_panels(cli
             query = {**query, "tz": tz}
             body = client.get("/api/stats", query).json
             assert [row["path"] for row in body["top_paths"]] == ["/today"], query
-            assert (body["total_views"], body["visitors"]) == (1, 1), query
+            assert (body["total_views"], body["visitors"], body["visits"]) == (1, 1, 1), query
+            assert body["top_entry_pages"] == [{"path": "/today", "visits": 1}], query
             assert [row["views"] for row in body["top_countries"]] == [1], query
             exported = list(csv.DictReader(io.StringIO(client.get("/api/export", query).text)))
             assert [row["path"] for row in exported] == ["/today"], query
