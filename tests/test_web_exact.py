@@ -178,18 +178,31 @@ def assert_visits_exact(body: dict, expected: dict, context: object) -> None:
     assert daily == expected["daily_visits"], context
 
 
-def assert_recent_exact(conn: psycopg.Connection, body: dict, site: str | None, context: object) -> None:
-    """The figures about now against the raw rows, at the answer's own `now` (generated_at): the
-    views of the 24 hours to it, the ids of the 5 minutes to it, both ends included."""
+def assert_recent_exact(
+    conn: psycopg.Connection,
+    body: dict,
+    site: str | None,
+    context: object,
+    filters: dict[str, str] | None = None,
+) -> None:
+    """The figures about now against the raw rows (of the views matching every filter), at the
+    answer's own `now` (generated_at): the views of the 24 hours to it, the ids of the 5 minutes
+    to it, both ends included."""
     now = datetime.datetime.fromisoformat(body["generated_at"])
-    views, current = conn.execute(
-        "SELECT count(*) FILTER (WHERE viewed_at >= %(now)s - interval '24 hours'),"
-        "       count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(now)s - interval '5 minutes'"
-        "   AND visitor IS NOT NULL)"
-        "  FROM page_views WHERE viewed_at <= %(now)s AND (%(site)s::text IS NULL OR site = %(site)s)",
-        {"now": now, "site": site},
-    ).fetchone()
-    assert (body["views_last_24h"], body["current_visitors"]) == (views, current), context
+    views, current = 0, set()
+    for viewed_at, row_site, visitor, *values in conn.execute(
+        f"SELECT viewed_at, site, visitor, {', '.join(DIMENSION_COLUMNS)} FROM page_views"
+        " WHERE viewed_at >= %s AND viewed_at <= %s AND (%s::text IS NULL OR site = %s)",
+        (now - datetime.timedelta(hours=24), now, site, site),
+    ):
+        row = dict(zip(DIMENSION_COLUMNS, values, strict=True))
+        row["referrer"] = referrer_label(row["referrer"], row_site)
+        if any(row[dim] != value for dim, value in (filters or {}).items()):
+            continue
+        views += 1
+        if visitor is not None and viewed_at >= now - datetime.timedelta(minutes=5):
+            current.add((row_site, visitor))
+    assert (body["views_last_24h"], body["current_visitors"]) == (views, len(current)), context
 
 
 PANELS = {
@@ -330,6 +343,7 @@ def test_every_filter_and_pair_of_filters_is_exact(client, conn, seed, tz, age_s
             for key in PANELS.values():
                 assert body[key] == expected[key], (filters, days, site, key)
             assert_visits_exact(body, expected, (filters, days, site))
+            assert_recent_exact(conn, body, site, (filters, days, site), filters)
             rows = list(csv.DictReader(io.StringIO(client.get("/api/export", query).text)))
             per_path = {(row["day"], row["path"]): (int(row["views"]), int(row["visitors"])) for row in rows}
             assert per_path == expected["export"], (filters, days, site)
