@@ -388,28 +388,21 @@ SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(
  GROUP BY 1, 2
 
 -- sites_rolled_up --
--- Rolled-up views per site in the buckets from `since` to `now_bucket` (the bucket of now, which
--- sites_now_bucket counts raw: a view dated later, a clock far off or a backfill's typo, is of no
--- day of the last 30, and a bucket read whole held those of the next minutes).
-SELECT site, sum(views)::bigint AS views FROM page_view_buckets
- WHERE bucket >= %(since)s AND bucket < %(now_bucket)s
+-- Rolled-up views per site in the buckets from `since` to the bucket of now, whole (a view dated
+-- later, a clock far off or a backfill's typo, is of no day of the last 30; one minutes ahead in
+-- the bucket of now is, rolled up or not: sites_tail reads to the bucket's end too).
+SELECT site, sum(views)::bigint AS views FROM page_view_buckets WHERE bucket >= %(since)s AND bucket <= %(now)s
  GROUP BY site
 
 -- sites_tail --
--- The tail's views per site in the buckets from `since` to `now_bucket`, as sites_rolled_up.
+-- The tail's views per site in the buckets from `since` to the bucket of now, whole, as
+-- sites_rolled_up reads them.
 SELECT site, count(*) AS views FROM page_views
  WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
    AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
    AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
    AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(since)s
-   AND viewed_at < %(now_bucket)s
- GROUP BY site
-
--- sites_now_bucket --
--- Views per site in the bucket of now up to `now`, rolled up or not: counted raw, as
--- stats_raw_range does for the last 24 hours.
-SELECT site, count(*) AS views FROM page_views
- WHERE viewed_at >= %(now_bucket)s AND viewed_at <= %(now)s
+   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') <= %(now)s
  GROUP BY site
 
 -- count_crawler_hit --

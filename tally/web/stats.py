@@ -145,12 +145,8 @@ class StatsReader:
             cur.execute(QUERIES["stats_state"], {"tz": "UTC"})
             watermark, in_progress, now, _today, tail_from, tail_to = cur.fetchone()
             since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
-            # The bucket of now is counted raw, up to now: the rollups' (and the tail's) up to its start.
-            now_bucket = bucket_of(now)
             views: collections.Counter[str] = collections.Counter()
-            cur.execute(QUERIES["sites_rolled_up"], {"since": since, "now_bucket": now_bucket})
-            views.update(dict(cur.fetchall()))
-            cur.execute(QUERIES["sites_now_bucket"], {"now_bucket": now_bucket, "now": now})
+            cur.execute(QUERIES["sites_rolled_up"], {"since": since, "now": now})
             views.update(dict(cur.fetchall()))
             tail = {
                 "watermark": watermark,
@@ -158,7 +154,7 @@ class StatsReader:
                 "tail_from": tail_from,
                 "tail_to": tail_to,
             }
-            cur.execute(QUERIES["sites_tail"], {**tail, "since": since, "now_bucket": now_bucket})
+            cur.execute(QUERIES["sites_tail"], {**tail, "since": since, "now": now})
             views.update(dict(cur.fetchall()))
         ranked = sorted(views.items(), key=lambda item: (-item[1], item[0]))
         return [{"site": site, "views": count} for site, count in ranked if count > 0]
