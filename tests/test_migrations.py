@@ -160,6 +160,38 @@ def test_visitor_days_carry_the_visitor_spans_over(fresh_database, monkeypatch):
             assert_visits_exact(body, expected, roll_up_first)  # formed by 0017 of the views before it
 
 
+# Ids that come back on the next days, at every hour, two sites (pairs of days in a row); and a
+# tail of ids the rollups hold already, on their days.
+RETURNING_IDS = (
+    "INSERT INTO page_views (site, path, country, referrer, visitor, viewed_at)"
+    " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
+    "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3],"
+    "        CASE WHEN n % 4 = 0 THEN 'https://news.example.net/a' END, (n / 2) % 11,"
+    "        date_trunc('hour', now()) - interval '37 minutes' * n"
+    "   FROM generate_series(0, 1499) AS n"
+)
+TAIL_OF_HELD_IDS = (
+    "INSERT INTO page_views (site, path, visitor, viewed_at)"
+    " SELECT 'example.com', '/tail', n, now() - interval '1 day' * n - interval '3 hours'"
+    "   FROM generate_series(0, 20) n"
+)
+
+
+def assert_exact_in_zones(conn: psycopg.Connection, stats) -> None:
+    """30 days' views and visitors per day and the paths, countries and referrers equal the
+    brute-force count, in zones where a local day spans two UTC days, for all sites and one."""
+    from tests.test_web_exact import brute_force
+
+    for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
+        for site in (None, "example.com"):
+            body = stats.stats_for_window(30, site=site, tz=tz)
+            expected = brute_force(conn, 30, site, tz)
+            daily = {day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]}
+            assert daily == expected["daily"], (tz, site)
+            for key in ("top_paths", "top_countries", "top_referrers"):
+                assert body[key] == expected[key], (key, tz, site)
+
+
 def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database, monkeypatch):
     """Migration 0020 turns the per-bucket, per-visitor-day rollups of 0007 and 0015 into one row
     per value and UTC day: every figure after it equals the brute-force count, in zones where a
@@ -170,25 +202,13 @@ def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database,
     from tally.db import web_pool
     from tally.web.export import daily_paths
     from tally.web.stats import StatsReader
-    from tests.test_web_exact import brute_force
 
     monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0020"])
     apply_pending(fresh_database)
     with psycopg.connect(fresh_database, autocommit=True) as conn:
-        conn.execute(  # ids that come back on the next days, at every hour, two sites
-            "INSERT INTO page_views (site, path, country, referrer, visitor, viewed_at)"
-            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
-            "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3],"
-            "        CASE WHEN n % 4 = 0 THEN 'https://news.example.net/a' END, (n / 2) % 11,"
-            "        date_trunc('hour', now()) - interval '37 minutes' * n"
-            "   FROM generate_series(0, 1499) AS n"
-        )
+        conn.execute(RETURNING_IDS)
         conn.execute("SELECT tally_rollup_page_views()")
-        conn.execute(  # the tail: ids the rollups hold already, on their days
-            "INSERT INTO page_views (site, path, visitor, viewed_at)"
-            " SELECT 'example.com', '/tail', n, now() - interval '1 day' * n - interval '3 hours'"
-            "   FROM generate_series(0, 20) n"
-        )
+        conn.execute(TAIL_OF_HELD_IDS)
     monkeypatch.undo()
     assert apply_pending(fresh_database) == [path.name for path in tally_files() if path.name >= "0020"]
     settings = from_env({"DATABASE_URL": fresh_database}, process_type="web")
@@ -199,16 +219,7 @@ def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database,
         for roll_up_first in (False, True):
             if roll_up_first:
                 conn.execute("SELECT tally_rollup_page_views()")
-            for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
-                for site in (None, "example.com"):
-                    body = stats.stats_for_window(30, site=site, tz=tz)
-                    expected = brute_force(conn, 30, site, tz)
-                    daily = {
-                        day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]
-                    }
-                    assert daily == expected["daily"], (tz, site)
-                    for key in ("top_paths", "top_countries", "top_referrers"):
-                        assert body[key] == expected[key], (key, tz, site)
+            assert_exact_in_zones(conn, stats)
             exported = {
                 (row["day"], row["path"]): (row["views"], row["visitors"])
                 for row in daily_paths(pool, 30, None, "Asia/Kathmandu")
@@ -231,26 +242,15 @@ def test_the_pairs_move_into_their_day_rows_with_the_same_answers(fresh_database
     from tally.config import from_env
     from tally.db import web_pool
     from tally.web.stats import StatsReader
-    from tests.test_web_exact import brute_force
 
     monkeypatch.setattr(migrations, "tally_files", lambda: [p for p in tally_files() if p.name < "0031"])
     apply_pending(fresh_database)
     pairs = "SELECT site, dim, value, first_bucket, prev_last, visitors FROM page_view_day_overlaps"
     with psycopg.connect(fresh_database, autocommit=True) as conn:
-        conn.execute(  # ids that come back on the next days, at every hour, two sites
-            "INSERT INTO page_views (site, path, country, visitor, viewed_at)"
-            " SELECT (ARRAY['example.com', 'other.org'])[1 + n % 2], '/p' || (n % 7),"
-            "        (ARRAY['DE', 'FR', 'NP'])[1 + n % 3], (n / 2) % 11,"
-            "        date_trunc('hour', now()) - interval '37 minutes' * n"
-            "   FROM generate_series(0, 1499) AS n"
-        )
+        conn.execute(RETURNING_IDS)
         conn.execute("SELECT tally_rollup_page_views()")
         before = sorted(conn.execute(pairs).fetchall())
-        conn.execute(  # the tail: ids the rollups hold already, on their days
-            "INSERT INTO page_views (site, path, visitor, viewed_at)"
-            " SELECT 'example.com', '/tail', n, now() - interval '1 day' * n - interval '3 hours'"
-            "   FROM generate_series(0, 20) n"
-        )
+        conn.execute(TAIL_OF_HELD_IDS)
     assert len(before) > 100
     monkeypatch.undo()
     assert apply_pending(fresh_database)[0] == "0031_day_pairs.sql"
@@ -267,16 +267,7 @@ def test_the_pairs_move_into_their_day_rows_with_the_same_answers(fresh_database
         for roll_up_first in (False, True):
             if roll_up_first:
                 conn.execute("SELECT tally_rollup_page_views()")
-            for tz in ("UTC", "Asia/Kathmandu", "America/St_Johns"):
-                for site in (None, "example.com"):
-                    body = stats.stats_for_window(30, site=site, tz=tz)
-                    expected = brute_force(conn, 30, site, tz)
-                    daily = {
-                        day["day"]: (day["views"], day["visitors"]) for day in body["daily"] if day["views"]
-                    }
-                    assert daily == expected["daily"], (tz, site)
-                    for key in ("top_paths", "top_countries"):
-                        assert body[key] == expected[key], (key, tz, site)
+            assert_exact_in_zones(conn, stats)
 
 
 def test_event_visitors_move_the_rolled_up_days_to_count_the_ids_of_events(fresh_database, monkeypatch):
