@@ -13,10 +13,11 @@ Host names: Chromium maps site.test and other.test to 127.0.0.1 (--host-resolver
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -407,120 +408,34 @@ def test_an_app_that_posts_its_own_json_beacon_with_credentials_is_counted(tally
     ]
 
 
-def test_a_prerendered_page_counts_once_shown_and_never_before(tally, conn, tmp_path):
-    """Chromium prerenders the pages that speculation rules name (and those the address bar
-    guesses): it runs them, tally.js too, before the visitor sees them, and most are never
-    shown. /a prerenders /b and /c, then goes to /b: /b counts once, /c never.
+# /a prerenders /b and /c (speculation rules), and goes to /b once the site answers /ready "yes".
+PRERENDER_B_AND_C = (
+    '<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/b", "/c"]}]}</script>'
+    "<script>setInterval(() => fetch('/ready').then(r => r.text())"
+    ".then(t => t == 'yes' && location.assign('/b')), 200)</script>"
+)
 
-    Playwright cannot show this: Chromium prerenders nothing in a page DevTools is attached to
-    ("PrerenderingDisabledByDevTools"). So Chromium runs alone, headless, driven by the pages:
-    each prerendered page says when its scripts ran (tally.js is deferred, so it has run by
-    DOMContentLoaded), and /a goes to /b once both did."""
+
+def fetched(seen: list[tuple[str, str | None]], path: str) -> int:
+    return [each for each, _ in seen].count(path)
+
+
+@contextlib.contextmanager
+def chromium_alone_on_a(
+    tmp_path, pages: dict[str, str], ready: Callable[[list], bool]
+) -> Iterator[list[tuple[str, str | None]]]:
+    """Serve `pages` as site.test (any other path: "yes" once `ready(seen)`, else "no") and open
+    its /a in Chromium run alone, headless: Playwright cannot show a prerender, as Chromium
+    prerenders nothing in a page DevTools is attached to ("PrerenderingDisabledByDevTools"), so
+    the pages drive it. Yields the requests seen, (path, Sec-Purpose), as they come."""
     import subprocess
 
     seen: list[tuple[str, str | None]] = []
-    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
-    ran = (
-        "<script>document.prerendering && addEventListener('DOMContentLoaded', () => fetch('/ran'))</script>"
-    )
-    rules = (
-        '<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/b", "/c"]}]}</script>'
-    )
-    wait = (
-        "<script>setInterval(() => fetch('/ready').then(r => r.text())"
-        ".then(t => t == 'yes' && location.assign('/b')), 200)</script>"
-    )
-    pages = {"/a": tag + rules + wait, "/b": tag + ran, "/c": tag + ran}
 
     class Pages(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append((self.path, self.headers.get("Sec-Purpose")))
-            both_ran = [path for path, _ in seen].count("/ran") >= 2
-            body = pages.get(self.path, "yes" if both_ran else "no").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    agent = BROWSER_AGENT
-    chromium = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            *PERSON_ARGS,
-            HOSTS,
-            f"--user-agent={agent}",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--remote-debugging-port=0",
-            f"http://site.test:{server.server_address[1]}/a",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: len(views(conn)) >= 2, timeout=20, message="two views")
-        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
-    finally:
-        chromium.terminate()
-        chromium.wait(10)
-        server.shutdown()
-        server.server_close()
-    prerendered = [path for path, purpose in seen if purpose and "prerender" in purpose]
-    assert sorted(set(prerendered)) == ["/b", "/c", "/ran"]  # its requests say so too
-    assert [path for path, _ in seen].count("/b") == 1  # shown from its prerender, not loaded again
-
-
-def test_events_tracked_while_prerendering_wait_until_the_page_is_shown(tally, conn, tmp_path):
-    """tally.track() (and the calls queued in window.tally.q) in a page that Chromium prerenders
-    were sent at once, although the page may never be shown; its view already waited. /a
-    prerenders /b and /c, whose scripts track two events while prerendering; nothing is sent
-    until /a goes to /b, then /b's view and its two events in order; /c's never.
-
-    As in the test above, Chromium runs alone (DevTools would stop the prerender), driven by the
-    pages; each of /b and /c logs every beacon to the site's server (`navigator.sendBeacon`
-    wrapped before tally.js runs), with whether the page was still prerendering then."""
-    import json
-    import subprocess
-    from urllib.parse import unquote
-
-    seen: list[tuple[str, str | None]] = []
-    sent: list[list] = []  # [page, n, prerendering, what] per beacon, as the page logged it
-    go = threading.Event()
-    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
-    prerendered = (
-        "<script>window.tally = window.tally || {q: [], track: function () { this.q.push(arguments); }};"
-        " tally.track('Queued');"  # the README's stub, before the tag
-        " var n = 0, beacon = navigator.sendBeacon;"
-        " navigator.sendBeacon = function (url, body) {"
-        "   var what = JSON.parse(body).event || 'view';"
-        "   fetch('/sent?' + encodeURIComponent(JSON.stringify("
-        "     [location.pathname, n++, !!document.prerendering, what])));"
-        "   return beacon.call(navigator, url, body); };"
-        " addEventListener('DOMContentLoaded', function () {"  # after the deferred tally.js
-        "   tally.track('Tracked', {on: location.pathname});"
-        "   document.prerendering && fetch('/ran'); });</script>"
-    ) + tag
-    rules = (
-        '<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/b", "/c"]}]}</script>'
-    )
-    wait = (
-        "<script>setInterval(() => fetch('/ready').then(r => r.text())"
-        ".then(t => t == 'yes' && location.assign('/b')), 200)</script>"
-    )
-    pages = {"/a": tag + rules + wait, "/b": prerendered, "/c": prerendered}
-
-    class Pages(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append((self.path, self.headers.get("Sec-Purpose")))
-            if self.path.startswith("/sent?"):
-                sent.append(json.loads(unquote(self.path[6:])))
-            body = pages.get(self.path, "yes" if go.is_set() else "no").encode()
+            body = pages.get(self.path, "yes" if ready(seen) else "no").encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -547,24 +462,79 @@ def test_events_tracked_while_prerendering_wait_until_the_page_is_shown(tally, c
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(
-            lambda: [path for path, _ in seen].count("/ran") >= 2,
-            timeout=20,
-            message="/b and /c prerendered, their events tracked",
-        )
-        views_become(conn, [("site.test", "/a")])
-        assert sent == [] and event_count(conn) == 0  # nothing of /b or /c before it is shown
-        go.set()
-        wait_until(lambda: event_count(conn) >= 2, timeout=20, message="/b's two events")
-        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
+        yield seen
     finally:
         chromium.terminate()
         chromium.wait(10)
         server.shutdown()
         server.server_close()
+
+
+def test_a_prerendered_page_counts_once_shown_and_never_before(tally, conn, tmp_path):
+    """Chromium prerenders the pages that speculation rules name (and those the address bar
+    guesses): it runs them, tally.js too, before the visitor sees them, and most are never
+    shown. /a prerenders /b and /c, then goes to /b: /b counts once, /c never. Each prerendered
+    page says when its scripts ran (tally.js is deferred, so it has run by DOMContentLoaded),
+    and /a goes to /b once both did."""
+    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
+    ran = (
+        "<script>document.prerendering && addEventListener('DOMContentLoaded', () => fetch('/ran'))</script>"
+    )
+    pages = {"/a": tag + PRERENDER_B_AND_C, "/b": tag + ran, "/c": tag + ran}
+    with chromium_alone_on_a(tmp_path, pages, ready=lambda seen: fetched(seen, "/ran") >= 2) as seen:
+        wait_until(lambda: len(views(conn)) >= 2, timeout=20, message="two views")
+        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
+    prerendered = [path for path, purpose in seen if purpose and "prerender" in purpose]
+    assert sorted(set(prerendered)) == ["/b", "/c", "/ran"]  # its requests say so too
+    assert fetched(seen, "/b") == 1  # shown from its prerender, not loaded again
+
+
+def test_events_tracked_while_prerendering_wait_until_the_page_is_shown(tally, conn, tmp_path):
+    """tally.track() (and the calls queued in window.tally.q) in a page that Chromium prerenders
+    were sent at once, although the page may never be shown; its view already waited. /a
+    prerenders /b and /c, whose scripts track two events while prerendering; nothing is sent
+    until /a goes to /b, then /b's view and its two events in order; /c's never.
+
+    As in the test above, Chromium runs alone, driven by the pages; each of /b and /c logs every
+    beacon to the site's server (`navigator.sendBeacon` wrapped before tally.js runs), with
+    whether the page was still prerendering then."""
+    import json
+    from urllib.parse import unquote
+
+    go = threading.Event()
+    tag = f'<script defer src="http://127.0.0.1:{tally}/tally.js"></script>'
+    prerendered = (
+        "<script>window.tally = window.tally || {q: [], track: function () { this.q.push(arguments); }};"
+        " tally.track('Queued');"  # the README's stub, before the tag
+        " var n = 0, beacon = navigator.sendBeacon;"
+        " navigator.sendBeacon = function (url, body) {"
+        "   var what = JSON.parse(body).event || 'view';"
+        "   fetch('/sent?' + encodeURIComponent(JSON.stringify("
+        "     [location.pathname, n++, !!document.prerendering, what])));"
+        "   return beacon.call(navigator, url, body); };"
+        " addEventListener('DOMContentLoaded', function () {"  # after the deferred tally.js
+        "   tally.track('Tracked', {on: location.pathname});"
+        "   document.prerendering && fetch('/ran'); });</script>"
+    ) + tag
+    pages = {"/a": tag + PRERENDER_B_AND_C, "/b": prerendered, "/c": prerendered}
+
+    def sent(seen: list) -> list[list]:  # [page, n, prerendering, what] per beacon, as the page logged it
+        return [json.loads(unquote(path[6:])) for path, _ in seen if path.startswith("/sent?")]
+
+    with chromium_alone_on_a(tmp_path, pages, ready=lambda seen: go.is_set()) as seen:
+        wait_until(
+            lambda: fetched(seen, "/ran") >= 2,
+            timeout=20,
+            message="/b and /c prerendered, their events tracked",
+        )
+        views_become(conn, [("site.test", "/a")])
+        assert sent(seen) == [] and event_count(conn) == 0  # nothing of /b or /c before it is shown
+        go.set()
+        wait_until(lambda: event_count(conn) >= 2, timeout=20, message="/b's two events")
+        views_become(conn, [("site.test", "/a"), ("site.test", "/b")])
     prerendered_paths = {path for path, purpose in seen if purpose and "prerender" in purpose}
     assert {"/b", "/c"} <= prerendered_paths
-    assert sorted(sent, key=lambda beacon: beacon[1]) == [
+    assert sorted(sent(seen), key=lambda beacon: beacon[1]) == [
         ["/b", 0, False, "view"],
         ["/b", 1, False, "Queued"],
         ["/b", 2, False, "Tracked"],

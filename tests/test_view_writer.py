@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -217,6 +218,19 @@ def test_when_busy_the_leader_waits_and_takes_the_requests_that_arrive_meanwhile
     assert transactions_of(conn, ["/first", "/leader"]) == 2
 
 
+def held_reads() -> tuple[threading.Semaphore, threading.Event, Callable]:
+    """A read that takes a connection, says so (`held`), and keeps it until `release` (at most 10 s)."""
+    held, release = threading.Semaphore(0), threading.Event()
+
+    def slow_read(read_pool):
+        with read_pool.connection() as connection:
+            connection.execute("SELECT 1")
+            held.release()
+            release.wait(10)
+
+    return held, release, slow_read
+
+
 def test_slow_reads_leave_the_pool_to_the_views_arriving(pool, conn, monkeypatch):
     """Four owner reads held all four of the web's connections (a filter over many views runs
     up to the 5 s statement timeout, and a public dashboard lets anyone ask for one), and a
@@ -227,13 +241,7 @@ def test_slow_reads_leave_the_pool_to_the_views_arriving(pool, conn, monkeypatch
     monkeypatch.setattr(replica, "READ_WAIT_SECONDS", 0.3, raising=False)
     reads = replica.ReadRouter(pool)
     assert pool.max_size == 4
-    held, release = threading.Semaphore(0), threading.Event()
-
-    def slow_read(read_pool):
-        with read_pool.connection() as connection:
-            connection.execute("SELECT 1")
-            held.release()
-            release.wait(10)
+    held, release, slow_read = held_reads()
 
     with concurrent.futures.ThreadPoolExecutor(4) as executor:
         running = [executor.submit(reads.run, slow_read) for _ in range(4)]
@@ -274,13 +282,7 @@ def test_reads_waiting_their_turn_leave_the_web_threads_to_the_views_arriving(
     config = from_env({"DATABASE_URL": database_url, "WEB_THREADS": "8"}, process_type="web")
     reads = replica.ReadRouter(pool, None, config)
     assert reads.read_slots == 2
-    held, release = threading.Semaphore(0), threading.Event()
-
-    def slow_read(read_pool):
-        with read_pool.connection() as connection:
-            connection.execute("SELECT 1")
-            held.release()
-            release.wait(10)
+    held, release, slow_read = held_reads()
 
     with concurrent.futures.ThreadPoolExecutor(4) as executor:
         running = [executor.submit(reads.run, slow_read) for _ in range(4)]  # 2 run, 2 wait
