@@ -3,7 +3,7 @@
 -- the numbered migrations, every release, as CREATE OR REPLACE. The one exception to "schema as
 -- numbered files": these functions' columns are the table's, so a dimension added there is a
 -- line, not a migration that writes the three out again (the release adds its column first).
--- Rendered with the nine dimensions of migrations/0020, 0022 and 0023 they are those
+-- Rendered with the nine dimensions of migrations/0023 and 0033 they are those
 -- migrations' last definitions, word for word (tests/test_dimension_sql.py).
 --
 -- Change a function here like a migration would, knowing the old release's processes run
@@ -238,25 +238,46 @@ $$;
 
 -- The views in [start, stop) of a site (every site: NULL) matching every filter given (NULL: no
 -- filter on that dimension), and of the visitors who reached the goals in [goals_from,
--- goals_until); as migrations/0022 last wrote it.
+-- goals_until); as migrations/0033 last wrote it. A filtered answer carried forward
+-- (tally/web/carried.py) reads a few visitors' views: those of the ids (of_sites, of_visitors)
+-- alone, through the index of a visitor's views, and with `as_of` only the views and goals that
+-- snapshot saw; with `anonymous_after`, the views without an id recorded after that snapshot.
 CREATE OR REPLACE FUNCTION tally_views_matching(
     start timestamptz, stop timestamptz, of_site text,
     {{filter_parameters}},
-    of_event text, of_goal_path text, goals_from timestamptz, goals_until timestamptz
+    of_event text, of_goal_path text, goals_from timestamptz, goals_until timestamptz,
+    of_sites text[], of_visitors bigint[], as_of pg_snapshot, anonymous_after pg_snapshot
 ) RETURNS SETOF page_views
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT v.* FROM page_views v
+    SELECT v.* FROM (
+        SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_after IS NULL
+        UNION ALL
+        SELECT p.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
+          JOIN page_views p ON p.site = i.site AND p.visitor = i.visitor
+        UNION ALL
+        SELECT * FROM page_views
+         WHERE anonymous_after IS NOT NULL AND visitor IS NULL
+           AND recorded_xid >= pg_snapshot_xmin(anonymous_after)  -- through the index on recorded_xid
+           AND NOT pg_visible_in_snapshot(recorded_xid, anonymous_after)
+    ) v
       LEFT JOIN (SELECT DISTINCT e.site, e.visitor FROM events e
                   WHERE of_event IS NOT NULL AND e.name = of_event
-                    AND e.occurred_at >= goals_from AND e.occurred_at < goals_until) converted
+                    AND e.occurred_at >= goals_from AND e.occurred_at < goals_until
+                    AND (of_visitors IS NULL
+                         OR (e.site, e.visitor) IN (SELECT * FROM unnest(of_sites, of_visitors)))
+                    AND (as_of IS NULL OR pg_visible_in_snapshot(e.recorded_xid, as_of))) converted
              ON converted.site = v.site AND converted.visitor = v.visitor
       LEFT JOIN (SELECT DISTINCT g.site, g.visitor FROM page_views g
                   WHERE of_goal_path IS NOT NULL AND g.path = of_goal_path
-                    AND g.viewed_at >= goals_from AND g.viewed_at < goals_until) reached
+                    AND g.viewed_at >= goals_from AND g.viewed_at < goals_until
+                    AND (of_visitors IS NULL
+                         OR (g.site, g.visitor) IN (SELECT * FROM unnest(of_sites, of_visitors)))
+                    AND (as_of IS NULL OR pg_visible_in_snapshot(g.recorded_xid, as_of))) reached
              ON reached.site = v.site AND reached.visitor = v.visitor
      WHERE v.viewed_at >= start AND v.viewed_at < stop
        AND (of_site IS NULL OR v.site = of_site)
        {{filter_conditions}}
        AND (of_event IS NULL OR converted.visitor IS NOT NULL)
        AND (of_goal_path IS NULL OR reached.visitor IS NOT NULL)
+       AND (as_of IS NULL OR pg_visible_in_snapshot(v.recorded_xid, as_of))
 $$;

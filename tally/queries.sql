@@ -7,7 +7,14 @@
 -- Delete up to batch_size of the oldest rolled-up page views older than the cutoff from the
 -- partitions retention does not drop whole (the default one, the legacy one); one short
 -- transaction. Never a view before it is in the rollups, or stats would lose it.
-SELECT tally_delete_expired_views_batch(%(cutoff)s, %(watermark)s, %(in_progress)s, %(batch_size)s) AS removed
+-- Deleting from a partition by name fires no trigger of page_views: the statement counts itself
+-- as a change of the raw views (migrations/0033) when it removed any.
+WITH batch AS MATERIALIZED (
+    SELECT tally_delete_expired_views_batch(%(cutoff)s, %(watermark)s, %(in_progress)s, %(batch_size)s) AS removed
+), counted AS (
+    UPDATE tally_raw_changes SET changes = changes + 1 WHERE (SELECT removed FROM batch) > 0
+)
+SELECT removed FROM batch
 
 -- expired_page_view_partitions --
 -- The partitions of page_views that lie wholly before the cutoff, oldest first.
@@ -816,13 +823,17 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 --   another local day counted a visitor the answer had not);
 -- - 'prop' (with `panels` and `event`): a prop (name) and value (detail) of those visitors' sends
 --   of the event `event`; how many, and their visitors as the event's.
--- Filters read raw views, so they reach back RETENTION_DAYS.
+-- Filters read raw views, so they reach back RETENTION_DAYS. Carried forward (tally/web/carried.py),
+-- the answer is counted over the views and events of some ids only (of_sites, of_visitors), as
+-- an earlier snapshot saw them (as_of), or of the views without an id recorded after one
+-- (anonymous_after); all four NULL, over everything this snapshot sees.
 WITH matching AS MATERIALIZED (
     SELECT site, visitor, viewed_at, id, {{dimension_values}}, (viewed_at AT TIME ZONE %(tz)s)::date AS day,
            viewed_at >= %(start)s AND viewed_at < %(end)s AS inside
       FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, {{filter_arguments}},
-           %(event)s, %(goal_path)s, %(start)s, %(end)s)  -- goals reached in the window itself
+           %(event)s, %(goal_path)s, %(start)s, %(end)s,  -- goals reached in the window itself
+           %(of_sites)s::text[], %(of_visitors)s::bigint[], %(as_of)s::pg_snapshot, %(anonymous_after)s::pg_snapshot)
 ), senders AS MATERIALIZED (
     -- The ids whose events the answer reads: those of the matching views, and with `goals_only`
     -- and no `goal_path` every sender of `event` in the window (with `goal_path`, each viewed it).
@@ -832,6 +843,9 @@ WITH matching AS MATERIALIZED (
      WHERE %(goals_only)s AND %(goal_path)s::text IS NULL AND e.name = %(event)s
        AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
        AND e.visitor IS NOT NULL AND (%(site)s::text IS NULL OR e.site = %(site)s)
+       AND (%(of_visitors)s::bigint[] IS NULL
+            OR (e.site, e.visitor) IN (SELECT * FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[])))
+       AND (%(as_of)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, %(as_of)s::pg_snapshot))
 ), sent AS MATERIALIZED (
     SELECT e.site, e.visitor, e.id, e.name, e.props, e.path, e.occurred_at,
            (e.occurred_at AT TIME ZONE %(tz)s)::date AS day,
@@ -841,6 +855,7 @@ WITH matching AS MATERIALIZED (
        AND e.occurred_at < date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day'
        AND (%(site)s::text IS NULL OR e.site = %(site)s)
        AND (e.site, e.visitor) IN (SELECT site, visitor FROM senders)
+       AND (%(as_of)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, %(as_of)s::pg_snapshot))
 ), visitor_days AS MATERIALIZED (
     SELECT site, visitor, day FROM matching WHERE inside AND visitor IS NOT NULL
     UNION
@@ -896,6 +911,25 @@ SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
    AND (e.site, e.visitor) IN (SELECT site, visitor FROM visitor_days)
  GROUP BY 3, 4
 
+-- filtered_snapshot --
+-- This transaction's snapshot (as text: xmin:xmax:in-progress,...) and how many statements have
+-- changed or removed raw views and events (migrations/0033): what a filtered answer is kept with.
+SELECT pg_current_snapshot()::text AS snapshot, (SELECT changes FROM tally_raw_changes) AS changes
+
+-- filtered_changed_ids --
+-- The ids with views or events in [start, end) recorded since the snapshot `since` (xids at or
+-- past its xmax, or in progress then), one row each, and (site, NULL) where views without an id
+-- were: what a kept filtered answer must count again. Through the indexes on recorded_xid.
+SELECT DISTINCT site, visitor
+  FROM (SELECT site, visitor FROM page_views
+         WHERE viewed_at >= %(start)s AND viewed_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+           AND (recorded_xid >= %(since_xmax)s::text::xid8 OR recorded_xid = ANY (%(since_xip)s::text[]::xid8[]))
+        UNION ALL
+        SELECT site, visitor FROM events
+         WHERE occurred_at >= %(start)s AND occurred_at < %(end)s AND (%(site)s::text IS NULL OR site = %(site)s)
+           AND visitor IS NOT NULL
+           AND (recorded_xid >= %(since_xmax)s::text::xid8 OR recorded_xid = ANY (%(since_xip)s::text[]::xid8[]))) changed
+
 -- current_visitors --
 -- Distinct visitors of the 5 minutes to `now`, of one site or all: the ids that sent a view or
 -- an event, as `visitors` counts them (migrations/0023). Through the partial index of the views
@@ -925,7 +959,8 @@ SELECT count(*) AS views_last_24h,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
   FROM tally_views_matching(%(since)s, 'infinity', %(site)s, {{filter_arguments}}, %(event)s,
-                            %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'))
+                            %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'),
+                            NULL, NULL, NULL, NULL)
  WHERE viewed_at <= %(now)s
 
 -- recent_goal_senders --
@@ -965,7 +1000,7 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, {{filter_arguments}}, %(event)s,
-           %(goal_path)s, %(start)s, %(end)s)
+           %(goal_path)s, %(start)s, %(end)s, NULL, NULL, NULL, NULL)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

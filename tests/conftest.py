@@ -150,7 +150,7 @@ def empty_tables(database_url: str) -> None:
                 "SELECT c.relname FROM pg_class c"
                 " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
                 " AND NOT c.relispartition"
-                " AND c.relname NOT IN ('tally_migrations', 'page_view_rollup_state')"
+                " AND c.relname NOT IN ('tally_migrations', 'page_view_rollup_state', 'tally_raw_changes')"
             )
         ]
         holding = sql.SQL(" UNION ALL ").join(

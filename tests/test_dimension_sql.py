@@ -18,7 +18,7 @@ from tally.dimensions import DIMENSIONS, VIEW_FIELDS
 # tests (tests/test_web_exact.py, tests/test_visitor_days.py) hold what it counts.
 LAST_WRITTEN = {
     "tally_visitor_moves": ("0023_event_visitors.sql", -1),
-    "tally_views_matching": ("0022_goal_window.sql", 0),  # the second is the old form's wrapper
+    "tally_views_matching": ("0033_filtered_answers_carried.sql", 0),
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from tally.web.filtered import EVERY_VIEW
 from tests import ages
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import OTHER_ADDRESS, beacon, sites_client
@@ -432,6 +433,7 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "goals_from": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         "goals_until": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
+        **EVERY_VIEW,
         "country": "DE",
         "panels": True,
         "goals_only": False,
@@ -459,6 +461,7 @@ def test_the_filtered_scan_may_run_in_parallel_workers(conn):
         "site": None,
         "panels": True,
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
+        **EVERY_VIEW,
         "country": "DE",
         "goals_only": False,
     }
@@ -483,6 +486,7 @@ def test_a_goal_filter_finds_its_visitors_once_however_many_day_partitions(conn)
         "site": "example.com",
         "panels": True,
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
+        **EVERY_VIEW,
     }
     with conn.transaction() as held:  # the days' partitions go with it
         for back in range(1, 7):

@@ -13,7 +13,6 @@ tail know.
 
 from __future__ import annotations
 
-import collections
 import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
+from tally.web.carried import CarriedAnswers, Counts
 from tally.web.filters import GOAL_FILTERS, sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
 from tally.web.windows import TOP_ROWS
@@ -34,6 +34,8 @@ EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered
 # matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
 WORK_MEM = "32MB"
 SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
+# tally_views_matching's narrowing to a few ids, as a snapshot saw them (tally/web/carried.py): none.
+EVERY_VIEW = {"of_sites": None, "of_visitors": None, "as_of": None, "anonymous_after": None}
 
 
 def parameters(
@@ -44,6 +46,7 @@ def parameters(
     of the goals' visitors with their events (an event holds none of a view's values)."""
     params = {**bounds, **sql_parameters(filters)}
     params["goals_only"] = bool(filters) and all(name in GOAL_FILTERS for name in filters)
+    params.update(EVERY_VIEW)
     name = filters.get("referrer")
     if name is not None:
         domains = [name]
@@ -64,35 +67,65 @@ def bounds_of(cur: psycopg.Cursor, window: Window, tz: str) -> tuple[datetime.da
 
 
 def stats(
-    cur: psycopg.Cursor, window: Window, params: dict[str, Any], retention_days: int, panels: bool = True
+    cur: psycopg.Cursor,
+    window: Window,
+    params: dict[str, Any],
+    retention_days: int,
+    panels: bool = True,
+    carried: CarriedAnswers | None = None,
 ) -> dict[str, Any]:
-    """The stats answer's days, totals and (with `panels`) top values of the matching views."""
+    """The stats answer's days, totals and (with `panels`) top values of the matching views,
+    carried forward from the same answer kept in `carried` when it holds one."""
     start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
-    cur.execute(QUERIES["filtered_answer"], span)
-    values: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
-    by_day: dict[datetime.date, tuple[int, int]] = {}
-    visit_rows, event_rows, prop_rows = [], [], []
-    for part, day, name, detail, *counts in cur.fetchall():
+
+    def count(narrowed: dict[str, Any]) -> Counts:
+        cur.execute(QUERIES["filtered_answer"], narrowed)
+        return counts_of(cur.fetchall(), window)
+
+    if carried is None:
+        counts = count(span)
+    else:  # the UTC days the answer reads: a visit never crosses a UTC midnight, but may a local one
+        read_from, read_to = (utc_midnight(start), utc_midnight(end) + datetime.timedelta(days=1))
+        counts = carried.counts(cur, span, read_from, read_to, count)
+    return answer_of(counts, window, params, panels)
+
+
+def utc_midnight(instant: datetime.datetime) -> datetime.datetime:
+    """The UTC midnight that begins the UTC day of `instant`."""
+    return datetime.datetime.combine(instant.astimezone(datetime.UTC).date(), datetime.time(), datetime.UTC)
+
+
+def counts_of(rows: list[tuple], window: Window) -> Counts:
+    """The Counts of filtered_answer's rows (one per day, value, visits, event and prop)."""
+    counts = Counts(pages={dim: {} for dim in visits.PAGE_PANELS})
+    for part, day, name, detail, *numbers in rows:
         if part == "day":
-            by_day[day] = (counts[0], counts[1])
+            counts.days[day] = (numbers[0], numbers[1])
         elif part == "value":
-            values[name][detail] = (counts[0], counts[1])
+            counts.values.setdefault(name, {})[detail] = (numbers[0], numbers[1])
         elif part == "visits":
-            visit_rows.append((day, name, detail, *counts))
+            if window.days[0] <= day <= window.days[-1]:
+                had = counts.visits.get(day, (0, 0, 0, 0))
+                counts.visits[day] = tuple(a + b for a, b in zip(had, numbers, strict=True))
+                for dim, page in (("entry", name), ("exit", detail)):
+                    counts.pages[dim][page] = counts.pages[dim].get(page, 0) + numbers[0]
         elif part == "event":
-            event_rows.append((name, counts[0], counts[1]))
+            counts.events[name] = (numbers[0], numbers[1])
         else:
-            prop_rows.append({"prop": name, "value": detail, "events": counts[0], "visitors": counts[1]})
-    visits_by_day: dict[datetime.date, visits.VisitCounts] = {}
-    pages: dict[str, collections.Counter[str]] = {dim: collections.Counter() for dim in visits.PAGE_PANELS}
-    visits.add_moves(visit_rows, window.days, visits_by_day, pages)
+            counts.props[(name, detail)] = (numbers[0], numbers[1])
+    return counts
+
+
+def answer_of(counts: Counts, window: Window, params: dict[str, Any], panels: bool) -> dict[str, Any]:
+    """The answer's figures of `counts` (which it leaves as they are: they may be kept)."""
+    visits_by_day = {day: visits.VisitCounts(*numbers) for day, numbers in counts.visits.items()}
     daily = [
         {
             "day": day.isoformat(),
-            "views": by_day.get(day, (0, 0))[0],
-            "visitors": by_day.get(day, (0, 0))[1],
+            "views": counts.days.get(day, (0, 0))[0],
+            "visitors": counts.days.get(day, (0, 0))[1],
             "visits": visits_by_day.get(day, visits.VisitCounts()).visits,
         }
         for day in window.days
@@ -108,17 +141,21 @@ def stats(
         **visits.figures(visits_by_day),
     }
     if panels:
-        values["referrer"] = _by_name(values.get("referrer", {}))
+        values = {**counts.values, "referrer": _by_name(counts.values.get("referrer", {}))}
         for dimension in DIMENSIONS:
             answer[dimension.panel] = top(values.get(dimension.name, {}), dimension.name)
         for dim, panel in visits.PAGE_PANELS.items():
-            answer[panel] = visits.page_rows(pages[dim], TOP_ROWS)
-        ranked = sorted(event_rows, key=lambda row: (-row[1], row[0]))[:TOP_ROWS]
-        rows = [{events.DIM: name, "views": count, "visitors": who} for name, count, who in ranked]
+            answer[panel] = visits.page_rows(counts.pages.get(dim, {}), TOP_ROWS)
+        ranked = sorted(counts.events.items(), key=lambda item: (-item[1][0], item[0]))[:TOP_ROWS]
+        rows = [{events.DIM: name, "views": count, "visitors": who} for name, (count, who) in ranked]
         answer["top_events"] = events.top_rows(rows, answer["visitors"])
         if params.get("event") is not None:
-            prop_rows.sort(key=lambda row: (-row["events"], row["prop"], row["value"]))
-            answer["event_props"] = prop_rows[:EVENT_PROP_ROWS]
+            props = [
+                {"prop": prop, "value": value, "events": count, "visitors": who}
+                for (prop, value), (count, who) in counts.props.items()
+            ]
+            props.sort(key=lambda row: (-row["events"], row["prop"], row["value"]))
+            answer["event_props"] = props[:EVENT_PROP_ROWS]
         answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
     return answer
 

@@ -35,6 +35,7 @@ import psycopg_pool
 
 from tally.db import QUERIES
 from tally.web import events, filtered, visits
+from tally.web.carried import CarriedAnswers
 from tally.web.panels import TAIL, top_values
 from tally.web.rolled_up import RolledUp, read_rolled_up
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
@@ -72,6 +73,7 @@ class StatsReader:
         self.retention_days = retention_days
         self.request_rollup = request_rollup
         self._cache: collections.OrderedDict[tuple, RolledUp] = collections.OrderedDict()
+        self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
@@ -114,7 +116,7 @@ class StatsReader:
             since = window.days[0] - days * DAY - 3 * DAY  # referrer domains of both periods
             params = filtered.parameters(cur, filters, bounds, since)
             if filters:
-                answer = filtered.stats(cur, window, params, self.retention_days)
+                answer = filtered.stats(cur, window, params, self.retention_days, carried=self._carried)
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
@@ -125,7 +127,9 @@ class StatsReader:
             if compare:
                 before = window.before()
                 if filters:
-                    previous = filtered.stats(cur, before, params, self.retention_days, panels=False)
+                    previous = filtered.stats(
+                        cur, before, params, self.retention_days, panels=False, carried=self._carried
+                    )
                 else:
                     previous, _ = self._read(cur, state, bounds, before, panels=False)
                 answer["previous"] = with_changes(previous, answer, visits.EXACT)

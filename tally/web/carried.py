@@ -1,0 +1,200 @@
+"""Filtered answers carried forward: counted once, then kept current by the ids that changed.
+
+A filtered answer counts the matching raw views (tally/web/filtered.py): seconds for a large
+slice of a large site. Every figure in it is a sum over visitors (an id counts once a day per
+site, a visit is one id's, an event counts for its sender), plus the views that carry no id.
+So the web keeps an answer's counts with the snapshot they were counted in, and the next
+request for the same answer:
+
+1. reads which ids have views or events in the answer's days recorded since that snapshot
+   (through the indexes on recorded_xid: a few rows on a live site);
+2. counts those ids again, as they are now, and takes off what the same ids counted as that
+   snapshot saw them (`as_of`: their views, events and goals then);
+3. adds the views without an id recorded since.
+
+The result is the answer a full count would give in this request's snapshot (tests/
+test_web_carried.py holds it to one), and it is kept in turn. A kept answer is used only when
+nothing has removed or changed raw rows since (migrations/0033 counts such statements:
+retention, a rebuild, an operator's DELETE) and when its snapshot saw nothing this request's
+does not (a request that began earlier than the one that kept it counts afresh).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from tally.db import QUERIES
+
+# Answers kept per web process, the least recently asked dropped first; one is a few thousand
+# small entries (the top lists are ranked from every value, not the first rows).
+ENTRIES = 8
+# Past this many changed ids, counting them twice costs more than counting everything again.
+MAX_CHANGED_IDS = 20_000
+# What the key leaves out: the rollup state and the clock, which a filtered count never reads.
+NOT_COUNTED = frozenset({"watermark", "in_progress", "tail_from", "tail_to", "now"})
+NARROWING = ("of_sites", "of_visitors", "as_of", "anonymous_after")
+
+
+@dataclasses.dataclass
+class Counts:
+    """What a filtered answer is made of, in sums over visitors: views and visitors per day and
+    per (dimension, value); visits, bounces, views and duration per day and visits per entry and
+    exit page; events and their visitors per name and per (prop, value) of the event filtered on."""
+
+    days: dict[datetime.date, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    values: dict[str, dict[str, tuple[int, int]]] = dataclasses.field(default_factory=dict)
+    visits: dict[datetime.date, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
+    pages: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    events: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    props: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+    def plus(self, *parts: tuple[Counts, int]) -> Counts:
+        """A new Counts: these, with each part added times its sign (+1 or -1)."""
+        combined = Counts(
+            dict(self.days),
+            {dim: dict(values) for dim, values in self.values.items()},
+            dict(self.visits),
+            {dim: dict(pages) for dim, pages in self.pages.items()},
+            dict(self.events),
+            dict(self.props),
+        )
+        for part, sign in parts:
+            _add(combined.days, part.days, sign)
+            for dim, values in part.values.items():
+                _add(combined.values.setdefault(dim, {}), values, sign)
+            _add(combined.visits, part.visits, sign)
+            for dim, pages in part.pages.items():
+                _add(combined.pages.setdefault(dim, {}), pages, sign)
+            _add(combined.events, part.events, sign)
+            _add(combined.props, part.props, sign)
+        return combined
+
+
+def _add(into: dict, part: dict, sign: int) -> None:
+    for key, counts in part.items():
+        if isinstance(counts, int):
+            total: Any = into.get(key, 0) + sign * counts
+            zero = total == 0
+        else:
+            had = into.get(key) or (0,) * len(counts)
+            total = tuple(a + sign * b for a, b in zip(had, counts, strict=True))
+            zero = not any(total)
+        if zero:
+            into.pop(key, None)
+        else:
+            into[key] = total
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A pg_snapshot: transactions below xmin had ended, those from xmax on had not begun, and
+    those of `running` were running."""
+
+    text: str
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        _xmin, xmax, running = text.split(":")
+        return cls(text, int(xmax), frozenset(int(xid) for xid in running.split(",") if xid))
+
+    def seen_by(self, later: Snapshot) -> bool:
+        """Whether `later` sees every transaction this one sees."""
+        return self.xmax <= later.xmax and all(
+            xid in self.running for xid in later.running if xid < self.xmax
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    counts: Counts
+    snapshot: Snapshot
+    changes: int
+
+
+class CarriedAnswers:
+    """The filtered answers of one web process, each kept with its snapshot; safe across threads."""
+
+    def __init__(self, entries: int = ENTRIES):
+        self.entries = entries
+        self._kept: collections.OrderedDict[tuple, Kept] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def counts(
+        self,
+        cur: psycopg.Cursor,
+        span: dict[str, Any],
+        read_from: datetime.datetime,
+        read_to: datetime.datetime,
+        count: Callable[[dict[str, Any]], Counts],
+    ) -> Counts:
+        """The counts of the filtered answer `span` in this transaction's snapshot: the kept ones
+        carried forward when they can be, else `count(span)`. The answer reads rows in
+        [read_from, read_to)."""
+        cur.execute(QUERIES["filtered_snapshot"])
+        text, changes = cur.fetchone()
+        now = Snapshot.parse(text)
+        key = tuple(sorted((name, _frozen(value)) for name, value in span.items() if name not in NOT_COUNTED))
+        with self._lock:
+            kept = self._kept.get(key)
+        counts = None
+        if (
+            kept is not None
+            and changes is not None
+            and kept.changes == changes
+            and kept.snapshot.seen_by(now)
+        ):
+            counts = self._carried(cur, span, read_from, read_to, kept, count)
+        if counts is None:
+            counts = count(span)
+        with self._lock:
+            self._kept[key] = Kept(counts, now, changes)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.entries:
+                self._kept.popitem(last=False)
+        return counts
+
+    @staticmethod
+    def _carried(
+        cur: psycopg.Cursor,
+        span: dict[str, Any],
+        read_from: datetime.datetime,
+        read_to: datetime.datetime,
+        kept: Kept,
+        count: Callable[[dict[str, Any]], Counts],
+    ) -> Counts | None:
+        cur.execute(
+            QUERIES["filtered_changed_ids"],
+            {
+                "start": read_from,
+                "end": read_to,
+                "site": span["site"],
+                "since_xmax": str(kept.snapshot.xmax),
+                "since_xip": [str(xid) for xid in sorted(kept.snapshot.running)],
+            },
+        )
+        changed = cur.fetchall()
+        ids = [(site, visitor) for site, visitor in changed if visitor is not None]
+        anonymous = len(ids) < len(changed)
+        if not changed:
+            return kept.counts
+        if len(ids) > MAX_CHANGED_IDS:
+            return None
+        narrowed = {"of_sites": [site for site, _ in ids], "of_visitors": [visitor for _, visitor in ids]}
+        parts = []
+        if ids:
+            parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
+        now = count({**span, **narrowed, "anonymous_after": kept.snapshot.text if anonymous else None})
+        return kept.counts.plus(*parts, (now, 1))
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

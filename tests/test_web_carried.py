@@ -1,0 +1,267 @@
+"""Filtered answers carried forward (tally/web/carried.py): a kept answer brought up to date by
+the ids that changed gives what a full count gives, whatever arrived, and is not used once raw
+rows went or changed, or by a request that sees less than the kept answer saw."""
+
+from __future__ import annotations
+
+import datetime
+import random
+
+import psycopg
+import pytest
+
+from tally.db import QUERIES
+from tally.web import carried, filtered
+from tally.web.stats import StatsReader
+from tally.web.windows import Window
+from tests.test_web import roll_up
+from tests.test_web_exact import FILTER_CASES, arrivals, insert_raw, random_visits
+
+GOAL_CASES = [
+    {"event": "Signup"},
+    {"goal_path": "/p1"},
+    {"event": "Signup", "country": "US"},
+    {"event": "Signup", "goal_path": "/p2"},
+]
+
+
+@pytest.fixture
+def kept_uses(monkeypatch) -> list[bool]:
+    """Each time a kept answer was found: whether it was carried forward (False: counted afresh)."""
+    uses: list[bool] = []
+    carry = carried.CarriedAnswers._carried
+
+    def counted(*args, **kwargs):
+        result = carry(*args, **kwargs)
+        uses.append(result is not None)
+        return result
+
+    monkeypatch.setattr(carried.CarriedAnswers, "_carried", staticmethod(counted))
+    return uses
+
+
+def answers(reader: StatsReader, cases: list[dict], tz: str) -> list[dict]:
+    found = []
+    for filters in cases:
+        for days, site, compare in ((1, None, False), (5, "example.com", True), (12, None, False)):
+            answer = reader.stats_for_window(days, site=site, tz=tz, filters=filters, compare=compare)
+            answer.pop("generated_at")
+            answer.get("previous", {}).pop("generated_at", None)
+            found.append(answer)
+    return found
+
+
+def send_events(conn: psycopg.Connection, rng: random.Random, count: int) -> None:
+    """Events of ids that have views (a Signup that makes an id a goal's visitor after its
+    views were counted), of ids with none, and dated on other days than their sender's views."""
+    known = [
+        row
+        for row in conn.execute("SELECT site, visitor, viewed_at FROM page_views WHERE visitor IS NOT NULL")
+    ]
+    rows = []
+    for _ in range(count):
+        site, visitor, at = rng.choice(known)
+        if rng.random() < 0.2:
+            visitor = rng.getrandbits(62)
+        at += datetime.timedelta(minutes=rng.choice([-50, -5, 3, 40, 60 * 20]))
+        rows.append(
+            (site, rng.choice(["Signup", "Signup", "Download"]), f"/p{rng.randrange(3)}", visitor, at)
+        )
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO events (site, name, path, visitor, props, occurred_at)"
+            ' VALUES (%s, %s, %s, %s, \'{"plan": "pro"}\', least(%s, now()))',
+            rows,
+        )
+
+
+@pytest.mark.parametrize(("seed", "tz"), [(31, "UTC"), (32, "Asia/Kathmandu"), (33, "America/St_Johns")])
+def test_a_kept_answer_carried_forward_is_the_full_count_whatever_arrives(pool, conn, kept_uses, seed, tz):
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 900), chunks=4)
+    reader = StatsReader(pool, retention_days=30)  # keeps its answers from one batch to the next
+    cases = [*FILTER_CASES, *GOAL_CASES]
+    reader._carried = carried.CarriedAnswers(entries=len(cases) * 4)  # every window of every case
+    insert_raw(conn, batches[0])
+    answers(reader, cases, tz)
+    for number, batch in enumerate(batches[1:]):
+        insert_raw(conn, batch)
+        insert_raw(conn, [(*view[:4], None, *view[5:]) for view in batch[:5]])  # views without an id
+        send_events(conn, rng, 15)
+        if number % 2:
+            roll_up(conn)
+        kept_uses.clear()
+        day = conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
+        found = answers(reader, cases, tz)
+        counted = answers(StatsReader(pool, retention_days=30), cases, tz)  # nothing kept: counted whole
+        if conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0] != day:
+            continue  # the zone's day turned between the two: windows of different days
+        for case, (kept, whole) in enumerate(zip(found, counted, strict=True)):
+            assert kept == whole, (number, cases[case // 3])
+        assert kept_uses and all(kept_uses), "every answer was carried forward, none counted again"
+
+
+def test_nothing_recorded_since_reads_no_answer_again(pool, conn, monkeypatch):
+    view = (
+        "example.com",
+        "/a",
+        None,
+        None,
+        7,
+        None,
+        None,
+        "US",
+        "Chrome",
+        "Linux",
+        "phone",
+        datetime.timedelta(hours=1),
+    )
+    insert_raw(conn, [view])
+    reader = StatsReader(pool, retention_days=30)
+    first = reader.stats_for_window(3, filters={"country": "US"})
+    statements = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        statements.append(query)
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    again = reader.stats_for_window(3, filters={"country": "US"})
+    assert QUERIES["filtered_answer"] not in statements
+    assert QUERIES["filtered_changed_ids"] in statements
+    first.pop("generated_at"), again.pop("generated_at")
+    assert again == first
+
+
+def test_removed_or_changed_rows_make_a_kept_answer_count_again(pool, conn, kept_uses):
+    """A DELETE on page_views or events, a rebuild's UPDATE, retention's delete from the default
+    partition and its detach of a day all count as changes (migrations/0033): the next answer
+    counts everything again, and is the full count."""
+    views = [
+        (
+            "example.com",
+            f"/p{n % 3}",
+            None,
+            None,
+            n % 5,
+            None,
+            None,
+            "US",
+            "Chrome",
+            "Linux",
+            "phone",
+            datetime.timedelta(days=n % 3, minutes=n),
+        )
+        for n in range(30)
+    ]
+    insert_raw(conn, views)
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at)"
+        " VALUES ('example.com', 'Signup', '/p0', 1, now())"
+    )
+    reader = StatsReader(pool, retention_days=30)
+
+    def same_as_counted_whole() -> None:
+        for filters in ({"country": "US"}, {"event": "Signup"}):
+            kept = reader.stats_for_window(5, filters=filters)
+            whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters=filters)
+            kept.pop("generated_at"), whole.pop("generated_at")
+            assert kept == whole, filters
+
+    same_as_counted_whole()
+    changes = [
+        "DELETE FROM page_views WHERE path = '/p1'",
+        "DELETE FROM events WHERE name = 'Signup'",
+        "UPDATE page_views SET recorded_xid = pg_current_xact_id() WHERE path = '/p2'",
+    ]
+    for change in changes:
+        kept_uses.clear()
+        conn.execute(change)
+        same_as_counted_whole()
+        assert kept_uses == [], change  # the kept answers were not used
+    # Retention: views in the default partition, then a day of their own.
+    roll_up(conn)
+    state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
+    before = conn.execute("SELECT changes FROM tally_raw_changes").fetchone()[0]
+    conn.execute(
+        QUERIES["delete_expired_page_views_batch"],
+        {
+            "cutoff": datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1, hours=12),
+            "watermark": state[0],
+            "in_progress": state[1],
+            "batch_size": 1000,
+        },
+    )
+    assert conn.execute("SELECT changes FROM tally_raw_changes").fetchone()[0] == before + 1
+    kept_uses.clear()
+    same_as_counted_whole()
+    assert kept_uses == []
+    yesterday = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)).date()
+    name = conn.execute("SELECT tally_ensure_day_partition(%s)", (yesterday,)).fetchone()[0]
+    same_as_counted_whole()  # moving views into their day changes nothing: kept answers stay
+    roll_up(conn)
+    state = conn.execute("SELECT watermark, in_progress FROM page_view_rollup_state").fetchone()
+    kept_uses.clear()
+    detached = conn.execute(
+        QUERIES["detach_rolled_up_partitions"],
+        {"names": [name], "watermark": state[0], "in_progress": state[1]},
+    ).fetchone()
+    assert detached[1] == [name]
+    same_as_counted_whole()
+    assert kept_uses == []
+
+
+def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn, database_url):
+    """A request whose snapshot began before the one an answer was kept in does not see what
+    that answer counted: it counts afresh, and its answer is its snapshot's."""
+    view = (
+        "example.com",
+        "/a",
+        None,
+        None,
+        1,
+        None,
+        None,
+        "US",
+        "Chrome",
+        "Linux",
+        "phone",
+        datetime.timedelta(minutes=5),
+    )
+    insert_raw(conn, [view])
+    reader = StatsReader(pool, retention_days=30)
+    with psycopg.connect(database_url) as older:
+        older.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with older.transaction(), older.cursor() as cur:
+            cur.execute("SELECT 1")  # its snapshot: one view
+            insert_raw(conn, [(*view[:4], 2, *view[5:])])
+            assert reader.stats_for_window(1, filters={"country": "US"})["total_views"] == 2  # kept
+            cur.execute(QUERIES["stats_state"], {"tz": "UTC"})
+            watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
+            window = Window.ending(now, today, 1, today)
+            bounds = {
+                "watermark": watermark,
+                "in_progress": in_progress,
+                "site": None,
+                "tz": "UTC",
+                "tail_from": tail_from,
+                "tail_to": tail_to,
+                "now": now,
+            }
+            params = filtered.parameters(cur, {"country": "US"}, bounds)
+            answer = filtered.stats(cur, window, params, 30, carried=reader._carried)
+            assert answer["total_views"] == 1
+
+
+def test_a_snapshot_sees_what_an_earlier_one_saw(database_url, conn):
+    def current(connection) -> carried.Snapshot:
+        return carried.Snapshot.parse(connection.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
+
+    with psycopg.connect(database_url) as running:
+        running.execute("INSERT INTO events (site, name, occurred_at) VALUES ('example.com', 'x', now())")
+        first = current(conn)  # the insert runs
+        running.commit()
+        later = current(conn)  # it has ended
+    assert first.seen_by(later) and not later.seen_by(first)
+    assert first.seen_by(first)
