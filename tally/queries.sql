@@ -823,10 +823,14 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 --   another local day counted a visitor the answer had not);
 -- - 'prop' (with `panels` and `event`): a prop (name) and value (detail) of those visitors' sends
 --   of the event `event`; how many, and their visitors as the event's.
+-- - 'bucket' (with `buckets`): a 15-minute bucket (its number since 1970) of the views read, in
+--   the window or not; how many: the last 24 hours' full buckets (filtered_recent_edges).
 -- Filters read raw views, so they reach back RETENTION_DAYS. Carried forward (tally/web/carried.py),
 -- the answer is counted over the views and events of some ids only (of_sites, of_visitors), as
 -- an earlier snapshot saw them (as_of), or of the views without an id recorded after one
--- (anonymous_after); all four NULL, over everything this snapshot sees.
+-- (anonymous_after); all four NULL, over everything this snapshot sees. With `chunks`, over the
+-- ids whose number is `chunk` modulo `chunks` (the views without one in chunk 0): a large slice
+-- counted in parts that each end within the web's statement timeout, and add up to the whole.
 WITH matching AS MATERIALIZED (
     SELECT site, visitor, viewed_at, id, {{dimension_values}}, (viewed_at AT TIME ZONE %(tz)s)::date AS day,
            viewed_at >= %(start)s AND viewed_at < %(end)s AS inside
@@ -834,6 +838,8 @@ WITH matching AS MATERIALIZED (
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, {{filter_arguments}},
            %(event)s, %(goal_path)s, %(start)s, %(end)s,  -- goals reached in the window itself
            %(of_sites)s::text[], %(of_visitors)s::bigint[], %(as_of)s::pg_snapshot, %(anonymous_after)s::pg_snapshot)
+     WHERE %(chunks)s::integer IS NULL  -- one chunk of the ids (and views without one: the first)
+        OR CASE WHEN visitor IS NULL THEN %(chunk)s = 0 ELSE abs(visitor %% %(chunks)s) = %(chunk)s END
 ), senders AS MATERIALIZED (
     -- The ids whose events the answer reads: those of the matching views, and with `goals_only`
     -- and no `goal_path` every sender of `event` in the window (with `goal_path`, each viewed it).
@@ -846,6 +852,7 @@ WITH matching AS MATERIALIZED (
        AND (%(of_visitors)s::bigint[] IS NULL
             OR (e.site, e.visitor) IN (SELECT * FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[])))
        AND (%(as_of)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, %(as_of)s::pg_snapshot))
+       AND (%(chunks)s::integer IS NULL OR abs(e.visitor %% %(chunks)s) = %(chunk)s)
 ), sent AS MATERIALIZED (
     SELECT e.site, e.visitor, e.id, e.name, e.props, e.path, e.occurred_at,
            (e.occurred_at AT TIME ZONE %(tz)s)::date AS day,
@@ -910,6 +917,40 @@ SELECT 'prop', NULL, prop.key, prop.value #>> '{}', count(*),
  WHERE %(panels)s AND e.name = %(event)s AND e.inside
    AND (e.site, e.visitor) IN (SELECT site, visitor FROM visitor_days)
  GROUP BY 3, 4
+UNION ALL
+SELECT 'bucket', NULL, NULL, NULL, (extract(epoch FROM date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')) / 900)::bigint,
+       count(*), NULL, NULL
+  FROM matching
+ WHERE %(buckets)s
+ GROUP BY 5
+
+-- filtered_recent_edges --
+-- What the buckets of a filtered answer (filtered_answer's 'bucket' rows) leave out of the last 24
+-- hours and of the last 5 minutes: the matching views from `since` (24 hours before `now`) to the
+-- first full bucket after it, and from the bucket of `now` to `now`; and the distinct visitors of
+-- the 5 minutes to `now`. Goals reached in [goals_from, goals_until), the answer's window.
+SELECT count(*) FILTER (WHERE viewed_at < %(first_full_bucket)s OR viewed_at >= %(now_bucket)s) AS views,
+       count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
+           AS current_visitors
+  FROM (SELECT * FROM tally_views_matching(%(since)s, %(first_full_bucket)s, %(site)s, {{filter_arguments}},
+                                           %(event)s, %(goal_path)s, %(goals_from)s, %(goals_until)s,
+                                           NULL, NULL, NULL, NULL)
+        UNION ALL
+        SELECT * FROM tally_views_matching(least(%(now_bucket)s, %(five_minutes_ago)s), 'infinity', %(site)s,
+                                           {{filter_arguments}}, %(event)s, %(goal_path)s, %(goals_from)s,
+                                           %(goals_until)s, NULL, NULL, NULL, NULL)) edges
+ WHERE viewed_at <= %(now)s
+
+-- filtered_views_bound --
+-- At most how many views a filtered answer counts, as the rollups know them: the fewest of any
+-- one filtered dimension's values (a dimension's values summed: a search engine's domains),
+-- or the site's own views when only goals filter; over the UTC days [from_day, to_day).
+SELECT coalesce(min(views), 0)::bigint AS views
+  FROM (SELECT dim, sum(views) AS views
+          FROM page_view_day_values
+         WHERE day >= %(from_day)s AND day < %(to_day)s AND (%(site)s::text IS NULL OR site = %(site)s)
+           AND (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
+         GROUP BY dim) per_filter
 
 -- filtered_snapshot --
 -- This transaction's snapshot (as text: xmin:xmax:in-progress,...) and how many statements have

@@ -101,6 +101,34 @@ def test_a_kept_answer_carried_forward_is_the_full_count_whatever_arrives(pool, 
         assert kept_uses and all(kept_uses), "every answer was carried forward, none counted again"
 
 
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_a_slice_counted_in_chunks_of_ids_is_the_whole_count(pool, conn, monkeypatch, tz):
+    """A slice the rollups put past CHUNK_VIEWS is counted in chunks of ids that add up to it;
+    here every filter is counted in 2 to 40 chunks, against one count of each."""
+    rng = random.Random(41)
+    batches = arrivals(rng, random_visits(rng, 700), chunks=1)
+    insert_raw(conn, batches[0])
+    roll_up(conn)
+    insert_raw(conn, batches[1])
+    insert_raw(conn, [(*view[:4], None, *view[5:]) for view in batches[1][:5]])  # views without an id
+    send_events(conn, rng, 20)
+    cases = [*FILTER_CASES, *GOAL_CASES]
+    whole = answers(StatsReader(pool, retention_days=30), cases, tz)
+    statements = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"]:
+            statements.append(params["chunks"])
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(filtered, "CHUNK_VIEWS", 10)
+    chunked = answers(StatsReader(pool, retention_days=30), cases, tz)
+    assert chunked == whole
+    assert max(chunk or 1 for chunk in statements) >= 10
+
+
 def test_nothing_recorded_since_reads_no_answer_again(pool, conn, monkeypatch):
     view = (
         "example.com",
@@ -250,7 +278,7 @@ def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn
                 "now": now,
             }
             params = filtered.parameters(cur, {"country": "US"}, bounds)
-            answer = filtered.stats(cur, window, params, 30, carried=reader._carried)
+            answer, _ = filtered.stats(cur, window, params, 30, carried=reader._carried)
             assert answer["total_views"] == 1
 
 

@@ -434,6 +434,7 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "goals_until": datetime.datetime(2026, 2, 1, tzinfo=datetime.UTC),
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         **EVERY_VIEW,
+        "buckets": False,
         "country": "DE",
         "panels": True,
         "goals_only": False,
@@ -462,6 +463,7 @@ def test_the_filtered_scan_may_run_in_parallel_workers(conn):
         "panels": True,
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         **EVERY_VIEW,
+        "buckets": False,
         "country": "DE",
         "goals_only": False,
     }
@@ -487,6 +489,7 @@ def test_a_goal_filter_finds_its_visitors_once_however_many_day_partitions(conn)
         "panels": True,
         **{name: None for name in (*DIMENSION_COLUMNS, "event", "goal_path")},
         **EVERY_VIEW,
+        "buckets": False,
     }
     with conn.transaction() as held:  # the days' partitions go with it
         for back in range(1, 7):

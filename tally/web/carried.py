@@ -46,7 +46,8 @@ NARROWING = ("of_sites", "of_visitors", "as_of", "anonymous_after")
 class Counts:
     """What a filtered answer is made of, in sums over visitors: views and visitors per day and
     per (dimension, value); visits, bounces, views and duration per day and visits per entry and
-    exit page; events and their visitors per name and per (prop, value) of the event filtered on."""
+    exit page; events and their visitors per name and per (prop, value) of the event filtered on;
+    and views per 15-minute bucket (numbered since 1970), for the last 24 hours."""
 
     days: dict[datetime.date, tuple[int, int]] = dataclasses.field(default_factory=dict)
     values: dict[str, dict[str, tuple[int, int]]] = dataclasses.field(default_factory=dict)
@@ -54,6 +55,7 @@ class Counts:
     pages: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     events: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     props: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)
+    buckets: dict[int, int] = dataclasses.field(default_factory=dict)  # views per 15 minutes
 
     def plus(self, *parts: tuple[Counts, int]) -> Counts:
         """A new Counts: these, with each part added times its sign (+1 or -1)."""
@@ -64,6 +66,7 @@ class Counts:
             {dim: dict(pages) for dim, pages in self.pages.items()},
             dict(self.events),
             dict(self.props),
+            dict(self.buckets),
         )
         for part, sign in parts:
             _add(combined.days, part.days, sign)
@@ -74,6 +77,7 @@ class Counts:
                 _add(combined.pages.setdefault(dim, {}), pages, sign)
             _add(combined.events, part.events, sign)
             _add(combined.props, part.props, sign)
+            _add(combined.buckets, part.buckets, sign)
         return combined
 
 

@@ -14,6 +14,7 @@ tail know.
 from __future__ import annotations
 
 import datetime
+import math
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -34,8 +35,20 @@ EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered
 # matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
 WORK_MEM = "32MB"
 SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
-# tally_views_matching's narrowing to a few ids, as a snapshot saw them (tally/web/carried.py): none.
-EVERY_VIEW = {"of_sites": None, "of_visitors": None, "as_of": None, "anonymous_after": None}
+# filtered_answer's narrowing to a few ids as a snapshot saw them (tally/web/carried.py), or to
+# a chunk of the ids: none.
+EVERY_VIEW = {
+    "of_sites": None,
+    "of_visitors": None,
+    "as_of": None,
+    "anonymous_after": None,
+    "chunks": None,
+    "chunk": None,
+}
+# A slice the rollups put at more views than this is counted in chunks of ids, each within the
+# web's statement timeout: about 2.5 s of PostgreSQL's time for the panels, visitors and visits of
+# 150,000 views (docs/BENCHMARKS.md, "Filters"). The chunks add up to the whole answer.
+CHUNK_VIEWS = 150_000
 
 
 def parameters(
@@ -73,28 +86,66 @@ def stats(
     retention_days: int,
     panels: bool = True,
     carried: CarriedAnswers | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[int, int] | None]:
     """The stats answer's days, totals and (with `panels`) top values of the matching views,
-    carried forward from the same answer kept in `carried` when it holds one."""
+    carried forward from the same answer kept in `carried` when it holds one; and, for a window
+    that ends today, the matching views per 15-minute bucket of the last 24 hours (None when
+    the window's days begin later: `recent` counts them)."""
     start, end = bounds_of(cur, window, params["tz"])
-    span = {**params, "start": start, "end": end, "panels": panels}
+    span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
     def count(narrowed: dict[str, Any]) -> Counts:
-        cur.execute(QUERIES["filtered_answer"], narrowed)
-        return counts_of(cur.fetchall(), window)
+        whole = all(narrowed[name] is None for name in EVERY_VIEW)
+        chunks = chunks_for(cur, narrowed) if whole else 1
+        parts = []
+        for chunk in range(chunks):
+            cur.execute(
+                QUERIES["filtered_answer"],
+                {**narrowed, "chunk": chunk, "chunks": chunks if chunks > 1 else None},
+            )
+            parts.append(counts_of(cur.fetchall(), window))
+        return parts[0] if chunks == 1 else Counts().plus(*((part, 1) for part in parts))
 
-    if carried is None:
-        counts = count(span)
-    else:  # the UTC days the answer reads: a visit never crosses a UTC midnight, but may a local one
-        read_from, read_to = (utc_midnight(start), utc_midnight(end) + datetime.timedelta(days=1))
-        counts = carried.counts(cur, span, read_from, read_to, count)
-    return answer_of(counts, window, params, panels)
+    # The UTC days the answer reads: a visit never crosses a UTC midnight, but may a local one.
+    read_from, read_to = (utc_midnight(start), utc_midnight(end) + datetime.timedelta(days=1))
+    counts = count(span) if carried is None else carried.counts(cur, span, read_from, read_to, count)
+    buckets = counts.buckets if window.current and read_from <= window.first_full_bucket else None
+    return answer_of(counts, window, params, panels), buckets
+
+
+def chunks_for(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
+    """How many chunks of ids to count the answer `span` in: one per CHUNK_VIEWS of the most
+    views it can count, as the rollups know them (the tail, minutes of views, left out)."""
+    dims, values = [], []
+    for dimension in DIMENSIONS:
+        chosen = span[dimension.name]
+        for value in chosen if isinstance(chosen, list) else [] if chosen is None else [chosen]:
+            dims.append(dimension.name)
+            values.append(value)
+    if not dims:  # goals alone: any of the site's views may be one of their visitors'
+        dims, values = [""], [""]
+    cur.execute(
+        QUERIES["filtered_views_bound"],
+        {
+            "site": span["site"],
+            "from_day": utc_midnight(span["start"]).date(),
+            "to_day": utc_midnight(span["end"]).date() + datetime.timedelta(days=1),
+            "dims": dims,
+            "values": values,
+        },
+    )
+    return max(1, math.ceil(cur.fetchone()[0] / CHUNK_VIEWS))
 
 
 def utc_midnight(instant: datetime.datetime) -> datetime.datetime:
     """The UTC midnight that begins the UTC day of `instant`."""
     return datetime.datetime.combine(instant.astimezone(datetime.UTC).date(), datetime.time(), datetime.UTC)
+
+
+def bucket_number(bucket: datetime.datetime) -> int:
+    """A 15-minute bucket's number since 1970, as filtered_answer's 'bucket' rows have it."""
+    return int(bucket.timestamp()) // 900
 
 
 def counts_of(rows: list[tuple], window: Window) -> Counts:
@@ -113,6 +164,8 @@ def counts_of(rows: list[tuple], window: Window) -> Counts:
                     counts.pages[dim][page] = counts.pages[dim].get(page, 0) + numbers[0]
         elif part == "event":
             counts.events[name] = (numbers[0], numbers[1])
+        elif part == "bucket":
+            counts.buckets[numbers[0]] = numbers[1]
         else:
             counts.props[(name, detail)] = (numbers[0], numbers[1])
     return counts
@@ -161,13 +214,19 @@ def answer_of(counts: Counts, window: Window, params: dict[str, Any], panels: bo
 
 
 def recent(
-    cur: psycopg.Cursor, params: dict[str, Any], with_day: bool, window: Window | None = None
+    cur: psycopg.Cursor,
+    params: dict[str, Any],
+    with_day: bool,
+    window: Window | None = None,
+    buckets: dict[int, int] | None = None,
 ) -> dict[str, int]:
     """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
     `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
     every other figure of the answer (not in the 24 hours: a visitor who signed up two days ago
     and came back an hour ago is in today's views, so in the last 24 hours' too); under goals
-    alone (`goals_only`) one that sent events and no view in the 5 minutes is one of them too."""
+    alone (`goals_only`) one that sent events and no view in the 5 minutes is one of them too.
+    With the filtered answer's `buckets` the 24 hours' full buckets come from them, and only
+    the minutes at either end are read."""
     now = params["now"]
     times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
     if not with_day:  # unfiltered: the last 24 hours come from the rollups
@@ -176,11 +235,18 @@ def recent(
     since = now - datetime.timedelta(hours=24)
     goals = window is not None and (params.get("event") is not None or params.get("goal_path") is not None)
     goals_from, goals_until = bounds_of(cur, window, params["tz"]) if goals else (since, None)
-    cur.execute(
-        QUERIES["recent_visitors"],
-        {**params, **times, "since": since, "goals_from": goals_from, "goals_until": goals_until},
-    )
-    views, current = cur.fetchone()
+    span = {**params, **times, "since": since, "goals_from": goals_from, "goals_until": goals_until}
+    if buckets is None or window is None:
+        cur.execute(QUERIES["recent_visitors"], span)
+        views, current = cur.fetchone()
+    else:
+        edges = {"first_full_bucket": window.first_full_bucket, "now_bucket": window.now_bucket}
+        cur.execute(
+            QUERIES["filtered_recent_edges"], {**span, **edges, "goals_until": goals_until or "infinity"}
+        )
+        views, current = cur.fetchone()
+        first, last = (bucket_number(edges["first_full_bucket"]), bucket_number(edges["now_bucket"]))
+        views += sum(count for bucket, count in buckets.items() if first <= bucket < last)
     if goals and params["goals_only"]:
         cur.execute(
             QUERIES["recent_goal_senders"],

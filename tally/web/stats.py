@@ -115,19 +115,22 @@ class StatsReader:
             tail_views = 0
             since = window.days[0] - days * DAY - 3 * DAY  # referrer domains of both periods
             params = filtered.parameters(cur, filters, bounds, since)
+            buckets = None  # a filtered answer's views per 15 minutes, for the last 24 hours
             if filters:
-                answer = filtered.stats(cur, window, params, self.retention_days, carried=self._carried)
+                answer, buckets = filtered.stats(
+                    cur, window, params, self.retention_days, carried=self._carried
+                )
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
-                recent = filtered.recent(cur, params, with_day=bool(filters), window=window)
+                recent = filtered.recent(cur, params, with_day=bool(filters), window=window, buckets=buckets)
                 if filters:
                     answer["views_last_24h"] = recent["views_last_24h"]
                 answer["current_visitors"] = recent["current_visitors"]
             if compare:
                 before = window.before()
                 if filters:
-                    previous = filtered.stats(
+                    previous, _ = filtered.stats(
                         cur, before, params, self.retention_days, panels=False, carried=self._carried
                     )
                 else:
