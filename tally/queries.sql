@@ -954,8 +954,11 @@ SELECT coalesce(min(views), 0)::bigint AS views
 
 -- filtered_snapshot --
 -- This transaction's snapshot (as text: xmin:xmax:in-progress,...) and how many statements have
--- changed or removed raw views and events (migrations/0033): what a filtered answer is kept with.
-SELECT pg_current_snapshot()::text AS snapshot, (SELECT changes FROM tally_raw_changes) AS changes
+-- changed or removed raw views and events (migrations/0033): what a filtered answer is kept with;
+-- and whether this is a standby, whose snapshots list no transaction in progress (PostgreSQL
+-- keeps a standby's in another array, which pg_current_snapshot() does not show).
+SELECT pg_current_snapshot()::text AS snapshot, (SELECT changes FROM tally_raw_changes) AS changes,
+       pg_is_in_recovery() AS standby
 
 -- filtered_changed_ids --
 -- The ids with views or events in [start, end) recorded since the snapshot `since` (xids at or

@@ -365,3 +365,41 @@ def test_a_frozen_replica_is_logged_when_its_check_goes_stale(pair, caplog):
         caplog.clear()
         wait_until(lambda: reads.status().state == "in use", 15, 0.05, "the replica back")
         assert "replica in use" in caplog.text
+
+
+@pytest.mark.slow
+@skip_without_a_standby
+def test_filtered_answers_read_from_the_standby_are_counted_not_carried(pair):
+    """A standby's snapshot lists no transaction in progress (PostgreSQL keeps them apart there),
+    so a filtered answer kept from one could not tell which rows came after it: a view whose
+    transaction ran while an answer was kept would never be counted. Read from the standby,
+    filtered answers are counted each time (tally/web/carried.py), and stay exact."""
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web.stats import StatsReader
+
+    with psycopg.connect(pair.primary_url, autocommit=True) as primary:
+        insert_views(primary, 60, "/carried")
+        pair.wait_for_replay()
+        config = from_env({"DATABASE_URL": pair.standby_url}, process_type="web")
+        with web_pool(config) as standby_pool, psycopg.connect(pair.primary_url) as running:
+            reader = StatsReader(standby_pool, retention_days=30)
+            before = reader.stats_for_window(30, filters={"country": "DE"})["total_views"]
+            running.execute(
+                "INSERT INTO page_views (site, path, visitor, country, viewed_at)"
+                " VALUES ('a.example', '/carried/late', 7, 'DE', now())"
+            )
+            insert_views(primary, 3, "/carried/after")  # later transactions commit while it runs
+            pair.wait_for_replay()
+            with psycopg.connect(pair.standby_url, autocommit=True) as standby:
+                running_xid = running.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+                shown = standby.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
+                assert running_xid not in shown.split(":")[2].split(","), shown  # the premise
+            assert reader.stats_for_window(30, filters={"country": "DE"})["total_views"] == before + 1
+            running.commit()
+            pair.wait_for_replay()
+            whole = StatsReader(standby_pool, retention_days=30).stats_for_window(
+                30, filters={"country": "DE"}
+            )
+            again = reader.stats_for_window(30, filters={"country": "DE"})
+            assert again["total_views"] == whole["total_views"] == before + 2

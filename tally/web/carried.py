@@ -16,7 +16,9 @@ The result is the answer a full count would give in this request's snapshot (tes
 test_web_carried.py holds it to one), and it is kept in turn. A kept answer is used only when
 nothing has removed or changed raw rows since (migrations/0033 counts such statements:
 retention, a rebuild, an operator's DELETE) and when its snapshot saw nothing this request's
-does not (a request that began earlier than the one that kept it counts afresh).
+does not (a request that began earlier than the one that kept it counts afresh). On a
+streaming replica nothing is kept: a standby's snapshot does not list the transactions then in
+progress, so it cannot say which rows came after it.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ class CarriedAnswers:
         carried forward when they can be, else `count(span)`. The answer reads rows in
         [read_from, read_to)."""
         cur.execute(QUERIES["filtered_snapshot"])
-        text, changes = cur.fetchone()
+        text, changes, standby = cur.fetchone()
+        if standby:  # its snapshot does not say what was in progress: nothing to carry it by
+            return count(span)
         now = Snapshot.parse(text)
         key = tuple(sorted((name, _frozen(value)) for name, value in span.items() if name not in NOT_COUNTED))
         with self._lock:
