@@ -16,9 +16,10 @@ The result is the answer a full count would give in this request's snapshot (tes
 test_web_carried.py holds it to one), and it is kept in turn. A kept answer is used only when
 nothing has removed or changed raw rows since (migrations/0033 counts such statements:
 retention, a rebuild, an operator's DELETE) and when its snapshot saw nothing this request's
-does not (a request that began earlier than the one that kept it counts afresh). On a
-streaming replica nothing is kept: a standby's snapshot does not list the transactions then in
-progress, so it cannot say which rows came after it.
+does not (a request that began earlier than the one that kept it counts afresh). A streaming
+replica's snapshot lists no transaction in progress, so an answer counted there is kept as of
+the transactions that had ended before its xmin: the ids with rows from later ones are taken
+off again and counted as that saw them.
 """
 
 from __future__ import annotations
@@ -104,13 +105,20 @@ class Snapshot:
     those of `running` were running."""
 
     text: str
+    xmin: int
     xmax: int
     running: frozenset[int]
 
     @classmethod
     def parse(cls, text: str) -> Snapshot:
-        _xmin, xmax, running = text.split(":")
-        return cls(text, int(xmax), frozenset(int(xid) for xid in running.split(",") if xid))
+        xmin, xmax, running = text.split(":")
+        return cls(text, int(xmin), int(xmax), frozenset(int(xid) for xid in running.split(",") if xid))
+
+    def before_xmin(self) -> Snapshot:
+        """The transactions this one surely saw: those that had ended before its xmin. A
+        standby's snapshot lists none running (PostgreSQL keeps them in another array there),
+        so of the ones from its xmin on it cannot say which it saw."""
+        return Snapshot(f"{self.xmin}:{self.xmin}:", self.xmin, self.xmin, frozenset())
 
     def seen_by(self, later: Snapshot) -> bool:
         """Whether `later` sees every transaction this one sees."""
@@ -147,9 +155,9 @@ class CarriedAnswers:
         [read_from, read_to)."""
         cur.execute(QUERIES["filtered_snapshot"])
         text, changes, standby = cur.fetchone()
-        if standby:  # its snapshot does not say what was in progress: nothing to carry it by
-            return count(span)
         now = Snapshot.parse(text)
+        if standby:  # a standby's: kept as of what it surely saw, the rest counted again (below)
+            now = now.before_xmin()
         key = tuple(sorted((name, _frozen(value)) for name, value in span.items() if name not in NOT_COUNTED))
         with self._lock:
             kept = self._kept.get(key)
@@ -163,15 +171,45 @@ class CarriedAnswers:
             counts = self._carried(cur, span, read_from, read_to, kept, count)
         if counts is None:
             counts = count(span)
-        with self._lock:
-            self._kept[key] = Kept(counts, now, changes)
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.entries:
-                self._kept.popitem(last=False)
+        keep = counts if not standby else self._as_of(cur, span, read_from, read_to, now, counts, count)
+        if keep is not None:
+            with self._lock:
+                self._kept[key] = Kept(keep, now, changes)
+                self._kept.move_to_end(key)
+                while len(self._kept) > self.entries:
+                    self._kept.popitem(last=False)
         return counts
 
     @staticmethod
+    def _changed(
+        cur: psycopg.Cursor,
+        span: dict[str, Any],
+        read_from: datetime.datetime,
+        read_to: datetime.datetime,
+        since: Snapshot,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """The ids with views or events recorded after `since` (as `of_sites` and `of_visitors`),
+        and whether views without an id were; None past MAX_CHANGED_IDS."""
+        cur.execute(
+            QUERIES["filtered_changed_ids"],
+            {
+                "start": read_from,
+                "end": read_to,
+                "site": span["site"],
+                "since_xmax": str(since.xmax),
+                "since_xip": [str(xid) for xid in sorted(since.running)],
+            },
+        )
+        changed = cur.fetchall()
+        ids = [(site, visitor) for site, visitor in changed if visitor is not None]
+        if len(ids) > MAX_CHANGED_IDS:
+            return None
+        narrowed = {"of_sites": [site for site, _ in ids], "of_visitors": [visitor for _, visitor in ids]}
+        return narrowed, len(ids) < len(changed)
+
+    @classmethod
     def _carried(
+        cls,
         cur: psycopg.Cursor,
         span: dict[str, Any],
         read_from: datetime.datetime,
@@ -179,29 +217,45 @@ class CarriedAnswers:
         kept: Kept,
         count: Callable[[dict[str, Any]], Counts],
     ) -> Counts | None:
-        cur.execute(
-            QUERIES["filtered_changed_ids"],
-            {
-                "start": read_from,
-                "end": read_to,
-                "site": span["site"],
-                "since_xmax": str(kept.snapshot.xmax),
-                "since_xip": [str(xid) for xid in sorted(kept.snapshot.running)],
-            },
-        )
-        changed = cur.fetchall()
-        ids = [(site, visitor) for site, visitor in changed if visitor is not None]
-        anonymous = len(ids) < len(changed)
-        if not changed:
-            return kept.counts
-        if len(ids) > MAX_CHANGED_IDS:
+        """The kept counts less what the changed ids counted as its snapshot saw them, plus what
+        they and the views without an id recorded since count now."""
+        changed = cls._changed(cur, span, read_from, read_to, kept.snapshot)
+        if changed is None:
             return None
-        narrowed = {"of_sites": [site for site, _ in ids], "of_visitors": [visitor for _, visitor in ids]}
+        narrowed, anonymous = changed
+        if not narrowed["of_visitors"] and not anonymous:
+            return kept.counts
         parts = []
-        if ids:
+        if narrowed["of_visitors"]:
             parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
         now = count({**span, **narrowed, "anonymous_after": kept.snapshot.text if anonymous else None})
         return kept.counts.plus(*parts, (now, 1))
+
+    @classmethod
+    def _as_of(
+        cls,
+        cur: psycopg.Cursor,
+        span: dict[str, Any],
+        read_from: datetime.datetime,
+        read_to: datetime.datetime,
+        surely_seen: Snapshot,
+        counts: Counts,
+        count: Callable[[dict[str, Any]], Counts],
+    ) -> Counts | None:
+        """`counts` (of this snapshot) as `surely_seen` saw them: less what the ids with rows
+        recorded after it count now, plus what they counted then (a standby's answer is kept so)."""
+        changed = cls._changed(cur, span, read_from, read_to, surely_seen)
+        if changed is None:
+            return None
+        narrowed, anonymous = changed
+        if not narrowed["of_visitors"] and not anonymous:
+            return counts
+        parts = [
+            (count({**span, **narrowed, "anonymous_after": surely_seen.text if anonymous else None}), -1)
+        ]
+        if narrowed["of_visitors"]:
+            parts.append((count({**span, **narrowed, "as_of": surely_seen.text}), 1))
+        return counts.plus(*parts)
 
 
 def _frozen(value: Any) -> Any:
