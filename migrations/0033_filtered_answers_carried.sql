@@ -53,19 +53,18 @@ CREATE FUNCTION tally_views_matching(
     start timestamptz, stop timestamptz, of_site text,
     of_path text, referrers text[], of_source text, of_medium text, of_campaign text, of_country text, of_browser text, of_os text, of_device text,
     of_event text, of_goal_path text, goals_from timestamptz, goals_until timestamptz,
-    of_sites text[], of_visitors bigint[], as_of pg_snapshot, anonymous_after pg_snapshot
+    of_sites text[], of_visitors bigint[], as_of pg_snapshot, anonymous_from xid8, anonymous_running xid8[]
 ) RETURNS SETOF page_views
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT v.* FROM (
-        SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_after IS NULL
+        SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_from IS NULL
         UNION ALL
         SELECT p.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
           JOIN page_views p ON p.site = i.site AND p.visitor = i.visitor
         UNION ALL
         SELECT * FROM page_views
-         WHERE anonymous_after IS NOT NULL AND visitor IS NULL
-           AND recorded_xid >= pg_snapshot_xmin(anonymous_after)  -- through the index on recorded_xid
-           AND NOT pg_visible_in_snapshot(recorded_xid, anonymous_after)
+         WHERE anonymous_from IS NOT NULL AND visitor IS NULL  -- through the index on recorded_xid
+           AND (recorded_xid >= anonymous_from OR recorded_xid = ANY (anonymous_running))
     ) v
       LEFT JOIN (SELECT DISTINCT e.site, e.visitor FROM events e
                   WHERE of_event IS NOT NULL AND e.name = of_event

@@ -241,24 +241,25 @@ $$;
 -- goals_until); as migrations/0033 last wrote it. A filtered answer carried forward
 -- (tally/web/carried.py) reads a few visitors' views: those of the ids (of_sites, of_visitors)
 -- alone, through the index of a visitor's views, and with `as_of` only the views and goals that
--- snapshot saw; with `anonymous_after`, the views without an id recorded after that snapshot.
+-- snapshot saw; with `anonymous_from`, the views without an id recorded after a snapshot: by
+-- transactions from its xmax on, or running then (`anonymous_running`). Not from its xmin: that
+-- is the oldest transaction of the whole server, which one long transaction holds back.
 CREATE OR REPLACE FUNCTION tally_views_matching(
     start timestamptz, stop timestamptz, of_site text,
     {{filter_parameters}},
     of_event text, of_goal_path text, goals_from timestamptz, goals_until timestamptz,
-    of_sites text[], of_visitors bigint[], as_of pg_snapshot, anonymous_after pg_snapshot
+    of_sites text[], of_visitors bigint[], as_of pg_snapshot, anonymous_from xid8, anonymous_running xid8[]
 ) RETURNS SETOF page_views
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT v.* FROM (
-        SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_after IS NULL
+        SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_from IS NULL
         UNION ALL
         SELECT p.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
           JOIN page_views p ON p.site = i.site AND p.visitor = i.visitor
         UNION ALL
         SELECT * FROM page_views
-         WHERE anonymous_after IS NOT NULL AND visitor IS NULL
-           AND recorded_xid >= pg_snapshot_xmin(anonymous_after)  -- through the index on recorded_xid
-           AND NOT pg_visible_in_snapshot(recorded_xid, anonymous_after)
+         WHERE anonymous_from IS NOT NULL AND visitor IS NULL  -- through the index on recorded_xid
+           AND (recorded_xid >= anonymous_from OR recorded_xid = ANY (anonymous_running))
     ) v
       LEFT JOIN (SELECT DISTINCT e.site, e.visitor FROM events e
                   WHERE of_event IS NOT NULL AND e.name = of_event

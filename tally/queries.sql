@@ -828,7 +828,8 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 -- Filters read raw views, so they reach back RETENTION_DAYS. Carried forward (tally/web/carried.py),
 -- the answer is counted over the views and events of some ids only (of_sites, of_visitors), as
 -- an earlier snapshot saw them (as_of), or of the views without an id recorded after one
--- (anonymous_after); all four NULL, over everything this snapshot sees. With `chunks`, over the
+-- (anonymous_from and anonymous_running: its xmax and running transactions); all NULL, over
+-- everything this snapshot sees. With `chunks`, over the
 -- ids whose number is `chunk` modulo `chunks` (the views without one in chunk 0): a large slice
 -- counted in parts that each end within the web's statement timeout, and add up to the whole.
 WITH matching AS MATERIALIZED (
@@ -837,7 +838,8 @@ WITH matching AS MATERIALIZED (
       FROM tally_views_matching(date_trunc('day', %(start)s::timestamptz, 'UTC'),
            date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day', %(site)s, {{filter_arguments}},
            %(event)s, %(goal_path)s, %(start)s, %(end)s,  -- goals reached in the window itself
-           %(of_sites)s::text[], %(of_visitors)s::bigint[], %(as_of)s::pg_snapshot, %(anonymous_after)s::pg_snapshot)
+           %(of_sites)s::text[], %(of_visitors)s::bigint[], %(as_of)s::pg_snapshot,
+           %(anonymous_from)s::text::xid8, %(anonymous_running)s::text[]::xid8[])
      WHERE %(chunks)s::integer IS NULL  -- one chunk of the ids (and views without one: the first)
         OR CASE WHEN visitor IS NULL THEN %(chunk)s = 0 ELSE abs(visitor %% %(chunks)s) = %(chunk)s END
 ), senders AS MATERIALIZED (
@@ -934,11 +936,11 @@ SELECT count(*) FILTER (WHERE viewed_at < %(first_full_bucket)s OR viewed_at >= 
            AS current_visitors
   FROM (SELECT * FROM tally_views_matching(%(since)s, %(first_full_bucket)s, %(site)s, {{filter_arguments}},
                                            %(event)s, %(goal_path)s, %(goals_from)s, %(goals_until)s,
-                                           NULL, NULL, NULL, NULL)
+                                           NULL, NULL, NULL, NULL, NULL)
         UNION ALL
         SELECT * FROM tally_views_matching(least(%(now_bucket)s, %(five_minutes_ago)s), 'infinity', %(site)s,
                                            {{filter_arguments}}, %(event)s, %(goal_path)s, %(goals_from)s,
-                                           %(goals_until)s, NULL, NULL, NULL, NULL)) edges
+                                           %(goals_until)s, NULL, NULL, NULL, NULL, NULL)) edges
  WHERE viewed_at <= %(now)s
 
 -- filtered_views_bound --
@@ -1004,7 +1006,7 @@ SELECT count(*) AS views_last_24h,
            AS current_visitors
   FROM tally_views_matching(%(since)s, 'infinity', %(site)s, {{filter_arguments}}, %(event)s,
                             %(goal_path)s, %(goals_from)s, coalesce(%(goals_until)s::timestamptz, 'infinity'),
-                            NULL, NULL, NULL, NULL)
+                            NULL, NULL, NULL, NULL, NULL)
  WHERE viewed_at <= %(now)s
 
 -- recent_goal_senders --
@@ -1044,7 +1046,7 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, {{filter_arguments}}, %(event)s,
-           %(goal_path)s, %(start)s, %(end)s, NULL, NULL, NULL, NULL)
+           %(goal_path)s, %(start)s, %(end)s, NULL, NULL, NULL, NULL, NULL)
  GROUP BY 1, 2
 
 -- claim_report_delivery --

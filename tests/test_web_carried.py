@@ -293,3 +293,38 @@ def test_a_snapshot_sees_what_an_earlier_one_saw(database_url, conn):
         later = current(conn)  # it has ended
     assert first.seen_by(later) and not later.seen_by(first)
     assert first.seen_by(first)
+
+
+def test_views_of_a_transaction_running_when_an_answer_was_kept_are_counted_once_it_commits(
+    pool, conn, database_url, kept_uses
+):
+    """A transaction that ran when an answer was kept commits later, with an xid below the
+    snapshots that follow: its views (with an id, and without) are found through the kept
+    snapshot's list of running transactions, not lost and not counted twice."""
+    view = (
+        "example.com",
+        "/a",
+        None,
+        None,
+        3,
+        None,
+        None,
+        "US",
+        "Chrome",
+        "Linux",
+        "phone",
+        datetime.timedelta(minutes=30),
+    )
+    insert_raw(conn, [view])
+    reader = StatsReader(pool, retention_days=30)
+    with psycopg.connect(database_url) as running:
+        insert_raw(running, [(*view[:4], 4, *view[5:]), (*view[:4], None, *view[5:])])  # not committed
+        kept = reader.stats_for_window(2, filters={"country": "US"})
+        insert_raw(conn, [(*view[:4], 5, *view[5:])])
+        carried_before = reader.stats_for_window(2, filters={"country": "US"})
+        running.commit()
+    carried_after = reader.stats_for_window(2, filters={"country": "US"})
+    whole = StatsReader(pool, retention_days=30).stats_for_window(2, filters={"country": "US"})
+    assert [kept["total_views"], carried_before["total_views"], carried_after["total_views"]] == [1, 2, 4]
+    assert (carried_after["visitors"], carried_after["views_last_24h"]) == (whole["visitors"], 4) == (3, 4)
+    assert kept_uses == [True, True]

@@ -42,7 +42,6 @@ ENTRIES = 8
 MAX_CHANGED_IDS = 20_000
 # What the key leaves out: the rollup state and the clock, which a filtered count never reads.
 NOT_COUNTED = frozenset({"watermark", "in_progress", "tail_from", "tail_to", "now"})
-NARROWING = ("of_sites", "of_visitors", "as_of", "anonymous_after")
 
 
 @dataclasses.dataclass
@@ -119,6 +118,14 @@ class Snapshot:
         standby's snapshot lists none running (PostgreSQL keeps them in another array there),
         so of the ones from its xmin on it cannot say which it saw."""
         return Snapshot(f"{self.xmin}:{self.xmin}:", self.xmin, self.xmin, frozenset())
+
+    def later(self) -> dict[str, Any]:
+        """filtered_answer's parameters for the views without an id recorded after this snapshot:
+        by transactions from its xmax on, or running then."""
+        return {
+            "anonymous_from": str(self.xmax),
+            "anonymous_running": [str(xid) for xid in sorted(self.running)],
+        }
 
     def seen_by(self, later: Snapshot) -> bool:
         """Whether `later` sees every transaction this one sees."""
@@ -228,7 +235,7 @@ class CarriedAnswers:
         parts = []
         if narrowed["of_visitors"]:
             parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
-        now = count({**span, **narrowed, "anonymous_after": kept.snapshot.text if anonymous else None})
+        now = count({**span, **narrowed, **(kept.snapshot.later() if anonymous else {})})
         return kept.counts.plus(*parts, (now, 1))
 
     @classmethod
@@ -250,9 +257,7 @@ class CarriedAnswers:
         narrowed, anonymous = changed
         if not narrowed["of_visitors"] and not anonymous:
             return counts
-        parts = [
-            (count({**span, **narrowed, "anonymous_after": surely_seen.text if anonymous else None}), -1)
-        ]
+        parts = [(count({**span, **narrowed, **(surely_seen.later() if anonymous else {})}), -1)]
         if narrowed["of_visitors"]:
             parts.append((count({**span, **narrowed, "as_of": surely_seen.text}), 1))
         return counts.plus(*parts)

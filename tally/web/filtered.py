@@ -41,7 +41,8 @@ EVERY_VIEW = {
     "of_sites": None,
     "of_visitors": None,
     "as_of": None,
-    "anonymous_after": None,
+    "anonymous_from": None,
+    "anonymous_running": None,
     "chunks": None,
     "chunk": None,
 }
