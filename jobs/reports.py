@@ -71,6 +71,10 @@ class ReportsNotDelivered(Exception):
     """Some reports met temporary failures only: the job is retried for them."""
 
 
+class PeriodNotOverInTheDatabase(ReportsNotDelivered):
+    """The clock's tick says a period is over, the database's clock not yet: tried again later."""
+
+
 class UnknownPeriod(ValueError):
     """The job's `period` argument is neither weekly nor monthly."""
 
@@ -203,12 +207,23 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
     if settings.smtp is None or not settings.report_recipients:
         logger.info("send_reports: SMTP_URL or REPORT_RECIPIENTS unset, nothing to send")
         return {}
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC) if timestamp else None
-    today = reports.local_today(settings.timezone, moment)
     outcome = {"sent": 0, "failed": 0, "retrying": 0, "already_done": 0}
     with report_pool(settings) as pool, one_run_at_a_time(pool):
         with pool.connection() as conn:
             (last_claimed,) = conn.execute(QUERIES["last_report_period"], {"kind": kind}).fetchone()
+            (now,) = conn.execute(QUERIES["database_now"]).fetchone()
+        # Today is the database's, as every day Tally counts: a clock host ahead of it ticks at
+        # Monday 00:00 while the database is still in Sunday, and the week is not over there.
+        today = reports.local_today(settings.timezone, now)
+        if timestamp:
+            ticked = reports.local_today(
+                settings.timezone, datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+            )
+            if reports.last_full_period(kind, ticked).name > reports.last_full_period(kind, today).name:
+                raise PeriodNotOverInTheDatabase(
+                    f"the clock ticked on {ticked}, the database's clock says {today}: "
+                    f"{reports.last_full_period(kind, ticked).name} is not over there yet"
+                )
         for chosen in reports.periods_to_send(kind, today, last_claimed, CATCH_UP_PERIODS):
             done = send_period(pool, settings, chosen, today, context.should_abort)
             logger.info("send_reports %s: %s", chosen.name, done)

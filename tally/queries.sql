@@ -166,6 +166,10 @@ WITH buckets AS (
 SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM day_values)
      + (SELECT count(*) FROM visit_buckets) + (SELECT count(*) FROM crawler_hits) AS removed
 
+-- database_now --
+-- The database's clock: the days Tally counts are its days.
+SELECT now() AS now
+
 -- rollup_state --
 -- What the last rollup folded (see migrations/0004), when, and the database's clock.
 SELECT watermark, in_progress, rolled_up_at, last_folded, now() AS now FROM page_view_rollup_state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import signal
 import ssl
+import zoneinfo
 
 import pytest
 
@@ -412,3 +413,30 @@ def test_a_period_that_is_neither_weekly_nor_monthly_fails_the_job_even_with_rep
     with pytest.raises(UnknownPeriod, match="weekly, monthly"):
         send_reports.func(None, period=period)
     assert send_reports.func(None, period="monthly") == {}  # a valid one: nothing to send
+
+
+def test_a_tick_ahead_of_the_database_sends_no_period_the_database_has_not_ended(
+    database_url, conn, start_process
+):
+    """The clock's host ticks at the start of a week while the database's clock is still in the
+    last day of it: the week is not over where its views are counted. The run sends nothing and
+    is tried again later (as for a temporary failure), not a report of an unfinished week."""
+    views_over_weeks(conn, count=100)
+    today = local_today(conn)
+    # The Monday after next: still ahead of the database if its day turns during the test.
+    monday = today + datetime.timedelta(days=14 - today.weekday())
+    tick = datetime.datetime.combine(monday, datetime.time(0, 0, 30), zoneinfo.ZoneInfo(TZ))
+    with SmtpServer() as smtp:
+        worker = start_process(["worker.py"], report_env(database_url, smtp, f"{SITE}=a@example.com"))
+        worker.wait_for_line("Starting worker")
+        conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'send_reports', 0, NULL, NULL,"
+            " jsonb_build_object('timestamp', %s::bigint), NULL)::procrastinate_job_to_defer_v1])",
+            (int(tick.timestamp()),),
+        )
+        wait_until(lambda: "PeriodNotOverInTheDatabase" in worker.output(), 30, message="the refusal")
+        job = conn.execute("SELECT status::text, attempts FROM procrastinate_jobs").fetchone()
+        assert job == ("todo", 1)  # to be tried again, 4 s later, then 16, 64...
+        assert smtp.received() == [] and deliveries(conn) == {}
+        unfinished = reports.last_full_period("weekly", monday).name
+        assert f"{unfinished} is not over there yet" in worker.output()
