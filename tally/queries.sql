@@ -938,13 +938,15 @@ SELECT 'bucket', NULL, NULL, NULL, (extract(epoch FROM date_bin('15 minutes', vi
 SELECT count(*) FILTER (WHERE viewed_at < %(first_full_bucket)s OR viewed_at >= %(now_bucket)s) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
-  FROM (SELECT * FROM tally_views_matching(%(since)s, %(first_full_bucket)s, %(site)s, {{filter_arguments}},
-                                           %(event)s, %(goal_path)s, %(goals_from)s, %(goals_until)s,
+  FROM (SELECT * FROM tally_views_matching(%(since)s::timestamptz, %(first_full_bucket)s::timestamptz, %(site)s,
+                                           {{filter_arguments}}, %(event)s, %(goal_path)s,
+                                           %(goals_from)s::timestamptz, %(goals_until)s::timestamptz,
                                            NULL, NULL, NULL, NULL, NULL)
         UNION ALL
-        SELECT * FROM tally_views_matching(least(%(now_bucket)s, %(five_minutes_ago)s), 'infinity', %(site)s,
-                                           {{filter_arguments}}, %(event)s, %(goal_path)s, %(goals_from)s,
-                                           %(goals_until)s, NULL, NULL, NULL, NULL, NULL)) edges
+        SELECT * FROM tally_views_matching(least(%(now_bucket)s::timestamptz, %(five_minutes_ago)s::timestamptz),
+                                           'infinity', %(site)s, {{filter_arguments}}, %(event)s, %(goal_path)s,
+                                           %(goals_from)s::timestamptz, %(goals_until)s::timestamptz,
+                                           NULL, NULL, NULL, NULL, NULL)) edges
  WHERE viewed_at <= %(now)s
 
 -- filtered_views_bound --
