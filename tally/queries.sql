@@ -860,10 +860,15 @@ WITH matching AS MATERIALIZED (
        AND (%(as_of)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, %(as_of)s::pg_snapshot))
        AND (%(chunks)s::integer IS NULL OR abs(e.visitor %% %(chunks)s) = %(chunk)s)
 ), sent AS MATERIALIZED (
+    -- Narrowed to a few ids, their events through the index of a sender's events; else the
+    -- window's events, joined to the senders at once.
     SELECT e.site, e.visitor, e.id, e.name, e.props, e.path, e.occurred_at,
            (e.occurred_at AT TIME ZONE %(tz)s)::date AS day,
            e.occurred_at >= %(start)s AND e.occurred_at < %(end)s AS inside
-      FROM events e
+      FROM (SELECT * FROM events WHERE %(of_visitors)s::bigint[] IS NULL
+            UNION ALL
+            SELECT e.* FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[]) AS i (site, visitor)
+              JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
      WHERE e.occurred_at >= date_trunc('day', %(start)s::timestamptz, 'UTC')
        AND e.occurred_at < date_trunc('day', %(end)s::timestamptz, 'UTC') + interval '1 day'
        AND (%(site)s::text IS NULL OR e.site = %(site)s)
@@ -934,20 +939,30 @@ SELECT 'bucket', NULL, NULL, NULL, (extract(epoch FROM date_bin('15 minutes', vi
 -- What the buckets of a filtered answer (filtered_answer's 'bucket' rows) leave out of the last 24
 -- hours and of the last 5 minutes: the matching views from `since` (24 hours before `now`) to the
 -- first full bucket after it, and from the bucket of `now` to `now`; and the distinct visitors of
--- the 5 minutes to `now`. Goals reached in [goals_from, goals_until), the answer's window.
+-- the 5 minutes to `now`. Goals reached in [goals_from, goals_until), the answer's window, looked
+-- up for the ids of those minutes alone (of_sites, of_visitors: recent_edge_ids), not for every
+-- sender of the window; without goals those two are NULL.
 SELECT count(*) FILTER (WHERE viewed_at < %(first_full_bucket)s OR viewed_at >= %(now_bucket)s) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
   FROM (SELECT * FROM tally_views_matching(%(since)s::timestamptz, %(first_full_bucket)s::timestamptz, %(site)s,
                                            {{filter_arguments}}, %(event)s, %(goal_path)s,
                                            %(goals_from)s::timestamptz, %(goals_until)s::timestamptz,
-                                           NULL, NULL, NULL, NULL, NULL)
+                                           %(of_sites)s::text[], %(of_visitors)s::bigint[], NULL, NULL, NULL)
         UNION ALL
         SELECT * FROM tally_views_matching(least(%(now_bucket)s::timestamptz, %(five_minutes_ago)s::timestamptz),
                                            'infinity', %(site)s, {{filter_arguments}}, %(event)s, %(goal_path)s,
                                            %(goals_from)s::timestamptz, %(goals_until)s::timestamptz,
-                                           NULL, NULL, NULL, NULL, NULL)) edges
+                                           %(of_sites)s::text[], %(of_visitors)s::bigint[], NULL, NULL, NULL)) edges
  WHERE viewed_at <= %(now)s
+
+-- recent_edge_ids --
+-- The ids with views in the minutes filtered_recent_edges reads (a goal is reached by an id: views
+-- without one never count under a goal).
+SELECT DISTINCT site, visitor FROM page_views
+ WHERE visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND ((viewed_at >= %(since)s AND viewed_at < %(first_full_bucket)s)
+        OR (viewed_at >= least(%(now_bucket)s::timestamptz, %(five_minutes_ago)s::timestamptz) AND viewed_at <= %(now)s))
 
 -- filtered_views_bound --
 -- At most how many views a filtered answer counts, as the rollups know them: the fewest of any

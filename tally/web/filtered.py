@@ -242,9 +242,12 @@ def recent(
         views, current = cur.fetchone()
     else:
         edges = {"first_full_bucket": window.first_full_bucket, "now_bucket": window.now_bucket}
-        cur.execute(
-            QUERIES["filtered_recent_edges"], {**span, **edges, "goals_until": goals_until or "infinity"}
-        )
+        edges.update(goals_until=goals_until or "infinity", of_sites=None, of_visitors=None)
+        if goals:  # the goals of the few ids of those minutes, not every sender's of the window
+            cur.execute(QUERIES["recent_edge_ids"], {**span, **edges})
+            ids = cur.fetchall()
+            edges.update(of_sites=[site for site, _ in ids], of_visitors=[visitor for _, visitor in ids])
+        cur.execute(QUERIES["filtered_recent_edges"], {**span, **edges})
         views, current = cur.fetchone()
         first, last = (bucket_number(edges["first_full_bucket"]), bucket_number(edges["now_bucket"]))
         views += sum(count for bucket, count in buckets.items() if first <= bucket < last)
