@@ -965,15 +965,16 @@ SELECT DISTINCT site, visitor FROM page_views
         OR (viewed_at >= least(%(now_bucket)s::timestamptz, %(five_minutes_ago)s::timestamptz) AND viewed_at <= %(now)s))
 
 -- filtered_views_bound --
--- At most how many views a filtered answer counts, as the rollups know them: the fewest of any
--- one filtered dimension's values (a dimension's values summed: a search engine's domains),
--- or the site's own views when only goals filter; over the UTC days [from_day, to_day).
-SELECT coalesce(min(views), 0)::bigint AS views
-  FROM (SELECT dim, sum(views) AS views
-          FROM page_view_day_values
-         WHERE day >= %(from_day)s AND day < %(to_day)s AND (%(site)s::text IS NULL OR site = %(site)s)
-           AND (dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[]))
-         GROUP BY dim) per_filter
+-- What the rollups know of the values a filtered answer names, over the UTC days [from_day,
+-- to_day): per (dim, value) of `dims` and `values`, and of the site itself ('', ''), its views
+-- and its ids' days (the ids whose first view, or event, of a UTC day it holds): how many views
+-- the answer can count at most (tally/web/filtered.py, chunks_for).
+SELECT dim, value, sum(views)::bigint AS views, coalesce(sum(firsts), 0)::bigint AS id_days
+  FROM page_view_day_values d
+ CROSS JOIN LATERAL (SELECT sum(first) AS firsts FROM unnest(d.cells[:][3:3]) AS first) c
+ WHERE day >= %(from_day)s AND day < %(to_day)s AND (%(site)s::text IS NULL OR site = %(site)s)
+   AND ((dim, value) IN (SELECT * FROM unnest(%(dims)s::text[], %(values)s::text[])) OR (dim = '' AND value = ''))
+ GROUP BY dim, value
 
 -- filtered_snapshot --
 -- This transaction's snapshot (as text: xmin:xmax:in-progress,...) and how many statements have

@@ -117,26 +117,40 @@ def stats(
 
 def chunks_for(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
     """How many chunks of ids to count the answer `span` in: one per CHUNK_VIEWS of the most
-    views it can count, as the rollups know them (the tail, minutes of views, left out)."""
-    dims, values = [], []
-    for dimension in DIMENSIONS:
-        chosen = span[dimension.name]
-        for value in chosen if isinstance(chosen, list) else [] if chosen is None else [chosen]:
-            dims.append(dimension.name)
-            values.append(value)
-    if not dims:  # goals alone: any of the site's views may be one of their visitors'
-        dims, values = [""], [""]
+    views it can count, as the rollups know them (the tail, minutes of views, left out): the
+    fewest of any filtered dimension's value (its domains summed, for a search engine), or for a
+    goal its ids' days times the site's views per id and day."""
+    wanted = [
+        (dimension.name, value)
+        for dimension in DIMENSIONS
+        for value in (
+            span[dimension.name] if isinstance(span[dimension.name], list) else [span[dimension.name]]
+        )
+        if value is not None
+    ]
+    goals = [
+        (dim, span[name])
+        for name, dim in (("event", events.DIM), ("goal_path", "path"))
+        if span[name] is not None
+    ]
     cur.execute(
         QUERIES["filtered_views_bound"],
         {
             "site": span["site"],
             "from_day": utc_midnight(span["start"]).date(),
             "to_day": utc_midnight(span["end"]).date() + datetime.timedelta(days=1),
-            "dims": dims,
-            "values": values,
+            "dims": [dim for dim, _ in wanted + goals],
+            "values": [value for _, value in wanted + goals],
         },
     )
-    return max(1, math.ceil(cur.fetchone()[0] / CHUNK_VIEWS))
+    known = {(dim, value): (views, id_days) for dim, value, views, id_days in cur.fetchall()}
+    site_views, site_id_days = known.get(("", ""), (0, 0))
+    per_dimension: dict[str, int] = {}
+    for dim, value in wanted:
+        per_dimension[dim] = per_dimension.get(dim, 0) + known.get((dim, value), (0, 0))[0]
+    bounds = [site_views, *per_dimension.values()]
+    bounds += [known.get(goal, (0, 0))[1] * site_views // max(site_id_days, 1) for goal in goals]
+    return max(1, math.ceil(min(bounds) / CHUNK_VIEWS))
 
 
 def utc_midnight(instant: datetime.datetime) -> datetime.datetime:
