@@ -66,18 +66,22 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
          WHERE anonymous_from IS NOT NULL AND visitor IS NULL  -- through the index on recorded_xid
            AND (recorded_xid >= anonymous_from OR recorded_xid = ANY (anonymous_running))
     ) v
-      LEFT JOIN (SELECT DISTINCT e.site, e.visitor FROM events e
+      LEFT JOIN (SELECT DISTINCT e.site, e.visitor
+                   FROM (SELECT * FROM events WHERE of_visitors IS NULL
+                         UNION ALL  -- a few ids: their events through the index of a sender's
+                         SELECT e.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
+                           JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
                   WHERE of_event IS NOT NULL AND e.name = of_event
                     AND e.occurred_at >= goals_from AND e.occurred_at < goals_until
-                    AND (of_visitors IS NULL
-                         OR (e.site, e.visitor) IN (SELECT * FROM unnest(of_sites, of_visitors)))
                     AND (as_of IS NULL OR pg_visible_in_snapshot(e.recorded_xid, as_of))) converted
              ON converted.site = v.site AND converted.visitor = v.visitor
-      LEFT JOIN (SELECT DISTINCT g.site, g.visitor FROM page_views g
+      LEFT JOIN (SELECT DISTINCT g.site, g.visitor
+                   FROM (SELECT * FROM page_views WHERE of_visitors IS NULL
+                         UNION ALL
+                         SELECT g.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
+                           JOIN page_views g ON g.site = i.site AND g.visitor = i.visitor) g
                   WHERE of_goal_path IS NOT NULL AND g.path = of_goal_path
                     AND g.viewed_at >= goals_from AND g.viewed_at < goals_until
-                    AND (of_visitors IS NULL
-                         OR (g.site, g.visitor) IN (SELECT * FROM unnest(of_sites, of_visitors)))
                     AND (as_of IS NULL OR pg_visible_in_snapshot(g.recorded_xid, as_of))) reached
              ON reached.site = v.site AND reached.visitor = v.visitor
      WHERE v.viewed_at >= start AND v.viewed_at < stop

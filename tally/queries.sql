@@ -851,12 +851,14 @@ WITH matching AS MATERIALIZED (
     -- and no `goal_path` every sender of `event` in the window (with `goal_path`, each viewed it).
     SELECT site, visitor FROM matching WHERE visitor IS NOT NULL
     UNION
-    SELECT e.site, e.visitor FROM events e
+    SELECT e.site, e.visitor
+      FROM (SELECT * FROM events WHERE %(of_visitors)s::bigint[] IS NULL
+            UNION ALL  -- a few ids: their events through the index of a sender's
+            SELECT e.* FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[]) AS i (site, visitor)
+              JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
      WHERE %(goals_only)s AND %(goal_path)s::text IS NULL AND e.name = %(event)s
        AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
        AND e.visitor IS NOT NULL AND (%(site)s::text IS NULL OR e.site = %(site)s)
-       AND (%(of_visitors)s::bigint[] IS NULL
-            OR (e.site, e.visitor) IN (SELECT * FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[])))
        AND (%(as_of)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(e.recorded_xid, %(as_of)s::pg_snapshot))
        AND (%(chunks)s::integer IS NULL OR abs(e.visitor %% %(chunks)s) = %(chunk)s)
 ), sent AS MATERIALIZED (

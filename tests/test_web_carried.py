@@ -328,3 +328,28 @@ def test_views_of_a_transaction_running_when_an_answer_was_kept_are_counted_once
     assert [kept["total_views"], carried_before["total_views"], carried_after["total_views"]] == [1, 2, 4]
     assert (carried_after["visitors"], carried_after["views_last_24h"]) == (whole["visitors"], 4) == (3, 4)
     assert kept_uses == [True, True]
+
+
+def test_a_chunk_past_the_statement_timeout_doubles_the_chunks_in_the_same_snapshot(pool, conn, monkeypatch):
+    """The chunks are a guess from the rollups: a chunk that still passes the web's statement
+    timeout (a slower machine) is undone alone (a savepoint: the snapshot stays) and the answer
+    counted again in twice as many chunks. Here the server cancels every count in fewer than 4."""
+    rng = random.Random(43)
+    insert_raw(conn, arrivals(rng, random_visits(rng, 300), chunks=1)[0])
+    whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
+    tried = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"] and params["of_visitors"] is None:
+            tried.append(params["chunks"] or 1)
+            if (params["chunks"] or 1) < 4:  # rolled back with the savepoint it runs in
+                original(self, "SET LOCAL statement_timeout = '1ms'")
+                original(self, "SELECT pg_sleep(0.01)")
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    answer = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
+    whole.pop("generated_at"), answer.pop("generated_at")
+    assert answer == whole
+    assert tried[:2] == [1, 2] and tried[2:] == [4, 4, 4, 4]

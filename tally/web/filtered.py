@@ -50,6 +50,8 @@ EVERY_VIEW = {
 # web's statement timeout: about 2.5 s of PostgreSQL's time for the panels, visitors and visits of
 # 150,000 views (docs/BENCHMARKS.md, "Filters"). The chunks add up to the whole answer.
 CHUNK_VIEWS = 150_000
+# A chunk that still passes the timeout (a machine slower than the guess) doubles the chunks, up to:
+MAX_CHUNKS = 64
 
 
 def parameters(
@@ -96,9 +98,7 @@ def stats(
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
-    def count(narrowed: dict[str, Any]) -> Counts:
-        whole = all(narrowed[name] is None for name in EVERY_VIEW)
-        chunks = chunks_for(cur, narrowed) if whole else 1
+    def count_in(narrowed: dict[str, Any], chunks: int) -> Counts:
         parts = []
         for chunk in range(chunks):
             cur.execute(
@@ -107,6 +107,19 @@ def stats(
             )
             parts.append(counts_of(cur.fetchall(), window))
         return parts[0] if chunks == 1 else Counts().plus(*((part, 1) for part in parts))
+
+    def count(narrowed: dict[str, Any]) -> Counts:
+        if not all(narrowed[name] is None for name in EVERY_VIEW):  # a few ids: one statement
+            return count_in(narrowed, 1)
+        chunks = chunks_for(cur, narrowed)
+        while True:  # a chunk past the statement timeout: twice as many, smaller (the bound is a guess)
+            try:
+                with cur.connection.transaction():  # a savepoint: the snapshot stays
+                    return count_in(narrowed, chunks)
+            except psycopg.errors.QueryCanceled:
+                if chunks >= MAX_CHUNKS:
+                    raise
+                chunks = min(chunks * 2, MAX_CHUNKS)
 
     # The UTC days the answer reads: a visit never crosses a UTC midnight, but may a local one.
     read_from, read_to = (utc_midnight(start), utc_midnight(end) + datetime.timedelta(days=1))
