@@ -181,7 +181,9 @@ class CarriedAnswers:
         keep = counts if not standby else self._as_of(cur, span, read_from, read_to, now, counts, count)
         if keep is not None:
             with self._lock:
-                self._kept[key] = Kept(keep, now, changes)
+                held = self._kept.get(key)  # another request's, kept meanwhile, may be newer
+                if held is None or held.changes != changes or held.snapshot.seen_by(now):
+                    self._kept[key] = Kept(keep, now, changes)
                 self._kept.move_to_end(key)
                 while len(self._kept) > self.entries:
                     self._kept.popitem(last=False)
