@@ -40,6 +40,25 @@ def kept_uses(monkeypatch) -> list[bool]:
     return uses
 
 
+@pytest.fixture
+def executed(monkeypatch) -> list[tuple[str, dict | None]]:
+    """Every statement run from here on, with its parameters."""
+    statements: list[tuple[str, dict | None]] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        statements.append((query, params))
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return statements
+
+
+def us_view(visitor: int | None, age: datetime.timedelta, path: str = "/a") -> tuple:
+    """A view as insert_raw takes it: from the US, on Chrome, Linux and a phone, `age` ago."""
+    return ("example.com", path, None, None, visitor, None, None, "US", "Chrome", "Linux", "phone", age)
+
+
 def answers(reader: StatsReader, cases: list[dict], tz: str) -> list[dict]:
     found = []
     for filters in cases:
@@ -102,7 +121,7 @@ def test_a_kept_answer_carried_forward_is_the_full_count_whatever_arrives(pool, 
 
 
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
-def test_a_slice_counted_in_chunks_of_ids_is_the_whole_count(pool, conn, monkeypatch, tz):
+def test_a_slice_counted_in_chunks_of_ids_is_the_whole_count(pool, conn, monkeypatch, executed, tz):
     """A slice the rollups put past CHUNK_VIEWS is counted in chunks of ids that add up to it;
     here every filter is counted in 2 to 40 chunks, against one count of each."""
     rng = random.Random(41)
@@ -114,48 +133,22 @@ def test_a_slice_counted_in_chunks_of_ids_is_the_whole_count(pool, conn, monkeyp
     send_events(conn, rng, 20)
     cases = [*FILTER_CASES, *GOAL_CASES]
     whole = answers(StatsReader(pool, retention_days=30), cases, tz)
-    statements = []
-    original = psycopg.Cursor.execute
-
-    def execute(self, query, params=None, *args, **kwargs):
-        if query == QUERIES["filtered_answer"]:
-            statements.append(params["chunks"])
-        return original(self, query, params, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    executed.clear()
     monkeypatch.setattr(filtered, "CHUNK_VIEWS", 10)
     chunked = answers(StatsReader(pool, retention_days=30), cases, tz)
     assert chunked == whole
-    assert max(chunk or 1 for chunk in statements) >= 10
+    chunks = [params["chunks"] or 1 for query, params in executed if query == QUERIES["filtered_answer"]]
+    assert max(chunks) >= 10
 
 
-def test_nothing_recorded_since_reads_no_answer_again(pool, conn, monkeypatch):
-    view = (
-        "example.com",
-        "/a",
-        None,
-        None,
-        7,
-        None,
-        None,
-        "US",
-        "Chrome",
-        "Linux",
-        "phone",
-        datetime.timedelta(hours=1),
-    )
+def test_nothing_recorded_since_reads_no_answer_again(pool, conn, executed):
+    view = us_view(7, datetime.timedelta(hours=1))
     insert_raw(conn, [view])
     reader = StatsReader(pool, retention_days=30)
     first = reader.stats_for_window(3, filters={"country": "US"})
-    statements = []
-    original = psycopg.Cursor.execute
-
-    def execute(self, query, *args, **kwargs):
-        statements.append(query)
-        return original(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    executed.clear()
     again = reader.stats_for_window(3, filters={"country": "US"})
+    statements = [query for query, _ in executed]
     assert QUERIES["filtered_answer"] not in statements
     assert QUERIES["filtered_changed_ids"] in statements
     first.pop("generated_at"), again.pop("generated_at")
@@ -166,23 +159,7 @@ def test_removed_or_changed_rows_make_a_kept_answer_count_again(pool, conn, kept
     """A DELETE on page_views or events, a rebuild's UPDATE, retention's delete from the default
     partition and its detach of a day all count as changes (migrations/0033): the next answer
     counts everything again, and is the full count."""
-    views = [
-        (
-            "example.com",
-            f"/p{n % 3}",
-            None,
-            None,
-            n % 5,
-            None,
-            None,
-            "US",
-            "Chrome",
-            "Linux",
-            "phone",
-            datetime.timedelta(days=n % 3, minutes=n),
-        )
-        for n in range(30)
-    ]
+    views = [us_view(n % 5, datetime.timedelta(days=n % 3, minutes=n), path=f"/p{n % 3}") for n in range(30)]
     insert_raw(conn, views)
     conn.execute(
         "INSERT INTO events (site, name, path, visitor, occurred_at)"
@@ -243,20 +220,7 @@ def test_removed_or_changed_rows_make_a_kept_answer_count_again(pool, conn, kept
 def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn, database_url):
     """A request whose snapshot began before the one an answer was kept in does not see what
     that answer counted: it counts afresh, and its answer is its snapshot's."""
-    view = (
-        "example.com",
-        "/a",
-        None,
-        None,
-        1,
-        None,
-        None,
-        "US",
-        "Chrome",
-        "Linux",
-        "phone",
-        datetime.timedelta(minutes=5),
-    )
+    view = us_view(1, datetime.timedelta(minutes=5))
     insert_raw(conn, [view])
     reader = StatsReader(pool, retention_days=30)
     with psycopg.connect(database_url) as older:
@@ -301,20 +265,7 @@ def test_views_of_a_transaction_running_when_an_answer_was_kept_are_counted_once
     """A transaction that ran when an answer was kept commits later, with an xid below the
     snapshots that follow: its views (with an id, and without) are found through the kept
     snapshot's list of running transactions, not lost and not counted twice."""
-    view = (
-        "example.com",
-        "/a",
-        None,
-        None,
-        3,
-        None,
-        None,
-        "US",
-        "Chrome",
-        "Linux",
-        "phone",
-        datetime.timedelta(minutes=30),
-    )
+    view = us_view(3, datetime.timedelta(minutes=30))
     insert_raw(conn, [view])
     reader = StatsReader(pool, retention_days=30)
     with psycopg.connect(database_url) as running:
