@@ -434,9 +434,11 @@ def test_a_tick_ahead_of_the_database_sends_no_period_the_database_has_not_ended
             " jsonb_build_object('timestamp', %s::bigint), NULL)::procrastinate_job_to_defer_v1])",
             (int(tick.timestamp()),),
         )
-        wait_until(lambda: "PeriodNotOverInTheDatabase" in worker.output(), 30, message="the refusal")
-        job = conn.execute("SELECT status::text, attempts FROM procrastinate_jobs").fetchone()
-        assert job == ("todo", 1)  # to be tried again, 4 s later, then 16, 64...
+        # Refused and to be tried again, 4 s later, then 16, 64... (the log line comes before the
+        # job's row says so: wait for the row)
+        job = "SELECT status::text, attempts FROM procrastinate_jobs"
+        wait_until(lambda: conn.execute(job).fetchone() == ("todo", 1), 30, message="the retry")
+        assert "PeriodNotOverInTheDatabase" in worker.output()
         assert smtp.received() == [] and deliveries(conn) == {}
         unfinished = reports.last_full_period("weekly", monday).name
         assert f"{unfinished} is not over there yet" in worker.output()
