@@ -288,7 +288,10 @@ def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, 
             page = browser.new_context(user_agent=browser_agent(browser)).new_page()
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(f"{site}/events.html", wait_until="load")
+            beacons: list[str] = []
+            page.on("request", lambda sent: "/api/collect" in sent.url and beacons.append(sent.post_data))
+            # A fragment stays in the browser (it may carry a token the site passes its own script).
+            page.goto(f"{site}/events.html#access_token=secret", wait_until="load")
             views_become(conn, [("site.test", "/events.html")])
             page.evaluate("tally.track('Signup', {plan: 'pro'})")
             page.click("#buy span")  # a click inside the tagged element counts for it
@@ -297,6 +300,7 @@ def test_custom_events_from_the_page_a_tagged_click_and_an_outbound_link(tally, 
             wait_until(lambda: event_count(conn) >= 4, timeout=10, message="4 events")
             time.sleep(SETTLE_SECONDS)
             assert problems == []
+            assert len(beacons) == 5 and not any("secret" in beacon for beacon in beacons), beacons
         finally:
             browser.close()
     rows = conn.execute("SELECT name, props, path, visitor FROM events ORDER BY id").fetchall()

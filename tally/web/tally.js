@@ -42,7 +42,9 @@
   function track(name, props) {
     // tally.track() or tally.track({...}) would count "undefined" or "[object Object]".
     if (typeof name !== "string" || !name) return console.warn("tally.track: no name");
-    post({ url: location.href, event: name, props: props });
+    // Without the fragment, as a view: never a page here, and it may hold what a site passes its
+    // own script (an OAuth token after #access_token=), which stays in the browser.
+    post({ url: location.href.split("#")[0], event: name, props: props });
   }
 
   function clicked(click) {
