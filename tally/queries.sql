@@ -970,7 +970,7 @@ SELECT DISTINCT site, visitor FROM page_views
 -- What the rollups know of the values a filtered answer names, over the UTC days [from_day,
 -- to_day): per (dim, value) of `dims` and `values`, and of the site itself ('', ''), its views
 -- and its ids' days (the ids whose first view, or event, of a UTC day it holds): how many views
--- the answer can count at most (tally/web/filtered.py, chunks_for).
+-- the answer can count at most (tally/web/filtered.py, views_bound).
 SELECT dim, value, sum(views)::bigint AS views, coalesce(sum(firsts), 0)::bigint AS id_days
   FROM page_view_day_values d
  CROSS JOIN LATERAL (SELECT sum(first) AS firsts FROM unnest(d.cells[:][3:3]) AS first) c
@@ -985,6 +985,11 @@ SELECT dim, value, sum(views)::bigint AS views, coalesce(sum(firsts), 0)::bigint
 -- keeps a standby's in another array, which pg_current_snapshot() does not show).
 SELECT pg_current_snapshot()::text AS snapshot, (SELECT changes FROM tally_raw_changes) AS changes,
        pg_is_in_recovery() AS standby
+
+-- export_snapshot --
+-- This transaction's snapshot, for another connection to count in too (SET TRANSACTION SNAPSHOT):
+-- half the chunks of a large filtered answer (tally/web/shared_snapshot.py).
+SELECT pg_export_snapshot()
 
 -- filtered_changed_ids --
 -- The ids with views or events in [start, end) recorded since the snapshot `since` (xids at or

@@ -28,6 +28,7 @@ import pytest
 
 from tests import replication
 from tests.conftest import free_port, wait_until
+from tests.test_web_shared_snapshot import share_every_answer
 
 ADMIN_TOKEN = "replica-owner-token"
 OWNER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -389,6 +390,7 @@ def test_filtered_answers_read_from_the_standby_are_carried_from_what_it_surely_
         return result
 
     monkeypatch.setattr(carried.CarriedAnswers, "_carried", classmethod(counted))
+    shared = share_every_answer(monkeypatch)  # a standby's snapshot exported and joined too
     with psycopg.connect(pair.primary_url, autocommit=True) as primary:
         insert_views(primary, 60, "/carried")
         pair.wait_for_replay()
@@ -416,3 +418,4 @@ def test_filtered_answers_read_from_the_standby_are_carried_from_what_it_surely_
             whole.pop("generated_at"), again.pop("generated_at")
             assert again == whole and whole["total_views"] == before + 2
     assert uses == [True, True]  # both answers after the first were carried forward
+    assert shared and all(shared)

@@ -14,14 +14,16 @@ tail know.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import psycopg_pool
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
-from tally.web import events, visits
+from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
 from tally.web.filters import GOAL_FILTERS, sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
@@ -52,6 +54,9 @@ EVERY_VIEW = {
 CHUNK_VIEWS = 150_000
 # A chunk that still passes the timeout (a machine slower than the guess) doubles the chunks, up to:
 MAX_CHUNKS = 64
+# An answer of more views than this (about half a second of counting) is shared with a second
+# connection, when the pool has one to spare (tally/web/shared_snapshot.py).
+SHARED_FROM_VIEWS = 30_000
 
 
 def parameters(
@@ -89,33 +94,41 @@ def stats(
     retention_days: int,
     panels: bool = True,
     carried: CarriedAnswers | None = None,
+    pool: psycopg_pool.ConnectionPool | None = None,
 ) -> tuple[dict[str, Any], dict[int, int] | None]:
     """The stats answer's days, totals and (with `panels`) top values of the matching views,
     carried forward from the same answer kept in `carried` when it holds one; and, for a window
     that ends today, the matching views per 15-minute bucket of the last 24 hours (None when
-    the window's days begin later: `recent` counts them)."""
+    the window's days begin later: `recent` counts them). A large answer counted afresh borrows
+    a second connection of `pool` when it has one to spare."""
     start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
-    def count_in(narrowed: dict[str, Any], chunks: int) -> Counts:
-        parts = []
-        for chunk in range(chunks):
-            cur.execute(
-                QUERIES["filtered_answer"],
-                {**narrowed, "chunk": chunk, "chunks": chunks if chunks > 1 else None},
-            )
-            parts.append(counts_of(cur.fetchall(), window))
-        return parts[0] if chunks == 1 else Counts().plus(*((part, 1) for part in parts))
+    def count_chunk(cursor: psycopg.Cursor, chunk: int, narrowed: dict[str, Any], chunks: int) -> Counts:
+        cursor.execute(
+            QUERIES["filtered_answer"], {**narrowed, "chunk": chunk, "chunks": chunks if chunks > 1 else None}
+        )
+        return counts_of(cursor.fetchall(), window)
 
     def count(narrowed: dict[str, Any]) -> Counts:
         if not all(narrowed[name] is None for name in EVERY_VIEW):  # a few ids: one statement
-            return count_in(narrowed, 1)
-        chunks = chunks_for(cur, narrowed)
+            return count_chunk(cur, 0, narrowed, 1)
+        views = views_bound(cur, narrowed)
+        chunks = max(1, math.ceil(views / CHUNK_VIEWS))
         while True:  # a chunk past the statement timeout: twice as many, smaller (the bound is a guess)
+            # Another connection in the same snapshot counts every other chunk (an answer past
+            # SHARED_FROM_VIEWS: two chunks at least); the savepoint (the snapshot stays) after it.
+            shared = pool if views >= SHARED_FROM_VIEWS else None
             try:
-                with cur.connection.transaction():  # a savepoint: the snapshot stays
-                    return count_in(narrowed, chunks)
+                with shared_snapshot.second_cursor(shared, cur) as other, cur.connection.transaction():
+                    if other is not None:
+                        other.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
+                        chunks = max(2, chunks + chunks % 2)
+                    parts = shared_snapshot.count_chunks(
+                        cur, other, chunks, functools.partial(count_chunk, narrowed=narrowed, chunks=chunks)
+                    )
+                    return parts[0] if chunks == 1 else Counts().plus(*((part, 1) for part in parts))
             except psycopg.errors.QueryCanceled:
                 if chunks >= MAX_CHUNKS:
                     raise
@@ -128,11 +141,10 @@ def stats(
     return answer_of(counts, window, params, panels), buckets
 
 
-def chunks_for(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
-    """How many chunks of ids to count the answer `span` in: one per CHUNK_VIEWS of the most
-    views it can count, as the rollups know them (the tail, minutes of views, left out): the
-    fewest of any filtered dimension's value (its domains summed, for a search engine), or for a
-    goal its ids' days times the site's views per id and day."""
+def views_bound(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
+    """The most views the answer `span` can count, as the rollups know them (the tail, minutes of
+    views, left out): the fewest of any filtered dimension's value (its domains summed, for a
+    search engine), or for a goal its ids' days times the site's views per id and day."""
     wanted = [
         (dimension.name, value)
         for dimension in DIMENSIONS
@@ -163,7 +175,7 @@ def chunks_for(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
         per_dimension[dim] = per_dimension.get(dim, 0) + known.get((dim, value), (0, 0))[0]
     bounds = [site_views, *per_dimension.values()]
     bounds += [known.get(goal, (0, 0))[1] * site_views // max(site_id_days, 1) for goal in goals]
-    return max(1, math.ceil(min(bounds) / CHUNK_VIEWS))
+    return min(bounds)
 
 
 def utc_midnight(instant: datetime.datetime) -> datetime.datetime:

@@ -96,7 +96,8 @@ class StatsReader:
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         filters = filters or {}
-        with snapshot(pool or self.pool) as cur:
+        pool = pool or self.pool
+        with snapshot(pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
             watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
             if last_day is not None and last_day > today:
@@ -118,7 +119,7 @@ class StatsReader:
             buckets = None  # a filtered answer's views per 15 minutes, for the last 24 hours
             if filters:
                 answer, buckets = filtered.stats(
-                    cur, window, params, self.retention_days, carried=self._carried
+                    cur, window, params, self.retention_days, carried=self._carried, pool=pool
                 )
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
@@ -131,7 +132,13 @@ class StatsReader:
                 before = window.before()
                 if filters:
                     previous, _ = filtered.stats(
-                        cur, before, params, self.retention_days, panels=False, carried=self._carried
+                        cur,
+                        before,
+                        params,
+                        self.retention_days,
+                        panels=False,
+                        carried=self._carried,
+                        pool=pool,
                     )
                 else:
                     previous, _ = self._read(cur, state, bounds, before, panels=False)

@@ -1,0 +1,127 @@
+"""A large filtered answer shared with a second connection in the request's snapshot
+(tally/web/shared_snapshot.py): the same numbers as one connection's count, never a view the
+request's snapshot does not see, an error on either connection counted again in more chunks, and
+no connection taken that the pool cannot spare."""
+
+from __future__ import annotations
+
+import datetime
+import random
+
+import psycopg
+import pytest
+
+from tally.db import QUERIES
+from tally.web import filtered, shared_snapshot
+from tally.web.stats import StatsReader
+from tests.test_web import roll_up
+from tests.test_web_carried import GOAL_CASES, answers, send_events, us_view
+from tests.test_web_exact import FILTER_CASES, arrivals, insert_raw, random_visits
+
+
+@pytest.fixture
+def shared(monkeypatch) -> list[bool]:
+    return share_every_answer(monkeypatch)
+
+
+def share_every_answer(monkeypatch) -> list[bool]:
+    """Every answer counted afresh from here on is shared (in chunks of 10 views, when the pool
+    spares a connection); for each, whether it was."""
+    monkeypatch.setattr(filtered, "CHUNK_VIEWS", 10)
+    monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 0)
+    uses: list[bool] = []
+    count_chunks = shared_snapshot.count_chunks
+
+    def spied(cur, other, chunks, count_chunk):
+        uses.append(other is not None)
+        return count_chunks(cur, other, chunks, count_chunk)
+
+    monkeypatch.setattr(shared_snapshot, "count_chunks", spied)
+    return uses
+
+
+def load(conn: psycopg.Connection, seed: int) -> None:
+    """Views rolled up and a tail after them, views without an id, and events."""
+    rng = random.Random(seed)
+    batches = arrivals(rng, random_visits(rng, 500), chunks=1)
+    insert_raw(conn, batches[0])
+    roll_up(conn)
+    insert_raw(conn, batches[1])
+    insert_raw(conn, [(*view[:4], None, *view[5:]) for view in batches[1][:5]])
+    send_events(conn, rng, 20)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_an_answer_shared_with_a_second_connection_is_the_whole_count(pool, conn, monkeypatch, tz):
+    load(conn, 51)
+    cases = [*FILTER_CASES, *GOAL_CASES]
+    whole = answers(StatsReader(pool, retention_days=30), cases, tz)  # one connection, one statement
+    uses = share_every_answer(monkeypatch)
+    assert answers(StatsReader(pool, retention_days=30), cases, tz) == whole
+    assert uses and all(uses)
+
+
+def test_the_second_connection_sees_what_the_request_saw_not_what_committed_since(
+    pool, conn, shared, monkeypatch
+):
+    """A view committed after the request's snapshot, before the second connection joins it (at
+    the export), is not counted; the next request counts it."""
+    insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
+    before = StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["export_snapshot"]:  # views of ids in every chunk commit meanwhile
+            insert_raw(conn, [us_view(visitor, datetime.timedelta(seconds=5)) for visitor in range(1, 41)])
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    during = StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    monkeypatch.setattr(psycopg.Cursor, "execute", original)
+    after = StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    assert shared == [True, True, True]
+    assert during["total_views"] == before["total_views"] == 40
+    assert during["top_paths"] == before["top_paths"]
+    assert after["total_views"] == 80
+
+
+def test_a_chunk_past_the_timeout_on_the_second_connection_counts_all_again_in_more_chunks(
+    pool, conn, shared, monkeypatch
+):
+    """The second connection's error reaches the request: the attempt is undone (the request's
+    savepoint, the second connection's transaction) and the answer counted in twice the chunks."""
+    insert_raw(conn, arrivals(random.Random(52), random_visits(random.Random(52), 300), chunks=1)[0])
+    monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 10**12)
+    whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
+    monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 0)
+    tried = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"] and params["of_visitors"] is None:
+            tried.append((params["chunks"] or 1, params["chunk"]))
+            if (params["chunks"] or 1) < 4 and params["chunk"] == 1:  # the second connection's
+                original(self, "SET LOCAL statement_timeout = '1ms'")
+                original(self, "SELECT pg_sleep(0.01)")
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    answer = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
+    whole.pop("generated_at"), answer.pop("generated_at")
+    assert answer == whole
+    assert sorted(tried) == [(2, 0), (2, 1), (4, 0), (4, 1), (4, 2), (4, 3)]
+    assert shared == [False, True, True]  # the whole count alone, then both attempts shared
+
+
+def test_no_second_connection_is_taken_that_the_pool_cannot_spare(pool, conn, shared):
+    """With one connection of the pool idle besides the request's (the beacons' inserts need
+    one), the answer is counted on the request's connection alone."""
+    insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
+    held = pool.get_stats()["pool_size"] - 2
+    connections = [pool.getconn() for _ in range(held)]
+    try:
+        answer = StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    finally:
+        for connection in connections:
+            pool.putconn(connection)
+    assert shared == [False] and answer["total_views"] == 40
