@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered on
 # The memory of each sort and hash of a filtered answer, for its transaction only: where a filter
 # matches many views, PostgreSQL's default 4 MB spills them to disk (docs/BENCHMARKS.md, "Filters").
-WORK_MEM = "32MB"
+# A chunk (CHUNK_VIEWS) groups ~650,000 (value, day, id) rows for its panels: in 32 MB that was a
+# sort spilled to disk, 2.9 s of a chunk; with 64 MB a hash in memory, 1.9 s (3M views, PG 18).
+WORK_MEM = "64MB"
 SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
 # filtered_answer's narrowing to a few ids as a snapshot saw them (tally/web/carried.py), or to
 # a chunk of the ids: none.
