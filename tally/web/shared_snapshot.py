@@ -2,10 +2,10 @@
 
 A filtered answer that nothing kept counts its matching raw views (tally/web/filtered.py); a large
 one, in chunks of ids, one statement after another on one connection: one core of PostgreSQL's
-works while the others idle (the statement's CTEs run in the backend itself: no parallel
-workers). Another connection of the pool, in the very same snapshot (`pg_export_snapshot()` and
-`SET TRANSACTION SNAPSHOT`, as `pg_dump --jobs` does; on a standby too, since PostgreSQL 10),
-counts every other chunk at the same time: the same answer, in about half the time on two cores.
+works while the others idle (the statement's plan has no parallel workers). Another connection
+of the pool, in the very same snapshot (`pg_export_snapshot()` and `SET TRANSACTION SNAPSHOT`,
+as `pg_dump --jobs` does; on a standby too, since PostgreSQL 10), counts every other chunk at
+the same time: the same answer, in about half the time on two cores.
 
 It is borrowed only while more of the pool idles than SPARE_CONNECTIONS (the web's pool also
 stores the beacons), and never waited for: without one the chunks are counted as before.
