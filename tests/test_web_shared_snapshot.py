@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import threading
 
 import psycopg
 import pytest
@@ -85,11 +86,11 @@ def test_the_second_connection_sees_what_the_request_saw_not_what_committed_sinc
     assert after["total_views"] == 80
 
 
-def test_a_chunk_past_the_timeout_on_the_second_connection_counts_all_again_in_more_chunks(
+def test_a_chunk_past_the_timeout_on_the_second_connection_is_counted_again_in_halves(
     pool, conn, shared, monkeypatch
 ):
-    """The second connection's error reaches the request: the attempt is undone (the request's
-    savepoint, the second connection's transaction) and the answer counted in twice the chunks."""
+    """A chunk past the timeout on the second connection is undone alone (its savepoint there)
+    and counted again in halves; the request's chunk stays counted."""
     insert_raw(conn, arrivals(random.Random(52), random_visits(random.Random(52), 300), chunks=1)[0])
     monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 10**12)
     whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
@@ -109,8 +110,8 @@ def test_a_chunk_past_the_timeout_on_the_second_connection_counts_all_again_in_m
     answer = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
     whole.pop("generated_at"), answer.pop("generated_at")
     assert answer == whole
-    assert sorted(tried) == [(2, 0), (2, 1), (4, 0), (4, 1), (4, 2), (4, 3)]
-    assert shared == [False, True, True]  # the whole count alone, then both attempts shared
+    assert sorted(tried) == [(2, 0), (2, 1), (4, 1), (4, 3)]
+    assert shared == [False, True]  # the whole count alone, then shared
 
 
 def test_no_second_connection_is_taken_that_the_pool_cannot_spare(pool, conn, shared):
@@ -125,3 +126,24 @@ def test_no_second_connection_is_taken_that_the_pool_cannot_spare(pool, conn, sh
         for connection in connections:
             pool.putconn(connection)
     assert shared == [False] and answer["total_views"] == 40
+
+
+def test_an_error_on_the_second_connection_fails_the_request_and_returns_the_connection(
+    pool, conn, shared, monkeypatch
+):
+    """Not an answer short of the second connection's chunks: its error is the request's, and
+    both connections are back in the pool."""
+    insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"] and threading.current_thread().name == "shared-snapshot":
+            raise psycopg.OperationalError("the server closed the connection")
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    idle = pool.get_stats()["pool_available"]
+    with pytest.raises(psycopg.OperationalError, match="closed the connection"):
+        StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    assert shared == [True]
+    assert pool.get_stats()["pool_available"] == idle

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ from tally.web.windows import TOP_ROWS
 
 if TYPE_CHECKING:
     from tally.web.stats import Window
+
+logger = logging.getLogger("tally.web.filtered")
 
 EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered on
 # The memory of each sort and hash of a filtered answer, for its transaction only: where a filter
@@ -54,7 +57,8 @@ EVERY_VIEW = {
 # web's statement timeout: about 2.5 s of PostgreSQL's time for the panels, visitors and visits of
 # 150,000 views (docs/BENCHMARKS.md, "Filters"). The chunks add up to the whole answer.
 CHUNK_VIEWS = 150_000
-# A chunk that still passes the timeout (a machine slower than the guess) doubles the chunks, up to:
+# A chunk that still passes the timeout (a machine slower than the guess, two chunks at once on
+# one core's two hardware threads) is counted again in halves, down to chunks of 1/MAX_CHUNKS:
 MAX_CHUNKS = 64
 # An answer of more views than this (about half a second of counting) is shared with a second
 # connection, when the pool has one to spare (tally/web/shared_snapshot.py).
@@ -107,34 +111,50 @@ def stats(
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
-    def count_chunk(cursor: psycopg.Cursor, chunk: int, narrowed: dict[str, Any], chunks: int) -> Counts:
+    def count_once(cursor: psycopg.Cursor, narrowed: dict[str, Any], chunk: int, chunks: int) -> Counts:
         cursor.execute(
             QUERIES["filtered_answer"], {**narrowed, "chunk": chunk, "chunks": chunks if chunks > 1 else None}
         )
         return counts_of(cursor.fetchall(), window)
 
+    def count_chunk(
+        cursor: psycopg.Cursor, chunk: tuple[int, int], narrowed: dict[str, Any]
+    ) -> tuple[Counts | None, list[tuple[int, int]]]:
+        """The ids `k` modulo `n` (`chunk`); past the statement timeout (the bound is a guess),
+        none, and the two halves to count instead: the ids `k` and `k + n` modulo twice as many.
+        In a savepoint, so that only this chunk is undone: the snapshot, and the chunks counted,
+        stay."""
+        k, n = chunk
+        try:
+            with cursor.connection.transaction():
+                return count_once(cursor, narrowed, k, n), []
+        except psycopg.errors.QueryCanceled:
+            if n >= MAX_CHUNKS:
+                raise
+            # Worth an operator's eye when frequent: the chunk's time was spent for nothing.
+            logger.info(
+                "a chunk of a filtered answer passed the statement timeout: counted again in two halves"
+            )
+            return None, [(k, n * 2), (k + n, n * 2)]
+
     def count(narrowed: dict[str, Any]) -> Counts:
         if not all(narrowed[name] is None for name in EVERY_VIEW):  # a few ids: one statement
-            return count_chunk(cur, 0, narrowed, 1)
+            return count_once(cur, narrowed, 0, 1)
         views = views_bound(cur, narrowed)
         chunks = max(1, math.ceil(views / CHUNK_VIEWS))
-        while True:  # a chunk past the statement timeout: twice as many, smaller (the bound is a guess)
-            # Another connection in the same snapshot counts every other chunk (an answer past
-            # SHARED_FROM_VIEWS: two chunks at least); the savepoint (the snapshot stays) after it.
-            shared = pool if views >= SHARED_FROM_VIEWS else None
-            try:
-                with shared_snapshot.second_cursor(shared, cur) as other, cur.connection.transaction():
-                    if other is not None:
-                        other.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
-                        chunks = max(2, chunks + chunks % 2)
-                    parts = shared_snapshot.count_chunks(
-                        cur, other, chunks, functools.partial(count_chunk, narrowed=narrowed, chunks=chunks)
-                    )
-                    return parts[0] if chunks == 1 else Counts().plus(*((part, 1) for part in parts))
-            except psycopg.errors.QueryCanceled:
-                if chunks >= MAX_CHUNKS:
-                    raise
-                chunks = min(chunks * 2, MAX_CHUNKS)
+        # Another connection in the same snapshot shares the chunks of an answer past
+        # SHARED_FROM_VIEWS: an even number of them, two at least.
+        with shared_snapshot.second_cursor(pool if views >= SHARED_FROM_VIEWS else None, cur) as other:
+            if other is not None:
+                other.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
+                chunks = max(2, chunks + chunks % 2)
+            parts = shared_snapshot.count_chunks(
+                cur,
+                other,
+                [(k, chunks) for k in range(chunks)],
+                functools.partial(count_chunk, narrowed=narrowed),
+            )
+        return parts[0] if len(parts) == 1 else Counts().plus(*((part, 1) for part in parts))
 
     # The UTC days the answer reads: a visit never crosses a UTC midnight, but may a local one.
     read_from, read_to = (utc_midnight(start), utc_midnight(end) + datetime.timedelta(days=1))

@@ -10,12 +10,13 @@ the same time: the same answer, in about half the time on two cores.
 It is borrowed only while more of the pool idles than SPARE_CONNECTIONS (the web's pool also
 stores the beacons), and never waited for: without one the chunks are counted as before.
 
-    >>> with second_cursor(pool, cur) as other:                              # doctest: +SKIP
-    ...     parts = count_chunks(cur, other, 8, lambda cursor, chunk: ...)   # doctest: +SKIP
+    >>> with second_cursor(pool, cur) as other:                          # doctest: +SKIP
+    ...     parts = count_chunks(cur, other, chunks, count_chunk)         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from psycopg import sql
 from tally.db import QUERIES
 
 Part = TypeVar("Part")
+Chunk = TypeVar("Chunk")
 # Connections of the pool left idle for others (a group of beacons' INSERT, another reader).
 SPARE_CONNECTIONS = 1
 # The longest a request waits for the idle connection it saw (another thread may take it first).
@@ -64,32 +66,54 @@ def second_cursor(
 def count_chunks(
     cur: psycopg.Cursor,
     other: psycopg.Cursor | None,
-    chunks: int,
-    count_chunk: Callable[[psycopg.Cursor, int], Part],
+    chunks: list[Chunk],
+    count_chunk: Callable[[psycopg.Cursor, Chunk], tuple[Part | None, list[Chunk]]],
 ) -> list[Part]:
-    """`count_chunk(cursor, chunk)` for each chunk from 0 to `chunks`, in chunk order: the even
-    chunks on `cur` (in this thread), the odd ones on `other` (in a thread of its own; the chunks
-    are ids modulo `chunks`, about the same size). The first error of either is raised once both
-    stopped: the other ends the chunk it is counting (each statement is bounded by the web's
-    statement timeout) and takes no more."""
-    if other is None or chunks < 2:
-        return [count_chunk(cur, chunk) for chunk in range(chunks)]
-    parts: dict[int, Part] = {}
+    """Every chunk's part: `count_chunk(cursor, chunk)` gives it, or None and the chunks to count
+    instead (a chunk past the statement timeout, in halves). The chunks are taken in turn by
+    `cur` (in this thread) and `other` (in a thread of its own), each the next one as it ends
+    one, so that a chunk counted again in halves holds up neither. The first error of either is
+    raised once both stopped: the other ends the chunk it is counting (each statement is bounded
+    by the web's statement timeout) and takes no more."""
+    waiting = collections.deque(chunks)
+    parts: list[Part] = []
     errors: list[BaseException] = []
+    turns = threading.Condition()
+    counting = 0
 
-    def work(cursor: psycopg.Cursor, first: int) -> None:
-        try:
-            for chunk in range(first, chunks, 2):
-                if errors:
+    def work(cursor: psycopg.Cursor) -> None:
+        nonlocal counting
+        while True:
+            with turns:
+                # Nothing waiting while the other counts: it may hand back halves.
+                while not waiting and counting and not errors:
+                    turns.wait(timeout=1)
+                if errors or not waiting:
                     return
-                parts[chunk] = count_chunk(cursor, chunk)
-        except BaseException as error:  # raised in the request's thread, below
-            errors.append(error)
+                chunk = waiting.popleft()
+                counting += 1
+            try:
+                part, instead = count_chunk(cursor, chunk)
+            except BaseException as error:  # raised in the request's thread, below
+                with turns:
+                    errors.append(error)
+                    counting -= 1
+                    turns.notify_all()
+                return
+            with turns:
+                counting -= 1
+                if part is not None:
+                    parts.append(part)
+                waiting.extend(instead)
+                turns.notify_all()
 
-    helper = threading.Thread(target=work, args=(other, 1), name="shared-snapshot", daemon=True)
-    helper.start()
-    work(cur, 0)
-    helper.join()
+    helper = None
+    if other is not None:
+        helper = threading.Thread(target=work, args=(other,), name="shared-snapshot", daemon=True)
+        helper.start()
+    work(cur)
+    if helper is not None:
+        helper.join()
     if errors:
         raise errors[0]
-    return [parts[chunk] for chunk in range(chunks)]
+    return parts
