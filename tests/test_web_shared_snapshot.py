@@ -114,18 +114,27 @@ def test_a_chunk_past_the_timeout_on_the_second_connection_is_counted_again_in_h
     assert shared == [False, True]  # the whole count alone, then shared
 
 
-def test_no_second_connection_is_taken_that_the_pool_cannot_spare(pool, conn, shared):
-    """With one connection of the pool idle besides the request's (the beacons' inserts need
-    one), the answer is counted on the request's connection alone."""
+def test_no_connection_left_to_the_views_is_lent_a_replicas_pool_lends_all_but_one(
+    pool, conn, shared, database_url
+):
+    """The primary's pool lends only while more than two idle besides the request's (the views'
+    and events' inserts hold one each); a replica's, which takes no writes, while more than one."""
+    from tally.config import from_env
+    from tally.db import web_pool
+
     insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
-    held = pool.get_stats()["pool_size"] - 2
-    connections = [pool.getconn() for _ in range(held)]
-    try:
-        answer = StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
-    finally:
-        for connection in connections:
-            pool.putconn(connection)
-    assert shared == [False] and answer["total_views"] == 40
+    with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as replica_like:
+        for lender in (pool, replica_like):
+            # The request's connection and one held: two of the four idle.
+            held = lender.getconn()
+            try:
+                reader = StatsReader(pool, retention_days=30)  # nothing kept: counted
+                answer = reader.stats_for_window(3, filters={"country": "US"}, pool=lender)
+            finally:
+                lender.putconn(held)
+            assert answer["total_views"] == 40
+    assert shared == [False, True]
+    assert pool.get_stats()["pool_size"] == 4  # the premise: WEB_POOL_SIZE's default
 
 
 def test_an_error_on_the_second_connection_fails_the_request_and_returns_the_connection(

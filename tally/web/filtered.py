@@ -20,7 +20,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import psycopg_pool
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
@@ -100,13 +99,13 @@ def stats(
     retention_days: int,
     panels: bool = True,
     carried: CarriedAnswers | None = None,
-    pool: psycopg_pool.ConnectionPool | None = None,
+    lender: shared_snapshot.Lender | None = None,
 ) -> tuple[dict[str, Any], dict[int, int] | None]:
     """The stats answer's days, totals and (with `panels`) top values of the matching views,
     carried forward from the same answer kept in `carried` when it holds one; and, for a window
     that ends today, the matching views per 15-minute bucket of the last 24 hours (None when
     the window's days begin later: `recent` counts them). A large answer counted afresh borrows
-    a second connection of `pool` when it has one to spare."""
+    a second connection of the `lender`'s pool when it has one to spare."""
     start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
@@ -144,7 +143,7 @@ def stats(
         chunks = max(1, math.ceil(views / CHUNK_VIEWS))
         # Another connection in the same snapshot shares the chunks of an answer past
         # SHARED_FROM_VIEWS: an even number of them, two at least.
-        with shared_snapshot.second_cursor(pool if views >= SHARED_FROM_VIEWS else None, cur) as other:
+        with shared_snapshot.second_cursor(lender if views >= SHARED_FROM_VIEWS else None, cur) as other:
             if other is not None:
                 other.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
                 chunks = max(2, chunks + chunks % 2)

@@ -7,10 +7,11 @@ of the pool, in the very same snapshot (`pg_export_snapshot()` and `SET TRANSACT
 as `pg_dump --jobs` does; on a standby too, since PostgreSQL 10), counts every other chunk at
 the same time: the same answer, in about half the time on two cores.
 
-It is borrowed only while more of the pool idles than SPARE_CONNECTIONS (the web's pool also
-stores the beacons), and never waited for: without one the chunks are counted as before.
+It is borrowed only while more of the pool idles than its Lender leaves (the web's pool also
+stores the beacons: one of its connections is always left to them), and never waited for:
+without one the chunks are counted as before.
 
-    >>> with second_cursor(pool, cur) as other:                          # doctest: +SKIP
+    >>> with second_cursor(Lender(pool, leave=2), cur) as other:                          # doctest: +SKIP
     ...     parts = count_chunks(cur, other, chunks, count_chunk)         # doctest: +SKIP
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -27,25 +29,39 @@ import psycopg_pool
 from psycopg import sql
 
 from tally.db import QUERIES
+from tally.web.replica import WRITE_CONNECTIONS
 
 Part = TypeVar("Part")
 Chunk = TypeVar("Chunk")
-# Connections of the pool left idle for others (a group of beacons' INSERT, another reader).
-SPARE_CONNECTIONS = 1
+# Connections of the primary's pool left idle for others: as many as reads there leave to the
+# views' and events' inserts (a second read, which may then take one of them, leaves one); of a
+# replica's, which takes no writes, one for the next read.
+LEAVE_ON_PRIMARY = WRITE_CONNECTIONS
+LEAVE_ON_REPLICA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Lender:
+    """A pool a read may borrow a second connection of, while more than `leave` of it idle."""
+
+    pool: psycopg_pool.ConnectionPool
+    leave: int
+
+
 # The longest a request waits for the idle connection it saw (another thread may take it first).
 BORROW_WAIT_SECONDS = 0.05
 
 
 @contextlib.contextmanager
-def second_cursor(
-    pool: psycopg_pool.ConnectionPool | None, cur: psycopg.Cursor
-) -> Iterator[psycopg.Cursor | None]:
-    """A cursor of another connection of `pool`, in a read-only REPEATABLE READ transaction with
-    the snapshot of `cur`'s (which must be in one, outside any savepoint); None when the pool has
-    no connection to spare now. The transaction ends (rolled back: it read only) with the block."""
-    if pool is None or pool.get_stats().get("pool_available", 0) <= SPARE_CONNECTIONS:
+def second_cursor(lender: Lender | None, cur: psycopg.Cursor) -> Iterator[psycopg.Cursor | None]:
+    """A cursor of another connection of the lender's pool, in a read-only REPEATABLE READ
+    transaction with the snapshot of `cur`'s (which must be in one, outside any savepoint); None
+    when the pool has none to spare now. The transaction ends (rolled back: it read only) with
+    the block, and the connection goes back."""
+    if lender is None or lender.pool.get_stats().get("pool_available", 0) <= lender.leave:
         yield None
         return
+    pool = lender.pool
     try:
         conn = pool.getconn(timeout=BORROW_WAIT_SECONDS)
     except psycopg_pool.PoolTimeout:

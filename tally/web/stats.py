@@ -34,7 +34,7 @@ import psycopg
 import psycopg_pool
 
 from tally.db import QUERIES
-from tally.web import events, filtered, visits
+from tally.web import events, filtered, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers
 from tally.web.panels import TAIL, top_values
 from tally.web.rolled_up import RolledUp, read_rolled_up
@@ -97,6 +97,10 @@ class StatsReader:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         filters = filters or {}
         pool = pool or self.pool
+        # A large filtered count may borrow another connection: of the primary's, never one of
+        # those left to the views' inserts.
+        leave = shared_snapshot.LEAVE_ON_PRIMARY if pool is self.pool else shared_snapshot.LEAVE_ON_REPLICA
+        lender = shared_snapshot.Lender(pool, leave)
         with snapshot(pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
             watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
@@ -119,7 +123,7 @@ class StatsReader:
             buckets = None  # a filtered answer's views per 15 minutes, for the last 24 hours
             if filters:
                 answer, buckets = filtered.stats(
-                    cur, window, params, self.retention_days, carried=self._carried, pool=pool
+                    cur, window, params, self.retention_days, carried=self._carried, lender=lender
                 )
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
@@ -138,7 +142,7 @@ class StatsReader:
                         self.retention_days,
                         panels=False,
                         carried=self._carried,
-                        pool=pool,
+                        lender=lender,
                     )
                 else:
                     previous, _ = self._read(cur, state, bounds, before, panels=False)
