@@ -1,18 +1,19 @@
-"""A second connection in a request's snapshot, to count half the chunks of a large filtered answer.
+"""A second connection in a request's snapshot, to share the chunks of a large filtered answer.
 
 A filtered answer that nothing kept counts its matching raw views (tally/web/filtered.py); a large
 one, in chunks of ids, one statement after another on one connection: one core of PostgreSQL's
 works while the others idle (the statement's plan has no parallel workers). Another connection
 of the pool, in the very same snapshot (`pg_export_snapshot()` and `SET TRANSACTION SNAPSHOT`,
-as `pg_dump --jobs` does; on a standby too, since PostgreSQL 10), counts every other chunk at
-the same time: the same answer, in about half the time on two cores.
+as `pg_dump --jobs` does; on a standby too, since PostgreSQL 10), counts chunks at the
+same time: the same answer, sooner on two cores (how much depends on the machine:
+docs/BENCHMARKS.md, "First answers shared and in memory").
 
 It is borrowed only while more of the pool idles than its Lender leaves (the web's pool also
 stores the beacons: one of its connections is always left to them), and never waited for:
 without one the chunks are counted as before.
 
-    >>> with second_cursor(Lender(pool, leave=2), cur) as other:                          # doctest: +SKIP
-    ...     parts = count_chunks(cur, other, chunks, count_chunk)         # doctest: +SKIP
+    >>> with second_cursor(Lender(pool, leave=2), cur) as other:      # doctest: +SKIP
+    ...     parts = count_chunks(cur, other, chunks, count_chunk)     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ Chunk = TypeVar("Chunk")
 # replica's, which takes no writes, one for the next read.
 LEAVE_ON_PRIMARY = WRITE_CONNECTIONS
 LEAVE_ON_REPLICA = 1
+# The longest a request waits for the idle connection it saw (another thread may take it first).
+BORROW_WAIT_SECONDS = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +49,6 @@ class Lender:
 
     pool: psycopg_pool.ConnectionPool
     leave: int
-
-
-# The longest a request waits for the idle connection it saw (another thread may take it first).
-BORROW_WAIT_SECONDS = 0.05
 
 
 @contextlib.contextmanager
