@@ -15,6 +15,7 @@ import pytest
 from tally.db import QUERIES
 from tally.web import filtered, shared_snapshot
 from tally.web.stats import StatsReader
+from tests import pooler
 from tests.test_web import roll_up
 from tests.test_web_carried import GOAL_CASES, answers, send_events, us_view
 from tests.test_web_exact import FILTER_CASES, arrivals, insert_raw, random_visits
@@ -156,3 +157,32 @@ def test_an_error_on_the_second_connection_fails_the_request_and_returns_the_con
         StatsReader(pool, retention_days=30).stats_for_window(3, filters={"country": "US"})
     assert shared == [True]
     assert pool.get_stats()["pool_available"] == idle
+
+
+@pytest.mark.skipif(pooler.missing() is not None, reason=str(pooler.missing()))
+def test_through_a_transaction_pooler_the_second_connection_joins_the_same_snapshot(
+    database_url, conn, shared, monkeypatch
+):
+    """Behind PgBouncer in transaction mode (Heroku's connection pooling) each transaction has a
+    server connection of its own while it runs: the export and the import meet on the same
+    server, and the answer is the one connection's (a view committed between them not counted)."""
+    from tally.config import from_env
+    from tally.db import web_pool
+
+    insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["export_snapshot"]:
+            insert_raw(conn, [us_view(visitor, datetime.timedelta(seconds=5)) for visitor in range(1, 41)])
+        return original(self, query, params, *args, **kwargs)
+
+    with pooler.PgBouncer(database_url, pool_size=3, round_robin=True) as bouncer:
+        config = from_env({"DATABASE_URL": bouncer.url, "DATABASE_POOLER": "transaction"}, process_type="web")
+        with web_pool(config) as pooled:
+            monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+            answer = StatsReader(pooled, retention_days=30).stats_for_window(3, filters={"country": "US"})
+            monkeypatch.setattr(psycopg.Cursor, "execute", original)
+            after = StatsReader(pooled, retention_days=30).stats_for_window(3, filters={"country": "US"})
+    assert shared == [True, True]
+    assert answer["total_views"] == 40 and after["total_views"] == 80
