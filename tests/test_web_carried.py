@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import random
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -52,6 +53,24 @@ def executed(monkeypatch) -> list[tuple[str, dict | None]]:
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     return statements
+
+
+def chunks_cancelled(monkeypatch, cancel: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """Every chunk of a full count from here on, as (chunks, chunk); those `cancel` names pass
+    the statement timeout (the SET LOCAL is rolled back with the savepoint the chunk runs in)."""
+    tried: list[tuple[int, int]] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"] and params["of_visitors"] is None:
+            tried.append((params["chunks"] or 1, params["chunk"]))
+            if cancel(*tried[-1]):
+                original(self, "SET LOCAL statement_timeout = '1ms'")
+                original(self, "SELECT pg_sleep(0.01)")
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return tried
 
 
 def us_view(visitor: int | None, age: datetime.timedelta, path: str = "/a") -> tuple:
@@ -293,19 +312,8 @@ def test_a_chunk_past_the_statement_timeout_is_counted_again_in_halves_in_the_sa
     rng = random.Random(43)
     insert_raw(conn, arrivals(rng, random_visits(rng, 300), chunks=1)[0])
     whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
-    tried = []
-    original = psycopg.Cursor.execute
-
-    def execute(self, query, params=None, *args, **kwargs):
-        if query == QUERIES["filtered_answer"] and params["of_visitors"] is None:
-            tried.append(params["chunks"] or 1)
-            if (params["chunks"] or 1) < 4:  # rolled back with the savepoint it runs in
-                original(self, "SET LOCAL statement_timeout = '1ms'")
-                original(self, "SELECT pg_sleep(0.01)")
-        return original(self, query, params, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    tried = chunks_cancelled(monkeypatch, lambda chunks, chunk: chunks < 4)
     answer = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
     whole.pop("generated_at"), answer.pop("generated_at")
     assert answer == whole
-    assert tried == [1, 2, 2, 4, 4, 4, 4]  # the whole, its halves, their halves
+    assert [chunks for chunks, _ in tried] == [1, 2, 2, 4, 4, 4, 4]  # the whole, its halves, theirs

@@ -17,7 +17,7 @@ from tally.web import filtered, shared_snapshot
 from tally.web.stats import StatsReader
 from tests import pooler
 from tests.test_web import roll_up
-from tests.test_web_carried import GOAL_CASES, answers, send_events, us_view
+from tests.test_web_carried import GOAL_CASES, answers, chunks_cancelled, send_events, us_view
 from tests.test_web_exact import FILTER_CASES, arrivals, insert_raw, random_visits
 
 
@@ -96,18 +96,8 @@ def test_a_chunk_past_the_timeout_on_the_second_connection_is_counted_again_in_h
     monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 10**12)
     whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
     monkeypatch.setattr(filtered, "SHARED_FROM_VIEWS", 0)
-    tried = []
-    original = psycopg.Cursor.execute
-
-    def execute(self, query, params=None, *args, **kwargs):
-        if query == QUERIES["filtered_answer"] and params["of_visitors"] is None:
-            tried.append((params["chunks"] or 1, params["chunk"]))
-            if (params["chunks"] or 1) < 4 and params["chunk"] == 1:  # the second connection's
-                original(self, "SET LOCAL statement_timeout = '1ms'")
-                original(self, "SELECT pg_sleep(0.01)")
-        return original(self, query, params, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    # Chunk 1 of 2 is the second connection's.
+    tried = chunks_cancelled(monkeypatch, lambda chunks, chunk: chunks < 4 and chunk == 1)
     answer = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
     whole.pop("generated_at"), answer.pop("generated_at")
     assert answer == whole
