@@ -80,13 +80,13 @@ def build_app(
     auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
     stats = StatsReader(pool, config.retention_days, request_rollup)
     metrics = Metrics(pool, config.stalled_after_seconds, reads)
-    writer = ViewWriter(pool, metrics.view_inserts)
+    writer = ViewWriter(pool, metrics.view_inserts, metrics.views_recorded)
     collector = Collector(pool, writer, config.sites)
 
     routes_stats.register(app, config, pool, auth, stats, reads)
     routes_auth.register(app, auth)
     routes_health.register(app, config, pool, auth, metrics, reads)
-    routes_collect.register(app, config, writer, collector, metrics)
+    routes_collect.register(app, config, writer, collector)
     routes_jobs.register(app, pool, auth, jobs_app)
     routes_jobs_page.register(app, config, pool, auth)
     routes_reports.register(app, config, auth, stats)

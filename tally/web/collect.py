@@ -25,6 +25,7 @@ from tally.db import QUERIES
 from tally.web.audience import audience_of
 from tally.web.beacon import Beacon, Refused, parse_collect_body
 from tally.web.crawlers import is_crawler
+from tally.web.later import LATER, Later
 from tally.web.seen import VIEW_FILLS, Seen
 from tally.web.view_writer import View, ViewWriter
 from tally.web.visitors import Visitor, VisitorIds, client_address
@@ -113,15 +114,17 @@ class Collector:
         address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
         # The id goes with its salt's day: the insert dates the view (event) on that day.
         visitor = self.visitors.visitor(site, address, user_agent)
+        # Served by web.py the answer waits for the commit held, not in this thread (later.py).
+        later = request.environ.get(LATER)
         if beacon.event is not None:
-            return self._store_event(beacon, visitor)
+            return self._store_event(beacon, visitor, later)
         seen = Seen(beacon, audience_of(address, user_agent, beacon.width), visitor.id, request)
-        self.writer.write([View._make([*[fill(seen) for fill in VIEW_FILLS], visitor.day])])
+        self.writer.write([View._make([*[fill(seen) for fill in VIEW_FILLS], visitor.day])], later)
         return Outcome(201, {"stored": 1})
 
-    def _store_event(self, beacon: Beacon, visitor: Visitor) -> Outcome:
+    def _store_event(self, beacon: Beacon, visitor: Visitor, later: Later | None) -> Outcome:
         name, props = beacon.event or "", beacon.props or {}
-        self.events.write([Event(beacon.site, name, props, beacon.path, visitor.id, visitor.day)])
+        self.events.write([Event(beacon.site, name, props, beacon.path, visitor.id, visitor.day)], later)
         return Outcome(201, {"stored": 1, "event": beacon.event})
 
 

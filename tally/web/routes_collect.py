@@ -11,7 +11,7 @@ from tally.config import Config
 from tally.sites import DEFAULT_SITE
 from tally.web.beacon import Refused
 from tally.web.collect import Collector, cors_headers
-from tally.web.metrics import Metrics
+from tally.web.later import LATER
 from tally.web.pageviews import MAX_BODY_BYTES, InvalidPageViews, parse_page_views
 from tally.web.responses import database_unavailable, json_error, json_response
 from tally.web.tracker import Tracker
@@ -22,9 +22,7 @@ def body_too_large() -> bottle.HTTPResponse:
     return json_error(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
 
 
-def register(
-    app: bottle.Bottle, config: Config, writer: ViewWriter, collector: Collector, metrics: Metrics
-) -> None:
+def register(app: bottle.Bottle, config: Config, writer: ViewWriter, collector: Collector) -> None:
     """Add the collect routes to `app`."""
     tracker = Tracker()
 
@@ -53,8 +51,9 @@ def register(
             if refused:
                 # Else anyone could post into the all-sites stats what SITES keeps out of them.
                 return json_error(403, "Name the site of each view: with SITES set, only those are accepted.")
-        writer.write(views)  # with the views of concurrent requests, in one INSERT
-        metrics.views_recorded.inc(len(views))
+        # With the views of concurrent requests, in one INSERT; served by web.py, the 201 waits
+        # for that commit held, not in this thread (tally/web/later.py).
+        writer.write(views, bottle.request.environ.get(LATER))
         return json_response(201, {"stored": len(views)})
 
     @app.get("/tally.js")
@@ -77,6 +76,4 @@ def register(
             outcome = collector.collect(bottle.request)
         except Refused as refused:
             return json_error(refused.status, str(refused), **cors)
-        if outcome.status == 201:
-            metrics.views_recorded.inc()
         return json_response(outcome.status, outcome.body, **cors)

@@ -10,6 +10,12 @@ woke run at once: 3,590 and 3,470 req/s (docs/ARCHITECTURE.md, "waitress and the
 And a request waitress cannot read itself (a Content-Length that is no number) is answered
 in the API's JSON, not waitress's plain text.
 
+A request whose write is queued for a group's INSERT leaves its answer held and its thread
+free (tally/web/later.py): the request stays first on its connection, unanswered (waitress
+reads nothing more from that connection meanwhile, so answers keep their order), until the
+thread that ran the INSERT sends the held answer, or hands the request back to waitress's
+threads to answer the failed write.
+
 SIGTERM (Heroku's stop) drains: the listening socket closes at once (a new connection is
 refused, and the router tries another dyno), and for up to DRAIN_SECONDS the connections
 already open are still read and answered, each answer with `Connection: close`; then the
@@ -23,6 +29,7 @@ SIGTERM stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -35,6 +42,8 @@ import waitress.server
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher, WSGITask
+
+from tally.web.later import LATER, Later, Parked, hold_answers
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -79,7 +88,18 @@ class JsonErrorTask(ErrorTask):
 
 
 class DrainingTask(WSGITask):
-    """waitress's task, whose answer says `Connection: close` once the server drains."""
+    """waitress's task, whose answer says `Connection: close` once the server drains, and whose
+    request carries a `Later` (one for all the tasks that serve it)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        later = getattr(self.request, "tally_later", None)
+        if later is None:
+            channel = self.channel
+            later = Later(send=channel.send_held_answer, again=channel.answer_again)
+            self.request.tally_later = later
+        environ[LATER] = later
+        return environ
 
     def build_response_header(self) -> bytes:
         if getattr(self.channel.server, "draining", False):
@@ -90,6 +110,20 @@ class DrainingTask(WSGITask):
 class JsonErrorChannel(HTTPChannel):
     task_class = DrainingTask
     error_task_class = JsonErrorTask
+
+    def service(self) -> None:
+        with contextlib.suppress(Parked):  # the answer is held: the request stays first, until
+            super().service()  # send_held_answer
+
+    def send_held_answer(self) -> None:
+        """Send the held answer of the request first on this connection, in the caller's thread."""
+        if self.requests:  # none when waitress closed the connection at its stop
+            self.service()
+
+    def answer_again(self) -> None:
+        """Have one of waitress's threads run the held request again (its write failed)."""
+        if self.requests:
+            self.server.add_task(self)
 
 
 class Drain:
@@ -143,7 +177,7 @@ def serve(
     dispatcher = dispatcher_class()
     dispatcher.set_thread_count(threads)
     waitress.serve(
-        app,
+        hold_answers(app),  # the answers of requests whose writes wait for a group's INSERT
         host="0.0.0.0",
         port=port,
         threads=threads,

@@ -5,8 +5,13 @@ that arrives while one is in flight waits; when that insert ends, its leader han
 lead to the first waiting request, which inserts the views of every request waiting then
 in one statement and one commit, and wakes them. So a lone request costs one INSERT, as
 before, and under load a few hundred requests a second share a few dozen INSERTs; 201
-still means committed. No thread of its own: a hand-off between threads costs the GIL
-(docs/ARCHITECTURE.md, "waitress and the GIL").
+still means committed.
+
+Served by Tally's waitress, no thread waits at all (tally/web/later.py): a request queues its
+views with its `Later` and returns, its answer held; the writer's own thread leads the inserts
+of such requests and sends each one's answer once its group is committed. Waking a waiting
+thread per request cost the web's one core more than the rest of the request (docs/
+ARCHITECTURE.md, "Answers after the commit").
 
 When the last group held COMMIT_SIBLINGS requests or more, the web is busy and the next
 leader first sleeps COMMIT_DELAY_SECONDS, so that the requests already on their way join
@@ -42,7 +47,9 @@ from prometheus_client import Counter
 
 from tally.db import QUERIES
 from tally.dimensions import VIEW_FIELDS
+from tally.logs import describe_error
 from tally.sites import DEFAULT_SITE
+from tally.web.later import Later
 
 logger = logging.getLogger("tally.web.view_writer")
 
@@ -90,6 +97,7 @@ def _held_lock() -> threading.Lock:
 @dataclasses.dataclass(eq=False)
 class _Request:
     views: Sequence[View]
+    later: Later | None = None  # its answer is held: no thread waits for this request
     # Released once, when the request's views are stored (or refused) or it is handed the
     # lead: a bare lock is the cheapest wait there is (threading.Event is a Condition,
     # several locks and lines of Python a wait).
@@ -106,6 +114,7 @@ class ViewWriter:
         self,
         pool: psycopg_pool.ConnectionPool,
         inserts: Counter | None = None,
+        stored: Counter | None = None,
         queue_wait_seconds: float = QUEUE_WAIT_SECONDS,
         commit_delay_seconds: float = COMMIT_DELAY_SECONDS,
         commit_siblings: int = COMMIT_SIBLINGS,
@@ -117,13 +126,25 @@ class ViewWriter:
         self.commit_delay_seconds = commit_delay_seconds
         self.commit_siblings = commit_siblings
         self.inserts = inserts  # counts the INSERTs: views per INSERT shows the grouping
+        self.stored = stored  # counts the rows committed
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._in_flight = False
         self._last_group_size = 0
+        # The thread that leads the inserts of held requests (none of theirs waits to), started
+        # at the first; one release of `_writer_leads` per lead handed to it.
+        self._writer: threading.Thread | None = None
+        self._writer_leads = threading.Semaphore(0)
 
-    def write(self, views: Sequence[View]) -> None:
-        """Store `views`, all or none; return once committed, or raise the database's error."""
+    def write(self, views: Sequence[View], later: Later | None = None) -> None:
+        """Store `views`, all or none. Without `later`: return once committed, or raise the
+        database's error. With it: queue them and return at once; `later` is told how the insert
+        ended (and on the request's second run, after a failed insert, this raises that error)."""
+        if later is not None:
+            if later.error is not None:
+                raise later.error
+            self._queue_held(_Request(views, later))
+            return
         request = _Request(views)
         with self._lock:
             self._waiting.append(request)
@@ -143,12 +164,31 @@ class ViewWriter:
         if request.error is not None:
             raise request.error
 
+    def _queue_held(self, request: _Request) -> None:
+        assert request.later is not None
+        request.later.park()  # before it is queued: the insert may end before this returns
+        with self._lock:
+            self._waiting.append(request)
+            lead = not self._in_flight
+            self._in_flight = True
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._lead_held, name="view-writer", daemon=True)
+                self._writer.start()
+        if lead:
+            self._writer_leads.release()
+
+    def _lead_held(self) -> None:
+        """The writer's thread: lead each insert handed to it, for as long as the process runs."""
+        while True:
+            self._writer_leads.acquire()
+            self._lead(None)
+
     def _take_waiting(self) -> list[_Request]:
         with self._lock:
             group, self._waiting = self._waiting, []
         return group
 
-    def _lead(self, leader: _Request) -> None:
+    def _lead(self, leader: _Request | None) -> None:
         group: list[_Request] | None = None
         inserted = False
         try:
@@ -176,22 +216,26 @@ class ViewWriter:
                 for request in group:
                     request.error = request.error or stopped
             with self._lock:
-                unreachable = _unreachable(group[0].error)
+                unreachable = _unreachable(group[0].error) if group else None
                 if unreachable is not None:
                     # The requests that queued meanwhile would meet the same wall (a lost
                     # network, a locked table): they fail now, not one insert later.
                     for request in self._waiting:
                         request.error = unreachable
                     group, self._waiting = group + self._waiting, []
-                if self._waiting:
+                if not self._waiting:
+                    self._in_flight = False
+                elif self._waiting[0].later is None:
                     successor = self._waiting[0]
                     successor.leads = True
                     successor.woken.release()
-                else:
-                    self._in_flight = False
+                else:  # no thread waits for a held request: the writer's leads
+                    self._writer_leads.release()
             for request in group:
                 request.leads = False
-                if request is not leader:
+                if request.later is not None:
+                    _answer(request.later, request.error)
+                elif request is not leader:
                     request.woken.release()
 
     def _insert(self, conn: psycopg.Connection, group: list[_Request]) -> None:
@@ -214,9 +258,20 @@ class ViewWriter:
                 request.error = error
 
     def _insert_together(self, conn: psycopg.Connection, group: list[_Request]) -> None:
-        self.insert(conn, [view for request in group for view in request.views])
+        rows = [view for request in group for view in request.views]
+        self.insert(conn, rows)
         if self.inserts is not None:
             self.inserts.inc()
+        if self.stored is not None:
+            self.stored.inc(len(rows))
+
+
+def _answer(later: Later, error: BaseException | None) -> None:
+    """Tell a held request how its insert ended; its answer goes out now, or on its second run."""
+    try:
+        later.stored(error)
+    except Exception as failure:  # one client's broken connection must not keep its group's answers
+        logger.error("sending a held answer failed: %s", describe_error(failure))
 
 
 def _unreachable(error: BaseException | None) -> BaseException | None:
