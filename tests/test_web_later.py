@@ -80,7 +80,7 @@ def test_held_writes_of_many_threads_are_each_stored_once_and_answered_once(pool
     assert {request.answers[0][:2] for request in requests} == {("201 Created", b"stored")}
     assert stored_paths(conn) == sorted(request.path for request in requests)
     # Most answers went from the thread that ran their INSERT, not the request's own.
-    assert sum(request.answers[0][2] == "view-writer" for request in requests) > 0
+    assert sum(request.answers[0][2].startswith("view-writer") for request in requests) > 0
 
 
 def test_a_held_write_gives_its_thread_back_at_once_and_is_answered_only_once_committed(

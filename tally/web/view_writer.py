@@ -79,6 +79,9 @@ QUEUE_WAIT_SECONDS = 2.0
 # as at 4 connections, groups stay as they come: there the sleep would only add latency.
 COMMIT_DELAY_SECONDS = 0.001
 COMMIT_SIBLINGS = 5
+# Threads that lead the inserts of held requests: two, so that the next group's INSERT starts
+# while the last group's answers are still being sent.
+WRITER_THREADS = 2
 
 
 class InsertQueueTimeout(psycopg_pool.PoolTimeout):
@@ -131,9 +134,9 @@ class ViewWriter:
         self._waiting: list[_Request] = []
         self._in_flight = False
         self._last_group_size = 0
-        # The thread that leads the inserts of held requests (none of theirs waits to), started
-        # at the first; one release of `_writer_leads` per lead handed to it.
-        self._writer: threading.Thread | None = None
+        # The threads that lead the inserts of held requests (none of theirs waits to), started
+        # at the first; one release of `_writer_leads` per lead handed to them.
+        self._writers: list[threading.Thread] = []
         self._writer_leads = threading.Semaphore(0)
 
     def write(self, views: Sequence[View], later: Later | None = None) -> None:
@@ -171,9 +174,13 @@ class ViewWriter:
             self._waiting.append(request)
             lead = not self._in_flight
             self._in_flight = True
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._lead_held, name="view-writer", daemon=True)
-                self._writer.start()
+            if not self._writers:
+                self._writers = [
+                    threading.Thread(target=self._lead_held, name=f"view-writer-{index}", daemon=True)
+                    for index in range(WRITER_THREADS)
+                ]
+                for writer in self._writers:
+                    writer.start()
         if lead:
             self._writer_leads.release()
 
