@@ -8,8 +8,9 @@ before, and under load a few hundred requests a second share a few dozen INSERTs
 still means committed.
 
 Served by Tally's waitress, no thread waits at all (tally/web/later.py): a request queues its
-views with its `Later` and returns, its answer held; the writer's own thread leads the inserts
-of such requests and sends each one's answer once its group is committed. Waking a waiting
+views with its `Later` and returns, its answer held; one of the writer's own two threads leads
+the inserts of such requests and sends each one's answer once its group is committed (two: the
+next group's INSERT starts while the last group's answers go out). Waking a waiting
 thread per request cost the web's one core more than the rest of the request (docs/
 ARCHITECTURE.md, "Answers after the commit").
 
