@@ -114,7 +114,7 @@ class Collector:
         address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
         # The id goes with its salt's day: the insert dates the view (event) on that day.
         visitor = self.visitors.visitor(site, address, user_agent)
-        # Served by web.py the answer waits for the commit held, not in this thread (later.py).
+        # Served by web.py, the answer is held until the commit and no thread waits (later.py).
         later = request.environ.get(LATER)
         if beacon.event is not None:
             return self._store_event(beacon, visitor, later)

@@ -51,8 +51,8 @@ def register(app: bottle.Bottle, config: Config, writer: ViewWriter, collector: 
             if refused:
                 # Else anyone could post into the all-sites stats what SITES keeps out of them.
                 return json_error(403, "Name the site of each view: with SITES set, only those are accepted.")
-        # With the views of concurrent requests, in one INSERT; served by web.py, the 201 waits
-        # for that commit held, not in this thread (tally/web/later.py).
+        # With the views of concurrent requests, in one INSERT; served by web.py, the 201 is held
+        # until that commit and no thread waits (tally/web/later.py).
         writer.write(views, bottle.request.environ.get(LATER))
         return json_response(201, {"stored": len(views)})
 
