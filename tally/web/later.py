@@ -62,7 +62,10 @@ class Later:
         self.error: BaseException | None = None
 
     def park(self) -> None:
-        """The writer has queued this request's views: hold its answer."""
+        """The writer has queued this request's views: hold its answer. One write a request: a
+        second would end apart from the first, and the answer waits for one."""
+        if self.parked:
+            raise RuntimeError("a request may hold its answer for one write only")
         self.parked = True
 
     def stored(self, error: BaseException | None) -> None:
