@@ -396,6 +396,7 @@ def test_filtered_answers_read_from_the_standby_are_carried_from_what_it_surely_
         pair.wait_for_replay()
         config = from_env({"DATABASE_URL": pair.standby_url}, process_type="web")
         with web_pool(config) as standby_pool, psycopg.connect(pair.primary_url) as running:
+            standby_pool.wait(timeout=30)  # every connection open: a pool lends only while some are idle
             reader = StatsReader(standby_pool, retention_days=30)
             before = reader.stats_for_window(30, filters={"country": "DE"})["total_views"]
             running.execute(

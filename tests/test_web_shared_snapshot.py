@@ -115,6 +115,7 @@ def test_no_connection_left_to_the_views_is_lent_a_replicas_pool_lends_all_but_o
 
     insert_raw(conn, [us_view(visitor, datetime.timedelta(minutes=visitor)) for visitor in range(1, 41)])
     with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as replica_like:
+        replica_like.wait(timeout=30)  # every connection open: what it lends counts its idle ones
         for lender in (pool, replica_like):
             # The request's connection and one held: two of the four idle.
             held = lender.getconn()
@@ -170,6 +171,7 @@ def test_through_a_transaction_pooler_the_second_connection_joins_the_same_snaps
     with pooler.PgBouncer(database_url, pool_size=3, round_robin=True) as bouncer:
         config = from_env({"DATABASE_URL": bouncer.url, "DATABASE_POOLER": "transaction"}, process_type="web")
         with web_pool(config) as pooled:
+            pooled.wait(timeout=30)  # every connection open: a pool lends only while some are idle
             monkeypatch.setattr(psycopg.Cursor, "execute", execute)
             answer = StatsReader(pooled, retention_days=30).stats_for_window(3, filters={"country": "US"})
             monkeypatch.setattr(psycopg.Cursor, "execute", original)
