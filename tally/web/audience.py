@@ -10,7 +10,7 @@ this process's memory, and never reach a log or the database.
 
 >>> device_of(390), device_of(800), device_of(1280), device_of(1920), device_of(None)
 ('phone', 'tablet', 'laptop', 'desktop', None)
->>> campaign_of("utm_source=news&utm_medium=email&utm_campaign=spring")
+>>> campaign_of({"utm_source": ["news"], "utm_medium": ["email"], "utm_campaign": ["spring", "x"]})
 ('email', 'spring')
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import urllib.parse
+from collections.abc import Mapping
 
 import iptocc
 import ua_parser
@@ -55,12 +55,11 @@ def device_of(width: int | None) -> str | None:
     return "desktop"
 
 
-def campaign_of(query: str) -> tuple[str | None, str | None]:
-    """`utm_medium` and `utm_campaign` of a page's query string (the first non-empty of each with
-    no control character: as the source is read, so a no-break space or a zero-width non-joiner,
-    which written Persian needs, is kept)."""
-    fields = urllib.parse.parse_qs(query, keep_blank_values=False)
-    return _first(fields.get("utm_medium")), _first(fields.get("utm_campaign"))
+def campaign_of(query: Mapping[str, list[str]]) -> tuple[str | None, str | None]:
+    """`utm_medium` and `utm_campaign` of a page's query string, parsed (the first non-empty of
+    each with no control character: as the source is read, so a no-break space or a zero-width
+    non-joiner, which written Persian needs, is kept)."""
+    return _first(query.get("utm_medium")), _first(query.get("utm_campaign"))
 
 
 def _first(values: list[str] | None) -> str | None:

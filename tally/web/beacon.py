@@ -8,11 +8,11 @@ or refused with a status and a sentence that says what is wrong (nothing is stor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
 import urllib.parse
+from typing import NamedTuple
 
 from tally.sites import parse_site
 from tally.web.audience import campaign_of
@@ -45,9 +45,8 @@ class Refused(Exception):
         self.status = status
 
 
-@dataclasses.dataclass(frozen=True)
-class Beacon:
-    """What a beacon's body says of its view."""
+class Beacon(NamedTuple):
+    """What a beacon's body says of its view (a tuple: built in a third of a frozen dataclass's time)."""
 
     site: str
     path: str
@@ -72,8 +71,8 @@ def parse_collect_body(body: bytes) -> Beacon:
         ) from None
     if not isinstance(document, dict):
         raise Refused(400, 'The body must be a JSON object such as {"url": "https://example.com/"}.')
-    unknown = sorted(set(document) - FIELDS)
-    if unknown:
+    if not FIELDS.issuperset(document):
+        unknown = sorted(set(document) - FIELDS)
         raise Refused(
             400,
             f'Unknown field "{unknown[0]}"; a beacon has "url", "referrer", "width", "event" and "props".',
@@ -96,7 +95,8 @@ def parse_collect_body(body: bytes) -> Beacon:
         raise Refused(400, '"url" must have a path starting with "/".')
     if len(path) > MAX_TEXT:
         raise Refused(400, f'The path of "url" is longer than {MAX_TEXT} characters.')
-    medium, campaign = campaign_of(parts.query)
+    query = urllib.parse.parse_qs(parts.query) if parts.query else {}  # once, for all three
+    medium, campaign = campaign_of(query)
     event = _event_name(document.get("event"))
     props = _props(document.get("props"))
     if props and event is None:
@@ -104,7 +104,7 @@ def parse_collect_body(body: bytes) -> Beacon:
     return Beacon(
         site,
         path,
-        _source(parts.query),
+        _source(query),
         _referrer(document.get("referrer")),
         medium,
         campaign,
@@ -178,13 +178,12 @@ def _text(value: object, field: str, limit: int = MAX_TEXT) -> str | None:
     return value
 
 
-def _source(query: str) -> str | None:
+def _source(query: dict[str, list[str]]) -> str | None:
     """The campaign: the first printable one of utm_source, ref and source in the page's query
-    string, cut to MAX_SOURCE (as medium and campaign are: a stray newline in a mail's link
-    loses the source, never the visitor's view)."""
-    fields = urllib.parse.parse_qs(query, keep_blank_values=False)
+    string (parsed), cut to MAX_SOURCE (as medium and campaign are: a stray newline in a mail's
+    link loses the source, never the visitor's view)."""
     for name in SOURCE_PARAMETERS:
-        for value in fields.get(name, []):
+        for value in query.get(name, ()):
             value = value.strip()
             if value and not CONTROL_CHARACTERS.search(value):
                 return value[:MAX_SOURCE]

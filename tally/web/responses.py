@@ -51,10 +51,15 @@ def json_value(value: object) -> str:
     return str(value)
 
 
+# One encoder for every answer: json.dumps with `default` builds a new one each call (1 us of a
+# beacon's 40).
+_ENCODER = json.JSONEncoder(default=json_value)
+
+
 def json_response(status: int, body: object, **headers: str) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
         status=status,
-        body=json.dumps(body, default=json_value),
+        body=_ENCODER.encode(body),
         headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
     )
 
