@@ -54,6 +54,9 @@ class Discard:
         pass
 
 
+DISCARD = Discard()
+
+
 def as_utf8_latin1(value: str) -> str:
     """`value` (the latin-1 str of a header's bytes) with its bytes made valid UTF-8."""
     try:
@@ -69,17 +72,17 @@ def as_utf8_latin1(value: str) -> str:
 
 def clean_headers(environ: MutableMapping[str, Any]) -> None:
     """Make every header of `environ` decodable by Bottle; raise a 400 for a bad Content-Length."""
-    for key, value in list(environ.items()):
-        # ASCII is the same text in latin-1 and UTF-8: most requests have nothing to re-decode.
-        if isinstance(value, str) and not value.isascii() and DECODED.fullmatch(key):
-            environ[key] = as_utf8_latin1(value)
+    # ASCII is the same text in latin-1 and UTF-8: most requests have nothing to re-decode.
+    for key in [key for key, value in environ.items() if isinstance(value, str) and not value.isascii()]:
+        if DECODED.fullmatch(key):
+            environ[key] = as_utf8_latin1(environ[key])
     if environ.get("HTTP_COOKIE"):
         try:
             http.cookies.SimpleCookie(environ["HTTP_COOKIE"])
         except http.cookies.CookieError:
             del environ["HTTP_COOKIE"]
     content_type = environ.get("CONTENT_TYPE")
-    if isinstance(content_type, str) and '"' not in content_type:
+    if isinstance(content_type, str) and ";" in content_type and '"' not in content_type:
         # Bottle's form parser splits each parameter at "=" and raises on one without it
         # (`text/plain; charset`, or `;` alone): a 500 on any form. Such a parameter says nothing.
         media_type, *params = content_type.split(";")
@@ -89,7 +92,7 @@ def clean_headers(environ: MutableMapping[str, Any]) -> None:
     length = environ.get("CONTENT_LENGTH")
     if length and not (isinstance(length, str) and CONTENT_LENGTH.fullmatch(length.strip())):
         raise _refused("Content-Length must be a whole number of bytes.")
-    environ["wsgi.errors"] = Discard()
+    environ["wsgi.errors"] = DISCARD
 
 
 def decode_query(environ: MutableMapping[str, Any]) -> None:
