@@ -10,7 +10,6 @@ checked, is tally/web/beacon.py's.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
@@ -68,8 +67,9 @@ def cors_headers(origin: str | None, preflight: bool = False) -> dict[str, str]:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """The answer to a beacon: its status and JSON body."""
+
     status: int
     body: dict[str, Any]
 
@@ -111,7 +111,8 @@ class Collector:
             with self.pool.connection() as conn:
                 conn.execute(QUERIES["count_crawler_hit"], {"site": site})
             return Outcome(202, {"stored": 0, "filtered": "crawler"})
-        address = client_address(request.get_header("X-Forwarded-For"), request.remote_addr)
+        # The socket's peer: Bottle's `remote_addr` would be the first X-Forwarded-For entry.
+        address = client_address(request.get_header("X-Forwarded-For"), request.environ.get("REMOTE_ADDR"))
         # The id goes with its salt's day: the insert dates the view (event) on that day.
         visitor = self.visitors.visitor(site, address, user_agent)
         # Served by web.py, the answer is held until the commit and no thread waits (later.py).

@@ -98,14 +98,14 @@ def _held_lock() -> threading.Lock:
     return lock
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Request:
     views: Sequence[View]
     later: Later | None = None  # its answer is held: no thread waits for this request
-    # Released once, when the request's views are stored (or refused) or it is handed the
-    # lead: a bare lock is the cheapest wait there is (threading.Event is a Condition,
-    # several locks and lines of Python a wait).
-    woken: threading.Lock = dataclasses.field(default_factory=_held_lock)
+    # A waiting request's (none for a held one): released once, when the request's views are
+    # stored (or refused) or it is handed the lead. A bare lock is the cheapest wait there is
+    # (threading.Event is a Condition, several locks and lines of Python a wait).
+    woken: threading.Lock | None = None
     leads: bool = False  # woken to insert the next group, not because its views are stored
     error: BaseException | None = None
 
@@ -149,12 +149,13 @@ class ViewWriter:
                 raise later.error
             self._queue_held(_Request(views, later))
             return
-        request = _Request(views)
+        woken = _held_lock()
+        request = _Request(views, woken=woken)
         with self._lock:
             self._waiting.append(request)
             request.leads = not self._in_flight
             self._in_flight = True
-        if not request.leads and not request.woken.acquire(timeout=self.queue_wait_seconds):
+        if not request.leads and not woken.acquire(timeout=self.queue_wait_seconds):
             with self._lock:
                 # Still queued (no leader took it, none handed it the lead): leave.
                 if not request.leads and request in self._waiting:
@@ -162,7 +163,7 @@ class ViewWriter:
                     raise InsertQueueTimeout(
                         f"the insert ahead did not end within {self.queue_wait_seconds:g} s"
                     )
-            request.woken.acquire()  # taken into a group: bounded by that group's insert
+            woken.acquire()  # taken into a group: bounded by that group's insert
         if request.leads:
             self._lead(request)
         if request.error is not None:

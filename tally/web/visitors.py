@@ -13,6 +13,7 @@ which nobody, Tally included, can tell whose hash a stored id was.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import time
@@ -40,9 +41,14 @@ def client_address(forwarded_for: str | None, remote_addr: str | None) -> str:
 
 def hashed(salt: bytes, site: str, address: str, user_agent: str) -> int:
     """HMAC-SHA256 keyed by the salt, cut to a signed 64-bit integer (PostgreSQL bigint)."""
-    message = "\0".join((site, address, user_agent)).encode("utf-8", "surrogatepass")
-    digest = hmac.new(salt, message, hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+    keyed = _keyed(salt).copy()  # the key hashed in once a salt, not once a view (1.5 -> 1.0 us)
+    keyed.update("\0".join((site, address, user_agent)).encode("utf-8", "surrogatepass"))
+    return int.from_bytes(keyed.digest()[:8], "big", signed=True)
+
+
+@functools.lru_cache(maxsize=2)  # the day's salt, and the day before's around midnight: no older
+def _keyed(salt: bytes) -> hmac.HMAC:
+    return hmac.new(salt, digestmod=hashlib.sha256)
 
 
 class Visitor(NamedTuple):
