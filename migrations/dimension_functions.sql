@@ -115,9 +115,11 @@ BEGIN
     ), day_values AS (
         -- A row per value and UTC day: its cells, and the pairs of ids of two UTC days in a row,
         -- each a first bucket and the last the day before, by number, with their steps
-        -- (migrations/0031).
+        -- (migrations/0031). Most rows have no pairs: the CASEs below spare them the call of
+        -- a SQL function (not inlined: 3-7 us a row, a tenth of a minutely rollup).
         INSERT INTO page_view_day_values (site, dim, value, day, views, cells, pairs, pair_steps)
-        SELECT site, dim, value, day, views, cells, pairs, tally_pair_steps(pairs)
+        SELECT site, dim, value, day, views, cells, pairs,
+               CASE WHEN pairs = '{}' THEN '{}'::integer[] ELSE tally_pair_steps(pairs) END
           FROM (SELECT site, dim, value, (bucket AT TIME ZONE 'UTC')::date AS day, sum(views) AS views,
                        coalesce(array_agg(ARRAY[(extract(epoch FROM bucket - date_trunc('day', bucket, 'UTC')) / 900)::integer,
                                                 views, firsts, lasts] ORDER BY bucket)
@@ -140,7 +142,8 @@ BEGIN
                cells = tally_add_cells(page_view_day_values.cells, EXCLUDED.cells),
                pairs = CASE WHEN EXCLUDED.pairs = '{}' THEN page_view_day_values.pairs
                             ELSE tally_add_pairs(page_view_day_values.pairs, EXCLUDED.pairs) END,
-               pair_steps = tally_add_steps(page_view_day_values.pair_steps, EXCLUDED.pair_steps)
+               pair_steps = CASE WHEN EXCLUDED.pair_steps = '{}' THEN page_view_day_values.pair_steps
+                                 ELSE tally_add_steps(page_view_day_values.pair_steps, EXCLUDED.pair_steps) END
     )
     SELECT count(*) INTO folded FROM fresh;
 

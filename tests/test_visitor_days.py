@@ -281,3 +281,38 @@ def test_views_exactly_at_midnights_and_a_microsecond_before_count_on_their_own_
             assert daily == expected["daily"], (tz, days, last_day)
             assert body["top_paths"] == expected["top_paths"], (tz, days, last_day)
             assert_visits_exact(body, expected, (tz, days, last_day))
+
+
+ADD_CELLS = "SELECT tally_add_cells(%s::integer[], %s::integer[])"
+
+
+def summed_cells(*arrays: list[list[int]]) -> dict[int, tuple[int, int, int]]:
+    """The cells' counts per slot, brute force; slots whose counts add up to zero left out."""
+    sums: dict[int, list[int]] = {}
+    for array in arrays:
+        for slot, *counts in array:
+            sums[slot] = [a + b for a, b in zip(sums.get(slot, [0, 0, 0]), counts, strict=True)]
+    return {slot: tuple(counts) for slot, counts in sums.items() if any(counts)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_days_cells_add_up_slot_by_slot(conn, seed):
+    """tally_add_cells (migrations/0034) walks the two arrays in slot order: the result is the
+    brute-force sum per slot, in slot order, one row a slot, and without the cells that cancel
+    out (a visitor's first bucket moved: -1 where it was, +1 where it is)."""
+    rng = random.Random(seed)
+
+    def cells() -> list[list[int]]:
+        slots = sorted(rng.sample(range(96), rng.randrange(0, 12)))
+        return [[slot, rng.randrange(-2, 3), rng.randrange(-1, 2), rng.randrange(-1, 2)] for slot in slots]
+
+    for _ in range(200):
+        held, added = cells(), cells()
+        result = conn.execute(ADD_CELLS, (held, added)).fetchone()[0]
+        expected = summed_cells(held, added)
+        assert [row[0] for row in result] == sorted(expected)
+        assert {slot: tuple(counts) for slot, *counts in result} == expected
+    # Rows out of order, or a slot twice (no writer makes them): no count is lost.
+    held, added = [[7, 1, 1, 0], [5, 2, 0, 1], [5, 1, 0, 0]], [[5, 1, 1, 1]]
+    result = conn.execute(ADD_CELLS, (held, added)).fetchone()[0]
+    assert summed_cells(result) == summed_cells(held, added)
