@@ -11,7 +11,8 @@ views and events, events per name over the raw events):
 
 Ingest: events posted to /api/collect at 16 connections by bench/collect.py's visitors
 (public addresses, browsers' agents), one of five events with a prop, against the HTTP
-ceiling under the same requests (goal: >= 0.5x), and views through the same endpoint.
+ceiling under the same requests (goal: >= 0.5x), and views through the same endpoint; the
+three servers loaded in turn, round after round (bench/collect.py, `alternating_runs`).
 
 $ python -m bench events
 $ BENCH_EVENT_VIEWS=300000 python -m bench events   # a smaller load
