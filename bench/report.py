@@ -21,6 +21,9 @@ from pathlib import Path
 from bench.harness import ROOT, Build, server_facts, system_build
 
 DOCUMENT = ROOT / "docs" / "BENCHMARKS.md"
+# Where the document's part written by hand begins: figures measured apart (one module alone, a
+# session's script), each section dated. A full run rewrites what comes before it, never this.
+KEPT_HEADING = "## Measured apart"
 # One module's results, keyed by the build's label, in the order the builds ran.
 Measured = dict[str, "Result"]
 
@@ -197,10 +200,11 @@ def markdown(modules: list[Measured], labels: list[str], about: dict[str, str], 
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m bench`); do not edit by hand. Every figure stands",
-        "beside its baseline, measured in the same run on the same machine, on each PostgreSQL",
-        "build side by side: compare ratios across machines, not absolute figures. Benchmarks",
-        "are not tests: `make test` times nothing.",
+        "The table, the machine and the notes are written by `make bench` (`python -m bench`): do",
+        'not edit them by hand; the sections from "Measured apart" on are written by hand and kept',
+        "by it. Every figure stands beside its baseline, measured in the same run on the same",
+        "machine, on each PostgreSQL build side by side: compare ratios across machines, not",
+        "absolute figures. Benchmarks are not tests: `make test` times nothing.",
         "",
         f"Goals met: {goals}. Run time: {total_seconds / 60:.1f} min.",
         "",
@@ -227,5 +231,19 @@ def write(
     total_seconds: float,
     path: Path = DOCUMENT,
 ) -> None:
+    """The document anew, with its part written by hand (from KEPT_HEADING on) kept as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(modules, labels, about, total_seconds), encoding="utf-8")
+    document = markdown(modules, labels, about, total_seconds)
+    kept = kept_part(path)
+    path.write_text(document + ("\n" + kept if kept else ""), encoding="utf-8")
+
+
+def kept_part(path: Path) -> str:
+    """The document's sections from KEPT_HEADING to its end ('' without the heading or the file)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    if text.startswith(KEPT_HEADING + "\n"):
+        return text
+    at = text.find("\n" + KEPT_HEADING + "\n")
+    return text[at + 1 :] if at >= 0 else ""
