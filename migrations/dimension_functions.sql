@@ -177,11 +177,19 @@ LANGUAGE sql STABLE AS $$
                v.recorded_xid < watermark AND v.recorded_xid <> ALL (in_progress) AS folded,
                {{dimension_values:v}}, NULL::text AS event
           FROM wanted w
-          JOIN page_views v
-            ON v.site = w.site AND v.visitor = w.visitor
-           AND v.viewed_at >= w.day::timestamp AT TIME ZONE 'UTC'
-           AND v.viewed_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
-         WHERE v.visitor IS NOT NULL AND (snapshot IS NULL OR pg_visible_in_snapshot(v.recorded_xid, snapshot))
+         CROSS JOIN LATERAL (
+               -- An (id, day)'s views through the index of an id's views, always: as a join, a
+               -- plan made for the array given (PostgreSQL 18 makes one for a SQL function's
+               -- call) hashed every view of every day, its cost growing with the table, as the
+               -- planner costs each probe as one of every day partition's indexes, not the one
+               -- day's it reads (docs/ARCHITECTURE.md, "Plans and JIT").
+               SELECT * FROM page_views v
+                WHERE v.site = w.site AND v.visitor = w.visitor
+                  AND v.viewed_at >= w.day::timestamp AT TIME ZONE 'UTC'
+                  AND v.viewed_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC'
+                  AND v.visitor IS NOT NULL
+               OFFSET 0) v
+         WHERE snapshot IS NULL OR pg_visible_in_snapshot(v.recorded_xid, snapshot)
         UNION ALL
         SELECT e.site, e.visitor, w.day, date_bin('15 minutes', e.occurred_at, '2000-01-01 00:00+00'),
                e.recorded_xid < watermark AND e.recorded_xid <> ALL (in_progress),
