@@ -318,6 +318,59 @@ def test_a_days_cells_add_up_slot_by_slot(conn, seed):
     assert summed_cells(result) == summed_cells(held, added)
 
 
+ADD_PAIRS = "SELECT tally_add_pairs(%s::integer[], %s::integer[])"
+PAIR_STEPS = "SELECT tally_pair_steps(%s::integer[])"
+
+
+def summed_pairs(*arrays: list[list[int]]) -> dict[tuple[int, int], int]:
+    """The ids per (first slot, slot the day before), brute force; pairs that add up to zero left out."""
+    sums: dict[tuple[int, int], int] = {}
+    for array in arrays:
+        for first_slot, prev_slot, ids in array:
+            sums[first_slot, prev_slot] = sums.get((first_slot, prev_slot), 0) + ids
+    return {pair: ids for pair, ids in sums.items() if ids}
+
+
+def pair_steps(pairs: list[list[int]]) -> list[int]:
+    """migrations/0031's steps, brute force: +ids after the first slot, -ids after the other, for
+    the pairs whose first slot is before the other; none for no pairs."""
+    if not pairs:
+        return []
+    steps = [0] * 96
+    for first_slot, prev_slot, ids in pairs:
+        if first_slot < prev_slot:
+            steps[first_slot] += ids
+            steps[prev_slot] -= ids
+    return steps
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_days_pairs_add_up_and_step_pair_by_pair(conn, seed):
+    """tally_add_pairs and tally_pair_steps (migrations/0036) walk the arrays: the pairs are the
+    brute-force sum per (first slot, slot the day before), in that order, one row a pair and
+    none that cancel out; the steps are those of every pair, whatever their order."""
+    rng = random.Random(seed)
+
+    def pairs() -> list[list[int]]:
+        slots = [(f, p) for f in range(0, 96, 7) for p in range(0, 96, 5)]
+        keys = sorted(rng.sample(slots, rng.randrange(0, 10)))
+        return [[f, p, rng.randrange(-2, 3) or 1] for f, p in keys]
+
+    for _ in range(200):
+        held, added = pairs(), pairs()
+        result = conn.execute(ADD_PAIRS, (held, added)).fetchone()[0]
+        expected = summed_pairs(held, added)
+        assert [tuple(row[:2]) for row in result] == sorted(expected)
+        assert {(f, p): ids for f, p, ids in result} == expected
+        assert conn.execute(PAIR_STEPS, (held,)).fetchone()[0] == pair_steps(held)
+        assert conn.execute(PAIR_STEPS, (result,)).fetchone()[0] == pair_steps(result)
+    # Rows out of order, or a pair twice (no writer makes them): no id is lost.
+    held, added = [[9, 40, 2], [3, 10, 1], [3, 10, 4]], [[3, 10, -1], [0, 95, 1]]
+    result = conn.execute(ADD_PAIRS, (held, added)).fetchone()[0]
+    assert summed_pairs(result) == summed_pairs(held, added)
+    assert conn.execute(PAIR_STEPS, (held + added,)).fetchone()[0] == pair_steps(held + added)
+
+
 # The other days' partitions' counters of scans, as PostgreSQL's statistics have them.
 OTHER_DAYS_SCANS = """
 SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)
