@@ -213,22 +213,12 @@ SELECT day, recent, {{dimension_values}}, sum(views)::bigint AS views,
 -- stats_tail_visitors --
 -- How the tail's views and events move the rolled-up visitors (migrations/0020), for the whole
 -- site (dim and value NULL) and per dimension value: per day in `tz`, the ids that will count
--- on it less those the rollups count (tally_visitor_moves, as the rollup calls it). Asked only
--- when the tail has visitor ids.
+-- on it less those the rollups count (tally_visitor_moves, as the rollup calls it), of the
+-- (id, UTC day)s `days` (stats_tail_days: the tail's, or those a kept answer reads again,
+-- tally/web/tail_moves.py) as the snapshot `as_of` saw them (NULL: as this one does).
 WITH moves AS (
-    SELECT * FROM tally_visitor_moves(ARRAY(
-        SELECT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-          FROM page_views
-         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
-           AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
-           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-        UNION
-        SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-          FROM events
-         WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-           AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)),
-        %(watermark)s, %(in_progress)s::xid8[], NULL)
+    SELECT * FROM tally_visitor_moves(%(days)s::tally_visitor_of_day[], %(watermark)s, %(in_progress)s::xid8[],
+                                      %(as_of)s::pg_snapshot)
 )
 SELECT nullif(dim, '') AS dim, CASE WHEN dim <> '' THEN value END AS value, day, sum(visitors)::bigint AS visitors
   FROM (SELECT dim, value, (bucket AT TIME ZONE %(tz)s)::date AS day,
@@ -242,24 +232,12 @@ SELECT nullif(dim, '') AS dim, CASE WHEN dim <> '' THEN value END AS value, day,
 HAVING sum(visitors) <> 0
 
 -- stats_tail_visits --
--- How the tail moves the rolled-up visits (migrations/0017): the visits of every (id, UTC day)
--- with views or events in the tail, formed again from all of them (+1), and as the rollups hold
--- them (-1); per day (in `tz`) of their start, entry page and exit page. Asked only when the
--- tail has visitor ids.
+-- How the tail moves the rolled-up visits (migrations/0017): the visits of the (id, UTC day)s
+-- `days` (as in stats_tail_visitors), formed again from all of their views and events (+1), and
+-- as the rollups hold them (-1); per day (in `tz`) of their start, entry page and exit page.
 WITH moves AS (
     SELECT (visit).*, delta
-      FROM tally_visit_moves(ARRAY(
-               SELECT DISTINCT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-                 FROM page_views
-                WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-                  AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
-                  AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
-                  AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
-               UNION
-               SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
-                 FROM events
-                WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
-                  AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)), NULL)
+      FROM tally_visit_moves(%(days)s::tally_visitor_of_day[], %(as_of)s::pg_snapshot)
 )
 SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
        entry_path, exit_path, sum(delta)::bigint AS visits,
@@ -268,6 +246,26 @@ SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %
        sum(delta * (extract(epoch FROM ended_at - started_at) * 1000000)::bigint)::bigint AS duration_us
   FROM moves
  GROUP BY 1, 2, 3
+
+-- stats_tail_days --
+-- The (id, UTC day)s with views or events in the tail recorded from `from_xid` on or by the
+-- transactions `running` (the tail: the rollup state's watermark and in_progress; a kept
+-- answer's changes: its snapshot's xmax and running ones), as an array's text, and how many:
+-- whose moves stats_tail_visitors and stats_tail_visits read. Asked only when the tail has
+-- visitor ids or events. Through the indexes on recorded_xid, in the tail's days.
+SELECT days::text, cardinality(days)
+  FROM (SELECT ARRAY(
+            SELECT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+              FROM page_views
+             WHERE (recorded_xid >= %(from_xid)s::text::xid8 OR recorded_xid = ANY (%(running)s::text[]::xid8[]))
+               AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+               AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
+               AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+            UNION
+            SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+              FROM events
+             WHERE (recorded_xid >= %(from_xid)s::text::xid8 OR recorded_xid = ANY (%(running)s::text[]::xid8[]))
+               AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)) AS days) tail
 
 -- stats_tail_events --
 -- The tail's events per day (in `tz`) and name.

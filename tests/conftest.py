@@ -438,3 +438,38 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, message: str =
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+def record_carried(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[bool]:
+    """Each call of `owner.name` (a kept answer brought up to date: tally/web/carried.py,
+    tally/web/tail_moves.py) from here on: whether it was carried forward (False: None, so
+    counted afresh)."""
+    uses: list[bool] = []
+    carry = getattr(owner, name)
+
+    def carried(*args, **kwargs):
+        result = carry(*args, **kwargs)
+        uses.append(result is not None)
+        return result
+
+    monkeypatch.setattr(owner, name, staticmethod(carried))
+    return uses
+
+
+def request_bounds(cur: psycopg.Cursor, tz: str = "UTC") -> tuple[dict, datetime.date]:
+    """The rollup state, the tail's span of days and the time, as a stats request of every site
+    reads them in its snapshot (tally/web/stats.py), and today in `tz`."""
+    from tally.db import QUERIES
+
+    cur.execute(QUERIES["stats_state"], {"tz": tz})
+    watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
+    bounds = {
+        "watermark": watermark,
+        "in_progress": in_progress,
+        "site": None,
+        "tz": tz,
+        "tail_from": tail_from,
+        "tail_to": tail_to,
+        "now": now,
+    }
+    return bounds, today

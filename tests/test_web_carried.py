@@ -15,6 +15,7 @@ from tally.db import QUERIES
 from tally.web import carried, filtered
 from tally.web.stats import StatsReader
 from tally.web.windows import Window
+from tests.conftest import record_carried, request_bounds
 from tests.test_web import roll_up
 from tests.test_web_exact import FILTER_CASES, arrivals, insert_raw, random_visits
 
@@ -29,16 +30,7 @@ GOAL_CASES = [
 @pytest.fixture
 def kept_uses(monkeypatch) -> list[bool]:
     """Each time a kept answer was found: whether it was carried forward (False: counted afresh)."""
-    uses: list[bool] = []
-    carry = carried.CarriedAnswers._carried
-
-    def counted(*args, **kwargs):
-        result = carry(*args, **kwargs)
-        uses.append(result is not None)
-        return result
-
-    monkeypatch.setattr(carried.CarriedAnswers, "_carried", staticmethod(counted))
-    return uses
+    return record_carried(monkeypatch, carried.CarriedAnswers, "_carried")
 
 
 @pytest.fixture
@@ -251,18 +243,8 @@ def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn
             cur.execute("SELECT 1")  # its snapshot: one view
             insert_raw(conn, [(*view[:4], 2, *view[5:])])
             assert reader.stats_for_window(1, filters={"country": "US"})["total_views"] == 2  # kept
-            cur.execute(QUERIES["stats_state"], {"tz": "UTC"})
-            watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
-            window = Window.ending(now, today, 1, today)
-            bounds = {
-                "watermark": watermark,
-                "in_progress": in_progress,
-                "site": None,
-                "tz": "UTC",
-                "tail_from": tail_from,
-                "tail_to": tail_to,
-                "now": now,
-            }
+            bounds, today = request_bounds(cur)
+            window = Window.ending(bounds["now"], today, 1, today)
             params = filtered.parameters(cur, {"country": "US"}, bounds)
             answer, _ = filtered.stats(cur, window, params, 30, carried=reader._carried)
             assert answer["total_views"] == 1

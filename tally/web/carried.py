@@ -29,11 +29,13 @@ import dataclasses
 import datetime
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
 from tally.db import QUERIES
+
+T = TypeVar("T")
 
 # Answers kept per web process, the least recently asked dropped first; one is a few thousand
 # small entries (the top lists are ranked from every value, not the first rows).
@@ -71,19 +73,21 @@ class Counts:
             dict(self.buckets),
         )
         for part, sign in parts:
-            _add(combined.days, part.days, sign)
+            add_counts(combined.days, part.days, sign)
             for dim, values in part.values.items():
-                _add(combined.values.setdefault(dim, {}), values, sign)
-            _add(combined.visits, part.visits, sign)
+                add_counts(combined.values.setdefault(dim, {}), values, sign)
+            add_counts(combined.visits, part.visits, sign)
             for dim, pages in part.pages.items():
-                _add(combined.pages.setdefault(dim, {}), pages, sign)
-            _add(combined.events, part.events, sign)
-            _add(combined.props, part.props, sign)
-            _add(combined.buckets, part.buckets, sign)
+                add_counts(combined.pages.setdefault(dim, {}), pages, sign)
+            add_counts(combined.events, part.events, sign)
+            add_counts(combined.props, part.props, sign)
+            add_counts(combined.buckets, part.buckets, sign)
         return combined
 
 
-def _add(into: dict, part: dict, sign: int) -> None:
+def add_counts(into: dict, part: dict, sign: int) -> None:
+    """`part` added into `into` times `sign`, key by key (an int or a tuple of them); keys whose
+    counts come to nothing dropped."""
     for key, counts in part.items():
         if isinstance(counts, int):
             total: Any = into.get(key, 0) + sign * counts
@@ -135,19 +139,47 @@ class Snapshot:
 
 
 @dataclasses.dataclass(frozen=True)
-class Kept:
-    counts: Counts
+class Kept(Generic[T]):
+    value: T
     snapshot: Snapshot
-    changes: int
+    changes: int | None  # statements that had removed or changed raw rows (migrations/0033)
+
+
+class KeptStore(Generic[T]):
+    """What a web process keeps per key, each with the snapshot it was read in; the least
+    recently kept or asked for dropped first; safe across threads."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._kept: collections.OrderedDict[tuple, Kept[T]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def usable(self, key: tuple, now: Snapshot, changes: int | None) -> Kept[T] | None:
+        """What is kept under `key`, if a request in the snapshot `now` may carry it forward:
+        nothing has removed or changed raw rows since, and its snapshot saw nothing `now` does not."""
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is None or changes is None or kept.changes != changes or not kept.snapshot.seen_by(now):
+            return None
+        return kept
+
+    def keep(self, key: tuple, value: T, now: Snapshot, changes: int | None) -> None:
+        """`value`, read in the snapshot `now`, kept under `key` unless what another request kept
+        meanwhile is newer."""
+        with self._lock:
+            held = self._kept.get(key)
+            if held is None or held.changes != changes or held.snapshot.seen_by(now):
+                self._kept[key] = Kept(value, now, changes)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.entries:
+                self._kept.popitem(last=False)
 
 
 class CarriedAnswers:
     """The filtered answers of one web process, each kept with its snapshot; safe across threads."""
 
     def __init__(self, entries: int = ENTRIES):
-        self.entries = entries
-        self._kept: collections.OrderedDict[tuple, Kept] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._kept: KeptStore[Counts] = KeptStore(entries)
 
     def counts(
         self,
@@ -166,27 +198,13 @@ class CarriedAnswers:
         if standby:  # a standby's: kept as of what it surely saw, the rest counted again (below)
             now = now.before_xmin()
         key = tuple(sorted((name, _frozen(value)) for name, value in span.items() if name not in NOT_COUNTED))
-        with self._lock:
-            kept = self._kept.get(key)
-        counts = None
-        if (
-            kept is not None
-            and changes is not None
-            and kept.changes == changes
-            and kept.snapshot.seen_by(now)
-        ):
-            counts = self._carried(cur, span, read_from, read_to, kept, count)
+        kept = self._kept.usable(key, now, changes)
+        counts = None if kept is None else self._carried(cur, span, read_from, read_to, kept, count)
         if counts is None:
             counts = count(span)
         keep = counts if not standby else self._as_of(cur, span, read_from, read_to, now, counts, count)
         if keep is not None:
-            with self._lock:
-                held = self._kept.get(key)  # another request's, kept meanwhile, may be newer
-                if held is None or held.changes != changes or held.snapshot.seen_by(now):
-                    self._kept[key] = Kept(keep, now, changes)
-                self._kept.move_to_end(key)
-                while len(self._kept) > self.entries:
-                    self._kept.popitem(last=False)
+            self._kept.keep(key, keep, now, changes)
         return counts
 
     @staticmethod
@@ -223,7 +241,7 @@ class CarriedAnswers:
         span: dict[str, Any],
         read_from: datetime.datetime,
         read_to: datetime.datetime,
-        kept: Kept,
+        kept: Kept[Counts],
         count: Callable[[dict[str, Any]], Counts],
     ) -> Counts | None:
         """The kept counts less what the changed ids counted as its snapshot saw them, plus what
@@ -233,12 +251,12 @@ class CarriedAnswers:
             return None
         narrowed, anonymous = changed
         if not narrowed["of_visitors"] and not anonymous:
-            return kept.counts
+            return kept.value
         parts = []
         if narrowed["of_visitors"]:
             parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
         now = count({**span, **narrowed, **(kept.snapshot.later() if anonymous else {})})
-        return kept.counts.plus(*parts, (now, 1))
+        return kept.value.plus(*parts, (now, 1))
 
     @classmethod
     def _as_of(

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg_pool
 
 from tally.db import QUERIES
-from tally.web import filtered
+from tally.web import filtered, tail_moves
 from tally.web.stats import MAX_DAYS, snapshot
 
 COLUMNS = ("day", "path", "views", "visitors")
@@ -63,7 +63,8 @@ def daily_paths(
         cur.execute(QUERIES["export_tail"], {**bounds, **tail})
         for day, path, day_views in cur.fetchall():
             views[(day, path)] += day_views
-        cur.execute(QUERIES["stats_tail_visitors"], {**bounds, **tail})
+        days, _ = tail_moves.tail_days(cur, {**bounds, **tail}, watermark, in_progress)
+        cur.execute(QUERIES["stats_tail_visitors"], {**bounds, **tail, "days": days, "as_of": None})
         for dim, path, day, moved in cur.fetchall():
             if dim == "path":
                 visitors[(day, path)] += moved

@@ -11,9 +11,10 @@ The rollup job moves its state (the snapshot it folded at: a watermark and the
 transactions then in progress) and the rollup tables together, so the rolled-up part
 of any window is a function of that state (tally/web/rolled_up.py reads it): it is cached
 per state and read again only after a rollup. Each request reads the state, the tail it
-leaves out and, on a cache miss, the rollups, all in one REPEATABLE READ snapshot. A request
-that finds a long tail asks for a rollup (`request_rollup`), so the tail stays short under
-traffic.
+leaves out and, on a cache miss, the rollups, all in one REPEATABLE READ snapshot; how the
+tail's ids move the visitors and visits is kept too, and brought up to date by the ids with
+views since (tally/web/tail_moves.py). A request that finds a long tail asks for a rollup
+(`request_rollup`), so the tail stays short under traffic.
 
     >>> reader = StatsReader(pool, retention_days=30)   # doctest: +SKIP
     >>> reader.stats_for_window(7)["total_views"]       # doctest: +SKIP
@@ -38,6 +39,7 @@ from tally.web import events, filtered, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers
 from tally.web.panels import TAIL, top_values
 from tally.web.rolled_up import RolledUp, read_rolled_up
+from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
 # Windows asked for recently; each entry is a few dicts.
@@ -74,6 +76,7 @@ class StatsReader:
         self.request_rollup = request_rollup
         self._cache: collections.OrderedDict[tuple, RolledUp] = collections.OrderedDict()
         self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
+        self._tail_moves = TailMoves()  # the tails' moves of visitors and visits, likewise
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
@@ -196,10 +199,7 @@ class StatsReader:
         # Ids in the tail: how they meet the rollups'. A view after a past window's end moves a
         # visit that started inside it (a second page: no bounce), so the whole tail decides.
         if tail_event_rows or any(row[TAIL["with_visitor"]] for row in whole_tail):
-            cur.execute(QUERIES["stats_tail_visitors"], bounds)
-            tail_visitors = cur.fetchall()
-            cur.execute(QUERIES["stats_tail_visits"], bounds)
-            tail_visits = cur.fetchall()
+            tail_visitors, tail_visits = self._tail_moves.read(cur, state, bounds)
         rolled_up = self._rolled_up(cur, state, bounds["site"], bounds["tz"], window)
         partial_bucket = crawlers = 0
         if window.current:
