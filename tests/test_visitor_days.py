@@ -428,4 +428,11 @@ def test_an_ids_views_are_read_from_its_days_alone_whatever_the_plan(conn):
     assert other_days_scanned(conn, moves, (days, watermark, in_progress)) == 0
     visits = "SELECT * FROM tally_visit_moves(%s::tally_visitor_of_day[], pg_current_snapshot())"
     assert other_days_scanned(conn, visits, (days,)) == 0
+    # Planned once a session, for any array (migrations/0037): each plan reads by the index.
+    settings = conn.execute(
+        "SELECT array_agg(proname::text ORDER BY proname) FROM pg_proc"
+        " WHERE proname IN ('tally_visitor_moves', 'tally_visit_moves')"
+        "   AND 'plan_cache_mode=force_generic_plan' = ANY (proconfig)"
+    ).fetchone()[0]
+    assert settings == ["tally_visit_moves", "tally_visitor_moves"]
     assert roll_up(conn) == 1000
