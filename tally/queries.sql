@@ -191,16 +191,22 @@ SELECT s.watermark, s.in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::da
 SELECT %(day)s::date::timestamp AT TIME ZONE %(tz)s AS start
 
 -- stats_tail --
--- The views not yet rolled up, by day in `tz`, whether in the last 24 hours' full buckets (from
--- `recent` on, before `now_bucket`: the bucket of now is counted raw, up to now), and every dimension (the referrer as its domain, parsed once per group), with how
--- many carry a visitor id. Grouped here, not per bucket: a long tail (a backfill, a stopped
--- worker) costs the web a row per day and values, not per 15 minutes. The bounds come in as
--- values, so the planner sees how few rows lie above the watermark.
+-- The views not yet rolled up, by day in `tz`, with their part of the last 24 hours (`recent`:
+-- 1 in its full buckets, from `recent` to `now_bucket`; 2 in the bucket it starts in, 3 in the
+-- bucket of now, which stats_last_24h_edges cuts; else 0), and every dimension (the referrer as
+-- its domain, parsed once per group), with how many carry a visitor id. Grouped here, not per
+-- bucket: a long tail (a backfill, a stopped worker) costs the web a row per day and values,
+-- not per 15 minutes. The bounds come in as values, so the planner sees how few rows lie above
+-- the watermark.
 SELECT day, recent, {{dimension_values}}, sum(views)::bigint AS views,
        sum(with_visitor)::bigint AS with_visitor
   FROM (SELECT (date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') AT TIME ZONE %(tz)s)::date AS day,
-               date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s
-                   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') < %(now_bucket)s AS recent,
+               CASE date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00')
+                    WHEN %(now_bucket)s THEN 3
+                    WHEN %(recent)s::timestamptz - interval '15 minutes' THEN 2
+                    ELSE CASE WHEN date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') >= %(recent)s
+                                   AND date_bin('15 minutes', viewed_at, '2000-01-01 00:00+00') < %(now_bucket)s
+                              THEN 1 ELSE 0 END END AS recent,
                {{dimension_inputs}}, count(*) AS views, count(visitor) AS with_visitor
           FROM page_views
          WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
@@ -281,15 +287,22 @@ SELECT (date_bin('15 minutes', occurred_at, '2000-01-01 00:00+00') AT TIME ZONE 
 SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s)
      + (SELECT count(*) FROM page_views WHERE recorded_xid = ANY (%(in_progress)s::xid8[])) AS views
 
--- stats_raw_range --
--- Views counted from the raw table: in [start, end) (the partial bucket 24 hours ago) and in
--- [now_bucket, now] (the bucket of now up to now: a view dated later is no view of the last 24
--- hours); and the crawler hits filtered on the UTC days from first_day on.
+-- stats_last_24h_edges --
+-- What the last 24 hours need at their ends, where they cut a bucket (tally/web/windows.py,
+-- Edges): the raw views from `raw_from` to `raw_to` (the shorter part of the bucket 24 hours
+-- ago, on either side of the cut), those dated after `now` in its bucket (a clock far off), and
+-- the rolled-up views of those two buckets whole; and the crawler hits filtered on the UTC days
+-- from first_day on. No raw range is longer than half a bucket, most of them empty.
 SELECT (SELECT count(*) FROM page_views
-         WHERE ((viewed_at >= %(start)s AND viewed_at < %(end)s)
-                OR (viewed_at >= %(now_bucket)s AND viewed_at <= %(now)s))
-           AND (%(site)s::text IS NULL OR site = %(site)s))
-       AS views,
+         WHERE viewed_at >= %(raw_from)s AND viewed_at < %(raw_to)s
+           AND (%(site)s::text IS NULL OR site = %(site)s)) AS raw,
+       (SELECT count(*) FROM page_views
+         WHERE viewed_at > %(now)s AND viewed_at < %(now_bucket)s::timestamptz + interval '15 minutes'
+           AND (%(site)s::text IS NULL OR site = %(site)s)) AS ahead,
+       (SELECT coalesce(sum(views), 0)::bigint FROM page_view_buckets
+         WHERE bucket = %(first_bucket)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS first_rolled_up,
+       (SELECT coalesce(sum(views), 0)::bigint FROM page_view_buckets
+         WHERE bucket = %(now_bucket)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS now_rolled_up,
        (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
          WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
 

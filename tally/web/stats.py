@@ -42,6 +42,9 @@ from tally.web.rolled_up import RolledUp, read_rolled_up
 from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
+# stats_tail's `recent`: a tail view's part of the last 24 hours.
+TAIL_FULL_BUCKETS, TAIL_FIRST_BUCKET, TAIL_NOW_BUCKET = 1, 2, 3
+
 # Windows asked for recently; each entry is a few dicts.
 CACHE_ENTRIES = 16
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
@@ -201,21 +204,18 @@ class StatsReader:
         if tail_event_rows or any(row[TAIL["with_visitor"]] for row in whole_tail):
             tail_visitors, tail_visits = self._tail_moves.read(cur, state, bounds)
         rolled_up = self._rolled_up(cur, state, bounds["site"], bounds["tz"], window)
-        partial_bucket = crawlers = 0
+        at_ends = crawlers = 0
         if window.current:
-            cur.execute(
-                QUERIES["stats_raw_range"],
-                {
-                    "start": window.boundary,
-                    "end": window.first_full_bucket,
-                    "now_bucket": window.now_bucket,
-                    "now": window.now,
-                    "site": bounds["site"],
-                    "first_day": rolled_up.start.astimezone(datetime.UTC).date(),
-                },
-            )
-            partial_bucket, crawlers = cur.fetchone()
-        answer = self._combine(window, rolled_up, tail, tail_visitors, partial_bucket)
+            ends = window.ends(self.retention_days)
+            first_day = rolled_up.start.astimezone(datetime.UTC).date()
+            params = {**ends.params(), "site": bounds["site"], "first_day": first_day}
+            cur.execute(QUERIES["stats_last_24h_edges"], params)
+            *counts, crawlers = cur.fetchone()
+            in_tail = collections.Counter()
+            for row in tail:
+                in_tail[row[TAIL["recent"]]] += row[TAIL["views"]]
+            at_ends = ends.views(tuple(counts), in_tail[TAIL_FIRST_BUCKET], in_tail[TAIL_NOW_BUCKET])
+        answer = self._combine(window, rolled_up, tail, tail_visitors, at_ends)
         per_day = {day: dataclasses.replace(counts) for day, counts in rolled_up.visits.items()}
         pages: dict[str, collections.Counter[str]] = {
             dim: collections.Counter() for dim in visits.PAGE_PANELS
@@ -260,16 +260,16 @@ class StatsReader:
         return rolled_up
 
     def _combine(
-        self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, partial_bucket: int
+        self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, at_ends: int
     ) -> dict[str, Any]:
         daily = collections.Counter(rolled_up.daily)
         visitors = collections.Counter(rolled_up.visitors)
-        last_24h = partial_bucket + rolled_up.after_boundary
+        last_24h = at_ends + rolled_up.after_boundary
         for row in tail:
             day, recent, views = row[TAIL["day"]], row[TAIL["recent"]], row[TAIL["views"]]
             if day >= window.days[0]:
                 daily[day] += views
-            if recent:
+            if recent == TAIL_FULL_BUCKETS:
                 last_24h += views
         # A visitor of the tail may already be in the rollups: the tail's rows are how it moves
         # the rolled-up counts (as it will count, less as rolled up), so each counts once a day.

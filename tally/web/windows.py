@@ -76,10 +76,50 @@ class Window:
         """The bucket `now` is in: the last 24 hours' full buckets end where it starts."""
         return bucket_of(self.now)
 
+    def ends(self, retention_days: int) -> Ends:
+        """How to count the views of the last 24 hours in the two buckets they cut."""
+        first_bucket = self.first_full_bucket - BUCKET
+        held, left_out = self.first_full_bucket - self.boundary, self.boundary - first_bucket
+        # The part left out may be the shorter one to count, and the bucket's whole less it
+        # the answer: not when retention may have deleted some of it (1 day: the cleanup's
+        # cutoff is now - 24 h, the boundary), the rollups keeping what the raw table lost.
+        less = left_out < held and retention_days > 1
+        raw = (first_bucket, self.boundary) if less else (self.boundary, self.first_full_bucket)
+        return Ends(first_bucket, self.now_bucket, self.now, *raw, less)
+
     def before(self) -> Window:
         """The period of the same length just before this one."""
         last = self.days[0] - DAY
         return Window.ending(self.now, last, len(self.days), self.days[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Ends:
+    """The two buckets the last 24 hours cut, and the raw views to count there: the views of
+    the 24 hours in the first are those from `raw_from` to `raw_to`, or with `less` the bucket's
+    whole less those (whichever part is shorter); in the bucket of now, its whole less those
+    dated after now (a clock far off). The wholes are the rolled-up views and the tail's, so a
+    request reads at most half a bucket of raw views, not two buckets (at 200 views/s, up to
+    180,000 of them, about 20 ms; docs/ARCHITECTURE.md, "The last 24 hours")."""
+
+    first_bucket: datetime.datetime
+    now_bucket: datetime.datetime
+    now: datetime.datetime
+    raw_from: datetime.datetime
+    raw_to: datetime.datetime
+    less: bool
+
+    def params(self) -> dict[str, datetime.datetime]:
+        """The bounds stats_last_24h_edges (tally/queries.sql) takes."""
+        names = ("first_bucket", "now_bucket", "now", "raw_from", "raw_to")
+        return {name: getattr(self, name) for name in names}
+
+    def views(self, counts: tuple[int, int, int, int], first_in_tail: int, now_in_tail: int) -> int:
+        """The views at both ends, from stats_last_24h_edges's (raw, ahead, first_rolled_up,
+        now_rolled_up) and the tail's views of the two buckets."""
+        raw, ahead, first_rolled_up, now_rolled_up = counts
+        first = first_rolled_up + first_in_tail - raw if self.less else raw
+        return first + now_rolled_up + now_in_tail - ahead
 
 
 def count_days(visitors: collections.Counter, window: Window, day: datetime.date, count: int) -> None:
