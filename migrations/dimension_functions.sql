@@ -25,6 +25,9 @@ DECLARE
     folded bigint;
 BEGIN
     SELECT * INTO state FROM page_view_rollup_state FOR UPDATE;
+    -- Statistics that say a day has no views with ids would send its probes by id through
+    -- the wrong index (migrations/0038).
+    PERFORM tally_analyze_days_with_unseen_ids(ARRAY(SELECT DISTINCT day FROM page_view_tail_days));
     snapshot := pg_current_snapshot();
 
     WITH fresh AS MATERIALIZED (
