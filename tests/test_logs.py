@@ -18,7 +18,7 @@ def captured(monkeypatch):
     logs.setup_logging(from_env({"DYNO": "web.3"}, process_type="web"))
     yield stream
     logging.getLogger().handlers.clear()
-    for name in ("waitress.queue",):
+    for name in ("waitress.queue", "psycopg.pool", logs.READS_BUSY_LOGGER):
         logging.getLogger(name).filters.clear()
 
 
@@ -61,6 +61,28 @@ def test_waitress_queue_depth_warnings_do_not_flood(captured):
     for depth in range(500):
         queue_logger.warning("Task queue depth is %d", depth)
     assert captured.getvalue().count("Task queue depth") == 1
+
+
+def test_reads_turned_away_do_not_flood_the_log(captured):
+    """A read beyond the web's share of the database is a 503 at once (tally/web/replica.py);
+    a client that asks again at once wrote a WARNING line per refusal (80,715 in 40 s)."""
+    import bottle
+    import webtest
+
+    from tally.web.replica import ReadsBusy
+    from tally.web.responses import database_unavailable
+
+    app = bottle.Bottle()
+
+    @app.get("/busy")
+    @database_unavailable
+    def busy():
+        raise ReadsBusy("8 reads hold or wait for the primary's 2 turns")
+
+    client = webtest.TestApp(app)
+    for _ in range(300):
+        assert client.get("/busy", status=503).headers["Retry-After"] == "5"
+    assert captured.getvalue().count("reads busy") == 1
 
 
 def test_an_error_is_described_by_its_type_and_frames_never_its_message():

@@ -20,12 +20,13 @@ import psycopg_pool
 
 from tally import db
 from tally.answer_bound import AnswerTimedOut
-from tally.logs import describe_error
+from tally.logs import READS_BUSY_LOGGER, describe_error
 from tally.web import error_page
 from tally.web.filters import FILTER_NAMES
 from tally.web.replica import ReadsBusy
 
 logger = logging.getLogger("tally.web")
+busy_logger = logging.getLogger(READS_BUSY_LOGGER)  # one line per 10 s (tally/logs.py)
 
 # A request's query that ran past the web's statement_timeout, or waited past its lock_timeout
 # for a table someone else locked: the database is there, and says why it stopped.
@@ -122,7 +123,7 @@ def database_unavailable(route: Callable) -> Callable:
                 **{"Retry-After": str(SLOW_COUNT_RETRY_SECONDS)},
             )
         except ReadsBusy as error:
-            logger.warning("%s %s: reads busy: %s", bottle.request.method, bottle.request.path, error)
+            busy_logger.warning("%s %s: reads busy: %s", bottle.request.method, bottle.request.path, error)
             return json_error(
                 503,
                 "Other slow reads hold this web's share of the database (the rest stays free for the"
