@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -391,9 +391,11 @@ def paced_load(
     rate: float | None,
     stop: threading.Event | None = None,
     requests: int | None = None,
+    request_for: Callable[[int], tuple[bytes, dict[str, str]]] | None = None,
 ) -> list[tuple[float, int]]:
     """(seconds, status) per POST over `connections` threads, for `seconds`, until `stop` is set
-    or, with `requests`, until that many have been sent in all.
+    or, with `requests`, until that many have been sent in all. With `request_for`, the n-th
+    request (n from 0, across all connections) sends the body and headers it returns instead.
 
     With `rate`, the requests are paced to that many per second in all, each sent on
     schedule (a late answer does not push back the next one beyond its own lateness):
@@ -419,8 +421,12 @@ def paced_load(
                 next_at += interval
             if time.monotonic() >= stop_at or (stop is not None and stop.is_set()):
                 break
+            sent, headers = body, {"Content-Type": "application/json"}
+            if request_for is not None:
+                sent, extra = request_for(index + len(mine) * connections)
+                headers = {**headers, **extra}
             started = time.perf_counter()
-            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            conn.request("POST", path, body=sent, headers=headers)
             response = conn.getresponse()
             response.read()
             mine.append((time.perf_counter() - started, response.status))

@@ -3,7 +3,8 @@
 (a) At rest, 1M then 3M views over 30 days, all but FRESH_VIEWS rolled up (as between
     two rollups), `python web.py` alone: against the naive GROUP BYs over page_views on
     the same data (with the build's own JIT setting).
-(b) On the same 3M, while 200 views/s arrive, with a worker and a clock (bench/stats_live.py).
+(b) On the same 3M, while 200 beacons/s with visitor ids arrive, with a worker and a clock
+    (bench/stats_live.py).
 (c) On the same data, after 300,000 more views arrive while a write transaction is held
     open in another database of the same server, with a worker and a clock; in the same
     scenario, cleanup deletes every expired view, and a view whose transaction commits
@@ -143,7 +144,7 @@ def traffic_rows(traffic: stats_live.UnderTraffic, rest: AtRest, size: int) -> l
     rollups, asked = traffic.rollups
     return [
         Row(
-            f"stats p50, {size / 1e6:g}M views, {stats_live.TRAFFIC_RATE} views/s arriving (p99)",
+            f"stats p50, {size / 1e6:g}M views, {stats_live.TRAFFIC_RATE} beacons/s with ids arriving (p99)",
             f"{ms(timed.p50)} ({ms(timed.p99)})",
             f"at rest {ms(rest.p50)} ({ms(rest.p99)})",
             f"{times(timed.p50 / rest.p50)} at rest",
@@ -151,7 +152,7 @@ def traffic_rows(traffic: stats_live.UnderTraffic, rest: AtRest, size: int) -> l
             timed.p50 <= GOAL_P50_SECONDS,
         ),
         Row(
-            f"  stats tail while {stats_live.TRAFFIC_RATE} views/s arrive (views not rolled up)",
+            f"  stats tail while {stats_live.TRAFFIC_RATE} beacons/s arrive (views not rolled up)",
             f"max {max(timed.waiting):,}, median {median(timed.waiting):,.0f}; {rollups} rollups,"
             f" {asked} asked for by stats",
             f"minutely rollup alone: a minute's {old.views:,} views, tail query {ms(old.seconds)}",
@@ -228,8 +229,10 @@ def notes(traffic: stats_live.UnderTraffic, held: stats_live.BehindHeld) -> list
         f" {stats_live.HEALTH_EVERY}th. The tail queries beside them are tally/queries.sql's stats_tail with"
         " the web's session settings, over the tail the old rollup (watermark = the oldest running"
         " transaction) would have left; a request costs that query plus about what one at rest costs.",
-        f"Under traffic: {traffic.paced.requests:,} single-view POSTs in {stats_live.TRAFFIC_SECONDS} s"
-        f" over 8 connections (p50 {ms(traffic.paced.p50)}, p99 {ms(traffic.paced.p99)}),"
+        f"Under traffic: {traffic.paced.requests:,} beacons to /api/collect in {stats_live.TRAFFIC_SECONDS} s"
+        " over 8 connections, as tally.js sends them from a browser (every view has a visitor id, half of"
+        " them an id back for another page: the kept moves of the tail's ids carried forward, as"
+        f" docs/ARCHITECTURE.md says; p50 {ms(traffic.paced.p50)}, p99 {ms(traffic.paced.p99)}),"
         f" {len(traffic.timed.stats):,} stats GETs meanwhile.",
         f"Behind the held transaction: `BEGIN; SELECT pg_current_xact_id();` held open in database"
         f" '{stats_live.OTHER_DATABASE}' of the same server for the whole scenario; then, in Tally's"

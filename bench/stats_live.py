@@ -4,9 +4,10 @@ Both scenarios run the production trio with its default settings on the database
 at-rest figures were measured on: `python web.py`, `python worker.py` (it runs the
 rollups that stats requests ask for once the tail passes 1,000 views) and `python
 clock.py` (ROLLUP_SCHEDULE at its default, a rollup every minute). Views arrive from
-bench/pacer.py, in its own process; stats are timed by sequential GETs from this one,
-one every GET_GAP_SECONDS, and every HEALTH_EVERY-th GET is followed by GET /api/health
-for the tail (`rollup_views_waiting`).
+bench/pacer.py, in its own process (under traffic as beacons with visitor ids, as browsers
+send them; behind the held transaction as batches to /api/pageviews); stats are timed by
+sequential GETs from this one, one every GET_GAP_SECONDS, and every HEALTH_EVERY-th GET is
+followed by GET /api/health for the tail (`rollup_views_waiting`).
 
 The old behaviour stands beside each figure, measured on the same data in the same run:
 the stats tail query (tally/queries.sql, stats_tail, with the web's session settings)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import http.client
 import json
 import subprocess
@@ -54,6 +56,7 @@ HELD_RATE = 50  # requests/s: 5,000 views/s, a minute for the 300,000
 EXPIRED_VIEWS = 100_000  # 31 to 45 days old, loaded after the held transaction began
 OTHER_DATABASE = "other"
 LATE_PATH = "/committed-late"
+NOW_BUCKET_SQL = "date_bin('15 minutes', now(), '2000-01-01 00:00+00')"
 JOB_TIMEOUT_SECONDS = 120
 TAIL_RUNS = 3
 # The web's own session settings, but no statement timeout: the old tail may take longer.
@@ -170,17 +173,27 @@ def production_trio(url: str) -> Iterator[int]:
 def old_tail(url: str, watermark: object) -> OldTail:
     """The stats tail query over every view at or above `watermark`, as the old rollup left them."""
     with psycopg.connect(url, autocommit=True, options=WEB_OPTIONS) as conn:
-        views = conn.execute(
-            "SELECT count(*) FROM page_views WHERE recorded_xid >= %s", (watermark,)
-        ).fetchone()[0]
-        day_ago = conn.execute("SELECT now() - interval '24 hours'").fetchone()[0]
+        # The bounds the web passes (stats_state): the tail's span, and the buckets of the last 24 hours.
+        views, tail_from, tail_to = conn.execute(
+            "SELECT count(*), min(viewed_at), max(viewed_at) + interval '1 microsecond'"
+            " FROM page_views WHERE recorded_xid >= %s",
+            (watermark,),
+        ).fetchone()
+        now_bucket = conn.execute(f"SELECT {NOW_BUCKET_SQL}").fetchone()[0]
+        bounds = {
+            "watermark": watermark,
+            "in_progress": [],
+            "site": None,
+            "tz": "UTC",
+            "tail_from": tail_from,
+            "tail_to": tail_to,
+            "recent": now_bucket - datetime.timedelta(hours=24),
+            "now_bucket": now_bucket,
+        }
         timings = []
         for _ in range(TAIL_RUNS):
             began = time.perf_counter()
-            conn.execute(
-                QUERIES["stats_tail"],
-                {"watermark": watermark, "in_progress": [], "site": None, "tz": "UTC", "recent": day_ago},
-            ).fetchall()
+            conn.execute(QUERIES["stats_tail"], bounds).fetchall()
             timings.append(time.perf_counter() - began)
     return OldTail(views, median(timings))
 
@@ -202,13 +215,15 @@ class UnderTraffic:
 
 
 def under_traffic(url: str) -> UnderTraffic:
-    """TRAFFIC_RATE single-view POSTs a second for TRAFFIC_SECONDS, stats timed meanwhile."""
-    say(f"stats: {TRAFFIC_RATE} views/s for {TRAFFIC_SECONDS} s, web + worker + clock, stats timed")
+    """TRAFFIC_RATE beacons a second for TRAFFIC_SECONDS, as browsers send them (visitor ids, half
+    of them returning: each stats request reads how the tail's ids move the rolled-up visitors
+    and visits), stats timed meanwhile."""
+    say(f"stats: {TRAFFIC_RATE} beacons/s for {TRAFFIC_SECONDS} s, web + worker + clock, stats timed")
     with psycopg.connect(url, autocommit=True) as conn, production_trio(url) as port:
         last_job = conn.execute(LAST_JOB_SQL).fetchone()[0]
         last_view = conn.execute("SELECT max(id) FROM page_views").fetchone()[0]
         requests = TRAFFIC_RATE * TRAFFIC_SECONDS
-        with paced_views(port, TRAFFIC_RATE, requests) as pacer:
+        with paced_views(port, TRAFFIC_RATE, requests, beacons=True) as pacer:
             timed = time_stats_while(port, pacer)
             paced = posted(pacer.summary(), f"at {TRAFFIC_RATE} views/s")
         rollups = rollups_since(conn, last_job)
