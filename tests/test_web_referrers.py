@@ -32,3 +32,32 @@ def test_an_ipv6_referrer_is_its_whole_address_and_a_final_dot_is_no_other_host(
     ]
     filtered = client.get("/api/stats", {"days": "1", "site": "www.site5.test", "referrer": "[2001:db8::5]"})
     assert filtered.json["total_views"] == 2
+
+
+@pytest.mark.parametrize(
+    "referrer",
+    ["https://exa mple.com/", "https://./", "https://ex%41mple.com/", "https://-bad-.com/", "https://a..b/"],
+)
+def test_a_referrer_whose_host_is_no_host_is_refused_and_nothing_stored(client, conn, referrer):
+    """They were stored, and shown as referring domains ("exa mple.com", ".")."""
+    answer = client.post_json("/api/pageviews", {"path": "/a", "referrer": referrer}, status=400)
+    assert '"referrer" must be a URL' in answer.json["error"]
+    assert beacon(client, "https://example.com/a", referrer, status=400).json["error"] == answer.json["error"]
+    assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+
+
+def test_referrers_of_every_kind_of_host_are_kept(client, conn):
+    """An app's referrer (android-app://), an IPv6 or IPv4 address, an international name, a
+    final dot."""
+    kept = [
+        "android-app://com.google.android.gm/",
+        "https://[2001:db8::5]/x",
+        "http://127.0.0.1:8080/",
+        "https://bücher.de/x",
+        "https://x.com./",
+    ]
+    client.post_json(
+        "/api/pageviews", [{"path": "/a", "referrer": referrer} for referrer in kept], status=201
+    )
+    stored = [row[0] for row in conn.execute("SELECT referrer FROM page_views ORDER BY id")]
+    assert stored == kept

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import collections
 import functools
+import ipaddress
 import urllib.parse
 
 from publicsuffixlist import PublicSuffixList
+
+from tally.sites import parse_site
 
 _SUFFIXES = PublicSuffixList()
 # The registrable label (the name before the public suffix) of well-known search engines.
@@ -34,6 +37,24 @@ SEARCH_ENGINES = {
     "seznam": "Seznam",
     "kagi": "Kagi",
 }
+
+
+def _is_host(host: str) -> bool:
+    """Whether `host` (as urlsplit gives it: lower case, brackets off) is a host name, as a site's
+    is (international names checked in their ASCII form), or an IP address."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])  # a zone id ("%eth0") is the sender's own
+        except ValueError:
+            return False
+        return True
+    name = host.rstrip(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    return parse_site(name) is not None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -67,6 +88,8 @@ def stored_referrer(referrer: str) -> str:
     host, port = parts.hostname, parts.port  # reading the port checks it
     if not parts.scheme or not host:
         raise ValueError("no scheme or host")
+    if not _is_host(host):  # "exa mple.com", "ex%41mple.com", "-bad-.com": no domain to show
+        raise ValueError("not a host name or address")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
