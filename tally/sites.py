@@ -21,6 +21,22 @@ MAX_HOST_NAME = 253
 # dot allowed, nothing around it. The OpenAPI document gives this same pattern, so what it
 # calls valid and what the app accepts are one set.
 SITE_NAME = re.compile(HOST_NAME.pattern.replace("a-z", "A-Za-z") + r"\.?")
+# An IPv6 address in RFC 4291's text forms (eight groups, or fewer around one "::"), as a URL
+# holds it in brackets; no zone id, no IPv4 tail. The OpenAPI document gives it too.
+_GROUP = "[0-9A-Fa-f]{1,4}"
+IPV6_ADDRESS = re.compile(
+    "|".join(
+        [
+            f"(?:{_GROUP}:){{7}}{_GROUP}",
+            f"::(?:{_GROUP}(?::{_GROUP}){{0,6}})?",
+            *(
+                f"(?:{_GROUP}:){{{left - 1}}}{_GROUP}::(?:{_GROUP}(?::{_GROUP}){{0,{6 - left}}})?"
+                for left in range(1, 7)
+            ),
+            f"(?:{_GROUP}:){{6}}{_GROUP}::",
+        ]
+    )
+)
 
 
 def parse_site(value: str) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tally.dimensions import DIMENSIONS
 from tally.env import time_zone_names
-from tally.sites import MAX_HOST_NAME, SITE_NAME
+from tally.sites import IPV6_ADDRESS, MAX_HOST_NAME, SITE_NAME
 from tally.web import beacon as beacon_body
 from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
@@ -36,8 +36,10 @@ PAGE_URL = (
     f"^[Hh][Tt][Tt][Pp][Ss]?://{USER}{SITE_NAME.pattern}{PORT}"
     f"(/[^?#{CONTROL}]{{0,{MAX_TEXT - 1}}})?([?#][^{CONTROL}]*)?$"
 )
-# The referring page: empty, or any scheme with a host (its query and fragment are dropped).
-REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}[^/?#@\\[\\]:{CONTROL}]+{PORT}([/?#][^{CONTROL}]*)?)?$"
+# The referring page: empty, or any scheme with a host name or an IPv6 address (its query and
+# fragment are dropped).
+REFERRER_HOST = f"({SITE_NAME.pattern}|\\[({IPV6_ADDRESS.pattern})\\])"
+REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}{REFERRER_HOST}{PORT}([/?#][^{CONTROL}]*)?)?$"
 
 
 # Every query parameter of every route, by name: a route lists the names it takes.

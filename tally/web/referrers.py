@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import ipaddress
 import urllib.parse
 
 from publicsuffixlist import PublicSuffixList
 
-from tally.sites import parse_site
+from tally.sites import IPV6_ADDRESS, parse_site_name
 
 _SUFFIXES = PublicSuffixList()
 # The registrable label (the name before the public suffix) of well-known search engines.
@@ -40,21 +39,11 @@ SEARCH_ENGINES = {
 
 
 def _is_host(host: str) -> bool:
-    """Whether `host` (as urlsplit gives it: lower case, brackets off) is a host name, as a site's
-    is (international names checked in their ASCII form), or an IP address."""
+    """Whether `host` (as urlsplit gives it: lower case, brackets off) is a host name as a site's
+    is (international ones in their ASCII form, as browsers send them) or an IPv6 address."""
     if ":" in host:
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])  # a zone id ("%eth0") is the sender's own
-        except ValueError:
-            return False
-        return True
-    name = host.rstrip(".")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            return False
-    return parse_site(name) is not None
+        return IPV6_ADDRESS.fullmatch(host) is not None
+    return parse_site_name(host) is not None
 
 
 @functools.lru_cache(maxsize=4096)
