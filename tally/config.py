@@ -93,6 +93,7 @@ class Config:
     report_schedule: str = "off"
     # The dashboard's public address, for the reports' links (default: http://localhost:PORT).
     tally_url: str = "http://localhost:5000"
+    tally_url_set: bool = False  # TALLY_URL given: the dashboard's tag names it, not the request's host
     # A streaming replica for the owner's reads (issue 19; tally/web/replica.py), and the lag
     # past which those reads go to the primary instead. Only the web reads from it.
     database_replica_url: str | None = dataclasses.field(default=None, repr=False)
@@ -228,6 +229,7 @@ def _report_settings(reader: EnvReader) -> dict:
         "report_recipients": recipients,
         "report_schedule": schedule.lower() if recipients and smtp else "off",
         "tally_url": tally_url,
+        "tally_url_set": reader.optional_text("TALLY_URL") is not None,
     }
 
 

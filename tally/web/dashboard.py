@@ -17,9 +17,11 @@ a share link's token and the other filters; the template escapes every value it 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import urllib.parse
-from collections.abc import Mapping
+import zoneinfo
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,67 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def tracker_tag(tally_url: str | None) -> str:
+    """The tag a site copies to send its views here. Its address is absolute, since a `src` of
+    `/tally.js` on another site loads from that site: the configured public address, else the
+    one this request came to (behind a router, the one the browser used, as sessions.py reads it).
+
+    >>> tracker_tag("https://tally.example.com")
+    '<script defer src="https://tally.example.com/tally.js"></script>'
+    """
+    if not tally_url:
+        environ = bottle.request.environ
+        scheme = _first(environ.get("HTTP_X_FORWARDED_PROTO")).lower() or environ.get(
+            "wsgi.url_scheme", "http"
+        )
+        host = (
+            _first(environ.get("HTTP_X_FORWARDED_HOST"))
+            or environ.get("HTTP_HOST")
+            or environ.get("SERVER_NAME")
+        )
+        tally_url = f"{scheme if scheme in ('http', 'https') else 'http'}://{host or 'localhost'}"
+    return f'<script defer src="{tally_url.rstrip("/")}/tally.js"></script>'
+
+
+def _first(header: str | None) -> str:
+    """A forwarded header's first entry: the one the client's side of the proxies saw."""
+    return (header or "").split(",")[0].strip()
+
+
+def written_as(when: Callable[[datetime.datetime | None], str]) -> Callable[[str | None], str]:
+    """`when` (the jobs page's way of writing a time) for the ISO text the answers carry, so the
+    same failure reads the same on both pages; '' for None."""
+    return lambda text: when(datetime.datetime.fromisoformat(text) if text else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """What filtered figures leave out: they count the raw views, which the cleanup deletes
+    after RETENTION_DAYS (the rollups that unfiltered ones read are kept 400 days)."""
+
+    note: str | None  # the sentence that says so, when the window or the period before reaches past the cut
+    previous_not_kept: bool  # the period before lies wholly before the cut: its zeros are no count
+
+
+def retention(stats: dict[str, Any]) -> Retention:
+    """What the answer's filters leave out; nothing unfiltered. The cut is the answer's own time
+    less retention_days, as a day of its zone: every view of an earlier day is older than it."""
+    if not stats.get("filters"):
+        return Retention(None, False)
+    kept = stats["retention_days"]
+    at = datetime.datetime.fromisoformat(stats["generated_at"]) - datetime.timedelta(days=kept)
+    cut = at.astimezone(zoneinfo.ZoneInfo(stats["tz"])).date()
+    previous = stats.get("previous")
+    earliest = datetime.date.fromisoformat((previous or stats)["first_day"])
+    if earliest > cut:
+        return Retention(None, False)
+    note = (
+        f"Filtered figures count the raw views, kept {kept} day{'' if kept == 1 else 's'}:"
+        f" days before {cut.isoformat()} count none."
+    )
+    return Retention(note, previous is not None and datetime.date.fromisoformat(previous["last_day"]) < cut)
+
+
 def render(
     stats: dict[str, Any],
     queue: dict[str, Any] | None,
@@ -207,9 +270,11 @@ def render(
     logout_token: str | None = None,
     share: str | None = None,
     counted_in: float = 0.0,
+    tally_url: str | None = None,
 ) -> str:
     """The page; `queue` and `processes` (owner only) are None for anyone else; `counted_in`, the
-    seconds its numbers took, sets how soon it reloads."""
+    seconds its numbers took, sets how soon it reloads; `tally_url`, the public address when one
+    is configured, goes into the tag a fresh page offers to copy."""
     filters = stats.get("filters") or {}
     previous = stats.get("previous")
     # The page as it is (window, site, zone, share token, filters); a link changes one of them.
@@ -217,6 +282,10 @@ def render(
     # This page for the owner, who needs no share token: the CSV export's and the login's.
     unshared = query_string(stats["days"], stats["site"], stats["tz"], filters=filters)
     bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
+    # Not at the top: jobs_page imports (through params, responses) error_page, which imports
+    # this module's REFRESH_SECONDS; whichever of the two came first would meet the other half made.
+    from tally.web.jobs_page import time_shown
+
     return TEMPLATE.render(
         stats=stats,
         sites=sites or [],
@@ -244,6 +313,10 @@ def render(
         clear="/" + address(filters={}),
         login="/login?" + urllib.parse.urlencode({"next": "/" + unshared}),  # and back here
         age=age,
+        # In the zone the page counts days in (TIMEZONE unless ?tz= says), as the jobs page.
+        when=written_as(time_shown(stats["tz"])),
+        tracker_tag=tracker_tag(tally_url) if not filters and not stats["total_views"] else None,
+        retention=retention(stats),
         as_text=lambda value: visible(str(value)),  # an event's prop or value, as value_label shows text
         refresh=refresh_seconds(counted_in),
         width=CHART_WIDTH,

@@ -87,7 +87,7 @@
     <a id="login-link" href="{{login}}">Owner log in</a>
     % end
   </header>
-  <div class="muted">Served by {{dyno}} at {{stats['generated_at']}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.
+  <div class="muted">Served by {{dyno}} at {{when(stats['generated_at'])}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.
     <nav>Window:
       % for window, name in windows:
       <a href="/{{query(window, stats['site'], stats['tz'])}}" class="{{'current' if window == stats['days'] else ''}}">{{name}}</a>
@@ -113,22 +113,31 @@
     <a class="clear" href="{{clear}}">clear all</a>
     % end
   </div>
+  % if retention.note:
+  <p id="retention-note" class="muted">{{retention.note}}</p>
+  % end
   % end
 
   <div class="cards">
     <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b>
-      % if previous:
+      % if retention.previous_not_kept:
+      <span class="muted">period before not kept</span>
+      % elif previous:
       <span class="muted"><span id="views-change" class="change">{{change(previous['change_percent']['total_views'])}}</span> vs {{previous['total_views']}} before</span>
       % end
     </div>
     <div class="card"><span class="muted">Visitors, {{stats['days']}} days</span><b id="total-visitors">{{stats['visitors']}}</b>
-      % if previous:
+      % if retention.previous_not_kept:
+      <span class="muted">period before not kept</span>
+      % elif previous:
       <span class="muted"><span id="visitors-change" class="change">{{change(previous['change_percent']['visitors'])}}</span> vs {{previous['visitors']}} before</span>
       % end
     </div>
     % for key, label, shown in (('visits', 'Visits', stats['visits']), ('bounce_rate', 'Bounce rate', '%d%%' % round(100 * stats['bounce_rate'])), ('visit_duration_seconds', 'Visit duration', '%g s' % stats['visit_duration_seconds']), ('views_per_visit', 'Views per visit', stats['views_per_visit'])):
     <div class="card"><span class="muted">{{label}}</span><b id="{{key.replace('_', '-')}}">{{shown}}</b>
-      % if previous:
+      % if retention.previous_not_kept:
+      <span class="muted">period before not kept</span>
+      % elif previous:
       <span class="muted"><span id="{{key.replace('_', '-')}}-change" class="change">{{change(previous['change_percent'][key])}}</span> vs {{previous[key]}} before</span>
       % end
     </div>
@@ -157,7 +166,7 @@
     </h2>
     <div class="muted key"><i style="background: var(--bar)"></i>views<i style="background: #173a80"></i>visitors
       % if previous:
-      <i class="dash"></i>views, {{previous['first_day']}} to {{previous['last_day']}}
+      <i class="dash"></i>views, {{previous['first_day']}} to {{previous['last_day']}}{{' (not kept)' if retention.previous_not_kept else ''}}
       % end
     </div>
     <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Views and visitors per day, last {{stats['days']}} days">
@@ -193,8 +202,8 @@
       <tr class="{{'active' if row.active else ''}}" data-value="{{row.value}}"><td class="value"><a href="{{row.href}}" title="Show only these views">{{row.label}}</a></td><td class="num views">{{row.views}}</td><td class="num visitors">{{row.visitors}}</td></tr>
       % end
       % if not panel.rows:
-      % if panel is panels[0] and not stats['filters'] and not stats['total_views']:
-      <tr><td colspan="3" class="muted">No views yet: add &lt;script defer src="/tally.js"&gt;&lt;/script&gt; (with this server's address) to your pages</td></tr>
+      % if panel is panels[0] and tracker_tag:
+      <tr><td colspan="3" class="muted">No views yet: add <code id="tracker-tag">{{tracker_tag}}</code> to your pages.</td></tr>
       % else:
       <tr><td colspan="3" class="muted">None in this window.</td></tr>
       % end
@@ -262,7 +271,7 @@
     <table id="recent-failures">
       <tr><th>Job</th><th>Task</th><th class="num">Attempts</th><th>Failed</th><th>Error</th></tr>
       % for job in queue['recent_failures']:
-      <tr><td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{job['failed_at'] or ''}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
+      <tr><td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{when(job['failed_at'])}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
       % end
       % if not queue['recent_failures']:
       <tr><td colspan="5" class="muted">No failed jobs.</td></tr>

@@ -22,6 +22,8 @@
   button { padding: 2px 10px; border: 1px solid var(--line); border-radius: 6px; background: #fff; cursor: pointer; }
   .muted { color: var(--muted); font-size: .85rem; }
   .failed, .paused { color: var(--bad); }
+  /* A div, not a p: a form ends a paragraph, which left its </p> stray. */
+  .bulk { margin: 1em 0; }
   #notice { background: #eef4ff; border: 1px solid #b6cdf7; border-radius: 8px; padding: 8px 12px; margin-bottom: 12px; }
 </style>
 </head>
@@ -97,10 +99,10 @@
       </select></label>
       <button type="submit">Filter</button>
     </form>
-    <p>
+    <div class="bulk">
       <form id="bulk-retry" class="inline" method="post" action="/api/jobs/bulk/retry?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry every failed, cancelled or aborted job of this filter</button></form>
       <form id="bulk-cancel" class="inline" method="post" action="/api/jobs/bulk/cancel?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Cancel every waiting or running job of this filter</button></form>
-    </p>
+    </div>
     <table id="jobs">
       <tr><th>Job</th><th></th><th>Task</th><th>Status</th><th>Queue</th><th class="num">Attempts</th><th>Last event</th></tr>
       % for job in jobs:

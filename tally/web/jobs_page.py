@@ -19,6 +19,7 @@ from typing import Any
 
 import bottle
 import croniter
+import procrastinate
 import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
@@ -50,6 +51,12 @@ def time_shown(zone: str) -> Callable[[datetime.datetime | None], str]:
         return "" if value is None else value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     return when
+
+
+def own_task_names(app: procrastinate.App) -> frozenset[str]:
+    """The tasks Tally defines on `app`, as POST /api/jobs/<task> takes them: procrastinate's
+    builtin one is registered under a dotted name and an alias of its own."""
+    return frozenset(name for name in app.tasks if "." not in name and ":" not in name)
 
 
 def page_address(filters: dict[str, str | None], before: int | None = None) -> str:
@@ -93,11 +100,13 @@ def render_list(
     before: int | None,
     *,
     periodic: dict[str, str],
+    defined: frozenset[str],
     zone: str,
     csrf: str | None,
     notice: str | None,
 ) -> str:
-    """The jobs page: the queues, the schedules, and one page of jobs of `filters`."""
+    """The jobs page: the queues, the schedules, and one page of jobs of `filters`; its task
+    filter offers the `defined` tasks, and those of older releases that still have jobs."""
     with pool.connection() as conn:
         jobs = _rows(conn, "list_jobs", **filters, before=before, limit=PAGE_SIZE + 1)
         tasks = [row["name"] for row in _rows(conn, "job_task_names")]
@@ -111,7 +120,7 @@ def render_list(
         jobs=jobs,
         filters=filters,
         statuses=JOB_STATUSES,
-        tasks=sorted(set(tasks) | set(periodic)),
+        tasks=sorted(set(tasks) | defined),
         queues=queues,
         paused=paused,
         schedules=scheduled,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bottle
 import psycopg_pool
 
+import jobs
 from jobs.schedule import periodic_tasks
 from tally.config import Config
 from tally.web import jobs_page
@@ -34,6 +35,9 @@ def _notice() -> str | None:
 def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPool, auth: Auth) -> None:
     """Add the jobs pages to `app`."""
     periodic = {task.name: cron for task, cron in periodic_tasks(config).items()}
+    # jobs.app, as the schedules are: app.py hands this module no app of its own, and a task that
+    # never ran (rebuild_rollups, send_reports without a schedule) is still one to filter by.
+    defined = jobs_page.own_task_names(jobs.app)
 
     @app.get("/jobs")
     @auth.owner_only
@@ -47,6 +51,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
             parse_job_filters(query, also=frozenset({"notice"})),
             parse_before(query),
             periodic=periodic,
+            defined=defined,
             zone=config.timezone,
             csrf=auth.csrf_token() or "",
             notice=_notice(),

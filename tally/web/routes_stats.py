@@ -80,6 +80,7 @@ def register(
             dyno=config.dyno,
             sites=sites,
             counted_in=time.monotonic() - started,
+            tally_url=config.tally_url if config.tally_url_set else None,
             **auth.page_context(),
         )
 
