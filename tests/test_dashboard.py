@@ -122,3 +122,14 @@ def test_a_filtered_window_longer_than_the_raw_views_kept_says_so(kolkata, conn)
     assert retention_note(kolkata.get("/", {"days": "3", "country": "DE"}).text) is None
     page = kolkata.get("/", {"days": "90"}).text
     assert retention_note(page) is None and "period before not kept" not in page
+
+
+def test_no_worker_running_says_so_not_heartbeat_never(database_url, pool, conn):
+    """procrastinate deletes a worker's row when it stops: the card said "heartbeat never" of a
+    worker that beat a minute before."""
+    client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
+    conn.execute("DELETE FROM procrastinate_workers")
+    card = client.get("/").html.find(id="worker-heartbeat").text
+    assert card.startswith("no worker running") and "never" not in card
+    conn.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '3 seconds')")
+    assert client.get("/").html.find(id="worker-heartbeat").text == "heartbeat 3 s ago"

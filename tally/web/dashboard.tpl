@@ -151,7 +151,11 @@
     </div>
     % if processes is not None:
     <div class="card"><span class="muted">Workers alive</span><b id="workers-alive">{{processes['workers_alive']}}</b>
-      <span class="muted">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
+      % if processes['worker_heartbeat_age_seconds'] is None:
+      <span class="muted" id="worker-heartbeat">no worker running (a worker that stops takes its row with it)</span></div>
+      % else:
+      <span class="muted" id="worker-heartbeat">heartbeat {{age(processes['worker_heartbeat_age_seconds'])}}</span></div>
+      % end
     <div class="card"><span class="muted">Last clock tick</span><b id="clock-tick">{{age(processes['clock_last_defer_age_seconds'])}}</b></div>
     <div class="card"><span class="muted">Last rollup</span><b id="rollup-age">{{age(processes['rollup_age_seconds'])}}</b>
       <span class="muted" id="rollup-waiting">{{processes['rollup_views_waiting']}} views waiting</span></div>
