@@ -811,6 +811,15 @@ SELECT DISTINCT ON (defer.task_name)
    AND defer.defer_timestamp <= extract(epoch FROM now()) + 60
  ORDER BY defer.task_name, defer.defer_timestamp DESC NULLS LAST, defer.id DESC
 
+-- last_jobs_of_tasks --
+-- Each task's newest job, whoever deferred it (the clock, "Run now", the CLI, a stats request),
+-- with the time of its last event: one probe of (task_name, id) each.
+SELECT t.task, job.id AS job_id, job.status::text AS status,
+       (SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = job.id) AS at
+  FROM unnest(%(tasks)s::text[]) AS t(task)
+  JOIN LATERAL (SELECT id, status FROM procrastinate_jobs j WHERE j.task_name = t.task
+                ORDER BY j.id DESC LIMIT 1) job ON true
+
 -- set_local_work_mem --
 -- The memory of each sort and hash for the rest of this transaction (SET LOCAL, with a value).
 SELECT set_config('work_mem', %(work_mem)s, true)

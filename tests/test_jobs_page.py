@@ -330,6 +330,23 @@ def test_schedules_show_next_run_and_last_deferral_in_the_owners_zone(database_u
     assert row.find("a")["href"] == f"/jobs/{job_id}"
 
 
+def test_a_schedule_shows_its_tasks_newest_job_whoever_deferred_it(database_url, pool, conn):
+    """ "Run now" defers no job of the schedule's: its row still said "Last deferral: never" and
+    "-" after the job ran, as if the button had done nothing."""
+    client = make_client(database_url, pool, ADMIN_TOKEN=TOKEN, TIMEZONE="Asia/Kolkata")
+    row = client.get("/jobs", headers=OWNER).html.find("tr", attrs={"data-task": "cleanup_old_page_views"})
+    assert row.find("td", class_="newest").text.strip() == "-"
+    (job_id,) = conn.execute(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'cleanup_old_page_views', 0, NULL, NULL,"
+        " '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+    ).fetchone()[0]
+    conn.execute("UPDATE procrastinate_events SET at = '2026-01-05 03:30:00+00' WHERE job_id = %s", (job_id,))
+    row = client.get("/jobs", headers=OWNER).html.find("tr", attrs={"data-task": "cleanup_old_page_views"})
+    newest = row.find("td", class_="newest")
+    assert newest.find("a")["href"] == f"/jobs/{job_id}" and newest.find("a").text == "todo"
+    assert newest.find("span").text == "2026-01-05 09:00:00 IST"
+
+
 def test_a_queue_whose_name_cannot_be_paused_offers_no_pause_button(client, conn):
     """procrastinate takes any queue name up to 128 characters (`defer --queue reports/eu`);
     pause takes 1 to 40 of A-Z a-z 0-9 _ . : - (a NOTIFY channel's limit). The page offered its

@@ -60,7 +60,7 @@
   <section>
     <h2>Schedules <span class="muted">(times in {{zone}})</span></h2>
     <table id="schedules">
-      <tr><th>Task</th><th>Cron (UTC)</th><th>Next run</th><th>Last deferral</th><th>Outcome</th></tr>
+      <tr><th>Task</th><th>Cron (UTC)</th><th>Next run</th><th>Last deferral</th><th>Outcome</th><th>Newest job, any origin</th></tr>
       % for row in schedules:
       <tr data-task="{{row['task']}}">
         <td>{{row['task']}} <form class="inline run-now-form" method="post" action="/api/jobs/{{quote(row['task'])}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit" aria-label="Run {{row['task']}} now">Run now</button></form></td>
@@ -72,6 +72,13 @@
           <a href="/jobs/{{row['last_job_id']}}">{{row['last_status']}}</a>
           % else:
           {{'-' if not row['last_deferred_at'] else 'pruned'}}
+          % end
+        </td>
+        <td class="newest {{'failed' if row['newest'] and row['newest']['status'] == 'failed' else ''}}">
+          % if row['newest']:
+          <a href="/jobs/{{row['newest']['job_id']}}">{{row['newest']['status']}}</a> <span class="muted">{{when(row['newest']['at'])}}</span>
+          % else:
+          -
           % end
         </td>
       </tr>

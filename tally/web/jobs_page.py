@@ -70,9 +70,11 @@ def page_address(filters: dict[str, str | None], before: int | None = None) -> s
 def schedules(
     conn: psycopg.Connection, periodic: dict[str, str], zone: str, now: datetime.datetime
 ) -> list[dict[str, Any]]:
-    """Each periodic task: its cron line, next run and last deferral in `zone`, that job's status."""
+    """Each periodic task: its cron line, next run and last deferral in `zone`, that job's status,
+    and its newest job whoever deferred it (a "Run now" is no deferral of the schedule's)."""
     tz = zoneinfo.ZoneInfo(zone)
     last = {row["task"]: row for row in _rows(conn, "last_periodic_defers", tasks=list(periodic))}
+    newest = {row["task"]: row for row in _rows(conn, "last_jobs_of_tasks", tasks=list(periodic))}
     result = []
     for task, cron in sorted(periodic.items()):
         # procrastinate reads cron lines in UTC (its deferrer passes epoch seconds to croniter).
@@ -89,6 +91,7 @@ def schedules(
                 "last_deferred_at": deferred_at,
                 "last_job_id": deferral["job_id"] if deferral else None,
                 "last_status": deferral["status"] if deferral else None,
+                "newest": newest.get(task),
             }
         )
     return result
