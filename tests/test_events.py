@@ -76,7 +76,7 @@ LIMITS = [
     ({"event": "E", "props": {"n": int("9" * 2001)}}, "longer than 2000"),  # a number's digits too
     ({"event": "E", "props": {"plan": {"nested": 1}}}, "not nested"),
     ({"event": "E", "props": {"plan": [1]}}, "not nested"),
-    ({"event": "E", "props": {"plan": None}}, "not nested"),
+    ({"event": "E", "props": {"plan": None}}, "not null"),
     ({"event": "E\n", "props": {}}, "control character"),
 ]
 

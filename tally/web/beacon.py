@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from tally.sites import parse_site
 from tally.web.audience import campaign_of
-from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT, RepeatedKey, unique_keys
 from tally.web.referrers import stored_referrer
 
 SOURCE_PARAMETERS = ("utm_source", "ref", "source")
@@ -35,6 +35,8 @@ MAX_URL = 16 * 1024
 # Line breaks and tabs in a prop's value (an attribute of formatted HTML: data-tally-prop-plan="
 #   pro") are folded into one space: the tracker cannot see a 400, so the click would be lost.
 FOLDED_WHITESPACE = re.compile(r"\s*[\t\n\r]\s*")
+# What a refused prop value is, in JSON's words (anything else is null).
+NOT_PROP_VALUES = {dict: "an object: props are not nested", list: "a list: props are not nested"}
 
 
 class Refused(Exception):
@@ -62,7 +64,9 @@ class Beacon(NamedTuple):
 def parse_collect_body(body: bytes) -> Beacon:
     """The view a beacon's body describes; raises Refused(400) saying what is wrong."""
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=unique_keys)
+    except RepeatedKey as repeated:
+        raise Refused(400, repeated.sentence()) from None
     except UnicodeDecodeError:
         raise Refused(400, "The body is not valid UTF-8.") from None
     except (ValueError, RecursionError):
@@ -134,20 +138,27 @@ def _props(value: object) -> dict[str, str | int | float | bool] | None:
     for key, item in value.items():
         if not key or len(key) > MAX_PROP_KEY or CONTROL_CHARACTERS.search(key):
             raise Refused(400, f"A prop's key must be 1 to {MAX_PROP_KEY} printable characters.")
-        _text(key, "props")  # valid Unicode
+        if not _is_unicode(key):
+            raise Refused(400, "A prop's key is not valid Unicode (a lone surrogate).")
+        named = f'Prop "{key[:40]}"'
         if isinstance(item, str):
             folded = FOLDED_WHITESPACE.sub(" ", item)
             if folded != item:
                 item = value[key] = folded.strip()
             if len(item) > MAX_PROP_VALUE:
-                raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
-            _text(item, "props")
+                raise Refused(400, f"{named} is longer than {MAX_PROP_VALUE} characters.")
+            if CONTROL_CHARACTERS.search(item):
+                raise Refused(400, f"{named} contains a control character.")
+            if not _is_unicode(item):
+                raise Refused(400, f"{named} is not valid Unicode (a lone surrogate).")
         elif isinstance(item, float) and not math.isfinite(item):
-            raise Refused(400, f'Prop "{key[:40]}" must be a finite number.')
+            raise Refused(400, f"{named} must be a finite number.")
         elif not isinstance(item, bool | int | float):
-            raise Refused(400, f'Prop "{key[:40]}" must be a string, a number or a boolean, not nested.')
+            # null is no nesting: "not nested" sent its sender looking for an object that is not there.
+            kind = NOT_PROP_VALUES.get(type(item), "null")
+            raise Refused(400, f"{named} must be a string, a number or a boolean, not {kind}.")
         elif len(repr(item)) > MAX_PROP_VALUE:  # shown as text in event_props, as a string is
-            raise Refused(400, f'Prop "{key[:40]}" is longer than {MAX_PROP_VALUE} characters.')
+            raise Refused(400, f"{named} is longer than {MAX_PROP_VALUE} characters.")
     return value
 
 
@@ -162,6 +173,15 @@ def _width(value: object) -> int | None:
     return int(value)
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether `text` can be stored (json.loads takes "\\ud800", a lone surrogate, UTF-8 cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: object, field: str, limit: int = MAX_TEXT) -> str | None:
     if value is None:
         return None
@@ -171,10 +191,8 @@ def _text(value: object, field: str, limit: int = MAX_TEXT) -> str | None:
         raise Refused(400, f'"{field}" is longer than {limit} characters.')
     if CONTROL_CHARACTERS.search(value):
         raise Refused(400, f'"{field}" contains a control character.')
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused(400, f'"{field}" is not valid Unicode (a lone surrogate).') from None
+    if not _is_unicode(value):
+        raise Refused(400, f'"{field}" is not valid Unicode (a lone surrogate).')
     return value
 
 

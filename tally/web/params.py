@@ -1,4 +1,5 @@
-"""The query parameters that several routes share: `days`, `tz`, `site`, the filters and `compare`.
+"""The query parameters that several routes share: `days`, `tz`, `site`, the filters and `compare`
+(stats, export, the dashboard), the jobs page's, and what each single one must be: given once.
 
 A bad value raises a 400 `{"error": ...}` response, which Bottle sends as it is.
 """
@@ -6,6 +7,7 @@ A bad value raises a 400 `{"error": ...}` response, which Bottle sends as it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Set
 
 import bottle
 
@@ -18,44 +20,64 @@ from tally.web.stats import MAX_DAYS
 from tally.web.windows import DEFAULT_DAYS
 
 DAYS_PARAMETER = re.compile(r"[0-9]{1,3}")
+SITE_PARAMETER = "site must be one host name such as example.com, without a port."
+
+
+def given_once(query: bottle.FormsDict, name: str) -> str | None:
+    """The value of the query parameter `name`, None when absent; a 400 when it is given twice.
+    An empty copy counts: which of the two was meant is not known (as for a filter). Said as
+    such, or `?days=7&days=7` read "days must be a whole number", of a value that is one."""
+    values = query.getall(name)
+    if len(values) > 1:
+        raise json_error(400, f"Give {name} once.")
+    return values[0] if values else None
+
+
+def refuse_unknown(query: bottle.FormsDict, known: Set[str], takes: str) -> None:
+    """A 400 naming the first parameter of `query` not in `known`, then `takes` (what the route
+    takes): a misspelt one (`perod=monthly`) would be answered as if it were absent."""
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise json_error(400, f"Unknown parameter {unknown[0]}: {takes}.")
 
 
 def parse_days(query: bottle.FormsDict) -> int:
     """The `days` query parameter: a whole number from 1 to 366, 30 when absent."""
-    values = query.getall("days")
-    if not values:
+    value = given_once(query, "days")
+    if value is None:
         return DEFAULT_DAYS
-    if len(values) > 1 or not DAYS_PARAMETER.fullmatch(values[0]) or not 1 <= int(values[0]) <= MAX_DAYS:
+    if not DAYS_PARAMETER.fullmatch(value) or not 1 <= int(value) <= MAX_DAYS:
         raise json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}.")
-    return int(values[0])
+    return int(value)
 
 
 def parse_time_zone(query: bottle.FormsDict, default: str) -> str:
     """The `tz` query parameter: an IANA zone name, TIMEZONE's when absent."""
-    values = query.getall("tz")
-    if not values or values == [""]:
+    value = given_once(query, "tz")
+    if not value:
         return default
-    if len(values) > 1 or not is_time_zone(values[0]):
-        spelt = zone_spelt_as(values[0]) if len(values) == 1 else None
+    if not is_time_zone(value):
+        spelt = zone_spelt_as(value)
         hint = f" ({spelt}?)" if spelt else ""
         raise json_error(400, f"tz must be one IANA time zone such as Europe/Paris or Asia/Tokyo{hint}.")
-    return values[0]
+    return value
 
 
 def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     """The `site` query parameter: a host name, or None (every site) when absent or empty."""
-    values = query.getall("site")
-    if not values or values == [""]:
+    value = given_once(query, "site")
+    if not value:
         return None
-    site = parse_site_name(values[0]) if len(values) == 1 else None
+    site = parse_site_name(value)
     if site is None:
-        raise json_error(400, "site must be one host name such as example.com, without a port.")
+        raise json_error(400, SITE_PARAMETER)
     return site
 
 
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 MAX_NAME_LENGTH = 128  # procrastinate's task_name and queue_name are varchar(128)
 MAX_JOB_ID = 2**63 - 1
+JOB_PARAMETERS = frozenset({"status", "task", "queue", "before"})
 
 
 def parse_filter_parameters(query: bottle.FormsDict, own: tuple[str, ...] = ()) -> dict[str, str]:
@@ -68,21 +90,16 @@ def parse_filter_parameters(query: bottle.FormsDict, own: tuple[str, ...] = ()) 
 
 def parse_compare(query: bottle.FormsDict) -> bool:
     """The `compare` query parameter: `previous` adds the period before; absent, nothing."""
-    values = query.getall("compare")
-    if not values or values == [""]:
+    value = given_once(query, "compare")
+    if not value:
         return False
-    if values != ["previous"]:
+    if value != "previous":
         raise json_error(400, "compare must be previous (the period of the same length just before).")
     return True
 
 
 def _one_value(query: bottle.FormsDict, name: str) -> str | None:
-    values = query.getall(name)
-    if not values or values == [""]:
-        return None
-    if len(values) > 1:
-        raise json_error(400, f"{name} must be given once.")
-    return values[0]
+    return given_once(query, name) or None  # empty: a form's field left blank, so any
 
 
 def _name(query: bottle.FormsDict, name: str) -> str | None:
@@ -96,9 +113,7 @@ def parse_job_filters(query: bottle.FormsDict, also: frozenset[str] = frozenset(
     """`status`, `task` and `queue` of the jobs page and the bulk actions; absent or empty: any.
     Any other parameter but `before` (the page the form was on) and those of `also` is a 400: a
     misspelt filter would act on every job (the page showed every job for ?stauts=failed)."""
-    unknown = sorted(set(query) - {"status", "task", "queue", "before"} - also)
-    if unknown:
-        raise json_error(400, f"Unknown parameter {unknown[0]}: the filters are status, task and queue.")
+    refuse_unknown(query, JOB_PARAMETERS | also, "the filters are status, task and queue")
     status = _one_value(query, "status")
     if status is not None and status not in JOB_STATUSES:
         raise json_error(400, f"status must be one of {', '.join(JOB_STATUSES)}.")

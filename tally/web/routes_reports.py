@@ -13,12 +13,14 @@ import psycopg
 from tally import reports
 from tally.config import Config
 from tally.db import QUERIES
-from tally.sites import parse_site_name
 from tally.web.auth import Auth
 from tally.web.error_page import page_errors
+from tally.web.params import SITE_PARAMETER, given_once, parse_site_parameter, refuse_unknown
 from tally.web.responses import database_unavailable, json_error
 from tally.web.sessions import PAGE_HEADERS
 from tally.web.stats import StatsReader
+
+REPORT_PARAMETERS = frozenset({"site", "period"})
 
 
 def register(app: bottle.Bottle, config: Config, auth: Auth, stats: StatsReader) -> None:
@@ -31,24 +33,22 @@ def register(app: bottle.Bottle, config: Config, auth: Auth, stats: StatsReader)
     def preview_report():
         """Show the report of ?site=H for its last full ?period=weekly|monthly, as mailed."""
         query = bottle.request.query
-        sites, periods = query.getall("site"), query.getall("period")
-        site = reports_site(sites)
-        if site is None:
-            return json_error(400, "site must be one host name such as example.com, without a port.")
-        if periods not in ([], ["weekly"], ["monthly"]):
+        # As stats, export and the jobs page do: a misspelt `perod=monthly` showed the week.
+        refuse_unknown(query, REPORT_PARAMETERS, "the report's preview takes site and period")
+        site = parse_site_parameter(query)
+        if site is None:  # absent or empty: the report is of one site
+            return json_error(400, SITE_PARAMETER)
+        kind = given_once(query, "period")
+        if kind is None:
+            kind = "weekly"
+        elif kind not in ("weekly", "monthly"):
             return json_error(400, "period must be weekly or monthly.")
-        kind = periods[0] if periods else "weekly"
         today = reports.local_today(config.timezone)
         period = reports.last_full_period(kind, today)
         report = reports.build(stats, site, period, config.timezone, config.tally_url, today)
         return bottle.HTTPResponse(
             body=report.html(), headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"}
         )
-
-
-def reports_site(values: list[str]) -> str | None:
-    """The one site the report is of (the parameter is required)."""
-    return parse_site_name(values[0]) if len(values) == 1 else None
 
 
 def delivery_failures(conn: psycopg.Connection) -> list[dict[str, Any]]:

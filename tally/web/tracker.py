@@ -22,6 +22,21 @@ CACHE_CONTROL = "public, max-age=86400"
 # A comment at the end of a statement or block opening (never inside a string: the source
 # writes none there); whole comment lines go too.
 TRAILING_COMMENT = re.compile(r"([;{,])\s+// .*$")
+# An entity tag of If-None-Match's list, its W/ (weak) left out: the opaque tag, quotes and
+# all (RFC 9110, 8.8.3: no quote inside, so a comma inside is part of the tag).
+ENTITY_TAG = re.compile(r'(?:W/)?("[^"]*")')
+
+
+def none_match(header: str, etag: str) -> bool:
+    """Whether an If-None-Match `header` matches `etag` (RFC 9110, 13.1.2): `*` matches any
+    current representation, a list matches when one of its tags does, compared weakly (a cache
+    may send back our tag as W/"..."): the answer is then a 304.
+
+    >>> none_match('*', '"a"'), none_match('"b", W/"a"', '"a"'), none_match('"a-gzip"', '"a"')
+    (True, True, False)
+    """
+    header = header.strip()
+    return header == "*" or etag in ENTITY_TAG.findall(header)
 
 
 def served_source(source: str) -> str:
@@ -58,6 +73,6 @@ class Tracker:
         }
         if gzipped:
             headers["Content-Encoding"] = "gzip"
-        if etag in request.get_header("If-None-Match", ""):
+        if none_match(request.get_header("If-None-Match", ""), etag):
             return bottle.HTTPResponse(status=304, headers=headers)
         return bottle.HTTPResponse(body=body, headers=headers)
