@@ -114,7 +114,7 @@ def from_env(environ: Mapping[str, str] | None = None, *, process_type: str) -> 
     pooler = _pooler_settings(reader, process_type)
     config = Config(
         process_type=process_type,
-        dyno=reader.text("DYNO", f"{process_type}.1"),
+        dyno=reader.name("DYNO", f"{process_type}.1"),
         database_url=reader.database_url("DATABASE_URL"),
         # Only the web listens: honcho gives the worker and the clock PORT+100 and +200, past
         # 65535 for a high PORT, and they need none.

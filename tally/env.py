@@ -30,6 +30,8 @@ from tally.sites import parse_site
 T = TypeVar("T")
 TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+# A dyno's name as Heroku gives them (web.1, run.7823, worker.2): one word of the log's key=value.
+DYNO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The connection options whose values libpq checks only when it connects (PostgreSQL's docs,
 # "Parameter Key Words"): a typo there left every process retrying a connection that could
 # never start.
@@ -78,6 +80,16 @@ class EnvReader:
 
     def text(self, name: str, default: str) -> str:
         return self._parse(name, default, str)
+
+    def name(self, name: str, default: str) -> str:
+        """A name that goes into every log line as `dyno=NAME` (DYNO): no spaces or `=`."""
+
+        def parse(raw: str) -> str:
+            if not DYNO_NAME.fullmatch(raw):
+                raise ValueError("expected letters, digits, '.', '_' or '-' such as web.1")
+            return raw
+
+        return self._parse(name, default, parse)
 
     def optional_text(self, name: str) -> str | None:
         return self._parse(name, None, str)
@@ -213,6 +225,8 @@ class EnvReader:
                 pair = (parse_site(site.strip()) if site else None, address.strip())
                 if pair not in pairs:
                     pairs.append(pair)
+            if not pairs:  # ",,": a list that was meant to name someone, and names nobody
+                raise ValueError("it names no address (unset it to send no reports)")
             return tuple(pairs)
 
         return self._parse(name, (), parse)

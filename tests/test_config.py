@@ -98,6 +98,9 @@ def test_without_the_session_lock_the_stalled_threshold_outlasts_the_drains_abor
         ("SMTP_URL", "smtp://mail.example.com:0"),  # was taken as port 587
         ("REPORT_RECIPIENTS", "not-an-address"),
         ("REPORT_RECIPIENTS", "a@example.com,bad host=b@example.com"),
+        ("REPORT_RECIPIENTS", ",,"),  # names nobody: was taken as unset
+        ("DYNO", "web.1 bad name"),  # broke every log line's key=value
+        ("DYNO", "web.1\ntype=clock"),
         ("REPORT_FROM", "tally"),
         ("REPORT_SCHEDULE", "daily"),
         ("TALLY_URL", "ftp://tally.example.com"),
