@@ -15,6 +15,7 @@ from procrastinate.retry import RetryDecision
 
 from jobs import app, partitions, settings
 from jobs.middleware import WrongArguments
+from jobs.retry import DATABASE_LOST_RETRY
 from jobs.time_limit import JobTimedOut, time_limit
 from tally.db import QUERIES
 
@@ -58,7 +59,7 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-@app.task(name="rollup_page_views", pass_context=True, lock="rollup_page_views")
+@app.task(name="rollup_page_views", pass_context=True, lock="rollup_page_views", retry=DATABASE_LOST_RETRY)
 # No time limit: the rollup folds the whole backlog in one statement, and an attempt cut short
 # keeps nothing. Under JOB_TIMEOUT_SECONDS a backlog that takes longer to fold (a backfill of a
 # few million views, a worker down for hours: ~7,000 views/s with visits) was cut and begun

@@ -20,6 +20,7 @@ from procrastinate import JobContext
 from procrastinate.exceptions import ConnectorException, JobAborted
 
 from jobs import app, settings
+from jobs.retry import DATABASE_LOST_RETRY
 from tally.db import QUERIES
 
 logger = logging.getLogger("jobs.partitions")
@@ -41,7 +42,9 @@ def partition_name(day: datetime.date) -> str:
     return f"page_views_p{day:%Y%m%d}"
 
 
-@app.task(name="maintain_partitions", pass_context=True, lock="maintain_partitions")
+@app.task(
+    name="maintain_partitions", pass_context=True, lock="maintain_partitions", retry=DATABASE_LOST_RETRY
+)
 async def maintain_partitions(context: JobContext, timestamp: int | None = None) -> int:
     """Make the next days' partitions and those of views the default one caught; return how many.
 

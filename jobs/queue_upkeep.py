@@ -9,6 +9,7 @@ from procrastinate import JobContext
 
 from jobs import app, settings
 from jobs.liveness import requeue_jobs_of_lost_sessions
+from jobs.retry import DATABASE_LOST_RETRY
 from jobs.time_limit import time_limit
 from tally.db import QUERIES
 
@@ -17,7 +18,7 @@ logger = logging.getLogger("jobs.queue_upkeep")
 PRUNE_BATCH_SIZE = 1000
 
 
-@app.task(name="retry_stalled_jobs", pass_context=True)
+@app.task(name="retry_stalled_jobs", pass_context=True, retry=DATABASE_LOST_RETRY)
 @time_limit(60)  # deferred every minute: an attempt never runs into the next one's
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Re-queue the jobs of dead workers (session ended, or silent for STALLED_AFTER_SECONDS)."""
@@ -50,7 +51,7 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) 
     return retried
 
 
-@app.task(name="prune_finished_jobs", pass_context=True)
+@app.task(name="prune_finished_jobs", pass_context=True, retry=DATABASE_LOST_RETRY)
 async def prune_finished_jobs(context: JobContext, timestamp: int | None = None) -> int:
     """Delete finished jobs and their events older than JOB_RETENTION_HOURS, in batches."""
     connector = context.app.connector

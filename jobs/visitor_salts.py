@@ -7,12 +7,15 @@ import logging
 from procrastinate import JobContext
 
 from jobs import app
+from jobs.retry import DATABASE_LOST_RETRY
 from tally.db import QUERIES
 
 logger = logging.getLogger("jobs.visitor_salts")
 
 
-@app.task(name="rotate_visitor_salts", pass_context=True, lock="rotate_visitor_salts")
+@app.task(
+    name="rotate_visitor_salts", pass_context=True, lock="rotate_visitor_salts", retry=DATABASE_LOST_RETRY
+)
 async def rotate_visitor_salts(context: JobContext, timestamp: int | None = None) -> int:
     """Make today's and tomorrow's salts; delete those two days old, so their ids cannot be
     recomputed; return how many were deleted."""
