@@ -74,10 +74,16 @@ WITH doomed AS (
 SELECT count(*) AS removed FROM deleted
 
 -- worker_heartbeats --
--- Workers whose heartbeat is younger than the stalled threshold, and the youngest heartbeat's age.
-SELECT count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(stalled_after)s)) AS alive,
-       extract(epoch FROM now() - max(last_heartbeat))::float8 AS youngest_heartbeat_age
-  FROM procrastinate_workers
+-- Workers whose heartbeat is younger than the stalled threshold, and the youngest heartbeat's
+-- age, of those not known dead: a worker that holds a session lock (tally_worker_sessions) is
+-- dead once its lock is free, as the session sweep judges it (a killed worker counted alive
+-- for STALLED_AFTER_SECONDS; after a database restart, the old row beside the new one).
+SELECT count(*) FILTER (WHERE w.last_heartbeat >= now() - make_interval(secs => %(stalled_after)s))
+           AS alive,
+       extract(epoch FROM now() - max(w.last_heartbeat))::float8 AS youngest_heartbeat_age
+  FROM procrastinate_workers w
+ WHERE NOT EXISTS (SELECT 1 FROM tally_worker_sessions s WHERE s.worker_id = w.id)
+    OR EXISTS (SELECT 1 FROM tally_worker_locks l WHERE l.worker_id = w.id)
 
 -- database_writable --
 -- Whether views can be stored at all: a follower, a read-only role or default, or a plan over its

@@ -174,3 +174,26 @@ def test_a_silent_worker_holding_its_lock_has_its_session_ended(conn, database_u
             await session.release()
 
     asyncio.run(scenario())
+
+
+def test_health_counts_a_worker_whose_lock_is_free_as_dead_at_once(conn, database_url):
+    """/api/health and /metrics counted a killed worker alive until its heartbeat passed
+    STALLED_AFTER_SECONDS (60 s), and after a database restart the old row beside the new one;
+    the session sweep knows it dead as soon as its lock is free. A worker without a session
+    lock (behind PgBouncer) is judged by its heartbeat alone, as before."""
+    from tally.web.queue_state import process_state
+
+    settings = from_env({"DATABASE_URL": database_url}, process_type="worker")
+    locked = register_worker(conn, "1 second")
+    register_worker(conn, "2 seconds")  # no session lock
+
+    async def scenario() -> None:
+        session = await WorkerSession.hold(settings, locked)
+        state = process_state(conn, 60)
+        assert state["workers_alive"] == 2 and state["worker_heartbeat_age_seconds"] < 2
+        end_session(conn, locked)
+        state = process_state(conn, 60)
+        assert state["workers_alive"] == 1 and state["worker_heartbeat_age_seconds"] >= 2
+        await session.release()
+
+    asyncio.run(scenario())
