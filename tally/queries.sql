@@ -264,12 +264,22 @@ SELECT (date_bin('15 minutes', started_at, '2000-01-01 00:00+00') AT TIME ZONE %
 -- transactions `running` (the tail: the rollup state's watermark and in_progress; a kept
 -- answer's changes: its snapshot's xmax and running ones), as an array's text, and how many:
 -- whose moves stats_tail_visitors and stats_tail_visits read. Asked only when the tail has
--- visitor ids or events. Through the indexes on recorded_xid, in the tail's days.
+-- visitor ids or events. Through the indexes on recorded_xid, in the tail's days: the views'
+-- two conditions are two arms, not an OR, which the planner read by the index of views with
+-- ids on viewed_at instead, every view with an id of the day for a few (8.6 ms a request at
+-- 200 beacons/s, pip); and OFFSET 0 keeps the array one, not one per column that names it.
 SELECT days::text, cardinality(days)
   FROM (SELECT ARRAY(
             SELECT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
               FROM page_views
-             WHERE (recorded_xid >= %(from_xid)s::text::xid8 OR recorded_xid = ANY (%(running)s::text[]::xid8[]))
+             WHERE recorded_xid >= %(from_xid)s::text::xid8
+               AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+               AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
+               AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
+            UNION
+            SELECT ROW(site, visitor, (viewed_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
+              FROM page_views
+             WHERE recorded_xid = ANY (%(running)s::text[]::xid8[])
                AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
                AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
                AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
@@ -277,7 +287,8 @@ SELECT days::text, cardinality(days)
             SELECT ROW(site, visitor, (occurred_at AT TIME ZONE 'UTC')::date)::tally_visitor_of_day
               FROM events
              WHERE (recorded_xid >= %(from_xid)s::text::xid8 OR recorded_xid = ANY (%(running)s::text[]::xid8[]))
-               AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)) AS days) tail
+               AND visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)) AS days
+        OFFSET 0) tail
 
 -- stats_tail_events --
 -- The tail's events per day (in `tz`) and name.
