@@ -180,8 +180,10 @@ class ReplicaCheck:
         state, lag, description = self._verdict(started, standby, cluster, database, server_lag)
         # Seen caught up, all it received replayed, and the primary gone: it has all the primary
         # sent, and reads on the primary would fail (its lag, the time since, grows all the same).
+        # Within the lag limit too: health said `in use` for REPLICA_MAX_LAG_SECONDS (30 s) with
+        # the primary down. A replica caught up (lag 0) asks nothing of the primary's pool.
         if (
-            state == LAGGING
+            (state == LAGGING or (state == IN_USE and lag))
             and replayed_received
             and self._caught_up_at is not None
             and primary_down(self.primary)
