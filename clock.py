@@ -39,7 +39,6 @@ async def run(settings: config.Config) -> None:
 def main() -> None:
     settings = config.load_or_exit("clock")
     logs.setup_logging(settings)
-    register_schedule(jobs.app, settings)
     logs.log_start(
         settings,
         "clock.py",
@@ -48,6 +47,7 @@ def main() -> None:
         prune=repr(settings.prune_schedule),
         reports=settings.report_schedule,
     )
+    register_schedule(jobs.app, settings)  # after the start line: procrastinate logs each task it registers
     asyncio.run(run(settings))
 
 

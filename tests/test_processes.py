@@ -241,6 +241,8 @@ def test_clock_defers_and_the_worker_runs_it(start_process, conn):
     worker = start_process(["worker.py"], SLOW_POLL)
     clock = start_process(["clock.py"], {"RETRY_STALLED_SCHEDULE": "* * * * * */2"})
     clock.wait_for_line("CLOCK PROCESS STARTED")
+    # The start line first, as README says: procrastinate's "Registering task" lines came before it.
+    assert "CLOCK PROCESS STARTED" in clock.output().splitlines()[0], clock.output()[:500]
     worker.wait_for_line("Starting worker")
     wait_until(
         lambda: "succeeded" in statuses(conn, "retry_stalled_jobs"),
