@@ -446,3 +446,14 @@ def test_the_task_filter_lists_every_task_before_it_ever_ran(client, conn):
     own = {name for name in jobs.app.tasks if "." not in name and ":" not in name}
     assert {"rebuild_rollups", "send_reports", "rollup_page_views"} <= own
     assert options == ["", *sorted(own | {"a_task_since_removed"})]
+
+
+def test_cancelling_every_job_of_a_filter_asks_for_a_tick_first(client):
+    """One click on the bulk cancel with no filter cancelled or aborted every job; the pages
+    have no script, so the form asks for a box ticked (unnamed: nothing more is sent)."""
+    page = client.get("/jobs", headers=OWNER).html
+    box = page.find("form", id="bulk-cancel").find("input", type="checkbox")
+    assert box.has_attr("required") and not box.has_attr("name")
+    assert "no filter is set" in page.find("form", id="bulk-cancel").text
+    filtered = client.get("/jobs", {"status": "todo"}, headers=OWNER).html.find("form", id="bulk-cancel")
+    assert filtered.find("input", type="checkbox").has_attr("required") and "no filter" not in filtered.text

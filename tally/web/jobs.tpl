@@ -108,7 +108,7 @@
     </form>
     <div class="bulk">
       <form id="bulk-retry" class="inline" method="post" action="/api/jobs/bulk/retry?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Retry every failed, cancelled or aborted job of this filter</button></form>
-      <form id="bulk-cancel" class="inline" method="post" action="/api/jobs/bulk/cancel?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><button type="submit">Cancel every waiting or running job of this filter</button></form>
+      <form id="bulk-cancel" class="inline" method="post" action="/api/jobs/bulk/cancel?{{here.partition('?')[2]}}"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="next" value="{{here}}"><label class="muted"><input type="checkbox" required> I mean every one{{'' if here.partition('?')[2] else ': no filter is set'}}</label> <button type="submit">Cancel every waiting or running job of this filter</button></form>
     </div>
     <table id="jobs">
       <tr><th>Job</th><th></th><th>Task</th><th>Status</th><th>Queue</th><th class="num">Attempts</th><th>Last event</th></tr>
