@@ -1063,6 +1063,40 @@ SELECT count(*) AS current_visitors
            AND occurred_at <= %(now)s
            AND (%(site)s::text IS NULL OR site = %(site)s)) ids
 
+-- current_visitors_ids --
+-- Each id with a view or an event from `start` on (of one site or all): its latest time up to
+-- `now`, and its times after (a clock far off: they count once now reaches them); what
+-- tally/web/current_visitors.py keeps. Through the partial indexes of views and events with ids.
+SELECT site, visitor, max(at) FILTER (WHERE at <= %(now)s) AS latest,
+       array_agg(at) FILTER (WHERE at > %(now)s) AS ahead
+  FROM (SELECT site, visitor, viewed_at AS at FROM page_views
+         WHERE visitor IS NOT NULL AND viewed_at >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)
+        UNION ALL
+        SELECT site, visitor, occurred_at FROM events
+         WHERE visitor IS NOT NULL AND occurred_at >= %(start)s AND (%(site)s::text IS NULL OR site = %(site)s)) ids
+ GROUP BY 1, 2
+
+-- current_visitors_since --
+-- The views and events with ids from `start` on recorded by transactions from `from_xid` on or in
+-- `running` (what a kept count's snapshot did not see), at most `limit`: two arms each, not an
+-- OR, so each reads by the index on recorded_xid (as stats_tail_days).
+(SELECT site, visitor, viewed_at FROM page_views
+  WHERE recorded_xid >= %(from_xid)s::text::xid8 AND visitor IS NOT NULL AND viewed_at >= %(start)s
+    AND (%(site)s::text IS NULL OR site = %(site)s)
+ UNION ALL
+ SELECT site, visitor, viewed_at FROM page_views
+  WHERE recorded_xid = ANY (%(running)s::text[]::xid8[]) AND visitor IS NOT NULL AND viewed_at >= %(start)s
+    AND (%(site)s::text IS NULL OR site = %(site)s)
+ UNION ALL
+ SELECT site, visitor, occurred_at FROM events
+  WHERE recorded_xid >= %(from_xid)s::text::xid8 AND visitor IS NOT NULL AND occurred_at >= %(start)s
+    AND (%(site)s::text IS NULL OR site = %(site)s)
+ UNION ALL
+ SELECT site, visitor, occurred_at FROM events
+  WHERE recorded_xid = ANY (%(running)s::text[]::xid8[]) AND visitor IS NOT NULL AND occurred_at >= %(start)s
+    AND (%(site)s::text IS NULL OR site = %(site)s))
+ LIMIT %(limit)s
+
 -- recent_visitors --
 -- Views from `since` (24 hours, or 5 minutes, before `now`) and distinct visitors from
 -- `five_minutes_ago`, matching every given filter (the times as values, as in current_visitors);

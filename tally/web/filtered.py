@@ -25,6 +25,7 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
+from tally.web.current_visitors import CurrentVisitors
 from tally.web.filters import GOAL_FILTERS, sql_parameters
 from tally.web.referrers import SEARCH_ENGINES, referrer_name
 from tally.web.windows import TOP_ROWS
@@ -280,6 +281,7 @@ def recent(
     with_day: bool,
     window: Window | None = None,
     buckets: dict[int, int] | None = None,
+    current: CurrentVisitors | None = None,
 ) -> dict[str, int]:
     """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
     `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
@@ -291,6 +293,8 @@ def recent(
     now = params["now"]
     times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
     if not with_day:  # unfiltered: the last 24 hours come from the rollups
+        if current is not None:  # kept and carried forward (tally/web/current_visitors.py)
+            return {"views_last_24h": 0, "current_visitors": current.count(cur, params["site"], now)}
         cur.execute(QUERIES["current_visitors"], {"site": params["site"], **times})
         return {"views_last_24h": 0, "current_visitors": cur.fetchone()[0]}
     since = now - datetime.timedelta(hours=24)

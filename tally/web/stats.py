@@ -37,6 +37,7 @@ import psycopg_pool
 from tally.db import QUERIES
 from tally.web import events, filtered, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers
+from tally.web.current_visitors import CurrentVisitors
 from tally.web.panels import TAIL, top_values
 from tally.web.rolled_up import RolledUp, read_rolled_up
 from tally.web.tail_moves import TailMoves
@@ -80,6 +81,7 @@ class StatsReader:
         self._cache: collections.OrderedDict[tuple, RolledUp] = collections.OrderedDict()
         self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
         self._tail_moves = TailMoves()  # the tails' moves of visitors and visits, likewise
+        self._current = CurrentVisitors()  # the visitors of the last 5 minutes, likewise
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
 
@@ -134,7 +136,9 @@ class StatsReader:
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
-                recent = filtered.recent(cur, params, with_day=bool(filters), window=window, buckets=buckets)
+                recent = filtered.recent(
+                    cur, params, with_day=bool(filters), window=window, buckets=buckets, current=self._current
+                )
                 if filters:
                     answer["views_last_24h"] = recent["views_last_24h"]
                 answer["current_visitors"] = recent["current_visitors"]

@@ -1,0 +1,115 @@
+"""The visitors of the last 5 minutes carried forward (tally/web/current_visitors.py) are the
+count the SQL query makes, arrivals by arrival, whatever arrives."""
+
+from __future__ import annotations
+
+import datetime
+import random
+
+import psycopg
+import pytest
+
+from tally.db import QUERIES
+from tally.web import current_visitors
+from tally.web.current_visitors import CurrentVisitors
+from tally.web.stats import snapshot
+
+SITES = ["a.example", "b.example"]
+
+
+def arrive(conn: psycopg.Connection, rng: random.Random, now: datetime.datetime) -> None:
+    """A few views and events about `now`: most in the window, some too old (late beacons),
+    some ahead (a clock far off), some without an id, ids back from earlier steps."""
+    for _ in range(rng.randint(0, 6)):
+        at = now + datetime.timedelta(seconds=rng.choice([rng.uniform(-330, 5), rng.uniform(5, 400)]))
+        site, visitor = rng.choice(SITES), rng.choice([None, *range(40)])
+        if rng.random() < 0.2:
+            conn.execute(
+                "INSERT INTO events (site, name, path, visitor, occurred_at)"
+                " VALUES (%s, 'Signup', '/', %s, %s)",
+                (site, visitor, at),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES (%s, '/', %s, %s)",
+                (site, visitor, at),
+            )
+
+
+def counted(pool, kept: CurrentVisitors, site: str | None, now: datetime.datetime) -> tuple[int, int]:
+    """The kept count and the query's, in one snapshot."""
+    with snapshot(pool) as cur:
+        carried = kept.count(cur, site, now)
+        params = {"site": site, "five_minutes_ago": now - current_visitors.WINDOW, "now": now}
+        cur.execute(QUERIES["current_visitors"], params)
+        return carried, cur.fetchone()[0]
+
+
+@pytest.fixture
+def opened(database_url):
+    """Connections a test opens and may leave in a transaction: closed (rolled back) before the
+    tables are emptied for the next test, even when an assertion failed half way."""
+    connections: list[psycopg.Connection] = []
+    yield lambda: connections.append(psycopg.connect(database_url)) or connections[-1]
+    for connection in connections:
+        connection.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_carried_forward_it_is_the_querys_count_whatever_arrives(pool, conn, opened, seed, monkeypatch):
+    rng = random.Random(seed)
+    reads = []
+    read_whole = current_visitors._read_whole
+    monkeypatch.setattr(current_visitors, "_read_whole", lambda *args: reads.append(1) or read_whole(*args))
+    kept = CurrentVisitors()
+    now = conn.execute("SELECT now()").fetchone()[0]
+    late = None  # a transaction that commits a few steps after it began
+    for step in range(40):
+        now += datetime.timedelta(seconds=rng.uniform(0, 40))
+        arrive(conn, rng, now)
+        if late is None and rng.random() < 0.2:
+            late = opened()
+            arrive(late, rng, now)
+            late.execute(
+                "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('a.example', '/', 99, %s)",
+                (now,),
+            )
+        elif late is not None and rng.random() < 0.3:
+            late.commit()
+            late = None
+        if step == 25:  # an operator's DELETE: a kept count is read whole again
+            conn.execute("DELETE FROM page_views WHERE visitor = 3")
+        for site in (None, "a.example"):
+            carried, query = counted(pool, kept, site, now)
+            assert carried == query, (step, site)
+    # Read whole at the first request of each site and after the DELETE, carried otherwise.
+    assert len(reads) <= 6, len(reads)
+
+
+def test_a_count_asked_at_an_earlier_time_is_read_whole(pool, conn):
+    """A request whose now is before the kept window's end (its transaction began earlier)
+    would lack the ids the kept window dropped."""
+    now = conn.execute("SELECT now()").fetchone()[0]
+    conn.execute(
+        "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('a.example', '/', 1, %s)",
+        (now - datetime.timedelta(minutes=4, seconds=50),),
+    )
+    kept = CurrentVisitors()
+    later = now + datetime.timedelta(seconds=20)
+    assert counted(pool, kept, None, later) == (0, 0)  # the view has left the window
+    assert counted(pool, kept, None, now) == (1, 1)
+
+
+def test_a_request_whose_snapshot_is_older_than_the_kept_one_counts_its_own(pool, conn):
+    """A kept count holds views an older snapshot does not see: carried into it, they would
+    count there."""
+    now = conn.execute("SELECT now()").fetchone()[0]
+    kept = CurrentVisitors()
+    assert counted(pool, kept, None, now) == (0, 0)
+    with snapshot(pool) as older:
+        older.execute("SELECT 1")  # its snapshot: no view yet
+        conn.execute(
+            "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('a.example', '/', 7, %s)", (now,)
+        )
+        assert counted(pool, kept, None, now) == (1, 1)  # kept, with the view
+        assert kept.count(older, None, now) == 0
