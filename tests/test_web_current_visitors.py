@@ -17,6 +17,13 @@ from tally.web.stats import snapshot
 SITES = ["a.example", "b.example"]
 
 
+@pytest.fixture(autouse=True)
+def carried_from_one_id(monkeypatch):
+    """Kept from the first id on (a site counts in SQL under CARRY_FROM_IDS): these tests' few
+    ids are carried forward."""
+    monkeypatch.setattr(current_visitors, "CARRY_FROM_IDS", 1)
+
+
 def arrive(conn: psycopg.Connection, rng: random.Random, now: datetime.datetime) -> None:
     """A few views and events about `now`: most in the window, some too old (late beacons),
     some ahead (a clock far off), some without an id, ids back from earlier steps."""
@@ -91,13 +98,14 @@ def test_a_count_asked_at_an_earlier_time_is_read_whole(pool, conn):
     would lack the ids the kept window dropped."""
     now = conn.execute("SELECT now()").fetchone()[0]
     conn.execute(
-        "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('a.example', '/', 1, %s)",
-        (now - datetime.timedelta(minutes=4, seconds=50),),
+        "INSERT INTO page_views (site, path, visitor, viewed_at)"
+        " VALUES ('a.example', '/', 1, %s), ('a.example', '/', 2, %s)",
+        (now - datetime.timedelta(minutes=4, seconds=50), now),
     )
     kept = CurrentVisitors()
     later = now + datetime.timedelta(seconds=20)
-    assert counted(pool, kept, None, later) == (0, 0)  # the view has left the window
-    assert counted(pool, kept, None, now) == (1, 1)
+    assert counted(pool, kept, None, later) == (1, 1)  # id 1 has left the window
+    assert counted(pool, kept, None, now) == (2, 2)
 
 
 def test_a_request_whose_snapshot_is_older_than_the_kept_one_counts_its_own(pool, conn):
@@ -113,3 +121,20 @@ def test_a_request_whose_snapshot_is_older_than_the_kept_one_counts_its_own(pool
         )
         assert counted(pool, kept, None, now) == (1, 1)  # kept, with the view
         assert kept.count(older, None, now) == 0
+
+
+def test_a_quiet_site_is_counted_by_the_query_and_a_busy_one_kept(pool, conn, monkeypatch):
+    """Under CARRY_FROM_IDS ids the query costs what carrying would: nothing is kept."""
+    monkeypatch.setattr(current_visitors, "CARRY_FROM_IDS", 3)
+    now = conn.execute("SELECT now()").fetchone()[0]
+    insert = (
+        "INSERT INTO page_views (site, path, visitor, viewed_at)"
+        " SELECT 'a.example', '/', n, %s FROM generate_series(%s::int, %s::int) n"
+    )
+    conn.execute(insert, (now, 1, 2))
+    kept = CurrentVisitors()
+    assert counted(pool, kept, None, now) == (2, 2) and kept._kept == {}
+    conn.execute(insert, (now, 3, 4))
+    assert counted(pool, kept, None, now) == (4, 4) and set(kept._kept) == {None}
+    conn.execute("DELETE FROM page_views WHERE visitor > 1")
+    assert counted(pool, kept, None, now) == (1, 1) and kept._kept == {}
