@@ -614,6 +614,9 @@ def test_an_aborted_job_can_be_retried_alone_or_in_bulk(client, conn):
 def test_wrong_method_and_unknown_address_answer_json(client):
     assert client.get("/api/pageviews", status=405).json["error"]
     assert client.get("/nothing-here", status=404).json["error"]
+    # Allow names HEAD beside GET, as bottle answers it (it said `Allow: GET`).
+    assert client.post("/api/health", status=405).headers["Allow"] == "GET, HEAD"
+    assert client.head("/api/health").status_int in (200, 503)
 
 
 # --- dashboard ---------------------------------------------------------------------------------

@@ -214,6 +214,9 @@ def error_as_json(error: bottle.HTTPError) -> str:
             describe_error(error.exception) if error.exception else error.status_line,
         )
         return json.dumps({"error": "Internal error; it has been logged."})
+    allowed = [method.strip() for method in error.headers.get("Allow", "").split(",") if method.strip()]
+    if "GET" in allowed and "HEAD" not in allowed:  # bottle answers HEAD for every GET route
+        error.set_header("Allow", ", ".join([*allowed, "HEAD"]))
     sentences = {404: "There is nothing at this address.", 405: "This method is not allowed here."}
     sentence = sentences.get(error.status_code, "The request was not understood.")
     if not bottle.request.path.startswith("/api/") and error_page.wants_html():
