@@ -79,7 +79,10 @@ class JsonErrorTask(ErrorTask):
 
     def execute(self) -> None:
         error = self.request.error
-        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode()
+        sentence = f"{error.reason}: {error.body}"
+        if error.code == 413:  # waitress says "exceeds max_body of 2097152": the app's words instead
+            sentence = f"The body is larger than {MAX_REQUEST_BODY_BYTES} bytes, the most this server reads."
+        body = json.dumps({"error": sentence}).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
