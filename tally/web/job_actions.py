@@ -93,7 +93,8 @@ def cancel(conn: psycopg.Connection, jobs_app: procrastinate.App, job_id: int, a
         done = f"Job {job_id} is cancelled."
         return Outcome(200, {"job_id": job_id, "status": "cancelled", "done": done})
     logger.info("job %s (running) asked to abort by %s", job_id, actor)
-    done = f"Job {job_id} is running: it was asked to abort."
+    # In the past tense: the notice stays on a reload, after the job has ended.
+    done = f"Job {job_id} was asked to abort while it ran (its status says how it ended)."
     return Outcome(202, {"job_id": job_id, "status": "doing", "abort_requested": True, "done": done})
 
 
