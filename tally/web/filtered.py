@@ -279,9 +279,9 @@ def recent(
     cur: psycopg.Cursor,
     params: dict[str, Any],
     with_day: bool,
+    current: CurrentVisitors,
     window: Window | None = None,
     buckets: dict[int, int] | None = None,
-    current: CurrentVisitors | None = None,
 ) -> dict[str, int]:
     """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
     `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
@@ -289,14 +289,12 @@ def recent(
     and came back an hour ago is in today's views, so in the last 24 hours' too); under goals
     alone (`goals_only`) one that sent events and no view in the 5 minutes is one of them too.
     With the filtered answer's `buckets` the 24 hours' full buckets come from them, and only
-    the minutes at either end are read."""
+    the minutes at either end are read. Unfiltered, the visitors come from `current`, which
+    keeps them (tally/web/current_visitors.py)."""
     now = params["now"]
     times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
-    if not with_day:  # unfiltered: the last 24 hours come from the rollups
-        if current is not None:  # kept and carried forward (tally/web/current_visitors.py)
-            return {"views_last_24h": 0, "current_visitors": current.count(cur, params["site"], now)}
-        cur.execute(QUERIES["current_visitors"], {"site": params["site"], **times})
-        return {"views_last_24h": 0, "current_visitors": cur.fetchone()[0]}
+    if not with_day:  # unfiltered: the last 24 hours come from the rollups, the visitors are kept
+        return {"views_last_24h": 0, "current_visitors": current.count(cur, params["site"], now)}
     since = now - datetime.timedelta(hours=24)
     goals = window is not None and (params.get("event") is not None or params.get("goal_path") is not None)
     goals_from, goals_until = bounds_of(cur, window, params["tz"]) if goals else (since, None)

@@ -137,7 +137,7 @@ class StatsReader:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
                 recent = filtered.recent(
-                    cur, params, with_day=bool(filters), window=window, buckets=buckets, current=self._current
+                    cur, params, with_day=bool(filters), current=self._current, window=window, buckets=buckets
                 )
                 if filters:
                     answer["views_last_24h"] = recent["views_last_24h"]

@@ -109,10 +109,9 @@ class Ends:
     raw_to: datetime.datetime
     less: bool
 
-    def params(self) -> dict[str, datetime.datetime]:
+    def params(self) -> dict[str, Any]:
         """The bounds stats_last_24h_edges (tally/queries.sql) takes."""
-        names = ("first_bucket", "now_bucket", "now", "raw_from", "raw_to")
-        return {name: getattr(self, name) for name in names}
+        return dataclasses.asdict(self)
 
     def views(self, counts: tuple[int, int, int, int], first_in_tail: int, now_in_tail: int) -> int:
         """The views at both ends, from stats_last_24h_edges's (raw, ahead, first_rolled_up,
