@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import os
 import shutil
 import signal
@@ -222,10 +223,39 @@ def jobs_app_released() -> Iterator[None]:
         connector._pool_externally_set = False
 
 
+# Ports for the servers tests start, below the kernel's ephemeral range (32768-60999 on
+# Linux): a port the kernel handed out by bind(("", 0)) could be handed out again, as the
+# local end of any connection the two suites open, before the server came to bind it (CI
+# once saw "PORT=49273 is in use" that way). A run holds a lock on each port it hands out
+# (a file in the temp folder, freed when the run ends, however it ends), so two runs at once
+# never hand out the same one, and none is handed out twice.
+TEST_PORTS = range(20000, 32768)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "tally-test-ports"
+_ports_held: list[int] = []  # the open lock files, kept for the run's life
+_next_port = [TEST_PORTS.start + (os.getpid() * 7919) % len(TEST_PORTS)]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port no one listens on, handed out once, to this run only."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    for _ in range(len(TEST_PORTS)):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < TEST_PORTS.stop else TEST_PORTS.start
+        lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another run holds it
+            os.close(lock)
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use: keep it locked, so this run does not try it again
+                _ports_held.append(lock)
+                continue
+        _ports_held.append(lock)
+        return port
+    raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 
 # What a started process takes from the caller's shell: the system's variables, never
