@@ -25,10 +25,13 @@ import pytest
 from tests.conftest import free_port, wait_until
 from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it",
+    ),
+]
 
 PERSON_ARGS = [*CHROMIUM_ARGS, "--disable-blink-features=AutomationControlled"]
 HOSTS = "--host-resolver-rules=MAP site.test 127.0.0.1, MAP other.test 127.0.0.1"

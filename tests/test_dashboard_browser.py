@@ -39,10 +39,13 @@ CHROMIUM_ARGS = [
 
 if CHROMIUM is None and os.environ.get("CI"):
     pytest.fail("Chromium is missing in CI: .ci/run must apt-get install chromium", pytrace=False)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it",
+    ),
+]
 
 
 def serve_dashboard(start_process, **env: str) -> str:

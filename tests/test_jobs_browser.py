@@ -21,7 +21,10 @@ from tests.test_web import make_failed_job
 TOKEN = "jobs-browser-owner"
 SHARE = "jobs-browser-share"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
 
 
 def defer_later(conn: psycopg.Connection, task: str) -> int:
