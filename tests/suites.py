@@ -57,30 +57,45 @@ class Half:
         env = {**os.environ, "TEST_DATABASE_URL": "", "TEST_POSTGRES_BIN": self.bin_dir}
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", self.marker, *args]
         self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
-        )
+        with self.log.open("w") as log:  # the child keeps its own copy of the file
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
+            )
 
 
 def system_bin_dir() -> str | None:
-    """The system package's binaries (the newest), or None when it is not installed."""
+    """The system package's binaries (its newest major version), or None when not installed."""
     given = os.environ.get("SYSTEM_POSTGRES_BIN")
-    found = [given] if given else sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    found = [given] if given else glob.glob("/usr/lib/postgresql/*/bin")
+    found = sorted(
+        found, key=lambda path: [int(part) for part in Path(path).parent.name.split(".") if part.isdigit()]
+    )
     return found[-1] if found and Path(found[-1], "postgres").exists() else None
 
 
 def halves(system: str | None) -> list[Half]:
-    builds = [("pip", "")] + ([(f"system ({system})", system)] if system else [])
+    builds = [("pip", "")] + ([("system", system)] if system else [])
     return [
-        Half(name.split(" ")[0], marker, bin_dir, niceness)
-        for name, bin_dir in builds
+        Half(build, marker, bin_dir, niceness)
+        for build, bin_dir in builds
         for marker, niceness in ((WAITING, 0), (f"not ({WAITING})", 10))
     ]
+
+
+# pytest's exit status when the arguments deselected every test of a half (`-k` given by hand).
+NO_TESTS_COLLECTED = 5
+
+
+def outcome(half: Half) -> str:
+    code = half.process.returncode
+    if code == 0:
+        return "passed"
+    return "nothing selected" if code == NO_TESTS_COLLECTED else f"FAILED (exit {code})"
 
 
 def main(args: list[str]) -> int:
@@ -92,9 +107,12 @@ def main(args: list[str]) -> int:
     LOGS.mkdir(exist_ok=True)
     for half in runs:
         half.start(args)
-    print(f"== {len(runs)} runs at once: " + "; ".join(f"{h.name} ({h.log.name})" for h in runs), flush=True)
+    print(
+        f"== {len(runs)} runs at once" + (f"; the system's PostgreSQL: {system}" if system else ""),
+        flush=True,
+    )
     try:
-        while running := [half for half in runs if half.process.poll() is None or not half.took]:
+        while running := [half for half in runs if not half.took]:
             for half in running:
                 if half.process.poll() is not None:
                     half.took = time.monotonic() - half.started
@@ -104,15 +122,14 @@ def main(args: list[str]) -> int:
             half.process.wait()
         raise
     for half in runs:
-        print(f"\n== {half.name}: {'passed' if half.process.returncode == 0 else 'FAILED'}\n", flush=True)
+        print(f"\n== {half.name}: {outcome(half)} ({half.log})\n", flush=True)
         sys.stdout.write(half.log.read_text())
     if system is None:
         print("\n== skipped: the suite on the system PostgreSQL (apt-get install postgresql to run it)")
     print()
     for half in runs:
-        status = "passed" if half.process.returncode == 0 else f"FAILED (exit {half.process.returncode})"
-        print(f"== {half.name}: {status} in {half.took:.0f} s")
-    return 0 if all(half.process.returncode == 0 for half in runs) else 1
+        print(f"== {half.name}: {outcome(half)} in {half.took:.0f} s")
+    return 0 if all(not outcome(half).startswith("FAILED") for half in runs) else 1
 
 
 if __name__ == "__main__":
