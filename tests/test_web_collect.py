@@ -442,6 +442,10 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
     beacon(client, "https://example.com/e", "https://WWW.Bing.com/search?q=tally", status=201)
     beacon(client, "https://example.com/f", "https://search.brave.com/search?q=tally", status=201)
     beacon(client, "https://example.com/g", "https://www.news.ycombinator.com/", status=201)
+    # A search engine's other hosts are no search: mail, the browser maker's site.
+    beacon(client, "https://example.com/h", "https://mail.google.com/mail/u/0/", status=201)
+    beacon(client, "https://example.com/i", "https://brave.com/download/", status=201)
+    beacon(client, "https://example.com/j", "https://uk.search.yahoo.com/search?p=tally", status=201)
     body = client.get("/api/stats?days=1&site=example.com").json
     assert body["top_sources"] == [
         {"source": "news", "views": 2, "visitors": 1},
@@ -455,7 +459,15 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
         {"referrer": "Bing", "views": 1, "visitors": 1},
         {"referrer": "Brave Search", "views": 1, "visitors": 1},
         {"referrer": "DuckDuckGo", "views": 1, "visitors": 1},
+        {"referrer": "Yahoo", "views": 1, "visitors": 1},
+        {"referrer": "brave.com", "views": 1, "visitors": 1},
+        {"referrer": "mail.google.com", "views": 1, "visitors": 1},
     ]
+    google = client.get("/api/stats?days=1&site=example.com&referrer=Google").json
+    assert (google["total_views"], google["top_paths"]) == (
+        2,
+        [{"path": "/", "views": 1, "visitors": 1}, {"path": "/b", "views": 1, "visitors": 1}],
+    )
 
 
 def test_sites_lists_each_site_with_its_views(client, conn):

@@ -27,7 +27,7 @@ from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
 from tally.web.current_visitors import CurrentVisitors
 from tally.web.filters import GOAL_FILTERS, sql_parameters
-from tally.web.referrers import SEARCH_ENGINES, referrer_name
+from tally.web.referrers import SEARCH_ENGINE_NAMES, referrer_name
 from tally.web.windows import TOP_ROWS
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ EVENT_PROP_ROWS = 100  # the most sent (prop, value) pairs of the event filtered
 # A chunk (CHUNK_VIEWS) groups ~650,000 (value, day, id) rows for its panels: in 32 MB that was a
 # sort spilled to disk, 2.9 s of a chunk; with 64 MB a hash in memory, 1.9 s (3M views, PG 18).
 WORK_MEM = "64MB"
-SEARCH_ENGINE_NAMES = frozenset(SEARCH_ENGINES.values())
 # filtered_answer's narrowing to a few ids as a snapshot saw them (tally/web/carried.py), or to
 # a chunk of the ids: none.
 EVERY_VIEW = {

@@ -1,4 +1,4 @@
-"""Referring domains as a site owner reads them: each well-known search engine under one name.
+"""Referring domains as a site owner reads them: each well-known search engine's search under one name.
 
 The rollups keep the referrer's domain (`www.` folded, the site's own pages left out:
 `tally_referrer_domain` in migrations/0005); stats group a search engine's domains in every
@@ -20,22 +20,27 @@ from publicsuffixlist import PublicSuffixList
 from tally.sites import IPV6_ADDRESS, parse_site_name
 
 _SUFFIXES = PublicSuffixList()
-# The registrable label (the name before the public suffix) of well-known search engines.
-SEARCH_ENGINES = {
-    "google": "Google",
-    "bing": "Bing",
-    "duckduckgo": "DuckDuckGo",
-    "yahoo": "Yahoo",
-    "yandex": "Yandex",
-    "baidu": "Baidu",
-    "ecosia": "Ecosia",
-    "brave": "Brave Search",
-    "startpage": "Startpage",
-    "qwant": "Qwant",
-    "naver": "Naver",
-    "seznam": "Seznam",
-    "kagi": "Kagi",
+# Well-known search engines by their registrable label (the name before the public suffix): the
+# name stats show, and the hosts under that name that are the search (the part before the
+# registrable domain, `www.` folded already: "" is google.com and www.google.co.uk). Only those:
+# mail.google.com, docs.google.com or news.google.com referring is no search, nor is brave.com
+# (the browser's site) or seznam.cz (a portal). "*.search" is any country's search.yahoo.com.
+SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "google": ("Google", ("",)),
+    "bing": ("Bing", ("", "cn")),
+    "duckduckgo": ("DuckDuckGo", ("", "html", "lite", "start")),
+    "yahoo": ("Yahoo", ("search", "*.search")),
+    "yandex": ("Yandex", ("",)),
+    "baidu": ("Baidu", ("", "m")),
+    "ecosia": ("Ecosia", ("",)),
+    "brave": ("Brave Search", ("search",)),
+    "startpage": ("Startpage", ("", "eu", "us")),
+    "qwant": ("Qwant", ("", "lite")),
+    "naver": ("Naver", ("search", "m.search")),
+    "seznam": ("Seznam", ("search",)),
+    "kagi": ("Kagi", ("",)),
 }
+SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
 
 
 def _is_host(host: str) -> bool:
@@ -48,12 +53,20 @@ def _is_host(host: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def referrer_name(domain: str) -> str:
-    """A search engine's name for any of its domains; any other domain as it is."""
+    """A search engine's name for any of its search's domains; any other domain as it is.
+
+    >>> [referrer_name(domain) for domain in ("uk.search.yahoo.com", "mail.google.com", "brave.com")]
+    ['Yahoo', 'mail.google.com', 'brave.com']
+    """
     registrable = _SUFFIXES.privatesuffix(domain)
     if registrable:
-        name = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
-        if name:
-            return name
+        engine = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
+        if engine:
+            name, hosts = engine
+            below = domain[: -len(registrable)].rstrip(".").removeprefix("www.")
+            below = "" if below == "www" else below
+            if any(below == host or (host.startswith("*.") and below.endswith(host[1:])) for host in hosts):
+                return name
     return domain
 
 
