@@ -237,11 +237,17 @@ _next_port = [TEST_PORTS.start + (os.getpid() * 7919) % len(TEST_PORTS)]
 
 def free_port() -> int:
     """A port no one listens on, handed out once, to this run only."""
-    PORT_LOCKS.mkdir(exist_ok=True)
+    if not PORT_LOCKS.exists():
+        with contextlib.suppress(FileExistsError):
+            PORT_LOCKS.mkdir()
+            PORT_LOCKS.chmod(0o1777)  # shared by every user's runs, as /tmp is
     for _ in range(len(TEST_PORTS)):
         port = _next_port[0]
         _next_port[0] = port + 1 if port + 1 < TEST_PORTS.stop else TEST_PORTS.start
-        lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        except PermissionError:  # another user's run made it: theirs to hand out
+            continue
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # another run holds it
