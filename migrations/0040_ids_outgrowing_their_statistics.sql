@@ -4,9 +4,10 @@
 -- once the statistics put a partition's views with ids under a few hundred, and the index on
 -- viewed_at alone then wins the tie by its smaller tree (8.32 against 8.45), reading every
 -- view with an id of the day for each (id, day). Found when CI's rollup of 60,000 views with
--- 20,000 ids ran past two minutes: the default partition's statistics were from an earlier
--- test, 1% of 5,000 views with ids (about 4 s with statistics that fit the rows, more than
--- 60 s without). A site whose beacons start to carry ids mid-day, or a backfill into a day
+-- 20,000 ids ran past two minutes on the default partition's statistics from earlier tests
+-- (TRUNCATE keeps them); statistics primed from 5,000 views, 1% of them with ids, or all of one
+-- id, reproduce it: about 4 s with statistics that fit the rows, more than 60 s with those. A
+-- site whose beacons start to carry ids mid-day, or a backfill into a day
 -- analyzed while it was young, meets the same before autovacuum's next ANALYZE (a tenth of
 -- the rows changed). So the rollup also analyzes a partition of the days it folds whose index
 -- of views with ids has more than doubled (and grown by more than 2 pages, about 800 views)
