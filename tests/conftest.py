@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import itertools
 import os
 import shutil
 import signal
@@ -232,7 +233,8 @@ def jobs_app_released() -> Iterator[None]:
 TEST_PORTS = range(20000, 32768)
 PORT_LOCKS = Path(tempfile.gettempdir()) / "tally-test-ports"
 _ports_held: list[int] = []  # the open lock files, kept for the run's life
-_next_port = [TEST_PORTS.start + (os.getpid() * 7919) % len(TEST_PORTS)]
+# Each run walks the range from its own start, round and round.
+_port_order = itertools.islice(itertools.cycle(TEST_PORTS), (os.getpid() * 7919) % len(TEST_PORTS), None)
 
 
 def free_port() -> int:
@@ -241,9 +243,7 @@ def free_port() -> int:
         with contextlib.suppress(FileExistsError):
             PORT_LOCKS.mkdir()
             PORT_LOCKS.chmod(0o1777)  # shared by every user's runs, as /tmp is
-    for _ in range(len(TEST_PORTS)):
-        port = _next_port[0]
-        _next_port[0] = port + 1 if port + 1 < TEST_PORTS.stop else TEST_PORTS.start
+    for port in itertools.islice(_port_order, len(TEST_PORTS)):
         try:
             lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
         except PermissionError:  # another user's run made it: theirs to hand out
@@ -253,13 +253,12 @@ def free_port() -> int:
         except OSError:  # another run holds it
             os.close(lock)
             continue
+        _ports_held.append(lock)  # this run's now, handed out or found in use: never tried again
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
-            except OSError:  # in use: keep it locked, so this run does not try it again
-                _ports_held.append(lock)
+            except OSError:
                 continue
-        _ports_held.append(lock)
         return port
     raise RuntimeError(f"no free port in {TEST_PORTS}")
 

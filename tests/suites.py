@@ -33,25 +33,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".venv"
 WAITING = "slow or browser"  # the half that mostly waits; the other is `not (...)` of it
+REST_NICENESS = 10  # the computing half's, so the waiting half's timed waits keep their bounds
 
 
 @dataclasses.dataclass
 class Half:
     build: str
-    marker: str
     bin_dir: str  # "" for the pip-installed PostgreSQL
-    niceness: int
+    waiting: bool  # the slow and browser tests; else the rest, under nice
     process: subprocess.Popen | None = None
     started: float = 0.0
     took: float = 0.0
 
     @property
+    def marker(self) -> str:
+        return WAITING if self.waiting else f"not ({WAITING})"
+
+    @property
     def name(self) -> str:
-        return f"{self.build}, {'slow and browser' if self.marker == WAITING else 'the rest'}"
+        return f"{self.build}, {'slow and browser' if self.waiting else 'the rest'}"
 
     @property
     def log(self) -> Path:
-        return LOGS / f"test-{self.build}-{'slow' if self.marker == WAITING else 'rest'}.log"
+        return LOGS / f"test-{self.build}-{'slow' if self.waiting else 'rest'}.log"
 
     def start(self, args: list[str]) -> None:
         env = {**os.environ, "TEST_DATABASE_URL": "", "TEST_POSTGRES_BIN": self.bin_dir}
@@ -64,7 +68,7 @@ class Half:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
+                preexec_fn=None if self.waiting else (lambda: os.nice(REST_NICENESS)),
             )
 
 
@@ -80,11 +84,7 @@ def system_bin_dir() -> str | None:
 
 def halves(system: str | None) -> list[Half]:
     builds = [("pip", "")] + ([("system", system)] if system else [])
-    return [
-        Half(build, marker, bin_dir, niceness)
-        for build, bin_dir in builds
-        for marker, niceness in ((WAITING, 0), (f"not ({WAITING})", 10))
-    ]
+    return [Half(build, bin_dir, waiting) for build, bin_dir in builds for waiting in (True, False)]
 
 
 # pytest's exit status when the arguments deselected every test of a half (`-k` given by hand).
@@ -93,9 +93,7 @@ NO_TESTS_COLLECTED = 5
 
 def outcome(half: Half) -> str:
     code = half.process.returncode
-    if code == 0:
-        return "passed"
-    return "nothing selected" if code == NO_TESTS_COLLECTED else f"FAILED (exit {code})"
+    return {0: "passed", NO_TESTS_COLLECTED: "nothing selected"}.get(code, f"FAILED (exit {code})")
 
 
 def main(args: list[str]) -> int:
@@ -129,7 +127,7 @@ def main(args: list[str]) -> int:
     print()
     for half in runs:
         print(f"== {half.name}: {outcome(half)} in {half.took:.0f} s")
-    return 0 if all(not outcome(half).startswith("FAILED") for half in runs) else 1
+    return 0 if all(half.process.returncode in (0, NO_TESTS_COLLECTED) for half in runs) else 1
 
 
 if __name__ == "__main__":

@@ -63,8 +63,7 @@ def referrer_name(domain: str) -> str:
         engine = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
         if engine:
             name, hosts = engine
-            below = domain[: -len(registrable)].rstrip(".").removeprefix("www.")
-            below = "" if below == "www" else below
+            below = domain[: -len(registrable)].rstrip(".")  # `www.` is folded already
             if any(below == host or (host.startswith("*.") and below.endswith(host[1:])) for host in hosts):
                 return name
     return domain
