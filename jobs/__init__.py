@@ -14,7 +14,7 @@ import sys
 import procrastinate
 
 from jobs.drain import BoundedDrainWorker
-from jobs.middleware import check_arguments, record_job_errors
+from jobs.middleware import check_arguments, end_aborted_when_asked, record_job_errors
 from jobs.time_limit import enforce_time_limit
 from tally import config, logs, queue_connector
 
@@ -54,6 +54,7 @@ def worker_options(settings: config.Config) -> dict:
         # Outermost first: the error middleware records a JobTimedOut, or wrong arguments, like any error.
         "worker_middleware": [
             record_job_errors,
+            end_aborted_when_asked,
             check_arguments,
             enforce_time_limit(settings.job_timeout_seconds),
         ],

@@ -1,5 +1,6 @@
 """Worker middleware: keep why a job failed, which procrastinate does not store; refuse a job
-whose arguments its task does not take before it runs."""
+whose arguments its task does not take before it runs; end `aborted` a job whose abort was
+asked for, whatever error its run ended on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import traceback
 from typing import Any
 
 from procrastinate import JobContext
+from procrastinate.exceptions import JobAborted
 from procrastinate.middleware import AsyncCallNext
 from procrastinate.worker import Worker
 
@@ -61,3 +63,30 @@ async def check_arguments(call_next: AsyncCallNext, context: JobContext, worker:
             f"{task.name} cannot take the arguments {context.job.task_kwargs}: {error}"
         ) from None
     return await call_next()
+
+
+async def end_aborted_when_asked(call_next: AsyncCallNext, context: JobContext, worker: Worker) -> Any:
+    """Run the job; if it raises once its owner asked it to abort, end it `aborted`.
+
+    A job asked to abort that fails before it looks (a cleanup waiting out its lock_timeout)
+    went to its retry strategy, and procrastinate's retry of a job whose `abort_requested` is
+    set marks it `failed` without counting the attempt: the owner saw "failed, attempts 0" for
+    the job they had stopped. Aborted, procrastinate counts the attempt and retries nothing; the
+    error stays, as the abort's cause (record_job_errors keeps both). The row, not the worker's
+    abort reason, tells: the time limit aborts with the same reason as the owner, and a drain's
+    abort is retried as it was."""
+    try:
+        return await call_next()
+    except JobAborted:
+        raise
+    except Exception as error:
+        try:
+            row = await context.app.connector.execute_query_one_async(
+                QUERIES["job_abort_requested"], job_id=context.job.id
+            )
+            asked = row["asked"]
+        except Exception:  # the database is gone: the error and its retry as they were
+            asked = False
+        if not asked:
+            raise
+        raise JobAborted("its owner asked it to abort, and it ended on an error") from error

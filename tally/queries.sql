@@ -471,6 +471,11 @@ SELECT (SELECT count(*) FROM made) AS made, (SELECT count(*) FROM deleted) AS de
 INSERT INTO tally_job_errors (job_id, attempt, error, traceback, worker)
 VALUES (%(job_id)s, %(attempt)s, %(error)s, %(traceback)s, %(worker)s)
 
+-- job_abort_requested --
+-- Whether the job's owner asked it to abort (procrastinate_cancel_job_v1 with abort) and it still runs.
+SELECT coalesce(bool_or(abort_requested), false) AS asked
+  FROM procrastinate_jobs WHERE id = %(job_id)s AND status = 'doing'
+
 -- job_counts --
 -- Jobs by task and status.
 SELECT task_name, status::text AS status, count(*)::bigint AS jobs

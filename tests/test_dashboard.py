@@ -52,6 +52,18 @@ def test_a_fresh_dashboard_offers_a_tag_with_this_servers_own_address(database_u
     assert 'id="bold"' not in page and "&lt;b id=&quot;bold&quot;&gt;" in page
 
 
+def test_a_window_of_one_day_says_day(database_url, pool):
+    client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
+    page = client.get("/?days=1").html
+    assert page.find("title").text.startswith("Tally: 0 views in 1 day")
+    cards = [card.find("span").text for card in page.select(".card")[:2]]
+    assert cards == ["Views, 1 day", "Visitors, 1 day"]
+    assert [card.find("span").text for card in client.get("/?days=7").html.select(".card")[:2]] == [
+        "Views, 7 days",
+        "Visitors, 7 days",
+    ]
+
+
 def test_the_configured_public_address_wins_over_the_requests(database_url, pool):
     """TALLY_URL, when the web is given it, is the address sites must use (a dashboard opened
     through an SSH tunnel or an internal name would otherwise offer that one)."""

@@ -8,6 +8,7 @@ import datetime
 import logging
 import time
 
+import procrastinate
 import psycopg
 import pytest
 from procrastinate import JobContext
@@ -16,6 +17,7 @@ from procrastinate.job_context import AbortReason
 
 import jobs
 from jobs import page_views, queue_upkeep
+from tally import queue_connector
 from tests.conftest import PATH_VIEWS
 
 
@@ -171,6 +173,41 @@ def test_a_dead_workers_job_that_was_asked_to_abort_ends_aborted(conn):
         "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
     ).fetchone()
     assert (status, attempts) == ("aborted", 1)
+
+
+def test_a_job_its_owner_asked_to_abort_ends_aborted_whatever_error_it_ends_on(conn):
+    """A cleanup asked to abort while it waited out its lock_timeout failed before the worker
+    heard of the abort; procrastinate's retry of a job whose abort was asked then marks it
+    `failed` without counting the attempt: the jobs page said "failed, attempts 0" for a job
+    its owner had stopped. Tally's worker middleware, on a task with a retry strategy."""
+    app = procrastinate.App(
+        connector=queue_connector.procrastinate_connector(jobs.settings),
+        worker_defaults=jobs.worker_options(jobs.settings),
+    )
+
+    @app.task(name="fails_once_asked_to_abort", pass_context=True, retry=5)
+    async def fails_once_asked_to_abort(context: JobContext) -> None:
+        # The owner's Abort while it runs; the worker (no LISTEN here) hears of it at its next poll.
+        await context.app.connector.execute_query_async(
+            "SELECT procrastinate_cancel_job_v1(%(id)s, true, false)", id=context.job.id
+        )
+        raise RuntimeError("the lock it waited for stayed taken")
+
+    async def work() -> None:
+        async with app.open_async():
+            await app.run_worker_async(
+                wait=False, concurrency=1, install_signal_handlers=False, listen_notify=False
+            )
+
+    with app.open():
+        job_id = fails_once_asked_to_abort.defer()
+    asyncio.run(work())
+    status, attempts = conn.execute(
+        "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert (status, attempts) == ("aborted", 1)
+    (error,) = conn.execute("SELECT error FROM tally_job_errors WHERE job_id = %s", (job_id,)).fetchone()
+    assert error.startswith("JobAborted") and "RuntimeError: the lock it waited for stayed taken" in error
 
 
 def test_prune_finished_jobs_removes_old_finished_jobs_and_their_events(conn):

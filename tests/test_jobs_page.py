@@ -94,6 +94,22 @@ def test_bulk_actions_take_a_filter(client, conn):
     assert statuses(conn, "prune_finished_jobs") == ["todo"] * 3
 
 
+def test_a_bulk_actions_notice_counts_in_words(client, conn):
+    defer_by_sql(conn, "cleanup_old_page_views", count=2)
+    defer_by_sql(conn, "send_reports")
+    form = {"csrf": logged_in(client), "next": "/jobs"}
+
+    def notice(action: str, task: str) -> str:
+        response = client.post(f"/api/jobs/bulk/{action}?task={task}", form, headers=SAME_SITE, status=303)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(response.headers["Location"]).query)
+        return query["notice"][0]
+
+    assert notice("cancel", "cleanup_old_page_views") == "2 jobs cancelled (running ones asked to abort)."
+    assert notice("cancel", "send_reports") == "1 job cancelled (running ones asked to abort)."
+    assert notice("retry", "send_reports") == "1 job waits to run again."
+    assert notice("retry", "cleanup_old_page_views") == "2 jobs wait to run again."
+
+
 def test_pause_and_resume_are_rows_and_show_in_health_metrics_and_pages(client, conn):
     answer = client.post("/api/queues/reports/pause", headers=OWNER, status=200).json
     assert answer["queue"] == "reports" and answer["paused"] is True

@@ -119,14 +119,14 @@
   % end
 
   <div class="cards">
-    <div class="card"><span class="muted">Views, {{stats['days']}} days</span><b id="total-views">{{stats['total_views']}}</b>
+    <div class="card"><span class="muted">Views, {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}</span><b id="total-views">{{stats['total_views']}}</b>
       % if retention.previous_not_kept:
       <span class="muted">period before not kept</span>
       % elif previous:
       <span class="muted"><span id="views-change" class="change">{{change(previous['change_percent']['total_views'])}}</span> vs {{previous['total_views']}} before</span>
       % end
     </div>
-    <div class="card"><span class="muted">Visitors, {{stats['days']}} days</span><b id="total-visitors">{{stats['visitors']}}</b>
+    <div class="card"><span class="muted">Visitors, {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}</span><b id="total-visitors">{{stats['visitors']}}</b>
       % if retention.previous_not_kept:
       <span class="muted">period before not kept</span>
       % elif previous:
@@ -173,7 +173,7 @@
       <i class="dash"></i>views, {{previous['first_day']}} to {{previous['last_day']}}{{' (not kept)' if retention.previous_not_kept else ''}}
       % end
     </div>
-    <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Views and visitors per day, last {{stats['days']}} days">
+    <svg id="daily-chart" viewBox="0 0 {{width}} {{height}}" role="img" aria-label="Views and visitors per day, last {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}">
       <line x1="0" y1="{{baseline}}" x2="{{width}}" y2="{{baseline}}" stroke="#e4e7ec"/>
       % for bar in bars:
       <rect class="bar" x="{{bar['x']}}" y="{{bar['y']}}" width="{{bar['width']}}" height="{{bar['height']}}" data-day="{{bar['day']}}" data-views="{{bar['views']}}"><title>{{bar['day']}}: {{bar['views']}} views, {{bar['visitors']}} visitors{{'; %s: %s views' % (bar['previous']['day'], bar['previous']['views']) if bar['previous'] else ''}}</title></rect>

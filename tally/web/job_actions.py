@@ -109,7 +109,7 @@ def retry_matching(conn: psycopg.Connection, filters: dict[str, Any], actor: str
             409, "A job was deferred meanwhile with the queueing lock of one to retry; try again."
         )
     logger.info("%s jobs retried in bulk (filter %s) by %s", row["retried"], _shown(filters), actor)
-    done = f"{row['retried']} jobs wait to run again."
+    done = "1 job waits to run again." if row["retried"] == 1 else f"{row['retried']} jobs wait to run again."
     return Outcome(202, {"retried": row["retried"], "limit": BULK_LIMIT, "done": done})
 
 
@@ -119,7 +119,8 @@ def cancel_matching(conn: psycopg.Connection, filters: dict[str, Any], actor: st
         return _refused(409, "Only waiting or running jobs can be cancelled: filter by todo or doing.")
     (row,) = _rows(conn, "cancel_jobs_matching", **filters, limit=BULK_LIMIT)
     logger.info("%s jobs cancelled in bulk (filter %s) by %s", row["cancelled"], _shown(filters), actor)
-    done = f"{row['cancelled']} jobs cancelled (running ones asked to abort)."
+    jobs = "1 job" if row["cancelled"] == 1 else f"{row['cancelled']} jobs"
+    done = f"{jobs} cancelled (running ones asked to abort)."
     return Outcome(202, {"cancelled": row["cancelled"], "limit": BULK_LIMIT, "done": done})
 
 
