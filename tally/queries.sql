@@ -1205,7 +1205,7 @@ SELECT pg_advisory_unlock(%(key)s)
 -- and its database's OID: the primary's standby, connected to another of its databases (a URL
 -- without the database's name reaches `postgres`), has none of Tally's tables. And whether it has
 -- replayed all the WAL it received (NULL: none received since it started): with its primary gone,
--- that is everything the primary sent.
+-- that is everything the primary sent. And how far it has replayed (NULL: not a standby).
 SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control_system()) AS cluster,
        (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS database,
        CASE WHEN receiver.pid IS NOT NULL AND coalesce(receiver.status, 'streaming') = 'streaming'
@@ -1213,5 +1213,11 @@ SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control
             THEN 0.0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
        END AS lag_seconds,
-       pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() AS replayed_received
+       pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() AS replayed_received,
+       pg_last_wal_replay_lsn()::text AS replayed
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver receiver ON true
+
+-- primary_wal_position --
+-- Where the primary's WAL stands, flushed (what a standby can have been sent): the replica's
+-- checker compares what the replica has replayed with it (tally/web/replica_probes.py).
+SELECT pg_current_wal_flush_lsn()::text

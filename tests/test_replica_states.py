@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -275,6 +276,33 @@ def test_a_replica_that_lost_its_primary_with_wal_unreplayed_is_lagging(pair):
             with psycopg.connect(pair.primary_url, autocommit=True) as primary:
                 primary.execute("DELETE FROM counted WHERE n = 6")
             pair.wait_for_replay()
+
+
+def test_a_link_gone_silent_is_lagging_though_the_standby_says_it_streams(pair):
+    """The link between primary and standby silently cut, the web reaching both: the standby's
+    receiver says `streaming` and it has replayed all it received until wal_receiver_timeout
+    (60 s) ends the receiver, so health said `in use`, lag 0, and the replica answered stats a
+    minute stale past a lag limit of 5 s (an outsider's iptables DROP of the replication port).
+    Here the primary's WAL sender is frozen: the primary writes on, the standby hears nothing."""
+    with routed(pair, max_lag=2) as reads, psycopg.connect(pair.primary_url, autocommit=True) as primary:
+        (sender,) = primary.execute("SELECT pid FROM pg_stat_replication").fetchone()
+        os.kill(sender, signal.SIGSTOP)
+        try:
+            primary.execute("INSERT INTO counted VALUES (6)")
+            written = time.monotonic()
+            wait_until(lambda: reads.status().state == "lagging", 10, 0.02, "the replica lagging")
+            said_after = time.monotonic() - written
+            assert reads.run(count(reads)) == ("primary", 6)
+            # The lag runs from the primary's last position the standby has, read at most 0.5 s
+            # before the write; the state from the check after, every 0.5 s.
+            assert 2 - 0.5 <= said_after <= 2 + FALLBACK_BUDGET_SECONDS, said_after
+        finally:
+            os.kill(sender, signal.SIGCONT)
+            primary.execute("DELETE FROM counted WHERE n = 6")
+        pair.wait_for_replay()
+        wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica back")
+        assert reads.run(count(reads)) == ("replica", 5)
+    print(f"a silent link: lagging {said_after:.2f} s after the write")
 
 
 def test_the_web_with_the_primary_down_answers_stats_from_the_replica(pair, start_process):

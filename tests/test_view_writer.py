@@ -268,6 +268,44 @@ def test_slow_reads_leave_the_pool_to_the_views_arriving(pool, conn, monkeypatch
     assert stored_paths(conn) == ["/arrived"]
 
 
+def test_reads_with_the_primary_down_are_told_so_without_waiting_for_a_turn():
+    """With the primary's connects failing (an outsider's iptables DROP), ten reads at once
+    queued for the two turns, each then waiting out the pool's 1.5 s for a server already
+    known down: the last answered after 5.9 s, and the two past the threads' share were told
+    that slow reads held the database. Each now waits the pool's own wait at most, and all are
+    told the database is unreachable."""
+    from tally.checked_pool import NoConnection
+    from tally.web import replica
+
+    url = f"postgresql://tally@127.0.0.1:{free_port()}/tally"  # nothing listens there
+    config = from_env({"DATABASE_URL": url, "WEB_THREADS": "16"}, process_type="web")
+    with web_pool(config) as down:
+        deadline = time.monotonic() + 10
+        while down.last_connect_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert down.last_connect_error is not None
+        reads = replica.ReadRouter(down, None, config)
+
+        def read(pool) -> None:
+            with pool.connection() as connection:
+                connection.execute("SELECT 1")
+
+        def timed() -> tuple[float, BaseException | None]:
+            started = time.monotonic()
+            try:
+                reads.run(read)
+            except Exception as error:
+                return time.monotonic() - started, error
+            return time.monotonic() - started, None
+
+        with concurrent.futures.ThreadPoolExecutor(10) as executor:
+            answers = list(executor.map(lambda _: timed(), range(10)))
+        reads.close()
+    assert [type(error) for _, error in answers] == [NoConnection] * 10
+    assert {error.problem for _, error in answers} == {"unreachable"}
+    assert max(took for took, _ in answers) < db.WEB_POOL_WAIT_SECONDS + 0.5
+
+
 def test_reads_waiting_their_turn_leave_the_web_threads_to_the_views_arriving(
     pool, database_url, monkeypatch
 ):

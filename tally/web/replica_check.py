@@ -9,10 +9,12 @@ well; so does one whose pool cannot connect (`full`, `unreachable`: tally/web/re
 With the primary down, a replica that has replayed all it received serves on (`primary down`).
 tally/web/replica.py routes the reads by what this says.
 
-Lag: a standby that streams and has replayed everything it received is caught up (0), whatever
-the age of its last replayed transaction (an idle primary sends none); otherwise the lag is the
-smaller of two upper bounds: the age of the last transaction it replayed, and the time since a
-check last found it caught up. docs/ARCHITECTURE.md, "Read replica", says why.
+Lag: while the primary answers, the time since its WAL passed what the replica has replayed (0
+when it has replayed where the primary's WAL last stood); else, a standby that streams and has
+replayed everything it received is caught up (0), whatever the age of its last replayed
+transaction (an idle primary sends none); otherwise the lag is the smaller of two upper bounds:
+the age of the last transaction it replayed, and the time since a check last found it caught
+up. docs/ARCHITECTURE.md, "Read replica", says why.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tally.checked_pool import is_full
 from tally.config import Config
 from tally.db import QUERIES
 from tally.logs import database_error, describe_error
-from tally.web.replica_probes import pool_trouble, primary_down
+from tally.web.replica_probes import PrimaryPositions, pool_trouble, primary_down
 
 logger = logging.getLogger("tally.web.replica")
 
@@ -93,7 +95,9 @@ class ReplicaCheck:
         self.replica = replica
         self.max_lag = config.replica_max_lag_seconds if config else 0.0
         self._connect: Callable[[], psycopg.Connection] | None = None
+        self._positions: PrimaryPositions | None = None
         if replica is not None:
+            self._positions = PrimaryPositions(primary, self.max_lag)
             if config is None or config.database_replica_url is None:
                 raise ValueError("a replica pool needs the config that names it")
             url, kwargs = config.database_replica_url, check_connection_kwargs(config)
@@ -113,11 +117,15 @@ class ReplicaCheck:
         """Start checking the replica (once; nothing to check without one)."""
         if self.replica is None or self._checker is not None:
             return
+        assert self._positions is not None
+        self._positions.start()
         self._checker = threading.Thread(target=self._check_forever, name="replica-check", daemon=True)
         self._checker.start()
 
     def close(self) -> None:
         self._stopping.set()
+        if self._positions is not None:
+            self._positions.close()
         if self._checker is not None:
             self._checker.join(2)  # a check waits at most its connect timeout
 
@@ -176,7 +184,13 @@ class ReplicaCheck:
         database: int,
         server_lag: float | None,
         replayed_received: bool | None,
+        replayed: str | None,
     ) -> None:
+        if replayed is not None and self._positions is not None:
+            # The primary's own positions, when fresh, are the sound measure: the replica's
+            # receiver says `streaming` through a link gone silent (tally/web/replica_probes.py).
+            sampled = self._positions.behind(replayed, started)
+            server_lag = server_lag if sampled is None else sampled
         state, lag, description = self._verdict(started, standby, cluster, database, server_lag)
         # Seen caught up, all it received replayed, and the primary gone: it has all the primary
         # sent, and reads on the primary would fail (its lag, the time since, grows all the same).

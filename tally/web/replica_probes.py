@@ -1,5 +1,6 @@
-"""What the replica's checker (tally/web/replica_check.py) asks of the pools, without a query:
-whether the replica's pool can connect, and whether the primary is gone.
+"""What the replica's checker (tally/web/replica_check.py) asks of the primary and the pools:
+whether the replica's pool can connect, whether the primary is gone (neither by a query), and
+where the primary's WAL stood, read on a thread of its own.
 
 The checker's own connection answering says nothing of new ones: a replica whose slots are all
 taken, or whose postmaster hung, refuses every connect while its old backends answer, and was
@@ -9,9 +10,18 @@ primary is gone is not the one to blame.
 
 from __future__ import annotations
 
+import collections
+import logging
+import threading
+import time
+
 import psycopg_pool
 
-from tally.checked_pool import RecordingPool
+from tally import db
+from tally.checked_pool import RecordingPool, connect_problem
+from tally.db import QUERIES
+
+logger = logging.getLogger("tally.web.replica")
 
 # A connect of the replica's pool that has not answered in this long will not serve a read that
 # waits for it (REPLICA_POOL_WAIT_SECONDS, 0.5 s): a hung postmaster answers no connect until
@@ -35,6 +45,20 @@ def pool_trouble(replica: psycopg_pool.ConnectionPool | None) -> str | None:
     return trouble
 
 
+def primary_gives_none(primary: psycopg_pool.ConnectionPool) -> str | None:
+    """Why the primary's pool can give a read no connection now (as health names it), or None.
+
+    Only while no connection is idle and its last connect failed, or one has not answered
+    within the pool's own wait. The pool is prodded as the replica's is, so that it connects
+    again once the primary is back."""
+    stalled = db.WEB_POOL_WAIT_SECONDS
+    if not isinstance(primary, RecordingPool) or primary.connect_trouble(stalled) is None:
+        return None
+    if not primary.connecting():
+        primary.check()
+    return connect_problem(primary)
+
+
 def primary_down(primary: psycopg_pool.ConnectionPool) -> bool:
     """Whether the primary is gone: its pool gives no connection and its last connect failed.
 
@@ -47,3 +71,72 @@ def primary_down(primary: psycopg_pool.ConnectionPool) -> bool:
         return getattr(primary, "last_connect_error", None) is not None
     primary.putconn(conn)
     return False
+
+
+def lsn(text: str) -> int:
+    """A WAL position ('16/B374D848') as a number, to compare and keep."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+class PrimaryPositions:
+    """The primary's WAL positions, read twice a second on a thread of their own (a frozen primary
+    holds that thread, never the replica's checker), each kept with when it was asked.
+
+    The replica alone cannot tell a link gone silent: its WAL receiver says `streaming`, and its
+    replay has reached all it received, for as long as `wal_receiver_timeout` (60 s) takes to
+    notice, while the primary writes on. What the replica has replayed against where the
+    primary's WAL stood says how stale it is, from either side's measure of nothing but WAL."""
+
+    # Twice a second, as the checks; less often for a lag limit of hours, so that at most
+    # KEPT positions span it twice over (a day's limit: one a 3 minutes).
+    SAMPLE_SECONDS = 0.5
+    KEPT = 1000
+
+    def __init__(self, primary: psycopg_pool.ConnectionPool, max_lag_seconds: float):
+        self.primary = primary
+        self.interval = max(self.SAMPLE_SECONDS, (2 * max_lag_seconds + 5) / self.KEPT)
+        # Positions older than this say nothing of now: the primary has not answered since.
+        self.fresh_seconds = 4 * self.interval
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=self.KEPT)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._sample_forever, name="primary-wal", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(1)
+
+    def _sample_forever(self) -> None:
+        while not self._stopping.is_set():
+            asked = time.monotonic()
+            try:
+                with self.primary.connection(timeout=PRIMARY_PROBE_SECONDS) as conn:
+                    (position,) = conn.execute(QUERIES["primary_wal_position"]).fetchone()
+                with self._lock:
+                    self._samples.append((asked, lsn(position)))
+            except Exception as error:  # a primary down, busy or in recovery: no sample, no word
+                logger.debug("primary WAL position not read: %r", error)
+            self._stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
+
+    def behind(self, replayed: str, now: float) -> float | None:
+        """How many seconds of the primary's WAL a replica that has replayed up to `replayed`
+        lacks, or None when no position is fresh (the primary has not answered lately).
+
+        0 when it has replayed the newest position read; else the time since the last position
+        it has (the primary's WAL stood at or below it when it was asked, so the replica has all
+        written before then), or since the oldest kept when it has none of them."""
+        done = lsn(replayed)
+        with self._lock:
+            samples = list(self._samples)
+        if not samples or now - samples[-1][0] > self.fresh_seconds:
+            return None
+        if done >= samples[-1][1]:
+            return 0.0
+        reached = [asked for asked, position in samples if position <= done]
+        return now - (reached[-1] if reached else samples[0][0])
