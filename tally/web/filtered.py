@@ -108,6 +108,7 @@ def stats(
     a second connection of the `lender`'s pool when it has one to spare."""
     start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
+    span.update(utc_from=utc_midnight(start), utc_until=utc_midnight(end) + datetime.timedelta(days=1))
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
     def count_once(cursor: psycopg.Cursor, narrowed: dict[str, Any], chunk: int, chunks: int) -> Counts:

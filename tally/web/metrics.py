@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.rows
 import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -91,10 +92,8 @@ class QueueCollector(Collector):
         for row in processes["paused_queues"]:
             paused.add_metric([row["queue"]], 1)
         yield paused
-        state = conn.execute(QUERIES["rollup_state"]).fetchone()
-        total = conn.execute(
-            QUERIES["page_views_total"], {"watermark": state[0], "in_progress": state[1]}
-        ).fetchone()[0]
+        state = conn.cursor(row_factory=psycopg.rows.dict_row).execute(QUERIES["rollup_state"]).fetchone()
+        total = conn.execute(QUERIES["page_views_total"], state).fetchone()[0]
         yield _gauge("tally_page_views", "Page views counted in stats (rollups plus the tail).", total)
 
 

@@ -112,9 +112,7 @@ def rollup_lag(conn: psycopg.Connection) -> dict[str, Any]:
             # Health must answer in 2 s even while someone holds page_views locked.
             conn.execute(QUERIES["local_lock_timeout"], {"milliseconds": VIEWS_WAITING_LOCK_TIMEOUT_MS})
             # Two statements, not a join: the watermark must reach the planner as a value.
-            waiting = _one(
-                conn, "views_waiting", watermark=state["watermark"], in_progress=state["in_progress"]
-            )
+            waiting = _one(conn, "views_waiting", **state)
     except psycopg.errors.LockNotAvailable:
         waiting = {"views": None}  # page_views is locked (a migration, LOCK TABLE): unknown now
     age = None
