@@ -15,6 +15,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from tally.web import filtered
 from tally.web.filtered import EVERY_VIEW
 from tests import ages
 from tests.test_web import TOKEN, make_client, roll_up
@@ -439,6 +440,7 @@ def test_the_filtered_reads_scan_page_views_themselves_not_a_function(conn):
         "panels": True,
         "goals_only": False,
     }
+    params.update(filtered.utc_days(params["start"], params["end"]))
     names = ("filtered_answer", "recent_visitors", "filtered_export")
     alone = {"country": None, "goals_only": True}  # goals alone: their visitors' events count too
     for goals in ({}, {"event": "Signup"}, {"goal_path": "/thanks"}, {"event": "Signup", **alone}):
@@ -467,6 +469,7 @@ def test_the_filtered_scan_may_run_in_parallel_workers(conn):
         "country": "DE",
         "goals_only": False,
     }
+    params.update(filtered.utc_days(params["start"], params["end"]))
     with conn.transaction():  # the planner told that workers cost nothing, for this test only
         for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
             conn.execute(f"SET LOCAL {setting} = 0")
@@ -491,6 +494,7 @@ def test_a_goal_filter_finds_its_visitors_once_however_many_day_partitions(conn)
         **EVERY_VIEW,
         "buckets": False,
     }
+    params.update(filtered.utc_days(params["start"], params["end"]))
     with conn.transaction() as held:  # the days' partitions go with it
         for back in range(1, 7):
             conn.execute(

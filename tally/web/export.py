@@ -81,13 +81,14 @@ def _filtered_daily_paths(
 ) -> list[dict[str, Any]]:
     with snapshot(pool) as cur:
         cur.execute(QUERIES["stats_state"], {"tz": tz})
-        watermark, in_progress, _now, today, _tail_from, _tail_to = cur.fetchone()
+        watermark, in_progress, _now, today, tail_from, tail_to = cur.fetchone()
         first_day = today - datetime.timedelta(days=days - 1)
         cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
         start = cur.fetchone()[0]
         cur.execute(QUERIES["local_midnight"], {"day": today + datetime.timedelta(days=1), "tz": tz})
         end = cur.fetchone()[0]  # a view dated after today (a clock far off) is not today's
         bounds = {"watermark": watermark, "in_progress": in_progress, "site": site, "tz": tz}
+        bounds.update(tail_from=tail_from, tail_to=tail_to)  # the tail's days (referrer_domains)
         params = filtered.parameters(cur, filters, bounds, first_day - datetime.timedelta(days=3))
         cur.execute(QUERIES["filtered_export"], {**params, "start": start, "end": end})
         rows = cur.fetchall()

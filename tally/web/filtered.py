@@ -108,7 +108,7 @@ def stats(
     a second connection of the `lender`'s pool when it has one to spare."""
     start, end = bounds_of(cur, window, params["tz"])
     span = {**params, "start": start, "end": end, "panels": panels, "buckets": window.current}
-    span.update(utc_from=utc_midnight(start), utc_until=utc_midnight(end) + datetime.timedelta(days=1))
+    span.update(utc_days(start, end))
     cur.execute(QUERIES["set_local_work_mem"], {"work_mem": WORK_MEM})
 
     def count_once(cursor: psycopg.Cursor, narrowed: dict[str, Any], chunk: int, chunks: int) -> Counts:
@@ -203,6 +203,12 @@ def views_bound(cur: psycopg.Cursor, span: dict[str, Any]) -> int:
 def utc_midnight(instant: datetime.datetime) -> datetime.datetime:
     """The UTC midnight that begins the UTC day of `instant`."""
     return datetime.datetime.combine(instant.astimezone(datetime.UTC).date(), datetime.time(), datetime.UTC)
+
+
+def utc_days(start: datetime.datetime, end: datetime.datetime) -> dict[str, datetime.datetime]:
+    """filtered_answer's `utc_from` and `utc_until`: the UTC days `start` and `end` fall in, as
+    values the planner prunes the day partitions to."""
+    return {"utc_from": utc_midnight(start), "utc_until": utc_midnight(end) + datetime.timedelta(days=1)}
 
 
 def bucket_number(bucket: datetime.datetime) -> int:
