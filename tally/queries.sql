@@ -863,8 +863,8 @@ SELECT set_config('work_mem', %(work_mem)s, true)
 -- read the UTC days `start` and `end` fall in, [utc_from, utc_until) (a visit never crosses a UTC
 -- midnight, but may a local one; values, not date_trunc(..., 'UTC'), which PostgreSQL 15 holds
 -- STABLE, plus an interval, STABLE on all: 15 planned every day partition, 87 ms with a year of
--- them, and pruned them as it ran). Goals alone (`goals_only`: `event` or `goal_path` and no filter on a view's own
--- values) narrow the answer to the visitors who reached them in [start, end), and it is theirs as
+-- them, and pruned them as it ran). Goals alone (`goals_only`: `event` or `goal_path` and no
+-- filter on a view's own values) narrow the answer to the visitors who reached them in [start, end), and it is theirs as
 -- an unfiltered answer is everyone's: their events count as their views do, so an id that sent
 -- the event and no view (a server's Purchase) is one of the day's visitors with its visit of
 -- events, and the event's row is the unfiltered one. A filter on a view's values (an event has
