@@ -124,19 +124,24 @@ class PrimaryPositions:
                 logger.debug("primary WAL position not read: %r", error)
             self._stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
 
-    def behind(self, replayed: str, now: float) -> float | None:
-        """How many seconds of the primary's WAL a replica that has replayed up to `replayed`
-        lacks, or None when no position is fresh (the primary has not answered lately).
+    def reached(self, replayed: str, now: float) -> tuple[float | None, float | None]:
+        """What a replica that has replayed up to `replayed` is known to have, by the positions
+        read: (how many seconds of the primary's WAL it lacks, the moment up to which it has all
+        the primary wrote), or (None, None) when no position is fresh (the primary has not
+        answered lately).
 
-        0 when it has replayed the newest position read; else the time since the last position
-        it has (the primary's WAL stood at or below it when it was asked, so the replica has all
-        written before then), or since the oldest kept when it has none of them."""
+        0 behind when it has replayed the newest position read; else the time since the last
+        position it has was asked (the primary's WAL stood at or below it then, so the replica
+        has all written before), or since the oldest kept when it has none of them (and no
+        moment it surely had all)."""
         done = lsn(replayed)
         with self._lock:
             samples = list(self._samples)
         if not samples or now - samples[-1][0] > self.fresh_seconds:
-            return None
+            return None, None
         if done >= samples[-1][1]:
-            return 0.0
-        reached = [asked for asked, position in samples if position <= done]
-        return now - (reached[-1] if reached else samples[0][0])
+            return 0.0, now
+        had = [asked for asked, position in samples if position <= done]
+        if not had:
+            return now - samples[0][0], None
+        return now - had[-1], had[-1]
