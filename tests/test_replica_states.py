@@ -8,6 +8,7 @@ replica had everything it sent (`lagging`, and reads moved to the down primary: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -54,7 +55,11 @@ def routed(pair, max_lag: int = 30) -> Iterator:
     env = {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}
     config = from_env({**env, "REPLICA_MAX_LAG_SECONDS": str(max_lag)}, process_type="web")
     with web_pool(config) as primary, routed_reads(primary, config) as reads:
-        wait_until(lambda: reads.status().state == "in use", 10, 0.02, "the replica in use")
+        # Seen caught up, as the tests' stops of the primary assume: just after the primary came
+        # back the standby's receiver reconnects within seconds, and a replica in use but never
+        # seen caught up is rightly not `primary down` (CI stopped the primary in that moment).
+        in_use = ("in use", 0.0)
+        wait_until(lambda: tuple(dataclasses.astuple(reads.status())) == in_use, 10, 0.02, "caught up")
         yield reads
 
 
@@ -262,7 +267,9 @@ def test_the_primary_down_is_said_before_the_lag_limit(pair):
 def test_a_replica_that_lost_its_primary_with_wal_unreplayed_is_lagging(pair):
     """Replay paused, then the primary stopped: the replica lacks what it received; it is not used."""
     with routed(pair, max_lag=1) as reads, psycopg.connect(pair.standby_url, autocommit=True) as standby:
-        standby.execute("SELECT pg_wal_replay_pause()")
+        standby.execute("SELECT pg_wal_replay_pause()")  # asked: replay stops at its next record
+        paused = "SELECT pg_get_wal_replay_pause_state() = 'paused'"
+        wait_until(lambda: standby.execute(paused).fetchone()[0], 10, 0.02, "replay paused")
         with psycopg.connect(pair.primary_url, autocommit=True) as primary:
             primary.execute("INSERT INTO counted VALUES (6)")
         pair.stop_primary("fast")

@@ -189,18 +189,8 @@ class ReplicaCheck:
         if replayed is not None and self._positions is not None:
             # The primary's own positions, when fresh, are the sound measure: the replica's
             # receiver says `streaming` through a link gone silent (tally/web/replica_probes.py).
-            # The moment it surely had all the primary wrote is when it was last caught up: a
-            # replica seldom replays the very newest position a check reads under steady writes,
-            # and `primary down` needs that moment once the positions stop.
-            sampled, had_all_at = self._positions.reached(replayed, started)
-            # A replica that streams and has replayed all it was sent is caught up, though it may
-            # not have replayed the newest position read a moment ago: its own word stands for a
-            # lag of up to two readings (a test stopping the primary just then found no moment
-            # it was caught up, and never said `primary down`).
-            settled = server_lag == 0.0 and sampled is not None and sampled <= 2 * self._positions.interval
-            if sampled is not None and not settled:
-                server_lag = sampled
-            if had_all_at is not None:
+            server_lag, had_all_at = self._positions.lag(replayed, started, server_lag)
+            if had_all_at is not None:  # the moment it was last caught up, for `primary down`
                 self._caught_up_at = max(had_all_at, self._caught_up_at or had_all_at)
         state, lag, description = self._verdict(started, standby, cluster, database, server_lag)
         # Seen caught up, all it received replayed, and the primary gone: it has all the primary

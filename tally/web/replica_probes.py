@@ -145,3 +145,17 @@ class PrimaryPositions:
         if not had:
             return now - samples[0][0], None
         return now - had[-1], had[-1]
+
+    def lag(self, replayed: str, now: float, own_word: float | None) -> tuple[float | None, float | None]:
+        """The lag of a replica that has replayed up to `replayed` and says `own_word` of itself
+        (0: it streams and has replayed all it was sent), and the moment it surely had all the
+        primary wrote (None: no such moment known): by the positions while they are fresh.
+
+        Its own 0 stands for a lag of up to two readings: a replica seldom replays the newest
+        position read a moment ago under steady writes, and a check made just after a write
+        found no moment it was caught up (a test that stopped the primary just then never
+        heard `primary down`)."""
+        behind, had_all_at = self.reached(replayed, now)
+        if behind is None or (own_word == 0.0 and behind <= 2 * self.interval):
+            return own_word, had_all_at
+        return behind, had_all_at
