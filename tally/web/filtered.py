@@ -129,7 +129,11 @@ def stats(
             with cursor.connection.transaction():
                 return count_once(cursor, narrowed, k, n), []
         except psycopg.errors.QueryCanceled:
-            if n >= MAX_CHUNKS:
+            # A timeout's cancel can land on the savepoint's rollback too (PostgreSQL then says
+            # "due to user request"): the transaction, and its snapshot, are lost; the request
+            # answers the timeout's 503 (it tried the halves, and its next savepoint was a 500).
+            lost = cursor.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            if n >= MAX_CHUNKS or lost:
                 raise
             # Worth an operator's eye when frequent: the chunk's time was spent for nothing.
             logger.info(
