@@ -32,14 +32,17 @@ CONNECT_STALLED_SECONDS = 0.4
 PRIMARY_PROBE_SECONDS = 0.3
 
 
-def pool_trouble(replica: psycopg_pool.ConnectionPool | None) -> str | None:
+def pool_trouble(
+    replica: psycopg_pool.ConnectionPool | None, stalled_after: float = CONNECT_STALLED_SECONDS
+) -> str | None:
     """Why the replica's pool can give reads no connection, or None (all its connections lent
-    to reads is no trouble). A pool in trouble is prodded to try again: psycopg_pool gives up
-    after RECONNECT_GIVE_UP_SECONDS and waits for a read, and no read comes to a replica that is
-    not vouched for, so without this it never came back once a slot freed."""
+    to reads is no trouble; a connect under way counts once it has taken `stalled_after`). A pool
+    in trouble is prodded to try again: psycopg_pool gives up after RECONNECT_GIVE_UP_SECONDS and
+    waits for a read, and no read comes to a replica that is not vouched for, so without this it
+    never came back once a slot freed."""
     if not isinstance(replica, RecordingPool):
         return None
-    trouble = replica.connect_trouble(CONNECT_STALLED_SECONDS)
+    trouble = replica.connect_trouble(stalled_after)
     if trouble is not None and not replica.connecting():
         replica.check()  # grows the pool again (it has no idle connection to test)
     return trouble
@@ -49,13 +52,9 @@ def primary_gives_none(primary: psycopg_pool.ConnectionPool) -> str | None:
     """Why the primary's pool can give a read no connection now (as health names it), or None.
 
     Only while no connection is idle and its last connect failed, or one has not answered
-    within the pool's own wait. The pool is prodded as the replica's is, so that it connects
-    again once the primary is back."""
-    stalled = db.WEB_POOL_WAIT_SECONDS
-    if not isinstance(primary, RecordingPool) or primary.connect_trouble(stalled) is None:
+    within the pool's own wait; prodded to connect again as the replica's pool is."""
+    if pool_trouble(primary, db.WEB_POOL_WAIT_SECONDS) is None:
         return None
-    if not primary.connecting():
-        primary.check()
     return connect_problem(primary)
 
 
