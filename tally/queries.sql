@@ -857,6 +857,12 @@ SELECT t.task, job.id AS job_id, job.status::text AS status,
 -- The memory of each sort and hash for the rest of this transaction (SET LOCAL, with a value).
 SELECT set_config('work_mem', %(work_mem)s, true)
 
+-- set_local_parallel_workers --
+-- How many parallel workers a statement may start, for the rest of this transaction (SET LOCAL,
+-- with a value); and how many it could before (the select list is evaluated in order).
+SELECT current_setting('max_parallel_workers_per_gather') AS before,
+       set_config('max_parallel_workers_per_gather', %(workers)s, true)
+
 -- filtered_answer --
 -- Everything a filtered answer counts (migrations/0014), from one scan of the views matching every
 -- given filter (NULL: no filter on that dimension), in [start, end) but for the visits, which
@@ -994,9 +1000,9 @@ SELECT 'bucket', NULL, NULL, NULL, (extract(epoch FROM date_bin('15 minutes', vi
 -- What the buckets of a filtered answer (filtered_answer's 'bucket' rows) leave out of the last 24
 -- hours and of the last 5 minutes: the matching views from `since` (24 hours before `now`) to the
 -- first full bucket after it, and from the bucket of `now` to `now`; and the distinct visitors of
--- the 5 minutes to `now`. Goals reached in [goals_from, goals_until), the answer's window, looked
--- up for the ids of those minutes alone (of_sites, of_visitors: recent_edge_ids), not for every
--- sender of the window; without goals those two are NULL.
+-- the 5 minutes to `now`. Under goals, the views of the ids of those minutes that reached them in
+-- the answer's window (of_sites, of_visitors: recent_edge_ids, then goal_reached_ids), with no
+-- goal of its own (`event` and `goal_path` NULL); without goals those two are NULL.
 SELECT count(*) FILTER (WHERE viewed_at < %(first_full_bucket)s OR viewed_at >= %(now_bucket)s) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE viewed_at >= %(five_minutes_ago)s AND visitor IS NOT NULL)
            AS current_visitors
@@ -1018,6 +1024,24 @@ SELECT DISTINCT site, visitor FROM page_views
  WHERE visitor IS NOT NULL AND (%(site)s::text IS NULL OR site = %(site)s)
    AND ((viewed_at >= %(since)s AND viewed_at < %(first_full_bucket)s)
         OR (viewed_at >= least(%(now_bucket)s::timestamptz, %(five_minutes_ago)s::timestamptz) AND viewed_at <= %(now)s))
+
+-- goal_reached_ids --
+-- Of the ids given (of_sites, of_visitors), those that reached the goals in [goals_from,
+-- goals_until): sent the event `event`, viewed `goal_path`, both when both are named, as
+-- tally_views_matching's goal filters find them. An index probe per id (a day partition's each),
+-- or the goal's senders hashed once where that costs less: the ids are counted, so the planner
+-- knows which (a join of the ids to their views, estimated at a row or two, was nested over the
+-- goal's senders and read them again for each view: docs/ARCHITECTURE.md, "Plans and JIT").
+SELECT i.site, i.visitor
+  FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[]) AS i (site, visitor)
+ WHERE (%(event)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM events g
+            WHERE g.site = i.site AND g.visitor = i.visitor AND g.name = %(event)s
+              AND g.occurred_at >= %(goals_from)s AND g.occurred_at < %(goals_until)s))
+   AND (%(goal_path)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM page_views g
+            WHERE g.site = i.site AND g.visitor = i.visitor AND g.path = %(goal_path)s
+              AND g.viewed_at >= %(goals_from)s AND g.viewed_at < %(goals_until)s))
 
 -- filtered_views_bound --
 -- What the rollups know of the values a filtered answer names, over the UTC days [from_day,
@@ -1119,27 +1143,18 @@ SELECT count(*) AS views_last_24h,
                             NULL, NULL, NULL, NULL, NULL)
  WHERE viewed_at <= %(now)s
 
--- recent_goal_senders --
+-- recent_senders_without_views --
 -- With goals alone (`goals_only`, filtered_answer), the visitors of the 5 minutes to `now` that
--- recent_visitors leaves out: ids that reached the goals in [goals_from, goals_until) and sent
--- events in those minutes but no view (the ids of events are visitors, as unfiltered). One
--- index probe per sender of the 5 minutes.
-SELECT count(*) AS goal_senders
-  FROM (SELECT DISTINCT e.site, e.visitor
-          FROM events e
-         WHERE e.visitor IS NOT NULL AND e.occurred_at >= %(five_minutes_ago)s AND e.occurred_at <= %(now)s
-           AND (%(site)s::text IS NULL OR e.site = %(site)s)) sender
- WHERE (%(event)s::text IS NULL OR EXISTS (
-           SELECT 1 FROM events g
-            WHERE g.site = sender.site AND g.visitor = sender.visitor AND g.name = %(event)s
-              AND g.occurred_at >= %(goals_from)s AND g.occurred_at < %(goals_until)s))
-   AND (%(goal_path)s::text IS NULL OR EXISTS (
-           SELECT 1 FROM page_views g
-            WHERE g.site = sender.site AND g.visitor = sender.visitor AND g.path = %(goal_path)s
-              AND g.viewed_at >= %(goals_from)s AND g.viewed_at < %(goals_until)s))
+-- recent_visitors and filtered_recent_edges leave out: ids that sent events in those minutes but
+-- no view (the ids of events are visitors, as unfiltered). Those that reached the goals count
+-- (goal_reached_ids).
+SELECT DISTINCT e.site, e.visitor
+  FROM events e
+ WHERE e.visitor IS NOT NULL AND e.occurred_at >= %(five_minutes_ago)s AND e.occurred_at <= %(now)s
+   AND (%(site)s::text IS NULL OR e.site = %(site)s)
    AND NOT EXISTS (
            SELECT 1 FROM page_views v
-            WHERE v.site = sender.site AND v.visitor = sender.visitor
+            WHERE v.site = e.site AND v.visitor = e.visitor
               AND v.viewed_at >= %(five_minutes_ago)s AND v.viewed_at <= %(now)s)
 
 -- referrer_domains --

@@ -13,10 +13,12 @@ tail know.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -25,7 +27,6 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
-from tally.web.current_visitors import CurrentVisitors
 from tally.web.filters import GOAL_FILTERS, sql_parameters
 from tally.web.referrers import SEARCH_ENGINE_NAMES, referrer_name
 from tally.web.windows import TOP_ROWS
@@ -92,6 +93,21 @@ def bounds_of(cur: psycopg.Cursor, window: Window, tz: str) -> tuple[datetime.da
     return start, cur.fetchone()[0]
 
 
+@contextlib.contextmanager
+def one_process(cur: psycopg.Cursor) -> Iterator[None]:
+    """Statements of the block run without parallel workers. A read of a few ids' views is planned
+    for a row or two, and a plan for one row may put a parallel sort (Gather Merge) under a nested
+    loop, which starts its workers again for each outer row: the edges of the last 24 hours under
+    a goal took 1.8 s for 59 views that way, 11 ms in one process (PostgreSQL 18;
+    docs/ARCHITECTURE.md, "Plans and JIT")."""
+    cur.execute(QUERIES["set_local_parallel_workers"], {"workers": "0"})
+    (before, _) = cur.fetchone()
+    yield
+    # Not after an error: the transaction is lost, and a SET LOCAL with it.
+    if cur.connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        cur.execute(QUERIES["set_local_parallel_workers"], {"workers": before})
+
+
 def stats(
     cur: psycopg.Cursor,
     window: Window,
@@ -143,7 +159,8 @@ def stats(
 
     def count(narrowed: dict[str, Any]) -> Counts:
         if not all(narrowed[name] is None for name in EVERY_VIEW):  # a few ids: one statement
-            return count_once(cur, narrowed, 0, 1)
+            with one_process(cur):
+                return count_once(cur, narrowed, 0, 1)
         views = views_bound(cur, narrowed)
         chunks = max(1, math.ceil(views / CHUNK_VIEWS))
         # Another connection in the same snapshot shares the chunks of an answer past
@@ -283,53 +300,6 @@ def answer_of(counts: Counts, window: Window, params: dict[str, Any], panels: bo
             answer["event_props"] = props[:EVENT_PROP_ROWS]
         answer["crawlers_filtered"] = None  # crawlers are counted per site and day, not per view
     return answer
-
-
-def recent(
-    cur: psycopg.Cursor,
-    params: dict[str, Any],
-    with_day: bool,
-    current: CurrentVisitors,
-    window: Window | None = None,
-    buckets: dict[int, int] | None = None,
-) -> dict[str, int]:
-    """Distinct visitors of the last 5 minutes and (`with_day`) views of the last 24 hours. Under
-    `event` or `goal_path` their visitors are those who reached the goal in `window`, as for
-    every other figure of the answer (not in the 24 hours: a visitor who signed up two days ago
-    and came back an hour ago is in today's views, so in the last 24 hours' too); under goals
-    alone (`goals_only`) one that sent events and no view in the 5 minutes is one of them too.
-    With the filtered answer's `buckets` the 24 hours' full buckets come from them, and only
-    the minutes at either end are read. Unfiltered, the visitors come from `current`, which
-    keeps them (tally/web/current_visitors.py)."""
-    now = params["now"]
-    times = {"now": now, "five_minutes_ago": now - datetime.timedelta(minutes=5)}
-    if not with_day:  # unfiltered: the last 24 hours come from the rollups, the visitors are kept
-        return {"views_last_24h": 0, "current_visitors": current.count(cur, params["site"], now)}
-    since = now - datetime.timedelta(hours=24)
-    goals = window is not None and (params.get("event") is not None or params.get("goal_path") is not None)
-    goals_from, goals_until = bounds_of(cur, window, params["tz"]) if goals else (since, None)
-    span = {**params, **times, "since": since, "goals_from": goals_from, "goals_until": goals_until}
-    if buckets is None or window is None:
-        cur.execute(QUERIES["recent_visitors"], span)
-        views, current = cur.fetchone()
-    else:
-        edges = {"first_full_bucket": window.first_full_bucket, "now_bucket": window.now_bucket}
-        edges.update(goals_until=goals_until or "infinity", of_sites=None, of_visitors=None)
-        if goals:  # the goals of the few ids of those minutes, not every sender's of the window
-            cur.execute(QUERIES["recent_edge_ids"], {**span, **edges})
-            ids = cur.fetchall()
-            edges.update(of_sites=[site for site, _ in ids], of_visitors=[visitor for _, visitor in ids])
-        cur.execute(QUERIES["filtered_recent_edges"], {**span, **edges})
-        views, current = cur.fetchone()
-        first, last = (bucket_number(edges["first_full_bucket"]), bucket_number(edges["now_bucket"]))
-        views += sum(count for bucket, count in buckets.items() if first <= bucket < last)
-    if goals and params["goals_only"]:
-        cur.execute(
-            QUERIES["recent_goal_senders"],
-            {**params, **times, "goals_from": goals_from, "goals_until": goals_until},
-        )
-        current += cur.fetchone()[0]
-    return {"views_last_24h": views, "current_visitors": current}
 
 
 def top(values: dict[str, tuple[int, int]], key: str) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from tally.web import events, filtered, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers
 from tally.web.current_visitors import CurrentVisitors
 from tally.web.panels import TAIL, top_values
+from tally.web.recent import recent_figures
 from tally.web.rolled_up import RolledUp, read_rolled_up
 from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
@@ -136,7 +137,7 @@ class StatsReader:
             else:
                 answer, tail_views = self._read(cur, state, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
-                recent = filtered.recent(
+                recent = recent_figures(
                     cur, params, with_day=bool(filters), current=self._current, window=window, buckets=buckets
                 )
                 if filters:
