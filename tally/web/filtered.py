@@ -102,10 +102,12 @@ def one_process(cur: psycopg.Cursor) -> Iterator[None]:
     docs/ARCHITECTURE.md, "Plans and JIT")."""
     cur.execute(QUERIES["set_local_parallel_workers"], {"workers": "0"})
     (before, _) = cur.fetchone()
-    yield
-    # Not after an error: the transaction is lost, and a SET LOCAL with it.
-    if cur.connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-        cur.execute(QUERIES["set_local_parallel_workers"], {"workers": before})
+    try:
+        yield
+    finally:
+        # After a statement's error the transaction is lost, and the SET LOCAL with it.
+        if cur.connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            cur.execute(QUERIES["set_local_parallel_workers"], {"workers": before})
 
 
 def stats(
