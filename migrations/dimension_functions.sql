@@ -287,9 +287,11 @@ CREATE OR REPLACE FUNCTION tally_views_matching(
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT v.* FROM (
         SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_from IS NULL
-        UNION ALL
+        UNION ALL  -- a few ids: a probe an id of the index of a visitor's views (below)
         SELECT p.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
-          JOIN page_views p ON p.site = i.site AND p.visitor = i.visitor
+         CROSS JOIN LATERAL (SELECT * FROM page_views p
+                              WHERE p.site = i.site AND p.visitor = i.visitor
+                                AND p.viewed_at >= start AND p.viewed_at < stop OFFSET 0) p
         UNION ALL
         SELECT * FROM page_views
          WHERE anonymous_from IS NOT NULL AND visitor IS NULL  -- through the index on recorded_xid
@@ -299,7 +301,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                    FROM (SELECT * FROM events WHERE of_visitors IS NULL
                          UNION ALL  -- a few ids: their events through the index of a sender's
                          SELECT e.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
-                           JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
+                          CROSS JOIN LATERAL (SELECT * FROM events e
+                                               WHERE e.site = i.site AND e.visitor = i.visitor AND e.name = of_event
+                                                 AND e.occurred_at >= goals_from AND e.occurred_at < goals_until
+                                              OFFSET 0) e) e
                   WHERE of_event IS NOT NULL AND e.name = of_event
                     AND e.occurred_at >= goals_from AND e.occurred_at < goals_until
                     AND (as_of IS NULL OR pg_visible_in_snapshot(e.recorded_xid, as_of))) converted
@@ -308,7 +313,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                    FROM (SELECT * FROM page_views WHERE of_visitors IS NULL
                          UNION ALL
                          SELECT g.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
-                           JOIN page_views g ON g.site = i.site AND g.visitor = i.visitor) g
+                          CROSS JOIN LATERAL (SELECT * FROM page_views g
+                                               WHERE g.site = i.site AND g.visitor = i.visitor AND g.path = of_goal_path
+                                                 AND g.viewed_at >= goals_from AND g.viewed_at < goals_until
+                                              OFFSET 0) g) g
                   WHERE of_goal_path IS NOT NULL AND g.path = of_goal_path
                     AND g.viewed_at >= goals_from AND g.viewed_at < goals_until
                     AND (as_of IS NULL OR pg_visible_in_snapshot(g.recorded_xid, as_of))) reached

@@ -857,11 +857,14 @@ SELECT t.task, job.id AS job_id, job.status::text AS status,
 -- The memory of each sort and hash for the rest of this transaction (SET LOCAL, with a value).
 SELECT set_config('work_mem', %(work_mem)s, true)
 
--- set_local_parallel_workers --
--- How many parallel workers a statement may start, for the rest of this transaction (SET LOCAL,
--- with a value); and how many it could before (the select list is evaluated in order).
-SELECT current_setting('max_parallel_workers_per_gather') AS before,
-       set_config('max_parallel_workers_per_gather', %(workers)s, true)
+-- set_local_planner --
+-- The planner's settings for a read of a few ids' views (tally/web/filtered.py, planned_for_few_ids),
+-- for the rest of this transaction (SET LOCAL, with values): parallel workers a statement may
+-- start, nested loops, JIT; and what they were before (the select list is evaluated in order).
+SELECT current_setting('max_parallel_workers_per_gather') AS workers, current_setting('enable_nestloop') AS nestloop,
+       current_setting('jit') AS jit,
+       set_config('max_parallel_workers_per_gather', %(workers)s, true), set_config('enable_nestloop', %(nestloop)s, true),
+       set_config('jit', %(jit)s, true)
 
 -- filtered_answer --
 -- Everything a filtered answer counts (migrations/0014), from one scan of the views matching every
@@ -913,9 +916,11 @@ WITH matching AS MATERIALIZED (
     UNION
     SELECT e.site, e.visitor
       FROM (SELECT * FROM events WHERE %(of_visitors)s::bigint[] IS NULL
-            UNION ALL  -- a few ids: their events through the index of a sender's
+            UNION ALL  -- a few ids: their events through the index of a sender's, a probe an id
             SELECT e.* FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[]) AS i (site, visitor)
-              JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
+             CROSS JOIN LATERAL (SELECT * FROM events e
+                                  WHERE e.site = i.site AND e.visitor = i.visitor AND e.name = %(event)s
+                                    AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s OFFSET 0) e) e
      WHERE %(goals_only)s AND %(goal_path)s::text IS NULL AND e.name = %(event)s
        AND e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
        AND e.visitor IS NOT NULL AND (%(site)s::text IS NULL OR e.site = %(site)s)
@@ -930,7 +935,9 @@ WITH matching AS MATERIALIZED (
       FROM (SELECT * FROM events WHERE %(of_visitors)s::bigint[] IS NULL
             UNION ALL
             SELECT e.* FROM unnest(%(of_sites)s::text[], %(of_visitors)s::bigint[]) AS i (site, visitor)
-              JOIN events e ON e.site = i.site AND e.visitor = i.visitor) e
+             CROSS JOIN LATERAL (SELECT * FROM events e
+                                  WHERE e.site = i.site AND e.visitor = i.visitor
+                                    AND e.occurred_at >= %(utc_from)s AND e.occurred_at < %(utc_until)s OFFSET 0) e) e
      WHERE e.occurred_at >= %(utc_from)s AND e.occurred_at < %(utc_until)s
        AND (%(site)s::text IS NULL OR e.site = %(site)s)
        AND (e.site, e.visitor) IN (SELECT site, visitor FROM senders)

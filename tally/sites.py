@@ -40,8 +40,9 @@ IPV6_ADDRESS = re.compile(
 
 
 def parse_site(value: str) -> str | None:
-    """A site's host name in lower case, or None when `value` is not a host name (a port, a path...)."""
-    site = value.strip().lower().rstrip(".")
+    """A site's host name in lower case, or None when `value` is not a host name (a port, a path,
+    spaces around it...)."""
+    site = value.lower().rstrip(".")
     if len(site) > MAX_HOST_NAME or not HOST_NAME.fullmatch(site):
         return None
     return site

@@ -80,6 +80,17 @@ def test_the_jobs_pages_errors_are_pages_too(owner):
     assert ways_out(page.text) == {"The jobs page, as it opens": "/jobs"}
 
 
+def test_an_address_that_is_not_utf8_is_a_page_for_a_browser_too(owner):
+    """The query is refused before any route (tally/web/headers.py): a browser got JSON."""
+    for address in ("/?path=%FF", "/jobs?status=%FF", "/jobs/1?x=%FF", "/reports/preview?site=%FF"):
+        page = owner.get(address, headers=BROWSER, status=400)
+        assert page.content_type == "text/html", address
+        assert "query string is not valid UTF-8" in page.text, address
+    api = owner.get("/api/stats?path=%FF", headers=BROWSER, status=400)
+    assert api.json == {"error": "The address's query string is not valid UTF-8."}
+    assert owner.get("/?path=%FF", status=400).json["error"]  # no Accept: JSON
+
+
 def test_the_api_and_clients_that_do_not_ask_for_html_keep_json(owner):
     assert owner.get("/api/stats?days=abc", headers=BROWSER, status=400).content_type == "application/json"
     assert owner.get("/?days=abc", status=400).json == {"error": "days must be a whole number from 1 to 366."}

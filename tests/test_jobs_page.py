@@ -231,6 +231,10 @@ def test_the_jobs_page_filters_pages_by_keyset_and_lists_schedules(client, conn)
     misspelt = client.get("/jobs", {"stauts": "failed"}, headers=OWNER, status=400).json["error"]
     assert "Unknown parameter stauts" in misspelt
     client.get("/jobs", {"status": "failed", "notice": "Job 1 retried."}, headers=OWNER, status=200)
+    # A job's page takes no filter: one given there was answered as if it meant something.
+    misplaced = client.get(f"/jobs/{failed}", {"status": "failed"}, headers=OWNER, status=400).json["error"]
+    assert "Unknown parameter status" in misplaced
+    client.get(f"/jobs/{failed}", {"notice": "Job retried."}, headers=OWNER, status=200)
 
     schedules = page.html.find(id="schedules").text
     for task in (

@@ -122,6 +122,7 @@ GOOD = {"path": "/ok"}
         ('{"path": "/\\ud800"}', "application/json", 400, "not valid Unicode"),
         (b'{"path": "/\xff"}', "application/json", 400, "UTF-8"),
         ("[" * 100000 + "]" * 100000, "application/json", 400, "nested too deeply"),
+        ('{"path": ' + "1" * 5000 + "}", "application/json", 400, "number with too many digits"),
         (json.dumps([GOOD, GOOD, {"path": "bad"}]), "application/json", 400, "Item 2"),
         (json.dumps([{"path": "/" + "x" * 2000}] * 600), "application/json", 413, "larger than"),
     ],

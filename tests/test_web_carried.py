@@ -299,3 +299,33 @@ def test_a_chunk_past_the_statement_timeout_is_counted_again_in_halves_in_the_sa
     whole.pop("generated_at"), answer.pop("generated_at")
     assert answer == whole
     assert [chunks for chunks, _ in tried] == [1, 2, 2, 4, 4, 4, 4]  # the whole, its halves, theirs
+
+
+def test_changed_ids_past_the_statement_timeout_count_the_answer_afresh(pool, conn, monkeypatch):
+    """A kept answer's changed ids are counted in one statement each way (as the kept snapshot
+    saw them, and now), with no chunks to fall back on: one that passes the web's statement
+    timeout (a burst of ids on a large site) is undone alone, in a savepoint, and the answer is
+    counted afresh in the same snapshot, in chunks that each end within it. Before, the request
+    failed with the timeout's 503."""
+    rng = random.Random(44)
+    first, later = arrivals(rng, random_visits(rng, 300), chunks=1)
+    insert_raw(conn, first)
+    reader = StatsReader(pool, retention_days=30)
+    reader.stats_for_window(5, filters={"country": "US"})  # kept
+    insert_raw(conn, later)
+    whole = StatsReader(pool, retention_days=30).stats_for_window(5, filters={"country": "US"})
+    narrowed: list[bool] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["filtered_answer"] and params["of_visitors"] is not None:
+            narrowed.append(True)
+            original(self, "SET LOCAL statement_timeout = '1ms'")
+            original(self, "SELECT pg_sleep(0.01)")
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    answer = reader.stats_for_window(5, filters={"country": "US"})
+    whole.pop("generated_at"), answer.pop("generated_at")
+    assert narrowed == [True]  # the first of the two passed the timeout: the answer counted afresh
+    assert answer == whole

@@ -145,6 +145,8 @@ def test_json_is_accepted_as_well_as_text(client, conn):
         ('{"url": "ftp://example.com/"}', "text/plain", 400, "http or https"),
         ('{"url": "/relative"}', "text/plain", 400, "http or https"),
         ('{"url": "https://exa mple.com/"}', "text/plain", 400, "host name"),
+        ('{"url": "https:// example.com/"}', "text/plain", 400, "host name"),  # spaces were stripped
+        ('{"url": "https://example.com\u3000/"}', "text/plain", 400, "host name"),
         ('{"url": "https://example.com:99999/"}', "text/plain", 400, "not a valid URL"),
         ('{"url": "https://example.com/", "extra": 1}', "text/plain", 400, 'Unknown field "extra"'),
         ('{"url": "https://example.com/\\u0000"}', "text/plain", 400, "control character"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -36,6 +37,7 @@ import psycopg
 from tally.db import QUERIES
 
 T = TypeVar("T")
+logger = logging.getLogger("tally.web.carried")
 
 # Answers kept per web process, the least recently asked dropped first; one is a few thousand
 # small entries (the top lists are ranked from every value, not the first rows).
@@ -245,18 +247,28 @@ class CarriedAnswers:
         count: Callable[[dict[str, Any]], Counts],
     ) -> Counts | None:
         """The kept counts less what the changed ids counted as its snapshot saw them, plus what
-        they and the views without an id recorded since count now."""
-        changed = cls._changed(cur, span, read_from, read_to, kept.snapshot)
-        if changed is None:
+        they and the views without an id recorded since count now; None past MAX_CHANGED_IDS, or
+        past the statement timeout (the answer is then counted afresh, in chunks that each end
+        within it). In a savepoint, so that the snapshot stays."""
+        try:
+            with cur.connection.transaction():
+                changed = cls._changed(cur, span, read_from, read_to, kept.snapshot)
+                if changed is None:
+                    return None
+                narrowed, anonymous = changed
+                if not narrowed["of_visitors"] and not anonymous:
+                    return kept.value
+                parts = []
+                if narrowed["of_visitors"]:
+                    parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
+                now = count({**span, **narrowed, **(kept.snapshot.later() if anonymous else {})})
+                return kept.value.plus(*parts, (now, 1))
+        except psycopg.errors.QueryCanceled:
+            # The cancel can land on the savepoint's rollback too: the transaction is lost then.
+            if cur.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                raise
+            logger.info("a filtered answer's changed ids passed the statement timeout: counted afresh")
             return None
-        narrowed, anonymous = changed
-        if not narrowed["of_visitors"] and not anonymous:
-            return kept.value
-        parts = []
-        if narrowed["of_visitors"]:
-            parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
-        now = count({**span, **narrowed, **(kept.snapshot.later() if anonymous else {})})
-        return kept.value.plus(*parts, (now, 1))
 
     @classmethod
     def _as_of(

@@ -49,6 +49,11 @@ def wants_html() -> bool:
     return "text/html" in bottle.request.headers.get("Accept", "")
 
 
+def is_page(path: str) -> bool:
+    """Whether `path` is a page people open in a browser, or where the jobs pages' forms post."""
+    return path in PAGE_NAMES or path == "/reports/preview" or path.startswith(("/jobs/", *ACTIONS))
+
+
 def ways_out(status: int) -> list[tuple[str, str]]:
     """(label, address): this address again (503: the database may answer later), without
     each of its parameters, and the page with none; the share token kept in each."""

@@ -94,20 +94,23 @@ def bounds_of(cur: psycopg.Cursor, window: Window, tz: str) -> tuple[datetime.da
 
 
 @contextlib.contextmanager
-def one_process(cur: psycopg.Cursor) -> Iterator[None]:
-    """Statements of the block run without parallel workers. A read of a few ids' views is planned
-    for a row or two, and a plan for one row may put a parallel sort (Gather Merge) under a nested
-    loop, which starts its workers again for each outer row: the edges of the last 24 hours under
-    a goal took 1.8 s for 59 views that way, 11 ms in one process (PostgreSQL 18;
-    docs/ARCHITECTURE.md, "Plans and JIT")."""
-    cur.execute(QUERIES["set_local_parallel_workers"], {"workers": "0"})
-    (before, _) = cur.fetchone()
+def planned_for_few_ids(cur: psycopg.Cursor) -> Iterator[None]:
+    """Statements of the block are planned for what a read of a few ids' views is, whatever the
+    planner estimates: hash joins, in one process (docs/ARCHITECTURE.md, "Plans and JIT"). Such a
+    read is estimated at a row or two (the ids are those of the views it reads), and for one row
+    the planner nests loops: over the rows of a CTE, comparing every pair (9.2M rows, 3.8 s, for
+    10,000 views of 5,000 ids), or over a parallel sort (Gather Merge), which a rescan starts again
+    with its workers (1.8 s for 59 views, 11 ms in one process). Each id's own probe is a nested
+    loop still: a LATERAL subquery has no other plan (tally_views_matching). JIT off, so that the
+    cost a disabled node adds on PostgreSQL 15 and 16 (ten billion) never compiles."""
+    cur.execute(QUERIES["set_local_planner"], {"workers": "0", "nestloop": "off", "jit": "off"})
+    workers, nestloop, jit, *_ = cur.fetchone()
     try:
         yield
     finally:
         # After a statement's error the transaction is lost, and the SET LOCAL with it.
         if cur.connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-            cur.execute(QUERIES["set_local_parallel_workers"], {"workers": before})
+            cur.execute(QUERIES["set_local_planner"], {"workers": workers, "nestloop": nestloop, "jit": jit})
 
 
 def stats(
@@ -161,7 +164,7 @@ def stats(
 
     def count(narrowed: dict[str, Any]) -> Counts:
         if not all(narrowed[name] is None for name in EVERY_VIEW):  # a few ids: one statement
-            with one_process(cur):
+            with planned_for_few_ids(cur):
                 return count_once(cur, narrowed, 0, 1)
         views = views_bound(cur, narrowed)
         chunks = max(1, math.ceil(views / CHUNK_VIEWS))

@@ -36,6 +36,8 @@ from typing import Any
 
 import bottle
 
+from tally.web import error_page
+
 # Bottle decodes these through `request.headers`; CONTENT_TYPE also through `content_type`.
 DECODED = re.compile(r"HTTP_.*|CONTENT_TYPE")
 CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
@@ -124,8 +126,13 @@ def install(app: bottle.Bottle) -> None:
 
 
 def _refused(sentence: str) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(
+    response = bottle.HTTPResponse(
         status=400,
         body=json.dumps({"error": sentence}),
         headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
     )
+    # Refused before any route: a browser that opened a page gets a page, as the route's own
+    # errors reach it (tally/web/error_page.py).
+    if error_page.wants_html() and error_page.is_page(bottle.request.path):
+        return error_page.as_page(response)
+    return response

@@ -140,7 +140,7 @@ JOB_OPERATIONS = [
         {"200": text_body(HTML, "The page."), **PAGE_REFUSED},
         ("notice",),
         own_params=(JOB_ID,),
-        errors=("404", "503"),
+        errors=("400", "404", "503"),
         page=True,
     ),
 ]

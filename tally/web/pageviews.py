@@ -69,8 +69,10 @@ def parse_page_views(body: bytes) -> list[View]:
         raise InvalidPageViews("The body is not valid UTF-8.") from None
     except RecursionError:
         raise InvalidPageViews("The body is nested too deeply.") from None
-    except ValueError as error:
+    except json.JSONDecodeError as error:
         raise InvalidPageViews(f"The body is not valid JSON ({error}).") from None
+    except ValueError:  # an integer past the digits Python converts (4,300): its message names sys
+        raise InvalidPageViews("The body holds a number with too many digits.") from None
     if isinstance(document, dict):
         return [_parse_item(document, prefix="")]
     if isinstance(document, list):

@@ -15,7 +15,7 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.web.current_visitors import CurrentVisitors
-from tally.web.filtered import bounds_of, bucket_number, one_process
+from tally.web.filtered import bounds_of, bucket_number, planned_for_few_ids
 
 if TYPE_CHECKING:
     from tally.web.windows import Window
@@ -51,7 +51,7 @@ def recent_figures(
     else:
         edges = {"first_full_bucket": window.first_full_bucket, "now_bucket": window.now_bucket}
         edges.update(goals_until=goals_until or "infinity", of_sites=None, of_visitors=None)
-        with one_process(cur):  # a few minutes' views, and with goals a few ids'
+        with planned_for_few_ids(cur):  # a few minutes' views, and with goals a few ids'
             if goals:  # the ids of those minutes that reached the goals, not every sender's of the window
                 cur.execute(QUERIES["recent_edge_ids"], {**span, **edges})
                 reached = goal_reached(cur, cur.fetchall(), span)

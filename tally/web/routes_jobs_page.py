@@ -14,7 +14,7 @@ from tally.config import Config
 from tally.web import jobs_page
 from tally.web.auth import Auth
 from tally.web.error_page import page_errors
-from tally.web.params import parse_before, parse_job_filters
+from tally.web.params import parse_before, parse_job_filters, refuse_unknown
 from tally.web.responses import database_unavailable, json_error
 from tally.web.sessions import sent_from_own_pages
 
@@ -66,6 +66,7 @@ def register(app: bottle.Bottle, config: Config, pool: psycopg_pool.ConnectionPo
     @database_unavailable
     def show_job_page(job_id: int):
         """Render a job's page: arguments, attempts, events, worker, errors with tracebacks."""
+        refuse_unknown(bottle.request.query, {"notice"}, "a job's page takes only its forms' notice")
         page = jobs_page.render_job(
             pool, job_id, zone=config.timezone, csrf=auth.csrf_token() or "", notice=_notice()
         )
