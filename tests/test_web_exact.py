@@ -743,3 +743,33 @@ def test_an_empty_value_has_its_visitors_before_and_after_the_rollup(client, con
     body = client.get("/api/stats", {"days": "1", "site": "example.com"}).json
     assert body["top_sources"] == []
     assert body["visitors"] == 1 and [day["visitors"] for day in body["daily"]] == [1]
+
+
+def test_the_views_bound_of_a_first_count_reads_its_values_rows_alone(conn):
+    """How many views a filtered answer can count (views_bound) reads the rollups' rows of the
+    values it names and of the site. With the site's own row as an OR beside the list, it read
+    every day row of the window: 70-130 ms for a first count at 1M views (PostgreSQL 18), 100-235
+    ms on 15; a pair at a time through the index on (dim, value, day), 1-3 ms."""
+    from tally.db import QUERIES
+
+    conn.execute(
+        "INSERT INTO page_view_day_values (site, dim, value, day, views, cells)"
+        " SELECT 'example.com', 'path', '/p' || n % 2000, current_date - n / 2000, 1, '{{0,1,1,1}}'"
+        "   FROM generate_series(0, 59999) AS n"
+    )
+    conn.execute("ANALYZE page_view_day_values")
+    params = {
+        "site": None,
+        "from_day": datetime.date.today() - datetime.timedelta(days=29),
+        "to_day": datetime.date.today() + datetime.timedelta(days=1),
+        "dims": ["path"],
+        "values": ["/p7"],
+    }
+    (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + QUERIES["filtered_views_bound"], params).fetchone()[0]
+    nodes, scanned = [plan["Plan"]], []
+    while nodes:
+        node = nodes.pop()
+        scanned += [node["Node Type"]] if node.get("Relation Name") == "page_view_day_values" else []
+        nodes += node.get("Plans", [])
+    assert scanned and "Seq Scan" not in scanned, scanned
+    assert conn.execute(QUERIES["filtered_views_bound"], params).fetchall() == [("path", "/p7", 30, 30)]
