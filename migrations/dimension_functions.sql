@@ -287,7 +287,7 @@ CREATE OR REPLACE FUNCTION tally_views_matching(
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT v.* FROM (
         SELECT * FROM page_views WHERE of_visitors IS NULL AND anonymous_from IS NULL
-        UNION ALL  -- a few ids: a probe an id of the index of a visitor's views (below)
+        UNION ALL  -- a few ids: a probe an id (a LATERAL subquery: never a hash of every view)
         SELECT p.* FROM unnest(of_sites, of_visitors) AS i (site, visitor)
          CROSS JOIN LATERAL (SELECT * FROM page_views p
                               WHERE p.site = i.site AND p.visitor = i.visitor
