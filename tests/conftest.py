@@ -508,3 +508,12 @@ def request_bounds(cur: psycopg.Cursor, tz: str = "UTC") -> tuple[dict, datetime
         "now": now,
     }
     return bounds, today
+
+
+def plan_nodes(plan: dict) -> Iterator[dict]:
+    """Every node of a plan that EXPLAIN (FORMAT JSON) gave, its root's first."""
+    nodes = [plan["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        yield node
+        nodes += node.get("Plans", [])

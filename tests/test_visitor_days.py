@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from migrations import apply_pending
+from tests.conftest import plan_nodes
 from tests.test_web import roll_up
 from tests.test_web_exact import (
     AUDIENCES,
@@ -519,11 +520,7 @@ def probe_indexes(conn, day: datetime.date, partition: str) -> set[str]:
         "    AND v.visitor IS NOT NULL OFFSET 0) v",
         ("{" + ",".join(f'"(example.com,{n},{day})"' for n in range(300)) + "}",),
     ).fetchone()[0]
-    found, nodes = set(), [plan[0]["Plan"]]
-    while nodes:
-        node = nodes.pop()
-        found |= {node["Index Name"]} if "Index Name" in node else set()
-        nodes += node.get("Plans", [])
+    found = {node["Index Name"] for node in plan_nodes(plan[0]) if "Index Name" in node}
     return {name for name in found if name.startswith(f"{partition}_")}
 
 

@@ -18,6 +18,7 @@ import pytest
 from tally.web import filtered
 from tally.web.filtered import EVERY_VIEW
 from tests import ages
+from tests.conftest import plan_nodes
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import OTHER_ADDRESS, beacon, sites_client
 
@@ -766,10 +767,8 @@ def test_the_views_bound_of_a_first_count_reads_its_values_rows_alone(conn):
         "values": ["/p7"],
     }
     (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + QUERIES["filtered_views_bound"], params).fetchone()[0]
-    nodes, scanned = [plan["Plan"]], []
-    while nodes:
-        node = nodes.pop()
-        scanned += [node["Node Type"]] if node.get("Relation Name") == "page_view_day_values" else []
-        nodes += node.get("Plans", [])
+    scanned = [
+        node["Node Type"] for node in plan_nodes(plan) if node.get("Relation Name") == "page_view_day_values"
+    ]
     assert scanned and "Seq Scan" not in scanned, scanned
     assert conn.execute(QUERIES["filtered_views_bound"], params).fetchall() == [("path", "/p7", 30, 30)]

@@ -12,6 +12,7 @@ import pytest
 from tally.db import QUERIES
 from tally.web import filtered
 from tally.web.filtered import EVERY_VIEW
+from tests.conftest import plan_nodes
 from tests.test_web_collect import sites_client
 from tests.test_web_exact import DIMENSION_COLUMNS
 
@@ -87,12 +88,9 @@ def test_a_few_ids_views_are_read_without_parallel_workers(client, conn, plans):
 def rows_compared_by_join_filters(plan: dict) -> int:
     """The rows an EXPLAIN ANALYZE plan (JSON) compared and threw away in its joins' filters:
     how much a nested loop without an index to probe read for nothing."""
-    removed, nodes = 0, [plan["Plan"]]
-    while nodes:
-        node = nodes.pop()
-        removed += node.get("Rows Removed by Join Filter", 0) * node.get("Actual Loops", 1)
-        nodes += node.get("Plans", [])
-    return removed
+    return sum(
+        node.get("Rows Removed by Join Filter", 0) * node.get("Actual Loops", 1) for node in plan_nodes(plan)
+    )
 
 
 def test_the_edges_under_a_goal_read_the_ids_that_reached_it_not_a_join_to_it(client, conn, monkeypatch):
@@ -140,14 +138,12 @@ def test_the_edges_under_a_goal_read_the_ids_that_reached_it_not_a_join_to_it(cl
 def scanned_whole(plan: dict) -> set[str]:
     """The relations an EXPLAIN ANALYZE plan (JSON) read rows of by a sequential scan (an empty
     day partition's is costed at nothing, and reads nothing)."""
-    found, nodes = set(), [plan["Plan"]]
-    while nodes:
-        node = nodes.pop()
-        read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
-        if node["Node Type"] == "Seq Scan" and read > 0:
-            found.add(node["Relation Name"])
-        nodes += node.get("Plans", [])
-    return found
+    return {
+        node["Relation Name"]
+        for node in plan_nodes(plan)
+        if node["Node Type"] == "Seq Scan"
+        and node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+    }
 
 
 @pytest.mark.parametrize(
