@@ -2,7 +2,8 @@
 states an outsider found them wrong in: its slots full or its postmaster hung while its checker's
 old connection answered (`in use`, and every read waited out the replica pool's 0.5 s); a frozen
 replica thawing (three lines in 60 ms, the first with a stale lag); the primary down while the
-replica had everything it sent (`lagging`, and reads moved to the down primary: 503).
+replica had everything it sent (`lagging`, and reads moved to the down primary: 503); a web
+started with the primary down (`unreachable`, of a replica that answered every check).
 """
 
 from __future__ import annotations
@@ -358,3 +359,32 @@ def test_the_web_with_the_primary_down_answers_stats_from_the_replica(pair, star
 def answer(port: int, path: str) -> tuple[int, dict]:
     status, body, _ = get(port, path)
     return status, json.loads(body)
+
+
+def test_a_web_started_with_the_primary_down_calls_its_standby_unverified_not_unreachable(pair, caplog):
+    """A web started during the primary's outage cannot tell the replica is this primary's
+    standby (the check compares their system identifiers): it reads nothing from it, as before,
+    and says so as `unverified` where it said `unreachable` of a replica that answered. Once the
+    primary answers, the check vouches for the standby as usual."""
+    from tally.config import from_env
+    from tally.db import web_pool
+
+    caplog.set_level(logging.INFO, logger="tally.web.replica")
+    env = {"DATABASE_URL": pair.primary_url, "DATABASE_REPLICA_URL": pair.standby_url}
+    config = from_env(env, process_type="web")
+    pair.stop_primary("fast")
+    try:
+        with web_pool(config) as primary, routed_reads(primary, config) as reads:
+            wait_until(lambda: reads.status().state != "starting", 10, 0.05, "a first check")
+            time.sleep(1.5)  # several checks: the state holds, never `in use`
+            assert dataclasses.astuple(reads.status()) == ("unverified", None)
+            assert not reads.check.usable()
+            said = [record.getMessage() for record in caplog.records if record.name == "tally.web.replica"]
+            assert any("unverified" in line and "DATABASE_URL" in line for line in said), said
+            assert not any("replica unreachable" in line for line in said), said
+            pair.start_primary_again()
+            wait_until(lambda: reads.status().state == "in use", 15, 0.05, "the primary back")
+            assert reads.run(count(reads)) == ("replica", 5)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            pair.start_primary_again()  # already running when the test got that far

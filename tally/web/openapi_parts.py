@@ -184,6 +184,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "not a standby",
                     "another cluster",
                     "another database",
+                    "unverified",
                 ]
             },
             "replica_lag_seconds": NUMBER_OR_NULL,

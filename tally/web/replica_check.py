@@ -64,6 +64,10 @@ OFF, STARTING, IN_USE, LAGGING, UNREACHABLE, FULL, NOT_A_STANDBY, OTHER_CLUSTER,
 # The primary stopped answering, and the replica has replayed all it received: what it has is
 # everything the primary sent, and reads stay on it rather than fail on the primary.
 PRIMARY_DOWN = "primary down"
+# A standby that answers while the primary does not, to a web that never reached the primary:
+# nothing says it is the primary's standby (a web started during an outage reads its system
+# identifier from the primary), so it is not read from until the primary answers.
+UNVERIFIED = "unverified"
 # The states in which reads go to the replica.
 SERVING = (IN_USE, PRIMARY_DOWN)
 
@@ -73,7 +77,7 @@ class ReplicaStatus:
     """What health and /metrics say about the replica."""
 
     # one of OFF, STARTING, IN_USE, PRIMARY_DOWN, LAGGING, UNREACHABLE, FULL, NOT_A_STANDBY,
-    # OTHER_CLUSTER, OTHER_DATABASE
+    # OTHER_CLUSTER, OTHER_DATABASE, UNVERIFIED
     state: str
     lag_seconds: float | None  # at the last check; None when unknown or not a replica
 
@@ -240,7 +244,12 @@ class ReplicaCheck:
         identity = self._primary_cluster_id()
         primary, primary_database = identity if identity is not None else (None, None)
         if primary is None:
-            return UNREACHABLE, None, "not checked against the primary, which does not answer"
+            return (
+                UNVERIFIED,
+                None,
+                "unverified: a standby, but the primary (DATABASE_URL) has not answered since this process"
+                " started, so nothing says it is the primary's standby; it is not used until it answers",
+            )
         if cluster != primary:
             return (
                 OTHER_CLUSTER,
