@@ -14,6 +14,8 @@ import bottle
 import itsdangerous
 import psycopg
 import pytest
+import waitress.adjustments
+import waitress.parser
 import webtest
 
 import jobs
@@ -377,6 +379,32 @@ def test_a_wrong_share_link_is_refused(client, views):
     assert "share link" in client.get("/api/stats", {"share": SHARE + "x"}, status=403).json["error"]
     assert_no_numbers(client.get("/", {"share": "guess"}, status=403))
     client.get("/api/stats", {"share": ""}, status=403)
+
+
+def test_a_share_token_given_twice_is_refused_whichever_comes_last(client, views):
+    """Bottle reads the last of two: a wrong token before the right one opened the stats."""
+    for tokens in ([SHARE, SHARE], ["guess", SHARE], [SHARE, "guess"]):
+        query = urllib.parse.urlencode([("share", token) for token in tokens])
+        response = client.get(f"/api/stats?{query}", status=400)
+        assert response.json == {"error": "Give share once: open the share link as it was sent."}
+        assert_no_numbers(client.get(f"/?{query}", status=400))
+    assert log_in(client, TOKEN).status_int == 303  # none counted as a wrong token
+
+
+def test_two_authorization_headers_are_refused_not_counted_as_a_wrong_token(client, views):
+    """waitress joins a header sent twice with ", " (as HTTP allows for lists): the right token
+    sent twice read as a wrong one, 403, and counted towards the failed-login limit."""
+    parser = waitress.parser.HTTPRequestParser(waitress.adjustments.Adjustments())
+    twice = f"Authorization: Bearer {TOKEN}\r\n" * 2
+    parser.received(f"GET /api/stats HTTP/1.1\r\nHost: x\r\n{twice}\r\n".encode())
+    joined = parser.headers["AUTHORIZATION"]
+    assert joined == f"Bearer {TOKEN}, Bearer {TOKEN}"
+    for _ in range(FAILED_LOGINS.amount + 1):
+        for path in ("/api/stats", "/metrics", "/api/jobs"):
+            response = client.get(path, headers={"Authorization": joined}, status=400)
+            assert response.json == {"error": "Send one Authorization header, with one Bearer token."}
+    client.get("/api/stats", headers={"Authorization": f"Bearer {TOKEN} x"}, status=400)
+    assert client.get("/api/stats", headers=bearer(TOKEN)).json["total_views"] == views
 
 
 def test_share_links_are_off_without_share_token(database_url, pool, views):

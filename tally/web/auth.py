@@ -150,6 +150,10 @@ class Auth:
             return Reader.OWNER
         if self.public:
             return Reader.PUBLIC
+        # Given twice, which one is meant is not known: Bottle would read the last, so a link with
+        # a wrong token before the right one opened.
+        if len(bottle.request.query.getall("share")) > 1:
+            raise self._refuse(400, "Give share once: open the share link as it was sent.")
         shared = bottle.request.query.getunicode("share")
         if shared is not None:
             self._check_failures()
@@ -210,7 +214,13 @@ class Auth:
         scheme, _, token = bottle.request.get_header("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return None
-        return token.strip() or None
+        token = token.strip()
+        # A token has no comma or space (RFC 6750): two headers, which the server joins with
+        # ", ". Said as such, not counted as a wrong token (a client that sent the right one
+        # twice was told its token was not valid, and counted towards the failed-login limit).
+        if "," in token or " " in token:
+            raise self._refuse(400, "Send one Authorization header, with one Bearer token.")
+        return token or None
 
     def _is_owner(self, other_token: str | None = None) -> bool:
         """The admin bearer token (or `other_token`), else a live session; a wrong token is refused."""
