@@ -122,7 +122,7 @@ OPERATIONS = [
         SHARED,
         {"200": json_body("Stats", "The window's numbers.")},
         (*STATS_PARAMS, "compare", "share"),
-        errors=("400", *OWNER_ERRORS),
+        errors=OWNER_ERRORS,
     ),
     operation(
         "get",
@@ -141,7 +141,7 @@ OPERATIONS = [
         OWNER,
         {"200": text_body("text/csv", "day,path,views,visitors")},
         STATS_PARAMS,
-        errors=("400", *OWNER_ERRORS),
+        errors=OWNER_ERRORS,
     ),
     operation(
         "get",
@@ -199,7 +199,7 @@ OPERATIONS = [
         "Prometheus metrics.",
         METRICS,
         {"200": text_body("text/plain", "Prometheus text format.")},
-        errors=("401", "403", "429"),
+        errors=("400", "401", "403", "429"),
     ),
     *JOB_OPERATIONS,
     operation(

@@ -16,6 +16,7 @@ from tally.dimensions import DIMENSIONS
 from tally.env import time_zone_names
 from tally.sites import IPV6_ADDRESS, MAX_HOST_NAME, SITE_NAME
 from tally.web import beacon as beacon_body
+from tally.web.hosts import UNICODE_DOMAIN
 from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
@@ -40,6 +41,13 @@ PAGE_URL = (
 # fragment are dropped).
 REFERRER_HOST = f"({SITE_NAME.pattern}|\\[({IPV6_ADDRESS.pattern})\\])"
 REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}{REFERRER_HOST}{PORT}([/?#][^{CONTROL}]*)?)?$"
+# The referrer filter (tally/web/filters.py): any printable ASCII (a domain, an address, a search
+# engine's name), or a domain written in Unicode, which it matches in its xn-- form.
+REFERRER_FILTER = {
+    "type": "string",
+    "maxLength": MAX_TEXT,
+    "pattern": f"^([\\x20-\\x7e]*|{UNICODE_DOMAIN.pattern})$",
+}
 
 
 # Every query parameter of every route, by name: a route lists the names it takes.
@@ -83,7 +91,15 @@ PARAMETERS: dict[str, dict[str, Any]] = {
             dimension.name, TEXT, f"Count only the views whose {dimension.name} is this value."
         )
         for dimension in DIMENSIONS
+        if dimension.name != "referrer"
     },
+    "referrer": query(
+        "referrer",
+        REFERRER_FILTER,
+        "Count only the views from this referring domain, as top_referrers lists it (an"
+        " international one in its xn-- form or in Unicode: bücher.de), or from a search engine's"
+        " search by its name (Google).",
+    ),
     "event": query("event", TEXT, "Count only the views of the visitors who sent this event."),
     "goal_path": query("goal_path", TEXT, "Count only the views of the visitors who viewed this path."),
 }
@@ -197,5 +213,6 @@ def operation(
     return route, method, answer
 
 
-OWNER_ERRORS = ("401", "403", "429", "503")
-CHANGE_ERRORS = ("401", "403", "404", "409", "413", "429", "503")
+# 400 too: two Authorization headers are refused on every route that takes a token.
+OWNER_ERRORS = ("400", "401", "403", "429", "503")
+CHANGE_ERRORS = ("400", "401", "403", "404", "409", "413", "429", "503")

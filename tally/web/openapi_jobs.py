@@ -48,7 +48,7 @@ JOB_OPERATIONS = [
         {"202": json_body("JobAction", "Deferred."), **BACK_TO_PAGE},
         own_params=(TASK,),
         body=FORM,
-        errors=("400", *CHANGE_ERRORS),
+        errors=CHANGE_ERRORS,
     ),
     operation(
         "post",
@@ -85,7 +85,7 @@ JOB_OPERATIONS = [
         {"202": json_body("BulkAction", "Retried (at most `limit`)."), **BACK_TO_PAGE},
         JOB_FILTERS,
         body=FORM,
-        errors=("400", *CHANGE_ERRORS),
+        errors=CHANGE_ERRORS,
     ),
     operation(
         "post",
@@ -96,7 +96,7 @@ JOB_OPERATIONS = [
         {"202": json_body("BulkAction", "Cancelled (at most `limit`)."), **BACK_TO_PAGE},
         JOB_FILTERS,
         body=FORM,
-        errors=("400", *CHANGE_ERRORS),
+        errors=CHANGE_ERRORS,
     ),
     operation(
         "post",
@@ -107,7 +107,7 @@ JOB_OPERATIONS = [
         {"200": json_body("QueueState", "Paused."), **BACK_TO_PAGE},
         own_params=(QUEUE,),
         body=FORM,
-        errors=("400", *CHANGE_ERRORS),
+        errors=CHANGE_ERRORS,
     ),
     operation(
         "post",
@@ -118,7 +118,7 @@ JOB_OPERATIONS = [
         {"200": json_body("QueueState", "Running."), **BACK_TO_PAGE},
         own_params=(QUEUE,),
         body=FORM,
-        errors=("400", *CHANGE_ERRORS),
+        errors=CHANGE_ERRORS,
     ),
     operation(
         "get",

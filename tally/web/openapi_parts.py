@@ -235,7 +235,7 @@ def page_error(answer: dict[str, Any]) -> dict[str, Any]:
 NOT_IN_SITES = error("A site not in SITES (with SITES set, each view of /api/pageviews names one).")
 
 ERRORS = {
-    "400": error("A parameter or the body is not valid."),
+    "400": error("A parameter or the body is not valid, or two Authorization headers."),
     "401": error("No credential that this route takes."),
     "403": error("A wrong token, or nothing configured that opens this route."),
     "404": error("Nothing at this address."),
