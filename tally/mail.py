@@ -35,6 +35,11 @@ SMTP_DATA_REPLY_SECONDS = 120.0
 # thread that cannot be interrupted, so the send looks this often and hangs up: the worker then
 # exits inside Heroku's 30 s however long the server takes.
 ABORT_CHECK_SECONDS = 0.2
+# Asked to stop once the message is in, the send waits this long for the server's answer to it
+# before hanging up: hung up on, a server that took the message (most answer within a second)
+# got it again from the next run, a copy at each drain. A drained worker gives an aborted job
+# 5 s (jobs/drain.py), so this stays inside Heroku's 30 s.
+ABORT_REPLY_SECONDS = 3.0
 
 
 # A relay on the same machine, the one place a password may go without TLS.
@@ -122,19 +127,30 @@ class _Watch(threading.Thread):
         self.deadline = time.monotonic() + self.limit
         self.reason: str | None = None
         self.stopped = threading.Event()
+        self.message_in = False  # the data's end is sent: hanging up may make a duplicate
 
     def allow(self, seconds: float) -> None:
-        """From now on, wait up to `seconds` more, for one read too."""
+        """The message is in: from now on, wait up to `seconds` more, for one read too."""
+        self.message_in = True
         self.limit = seconds
         self.deadline = time.monotonic() + seconds
         if self.client.sock is not None:
             self.client.sock.settimeout(seconds)
 
     def run(self) -> None:
+        asked_to_stop_at: float | None = None
         while not self.stopped.wait(ABORT_CHECK_SECONDS):
-            if self.should_abort():
+            now = time.monotonic()
+            if asked_to_stop_at is None and self.should_abort():
+                asked_to_stop_at = now
+            if asked_to_stop_at is not None and not self.message_in:
                 self.hang_up("the job was asked to stop during the send")
-            elif time.monotonic() > self.deadline:
+            elif asked_to_stop_at is not None and now - asked_to_stop_at >= ABORT_REPLY_SECONDS:
+                self.hang_up(
+                    "the job was asked to stop during the send, and the server had not answered"
+                    f" the message {ABORT_REPLY_SECONDS:g} s later"
+                )
+            elif now > self.deadline:
                 self.hang_up(f"the server took longer than {self.limit:g} s to take the message")
             else:
                 continue

@@ -83,15 +83,23 @@ def cancel(conn: psycopg.Connection, jobs_app: procrastinate.App, job_id: int, a
     job = queue_state.job_detail(conn, job_id)
     if job is None:
         return _refused(404, f"There is no job {job_id}.")
-    if job["status"] not in ("todo", "doing") or not jobs_app.job_manager.cancel_job_by_id(
-        job_id, abort=True
-    ):
-        status = (queue_state.job_detail(conn, job_id) or job)["status"]
-        return _refused(409, f"Job {job_id} is {status}; only waiting or running jobs can be cancelled.")
-    if job["status"] == "todo":
+
+    # What the cancel did, not the status read above, says which: a worker may start the job
+    # between the two (answered "cancelled" once, for a job that then ran and succeeded). A
+    # cancel without abort changes only a waiting job; the abort then reaches a running one.
+    # On `conn`: the web's jobs_app draws from the same pool, and a cancel holding one of its
+    # connections while it waited for another left 4 cancels at once (the pool's size) waiting
+    # on each other until the pool's timeout, answered 503.
+    def cancelled(abort: bool) -> bool:
+        return jobs_app.job_manager.cancel_job_by_id(job_id, abort=abort, connection=conn)
+
+    if job["status"] in ("todo", "doing") and cancelled(abort=False):
         logger.info("job %s cancelled by %s", job_id, actor)
         done = f"Job {job_id} is cancelled."
         return Outcome(200, {"job_id": job_id, "status": "cancelled", "done": done})
+    if job["status"] not in ("todo", "doing") or not cancelled(abort=True):
+        status = (queue_state.job_detail(conn, job_id) or job)["status"]
+        return _refused(409, f"Job {job_id} is {status}; only waiting or running jobs can be cancelled.")
     logger.info("job %s (running) asked to abort by %s", job_id, actor)
     # In the past tense: the notice stays on a reload, after the job has ended.
     done = f"Job {job_id} was asked to abort while it ran (its status says how it ended)."
