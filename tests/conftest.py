@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import inspect
 import itertools
 import os
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -480,14 +482,15 @@ def record_carried(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> l
     tally/web/tail_moves.py) from here on: whether it was carried forward (False: None, so
     counted afresh)."""
     uses: list[bool] = []
-    carry = getattr(owner, name)
+    carry = getattr(owner, name)  # a function of the class for a method, else bound or static
 
     def carried(*args, **kwargs):
         result = carry(*args, **kwargs)
         uses.append(result is not None)
         return result
 
-    monkeypatch.setattr(owner, name, staticmethod(carried))
+    method = isinstance(inspect.getattr_static(owner, name), types.FunctionType)
+    monkeypatch.setattr(owner, name, carried if method else staticmethod(carried))
     return uses
 
 

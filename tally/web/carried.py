@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -44,6 +45,14 @@ logger = logging.getLogger("tally.web.carried")
 ENTRIES = 8
 # Past this many changed ids, counting them twice costs more than counting everything again.
 MAX_CHANGED_IDS = 20_000
+# Up to this many changed ids (about 70 ms to carry), an answer is carried forward without
+# asking whether a fresh count would cost less. Past it, it is carried only while the ids at
+# this process's measured cost per id (a first guess: the slower build's, 1M realistic views)
+# cost less than the answer's last fresh count took: a burst of 10,000 ids on a slice of 4,000
+# views took 1.45 s carried on PostgreSQL 18, 0.36 s counted afresh (docs/BENCHMARKS.md,
+# "Carried or counted afresh").
+CARRIED_WITHOUT_ASKING = 500
+FIRST_SECONDS_PER_ID = 0.000_14
 # What the key leaves out: the rollup state and the clock, which a filtered count never reads.
 NOT_COUNTED = frozenset({"watermark", "in_progress", "tail_from", "tail_to", "now"})
 
@@ -145,6 +154,7 @@ class Kept(Generic[T]):
     value: T
     snapshot: Snapshot
     changes: int | None  # statements that had removed or changed raw rows (migrations/0033)
+    fresh_seconds: float = 0.0  # what its last fresh count took
 
 
 class KeptStore(Generic[T]):
@@ -165,13 +175,15 @@ class KeptStore(Generic[T]):
             return None
         return kept
 
-    def keep(self, key: tuple, value: T, now: Snapshot, changes: int | None) -> None:
+    def keep(
+        self, key: tuple, value: T, now: Snapshot, changes: int | None, fresh_seconds: float = 0.0
+    ) -> None:
         """`value`, read in the snapshot `now`, kept under `key` unless what another request kept
         meanwhile is newer."""
         with self._lock:
             held = self._kept.get(key)
             if held is None or held.changes != changes or held.snapshot.seen_by(now):
-                self._kept[key] = Kept(value, now, changes)
+                self._kept[key] = Kept(value, now, changes, fresh_seconds)
             self._kept.move_to_end(key)
             while len(self._kept) > self.entries:
                 self._kept.popitem(last=False)
@@ -182,6 +194,7 @@ class CarriedAnswers:
 
     def __init__(self, entries: int = ENTRIES):
         self._kept: KeptStore[Counts] = KeptStore(entries)
+        self.seconds_per_id = FIRST_SECONDS_PER_ID  # what carrying a changed id costs, as measured
 
     def counts(
         self,
@@ -192,8 +205,8 @@ class CarriedAnswers:
         count: Callable[[dict[str, Any]], Counts],
     ) -> Counts:
         """The counts of the filtered answer `span` in this transaction's snapshot: the kept ones
-        carried forward when they can be, else `count(span)`. The answer reads rows in
-        [read_from, read_to)."""
+        carried forward when they can be and cost less than a fresh count, else `count(span)`.
+        The answer reads rows in [read_from, read_to)."""
         cur.execute(QUERIES["filtered_snapshot"])
         text, changes, standby = cur.fetchone()
         now = Snapshot.parse(text)
@@ -202,11 +215,14 @@ class CarriedAnswers:
         key = tuple(sorted((name, _frozen(value)) for name, value in span.items() if name not in NOT_COUNTED))
         kept = self._kept.usable(key, now, changes)
         counts = None if kept is None else self._carried(cur, span, read_from, read_to, kept, count)
+        fresh_seconds = 0.0 if kept is None else kept.fresh_seconds
         if counts is None:
+            started = time.monotonic()
             counts = count(span)
+            fresh_seconds = time.monotonic() - started
         keep = counts if not standby else self._as_of(cur, span, read_from, read_to, now, counts, count)
         if keep is not None:
-            self._kept.keep(key, keep, now, changes)
+            self._kept.keep(key, keep, now, changes, fresh_seconds)
         return counts
 
     @staticmethod
@@ -236,9 +252,8 @@ class CarriedAnswers:
         narrowed = {"of_sites": [site for site, _ in ids], "of_visitors": [visitor for _, visitor in ids]}
         return narrowed, len(ids) < len(changed)
 
-    @classmethod
     def _carried(
-        cls,
+        self,
         cur: psycopg.Cursor,
         span: dict[str, Any],
         read_from: datetime.datetime,
@@ -248,20 +263,32 @@ class CarriedAnswers:
     ) -> Counts | None:
         """The kept counts less what the changed ids counted as its snapshot saw them, plus what
         they and the views without an id recorded since count now; None past MAX_CHANGED_IDS, or
-        past the statement timeout (the answer is then counted afresh, in chunks that each end
-        within it). In a savepoint, so that the snapshot stays."""
+        when the ids at the cost measured would take longer than the answer's last fresh count,
+        or past the statement timeout (the answer is then counted afresh, in chunks that each
+        end within it). In a savepoint, so that the snapshot stays."""
         try:
             with cur.connection.transaction():
-                changed = cls._changed(cur, span, read_from, read_to, kept.snapshot)
+                changed = self._changed(cur, span, read_from, read_to, kept.snapshot)
                 if changed is None:
                     return None
                 narrowed, anonymous = changed
+                ids = len(narrowed["of_visitors"])
+                guess = ids * self.seconds_per_id
+                if ids > CARRIED_WITHOUT_ASKING and guess > kept.fresh_seconds:
+                    logger.debug(
+                        "a filtered answer counted afresh: its %d changed ids would take about %.2f s, its"
+                        " last count took %.2f s", ids, guess, kept.fresh_seconds,
+                    )  # fmt: skip
+                    return None
                 if not narrowed["of_visitors"] and not anonymous:
                     return kept.value
+                started = time.monotonic()
                 parts = []
                 if narrowed["of_visitors"]:
                     parts.append((count({**span, **narrowed, "as_of": kept.snapshot.text}), -1))
                 now = count({**span, **narrowed, **(kept.snapshot.later() if anonymous else {})})
+                if ids > CARRIED_WITHOUT_ASKING:  # enough ids that their cost is not the statements'
+                    self.seconds_per_id = (self.seconds_per_id + (time.monotonic() - started) / ids) / 2
                 return kept.value.plus(*parts, (now, 1))
         except psycopg.errors.QueryCanceled:
             # The cancel can land on the savepoint's rollback too: the transaction is lost then.
