@@ -119,11 +119,11 @@ class CheckedPool(RecordingPool):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise NoConnection(f"couldn't get a connection after {wait:.2f} sec", connect_problem(self))
+                raise NoConnection(f"couldn't get a connection after {wait:.2f} sec", why_no_connection(self))
             try:
                 conn = super().getconn(timeout=left)
             except psycopg_pool.PoolTimeout as error:
-                raise NoConnection(str(error), connect_problem(self)) from error
+                raise NoConnection(str(error), why_no_connection(self)) from error
             if not server_hung_up(conn):
                 return conn
             self.putconn(conn)
@@ -160,6 +160,18 @@ CONNECT_PROBLEMS = (
 def is_full(message: str) -> bool:
     """Whether a failed connect's message says the server's connection slots are all taken."""
     return any(sign in message for sign in CONNECT_PROBLEMS[0][0])
+
+
+def why_no_connection(pool: psycopg_pool.ConnectionPool) -> str:
+    """Why a checkout from `pool` found no connection in time, as health names it: every one lent
+    out while its connects succeed (`busy: …`; an audit read "database unreachable" in the log
+    for four requests that each held one and waited for a second), else `connect_problem`."""
+    connecting = isinstance(pool, RecordingPool) and pool.connecting()
+    if getattr(pool, "last_connect_error", None) is None and not connecting:
+        stats = pool.get_stats()
+        if stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available", 0):
+            return f"busy: every one of this process's {pool.max_size} connections was in use"
+    return connect_problem(pool)
 
 
 def connect_problem(pool: psycopg_pool.ConnectionPool) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 import urllib.parse
 
@@ -316,6 +317,32 @@ def test_health_says_the_database_is_full_when_every_connection_slot_is_taken(da
     finally:
         for connection in held:
             connection.close()
+
+
+def test_a_pool_whose_connections_are_all_in_use_says_busy_not_unreachable(database_url, caplog):
+    """Four requests that each held one of the web's connections and waited for another (a
+    cancel, before its fix) were logged "database unreachable: couldn't get a connection": an
+    audit went looking for a database fault. The database is up; every connection was lent."""
+    settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    with web_pool(settings) as pool:
+        client = webtest.TestApp(build_app(settings, pool, jobs.app), extra_environ=OWNER)
+        pool.wait()
+        held = [pool.getconn() for _ in range(pool.max_size)]
+        try:
+            caplog.set_level(logging.WARNING)
+            refused = client.post_json("/api/pageviews", GOOD, status=503)
+            assert "stayed in use" in refused.json["error"] and refused.headers["Retry-After"] == "1"
+            assert client.get("/api/stats", status=503).json["error"] == refused.json["error"]
+            busy = f"busy: every one of this process's {pool.max_size} connections was in use"
+            assert client.get("/api/health", status=503).json["database"] == busy
+            said = [record.getMessage() for record in caplog.records]
+            assert any("database busy" in line for line in said) and not any(
+                "unreachable" in line for line in said
+            )
+        finally:
+            for conn in held:
+                pool.putconn(conn)
+        assert client.get("/api/health").json["database"] == "ok"
 
 
 def test_health_answers_503_quickly_when_the_database_is_unreachable(database_url):

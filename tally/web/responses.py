@@ -158,6 +158,13 @@ def database_unavailable(route: Callable) -> Callable:
             )
             if problem == "unreachable":
                 return json_error(503, "The database is unreachable; try again shortly.")
+            if problem.startswith("busy:"):
+                return json_error(
+                    503,
+                    "Every database connection of this web process stayed in use (the database is up);"
+                    " try again in a moment.",
+                    **{"Retry-After": "1"},
+                )
             if problem.startswith("full:"):
                 return json_error(
                     503,

@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 import psycopg_pool
 
-from tally.checked_pool import connect_problem
+from tally.checked_pool import why_no_connection
 from tally.config import Config
 from tally.web import queue_state
 from tally.web.auth import Auth
@@ -69,8 +69,9 @@ def register(
                 # Views waiting for the rollup are the last minute's traffic: stats, the owner's.
                 del body["rollup_views_waiting"]
         except DATABASE_DOWN as error:
-            logger.warning("health: database unreachable: %s", error)
-            body.update(status="unavailable", database=connect_problem(pool))
+            problem = why_no_connection(pool)
+            logger.warning("health: database %s: %s", problem, error)
+            body.update(status="unavailable", database=problem)
             return json_response(503, body)
         except NOT_MIGRATED as error:
             logger.error("health: schema missing: %s", error)
