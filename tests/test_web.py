@@ -504,6 +504,28 @@ def test_unknown_task_and_job_are_404(client):
     client.post("/api/jobs/999999/retry", headers=auth(), status=404)
 
 
+def test_the_job_and_queue_routes_refuse_a_parameter_they_do_not_take(client, conn):
+    """`/jobs` refuses unknown parameters; retry, cancel, a job, the queue and pause took any
+    (`?x=1` answered 202 as if it were absent), and changed what they would without it."""
+    failed = make_failed_job(conn)
+    for method, path in [
+        ("get", "/api/jobs"),
+        ("get", f"/api/jobs/{failed}"),
+        ("post", f"/api/jobs/{failed}/retry"),
+        ("post", f"/api/jobs/{failed}/cancel"),
+        ("post", "/api/queues/reports/pause"),
+        ("post", "/api/queues/reports/resume"),
+    ]:
+        refused = getattr(client, method)(f"{path}?force=1", headers=auth(), status=400).json["error"]
+        assert refused == "Unknown parameter force: this route takes no query parameters.", path
+    assert (
+        conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s", (failed,)).fetchone()[0]
+        == "failed"
+    )
+    assert conn.execute("SELECT count(*) FROM tally_paused_queues").fetchone()[0] == 0
+    client.post(f"/api/jobs/{failed}/retry", headers=auth(), status=202)
+
+
 def test_a_job_id_in_other_scripts_digits_names_no_job(client, conn):
     """Python's int() and Bottle's `\\d` read U+0661 (Arabic-Indic) and U+FF11 (fullwidth) as 1: a job
     id is ASCII digits, as the API description says, so those name no job and act on none."""

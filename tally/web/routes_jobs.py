@@ -20,7 +20,7 @@ from tally.web import job_actions, queue_state
 from tally.web.auth import BY_SESSION, Auth
 from tally.web.error_page import page_errors
 from tally.web.job_actions import QUEUE_NAME, Outcome
-from tally.web.params import parse_before, parse_job_filters
+from tally.web.params import parse_before, parse_job_filters, refuse_unknown
 from tally.web.responses import database_unavailable, json_error, json_response
 from tally.web.sessions import PAGE_HEADERS
 
@@ -78,6 +78,10 @@ def register(
         body = {name: value for name, value in outcome.body.items() if name != "done"}
         return json_response(outcome.status, body)
 
+    def takes_no_parameters() -> None:
+        # A misspelt or stray parameter (`?force=1`) would be answered as if it were absent.
+        refuse_unknown(bottle.request.query, frozenset(), "this route takes no query parameters")
+
     def queue_name(name: str) -> str:
         if not QUEUE_NAME.fullmatch(name):
             raise json_error(400, "A queue name is 1 to 40 letters, digits or _ . : - characters.")
@@ -88,6 +92,7 @@ def register(
     @database_unavailable
     def show_queue():
         """Summarise the queue: counts by status and task, oldest waiting job, last failures."""
+        takes_no_parameters()
         with pool.connection() as conn:
             return json_response(200, queue_state.queue_summary(conn))
 
@@ -96,6 +101,7 @@ def register(
     @database_unavailable
     def show_job(job_id: int):
         """Show one job: task, status, attempts, queue and timestamps."""
+        takes_no_parameters()
         with pool.connection() as conn:
             job = queue_state.job_detail(conn, job_id)
         if job is None:
@@ -114,6 +120,7 @@ def register(
     @database_unavailable
     def retry_failed_job(job_id: int):
         """Queue a failed, cancelled or aborted job again, to run at once (owner)."""
+        takes_no_parameters()
         with pool.connection() as conn:
             return answer(job_actions.retry(conn, job_id, auth.actor()))
 
@@ -123,6 +130,7 @@ def register(
     @database_unavailable
     def cancel_job(job_id: int):
         """Cancel a waiting job, or ask a running one to abort (owner)."""
+        takes_no_parameters()
         with pool.connection() as conn:
             return answer(job_actions.cancel(conn, jobs_app, job_id, auth.actor()))
 
@@ -177,6 +185,7 @@ def register(
     @database_unavailable
     def pause_queue(name: str):
         """Stop workers from starting the jobs of a queue until it is resumed (owner)."""
+        takes_no_parameters()
         with pool.connection() as conn:
             return answer(job_actions.pause(conn, queue_name(name), auth.actor()))
 
@@ -186,5 +195,6 @@ def register(
     @database_unavailable
     def resume_queue(name: str):
         """Let workers start a paused queue's jobs again, at once (owner)."""
+        takes_no_parameters()
         with pool.connection() as conn:
             return answer(job_actions.resume(conn, queue_name(name), auth.actor()))
