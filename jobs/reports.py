@@ -176,7 +176,7 @@ def send_period(
                 outcome["already_done"] += 1
                 continue
             message_id, attempts = claimed
-            status, error = "sent", None
+            status, error, unreachable = "sent", None, None
             if attempts > MAX_DELIVERY_ATTEMPTS:
                 status, error = "failed", f"given up after {MAX_DELIVERY_ATTEMPTS} attempts"
             else:
@@ -189,8 +189,12 @@ def send_period(
                     status, error = "failed", str(failure)
                 except mail.TemporaryFailure as failure:
                     status, error = "retrying", str(failure)
+                    unreachable = failure if isinstance(failure, mail.ServerUnreachable) else None
             with pool.connection() as conn:
                 conn.execute(QUERIES["finish_report_delivery"], {**key, "status": status, "error": error})
+            if unreachable is not None:  # every recipient would wait out its tries alike (3 s each)
+                logger.warning("report %s %s to %s: retrying (%s)", site, period.name, recipient, error)
+                raise unreachable
             outcome[status] += 1
             if status != "sent":
                 logger.warning("report %s %s to %s: %s (%s)", site, period.name, recipient, status, error)
@@ -210,7 +214,7 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
     outcome = {"sent": 0, "failed": 0, "retrying": 0, "already_done": 0}
     with report_pool(settings) as pool, one_run_at_a_time(pool):
         with pool.connection() as conn:
-            (last_claimed,) = conn.execute(QUERIES["last_report_period"], {"kind": kind}).fetchone()
+            last_claimed, unfinished = conn.execute(QUERIES["last_report_period"], {"kind": kind}).fetchone()
             (now,) = conn.execute(QUERIES["database_now"]).fetchone()
         # Today is the database's, as every day Tally counts: a clock host ahead of it ticks at
         # Monday 00:00 while the database is still in Sunday, and the week is not over there.
@@ -224,8 +228,14 @@ def send_reports(context: JobContext, timestamp: int | None = None, period: str 
                     f"the clock ticked on {ticked}, the database's clock says {today}: "
                     f"{reports.last_full_period(kind, ticked).name} is not over there yet"
                 )
-        for chosen in reports.periods_to_send(kind, today, last_claimed, CATCH_UP_PERIODS):
-            done = send_period(pool, settings, chosen, today, context.should_abort)
+        for chosen in reports.periods_to_send(kind, today, last_claimed, CATCH_UP_PERIODS, unfinished):
+            try:
+                done = send_period(pool, settings, chosen, today, context.should_abort)
+            except mail.ServerUnreachable as error:
+                raise ReportsNotDelivered(
+                    f"the mail server could not be reached ({error}): the reports not sent yet wait for"
+                    " the job's retry"
+                ) from None
             logger.info("send_reports %s: %s", chosen.name, done)
             outcome = {state: outcome[state] + done[state] for state in outcome}
     if outcome["retrying"]:

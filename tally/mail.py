@@ -50,6 +50,11 @@ class TemporaryFailure(Exception):
     """The server could not take the message now (4xx, lost connection): send it again later."""
 
 
+class ServerUnreachable(TemporaryFailure):
+    """No conversation began (the connect refused, timed out, or its name or TLS failed): every
+    message would fail alike, so a run stops at the first and leaves the rest for its retry."""
+
+
 class PermanentFailure(Exception):
     """The server refused the message for good (5xx): sending it again would fail again."""
 
@@ -171,6 +176,10 @@ class _Watch(threading.Thread):
 def _converse(client: smtplib.SMTP, server: SmtpServer, message: email.message.EmailMessage) -> None:
     try:
         client.connect(server.host, server.port)
+    except OSError as error:  # refused, timed out, no such name, TLS, or closed before its greeting
+        client.close()
+        raise ServerUnreachable(f"{type(error).__name__}: {error}") from None
+    try:
         with client:
             client.ehlo()
             secured = server.tls

@@ -826,9 +826,11 @@ SELECT type::text AS type, at FROM procrastinate_events WHERE job_id = %(job_id)
 SELECT attempt, error, traceback, worker, failed_at FROM tally_job_errors WHERE job_id = %(job_id)s ORDER BY id DESC
 
 -- last_report_period --
--- The latest period of a kind any report was claimed for: weekly names are 2026-W48, monthly 2026-11
--- (both sort as their periods), NULL before the first.
-SELECT max(period) AS period FROM tally_report_deliveries
+-- The latest period of a kind any report was claimed for, and the earliest with a report left
+-- unsent ('sending': killed mid-send; 'retrying': a temporary failure): weekly names are
+-- 2026-W48, monthly 2026-11 (both sort as their periods), NULL when there is none.
+SELECT max(period) AS period, min(period) FILTER (WHERE status IN ('sending', 'retrying')) AS unfinished
+  FROM tally_report_deliveries
  WHERE (position('-W' IN period) > 0) = (%(kind)s = 'weekly')
 
 -- last_periodic_defers --

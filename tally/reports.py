@@ -70,25 +70,33 @@ def last_full_period(kind: str, today: datetime.date) -> Period:
     raise ValueError(f"period must be one of {', '.join(PERIODS)}")
 
 
-def periods_to_send(kind: str, today: datetime.date, last_claimed: str | None, limit: int) -> list[Period]:
+def periods_to_send(
+    kind: str, today: datetime.date, last_claimed: str | None, limit: int, unfinished: str | None = None
+) -> list[Period]:
     """The last full period before `today`, and before it those after `last_claimed` (the name of
-    the latest period a report was claimed for), `limit` in all at most, oldest first.
+    the latest period a report was claimed for) or from `unfinished` on (the earliest with a
+    report left unsent), `limit` in all at most, oldest first.
 
     A clock stopped for longer than a period (a week from before a Monday to after the next)
     made no run while that period was the last full one, and the next run's last full period
-    is the one after: it is sent too. With nothing claimed yet, only the last one (a new
-    installation mails no back catalogue).
+    is the one after: it is sent too. A report of such a week that met a temporary failure was
+    left `retrying` for good, as its retry sent only the last week. With nothing claimed yet,
+    only the last one (a new installation mails no back catalogue).
 
     >>> [p.name for p in periods_to_send("weekly", datetime.date(2026, 12, 7), "2026-W47", 4)]
     ['2026-W48', '2026-W49']
     >>> [p.name for p in periods_to_send("weekly", datetime.date(2026, 12, 7), None, 4)]
     ['2026-W49']
+    >>> [p.name for p in periods_to_send("weekly", datetime.date(2026, 12, 7), "2026-W49", 4, "2026-W48")]
+    ['2026-W48', '2026-W49']
     """
     period = last_full_period(kind, today)
     found = [period]
-    while last_claimed is not None and len(found) < limit:
+    while len(found) < limit:
         period = period.before()
-        if period.name <= last_claimed:  # names sort as their periods: 2026-W09 < 2026-W48, 2026-11
+        # Names sort as their periods: 2026-W09 < 2026-W48, 2026-11.
+        newer = last_claimed is not None and period.name > last_claimed
+        if not newer and (unfinished is None or period.name < unfinished):
             break
         found.append(period)
     return found[::-1]

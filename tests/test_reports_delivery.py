@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import signal
 import ssl
+import time
 import zoneinfo
 
 import pytest
@@ -443,3 +444,48 @@ def test_a_tick_ahead_of_the_database_sends_no_period_the_database_has_not_ended
         assert smtp.received() == [] and deliveries(conn) == {}
         unfinished = reports.last_full_period("weekly", monday).name
         assert f"{unfinished} is not over there yet" in worker.output()
+
+
+def test_a_server_that_cannot_be_reached_stops_the_run_at_its_first_report(database_url, pool, conn):
+    """With the mail server down each recipient waited out its three tries (about 3 s) before
+    the next: a run of 200 recipients reached the job's time limit. The first that cannot
+    connect stops the run; the rest are claimed by its retry, each sent once."""
+    from jobs.reports import SEND_BACKOFF_SECONDS
+    from tally import mail
+
+    views_over_weeks(conn)
+    today = local_today(conn)
+    recipients = f"{SITE}=a@example.com,{SITE}=b@example.com,{SITE}=c@example.com"
+    with SmtpServer() as gone:
+        pass  # its port refuses connections from here on
+    started = time.monotonic()
+    with pytest.raises(mail.ServerUnreachable, match="ConnectionRefusedError"):
+        run_once(database_url, pool, gone, recipients, today)
+    assert time.monotonic() - started < 3 * SEND_BACKOFF_SECONDS + 2  # one recipient's tries, not three
+    ((recipient, (status, _, attempts, error)),) = deliveries(conn).items()
+    assert (status, attempts) == ("retrying", 1) and error.startswith("ConnectionRefusedError")
+    with SmtpServer() as smtp:
+        outcome = run_once(database_url, pool, smtp, recipients, today)
+        assert outcome == {"sent": 3, "failed": 0, "retrying": 0, "already_done": 0}
+        assert sorted(m["To"] for m in smtp.received()) == ["a@example.com", "b@example.com", "c@example.com"]
+    assert deliveries(conn)[recipient][:3:2] == ("sent", 2)
+
+
+def test_a_report_left_retrying_in_an_earlier_period_is_sent_by_the_next_run(conn):
+    """A run that caught up two weeks left one report of the first `retrying`; its retry, and
+    every run after, sent only weeks after the latest claimed, and the report stayed unsent."""
+    from tally.db import QUERIES
+
+    today = local_today(conn)
+    last = reports.last_full_period("weekly", today)
+    earlier = last.before()
+    conn.execute(
+        "INSERT INTO tally_report_deliveries (site, period, recipient, message_id, status)"
+        " VALUES (%s, %s, 'a@example.com', '<a>', 'retrying'), (%s, %s, 'a@example.com', '<b>', 'sent')",
+        (SITE, earlier.name, SITE, last.name),
+    )
+    last_claimed, unfinished = conn.execute(QUERIES["last_report_period"], {"kind": "weekly"}).fetchone()
+    assert (last_claimed, unfinished) == (last.name, earlier.name)
+    chosen = reports.periods_to_send("weekly", today, last_claimed, 4, unfinished)
+    assert [period.name for period in chosen] == [earlier.name, last.name]
+    assert reports.periods_to_send("weekly", today, last_claimed, 4) == [last]  # as it was
