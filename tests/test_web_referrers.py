@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import html
+import re
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.web.filters import InvalidFilter, parse_filters
+from tally.web.openapi_inputs import REFERRER_FILTER
+from tally.web.pageviews import MAX_TEXT
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import beacon
 
@@ -70,3 +78,111 @@ def test_referrers_of_every_kind_of_host_are_kept(client, conn):
     )
     stored = [row[0] for row in conn.execute("SELECT referrer FROM page_views ORDER BY id")]
     assert stored == kept
+
+
+# --- international domains: read in Unicode, filtered in either form ---------------------------
+
+BUCHER = "xn--bcher-kva.de"  # bücher.de, as browsers send it
+SPOOFS = {
+    "xn--pple-43d.com": "apple.com with a Cyrillic a (U+0430) among Latin letters",
+    "xn--80ak6aa92e.com": "apple.com in Cyrillic letters that all look Latin, under .com",
+    "xn--zz.de": "no Punycode at all",
+    "xn--fu-hia.de": "fuß.de, which IDNA 2003 read as fuss.de",
+}
+
+
+def referrer_rows(page: str) -> dict[str, str]:
+    """The referrer panel's rows: each stored value (`data-value`) and the text shown."""
+    panel = re.search(r'<table id="top-referrers".*?</table>', page, re.S).group(0)
+    return {
+        html.unescape(value): html.unescape(label)
+        for value, label in re.findall(r'data-value="([^"]*)"><td class="value"><a [^>]*>([^<]*)</a>', panel)
+    }
+
+
+def test_an_international_referrer_reads_in_unicode_and_a_deceptive_one_as_sent(client, conn):
+    """Browsers send xn--bcher-kva.de, which the panel showed as such: its owner reads
+    bücher.de. A label that could pass for another name stays in its xn-- form, as Chromium's
+    address bar shows it, and so does one that does not decode; the API, the links and the
+    filters keep the stored value."""
+    beacon(client, "https://site6.test/a", f"https://{BUCHER}/x", status=201)
+    roll_up(conn)  # rolled up and in the tail alike
+    beacon(client, "https://site6.test/b", f"https://www.{BUCHER}/y", status=201)
+    for spoof in SPOOFS:
+        beacon(client, "https://site6.test/c", f"https://{spoof}/", status=201)
+    body = client.get("/api/stats?days=1&site=site6.test").json
+    assert {row["referrer"]: row["views"] for row in body["top_referrers"]} == {BUCHER: 2} | {
+        spoof: 1 for spoof in SPOOFS
+    }
+    page = client.get("/?days=1&site=site6.test").text
+    assert referrer_rows(page) == {BUCHER: "bücher.de"} | {spoof: spoof for spoof in SPOOFS}
+    assert f"/?days=1&site=site6.test&referrer={BUCHER}" in [
+        html.unescape(h) for h in re.findall(r'href="([^"]*)"', page)
+    ]
+    for spoof in ("\u0430pple", "\u0430\u0440\u0440\u04cf\u0435", "fu\u00df"):  # each decoded
+        assert spoof not in page
+
+
+@pytest.mark.parametrize("written", ["bücher.de", "BÜCHER.DE", "ｂüｃｈｅｒ.de.", BUCHER])
+def test_a_referrer_filter_in_unicode_matches_the_stored_ascii_form(client, conn, written):
+    """`?referrer=bücher.de` counted nothing: the views are stored as browsers send the domain.
+    It is read as typed into an address bar (case and full-width forms folded, a final dot
+    dropped), on the stats, the export and the page."""
+    beacon(client, "https://site7.test/a", f"https://{BUCHER}/x", status=201)
+    beacon(client, "https://site7.test/b", "https://example.org/", status=201)
+    roll_up(conn)
+    beacon(client, "https://site7.test/c", f"https://{BUCHER}/z", status=201)
+    query = {"days": "1", "site": "site7.test", "referrer": written}
+    body = client.get("/api/stats", query).json
+    assert body["total_views"] == 2 and body["filters"] == {"referrer": BUCHER}
+    assert [row["path"] for row in body["top_paths"]] == ["/a", "/c"]
+    export = client.get("/api/export", query).text
+    assert "/a," in export and "/c," in export and "/b," not in export
+    page = client.get("/", query).text
+    assert 'id="total-views">2<' in page
+    chip = re.search(r'<a class="chip"[^>]*data-filter="referrer"[^>]*>(.*?) <span', page).group(1)
+    assert html.unescape(chip) == "Referrer: bücher.de"
+    assert re.search(rf'<tr class="active" data-value="{re.escape(BUCHER)}">', page)
+
+
+@pytest.mark.parametrize(
+    "written", ["bü cher.de", "bücher..de", "-bücher.de", "bücher.de/x", "bü@cher.de", ".bücher.de"]
+)
+def test_a_referrer_filter_past_ascii_that_is_no_domain_is_a_400(client, written):
+    """Not a 500 from the IDNA codec, nor a silent empty answer: the error says what it takes,
+    as the OpenAPI document's pattern does (tests/test_openapi.py)."""
+    for route in ("/api/stats", "/api/export", "/"):
+        error = client.get(route, {"days": "1", "referrer": written}, status=400).json["error"]
+        assert error.startswith("The filter 'referrer' must be a domain such as bücher.de"), route
+
+
+def test_a_domain_shaped_referrer_filter_that_idna_refuses_is_a_value_nobody_has(client, conn):
+    """A symbol (`★`), a leading mark, a joiner out of place: IDNA 2008 refuses them, so no
+    stored domain has them. An empty answer, as for any value no view has: what the OpenAPI
+    document calls valid is never refused."""
+    beacon(client, "https://site8.test/a", f"https://{BUCHER}/x", status=201)
+    for written in ("ä★.de", "\u0301ä.de", "ä\u200d.de"):
+        body = client.get("/api/stats", {"days": "1", "site": "site8.test", "referrer": written}).json
+        assert body["total_views"] == 0 and body["filters"] == {"referrer": written}
+
+
+REFERRER_PATTERN = re.compile(REFERRER_FILTER["pattern"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(REFERRER_PATTERN, fullmatch=True).filter(lambda value: len(value) <= MAX_TEXT))
+def test_every_referrer_filter_the_document_calls_valid_is_taken(value):
+    """The OpenAPI document's pattern and the parser are one set (Schemathesis checks both ways
+    with a few examples; this with many, and no server)."""
+    parse_filters({"referrer": [value]})
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(st.characters(exclude_categories=("Cc",)), max_size=40))
+def test_every_referrer_filter_the_document_calls_invalid_is_refused(value):
+    try:
+        parse_filters({"referrer": [value]})
+    except InvalidFilter:
+        assert REFERRER_PATTERN.search(value) is None
+    else:
+        assert REFERRER_PATTERN.search(value) is not None

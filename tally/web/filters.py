@@ -5,8 +5,10 @@ One filter model for every reader (Plausible's): a parameter named after a dimen
 that is neither a dimension nor one of the route's own parameters is a 400, so a typo
 never silently shows unfiltered numbers.
 
->>> parse_filters({"country": ["DE"], "days": ["7"]}, ("days",))
-{'country': 'DE'}
+A referrer filter written in Unicode is matched in the ASCII form referrers are stored in:
+
+>>> parse_filters({"country": ["DE"], "days": ["7"]}, ("days",)), parse_filters({"referrer": ["bücher.de"]})
+({'country': 'DE'}, {'referrer': 'xn--bcher-kva.de'})
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from tally.dimensions import BY_NAME
+from tally.web.hosts import UNICODE_DOMAIN, ascii_host
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 
 # Parameters every reader accepts besides the filters: the window, the site, the zone, and a
@@ -47,9 +50,30 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
             continue
         if len(value) > MAX_TEXT or CONTROL_CHARACTERS.search(value):
             raise InvalidFilter(f"The filter {name!r} must be at most {MAX_TEXT} printable characters.")
+        if name == "referrer":
+            value = _stored_referrer(value)
         dimension = BY_NAME.get(name)
         filters[name] = dimension.case(value) if dimension and dimension.case else value
     return filters
+
+
+def _stored_referrer(value: str) -> str:
+    """A referrer filter as referrers are stored: a domain written in Unicode (`bücher.de`) in
+    its ASCII form (`xn--bcher-kva.de`), as browsers send it; an ASCII value (a domain, an
+    address, a search engine's name) as given. A value past ASCII that is no domain's shape (a
+    space, punctuation, an empty label) is a 400; one of that shape that IDNA refuses (a symbol:
+    `★.com`) can be no stored domain, and is kept as given, a value nobody has."""
+    if value.isascii():
+        return value
+    if not UNICODE_DOMAIN.fullmatch(value):
+        raise InvalidFilter(
+            "The filter 'referrer' must be a domain such as bücher.de or xn--bcher-kva.de,"
+            " an address, or a search engine's name such as Google."
+        )
+    try:
+        return ascii_host(value)
+    except ValueError:
+        return value
 
 
 def sql_parameters(filters: Mapping[str, object]) -> dict[str, object]:
