@@ -30,6 +30,8 @@ process of that release runs.
 ('top_countries', ('referrer', 'site'))
 >>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/%C3%A9t%C3%A9")
 ('Germany (DE)', 'ZZ', '/été')
+>>> value_label("referrer", "xn--bcher-kva.de")
+'bücher.de'
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pycountry
+
+from tally.hosts import shown_host
 
 # A name or a column as SQL is rendered with it (tally/dimension_sql.py): never quoted, so plain.
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -142,13 +146,17 @@ def country_name(code: str) -> str:
 
 def value_label(name: str, value: str) -> str:
     """A value as a reader sees it (the dashboard, the report): a country by its name and
-    code, a path with its letters readable, anything else as stored; in each, what would
-    reorder or hide the text around it escaped (`visible`)."""
+    code, a path with its letters readable, a referring domain's international labels in
+    Unicode where they cannot deceive (tally/hosts.py), anything else as stored; in each, what
+    would reorder or hide the text around it escaped (`visible`). Only the text: links,
+    filters and the API keep the value as stored."""
     if name == "country":
         country = country_name(value)
         return value if country == value else f"{country} ({value})"
     if name in ("path", "goal_path"):
         return readable_path(value)
+    if name == "referrer":
+        return visible(shown_host(value))
     return visible(value)
 
 

@@ -30,7 +30,6 @@ import bottle
 from tally.dimensions import DIMENSIONS, readable_path, value_label, visible
 from tally.web.chart import CHART_BOTTOM, CHART_HEIGHT, CHART_WIDTH, MARKERS_UP_TO, chart_bars, previous_line
 from tally.web.filters import FILTER_NAMES
-from tally.web.hosts import shown_host
 from tally.web.sessions import PAGE_HEADERS
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("dashboard.tpl").read_text(encoding="utf-8"))
@@ -61,17 +60,6 @@ NONE = "\N{EN DASH}"  # a change from nothing, a count not made
 def label_of(name: str) -> str:
     """How a dimension is named on the page: 'Country', 'OS'."""
     return LABELS.get(name, name.replace("_", " ").capitalize())
-
-
-def shown_value(name: str, value: str) -> str:
-    """A dimension's value as the page shows it (tally/dimensions.py, `value_label`), a referring
-    domain's international labels in Unicode where they cannot deceive (tally/web/hosts.py).
-    Only the text: links, filters and `data-value` keep the value as stored.
-
-    >>> shown_value("referrer", "xn--bcher-kva.de"), shown_value("country", "DE")
-    ('bücher.de', 'Germany (DE)')
-    """
-    return value_label(name, shown_host(value) if name == "referrer" else value)
 
 
 def change(percent: float | None) -> str:
@@ -142,7 +130,7 @@ def panels(stats: dict[str, Any], address: functools.partial) -> list[Panel]:
             [
                 Row(
                     value=row[dimension.name],
-                    label=shown_value(dimension.name, row[dimension.name]),
+                    label=value_label(dimension.name, row[dimension.name]),
                     views=row["views"],
                     visitors=row.get("visitors", 0),
                     href="/" + address(filters={**filters, dimension.name: row[dimension.name]}),
@@ -161,7 +149,7 @@ def chips(filters: Mapping[str, str], address: functools.partial) -> list[Chip]:
     return [
         Chip(
             name,
-            f"{label_of(name)}: {shown_value(name, filters[name])}",
+            f"{label_of(name)}: {value_label(name, filters[name])}",
             "/" + address(filters={other: value for other, value in filters.items() if other != name}),
         )
         for name in FILTER_NAMES

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from tally.dimensions import BY_NAME
-from tally.web.hosts import UNICODE_DOMAIN, ascii_host
+from tally.hosts import UNICODE_DOMAIN, ascii_host
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 
 # Parameters every reader accepts besides the filters: the window, the site, the zone, and a

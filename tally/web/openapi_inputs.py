@@ -14,9 +14,9 @@ from typing import Any
 
 from tally.dimensions import DIMENSIONS
 from tally.env import time_zone_names
+from tally.hosts import UNICODE_DOMAIN
 from tally.sites import IPV6_ADDRESS, MAX_HOST_NAME, SITE_NAME
 from tally.web import beacon as beacon_body
-from tally.web.hosts import UNICODE_DOMAIN
 from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH

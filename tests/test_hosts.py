@@ -1,5 +1,5 @@
 """International domain names as the dashboard shows them and as filters take them
-(tally/web/hosts.py): Chromium's display rules, and no input that makes either raise.
+(tally/hosts.py): Chromium's display rules, and no input that makes either raise.
 
 Lookalike letters are written escaped: in a listing they are the Latin letters they stand for."""
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.web.hosts import ascii_host, shown_host
+from tally.hosts import ascii_host, shown_host
 
 # Shown in Unicode: one script (or Han with kana, Bopomofo or Hangul, and ASCII Latin beside),
 # letters of the recommended scripts, under any top-level domain.
