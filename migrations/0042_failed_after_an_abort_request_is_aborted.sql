@@ -11,8 +11,12 @@
 -- cleared, as procrastinate ends a job that raised JobAborted. A job that succeeded first stays
 -- `succeeded`; a failure with no request, and a drain's or the time limit's abort (which set no
 -- request on the row), stay as they were.
+--
+-- In steps: the trigger's lock on procrastinate_jobs waits behind every defer, fetch and finish
+-- under way, and every one after waits behind it, so it waits briefly and tries again.
 
-CREATE FUNCTION tally_end_aborted_when_asked() RETURNS trigger LANGUAGE plpgsql AS $$
+-- step: a job asked to abort that fails ends aborted
+CREATE OR REPLACE FUNCTION tally_end_aborted_when_asked() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.status := 'aborted';
     NEW.abort_requested := false;
@@ -23,7 +27,8 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER tally_end_aborted_when_asked
+-- step: as it ends, whoever ends it
+CREATE OR REPLACE TRIGGER tally_end_aborted_when_asked
     BEFORE UPDATE OF status ON procrastinate_jobs
     FOR EACH ROW
     WHEN (OLD.status = 'doing' AND OLD.abort_requested AND NEW.status = 'failed')
