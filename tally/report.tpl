@@ -10,7 +10,7 @@
 <tr><td align="center" style="padding:16px 8px;">
 <table role="presentation" id="report" width="100%" cellpadding="0" cellspacing="0" style="max-width:600px;background:#ffffff;border:1px solid #e4e7ec;border-radius:8px;">
 <tr><td style="padding:16px 16px 4px;">
-  <h1 style="font-size:20px;margin:0 0 4px;">{{report.site}}</h1>
+  <h1 style="font-size:20px;margin:0 0 4px;">{{report.site_label}}</h1>
   <div style="color:#667085;font-size:13px;">Tally report, {{report.period.title}} (days in {{report.current['tz']}})</div>
 </td></tr>
 <tr><td style="padding:12px 16px;">

@@ -19,6 +19,7 @@ from typing import Any
 import bottle
 
 from tally.dimensions import value_label
+from tally.hosts import shown_host
 from tally.web.stats import StatsReader
 
 TEMPLATE = bottle.SimpleTemplate(Path(__file__).with_name("report.tpl").read_text(encoding="utf-8"))
@@ -116,18 +117,24 @@ class Report:
     link: str  # the dashboard from the period's first day to today
 
     @property
+    def site_label(self) -> str:
+        """The site as its reader writes it: an international name in Unicode where it cannot
+        deceive (tally/hosts.py), on one line."""
+        return one_line(shown_host(self.site))
+
+    @property
     def subject(self) -> str:
         """One line: a site recorded by plain SQL may hold a line break or another control
         character, which a header cannot (email refuses it, and the run stopped there)."""
         views = self.current["total_views"]
-        return f"Tally: {one_line(self.site)}, {self.period.title}: {views:,} view{'' if views == 1 else 's'}"
+        return f"Tally: {self.site_label}, {self.period.title}: {views:,} view{'' if views == 1 else 's'}"
 
     def html(self) -> str:
         return TEMPLATE.render(report=self, totals=self.totals(), tops=self.tops(), chart=self.chart())
 
     def text(self) -> str:
         lines = [
-            f"Tally report for {one_line(self.site)}",
+            f"Tally report for {self.site_label}",
             f"{self.period.title} (days in {self.current['tz']})",
             "",
         ]

@@ -186,3 +186,22 @@ def test_every_referrer_filter_the_document_calls_invalid_is_refused(value):
         assert REFERRER_PATTERN.search(value) is None
     else:
         assert REFERRER_PATTERN.search(value) is not None
+
+
+def test_an_international_site_reads_in_unicode_in_the_switcher_the_title_and_its_report(client, conn):
+    """The site switcher, the page's title and the emailed report named a site as beacons send
+    it (xn--bcher-kva.de); its links and the API keep that form."""
+    import datetime
+
+    from tally import reports
+
+    beacon(client, f"https://{BUCHER}/a", "", status=201)
+    page = client.get(f"/?days=1&site={BUCHER}").text
+    assert "<title>Tally: 1 view in 1 day on bücher.de</title>" in page
+    assert f'data-site="{BUCHER}">bücher.de</a>' in page
+    assert client.get("/api/sites").json["sites"][0]["site"] == BUCHER
+    week = reports.Period("weekly", datetime.date(2026, 11, 23), datetime.date(2026, 11, 29))
+    report = reports.Report(BUCHER, week, {"total_views": 3, "tz": "UTC"}, {}, "https://tally/")
+    assert report.subject.startswith("Tally: bücher.de, week of") and report.site_label == "bücher.de"
+    spoof = reports.Report("xn--80ak6aa92e.com", week, {"total_views": 3}, {}, "https://tally/")
+    assert spoof.site_label == "xn--80ak6aa92e.com"  # Cyrillic letters that all read as "apple"

@@ -28,6 +28,7 @@ from typing import Any
 import bottle
 
 from tally.dimensions import DIMENSIONS, readable_path, value_label, visible
+from tally.hosts import shown_host
 from tally.web.chart import CHART_BOTTOM, CHART_HEIGHT, CHART_WIDTH, MARKERS_UP_TO, chart_bars, previous_line
 from tally.web.filters import FILTER_NAMES
 from tally.web.sessions import PAGE_HEADERS
@@ -289,6 +290,7 @@ def render(
     return TEMPLATE.render(
         stats=stats,
         sites=sites or [],
+        host_label=shown_host,  # a site's name as its owner writes it (tally/hosts.py)
         query=functools.partial(query_string, share=share, filters=filters),
         export=unshared,
         windows=WINDOWS,

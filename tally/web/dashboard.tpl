@@ -5,7 +5,7 @@
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{{refresh}}">
 <link rel="icon" href="data:,">
-<title>Tally: {{stats['total_views']}} view{{'' if stats['total_views'] == 1 else 's'}} in {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}{{' on ' + stats['site'] if stats['site'] else ''}}</title>
+<title>Tally: {{stats['total_views']}} view{{'' if stats['total_views'] == 1 else 's'}} in {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}{{' on ' + host_label(stats['site']) if stats['site'] else ''}}</title>
 <style>
   :root { --ink: #1d2433; --muted: #667085; --bar: #3b6fd8; --line: #e4e7ec; --bad: #c0362c; }
   * { box-sizing: border-box; }
@@ -96,10 +96,10 @@
     <nav id="site-switcher">Site:
       <a href="/{{query(stats['days'], None, stats['tz'])}}" class="{{'current' if not stats['site'] else ''}}">all sites</a>
       % for row in sites:
-      <a href="/{{query(stats['days'], row['site'], stats['tz'])}}" class="{{'current' if row['site'] == stats['site'] else ''}}" data-site="{{row['site']}}">{{row['site']}}</a>
+      <a href="/{{query(stats['days'], row['site'], stats['tz'])}}" class="{{'current' if row['site'] == stats['site'] else ''}}" data-site="{{row['site']}}">{{host_label(row['site'])}}</a>
       % end
       % if stats['site'] and stats['site'] not in [row['site'] for row in sites]:
-      <a href="/{{query(stats['days'], stats['site'], stats['tz'])}}" class="current" data-site="{{stats['site']}}">{{stats['site']}}</a>
+      <a href="/{{query(stats['days'], stats['site'], stats['tz'])}}" class="current" data-site="{{stats['site']}}">{{host_label(stats['site'])}}</a>
       % end
     </nav>
   </div>
