@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from tests import replication
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, record_carried, wait_until
 from tests.test_web_shared_snapshot import share_every_answer
 
 ADMIN_TOKEN = "replica-owner-token"
@@ -387,15 +387,7 @@ def test_filtered_answers_read_from_the_standby_are_carried_from_what_it_surely_
     from tally.web import carried
     from tally.web.stats import StatsReader
 
-    uses = []
-    carry = carried.CarriedAnswers._carried.__func__
-
-    def counted(cls, *args, **kwargs):
-        result = carry(cls, *args, **kwargs)
-        uses.append(result is not None)
-        return result
-
-    monkeypatch.setattr(carried.CarriedAnswers, "_carried", classmethod(counted))
+    uses = record_carried(monkeypatch, carried.CarriedAnswers, "_carried")
     shared = share_every_answer(monkeypatch)  # a standby's snapshot exported and joined too
     with psycopg.connect(pair.primary_url, autocommit=True) as primary:
         insert_views(primary, 60, "/carried")
