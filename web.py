@@ -28,6 +28,8 @@ def main() -> None:
     reads = ReadRouter(pool, replica, settings)
     reads.start()
     app = build_app(settings, pool, jobs.app, reads)
+    warm = app.config["tally.warm_answers"]  # readers' answers read again after each rollup
+    warm.start()
     logs.log_start(
         settings,
         "web.py",
@@ -47,6 +49,7 @@ def main() -> None:
         )
         sys.exit(1)
     finally:
+        warm.close()
         reads.close()
         pool.close()
 

@@ -46,6 +46,7 @@ from tally.web.replica import ReadRouter
 from tally.web.responses import DATABASE_DOWN, error_as_json
 from tally.web.stats import StatsReader
 from tally.web.view_writer import ViewWriter
+from tally.web.warm import WarmAnswers
 
 logger = logging.getLogger("tally.web")
 
@@ -93,4 +94,7 @@ def build_app(
     routes_openapi.register(app)
 
     app.default_error_handler = error_as_json
+    # Readers' answers read again as each rollup lands: started and closed by web.py, not here
+    # (an app made in a test reads nothing behind its back).
+    app.config["tally.warm_answers"] = WarmAnswers(stats, reads)
     return app

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,6 +55,9 @@ CACHE_ENTRIES = 16
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
 # GET /api/sites counts each site's views over this many days (its answer's `days`).
 SITES_DAYS = 30
+# Unfiltered windows of now readers asked for, remembered to be read again after a rollup
+# (tally/web/warm.py); the least recently asked forgotten first.
+ASKED_ENTRIES = 8
 
 
 @contextlib.contextmanager
@@ -85,6 +89,7 @@ class StatsReader:
         self._current = CurrentVisitors()  # the visitors of the last 5 minutes, likewise
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
+        self._asked: collections.OrderedDict[tuple, float] = collections.OrderedDict()  # and when
 
     def stats_for_window(
         self,
@@ -95,16 +100,25 @@ class StatsReader:
         compare: bool = False,
         last_day: datetime.date | None = None,
         pool: psycopg_pool.ConnectionPool | None = None,
+        remember: bool = True,
     ) -> dict[str, Any]:
         """Views and visitors per day (in the IANA zone `tz`) over `days` days ending on
         `last_day` (default today), the top values of every dimension, the last 24 h and the
         visitors of the last 5 minutes: of one site, or of all when `site` is None; of the views
         matching every filter; with the period before when `compare`. A window ending before
         today leaves out the figures about now (views_last_24h, current_visitors, crawlers).
-        Read through `pool` (a replica's: tally/web/replica.py) when given, else the reader's."""
+        Read through `pool` (a replica's: tally/web/replica.py) when given, else the reader's.
+        An unfiltered window of now is remembered (`remember`) to be read again after each
+        rollup (tally/web/warm.py), until it has not been asked for a while."""
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be from 1 to {MAX_DAYS}")
         filters = filters or {}
+        if remember and not filters and last_day is None:
+            with self._lock:
+                self._asked[(days, site, tz, compare)] = time.monotonic()
+                self._asked.move_to_end((days, site, tz, compare))
+                while len(self._asked) > ASKED_ENTRIES:
+                    self._asked.popitem(last=False)
         pool = pool or self.pool
         # A large filtered count may borrow another connection: of the primary's, never one of
         # those left to the views' inserts.
@@ -166,6 +180,13 @@ class StatsReader:
         if tail_views > ROLLUP_WHEN_TAIL_EXCEEDS and self.request_rollup and self._first_to_ask(state):
             self.request_rollup()
         return answer
+
+    def recently_asked(self, seconds: float) -> list[tuple[int, str | None, str, bool]]:
+        """The unfiltered windows of now (days, site, tz, compare) asked for in the last
+        `seconds`, the latest first."""
+        since = time.monotonic() - seconds
+        with self._lock:
+            return [key for key, asked in reversed(self._asked.items()) if asked >= since]
 
     def sites(self, pool: psycopg_pool.ConnectionPool | None = None) -> list[dict[str, Any]]:
         """Every site with views in the last 30 days and its views, busiest first (read through
