@@ -8,8 +8,11 @@ and a dashboard that reloads every 30 s, one load in two. So a thread of the web
 at the rollup state every POLL_SECONDS and, when it or the bucket moved, asks again for the
 unfiltered answers readers asked for in the last KEEP_WARM_SECONDS, one at a time, through the
 same reads (the replica when it serves them), and the readers' requests find them kept.
-Filtered answers are carried forward by the ids that changed (tally/web/carried.py): a rollup
-does not make them read again. Nothing here is needed for an answer to be right: a warm-up
+What it costs: a rollup comes once a minute from the clock, and sooner only when a reader's
+request finds more than 1,000 views in the tail (tally/web/stats.py): so about one warm-up per
+answer per rollup, the read that the first request after each rollup made before. Filtered
+answers are carried forward by the ids that changed (tally/web/carried.py): a rollup does not
+make them read again. Nothing here is needed for an answer to be right: a warm-up
 that fails is a debug line, and the request reads what it needs, as before.
 
     >>> warm = WarmAnswers(stats, reads); warm.start()   # doctest: +SKIP
