@@ -59,12 +59,13 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
 
 def _stored_referrer(value: str) -> str:
     """A referrer filter as referrers are stored: a domain written in Unicode (`bücher.de`) in
-    its ASCII form (`xn--bcher-kva.de`), as browsers send it; an ASCII value (a domain, an
-    address, a search engine's name) as given. A value past ASCII that is no domain's shape (a
-    space, punctuation, an empty label) is a 400; one of that shape that IDNA refuses (a symbol:
+    its ASCII form (`xn--bcher-kva.de`), as browsers send it; an ASCII domain or address in
+    lower case, as every stored one is (`Example.COM` matched nothing); a search engine's name
+    (no dot: `Google`) as given. A value past ASCII that is no domain's shape (a space,
+    punctuation, an empty label) is a 400; one of that shape that IDNA refuses (a symbol:
     `★.com`) can be no stored domain, and is kept as given, a value nobody has."""
     if value.isascii():
-        return value
+        return value.lower() if "." in value or ":" in value else value
     if not UNICODE_DOMAIN.fullmatch(value):
         raise InvalidFilter(
             "The filter 'referrer' must be a domain such as bücher.de or xn--bcher-kva.de,"
