@@ -39,6 +39,9 @@ POLL_SECONDS = 1.0
 # Answers asked for longer ago than this are left to the next reader (a dashboard left open
 # asks every 30 s to 5 minutes: tally/web/dashboard.py, REFRESH_SECONDS).
 KEEP_WARM_SECONDS = 15 * 60.0
+# At most this many answers after each rollup, the latest asked first: each is a read of up to
+# a second on a large site, and an owner who looked at many windows reads the rest himself.
+MOST_ANSWERS = 4
 
 
 class WarmAnswers:
@@ -72,7 +75,7 @@ class WarmAnswers:
             return 0
         self._seen = moved
         asked = 0
-        for days, site, tz, compare in self.stats.recently_asked(KEEP_WARM_SECONDS):
+        for days, site, tz, compare in self.stats.recently_asked(KEEP_WARM_SECONDS)[:MOST_ANSWERS]:
             if self._stopping.is_set():
                 break
             self.reads.run(
