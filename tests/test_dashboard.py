@@ -145,3 +145,28 @@ def test_no_worker_running_says_so_not_heartbeat_never(database_url, pool, conn)
     assert card.startswith("no worker running") and "never" not in card
     conn.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '3 seconds')")
     assert client.get("/").html.find(id="worker-heartbeat").text == "heartbeat 3 s ago"
+
+
+def test_the_visits_cards_write_the_period_before_as_they_write_this_one(database_url, pool, conn):
+    """The bounce rate card read "2%" and "vs 0.25 before", the duration "203.9 s" and
+    "vs 273.9 before": the period before's figures came as the API has them, a share and bare
+    seconds."""
+    client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
+    # The week before: visitor 1 bounces, visitor 2 stays 90 s; this week: visitor 3 stays 60 s.
+    conn.execute(
+        "INSERT INTO page_views (path, visitor, viewed_at) VALUES"
+        " ('/a', 1, now() - interval '9 days'),"
+        " ('/a', 2, now() - interval '9 days'), ('/b', 2, now() - interval '9 days' + interval '90 seconds'),"
+        " ('/a', 3, now() - interval '1 hour'), ('/b', 3, now() - interval '1 hour' + interval '60 seconds')"
+    )
+    conn.execute("SELECT tally_rollup_page_views()")
+    stats = client.get("/api/stats", {"days": "7", "compare": "previous"}).json
+    assert stats["previous"]["bounce_rate"] == 0.5 and stats["previous"]["visit_duration_seconds"] == 45
+    page = client.get("/", {"days": "7"}).html
+
+    def card(key: str) -> str:
+        return " ".join(page.find(id=key).find_parent(class_="card").get_text(" ").split())
+
+    assert card("bounce-rate") == "Bounce rate 0% -100% vs 50% before"
+    assert card("visit-duration-seconds") == "Visit duration 60 s +33.3% vs 45 s before"
+    assert card("visits") == "Visits 1 -50% vs 2 before"

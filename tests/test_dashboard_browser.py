@@ -445,6 +445,7 @@ def test_a_click_on_a_country_narrows_every_panel_and_its_chip_brings_them_back(
 LONG_HOST = ".".join(letter * 63 for letter in "abc") + ".test"
 LONG_PAGE = "/" + "x" * 2047
 LONG_EVENT = "E" * 120
+LONG_RECIPIENT = "r" * 64 + "@" + "m" * 63 + ".example.org"
 
 
 def sticking_out(page) -> list[str]:
@@ -481,6 +482,18 @@ def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_p
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201, body
     post_views(base, [{"path": LONG_PAGE, "site": LONG_HOST}])
+    # The owner's queue: a job's error and a report's recipient with no space to break at (the
+    # card scrolled sideways by 2,700px at 375px to read them).
+    job_id = make_failed_job(conn)
+    conn.execute(
+        "UPDATE tally_job_errors SET error = %s WHERE job_id = %s",
+        (f"UnknownPeriod: period must be one of weekly, monthly, not '{'y' * 300}'", job_id),
+    )
+    conn.execute(
+        "INSERT INTO tally_report_deliveries (site, period, recipient, message_id, status, error)"
+        " VALUES (%s, 'weekly:2026-11-23', %s, '<m@tally.test>', 'failed', %s)",
+        (LONG_HOST, LONG_RECIPIENT, f"SMTPRecipientsRefused: {{'{LONG_RECIPIENT}': (550, b'unknown')}}"),
+    )
 
     addresses = {
         "all": "days=1",
@@ -499,6 +512,8 @@ def test_long_host_names_paths_and_events_wrap_inside_the_page_at_1280_and_375_p
                 for name, query in addresses.items():
                     assert page.goto(f"{base}/?{query}").status == 200
                     assert page.locator(f'#site-switcher a[data-site="{LONG_HOST}"]').count() == 1
+                    assert page.locator("#recent-failures td.failed").count() == 1
+                    assert page.locator("#report-failures td.wrap").count() == 3
                     page.screenshot(
                         path=str(SCREENSHOTS / f"dashboard-long-{name.replace(' ', '-')}-{width}.png"),
                         full_page=True,

@@ -12,6 +12,8 @@ a share link's token and the other filters; the template escapes every value it 
 '?days=7&share=t&path=%2Fa%26b&country=DE'
 >>> change(12.5), change(-40.0), change(None) == NONE
 ('+12.5%', '-40%', True)
+>>> card_value("bounce_rate", 0.25), card_value("visit_duration_seconds", 273.9), card_value("visits", 12)
+('25%', '273.9 s', '12')
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import html
 import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -68,6 +71,16 @@ def change(percent: float | None) -> str:
     if percent is None:
         return NONE
     return f"{percent:+g}%"
+
+
+def card_value(key: str, value: float) -> str:
+    """A visits card's figure as the card writes it, this period's and the one before alike (the
+    period before's bounce rate read "vs 0.25 before" beside "2%")."""
+    if key == "bounce_rate":
+        return f"{round(100 * value)}%"
+    if key == "visit_duration_seconds":
+        return f"{value:g} s"
+    return str(value)
 
 
 def query_string(
@@ -188,6 +201,15 @@ def visit_page_rows(stats: dict[str, Any], key: str, address: functools.partial)
     ]
 
 
+def breakable(name: str) -> str:
+    """A task's name as HTML that a narrow column may break after each underscore, nowhere else.
+
+    >>> breakable("cleanup_old_page_views"), breakable("a<b")
+    ('cleanup_<wbr>old_<wbr>page_<wbr>views', 'a&lt;b')
+    """
+    return "_<wbr>".join(html.escape(part) for part in name.split("_"))
+
+
 def age(seconds: float | None) -> str:
     """Say how long ago, for people: '4 s ago', '3 min ago', 'never'."""
     if seconds is None:
@@ -304,6 +326,7 @@ def render(
         previous_points=previous_line(bars),
         markers=len(bars) <= MARKERS_UP_TO,
         change=change,
+        card_value=card_value,
         none=NONE,
         panels=panels(stats, address),
         events=event_rows(stats, address),
@@ -315,6 +338,7 @@ def render(
         clear="/" + address(filters={}),
         login="/login?" + urllib.parse.urlencode({"next": "/" + unshared}),  # and back here
         age=age,
+        breakable=breakable,
         # In the zone the page counts days in (TIMEZONE unless ?tz= says), as the jobs page.
         when=written_as(time_shown(stats["tz"])),
         tracker_tag=tracker_tag(tally_url) if not filters and not stats["total_views"] else None,

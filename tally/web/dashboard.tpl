@@ -67,6 +67,17 @@
   .panel td.value a:hover { color: var(--bar); text-decoration: underline; }
   .panel tr.active td { background: #eaf0fc; }
   .failed { color: var(--bad); }
+  /* A job's error, a report's site, recipient and error: a token with no space in it (a long
+     argument, an address, an SMTP answer) made the table thousands of pixels wide, its card
+     scrolling sideways to read it. `anywhere` lets the column shrink to fit, then breaks it. */
+  #recent-failures td.failed, #report-failures td.wrap { overflow-wrap: anywhere; }
+  /* On a phone their other columns (a task's name, a period, "Attempts") still passed 375px by up
+     to 150px: smaller type, and any cell may break (a task's name after its underscores only). */
+  @media (max-width: 480px) {
+    #recent-failures th, #recent-failures td, #report-failures th, #report-failures td { padding: 5px 3px; font-size: .8rem; }
+    #recent-failures th, #report-failures th { font-size: .7rem; }
+    #recent-failures td:not(.task), #report-failures td { overflow-wrap: anywhere; }
+  }
   /* Without SITES a site is any host a beacon names, up to 253 characters of no spaces. */
   nav a { margin-right: 10px; overflow-wrap: anywhere; }
   ul.counts { list-style: none; display: flex; flex-wrap: wrap; gap: 8px; padding: 0; margin: 0 0 8px; }
@@ -133,12 +144,12 @@
       <span class="muted"><span id="visitors-change" class="change">{{change(previous['change_percent']['visitors'])}}</span> vs {{previous['visitors']}} before</span>
       % end
     </div>
-    % for key, label, shown in (('visits', 'Visits', stats['visits']), ('bounce_rate', 'Bounce rate', '%d%%' % round(100 * stats['bounce_rate'])), ('visit_duration_seconds', 'Visit duration', '%g s' % stats['visit_duration_seconds']), ('views_per_visit', 'Views per visit', stats['views_per_visit'])):
-    <div class="card"><span class="muted">{{label}}</span><b id="{{key.replace('_', '-')}}">{{shown}}</b>
+    % for key, label in (('visits', 'Visits'), ('bounce_rate', 'Bounce rate'), ('visit_duration_seconds', 'Visit duration'), ('views_per_visit', 'Views per visit')):
+    <div class="card"><span class="muted">{{label}}</span><b id="{{key.replace('_', '-')}}">{{card_value(key, stats[key])}}</b>
       % if retention.previous_not_kept:
       <span class="muted">period before not kept</span>
       % elif previous:
-      <span class="muted"><span id="{{key.replace('_', '-')}}-change" class="change">{{change(previous['change_percent'][key])}}</span> vs {{previous[key]}} before</span>
+      <span class="muted"><span id="{{key.replace('_', '-')}}-change" class="change">{{change(previous['change_percent'][key])}}</span> vs {{card_value(key, previous[key])}} before</span>
       % end
     </div>
     % end
@@ -275,7 +286,7 @@
     <table id="recent-failures">
       <tr><th>Job</th><th>Task</th><th class="num">Attempts</th><th>Failed</th><th>Error</th></tr>
       % for job in queue['recent_failures']:
-      <tr><td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td>{{job['task']}}</td><td class="num">{{job['attempts']}}</td><td>{{when(job['failed_at'])}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
+      <tr><td><a href="/jobs/{{job['id']}}">{{job['id']}}</a></td><td class="task">{{!breakable(job['task'])}}</td><td class="num">{{job['attempts']}}</td><td>{{when(job['failed_at'])}}</td><td class="failed">{{job['error'] or ''}}</td></tr>
       % end
       % if not queue['recent_failures']:
       <tr><td colspan="5" class="muted">No failed jobs.</td></tr>
@@ -286,7 +297,7 @@
     <table id="report-failures">
       <tr><th>Site</th><th>Period</th><th>Recipient</th><th>Status</th><th class="num">Attempts</th><th>Error</th></tr>
       % for row in queue['report_failures']:
-      <tr><td>{{row['site']}}</td><td>{{row['period']}}</td><td>{{row['recipient']}}</td><td>{{row['status']}}</td><td class="num">{{row['attempts']}}</td><td class="failed">{{row['error'] or ''}}</td></tr>
+      <tr><td class="wrap">{{row['site']}}</td><td>{{row['period']}}</td><td class="wrap">{{row['recipient']}}</td><td>{{row['status']}}</td><td class="num">{{row['attempts']}}</td><td class="failed wrap">{{row['error'] or ''}}</td></tr>
       % end
     </table>
     % end
