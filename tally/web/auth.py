@@ -146,14 +146,14 @@ class Auth:
         raise self._refuse(401, "Log in on the dashboard, or send Authorization: Bearer <ADMIN_TOKEN>.")
 
     def _shared_reads(self) -> Reader:
+        # Given twice, which one is meant is not known: Bottle would read the last, so a link with
+        # a wrong token before the right one opened. Refused whoever asks, as README says.
+        if len(bottle.request.query.getall("share")) > 1:
+            raise self._refuse(400, "Give share once: open the share link as it was sent.")
         if self.admin_token and self._is_owner():
             return Reader.OWNER
         if self.public:
             return Reader.PUBLIC
-        # Given twice, which one is meant is not known: Bottle would read the last, so a link with
-        # a wrong token before the right one opened.
-        if len(bottle.request.query.getall("share")) > 1:
-            raise self._refuse(400, "Give share once: open the share link as it was sent.")
         shared = bottle.request.query.getunicode("share")
         if shared is not None:
             self._check_failures()
