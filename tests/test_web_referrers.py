@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 
 import pytest
 from hypothesis import given, settings
@@ -205,3 +206,15 @@ def test_an_international_site_reads_in_unicode_in_the_switcher_the_title_and_it
     assert report.subject.startswith("Tally: bücher.de, week of") and report.site_label == "bücher.de"
     spoof = reports.Report("xn--80ak6aa92e.com", week, {"total_views": 3}, {}, "https://tally/")
     assert spoof.site_label == "xn--80ak6aa92e.com"  # Cyrillic letters that all read as "apple"
+
+
+def test_a_site_written_in_unicode_is_refused_with_its_xn_form(client):
+    """The dashboard names the site bücher.de; `?site=bücher.de` answered "site must be one host
+    name such as example.com", which did not say what to write instead."""
+    site = urllib.parse.quote("bücher.de")
+    refused = client.get(f"/api/stats?days=1&site={site}", status=400).json["error"]
+    assert refused.endswith("An international name in its xn-- form: bücher.de is xn--bcher-kva.de.")
+    page = client.get(f"/?days=1&site={site}", status=400).text
+    assert "xn--bcher-kva.de" in page
+    plain = client.get("/api/stats?days=1&site=exa%20mple.com", status=400).json["error"]
+    assert "xn--" not in plain
