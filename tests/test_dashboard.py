@@ -170,3 +170,25 @@ def test_the_visits_cards_write_the_period_before_as_they_write_this_one(databas
     assert card("bounce-rate") == "Bounce rate 0% -100% vs 50% before"
     assert card("visit-duration-seconds") == "Visit duration 60 s +33.3% vs 45 s before"
     assert card("visits") == "Visits 1 -50% vs 2 before"
+
+
+def test_a_reader_may_stop_the_pages_reloads_and_its_links_keep_them_stopped(database_url, pool):
+    """Each reload sends the keyboard's focus back to the top of the page, every 30 s, and the
+    page runs no script that could pause it (WCAG 2.2.1: a way to turn it off). `refresh=off`
+    stops them, and every link of the page keeps that but the export's and the toggle's."""
+    client = make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN)
+    client.post_json("/api/pageviews", [{"path": "/a", "referrer": "https://news.example/x"}])
+    page = client.get("/?days=7&country=ZZ").html
+    assert page.find("meta", attrs={"http-equiv": "refresh"})["content"] == "30"
+    toggle = page.find(id="reloads-toggle")
+    assert toggle.text == "stop reloading" and toggle["href"] == "/?days=7&refresh=off&country=ZZ"
+    stopped = client.get(toggle["href"]).html
+    assert stopped.find("meta", attrs={"http-equiv": "refresh"}) is None
+    assert "does not reload itself" in stopped.text
+    assert stopped.find(id="reloads-toggle")["href"] == "/?days=7&country=ZZ"
+    links = [a["href"] for a in stopped.find_all("a") if a.get("href", "").startswith("/?")]
+    kept = [href for href in links if "refresh=off" in href]
+    assert len(links) >= 6 and len(kept) == len(links) - 1, links  # all but the toggle's
+    assert all("refresh" not in a["href"] for a in stopped.find_all("a") if "export" in a.get("href", ""))
+    assert "refresh must be off" in client.get("/?refresh=on", status=400).text
+    client.get("/api/stats?refresh=off", status=400)  # the page's own: the API reloads nothing

@@ -703,7 +703,7 @@ def test_a_dashboard_whose_numbers_took_long_reloads_less_often(client, conn, mo
     monkeypatch.setattr(StatsReader, "stats_for_window", slow_count)
     page = client.get("/?days=7").text
     refresh = int(page.split('http-equiv="refresh" content="')[1].split('"')[0])
-    assert refresh >= 40 and f"refreshes every {refresh} s" in page
+    assert refresh >= 40 and f"reloads every {refresh} s" in page
 
 
 # --- metrics ----------------------------------------------------------------------------------

@@ -89,16 +89,18 @@ def query_string(
     tz: str = "UTC",
     share: str | None = None,
     filters: Mapping[str, str] | None = None,
+    refresh: bool = True,
 ) -> str:
     """The dashboard's address for a window, a site (None: every site), a zone and filters
     (in the order of tally/dimensions.py, then the goals); a share link's reader keeps the
-    share token in each."""
+    share token in each, and a reader who stopped the page's reloads (`refresh=off`) that."""
     filters = filters or {}
     parameters = {
         "days": days,
         **({"site": site} if site else {}),
         **({"tz": tz} if tz != "UTC" else {}),
         **({"share": share} if share is not None else {}),
+        **({"refresh": "off"} if not refresh else {}),
         **{name: filters[name] for name in FILTER_NAMES if filters.get(name) not in (None, "")},
     }
     return "?" + urllib.parse.urlencode(parameters)
@@ -294,14 +296,18 @@ def render(
     share: str | None = None,
     counted_in: float = 0.0,
     tally_url: str | None = None,
+    reloads: bool = True,
 ) -> str:
     """The page; `queue` and `processes` (owner only) are None for anyone else; `counted_in`, the
-    seconds its numbers took, sets how soon it reloads; `tally_url`, the public address when one
-    is configured, goes into the tag a fresh page offers to copy."""
+    seconds its numbers took, sets how soon it reloads (`reloads`: at all); `tally_url`, the
+    public address when one is configured, goes into the tag a fresh page offers to copy."""
     filters = stats.get("filters") or {}
     previous = stats.get("previous")
-    # The page as it is (window, site, zone, share token, filters); a link changes one of them.
-    address = functools.partial(query_string, stats["days"], stats["site"], stats["tz"], share)
+    # The page as it is (window, site, zone, share token, filters, reloads); a link changes one.
+    here = functools.partial(query_string, stats["days"], stats["site"], stats["tz"], share, filters)
+    address = functools.partial(
+        query_string, stats["days"], stats["site"], stats["tz"], share, refresh=reloads
+    )
     # This page for the owner, who needs no share token: the CSV export's and the login's.
     unshared = query_string(stats["days"], stats["site"], stats["tz"], filters=filters)
     bars = chart_bars(stats["daily"], previous["daily"] if previous else None)
@@ -313,7 +319,7 @@ def render(
         stats=stats,
         sites=sites or [],
         host_label=shown_host,  # a site's name as its owner writes it (tally/hosts.py)
-        query=functools.partial(query_string, share=share, filters=filters),
+        query=functools.partial(query_string, share=share, filters=filters, refresh=reloads),
         export=unshared,
         windows=WINDOWS,
         queue=queue,
@@ -344,7 +350,9 @@ def render(
         tracker_tag=tracker_tag(tally_url) if not filters and not stats["total_views"] else None,
         retention=retention(stats),
         as_text=lambda value: visible(str(value)),  # an event's prop or value, as value_label shows text
-        refresh=refresh_seconds(counted_in),
+        # A reload moves the keyboard's focus back to the top: a reader may stop them (WCAG 2.2.1).
+        refresh=refresh_seconds(counted_in) if reloads else None,
+        reloads_toggle="/" + here(refresh=not reloads),
         width=CHART_WIDTH,
         height=CHART_HEIGHT,
         baseline=CHART_HEIGHT - CHART_BOTTOM,

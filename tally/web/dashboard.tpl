@@ -3,7 +3,9 @@
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+% if refresh:
 <meta http-equiv="refresh" content="{{refresh}}">
+% end
 <link rel="icon" href="data:,">
 <title>Tally: {{stats['total_views']}} view{{'' if stats['total_views'] == 1 else 's'}} in {{stats['days']}} day{{'' if stats['days'] == 1 else 's'}}{{' on ' + host_label(stats['site']) if stats['site'] else ''}}</title>
 <style>
@@ -98,7 +100,12 @@
     <a id="login-link" href="{{login}}">Owner log in</a>
     % end
   </header>
-  <div class="muted">Served by {{dyno}} at {{when(stats['generated_at'])}}; days in {{stats['tz']}}; refreshes every {{refresh}} s.
+  <div class="muted">Served by {{dyno}} at {{when(stats['generated_at'])}}; days in {{stats['tz']}};
+    % if refresh:
+    reloads every {{refresh}} s (<a id="reloads-toggle" href="{{reloads_toggle}}">stop reloading</a>).
+    % else:
+    does not reload itself (<a id="reloads-toggle" href="{{reloads_toggle}}">reload every 30 s</a>).
+    % end
     <nav>Window:
       % for window, name in windows:
       <a href="/{{query(window, stats['site'], stats['tz'])}}" class="{{'current' if window == stats['days'] else ''}}">{{name}}</a>

@@ -44,7 +44,7 @@ OPERATIONS = [
         "The dashboard (HTML).",
         SHARED,
         {"200": text_body(HTML, "The dashboard."), **PAGE_REFUSED},
-        (*STATS_PARAMS, "compare", "share"),
+        (*STATS_PARAMS, "compare", "share", "refresh"),
         errors=("400", "503"),
         page=True,
     ),

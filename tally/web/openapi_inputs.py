@@ -85,6 +85,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "compare": query(
         "compare", {"enum": ["previous", ""]}, "previous: add the period of the same length just before."
     ),
+    "refresh": query("refresh", {"enum": ["off"]}, "off: the dashboard does not reload itself."),
     # The filters (tally/web/filters.py): one parameter per dimension, AND-ed.
     **{
         dimension.name: query(

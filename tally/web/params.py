@@ -110,6 +110,16 @@ def parse_compare(query: bottle.FormsDict) -> bool:
     return True
 
 
+def parse_reloads(query: bottle.FormsDict) -> bool:
+    """The dashboard's `refresh` query parameter: `off` stops the page's reloads; absent, on."""
+    value = given_once(query, "refresh")
+    if value is None:
+        return True
+    if value != "off":
+        raise json_error(400, "refresh must be off (the page then does not reload itself).")
+    return False
+
+
 def _one_value(query: bottle.FormsDict, name: str) -> str | None:
     return given_once(query, name) or None  # empty: a form's field left blank, so any
 

@@ -24,6 +24,7 @@ from tally.web.params import (
     parse_compare,
     parse_days,
     parse_filter_parameters,
+    parse_reloads,
     parse_site_parameter,
     parse_time_zone,
 )
@@ -52,8 +53,12 @@ def register(
         """Render the dashboard: views per day, top paths, and queue state for the owner."""
         query = bottle.request.query
         days, site = parse_days(query), parse_site_parameter(query)
-        tz, filters = parse_time_zone(query, config.timezone), parse_filter_parameters(query, ("compare",))
+        tz, filters = (
+            parse_time_zone(query, config.timezone),
+            parse_filter_parameters(query, ("compare", "refresh")),
+        )
         compare = parse_compare(query) or True  # the chart always shows the period before
+        reloads = parse_reloads(query)
         started = time.monotonic()
         window, sites = reads.run(
             lambda read_pool: (
@@ -81,6 +86,7 @@ def register(
             sites=sites,
             counted_in=time.monotonic() - started,
             tally_url=config.tally_url if config.tally_url_set else None,
+            reloads=reloads,
             **auth.page_context(),
         )
 
