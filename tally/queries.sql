@@ -314,12 +314,16 @@ SELECT (SELECT count(*) FROM page_views WHERE recorded_xid >= %(watermark)s
 
 -- stats_last_24h_edges --
 -- What the last 24 hours need at their ends, where they cut a bucket (tally/web/windows.py,
--- Edges): the raw views from `raw_from` to `raw_to` (the shorter part of the bucket 24 hours
--- ago, on either side of the cut), those dated after `now` in its bucket (a clock far off), and
+-- Edges): the tail's views from `raw_from` to `raw_to` (the shorter part of the bucket 24 hours
+-- ago, on either side of the cut; its rolled-up views are kept with the rolled-up part:
+-- stats_rolled_up_edge_times), those dated after `now` in its bucket (a clock far off), and
 -- the rolled-up views of those two buckets whole; and the crawler hits filtered on the UTC days
--- from first_day on. No raw range is longer than half a bucket, most of them empty.
+-- from first_day on. Through the index on recorded_xid: the tail's views of a bucket a day old
+-- are few or none, where the bucket's own grow with the traffic (at 200 views/s, half a bucket
+-- is 90,000 views).
 SELECT (SELECT count(*) FROM page_views
          WHERE viewed_at >= %(raw_from)s AND viewed_at < %(raw_to)s
+           AND (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[]))
            AND (%(site)s::text IS NULL OR site = %(site)s)) AS raw,
        (SELECT count(*) FROM page_views
          WHERE viewed_at > %(now)s AND viewed_at < %(now_bucket)s::timestamptz + interval '15 minutes'
@@ -330,6 +334,18 @@ SELECT (SELECT count(*) FROM page_views
          WHERE bucket = %(now_bucket)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS now_rolled_up,
        (SELECT coalesce(sum(hits), 0)::bigint FROM crawler_hits_daily
          WHERE day >= %(first_day)s AND (%(site)s::text IS NULL OR site = %(site)s)) AS crawlers
+
+-- stats_rolled_up_edge_times --
+-- The times, in microseconds since 1970 and in order, of the rolled-up views of the bucket from
+-- `first_bucket` (the one the last 24 hours begin in, which they cut): a request counts those
+-- on its side of the cut from this list, kept with the rolled-up part, and only the tail's
+-- from page_views (stats_last_24h_edges). As the rollup state saw them: folded, not running.
+SELECT (extract(epoch FROM viewed_at) * 1000000)::bigint
+  FROM page_views
+ WHERE viewed_at >= %(first_bucket)s AND viewed_at < %(first_bucket)s::timestamptz + interval '15 minutes'
+   AND recorded_xid < %(watermark)s AND recorded_xid <> ALL (%(in_progress)s::xid8[])
+   AND (%(site)s::text IS NULL OR site = %(site)s)
+ ORDER BY 1
 
 -- stats_rolled_up_days --
 -- Rolled-up views per day in the zone `tz` in [since, end), and those in buckets from `recent`

@@ -9,9 +9,10 @@ import random
 import psycopg
 import pytest
 
+from tally.db import QUERIES
 from tally.web.stats import StatsReader, snapshot
 from tally.web.windows import BUCKET, DAY, Window, bucket_of
-from tests.conftest import request_bounds
+from tests.conftest import plan_nodes, request_bounds
 from tests.test_web import roll_up
 
 # Where a request's now falls in its bucket: on either side of its middle, at its edges.
@@ -96,3 +97,37 @@ def test_views_of_the_last_24_hours_are_exact_wherever_now_falls_in_its_bucket(p
             state = (bounds["watermark"], tuple(bounds["in_progress"]))
             answer, _ = reader._read(cur, state, {**bounds, "now": now}, window_at(now))
         assert answer["views_last_24h"] == expected, now
+
+
+def test_a_request_reads_only_the_tails_views_where_the_last_24_hours_begin(pool, conn, monkeypatch):
+    """The bucket the last 24 hours begin in was counted in page_views at every request, up to
+    half of it (at 200 views/s, 90,000 views): at 50M views on PostgreSQL 15 the stats p50 grew
+    by a third against 5M. Its rolled-up views' times are kept with the rolled-up part now, and
+    a request reads the tail's alone there, its answer the same."""
+    now = conn.execute("SELECT now()").fetchone()[0]
+    cut = now - DAY
+    insert_around(conn, [cut + datetime.timedelta(seconds=s) for s in range(-400, 400, 2)])
+    roll_up(conn)
+    insert_around(conn, [cut + datetime.timedelta(seconds=1), cut - datetime.timedelta(seconds=1)])  # tail
+    plans: list[dict] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == QUERIES["stats_last_24h_edges"]:
+            explained = original(self, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()[0]
+            plans.append(explained[0])
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    answer = StatsReader(pool, retention_days=30).stats_for_window(2)
+    expected = conn.execute(
+        "SELECT count(*) FROM page_views WHERE viewed_at >= now() - interval '24 hours'"
+    ).fetchone()[0]
+    assert answer["views_last_24h"] == expected
+    read = [
+        node["Actual Rows"]
+        for node in plan_nodes(plans[0])
+        if node.get("Relation Name", "").startswith("page_views_p")
+        and node["Node Type"] != "Bitmap Index Scan"
+    ]
+    assert sum(read) <= 2, read  # the tail's two at most, not the bucket's rolled-up views

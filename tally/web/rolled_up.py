@@ -5,6 +5,8 @@ state: no rollup, no change). The tail not yet rolled up is added to it per requ
 
 from __future__ import annotations
 
+import array
+import bisect
 import collections
 import dataclasses
 import datetime
@@ -15,7 +17,10 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
 from tally.web.referrers import by_name
-from tally.web.windows import DAY, Ranking, Window, count_days
+from tally.web.windows import BUCKET, DAY, Ranking, Window, count_days
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +36,19 @@ class RolledUp:
     referrer_domains: list[str]  # the domains behind the referrer names
     value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
     visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
+    # The times (microseconds since 1970) of the rolled-up views of the bucket the last 24 hours
+    # begin in: a request counts those on its side of the cut here, not in page_views.
+    edge_times: array.array
+
+    def edge_views(self, start: datetime.datetime, end: datetime.datetime) -> int:
+        """The rolled-up views of the last 24 hours' first bucket dated in [start, end)."""
+        low, high = ((moment - EPOCH) // MICROSECOND for moment in (start, end))
+        return bisect.bisect_left(self.edge_times, high) - bisect.bisect_left(self.edge_times, low)
 
 
-def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:
-    """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`."""
+def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window, state: tuple) -> RolledUp:
+    """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`, at the
+    rollup `state` (its watermark and the transactions it left running)."""
     cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
     start = cur.fetchone()[0]
     # The window ends at the midnight after its last day, today's too: a view dated later
@@ -78,4 +92,17 @@ def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Windo
         for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
         if window.days[0] <= day <= window.days[-1]
     }
-    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day)
+    edge_times = array.array("q")
+    if window.current:
+        watermark, in_progress = state
+        cur.execute(
+            QUERIES["stats_rolled_up_edge_times"],
+            {
+                "first_bucket": window.first_full_bucket - BUCKET,
+                "watermark": watermark,
+                "in_progress": list(in_progress),
+                "site": site,
+            },
+        )
+        edge_times.extend(time for (time,) in cur.fetchall())
+    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day, edge_times)

@@ -235,12 +235,14 @@ class StatsReader:
             ends = window.ends(self.retention_days)
             first_day = rolled_up.start.astimezone(datetime.UTC).date()
             params = {**ends.params(), "site": bounds["site"], "first_day": first_day}
+            params.update(watermark=bounds["watermark"], in_progress=bounds["in_progress"])
             cur.execute(QUERIES["stats_last_24h_edges"], params)
-            *counts, crawlers = cur.fetchone()
+            raw_in_tail, *counts, crawlers = cur.fetchone()
+            raw = raw_in_tail + rolled_up.edge_views(ends.raw_from, ends.raw_to)
             in_tail = collections.Counter()
             for row in tail:
                 in_tail[row[TAIL["recent"]]] += row[TAIL["views"]]
-            at_ends = ends.views(tuple(counts), in_tail[TAIL_FIRST_BUCKET], in_tail[TAIL_NOW_BUCKET])
+            at_ends = ends.views((raw, *counts), in_tail[TAIL_FIRST_BUCKET], in_tail[TAIL_NOW_BUCKET])
         answer = self._combine(window, rolled_up, tail, tail_visitors, at_ends)
         per_day = {day: dataclasses.replace(counts) for day, counts in rolled_up.visits.items()}
         pages: dict[str, collections.Counter[str]] = {
@@ -278,7 +280,7 @@ class StatsReader:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        rolled_up = read_rolled_up(cur, site, tz, window)
+        rolled_up = read_rolled_up(cur, site, tz, window, state)
         with self._lock:
             self._cache[key] = rolled_up
             while len(self._cache) > CACHE_ENTRIES:
