@@ -338,7 +338,7 @@ SELECT (SELECT count(*) FROM page_views
 -- stats_rolled_up_edge_times --
 -- The times, in microseconds since 1970 and in order, of the rolled-up views of the bucket from
 -- `first_bucket` (the one the last 24 hours begin in, which they cut): a request counts those
--- on its side of the cut from this list, kept with the rolled-up part, and only the tail's
+-- on its side of the cut from this list, kept per rollup state and site, and only the tail's
 -- from page_views (stats_last_24h_edges). As the rollup state saw them: folded, not running.
 SELECT (extract(epoch FROM viewed_at) * 1000000)::bigint
   FROM page_views
