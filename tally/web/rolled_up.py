@@ -10,6 +10,9 @@ import bisect
 import collections
 import dataclasses
 import datetime
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import psycopg
 
@@ -19,6 +22,7 @@ from tally.web import events, visits
 from tally.web.referrers import by_name
 from tally.web.windows import DAY, Ranking, Window, count_days
 
+T = TypeVar("T")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
 
@@ -68,6 +72,30 @@ def read_edge_times(
         },
     )
     return EdgeTimes(array.array("q", (time for (time,) in cur.fetchall())))
+
+
+class KeptByState(Generic[T]):
+    """What was read at one rollup state, kept by a key that names the state: the least recently
+    asked dropped first; safe across threads (two requests may read the same key at once)."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._kept: collections.OrderedDict[tuple, T] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, read: Callable[[], T]) -> T:
+        """What is kept under `key`, else what `read()` gives, kept."""
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+        value = read()
+        with self._lock:
+            self._kept[key] = value
+            while len(self._kept) > self.entries:
+                self._kept.popitem(last=False)
+        return value
 
 
 def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:

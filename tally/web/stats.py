@@ -41,7 +41,7 @@ from tally.web.carried import CarriedAnswers
 from tally.web.current_visitors import CurrentVisitors
 from tally.web.panels import TAIL, top_values
 from tally.web.recent import recent_figures
-from tally.web.rolled_up import EdgeTimes, RolledUp, read_edge_times, read_rolled_up
+from tally.web.rolled_up import EdgeTimes, KeptByState, RolledUp, read_edge_times, read_rolled_up
 from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
@@ -86,8 +86,8 @@ class StatsReader:
         self.pool = pool
         self.retention_days = retention_days
         self.request_rollup = request_rollup
-        self._cache: collections.OrderedDict[tuple, RolledUp] = collections.OrderedDict()
-        self._edges: collections.OrderedDict[tuple, EdgeTimes] = collections.OrderedDict()
+        self._cache: KeptByState[RolledUp] = KeptByState(CACHE_ENTRIES)
+        self._edges: KeptByState[EdgeTimes] = KeptByState(EDGE_ENTRIES)
         self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
         self._tail_moves = TailMoves()  # the tails' moves of visitors and visits, likewise
         self._current = CurrentVisitors()  # the visitors of the last 5 minutes, likewise
@@ -242,7 +242,10 @@ class StatsReader:
             params.update(watermark=bounds["watermark"], in_progress=bounds["in_progress"])
             cur.execute(QUERIES["stats_last_24h_edges"], params)
             raw_in_tail, *counts, crawlers = cur.fetchone()
-            edges = self._edge_times(cur, state, bounds["site"], ends.first_bucket)
+            site = bounds["site"]
+            edges = self._edges.get(
+                (state, site, ends.first_bucket), lambda: read_edge_times(cur, site, ends.first_bucket, state)
+            )
             raw = raw_in_tail + edges.between(ends.raw_from, ends.raw_to)
             in_tail = collections.Counter()
             for row in tail:
@@ -280,33 +283,7 @@ class StatsReader:
         self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
     ) -> RolledUp:
         key = (state, site, tz, window.days[0], window.days[-1], window.current, window.first_full_bucket)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
-        rolled_up = read_rolled_up(cur, site, tz, window)
-        with self._lock:
-            self._cache[key] = rolled_up
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return rolled_up
-
-    def _edge_times(
-        self, cur: psycopg.Cursor, state: tuple, site: str | None, first_bucket: datetime.datetime
-    ) -> EdgeTimes:
-        key = (state, site, first_bucket)
-        with self._lock:
-            kept = self._edges.get(key)
-            if kept is not None:
-                self._edges.move_to_end(key)
-                return kept
-        edges = read_edge_times(cur, site, first_bucket, state)
-        with self._lock:
-            self._edges[key] = edges
-            while len(self._edges) > EDGE_ENTRIES:
-                self._edges.popitem(last=False)
-        return edges
+        return self._cache.get(key, lambda: read_rolled_up(cur, site, tz, window))
 
     def _combine(
         self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, at_ends: int
