@@ -1,6 +1,8 @@
 """The rolled-up part of a window: its days' views and visitors, every dimension's values, the
-visits, as the rollup tables held them at one rollup state (tally/web/stats.py caches it per
-state: no rollup, no change). The tail not yet rolled up is added to it per request.
+visits, as the rollup tables held them at one rollup state (tally/web/stats.py keeps it per
+state, `KeptByState`: no rollup, no change). The tail not yet rolled up is added to it per
+request. So are the times of the rolled-up views where the last 24 hours begin (`EdgeTimes`),
+which the rollups' 15-minute cells cannot cut.
 """
 
 from __future__ import annotations
