@@ -65,6 +65,7 @@ def test_after_a_rollup_a_readers_answer_is_read_before_the_reader_asks(pool, co
     rolled_up_reads.clear()
     answer = reader.stats_for_window(30, compare=True)
     assert rolled_up_reads == []  # the reader's request read no rollup table
+    assert warm_answers.reads.served() == {"replica": 0, "primary": 0}  # the metric counts readers
     whole = StatsReader(pool, retention_days=30).stats_for_window(30, compare=True)
     assert without_time(answer) == without_time(whole) and answer["total_views"] == 50
 
