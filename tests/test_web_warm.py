@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 
 import psycopg
 import pytest
@@ -108,3 +109,23 @@ def test_the_thread_outlives_a_database_it_cannot_reach_and_stops_when_told(data
         finally:
             warm_answers.close()
         assert not warm_answers._thread.is_alive()
+
+
+def test_a_warm_up_takes_no_readers_turn_and_waits_for_none(pool):
+    """Readers share the primary's turns (two of the web's four connections; the rest wait, up to
+    a share of the threads, then 503). A warm-up counted as one of them made a reader's 503 in
+    CI's pooler test, eight readers at once. It takes a turn only if one is free at once."""
+    from tally.web.replica import ReadsBusy
+
+    reads = ReadRouter(pool)
+    held = [reads._primary_slots.acquire(blocking=False) for _ in range(reads.read_slots)]
+    assert all(held)  # every turn taken by readers
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReadsBusy, match="waits for none"):
+            reads.run(lambda p: 1, background=True)
+        assert time.monotonic() - started < 0.5 and reads._primary_readers == 0
+    finally:
+        for _ in held:
+            reads._primary_slots.release()
+    assert reads.run(lambda p: 1, background=True) == 1 and reads.served() == {"replica": 0, "primary": 0}

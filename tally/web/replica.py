@@ -99,15 +99,16 @@ class ReadRouter:
         with self._lock:
             return {"replica": self._served["replica"], "primary": self._served["primary"]}
 
-    def run(self, read: Callable[[psycopg_pool.ConnectionPool], T], counted: bool = True) -> T:
+    def run(self, read: Callable[[psycopg_pool.ConnectionPool], T], background: bool = False) -> T:
         """`read(pool)` on the replica when it is fit, else (or when it fails there) on the primary.
 
         `read` must do all its work on the pool it is given (one snapshot: a retry on the
         primary starts over) and must not touch the request (it may run on another thread).
-        `counted`: a reader's read, counted in `served` (tally_stats_reads_total); the web's own
-        (tally/web/warm.py's) are not."""
+        A `background` read (the web's own: tally/web/warm.py) takes no reader's place: on the
+        primary it takes a turn only if one is free at once (else ReadsBusy) and is no reader
+        that waits for one; it is not counted in `served` (tally_stats_reads_total)."""
         if not self.check.usable():
-            return self._on_primary(read, counted)
+            return self._on_primary(read, background)
         assert self.replica is not None
         future = self._executor.submit(read, self.replica)
         submitted = time.monotonic()
@@ -117,13 +118,13 @@ class ReadRouter:
             except concurrent.futures.TimeoutError:
                 if not future.running() and time.monotonic() - submitted > db.REPLICA_POOL_WAIT_SECONDS:
                     future.cancel()  # every reader thread is busy (held by a silent replica)
-                    return self._on_primary(read, counted)
+                    return self._on_primary(read, background)
                 if self.check.usable():
                     continue
                 # The checker's word went stale, which `usable` logged once: not a line per read
                 # (five reads waiting on a silent replica wrote five in 40 ms).
                 logger.debug("replica stopped answering during a read: reading from the primary")
-                return self._on_primary(read, counted)
+                return self._on_primary(read, background)
             except psycopg.errors.QueryCanceled:
                 raise  # statement_timeout: the read is slow wherever it runs
             except (psycopg.errors.SerializationFailure, psycopg.errors.LockNotAvailable) as error:
@@ -131,25 +132,34 @@ class ReadRouter:
                 # removed rows, a dropped partition's lock); or the read waited past its lock
                 # timeout for replay's own lock (a detach, a drop, a move): the replica is well.
                 logger.info("replica read cancelled (%s): reading from the primary", database_error(error))
-                return self._on_primary(read, counted)
+                return self._on_primary(read, background)
             except psycopg_pool.PoolTimeout:
                 # Its connections all lent to other reads (the replica is well), or the pool
                 # cannot connect (slots full, a hung postmaster): the checker tells which.
                 self.check.pool_timed_out()
-                return self._on_primary(read, counted)
+                return self._on_primary(read, background)
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 self.check.mark_down(error)
-                return self._on_primary(read, counted)
+                return self._on_primary(read, background)
             with self._lock:
-                self._served["replica"] += int(counted)
+                self._served["replica"] += 0 if background else 1
             return result
 
-    def _on_primary(self, read: Callable[[psycopg_pool.ConnectionPool], T], counted: bool = True) -> T:
+    def _on_primary(self, read: Callable[[psycopg_pool.ConnectionPool], T], background: bool = False) -> T:
         # With the primary's connects failing, a turn guards no connection: each read waits out
         # the pool's own wait at once, as a write does, and is told the database is unreachable.
         # Queued for the two turns, ten reads at once took up to 5.9 s, and the two past the
         # threads' share were told that slow reads held the database.
         problem = primary_gives_none(self.primary)
+        if background:  # a free turn now, or none: it made a reader's 503 when it took a reader's place
+            if problem is not None:
+                raise NoConnection("the primary's connects fail", problem)
+            if not self._primary_slots.acquire(blocking=False):
+                raise ReadsBusy("every turn of the primary is taken: a background read waits for none")
+            try:
+                return read(self.primary)
+            finally:
+                self._primary_slots.release()
         with self._lock:
             if self._primary_readers >= self.read_threads:
                 if problem is not None:
@@ -164,7 +174,7 @@ class ReadRouter:
                 raise ReadsBusy(f"{self.read_slots} reads held the primary for {READ_WAIT_SECONDS:g} s")
             try:
                 with self._lock:
-                    self._served["primary"] += int(counted)
+                    self._served["primary"] += 1
                 return read(self.primary)
             finally:
                 if turn:

@@ -70,7 +70,7 @@ class WarmAnswers:
     def warm_once(self) -> int:
         """If the rollup state or the 15-minute bucket moved since the last look, ask again for the
         answers readers asked for recently; how many were asked for."""
-        moved = self.reads.run(_rollup_moment, counted=False)  # not a reader's: not in the metrics
+        moved = self.reads.run(_rollup_moment, background=True)  # no reader's turn, not in the metrics
         if moved == self._seen:
             return 0
         self._seen = moved
@@ -82,7 +82,7 @@ class WarmAnswers:
                 lambda pool, days=days, site=site, tz=tz, compare=compare: self.stats.stats_for_window(
                     days, site, tz, compare=compare, pool=pool, remember=False
                 ),
-                counted=False,
+                background=True,
             )
             asked += 1
         return asked
