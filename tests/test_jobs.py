@@ -175,6 +175,21 @@ def test_a_dead_workers_job_that_was_asked_to_abort_ends_aborted(conn):
     assert (status, attempts) == ("aborted", 1)
 
 
+def run_one_job(app: procrastinate.App, task) -> int:
+    """Defer `task` of `app` and run `app`'s worker until the queue is empty; the job's id."""
+
+    async def work() -> None:
+        async with app.open_async():
+            await app.run_worker_async(
+                wait=False, concurrency=1, install_signal_handlers=False, listen_notify=False
+            )
+
+    with app.open():
+        job_id = task.defer()
+    asyncio.run(work())
+    return job_id
+
+
 def test_a_job_its_owner_asked_to_abort_ends_aborted_whatever_error_it_ends_on(conn):
     """A cleanup asked to abort while it waited out its lock_timeout failed before the worker
     heard of the abort; procrastinate's retry of a job whose abort was asked then marks it
@@ -193,15 +208,7 @@ def test_a_job_its_owner_asked_to_abort_ends_aborted_whatever_error_it_ends_on(c
         )
         raise RuntimeError("the lock it waited for stayed taken")
 
-    async def work() -> None:
-        async with app.open_async():
-            await app.run_worker_async(
-                wait=False, concurrency=1, install_signal_handlers=False, listen_notify=False
-            )
-
-    with app.open():
-        job_id = fails_once_asked_to_abort.defer()
-    asyncio.run(work())
+    job_id = run_one_job(app, fails_once_asked_to_abort)
     status, attempts = conn.execute(
         "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
     ).fetchone()
@@ -236,15 +243,7 @@ def test_an_abort_asked_after_the_worker_looked_still_ends_the_job_aborted(conn,
     async def fails_at_once() -> None:
         raise RuntimeError("failed before anyone asked")
 
-    async def work() -> None:
-        async with app.open_async():
-            await app.run_worker_async(
-                wait=False, concurrency=1, install_signal_handlers=False, listen_notify=False
-            )
-
-    with app.open():
-        job_id = fails_at_once.defer()
-    asyncio.run(work())
+    job_id = run_one_job(app, fails_at_once)
     status, attempts, asked = conn.execute(
         "SELECT status::text, attempts, abort_requested FROM procrastinate_jobs WHERE id = %s", (job_id,)
     ).fetchone()
