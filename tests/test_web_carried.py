@@ -232,7 +232,9 @@ def test_removed_or_changed_rows_make_a_kept_answer_count_again(pool, conn, kept
     conn.execute(QUERIES["drop_detached_days"])  # as retention would: the next test may make the day again
 
 
-def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn, database_url):
+def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(
+    pool, conn, database_url, ages_on_one_utc_day
+):
     """A request whose snapshot began before the one an answer was kept in does not see what
     that answer counted: it counts afresh, and its answer is its snapshot's."""
     view = us_view(1, datetime.timedelta(minutes=5))
@@ -243,9 +245,9 @@ def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(pool, conn
         with older.transaction(), older.cursor() as cur:
             cur.execute("SELECT 1")  # its snapshot: one view
             insert_raw(conn, [(*view[:4], 2, *view[5:])])
-            assert reader.stats_for_window(1, filters={"country": "US"})["total_views"] == 2  # kept
+            assert reader.stats_for_window(2, filters={"country": "US"})["total_views"] == 2  # kept
             bounds, today = request_bounds(cur)
-            window = Window.ending(bounds["now"], today, 1, today)
+            window = Window.ending(bounds["now"], today, 2, today)
             params = filtered.parameters(cur, {"country": "US"}, bounds)
             answer, _ = filtered.stats(cur, window, params, 30, carried=reader._carried)
             assert answer["total_views"] == 1

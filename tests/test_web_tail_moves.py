@@ -77,7 +77,7 @@ def test_nothing_recorded_since_reads_no_moves_again(pool, conn, monkeypatch):
     assert read[0]["as_of"] is not None and read[1]["as_of"] is None
 
 
-def test_removed_or_changed_rows_make_the_tail_read_whole(pool, conn, carried_uses):
+def test_removed_or_changed_rows_make_the_tail_read_whole(pool, conn, carried_uses, ages_on_one_utc_day):
     insert_raw(conn, [us_view(n, datetime.timedelta(minutes=n)) for n in range(1, 6)])
     reader = StatsReader(pool, retention_days=30)
     assert reader.stats_for_window(2)["visitors"] == 5
@@ -110,7 +110,7 @@ def test_a_request_that_sees_less_than_the_kept_moves_reads_its_own(pool, conn, 
 
 
 def test_views_of_a_transaction_running_when_moves_were_kept_count_once_it_commits(
-    pool, conn, database_url, carried_uses
+    pool, conn, database_url, carried_uses, ages_on_one_utc_day
 ):
     """A transaction that ran when moves were kept commits later, with an xid below the
     snapshots that follow: its ids are found through the kept snapshot's list of running
