@@ -284,7 +284,11 @@ def free_port() -> int:
 
 # What a started process takes from the caller's shell: the system's variables, never
 # Tally's (a PUBLIC_DASHBOARD=true or a SITES in the shell once failed the browser tests).
-INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TMPDIR", "TERM", "SHELL")
+# LD_PRELOAD and TIME_SHIFT_FILE: under tests/at_hour.py a started process keeps the tests' clock.
+INHERITED_VARIABLES = (
+    *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TMPDIR", "TERM", "SHELL"),
+    *("LD_PRELOAD", "TIME_SHIFT_FILE"),
+)
 
 
 def process_environment(env: dict[str, str] | None = None) -> dict[str, str]:

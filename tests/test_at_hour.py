@@ -1,0 +1,113 @@
+"""tests/at_hour.py, the tool that runs tests as if at another time of day: its arithmetic,
+and the tool itself, whose clocks (this process's, a started process's, PostgreSQL's) must
+all read the chosen hour."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests import at_hour
+from tests.conftest import ROOT, process_environment
+
+
+@pytest.mark.parametrize(
+    ("at", "now", "shift", "expected"),
+    [
+        ("00:00:15", 86400 * 3 + 50, 0, 86365),  # just past it: the next day's
+        ("00:00:15", 86400 * 3 + 10, 0, 5),  # just before it: today's
+        ("00:00:15", 86400 * 3 + 15, 0, 86400),  # at it: the next
+        ("23:59:50", 86400 * 3 + 100, 0, 86290),
+        ("00:00:15", 86400 * 4 + 20, 86400, 172795),  # moved a day already: a day more
+    ],
+)
+def test_the_shift_reaches_the_next_chosen_time(at, now, shift, expected):
+    moved = at_hour.shift_to_next(at_hour.seconds_of_day(at), now, shift)
+    assert moved == expected
+    assert (now - shift + moved) % 86400 == at_hour.seconds_of_day(at)
+
+
+@pytest.mark.parametrize("text", ["24:00", "12:60", "7:00", "noon", "12:00:00:00", ""])
+def test_a_time_that_is_no_time_of_day_is_refused(text):
+    with pytest.raises(ValueError, match=r"time of day|no such time"):
+        at_hour.seconds_of_day(text)
+
+
+@pytest.mark.skipif(
+    not os.environ.get(at_hour.AT), reason="runs under tests.at_hour (the test below starts it)"
+)
+def test_every_clock_reads_the_chosen_time(conn):
+    at = at_hour.seconds_of_day(os.environ[at_hour.AT])
+
+    def past(moment: datetime.datetime) -> float:
+        moment = moment.astimezone(datetime.UTC)
+        return (moment - moment.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds() - at
+
+    assert 0 <= past(datetime.datetime.now(datetime.UTC)) < 30
+    assert 0 <= past(conn.execute("SELECT clock_timestamp()").fetchone()[0]) < 30
+    started = subprocess.run(
+        [sys.executable, "-c", "import datetime; print(datetime.datetime.now(datetime.UTC).isoformat())"],
+        env=process_environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert 0 <= past(datetime.datetime.fromisoformat(started.stdout.strip())) < 30
+
+
+@pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler (apt-get install gcc)"
+)
+def test_the_tool_moves_every_clock_to_the_chosen_time():
+    if os.environ.get(at_hour.AT):
+        pytest.skip("already under tests.at_hour")
+    env = {
+        name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "TEST_DATABASE_URL")
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.at_hour",
+            "00:00:15",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_at_hour.py::test_every_clock_reads_the_chosen_time",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+
+
+def test_a_bad_time_or_a_shared_server_is_refused_with_a_line():
+    env = {**os.environ, "TEST_DATABASE_URL": "postgresql:///elsewhere"}
+    shared = subprocess.run(
+        [sys.executable, "-m", "tests.at_hour", "00:00:15"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shared.returncode == 2 and "TEST_DATABASE_URL" in shared.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "tests.at_hour", "25:00"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "25:00" in bad.stderr
