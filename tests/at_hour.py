@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.at_hour 00:00:15 tests/test_web_exact.py -k visitors
 
-Before each test the wall clock of every process jumps forward to the next such time: the
+Before each test the wall clock of every process is set to the nearest such time: the
 tests, the processes they start (web.py, worker.py, clock.py) and the PostgreSQL server,
 whose `now()` a test's views are dated by. Timeouts and sleeps keep the real pace (monotonic
 clocks are not moved). A test that dates its data `now() - age` and counts it in a window of
@@ -49,17 +49,17 @@ def seconds_of_day(text: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-def shift_to_next(at: int, shifted_now: float, shift: int) -> int:
-    """The shift that puts the clock at the next `at` (seconds past a UTC midnight) after
-    `shifted_now`, the clock as `shift` already moved it.
+def shift_to_nearest(at: int, shifted_now: float, shift: int) -> int:
+    """The shift that puts the clock at the `at` (seconds past a UTC midnight) nearest the real
+    time, the clock being `shifted_now` as `shift` moved it. Nearest, not next: moved a day on
+    for each test, the clock left the days the database's partitions were made for behind.
 
-    >>> shift_to_next(15, 86400 * 3 + 50, 0)  # 00:00:50 on day 3: the next 00:00:15 is day 4's
-    86365
+    >>> shift_to_nearest(15, 86400 * 3 + 50, 0)  # 00:00:50 on day 3: back to its 00:00:15
+    -35
     """
     real = shifted_now - shift
-    target = (int(shifted_now) // 86400) * 86400 + at
-    if target <= shifted_now:
-        target += 86400
+    day = (int(real) // 86400) * 86400
+    target = min((day + offset + at for offset in (-86400, 0, 86400)), key=lambda moment: abs(moment - real))
     return math.ceil(target - real)  # whole seconds, and never before `at`
 
 
@@ -79,7 +79,7 @@ def pytest_runtest_setup(item: pytest.Item):
     path, at = os.environ.get(SHIFT_FILE), os.environ.get(AT)
     if path and at:
         now = datetime.datetime.now(datetime.UTC).timestamp()
-        _write_shift(path, shift_to_next(seconds_of_day(at), now, _read_shift(path)))
+        _write_shift(path, shift_to_nearest(seconds_of_day(at), now, _read_shift(path)))
     yield
 
 

@@ -19,17 +19,19 @@ from tests.conftest import ROOT, process_environment
 @pytest.mark.parametrize(
     ("at", "now", "shift", "expected"),
     [
-        ("00:00:15", 86400 * 3 + 50, 0, 86365),  # just past it: the next day's
-        ("00:00:15", 86400 * 3 + 10, 0, 5),  # just before it: today's
-        ("00:00:15", 86400 * 3 + 15, 0, 86400),  # at it: the next
-        ("23:59:50", 86400 * 3 + 100, 0, 86290),
-        ("00:00:15", 86400 * 4 + 20, 86400, 172795),  # moved a day already: a day more
+        ("00:00:15", 86400 * 3 + 50, 0, -35),  # just past it: back to it
+        ("00:00:15", 86400 * 3 + 10, 0, 5),  # just before it: on to it
+        ("00:00:15", 86400 * 3 - 10, 0, 25),  # 23:59:50: on to the next day's
+        ("23:59:50", 86400 * 3 + 100, 0, -110),  # 00:01:40: back to the day before's
+        ("12:00", 86400 * 3 + 6 * 3600, 0, 6 * 3600),
+        ("00:00:15", 86400 * 3 + 20, 3600, 3595),  # moved an hour already: from the real time
     ],
 )
-def test_the_shift_reaches_the_next_chosen_time(at, now, shift, expected):
-    moved = at_hour.shift_to_next(at_hour.seconds_of_day(at), now, shift)
+def test_the_shift_reaches_the_chosen_time_nearest_the_real_one(at, now, shift, expected):
+    moved = at_hour.shift_to_nearest(at_hour.seconds_of_day(at), now, shift)
     assert moved == expected
     assert (now - shift + moved) % 86400 == at_hour.seconds_of_day(at)
+    assert abs(moved) <= 43200
 
 
 @pytest.mark.parametrize("text", ["24:00", "12:60", "7:00", "noon", "12:00:00:00", ""])
