@@ -13,7 +13,34 @@ import sys
 import pytest
 
 from tests import at_hour
-from tests.conftest import ROOT, process_environment
+from tests.conftest import ROOT, process_environment, wait_until
+
+UNDER_THE_TOOL = pytest.mark.skipif(
+    not os.environ.get(at_hour.AT), reason="runs under tests.at_hour (a test below starts it)"
+)
+WITH_A_COMPILER = pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler (apt-get install gcc)"
+)
+
+
+def run_at(at: str, test: str) -> None:
+    """Run one test of this file under tests.at_hour at `at`, with a server of its own."""
+    if os.environ.get(at_hour.AT):
+        pytest.skip("already under tests.at_hour")
+    env = {
+        name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "TEST_DATABASE_URL")
+    }
+    command = ["-m", "tests.at_hour", at, "-q", "-p", "no:cacheprovider", f"tests/test_at_hour.py::{test}"]
+    run = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(
@@ -62,34 +89,9 @@ def test_every_clock_reads_the_chosen_time(conn):
     assert 0 <= past(datetime.datetime.fromisoformat(started.stdout.strip())) < 30
 
 
-@pytest.mark.skipif(
-    not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler (apt-get install gcc)"
-)
+@WITH_A_COMPILER
 def test_the_tool_moves_every_clock_to_the_chosen_time():
-    if os.environ.get(at_hour.AT):
-        pytest.skip("already under tests.at_hour")
-    env = {
-        name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "TEST_DATABASE_URL")
-    }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.at_hour",
-            "00:00:15",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_at_hour.py::test_every_clock_reads_the_chosen_time",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    run_at("00:00:15", "test_every_clock_reads_the_chosen_time")
 
 
 def test_a_bad_time_or_a_shared_server_is_refused_with_a_line():
@@ -113,3 +115,62 @@ def test_a_bad_time_or_a_shared_server_is_refused_with_a_line():
         check=False,
     )
     assert bad.returncode == 2 and "25:00" in bad.stderr
+
+
+# --- across a midnight: what a reader keeps from one day is not the next day's ----------------
+
+MIDNIGHT_QUERIES = [
+    {"days": 1},
+    {"days": 2, "compare": True},
+    {"days": 1, "filters": {"country": "US"}},
+    {"days": 2, "filters": {"path": "/a"}},
+    {"days": 1, "tz": "Asia/Kathmandu"},
+]
+
+
+def _answers(reader) -> list[dict]:
+    found = []
+    for query in MIDNIGHT_QUERIES:
+        answer = reader.stats_for_window(**query)
+        answer.pop("generated_at")
+        answer.get("previous", {}).pop("generated_at", None)
+        found.append(answer)
+    return found
+
+
+@UNDER_THE_TOOL
+def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight(pool, conn):
+    from tally.web.stats import StatsReader
+
+    def view(visitor: int, path: str) -> None:
+        conn.execute(
+            "INSERT INTO page_views (site, path, country, visitor) VALUES ('example.com', %s, 'US', %s)",
+            (path, visitor),
+        )
+
+    utc_day = "SELECT (now() AT TIME ZONE 'UTC')::date"
+    before_midnight = conn.execute(utc_day).fetchone()[0]
+    view(1, "/a")
+    conn.execute("SELECT tally_rollup_page_views()")
+    view(2, "/b")  # a tail
+    reader = StatsReader(pool, retention_days=30)
+    kept = _answers(reader)
+    assert conn.execute(utc_day).fetchone()[0] == before_midnight, "started too late to keep the day before"
+    assert kept[0]["total_views"] == 2 and kept[0]["visitors"] == 2
+    wait_until(lambda: conn.execute(utc_day).fetchone()[0] != before_midnight, 15, 0.05, "midnight")
+    view(1, "/a")  # the same id on the new day: a visitor of each day
+    found, fresh = _answers(reader), _answers(StatsReader(pool, retention_days=30))
+    assert found == fresh
+    assert [day["views"] for day in found[1]["daily"]] == [2, 1]
+    assert found[1]["visitors"] == 3 and found[0]["total_views"] == 1
+    conn.execute("SELECT tally_rollup_page_views()")
+    view(3, "/a")
+    assert _answers(reader) == _answers(StatsReader(pool, retention_days=30))
+
+
+@pytest.mark.slow
+@WITH_A_COMPILER
+def test_answers_kept_before_midnight_are_not_served_after_it():
+    """The test above, run as if three seconds before a UTC midnight: a reader's kept parts
+    (rolled up, tail, carried, filtered) of one day, asked again on the next."""
+    run_at("23:59:57", "test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight")
