@@ -119,18 +119,16 @@ def test_a_bad_time_or_a_shared_server_is_refused_with_a_line():
 
 # --- across a midnight: what a reader keeps from one day is not the next day's ----------------
 
-MIDNIGHT_QUERIES = [
-    {"days": 1},
-    {"days": 2, "compare": True},
-    {"days": 1, "filters": {"country": "US"}},
-    {"days": 2, "filters": {"path": "/a"}},
-    {"days": 1, "tz": "Asia/Kathmandu"},
-]
 
-
-def _answers(reader) -> list[dict]:
+def _answers(reader, tz: str) -> list[dict]:
     found = []
-    for query in MIDNIGHT_QUERIES:
+    queries = [
+        {"days": 1},
+        {"days": 2, "compare": True},
+        {"days": 1, "filters": {"country": "US"}},
+        {"days": 2, "filters": {"path": "/a"}},
+    ]
+    for query in [*({**query, "tz": tz} for query in queries), {"days": 1, "tz": "Pacific/Kiritimati"}]:
         answer = reader.stats_for_window(**query)
         answer.pop("generated_at")
         answer.get("previous", {}).pop("generated_at", None)
@@ -139,7 +137,8 @@ def _answers(reader) -> list[dict]:
 
 
 @UNDER_THE_TOOL
-def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight(pool, conn):
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight(pool, conn, tz):
     from tally.web.stats import StatsReader
 
     def view(visitor: int, path: str) -> None:
@@ -148,29 +147,32 @@ def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight
             (path, visitor),
         )
 
-    utc_day = "SELECT (now() AT TIME ZONE 'UTC')::date"
-    before_midnight = conn.execute(utc_day).fetchone()[0]
+    def day() -> datetime.date:
+        return conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
+
+    before_midnight = day()
     view(1, "/a")
     conn.execute("SELECT tally_rollup_page_views()")
     view(2, "/b")  # a tail
     reader = StatsReader(pool, retention_days=30)
-    kept = _answers(reader)
-    assert conn.execute(utc_day).fetchone()[0] == before_midnight, "started too late to keep the day before"
+    kept = _answers(reader, tz)
+    assert day() == before_midnight, "started too late to keep the day before"
     assert kept[0]["total_views"] == 2 and kept[0]["visitors"] == 2
-    wait_until(lambda: conn.execute(utc_day).fetchone()[0] != before_midnight, 15, 0.05, "midnight")
+    wait_until(lambda: day() != before_midnight, 15, 0.05, "midnight")
     view(1, "/a")  # the same id on the new day: a visitor of each day
-    found, fresh = _answers(reader), _answers(StatsReader(pool, retention_days=30))
+    found, fresh = _answers(reader, tz), _answers(StatsReader(pool, retention_days=30), tz)
     assert found == fresh
-    assert [day["views"] for day in found[1]["daily"]] == [2, 1]
+    assert [row["views"] for row in found[1]["daily"]] == [2, 1]
     assert found[1]["visitors"] == 3 and found[0]["total_views"] == 1
     conn.execute("SELECT tally_rollup_page_views()")
     view(3, "/a")
-    assert _answers(reader) == _answers(StatsReader(pool, retention_days=30))
+    assert _answers(reader, tz) == _answers(StatsReader(pool, retention_days=30), tz)
 
 
 @pytest.mark.slow
 @WITH_A_COMPILER
-def test_answers_kept_before_midnight_are_not_served_after_it():
-    """The test above, run as if three seconds before a UTC midnight: a reader's kept parts
-    (rolled up, tail, carried, filtered) of one day, asked again on the next."""
-    run_at("23:59:57", "test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight")
+@pytest.mark.parametrize(("at", "tz"), [("23:59:57", "UTC"), ("18:14:57", "Asia/Kathmandu")])
+def test_answers_kept_before_midnight_are_not_served_after_it(at, tz):
+    """The test above, run as if three seconds before a midnight (UTC's, and +5:45's): a
+    reader's kept parts (rolled up, tail, carried, filtered) of one day, asked again on the next."""
+    run_at(at, f"test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight[{tz}]")
