@@ -150,6 +150,11 @@ def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight
     def day() -> datetime.date:
         return conn.execute("SELECT (now() AT TIME ZONE %s)::date", (tz,)).fetchone()[0]
 
+    seconds_to_midnight = conn.execute(
+        "SELECT extract(epoch FROM date_trunc('day', now(), %s) + interval '1 day' - now())", (tz,)
+    ).fetchone()[0]
+    if not 0 < seconds_to_midnight < 10:
+        pytest.skip(f"runs seconds before {tz}'s midnight, as the test below starts it")
     before_midnight = day()
     view(1, "/a")
     conn.execute("SELECT tally_rollup_page_views()")
