@@ -152,7 +152,7 @@ def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight
     seconds_to_midnight = conn.execute(
         "SELECT extract(epoch FROM date_trunc('day', now(), %s) + interval '1 day' - now())", (tz,)
     ).fetchone()[0]
-    if not 0 < seconds_to_midnight < 10:
+    if not 0 < seconds_to_midnight < 20:
         pytest.skip(f"runs seconds before {tz}'s midnight, as the test below starts it")
     before_midnight = day()
     view(1, "/a")
@@ -162,7 +162,7 @@ def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight
     kept = _answers(reader, tz)
     assert day() == before_midnight, "started too late to keep the day before"
     assert kept[0]["total_views"] == 2 and kept[0]["visitors"] == 2
-    wait_until(lambda: day() != before_midnight, 15, 0.05, "midnight")
+    wait_until(lambda: day() != before_midnight, 30, 0.05, "midnight")
     view(1, "/a")  # the same id on the new day: a visitor of each day
     found, fresh = _answers(reader, tz), _answers(StatsReader(pool, retention_days=30), tz)
     assert found == fresh
@@ -175,8 +175,9 @@ def test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight
 
 @pytest.mark.slow
 @WITH_A_COMPILER
-@pytest.mark.parametrize(("at", "tz"), [("23:59:57", "UTC"), ("18:14:57", "Asia/Kathmandu")])
+@pytest.mark.parametrize(("at", "tz"), [("23:59:50", "UTC"), ("18:14:50", "Asia/Kathmandu")])
 def test_answers_kept_before_midnight_are_not_served_after_it(at, tz):
-    """The test above, run as if three seconds before a midnight (UTC's, and +5:45's): a
-    reader's kept parts (rolled up, tail, carried, filtered) of one day, asked again on the next."""
+    """The test above, run as if ten seconds before a midnight (UTC's, and +5:45's; time enough
+    for its first answers on a loaded machine): a reader's kept parts (rolled up, tail, carried,
+    filtered) of one day, asked again on the next."""
     run_at(at, f"test_a_reader_that_kept_the_day_before_answers_as_a_fresh_one_after_midnight[{tz}]")
