@@ -5,6 +5,7 @@ once by NOTIFY (the workers poll every 120 s here), and a pause survives restart
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import psycopg
@@ -97,10 +98,13 @@ def test_tallys_fetch_is_procrastinates_plus_the_paused_queues(conn):
         " IF NOT EXISTS (SELECT FROM tally_paused_queues) THEN SELECT * INTO found_jobs"
         " FROM procrastinate_fetch_job_v2(target_queue_names, p_worker_id); RETURN found_jobs; END IF;"
     )
+    waits_for_a_pause = " PERFORM pg_advisory_xact_lock_shared(7246, 0);"  # 0043
     tally = function_body(conn, "tally_fetch_job_v1")
-    assert pause in tally and nothing_paused in tally
+    assert pause in tally and nothing_paused in tally and waits_for_a_pause in tally
     procrastinates = function_body(conn, "procrastinate_fetch_job_v2")
-    assert tally.replace(pause, "").replace(nothing_paused, "") == procrastinates
+    for addition in (pause, nothing_paused, waits_for_a_pause):
+        tally = tally.replace(addition, "")
+    assert tally == procrastinates
 
 
 def test_the_connector_refuses_a_procrastinate_that_fetches_otherwise(monkeypatch):
@@ -144,3 +148,61 @@ def test_a_fetch_reads_the_first_waiting_job_not_every_one(conn):
     conn.execute("INSERT INTO tally_paused_queues (queue_name) VALUES ('reports')")
     (fetched,) = conn.execute("SELECT queue_name FROM tally_fetch_job_v1(NULL, %s)", (worker_id,)).fetchone()
     assert fetched == "default"
+
+
+@pytest.mark.parametrize("paused_by", ["the jobs page", "sql"])
+def test_a_pause_answers_once_no_fetch_under_way_can_start_its_queues_jobs(conn, database_url, paused_by):
+    """A fetch looked for paused queues, then fetched, in two statements with two snapshots.
+    A pause that committed between them, and a job of its queue deferred after it, and that job
+    started: CI's run of the test above saw a paused queue's job run (a loaded machine stalled
+    the worker's backend between the two). Here a lock the fetch needs holds it there. Since
+    0043 a pause waits for the fetches under way, so that once it answers, none starts a job
+    of its queue, whether the page paused it or SQL did (README shows the INSERT)."""
+    from tally.web import job_actions
+
+    worker_id = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()[0]
+    fetched: dict = {}
+    paused: dict = {}
+
+    def fetch() -> None:
+        with psycopg.connect(database_url, autocommit=True) as worker:
+            fetched["job"] = worker.execute(
+                "SELECT id, queue_name FROM tally_fetch_job_v1(NULL, %s)", (worker_id,)
+            ).fetchone()
+            fetched["at"] = time.monotonic()
+
+    def pause() -> None:
+        with psycopg.connect(database_url, autocommit=True) as web:
+            if paused_by == "sql":
+                web.execute("INSERT INTO tally_paused_queues (queue_name) VALUES ('reports')")
+            else:
+                job_actions.pause(web, "reports", "a test")
+            paused["at"] = time.monotonic()
+
+    def waiting(query: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                (f"%{query}%",),
+            ).fetchone()[0]
+            > 0
+        )
+
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE procrastinate_jobs IN SHARE MODE")  # the fetch reads, not writes
+        fetching = threading.Thread(target=fetch)
+        fetching.start()
+        wait_until(lambda: waiting("tally_fetch_job_v1"), 10, 0.01, "the fetch held")
+        pausing = threading.Thread(target=pause)
+        pausing.start()
+        wait_until(
+            lambda: "at" in paused or waiting("tally_paused_queues"), 10, 0.01, "the pause answered or held"
+        )
+        held = defer_to(holder, "reports")
+        holder.commit()
+    fetching.join(10)
+    pausing.join(10)
+    assert "at" in fetched and "at" in paused, (fetched, paused)
+    if fetched["job"] is not None and fetched["job"][0] == held:
+        assert paused["at"] > fetched["at"], "the pause answered before a fetch that started its queue's job"
+    assert status(conn, held) in ("todo", "doing")
