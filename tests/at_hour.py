@@ -7,9 +7,9 @@ tests, the processes they start (web.py, worker.py, clock.py) and the PostgreSQL
 whose `now()` a test's views are dated by. Timeouts and sleeps keep the real pace (monotonic
 clocks are not moved). A test that dates its data `now() - age` and counts it in a window of
 days finds out here whether it assumed the age and now share a day: CI runs at any hour,
-and once ran at 00:02 UTC, where six such tests failed. The whole suite at 00:00:15 is an
-exploration of about 15 minutes a build that `make test` does not run (it runs only
-tests/test_at_hour.py's own tests this way).
+and once ran in the first minutes of a UTC day, where seven such tests failed. The whole
+suite at 00:00:15 is an exploration of about 15 minutes a build that `make test` does not
+run (it runs only tests/test_at_hour.py's own tests this way).
 
 Between two tests the clock goes back by the first one's length. PostgreSQL times its own
 intervals by the wall clock, so a server kept across tests may be late by that much: a

@@ -196,7 +196,7 @@ def ages_on_one_utc_day(database_url: str) -> Iterator[datetime.timedelta]:
     """Ages placed as if the test ran at the last 12:00 UTC (tests/ages.py): for a test whose
     expected counts assume that its views, minutes or hours old, share one UTC day. Run
     as-is in a day's first minutes, a view 30 minutes old is yesterday's, and `visitors`, a
-    sum of each day's distinct ids, counts its id twice (CI ran at 00:02 UTC once)."""
+    sum of each day's distinct ids, counts its id twice (CI once ran in a day's first minutes)."""
     from tests import ages
 
     with psycopg.connect(database_url, autocommit=True) as connection:
