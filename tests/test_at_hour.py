@@ -93,27 +93,24 @@ def test_the_tool_moves_every_clock_to_the_chosen_time():
     run_at("00:00:15", "test_every_clock_reads_the_chosen_time")
 
 
-def test_a_bad_time_or_a_shared_server_is_refused_with_a_line():
-    env = {**os.environ, "TEST_DATABASE_URL": "postgresql:///elsewhere"}
-    shared = subprocess.run(
-        [sys.executable, "-m", "tests.at_hour", "00:00:15"],
+@pytest.mark.parametrize(
+    ("argument", "env", "named"),
+    [
+        ("00:00:15", {"TEST_DATABASE_URL": "postgresql:///elsewhere"}, "TEST_DATABASE_URL"),
+        ("25:00", {}, "25:00"),
+    ],
+)
+def test_a_bad_time_or_a_shared_server_is_refused_with_a_line(argument, env, named):
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.at_hour", argument],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert shared.returncode == 2 and "TEST_DATABASE_URL" in shared.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "tests.at_hour", "25:00"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert bad.returncode == 2 and "25:00" in bad.stderr
+    assert run.returncode == 2 and named in run.stderr
 
 
 # --- across a midnight: what a reader keeps from one day is not the next day's ----------------
