@@ -81,7 +81,7 @@ def _write_shift(path: str, shift: int) -> None:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item):
-    """Move every clock to the next chosen time before the test's fixtures run."""
+    """Move every clock to the chosen time (the nearest) before the test's fixtures run."""
     path, at = os.environ.get(SHIFT_FILE), os.environ.get(AT)
     if path and at:
         now = datetime.datetime.now(datetime.UTC).timestamp()

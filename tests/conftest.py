@@ -191,38 +191,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("age_shift", ages.names(), indirect=True)
 
 
+@contextlib.contextmanager
+def _ages_shifted(database_url: str, name: str, tz: str) -> Iterator[datetime.timedelta]:
+    """tests/ages.py's shift called `name` (in zone `tz`), at the database's now, until the end."""
+    from tests import ages
+
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        now = connection.execute("SELECT now()").fetchone()[0]
+    ages.SHIFT = ages.resolve(name, now, tz)
+    try:
+        yield ages.SHIFT
+    finally:
+        ages.SHIFT = datetime.timedelta(0)
+
+
 @pytest.fixture
 def ages_on_one_utc_day(database_url: str) -> Iterator[datetime.timedelta]:
     """Ages placed as if the test ran at the last 12:00 UTC (tests/ages.py): for a test whose
     expected counts assume that its views, minutes or hours old, share one UTC day. Run
     as-is in a day's first minutes, a view 30 minutes old is yesterday's, and `visitors`, a
     sum of each day's distinct ids, counts its id twice (CI once ran in a day's first minutes)."""
-    from tests import ages
-
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        now = connection.execute("SELECT now()").fetchone()[0]
-    ages.SHIFT = ages.resolve("utc-12:00", now, "UTC")
-    try:
-        yield ages.SHIFT
-    finally:
-        ages.SHIFT = datetime.timedelta(0)
+    with _ages_shifted(database_url, "utc-12:00", "UTC") as shift:
+        yield shift
 
 
 @pytest.fixture
 def age_shift(request: pytest.FixtureRequest, database_url: str) -> Iterator[datetime.timedelta]:
     """The scenario's ages lengthened as tests/ages.py says (its data as if placed at another
     time of day), through tests.ages.placed, for this test only."""
-    from tests import ages
-
     params = getattr(request.node, "callspec", None)
     tz = params.params.get("tz", "UTC") if params else "UTC"
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        now = connection.execute("SELECT now()").fetchone()[0]
-    ages.SHIFT = ages.resolve(request.param, now, tz)
-    try:
-        yield ages.SHIFT
-    finally:
-        ages.SHIFT = datetime.timedelta(0)
+    with _ages_shifted(database_url, request.param, tz) as shift:
+        yield shift
 
 
 @pytest.fixture(autouse=True, scope="module")
