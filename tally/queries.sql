@@ -1280,3 +1280,17 @@ SELECT pg_is_in_recovery() AS standby, (SELECT system_identifier FROM pg_control
 -- Where the primary's WAL stands, flushed (what a standby can have been sent): the replica's
 -- checker compares what the replica has replayed with it (tally/web/replica_probes.py).
 SELECT pg_current_wal_flush_lsn()::text
+
+-- session_ended --
+-- Whether a logout ended the owner's session of this digest (tally/web/ended_sessions.py).
+SELECT EXISTS (SELECT FROM tally_ended_sessions WHERE session_digest = %(digest)s) AS ended
+
+-- end_session --
+-- A logout: the session's digest kept until the session would have expired in any case, and
+-- the rows of sessions that have expired since forgotten (the cookie's own expiry refuses them).
+WITH forgotten AS (
+    DELETE FROM tally_ended_sessions WHERE expires_at < now()
+)
+INSERT INTO tally_ended_sessions (session_digest, expires_at)
+VALUES (%(digest)s, now() + make_interval(secs => %(lifetime_seconds)s))
+ON CONFLICT (session_digest) DO NOTHING

@@ -4,6 +4,8 @@ forms sent from other sites. The rule itself is in tally/web/auth.py."""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import html
 import http.client
 import re
@@ -13,6 +15,7 @@ import urllib.parse
 import bottle
 import itsdangerous
 import psycopg
+import psycopg_pool
 import pytest
 import waitress.adjustments
 import waitress.parser
@@ -22,6 +25,7 @@ import jobs
 from tally.config import from_env
 from tally.web.app import build_app
 from tally.web.auth import MAX_FORM_BYTES, Auth
+from tally.web.ended_sessions import EndedSessions
 from tally.web.failed_logins import FAILED_LOGINS
 from tally.web.sessions import MAX_RETURN_ADDRESS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
@@ -345,6 +349,100 @@ def test_logout_needs_this_sessions_form_from_this_site(client, views):
     client.get("/api/stats", status=401)
 
 
+def dashboard_csrf(client: webtest.TestApp) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
+
+
+def test_a_copy_of_the_cookie_opens_nothing_after_logout_on_any_dyno(database_url, pool, client, views, conn):
+    """Logging out ends the session on the server: a copy of its cookie (taken from the browser
+    before) is refused by this web process and by another one (a second dyno's app)."""
+    log_in(client)
+    copy = client.cookies[SESSION_COOKIE]
+    other_dyno = app_with(database_url, pool, ADMIN_TOKEN=TOKEN)
+    other_dyno.set_cookie(SESSION_COOKIE, copy)
+    assert other_dyno.get("/api/stats").json["total_views"] == views
+    csrf = dashboard_csrf(client)
+
+    client.post("/logout", {"csrf": csrf}, headers=SAME_SITE, status=303)
+    for reader in (client, other_dyno):
+        reader.set_cookie(SESSION_COOKIE, copy)
+        assert_no_numbers(reader.get("/api/stats", status=401))
+        assert_no_numbers(reader.get("/", status=401))
+        reader.get("/api/jobs", status=401)
+        reader.get("/jobs", status=401)
+        reader.get("/metrics", status=401)
+        reader.post("/api/jobs/cleanup_old_page_views", {"csrf": csrf}, headers=SAME_SITE, status=401)
+    assert jobs_count(conn) == 0
+    # A logout of the copy again changes nothing, and a new login opens everything again.
+    other_dyno.post("/logout", {"csrf": csrf}, headers=SAME_SITE, status=303)
+    log_in(other_dyno)
+    assert other_dyno.get("/api/stats").json["total_views"] == views
+
+
+def test_the_server_keeps_a_digest_of_an_ended_session_until_it_would_have_expired(client, conn):
+    """What a logout keeps is a digest of the session's random value, never the value or the
+    cookie, until the session's lifetime is over; a logout forgets the rows past theirs."""
+    conn.execute(
+        "INSERT INTO tally_ended_sessions (session_digest, ended_at, expires_at)"
+        " VALUES (sha256('expired'), now() - interval '8 days', now() - interval '1 day'),"
+        " (sha256('still-live'), now() - interval '1 day', now() + interval '6 days')"
+    )
+    log_in(client)
+    cookie = client.cookies[SESSION_COOKIE]
+    csrf = dashboard_csrf(client)
+    client.post("/logout", {"csrf": csrf}, headers=SAME_SITE, status=303)
+
+    rows = conn.execute(
+        "SELECT session_digest, expires_at - ended_at FROM tally_ended_sessions ORDER BY ended_at"
+    ).fetchall()
+    assert [bytes(row[0]) for row in rows] == [
+        hashlib.sha256(b"still-live").digest(),
+        hashlib.sha256(csrf.encode()).digest(),
+    ]
+    assert rows[1][1] == datetime.timedelta(seconds=SESSION_SECONDS)
+    kept = conn.execute("SELECT string_agg(t::text, ' ') FROM tally_ended_sessions t").fetchone()[0]
+    assert csrf not in kept and cookie not in kept
+
+
+def unreachable_pool() -> psycopg_pool.ConnectionPool:
+    """A pool whose every connection is refused at once: the database is gone."""
+    closed = psycopg_pool.ConnectionPool("postgresql://127.0.0.1:1/none", open=False)
+    closed.close()
+    return closed
+
+
+def test_an_unreachable_database_neither_opens_a_session_nor_asks_for_a_login(database_url):
+    """Whether a cookie's session was logged out is not known without the database: a request
+    with one gets 503 (not the numbers, not the login form as if logged out), and a logout clears
+    the cookie in the browser and says the server could not end the session."""
+    settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
+    auth = Auth(settings, EndedSessions(unreachable_pool(), SESSION_SECONDS))
+    app = bottle.Bottle()
+
+    @app.get("/api/secret")
+    @auth.owner_only
+    def secret_answer():
+        return {"secret": SECRET_PATH}
+
+    @app.get("/secret")
+    @auth.owner_only
+    def secret_page():
+        return SECRET_PATH
+
+    app.post("/logout", callback=auth.log_out)
+    client = webtest.TestApp(app)
+    client.set_cookie(SESSION_COOKIE, forged(TOKEN, {"csrf": "x"}))
+    answer = client.get("/api/secret", status=503)
+    assert "unreachable" in answer.json["error"] and SECRET_PATH not in answer.text
+    page = client.get("/secret", status=503)
+    assert "unreachable" in page.text and SECRET_PATH not in page.text
+    assert client.get("/api/secret", headers=bearer(TOKEN)).json == {"secret": SECRET_PATH}
+
+    response = client.post("/logout", {"csrf": "x"}, headers=SAME_SITE, status=503)
+    assert "this browser only" in response.text and "ADMIN_TOKEN" in response.text
+    assert "Max-Age=-1" in set_cookie_header(response) or "Max-Age=0" in set_cookie_header(response)
+
+
 # --- share links --------------------------------------------------------------------------------
 
 
@@ -512,7 +610,7 @@ def test_a_long_forwarded_for_entry_costs_the_limit_no_more_memory_than_an_addre
     """The failed-login limit keeps each client's key for 15 minutes: a client that names itself
     with a 200 KB X-Forwarded-For entry must not make each wrong token cost 200 KB of memory."""
     settings = from_env({"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN}, process_type="web")
-    auth = Auth(settings)
+    auth = Auth(settings, EndedSessions(pool, SESSION_SECONDS))
     app = bottle.Bottle()
 
     @app.get("/guess")

@@ -41,9 +41,11 @@ from tally.web import (
 )
 from tally.web.auth import Auth
 from tally.web.collect import Collector
+from tally.web.ended_sessions import EndedSessions
 from tally.web.metrics import Metrics
 from tally.web.replica import ReadRouter
 from tally.web.responses import DATABASE_DOWN, error_as_json
+from tally.web.sessions import SESSION_SECONDS
 from tally.web.stats import StatsReader
 from tally.web.view_writer import ViewWriter
 from tally.web.warm import WarmAnswers
@@ -78,7 +80,7 @@ def build_app(
             logger.warning("could not ask for a rollup: %s", error)
 
     reads = reads or ReadRouter(pool)
-    auth = Auth(config)  # who may read what: the rule is in tally/web/auth.py
+    auth = Auth(config, EndedSessions(pool, SESSION_SECONDS))  # who may read what: tally/web/auth.py
     stats = StatsReader(pool, config.retention_days, request_rollup)
     metrics = Metrics(pool, config.stalled_after_seconds, reads)
     writer = ViewWriter(pool, metrics.view_inserts, metrics.views_recorded)

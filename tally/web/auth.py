@@ -24,9 +24,10 @@ sends until the window moves on (tally/web/failed_logins.py: the client is the l
 X-Forwarded-For entry, kept in memory only, never logged).
 
 Logging in (the form, the signed session cookie, why SameSite=Lax) is in
-tally/web/sessions.py; this module decides who may.
+tally/web/sessions.py; logging out ends the session on every dyno (tally/web/ended_sessions.py:
+a request with a session cookie looks there first, on the primary); this module decides who may.
 
-    >>> auth = Auth(config)                        # doctest: +SKIP
+    >>> auth = Auth(config, EndedSessions(pool, sessions.SESSION_SECONDS))  # doctest: +SKIP
     >>> @app.get("/api/sites")                     # doctest: +SKIP
     ... @auth.owner_only
     ... def list_sites(): ...
@@ -39,18 +40,29 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import bottle
+import psycopg
+import psycopg_pool
 
 from tally.config import Config
+from tally.logs import describe_error
 from tally.web import sessions
+from tally.web.ended_sessions import EndedSessions
 from tally.web.failed_logins import FailedLogins
+
+logger = logging.getLogger("tally.web.auth")
 
 MAX_FORM_BYTES = 4096
 READER = "tally.reader"  # the WSGI environ key where a guard leaves who is reading
 ACTOR = "tally.actor"  # where @owner_changes leaves who acts, for the log: never an address
+SESSION = "tally.session"  # where the request's session is kept once read (a query each time)
+# Whatever stops the database from saying whether a session was logged out.
+SESSION_CHECK_FAILED = (psycopg.Error, psycopg_pool.PoolTimeout)
+SESSION_UNCHECKED = "The database is unreachable, so this session cannot be checked; try again shortly."
 BY_TOKEN = "owner (bearer token)"
 BY_SESSION = "owner (session)"
 
@@ -74,7 +86,8 @@ def same_token(given: str, expected: str) -> bool:
 class Auth:
     """The guards, the login and logout checks and the failed-login limit of one web app."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ended: EndedSessions):
+        self.ended = ended
         self.admin_token = config.admin_token
         self.share_token = config.share_token
         self.metrics_token = config.metrics_token
@@ -233,10 +246,27 @@ class Auth:
         self._count_failure()
         raise self._refuse(403, "The token is not valid.")
 
-    def _session(self) -> dict[str, str] | None:
+    def _signed_session(self) -> dict[str, str] | None:
+        """The session the cookie carries, if it is genuine, unexpired and this token's."""
         if self.sessions is None:
             return None
         return sessions.read_session(self.sessions, bottle.request.get_cookie(sessions.SESSION_COOKIE))
+
+    def _session(self) -> dict[str, str] | None:
+        """The request's live session: signed, and not ended by a logout (asked once a request)."""
+        environ = bottle.request.environ
+        if SESSION not in environ:
+            session = self._signed_session()
+            if session is not None:
+                try:
+                    ended = self.ended.contains(session["csrf"])
+                except SESSION_CHECK_FAILED as error:
+                    # Not knowing is not a login: neither the stats nor the login form.
+                    logger.warning("session check failed: %s", describe_error(error))
+                    raise self._refuse(503, SESSION_UNCHECKED) from None
+                session = None if ended else session
+            environ[SESSION] = session
+        return environ[SESSION]
 
     # --- failed logins (tally/web/failed_logins.py) -------------------------------------
 
@@ -275,15 +305,26 @@ class Auth:
         return sessions.start_session(self.sessions, self._return_address() or "/")
 
     def log_out(self) -> bottle.HTTPResponse:
-        """Clear the session cookie; the form must come from the dashboard of this session."""
+        """End the session on every dyno and clear its cookie; the form must come from the
+        dashboard of this session."""
         if not sessions.sent_from_own_pages():
             return self._page(403, "This form only works from Tally's own pages.")
         if bottle.request.content_length > MAX_FORM_BYTES:
             return self._page(413, "That form is far larger than a logout.")
-        session = self._session()
+        session = self._signed_session()
         sent = bottle.request.forms.getunicode("csrf") or ""
         if session is not None and not same_token(sent, session["csrf"]):
             return self._page(403, "That logout form is not from this session: reload the dashboard.")
+        if session is not None:
+            try:
+                self.ended.end(session["csrf"])
+            except SESSION_CHECK_FAILED as error:
+                logger.warning("logout not recorded: %s", describe_error(error))
+                return sessions.end_session(
+                    "Logged out in this browser only: the database is unreachable, so a copy of this"
+                    " session's cookie would still open the stats until it expires. Log in and out"
+                    " again once it is back, or change ADMIN_TOKEN to end every session."
+                )
         return sessions.end_session()
 
     # --- answers ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@ The cookie is JSON signed with HMAC-SHA256 (itsdangerous; never bottle's `secret
 pickles) under a key derived from ADMIN_TOKEN, so changing the token ends every session. It
 holds no token, only a random value the logout form must send back. It is HttpOnly,
 SameSite=Lax, Secure when the request came over HTTPS (X-Forwarded-Proto), and expires
-after SESSION_SECONDS. Lax, not Strict: the cookie alone changes nothing (logout and the
-jobs page's actions check their origin and that value, the CSRF token); Lax lets a link to the
-dashboard from mail or chat open it logged in, where Strict would show the login form to
-an owner who is logged in.
+after SESSION_SECONDS, or at logout: the logout keeps that value's digest in PostgreSQL until
+then (tally/web/ended_sessions.py), so a copy of the cookie opens nothing after it. Lax, not
+Strict: the cookie alone changes nothing (logout and the jobs page's actions check their
+origin and that value, the CSRF token); Lax lets a link to the dashboard from mail or chat
+open it logged in, where Strict would show the login form to an owner who is logged in.
 
     >>> sessions = session_serializer("admin-token")
     >>> read_session(sessions, sessions.dumps({"csrf": "x"}))
@@ -95,9 +96,13 @@ def start_session(sessions: itsdangerous.URLSafeTimedSerializer, location: str =
     return response
 
 
-def end_session() -> bottle.HTTPResponse:
-    """Clear the session's cookie and go to the dashboard (its login form)."""
-    response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
+def end_session(problem: str | None = None) -> bottle.HTTPResponse:
+    """Clear the session's cookie and go to the dashboard (its login form); with a `problem`
+    (the logout could not be recorded), the login form at once, saying it, as a 503."""
+    if problem is None:
+        response = bottle.HTTPResponse(status=303, headers={"Location": "/", **PAGE_HEADERS})
+    else:
+        response = login_page(503, problem, login_enabled=True)
     response.delete_cookie(SESSION_COOKIE, **_cookie_attributes())
     return response
 
