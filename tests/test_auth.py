@@ -27,6 +27,7 @@ from tally.web.app import build_app
 from tally.web.auth import MAX_FORM_BYTES, Auth
 from tally.web.ended_sessions import EndedSessions
 from tally.web.failed_logins import FAILED_LOGINS
+from tally.web.login import Login
 from tally.web.sessions import MAX_RETURN_ADDRESS, SESSION_COOKIE, SESSION_SECONDS, session_serializer
 from tests.conftest import free_port
 from tests.test_web import make_failed_job
@@ -429,7 +430,7 @@ def test_an_unreachable_database_neither_opens_a_session_nor_asks_for_a_login(da
     def secret_page():
         return SECRET_PATH
 
-    app.post("/logout", callback=auth.log_out)
+    app.post("/logout", callback=Login(auth).log_out)
     client = webtest.TestApp(app)
     client.set_cookie(SESSION_COOKIE, forged(TOKEN, {"csrf": "x"}))
     answer = client.get("/api/secret", status=503)

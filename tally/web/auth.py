@@ -23,9 +23,9 @@ logins: after FAILED_LOGINS of them a client gets 429 with Retry-After for every
 sends until the window moves on (tally/web/failed_logins.py: the client is the last
 X-Forwarded-For entry, kept in memory only, never logged).
 
-Logging in (the form, the signed session cookie, why SameSite=Lax) is in
-tally/web/sessions.py; logging out ends the session on every dyno (tally/web/ended_sessions.py:
-a request with a session cookie looks there first, on the primary); this module decides who may.
+Logging in and out is tally/web/login.py (the signed session cookie, why SameSite=Lax:
+tally/web/sessions.py). A logout ends the session on every dyno (tally/web/ended_sessions.py):
+a request with a session cookie looks there first, on the primary. This module decides who may.
 
     >>> auth = Auth(config, EndedSessions(pool, sessions.SESSION_SECONDS))  # doctest: +SKIP
     >>> @app.get("/api/sites")                     # doctest: +SKIP
@@ -84,7 +84,7 @@ def same_token(given: str, expected: str) -> bool:
 
 
 class Auth:
-    """The guards, the login and logout checks and the failed-login limit of one web app."""
+    """The guards, the credentials they read and the failed-login limit of one web app."""
 
     def __init__(self, config: Config, ended: EndedSessions):
         self.ended = ended
@@ -169,10 +169,10 @@ class Auth:
             return Reader.PUBLIC
         shared = bottle.request.query.getunicode("share")
         if shared is not None:
-            self._check_failures()
+            self.check_failures()
             if self.share_token and same_token(shared, self.share_token):
                 return Reader.SHARE
-            self._count_failure()
+            self.count_failure()
             raise self._refuse(403, "This share link is not valid.")
         if not (self.admin_token or self.share_token):
             raise self._refuse(
@@ -186,10 +186,10 @@ class Auth:
         token = self._bearer()
         if not token:
             raise self._refuse(401, "Send Authorization: Bearer <ADMIN_TOKEN>.")
-        self._check_failures()
+        self.check_failures()
         if same_token(token, self.admin_token):
             return Reader.OWNER
-        self._count_failure()
+        self.count_failure()
         raise self._refuse(403, "The admin token is not valid.")
 
     def _owner_changes(self) -> Reader:
@@ -240,13 +240,13 @@ class Auth:
         token = self._bearer()
         if token is None:
             return self._session() is not None
-        self._check_failures()
+        self.check_failures()
         if any(expected and same_token(token, expected) for expected in (self.admin_token, other_token)):
             return True
-        self._count_failure()
+        self.count_failure()
         raise self._refuse(403, "The token is not valid.")
 
-    def _signed_session(self) -> dict[str, str] | None:
+    def signed_session(self) -> dict[str, str] | None:
         """The session the cookie carries, if it is genuine, unexpired and this token's."""
         if self.sessions is None:
             return None
@@ -256,7 +256,7 @@ class Auth:
         """The request's live session: signed, and not ended by a logout (asked once a request)."""
         environ = bottle.request.environ
         if SESSION not in environ:
-            session = self._signed_session()
+            session = self.signed_session()
             if session is not None:
                 try:
                     ended = self.ended.contains(session["csrf"])
@@ -270,7 +270,7 @@ class Auth:
 
     # --- failed logins (tally/web/failed_logins.py) -------------------------------------
 
-    def _check_failures(self) -> None:
+    def check_failures(self) -> None:
         """429 for every token from a client that sent too many wrong ones, right or wrong."""
         wait = self.failures.wait_seconds(bottle.request.environ)
         if wait is not None:
@@ -278,54 +278,8 @@ class Auth:
                 429, f"Too many wrong tokens from here: try again in {wait} s.", **{"Retry-After": str(wait)}
             )
 
-    def _count_failure(self) -> None:
+    def count_failure(self) -> None:
         self.failures.count(bottle.request.environ)
-
-    # --- login and logout ------------------------------------------------------------------
-
-    def login_page(self) -> bottle.HTTPResponse:
-        return self._page(200, None)
-
-    def log_in(self) -> bottle.HTTPResponse:
-        """Check the form's token; on success set the session cookie and go to the page the form
-        names (the one the login form stood in for), else to the dashboard."""
-        if not sessions.sent_from_own_pages():
-            return self._page(403, "This form only works from Tally's own pages.")
-        if self.sessions is None:
-            return self._page(403, "Owner login is off: set ADMIN_TOKEN and restart Tally.")
-        if bottle.request.content_length > MAX_FORM_BYTES:
-            return self._page(413, "That form is far larger than a token.")
-        token = (bottle.request.forms.getunicode("token") or "").strip()
-        if not token:
-            return self._page(400, "Enter the admin token.")
-        self._check_failures()
-        if not same_token(token, self.admin_token or ""):
-            self._count_failure()
-            return self._page(401, "That is not the admin token.")
-        return sessions.start_session(self.sessions, self._return_address() or "/")
-
-    def log_out(self) -> bottle.HTTPResponse:
-        """End the session on every dyno and clear its cookie; the form must come from the
-        dashboard of this session."""
-        if not sessions.sent_from_own_pages():
-            return self._page(403, "This form only works from Tally's own pages.")
-        if bottle.request.content_length > MAX_FORM_BYTES:
-            return self._page(413, "That form is far larger than a logout.")
-        session = self._signed_session()
-        sent = bottle.request.forms.getunicode("csrf") or ""
-        if session is not None and not same_token(sent, session["csrf"]):
-            return self._page(403, "That logout form is not from this session: reload the dashboard.")
-        if session is not None:
-            try:
-                self.ended.end(session["csrf"])
-            except SESSION_CHECK_FAILED as error:
-                logger.warning("logout not recorded: %s", describe_error(error))
-                return sessions.end_session(
-                    "Logged out in this browser only: the database is unreachable, so a copy of this"
-                    " session's cookie would still open the stats until it expires. Log in and out"
-                    " again once it is back, or change ADMIN_TOKEN to end every session."
-                )
-        return sessions.end_session()
 
     # --- answers ---------------------------------------------------------------------------
 
@@ -340,14 +294,14 @@ class Auth:
                 headers={"Content-Type": "application/json", "Cache-Control": "no-store", **headers},
             )
         # A page's 401 is the login form itself, which says why; other refusals say theirs.
-        return self._page(status, None if status == 401 else sentence, **headers)
+        return self.page(status, None if status == 401 else sentence, **headers)
 
-    def _page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
+    def page(self, status: int, message: str | None, **headers: str) -> bottle.HTTPResponse:
         return sessions.login_page(
-            status, message, self.sessions is not None, self._return_address(), **headers
+            status, message, self.sessions is not None, self.return_address(), **headers
         )
 
-    def _return_address(self) -> str | None:
+    def return_address(self) -> str | None:
         """The page to open once logged in: the one a 401 refused (this request's own address),
         or the one the login form carries (and a link to it names: /login?next=), if it is
         this site's (sessions.return_address); None for the dashboard."""
