@@ -37,6 +37,9 @@ PROCRASTINATE_MIGRATIONS_DIR = Path(SchemaManager.get_migrations_path())
 # Any fixed 64-bit number; it names "a Tally release is migrating".
 ADVISORY_LOCK_KEY = 7_245_010_001
 PROCRASTINATE_PREFIX = "procrastinate:"
+# The workers' sessions set client_connection_check_interval, which PostgreSQL 14 brought
+# (tally/db.py), and the schema uses what 14 has; older servers are refused at the release.
+MIN_SERVER_VERSION = 140000
 TALLY_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 # A file with these lines runs a transaction per step (migrations/0019 converts a live table
 # this way); each step must be safe to run again after an interrupted release.
@@ -96,6 +99,12 @@ def apply_pending(conninfo: str, **connect_kwargs: Any) -> list[str]:
     """
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True, **connect_kwargs) as conn:
+        if conn.info.server_version < MIN_SERVER_VERSION:
+            # Before any change: the release would pass, and the workers then fail to connect.
+            raise ServerTooOld(
+                f"Tally needs PostgreSQL {MIN_SERVER_VERSION // 10000} or later; this server is"
+                f" {conn.info.parameter_status('server_version')}: nothing was applied"
+            )
         locked_by = _take_release_lock(conn)
         try:
             conn.execute(
@@ -155,6 +164,10 @@ def apply_dimensions(conn: psycopg.Connection) -> None:
 
 class ReleaseLockTimeout(RuntimeError):
     """Another session held the release lock for longer than RELEASE_LOCK_WAIT_SECONDS."""
+
+
+class ServerTooOld(RuntimeError):
+    """The server is older than MIN_SERVER_VERSION."""
 
 
 class ReleaseLockLost(RuntimeError):

@@ -154,6 +154,13 @@ CONNECT_PROBLEMS = (
         ("unsupported startup parameter", "unsupported options startup parameter"),
         "refusing Tally's session settings: add options to the pooler's ignore_startup_parameters",
     ),
+    (
+        # The server's word for a setting it has not heard of: one of Tally's (the workers'
+        # client_connection_check_interval is PostgreSQL 14's) or a typo in DATABASE_URL's options.
+        ("unrecognized configuration parameter",),
+        "refusing a setting the connection sends: Tally needs PostgreSQL 14 or later, and the options"
+        " of DATABASE_URL must name settings the server has",
+    ),
 )
 
 

@@ -241,3 +241,16 @@ def test_a_workers_statements_ignore_the_statement_timeout_of_the_role(fresh_dat
     settings = from_env({"DATABASE_URL": fresh_database}, process_type="worker")
     with psycopg.connect(fresh_database, **db.worker_pool_args(settings)["kwargs"]) as checked:
         checked.execute("SELECT pg_sleep(0.3)")  # past the database's 100 ms
+
+
+def test_health_names_a_setting_the_server_does_not_have(database_url):
+    """A server without a setting Tally's connections send (PostgreSQL 13 has no
+    client_connection_check_interval, which the workers set) or a typo in DATABASE_URL's options
+    refuses the connection, and read "unreachable". The server's own words, from a real connect."""
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(database_url, options="-c client_connection_check_intervall=1000")
+    pool = types.SimpleNamespace(last_connect_error=str(refused.value))
+    assert connect_problem(pool) == (
+        "refusing a setting the connection sends: Tally needs PostgreSQL 14 or later, and the options"
+        " of DATABASE_URL must name settings the server has"
+    )

@@ -9,6 +9,7 @@ import sys
 import psycopg
 import pytest
 
+import migrations
 from migrations import MIGRATIONS_DIR, apply_pending, procrastinate_files, tally_files
 from tests.conftest import ROOT, defer_by_sql
 
@@ -417,6 +418,29 @@ def test_the_release_ignores_the_timeouts_set_on_the_role(fresh_database, start_
     release = start_process(["-m", "migrations"], {"DATABASE_URL": fresh_database})
     assert release.wait(120) == 0, release.output()[-3000:]
     assert "release done" in release.output()
+
+
+def test_a_server_older_than_tally_needs_is_refused_before_any_change(fresh_database, monkeypatch):
+    """The release passed on PostgreSQL 13 and the workers then failed to connect (the server
+    knows no client_connection_check_interval), read as "unreachable". The release says so first;
+    the server's version is real, the bound is moved past it."""
+    with psycopg.connect(fresh_database) as conn:
+        version = conn.info.server_version
+        shown = conn.info.parameter_status("server_version")
+    monkeypatch.setattr(migrations, "MIN_SERVER_VERSION", (version // 10000 + 1) * 10000)
+    with pytest.raises(migrations.ServerTooOld) as refused:
+        apply_pending(fresh_database)
+    assert str(refused.value) == (
+        f"Tally needs PostgreSQL {version // 10000 + 1} or later; this server is {shown}: nothing was applied"
+    )
+    assert recorded_tables(fresh_database) == []
+    monkeypatch.undo()
+    assert apply_pending(fresh_database)[0] == "procrastinate:schema.sql"
+
+
+def recorded_tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
 
 
 def test_a_migration_is_never_edited_once_written_down():
