@@ -38,7 +38,8 @@ PROCRASTINATE_MIGRATIONS_DIR = Path(SchemaManager.get_migrations_path())
 ADVISORY_LOCK_KEY = 7_245_010_001
 PROCRASTINATE_PREFIX = "procrastinate:"
 # The workers' sessions set client_connection_check_interval, which PostgreSQL 14 brought
-# (tally/db.py), and the schema uses what 14 has; older servers are refused at the release.
+# (tally/db.py): an older server takes the release and then refuses every worker's connection,
+# so the release refuses it first.
 MIN_SERVER_VERSION = 140000
 TALLY_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 # A file with these lines runs a transaction per step (migrations/0019 converts a live table
