@@ -178,11 +178,17 @@ def test_owner_logs_in_sees_numbers_logs_out_and_a_share_link_shows_numbers_only
             assert page.locator("#total-views").inner_text() == "23"
             page.screenshot(path=str(SCREENSHOTS / "dashboard-owner.png"), full_page=True)
 
+            copy = browser.new_context()  # the cookie taken out of this browser, as a thief would
+            copy.add_cookies([cookie])
+            assert copy.request.get(f"{base}/api/stats").status == 200
+
             page.click("#logout-form button")
             page.wait_for_selector("#login-form")
             assert page.context.cookies() == []
             assert page.goto(f"{base}/").status == 401
             assert page.request.get(f"{base}/api/stats").status == 401  # the browser's own cookies
+            assert copy.request.get(f"{base}/api/stats").status == 401  # ended on the server too
+            copy.close()
             page.close()
 
             shared = browser.new_page(viewport={"width": 390, "height": 844})
