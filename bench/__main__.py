@@ -10,7 +10,7 @@ fails is reported and the others still run; the document is written only when al
 them ran on every build, and the exit status says whether they did (goals missed do not
 fail it: benchmarks are not tests).
 
-$ python -m bench                         # everything, ~80 min on 2 cores (returning_ids 15, rollups 9)
+$ python -m bench                         # everything, ~105 min on 2 cores (returning_ids 15, events 13)
 $ python -m bench pickup cleanup          # some modules; prints, leaves docs/BENCHMARKS.md alone
 $ BENCH_BUILDS=pip python -m bench stats  # one build only
 """
