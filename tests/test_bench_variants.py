@@ -4,13 +4,11 @@ behind by a change to the writer's interface failed the whole `make bench` run, 
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import psycopg
 import pytest
 
 from tests.conftest import free_port
+from tests.test_dashboard_browser import post_views
 
 
 @pytest.mark.parametrize("variant", ["--no-group-commit", "--plain-waitress", "--no-commit-delay"])
@@ -20,13 +18,7 @@ def test_each_web_variant_of_the_ingest_benchmark_stores_views(
     port = free_port()
     web = start_process(["-m", "bench.web_variant", variant], {"PORT": str(port)})
     web.wait_for_line("Serving on")
-    for body in ({"path": "/one"}, [{"path": "/two"}, {"path": "/three"}]):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/pageviews",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            assert answer.status == 201
+    post_views(f"http://127.0.0.1:{port}", [{"path": "/one"}])
+    post_views(f"http://127.0.0.1:{port}", [{"path": "/two"}, {"path": "/three"}])
     paths = [row[0] for row in conn.execute("SELECT path FROM page_views ORDER BY id")]
     assert paths == ["/one", "/two", "/three"]
