@@ -198,11 +198,15 @@ def test_a_pause_answers_once_no_fetch_under_way_can_start_its_queues_jobs(conn,
         wait_until(
             lambda: "at" in paused or waiting("tally_paused_queues"), 10, 0.01, "the pause answered or held"
         )
+        # Read while the fetch is surely still held (the holder has not committed). Comparing the
+        # two threads' clocks after the fact read the pause 1.2 ms early once on a loaded CI
+        # machine, though the server had ordered them: the threads get their answers apart.
+        answered_during_the_fetch = "at" in paused
         held = defer_to(holder, "reports")
         holder.commit()
     fetching.join(10)
     pausing.join(10)
     assert "at" in fetched and "at" in paused, (fetched, paused)
     if fetched["job"] is not None and fetched["job"][0] == held:
-        assert paused["at"] > fetched["at"], "the pause answered before a fetch that started its queue's job"
+        assert not answered_during_the_fetch, "the pause answered before a fetch that started its queue's job"
     assert status(conn, held) in ("todo", "doing")
