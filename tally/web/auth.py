@@ -53,6 +53,7 @@ from tally.logs import describe_error
 from tally.web import sessions
 from tally.web.ended_sessions import EndedSessions
 from tally.web.failed_logins import FailedLogins
+from tally.web.headers import form_fields
 
 logger = logging.getLogger("tally.web.auth")
 
@@ -205,7 +206,7 @@ class Auth:
             raise self._refuse(403, "This form only works from Tally's own pages.")
         if bottle.request.content_length > MAX_FORM_BYTES:
             raise self._refuse(413, "That form is far larger than an action.")
-        sent = bottle.request.forms.getunicode("csrf") or ""
+        sent = form_fields().getunicode("csrf") or ""
         if not same_token(sent, session["csrf"]):
             raise self._refuse(
                 403, "That form's CSRF token is missing or not this session's: reload the page."
@@ -310,7 +311,7 @@ class Auth:
             if request.method != "POST":
                 given = request.query.getunicode("next")
             elif request.content_length <= MAX_FORM_BYTES:
-                given = request.forms.getunicode("next")
+                given = form_fields().getunicode("next")
             else:
                 given = None
         elif request.method in ("GET", "HEAD"):

@@ -15,6 +15,7 @@ import bottle
 from tally.logs import describe_error
 from tally.web import sessions
 from tally.web.auth import MAX_FORM_BYTES, SESSION_CHECK_FAILED, Auth, same_token
+from tally.web.headers import form_fields
 
 logger = logging.getLogger("tally.web.auth")
 
@@ -44,7 +45,7 @@ class Login:
             return auth.page(403, "Owner login is off: set ADMIN_TOKEN and restart Tally.")
         if bottle.request.content_length > MAX_FORM_BYTES:
             return auth.page(413, "That form is far larger than a token.")
-        token = (bottle.request.forms.getunicode("token") or "").strip()
+        token = (form_fields().getunicode("token") or "").strip()
         if not token:
             return auth.page(400, "Enter the admin token.")
         auth.check_failures()
@@ -64,7 +65,7 @@ class Login:
         session = auth.signed_session()
         if session is None:  # none, expired, or another token's: only the cookie to clear
             return sessions.end_session()
-        if not same_token(bottle.request.forms.getunicode("csrf") or "", session["csrf"]):
+        if not same_token(form_fields().getunicode("csrf") or "", session["csrf"]):
             return auth.page(403, "That logout form is not from this session: reload the dashboard.")
         try:
             auth.ended.end(session["csrf"])

@@ -19,6 +19,7 @@ import psycopg_pool
 from tally.web import job_actions, queue_state
 from tally.web.auth import BY_SESSION, Auth
 from tally.web.error_page import page_errors
+from tally.web.headers import form_fields
 from tally.web.job_actions import QUEUE_NAME, Outcome
 from tally.web.params import parse_before, parse_job_filters, refuse_unknown
 from tally.web.responses import database_unavailable, json_error, json_response
@@ -28,7 +29,7 @@ from tally.web.sessions import PAGE_HEADERS
 def back_to_page(outcome: Outcome) -> bottle.HTTPResponse:
     """303 to the form's `next` (a path of the jobs pages only: no open redirect; printable ASCII
     only, as a Location header holds: Bottle refuses a line break or NUL there), with a notice."""
-    target = bottle.request.forms.getunicode("next") or "/jobs"
+    target = form_fields().getunicode("next") or "/jobs"
     if not (target == "/jobs" or target.startswith(("/jobs?", "/jobs/"))) or "\\" in target:
         target = "/jobs"
     if not all("!" <= character <= "~" for character in target):
@@ -60,7 +61,7 @@ def arguments_sent(request: bottle.BaseRequest) -> str | None:
         if isinstance(document, dict):
             return f"the argument {next(iter(document))!r}"
         return "a JSON body that is not an object of arguments"
-    for name in request.forms:
+    for name in form_fields():
         if name not in FORM_FIELDS:
             return f"the argument {name!r}"
     return None
