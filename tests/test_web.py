@@ -428,6 +428,8 @@ def auth(token: str = TOKEN) -> dict[str, str]:
         ("", b'{"period": "monthly"}', "application/json"),
         ("", b"[1, 2]", "application/json"),
         ("", b"not json", "application/json"),
+        ("", b"[" * 5000 + b"]" * 5000, "application/json"),  # json.loads: RecursionError, a 500
+        ("", b'{"a": ' * 5000 + b"1" + b"}" * 5000, "application/json"),
         ("", b"period=monthly", "application/x-www-form-urlencoded"),
     ],
 )

@@ -167,7 +167,7 @@ def register(
             return json_error(404, f"There is no task {task!r}; known tasks: {', '.join(deferrable)}.")
         try:
             argument = arguments_sent(bottle.request)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past json.loads' depth
             argument = "a body that is not JSON"
         if argument is not None:
             return json_error(
