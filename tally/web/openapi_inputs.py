@@ -153,7 +153,14 @@ def beacon() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "url": {"type": "string", "maxLength": MAX_URL, "pattern": PAGE_URL},
-            "referrer": {"type": ["string", "null"], "maxLength": MAX_URL, "pattern": REFERRER_URL},
+            "referrer": {
+                "type": ["string", "null"],
+                "maxLength": MAX_URL,
+                "pattern": TEXT_PATTERN,
+                "description": "document.referrer. One that is not stored as POST /api/pageviews"
+                " stores one (a URL whose host is a host name or an IPv6 address) is left out:"
+                " the view counts, without its referrer.",
+            },
             "width": {
                 "type": ["number", "null"],
                 "minimum": 0,
