@@ -194,8 +194,18 @@ def _converse(client: smtplib.SMTP, server: SmtpServer, message: email.message.E
                         "the server offered no STARTTLS: Tally sends SMTP_URL's password over TLS"
                         " only (smtps://, or a server that offers STARTTLS)"
                     )
-                client.login(server.user, server.password or "")
-            refused = client.send_message(message)
+                try:
+                    client.login(server.user, server.password or "")
+                except smtplib.SMTPNotSupportedError:  # an OSError: it would be tried at every run
+                    raise PermanentFailure(
+                        "the server offers no login (AUTH), and SMTP_URL names a user"
+                    ) from None
+            try:
+                refused = client.send_message(message)
+            except smtplib.SMTPNotSupportedError:  # likewise
+                raise PermanentFailure(
+                    "the server does not offer SMTPUTF8, which an address that is not ASCII needs (RFC 6531)"
+                ) from None
             if refused:  # only for several recipients; ours is one, refused raises instead
                 raise _failure(*next(iter(refused.values())))
     except smtplib.SMTPRecipientsRefused as error:

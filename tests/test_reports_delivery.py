@@ -112,6 +112,39 @@ def test_a_550_is_recorded_for_its_recipient_and_the_others_are_sent(database_ur
     assert "Reports not delivered" in page and "nobody@example.com" in page and "550" in page
 
 
+def test_an_address_past_ascii_is_sent_where_the_server_takes_smtputf8_else_recorded_failed(
+    database_url, pool, conn
+):
+    """REPORT_RECIPIENTS takes an address whose local part is not ASCII (RFC 6531). A server
+    without SMTPUTF8 can never take it: smtplib's refusal was read as a lost connection, and
+    the report tried again at every run, never sent."""
+    views_over_weeks(conn)
+    today = local_today(conn)
+    recipients = f"{SITE}=one@example.com,{SITE}=jos\u00e9@example.com"
+    with SmtpServer(enable_SMTPUTF8=False) as smtp:
+        outcome = run_once(database_url, pool, smtp, recipients, today)
+        assert (outcome["sent"], outcome["failed"]) == (1, 1)
+        status, _, attempts, error = deliveries(conn)["jos\u00e9@example.com"]
+        assert (status, attempts) == ("failed", 1) and "SMTPUTF8" in error
+    conn.execute("DELETE FROM tally_report_deliveries")
+    with SmtpServer(enable_SMTPUTF8=True) as smtp:
+        outcome = run_once(database_url, pool, smtp, recipients, today)
+        assert (outcome["sent"], outcome["failed"]) == (2, 0)
+        assert sorted(m["To"] for m in smtp.received()) == ["jos\u00e9@example.com", "one@example.com"]
+
+
+def test_a_user_in_smtp_url_for_a_server_that_offers_no_login_is_recorded_failed(database_url, pool, conn):
+    """smtplib refuses to log in where no AUTH is offered, as an OSError: tried at every run."""
+    views_over_weeks(conn, count=100)
+    today = local_today(conn)
+    with SmtpServer() as smtp:
+        url = f"smtp://user:secret@127.0.0.1:{smtp.port}"  # this machine: no TLS needed for it
+        outcome = run_once(database_url, pool, smtp, f"{SITE}=a@example.com", today, SMTP_URL=url)
+        assert (outcome["sent"], outcome["failed"]) == (0, 1) and smtp.received() == []
+        status, _, attempts, error = deliveries(conn)["a@example.com"]
+        assert (status, attempts) == ("failed", 1) and "offers no login" in error
+
+
 def test_a_site_name_with_a_line_break_does_not_stop_the_other_sites_reports(database_url, pool, conn):
     # page_views.site takes any lower-case text from plain SQL; a line break in it cannot go
     # into a Subject header, and the run used to raise there: every site sorted after it waited.
