@@ -17,7 +17,7 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 
-from tally.env import EMAIL_ADDRESS, ConfigError, EnvReader, SmtpServer
+from tally.env import ConfigError, EnvReader, SmtpServer, email_address
 
 # The smallest Heroku Postgres plan allows 20 connections; see README "Connection budget".
 # Web threads do not each hold a connection: a view waits for a shared INSERT (group
@@ -213,10 +213,11 @@ def _report_settings(reader: EnvReader) -> dict:
     default_schedule = "weekly" if smtp and recipients else "off"
     schedule = reader.choice("REPORT_SCHEDULE", default_schedule, REPORT_SCHEDULES)
     host = smtp.host if smtp else socket.gethostname() or "localhost"
-    report_from = reader.text("REPORT_FROM", f"tally@{host}")
-    if not EMAIL_ADDRESS.fullmatch(report_from):
+    given_from = reader.text("REPORT_FROM", f"tally@{host}")
+    report_from = email_address(given_from)
+    if report_from is None:
         raise ConfigError(
-            f"REPORT_FROM={report_from!r} is invalid: expected an address such as tally@example.com"
+            f"REPORT_FROM={given_from!r} is invalid: expected an address such as tally@example.com"
         )
     port = reader.text("PORT", "5000")  # the web's (validated there); others get PORT+100 from honcho
     tally_url = reader.text("TALLY_URL", f"http://localhost:{port}").rstrip("/")

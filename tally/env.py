@@ -30,6 +30,22 @@ from tally.sites import parse_site
 T = TypeVar("T")
 TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+def email_address(value: str) -> str | None:
+    """`value` as an address to send to, its domain in ASCII (`josé@bücher.de` ->
+    `josé@xn--bcher-kva.de`, as mail servers route it); None unless it is one."""
+    local, at, domain = value.rpartition("@")
+    if at and not domain.isascii():
+        from tally.hosts import ascii_host  # idna and regex: loaded only for such a domain
+
+        try:
+            value = f"{local}@{ascii_host(domain)}"
+        except ValueError:
+            return None
+    return value if EMAIL_ADDRESS.fullmatch(value) else None
+
+
 # A dyno's name as Heroku gives them (web.1, run.7823, worker.2): one word of the log's key=value.
 DYNO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The connection options whose values libpq checks only when it connects (PostgreSQL's docs,
@@ -220,9 +236,10 @@ class EnvReader:
                 site, _, address = entry.rpartition("=")
                 if site and parse_site(site.strip()) is None:
                     raise ValueError(f"{site.strip()!r} is not a host name (site=address pairs)")
-                if not EMAIL_ADDRESS.fullmatch(address.strip()):
+                to = email_address(address.strip())
+                if to is None:
                     raise ValueError(f"{address.strip()!r} is not an email address")
-                pair = (parse_site(site.strip()) if site else None, address.strip())
+                pair = (parse_site(site.strip()) if site else None, to)
                 if pair not in pairs:
                     pairs.append(pair)
             if not pairs:  # ",,": a list that was meant to name someone, and names nobody

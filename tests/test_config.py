@@ -99,6 +99,8 @@ def test_without_the_session_lock_the_stalled_threshold_outlasts_the_drains_abor
         ("REPORT_RECIPIENTS", "not-an-address"),
         ("REPORT_RECIPIENTS", "a@example.com,bad host=b@example.com"),
         ("REPORT_RECIPIENTS", ",,"),  # names nobody: was taken as unset
+        ("REPORT_RECIPIENTS", "a@b\u00fccher..de"),  # no domain name, in Unicode or not
+        ("REPORT_RECIPIENTS", "a@-x\u00e9.de"),
         ("DYNO", "web.1 bad name"),  # broke every log line's key=value
         ("DYNO", "web.1\ntype=clock"),
         ("REPORT_FROM", "tally"),
@@ -229,6 +231,12 @@ def test_smtp_url_recipients_and_schedule_are_parsed():
     assert config.report_recipients == ((None, "owner@example.com"), ("shop.example.org", "shop@example.org"))
     assert config.report_schedule == "weekly"  # the default once there is someone to send to
     assert config.report_from == "tally@mail.example.com"
+    international = from_env(
+        {"REPORT_RECIPIENTS": "jos\u00e9@B\u00fccher.de", "REPORT_FROM": "tally@\u00fc.example"},
+        process_type="worker",
+    )  # mail servers route by the ASCII form of the domain
+    assert international.report_recipients == ((None, "jos\u00e9@xn--bcher-kva.de"),)
+    assert international.report_from == "tally@xn--tda.example"
     secure = from_env(
         {
             "SMTP_URL": "smtps://mail.example.com",
