@@ -32,17 +32,34 @@ TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
+def _ascii_domain(name: str) -> str | None:
+    """An international domain name in its ASCII form (`bücher.de` -> `xn--bcher-kva.de`), as
+    browsers send a site's host and mail servers route; ASCII as it is; None if no domain name."""
+    if name.isascii():
+        return name
+    from tally.hosts import ascii_host  # idna and regex: loaded only for such a name
+
+    try:
+        return ascii_host(name)
+    except ValueError:
+        return None
+
+
+def site_name(value: str) -> str | None:
+    """A site named in the configuration (SITES, REPORT_RECIPIENTS' pairs) as views carry it: a
+    host name in lower case, an international one in its ASCII form; None unless it is one."""
+    name = _ascii_domain(value)
+    return parse_site(name) if name is not None else None
+
+
 def email_address(value: str) -> str | None:
     """`value` as an address to send to, its domain in ASCII (`josé@bücher.de` ->
-    `josé@xn--bcher-kva.de`, as mail servers route it); None unless it is one."""
+    `josé@xn--bcher-kva.de`); None unless it is one."""
     local, at, domain = value.rpartition("@")
-    if at and not domain.isascii():
-        from tally.hosts import ascii_host  # idna and regex: loaded only for such a domain
-
-        try:
-            value = f"{local}@{ascii_host(domain)}"
-        except ValueError:
-            return None
+    ascii_domain = _ascii_domain(domain)
+    if not at or ascii_domain is None:
+        return None
+    value = f"{local}@{ascii_domain}"
     return value if EMAIL_ADDRESS.fullmatch(value) else None
 
 
@@ -163,9 +180,9 @@ class EnvReader:
             if not names:  # set, naming nothing: every view refused (unset accepts any site)
                 raise ValueError("names no host (e.g. example.com,www.example.com)")
             for part in names:
-                if parse_site(part) is None:
+                if site_name(part) is None:
                     raise ValueError(f"{part!r} is not a host name (e.g. example.com,www.example.com)")
-            return frozenset(parse_site(part) for part in names)
+            return frozenset(site_name(part) for part in names)
 
         return self._parse(name, None, parse)
 
@@ -234,12 +251,12 @@ class EnvReader:
                 if not entry:
                     continue
                 site, _, address = entry.rpartition("=")
-                if site and parse_site(site.strip()) is None:
+                if site and site_name(site.strip()) is None:
                     raise ValueError(f"{site.strip()!r} is not a host name (site=address pairs)")
                 to = email_address(address.strip())
                 if to is None:
                     raise ValueError(f"{address.strip()!r} is not an email address")
-                pair = (parse_site(site.strip()) if site else None, to)
+                pair = (site_name(site.strip()) if site else None, to)
                 if pair not in pairs:
                     pairs.append(pair)
             if not pairs:  # ",,": a list that was meant to name someone, and names nobody

@@ -79,6 +79,7 @@ def test_without_the_session_lock_the_stalled_threshold_outlasts_the_drains_abor
         ("PRUNE_SCHEDULE", "0 0 30 2 *"),
         ("ROLLUP_SCHEDULE", "0 0 31 4,6,9,11 *"),
         ("SITES", ","),  # set, naming no site: every view refused
+        ("SITES", "b\u00fccher..de"),
         ("TALLY_URL", "https://"),  # no host: the reports' links read https:/?...
         # A byte that is not UTF-8 (Python holds it as a lone surrogate): DYNO's failed every
         # connection (application_name), ADMIN_TOKEN's stopped the web with a traceback.
@@ -191,6 +192,12 @@ def test_sites_are_host_names_in_lower_case_and_unset_means_any():
     assert from_env({}, process_type="web").sites is None
     config = from_env({"SITES": " Example.com, www.example.com,,"}, process_type="web")
     assert config.sites == frozenset({"example.com", "www.example.com"})
+    # Browsers send an international host in its ASCII form: a name in Unicode is read as that.
+    config = from_env(
+        {"SITES": "B\u00fccher.de", "REPORT_RECIPIENTS": "b\u00fccher.de=a@example.com"}, process_type="web"
+    )
+    assert config.sites == frozenset({"xn--bcher-kva.de"})
+    assert config.report_recipients == (("xn--bcher-kva.de", "a@example.com"),)
 
 
 def test_timezone_is_an_iana_zone_and_utc_by_default():
