@@ -31,6 +31,19 @@ T = TypeVar("T")
 TIME_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
 EMAIL_ADDRESS = re.compile(r"[^@\s,;<>=]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
+# A dyno's name as Heroku gives them (web.1, run.7823, worker.2): one word of the log's key=value.
+DYNO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The connection options whose values libpq checks only when it connects (PostgreSQL's docs,
+# "Parameter Key Words"): a typo there left every process retrying a connection that could
+# never start.
+LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+}
+
 
 def _ascii_domain(name: str) -> str | None:
     """An international domain name in its ASCII form (`bücher.de` -> `xn--bcher-kva.de`), as
@@ -61,20 +74,6 @@ def email_address(value: str) -> str | None:
         return None
     value = f"{local}@{ascii_domain}"
     return value if EMAIL_ADDRESS.fullmatch(value) else None
-
-
-# A dyno's name as Heroku gives them (web.1, run.7823, worker.2): one word of the log's key=value.
-DYNO_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# The connection options whose values libpq checks only when it connects (PostgreSQL's docs,
-# "Parameter Key Words"): a typo there left every process retrying a connection that could
-# never start.
-LIBPQ_CHOICES = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "gssencmode": ("disable", "prefer", "require"),
-    "channel_binding": ("disable", "prefer", "require"),
-    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
-    "load_balance_hosts": ("disable", "random"),
-}
 
 
 class ConfigError(ValueError):
