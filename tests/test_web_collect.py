@@ -150,6 +150,7 @@ def test_json_is_accepted_as_well_as_text(client, conn):
         ('{"url": "https://example.com:99999/"}', "text/plain", 400, "not a valid URL"),
         ('{"url": "https://example.com/", "extra": 1}', "text/plain", 400, 'Unknown field "extra"'),
         ('{"url": "https://example.com/\\u0000"}', "text/plain", 400, "control character"),
+        ('{"url": "https://example.com/", "referrer": "not a url"}', "text/plain", 400, '"referrer" must be'),
         ('{"url": "https://example.com/", "referrer": 3}', "text/plain", 400, '"referrer" must be a string'),
         ('{"url": "https://example.com/' + "a" * 3000 + '"}', "text/plain", 400, "longer than"),
         ("\xff", "text/plain", 400, "UTF-8"),

@@ -209,18 +209,15 @@ def _source(query: dict[str, list[str]]) -> str | None:
 
 
 def _referrer(value: object) -> str | None:
-    """The referring page as stored (tally/web/referrers.py, `stored_referrer`), or None: also
-    when it is none Tally can store. The referrer is the page before, which the site does not
-    choose, and browsers open hosts no DNS name is (`foo-.blogspot.com`, `a..b`); the tracker
-    cannot see a 400, so refusing would lose the view: it counts, without its referrer (as
-    `POST /api/pageviews`, whose sender reads the answer, refuses it)."""
+    """The referring page as stored (tally/web/referrers.py, `stored_referrer`; a host browsers
+    open that no DNS name is, such as `foo-.blogspot.com`, kept too), or None."""
     referrer = _text(value, "referrer", MAX_URL)
     if not referrer:
         return None
     try:
-        stored = stored_referrer(referrer)
+        stored = stored_referrer(referrer, from_browser=True)
     except ValueError:
-        return None
+        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.') from None
     if len(stored) > MAX_TEXT:
         parts = urllib.parse.urlsplit(stored)
         stored = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/", "", ""))

@@ -20,6 +20,7 @@ from tally.web import beacon as beacon_body
 from tally.web.openapi_parts import ERRORS, page_error, path, query, ref
 from tally.web.pageviews import CONTROL, MAX_BATCH, MAX_TEXT, TEXT_PATTERN
 from tally.web.params import MAX_JOB_ID, MAX_NAME_LENGTH
+from tally.web.referrers import BROWSER_HOST as BROWSER_HOST_NAME
 
 MAX_URL = beacon_body.MAX_URL
 
@@ -41,6 +42,9 @@ PAGE_URL = (
 # fragment are dropped).
 REFERRER_HOST = f"({SITE_NAME.pattern}|\\[({IPV6_ADDRESS.pattern})\\])"
 REFERRER_URL = f"^([A-Za-z][A-Za-z0-9+.-]*://{USER}{REFERRER_HOST}{PORT}([/?#][^{CONTROL}]*)?)?$"
+# A beacon's referrer also has the hosts browsers open that no DNS name is (tally/web/referrers.py).
+BROWSER_HOST = BROWSER_HOST_NAME.pattern.replace("a-z", "A-Za-z")
+BROWSER_REFERRER_URL = REFERRER_URL.replace(REFERRER_HOST, f"({REFERRER_HOST}|{BROWSER_HOST})")
 # The referrer filter (tally/web/filters.py): any printable ASCII (a domain, an address, a search
 # engine's name), or a domain written in Unicode, which it matches in its xn-- form.
 REFERRER_FILTER = {
@@ -153,14 +157,7 @@ def beacon() -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "url": {"type": "string", "maxLength": MAX_URL, "pattern": PAGE_URL},
-            "referrer": {
-                "type": ["string", "null"],
-                "maxLength": MAX_URL,
-                "pattern": TEXT_PATTERN,
-                "description": "document.referrer. One that is not stored as POST /api/pageviews"
-                " stores one (a URL whose host is a host name or an IPv6 address) is left out:"
-                " the view counts, without its referrer.",
-            },
+            "referrer": {"type": ["string", "null"], "maxLength": MAX_URL, "pattern": BROWSER_REFERRER_URL},
             "width": {
                 "type": ["number", "null"],
                 "minimum": 0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 import urllib.parse
 
 from publicsuffixlist import PublicSuffixList
@@ -41,6 +42,11 @@ SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kagi": ("Kagi", ("",)),
 }
 SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
+# Hosts browsers open that no DNS name is, of a DNS name's characters: a label that starts or
+# ends with "-" (Blogger's `foo-.blogspot.com`), an empty label (`a..b`). A browser's referrer
+# keeps them (`stored_referrer(..., from_browser=True)`: the page before is not the site's to
+# choose, and the tracker cannot see a 400); POST /api/pageviews refuses them.
+BROWSER_HOST = re.compile(r"[a-z0-9_.-]*[a-z0-9][a-z0-9_.-]*")
 
 
 def _is_host(host: str) -> bool:
@@ -77,10 +83,10 @@ def by_name(domains: dict[str, int]) -> collections.Counter[str]:
     return named
 
 
-def stored_referrer(referrer: str) -> str:
+def stored_referrer(referrer: str, from_browser: bool = False) -> str:
     """The referring page as stored: scheme, host and path, lower-case host, no user name or
     password, query or fragment (they can carry people's data). ValueError unless it is a URL
-    with a scheme and a host.
+    with a scheme and a host (`from_browser`: a BROWSER_HOST too).
 
     >>> stored_referrer("HTTPS://me:secret@News.Example.com:8443/a/b?email=x#top")
     'https://news.example.com:8443/a/b'
@@ -89,8 +95,8 @@ def stored_referrer(referrer: str) -> str:
     host, port = parts.hostname, parts.port  # reading the port checks it
     if not parts.scheme or not host:
         raise ValueError("no scheme or host")
-    if not _is_host(host):  # "exa mple.com", "ex%41mple.com", "-bad-.com": no domain to show
-        raise ValueError("not a host name or address")
+    if not _is_host(host) and not (from_browser and BROWSER_HOST.fullmatch(host)):
+        raise ValueError("not a host name or address")  # "exa mple.com", "ex%41mple.com", "-bad-.com"
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
