@@ -1,5 +1,6 @@
-"""`procrastinate --app=jobs.app worker` (and `healthchecks`), which must work as well as `python
-worker.py` (DESIGN.md): the real CLI, started as a subprocess against the session's database."""
+"""`procrastinate --app=jobs.app worker` (and `healthchecks` and `shell`), which must work as well
+as `python worker.py` (DESIGN.md): the real CLI, started as a subprocess against the session's
+database."""
 
 from __future__ import annotations
 
@@ -104,6 +105,30 @@ def test_healthchecks_say_ok_on_a_migrated_database():
     result = cli(["healthchecks"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": OK") == 3
+
+
+def test_the_shell_lists_retries_and_cancels_tallys_jobs(conn):
+    """DESIGN.md names the CLI's `shell` among the stock tools: its commands on Tally's tables."""
+    defer_by_sql(conn, "cleanup_old_page_views", 2)
+    conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = 1")
+
+    def shell(*command: str) -> str:
+        result = cli(["shell", *command])
+        assert result.returncode == 0 and not result.stderr, result.stderr
+        return result.stdout
+
+    assert shell("list_jobs").splitlines() == [
+        "#1 cleanup_old_page_views on default - [failed]",
+        "#2 cleanup_old_page_views on default - [todo]",
+    ]
+    assert "default: 2 jobs (todo: 1, doing: 0, succeeded: 0, failed: 1" in shell("list_queues")
+    assert "cleanup_old_page_views: 2 jobs" in shell("list_tasks")
+    assert shell("retry", "1").strip() == "#1 cleanup_old_page_views on default - [todo]"
+    assert shell("cancel", "2").strip() == "#2 cleanup_old_page_views on default - [cancelled]"
+    assert conn.execute("SELECT status::text FROM procrastinate_jobs ORDER BY id").fetchall() == [
+        ("todo",),
+        ("cancelled",),
+    ]
 
 
 def test_worker_py_says_not_migrated_once_a_try_and_starts_once_migrated(start_process, fresh_database):
