@@ -83,6 +83,7 @@ def test_a_host_browsers_open_that_no_dns_name_is_is_kept_from_a_beacon_refused_
     assert body["top_referrers"] == [{"referrer": domain, "views": 1, "visitors": 1}]
     filtered = client.get("/api/stats", {"days": "1", "site": "example.com", "referrer": domain})
     assert filtered.json["total_views"] == 1
+    assert referrer_rows(client.get("/?days=1&site=example.com").text) == {domain: domain}
 
 
 def test_referrers_of_every_kind_of_host_are_kept(client, conn):
