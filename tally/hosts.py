@@ -169,6 +169,17 @@ def ascii_host(name: str) -> str:
     return encoded.decode("ascii").rstrip(".")
 
 
+def international_hint(name: str) -> str:
+    """For a host written in Unicode, how to write it: hosts are named as browsers send them, an
+    international name in its xn-- form (the dashboard shows it in Unicode); else ""."""
+    if name.isascii() or not UNICODE_DOMAIN.fullmatch(name):
+        return ""
+    try:
+        return f" An international name in its xn-- form: {name} is {ascii_host(name)}."
+    except ValueError:
+        return " An international name in its xn-- form, as browsers send it."
+
+
 def _shown_label(label: str, top: str, top_shown: str) -> str:
     decoded = _decoded(label)
     if decoded is None or _could_deceive(decoded, top, top_shown):

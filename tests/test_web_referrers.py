@@ -61,6 +61,10 @@ def test_a_referrer_whose_host_is_no_host_is_refused_and_nothing_stored(client, 
     assert '"referrer" must be a URL' in answer.json["error"]
     assert beacon(client, "https://example.com/a", referrer, status=400).json["error"] == answer.json["error"]
     assert conn.execute("SELECT count(*) FROM page_views").fetchone()[0] == 0
+    if not referrer.isascii():  # how to write it, as the `site` parameter's refusal says
+        assert answer.json["error"].endswith(
+            "An international name in its xn-- form: bücher.de is xn--bcher-kva.de."
+        )
 
 
 @pytest.mark.parametrize(
@@ -240,3 +244,5 @@ def test_a_site_written_in_unicode_is_refused_with_its_xn_form(client):
     assert "xn--bcher-kva.de" in page
     plain = client.get("/api/stats?days=1&site=exa%20mple.com", status=400).json["error"]
     assert "xn--" not in plain
+    sent = client.post_json("/api/pageviews", {"path": "/a", "site": "bücher.de"}, status=400).json["error"]
+    assert sent.endswith("An international name in its xn-- form: bücher.de is xn--bcher-kva.de.")

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from tally.sites import parse_site
 from tally.web.audience import campaign_of
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT, RepeatedKey, unique_keys
-from tally.web.referrers import stored_referrer
+from tally.web.referrers import refused_referrer, stored_referrer
 
 SOURCE_PARAMETERS = ("utm_source", "ref", "source")
 MAX_SOURCE = 256
@@ -217,7 +217,7 @@ def _referrer(value: object) -> str | None:
     try:
         stored = stored_referrer(referrer, from_browser=True)
     except ValueError:
-        raise Refused(400, '"referrer" must be a URL such as "https://example.com/page", or empty.') from None
+        raise Refused(400, refused_referrer("", referrer)) from None
     if len(stored) > MAX_TEXT:
         parts = urllib.parse.urlsplit(stored)
         stored = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/", "", ""))

@@ -15,8 +15,9 @@ import json
 import re
 from typing import Any
 
+from tally.hosts import international_hint
 from tally.sites import DEFAULT_SITE, parse_site_name
-from tally.web.referrers import stored_referrer
+from tally.web.referrers import refused_referrer, stored_referrer
 from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -105,14 +106,16 @@ def _parse_item(item: object, prefix: str) -> View:
         try:  # as the tracker's are stored: no user name, query or fragment (people's data)
             referrer = stored_referrer(referrer) if referrer else None
         except ValueError:
-            raise InvalidPageViews(
-                f'{prefix}"referrer" must be a URL such as "https://example.com/page", or empty.'
-            ) from None
+            raise InvalidPageViews(refused_referrer(prefix, referrer)) from None
     site = DEFAULT_SITE
     if item.get("site") is not None:
-        site = parse_site_name(_text(item["site"], "site", prefix))
+        name = _text(item["site"], "site", prefix)
+        site = parse_site_name(name)
         if site is None:
-            raise InvalidPageViews(f'{prefix}"site" must be a host name such as "example.com", no port.')
+            hint = international_hint(name)
+            raise InvalidPageViews(
+                f'{prefix}"site" must be a host name such as "example.com", no port.{hint}'
+            )
     return View(path, referrer, site)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Set
 import bottle
 
 from tally.env import is_time_zone, zone_spelt_as
-from tally.hosts import UNICODE_DOMAIN, ascii_host
+from tally.hosts import international_hint
 from tally.sites import parse_site_name
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.pageviews import CONTROL_CHARACTERS
@@ -73,17 +73,6 @@ def parse_site_parameter(query: bottle.FormsDict) -> str | None:
     if site is None:
         raise json_error(400, SITE_PARAMETER + international_hint(value))
     return site
-
-
-def international_hint(value: str) -> str:
-    """For a site written in Unicode, how to write it: sites are named as browsers send them, an
-    international name in its xn-- form (the dashboard shows it in Unicode: tally/hosts.py)."""
-    if value.isascii() or not UNICODE_DOMAIN.fullmatch(value):
-        return ""
-    try:
-        return f" An international name in its xn-- form: {value} is {ascii_host(value)}."
-    except ValueError:
-        return " An international name in its xn-- form, as browsers send it."
 
 
 JOB_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")

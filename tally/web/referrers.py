@@ -18,6 +18,7 @@ import urllib.parse
 
 from publicsuffixlist import PublicSuffixList
 
+from tally.hosts import international_hint
 from tally.sites import IPV6_ADDRESS, parse_site_name
 
 _SUFFIXES = PublicSuffixList()
@@ -81,6 +82,17 @@ def by_name(domains: dict[str, int]) -> collections.Counter[str]:
     for domain, views in domains.items():
         named[referrer_name(domain)] += views
     return named
+
+
+def refused_referrer(prefix: str, referrer: str) -> str:
+    """The sentence refusing `referrer` (after `prefix`), with how to write an international
+    host: browsers send `https://xn--bcher-kva.de/`, never `https://bücher.de/`."""
+    try:
+        host = urllib.parse.urlsplit(referrer).hostname or ""
+    except ValueError:
+        host = ""
+    hint = international_hint(host)
+    return f'{prefix}"referrer" must be a URL such as "https://example.com/page", or empty.{hint}'
 
 
 def stored_referrer(referrer: str, from_browser: bool = False) -> str:
