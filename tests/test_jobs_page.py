@@ -477,3 +477,57 @@ def test_cancelling_every_job_of_a_filter_asks_for_a_tick_first(client):
     assert "no filter is set" in page.find("form", id="bulk-cancel").text
     filtered = client.get("/jobs", {"status": "todo"}, headers=OWNER).html.find("form", id="bulk-cancel")
     assert filtered.find("input", type="checkbox").has_attr("required") and "no filter" not in filtered.text
+
+
+# The view's definition before migration 0045, which sorted every failed job: its rows are
+# what the view must still give.
+RECENT_FAILURES_BEFORE_0045 = """
+SELECT job.id AS job_id, job.task_name, job.attempts, job.queue_name, job.args,
+       failed.at AS failed_at, err.error
+  FROM procrastinate_jobs job
+  JOIN LATERAL (
+      SELECT max(at) AS at FROM procrastinate_events WHERE job_id = job.id AND type = 'failed'
+  ) failed ON true
+  LEFT JOIN LATERAL (
+      SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1
+  ) err ON true
+ WHERE job.status = 'failed'
+ ORDER BY failed.at DESC NULLS LAST, job.id DESC
+ LIMIT 50
+"""
+
+
+@pytest.mark.parametrize(("jobs_count", "seed"), [(30, 1), (120, 2), (400, 3)])
+def test_recent_failures_are_the_rows_the_view_gave_before_it_read_events_newest_first(
+    conn, jobs_count, seed
+):
+    """Failed jobs with one or more 'failed' events (some at the same time), failed ones without
+    (their events pruned), failed then retried, and errors; fewer than 50 with an event, and
+    more."""
+    import random
+
+    rng = random.Random(seed)
+    defer_by_sql(conn, "cleanup_old_page_views", jobs_count)
+    job_ids = [row[0] for row in conn.execute("SELECT id FROM procrastinate_jobs ORDER BY id")]
+    times = [f"2026-12-0{day} {hour:02}:00:00+00" for day in range(1, 4) for hour in (0, 6, 12)]
+    for job_id in job_ids:
+        status = rng.choice(["failed", "failed", "failed", "succeeded", "todo"])
+        conn.execute(
+            "UPDATE procrastinate_jobs SET status = %s::procrastinate_job_status WHERE id = %s",
+            (status, job_id),
+        )
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            conn.execute(
+                "INSERT INTO procrastinate_events (job_id, type, at) VALUES (%s, 'failed', %s)",
+                (job_id, rng.choice(times)),
+            )
+        if rng.random() < 0.5:
+            conn.execute(
+                "INSERT INTO tally_job_errors (job_id, attempt, error) VALUES (%s, 1, %s)",
+                (job_id, f"RuntimeError: {job_id}"),
+            )
+    expected = conn.execute(RECENT_FAILURES_BEFORE_0045).fetchall()
+    assert conn.execute("SELECT * FROM tally_recent_failures").fetchall() == expected
+    assert len(expected) == min(
+        50, conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'").fetchone()[0]
+    )
