@@ -68,9 +68,11 @@ WINDOW_SQL = (
     "SELECT count(*) FROM page_views WHERE viewed_at >="
     " (date_trunc('day', now() AT TIME ZONE 'UTC') - interval '29 days') AT TIME ZONE 'UTC'"
 )
-# Views past RETENTION_DAYS (30 by default) at a cutoff fixed before the job runs: the
-# loaded views span 30 days to the second, so a view crosses the line every second or so.
-CUTOFF_SQL = "SELECT now() - interval '30 days'"
+# Views past RETENTION_DAYS (30 by default) at a cutoff fixed before the job runs. Retention
+# drops whole UTC days (migrations/0019): a view lives until its day is wholly past, so the
+# cutoff is the start of the day 30 days ago, not that instant (the at-rest views span 30
+# days to the second: counted to the instant, those of that day's earlier hours were "left").
+CUTOFF_SQL = "SELECT date_trunc('day', now() - interval '30 days', 'UTC')"
 EXPIRED_SQL = "SELECT count(*) FROM page_views WHERE viewed_at < %(cutoff)s"
 LOAD_EXPIRED_SQL = (
     "INSERT INTO page_views (path, viewed_at)"
