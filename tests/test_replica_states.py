@@ -273,6 +273,13 @@ def test_a_replica_that_lost_its_primary_with_wal_unreplayed_is_lagging(pair):
         wait_until(lambda: standby.execute(paused).fetchone()[0], 10, 0.02, "replay paused")
         with psycopg.connect(pair.primary_url, autocommit=True) as primary:
             primary.execute("INSERT INTO counted VALUES (6)")
+            (written,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        # Received before the primary stops, or the standby has replayed all it has: CI stopped
+        # the primary before the insert reached it, and the replica was rightly in use.
+        received = "SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn"
+        wait_until(
+            lambda: standby.execute(received, (written,)).fetchone()[0], 10, 0.02, "the insert received"
+        )
         pair.stop_primary("fast")
         try:
             wait_until(lambda: reads.status().state == "lagging", 10, 0.05, "the replica lagging")
