@@ -13,7 +13,7 @@ import pytest
 import webtest
 
 import jobs
-from tests.conftest import defer_by_sql, statuses
+from tests.conftest import ROOT, defer_by_sql, statuses
 from tests.test_web import make_client, make_failed_job
 
 TOKEN = "jobs-owner-token"
@@ -479,22 +479,13 @@ def test_cancelling_every_job_of_a_filter_asks_for_a_tick_first(client):
     assert filtered.find("input", type="checkbox").has_attr("required") and "no filter" not in filtered.text
 
 
-# The view's definition before migration 0045, which sorted every failed job: its rows are
-# what the view must still give.
-RECENT_FAILURES_BEFORE_0045 = """
-SELECT job.id AS job_id, job.task_name, job.attempts, job.queue_name, job.args,
-       failed.at AS failed_at, err.error
-  FROM procrastinate_jobs job
-  JOIN LATERAL (
-      SELECT max(at) AS at FROM procrastinate_events WHERE job_id = job.id AND type = 'failed'
-  ) failed ON true
-  LEFT JOIN LATERAL (
-      SELECT error FROM tally_job_errors WHERE job_id = job.id ORDER BY id DESC LIMIT 1
-  ) err ON true
- WHERE job.status = 'failed'
- ORDER BY failed.at DESC NULLS LAST, job.id DESC
- LIMIT 50
-"""
+# The view's definition before migration 0045 (0003's, which sorted every failed job): its
+# rows are what the view must still give.
+RECENT_FAILURES_BEFORE_0045 = re.search(
+    r"CREATE VIEW tally_recent_failures AS\n(.*?);",
+    (ROOT / "migrations" / "0003_inspection_views.sql").read_text(),
+    re.S,
+).group(1)
 
 
 @pytest.mark.parametrize(("jobs_count", "seed"), [(30, 1), (120, 2), (400, 3)])
