@@ -2,8 +2,8 @@
 
 The country comes from the client's address through iptocc's offline database (shipped in
 the wheel: no account, no download at run time); browser and operating system are family
-names from the user agent by ua-parser with its bundled rules and its Rust accelerator
-(ua-parser-rs, picked up by ua-parser when installed); the device is a size class of the
+names from the user agent by ua-parser with its bundled rules, run as one RE2 set; the
+device is a size class of the
 window's width that tally.js sends. The address and the user agent are used here, in the
 request, and kept nowhere: the caches below hold only what the request already held, in
 this process's memory, and never reach a log or the database.
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import iptocc
 import ua_parser
+from ua_parser import re2 as ua_parser_re2
 
 from tally.web.pageviews import CONTROL_CHARACTERS
 
@@ -30,6 +31,12 @@ DEVICE_CLASSES = ((576, "phone"), (992, "tablet"), (1440, "laptop"))
 MAX_CAMPAIGN = 256
 # Distinct agents and addresses remembered; real traffic repeats both within minutes.
 CACHE_ENTRIES = 4096
+# ua-parser's rules as one RE2 set (google-re2, which the crawler filter runs too): about
+# 10 MB of the web's memory, where ua-parser-rs's automaton held 29 MB, for 30 µs an agent
+# the cache below has not met instead of 13; the two give the same families for every
+# browser of the crawler corpora (docs/BENCHMARKS.md, "The web's memory"). No cache of its
+# own: software_of keeps the answers.
+USER_AGENT_PARSER = ua_parser.Parser(ua_parser_re2.Resolver(ua_parser.load_lazy_builtins()))
 # The part of a user agent that is parsed and cached: no browser's is longer (bench/crawlers.py's
 # corpus: 419 at most), and a cache of 4,096 agents of a header's full size would hold a gigabyte.
 MAX_AGENT = 512
@@ -84,7 +91,7 @@ def country_of(address: str) -> str | None:
 def software_of(user_agent: str) -> tuple[str | None, str | None]:
     """The (browser family, operating system family) a user agent names, None where unknown."""
     # One pass for both domains: half the time of parse_user_agent and parse_os apart.
-    found = ua_parser.parser(user_agent, ua_parser.Domain.USER_AGENT | ua_parser.Domain.OS)
+    found = USER_AGENT_PARSER(user_agent, ua_parser.Domain.USER_AGENT | ua_parser.Domain.OS)
     browser, system = found.user_agent, found.os
     return _family(browser.family if browser else None), _family(system.family if system else None)
 
