@@ -12,7 +12,7 @@ import logging
 import sys
 
 import jobs
-from tally import config, db, logs
+from tally import config, db, logs, malloc
 from tally.web import serving
 from tally.web.app import build_app
 from tally.web.replica import ReadRouter
@@ -20,6 +20,7 @@ from tally.web.replica import ReadRouter
 
 def main() -> None:
     settings = config.load_or_exit("web")
+    malloc.limit_arenas()  # before any thread starts: two arenas, not one per thread (tally/malloc.py)
     logs.setup_logging(settings)
     pool = db.web_pool(settings)
     pool.open(wait=False)  # serve (and answer 503 on health) even before the database is up
