@@ -1,9 +1,10 @@
 """Memory and database connections after warm-up: one web, one worker and one clock.
 
 The three real processes run on a database holding WARM_VIEWS page views. Warm-up
-drives every code path once and then some: every HTTP route under load, a few hundred
-jobs, and the clock's ticks (its schedules are set to every few seconds, so that each
-periodic task is deferred and run during the warm-up instead of once a minute or day).
+drives every code path once and then some: views posted, and beacons sent with browsers'
+agents, under load; every read route (filtered too) 50 times; a few hundred jobs; and the
+clock's ticks (its schedules are set to every few seconds, so that each periodic task is
+deferred and run during the warm-up instead of once a minute or day).
 Then each process's resident memory (VmRSS, and its peak VmHWM) is read from /proc,
 and the connections from pg_stat_activity.
 
@@ -13,10 +14,12 @@ $ python -m bench.footprint
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import psycopg
 
+from bench import collect
 from bench.harness import (
     Build,
     builds,
@@ -27,6 +30,8 @@ from bench.harness import (
     say,
     throwaway_database,
     time_http_get,
+    wrk_available,
+    wrk_load,
 )
 from bench.report import Result, Row, run_alone
 from tally.config import DEFAULT_WEB_POOL_SIZE, DEFAULT_WEB_THREADS, DEFAULT_WORKER_CONCURRENCY
@@ -34,6 +39,7 @@ from tally.config import DEFAULT_WEB_POOL_SIZE, DEFAULT_WEB_THREADS, DEFAULT_WOR
 WARM_VIEWS = 500_000
 WARM_JOBS = 500
 HTTP_SECONDS = 3
+BEACON_SECONDS = 10  # at about 2,000 a second: every one of the 3,000 agents met, most several times
 CLOCK_SECONDS = 12  # at least two ticks of the schedules below
 # Every periodic task gets deferred during warm-up (6-field cron: seconds first).
 FAST_SCHEDULES = {
@@ -54,12 +60,38 @@ GOAL_RSS_MB = 80
 GOAL_CONNECTIONS = 12
 
 
+# Every route a GET reaches, filtered and not (the tracker's beacons are loaded apart, below).
+READ_ROUTES = (
+    "/api/stats?days=30",
+    "/api/stats?days=366",
+    "/api/stats?days=30&path=/page/7&compare=previous",
+    "/api/stats?days=7&country=DE&tz=Asia/Kathmandu",
+    "/",
+    "/?days=30&browser=Firefox",
+    "/api/sites",
+    "/api/export?days=30",
+    "/api/jobs",
+    "/api/jobs/1",
+    "/jobs",
+    "/api/health",
+    "/metrics",
+    "/tally.js",
+    "/api/openapi.json",
+    "/reports/preview?site=example.com&period=weekly",
+)
+
+
 def warm_up_web(port: int) -> None:
     one = json.dumps({"path": "/pricing", "referrer": "https://example.com/"}).encode()
     batch = json.dumps([{"path": f"/page/{index}"} for index in range(1000)]).encode()
     http_load(port, "/api/pageviews", one, 16, HTTP_SECONDS)
     http_load(port, "/api/pageviews", batch, 4, HTTP_SECONDS)
-    for path in ("/api/stats?days=30", "/api/stats?days=366", "/", "/api/jobs", "/api/health", "/api/jobs/1"):
+    if wrk_available():  # as browsers send them: the crawler lists, ua-parser and their caches at work
+        rng = random.Random(7)
+        agents = collect.browsers_agents(rng)
+        visitors = [(collect.public_address(rng), rng.choice(agents)) for _ in range(collect.VISITORS)]
+        wrk_load(port, "/api/collect", collect.script(visitors, collect.bodies(rng)), 16, BEACON_SECONDS)
+    for path in READ_ROUTES:
         time_http_get(port, path, 50)
 
 
@@ -111,9 +143,16 @@ def measure(build: Build) -> Result:
             met=total <= GOAL_CONNECTIONS,
         )
     )
+    beacons = (
+        f" {BEACON_SECONDS} s of beacons to /api/collect at full load ({collect.VISITORS:,} visitors"
+        f" with {collect.AGENTS:,} browsers' agents),"
+        if wrk_available()
+        else " no beacons (wrk is not installed: apt-get install -y wrk),"
+    )
     result.notes.append(
         f"Warm-up on {WARM_VIEWS:,} views: {HTTP_SECONDS} s of single-view and of 1,000-view POSTs at full"
-        " load, 50 GETs of every read route, "
+        f" load,{beacons} 50 GETs of each of {len(READ_ROUTES)} read routes (filtered stats, the dashboard,"
+        " the jobs page, /metrics...), "
         f"{WARM_JOBS} jobs, and {CLOCK_SECONDS} s of clock ticks with every schedule every 5 s"
         f" ({periodic} periodic tasks deferred and run). Default settings otherwise (WEB_THREADS"
         f" {DEFAULT_WEB_THREADS} on WEB_POOL_SIZE {DEFAULT_WEB_POOL_SIZE} connections, WORKER_CONCURRENCY"

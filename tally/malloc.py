@@ -5,10 +5,11 @@ core, and keeps what each freed for that arena's later use. The web's threads (W
 16) read query results and request bodies through C code that releases the GIL, so each of
 them ends up with its own arena of freed memory: after a full warm-up
 (bench/footprint.py) that was about 19 MB of the web's resident memory beyond what two
-arenas keep, for no throughput (docs/BENCHMARKS.md, "The web's memory"). Heroku advises
-the same for its Ruby dynos (`MALLOC_ARENA_MAX=2`); here web.py asks for it at start, so it
-holds wherever the web runs, without a setting. The worker and the clock, with few threads
-and a footprint of about 50 MB each, are left as they are.
+arenas keep, for no throughput (docs/BENCHMARKS.md, "The web's memory"). Heroku has set
+`MALLOC_ARENA_MAX=2` on new apps since 2019 for the same reason (Dev Center, "Tuning glibc
+Memory Behavior"); web.py asks for it at start, so it holds wherever the web runs, and an
+operator's own MALLOC_ARENA_MAX is left as chosen. The worker and the clock, with few
+threads and about 50 MB each, are left as they are.
 """
 
 from __future__ import annotations
