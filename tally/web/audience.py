@@ -3,10 +3,9 @@
 The country comes from the client's address through iptocc's offline database (shipped in
 the wheel: no account, no download at run time); browser and operating system are family
 names from the user agent by ua-parser with its bundled rules, run as one RE2 set; the
-device is a size class of the
-window's width that tally.js sends. The address and the user agent are used here, in the
-request, and kept nowhere: the caches below hold only what the request already held, in
-this process's memory, and never reach a log or the database.
+device is a size class of the window's width that tally.js sends. The address and the user
+agent are used here, in the request, and kept nowhere: the caches below hold only what the
+request already held, in this process's memory, and never reach a log or the database.
 
 >>> device_of(390), device_of(800), device_of(1280), device_of(1920), device_of(None)
 ('phone', 'tablet', 'laptop', 'desktop', None)
