@@ -77,27 +77,42 @@ def read_edge_times(
 
 
 class KeptByState(Generic[T]):
-    """What was read at one rollup state, kept by a key that names the state: the least recently
-    asked dropped first; safe across threads (two requests may read the same key at once)."""
+    """What was read at one rollup state, kept per family of keys (a site's window, say) for
+    its newest state alone: once a request has read a newer state, only those whose snapshots
+    began before it ask for an older one, and they read it again. An older state's answer kept
+    beside the newest would hold as many values as the newest, for nothing: a window of a site
+    with 100,000 paths is about 11 MB. The least recently asked family is dropped first; safe
+    across threads (two requests may read the same key at once)."""
 
     def __init__(self, entries: int):
         self.entries = entries
-        self._kept: collections.OrderedDict[tuple, T] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[tuple, tuple[tuple, T]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, read: Callable[[], T]) -> T:
-        """What is kept under `key`, else what `read()` gives, kept."""
+    def get(self, family: tuple, state: tuple, read: Callable[[], T]) -> T:
+        """What is kept for `family` at `state` (which orders states: the newest is the
+        greatest), else what `read()` gives, kept unless a newer state's is."""
         with self._lock:
-            kept = self._kept.get(key)
-            if kept is not None:
-                self._kept.move_to_end(key)
-                return kept
+            kept = self._kept.get(family)
+            if kept is not None and kept[0] == state:
+                self._kept.move_to_end(family)
+                return kept[1]
         value = read()
         with self._lock:
-            self._kept[key] = value
+            kept = self._kept.get(family)
+            if kept is None or kept[0] < state:
+                self._kept[family] = (state, value)
+                self._kept.move_to_end(family)
             while len(self._kept) > self.entries:
                 self._kept.popitem(last=False)
         return value
+
+
+def state_order(state: tuple) -> tuple:
+    """A rollup state (watermark, transactions left running) as KeptByState orders it: the
+    watermark, an xid8 that psycopg reads as text, by its number."""
+    watermark, in_progress = state
+    return int(watermark), in_progress
 
 
 def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:
