@@ -27,6 +27,7 @@ from tally.web.windows import DAY, Ranking, Window, count_days
 T = TypeVar("T")
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
+STATES_PER_FAMILY = 2  # KeptByState's: the newest rollup state read and the one before it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,42 +78,37 @@ def read_edge_times(
 
 
 class KeptByState(Generic[T]):
-    """What was read at one rollup state, kept per family of keys (a site's window, say) for
-    its newest state alone: once a request has read a newer state, only those whose snapshots
-    began before it ask for an older one, and they read it again. An older state's answer kept
-    beside the newest would hold as many values as the newest, for nothing: a window of a site
-    with 100,000 paths is about 11 MB. The least recently asked family is dropped first; safe
-    across threads (two requests may read the same key at once)."""
+    """What was read at one rollup state, kept by family of keys (a site's window, say) and
+    state: the least recently asked dropped first, and no more than STATES_PER_FAMILY states of
+    one family. One window asked after each of sixteen rollups was kept sixteen times, each
+    with every value of its days (a site with 100,000 paths: about 11 MB a window). Two keep
+    the state before a rollup for the requests whose snapshots began before it, and both
+    sides' while a replica catches up with the primary. Safe across threads (two requests may
+    read the same key at once)."""
 
     def __init__(self, entries: int):
         self.entries = entries
-        self._kept: collections.OrderedDict[tuple, tuple[tuple, T]] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[tuple[tuple, tuple], T] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, family: tuple, state: tuple, read: Callable[[], T]) -> T:
-        """What is kept for `family` at `state` (which orders states: the newest is the
-        greatest), else what `read()` gives, kept unless a newer state's is."""
+        """What is kept for `family` at `state`, else what `read()` gives, kept."""
+        key = (family, state)
         with self._lock:
-            kept = self._kept.get(family)
-            if kept is not None and kept[0] == state:
-                self._kept.move_to_end(family)
-                return kept[1]
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
         value = read()
         with self._lock:
-            kept = self._kept.get(family)
-            if kept is None or kept[0] < state:
-                self._kept[family] = (state, value)
-                self._kept.move_to_end(family)
+            self._kept[key] = value
+            self._kept.move_to_end(key)
+            of_family = [held for held in self._kept if held[0] == family]  # least recently asked first
+            for older in of_family[:-STATES_PER_FAMILY]:
+                del self._kept[older]
             while len(self._kept) > self.entries:
                 self._kept.popitem(last=False)
         return value
-
-
-def state_order(state: tuple) -> tuple:
-    """A rollup state (watermark, transactions left running) as KeptByState orders it: the
-    watermark, an xid8 that psycopg reads as text, by its number."""
-    watermark, in_progress = state
-    return int(watermark), in_progress
 
 
 def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:

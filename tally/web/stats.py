@@ -41,17 +41,17 @@ from tally.web.carried import CarriedAnswers
 from tally.web.current_visitors import CurrentVisitors
 from tally.web.panels import TAIL, top_values
 from tally.web.recent import recent_figures
-from tally.web.rolled_up import EdgeTimes, KeptByState, RolledUp, read_edge_times, read_rolled_up, state_order
+from tally.web.rolled_up import EdgeTimes, KeptByState, RolledUp, read_edge_times, read_rolled_up
 from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
 # stats_tail's `recent`: a tail view's part of the last 24 hours.
 TAIL_FULL_BUCKETS, TAIL_FIRST_BUCKET, TAIL_NOW_BUCKET = 1, 2, 3
 
-# Windows (site, zone, days) asked for recently, each as of the newest rollup state read: one
+# Windows (site, zone, days) asked for recently, each at its last two rollup states read: one
 # holds every value of its days, about 110 bytes a value (a path, a referrer...).
 CACHE_ENTRIES = 16
-# The first buckets of the last 24 hours' rolled-up times kept, the newest state's by site:
+# The first buckets of the last 24 hours' rolled-up times kept, by site and state:
 # windows of one site (7 days, 30, the dashboard's) share theirs, up to 1.4 MB each at 200 views/s.
 EDGE_ENTRIES = 4
 # A tail of more views than this asks for a rollup: at 200 views/s, one every 5 s while
@@ -244,10 +244,9 @@ class StatsReader:
             cur.execute(QUERIES["stats_last_24h_edges"], params)
             raw_in_tail, *counts, crawlers = cur.fetchone()
             site = bounds["site"]
+            first_bucket = ends.first_bucket
             edges = self._edges.get(
-                (site,),
-                (*state_order(state), ends.first_bucket),
-                lambda: read_edge_times(cur, site, ends.first_bucket, state),
+                (site,), (state, first_bucket), lambda: read_edge_times(cur, site, first_bucket, state)
             )
             raw = raw_in_tail + edges.between(ends.raw_from, ends.raw_to)
             in_tail = collections.Counter()
@@ -286,7 +285,7 @@ class StatsReader:
         self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
     ) -> RolledUp:
         family = (site, tz, window.days[0], window.days[-1], window.current)
-        at = (*state_order(state), window.first_full_bucket)
+        at = (state, window.first_full_bucket)
         return self._cache.get(family, at, lambda: read_rolled_up(cur, site, tz, window))
 
     def _combine(
