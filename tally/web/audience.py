@@ -31,8 +31,8 @@ MAX_CAMPAIGN = 256
 # Distinct agents and addresses remembered; real traffic repeats both within minutes.
 CACHE_ENTRIES = 4096
 # ua-parser's rules as one RE2 set (google-re2, which the crawler filter runs too): about
-# 10 MB of the web's memory, where ua-parser-rs's automaton held 29 MB, for 30 µs an agent
-# the cache below has not met instead of 13; the two give the same families for every
+# 10 MB of the web's memory, where ua-parser-rs's automaton held 29 MB, for 25-31 µs an
+# agent the cache below has not met instead of 13-14; the two give the same families for every
 # browser of the crawler corpora (docs/BENCHMARKS.md, "The web's memory"). No cache of its
 # own: software_of keeps the answers.
 USER_AGENT_PARSER = ua_parser.Parser(ua_parser_re2.Resolver(ua_parser.load_lazy_builtins()))
