@@ -386,20 +386,71 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(visits)::bigint AS visits,
  GROUP BY 1
 
 -- stats_rolled_up_dims --
--- Rolled-up views per dimension value in [start, end): whole UTC days strictly between the ones
--- `start` and `end` fall in, and those two days' cells inside the window.
-SELECT dim, value, sum(views)::bigint AS views
-  FROM (SELECT dim, value, views FROM page_view_day_values
-         WHERE day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND dim <> '' AND (%(site)s::text IS NULL OR site = %(site)s)
+-- Rolled-up views of the most viewed values of each dimension `dims` in [start, end): whole UTC
+-- days strictly between the ones `start` and `end` fall in, and those two days' cells inside the
+-- window. Per dimension the first `ranked` + 1 by views, then by value in code point order (as
+-- Python sorts, tally/web/windows.py `Ranking`), or all when `ranked` is NULL; and every referring
+-- domain matching `engines` besides (a search engine's, summed by name in Python, may be low on
+-- its own). A dimension at a time, its top rows kept by a bounded sort: a site whose paths carry
+-- ids has as many values as views, and holding all of them took the web 700 MB.
+SELECT d.dim, top.value, top.views, top.ranked
+  FROM unnest(%(dims)s::text[]) AS d (dim)
+ CROSS JOIN LATERAL (
+       (SELECT counted.value, sum(counted.views)::bigint AS views, true AS ranked
+          FROM (SELECT v.value, v.views FROM page_view_day_values v
+                 WHERE v.dim = d.dim
+                   AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+                   AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+                   AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                UNION ALL
+                SELECT v.value, c.views
+                  FROM page_view_day_values v, tally_cells(v.day, v.cells) c
+                 WHERE v.dim = d.dim
+                   AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
+                                 (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
+                   AND c.bucket >= %(start)s AND c.bucket < %(end)s
+                   AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted
+         GROUP BY counted.value
+        HAVING d.dim <> 'referrer' OR counted.value !~* %(engines)s
+         ORDER BY 2 DESC, counted.value COLLATE "C"
+         LIMIT %(ranked)s::integer + 1)
+       UNION ALL
+       SELECT counted.value, sum(counted.views)::bigint, false
+         FROM (SELECT v.value, v.views FROM page_view_day_values v
+                WHERE v.dim = d.dim AND d.dim = 'referrer' AND v.value ~* %(engines)s
+                  AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+                  AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+                  AND (%(site)s::text IS NULL OR v.site = %(site)s)
+               UNION ALL
+               SELECT v.value, c.views
+                 FROM page_view_day_values v, tally_cells(v.day, v.cells) c
+                WHERE v.dim = d.dim AND d.dim = 'referrer' AND v.value ~* %(engines)s
+                  AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
+                                (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
+                  AND c.bucket >= %(start)s AND c.bucket < %(end)s
+                  AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted
+        GROUP BY counted.value) top
+
+-- stats_rolled_up_value_views --
+-- Rolled-up views in [start, end) of some values of one dimension (as stats_rolled_up_dims counts
+-- them): those a tail brings that the kept top rows leave out, when they might rank among them.
+SELECT wanted.value, coalesce(sum(counted.views), 0)::bigint AS views
+  FROM unnest(%(values)s::text[]) AS wanted (value)
+  LEFT JOIN LATERAL (
+        SELECT v.views FROM page_view_day_values v
+         WHERE v.dim = %(dim)s AND v.value = wanted.value
+           AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+           AND (%(site)s::text IS NULL OR v.site = %(site)s)
         UNION ALL
-        SELECT d.dim, d.value, c.views
-          FROM page_view_day_values d, tally_cells(d.day, d.cells) c
-         WHERE d.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date, (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
+        SELECT c.views
+          FROM page_view_day_values v, tally_cells(v.day, v.cells) c
+         WHERE v.dim = %(dim)s AND v.value = wanted.value
+           AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
+                         (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
            AND c.bucket >= %(start)s AND c.bucket < %(end)s
-           AND d.dim <> '' AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
- GROUP BY dim, value
+           AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted ON true
+ GROUP BY wanted.value
 
 -- stats_rolled_up_dim_visitors --
 -- Rolled-up visitors per day of some dimension values (the panels' top rows), as

@@ -1,17 +1,19 @@
 """The last 24 hours cut a bucket at each end (tally/web/windows.py, Window.ends): counted from
-the rollups' whole buckets less a short raw part, they stay exact wherever now falls."""
+the rollups' whole buckets less a short raw part, they stay exact wherever now falls. And a
+panel's top rows from a dimension's most viewed values alone (`Ranking`) are the whole ranking's."""
 
 from __future__ import annotations
 
 import datetime
 import random
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from tally.db import QUERIES
 from tally.web.stats import StatsReader, snapshot
-from tally.web.windows import BUCKET, DAY, Window, bucket_of
+from tally.web.windows import BUCKET, DAY, TOP_ROWS, Ranking, Window, bucket_of
 from tests.conftest import plan_nodes, request_bounds
 from tests.test_web import roll_up
 
@@ -131,3 +133,41 @@ def test_a_request_reads_only_the_tails_views_where_the_last_24_hours_begin(pool
         and node["Node Type"] != "Bitmap Index Scan"
     ]
     assert sum(read) <= 2, read  # the tail's two at most, not the bucket's rolled-up views
+
+
+def looking_up(views: dict[str, int], asked: list) -> Callable[[list[str] | None], dict[str, int]]:
+    """A `Ranking.top` lookup of `views`, noting what it was asked in `asked`."""
+
+    def lookup(wanted: list[str] | None) -> dict[str, int]:
+        asked.append(wanted)
+        return dict(views) if wanted is None else {name: views.get(name, 0) for name in wanted}
+
+    return lookup
+
+
+def test_the_top_rows_of_the_most_viewed_values_and_the_tail_are_the_whole_rankings():
+    rng = random.Random(52)
+    fell_back = 0
+    for _ in range(2000):
+        views = {f"/p{n}": rng.choice([0, 1, 1, 2, 3, 3, 5, 40]) for n in range(rng.randrange(1, 40))}
+        views[""] = rng.randrange(0, 9)  # an import's "none": never a row
+        names = [*views, *(f"/new{n}" for n in range(5))]
+        # Only the visits' entry and exit pages move down: a view moves a visit's exit.
+        moves_down = rng.random() < 0.3
+        lowest = -3 if moves_down else 0
+        tail = {rng.choice(names): rng.randrange(lowest, 6) for _ in range(rng.randrange(0, 25))}
+        read = rng.randrange(1, 30)
+        first = sorted(views, key=lambda name: (-views[name], name))[: read + 1]
+        last = (views[first[-1]], first[-1]) if len(views) > read + 1 else None
+        asked: list[list[str] | None] = []
+        lookup = looking_up(views, asked)
+        whole = Ranking.of(views).top(tail, "path", lookup)
+        assert asked == []  # a whole ranking looks nothing up
+        assert Ranking.of({name: views[name] for name in first}, last).top(tail, "path", lookup) == whole
+        # Every value is read again only when those read cannot fill the rows (a tail moving
+        # views away, or fewer read than rows); a name is looked up only if the tail brings it.
+        if not moves_down and read >= TOP_ROWS:
+            assert None not in asked
+        fell_back += None in asked
+        assert all(set(wanted) <= set(tail) for wanted in asked if wanted is not None)
+    assert 0 < fell_back < 1000

@@ -18,7 +18,7 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events
-from tally.web.referrers import by_name, referrer_name
+from tally.web.referrers import SEARCH_ENGINE_NAMES, by_name, referrer_name
 from tally.web.windows import Window, count_days
 
 if TYPE_CHECKING:
@@ -52,8 +52,10 @@ def top_values(
             if row[index] is not None:
                 tail_values[name][row[index]] += row[views]
     tail_values["referrer"] = by_name(tail_values["referrer"])
-    tops = {d.name: rolled_up.tops[d.name].top(tail_values[d.name], d.name) for d in DIMENSIONS}
-    tops[events.DIM] = rolled_up.tops[events.DIM].top(tail_events, events.DIM)
+    tops = {
+        name: rolled_up.tops[name].top(counts, name, rolled_up.lookup(cur, name, lock))
+        for name, counts in (*tail_values.items(), (events.DIM, tail_events))
+    }
     wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
     per_value = _value_visitors(cur, bounds, window, rolled_up, wanted, lock)
     for dim, value, day, count in tail_visitors:
@@ -79,7 +81,10 @@ def _value_visitors(
         missing = wanted - set(rolled_up.value_visitors)
     if missing:
         counted = {key: collections.Counter() for key in missing}
-        domains = [d for d in rolled_up.referrer_domains if ("referrer", referrer_name(d)) in missing]
+        names = {value for dim, value in missing if dim == "referrer"}
+        domains = [d for d in rolled_up.referrer_domains if referrer_name(d) in names]
+        # Any other name is its own domain, read with the window or not (beyond its top values).
+        domains += sorted(names - SEARCH_ENGINE_NAMES - set(domains))
         pairs = [(dim, value) for dim, value in missing if dim != "referrer"]
         pairs += [("referrer", domain) for domain in domains]
         cur.execute(

@@ -43,6 +43,9 @@ SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kagi": ("Kagi", ("",)),
 }
 SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
+# Every domain `referrer_name` may give an engine's name matches this (and some others do), as a
+# PostgreSQL regular expression: stats read all of them, however few views each has.
+SEARCH_ENGINE_DOMAINS = r"(^|\.)(" + "|".join(sorted(SEARCH_ENGINES)) + r")\."
 # Hosts browsers open that no DNS name is, of a DNS name's characters: a label that starts or
 # ends with "-" (Blogger's `foo-.blogspot.com`), an empty label (`a..b`). A browser's referrer
 # keeps them (`stored_referrer(..., from_browser=True)`: the page before is not the site's to

@@ -21,13 +21,20 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
-from tally.web.referrers import by_name
-from tally.web.windows import DAY, Ranking, Window, count_days
+from tally.web.referrers import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name
+from tally.web.windows import DAY, Lookup, Ranking, Window, count_days
 
 T = TypeVar("T")
+# The dimensions a window's panels rank: the views', the visits' entry and exit pages, events.
+PANEL_DIMS = [*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM]
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
 STATES_PER_FAMILY = 2  # KeptByState's: the newest rollup state read and the one before it
+# Values of each dimension read with a window (its most viewed, `Ranking`), about 110 bytes
+# each: a site whose paths carry ids has as many as views (560,000 paths held 700 MB).
+RANKED_VALUES = 200
+# Values a window looks up beyond those (a tail's that might reach the top rows), kept with it.
+LOOKED_UP_VALUES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,33 @@ class RolledUp:
     referrer_domains: list[str]  # the domains behind the referrer names
     value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
     visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
+    site: str | None
+    looked_up: dict[tuple[str, str], int]  # rolled-up views of values beyond `tops`, filled on demand
+
+    def lookup(self, cur: psycopg.Cursor, dim: str, lock: threading.Lock) -> Lookup:
+        """`Ranking.top`'s lookup of `dim`'s values not read with the window, through `cur`."""
+        return lambda names: self._views_of(cur, dim, names, lock)
+
+    def _views_of(
+        self, cur: psycopg.Cursor, dim: str, names: list[str] | None, lock: threading.Lock
+    ) -> dict[str, int]:
+        bounds = {"start": self.start, "end": self.end, "site": self.site}
+        if names is None:  # every value, this once
+            values = _read_values(cur, bounds, [dim], None)[0][dim]
+            return dict(by_name(values)) if dim == "referrer" else values
+        with lock:
+            found = {name: self.looked_up[(dim, name)] for name in names if (dim, name) in self.looked_up}
+        # A search engine's domains were all read (stats_rolled_up_dims): one not among them has none.
+        wanted = [n for n in names if n not in found and not (dim == "referrer" and n in SEARCH_ENGINE_NAMES)]
+        found.update((name, 0) for name in names if name not in found and name not in wanted)
+        if wanted:
+            cur.execute(QUERIES["stats_rolled_up_value_views"], {**bounds, "dim": dim, "values": wanted})
+            read = dict(cur.fetchall())
+            found.update(read)
+            with lock:
+                if len(self.looked_up) + len(read) <= LOOKED_UP_VALUES:
+                    self.looked_up.update(((dim, name), views) for name, views in read.items())
+        return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,19 +175,38 @@ def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Windo
     visitors: collections.Counter[datetime.date] = collections.Counter()
     for day, count in cur.fetchall():
         count_days(visitors, window, day, count)
-    cur.execute(QUERIES["stats_rolled_up_dims"], {"start": start, "end": end, "site": site})
-    values: dict[str, dict[str, int]] = {
-        name: {} for name in (*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM)
-    }
-    for dim, value, views in cur.fetchall():
-        if dim in values:
-            values[dim][value] = views
+    bounds = {"start": start, "end": end, "site": site}
+    values, lasts = _read_values(cur, bounds, PANEL_DIMS, RANKED_VALUES)
     domains = list(values["referrer"])
     values["referrer"] = by_name(values["referrer"])
-    tops = {dim: Ranking.of(views) for dim, views in values.items()}
+    tops = {dim: Ranking.of(views, lasts.get(dim)) for dim, views in values.items()}
     per_day = {
         day: counts
         for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
         if window.days[0] <= day <= window.days[-1]
     }
-    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day)
+    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day, site, {})
+
+
+def _read_values(
+    cur: psycopg.Cursor, bounds: dict, dims: list[str], ranked: int | None
+) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, str]]]:
+    """The rolled-up views of each of `dims`' first `ranked` + 1 values (all when None), and of
+    every search engine's referring domain; and, per dimension with more values than were read,
+    the (views, value) of the last read in rank order (`Ranking.last`)."""
+    cur.execute(
+        QUERIES["stats_rolled_up_dims"],
+        {**bounds, "dims": dims, "ranked": ranked, "engines": SEARCH_ENGINE_DOMAINS},
+    )
+    values: dict[str, dict[str, int]] = {dim: {} for dim in dims}
+    in_rank: dict[str, list[tuple[int, str]]] = {dim: [] for dim in dims}
+    for dim, value, views, is_ranked in cur.fetchall():
+        values[dim][value] = views
+        if is_ranked:
+            in_rank[dim].append((-views, value))
+    lasts = {}
+    for dim, keys in in_rank.items():
+        if ranked is not None and len(keys) > ranked:
+            views, value = max(keys)  # the last in rank order: fewest views, then the greatest value
+            lasts[dim] = (-views, value)
+    return values, lasts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 BUCKET = datetime.timedelta(minutes=15)  # the rollups' grain (migrations/0005)
@@ -29,28 +30,81 @@ def bucket_of(moment: datetime.datetime) -> datetime.datetime:
     return moment - (moment - EPOCH) % BUCKET
 
 
+# Rolled-up views of some names of a dimension not read with its top rows (of all, for None).
+Lookup = Callable[[list[str] | None], dict[str, int]]
+
+
+def rank(counts: dict[str, int]) -> Callable[[str], tuple[int, str]]:
+    """The sort key of a panel's rows: most views first, then by name (in code point order)."""
+    return lambda name: (-counts[name], name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Ranking:
-    """Rolled-up views per name, and the names ranked once (most views, then by name), so a
-    request finds its top rows without sorting every name again."""
+    """A dimension's rolled-up views per name, and the names ranked once (most views, then by
+    name), so a request finds its top rows without sorting every name again.
+
+    A dimension may have more names than were read (a site whose paths carry ids has about as
+    many as views): then `last` is the (views, name) of the last one read in rank order, and
+    every name not read ranks after it, so has at most its views. A name the tail brings that
+    was not read is looked up (`lookup`) only if that many views plus the tail's could reach
+    the top rows."""
 
     views: dict[str, int]
     ranked: list[str]
+    last: tuple[int, str] | None = None  # None: every name with views was read
 
     @classmethod
-    def of(cls, views: dict[str, int]) -> Ranking:
-        return cls(views, sorted(views, key=lambda name: (-views[name], name)))
+    def of(cls, views: dict[str, int], last: tuple[int, str] | None = None) -> Ranking:
+        return cls(views, sorted(views, key=rank(views)), last)
 
-    def top(self, tail: dict[str, int], key: str) -> list[dict[str, Any]]:
+    def top(self, tail: dict[str, int], key: str, lookup: Lookup) -> list[dict[str, Any]]:
         """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
         + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
-        keeps its rank among the others it leaves alone."""
+        keeps its rank among the others it leaves alone. `lookup(names)` gives the rolled-up
+        views of names not read (of every name, for None), asked only when `last` is set."""
         # '' (an import's "none") is no value to show or click, as NULL is not: one more ranked
         # name stands in for it.
         candidates = (set(self.ranked[: TOP_ROWS + len(tail) + 1]) | set(tail)) - {""}
-        counts = {name: self.views.get(name, 0) + tail.get(name, 0) for name in candidates}
-        ranked = sorted(counts, key=lambda name: (-counts[name], name))[:TOP_ROWS]
+        counts = {name: self.views[name] + tail.get(name, 0) for name in candidates if name in self.views}
+        unread = [name for name in candidates if name not in self.views]
+        if self.last is None:
+            counts.update((name, tail[name]) for name in unread)
+        else:
+            counts = self._with_unread(counts, unread, tail, lookup)
+        ranked = sorted(counts, key=rank(counts))[:TOP_ROWS]
         return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
+
+    def _with_unread(
+        self,
+        counts: dict[str, int],
+        unread: list[str],
+        tail: dict[str, int],
+        lookup: Lookup,
+    ) -> dict[str, int]:
+        """`counts` with the tail's unread names that might reach the top rows looked up; every
+        name's count when the names read cannot fill them (a tail moving exits away, say)."""
+        floor, last_name = self.last
+        threshold = _tenth(counts)
+        # An unread name has at most `floor` rolled-up views: this is the best rank it can reach.
+        best = {name: floor + tail[name] for name in unread}
+        reach = [name for name in unread if best[name] > 0]
+        maybe = [name for name in reach if threshold is None or (-best[name], name) < threshold]
+        if maybe:
+            counts = {**counts, **{name: views + tail[name] for name, views in lookup(maybe).items()}}
+        tenth = _tenth(counts)
+        if floor > 0 and (tenth is None or tenth > (-floor, last_name)):
+            # Names neither read nor in the tail (at most `floor` views each) might still show.
+            every = lookup(None)
+            counts = {name: every.get(name, 0) + tail.get(name, 0) for name in set(every) | set(tail)}
+            counts.pop("", None)
+        return counts
+
+
+def _tenth(counts: dict[str, int]) -> tuple[int, str] | None:
+    """The sort key of the last of the TOP_ROWS rows `counts` makes (None: fewer rows than that)."""
+    shown = sorted((name for name, views in counts.items() if views > 0), key=rank(counts))
+    return rank(counts)(shown[TOP_ROWS - 1]) if len(shown) >= TOP_ROWS else None
 
 
 @dataclasses.dataclass(frozen=True)
