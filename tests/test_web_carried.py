@@ -253,19 +253,6 @@ def test_a_request_that_sees_less_than_the_kept_answer_counts_its_own(
             assert answer["total_views"] == 1
 
 
-def test_a_snapshot_sees_what_an_earlier_one_saw(database_url, conn):
-    def current(connection) -> carried.Snapshot:
-        return carried.Snapshot.parse(connection.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
-
-    with psycopg.connect(database_url) as running:
-        running.execute("INSERT INTO events (site, name, occurred_at) VALUES ('example.com', 'x', now())")
-        first = current(conn)  # the insert runs
-        running.commit()
-        later = current(conn)  # it has ended
-    assert first.seen_by(later) and not later.seen_by(first)
-    assert first.seen_by(first)
-
-
 def test_views_of_a_transaction_running_when_an_answer_was_kept_are_counted_once_it_commits(
     pool, conn, database_url, kept_uses
 ):

@@ -24,18 +24,17 @@ off again and counted as that saw them.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from tally.db import QUERIES
+from tally.web.kept import Kept, KeptStore, Snapshot
 
 T = TypeVar("T")
 logger = logging.getLogger("tally.web.carried")
@@ -43,6 +42,10 @@ logger = logging.getLogger("tally.web.carried")
 # Answers kept per web process, the least recently asked dropped first; one is a few thousand
 # small entries (the top lists are ranked from every value, not the first rows).
 ENTRIES = 8
+# And the values those answers hold together, about 250 bytes each: on a site whose paths
+# carry ids a filter on a twelfth of 600,000 views held 150,000 (entry and exit pages too), and
+# three such answers took the web from 64 to 215 MB. An answer past it is counted afresh.
+KEPT_VALUES = 100_000
 # Past this many changed ids, counting them twice costs more than counting everything again.
 MAX_CHANGED_IDS = 20_000
 # Up to this many changed ids (about 70 ms to carry), an answer is carried forward without
@@ -95,6 +98,11 @@ class Counts:
             add_counts(combined.buckets, part.buckets, sign)
         return combined
 
+    def size(self) -> int:
+        """How many entries these counts hold, of every kind."""
+        kinds = (self.days, self.visits, self.events, self.props, self.buckets)
+        return sum(map(len, kinds)) + sum(map(len, self.values.values())) + sum(map(len, self.pages.values()))
+
 
 def add_counts(into: dict, part: dict, sign: int) -> None:
     """`part` added into `into` times `sign`, key by key (an int or a tuple of them); keys whose
@@ -113,87 +121,11 @@ def add_counts(into: dict, part: dict, sign: int) -> None:
             into[key] = total
 
 
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """A pg_snapshot: transactions below xmin had ended, those from xmax on had not begun, and
-    those of `running` were running."""
-
-    text: str
-    xmin: int
-    xmax: int
-    running: frozenset[int]
-
-    @classmethod
-    def parse(cls, text: str) -> Snapshot:
-        xmin, xmax, running = text.split(":")
-        return cls(text, int(xmin), int(xmax), frozenset(int(xid) for xid in running.split(",") if xid))
-
-    def before_xmin(self) -> Snapshot:
-        """The transactions this one surely saw: those that had ended before its xmin. A
-        standby's snapshot lists none running (PostgreSQL keeps them in another array there),
-        so of the ones from its xmin on it cannot say which it saw."""
-        return Snapshot(f"{self.xmin}:{self.xmin}:", self.xmin, self.xmin, frozenset())
-
-    def later(self) -> dict[str, Any]:
-        """filtered_answer's parameters for the views without an id recorded after this snapshot:
-        by transactions from its xmax on, or running then."""
-        return {
-            "anonymous_from": str(self.xmax),
-            "anonymous_running": [str(xid) for xid in sorted(self.running)],
-        }
-
-    def seen_by(self, later: Snapshot) -> bool:
-        """Whether `later` sees every transaction this one sees."""
-        return self.xmax <= later.xmax and all(
-            xid in self.running for xid in later.running if xid < self.xmax
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Kept(Generic[T]):
-    value: T
-    snapshot: Snapshot
-    changes: int | None  # statements that had removed or changed raw rows (migrations/0033)
-    fresh_seconds: float = 0.0  # what its last fresh count took
-
-
-class KeptStore(Generic[T]):
-    """What a web process keeps per key, each with the snapshot it was read in; the least
-    recently kept or asked for dropped first; safe across threads."""
-
-    def __init__(self, entries: int):
-        self.entries = entries
-        self._kept: collections.OrderedDict[tuple, Kept[T]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def usable(self, key: tuple, now: Snapshot, changes: int | None) -> Kept[T] | None:
-        """What is kept under `key`, if a request in the snapshot `now` may carry it forward:
-        nothing has removed or changed raw rows since, and its snapshot saw nothing `now` does not."""
-        with self._lock:
-            kept = self._kept.get(key)
-        if kept is None or changes is None or kept.changes != changes or not kept.snapshot.seen_by(now):
-            return None
-        return kept
-
-    def keep(
-        self, key: tuple, value: T, now: Snapshot, changes: int | None, fresh_seconds: float = 0.0
-    ) -> None:
-        """`value`, read in the snapshot `now`, kept under `key` unless what another request kept
-        meanwhile is newer."""
-        with self._lock:
-            held = self._kept.get(key)
-            if held is None or held.changes != changes or held.snapshot.seen_by(now):
-                self._kept[key] = Kept(value, now, changes, fresh_seconds)
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.entries:
-                self._kept.popitem(last=False)
-
-
 class CarriedAnswers:
     """The filtered answers of one web process, each kept with its snapshot; safe across threads."""
 
     def __init__(self, entries: int = ENTRIES):
-        self._kept: KeptStore[Counts] = KeptStore(entries)
+        self._kept: KeptStore[Counts] = KeptStore(entries, Counts.size, KEPT_VALUES)
         self.seconds_per_id = FIRST_SECONDS_PER_ID  # what carrying a changed id costs, as measured
 
     def counts(

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from tally.db import QUERIES
-from tally.web.carried import Snapshot
+from tally.web.kept import Snapshot
 
 WINDOW = datetime.timedelta(minutes=5)
 # Past this many rows since the kept snapshot (a backfill of the last minutes), a whole read.

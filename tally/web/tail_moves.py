@@ -27,7 +27,8 @@ from typing import Any
 import psycopg
 
 from tally.db import QUERIES
-from tally.web.carried import KeptStore, Snapshot, add_counts
+from tally.web.carried import add_counts
+from tally.web.kept import KeptStore, Snapshot
 
 # Kept per web process: a rollup state, site and zone each, the least recently read dropped first.
 ENTRIES = 16
