@@ -475,7 +475,8 @@ SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS v
 
 -- export_rolled_up_views --
 -- Rolled-up views and visitors per day (in the zone `tz`) and path since `start`, as
--- stats_rolled_up_visitors.
+-- stats_rolled_up_visitors; a day's rows together, the days in order (the web reads them a
+-- day at a time).
 SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
   FROM (SELECT c.local_day AS day, d.value AS path, c.views, c.visitors
           FROM page_view_day_values d, tally_day_visitors(d.day, d.cells, %(tz)s, %(start)s, 'infinity') c
@@ -487,6 +488,7 @@ SELECT day, path, sum(views)::bigint AS views, sum(visitors)::bigint AS visitors
          WHERE d.dim = 'path' AND d.pair_steps <> '{}' AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted
  GROUP BY 1, 2
+ ORDER BY 1
 
 -- export_tail --
 -- The tail's views per day (in `tz`) and path from `start` on (its visitors per path come from
@@ -1252,12 +1254,14 @@ SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
    AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
 
 -- filtered_export --
--- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every filter.
+-- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every
+-- filter, in the export's order: by day, then most viewed, then by path in code point order.
 SELECT (viewed_at AT TIME ZONE %(tz)s)::date AS day, path, count(*) AS views,
        count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL) AS visitors
   FROM tally_views_matching(%(start)s, %(end)s, %(site)s, {{filter_arguments}}, %(event)s,
            %(goal_path)s, %(start)s, %(end)s, NULL, NULL, NULL, NULL, NULL)
  GROUP BY 1, 2
+ ORDER BY 1, 3 DESC, path COLLATE "C"
 
 -- claim_report_delivery --
 -- Take (site, period, recipient) for sending, in its own committed statement: a new row, or one a

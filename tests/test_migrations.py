@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import subprocess
 import sys
@@ -221,10 +222,11 @@ def test_day_values_carry_the_rollups_over_with_the_same_answers(fresh_database,
             if roll_up_first:
                 conn.execute("SELECT tally_rollup_page_views()")
             assert_exact_in_zones(conn, stats)
-            exported = {
-                (row["day"], row["path"]): (row["views"], row["visitors"])
-                for row in daily_paths(pool, 30, None, "Asia/Kathmandu")
-            }
+            with daily_paths(pool, 30, None, "Asia/Kathmandu") as spool:
+                exported = {
+                    (row["day"], row["path"]): (int(row["views"]), int(row["visitors"]))
+                    for row in csv.DictReader(spool)
+                }
             naive = conn.execute(
                 "SELECT (viewed_at AT TIME ZONE 'Asia/Kathmandu')::date::text, path, count(*),"
                 "       count(DISTINCT (site, visitor)) FILTER (WHERE visitor IS NOT NULL)"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tally.web import filtered
+from tally.web import export, filtered
 from tally.web.filtered import EVERY_VIEW
 from tests import ages
 from tests.conftest import plan_nodes
@@ -699,6 +699,43 @@ def test_export_is_csv_with_a_header_and_one_row_per_day_and_path(client, conn):
     assert list(csv.reader(io.StringIO(client.get("/api/export?site=none.example").text))) == [
         ["day", "path", "views", "visitors"]
     ]
+
+
+@pytest.mark.parametrize("filters", [{}, {"country": "US"}])
+def test_a_large_export_is_read_a_day_at_a_time_and_sent_from_a_file_in_order(
+    client, conn, pool, monkeypatch, filters, age_shift
+):
+    # Days rolled up, days only in the tail, days with both; fetched 3 rows at a time and
+    # written to a file on disk (past 64 bytes), the pool's connection back before it is sent.
+    monkeypatch.setattr("tally.web.export.FETCH_ROWS", 3)
+    monkeypatch.setattr("tally.web.export.SPOOL_BYTES", 64)
+    rng = random.Random(31)
+
+    def arrive_on(days: tuple[int, ...]) -> None:
+        for day in days:
+            views = [view for visit in random_visits(rng, 40) for view in visit]
+            age = datetime.timedelta(days=day, minutes=rng.randrange(600))
+            insert_raw(conn, [(*view[:-1], age) for view in views])
+
+    arrive_on((9, 6, 5, 2, 1))
+    roll_up(conn)
+    arrive_on((8, 6, 3, 1, 0))  # the tail: 3 days ago (or 4) only there
+
+    def check() -> None:
+        query = {"days": "12", "site": "example.com", **filters}
+        rows = list(csv.reader(io.StringIO(client.get("/api/export", query).text)))
+        assert rows[0] == ["day", "path", "views", "visitors"]
+        expected = brute_force(conn, 12, "example.com", filters=filters)["export"]
+        ordered = sorted(expected.items(), key=lambda item: (item[0][0], -item[1][0], item[0][1]))
+        assert rows[1:] == [[day, path, str(n), str(visitors)] for (day, path), (n, visitors) in ordered]
+
+    on_one_day(conn, "UTC", check)
+    spool = export.daily_paths(pool, 12, "example.com", "UTC", filters)
+    assert spool._rolled  # past SPOOL_BYTES: on disk
+    stats = pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"]  # the connection went back before sending
+    assert b"".join(export.chunks(spool)).decode().startswith("day,path,views,visitors\r\n")
+    assert spool.closed
 
 
 def test_a_zone_the_database_does_not_know_is_a_400(client, monkeypatch):

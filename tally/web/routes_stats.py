@@ -128,11 +128,11 @@ def register(
         days, site = parse_days(query), parse_site_parameter(query)
         filters = parse_filter_parameters(query)
         tz = parse_time_zone(query, config.timezone)
-        rows = reads.run(lambda read_pool: export.daily_paths(read_pool, days, site, tz, filters))
+        spool = reads.run(lambda read_pool: export.daily_paths(read_pool, days, site, tz, filters))
         name = f"tally-{site or 'all-sites'}-{days}-days.csv"
         headers = {
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": f'attachment; filename="{name}"',
             "Cache-Control": "no-store",
         }
-        return bottle.HTTPResponse(body=export.csv_lines(rows), headers=headers)
+        return bottle.HTTPResponse(body=export.chunks(spool), headers=headers)
