@@ -73,7 +73,7 @@ def test_web_worker_and_clock_run_through_a_transaction_pooler(database_url, con
                 answers[("POST /api/pageviews", status)] += 1
                 if status == 201:
                     stored_paths.append(path)
-                for read in ("/api/jobs", "/api/stats?days=7", "/api/sites", "/"):
+                for read in ("/api/jobs", "/api/stats?days=7", "/api/sites", "/", "/api/export?days=7"):
                     if n % 5 == 0:
                         answers[(read, _request("GET", base + read)[0])] += 1
 
