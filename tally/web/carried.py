@@ -42,10 +42,11 @@ logger = logging.getLogger("tally.web.carried")
 # Answers kept per web process, the least recently asked dropped first; one is a few thousand
 # small entries (the top lists are ranked from every value, not the first rows).
 ENTRIES = 8
-# And the values those answers hold together, about 250 bytes each: on a site whose paths
-# carry ids a filter on a twelfth of 600,000 views held 150,000 (entry and exit pages too), and
-# three such answers took the web from 64 to 215 MB. An answer past it is counted afresh.
-KEPT_VALUES = 100_000
+# And the values those answers hold together, about 300 bytes each: on a site whose paths
+# carry ids a filter on a twelfth of 600,000 views holds 150,000 (entry and exit pages too), and
+# eight such answers would keep 400 MB. The least recently asked go first; an answer past it
+# alone is counted afresh at each request.
+KEPT_VALUES = 250_000
 # Past this many changed ids, counting them twice costs more than counting everything again.
 MAX_CHANGED_IDS = 20_000
 # Up to this many changed ids (about 70 ms to carry), an answer is carried forward without
