@@ -30,6 +30,9 @@ PANEL_DIMS = [*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM]
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
 STATES_PER_FAMILY = 2  # KeptByState's: the newest rollup state read and the one before it
+# How long a request waits for another thread's read of the same window at the same state
+# (each of its statements is bounded by the web's statement timeout, 5 s).
+READ_WAIT_SECONDS = 6.0
 # Values of each dimension read with a window (its most viewed, `Ranking`), about 110 bytes
 # each: a site whose paths carry ids has as many as views (560,000 paths held 700 MB).
 RANKED_VALUES = 200
@@ -123,17 +126,41 @@ class KeptByState(Generic[T]):
     def __init__(self, entries: int):
         self.entries = entries
         self._kept: collections.OrderedDict[tuple[tuple, tuple], T] = collections.OrderedDict()
+        self._reading: dict[tuple[tuple, tuple], threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, family: tuple, state: tuple, read: Callable[[], T]) -> T:
-        """What is kept for `family` at `state`, else what `read()` gives, kept."""
+        """What is kept for `family` at `state`, else what `read()` gives, kept. While another
+        thread reads the same, this one waits for it (up to READ_WAIT_SECONDS, then reads too):
+        a window of a site whose paths carry ids takes seconds to read after each rollup, and the
+        warm-up's read and each reader's were all made at once."""
         key = (family, state)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
                 return kept
-        value = read()
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = self._reading[key] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            reading.wait(READ_WAIT_SECONDS)
+            with self._lock:
+                kept = self._kept.get(key)
+            if kept is not None:
+                return kept
+            return self._keep(key, family, read())  # the other read failed, or is slow
+        try:
+            return self._keep(key, family, read())
+        finally:
+            with self._lock:
+                del self._reading[key]
+            reading.set()
+
+    def _keep(self, key: tuple[tuple, tuple], family: tuple, value: T) -> T:
         with self._lock:
             self._kept[key] = value
             self._kept.move_to_end(key)
