@@ -27,6 +27,7 @@ from tally.web.windows import DAY, Lookup, Ranking, Window, count_days
 T = TypeVar("T")
 # The dimensions a window's panels rank: the views', the visits' entry and exit pages, events.
 PANEL_DIMS = [*(d.name for d in DIMENSIONS), *visits.PAGE_PANELS, events.DIM]
+PAGE_DIMS = frozenset(("path", *visits.PAGE_PANELS))  # as many values as pages: the most, by far
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
 STATES_PER_FAMILY = 2  # KeptByState's: the newest rollup state read and the one before it
@@ -221,16 +222,25 @@ def _read_values(
     """The rolled-up views of each of `dims`' first `ranked` + 1 values (all when None), and of
     every search engine's referring domain; and, per dimension with more values than were read,
     the (views, value) of the last read in rank order (`Ranking.last`)."""
-    cur.execute(
-        QUERIES["stats_rolled_up_dims"],
-        {**bounds, "dims": dims, "ranked": ranked, "engines": SEARCH_ENGINE_DOMAINS},
-    )
+    # The pages' dimensions (a value a path) a statement each, each within the web's statement
+    # timeout (all in one passed its 5 s on a site of 600,000 paths under traffic); the rest in
+    # one; sent at once, in one round trip.
+    groups = [[dim] for dim in dims if dim in PAGE_DIMS] + [[dim for dim in dims if dim not in PAGE_DIMS]]
+    groups = [group for group in groups if group]
+    conn = cur.connection
+    cursors = [conn.cursor() for _ in groups]
+    with conn.pipeline():
+        for group, each in zip(groups, cursors, strict=True):
+            params = {**bounds, "dims": group, "ranked": ranked, "engines": SEARCH_ENGINE_DOMAINS}
+            each.execute(QUERIES["stats_rolled_up_dims"], params)
     values: dict[str, dict[str, int]] = {dim: {} for dim in dims}
     in_rank: dict[str, list[tuple[int, str]]] = {dim: [] for dim in dims}
-    for dim, value, views, is_ranked in cur.fetchall():
-        values[dim][value] = views
-        if is_ranked:
-            in_rank[dim].append((-views, value))
+    for each in cursors:
+        for dim, value, views, is_ranked in each.fetchall():
+            values[dim][value] = views
+            if is_ranked:
+                in_rank[dim].append((-views, value))
+        each.close()
     lasts = {}
     for dim, keys in in_rank.items():
         if ranked is not None and len(keys) > ranked:
