@@ -15,6 +15,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from tally.db import QUERIES
 from tally.web import export, filtered
 from tally.web.filtered import EVERY_VIEW
 from tests import ages
@@ -323,6 +324,29 @@ def test_panels_are_exact_when_a_window_reads_only_each_dimensions_most_viewed_v
     monkeypatch.setattr("tally.web.rolled_up.RANKED_VALUES", ranked)
     load_in_chunks(conn, random.Random(seed), blogs=12)
     on_one_day(conn, tz, lambda: check_every_window(client, conn, tz))
+    # A site whose reads are slow has its values read in four statements sent at once (all
+    # are slow here), each within the statement timeout: the same answers.
+    monkeypatch.setattr("tally.web.stats.SPLIT_AFTER_SECONDS", 0.0)
+    statements = executed(monkeypatch, QUERIES["stats_rolled_up_dims"])
+    roll_up(conn)  # a new state: every window read again, the first of each site's in one
+    on_one_day(conn, tz, lambda: check_every_window(client, conn, tz))
+    ranked = [params["dims"] for params in statements if params["ranked"] is not None]  # no full read
+    assert ["entry"] in ranked and ["exit"] in ranked and ["path"] in ranked  # split
+    assert any(len(dims) > 3 for dims in ranked)  # and not: each site's first read
+
+
+def executed(monkeypatch, text: str) -> list[dict]:
+    """The parameters of each execution of `text` from now on."""
+    ran: list[dict] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, params=None, *args, **kwargs):
+        if query == text:
+            ran.append(params)
+        return original(self, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return ran
 
 
 def load_in_chunks(conn: psycopg.Connection, rng: random.Random, blogs: int = 0) -> None:

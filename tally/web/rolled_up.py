@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import bisect
 import collections
+import contextlib
 import dataclasses
 import datetime
 import threading
@@ -173,8 +174,11 @@ class KeptByState(Generic[T]):
         return value
 
 
-def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Window) -> RolledUp:
-    """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`."""
+def read_rolled_up(
+    cur: psycopg.Cursor, site: str | None, tz: str, window: Window, split: bool = False
+) -> RolledUp:
+    """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`; its
+    values read a statement per page dimension when `split` (for a site whose reads are slow)."""
     cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
     start = cur.fetchone()[0]
     # The window ends at the midnight after its last day, today's too: a view dated later
@@ -204,7 +208,7 @@ def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Windo
     for day, count in cur.fetchall():
         count_days(visitors, window, day, count)
     bounds = {"start": start, "end": end, "site": site}
-    values, lasts = _read_values(cur, bounds, PANEL_DIMS, RANKED_VALUES)
+    values, lasts = _read_values(cur, bounds, PANEL_DIMS, RANKED_VALUES, split)
     domains = list(values["referrer"])
     values["referrer"] = by_name(values["referrer"])
     tops = {dim: Ranking.of(views, lasts.get(dim)) for dim, views in values.items()}
@@ -217,19 +221,20 @@ def read_rolled_up(cur: psycopg.Cursor, site: str | None, tz: str, window: Windo
 
 
 def _read_values(
-    cur: psycopg.Cursor, bounds: dict, dims: list[str], ranked: int | None
+    cur: psycopg.Cursor, bounds: dict, dims: list[str], ranked: int | None, split: bool = False
 ) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, str]]]:
     """The rolled-up views of each of `dims`' first `ranked` + 1 values (all when None), and of
     every search engine's referring domain; and, per dimension with more values than were read,
     the (views, value) of the last read in rank order (`Ranking.last`)."""
-    # The pages' dimensions (a value a path) a statement each, each within the web's statement
-    # timeout (all in one passed its 5 s on a site of 600,000 paths under traffic); the rest in
-    # one; sent at once, in one round trip.
+    # One statement; or, when `split`, the pages' dimensions (a value a path) a statement each,
+    # each within the web's statement timeout (all in one passed its 5 s on a site of 600,000
+    # paths under traffic), and the rest in one, sent at once in one round trip. Each statement
+    # is planned (about 1 ms), so a site whose reads are quick reads them in one.
     groups = [[dim] for dim in dims if dim in PAGE_DIMS] + [[dim for dim in dims if dim not in PAGE_DIMS]]
-    groups = [group for group in groups if group]
+    groups = [group for group in groups if group] if split else [dims]
     conn = cur.connection
     cursors = [conn.cursor() for _ in groups]
-    with conn.pipeline():
+    with conn.pipeline() if split else contextlib.nullcontext():
         for group, each in zip(groups, cursors, strict=True):
             params = {**bounds, "dims": group, "ranked": ranked, "engines": SEARCH_ENGINE_DOMAINS}
             each.execute(QUERIES["stats_rolled_up_dims"], params)

@@ -41,7 +41,13 @@ from tally.web.carried import CarriedAnswers
 from tally.web.current_visitors import CurrentVisitors
 from tally.web.panels import TAIL, top_values
 from tally.web.recent import recent_figures
-from tally.web.rolled_up import EdgeTimes, KeptByState, RolledUp, read_edge_times, read_rolled_up
+from tally.web.rolled_up import (
+    EdgeTimes,
+    KeptByState,
+    RolledUp,
+    read_edge_times,
+    read_rolled_up,
+)
 from tally.web.tail_moves import TailMoves
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
@@ -59,6 +65,12 @@ EDGE_ENTRIES = 4
 ROLLUP_WHEN_TAIL_EXCEEDS = 1000
 # GET /api/sites counts each site's views over this many days (its answer's `days`).
 SITES_DAYS = 30
+# A site whose window took longer than this to read has its next read's values split in four
+# statements, each within the statement timeout (tally/web/rolled_up.py, `_read_values`), until
+# one takes less than JOIN_BELOW_SECONDS; a read that is quick costs a plan, not four.
+SPLIT_AFTER_SECONDS = 1.0
+JOIN_BELOW_SECONDS = 0.25
+SLOW_READ_SITES = 64
 # Unfiltered windows of now readers asked for, remembered to be read again after a rollup
 # (tally/web/warm.py); the least recently asked forgotten first.
 ASKED_ENTRIES = 8
@@ -95,6 +107,8 @@ class StatsReader:
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
         self._asked: collections.OrderedDict[tuple, float] = collections.OrderedDict()  # and when
+        # Sites (None: all) whose windows took long to read: their values read split.
+        self._slow_reads: collections.OrderedDict[str | None, bool] = collections.OrderedDict()
 
     def stats_for_window(
         self,
@@ -286,7 +300,24 @@ class StatsReader:
     ) -> RolledUp:
         family = (site, tz, window.days[0], window.days[-1], window.current)
         at = (state, window.first_full_bucket)
-        return self._cache.get(family, at, lambda: read_rolled_up(cur, site, tz, window))
+
+        def read() -> RolledUp:
+            with self._lock:
+                split = site in self._slow_reads
+            started = time.monotonic()
+            rolled_up = read_rolled_up(cur, site, tz, window, split)
+            took = time.monotonic() - started
+            with self._lock:
+                if took > SPLIT_AFTER_SECONDS:
+                    self._slow_reads[site] = True
+                    self._slow_reads.move_to_end(site)
+                    while len(self._slow_reads) > SLOW_READ_SITES:
+                        self._slow_reads.popitem(last=False)
+                elif took < JOIN_BELOW_SECONDS:
+                    self._slow_reads.pop(site, None)
+            return rolled_up
+
+        return self._cache.get(family, at, read)
 
     def _combine(
         self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, at_ends: int
