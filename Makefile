@@ -28,10 +28,10 @@ run: migrate
 
 # The suite runs on the pip-installed PostgreSQL 18 (no JIT) and on the system's PostgreSQL
 # package (Debian's: `apt-get install postgresql`, JIT on), the build most users run, each
-# in two halves (the slow process-level tests, and the rest), all four at once, each with
-# its own throwaway server: tests/suites.py says why and how. Without the package its
-# halves are skipped with a line saying so; CI installs it (.ci/run) and sets
-# REQUIRE_SYSTEM_POSTGRES=1, so there it cannot be skipped.
+# in three parts (the slow process-level and browser tests, the other tests that mostly wait,
+# and the rest), all six at once, each with its own throwaway server: tests/suites.py says
+# why and how. Without the package its parts are skipped with a line saying so; CI installs
+# it (.ci/run) and sets REQUIRE_SYSTEM_POSTGRES=1, so there it cannot be skipped.
 test: setup
 	$(PY) -m tests.suites
 

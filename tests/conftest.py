@@ -80,6 +80,14 @@ def pytest_configure(config: pytest.Config) -> None:
     apply_pending(url)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A test that starts Tally's processes mostly waits on them: `make test` runs those apart
+    # from the computing tests (tests/suites.py), since under `nice` their waits grew fourfold.
+    for item in items:
+        if "start_process" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.waits)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     with psycopg.connect(os.environ["DATABASE_URL"]) as connection:
         version, jit, compiles = connection.execute(

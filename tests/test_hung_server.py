@@ -24,6 +24,8 @@ from tally.answer_bound import AnswerTimedOut
 from tally.config import from_env
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.waits  # on timers and servers (tests/suites.py)
+
 
 class FreezingProxy:
     """Passes bytes between clients and the database until `freeze()`; then passes none."""

@@ -15,6 +15,8 @@ import pytest
 from tally import localdb
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.waits  # on timers and servers (tests/suites.py)
+
 START = "from pathlib import Path; from tally import localdb; print(localdb.ensure_running(Path({!r})))"
 START_AND_WAIT = START + "; import time; time.sleep(60)"
 

@@ -20,6 +20,8 @@ from tally import mail
 from tally.env import SmtpServer as Server
 from tests.smtp_server import SmtpServer
 
+pytestmark = pytest.mark.waits  # on timers and servers (tests/suites.py)
+
 
 def message() -> email.message.EmailMessage:
     return mail.compose("t@example.com", "o@example.com", "S", "text", "<p>html</p>", message_id="<a@b>")

@@ -21,6 +21,8 @@ from tests.smtp_server import SmtpServer, self_signed_certificate
 from tests.test_reports import SITE, TZ, deliveries, local_today, report_env, views_over_weeks
 from tests.test_web import TOKEN, make_client
 
+pytestmark = pytest.mark.waits  # on timers and servers (tests/suites.py)
+
 # --- temporary and permanent failures, in this process ------------------------------------------
 
 
