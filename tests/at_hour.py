@@ -96,7 +96,7 @@ def build_library() -> Path:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise SystemExit("tests.at_hour needs a C compiler to build tests/clock_shift.c: apt-get install gcc")
-    # Built under a name of its own, then renamed: `make test` runs this in two suites at once.
+    # Built under a name of its own, then renamed: `make test` runs this in several parts at once.
     built = LIBRARY.with_name(f"clock_shift.{os.getpid()}.so")
     subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(SOURCE), "-ldl"], check=True)
     os.replace(built, LIBRARY)

@@ -253,7 +253,7 @@ def jobs_app_released() -> Iterator[None]:
 
 # Ports for the servers tests start, below the kernel's ephemeral range (32768-60999 on
 # Linux): a port the kernel handed out by bind(("", 0)) could be handed out again, as the
-# local end of any connection the two suites open, before the server came to bind it (CI
+# local end of any connection the other runs open, before the server came to bind it (CI
 # once saw "PORT=49273 is in use" that way). A run holds a lock on each port it hands out
 # (a file in the temp folder, freed when the run ends, however it ends), so two runs at once
 # never hand out the same one, and none is handed out twice.
