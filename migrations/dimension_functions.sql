@@ -13,7 +13,7 @@
 
 -- Fold the views and events committed since the last rollup (migrations/0004's snapshot rules)
 -- into the rollup tables; how many views it folded. As migrations/0020 last wrote it, but for
--- the pairs held in the day's row (migrations/0031).
+-- the pairs held in the day's row (migrations/0031) and the settled days (migrations/0046).
 CREATE OR REPLACE FUNCTION tally_rollup_page_views() RETURNS bigint LANGUAGE plpgsql
 SET plan_cache_mode = force_custom_plan
 SET jit = off
@@ -23,6 +23,8 @@ DECLARE
     state page_view_rollup_state;
     snapshot pg_snapshot;
     folded bigint;
+    earliest date;  -- the first UTC day of a page_view_day_values row this fold wrote
+    settled date;
 BEGIN
     SELECT * INTO state FROM page_view_rollup_state FOR UPDATE;
     -- Statistics that say a day has no views with ids would send its probes by id through
@@ -147,18 +149,25 @@ BEGIN
                             ELSE tally_add_pairs(page_view_day_values.pairs, EXCLUDED.pairs) END,
                pair_steps = CASE WHEN EXCLUDED.pair_steps = '{}' THEN page_view_day_values.pair_steps
                                  ELSE tally_add_steps(page_view_day_values.pair_steps, EXCLUDED.pair_steps) END
+        RETURNING day
     )
-    SELECT count(*) INTO folded FROM fresh;
+    SELECT count(*), (SELECT min(day) FROM day_values) INTO folded, earliest FROM fresh;
 
     -- Visits no rollup changed for 3 days can go: an id from /api/collect brings no views after
     -- its salt's day. Under the state lock, so no rollup reads a row while it is deleted.
     DELETE FROM page_view_visit_days WHERE folded_on < (now() AT TIME ZONE 'UTC')::date - 3;
 
+    -- The days before yesterday are settled while no fold writes them (migrations/0046): a
+    -- minutely fold writes today's rows, and yesterday's as an id's moves reach back a day.
+    settled := greatest(state.settled_before, (now() AT TIME ZONE 'UTC')::date - 1);
     UPDATE page_view_rollup_state
        SET watermark = pg_snapshot_xmax(snapshot),
            in_progress = ARRAY(SELECT pg_snapshot_xip(snapshot) ORDER BY 1),
            rolled_up_at = now(),
-           last_folded = folded;
+           last_folded = folded,
+           settled_before = settled,
+           settled_by = CASE WHEN earliest < settled OR state.settled_by IS NULL THEN pg_current_xact_id()
+                             ELSE state.settled_by END;
     RETURN folded;
 END
 $$;

@@ -188,15 +188,16 @@ SELECT s.watermark, s.in_progress, s.rolled_up_at, s.last_folded, now() AS now,
 
 -- stats_state --
 -- The rollup state a stats request reads first, the database's clock and today in the zone `tz`,
--- and the span of UTC days the tail's views lie in (migrations/0019; NULL when every view is
+-- the span of UTC days the tail's views lie in (migrations/0019; NULL when every view is
 -- folded, which the tail queries read as the empty span from infinity), which the tail queries
--- prune the partitions to.
+-- prune the partitions to, and the settled days (migrations/0046).
 SELECT s.watermark, s.in_progress, now() AS now, (now() AT TIME ZONE %(tz)s)::date AS today,
        min(t.day)::timestamp AT TIME ZONE 'UTC' AS tail_from,
-       (max(t.day) + 1)::timestamp AT TIME ZONE 'UTC' AS tail_to
+       (max(t.day) + 1)::timestamp AT TIME ZONE 'UTC' AS tail_to,
+       s.settled_before, s.settled_by
   FROM page_view_rollup_state s
   LEFT JOIN page_view_tail_days t ON t.xid >= s.watermark OR t.xid = ANY (s.in_progress)
- GROUP BY s.watermark, s.in_progress
+ GROUP BY s.watermark, s.in_progress, s.settled_before, s.settled_by
 
 -- local_midnight --
 -- The instant a day starts in the zone `tz`.
@@ -388,11 +389,13 @@ SELECT (bucket AT TIME ZONE %(tz)s)::date AS day, sum(visits)::bigint AS visits,
 -- stats_rolled_up_dims --
 -- Rolled-up views of the most viewed values of each dimension `dims` in [start, end): whole UTC
 -- days strictly between the ones `start` and `end` fall in, and those two days' cells inside the
--- window. Per dimension the first `ranked` + 1 by views, then by value in code point order (as
--- Python sorts, tally/web/windows.py `Ranking`), or all when `ranked` is NULL; and every referring
--- domain matching `engines` besides (a search engine's, summed by name in Python, may be low on
--- its own). A dimension at a time, its top rows kept by a bounded sort: a site whose paths carry
--- ids has as many values as views, and holding all of them took the web 700 MB.
+-- window; of the rows of the UTC days in [from_day, before_day) (NULL: no bound), a window's
+-- settled days or the others (migrations/0046). Per dimension the first `ranked` + 1 by views,
+-- then by value in code point order (as Python sorts, tally/web/windows.py `Ranking`), or all
+-- when `ranked` is NULL; and every referring domain matching `engines` besides (a search
+-- engine's, summed by name in Python, may be low on its own). A dimension at a time, its top
+-- rows kept by a bounded sort: a site whose paths carry ids has as many values as views, and
+-- holding all of them took the web 700 MB.
 SELECT d.dim, top.value, top.views, top.ranked
   FROM unnest(%(dims)s::text[]) AS d (dim)
  CROSS JOIN LATERAL (
@@ -402,6 +405,7 @@ SELECT d.dim, top.value, top.views, top.ranked
                    AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
                    AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
                    AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                   AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')
                 UNION ALL
                 SELECT v.value, c.views
                   FROM page_view_day_values v, tally_cells(v.day, v.cells) c
@@ -409,7 +413,8 @@ SELECT d.dim, top.value, top.views, top.ranked
                    AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
                                  (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
                    AND c.bucket >= %(start)s AND c.bucket < %(end)s
-                   AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted
+                   AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                   AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')) counted
          GROUP BY counted.value
         HAVING d.dim <> 'referrer' OR counted.value !~* %(engines)s
          ORDER BY 2 DESC, counted.value COLLATE "C"
@@ -421,6 +426,7 @@ SELECT d.dim, top.value, top.views, top.ranked
                   AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
                   AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
                   AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                  AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')
                UNION ALL
                SELECT v.value, c.views
                  FROM page_view_day_values v, tally_cells(v.day, v.cells) c
@@ -428,12 +434,14 @@ SELECT d.dim, top.value, top.views, top.ranked
                   AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
                                 (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
                   AND c.bucket >= %(start)s AND c.bucket < %(end)s
-                  AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted
+                  AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                  AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')) counted
         GROUP BY counted.value) top
 
 -- stats_rolled_up_value_views --
 -- Rolled-up views in [start, end) of some values of one dimension (as stats_rolled_up_dims counts
--- them): those a tail brings that the kept top rows leave out, when they might rank among them.
+-- them, of the rows of the UTC days in [from_day, before_day)): those a tail brings that the kept top rows
+-- leave out, when they might rank among them.
 SELECT wanted.value, coalesce(sum(counted.views), 0)::bigint AS views
   FROM unnest(%(values)s::text[]) AS wanted (value)
   LEFT JOIN LATERAL (
@@ -442,6 +450,7 @@ SELECT wanted.value, coalesce(sum(counted.views), 0)::bigint AS views
            AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR v.site = %(site)s)
+           AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')
         UNION ALL
         SELECT c.views
           FROM page_view_day_values v, tally_cells(v.day, v.cells) c
@@ -449,12 +458,14 @@ SELECT wanted.value, coalesce(sum(counted.views), 0)::bigint AS views
            AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
                          (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
            AND c.bucket >= %(start)s AND c.bucket < %(end)s
-           AND (%(site)s::text IS NULL OR v.site = %(site)s)) counted ON true
+           AND (%(site)s::text IS NULL OR v.site = %(site)s)
+           AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')) counted ON true
  GROUP BY wanted.value
 
 -- stats_rolled_up_dim_visitors --
 -- Rolled-up visitors per day of some dimension values (the panels' top rows), as
--- stats_rolled_up_visitors. Grouped by the values' numbers, not their text: no collation at work.
+-- stats_rolled_up_visitors, of the rows of the UTC days in [from_day, before_day) as
+-- stats_rolled_up_dims. Grouped by the values' numbers, not their text: no collation at work.
 SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS visitors
   FROM unnest(%(dims)s::text[], %(values)s::text[]) WITH ORDINALITY AS wanted (dim, value, n)
   JOIN LATERAL (
@@ -464,13 +475,15 @@ SELECT wanted.dim, wanted.value, counted.day, sum(counted.visitors)::bigint AS v
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
            AND (%(site)s::text IS NULL OR d.site = %(site)s)
+           AND d.day >= coalesce(%(from_day)s::date, '-infinity') AND d.day < coalesce(%(before_day)s::date, 'infinity')
         UNION ALL
         SELECT o.local_day, -o.visitors
           FROM page_view_day_values d, tally_day_overlaps(d.day, d.pairs, d.pair_steps, %(tz)s, %(start)s, %(end)s) o
          WHERE d.dim = wanted.dim AND d.value = wanted.value AND d.pair_steps <> '{}'
            AND d.day >= (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
            AND d.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
-           AND (%(site)s::text IS NULL OR d.site = %(site)s)) counted ON true
+           AND (%(site)s::text IS NULL OR d.site = %(site)s)
+           AND d.day >= coalesce(%(from_day)s::date, '-infinity') AND d.day < coalesce(%(before_day)s::date, 'infinity')) counted ON true
  GROUP BY wanted.n, wanted.dim, wanted.value, counted.day
 
 -- export_rolled_up_views --

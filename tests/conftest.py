@@ -188,7 +188,8 @@ def empty_tables(database_url: str) -> None:
         )
         connection.execute(
             "UPDATE page_view_rollup_state"
-            " SET watermark = '0', in_progress = '{}', rolled_up_at = NULL, last_folded = 0"
+            " SET watermark = '0', in_progress = '{}', rolled_up_at = NULL, last_folded = 0,"
+            " settled_before = NULL, settled_by = NULL"
         )
 
 
@@ -529,7 +530,7 @@ def request_bounds(cur: psycopg.Cursor, tz: str = "UTC") -> tuple[dict, datetime
     from tally.db import QUERIES
 
     cur.execute(QUERIES["stats_state"], {"tz": tz})
-    watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
+    watermark, in_progress, now, today, tail_from, tail_to, *_ = cur.fetchone()
     bounds = {
         "watermark": watermark,
         "in_progress": in_progress,

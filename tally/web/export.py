@@ -87,7 +87,7 @@ def chunks(spool: IO[str]) -> Iterator[bytes]:
 
 def _rows(cur: psycopg.Cursor, days: int, site: str | None, tz: str) -> Iterator[Row]:
     cur.execute(QUERIES["stats_state"], {"tz": tz})
-    watermark, in_progress, _now, today, tail_from, tail_to = cur.fetchone()
+    watermark, in_progress, _now, today, tail_from, tail_to, *_ = cur.fetchone()
     first_day = today - datetime.timedelta(days=days - 1)
     cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
     bounds = {"start": cur.fetchone()[0], "site": site, "tz": tz}
@@ -147,7 +147,7 @@ def _filtered_rows(
     cur: psycopg.Cursor, days: int, site: str | None, tz: str, filters: dict[str, str]
 ) -> Iterator[Row]:
     cur.execute(QUERIES["stats_state"], {"tz": tz})
-    watermark, in_progress, _now, today, tail_from, tail_to = cur.fetchone()
+    watermark, in_progress, _now, today, tail_from, tail_to, *_ = cur.fetchone()
     first_day = today - datetime.timedelta(days=days - 1)
     cur.execute(QUERIES["local_midnight"], {"day": first_day, "tz": tz})
     start = cur.fetchone()[0]

@@ -2,9 +2,9 @@
 
 A panel ranks the values by their rolled-up views plus the tail's (tally/web/windows.py,
 `Ranking`), and then counts the visitors of the ten it shows only: per day in the zone, from the
-rollups' cells (`stats_rolled_up_dim_visitors`, kept with the rolled-up part of the window until
-the next rollup) and the tail's moves. The referrer panel lists search engines by name
-(tally/web/referrers.py), each the sum of its domains.
+rollups' cells (`stats_rolled_up_dim_visitors`, kept with the rolled-up part of the window:
+tally/web/rolled_up.py, `Values.visitors_of`) and the tail's moves. The referrer panel lists
+search engines by name (tally/web/referrers.py), each the sum of its domains.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events
-from tally.web.referrers import SEARCH_ENGINE_NAMES, by_name, referrer_name
+from tally.web.referrers import by_name, referrer_name
 from tally.web.windows import Window, count_days
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def top_values(
         for name, counts in (*tail_values.items(), (events.DIM, tail_events))
     }
     wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}
-    per_value = _value_visitors(cur, bounds, window, rolled_up, wanted, lock)
+    per_value = rolled_up.visitors_of(cur, bounds["tz"], window, wanted, lock)
     for dim, value, day, count in tail_visitors:
         if dim is not None:
             key = (dim, referrer_name(value) if dim == "referrer" else value)
@@ -70,38 +69,3 @@ def top_values(
             row["visitors"] = sum(per_value[(name, row[name])].values())
         panels[panel] = rows
     return panels
-
-
-def _value_visitors(
-    cur: psycopg.Cursor, bounds: dict, window: Window, rolled_up: RolledUp, wanted: set, lock: threading.Lock
-) -> dict[tuple[str, str], collections.Counter]:
-    """Rolled-up visitors per day of each wanted (dimension, value), cached with the rollup.
-    A referrer name (a search engine) adds up its domains' visitors."""
-    with lock:
-        missing = wanted - set(rolled_up.value_visitors)
-    if missing:
-        counted = {key: collections.Counter() for key in missing}
-        names = {value for dim, value in missing if dim == "referrer"}
-        domains = [d for d in rolled_up.referrer_domains if referrer_name(d) in names]
-        # Any other name is its own domain, read with the window or not (beyond its top values).
-        domains += sorted(names - SEARCH_ENGINE_NAMES - set(domains))
-        pairs = [(dim, value) for dim, value in missing if dim != "referrer"]
-        pairs += [("referrer", domain) for domain in domains]
-        cur.execute(
-            QUERIES["stats_rolled_up_dim_visitors"],
-            {
-                **bounds,
-                "start": rolled_up.start,
-                "end": rolled_up.end,
-                "dims": [dim for dim, _ in pairs],
-                "values": [value for _, value in pairs],
-            },
-        )
-        for dim, value, day, count in cur.fetchall():
-            key = (dim, referrer_name(value) if dim == "referrer" else value)
-            if key in counted:
-                count_days(counted[key], window, day, count)
-        with lock:
-            rolled_up.value_visitors.update(counted)
-    with lock:
-        return {key: collections.Counter(rolled_up.value_visitors[key]) for key in wanted}

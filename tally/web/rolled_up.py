@@ -3,6 +3,12 @@ visits, as the rollup tables held them at one rollup state (tally/web/stats.py k
 state, `KeptByState`: no rollup, no change). The tail not yet rolled up is added to it per
 request. So are the times of the rolled-up views where the last 24 hours begin (`EdgeTimes`),
 which the rollups' 15-minute cells cannot cut.
+
+The values are most of the cost of a read: a month of rows of `page_view_day_values`. A rollup
+writes the rows of today and yesterday, but for late views and backfills, and says which days it
+left alone (migrations/0046: the settled days). So the values of a window's settled days are
+read once and kept while they stay settled, and those of its other days after each rollup
+(`Values`, a part each), the two added up (`merged`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
-from tally.web.referrers import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name
+from tally.web.referrers import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name, referrer_name
 from tally.web.windows import DAY, Lookup, Ranking, Window, count_days
 
 T = TypeVar("T")
@@ -43,31 +49,44 @@ LOOKED_UP_VALUES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
-class RolledUp:
-    """The rolled-up part of one window, valid for one rollup state."""
+class Values:
+    """Every panel dimension's rolled-up views over some of a window's rows, those of the UTC
+    days in [from_day, before_day) (None: no bound): the most viewed of each (`Ranking`; all of
+    them when `ranked` was None), and, filled on demand, the views of others and the visitors
+    per day of some."""
 
     start: datetime.datetime  # the window's first local midnight
-    daily: dict[datetime.date, int]
-    visitors: dict[datetime.date, int]
-    after_boundary: int  # views in the full buckets of the last 24 hours
-    tops: dict[str, Ranking]  # per dimension; referrers by name: search engines grouped
-    end: datetime.datetime  # the window's end (infinity for a window that ends now)
-    referrer_domains: list[str]  # the domains behind the referrer names
-    value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
-    visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
+    end: datetime.datetime  # the window's end
     site: str | None
-    looked_up: dict[tuple[str, str], int]  # rolled-up views of values beyond `tops`, filled on demand
+    from_day: datetime.date | None
+    before_day: datetime.date | None
+    tops: dict[str, Ranking]  # per dimension; referrers by name: search engines grouped
+    referrer_domains: list[str]  # the domains behind the referrer names read
+    value_visitors: dict[tuple[str, str], collections.Counter]  # per day, filled on demand
+    looked_up: dict[tuple[str, str], int]  # views of values beyond `tops`, filled on demand
 
-    def lookup(self, cur: psycopg.Cursor, dim: str, lock: threading.Lock) -> Lookup:
-        """`Ranking.top`'s lookup of `dim`'s values not read with the window, through `cur`."""
-        return lambda names: self._views_of(cur, dim, names, lock)
+    @property
+    def bounds(self) -> dict:
+        """The queries' parameters that say which rows these are."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "site": self.site,
+            "from_day": self.from_day,
+            "before_day": self.before_day,
+        }
 
-    def _views_of(
+    def views_of(
         self, cur: psycopg.Cursor, dim: str, names: list[str] | None, lock: threading.Lock
     ) -> dict[str, int]:
-        bounds = {"start": self.start, "end": self.end, "site": self.site}
+        """The views of `names` of `dim` not read with the ranking (of every name, for None)."""
+        ranking = self.tops[dim]
+        if ranking.last is None:  # every name with views was read
+            return (
+                dict(ranking.views) if names is None else {name: ranking.views.get(name, 0) for name in names}
+            )
         if names is None:  # every value, this once
-            values = _read_values(cur, bounds, [dim], None)[0][dim]
+            values = _read_values(cur, self.bounds, [dim], None)[0][dim]
             return dict(by_name(values)) if dim == "referrer" else values
         with lock:
             found = {name: self.looked_up[(dim, name)] for name in names if (dim, name) in self.looked_up}
@@ -75,12 +94,124 @@ class RolledUp:
         wanted = [n for n in names if n not in found and not (dim == "referrer" and n in SEARCH_ENGINE_NAMES)]
         found.update((name, 0) for name in names if name not in found and name not in wanted)
         if wanted:
-            cur.execute(QUERIES["stats_rolled_up_value_views"], {**bounds, "dim": dim, "values": wanted})
+            cur.execute(QUERIES["stats_rolled_up_value_views"], {**self.bounds, "dim": dim, "values": wanted})
             read = dict(cur.fetchall())
             found.update(read)
             with lock:
                 if len(self.looked_up) + len(read) <= LOOKED_UP_VALUES:
                     self.looked_up.update(((dim, name), views) for name, views in read.items())
+        return found
+
+    def visitors_of(
+        self, cur: psycopg.Cursor, tz: str, window: Window, wanted: set, lock: threading.Lock
+    ) -> dict[tuple[str, str], collections.Counter]:
+        """Visitors per day (in `tz`) of each wanted (dimension, value), kept. A referrer name
+        (a search engine) adds up its domains' visitors."""
+        with lock:
+            missing = wanted - set(self.value_visitors)
+        if missing:
+            counted = {key: collections.Counter() for key in missing}
+            names = {value for dim, value in missing if dim == "referrer"}
+            domains = [d for d in self.referrer_domains if referrer_name(d) in names]
+            # Any other name is its own domain, read with the window or not (beyond its top values).
+            domains += sorted(names - SEARCH_ENGINE_NAMES - set(domains))
+            pairs = [(dim, value) for dim, value in missing if dim != "referrer"]
+            pairs += [("referrer", domain) for domain in domains]
+            cur.execute(
+                QUERIES["stats_rolled_up_dim_visitors"],
+                {
+                    **self.bounds,
+                    "tz": tz,
+                    "dims": [dim for dim, _ in pairs],
+                    "values": [value for _, value in pairs],
+                },
+            )
+            for dim, value, day, count in cur.fetchall():
+                key = (dim, referrer_name(value) if dim == "referrer" else value)
+                if key in counted:
+                    count_days(counted[key], window, day, count)
+            with lock:
+                self.value_visitors.update(counted)
+        with lock:
+            return {key: collections.Counter(self.value_visitors[key]) for key in wanted}
+
+
+def read_values(
+    cur: psycopg.Cursor,
+    bounds: dict,
+    ranked: int | None = RANKED_VALUES,
+    split: bool = False,
+) -> Values:
+    """The values over the rows `bounds` says (start, end, site, from_day, before_day): each
+    dimension's first `ranked` + 1 (all when None); read a statement per page dimension when
+    `split` (for a site whose reads are slow)."""
+    values, lasts = _read_values(cur, bounds, PANEL_DIMS, ranked, split)
+    domains = list(values["referrer"])
+    values["referrer"] = by_name(values["referrer"])
+    tops = {dim: Ranking.of(views, lasts.get(dim)) for dim, views in values.items()}
+    return Values(
+        bounds["start"],
+        bounds["end"],
+        bounds["site"],
+        bounds["from_day"],
+        bounds["before_day"],
+        tops,
+        domains,
+        {},
+        {},
+    )
+
+
+def merged(cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock) -> dict[str, Ranking]:
+    """The rankings of a window's settled days and of its other days (every value of those
+    read) as one: each value of the other days added to the settled days' count, which is
+    looked up for a value the settled ranking left out. A value of neither has at most the
+    settled ranking's `last`, as before."""
+    tops = {}
+    for dim, ranking in settled.tops.items():
+        adds = recent.tops[dim].views
+        views = dict(ranking.views)
+        unread = [name for name in adds if name not in views]
+        if unread:
+            views.update(settled.views_of(cur, dim, unread, lock))
+        for name, count in adds.items():
+            views[name] += count
+        tops[dim] = Ranking.of(views, ranking.last)
+    return tops
+
+
+@dataclasses.dataclass(frozen=True)
+class RolledUp:
+    """The rolled-up part of one window, valid for one rollup state."""
+
+    start: datetime.datetime  # the window's first local midnight
+    daily: dict[datetime.date, int]
+    visitors: dict[datetime.date, int]
+    after_boundary: int  # views in the full buckets of the last 24 hours
+    tops: dict[str, Ranking]  # per dimension, the parts' added up
+    end: datetime.datetime  # the window's end (infinity for a window that ends now)
+    visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
+    parts: tuple[Values, ...]  # the settled days' values and the others', or all in one
+
+    def lookup(self, cur: psycopg.Cursor, dim: str, lock: threading.Lock) -> Lookup:
+        """`Ranking.top`'s lookup of `dim`'s values not read with the window, through `cur`."""
+
+        def views_of(names: list[str] | None) -> dict[str, int]:
+            found: collections.Counter[str] = collections.Counter()
+            for part in self.parts:
+                found.update(part.views_of(cur, dim, names, lock))
+            return dict(found)
+
+        return views_of
+
+    def visitors_of(
+        self, cur: psycopg.Cursor, tz: str, window: Window, wanted: set, lock: threading.Lock
+    ) -> dict[tuple[str, str], collections.Counter]:
+        """Visitors per day (in `tz`) of each wanted (dimension, value), the parts' added up."""
+        found = {key: collections.Counter() for key in wanted}
+        for part in self.parts:
+            for key, days in part.visitors_of(cur, tz, window, wanted, lock).items():
+                found[key].update(days)
         return found
 
 
@@ -175,10 +306,19 @@ class KeptByState(Generic[T]):
 
 
 def read_rolled_up(
-    cur: psycopg.Cursor, site: str | None, tz: str, window: Window, split: bool = False
+    cur: psycopg.Cursor,
+    site: str | None,
+    tz: str,
+    window: Window,
+    lock: threading.Lock,
+    split: bool = False,
+    settled_before: datetime.date | None = None,
+    settled: Callable[[Callable[[], Values]], Values] = lambda read: read(),
 ) -> RolledUp:
     """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`; its
-    values read a statement per page dimension when `split` (for a site whose reads are slow)."""
+    values read a statement per page dimension when `split` (for a site whose reads are slow).
+    Those of the UTC days before `settled_before` (None: none is settled) are `settled(read)`,
+    which may give what was read before instead of reading them again (tally/web/stats.py)."""
     cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
     start = cur.fetchone()[0]
     # The window ends at the midnight after its last day, today's too: a view dated later
@@ -207,17 +347,25 @@ def read_rolled_up(
     visitors: collections.Counter[datetime.date] = collections.Counter()
     for day, count in cur.fetchall():
         count_days(visitors, window, day, count)
-    bounds = {"start": start, "end": end, "site": site}
-    values, lasts = _read_values(cur, bounds, PANEL_DIMS, RANKED_VALUES, split)
-    domains = list(values["referrer"])
-    values["referrer"] = by_name(values["referrer"])
-    tops = {dim: Ranking.of(views, lasts.get(dim)) for dim, views in values.items()}
+    whole = {"start": start, "end": end, "site": site, "from_day": None, "before_day": None}
+    if settled_before is None or start.astimezone(datetime.UTC).date() >= settled_before:
+        parts = (read_values(cur, whole, RANKED_VALUES, split),)
+        tops = parts[0].tops
+    else:
+        settled_part = settled(
+            lambda: read_values(cur, {**whole, "before_day": settled_before}, RANKED_VALUES, split)
+        )
+        if end.astimezone(datetime.UTC).date() < settled_before:  # every day of it settled
+            parts, tops = (settled_part,), settled_part.tops
+        else:
+            recent = read_values(cur, {**whole, "from_day": settled_before}, None, split)
+            parts, tops = (settled_part, recent), merged(cur, settled_part, recent, lock)
     per_day = {
         day: counts
         for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
         if window.days[0] <= day <= window.days[-1]
     }
-    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, domains, {}, per_day, site, {})
+    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, per_day, parts)
 
 
 def _read_values(

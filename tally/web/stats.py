@@ -30,7 +30,7 @@ import datetime
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg_pool
@@ -45,6 +45,7 @@ from tally.web.rolled_up import (
     EdgeTimes,
     KeptByState,
     RolledUp,
+    Values,
     read_edge_times,
     read_rolled_up,
 )
@@ -76,6 +77,14 @@ SLOW_READ_SITES = 64
 ASKED_ENTRIES = 8
 
 
+class SettledDays(NamedTuple):
+    """Which rollup rows no rollup has changed since when (migrations/0046): those of the UTC
+    days before `before` (None: none is known to be settled), since the transaction `by`."""
+
+    before: datetime.date | None
+    by: str | None  # an xid8, as psycopg reads it
+
+
 @contextlib.contextmanager
 def snapshot(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Cursor]:
     """A cursor in one read-only REPEATABLE READ snapshot: the tail and the rollups must come
@@ -100,6 +109,7 @@ class StatsReader:
         self.retention_days = retention_days
         self.request_rollup = request_rollup
         self._cache: KeptByState[RolledUp] = KeptByState(CACHE_ENTRIES)
+        self._settled: KeptByState[Values] = KeptByState(CACHE_ENTRIES)  # by (settled_before, by)
         self._edges: KeptByState[EdgeTimes] = KeptByState(EDGE_ENTRIES)
         self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
         self._tail_moves = TailMoves()  # the tails' moves of visitors and visits, likewise
@@ -145,11 +155,12 @@ class StatsReader:
         lender = shared_snapshot.Lender(pool, leave)
         with snapshot(pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": tz})
-            watermark, in_progress, now, today, tail_from, tail_to = cur.fetchone()
+            watermark, in_progress, now, today, tail_from, tail_to, *settled = cur.fetchone()
             if last_day is not None and last_day > today:
                 raise ValueError("last_day must not be after today")
             window = Window.ending(now, last_day or today, days, today)
             state = (watermark, tuple(in_progress))
+            settled_days = SettledDays(*settled)
             bounds = {
                 "watermark": watermark,
                 "in_progress": in_progress,
@@ -168,7 +179,7 @@ class StatsReader:
                     cur, window, params, self.retention_days, carried=self._carried, lender=lender
                 )
             else:
-                answer, tail_views = self._read(cur, state, bounds, window)
+                answer, tail_views = self._read(cur, state, settled_days, bounds, window)
             if window.current:  # the figures about now (a past window leaves them out, below)
                 recent = recent_figures(
                     cur, params, with_day=bool(filters), current=self._current, window=window, buckets=buckets
@@ -189,7 +200,7 @@ class StatsReader:
                         lender=lender,
                     )
                 else:
-                    previous, _ = self._read(cur, state, bounds, before, panels=False)
+                    previous, _ = self._read(cur, state, settled_days, bounds, before, panels=False)
                 answer["previous"] = with_changes(previous, answer, visits.EXACT)
         answer.pop(visits.EXACT)
         answer.update(site=site, tz=tz, filters=filters, retention_days=self.retention_days)
@@ -212,7 +223,7 @@ class StatsReader:
         `pool` when given, else the reader's)."""
         with snapshot(pool or self.pool) as cur:
             cur.execute(QUERIES["stats_state"], {"tz": "UTC"})
-            watermark, in_progress, now, _today, tail_from, tail_to = cur.fetchone()
+            watermark, in_progress, now, _today, tail_from, tail_to, *_ = cur.fetchone()
             since = bucket_of(now.astimezone(datetime.UTC) - SITES_DAYS * DAY)
             views: collections.Counter[str] = collections.Counter()
             cur.execute(QUERIES["sites_rolled_up"], {"since": since, "now": now})
@@ -229,7 +240,13 @@ class StatsReader:
         return [{"site": site, "views": count} for site, count in ranked if count > 0]
 
     def _read(
-        self, cur: psycopg.Cursor, state: tuple, bounds: dict[str, Any], window: Window, panels: bool = True
+        self,
+        cur: psycopg.Cursor,
+        state: tuple,
+        settled_days: SettledDays,
+        bounds: dict[str, Any],
+        window: Window,
+        panels: bool = True,
     ) -> tuple[dict[str, Any], int]:
         # The state's values go into the next queries as parameters, not as a join: the
         # planner then sees how short the tail is (docs/ARCHITECTURE.md, "Plans").
@@ -248,7 +265,7 @@ class StatsReader:
         # visit that started inside it (a second page: no bounce), so the whole tail decides.
         if tail_event_rows or any(row[TAIL["with_visitor"]] for row in whole_tail):
             tail_visitors, tail_visits = self._tail_moves.read(cur, state, bounds)
-        rolled_up = self._rolled_up(cur, state, bounds["site"], bounds["tz"], window)
+        rolled_up = self._rolled_up(cur, state, settled_days, bounds["site"], bounds["tz"], window)
         at_ends = crawlers = 0
         if window.current:
             ends = window.ends(self.retention_days)
@@ -296,7 +313,13 @@ class StatsReader:
             return True
 
     def _rolled_up(
-        self, cur: psycopg.Cursor, state: tuple, site: str | None, tz: str, window: Window
+        self,
+        cur: psycopg.Cursor,
+        state: tuple,
+        settled_days: SettledDays,
+        site: str | None,
+        tz: str,
+        window: Window,
     ) -> RolledUp:
         family = (site, tz, window.days[0], window.days[-1], window.current)
         at = (state, window.first_full_bucket)
@@ -305,7 +328,17 @@ class StatsReader:
             with self._lock:
                 split = site in self._slow_reads
             started = time.monotonic()
-            rolled_up = read_rolled_up(cur, site, tz, window, split)
+            rolled_up = read_rolled_up(
+                cur,
+                site,
+                tz,
+                window,
+                self._lock,
+                split,
+                settled_days.before,
+                # The values of the window's settled days, read once while they stay settled.
+                lambda read: self._settled.get(family[:4], settled_days, read),
+            )
             took = time.monotonic() - started
             with self._lock:
                 if took > SPLIT_AFTER_SECONDS:

@@ -1,0 +1,115 @@
+"""The settled days (migrations/0046): the rollup says which UTC days' rows of
+page_view_day_values it left alone, every change to those moves `settled_by`, and the web reads
+a window's values over them once while they stay settled (tally/web/rolled_up.py), its answers
+exact throughout."""
+
+from __future__ import annotations
+
+import datetime
+import random
+
+import psycopg
+import pytest
+
+from tally.db import QUERIES
+from tests.test_web import TOKEN, make_client, roll_up
+from tests.test_web_exact import check_every_window, executed, insert_raw, on_one_day, random_visits
+
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+def client(database_url, pool):
+    return make_client(database_url, pool, owner=True, ADMIN_TOKEN=TOKEN, PUBLIC_DASHBOARD="false")
+
+
+def settled(conn: psycopg.Connection) -> tuple:
+    return conn.execute("SELECT settled_before, settled_by FROM page_view_rollup_state").fetchone()
+
+
+def utc_today(conn: psycopg.Connection) -> datetime.date:
+    return conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+
+
+def view(age: datetime.timedelta, visitor: int | None, path: str = "/") -> tuple:
+    """A view as tests/test_web_exact.py's insert_raw takes it."""
+    return ("example.com", path, None, None, visitor, None, None, "US", "Firefox", "Linux", "desktop", age)
+
+
+def test_only_a_write_to_the_days_before_yesterday_moves_settled_by(conn):
+    insert_raw(conn, [view(5 * DAY, 1), view(datetime.timedelta(minutes=5), 2)])
+    roll_up(conn)
+    today = utc_today(conn)
+    before, by = settled(conn)
+    assert before == today - DAY and by is not None
+    # Today's views, of an id seen today: its moves stay in today's and yesterday's rows.
+    insert_raw(conn, [view(datetime.timedelta(minutes=2), 2, "/b"), view(datetime.timedelta(minutes=1), 3)])
+    roll_up(conn)
+    assert settled(conn) == (before, by)
+    # A view of five days ago, late: its day's rows change.
+    insert_raw(conn, [view(5 * DAY, 4, "/late")])
+    roll_up(conn)
+    assert settled(conn)[0] == before and settled(conn)[1] != by
+    by = settled(conn)[1]
+    # Deleting today's rows leaves the settled days as they were; deleting a settled day's does not.
+    conn.execute("DELETE FROM page_view_day_values WHERE day >= %s", (before,))
+    assert settled(conn) == (before, by)
+    conn.execute("DELETE FROM page_view_day_values WHERE day = %s", (today - 5 * DAY,))
+    assert settled(conn)[1] != by
+
+
+def test_the_rollups_retention_and_a_rebuild_move_settled_by(conn):
+    insert_raw(conn, [view(10 * DAY, 1), view(datetime.timedelta(minutes=5), 2)])
+    roll_up(conn)
+    today = utc_today(conn)
+    _, by = settled(conn)
+    conn.execute(QUERIES["delete_old_rollups"], {"cutoff_day": today - 20 * DAY})  # nothing that old
+    assert settled(conn)[1] == by
+    conn.execute(QUERIES["delete_old_rollups"], {"cutoff_day": today - 9 * DAY})
+    assert settled(conn)[1] != by
+    insert_raw(conn, [view(8 * DAY, 3)])
+    roll_up(conn)
+    _, by = settled(conn)
+    with conn.transaction():  # as the rebuild_rollups job does (jobs/rebuild.py)
+        conn.execute("SELECT * FROM tally_unfold_days(%s, %s)", (today - 2 * DAY, 30))
+        assert settled(conn)[1] == by  # only today's rows were there to unfold
+        conn.execute("SELECT * FROM tally_unfold_days(%s, %s)", (today - 8 * DAY, 30))
+        assert settled(conn)[1] != by
+
+
+def test_a_windows_settled_days_are_read_once_while_no_rollup_writes_them(client, conn, monkeypatch):
+    rng = random.Random(46)
+    visits = random_visits(rng, 1200, blogs=12)  # over 12 days
+    insert_raw(conn, [v for views in visits for v in views])
+    roll_up(conn)
+    # Few values read with each window (tally/web/rolled_up.py): the settled days' ranking is
+    # then a bound, and the other days' values are looked up in it.
+    monkeypatch.setattr("tally.web.rolled_up.RANKED_VALUES", 3)
+    reads = executed(monkeypatch, QUERIES["stats_rolled_up_dims"])
+
+    def settled_reads() -> int:
+        return sum(1 for params in reads if params["before_day"] is not None and params["ranked"] is not None)
+
+    def recent_reads() -> int:
+        return sum(1 for params in reads if params["from_day"] is not None)
+
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    first = settled_reads()
+    assert first and recent_reads()
+    # Views of today (new ids, and ids of today's views), rolled up: the settled days' values
+    # are not read again, the others' are.
+    since_midnight = conn.execute("SELECT now() - date_trunc('day', now(), 'UTC')").fetchone()[0]
+    room = min(600.0, since_midnight.total_seconds())
+    more = [v for views in random_visits(rng, 300, blogs=12) for v in views]
+    more += [v for views in visits if views[0][-1] < DAY for v in views]
+    now = [(*v[:-1], datetime.timedelta(seconds=rng.uniform(0, room))) for v in more]
+    insert_raw(conn, now)
+    recent_before = recent_reads()
+    roll_up(conn)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    assert settled_reads() == first and recent_reads() > recent_before
+    # A late view of a settled day: read again, and counted.
+    insert_raw(conn, [(*visits[0][0][:-1], 6 * DAY + datetime.timedelta(minutes=3))])
+    roll_up(conn)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    assert settled_reads() > first
