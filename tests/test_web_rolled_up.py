@@ -1,14 +1,20 @@
 """tally/web/rolled_up.py's KeptByState: a window's answer is kept for its last two rollup
 states read, so the web holds two per window, not one per rollup; and read once at a state,
-however many ask for it at once."""
+however many ask for it at once. And `merged`: the settled days' values and the others' rank
+as the whole."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime
+import random
 import threading
 from collections.abc import Callable
 
-from tally.web.rolled_up import STATES_PER_FAMILY, KeptByState
+from tally.web import rolled_up
+from tally.web.rolled_up import STATES_PER_FAMILY, KeptByState, RolledUp, Values
+from tally.web.windows import Ranking
 
 
 def reader(reads: list, value: object):
@@ -89,3 +95,57 @@ def test_a_read_in_progress_is_waited_for_not_made_again():
         release.set()
         first.join(10), second.join(10)
         assert reads == expected_reads and answers == expected_answers
+
+
+MOMENT = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+
+
+def test_the_settled_days_ranking_and_the_other_days_values_merged_rank_as_the_whole(monkeypatch):
+    """`merged`: the settled days' most viewed values (a bound for the rest) and every value of
+    the other days, added up, give the panel rows the whole ranking gives, whatever the tail."""
+    rng = random.Random(53)
+    fell_back = sum(merged_ranks_as_the_whole(rng, monkeypatch) for _ in range(2000))
+    assert 0 < fell_back < 1000
+
+
+def merged_ranks_as_the_whole(rng: random.Random, monkeypatch) -> bool:
+    """One random case of the test above; whether every value was read."""
+    lock = threading.Lock()
+    names = [f"/p{n}" for n in range(rng.randrange(1, 40))]
+    universe = [*names, "", *(f"/new{n}" for n in range(5))]
+    settled_views = {name: rng.choice([0, 1, 1, 2, 3, 3, 5, 40]) for name in names}
+    recent_views = {
+        name: rng.choice([0, 1, 2, 9])
+        for name in rng.sample(universe, rng.randrange(0, min(12, len(universe))))
+    }
+    moves_down = rng.random() < 0.3  # entries and exits: a tail may move views away
+    tail = {
+        rng.choice(universe): rng.randrange(-3 if moves_down else 0, 6) for _ in range(rng.randrange(0, 25))
+    }
+    read = rng.randrange(1, 30)
+    first = sorted(settled_views, key=lambda name: (-settled_views[name], name))[: read + 1]
+    last = (settled_views[first[-1]], first[-1]) if len(settled_views) > read + 1 else None
+    # Each part's views of any name are known (no query); every settled value is read (again)
+    # when the values read cannot fill the rows.
+    known = {("path", name): settled_views.get(name, 0) for name in universe}
+    settled = Values(
+        MOMENT,
+        MOMENT,
+        None,
+        None,
+        None,
+        {"path": Ranking.of({name: settled_views[name] for name in first}, last)},
+        [],
+        {},
+        known,
+    )
+    recent = Values(MOMENT, MOMENT, None, None, None, {"path": Ranking.of(recent_views)}, [], {}, {})
+    monkeypatch.setattr(rolled_up, "_read_values", lambda *args: ({"path": dict(settled_views)}, {}))
+    tops = rolled_up.merged(None, settled, recent, lock)
+    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, (settled, recent)).lookup(None, "path", lock)
+    asked: list[list[str] | None] = []
+    whole = collections.Counter(settled_views) + collections.Counter(recent_views)
+    expected = Ranking.of({name: whole.get(name, 0) for name in {*settled_views, *recent_views}})
+    got = tops["path"].top(tail, "path", lambda wanted: asked.append(wanted) or lookup(wanted))
+    assert got == expected.top(tail, "path", lambda wanted: {}), (settled_views, recent_views, tail, read)
+    return None in asked

@@ -29,7 +29,7 @@ from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
 from tally.web.referrers import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name, referrer_name
-from tally.web.windows import DAY, Lookup, Ranking, Window, count_days
+from tally.web.windows import DAY, TOP_ROWS, Lookup, Ranking, Window, count_days
 
 T = TypeVar("T")
 # The dimensions a window's panels rank: the views', the visits' entry and exit pages, events.
@@ -164,19 +164,32 @@ def read_values(
 
 def merged(cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock) -> dict[str, Ranking]:
     """The rankings of a window's settled days and of its other days (every value of those
-    read) as one: each value of the other days added to the settled days' count, which is
-    looked up for a value the settled ranking left out. A value of neither has at most the
-    settled ranking's `last`, as before."""
+    read) as one. A value of the other days adds its views there to the settled count; one the
+    settled ranking left out has at most its `last`'s views there, and is looked up only when
+    that and its other days' views could reach the panel's rows as they are (a tail's views
+    only raise those, but for entries and exits, which `Ranking.top` reads whole for when they
+    fall). The others stay unread: the bound of an unread value is then the highest of theirs."""
     tops = {}
     for dim, ranking in settled.tops.items():
-        adds = recent.tops[dim].views
         views = dict(ranking.views)
-        unread = [name for name in adds if name not in views]
-        if unread:
-            views.update(settled.views_of(cur, dim, unread, lock))
-        for name, count in adds.items():
-            views[name] += count
-        tops[dim] = Ranking.of(views, ranking.last)
+        unread = {}
+        for name, count in recent.tops[dim].views.items():
+            if name in views:
+                views[name] += count
+            elif name:  # '' (an import's "none") is on no panel
+                unread[name] = count
+        if ranking.last is None:  # every settled value was read: the others had none there
+            tops[dim] = Ranking.of({**views, **unread})
+            continue
+        floor = ranking.last[0]
+        shown = sorted((count for name, count in views.items() if count > 0 and name), reverse=True)
+        tenth = shown[TOP_ROWS - 1] if len(shown) >= TOP_ROWS else None
+        reach = [name for name, count in unread.items() if tenth is None or floor + count >= tenth]
+        if reach:
+            for name, views_there in settled.views_of(cur, dim, reach, lock).items():
+                views[name] = views_there + unread.pop(name)
+        highest = max(unread.values(), default=0)
+        tops[dim] = Ranking.of(views, ranking.last if highest <= 0 else (floor + highest, ""))
     return tops
 
 
