@@ -125,27 +125,47 @@ def merged_ranks_as_the_whole(rng: random.Random, monkeypatch) -> bool:
     read = rng.randrange(1, 30)
     first = sorted(settled_views, key=lambda name: (-settled_views[name], name))[: read + 1]
     last = (settled_views[first[-1]], first[-1]) if len(settled_views) > read + 1 else None
-    # Each part's views of any name are known (no query); every settled value is read (again)
-    # when the values read cannot fill the rows.
-    known = {("path", name): settled_views.get(name, 0) for name in universe}
+    # Each part's views of any name are known (no query); every value of a part is read
+    # (again) when the values read cannot fill the rows. The other days' values are kept
+    # bounded once merged, as if their first few alone had been read.
+    parts = {"settled": settled_views, "recent": recent_views}
+    known = {part: {("path", name): views.get(name, 0) for name in universe} for part, views in parts.items()}
+    first_day = datetime.date(2026, 11, 30)
     settled = Values(
         MOMENT,
         MOMENT,
         None,
         None,
-        None,
-        {"path": Ranking.of({name: settled_views[name] for name in first}, last)},
+        first_day,
+        {"path": Ranking.of({n: settled_views[n] for n in first}, last)},
         [],
         {},
-        known,
+        known["settled"],
     )
-    recent = Values(MOMENT, MOMENT, None, None, None, {"path": Ranking.of(recent_views)}, [], {}, {})
-    monkeypatch.setattr(rolled_up, "_read_values", lambda *args: ({"path": dict(settled_views)}, {}))
+    recent = Values(
+        MOMENT, MOMENT, None, first_day, None, {"path": Ranking.of(recent_views)}, [], {}, known["recent"]
+    )
+    monkeypatch.setattr(
+        rolled_up,
+        "_read_values",
+        lambda cur, bounds, *args: ({"path": dict(parts["recent" if bounds["from_day"] else "settled"])}, {}),
+    )
     tops = rolled_up.merged(None, settled, recent, lock)
-    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, (settled, recent)).lookup(None, "path", lock)
+    kept = (settled, recent.bounded(rng.randrange(0, 4)))
+    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, kept).lookup(None, "path", lock)
     asked: list[list[str] | None] = []
     whole = collections.Counter(settled_views) + collections.Counter(recent_views)
     expected = Ranking.of({name: whole.get(name, 0) for name in {*settled_views, *recent_views}})
     got = tops["path"].top(tail, "path", lambda wanted: asked.append(wanted) or lookup(wanted))
     assert got == expected.top(tail, "path", lambda wanted: {}), (settled_views, recent_views, tail, read)
     return None in asked
+
+
+def test_values_kept_bounded_keep_every_search_engine_read():
+    """A search engine's name found in no ranking has no views (all its domains are read with
+    the window): so the other days' values, kept bounded, keep every engine's."""
+    views = {"news.example": 9, "blog.example": 7, "shop.example": 5, "Google": 1, "DuckDuckGo": 1}
+    values = Values(MOMENT, MOMENT, None, None, None, {"referrer": Ranking.of(views)}, [], {}, {})
+    kept = values.bounded(0).tops["referrer"]
+    assert set(kept.views) == {"news.example", "Google", "DuckDuckGo"}
+    assert kept.last == (9, "news.example")  # the rest has at most its views
