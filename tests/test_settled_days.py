@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import random
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -77,39 +78,62 @@ def test_the_rollups_retention_and_a_rebuild_move_settled_by(conn):
         assert settled(conn)[1] != by
 
 
-def test_a_windows_settled_days_are_read_once_while_no_rollup_writes_them(client, conn, monkeypatch):
-    rng = random.Random(46)
-    visits = random_visits(rng, 1200, blogs=12)  # over 12 days
+def load_and_count(conn, monkeypatch, rng: random.Random) -> tuple[list[list[tuple]], Callable[[str], int]]:
+    """1,200 random views over 12 days, rolled up, and a count of the window reads of each kind
+    from now on (settled days, other days, whole), each dimension's first 4 values read."""
+    visits = random_visits(rng, 1200, blogs=12)
     insert_raw(conn, [v for views in visits for v in views])
     roll_up(conn)
     # Few values read with each window (tally/web/rolled_up.py): the settled days' ranking is
     # then a bound, and the other days' values are looked up in it.
     monkeypatch.setattr("tally.web.rolled_up.RANKED_VALUES", 3)
     reads = executed(monkeypatch, QUERIES["stats_rolled_up_dims"])
+    kinds = {
+        "settled": lambda params: params["before_day"] is not None and params["ranked"] is not None,
+        "other": lambda params: params["from_day"] is not None,
+        "whole": lambda params: params["before_day"] is None and params["from_day"] is None,
+    }
+    return visits, lambda kind: sum(1 for params in reads if kinds[kind](params))
 
-    def settled_reads() -> int:
-        return sum(1 for params in reads if params["before_day"] is not None and params["ranked"] is not None)
 
-    def recent_reads() -> int:
-        return sum(1 for params in reads if params["from_day"] is not None)
-
-    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
-    first = settled_reads()
-    assert first and recent_reads()
-    # Views of today (new ids, and ids of today's views), rolled up: the settled days' values
-    # are not read again, the others' are.
+def views_of_today(conn, rng: random.Random, visits: list[list[tuple]]) -> list[tuple]:
+    """Views of today: of new ids, and of ids with views in the last day."""
     since_midnight = conn.execute("SELECT now() - date_trunc('day', now(), 'UTC')").fetchone()[0]
     room = min(600.0, since_midnight.total_seconds())
     more = [v for views in random_visits(rng, 300, blogs=12) for v in views]
     more += [v for views in visits if views[0][-1] < DAY for v in views]
-    now = [(*v[:-1], datetime.timedelta(seconds=rng.uniform(0, room))) for v in more]
-    insert_raw(conn, now)
-    recent_before = recent_reads()
+    return [(*v[:-1], datetime.timedelta(seconds=rng.uniform(0, room))) for v in more]
+
+
+def test_a_windows_settled_days_are_read_once_while_no_rollup_writes_them(client, conn, monkeypatch):
+    rng = random.Random(46)
+    visits, reads = load_and_count(conn, monkeypatch, rng)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    first = reads("settled")
+    assert first and reads("other")
+    # Views of today rolled up: the settled days' values are not read again, the others' are.
+    insert_raw(conn, views_of_today(conn, rng, visits))
+    others = reads("other")
     roll_up(conn)
     on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
-    assert settled_reads() == first and recent_reads() > recent_before
+    assert reads("settled") == first and reads("other") > others
     # A late view of a settled day: read again, and counted.
     insert_raw(conn, [(*visits[0][0][:-1], 6 * DAY + datetime.timedelta(minutes=3))])
     roll_up(conn)
     on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
-    assert settled_reads() > first
+    assert reads("settled") > first
+
+
+def test_a_window_whose_days_do_not_add_up_cheaply_is_read_whole_until_they_change(client, conn, monkeypatch):
+    monkeypatch.setattr("tally.web.rolled_up.MERGED_LOOKUPS", 0)  # any look-up is too many
+    rng = random.Random(47)
+    visits, reads = load_and_count(conn, monkeypatch, rng)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    assert reads("whole") > 0 and reads("settled") > 0
+    insert_raw(conn, views_of_today(conn, rng, visits))
+    settled, others, whole = reads("settled"), reads("other"), reads("whole")
+    roll_up(conn)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    # Each window read whole gave up at these settled days: it does not read its parts again.
+    assert reads("settled") == settled and reads("whole") > whole
+    assert reads("other") - others < settled  # (each window read apart read its settled days once)

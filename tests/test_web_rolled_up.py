@@ -152,7 +152,7 @@ def merged_ranks_as_the_whole(rng: random.Random, monkeypatch) -> bool:
     )
     tops = rolled_up.merged(None, settled, recent, lock)
     kept = (settled, recent.bounded(rng.randrange(0, 4)))
-    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, kept).lookup(None, "path", lock)
+    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, kept, True).lookup(None, "path", lock)
     asked: list[list[str] | None] = []
     whole = collections.Counter(settled_views) + collections.Counter(recent_views)
     expected = Ranking.of({name: whole.get(name, 0) for name in {*settled_views, *recent_views}})

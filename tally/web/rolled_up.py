@@ -46,6 +46,11 @@ READ_WAIT_SECONDS = 6.0
 RANKED_VALUES = 200
 # Values a window looks up beyond those (a tail's that might reach the top rows), kept with it.
 LOOKED_UP_VALUES = 10_000
+# Values of a window's other days that `merged` looks up in its settled days, at most per
+# dimension: past that the window is read whole instead (the other days of a site whose paths
+# carry ids may hold 100,000 new values that could each reach the panel: 0.3-0.5 s a
+# dimension to look up, more than one read of a 7-day window).
+MERGED_LOOKUPS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +96,13 @@ class Values:
         with lock:
             found = {name: self.looked_up[(dim, name)] for name in names if (dim, name) in self.looked_up}
         # A search engine's domains were all read (stats_rolled_up_dims): one not among them has none.
-        wanted = [n for n in names if n not in found and not (dim == "referrer" and n in SEARCH_ENGINE_NAMES)]
-        found.update((name, 0) for name in names if name not in found and name not in wanted)
+        engines = SEARCH_ENGINE_NAMES if dim == "referrer" else frozenset()
+        wanted = [name for name in names if name not in found and name not in engines]
+        found.update((name, 0) for name in names if name not in found and name in engines)
         if wanted:
             cur.execute(QUERIES["stats_rolled_up_value_views"], {**self.bounds, "dim": dim, "values": wanted})
-            read = dict(cur.fetchall())
+            read = dict.fromkeys(wanted, 0)
+            read.update(cur.fetchall())
             found.update(read)
             with lock:
                 if len(self.looked_up) + len(read) <= LOOKED_UP_VALUES:
@@ -106,16 +113,7 @@ class Values:
         """These values as if each dimension's first `ranked` + 1 alone had been read (and every
         search engine's): the others are looked up when asked for. The other days' values are
         read whole to be merged, and kept so: on a site whose paths carry ids, 26 MB a window."""
-        tops = {}
-        for dim, ranking in self.tops.items():
-            if len(ranking.ranked) <= ranked + 1:
-                tops[dim] = ranking
-                continue
-            first = ranking.ranked[: ranked + 1]
-            kept = set(first) | (SEARCH_ENGINE_NAMES & set(ranking.views) if dim == "referrer" else set())
-            last = first[-1]
-            tops[dim] = Ranking.of({name: ranking.views[name] for name in kept}, (ranking.views[last], last))
-        return dataclasses.replace(self, tops=tops)
+        return dataclasses.replace(self, tops={dim: bounded(r, dim, ranked) for dim, r in self.tops.items()})
 
     def visitors_of(
         self, cur: psycopg.Cursor, tz: str, window: Window, wanted: set, lock: threading.Lock
@@ -151,6 +149,20 @@ class Values:
             return {key: collections.Counter(self.value_visitors[key]) for key in wanted}
 
 
+def bounded(ranking: Ranking, dim: str, ranked: int) -> Ranking:
+    """`ranking` with its first `ranked` + 1 names kept (and every search engine's, whose names
+    are otherwise taken to have no views), the rest ranking after the last of them, or after
+    its own `last` if that comes first."""
+    if len(ranking.ranked) <= ranked + 1:
+        return ranking
+    first = ranking.ranked[: ranked + 1]
+    kept = set(first) | (SEARCH_ENGINE_NAMES & set(ranking.views) if dim == "referrer" else set())
+    last = (ranking.views[first[-1]], first[-1])
+    if ranking.last is not None and (-ranking.last[0], ranking.last[1]) < (-last[0], last[1]):
+        last = ranking.last
+    return Ranking.of({name: ranking.views[name] for name in kept}, last)
+
+
 def read_values(
     cur: psycopg.Cursor,
     bounds: dict,
@@ -177,13 +189,16 @@ def read_values(
     )
 
 
-def merged(cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock) -> dict[str, Ranking]:
+def merged(
+    cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock
+) -> dict[str, Ranking] | None:
     """The rankings of a window's settled days and of its other days (every value of those
     read) as one. A value of the other days adds its views there to the settled count; one the
     settled ranking left out has at most its `last`'s views there, and is looked up only when
     that and its other days' views could reach the panel's rows as they are (a tail's views
     only raise those, but for entries and exits, which `Ranking.top` reads whole for when they
-    fall). The others stay unread: the bound of an unread value is then the highest of theirs."""
+    fall). The others stay unread: the bound of an unread value is then the highest of theirs.
+    None when a dimension would look up more than MERGED_LOOKUPS values."""
     tops = {}
     for dim, ranking in settled.tops.items():
         views = dict(ranking.views)
@@ -194,17 +209,20 @@ def merged(cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading
             elif name:  # '' (an import's "none") is on no panel
                 unread[name] = count
         if ranking.last is None:  # every settled value was read: the others had none there
-            tops[dim] = Ranking.of({**views, **unread})
+            tops[dim] = bounded(Ranking.of({**views, **unread}), dim, RANKED_VALUES)
             continue
         floor = ranking.last[0]
         shown = sorted((count for name, count in views.items() if count > 0 and name), reverse=True)
         tenth = shown[TOP_ROWS - 1] if len(shown) >= TOP_ROWS else None
         reach = [name for name, count in unread.items() if tenth is None or floor + count >= tenth]
+        if len(reach) > MERGED_LOOKUPS:
+            return None
         if reach:
             for name, views_there in settled.views_of(cur, dim, reach, lock).items():
                 views[name] = views_there + unread.pop(name)
         highest = max(unread.values(), default=0)
-        tops[dim] = Ranking.of(views, ranking.last if highest <= 0 else (floor + highest, ""))
+        whole = Ranking.of(views, ranking.last if highest <= 0 else (floor + highest, ""))
+        tops[dim] = bounded(whole, dim, RANKED_VALUES)  # a window's values looked up held 30 MB
     return tops
 
 
@@ -220,6 +238,7 @@ class RolledUp:
     end: datetime.datetime  # the window's end (infinity for a window that ends now)
     visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
     parts: tuple[Values, ...]  # the settled days' values and the others', or all in one
+    merged: bool | None  # whether the two parts were added up (None: they were not read apart)
 
     def lookup(self, cur: psycopg.Cursor, dim: str, lock: threading.Lock) -> Lookup:
         """`Ranking.top`'s lookup of `dim`'s values not read with the window, through `cur`."""
@@ -342,11 +361,14 @@ def read_rolled_up(
     split: bool = False,
     settled_before: datetime.date | None = None,
     settled: Callable[[Callable[[], Values]], Values] = lambda read: read(),
+    apart: bool = True,
 ) -> RolledUp:
     """The rolled-up part of `window` for `site` (all when None), days in the zone `tz`; its
     values read a statement per page dimension when `split` (for a site whose reads are slow).
     Those of the UTC days before `settled_before` (None: none is settled) are `settled(read)`,
-    which may give what was read before instead of reading them again (tally/web/stats.py)."""
+    which may give what was read before instead of reading them again (tally/web/stats.py),
+    unless not `apart`: then every value is read at once, as when the two would not add up
+    cheaply (`merged`)."""
     cur.execute(QUERIES["local_midnight"], {"day": window.days[0], "tz": tz})
     start = cur.fetchone()[0]
     # The window ends at the midnight after its last day, today's too: a view dated later
@@ -376,10 +398,8 @@ def read_rolled_up(
     for day, count in cur.fetchall():
         count_days(visitors, window, day, count)
     whole = {"start": start, "end": end, "site": site, "from_day": None, "before_day": None}
-    if settled_before is None or start.astimezone(datetime.UTC).date() >= settled_before:
-        parts = (read_values(cur, whole, RANKED_VALUES, split),)
-        tops = parts[0].tops
-    else:
+    tops, added_up = None, None
+    if apart and settled_before is not None and start.astimezone(datetime.UTC).date() < settled_before:
         settled_part = settled(
             lambda: read_values(cur, {**whole, "before_day": settled_before}, RANKED_VALUES, split)
         )
@@ -388,13 +408,16 @@ def read_rolled_up(
         else:
             recent = read_values(cur, {**whole, "from_day": settled_before}, None, split)
             tops = merged(cur, settled_part, recent, lock)
-            parts = (settled_part, recent.bounded(RANKED_VALUES))
+            parts, added_up = (settled_part, recent.bounded(RANKED_VALUES)), tops is not None
+    if tops is None:
+        parts = (read_values(cur, whole, RANKED_VALUES, split),)
+        tops = parts[0].tops
     per_day = {
         day: counts
         for day, counts in visits.rolled_up(cur, start, end, site, tz).items()
         if window.days[0] <= day <= window.days[-1]
     }
-    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, per_day, parts)
+    return RolledUp(start, daily, dict(visitors), after_boundary, tops, end, per_day, parts, added_up)
 
 
 def _read_values(

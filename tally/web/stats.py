@@ -119,6 +119,9 @@ class StatsReader:
         self._asked: collections.OrderedDict[tuple, float] = collections.OrderedDict()  # and when
         # Sites (None: all) whose windows took long to read: their values read split.
         self._slow_reads: collections.OrderedDict[str | None, bool] = collections.OrderedDict()
+        # Windows whose settled and other days' values did not add up cheaply (`merged`), and
+        # the settled days they did not at: read whole until those change.
+        self._read_whole: collections.OrderedDict[tuple, SettledDays] = collections.OrderedDict()
 
     def stats_for_window(
         self,
@@ -327,6 +330,7 @@ class StatsReader:
         def read() -> RolledUp:
             with self._lock:
                 split = site in self._slow_reads
+                apart = self._read_whole.get(family) != settled_days
             started = time.monotonic()
             rolled_up = read_rolled_up(
                 cur,
@@ -338,6 +342,7 @@ class StatsReader:
                 settled_days.before,
                 # The values of the window's settled days, read once while they stay settled.
                 lambda read: self._settled.get(family[:4], settled_days, read),
+                apart,
             )
             took = time.monotonic() - started
             with self._lock:
@@ -348,6 +353,11 @@ class StatsReader:
                         self._slow_reads.popitem(last=False)
                 elif took < JOIN_BELOW_SECONDS:
                     self._slow_reads.pop(site, None)
+                if rolled_up.merged is False:
+                    self._read_whole[family] = settled_days
+                    self._read_whole.move_to_end(family)
+                    while len(self._read_whole) > CACHE_ENTRIES:
+                        self._read_whole.popitem(last=False)
             return rolled_up
 
         return self._cache.get(family, at, read)
