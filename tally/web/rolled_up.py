@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -46,10 +47,13 @@ READ_WAIT_SECONDS = 6.0
 RANKED_VALUES = 200
 # Values a window looks up beyond those (a tail's that might reach the top rows), kept with it.
 LOOKED_UP_VALUES = 10_000
-# Values of a window's other days that `merged` looks up in its settled days, at most per
-# dimension: past that the window is read whole instead (the other days of a site whose paths
-# carry ids may hold 100,000 new values that could each reach the panel: 0.3-0.5 s a
-# dimension to look up, more than one read of a 7-day window).
+# A window's other days' values are read whole to be added to its settled days' (`merged`),
+# at most MERGED_VALUES per dimension; and `merged` looks up at most MERGED_LOOKUPS of them in
+# the settled days. Past either the window is read whole instead: the other days of a site
+# whose paths carry ids held 280,000 values (the web at 250 MB after reading them), and
+# looking up 115,000 that could each reach a panel took 0.3-0.5 s a dimension, more than one
+# read of a 7-day window.
+MERGED_VALUES = 10_000
 MERGED_LOOKUPS = 10_000
 
 
@@ -400,15 +404,19 @@ def read_rolled_up(
     whole = {"start": start, "end": end, "site": site, "from_day": None, "before_day": None}
     tops, added_up = None, None
     if apart and settled_before is not None and start.astimezone(datetime.UTC).date() < settled_before:
-        settled_part = settled(
-            lambda: read_values(cur, {**whole, "before_day": settled_before}, RANKED_VALUES, split)
+        settled_part = functools.partial(
+            settled, lambda: read_values(cur, {**whole, "before_day": settled_before}, RANKED_VALUES, split)
         )
         if end.astimezone(datetime.UTC).date() < settled_before:  # every day of it settled
-            parts, tops = (settled_part,), settled_part.tops
-        else:
-            recent = read_values(cur, {**whole, "from_day": settled_before}, None, split)
-            tops = merged(cur, settled_part, recent, lock)
-            parts, added_up = (settled_part, recent.bounded(RANKED_VALUES)), tops is not None
+            parts = (settled_part(),)
+            tops = parts[0].tops
+        else:  # the other days first: when they are too many, the settled days need no read
+            recent = read_values(cur, {**whole, "from_day": settled_before}, MERGED_VALUES, split)
+            added_up = False
+            if all(ranking.last is None for ranking in recent.tops.values()):  # every value read
+                parts = (settled_part(), recent.bounded(RANKED_VALUES))
+                tops = merged(cur, parts[0], recent, lock)
+                added_up = tops is not None
     if tops is None:
         parts = (read_values(cur, whole, RANKED_VALUES, split),)
         tops = parts[0].tops
