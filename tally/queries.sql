@@ -438,6 +438,19 @@ SELECT d.dim, top.value, top.views, top.ranked
                   AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')) counted
         GROUP BY counted.value) top
 
+-- stats_rolled_up_wide_dims --
+-- Those of `dims` with more than `most` rows of the UTC days from `from_day` to the day `end`
+-- falls in (of one site, or all), each counted no further: a window's other days with more
+-- values than tally/web/rolled_up.py reads whole to add to its settled days' (MERGED_VALUES).
+SELECT d.dim
+  FROM unnest(%(dims)s::text[]) AS d (dim)
+ WHERE (SELECT count(*)
+          FROM (SELECT FROM page_view_day_values v
+                 WHERE v.dim = d.dim AND v.day >= %(from_day)s::date
+                   AND v.day <= (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
+                   AND (%(site)s::text IS NULL OR v.site = %(site)s)
+                 LIMIT %(most)s::integer + 1) rows) > %(most)s::integer
+
 -- stats_rolled_up_value_views --
 -- Rolled-up views in [start, end) of some values of one dimension (as stats_rolled_up_dims counts
 -- them, of the rows of the UTC days in [from_day, before_day)), those with any: a tail's values

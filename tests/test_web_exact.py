@@ -335,13 +335,13 @@ def test_panels_are_exact_when_a_window_reads_only_each_dimensions_most_viewed_v
     assert any(len(dims) > 3 for dims in ranked)  # and not: each site's first read
 
 
-def executed(monkeypatch, text: str) -> list[dict]:
-    """The parameters of each execution of `text` from now on."""
+def executed(monkeypatch, *texts: str) -> list[dict]:
+    """The parameters of each execution of any of `texts` from now on."""
     ran: list[dict] = []
     original = psycopg.Cursor.execute
 
     def execute(self, query, params=None, *args, **kwargs):
-        if query == text:
+        if query in texts:
             ran.append(params)
         return original(self, query, params, *args, **kwargs)
 

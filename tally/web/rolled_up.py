@@ -47,12 +47,12 @@ READ_WAIT_SECONDS = 6.0
 RANKED_VALUES = 200
 # Values a window looks up beyond those (a tail's that might reach the top rows), kept with it.
 LOOKED_UP_VALUES = 10_000
-# A window's other days' values are read whole to be added to its settled days' (`merged`),
-# at most MERGED_VALUES per dimension; and `merged` looks up at most MERGED_LOOKUPS of them in
-# the settled days. Past either the window is read whole instead: the other days of a site
-# whose paths carry ids held 280,000 values (the web at 250 MB after reading them), and
-# looking up 115,000 that could each reach a panel took 0.3-0.5 s a dimension, more than one
-# read of a 7-day window.
+# A window's other days' values are read whole to be added to its settled days' (`merged`)
+# when each dimension has MERGED_VALUES rows there at most; and `merged` looks up at most
+# MERGED_LOOKUPS of them in the settled days. Past either the window is read whole instead:
+# the other days of a site whose paths carry ids held 280,000 values (the web at 250 MB after
+# reading them), and looking up 115,000 that could each reach a panel took 0.3-0.5 s a
+# dimension, more than one read of a 7-day window.
 MERGED_VALUES = 10_000
 MERGED_LOOKUPS = 10_000
 
@@ -410,10 +410,14 @@ def read_rolled_up(
         if end.astimezone(datetime.UTC).date() < settled_before:  # every day of it settled
             parts = (settled_part(),)
             tops = parts[0].tops
-        else:  # the other days first: when they are too many, the settled days need no read
-            recent = read_values(cur, {**whole, "from_day": settled_before}, MERGED_VALUES, split)
+        else:
+            others = {**whole, "from_day": settled_before}
+            cur.execute(
+                QUERIES["stats_rolled_up_wide_dims"], {**others, "dims": PANEL_DIMS, "most": MERGED_VALUES}
+            )
             added_up = False
-            if all(ranking.last is None for ranking in recent.tops.values()):  # every value read
+            if not cur.fetchall():  # few enough to read every value of the other days
+                recent = read_values(cur, others, None, split)
                 parts = (settled_part(), recent.bounded(RANKED_VALUES))
                 tops = merged(cur, parts[0], recent, lock)
                 added_up = tops is not None
