@@ -1,5 +1,5 @@
 -- Days of the rollups that no rollup has changed since: a window's values over them are read
--- once, not after every rollup (tally/web/rolled_up.py, `Settled`).
+-- once, not after every rollup (tally/web/rolled_up.py, `read_rolled_up`).
 --
 -- A window's values were read again whole after each rollup: a month of
 -- page_view_day_values, 3-5 s on a site whose paths carry ids, though a minutely rollup
