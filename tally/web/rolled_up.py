@@ -239,7 +239,7 @@ class RolledUp:
     visitors: dict[datetime.date, int]
     after_boundary: int  # views in the full buckets of the last 24 hours
     tops: dict[str, Ranking]  # per dimension, the parts' added up
-    end: datetime.datetime  # the window's end (infinity for a window that ends now)
+    end: datetime.datetime  # the window's end: the midnight after its last day
     visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
     parts: tuple[Values, ...]  # the settled days' values and the others', or all in one
     merged: bool | None  # whether the two parts were added up (None: they were not read apart)
