@@ -273,16 +273,23 @@ def test_a_replica_that_lost_its_primary_with_wal_unreplayed_is_lagging(pair):
         wait_until(lambda: standby.execute(paused).fetchone()[0], 10, 0.02, "replay paused")
         with psycopg.connect(pair.primary_url, autocommit=True) as primary:
             primary.execute("INSERT INTO counted VALUES (6)")
-            (written,) = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        # Received before the primary stops, or the standby has replayed all it has: CI stopped
-        # the primary before the insert reached it, and the replica was rightly in use.
+            (written,) = primary.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        # Received before the primary stops, or the standby has replayed all it has and is rightly
+        # in use. The insert location, not the write one: with synchronous_commit off
+        # (tests/replication.py) the write location can stand before the commit, and a standby
+        # whose receiver was not yet back from the last test's restart "had" it (CI, once).
         received = "SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn"
         wait_until(
             lambda: standby.execute(received, (written,)).fetchone()[0], 10, 0.02, "the insert received"
         )
         pair.stop_primary("fast")
         try:
-            wait_until(lambda: reads.status().state == "lagging", 10, 0.05, "the replica lagging")
+            try:
+                wait_until(lambda: reads.status().state == "lagging", 10, 0.05, "the replica lagging")
+            except AssertionError as error:
+                positions = "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text"
+                held = standby.execute(positions).fetchone()
+                raise AssertionError(f"{error}; the standby's replayed and received: {held}") from None
             time.sleep(1)
             assert reads.status().state == "lagging"
         finally:
