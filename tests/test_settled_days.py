@@ -93,10 +93,15 @@ def load_and_count(conn, monkeypatch, rng: random.Random) -> tuple[list[list[tup
         # A read of a window's most viewed values, not every value (a fallback, or the other days).
         "settled": lambda params: params.get("ranked") is not None and params["before_day"] is not None,
         "other": lambda params: "ranked" in params and params["from_day"] is not None,
+        "other ranked": lambda params: params.get("ranked") is not None and params["from_day"] is not None,
         "whole": lambda params: (
             params.get("ranked") is not None and not (params["before_day"] or params["from_day"])
         ),
     }
+    # A whole read of a window with settled days: one that might have been read apart.
+    kinds["whole, settled days among them"] = lambda params: (
+        kinds["whole"](params) and params["start"].astimezone(datetime.UTC).date() < settled(conn)[0]
+    )
     return visits, lambda kind: sum(1 for params in reads if kinds[kind](params))
 
 
@@ -128,12 +133,25 @@ def test_a_windows_settled_days_are_read_once_while_no_rollup_writes_them(client
     assert reads("settled") > first
 
 
-@pytest.mark.parametrize("bound", ["MERGED_VALUES", "MERGED_LOOKUPS"])
-def test_a_window_whose_days_do_not_add_up_cheaply_is_read_whole_until_they_change(
-    client, conn, monkeypatch, bound
-):
-    # Other days with more rows than the bound, or more values to look up in the settled days.
-    monkeypatch.setattr(f"tally.web.rolled_up.{bound}", 2 if bound == "MERGED_VALUES" else 0)
+def test_a_window_whose_other_days_hold_many_values_reads_their_most_viewed_too(client, conn, monkeypatch):
+    # Other days with more rows a dimension than are read whole (a site whose paths carry ids):
+    # ranked as the settled days are, the two rankings added up, exact; never read whole.
+    monkeypatch.setattr("tally.web.rolled_up.MERGED_VALUES", 2)
+    rng = random.Random(48)
+    visits, reads = load_and_count(conn, monkeypatch, rng)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    assert reads("other ranked") and not reads("whole, settled days among them")
+    insert_raw(conn, views_of_today(conn, rng, visits))
+    settled, ranked = reads("settled"), reads("other ranked")
+    roll_up(conn)
+    on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
+    assert reads("settled") == settled and reads("other ranked") > ranked
+    assert not reads("whole, settled days among them")
+
+
+def test_a_window_whose_days_do_not_add_up_cheaply_is_read_whole_until_they_change(client, conn, monkeypatch):
+    # More values to look up in the settled days than the bound.
+    monkeypatch.setattr("tally.web.rolled_up.MERGED_LOOKUPS", 0)
     rng = random.Random(47)
     visits, reads = load_and_count(conn, monkeypatch, rng)
     on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))

@@ -196,24 +196,35 @@ def read_values(
 def merged(
     cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock
 ) -> dict[str, Ranking] | None:
-    """The rankings of a window's settled days and of its other days (every value of those
-    read) as one. A value of the other days adds its views there to the settled count; one the
+    """The rankings of a window's settled days and of its other days as one.
+
+    A value both read adds up its views. One the other days' ranking left out (it was read
+    whole unless a dimension had too many values there) is looked up there: it has at most that
+    ranking's `last`'s views there, and the settled days' ranked values must be exact. One the
     settled ranking left out has at most its `last`'s views there, and is looked up only when
     that and its other days' views could reach the panel's rows as they are (a tail's views
     only raise those, but for entries and exits, which `Ranking.top` reads whole for when they
-    fall). The others stay unread: the bound of an unread value is then the highest of theirs.
-    None when a dimension would look up more than MERGED_LOOKUPS values."""
+    fall). The others stay unread: a value read by neither has at most the two bounds' views,
+    and one left unread at most the settled bound and its own. None when a dimension would
+    look up more than MERGED_LOOKUPS values in the settled days."""
     tops = {}
     for dim, ranking in settled.tops.items():
         views = dict(ranking.views)
+        others = recent.tops[dim]
         unread = {}
-        for name, count in recent.tops[dim].views.items():
+        for name, count in others.views.items():
             if name in views:
                 views[name] += count
             elif name:  # '' (an import's "none") is on no panel
                 unread[name] = count
+        if others.last is not None:
+            missing = [name for name in ranking.views if name not in others.views]
+            for name, count in recent.views_of(cur, dim, missing, lock).items() if missing else ():
+                views[name] += count
+        beyond = 0 if others.last is None else others.last[0]  # a value the other days left out
         if ranking.last is None:  # every settled value was read: the others had none there
-            tops[dim] = bounded(Ranking.of({**views, **unread}), dim, RANKED_VALUES)
+            whole = Ranking.of({**views, **unread}, None if others.last is None else (beyond, ""))
+            tops[dim] = bounded(whole, dim, RANKED_VALUES)
             continue
         floor = ranking.last[0]
         shown = sorted((count for name, count in views.items() if count > 0 and name), reverse=True)
@@ -224,7 +235,7 @@ def merged(
         if reach:
             for name, views_there in settled.views_of(cur, dim, reach, lock).items():
                 views[name] = views_there + unread.pop(name)
-        highest = max(unread.values(), default=0)
+        highest = max([*unread.values(), beyond], default=0)
         whole = Ranking.of(views, ranking.last if highest <= 0 else (floor + highest, ""))
         tops[dim] = bounded(whole, dim, RANKED_VALUES)  # a window's values looked up held 30 MB
     return tops
@@ -415,12 +426,13 @@ def read_rolled_up(
             cur.execute(
                 QUERIES["stats_rolled_up_wide_dims"], {**others, "dims": PANEL_DIMS, "most": MERGED_VALUES}
             )
-            added_up = False
-            if not cur.fetchall():  # few enough to read every value of the other days
-                recent = read_values(cur, others, None, split)
-                parts = (settled_part(), recent.bounded(RANKED_VALUES))
-                tops = merged(cur, parts[0], recent, lock)
-                added_up = tops is not None
+            # Few enough values there: every one read; else each dimension's most viewed, as
+            # the settled days' are, and those of either ranking the other left out looked up.
+            wide = bool(cur.fetchall())
+            recent = read_values(cur, others, RANKED_VALUES if wide else None, split)
+            parts = (settled_part(), recent if wide else recent.bounded(RANKED_VALUES))
+            tops = merged(cur, parts[0], recent, lock)
+            added_up = tops is not None
     if tops is None:
         parts = (read_values(cur, whole, RANKED_VALUES, split),)
         tops = parts[0].tops
