@@ -8,7 +8,8 @@ The values are most of the cost of a read: a month of rows of `page_view_day_val
 writes the rows of today and yesterday, but for late views and backfills, and says which days it
 left alone (migrations/0046: the settled days). So the values of a window's settled days are
 read once and kept while they stay settled, and those of its other days after each rollup
-(`Values`, a part each), the two added up (`merged`).
+(`Values`, a part each; every value, or the most viewed when there are many), the two added
+up (`merged`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ RANKED_VALUES = 200
 # Values a window looks up beyond those (a tail's that might reach the top rows), kept with it.
 LOOKED_UP_VALUES = 10_000
 # A window's other days' values are read whole to be added to its settled days' (`merged`)
-# when each dimension has MERGED_VALUES rows there at most; and `merged` looks up at most
-# MERGED_LOOKUPS of them in the settled days. Past either the window is read whole instead:
-# the other days of a site whose paths carry ids held 280,000 values (the web at 250 MB after
-# reading them), and looking up 115,000 that could each reach a panel took 0.3-0.5 s a
-# dimension, more than one read of a 7-day window.
+# when each dimension has MERGED_VALUES rows there at most, else ranked as the settled days'
+# are: the other days of a site whose paths carry ids held 280,000 values (the web at 250 MB
+# after reading them), and looking up 115,000 that could each reach a panel took 0.3-0.5 s a
+# dimension, more than one read of a 7-day window. `merged` looks up at most MERGED_LOOKUPS
+# values in the settled days; past that the window is read whole instead.
 MERGED_VALUES = 10_000
 MERGED_LOOKUPS = 10_000
 
