@@ -52,7 +52,9 @@ def top_values(
                 tail_values[name][row[index]] += row[views]
     tail_values["referrer"] = by_name(tail_values["referrer"])
     tops = {
-        name: rolled_up.tops[name].top(counts, name, rolled_up.lookup(cur, name, lock))
+        name: rolled_up.tops[name].top(
+            counts, name, rolled_up.lookup(cur, name, lock), rolled_up.whole_ranking(cur, name, lock)
+        )
         for name, counts in (*tail_values.items(), (events.DIM, tail_events))
     }
     wanted = {(name, row[name]) for name, rows in tops.items() for row in rows}

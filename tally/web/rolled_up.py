@@ -194,6 +194,12 @@ def read_values(
     )
 
 
+def read_ranking(cur: psycopg.Cursor, bounds: dict, dim: str) -> Ranking:
+    """`dim`'s most viewed values over the rows `bounds` says, as `read_values` ranks them."""
+    values, lasts = _read_values(cur, bounds, [dim], RANKED_VALUES)
+    return Ranking.of(by_name(values[dim]) if dim == "referrer" else values[dim], lasts.get(dim))
+
+
 def merged(
     cur: psycopg.Cursor, settled: Values, recent: Values, lock: threading.Lock
 ) -> dict[str, Ranking] | None:
@@ -255,6 +261,28 @@ class RolledUp:
     visits: dict[datetime.date, visits.VisitCounts]  # per day of their start
     parts: tuple[Values, ...]  # the settled days' values and the others', or all in one
     merged: bool | None  # whether the two parts were added up (None: they were not read apart)
+    # Per dimension, its values ranked in one read of the window, read when the parts' rankings
+    # added up could not give its rows (`whole_ranking`).
+    ranked_whole: dict[str, Ranking] = dataclasses.field(default_factory=dict)
+
+    def whole_ranking(
+        self, cur: psycopg.Cursor, dim: str, lock: threading.Lock
+    ) -> Callable[[], Ranking] | None:
+        """`Ranking.top`'s `whole` of `dim` for a window read in two parts, through `cur`: its
+        most viewed values in one read of all its days, kept (None for a window read whole)."""
+        if len(self.parts) < 2:
+            return None
+
+        def read() -> Ranking:
+            with lock:
+                kept = self.ranked_whole.get(dim)
+            if kept is None:
+                kept = read_ranking(cur, {**self.parts[0].bounds, "before_day": None}, dim)
+                with lock:
+                    self.ranked_whole[dim] = kept
+            return kept
+
+        return read
 
     def lookup(self, cur: psycopg.Cursor, dim: str, lock: threading.Lock) -> Lookup:
         """`Ranking.top`'s lookup of `dim`'s values not read with the window, through `cur`."""

@@ -302,7 +302,10 @@ class StatsReader:
             )
             answer["top_events"] = events.top_rows(answer.pop(events.DIM), answer["visitors"])
             for dim, panel in visits.PAGE_PANELS.items():
-                rows = rolled_up.tops[dim].top(pages[dim], "path", rolled_up.lookup(cur, dim, self._lock))
+                lookup = rolled_up.lookup(cur, dim, self._lock)
+                rows = rolled_up.tops[dim].top(
+                    pages[dim], "path", lookup, rolled_up.whole_ranking(cur, dim, self._lock)
+                )
                 answer[panel] = [{"path": row["path"], "visits": row["views"]} for row in rows]
             answer["crawlers_filtered"] = crawlers
         return answer, sum(row[TAIL["views"]] for row in tail)

@@ -58,11 +58,16 @@ class Ranking:
     def of(cls, views: dict[str, int], last: tuple[int, str] | None = None) -> Ranking:
         return cls(views, sorted(views, key=rank(views)), last)
 
-    def top(self, tail: dict[str, int], key: str, lookup: Lookup) -> list[dict[str, Any]]:
+    def top(
+        self, tail: dict[str, int], key: str, lookup: Lookup, whole: Callable[[], Ranking] | None = None
+    ) -> list[dict[str, Any]]:
         """The TOP_ROWS names with the most views, the tail's added. Only the first TOP_ROWS
         + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
         keeps its rank among the others it leaves alone. `lookup(names)` gives the rolled-up
-        views of names not read (of every name, for None), asked only when `last` is set."""
+        views of names not read (of every name, for None), asked only when `last` is set.
+        `whole()`, for a ranking added up from parts, gives the names ranked in one read: its
+        `last` is a name's, where the parts' bound is any name's, so the rows fall below it
+        less often than below the parts' (a site whose every path has a view or two)."""
         # '' (an import's "none") is no value to show or click, as NULL is not: one more ranked
         # name stands in for it.
         candidates = (set(self.ranked[: TOP_ROWS + len(tail) + 1]) | set(tail)) - {""}
@@ -71,7 +76,11 @@ class Ranking:
         if self.last is None:
             counts.update((name, tail[name]) for name in unread)
         else:
-            counts = self._with_unread(counts, unread, tail, lookup)
+            with_unread = self._with_unread(counts, unread, tail, lookup, whole is None)
+            if with_unread is None:  # the rows fall below the bound: ranked in one read instead
+                assert whole is not None
+                return whole().top(tail, key, lookup)
+            counts = with_unread
         ranked = sorted(counts, key=rank(counts))[:TOP_ROWS]
         return [{key: name, "views": counts[name]} for name in ranked if counts[name] > 0]
 
@@ -81,9 +90,11 @@ class Ranking:
         unread: list[str],
         tail: dict[str, int],
         lookup: Lookup,
-    ) -> dict[str, int]:
+        read_every: bool = True,
+    ) -> dict[str, int] | None:
         """`counts` with the tail's unread names that might reach the top rows looked up; every
-        name's count when the names read cannot fill them (a tail moving exits away, say)."""
+        name's count when the names read cannot fill them (a tail moving exits away, say), or
+        None then unless `read_every`."""
         floor, last_name = self.last
         threshold = _tenth(counts)
         # An unread name has at most `floor` rolled-up views: this is the best rank it can reach.
@@ -95,6 +106,8 @@ class Ranking:
         tenth = _tenth(counts)
         if floor > 0 and (tenth is None or tenth > (-floor, last_name)):
             # Names neither read nor in the tail (at most `floor` views each) might still show.
+            if not read_every:
+                return None
             every = lookup(None)
             counts = {name: every.get(name, 0) + tail.get(name, 0) for name in set(every) | set(tail)}
             counts.pop("", None)
