@@ -177,6 +177,38 @@ def merged_ranks_as_the_whole(rng: random.Random, monkeypatch) -> bool:
     return None in asked
 
 
+def test_a_value_left_unread_by_the_merge_ranks_after_the_settled_bound_by_name(monkeypatch):
+    """`c` has the settled bound's one view there (after `b` by name, so left out) and two in
+    the other days: too few to be looked up, the tenth row having four. An exit's tail then
+    moves `d` down to three, beside `c`'s three, which comes first by name: the merged bound
+    (three views, then names after `b`) must send the rows to read what they left out."""
+    lock = threading.Lock()
+    settled_views = {**{f"p{n:02}": 9 for n in range(9)}, "d": 4, "b": 1, "c": 1}
+    recent_views = {"c": 2}
+    first = sorted(settled_views, key=lambda name: (-settled_views[name], name))[:11]
+    day = datetime.date(2026, 11, 30)
+    known = {
+        part: {("exit", name): views.get(name, 0) for name in settled_views}
+        for part, views in (("settled", settled_views), ("recent", recent_views))
+    }
+    ranked = {"exit": Ranking.of({name: settled_views[name] for name in first}, (1, "b"))}
+    settled = Values(MOMENT, MOMENT, None, None, day, ranked, [], {}, known["settled"])
+    recent = Values(
+        MOMENT, MOMENT, None, day, None, {"exit": Ranking.of(recent_views)}, [], {}, known["recent"]
+    )
+    parts = {"settled": settled_views, "recent": recent_views}
+    monkeypatch.setattr(
+        rolled_up,
+        "_read_values",
+        lambda cur, bounds, *args: ({"exit": dict(parts["recent" if bounds["from_day"] else "settled"])}, {}),
+    )
+    tops = rolled_up.merged(None, settled, recent, lock)
+    assert "c" not in tops["exit"].views
+    lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, (settled, recent), True).lookup(None, "exit", lock)
+    rows = tops["exit"].top({"d": -1}, "path", lookup)
+    assert [row["path"] for row in rows] == [*(f"p{n:02}" for n in range(9)), "c"]
+
+
 def test_values_kept_bounded_keep_every_search_engine_read():
     """A search engine's name found in no ranking has no views (all its domains are read with
     the window): so the other days' values, kept bounded, keep every engine's."""

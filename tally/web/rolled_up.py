@@ -212,8 +212,9 @@ def merged(
     that and its other days' views could reach the panel's rows as they are (a tail's views
     only raise those, but for entries and exits, which `Ranking.top` reads whole for when they
     fall). The others stay unread: a value read by neither has at most the two bounds' views,
-    and one left unread at most the settled bound and its own. None when a dimension would
-    look up more than MERGED_LOOKUPS values in the settled days."""
+    and one left unread at most the settled bound and its own; each then ranks after the
+    bounds' names. None when a dimension would look up more than MERGED_LOOKUPS values in the
+    settled days."""
     tops = {}
     for dim, ranking in settled.tops.items():
         views = dict(ranking.views)
@@ -228,12 +229,10 @@ def merged(
             missing = [name for name in ranking.views if name not in others.views]
             for name, count in recent.views_of(cur, dim, missing, lock).items() if missing else ():
                 views[name] += count
-        beyond = 0 if others.last is None else others.last[0]  # a value the other days left out
         if ranking.last is None:  # every settled value was read: the others had none there
-            whole = Ranking.of({**views, **unread}, None if others.last is None else (beyond, ""))
-            tops[dim] = bounded(whole, dim, RANKED_VALUES)
+            tops[dim] = bounded(Ranking.of({**views, **unread}, others.last), dim, RANKED_VALUES)
             continue
-        floor = ranking.last[0]
+        floor, floor_name = ranking.last
         shown = sorted((count for name, count in views.items() if count > 0 and name), reverse=True)
         tenth = shown[TOP_ROWS - 1] if len(shown) >= TOP_ROWS else None
         reach = [name for name, count in unread.items() if tenth is None or floor + count >= tenth]
@@ -242,9 +241,17 @@ def merged(
         if reach:
             for name, views_there in settled.views_of(cur, dim, reach, lock).items():
                 views[name] = views_there + unread.pop(name)
-        highest = max([*unread.values(), beyond], default=0)
-        whole = Ranking.of(views, ranking.last if highest <= 0 else (floor + highest, ""))
-        tops[dim] = bounded(whole, dim, RANKED_VALUES)  # a window's values looked up held 30 MB
+        # Where the values not in `views` rank at best. A value left out of a ranking with as
+        # many views as its `last` ranks after it by name: one left unread has at most the
+        # settled bound and its own views, then a name after the settled `last`'s; one read by
+        # neither at most the two bounds, then a name after both.
+        after = [ranking.last]
+        if unread:
+            after.append((floor + max(unread.values()), floor_name))
+        if others.last is not None:
+            after.append((floor + others.last[0], max(floor_name, others.last[1])))
+        last = min(after, key=lambda bound: (-bound[0], bound[1]))
+        tops[dim] = bounded(Ranking.of(views, last), dim, RANKED_VALUES)  # looked-up values held 30 MB
     return tops
 
 
