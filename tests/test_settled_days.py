@@ -84,9 +84,9 @@ def load_and_count(conn, monkeypatch, rng: random.Random) -> tuple[list[list[tup
     visits = random_visits(rng, 1200, blogs=12)
     insert_raw(conn, [v for views in visits for v in views])
     roll_up(conn)
-    # Few values read with each window (tally/web/rolled_up.py): the settled days' ranking is
+    # Few values read with each window (tally/web/values.py): the settled days' ranking is
     # then a bound, and the other days' values are looked up in it.
-    monkeypatch.setattr("tally.web.rolled_up.RANKED_VALUES", 3)
+    monkeypatch.setattr("tally.web.values.RANKED_VALUES", 3)
     reads = executed(monkeypatch, QUERIES["stats_rolled_up_dims"], QUERIES["stats_rolled_up_wide_dims"])
     kinds = {
         "counted": lambda params: "most" in params,  # the other days' rows, before a read apart
@@ -142,7 +142,7 @@ def test_a_windows_settled_days_are_read_once_while_no_rollup_writes_them(client
 def test_a_window_whose_other_days_hold_many_values_reads_their_most_viewed_too(client, conn, monkeypatch):
     # Other days with more rows a dimension than are read whole (a site whose paths carry ids):
     # ranked as the settled days are, the two rankings added up, exact; never read whole.
-    monkeypatch.setattr("tally.web.rolled_up.MERGED_VALUES", 2)
+    monkeypatch.setattr("tally.web.values.MERGED_VALUES", 2)
     rng = random.Random(48)
     visits, reads = load_and_count(conn, monkeypatch, rng)
     on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))
@@ -157,7 +157,7 @@ def test_a_window_whose_other_days_hold_many_values_reads_their_most_viewed_too(
 
 def test_a_window_whose_days_do_not_add_up_cheaply_is_read_whole_until_they_change(client, conn, monkeypatch):
     # More values to look up in the settled days than the bound.
-    monkeypatch.setattr("tally.web.rolled_up.MERGED_LOOKUPS", 0)
+    monkeypatch.setattr("tally.web.values.MERGED_LOOKUPS", 0)
     rng = random.Random(47)
     visits, reads = load_and_count(conn, monkeypatch, rng)
     on_one_day(conn, "UTC", lambda: check_every_window(client, conn, "UTC"))

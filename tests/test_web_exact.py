@@ -318,10 +318,10 @@ def test_views_and_visitors_per_day_are_exact_across_rollups_and_the_tail(client
 def test_panels_are_exact_when_a_window_reads_only_each_dimensions_most_viewed_values(
     client, conn, monkeypatch, ranked, seed, tz, age_shift
 ):
-    # A window reads its dimensions' first RANKED_VALUES + 1 values (tally/web/rolled_up.py):
+    # A window reads its dimensions' first RANKED_VALUES + 1 values (tally/web/values.py):
     # with 15 paths and a few of the rest, fewer than there are. The tail's unread values, and
     # every value when those read cannot fill a panel, are looked up.
-    monkeypatch.setattr("tally.web.rolled_up.RANKED_VALUES", ranked)
+    monkeypatch.setattr("tally.web.values.RANKED_VALUES", ranked)
     load_in_chunks(conn, random.Random(seed), blogs=12)
     on_one_day(conn, tz, lambda: check_every_window(client, conn, tz))
     # A site whose reads are slow has its values read in four statements sent at once (all

@@ -1,7 +1,7 @@
 """tally/web/rolled_up.py's KeptByState: a window's answer is kept for its last two rollup
 states read, so the web holds two per window, not one per rollup; and read once at a state,
-however many ask for it at once. And `merged`: the settled days' values and the others' rank
-as the whole."""
+however many ask for it at once. And tally/web/values.py's `merged`: the settled days' values
+and the others' rank as the whole."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import random
 import threading
 from collections.abc import Callable
 
-from tally.web import rolled_up
-from tally.web.rolled_up import STATES_PER_FAMILY, KeptByState, RolledUp, Values
+from tally.web import values
+from tally.web.rolled_up import STATES_PER_FAMILY, KeptByState, RolledUp
+from tally.web.values import Values
 from tally.web.windows import Ranking
 
 
@@ -154,11 +155,11 @@ def merged_ranks_as_the_whole(rng: random.Random, monkeypatch) -> bool:
         )
     recent = Values(MOMENT, MOMENT, None, first_day, None, {"path": recent_ranking}, [], {}, known["recent"])
     monkeypatch.setattr(
-        rolled_up,
+        values,
         "_read_values",
         lambda cur, bounds, *args: ({"path": dict(parts["recent" if bounds["from_day"] else "settled"])}, {}),
     )
-    tops = rolled_up.merged(None, settled, recent, lock)
+    tops = values.merged(None, settled, recent, lock)
     kept = (settled, recent if recent_ranking.last else recent.bounded(rng.randrange(0, 4)))
     lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, kept, True).lookup(None, "path", lock)
     asked: list[list[str] | None] = []
@@ -198,11 +199,11 @@ def test_a_value_left_unread_by_the_merge_ranks_after_the_settled_bound_by_name(
     )
     parts = {"settled": settled_views, "recent": recent_views}
     monkeypatch.setattr(
-        rolled_up,
+        values,
         "_read_values",
         lambda cur, bounds, *args: ({"exit": dict(parts["recent" if bounds["from_day"] else "settled"])}, {}),
     )
-    tops = rolled_up.merged(None, settled, recent, lock)
+    tops = values.merged(None, settled, recent, lock)
     assert "c" not in tops["exit"].views
     lookup = RolledUp(MOMENT, {}, {}, 0, tops, MOMENT, {}, (settled, recent), True).lookup(None, "exit", lock)
     rows = tops["exit"].top({"d": -1}, "path", lookup)

@@ -3,7 +3,7 @@
 A panel ranks the values by their rolled-up views plus the tail's (tally/web/windows.py,
 `Ranking`), and then counts the visitors of the ten it shows only: per day in the zone, from the
 rollups' cells (`stats_rolled_up_dim_visitors`, kept with the rolled-up part of the window:
-tally/web/rolled_up.py, `Values.visitors_of`) and the tail's moves. The referrer panel lists
+tally/web/values.py, `Values.visitors_of`) and the tail's moves. The referrer panel lists
 search engines by name (tally/web/referrers.py), each the sum of its domains.
 """
 

@@ -45,11 +45,11 @@ from tally.web.rolled_up import (
     EdgeTimes,
     KeptByState,
     RolledUp,
-    Values,
     read_edge_times,
     read_rolled_up,
 )
 from tally.web.tail_moves import TailMoves
+from tally.web.values import Values
 from tally.web.windows import DAY, MAX_DAYS, Window, bucket_of, count_days, with_changes
 
 # stats_tail's `recent`: a tail view's part of the last 24 hours.
@@ -67,7 +67,7 @@ ROLLUP_WHEN_TAIL_EXCEEDS = 1000
 # GET /api/sites counts each site's views over this many days (its answer's `days`).
 SITES_DAYS = 30
 # A site whose window took longer than this to read has its next read's values split in four
-# statements, each within the statement timeout (tally/web/rolled_up.py, `_read_values`), until
+# statements, each within the statement timeout (tally/web/values.py, `_read_values`), until
 # one takes less than JOIN_BELOW_SECONDS; a read that is quick costs a plan, not four.
 SPLIT_AFTER_SECONDS = 1.0
 JOIN_BELOW_SECONDS = 0.25
