@@ -65,9 +65,9 @@ class Ranking:
         + len(tail) ranked names and the tail's can make it: each name the tail leaves alone
         keeps its rank among the others it leaves alone. `lookup(names)` gives the rolled-up
         views of names not read (of every name, for None), asked only when `last` is set.
-        `whole()`, for a ranking added up from parts, gives the names ranked in one read: its
-        `last` is a name's, where the parts' bound is any name's, so the rows fall below it
-        less often than below the parts' (a site whose every path has a view or two)."""
+        `whole()`, for a ranking added up from parts, gives the names ranked in one read, for
+        when the rows fall below this one's `last`: its bound is one ranking's, not two added
+        up, so they fall below it less often (tally/web/values.py, `merged`)."""
         # '' (an import's "none") is no value to show or click, as NULL is not: one more ranked
         # name stands in for it.
         candidates = (set(self.ranked[: TOP_ROWS + len(tail) + 1]) | set(tail)) - {""}
