@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from tally.web import values
@@ -96,6 +97,31 @@ def test_a_read_in_progress_is_waited_for_not_made_again():
         release.set()
         first.join(10), second.join(10)
         assert reads == expected_reads and answers == expected_answers
+
+
+def test_a_read_from_another_server_is_not_waited_for():
+    """A replica frozen mid-read holds its read: the same window read from the primary (a read
+    moved there) reads at once rather than wait for it (READ_WAIT_SECONDS, past the 2 s in which
+    reads must move), and is kept for both."""
+    kept: KeptByState[str] = KeptByState(entries=16)
+    started, release = threading.Event(), threading.Event()
+
+    def frozen() -> str:
+        started.set()
+        assert release.wait(10)
+        return "from the replica"
+
+    held = threading.Thread(target=kept.get, args=(("window",), ("state",), frozen, "replica"))
+    held.start()
+    try:
+        assert started.wait(10)
+        asked = time.monotonic()
+        answer = kept.get(("window",), ("state",), lambda: "from the primary", "primary")
+        assert answer == "from the primary" and time.monotonic() - asked < 1
+        assert kept.get(("window",), ("state",), lambda: "read again", "replica") == "from the primary"
+    finally:
+        release.set()
+        held.join(10)
 
 
 MOMENT = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
@@ -218,3 +244,37 @@ def test_values_kept_bounded_keep_every_search_engine_read():
     kept = values.bounded(0).tops["referrer"]
     assert set(kept.views) == {"news.example", "Google", "DuckDuckGo"}
     assert kept.last == (9, "news.example")  # the rest has at most its views
+
+
+def test_a_stats_read_from_another_server_does_not_wait_for_one_held(database_url, pool, conn, monkeypatch):
+    """`StatsReader` keeps what it reads by the pool it reads from: a window's read held on one
+    server (a frozen replica) holds no request that reads the same window from another."""
+    from tally.config import from_env
+    from tally.db import web_pool
+    from tally.web import stats
+    from tests.test_web import roll_up
+
+    conn.execute("INSERT INTO page_views (site, path, viewed_at) VALUES ('example.com', '/', now())")
+    roll_up(conn)
+    started, release = threading.Event(), threading.Event()
+    read_rolled_up = stats.read_rolled_up
+
+    def held_on_the_first(cur, *args, **kwargs):
+        if threading.current_thread().name == "frozen replica":
+            started.set()
+            assert release.wait(10)
+        return read_rolled_up(cur, *args, **kwargs)
+
+    monkeypatch.setattr(stats, "read_rolled_up", held_on_the_first)
+    reader = stats.StatsReader(pool, retention_days=30)
+    with web_pool(from_env({"DATABASE_URL": database_url}, process_type="web")) as other:
+        held = threading.Thread(name="frozen replica", target=reader.stats_for_window, args=(7,))
+        held.start()
+        try:
+            assert started.wait(10)
+            asked = time.monotonic()
+            assert reader.stats_for_window(7, pool=other)["total_views"] == 1
+            assert time.monotonic() - asked < 2
+        finally:
+            release.set()
+            held.join(10)

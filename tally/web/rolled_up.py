@@ -142,23 +142,26 @@ class KeptByState(Generic[T]):
     def __init__(self, entries: int):
         self.entries = entries
         self._kept: collections.OrderedDict[tuple[tuple, tuple], T] = collections.OrderedDict()
-        self._reading: dict[tuple[tuple, tuple], threading.Event] = {}
+        self._reading: dict[tuple[tuple, tuple, object], threading.Event] = {}
         self._lock = threading.Lock()
 
-    def get(self, family: tuple, state: tuple, read: Callable[[], T]) -> T:
+    def get(self, family: tuple, state: tuple, read: Callable[[], T], server: object = None) -> T:
         """What is kept for `family` at `state`, else what `read()` gives, kept. While another
-        thread reads the same, this one waits for it (up to READ_WAIT_SECONDS, then reads too):
-        a window of a site whose paths carry ids takes seconds to read after each rollup, and the
-        warm-up's read and each reader's were all made at once."""
+        thread reads the same from the same `server`, this one waits for it (up to
+        READ_WAIT_SECONDS, then reads too): a window of a site whose paths carry ids takes
+        seconds to read after each rollup, and the warm-up's read and each reader's were all
+        made at once. Never for a read from another server: a replica frozen mid-read held the
+        reads that had moved to the primary for the whole wait (6.5 s, where reads must move
+        within 2 s)."""
         key = (family, state)
         with self._lock:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
                 return kept
-            reading = self._reading.get(key)
+            reading = self._reading.get((*key, server))
             if reading is None:
-                reading = self._reading[key] = threading.Event()
+                reading = self._reading[(*key, server)] = threading.Event()
                 mine = True
             else:
                 mine = False
@@ -173,7 +176,7 @@ class KeptByState(Generic[T]):
             return self._keep(key, family, read())
         finally:
             with self._lock:
-                del self._reading[key]
+                del self._reading[(*key, server)]
             reading.set()
 
     def _keep(self, key: tuple[tuple, tuple], family: tuple, value: T) -> T:

@@ -182,7 +182,7 @@ class StatsReader:
                     cur, window, params, self.retention_days, carried=self._carried, lender=lender
                 )
             else:
-                answer, tail_views = self._read(cur, state, settled_days, bounds, window)
+                answer, tail_views = self._read(cur, state, settled_days, bounds, window, pool)
             if window.current:  # the figures about now (a past window leaves them out, below)
                 recent = recent_figures(
                     cur, params, with_day=bool(filters), current=self._current, window=window, buckets=buckets
@@ -203,7 +203,7 @@ class StatsReader:
                         lender=lender,
                     )
                 else:
-                    previous, _ = self._read(cur, state, settled_days, bounds, before, panels=False)
+                    previous, _ = self._read(cur, state, settled_days, bounds, before, pool, panels=False)
                 answer["previous"] = with_changes(previous, answer, visits.EXACT)
         answer.pop(visits.EXACT)
         answer.update(site=site, tz=tz, filters=filters, retention_days=self.retention_days)
@@ -249,6 +249,7 @@ class StatsReader:
         settled_days: SettledDays,
         bounds: dict[str, Any],
         window: Window,
+        server: psycopg_pool.ConnectionPool,
         panels: bool = True,
     ) -> tuple[dict[str, Any], int]:
         # The state's values go into the next queries as parameters, not as a join: the
@@ -268,7 +269,7 @@ class StatsReader:
         # visit that started inside it (a second page: no bounce), so the whole tail decides.
         if tail_event_rows or any(row[TAIL["with_visitor"]] for row in whole_tail):
             tail_visitors, tail_visits = self._tail_moves.read(cur, state, bounds)
-        rolled_up = self._rolled_up(cur, state, settled_days, bounds["site"], bounds["tz"], window)
+        rolled_up = self._rolled_up(cur, state, settled_days, bounds["site"], bounds["tz"], window, server)
         at_ends = crawlers = 0
         if window.current:
             ends = window.ends(self.retention_days)
@@ -280,7 +281,10 @@ class StatsReader:
             site = bounds["site"]
             first_bucket = ends.first_bucket
             edges = self._edges.get(
-                (site,), (state, first_bucket), lambda: read_edge_times(cur, site, first_bucket, state)
+                (site,),
+                (state, first_bucket),
+                lambda: read_edge_times(cur, site, first_bucket, state),
+                server,
             )
             raw = raw_in_tail + edges.between(ends.raw_from, ends.raw_to)
             in_tail = collections.Counter()
@@ -326,7 +330,10 @@ class StatsReader:
         site: str | None,
         tz: str,
         window: Window,
+        server: psycopg_pool.ConnectionPool,
     ) -> RolledUp:
+        """The rolled-up part of `window`, kept by rollup state; read from `server` (the pool of
+        `cur`) when not, never waiting for a read of it from another server."""
         family = (site, tz, window.days[0], window.days[-1], window.current)
         at = (state, window.first_full_bucket)
 
@@ -344,7 +351,7 @@ class StatsReader:
                 split,
                 settled_days.before,
                 # The values of the window's settled days, read once while they stay settled.
-                lambda read: self._settled.get(family[:4], settled_days, read),
+                lambda read: self._settled.get(family[:4], settled_days, read, server),
                 apart,
             )
             took = time.monotonic() - started
@@ -363,7 +370,7 @@ class StatsReader:
                         self._read_whole.popitem(last=False)
             return rolled_up
 
-        return self._cache.get(family, at, read)
+        return self._cache.get(family, at, read, server)
 
     def _combine(
         self, window: Window, rolled_up: RolledUp, tail: list, tail_visitors: list, at_ends: int
