@@ -10,7 +10,7 @@ fails is reported and the others still run; the document is written only when al
 them ran on every build, and the exit status says whether they did (goals missed do not
 fail it: benchmarks are not tests).
 
-$ python -m bench                         # everything, ~105 min on 2 cores (returning_ids 15, events 13)
+$ python -m bench                         # everything, ~110 min on 2 cores (returning_ids 15, events 13)
 $ python -m bench pickup cleanup          # some modules; prints, leaves docs/BENCHMARKS.md alone
 $ BENCH_BUILDS=pip python -m bench stats  # one build only
 """
@@ -40,6 +40,7 @@ from bench import (
     stats,
     stats_scale,
     throughput,
+    wide_site,
 )
 from bench.harness import Build, builds, say, wrk_available
 
@@ -60,6 +61,7 @@ MODULES: dict[str, Callable[[Build], report.Result]] = {
     "rollups": rollups.measure,
     "returning_ids": returning_ids.measure,
     "stats_scale": stats_scale.measure,
+    "wide_site": wide_site.measure,
 }
 
 
