@@ -99,7 +99,7 @@ def test_views_of_the_last_24_hours_are_exact_wherever_now_falls_in_its_bucket(p
             state = (bounds["watermark"], tuple(bounds["in_progress"]))
             cur.execute("SELECT settled_before, settled_by FROM page_view_rollup_state")
             settled = SettledDays(*cur.fetchone())
-            answer, _ = reader._read(cur, state, settled, {**bounds, "now": now}, window_at(now))
+            answer, _ = reader._read(cur, state, settled, {**bounds, "now": now}, window_at(now), pool)
         assert answer["views_last_24h"] == expected, now
 
 
