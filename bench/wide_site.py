@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -26,7 +27,6 @@ from bench.report import Result, Row, times
 from migrations import apply_pending
 from tally.web.rolled_up import RolledUp
 from tally.web.stats import SettledDays, StatsReader
-from tally.web.windows import Window
 
 SIZE = int(os.environ.get("BENCH_WIDE_VIEWS", "600000"))
 SITE = "wide.example"
@@ -56,17 +56,8 @@ class WholeReads(StatsReader):
     """The baseline: every window read whole at each rollup state, its settled days not known
     (as such a site's windows were read before session 54)."""
 
-    def _rolled_up(
-        self,
-        cur: psycopg.Cursor,
-        state: tuple,
-        settled_days: SettledDays,
-        site: str | None,
-        tz: str,
-        window: Window,
-        server: psycopg_pool.ConnectionPool,
-    ) -> RolledUp:
-        return super()._rolled_up(cur, state, SettledDays(None, None), site, tz, window, server)
+    def _rolled_up(self, cur: psycopg.Cursor, state: tuple, _settled: SettledDays, *rest: Any) -> RolledUp:
+        return super()._rolled_up(cur, state, SettledDays(None, None), *rest)
 
 
 def timed(reader: StatsReader, days: int) -> float:
