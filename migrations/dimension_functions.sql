@@ -54,7 +54,7 @@ BEGIN
         -- One pass over the fresh views; the referrer's domain is parsed once per group.
         SELECT site, bucket, visitor, views, {{dimension_values}}
           FROM (SELECT site, bucket, visitor, {{dimension_columns}}, count(*)::integer AS views
-                  FROM fresh GROUP BY 1, 2, 3, {{dimension_positions:4}}) by_view
+                  FROM fresh GROUP BY 1, 2, 3, {{column_positions:4}}) by_view
     ), fresh_ids AS MATERIALIZED (
         -- Each (id, UTC day) with fresh views or events.
         SELECT ARRAY(SELECT DISTINCT ROW(site, visitor, (bucket AT TIME ZONE 'UTC')::date)::tally_visitor_of_day

@@ -11,8 +11,8 @@ nothing here is formatted from a request.
 Rendered with the nine dimensions of before, each query and function is the SQL that was typed
 out by hand (tests/test_dimension_sql.py holds the functions to their last migrations).
 
->>> render("SELECT {{dimension_values:v}} FROM page_views v")[:70]
-'SELECT v.path, tally_referrer_domain(v.referrer, v.site) AS referrer, '
+>>> render("SELECT {{dimension_values:v}} FROM page_views v")[:62]
+'SELECT v.path, coalesce(v.search_engine, tally_referrer_domain'
 >>> render("GROUP BY 1, 2, {{dimension_positions:3}}")
 'GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11'
 """
@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tally.dimensions import DIMENSIONS, VIEW_FIELDS, Dimension
+from tally.dimensions import DIMENSIONS, STORED_COLUMNS, VIEW_FIELDS, Dimension
 
 FUNCTIONS_FILE = Path(__file__).resolve().parent.parent / "migrations" / "dimension_functions.sql"
 MARKER = re.compile(r"\{\{([a-z_]+)(?::([a-z0-9]+))?\}\}")
@@ -77,9 +77,9 @@ def _view_value(index: int, field: str) -> str:
 
 # Each marker's text, from its argument (None when it has none).
 RENDERERS: dict[str, Callable[[str | None], str]] = {
-    # The stored columns: path, referrer, source, ...
-    "dimension_columns": lambda alias: _joined(_qualifier(alias) + d.column for d in DIMENSIONS),
-    # The values: path, tally_referrer_domain(referrer, site) AS referrer, source, ...
+    # The stored columns: path, referrer, source, ..., search_engine (STORED_COLUMNS)
+    "dimension_columns": lambda alias: _joined(_qualifier(alias) + column for column in STORED_COLUMNS),
+    # The values: path, coalesce(search_engine, tally_referrer_domain(referrer, site)) AS referrer, ...
     "dimension_values": lambda alias: _joined(_value(d, _qualifier(alias)) for d in DIMENSIONS),
     # The columns the values read: path, referrer, site, source, ...
     "dimension_inputs": lambda alias: _joined(_qualifier(alias) + column for column in _inputs()),
@@ -87,9 +87,10 @@ RENDERERS: dict[str, Callable[[str | None], str]] = {
     "dimension_nulls": lambda _: _joined("NULL" for _d in DIMENSIONS),
     # A VALUES row per dimension, its name and its value: ('path', path), ...
     "dimension_pairs": lambda _: _joined(f"('{d.name}', {d.name})" for d in DIMENSIONS),
-    # GROUP BY positions, from the argument on: one per dimension (its column or its value),
-    # or one per column the values read.
+    # GROUP BY positions, from the argument on: one per dimension (its value), one per stored
+    # column (dimension_columns), or one per column the values read.
     "dimension_positions": lambda start: _positions(len(DIMENSIONS), start),
+    "column_positions": lambda start: _positions(len(STORED_COLUMNS), start),
     "input_positions": lambda start: _positions(len(_inputs()), start),
     # tally_views_matching's arguments for the filters (of_path text, referrers text[], ...),
     # its conditions (AND (of_path IS NULL OR v.path = of_path) ...), and a call's parameters.
@@ -132,5 +133,5 @@ def dimension_functions(path: Path = FUNCTIONS_FILE) -> str:
 
 
 def dimension_columns() -> tuple[str, ...]:
-    """The columns of page_views the dimensions are stored in, in the table's order."""
-    return tuple(dict.fromkeys(dimension.column for dimension in DIMENSIONS))
+    """The columns of page_views the dimensions are stored in and read, in the table's order."""
+    return STORED_COLUMNS

@@ -27,7 +27,7 @@ process of that release runs.
 >>> [dimension.name for dimension in DIMENSIONS][:3]
 ['path', 'referrer', 'source']
 >>> BY_NAME["country"].panel, BY_NAME["referrer"].inputs
-('top_countries', ('referrer', 'site'))
+('top_countries', ('search_engine', 'referrer', 'site'))
 >>> value_label("country", "DE"), value_label("country", "ZZ"), value_label("path", "/%C3%A9t%C3%A9")
 ('Germany (DE)', 'ZZ', '/été')
 >>> value_label("referrer", "xn--bcher-kva.de")
@@ -98,14 +98,16 @@ class Dimension:
 
 DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("path", "top_paths", "Top paths", collect=lambda seen: seen.beacon.path),
-    # The referring page's domain, www. folded, the site's own pages left out (migrations/0005);
-    # a filter by a search engine's name (tally/web/referrers.py) stands for all its domains.
+    # The referring page's domain, www. folded, the site's own pages left out (migrations/0039),
+    # or the search engine's name the web stored with the view (tally/web/referrers.py): one value
+    # for all its search's domains, whose visitors so count once. A filter by a name stands for
+    # the domains of views stored without one, too.
     Dimension(
         "referrer",
         "top_referrers",
         "Referrers",
         collect=lambda seen: seen.beacon.referrer,
-        reads="tally_referrer_domain({row}referrer, {row}site)",
+        reads="coalesce({row}search_engine, tally_referrer_domain({row}referrer, {row}site))",
         any_of=True,
     ),
     Dimension("source", "top_sources", "Sources", collect=lambda seen: seen.beacon.source),
@@ -119,15 +121,25 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("device", "top_devices", "Devices", collect=lambda seen: seen.audience.device, case=str.lower),
 )
 BY_NAME = {dimension.name: dimension for dimension in DIMENSIONS}
+# The columns of page_views the dimensions store and read (`site` is every view's own): each
+# dimension's column in the table's order, then the others their values read (the search
+# engine's name). The release adds any that is missing (migrations/__init__.py).
+STORED_COLUMNS: tuple[str, ...] = tuple(
+    column
+    for column in dict.fromkeys(
+        [dimension.column for dimension in DIMENSIONS] + [c for d in DIMENSIONS for c in d.inputs]
+    )
+    if column != "site"
+)
 # The fields of a view as collect and /api/pageviews hand it to `insert_page_views`: the path,
 # referrer and site first (a server-side sender's View(path, referrer, site)), the visitor's id,
-# then every other dimension's column in the table's order.
+# then every other dimension's column in the table's order, then the other stored columns.
 VIEW_FIELDS: tuple[str, ...] = (
     "path",
     "referrer",
     "site",
     "visitor",
-    *(dimension.column for dimension in DIMENSIONS if dimension.column not in ("path", "referrer")),
+    *(column for column in STORED_COLUMNS if column not in ("path", "referrer")),
 )
 
 

@@ -1269,15 +1269,17 @@ SELECT DISTINCT e.site, e.visitor
               AND v.viewed_at >= %(five_minutes_ago)s AND v.viewed_at <= %(now)s)
 
 -- referrer_domains --
--- Every referring domain the rollups and the tail know since `since` (a search engine's name
--- filters on all of its domains); the tail from the partitions of its days.
+-- Every referrer value (domain or search engine's name) the rollups and the tail know since
+-- `since` (a search engine's name filters on all of its domains, those of views stored without
+-- the name too); the tail from the partitions of its days.
 SELECT DISTINCT value FROM page_view_day_values
  WHERE dim = 'referrer' AND day >= (%(since)s::timestamptz AT TIME ZONE 'UTC')::date
 UNION
-SELECT DISTINCT tally_referrer_domain(referrer, site) FROM page_views
- WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AND referrer IS NOT NULL
-   AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
-   AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')
+SELECT DISTINCT referrer FROM (
+    SELECT {{dimension_values}} FROM page_views
+     WHERE (recorded_xid >= %(watermark)s OR recorded_xid = ANY (%(in_progress)s::xid8[])) AND referrer IS NOT NULL
+       AND viewed_at >= coalesce(%(tail_from)s::timestamptz, 'infinity')
+       AND viewed_at < coalesce(%(tail_to)s::timestamptz, 'infinity')) tail
 
 -- filtered_export --
 -- Views and visitors per day (in `tz`) and path of the views in [start, end) matching every

@@ -454,9 +454,8 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
         {"source": "hn", "views": 1, "visitors": 1},
     ]
     assert body["top_referrers"] == [
-        # google.com and google.co.uk: one search engine; one visitor per domain
-        # (README, "Filters and comparison")
-        {"referrer": "Google", "views": 2, "visitors": 2},
+        # google.com (rolled up) and google.co.uk (not yet): one search engine, one visitor
+        {"referrer": "Google", "views": 2, "visitors": 1},
         {"referrer": "news.ycombinator.com", "views": 2, "visitors": 1},  # www. folded
         {"referrer": "Bing", "views": 1, "visitors": 1},
         {"referrer": "Brave Search", "views": 1, "visitors": 1},
@@ -470,6 +469,52 @@ def test_sources_and_referrers_are_counted_by_name_and_domain(client, conn):
         2,
         [{"path": "/", "views": 1, "visitors": 1}, {"path": "/b", "views": 1, "visitors": 1}],
     )
+    roll_up(conn)
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert body["top_referrers"][0] == {"referrer": "Google", "views": 2, "visitors": 1}
+    # A filter by one of its domains is the engine's, as the panel lists it.
+    by_domain = client.get("/api/stats?days=1&site=example.com&referrer=google.co.uk").json
+    assert (by_domain["filters"], by_domain["total_views"]) == ({"referrer": "Google"}, 2)
+
+
+def test_a_visitor_from_two_of_a_search_engines_domains_is_one_of_its_visitors(client, conn):
+    """The search engine's name is stored with the view, so the rollups count an id once under
+    it: in the tail, after a rollup, and with views of both sides of one."""
+    beacon(client, "https://example.com/a", "https://www.google.de/", status=201)
+    beacon(client, "https://example.com/b", "https://www.google.com/search?q=x", status=201)
+    beacon(client, "https://example.com/c", "https://www.bing.com/", status=201)
+    stored = conn.execute("SELECT path, search_engine FROM page_views ORDER BY path").fetchall()
+    assert stored == [("/a", "Google"), ("/b", "Google"), ("/c", "Bing")]
+    expected = [
+        {"referrer": "Google", "views": 2, "visitors": 1},
+        {"referrer": "Bing", "views": 1, "visitors": 1},
+    ]
+    assert client.get("/api/stats?days=1&site=example.com").json["top_referrers"] == expected
+    roll_up(conn)
+    assert client.get("/api/stats?days=1&site=example.com").json["top_referrers"] == expected
+    beacon(client, "https://example.com/d", "https://google.co.uk/", status=201)
+    google = {"referrer": "Google", "views": 3, "visitors": 1}
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert (body["visitors"], body["top_referrers"][0]) == (1, google)
+    roll_up(conn)
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert (body["visitors"], body["top_referrers"][0]) == (1, google)
+
+
+def test_views_stored_without_a_search_engines_name_read_under_it(client, conn):
+    """Views stored before the name was (or by SQL) keep their domain, read by name: each
+    domain's visitors added up, as before."""
+    conn.execute(
+        "INSERT INTO page_views (site, path, referrer, visitor) VALUES"
+        " ('example.com', '/a', 'https://google.de/', 7), ('example.com', '/b', 'https://google.fr/', 8)"
+    )
+    beacon(client, "https://example.com/c", "https://www.google.de/", status=201)
+    roll_up(conn)
+    body = client.get("/api/stats?days=1&site=example.com").json
+    assert body["top_referrers"] == [{"referrer": "Google", "views": 3, "visitors": 3}]
+    google = client.get("/api/stats?days=1&site=example.com&referrer=Google").json
+    assert google["total_views"] == 3
+    assert [row["path"] for row in google["top_paths"]] == ["/a", "/b", "/c"]
 
 
 def test_sites_lists_each_site_with_its_views(client, conn):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.openapi_inputs import REFERRER_FILTER
 from tally.web.pageviews import MAX_TEXT
+from tally.web.referrers import SEARCH_ENGINES, referrer_domain, referrer_name, search_engine, stored_referrer
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import beacon
 
@@ -105,6 +106,66 @@ def test_referrers_of_every_kind_of_host_are_kept(client, conn):
     )
     stored = [row[0] for row in conn.execute("SELECT referrer FROM page_views ORDER BY id")]
     assert stored == kept
+
+
+# --- a search engine's name, stored with the view ---------------------------------------------
+
+# Referrers as they are stored, of every shape: each engine's hosts and others under its name,
+# addresses, ports, a user name left by SQL, final dots, `www.` twice, the site's own pages.
+STORED_REFERRERS = [
+    *(
+        f"https://{host}.{name}.{suffix}/x"
+        for name in SEARCH_ENGINES
+        for host in ("www", "mail", "search", "uk.search", "m")
+        for suffix in ("com", "co.uk", "de")
+    ),
+    *(
+        f"https://{name}.{suffix}/"
+        for name in SEARCH_ENGINES
+        for suffix in ("com", "com.br", "co.jp", "blogspot.com", "example.net", "ck")
+    ),
+    "https://www.www.google.com/",
+    "https://GOOGLE.DE./search",
+    "https://me:pw@google.fr:8443/",
+    "http://[2001:db8::5]:80/x",
+    "http://127.0.0.1:8080/",
+    "android-app://com.google.android.gm/",
+    "https://example.com/",
+    "https://www.example.com/a",
+    "https://shop.example.com/",
+    "https://google/",
+    "https://.../",
+    "not a url",
+]
+
+
+@pytest.mark.parametrize("site", ["example.com", "www.example.com", "google.com"])
+def test_the_web_reads_a_referrers_domain_and_engine_as_sql_does(conn, site):
+    """`referrer_domain` is tally_referrer_domain in Python; `search_engine` names what
+    `referrer_name` calls an engine's search of that domain, and nothing else."""
+    in_sql = dict(
+        conn.execute(
+            "SELECT r, tally_referrer_domain(r, %s) FROM unnest(%s::text[]) r", (site, STORED_REFERRERS)
+        ).fetchall()
+    )
+    assert {r: referrer_domain(r, site) for r in STORED_REFERRERS} == in_sql
+    for referrer, domain in in_sql.items():
+        name = referrer_name(domain) if domain else None
+        assert search_engine(referrer, site) == (name if name != domain else None), referrer
+    assert search_engine("https://www.google.co.uk/", site) == "Google"
+    assert search_engine("https://google.com/", site) == (None if site == "google.com" else "Google")
+    assert search_engine(stored_referrer("https://Search.Brave.com/search?q=x"), site) == "Brave Search"
+
+
+def test_a_server_side_senders_view_stores_its_search_engine(client, conn):
+    views = [
+        {"path": "/a", "referrer": "https://www.google.de/", "site": "example.com"},
+        {"path": "/b", "referrer": "https://mail.google.com/", "site": "example.com"},
+        {"path": "/c", "referrer": "https://google.com/", "site": "google.com"},  # its own page
+    ]
+    client.post_json("/api/pageviews", views, status=201)
+    stored = conn.execute("SELECT path, search_engine FROM page_views ORDER BY path").fetchall()
+    assert stored == [("/a", "Google"), ("/b", None), ("/c", None)]
 
 
 # --- international domains: read in Unicode, filtered in either form ---------------------------

@@ -9,6 +9,11 @@ A referrer filter written in Unicode is matched in the ASCII form referrers are 
 
 >>> parse_filters({"country": ["DE"], "days": ["7"]}, ("days",)), parse_filters({"referrer": ["bücher.de"]})
 ({'country': 'DE'}, {'referrer': 'xn--bcher-kva.de'})
+
+and a search engine's domain as its name, as the referrer panel lists it:
+
+>>> parse_filters({"referrer": ["Google.co.uk"]}), parse_filters({"referrer": ["mail.google.com"]})
+({'referrer': 'Google'}, {'referrer': 'mail.google.com'})
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from tally.dimensions import BY_NAME
 from tally.hosts import UNICODE_DOMAIN, ascii_host
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
+from tally.web.referrers import referrer_name
 
 # Parameters every reader accepts besides the filters: the window, the site, the zone, and a
 # share link's token.
@@ -63,9 +69,10 @@ def _stored_referrer(value: str) -> str:
     lower case, as every stored one is (`Example.COM` matched nothing); a search engine's name
     (no dot: `Google`) as given. A value past ASCII that is no domain's shape (a space,
     punctuation, an empty label) is a 400; one of that shape that IDNA refuses (a symbol:
-    `★.com`) can be no stored domain, and is kept as given, a value nobody has."""
+    `★.com`) can be no stored domain, and is kept as given, a value nobody has. A search
+    engine's domain (`google.de`) is its name, as the panel lists it: views are stored so."""
     if value.isascii():
-        return value.lower() if "." in value or ":" in value else value
+        return referrer_name(value.lower()) if "." in value or ":" in value else value
     if not UNICODE_DOMAIN.fullmatch(value):
         raise InvalidFilter(
             "The filter 'referrer' must be a domain such as bücher.de or xn--bcher-kva.de,"

@@ -17,7 +17,7 @@ from typing import Any
 
 from tally.hosts import international_hint
 from tally.sites import DEFAULT_SITE, parse_site_name
-from tally.web.referrers import refused_referrer, stored_referrer
+from tally.web.referrers import refused_referrer, search_engine, stored_referrer
 from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -116,7 +116,7 @@ def _parse_item(item: object, prefix: str) -> View:
             raise InvalidPageViews(
                 f'{prefix}"site" must be a host name such as "example.com", no port.{hint}'
             )
-    return View(path, referrer, site)
+    return View(path, referrer, site, search_engine=search_engine(referrer, site))
 
 
 def _text(value: object, field: str, prefix: str) -> str:

@@ -1,9 +1,13 @@
 """Referring domains as a site owner reads them: each well-known search engine's search under one name.
 
-The rollups keep the referrer's domain (`www.` folded, the site's own pages left out:
-`tally_referrer_domain` in migrations/0005); stats group a search engine's domains in every
-country (google.com, google.co.uk, www.google.de) by their registrable name, found with the
-Public Suffix List (publicsuffixlist, bundled: no network at run time).
+A view's referrer is its domain (`www.` folded, the site's own pages left out:
+`tally_referrer_domain` in migrations/0039), or the name of the search engine whose search it
+is: a search engine's domains in every country (google.com, google.co.uk, www.google.de) are
+told by their registrable name, found with the Public Suffix List (publicsuffixlist, bundled:
+no network at run time). That list is Python's, not SQL's, so the web finds the name when it
+stores a view (`search_engine`, in page_views.search_engine) and the rollups count the name:
+a visitor who searched on google.com and google.de on one day is one of Google's. Views stored
+without it (before that column, or by SQL) keep their domain, which stats read by name here.
 
 >>> [referrer_name(domain) for domain in ("google.co.uk", "news.ycombinator.com", "search.brave.com")]
 ['Google', 'news.ycombinator.com', 'Brave Search']
@@ -43,9 +47,16 @@ SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kagi": ("Kagi", ("",)),
 }
 SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
-# Every domain `referrer_name` may give an engine's name matches this (and some others do), as a
-# PostgreSQL regular expression: stats read all of them, however few views each has.
-SEARCH_ENGINE_DOMAINS = r"(^|\.)(" + "|".join(sorted(SEARCH_ENGINES)) + r")\."
+assert all(re.fullmatch(r"[A-Za-z ]+", name) for name in SEARCH_ENGINE_NAMES)  # no regex syntax in them
+# Every engine's name, and every domain `referrer_name` may give one for (and some others), match
+# this PostgreSQL regular expression (compared case-insensitively, `~*`): stats read all of
+# them, however few views each has.
+SEARCH_ENGINE_VALUES = (
+    r"(^|\.)(" + "|".join(sorted(SEARCH_ENGINES)) + r")\.|^(" + "|".join(sorted(SEARCH_ENGINE_NAMES)) + ")$"
+)
+# A stored referrer's host, as tally_referrer_domain reads it (migrations/0039): a bracketed
+# address whole, or the name up to a port.
+_REFERRER_HOST = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^/?#:]+)")
 # Hosts browsers open that no DNS name is, of a DNS name's characters: a label that starts or
 # ends with "-" (Blogger's `foo-.blogspot.com`), an empty label (`a..b`). A browser's referrer
 # keeps them (`stored_referrer(..., from_browser=True)`: the page before is not the site's to
@@ -68,6 +79,8 @@ def referrer_name(domain: str) -> str:
     >>> [referrer_name(domain) for domain in ("uk.search.yahoo.com", "mail.google.com", "brave.com")]
     ['Yahoo', 'mail.google.com', 'brave.com']
     """
+    if domain in SEARCH_ENGINE_NAMES:  # a name the web stored (`search_engine`)
+        return domain
     registrable = _SUFFIXES.privatesuffix(domain)
     if registrable:
         engine = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
@@ -77,6 +90,36 @@ def referrer_name(domain: str) -> str:
             if any(below == host or (host.startswith("*.") and below.endswith(host[1:])) for host in hosts):
                 return name
     return domain
+
+
+def referrer_domain(referrer: str | None, site: str) -> str | None:
+    """A stored referrer's domain as SQL's tally_referrer_domain reads it: lower case, final dots
+    and one `www.` off; None when there is no host or it is the site's own (`www.` folded).
+
+    >>> referrer_domain("https://WWW.Google.de./search", "example.com")
+    'google.de'
+    >>> referrer_domain("https://example.com/", "www.example.com") is None
+    True
+    """
+    match = _REFERRER_HOST.match(referrer or "")
+    if match is None:
+        return None
+    domain = match.group(1).lower().rstrip(".").removeprefix("www.")
+    return None if domain == site.removeprefix("www.") else domain
+
+
+def search_engine(referrer: str | None, site: str) -> str | None:
+    """The name of the search engine whose search `referrer` (as stored) is, which the web stores
+    with the view; None for any other referrer.
+
+    >>> search_engine("https://www.google.co.uk/", "a.org"), search_engine("https://mail.google.com/", "a")
+    ('Google', None)
+    """
+    domain = referrer_domain(referrer, site)
+    if not domain:
+        return None
+    name = referrer_name(domain)
+    return name if name != domain else None
 
 
 def by_name(domains: dict[str, int]) -> collections.Counter[str]:

@@ -20,7 +20,7 @@ import psycopg
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
 from tally.web import events, visits
-from tally.web.referrers import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name, referrer_name
+from tally.web.referrers import SEARCH_ENGINE_NAMES, SEARCH_ENGINE_VALUES, by_name, referrer_name
 from tally.web.windows import TOP_ROWS, Ranking, Window, count_days
 
 # The dimensions a window's panels rank: the views', the visits' entry and exit pages, events.
@@ -254,7 +254,7 @@ def _read_values(
     cursors = [conn.cursor() for _ in groups]
     with conn.pipeline() if split else contextlib.nullcontext():
         for group, each in zip(groups, cursors, strict=True):
-            params = {**bounds, "dims": group, "ranked": ranked, "engines": SEARCH_ENGINE_DOMAINS}
+            params = {**bounds, "dims": group, "ranked": ranked, "engines": SEARCH_ENGINE_VALUES}
             each.execute(QUERIES["stats_rolled_up_dims"], params)
     values: dict[str, dict[str, int]] = {dim: {} for dim in dims}
     in_rank: dict[str, list[tuple[int, str]]] = {dim: [] for dim in dims}
