@@ -103,7 +103,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         REFERRER_FILTER,
         "Count only the views from this referring domain, as top_referrers lists it (an"
         " international one in its xn-- form or in Unicode: bücher.de), or from a search engine's"
-        " search by its name (Google).",
+        " search by its name (Google; one of its search's domains, google.de, stands for it too).",
     ),
     "event": query("event", TEXT, "Count only the views of the visitors who sent this event."),
     "goal_path": query("goal_path", TEXT, "Count only the views of the visitors who viewed this path."),
