@@ -7,7 +7,9 @@ wrong import) stay counted. After such a delete an operator runs
     $ procrastinate --app=jobs.app defer rebuild_rollups '{"since": "2026-11-01"}'
 
 and the worker, in one transaction, unfolds those days (migrations/0032: their rollup rows go,
-their views and events take this transaction's id) and runs the rollup unchanged. Readers see
+their views and events take this transaction's id), stores a search engine's name with their
+views stored without it (tally/search_engines.py: so an engine's visitors count once across its
+domains, as for the views the web collects now) and runs the rollup unchanged. Readers see
 the old rollups until it commits and the rebuilt ones after; an attempt cut short (killed,
 drained) rolls back whole and keeps nothing.
 """
@@ -29,6 +31,8 @@ from procrastinate.retry import RetryDecision
 from jobs import app, settings
 from jobs.middleware import WrongArguments
 from jobs.time_limit import time_limit
+from tally.db import QUERIES
+from tally.search_engines import SEARCH_ENGINE_VALUES, referrer_name
 
 logger = logging.getLogger("jobs.rebuild")
 
@@ -98,6 +102,7 @@ async def rebuild_rollups(context: JobContext, since: str | None = None) -> int:
         unfolded = await cur.fetchone()
         assert unfolded is not None
         own = unfolded["unfolded_by"]
+        named = await name_search_engines(cur, own, unfolded["rebuilt_since"])
         unfolded_at = time.monotonic()
         await make_own_views_visible(conn, pool, own)
         await cur.execute("SELECT tally_rollup_page_views() AS views")
@@ -113,18 +118,38 @@ async def rebuild_rollups(context: JobContext, since: str | None = None) -> int:
             raise RuntimeError("the rollup did not fold the unfolded days; rolled back, nothing changed")
     finished = time.monotonic()
     logger.info(
-        "rollups since %s rebuilt: %d views and %d events unfolded (%d days), %d views folded;"
-        " %.2f s unfolding, %.2f s folding, the rollup state held %.2f s",
+        "rollups since %s rebuilt: %d views and %d events unfolded (%d days), %d views given their"
+        " search engine's name, %d views folded; %.2f s unfolding, %.2f s folding, the rollup state"
+        " held %.2f s",
         unfolded["rebuilt_since"].isoformat(),
         unfolded["views_unfolded"],
         unfolded["events_unfolded"],
         unfolded["days_marked"],
+        named,
         folded,
         unfolded_at - started,
         finished - unfolded_at,
         finished - started,
     )
     return folded
+
+
+async def name_search_engines(cur: psycopg.AsyncCursor, own: int, since: datetime.date) -> int:
+    """Store a search engine's name with the views this rebuild unfolded that were stored without
+    it, as the web stores it with the views it collects: the days rebuilt then count an id that
+    searched on two of an engine's domains once. The name needs the Public Suffix List, which is
+    Python's: the domains are read, named here, and written back. How many views it named."""
+    params = {"own": own, "since": since, "engines": SEARCH_ENGINE_VALUES}
+    await cur.execute(QUERIES["unfolded_search_engine_domains"], params)
+    names = {row["domain"]: referrer_name(row["domain"]) for row in await cur.fetchall()}
+    named = {domain: name for domain, name in names.items() if name != domain}
+    if not named:
+        return 0
+    await cur.execute(
+        QUERIES["name_unfolded_search_engines"],
+        {**params, "domains": list(named), "names": list(named.values())},
+    )
+    return cur.rowcount
 
 
 async def make_own_views_visible(

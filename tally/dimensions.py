@@ -99,7 +99,7 @@ class Dimension:
 DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("path", "top_paths", "Top paths", collect=lambda seen: seen.beacon.path),
     # The referring page's domain, www. folded, the site's own pages left out (migrations/0039),
-    # or the search engine's name the web stored with the view (tally/web/referrers.py): one value
+    # or the search engine's name the web stored with the view (tally/search_engines.py): one value
     # for all its search's domains, whose visitors so count once. A filter by a name stands for
     # the domains of views stored without one, too.
     Dimension(

@@ -157,6 +157,22 @@ SELECT given.site, given.name,
 -- Fold every view committed since the last rollup into the rollups (migrations/0005); returns how many.
 SELECT tally_rollup_page_views() AS views
 
+-- unfolded_search_engine_domains --
+-- The referring domains that may be a search engine's (`engines`, tally/search_engines.py) among
+-- the views a rebuild unfolded (its transaction `own`, its days from `since`) that were stored
+-- without the engine's name: before the column was, or by SQL.
+SELECT DISTINCT tally_referrer_domain(referrer, site) AS domain FROM page_views
+ WHERE viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND recorded_xid = %(own)s
+   AND search_engine IS NULL AND tally_referrer_domain(referrer, site) ~* %(engines)s
+
+-- name_unfolded_search_engines --
+-- Store each engine's name (`names`, one per domain of `domains`) with those views, as the web
+-- stores it with a view it collects, before the rebuild's rollup folds them again.
+UPDATE page_views v SET search_engine = n.name
+  FROM unnest(%(domains)s::text[], %(names)s::text[]) AS n (domain, name)
+ WHERE v.viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND v.recorded_xid = %(own)s
+   AND v.search_engine IS NULL AND tally_referrer_domain(v.referrer, v.site) = n.domain
+
 -- delete_old_rollups --
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever); a day's
 -- pairs of ids go with its row (migrations/0031).

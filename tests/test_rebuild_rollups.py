@@ -160,6 +160,61 @@ def test_a_rebuild_after_a_duplicate_backfill_was_deleted_makes_every_figure_exa
     assert roll_up(conn) == 0
 
 
+def test_a_rebuild_names_the_search_engines_of_the_views_stored_without_one(client, conn):
+    """Views stored without a search engine's name (before the column was, or by SQL) count an
+    id from two of Google's domains twice on a day; a rebuild stores the name with the views of
+    its days, which then count it once. The days before it keep their views as they were."""
+    today = utc_today(conn)
+    noon = datetime.datetime.combine(today, datetime.time(12), datetime.UTC)
+    views = [
+        (path, referrer, noon - back * DAY + datetime.timedelta(minutes=minutes))
+        for back in (2, 1)
+        for path, referrer, minutes in (
+            ("/a", "https://www.google.de/", 0),
+            ("/b", "https://google.com/search", 1),
+            ("/c", "https://mail.google.com/mail/", 2),  # no search: stays a domain
+        )
+    ]
+    conn.cursor().executemany(
+        "INSERT INTO page_views (site, path, referrer, visitor, viewed_at)"
+        " VALUES ('example.com', %s, %s, 7, %s)",
+        views,
+    )
+    roll_up(conn)
+
+    def referrers() -> list[dict]:
+        return client.get("/api/stats?days=3&site=example.com").json["top_referrers"]
+
+    assert referrers() == [
+        {"referrer": "Google", "views": 4, "visitors": 4},  # two a day: one per domain
+        {"referrer": "mail.google.com", "views": 2, "visitors": 2},
+    ]
+    defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": (today - DAY).isoformat()})
+    run_queued_jobs()
+    assert job_statuses(conn) == [("rebuild_rollups", "succeeded")]
+    assert referrers() == [
+        {"referrer": "Google", "views": 4, "visitors": 3},  # one on the day rebuilt
+        {"referrer": "mail.google.com", "views": 2, "visitors": 2},
+    ]
+    stored = conn.execute(
+        "SELECT (viewed_at AT TIME ZONE 'UTC')::date, path, search_engine FROM page_views ORDER BY 1, 2"
+    ).fetchall()
+    before, rebuilt = today - 2 * DAY, today - DAY
+    assert stored == [
+        (before, "/a", None),
+        (before, "/b", None),
+        (before, "/c", None),
+        (rebuilt, "/a", "Google"),
+        (rebuilt, "/b", "Google"),
+        (rebuilt, "/c", None),
+    ]
+    assert figures_differ(client, conn) != []  # the day before `since` still counts it twice
+    defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": before.isoformat()})
+    run_queued_jobs()
+    assert referrers()[0] == {"referrer": "Google", "views": 4, "visitors": 2}
+    assert figures_differ(client, conn) == []
+
+
 def test_events_deleted_after_they_were_folded_leave_the_stats_with_a_rebuild(client, conn):
     conn.execute(
         "INSERT INTO events (site, name, visitor, occurred_at)"
@@ -178,7 +233,7 @@ def test_events_deleted_after_they_were_folded_leave_the_stats_with_a_rebuild(cl
         return {row["event"]: row["events"] for row in body["top_events"]}["Signup"]
 
     assert signups() == 65
-    defer(jobs.app.tasks["rebuild_rollups"], since=(utc_today(conn) - 3 * DAY).isoformat())
+    defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": (utc_today(conn) - 3 * DAY).isoformat()})
     run_queued_jobs()
     assert signups() == 40
 
@@ -205,7 +260,7 @@ def test_views_committed_during_a_rebuild_are_counted_once(client, conn, databas
             " ORDER BY viewed_at DESC LIMIT 1 FOR UPDATE",
             (since,),
         ).fetchone()
-        defer(jobs.app.tasks["rebuild_rollups"], since=since.isoformat())
+        defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": since.isoformat()})
         worker = threading.Thread(target=run_queued_jobs)
         worker.start()
         try:
@@ -293,7 +348,7 @@ def test_the_oldest_day_allowed_is_rebuilt_and_with_no_since_it_is_the_default(c
         conn.execute("SELECT tally_oldest_rebuild_day(%s)", (jobs.settings.retention_days,)).fetchone()[0]
         == oldest
     )
-    defer(jobs.app.tasks["rebuild_rollups"], since=oldest.isoformat())
+    defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": oldest.isoformat()})
     defer(jobs.app.tasks["rebuild_rollups"])
     run_queued_jobs()
     assert job_statuses(conn) == [("rebuild_rollups", "succeeded")] * 2

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 
 from tally.db import QUERIES
+from tally.search_engines import search_engine
 from tally.web import export, filtered
 from tally.web.filtered import EVERY_VIEW
-from tally.web.referrers import search_engine
 from tests import ages
 from tests.conftest import plan_nodes
 from tests.test_web import TOKEN, make_client, roll_up

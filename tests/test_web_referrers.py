@@ -1,4 +1,5 @@
-"""Referring domains as stats show them (tally/web/referrers.py, `tally_referrer_domain`)."""
+"""Referring domains as stats show them (tally/web/referrers.py, tally/search_engines.py,
+`tally_referrer_domain`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tally.search_engines import SEARCH_ENGINES, referrer_domain, referrer_name, search_engine
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.openapi_inputs import REFERRER_FILTER
 from tally.web.pageviews import MAX_TEXT
-from tally.web.referrers import SEARCH_ENGINES, referrer_domain, referrer_name, search_engine, stored_referrer
+from tally.web.referrers import stored_referrer
 from tests.test_web import TOKEN, make_client, roll_up
 from tests.test_web_collect import beacon
 

@@ -7,7 +7,7 @@ exact by construction (every committed view is a row until cleanup deletes it) a
 back as far as the raw views do: RETENTION_DAYS (README, "Filters").
 
 A referrer filter names what the referrer panel lists: a domain, or a search engine's name
-(tally/web/referrers.py), which stands for every domain of that engine the rollups or the
+(tally/search_engines.py), which stands for every domain of that engine the rollups or the
 tail know.
 """
 
@@ -25,10 +25,10 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
+from tally.search_engines import SEARCH_ENGINE_NAMES, referrer_name
 from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
 from tally.web.filters import GOAL_FILTERS, sql_parameters
-from tally.web.referrers import SEARCH_ENGINE_NAMES, referrer_name
 from tally.web.windows import TOP_ROWS
 
 if TYPE_CHECKING:

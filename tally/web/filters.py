@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 
 from tally.dimensions import BY_NAME
 from tally.hosts import UNICODE_DOMAIN, ascii_host
+from tally.search_engines import referrer_name
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
-from tally.web.referrers import referrer_name
 
 # Parameters every reader accepts besides the filters: the window, the site, the zone, and a
 # share link's token.

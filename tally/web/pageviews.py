@@ -16,8 +16,9 @@ import re
 from typing import Any
 
 from tally.hosts import international_hint
+from tally.search_engines import search_engine
 from tally.sites import DEFAULT_SITE, parse_site_name
-from tally.web.referrers import refused_referrer, search_engine, stored_referrer
+from tally.web.referrers import refused_referrer, stored_referrer
 from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024

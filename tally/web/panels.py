@@ -4,7 +4,7 @@ A panel ranks the values by their rolled-up views plus the tail's (tally/web/win
 `Ranking`), and then counts the visitors of the ten it shows only: per day in the zone, from the
 rollups' cells (`stats_rolled_up_dim_visitors`, kept with the rolled-up part of the window:
 tally/web/values.py, `Values.visitors_of`) and the tail's moves. The referrer panel lists
-search engines by name (tally/web/referrers.py), each the sum of its domains.
+search engines by name (tally/search_engines.py), each the sum of its domains.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from tally.dimensions import DIMENSIONS
+from tally.search_engines import by_name, referrer_name
 from tally.web import events
-from tally.web.referrers import by_name, referrer_name
 from tally.web.windows import Window, count_days
 
 if TYPE_CHECKING:

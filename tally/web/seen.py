@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from tally.dimensions import DIMENSIONS, VIEW_FIELDS
-from tally.web.referrers import search_engine
+from tally.search_engines import search_engine
 
 if TYPE_CHECKING:
     import bottle

@@ -19,8 +19,8 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
+from tally.search_engines import SEARCH_ENGINE_NAMES, SEARCH_ENGINE_VALUES, by_name, referrer_name
 from tally.web import events, visits
-from tally.web.referrers import SEARCH_ENGINE_NAMES, SEARCH_ENGINE_VALUES, by_name, referrer_name
 from tally.web.windows import TOP_ROWS, Ranking, Window, count_days
 
 # The dimensions a window's panels rank: the views', the visits' entry and exit pages, events.

@@ -1,0 +1,114 @@
+"""Search engines: each well-known engine's search under one name, stored with the views it refers.
+
+A view's referrer is its domain (`www.` folded, the site's own pages left out:
+`tally_referrer_domain` in migrations/0039), or the name of the search engine whose search it
+is: a search engine's domains in every country (google.com, google.co.uk, www.google.de) are
+told by their registrable name, found with the Public Suffix List (publicsuffixlist, bundled:
+no network at run time). That list is Python's, not SQL's, so the web finds the name when it
+stores a view (`search_engine`, in page_views.search_engine) and the rollups count the name:
+a visitor who searched on google.com and google.de on one day is one of Google's. Views stored
+without it (before that column, or by SQL) keep their domain, which stats read by name here,
+until a rebuild of their days' rollups names them (jobs/rebuild.py).
+
+>>> [referrer_name(domain) for domain in ("google.co.uk", "news.ycombinator.com", "search.brave.com")]
+['Google', 'news.ycombinator.com', 'Brave Search']
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+
+from publicsuffixlist import PublicSuffixList
+
+_SUFFIXES = PublicSuffixList()
+# Well-known search engines by their registrable label (the name before the public suffix): the
+# name stats show, and the hosts under that name that are the search (the part before the
+# registrable domain, `www.` folded already: "" is google.com and www.google.co.uk). Only those:
+# mail.google.com, docs.google.com or news.google.com referring is no search, nor is brave.com
+# (the browser's site) or seznam.cz (a portal). "*.search" is any country's search.yahoo.com.
+SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "google": ("Google", ("",)),
+    "bing": ("Bing", ("", "cn")),
+    "duckduckgo": ("DuckDuckGo", ("", "html", "lite", "start")),
+    "yahoo": ("Yahoo", ("search", "*.search")),
+    "yandex": ("Yandex", ("",)),
+    "baidu": ("Baidu", ("", "m")),
+    "ecosia": ("Ecosia", ("",)),
+    "brave": ("Brave Search", ("search",)),
+    "startpage": ("Startpage", ("", "eu", "us")),
+    "qwant": ("Qwant", ("", "lite")),
+    "naver": ("Naver", ("search", "m.search")),
+    "seznam": ("Seznam", ("search",)),
+    "kagi": ("Kagi", ("",)),
+}
+SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
+assert all(re.fullmatch(r"[A-Za-z ]+", name) for name in SEARCH_ENGINE_NAMES)  # no regex syntax in them
+# Every engine's name, and every domain `referrer_name` may give one for (and some others), match
+# this PostgreSQL regular expression (compared case-insensitively, `~*`): stats read all of
+# them, however few views each has.
+SEARCH_ENGINE_VALUES = (
+    r"(^|\.)(" + "|".join(sorted(SEARCH_ENGINES)) + r")\.|^(" + "|".join(sorted(SEARCH_ENGINE_NAMES)) + ")$"
+)
+# A stored referrer's host, as tally_referrer_domain reads it (migrations/0039): a bracketed
+# address whole, or the name up to a port.
+_REFERRER_HOST = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^/?#:]+)")
+
+
+@functools.lru_cache(maxsize=4096)
+def referrer_name(domain: str) -> str:
+    """A search engine's name for any of its search's domains; any other domain as it is.
+
+    >>> [referrer_name(domain) for domain in ("uk.search.yahoo.com", "mail.google.com", "brave.com")]
+    ['Yahoo', 'mail.google.com', 'brave.com']
+    """
+    if domain in SEARCH_ENGINE_NAMES:  # a name the web stored (`search_engine`)
+        return domain
+    registrable = _SUFFIXES.privatesuffix(domain)
+    if registrable:
+        engine = SEARCH_ENGINES.get(registrable.split(".", 1)[0])
+        if engine:
+            name, hosts = engine
+            below = domain[: -len(registrable)].rstrip(".")  # `www.` is folded already
+            if any(below == host or (host.startswith("*.") and below.endswith(host[1:])) for host in hosts):
+                return name
+    return domain
+
+
+def referrer_domain(referrer: str | None, site: str) -> str | None:
+    """A stored referrer's domain as SQL's tally_referrer_domain reads it: lower case, final dots
+    and one `www.` off; None when there is no host or it is the site's own (`www.` folded).
+
+    >>> referrer_domain("https://WWW.Google.de./search", "example.com")
+    'google.de'
+    >>> referrer_domain("https://example.com/", "www.example.com") is None
+    True
+    """
+    match = _REFERRER_HOST.match(referrer or "")
+    if match is None:
+        return None
+    domain = match.group(1).lower().rstrip(".").removeprefix("www.")
+    return None if domain == site.removeprefix("www.") else domain
+
+
+def search_engine(referrer: str | None, site: str) -> str | None:
+    """The name of the search engine whose search `referrer` (as stored) is, which the web stores
+    with the view; None for any other referrer.
+
+    >>> search_engine("https://www.google.co.uk/", "a.org"), search_engine("https://mail.google.com/", "a")
+    ('Google', None)
+    """
+    domain = referrer_domain(referrer, site)
+    if not domain:
+        return None
+    name = referrer_name(domain)
+    return name if name != domain else None
+
+
+def by_name(domains: dict[str, int]) -> collections.Counter[str]:
+    """Views per referrer name, from views per referring domain."""
+    named: collections.Counter[str] = collections.Counter()
+    for domain, views in domains.items():
+        named[referrer_name(domain)] += views
+    return named
