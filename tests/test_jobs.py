@@ -14,6 +14,7 @@ import pytest
 from procrastinate import JobContext
 from procrastinate.exceptions import JobAborted
 from procrastinate.job_context import AbortReason
+from procrastinate.tasks import ConfigureTaskOptions
 
 import jobs
 from jobs import page_views, queue_upkeep
@@ -34,7 +35,14 @@ def run_queued_jobs() -> None:
 
 
 def defer(task, **configure) -> int:
-    """Defer `task` through the app's own (sync) connector, as the web process does."""
+    """Defer `task` through the app's own (sync) connector, as the web process does. `configure`
+    holds procrastinate's options (the task's own arguments go in `task_kwargs`): procrastinate
+    drops a name it does not know, so a test's `since=` was never the rebuild's argument."""
+    unknown = set(configure) - set(
+        ConfigureTaskOptions.__optional_keys__ | ConfigureTaskOptions.__required_keys__
+    )
+    if unknown:
+        raise TypeError(f"not an option of procrastinate's configure: {sorted(unknown)}; use task_kwargs")
     with jobs.app.open():
         return task.configure(**configure).defer()
 
