@@ -119,6 +119,18 @@ def test_the_rollup_and_the_queries_name_every_dimension_and_only_those():
         assert all(f"%({name})s" in QUERIES[query] for name in names), query
 
 
+def top_level_items(select: str) -> list[str]:
+    """A select list's items: split at its commas outside parentheses, nested ones too
+    (`coalesce(search_engine, tally_referrer_domain(referrer, site)) AS referrer`)."""
+    items, depth, start = [], 0, 0
+    for index, character in enumerate(select):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            items.append(select[start:index])
+            start = index + 1
+    return [*items, select[start:]]
+
+
 def test_the_stats_tail_lists_the_dimensions_in_their_order():
     """tally/web/panels.py reads `stats_tail`'s rows in the table's order: the query's list is
     rendered from the table, so a dimension's values never land in another's panel."""
@@ -127,7 +139,7 @@ def test_the_stats_tail_lists_the_dimensions_in_their_order():
 
     query = "\n".join(line for line in QUERIES["stats_tail"].splitlines() if not line.startswith("--"))
     select = query.split("\n  FROM", 1)[0].removeprefix("SELECT")
-    columns = [re.split(r"\s+AS\s+", part.strip())[-1] for part in re.split(r",(?![^(]*\))", select)]
+    columns = [re.split(r"\s+AS\s+", part.strip())[-1] for part in top_level_items(select)]
     names = [dimension.name for dimension in DIMENSIONS]
     assert columns == ["day", "recent", *names, "views", "with_visitor"] == list(TAIL_COLUMNS), columns
 
