@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tally.db import QUERIES
 from tally.web import carried, filtered
@@ -104,6 +106,48 @@ def send_events(conn: psycopg.Connection, rng: random.Random, count: int) -> Non
             ' VALUES (%s, %s, %s, %s, \'{"plan": "pro"}\', least(%s, now()))',
             rows,
         )
+
+
+def added_one_key_at_a_time(into: dict, part: dict, sign: int) -> dict:
+    """What `carried.add_counts` does, the plain way: every key's counts added as numbers."""
+    out = dict(into)
+    for key, counts in part.items():
+        if isinstance(counts, int):
+            total: object = out.get(key, 0) + sign * counts
+            zero = total == 0
+        else:
+            had = out.get(key) or (0,) * len(counts)
+            total = tuple(a + sign * b for a, b in zip(had, counts, strict=True))
+            zero = not any(total)
+        if zero:
+            out.pop(key, None)
+        else:
+            out[key] = total
+    return out
+
+
+_KEYS = st.sampled_from("abcdef")
+_NUMBERS = st.integers(-3, 3)
+
+
+@given(
+    st.one_of(
+        st.tuples(st.dictionaries(_KEYS, _NUMBERS), st.dictionaries(_KEYS, _NUMBERS)),
+        st.tuples(
+            st.dictionaries(_KEYS, st.tuples(_NUMBERS, _NUMBERS)),
+            st.dictionaries(_KEYS, st.tuples(_NUMBERS, _NUMBERS)),
+        ),
+    ),
+    st.sampled_from([1, -1]),
+)
+def test_counts_added_key_by_key_drop_what_comes_to_nothing(dicts, sign):
+    """A part's keys that the counts lack (most of a chunk's values) are taken as they are, times
+    the sign, unless they are all zero; the others added up, dropped at zero."""
+    into, part = dicts
+    into = {key: n for key, n in into.items() if (n if isinstance(n, int) else any(n))}  # as kept
+    added = dict(into)
+    carried.add_counts(added, part, sign)
+    assert added == added_one_key_at_a_time(into, part, sign)
 
 
 @pytest.mark.parametrize(("seed", "tz"), [(31, "UTC"), (32, "Asia/Kathmandu"), (33, "America/St_Johns")])

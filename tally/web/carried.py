@@ -109,11 +109,20 @@ def add_counts(into: dict, part: dict, sign: int) -> None:
     """`part` added into `into` times `sign`, key by key (an int or a tuple of them); keys whose
     counts come to nothing dropped."""
     for key, counts in part.items():
+        had = into.get(key)
+        if had is None:
+            # A key `into` lacks, as most values of a chunk of ids do (chunks share few): the
+            # part's counts as they are, 1.3 -> 0.2 s for 570,000 values (docs/BENCHMARKS.md).
+            if isinstance(counts, int):
+                if counts:
+                    into[key] = sign * counts
+            elif any(counts):
+                into[key] = counts if sign == 1 else tuple(-b for b in counts)
+            continue
         if isinstance(counts, int):
-            total: Any = into.get(key, 0) + sign * counts
+            total: Any = had + sign * counts
             zero = total == 0
         else:
-            had = into.get(key) or (0,) * len(counts)
             total = tuple(a + sign * b for a, b in zip(had, counts, strict=True))
             zero = not any(total)
         if zero:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import heapq
 from typing import Any
 
 import psycopg
@@ -96,5 +97,5 @@ def figures(per_day: dict[datetime.date, VisitCounts]) -> dict[str, Any]:
 
 def page_rows(counts: dict[str, int], limit: int) -> list[dict[str, Any]]:
     """The `limit` pages with the most visits (then by path)."""
-    ranked = sorted((path for path, n in counts.items() if n > 0), key=lambda path: (-counts[path], path))
-    return [{"path": path, "visits": counts[path]} for path in ranked[:limit]]
+    ranked = heapq.nsmallest(limit, ((-n, path) for path, n in counts.items() if n > 0))
+    return [{"path": path, "visits": -negated} for negated, path in ranked]
