@@ -112,7 +112,8 @@ def add_counts(into: dict, part: dict, sign: int) -> None:
         had = into.get(key)
         if had is None:
             # A key `into` lacks, as most values of a chunk of ids do (chunks share few): the
-            # part's counts as they are, 1.3 -> 0.2 s for 570,000 values (docs/BENCHMARKS.md).
+            # part's counts as they are, 1.25 -> 0.6 s for two chunks' 986,000 keys
+            # (docs/BENCHMARKS.md, "A filtered slice of a wide site").
             if isinstance(counts, int):
                 if counts:
                     into[key] = sign * counts
