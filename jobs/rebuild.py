@@ -32,7 +32,7 @@ from jobs import app, settings
 from jobs.middleware import WrongArguments
 from jobs.time_limit import time_limit
 from tally.db import QUERIES
-from tally.search_engines import SEARCH_ENGINE_VALUES, referrer_name
+from tally.search_engines import SEARCH_ENGINE_DOMAINS, referrer_name
 
 logger = logging.getLogger("jobs.rebuild")
 
@@ -139,7 +139,7 @@ async def name_search_engines(cur: psycopg.AsyncCursor, own: int, since: datetim
     it, as the web stores it with the views it collects: the days rebuilt then count an id that
     searched on two of an engine's domains once. The name needs the Public Suffix List, which is
     Python's: the domains are read, named here, and written back. How many views it named."""
-    params = {"own": own, "since": since, "engines": SEARCH_ENGINE_VALUES}
+    params = {"own": own, "since": since, "engines": SEARCH_ENGINE_DOMAINS}
     await cur.execute(QUERIES["unfolded_search_engine_domains"], params)
     names = {row["domain"]: referrer_name(row["domain"]) for row in await cur.fetchall()}
     named = {domain: name for domain, name in names.items() if name != domain}

@@ -432,13 +432,14 @@ SELECT d.dim, top.value, top.views, top.ranked
                    AND (%(site)s::text IS NULL OR v.site = %(site)s)
                    AND v.day >= coalesce(%(from_day)s::date, '-infinity') AND v.day < coalesce(%(before_day)s::date, 'infinity')) counted
          GROUP BY counted.value
-        HAVING d.dim <> 'referrer' OR counted.value !~* %(engines)s
+        HAVING d.dim <> 'referrer' OR NOT (counted.value ~* %(engines)s OR counted.value = ANY (%(engine_names)s::text[]))
          ORDER BY 2 DESC, counted.value COLLATE "C"
          LIMIT %(ranked)s::integer + 1)
        UNION ALL
        SELECT counted.value, sum(counted.views)::bigint, false
          FROM (SELECT v.value, v.views FROM page_view_day_values v
-                WHERE v.dim = d.dim AND d.dim = 'referrer' AND v.value ~* %(engines)s
+                WHERE v.dim = d.dim AND d.dim = 'referrer'
+                  AND (v.value ~* %(engines)s OR v.value = ANY (%(engine_names)s::text[]))
                   AND v.day > (%(start)s::timestamptz AT TIME ZONE 'UTC')::date
                   AND v.day < (%(end)s::timestamptz AT TIME ZONE 'UTC')::date
                   AND (%(site)s::text IS NULL OR v.site = %(site)s)
@@ -446,7 +447,8 @@ SELECT d.dim, top.value, top.views, top.ranked
                UNION ALL
                SELECT v.value, c.views
                  FROM page_view_day_values v, tally_cells(v.day, v.cells) c
-                WHERE v.dim = d.dim AND d.dim = 'referrer' AND v.value ~* %(engines)s
+                WHERE v.dim = d.dim AND d.dim = 'referrer'
+                  AND (v.value ~* %(engines)s OR v.value = ANY (%(engine_names)s::text[]))
                   AND v.day IN ((%(start)s::timestamptz AT TIME ZONE 'UTC')::date,
                                 (%(end)s::timestamptz AT TIME ZONE 'UTC')::date)
                   AND c.bucket >= %(start)s AND c.bucket < %(end)s

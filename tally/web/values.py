@@ -19,7 +19,7 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
-from tally.search_engines import SEARCH_ENGINE_NAMES, SEARCH_ENGINE_VALUES, by_name, referrer_name
+from tally.search_engines import SEARCH_ENGINE_DOMAINS, SEARCH_ENGINE_NAMES, by_name, referrer_name
 from tally.web import events, visits
 from tally.web.windows import TOP_ROWS, Ranking, Window, count_days
 
@@ -254,7 +254,13 @@ def _read_values(
     cursors = [conn.cursor() for _ in groups]
     with conn.pipeline() if split else contextlib.nullcontext():
         for group, each in zip(groups, cursors, strict=True):
-            params = {**bounds, "dims": group, "ranked": ranked, "engines": SEARCH_ENGINE_VALUES}
+            params = {
+                **bounds,
+                "dims": group,
+                "ranked": ranked,
+                "engines": SEARCH_ENGINE_DOMAINS,
+                "engine_names": sorted(SEARCH_ENGINE_NAMES),
+            }
             each.execute(QUERIES["stats_rolled_up_dims"], params)
     values: dict[str, dict[str, int]] = {dim: {} for dim in dims}
     in_rank: dict[str, list[tuple[int, str]]] = {dim: [] for dim in dims}
