@@ -9,7 +9,9 @@ wrong import) stay counted. After such a delete an operator runs
 and the worker, in one transaction, unfolds those days (migrations/0032: their rollup rows go,
 their views and events take this transaction's id), stores a search engine's name with their
 views stored without it (tally/search_engines.py: so an engine's visitors count once across its
-domains, as for the views the web collects now) and runs the rollup unchanged. Readers see
+domains, as for the views the web collects now), stores their paths as browsers send them
+(tally/paths.py: `/über` as `/%C3%BCber`, as the web stores them now) and runs the rollup
+unchanged. Readers see
 the old rollups until it commits and the rebuilt ones after; an attempt cut short (killed,
 drained) rolls back whole and keeps nothing.
 """
@@ -32,6 +34,7 @@ from jobs import app, settings
 from jobs.middleware import WrongArguments
 from jobs.time_limit import time_limit
 from tally.db import QUERIES
+from tally.paths import stored_path
 from tally.search_engines import SEARCH_ENGINE_DOMAINS, referrer_name
 
 logger = logging.getLogger("jobs.rebuild")
@@ -103,6 +106,7 @@ async def rebuild_rollups(context: JobContext, since: str | None = None) -> int:
         assert unfolded is not None
         own = unfolded["unfolded_by"]
         named = await name_search_engines(cur, own, unfolded["rebuilt_since"])
+        paths = await store_paths(cur, own, unfolded["rebuilt_since"])
         unfolded_at = time.monotonic()
         await make_own_views_visible(conn, pool, own)
         await cur.execute("SELECT tally_rollup_page_views() AS views")
@@ -119,13 +123,15 @@ async def rebuild_rollups(context: JobContext, since: str | None = None) -> int:
     finished = time.monotonic()
     logger.info(
         "rollups since %s rebuilt: %d views and %d events unfolded (%d days), %d views given their"
-        " search engine's name, %d views folded; %.2f s unfolding, %.2f s folding, the rollup state"
-        " held %.2f s",
+        " search engine's name, %d views and %d events their path stored as browsers send it, %d views"
+        " folded; %.2f s unfolding, %.2f s folding, the rollup state held %.2f s",
         unfolded["rebuilt_since"].isoformat(),
         unfolded["views_unfolded"],
         unfolded["events_unfolded"],
         unfolded["days_marked"],
         named,
+        paths["views"],
+        paths["events"],
         folded,
         unfolded_at - started,
         finished - unfolded_at,
@@ -150,6 +156,24 @@ async def name_search_engines(cur: psycopg.AsyncCursor, own: int, since: datetim
         {**params, "domains": list(named), "names": list(named.values())},
     )
     return cur.rowcount
+
+
+async def store_paths(cur: psycopg.AsyncCursor, own: int, since: datetime.date) -> dict[str, int]:
+    """Store the paths of the views and events this rebuild unfolded as the web stores the paths
+    it collects (tally/paths.py: `/über` and `/%c3%bcber` as `/%C3%BCber`, as browsers send it):
+    the days rebuilt then count such a page once, not once per form it was sent in. How many
+    views and events changed."""
+    params = {"own": own, "since": since}
+    await cur.execute(QUERIES["unfolded_unstored_paths"], params)
+    stored = {row["path"]: stored_path(row["path"]) for row in await cur.fetchall()}
+    changed = {path: as_stored for path, as_stored in stored.items() if as_stored != path}
+    if not changed:
+        return {"views": 0, "events": 0}
+    await cur.execute(
+        QUERIES["store_unfolded_paths"],
+        {**params, "paths": list(changed), "stored": list(changed.values())},
+    )
+    return await cur.fetchone() or {"views": 0, "events": 0}
 
 
 async def make_own_views_visible(

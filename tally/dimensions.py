@@ -198,7 +198,8 @@ def readable_path(path: str) -> str:
     """`path` as an address bar shows it: the escaped UTF-8 of letters beyond ASCII decoded
     (`/%C3%BCber` as `/über`), ASCII escapes (`%2F`, `%20`) and bytes that are not UTF-8 kept,
     and a character that would reorder or hide the text around it escaped (`visible`).
-    Stored paths stay as sent: this is how they are shown, not what they are.
+    Paths are stored as browsers send them (tally/paths.py): this is how they are shown, not
+    what they are.
 
     >>> readable_path("/%C3%BCber/%E6%97%A5%E6%9C%AC?q=%2F"), readable_path("/%FF%C3")
     ('/über/日本?q=%2F', '/%FF%C3')

@@ -173,6 +173,36 @@ UPDATE page_views v SET search_engine = n.name
  WHERE v.viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND v.recorded_xid = %(own)s
    AND v.search_engine IS NULL AND tally_referrer_domain(v.referrer, v.site) = n.domain
 
+-- unfolded_unstored_paths --
+-- The paths among the views and events a rebuild unfolded (its transaction `own`, its days from
+-- `since`) that may not be as the web stores paths now (tally/paths.py): with a character past
+-- ASCII or a space, or an escape with a lower-case hex digit (sent by a server, or by SQL).
+SELECT path FROM page_views
+ WHERE viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND recorded_xid = %(own)s
+   AND path ~ '[^!-~]|%%[0-9A-Fa-f]?[a-f]'
+UNION
+SELECT path FROM events
+ WHERE occurred_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND recorded_xid = %(own)s
+   AND path ~ '[^!-~]|%%[0-9A-Fa-f]?[a-f]'
+
+-- store_unfolded_paths --
+-- Store each of those paths (`paths`) as the web stores it (`stored`), before the rebuild's
+-- rollup folds them again; how many views and events.
+WITH stored AS (
+    SELECT * FROM unnest(%(paths)s::text[], %(stored)s::text[]) AS s (path, stored)
+), views AS (
+    UPDATE page_views v SET path = s.stored FROM stored s
+     WHERE v.viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND v.recorded_xid = %(own)s
+       AND v.path = s.path
+    RETURNING 1
+), events AS (
+    UPDATE events e SET path = s.stored FROM stored s
+     WHERE e.occurred_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND e.recorded_xid = %(own)s
+       AND e.path = s.path
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM views) AS views, (SELECT count(*) FROM events) AS events
+
 -- delete_old_rollups --
 -- Drop rollups older than the cutoff day (they outlive raw views, but not forever); a day's
 -- pairs of ids go with its row (migrations/0031).

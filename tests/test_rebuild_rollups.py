@@ -215,6 +215,61 @@ def test_a_rebuild_names_the_search_engines_of_the_views_stored_without_one(clie
     assert figures_differ(client, conn) == []
 
 
+def test_a_rebuild_stores_the_paths_of_its_days_as_browsers_send_them(client, conn):
+    """Views and events stored with a path decoded or its escapes in lower case (sent by a server
+    before the release that stores paths as browsers send them, or by SQL) are a row of their
+    own beside the same page as browsers send it; a rebuild stores the paths of its days as the
+    web now does, and those days count the page once, their visits' entry pages too."""
+    today = utc_today(conn)
+    noon = datetime.datetime.combine(today, datetime.time(12), datetime.UTC)
+    page = "/caf%C3%A9"
+    views = [
+        (path, 7, noon - back * DAY + datetime.timedelta(minutes=minutes))
+        for back in (2, 1)
+        for path, minutes in (("/café", 0), (page, 1), ("/caf%c3%a9", 2), ("/a%2Fb", 3))
+    ]
+    conn.cursor().executemany(
+        "INSERT INTO page_views (site, path, visitor, viewed_at) VALUES ('example.com', %s, %s, %s)", views
+    )
+    conn.execute(
+        "INSERT INTO events (site, name, path, visitor, occurred_at)"
+        " VALUES ('example.com', 'Signup', '/café', 7, %s)",
+        (noon - DAY + datetime.timedelta(minutes=4),),
+    )
+    roll_up(conn)
+
+    def paths(days: int = 3) -> tuple[list[dict], list[dict]]:
+        body = client.get(f"/api/stats?days={days}&site=example.com").json
+        return body["top_paths"], body["top_entry_pages"]
+
+    one_a_day = {"views": 2, "visitors": 2}
+    assert paths() == (
+        [{"path": path, **one_a_day} for path in sorted(("/café", page, "/caf%c3%a9", "/a%2Fb"))],
+        [{"path": "/café", "visits": 2}],
+    )
+    defer(jobs.app.tasks["rebuild_rollups"], task_kwargs={"since": (today - DAY).isoformat()})
+    run_queued_jobs()
+    assert job_statuses(conn) == [("rebuild_rollups", "succeeded")]
+    assert paths(days=2) == (
+        [{"path": page, "views": 3, "visitors": 1}, {"path": "/a%2Fb", "views": 1, "visitors": 1}],
+        [{"path": page, "visits": 1}],
+    )
+    stored = conn.execute(
+        "SELECT (viewed_at AT TIME ZONE 'UTC')::date, path FROM page_views ORDER BY 1, 2"
+    ).fetchall()
+    before, rebuilt = today - 2 * DAY, today - DAY
+    assert stored == [(before, path) for path in sorted(("/café", page, "/caf%c3%a9", "/a%2Fb"))] + [
+        (rebuilt, path) for path in ("/a%2Fb", page, page, page)
+    ]
+    assert conn.execute("SELECT path FROM events").fetchall() == [(page,)]
+    assert paths()[0] == [  # the day before `since` keeps its forms
+        {"path": page, "views": 4, "visitors": 2},
+        {"path": "/a%2Fb", "views": 2, "visitors": 2},
+        {"path": "/caf%c3%a9", "views": 1, "visitors": 1},
+        {"path": "/café", "views": 1, "visitors": 1},
+    ]
+
+
 def test_events_deleted_after_they_were_folded_leave_the_stats_with_a_rebuild(client, conn):
     conn.execute(
         "INSERT INTO events (site, name, visitor, occurred_at)"

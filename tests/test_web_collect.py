@@ -122,6 +122,37 @@ def test_a_long_query_string_loses_no_view(client, conn):
     assert "longer than 2048" in response.json["error"] and len(rows(conn)) == 3
 
 
+def test_a_path_is_stored_as_a_browser_sends_it_however_it_was_sent(client, conn):
+    """Browsers encode every character past ASCII (`/caf%C3%A9`); a server's framework may send
+    the page decoded (`/café`), a link may write its escapes in lower case: one page, one row,
+    stored, listed and exported as browsers send it, and found by a filter in any of the forms
+    (the dashboard shows it as it reads). The server's view has no visitor id."""
+    page = "/caf%C3%A9/%E6%97%A5%E6%9C%AC"
+    beacon(client, f"https://example.com{page}?utm_source=x", status=201)
+    beacon(client, "https://example.com/café/日本", status=201)
+    beacon(client, "https://example.com/caf%c3%a9/%e6%97%a5%e6%9c%ac", status=201)
+    client.post_json("/api/pageviews", {"path": "/café/日本", "site": "example.com"}, status=201)
+    assert [row[1] for row in rows(conn)] == [page] * 4
+    stats = "/api/stats?days=1&site=example.com"
+    for _ in range(2):  # in the tail, then rolled up
+        assert client.get(stats).json["top_paths"] == [{"path": page, "views": 4, "visitors": 1}]
+        for path in (page, "/café/日本", "/caf%c3%a9/%e6%97%a5%e6%9c%ac", "/café/%E6%97%A5%E6%9C%AC"):
+            assert client.get(stats, {"path": path}).json["total_views"] == 4, path
+            assert client.get(stats, {"goal_path": path}).json["visitors"] == 1, path
+        assert f"{page},4,1" in client.get("/api/export?days=1&site=example.com").text
+        roll_up(conn)
+
+
+def test_a_path_too_long_once_encoded_is_stored_as_sent(client, conn):
+    """2,000 characters past ASCII fit the limit as sent, not encoded (six characters each): the
+    view is kept as sent, not lost, and a filter as sent finds it."""
+    long = "/" + "é" * 2000
+    client.post_json("/api/pageviews", {"path": long, "site": "example.com"}, status=201)
+    beacon(client, "https://example.com" + long, status=201)
+    assert [row[1] for row in rows(conn)] == [long, long]
+    assert client.get("/api/stats?days=1&site=example.com", {"path": long}).json["total_views"] == 2
+
+
 def test_the_referrer_keeps_no_user_name_or_password(client, conn):
     beacon(client, "https://example.com/", "https://user:pw@Ref.Test:8443/x?q=1#f", status=201)
     beacon(client, "https://example.com/", "http://me@[2001:db8::1]/p", status=201)

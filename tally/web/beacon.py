@@ -14,6 +14,7 @@ import re
 import urllib.parse
 from typing import NamedTuple
 
+from tally.paths import stored_path
 from tally.sites import parse_site
 from tally.web.audience import campaign_of
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT, RepeatedKey, unique_keys
@@ -94,7 +95,7 @@ def parse_collect_body(body: bytes) -> Beacon:
     site = parse_site(hostname)
     if site is None:
         raise Refused(400, f'"url" has no valid host name: {hostname!r}.')
-    path = parts.path or "/"
+    path = stored_path(parts.path or "/")
     if not path.startswith("/"):
         raise Refused(400, '"url" must have a path starting with "/".')
     if len(path) > MAX_TEXT:

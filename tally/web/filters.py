@@ -10,6 +10,11 @@ A referrer filter written in Unicode is matched in the ASCII form referrers are 
 >>> parse_filters({"country": ["DE"], "days": ["7"]}, ("days",)), parse_filters({"referrer": ["bücher.de"]})
 ({'country': 'DE'}, {'referrer': 'xn--bcher-kva.de'})
 
+a path as a browser's address has it, as paths are stored, whether written as it reads or not:
+
+>>> parse_filters({"path": ["/über"]}), parse_filters({"goal_path": ["/%c3%bcber"]})
+({'path': '/%C3%BCber'}, {'goal_path': '/%C3%BCber'})
+
 and a search engine's domain as its name, as the referrer panel lists it:
 
 >>> parse_filters({"referrer": ["Google.co.uk"]}), parse_filters({"referrer": ["mail.google.com"]})
@@ -22,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 from tally.dimensions import BY_NAME
 from tally.hosts import UNICODE_DOMAIN, ascii_host
+from tally.paths import stored_path
 from tally.search_engines import referrer_name
 from tally.web.pageviews import CONTROL_CHARACTERS, MAX_TEXT
 
@@ -32,6 +38,9 @@ COMMON_PARAMETERS = ("days", "site", "tz", "share")
 # views of the visitors who sent the event, or who viewed the page, in the window.
 GOAL_FILTERS = ("event", "goal_path")
 FILTER_NAMES = (*BY_NAME, *GOAL_FILTERS)
+# Filters whose value is a page's path: looked up as paths are stored (tally/paths.py), so a
+# page is found by its path as it reads (`/über`, as the dashboard shows it) or as sent.
+PATH_FILTERS = ("path", "goal_path")
 
 
 class InvalidFilter(ValueError):
@@ -58,6 +67,8 @@ def parse_filters(query: Mapping[str, list[str]], own: Iterable[str] = ()) -> di
             raise InvalidFilter(f"The filter {name!r} must be at most {MAX_TEXT} printable characters.")
         if name == "referrer":
             value = _stored_referrer(value)
+        elif name in PATH_FILTERS:
+            value = stored_path(value)
         dimension = BY_NAME.get(name)
         filters[name] = dimension.case(value) if dimension and dimension.case else value
     return filters

@@ -96,8 +96,14 @@ PARAMETERS: dict[str, dict[str, Any]] = {
             dimension.name, TEXT, f"Count only the views whose {dimension.name} is this value."
         )
         for dimension in DIMENSIONS
-        if dimension.name != "referrer"
+        if dimension.name not in ("referrer", "path")
     },
+    "path": query(
+        "path",
+        TEXT,
+        "Count only the views of this path: as top_paths lists it, as browsers send it (/%C3%BCber),"
+        " or as it reads (/über) or with lower-case escapes (/%c3%bcber), which stand for it.",
+    ),
     "referrer": query(
         "referrer",
         REFERRER_FILTER,
@@ -106,7 +112,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         " search by its name (Google; one of its search's domains, google.de, stands for it too).",
     ),
     "event": query("event", TEXT, "Count only the views of the visitors who sent this event."),
-    "goal_path": query("goal_path", TEXT, "Count only the views of the visitors who viewed this path."),
+    "goal_path": query(
+        "goal_path", TEXT, "Count only the views of the visitors who viewed this path (as for path)."
+    ),
 }
 JOB_ID = path("job", {"type": "integer", "minimum": 1}, "A job id.")
 TASK = path("job", {"type": "string"}, "A task's name (GET takes a job id at this place).")
@@ -129,7 +137,12 @@ def page_view() -> dict[str, Any]:
         "required": ["path"],
         "additionalProperties": False,
         "properties": {
-            "path": {"type": "string", "maxLength": MAX_TEXT, "pattern": f"^/[^{CONTROL}]*$"},
+            "path": {
+                "type": "string",
+                "maxLength": MAX_TEXT,
+                "pattern": f"^/[^{CONTROL}]*$",
+                "description": "Stored as browsers send it: /über as /%C3%BCber, /%c3%bcber as /%C3%BCber.",
+            },
             "referrer": {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": REFERRER_URL},
             "site": {
                 **SITE,

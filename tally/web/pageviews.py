@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from tally.hosts import international_hint
+from tally.paths import MAX_PATH, stored_path
 from tally.search_engines import search_engine
 from tally.sites import DEFAULT_SITE, parse_site_name
 from tally.web.referrers import refused_referrer, stored_referrer
@@ -23,7 +24,7 @@ from tally.web.view_writer import View
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
-MAX_TEXT = 2048
+MAX_TEXT = MAX_PATH  # a path, a referrer, a site's name
 FIELDS = ("path", "referrer", "site")
 # C0 and C1 control characters, DEL included; PostgreSQL text cannot hold NUL at all.
 CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: refused in any text a client sends
@@ -101,6 +102,7 @@ def _parse_item(item: object, prefix: str) -> View:
     path = _text(item["path"], "path", prefix)
     if not path.startswith("/"):
         raise InvalidPageViews(f'{prefix}"path" must start with "/".')
+    path = stored_path(path)  # as a browser sends it: /über as /%C3%BCber
     referrer = item.get("referrer")
     if referrer is not None:
         referrer = _text(referrer, "referrer", prefix)

@@ -1,0 +1,47 @@
+"""A page's path as Tally stores and filters it: as a browser's address has it.
+
+Browsers send `location.href` with every character past ASCII percent-encoded as UTF-8 in upper
+case (`/%C3%BCber` for `/über`), and that is the form Tally stores. A server's framework may send
+the same page decoded (`/über`, Django's and Flask's `request.path`), a link may write its
+escapes in lower case (`/%c3%bcber`), and a filter may be typed as the page reads: each would
+have been a row or a value of its own. So collect, POST /api/pageviews, the path filters and a
+rebuild of the rollups all store or look up `stored_path(path)`: characters past ASCII, spaces
+included, percent-encoded as a browser encodes them, and every escape's hex digits in upper
+case (RFC 3986, 6.2.2.1: the same URL). Nothing else changes: ASCII as sent, an escape never
+decoded (`%2F` is a "/" inside a name), a "%" that starts no escape kept. A path whose encoded
+form would be longer than the MAX_PATH characters kept of one (a client's own 400 characters
+past ASCII, never a browser's) is kept as sent instead: refused, its view would be lost, and
+nothing else sends it encoded. The dashboard shows a path decoded
+(`tally.dimensions.readable_path`); the API and the export give it as stored.
+
+>>> stored_path("/über"), stored_path("/%c3%bcber"), stored_path("/%C3%BCber")
+('/%C3%BCber', '/%C3%BCber', '/%C3%BCber')
+>>> stored_path("/日本 語/100%/a%2fb"), stored_path("/plain/ascii-path_1.html")
+('/%E6%97%A5%E6%9C%AC%20%E8%AA%9E/100%/a%2Fb', '/plain/ascii-path_1.html')
+"""
+
+from __future__ import annotations
+
+import re
+
+# The longest path page_views and events keep (their CHECK, migrations/0001 and 0016).
+MAX_PATH = 2048
+# What a browser encodes in a path that a server may send as it is: a space, and every
+# character past ASCII (controls are refused before this). The escapes' hex digits, either case.
+ENCODED = re.compile(r"[^\x21-\x7e]+|%[0-9A-Fa-f]{2}")
+
+
+def stored_path(path: str) -> str:
+    """`path` as a browser's address has it: characters past ASCII and spaces percent-encoded
+    (UTF-8), escapes in upper case, the rest as sent; as sent if that is longer than MAX_PATH.
+    Idempotent."""
+    stored = ENCODED.sub(_encoded, path)
+    return stored if len(stored) <= MAX_PATH else path
+
+
+def _encoded(match: re.Match[str]) -> str:
+    text = match.group()
+    if text.startswith("%"):
+        return text.upper()
+    # A lone surrogate is refused before a path is stored; in a filter's value it matches nothing.
+    return "".join(f"%{byte:02X}" for byte in text.encode("utf-8", "surrogatepass"))
