@@ -245,6 +245,49 @@ def test_a_push_state_that_changes_only_the_query_is_no_new_view(tally, site_ser
     assert sources == [(None,), (None,), ("newsletter",)]  # a view's source: its URL's
 
 
+def test_a_path_past_ascii_is_stored_as_chromium_sends_it_and_shown_and_found_as_it_reads(
+    tally, site_server, conn
+):
+    """Chromium encodes a page's address past ASCII (UTF-8, upper case) and keeps a link's own
+    escapes as written: Tally stores the first as sent and the second's escapes in upper case
+    (tally/paths.py), so a link written `/caf%c3%a9` and the page typed as `/café` are one
+    page. The dashboard lists it as it reads, and a filter typed so finds it."""
+    from playwright.sync_api import sync_playwright
+
+    site = f"http://site.test:{site_server}"
+    page_path, cafe = "/%C3%BCber/%E6%97%A5%E6%9C%AC%20a.html", "/caf%C3%A9"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_context(user_agent=browser_agent(browser)).new_page()
+            page.goto(f"{site}/über/日本 a.html", wait_until="load")
+            assert page.evaluate("location.pathname") == page_path
+            views_become(conn, [("site.test", page_path)])
+            page.evaluate("history.pushState({}, '', '/caf%c3%a9')")
+            assert page.evaluate("location.pathname") == "/caf%c3%a9"  # the browser keeps it
+            page.goto(f"{site}/café", wait_until="load")
+            views_become(conn, [("site.test", page_path), ("site.test", cafe), ("site.test", cafe)])
+
+            page.goto(f"http://127.0.0.1:{tally}/login", wait_until="load")
+            page.fill("#token", OWNER_TOKEN)
+            page.click("#login-form button")
+            page.wait_for_selector("#total-views")
+            page.goto(f"http://127.0.0.1:{tally}/?days=7&site=site.test", wait_until="load")
+            paths = page.locator("#top-paths")
+            assert paths.locator(f"[data-value='{cafe}'] .value").inner_text() == "/café"
+            assert paths.locator(f"[data-value='{cafe}'] .views").inner_text() == "2"
+            assert (
+                paths.locator(f"[data-value='{page_path}'] .value").inner_text() == "/über/日本%20a.html"
+            )  # ASCII escapes shown
+            paths.locator(f"[data-value='{page_path}'] a").click()
+            page.wait_for_url("**path=**")
+            assert page.locator("#total-views").inner_text() == "1"
+            page.goto(f"http://127.0.0.1:{tally}/?days=7&site=site.test&path=/café", wait_until="load")
+            assert page.locator("#total-views").inner_text() == "2"
+        finally:
+            browser.close()
+
+
 def test_crawlers_other_sites_and_automated_browsers_store_nothing(tally, site_server, conn):
     from playwright.sync_api import sync_playwright
 

@@ -74,17 +74,18 @@ def test_a_batch_is_stored_whole(client, conn):
     assert stored(conn) == 1000
 
 
-def test_paths_with_quotes_sql_and_unicode_are_stored_literally(client, conn):
-    paths = [
-        "/it's",
-        '/"quoted"',
-        "/'; DROP TABLE page_views; --",
-        "/日本語/ページ",
-        "/emoji/🙂",
-        "/" + "x" * 2047,
-    ]
+def test_paths_with_quotes_sql_and_unicode_are_stored_as_browsers_send_them(client, conn):
+    """Quotes and SQL literally; characters past ASCII and spaces percent-encoded (tally/paths.py)."""
+    paths = {
+        "/it's": "/it's",
+        '/"quoted"': '/"quoted"',
+        "/';DROP TABLE page_views;--": "/';DROP%20TABLE%20page_views;--",
+        "/日本語/ページ": "/%E6%97%A5%E6%9C%AC%E8%AA%9E/%E3%83%9A%E3%83%BC%E3%82%B8",
+        "/emoji/🙂": "/emoji/%F0%9F%99%82",
+        "/" + "x" * 2047: "/" + "x" * 2047,
+    }
     client.post_json("/api/pageviews", [{"path": path} for path in paths], status=201)
-    assert sorted(row[0] for row in conn.execute("SELECT path FROM page_views")) == sorted(paths)
+    assert sorted(row[0] for row in conn.execute("SELECT path FROM page_views")) == sorted(paths.values())
 
 
 GOOD = {"path": "/ok"}
