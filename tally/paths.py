@@ -29,6 +29,8 @@ MAX_PATH = 2048
 # What a browser encodes in a path that a server may send as it is: a space, and every
 # character past ASCII (controls are refused before this). The escapes' hex digits, either case.
 ENCODED = re.compile(r"[^\x21-\x7e]+|%[0-9A-Fa-f]{2}")
+# What ENCODED changes: a character to encode, an escape with a lower-case hex digit.
+TO_ENCODE = re.compile(r"[^\x21-\x7e]|%(?:[0-9A-F][a-f]|[a-f][0-9A-Fa-f])")
 # Printable ASCII but space and "%": nothing ENCODED can match.
 NOTHING_TO_ENCODE = re.compile(r"[\x21-\x24\x26-\x7e]*")
 
@@ -37,7 +39,9 @@ def stored_path(path: str) -> str:
     """`path` as a browser's address has it: characters past ASCII and spaces percent-encoded
     (UTF-8), escapes in upper case, the rest as sent; as sent if that is longer than MAX_PATH.
     Idempotent."""
-    if NOTHING_TO_ENCODE.fullmatch(path):  # most paths: 0.2 us, against 0.8 us for sub()
+    # Most paths have nothing to encode (0.2 us), and a browser's have done it (1 us, against
+    # 4 us for sub() on eight escapes).
+    if NOTHING_TO_ENCODE.fullmatch(path) or not TO_ENCODE.search(path):
         return path
     stored = ENCODED.sub(_encoded, path)
     return stored if len(stored) <= MAX_PATH else path
