@@ -34,7 +34,7 @@ from jobs import app, settings
 from jobs.middleware import WrongArguments
 from jobs.time_limit import time_limit
 from tally.db import QUERIES
-from tally.paths import stored_path
+from tally.paths import TO_ENCODE_PATTERN, stored_path
 from tally.search_engines import SEARCH_ENGINE_DOMAINS, referrer_name
 
 logger = logging.getLogger("jobs.rebuild")
@@ -164,7 +164,7 @@ async def store_paths(cur: psycopg.AsyncCursor, own: int, since: datetime.date) 
     the days rebuilt then count such a page once, not once per form it was sent in. How many
     views and events changed."""
     params = {"own": own, "since": since}
-    await cur.execute(QUERIES["unfolded_unstored_paths"], params)
+    await cur.execute(QUERIES["unfolded_unstored_paths"], {**params, "to_encode": TO_ENCODE_PATTERN})
     stored = {row["path"]: stored_path(row["path"]) for row in await cur.fetchall()}
     changed = {path: as_stored for path, as_stored in stored.items() if as_stored != path}
     if not changed:

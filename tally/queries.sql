@@ -175,15 +175,15 @@ UPDATE page_views v SET search_engine = n.name
 
 -- unfolded_unstored_paths --
 -- The paths among the views and events a rebuild unfolded (its transaction `own`, its days from
--- `since`) that may not be as the web stores paths now (tally/paths.py): with a character past
--- ASCII or a space, or an escape with a lower-case hex digit (sent by a server, or by SQL).
+-- `since`) that are not as the web stores paths now (`to_encode`, tally/paths.py: a character a
+-- browser encodes, or an escape in lower case; sent by a server, or inserted by SQL).
 SELECT path FROM page_views
  WHERE viewed_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND recorded_xid = %(own)s
-   AND path ~ '[^!-~]|%%[0-9A-Fa-f]?[a-f]'
+   AND path ~ %(to_encode)s
 UNION
 SELECT path FROM events
  WHERE occurred_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC' AND recorded_xid = %(own)s
-   AND path ~ '[^!-~]|%%[0-9A-Fa-f]?[a-f]'
+   AND path ~ %(to_encode)s
 
 -- store_unfolded_paths --
 -- Store each of those paths (`paths`) as the web stores it (`stored`), before the rebuild's

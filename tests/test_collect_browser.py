@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import re
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
+from tally.paths import stored_path
 from tests.conftest import free_port, wait_until
 from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 
@@ -286,6 +289,41 @@ def test_a_path_past_ascii_is_stored_as_chromium_sends_it_and_shown_and_found_as
             assert page.locator("#total-views").inner_text() == "2"
         finally:
             browser.close()
+
+
+# Paths as a server may send them, each a page a browser would address: past ASCII (composed and
+# not), spaces, the ASCII a browser encodes and the ASCII it leaves, escapes in either case, and
+# every printable ASCII character at a path's end but those a browser reads as no path's ("?",
+# "#", "\\", and a space, which a URL's end drops; "/a b" has one inside).
+SERVER_PATHS = [
+    "/über", "/日本 語", "/a b", '/"q"', "/<x>", "/`t`", "/{c}", "/a|b", "/a^b", "/[x]", "/100%",
+    "/%zz", "/%c3%bc", "/%C3%BC", "/😀", "/e\u0301", "/\u202eabc", "/\u00a0x", "/~user", "/a;b=c",
+    "/@x", "/a:b", "/%2f", "/it's", "/a+b", "/a,b!*()$&'",
+    *("/x" + character for character in string.printable[:95] if character not in "?#\\ "),
+]  # fmt: skip
+
+
+def test_a_path_a_server_sends_is_stored_as_chromium_addresses_the_page(tally, site_server):
+    """What Chromium makes of each path (`new URL(path, page).pathname`, as it sends
+    `location.href`) is stored as it is, and the path as a server sends it is stored as that:
+    one page, one row, from both. Escapes Chromium keeps in lower case Tally writes in upper
+    case; the rest is Chromium's own encoding."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*PERSON_ARGS, HOSTS])
+        try:
+            page = browser.new_page()
+            page.goto(f"http://site.test:{site_server}/index.html", wait_until="load")
+            addressed = page.evaluate(
+                "paths => paths.map(path => new URL(path, location.href).pathname)", SERVER_PATHS
+            )
+        finally:
+            browser.close()
+    for path, pathname in zip(SERVER_PATHS, addressed, strict=True):
+        as_sent = re.sub("%[0-9a-f]{2}", lambda escape: escape.group().upper(), pathname)
+        assert stored_path(pathname) == as_sent, (path, pathname)
+        assert stored_path(path) == as_sent, (path, pathname)
 
 
 def test_crawlers_other_sites_and_automated_browsers_store_nothing(tally, site_server, conn):

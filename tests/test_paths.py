@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.paths import MAX_PATH, stored_path
+from tally.paths import MAX_PATH, TO_ENCODE, TO_ENCODE_PATTERN, stored_path
 
 # Pieces of paths as browsers, servers and careless senders write them: escapes in either case,
 # of the URL's syntax, of bytes that are not UTF-8, "%" that starts no escape, characters past
@@ -40,7 +40,7 @@ def test_the_stored_path_names_the_same_bytes(path):
 @given(paths)
 def test_the_stored_path_is_printable_ascii_and_its_escapes_upper_case(path):
     stored = stored_path(path)
-    assert stored.isascii() and stored.isprintable() and " " not in stored
+    assert stored.isascii() and stored.isprintable() and not set(stored) & set(' "<>`{}|^')
     escapes = [stored[i + 1 : i + 3] for i, c in enumerate(stored) if c == "%"]
     hex_pairs = [
         pair for pair in escapes if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
@@ -61,7 +61,8 @@ def test_the_stored_path_is_printable_ascii_and_its_escapes_upper_case(path):
         ("/%41/~user", "/%41/~user"),  # never decoded
         ("/100%", "/100%"),
         ("/%zz%4", "/%zz%4"),
-        ("/a|b{c}\"d'", "/a|b{c}\"d'"),  # ASCII as sent
+        ("/a|b{c}\"d'^", "/a%7Cb%7Bc%7D%22d'%5E"),  # what Chromium encodes of ASCII, and no more
+        ("/<x>`y` z", "/%3Cx%3E%60y%60%20z"),
     ],
 )
 def test_each_kind_of_path(sent, stored):
@@ -75,3 +76,20 @@ def test_a_path_too_long_encoded_is_kept_as_sent():
     assert len(stored_path("/" + "é" * 341)) == MAX_PATH - 1
     assert stored_path("/" + "é" * 342) == "/" + "é" * 342
     assert stored_path(stored_path("/" + "é" * 342)) == "/" + "é" * 342
+
+
+def test_postgresql_reads_the_pattern_of_paths_to_encode_as_python_does(conn):
+    """The rebuild picks the paths to store again in SQL (`path ~ to_encode`) and stores them in
+    Python: a path one finds and the other does not would be left, or looked at for nothing."""
+    samples = [
+        "".join(pieces)
+        for pieces in [[piece] for piece in PIECES] + [["/", a, b] for a in PIECES for b in PIECES[::7]]
+    ]
+    matched = conn.execute(
+        "SELECT array_agg(sample ~ %s ORDER BY n) FROM unnest(%s::text[]) WITH ORDINALITY AS s (sample, n)",
+        (TO_ENCODE_PATTERN, samples),
+    ).fetchone()[0]
+    assert matched == [TO_ENCODE.search(sample) is not None for sample in samples]
+    assert all(
+        found == (stored_path(sample) != sample) for sample, found in zip(samples, matched, strict=True)
+    )
