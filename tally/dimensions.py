@@ -46,6 +46,7 @@ from typing import Any
 import pycountry
 
 from tally.hosts import shown_host
+from tally.paths import stored_path
 
 # A name or a column as SQL is rendered with it (tally/dimension_sql.py): never quoted, so plain.
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -72,7 +73,8 @@ class Dimension:
     reads: str = ""
     # How a filter's value is written as stored, when its values have one case ('gb' is GB).
     case: Callable[[str], str] | None = None
-    # The filter takes a list of values, any of which matches (a search engine's domains).
+    # The filter takes a list of values, any of which matches (a search engine's domains, the
+    # forms of a path).
     any_of: bool = False
 
     def __post_init__(self) -> None:
@@ -97,7 +99,9 @@ class Dimension:
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("path", "top_paths", "Top paths", collect=lambda seen: seen.beacon.path),
+    # The page's path as browsers send it (tally/paths.py). A filter by it matches the forms
+    # its views may be stored in: views a server sent before, or SQL inserted, too.
+    Dimension("path", "top_paths", "Top paths", collect=lambda seen: seen.beacon.path, any_of=True),
     # The referring page's domain, www. folded, the site's own pages left out (migrations/0039),
     # or the search engine's name the web stored with the view (tally/search_engines.py): one value
     # for all its search's domains, whose visitors so count once. A filter by a name stands for
@@ -166,7 +170,7 @@ def value_label(name: str, value: str) -> str:
         country = country_name(value)
         return value if country == value else f"{country} ({value})"
     if name in ("path", "goal_path"):
-        return readable_path(value)
+        return readable_path(stored_path(value))  # a path stored in another form reads as the page
     if name == "referrer":
         return visible(shown_host(value))
     return visible(value)

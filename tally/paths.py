@@ -13,10 +13,14 @@ inside a name), a "%" that starts no escape kept. A path whose encoded form woul
 than the MAX_PATH characters kept of one (a client's own 400 characters past ASCII, never a
 browser's) is kept as sent instead: refused, its view would be lost, and nothing else sends it
 encoded. The dashboard shows a path decoded (`tally.dimensions.readable_path`); the API and
-the export give it as stored.
+the export give it as stored. A filter by a path (`path_forms`) finds the views of that page
+stored in either form: as browsers send it, and as a server sent it before this release or
+an import inserts it by SQL (`/über`), which a rebuild of the rollups stores again.
 
 >>> stored_path("/über"), stored_path("/%c3%bcber"), stored_path("/%C3%BCber")
 ('/%C3%BCber', '/%C3%BCber', '/%C3%BCber')
+>>> path_forms("/über"), path_forms("/a%2fb")
+(['/%C3%BCber', '/über'], ['/a%2Fb'])
 >>> stored_path("/日本 語/100%/a%2fb"), stored_path('/"q"<{x}>'), stored_path("/a,b;c=[d]~")
 ('/%E6%97%A5%E6%9C%AC%20%E8%AA%9E/100%/a%2Fb', '/%22q%22%3C%7Bx%7D%3E', '/a,b;c=[d]~')
 """
@@ -35,6 +39,10 @@ KEPT = r"\x21\x23-\x3b\x3d\x3f-\x5d\x5f\x61-\x7a\x7e"
 # digit. A pattern PostgreSQL reads as Python does: the rebuild finds such paths with it.
 TO_ENCODE_PATTERN = rf"[^{KEPT}]|%(?:[0-9A-F][a-f]|[a-f][0-9A-Fa-f])"
 TO_ENCODE = re.compile(TO_ENCODE_PATTERN)
+# A run of escapes, which `_decoded` reads as UTF-8.
+ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
+# The ASCII stored_path encodes: decoded back where a path is written as a server sends it.
+ENCODED_ASCII = frozenset(' "<>`{}|^')
 # Runs of characters to encode, and every escape (to write its hex digits in upper case).
 ENCODED = re.compile(rf"[^{KEPT}]+|%[0-9A-Fa-f]{{2}}")
 # What no browser encodes, but "%": a path of these alone has nothing to change.
@@ -59,3 +67,33 @@ def _encoded(match: re.Match[str]) -> str:
         return text.upper()
     # A lone surrogate is refused before a path is stored; in a filter's value it matches nothing.
     return "".join(f"%{byte:02X}" for byte in text.encode("utf-8", "surrogatepass"))
+
+
+def path_forms(path: str) -> list[str]:
+    """The forms a filter by `path` matches: the page as browsers send it (`stored_path`), and
+    as a server sent it before this release or an import inserts it by SQL, what stored_path
+    encodes decoded (`/%C3%BCber` and `/über`); one form for a path with nothing to encode."""
+    stored = stored_path(path)
+    return list(dict.fromkeys([stored, ESCAPES.sub(_decoded, stored)]))
+
+
+def _decoded(match: re.Match[str]) -> str:
+    """A run of escapes with each one stored_path makes decoded: a character past ASCII (its
+    UTF-8 bytes) or ENCODED_ASCII; any other escape, or bytes that are not UTF-8, as they are."""
+    escapes = match.group()
+    data = bytes.fromhex(escapes.replace("%", ""))
+    decoded: list[str] = []
+    start = 0
+    while start < len(data):
+        lead = data[start]
+        length = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
+        try:
+            character = data[start : start + length].decode("utf-8")
+        except UnicodeDecodeError:
+            character, length = "", 1
+        if len(character) == 1 and (not character.isascii() or character in ENCODED_ASCII):
+            decoded.append(character)
+        else:
+            decoded.append(escapes[start * 3 : (start + length) * 3])
+        start += length
+    return "".join(decoded)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.paths import MAX_PATH, TO_ENCODE, TO_ENCODE_PATTERN, stored_path
+from tally.paths import MAX_PATH, TO_ENCODE, TO_ENCODE_PATTERN, path_forms, stored_path
 
 # Pieces of paths as browsers, servers and careless senders write them: escapes in either case,
 # of the URL's syntax, of bytes that are not UTF-8, "%" that starts no escape, characters past
@@ -48,6 +48,15 @@ def test_the_stored_path_is_printable_ascii_and_its_escapes_upper_case(path):
     assert all(pair == pair.upper() for pair in hex_pairs), stored
 
 
+@settings(max_examples=1000, deadline=None)
+@given(paths)
+def test_a_paths_forms_are_the_same_page(path):
+    """A filter's forms: the stored form first, and each one stored is that form."""
+    forms = path_forms(path)
+    assert forms[0] == stored_path(path) and len(forms) <= 2
+    assert all(stored_path(form) == forms[0] for form in forms), forms
+
+
 @pytest.mark.parametrize(
     ("sent", "stored"),
     [
@@ -67,6 +76,20 @@ def test_the_stored_path_is_printable_ascii_and_its_escapes_upper_case(path):
 )
 def test_each_kind_of_path(sent, stored):
     assert stored_path(sent) == stored
+
+
+@pytest.mark.parametrize(
+    ("filter_value", "forms"),
+    [
+        ("/über", ["/%C3%BCber", "/über"]),
+        ("/%c3%bcber", ["/%C3%BCber", "/über"]),
+        ('/<a b>|^"', ["/%3Ca%20b%3E%7C%5E%22", '/<a b>|^"']),
+        ("/a%2Fb%41%FF%E2%80%AE", ["/a%2Fb%41%FF%E2%80%AE", "/a%2Fb%41%FF\u202e"]),
+        ("/plain", ["/plain"]),
+    ],
+)
+def test_a_filter_matches_each_form_a_page_may_be_stored_in(filter_value, forms):
+    assert path_forms(filter_value) == forms
 
 
 def test_a_path_too_long_encoded_is_kept_as_sent():

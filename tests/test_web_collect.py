@@ -126,20 +126,30 @@ def test_a_path_is_stored_as_a_browser_sends_it_however_it_was_sent(client, conn
     """Browsers encode every character past ASCII (`/caf%C3%A9`); a server's framework may send
     the page decoded (`/café`), a link may write its escapes in lower case: one page, one row,
     stored, listed and exported as browsers send it, and found by a filter in any of the forms
-    (the dashboard shows it as it reads). The server's view has no visitor id."""
+    (the dashboard shows it as it reads), with views an import inserted by SQL as the page
+    reads. The server's view has no visitor id."""
     page = "/caf%C3%A9/%E6%97%A5%E6%9C%AC"
     beacon(client, f"https://example.com{page}?utm_source=x", status=201)
     beacon(client, "https://example.com/café/日本", status=201)
     beacon(client, "https://example.com/caf%c3%a9/%e6%97%a5%e6%9c%ac", status=201)
     client.post_json("/api/pageviews", {"path": "/café/日本", "site": "example.com"}, status=201)
     assert [row[1] for row in rows(conn)] == [page] * 4
+    # An import by SQL stores what it is given: a row of its own, which a filter finds too.
+    conn.execute("INSERT INTO page_views (site, path) VALUES ('example.com', '/café/日本')")
     stats = "/api/stats?days=1&site=example.com"
     for _ in range(2):  # in the tail, then rolled up
-        assert client.get(stats).json["top_paths"] == [{"path": page, "views": 4, "visitors": 1}]
+        assert client.get(stats).json["top_paths"] == [
+            {"path": page, "views": 4, "visitors": 1},
+            {"path": "/café/日本", "views": 1, "visitors": 0},
+        ]
         for path in (page, "/café/日本", "/caf%c3%a9/%e6%97%a5%e6%9c%ac", "/café/%E6%97%A5%E6%9C%AC"):
-            assert client.get(stats, {"path": path}).json["total_views"] == 4, path
+            assert client.get(stats, {"path": path}).json["total_views"] == 5, path
             assert client.get(stats, {"goal_path": path}).json["visitors"] == 1, path
         assert f"{page},4,1" in client.get("/api/export?days=1&site=example.com").text
+        filtered_export = client.get(
+            "/api/export", {"days": "1", "site": "example.com", "path": "/café/日本"}
+        )
+        assert f"{page},4,1" in filtered_export.text and "/café/日本,1,0" in filtered_export.text
         roll_up(conn)
 
 

@@ -26,6 +26,7 @@ import psycopg
 
 from tally.db import QUERIES
 from tally.dimensions import DIMENSIONS
+from tally.paths import path_forms
 from tally.search_engines import SEARCH_ENGINE_NAMES, referrer_name
 from tally.web import events, shared_snapshot, visits
 from tally.web.carried import CarriedAnswers, Counts
@@ -75,6 +76,9 @@ def parameters(
     params = {**bounds, **sql_parameters(filters)}
     params["goals_only"] = bool(filters) and all(name in GOAL_FILTERS for name in filters)
     params.update(EVERY_VIEW)
+    path = filters.get("path")
+    if path is not None:
+        params["path"] = path_forms(path)
     name = filters.get("referrer")
     if name is not None:
         domains = [name]

@@ -102,7 +102,8 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "path",
         TEXT,
         "Count only the views of this path: as top_paths lists it, as browsers send it (/%C3%BCber),"
-        " or as it reads (/über) or with lower-case escapes (/%c3%bcber), which stand for it.",
+        " or as it reads (/über) or with lower-case escapes (/%c3%bcber), which stand for it; views"
+        " stored as it reads (inserted by SQL) count too.",
     ),
     "referrer": query(
         "referrer",
