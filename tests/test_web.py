@@ -78,7 +78,7 @@ def test_paths_with_quotes_sql_and_unicode_are_stored_as_browsers_send_them(clie
     """Quotes and SQL literally; characters past ASCII and spaces percent-encoded (tally/paths.py)."""
     paths = {
         "/it's": "/it's",
-        '/"quoted"': '/"quoted"',
+        '/"quoted"': "/%22quoted%22",
         "/';DROP TABLE page_views;--": "/';DROP%20TABLE%20page_views;--",
         "/日本語/ページ": "/%E6%97%A5%E6%9C%AC%E8%AA%9E/%E3%83%9A%E3%83%BC%E3%82%B8",
         "/emoji/🙂": "/emoji/%F0%9F%99%82",
@@ -677,13 +677,17 @@ def test_wrong_method_and_unknown_address_answer_json(client):
 
 def test_dashboard_renders_chart_paths_and_queue_state(client, conn):
     client.post_json("/api/pageviews", [{"path": "/home"}, {"path": "/home"}, {"path": "/<script>"}])
+    conn.execute("INSERT INTO page_views (path) VALUES ('/<i>')")  # as given: only SQL stores it so
     make_failed_job(conn)
     page = client.get("/?days=7")
     assert page.content_type == "text/html"
     html = page.text
     assert html.count('class="bar"') == 7
-    assert 'data-views="3"' in html
-    assert "/home" in html and "&lt;script&gt;" in html and "<script>" not in html
+    assert 'data-views="4"' in html
+    assert (
+        "/home" in html and "/%3Cscript%3E" in html and "<script>" not in html
+    )  # stored as browsers send it
+    assert 'data-value="/&lt;i&gt;"' in html and "<i>" not in html  # a value escaped where it is one
     assert "RuntimeError: boom" in html
     assert 'http-equiv="refresh"' in html and 'name="viewport"' in html
     assert "http://" not in html and "https://" not in html  # no external assets
