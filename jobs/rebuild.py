@@ -11,9 +11,8 @@ their views and events take this transaction's id), stores a search engine's nam
 views stored without it (tally/search_engines.py: so an engine's visitors count once across its
 domains, as for the views the web collects now), stores their paths as browsers send them
 (tally/paths.py: `/über` as `/%C3%BCber`, as the web stores them now) and runs the rollup
-unchanged. Readers see
-the old rollups until it commits and the rebuilt ones after; an attempt cut short (killed,
-drained) rolls back whole and keeps nothing.
+unchanged. Readers see the old rollups until it commits and the rebuilt ones after; an attempt
+cut short (killed, drained) rolls back whole and keeps nothing.
 """
 
 from __future__ import annotations

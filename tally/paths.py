@@ -10,8 +10,8 @@ in a path (characters past ASCII as UTF-8, a space, `"`, `<`, `>`, the backquote
 `|`, `^`) encoded so, and every escape's hex digits in upper case (RFC 3986, 6.2.2.1: the same URL).
 Nothing else changes: the rest of ASCII as sent, an escape never decoded (`%2F` is a "/"
 inside a name), a "%" that starts no escape kept. A path whose encoded form would be longer
-than the MAX_PATH characters kept of one (a client's own 400 characters past ASCII, never a
-browser's) is kept as sent instead: refused, its view would be lost, and nothing else sends it
+than the MAX_PATH characters kept of one (a client's own 342 or more characters past ASCII,
+never a browser's) is kept as sent instead: refused, its view would be lost, and nothing else sends it
 encoded. The dashboard shows a path decoded (`tally.dimensions.readable_path`); the API and
 the export give it as stored. A filter by a path (`path_forms`) finds the views of that page
 stored in either form: as browsers send it, and as a server sent it before this release or
