@@ -94,6 +94,8 @@ def test_attacker_values_render_as_text_and_reach_links_encoded(owner, conn):
         "path": ["/%3Cscript%3Ealert(1)%3C/script%3E"],
     }
     assert 'id="total-views">1<' in filtered
+    # Its row is the one filtered by, though the filter holds the path as browsers send it.
+    assert f'<tr class="active" data-value="{html.escape(SCRIPT)}">' in filtered
 
 
 def test_rows_add_a_filter_and_chips_remove_it_keeping_the_share_token_and_the_rest(reader, conn):

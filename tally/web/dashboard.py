@@ -30,8 +30,9 @@ from typing import Any
 
 import bottle
 
-from tally.dimensions import DIMENSIONS, readable_path, value_label, visible
+from tally.dimensions import DIMENSIONS, value_label, visible
 from tally.hosts import shown_host
+from tally.paths import stored_path
 from tally.web.chart import CHART_BOTTOM, CHART_HEIGHT, CHART_WIDTH, MARKERS_UP_TO, chart_bars, previous_line
 from tally.web.filters import FILTER_NAMES
 from tally.web.sessions import PAGE_HEADERS
@@ -150,13 +151,19 @@ def panels(stats: dict[str, Any], address: functools.partial) -> list[Panel]:
                     views=row["views"],
                     visitors=row.get("visitors", 0),
                     href="/" + address(filters={**filters, dimension.name: row[dimension.name]}),
-                    active=filters.get(dimension.name) == row[dimension.name],
+                    active=is_filtered_by(filters, dimension.name, row[dimension.name]),
                 )
                 for row in stats.get(dimension.panel, [])
             ],
         )
         for dimension in DIMENSIONS
     ]
+
+
+def is_filtered_by(filters: Mapping[str, str], name: str, value: str) -> bool:
+    """Whether the answer is filtered by `value` of `name`: a path in whatever form it is stored
+    (a filter holds it as browsers send it, tally/paths.py)."""
+    return filters.get(name) == (stored_path(value) if name == "path" else value)
 
 
 def chips(filters: Mapping[str, str], address: functools.partial) -> list[Chip]:
@@ -195,9 +202,9 @@ def visit_page_rows(stats: dict[str, Any], key: str, address: functools.partial)
     return [
         {
             **row,
-            "label": readable_path(row["path"]),
+            "label": value_label("path", row["path"]),
             "href": "/" + address(filters={**filters, "path": row["path"]}),
-            "active": filters.get("path") == row["path"],
+            "active": is_filtered_by(filters, "path", row["path"]),
         }
         for row in stats.get(key, [])
     ]
