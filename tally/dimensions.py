@@ -46,7 +46,7 @@ from typing import Any
 import pycountry
 
 from tally.hosts import shown_host
-from tally.paths import stored_path
+from tally.paths import decoded, stored_path
 
 # A name or a column as SQL is rendered with it (tally/dimension_sql.py): never quoted, so plain.
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -194,10 +194,6 @@ def visible(text: str) -> str:
     return DECEPTIVE.sub(lambda match: urllib.parse.quote(match.group()), text)
 
 
-# Escaped bytes of characters beyond ASCII: browsers send /%C3%BCber for /über.
-ESCAPED_NON_ASCII = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
-
-
 def readable_path(path: str) -> str:
     """`path` as an address bar shows it: the escaped UTF-8 of letters beyond ASCII decoded
     (`/%C3%BCber` as `/über`), ASCII escapes (`%2F`, `%20`) and bytes that are not UTF-8 kept,
@@ -208,12 +204,4 @@ def readable_path(path: str) -> str:
     >>> readable_path("/%C3%BCber/%E6%97%A5%E6%9C%AC?q=%2F"), readable_path("/%FF%C3")
     ('/über/日本?q=%2F', '/%FF%C3')
     """
-
-    def decoded(match: re.Match[str]) -> str:
-        try:
-            text = bytes.fromhex(match.group().replace("%", "")).decode("utf-8")
-        except UnicodeDecodeError:
-            return match.group()
-        return text if text.isprintable() else match.group()
-
-    return visible(ESCAPED_NON_ASCII.sub(decoded, path))
+    return visible(decoded(path, lambda character: not character.isascii() and character.isprintable()))

@@ -28,6 +28,7 @@ an import inserts it by SQL (`/über`), which a rebuild of the rollups stores ag
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # The longest path page_views and events keep (their CHECK, migrations/0001 and 0016).
 MAX_PATH = 2048
@@ -39,8 +40,8 @@ KEPT = r"\x21\x23-\x3b\x3d\x3f-\x5d\x5f\x61-\x7a\x7e"
 # digit. A pattern PostgreSQL reads as Python does: the rebuild finds such paths with it.
 TO_ENCODE_PATTERN = rf"[^{KEPT}]|%(?:[0-9A-F][a-f]|[a-f][0-9A-Fa-f])"
 TO_ENCODE = re.compile(TO_ENCODE_PATTERN)
-# A run of escapes, which `_decoded` reads as UTF-8.
-ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
+# A run of escapes, which `decoded` reads as UTF-8.
+ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # The ASCII stored_path encodes: decoded back where a path is written as a server sends it.
 ENCODED_ASCII = frozenset(' "<>`{}|^')
 # Runs of characters to encode, and every escape (to write its hex digits in upper case).
@@ -74,26 +75,38 @@ def path_forms(path: str) -> list[str]:
     as a server sent it before this release or an import inserts it by SQL, what stored_path
     encodes decoded (`/%C3%BCber` and `/über`); one form for a path with nothing to encode."""
     stored = stored_path(path)
-    return list(dict.fromkeys([stored, ESCAPES.sub(_decoded, stored)]))
+    return list(dict.fromkeys([stored, decoded(stored, _encoded_by_stored_path)]))
 
 
-def _decoded(match: re.Match[str]) -> str:
-    """A run of escapes with each one stored_path makes decoded: a character past ASCII (its
-    UTF-8 bytes) or ENCODED_ASCII; any other escape, or bytes that are not UTF-8, as they are."""
-    escapes = match.group()
+def decoded(path: str, decodes: Callable[[str], bool]) -> str:
+    """`path` with each percent-escaped UTF-8 character that `decodes` accepts decoded; every other
+    escape, and bytes that are not UTF-8, as they are.
+
+    >>> decoded("/%C3%BCber%2F%FF%e2%82%ac", lambda character: not character.isascii())
+    '/über%2F%FF€'
+    """
+    return ESCAPES.sub(lambda match: _decoded_run(match.group(), decodes), path)
+
+
+def _encoded_by_stored_path(character: str) -> bool:
+    return not character.isascii() or character in ENCODED_ASCII
+
+
+def _decoded_run(escapes: str, decodes: Callable[[str], bool]) -> str:
     data = bytes.fromhex(escapes.replace("%", ""))
-    decoded: list[str] = []
+    out: list[str] = []
     start = 0
     while start < len(data):
         lead = data[start]
         length = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
         try:
             character = data[start : start + length].decode("utf-8")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # not UTF-8 from here: this byte stays escaped
             character, length = "", 1
-        if len(character) == 1 and (not character.isascii() or character in ENCODED_ASCII):
-            decoded.append(character)
-        else:
-            decoded.append(escapes[start * 3 : (start + length) * 3])
+        out.append(
+            character
+            if len(character) == 1 and decodes(character)
+            else escapes[start * 3 : (start + length) * 3]
+        )
         start += length
-    return "".join(decoded)
+    return "".join(out)
