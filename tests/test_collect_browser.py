@@ -117,6 +117,14 @@ def tally(start_process, tally_port: int) -> int:
     return tally_port
 
 
+def log_in(page, tally: int) -> None:
+    """Log the page's browser in as the owner, with the dashboard's form."""
+    page.goto(f"http://127.0.0.1:{tally}/login", wait_until="load")
+    page.fill("#token", OWNER_TOKEN)
+    page.click("#login-form button")
+    page.wait_for_selector("#total-views")
+
+
 def views(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return conn.execute("SELECT site, path FROM page_views ORDER BY id").fetchall()
 
@@ -187,10 +195,7 @@ def test_a_page_with_the_tag_counts_its_view_and_each_navigation(tally, site_ser
 
             # The owner's dashboard (logged in with the form): the site switcher lists both
             # sites; one site's page shows its views and its one visitor, on the chart too.
-            page.goto(f"http://127.0.0.1:{tally}/login", wait_until="load")
-            page.fill("#token", OWNER_TOKEN)
-            page.click("#login-form button")
-            page.wait_for_selector("#total-views")
+            log_in(page, tally)
             page.goto(f"http://127.0.0.1:{tally}/?days=7", wait_until="load")
             switcher = page.locator("#site-switcher")
             assert switcher.locator("[data-site='site.test']").count() == 1
@@ -271,10 +276,7 @@ def test_a_path_past_ascii_is_stored_as_chromium_sends_it_and_shown_and_found_as
             page.goto(f"{site}/café", wait_until="load")
             views_become(conn, [("site.test", page_path), ("site.test", cafe), ("site.test", cafe)])
 
-            page.goto(f"http://127.0.0.1:{tally}/login", wait_until="load")
-            page.fill("#token", OWNER_TOKEN)
-            page.click("#login-form button")
-            page.wait_for_selector("#total-views")
+            log_in(page, tally)
             page.goto(f"http://127.0.0.1:{tally}/?days=7&site=site.test", wait_until="load")
             paths = page.locator("#top-paths")
             assert paths.locator(f"[data-value='{cafe}'] .value").inner_text() == "/café"
