@@ -67,6 +67,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # starts it with Ctrl-C ignored: it went on for minutes (its server too) after the
         # terminal's Ctrl-C had stopped the other. Ctrl-C reaches it (same process group).
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (a CI job's timeout, `kill` of `make test`) ends the run as Ctrl-C does: the test's
+    # processes and this run's server are stopped. By default it ended pytest without either,
+    # and the server (as user pgserver) ran on in /tmp.
+    signal.signal(signal.SIGTERM, _interrupt_once)
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
         bin_dir = os.environ.get("TEST_POSTGRES_BIN")
@@ -78,6 +82,13 @@ def pytest_configure(config: pytest.Config) -> None:
     from migrations import apply_pending
 
     apply_pending(url)
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    # A second SIGTERM (the whole process group signalled, then tests/suites.py passing it on)
+    # must not cut short the teardown the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,7 +12,8 @@ run side by side, each with its own throwaway server, ports (tests/conftest.py,
   on a busy machine. The waiting tests were once in this part: under `nice` their processes
   waited for the CPU too (one test took 73 s in CI against 16 s alone).
 Each part's report is printed whole once all have ended, in a fixed order; the exit status is
-0 only when all passed.
+0 only when all passed. Ctrl-C or SIGTERM (to this process or its whole group) stops every part,
+each stopping its tests' processes and its server first.
 
     python -m tests.suites            # what `make test` runs
     python -m tests.suites -x -k web  # arguments go to every pytest
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +125,9 @@ def main(args: list[str]) -> int:
         f"== {len(runs)} runs at once" + (f"; the system's PostgreSQL: {system}" if system else ""),
         flush=True,
     )
+    # SIGTERM to this process alone (a CI job's timeout) reaches the parts as well, each of which
+    # then stops its tests and its server (tests/conftest.py); without it they ran on, unowned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop(runs, signum))
     try:
         while running := [part for part in runs if not part.took]:
             for part in running:
@@ -142,6 +147,23 @@ def main(args: list[str]) -> int:
     for part in runs:
         print(f"== {part.name}: {outcome(part)} in {part.took:.0f} s")
     return 0 if all(part.process.returncode in (0, NO_TESTS_COLLECTED) for part in runs) else 1
+
+
+# How long a part has, once signalled, to stop its tests' processes and its server.
+STOP_SECONDS = 60
+
+
+def _stop(runs: list[Part], signum: int) -> None:
+    for part in runs:
+        if part.process.poll() is None:
+            part.process.send_signal(signum)
+    deadline = time.monotonic() + STOP_SECONDS
+    for part in runs:
+        try:
+            part.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            part.process.kill()
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":
