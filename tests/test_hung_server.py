@@ -22,19 +22,23 @@ import pytest
 from tally import db
 from tally.answer_bound import AnswerTimedOut
 from tally.config import from_env
+from tally.web.stats import StatsReader
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.waits  # on timers and servers (tests/suites.py)
 
 
 class FreezingProxy:
-    """Passes bytes between clients and the database until `freeze()`; then passes none."""
+    """Passes bytes between clients and the database until `freeze()`, or until a client sends
+    the bytes given to `freeze_on` (a query's text: the server hangs as that query reaches it);
+    then passes none."""
 
     def __init__(self, folder: Path, target: dict):
         self.port = 5432
         self.path = str(folder / f".s.PGSQL.{self.port}")
         self.target = target
         self.frozen = threading.Event()
+        self.marker: bytes | None = None
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
         self.listener.listen()
@@ -62,12 +66,17 @@ class FreezingProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if self.marker is not None and self.marker in data:
+                    self.frozen.set()
                 while self.frozen.is_set():
                     time.sleep(0.05)  # hung: the bytes sit in the socket's buffers, unanswered
                 sink.sendall(data)
 
     def freeze(self) -> None:
         self.frozen.set()
+
+    def freeze_on(self, marker: bytes) -> None:
+        self.marker = marker
 
     def close(self) -> None:
         self.listener.close()
@@ -79,6 +88,7 @@ def proxy(database_url: str, tmp_path: Path) -> Iterator[tuple[FreezingProxy, st
     started = FreezingProxy(tmp_path, target)
     through = psycopg.conninfo.make_conninfo(database_url, host=str(tmp_path), port=str(started.port))
     yield started, through
+    started.marker = None
     started.frozen.clear()
     started.close()
 
@@ -168,3 +178,41 @@ def test_the_clock_gives_up_on_a_hung_server(proxy):
         f"{error!r} after {took:.1f} s"
     )
     assert took < db.CLOCK_STATEMENT_TIMEOUT_SECONDS + 2.5, f"{error!r} after {took:.1f} s"
+
+
+def test_a_read_on_one_server_never_waits_for_a_read_hung_on_another(proxy, database_url, conn):
+    """A replica frozen in the midst of counting the visitors of the last 5 minutes held that
+    count's lock until the read's connection gave up on it (6.5 s), and the same read moved to
+    the primary (tally/web/replica.py) waited for the lock, where reads must move within 2 s
+    (tests/test_replica.py, once on a loaded CI machine). Each server's count has its own."""
+    hung, url = proxy
+    conn.execute("INSERT INTO page_views (path, visitor) VALUES ('/now', 1)")
+    settings = from_env({"DATABASE_URL": database_url, "DATABASE_REPLICA_URL": url}, process_type="web")
+    ended: list[BaseException | None] = []
+
+    def read(reader: StatsReader, pool: psycopg_pool.ConnectionPool) -> None:
+        try:
+            reader.stats_for_window(30, pool=pool)
+        except BaseException as error:  # the hung read's outcome is no part of the test
+            ended.append(error)
+        else:
+            ended.append(None)
+
+    with db.web_pool(settings) as primary, db.replica_pool(settings) as replica:
+        primary.wait(5)
+        replica.wait(5)
+        reader = StatsReader(primary, retention_days=30)
+        hung.freeze_on(b"SELECT count(*) AS current_visitors")
+        on_replica = threading.Thread(target=read, args=(reader, replica), daemon=True)
+        on_replica.start()
+        wait_until(hung.frozen.is_set, 10, 0.01, "the read on the replica to reach the count")
+        started = time.monotonic()
+        try:
+            answer = reader.stats_for_window(30, pool=primary)
+        finally:
+            took = time.monotonic() - started
+            hung.frozen.clear()
+            on_replica.join(db.WEB_ANSWER_LIMIT_SECONDS + 2)
+    assert answer["current_visitors"] == 1
+    assert took < 1.0, f"the primary's read took {took:.2f} s"
+    assert not on_replica.is_alive() and len(ended) == 1

@@ -113,7 +113,10 @@ class StatsReader:
         self._edges: KeptByState[EdgeTimes] = KeptByState(EDGE_ENTRIES)
         self._carried = CarriedAnswers()  # filtered answers, each with the snapshot it holds
         self._tail_moves = TailMoves()  # the tails' moves of visitors and visits, likewise
-        self._current = CurrentVisitors()  # the visitors of the last 5 minutes, likewise
+        # The visitors of the last 5 minutes, likewise, apart for each server read from: a count
+        # holds its site's lock while it reads, and a replica that froze mid-count held the read
+        # that had moved to the primary until the replica's connection gave up (6.5 s).
+        self._current: dict[psycopg_pool.ConnectionPool, CurrentVisitors] = {}
         self._lock = threading.Lock()
         self._rollup_requested_at: object = None  # the state a rollup was last asked for at
         self._asked: collections.OrderedDict[tuple, float] = collections.OrderedDict()  # and when
@@ -184,8 +187,10 @@ class StatsReader:
             else:
                 answer, tail_views = self._read(cur, state, settled_days, bounds, window, pool)
             if window.current:  # the figures about now (a past window leaves them out, below)
+                with self._lock:
+                    current = self._current.setdefault(pool, CurrentVisitors())
                 recent = recent_figures(
-                    cur, params, with_day=bool(filters), current=self._current, window=window, buckets=buckets
+                    cur, params, with_day=bool(filters), current=current, window=window, buckets=buckets
                 )
                 if filters:
                     answer["views_last_24h"] = recent["views_last_24h"]
