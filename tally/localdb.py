@@ -39,6 +39,9 @@ with warnings.catch_warnings():
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".tally" / "pg"
 PG_VERSION = 18
+# How long a process waits for another that is starting the server: an initdb takes seconds
+# (more on a busy disk), then pgserver gives pg_ctl 10 s to start it.
+START_WAIT_SECONDS = 120
 
 
 def _use_lock_beside(data_dir: Path) -> None:
@@ -78,10 +81,25 @@ def ensure_running(data_dir: Path = DEFAULT_DATA_DIR, bin_dir: Path | None = Non
     url = running_url(data_dir)
     if url is not None:
         return url
-    # pgserver keeps one handle per data dir; after a stop it must start afresh.
-    PostgresServer._instances.pop(data_dir, None)
     # Create the parent first: two cold starts at once must not race on it.
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One start at a time, the others then finding it running: pgserver reads the data dir's
+    # PG_VERSION before it takes its own lock, and read it empty while another process's initdb
+    # was writing it (`invalid literal for int()`: one of three cold starts at once, in CI).
+    starting = fasteners.InterProcessLock(str(data_dir.parent / f".{data_dir.name}.start.lock"))
+    if not starting.acquire(timeout=START_WAIT_SECONDS):
+        raise RuntimeError(
+            f"another process has been starting the PostgreSQL in {data_dir} for {START_WAIT_SECONDS} s"
+        )
+    try:
+        return running_url(data_dir) or _start(data_dir, bin_dir)
+    finally:
+        starting.release()
+
+
+def _start(data_dir: Path, bin_dir: Path | None) -> str:
+    # pgserver keeps one handle per data dir; after a stop it must start afresh.
+    PostgresServer._instances.pop(data_dir, None)
     _use_lock_beside(data_dir)
     # cleanup_mode=None: no process stops the shared server when it exits.
     version = _version_key(bin_dir)

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import fasteners
 import psycopg
 import pytest
 
@@ -40,6 +41,33 @@ def test_two_cold_starts_at_once_share_one_server(data_dir):
     assert [start.returncode for start in starts] == [0, 0, 0]
     assert len(urls) == 1
     with psycopg.connect(urls.pop()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_start_waits_for_one_under_way_instead_of_reading_its_half_made_data_dir(data_dir):
+    """pgserver reads PG_VERSION before its own lock: a start read it empty while another's initdb
+    was writing it, and failed (`invalid literal for int()`; one of three at once in CI). Here the
+    other start is this test: it holds the start's lock with PG_VERSION as initdb begins it."""
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("")
+    under_way = fasteners.InterProcessLock(str(data_dir.parent / f".{data_dir.name}.start.lock"))
+    assert under_way.acquire(timeout=5)
+    try:
+        start = subprocess.Popen(
+            [sys.executable, "-c", START.format(str(data_dir))],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            start.wait(3)  # it failed at once before, reading the empty PG_VERSION
+        shutil.rmtree(data_dir)  # what the other start left: nothing, as if its initdb failed
+    finally:
+        under_way.release()
+    out, err = start.communicate(timeout=120)
+    assert start.returncode == 0, err
+    with psycopg.connect(out.strip()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
