@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import re
+from typing import Any
 
 from publicsuffixlist import PublicSuffixList
 
@@ -44,6 +45,24 @@ SEARCH_ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kagi": ("Kagi", ("",)),
 }
 SEARCH_ENGINE_NAMES = frozenset(name for name, _ in SEARCH_ENGINES.values())
+# The domain under which the API reports each engine's search (DESIGN.md: referrers are reported
+# by domain), all of its domains' views and visitors together; the dashboard and the reports,
+# read by people, say its name.
+REPORTED_DOMAINS = {
+    "Google": "google.com",
+    "Bing": "bing.com",
+    "DuckDuckGo": "duckduckgo.com",
+    "Yahoo": "search.yahoo.com",
+    "Yandex": "yandex.com",
+    "Baidu": "baidu.com",
+    "Ecosia": "ecosia.org",
+    "Brave Search": "search.brave.com",
+    "Startpage": "startpage.com",
+    "Qwant": "qwant.com",
+    "Naver": "search.naver.com",
+    "Seznam": "search.seznam.cz",
+    "Kagi": "kagi.com",
+}
 # Every domain `referrer_name` may give an engine's name for matches this (and some others do), as
 # a PostgreSQL regular expression (`~*`): stats read all of them and the names
 # (SEARCH_ENGINE_NAMES, compared by `= ANY`), however few views each has. The names are not
@@ -103,6 +122,30 @@ def search_engine(referrer: str | None, site: str) -> str | None:
         return None
     name = referrer_name(domain)
     return name if name != domain else None
+
+
+def reported_domain(value: str) -> str:
+    """A referrer value as the API reports it: a search engine's name as its domain (REPORTED_DOMAINS),
+    any other value as it is.
+
+    >>> reported_domain("Google"), reported_domain("news.ycombinator.com")
+    ('google.com', 'news.ycombinator.com')
+    """
+    return REPORTED_DOMAINS.get(value, value)
+
+
+def with_reported_domains(answer: dict[str, Any]) -> dict[str, Any]:
+    """A stats answer as the API sends it: the search engines of its referrer rows and of its
+    `referrer` filter by their domains (`reported_domain`), the rows listed by views, then by
+    what they now read. The answer given is left as it is (its rows may be kept for others)."""
+    answer = dict(answer)
+    if "top_referrers" in answer:
+        rows = [{**row, "referrer": reported_domain(row["referrer"])} for row in answer["top_referrers"]]
+        answer["top_referrers"] = sorted(rows, key=lambda row: (-row["views"], row["referrer"]))
+    filters = answer.get("filters")
+    if filters and filters.get("referrer") in REPORTED_DOMAINS:
+        answer["filters"] = {**filters, "referrer": REPORTED_DOMAINS[filters["referrer"]]}
+    return answer
 
 
 def by_name(domains: dict[str, int]) -> collections.Counter[str]:

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.search_engines import SEARCH_ENGINES, referrer_domain, referrer_name, search_engine
+from tally.search_engines import (
+    REPORTED_DOMAINS,
+    SEARCH_ENGINE_NAMES,
+    SEARCH_ENGINES,
+    referrer_domain,
+    referrer_name,
+    search_engine,
+)
 from tally.web.filters import InvalidFilter, parse_filters
 from tally.web.openapi_inputs import REFERRER_FILTER
 from tally.web.pageviews import MAX_TEXT
@@ -157,6 +164,17 @@ def test_the_web_reads_a_referrers_domain_and_engine_as_sql_does(conn, site):
     assert search_engine("https://www.google.co.uk/", site) == "Google"
     assert search_engine("https://google.com/", site) == (None if site == "google.com" else "Google")
     assert search_engine(stored_referrer("https://Search.Brave.com/search?q=x"), site) == "Brave Search"
+
+
+def test_each_search_engine_is_reported_by_a_domain_of_its_search_that_filters_by_it():
+    """The API lists an engine under one domain (DESIGN.md: referrers by domain), the dashboard
+    under its name; that domain given back as a filter must be the engine's, as any of its
+    search's domains is."""
+    assert set(REPORTED_DOMAINS) == SEARCH_ENGINE_NAMES
+    for name, domain in REPORTED_DOMAINS.items():
+        assert referrer_name(domain) == name, domain
+        assert parse_filters({"referrer": [domain]}) == {"referrer": name}
+        assert parse_filters({"referrer": [name]}) == {"referrer": name}
 
 
 def test_a_server_side_senders_view_stores_its_search_engine(client, conn):

@@ -109,8 +109,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "referrer",
         REFERRER_FILTER,
         "Count only the views from this referring domain, as top_referrers lists it (an"
-        " international one in its xn-- form or in Unicode: bücher.de), or from a search engine's"
-        " search by its name (Google; one of its search's domains, google.de, stands for it too).",
+        " international one in its xn-- form or in Unicode: bücher.de). A search engine's search"
+        " is listed and filtered as one domain (google.com) that any of its domains (google.de)"
+        " or its name (Google, as the dashboard shows it) stands for.",
     ),
     "event": query("event", TEXT, "Count only the views of the visitors who sent this event."),
     "goal_path": query(

@@ -16,6 +16,7 @@ import bottle
 import psycopg_pool
 
 from tally.config import Config
+from tally.search_engines import with_reported_domains
 from tally.web import dashboard, export, queue_state, routes_reports
 from tally.web import stats as stats_module
 from tally.web.auth import Auth, Reader
@@ -104,7 +105,7 @@ def register(
                 days, site, tz, filters=filters, compare=compare, pool=read_pool
             )
         )
-        return json_response(200, window)
+        return json_response(200, with_reported_domains(window))
 
     @app.get("/api/sites")
     @auth.owner_only
