@@ -187,8 +187,8 @@ class StatsReader:
             else:
                 answer, tail_views = self._read(cur, state, settled_days, bounds, window, pool)
             if window.current:  # the figures about now (a past window leaves them out, below)
-                with self._lock:
-                    current = self._current.setdefault(pool, CurrentVisitors())
+                with self._lock:  # made once per server, not per request (64 locks each)
+                    current = self._current.get(pool) or self._current.setdefault(pool, CurrentVisitors())
                 recent = recent_figures(
                     cur, params, with_day=bool(filters), current=current, window=window, buckets=buckets
                 )
